@@ -63,12 +63,15 @@ Each numba kernel has a plain-numpy twin (suffix ``_numpy``) used by the tests.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
 from numpy.typing import ArrayLike, NDArray
 
 from siflow._validate import check_finite, check_nonnegative, check_positive, check_positive_int
@@ -243,58 +246,327 @@ def _si_value_grad_at(kind, w, rho, params, data, idx, nb, u, out):  # pragma: n
     return f
 
 
-@njit(cache=True, error_model="numpy", fastmath=_FAST)
-def _logistic_row(s, u, data, i):  # pragma: no cover - numba
-    """Loss term and gradient weight ``-s sigma(-m_i)`` of row ``i`` (``m_i = s z_i.u``)."""
-    z = 0.0
-    for j in range(u.size):
-        z += data[i, j] * u[j]
-    z *= s
-    if z > 0.0:
-        e = math.exp(-z)
-        return math.log1p(e), -s * (e / (1.0 + e))
-    e = math.exp(z)
-    return -z + math.log1p(e), -s * (1.0 / (1.0 + e))
+# ------------------------------------------------ vectorisable exp and log1p (logistic)
+# The simulation's logistic kernel needs exp(-|m|) and log1p of it for every sample.
+# numba's math.exp/math.log1p are scalar libm calls (no SVML in this numba build), so a
+# loop over samples calling them is not vectorised. The two helpers below are plain
+# arithmetic that LLVM vectorises across samples; they are compiled with ``contract``
+# only (no reassociation), because their range reductions rely on exact floating-point
+# steps, and LLVM inlines them into the vectorised loop keeping their own flags.
+# Error bounds (tests/test_losses.py checks them against numpy on 10^6 points):
+# ``_exp_nonpos`` within 1 ulp of numpy.exp on x <= 0 (subnormal results included);
+# ``_log1p_unit`` within 2 ulp of numpy.log1p on [0, 1].
 
 
-@njit(cache=True, error_model="numpy", fastmath=_FAST)
-def _logistic_value_grad_fast(s, u, data, idx, nb, g):  # pragma: no cover - numba
-    """The ``logistic`` branch of :func:`_formula_value_grad` with reordered sums.
+@intrinsic
+def _f64_to_bits(typingctx, x):  # pragma: no cover - compiled
+    """The IEEE bits of a float64 as an int64 (a no-op for the CPU)."""
+    if not isinstance(x, types.Float):
+        return None
 
-    Rows are taken four at a time: their margins first, then one pass that adds the
-    four rows' terms to ``g`` (``g`` is read and written once per four rows; the rows
-    are still in cache from the margins). No allocation.
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.IntType(64))
+
+    return types.int64(types.float64), codegen
+
+
+@intrinsic
+def _bits_to_f64(typingctx, k):  # pragma: no cover - compiled
+    """The float64 whose IEEE bits are the int64 ``k``."""
+    if not isinstance(k, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+
+    return types.float64(types.int64), codegen
+
+
+_INV_LN2 = 1.4426950408889634
+#: ln 2 split so that ``k * _LN2_HI`` is exact for |k| < 2^11 (fdlibm's split)
+_LN2_HI = 6.93147180369123816490e-01
+_LN2_LO = 1.90821492927058770002e-10
+_LN2 = 0.6931471805599453
+#: 1.5 * 2^52: adding it rounds to an integer held in the low mantissa bits
+_SHIFT = 6755399441055744.0
+_SHIFT_BITS = 0x4338000000000000
+#: below this, exp(x) rounds to 0 (ln of half the smallest subnormal)
+_EXP_MIN = -745.1332191019412
+_SQRT2_M1 = 0.41421356237309503
+# exp(r) on |r| <= ln2/2: Chebyshev interpolant of degree 11 (error 4e-18 before rounding)
+_E2 = 0.5000000000000019
+_E3 = 0.1666666666666668
+_E4 = 0.0416666666664881
+_E5 = 0.008333333333319601
+_E6 = 0.0013888888952314775
+_E7 = 0.00019841269890047113
+_E8 = 2.4801485482328494e-05
+_E9 = 2.755724091857897e-06
+_E10 = 2.763263963904103e-07
+_E11 = 2.5110037605963777e-08
+# (atanh(r)/r - 1)/r^2 as a polynomial in w = r^2, |r| <= 0.1716 (Chebyshev, degree 6;
+# its error enters log1p as < 5e-18 relative)
+_L0 = 0.3333333333333335
+_L1 = 0.19999999999949752
+_L2 = 0.14285714312987743
+_L3 = 0.1111110556739754
+_L4 = 0.09091444562630861
+_L5 = 0.07665860800278021
+_L6 = 0.07308224842521703
+
+
+@njit(cache=True, error_model="numpy", fastmath={"contract"})
+def _exp_nonpos(x):  # pragma: no cover - numba
+    """``exp(x)`` for ``x <= 0`` in branch-free arithmetic (vectorisable), within 1 ulp.
+
+    ``x = k ln2 + r`` with ``|r| <= ln2/2`` (Cody-Waite), ``exp(r)`` by a polynomial,
+    times ``2^k`` built from its bits in two factors (so subnormal results round once).
     """
+    xc = -746.0 if x < -746.0 else x  # (NaN stays NaN)
+    t = xc * _INV_LN2 + _SHIFT
+    k = _f64_to_bits(t) - _SHIFT_BITS
+    kf = t - _SHIFT
+    r = (xc - kf * _LN2_HI) - kf * _LN2_LO
+    p = _E11
+    p = p * r + _E10
+    p = p * r + _E9
+    p = p * r + _E8
+    p = p * r + _E7
+    p = p * r + _E6
+    p = p * r + _E5
+    p = p * r + _E4
+    p = p * r + _E3
+    p = p * r + _E2
+    p = p * r + 1.0
+    p = p * r + 1.0
+    k1 = k >> 1
+    # below _EXP_MIN the product rounds to 0 (|p| < 2, 2^k <= 2^-1076)
+    return p * _bits_to_f64((k1 + 1023) << 52) * _bits_to_f64((k - k1 + 1023) << 52)
+
+
+@njit(cache=True, error_model="numpy", fastmath={"contract"})
+def _log1p_unit(e):  # pragma: no cover - numba
+    """``log(1 + e)`` for ``0 <= e <= 1`` in branch-free arithmetic (vectorisable).
+
+    ``log(1 + e) = 2 atanh(r)`` with ``r = e/(2 + e)``, or, for ``e > sqrt2 - 1``,
+    ``ln2 + 2 atanh((e - 1)/(3 + e))`` (``|r| <= 0.1716`` either way; ``e - 1`` is
+    exact); ``2 atanh(r) = 2r (1 + r^2 P(r^2))``.
+    """
+    big = e > _SQRT2_M1
+    two_r = (2.0 * (e - 1.0) if big else 2.0 * e) / ((3.0 if big else 2.0) + e)
+    w = 0.25 * (two_r * two_r)
+    q = _L6
+    q = q * w + _L5
+    q = q * w + _L4
+    q = q * w + _L3
+    q = q * w + _L2
+    q = q * w + _L1
+    q = q * w + _L0
+    return (_LN2 if big else 0.0) + (two_r + two_r * (w * q))
+
+
+@njit(cache=True, error_model="numpy", fastmath=_FAST)
+def _softplus_weights(s, buf, m):  # pragma: no cover - numba
+    """``buf[:m]`` margins ``z_i.u`` -> gradient weights ``-s sigma(-s z_i.u)``, in place.
+
+    Returns the sum of the loss terms ``log(1 + exp(-m_i))``, ``m_i = s z_i.u``, from one
+    exponential per sample, ``e = exp(-|m_i|)``: the term is ``max(-m_i, 0) + log1p(e)``
+    and ``sigma(-m_i)`` is ``e/(1 + e)`` for ``m_i > 0``, else ``1/(1 + e)``. Two passes
+    over the samples (the exponentials into ``buf[m:2m]``, then the rest), both
+    vectorised; ``buf`` holds at least ``2m`` entries.
+    """
+    for q in range(m):
+        buf[m + q] = _exp_nonpos(-abs(s * buf[q]))
+    total = 0.0
+    for q in range(m):
+        z = s * buf[q]
+        e = buf[m + q]
+        total += max(-z, 0.0) + _log1p_unit(e)
+        buf[q] = -s * ((e if z > 0.0 else 1.0) / (1.0 + e))
+    return total
+
+
+@njit(cache=True, error_model="numpy", fastmath=_FAST)
+def _margins8(u, data, i0, i1, i2, i3, i4, i5, i6, i7, buf, q):  # pragma: no cover
+    """``buf[q:q+8]`` = ``z_i.u`` of the rows ``i0..i7`` (one pass over ``u``)."""
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = 0.0
+    for j in range(u.size):
+        uj = u[j]
+        a0 += data[i0, j] * uj
+        a1 += data[i1, j] * uj
+        a2 += data[i2, j] * uj
+        a3 += data[i3, j] * uj
+        a4 += data[i4, j] * uj
+        a5 += data[i5, j] * uj
+        a6 += data[i6, j] * uj
+        a7 += data[i7, j] * uj
+    buf[q] = a0
+    buf[q + 1] = a1
+    buf[q + 2] = a2
+    buf[q + 3] = a3
+    buf[q + 4] = a4
+    buf[q + 5] = a5
+    buf[q + 6] = a6
+    buf[q + 7] = a7
+
+
+@njit(cache=True, error_model="numpy", fastmath=_FAST)
+def _add_rows8(g, data, i0, i1, i2, i3, i4, i5, i6, i7, buf, q):  # pragma: no cover
+    """``g += sum_k buf[q+k] z_{i_k}`` over the rows ``i0..i7`` (one pass over ``g``)."""
+    c0 = buf[q]
+    c1 = buf[q + 1]
+    c2 = buf[q + 2]
+    c3 = buf[q + 3]
+    c4 = buf[q + 4]
+    c5 = buf[q + 5]
+    c6 = buf[q + 6]
+    c7 = buf[q + 7]
+    for j in range(g.size):
+        g[j] += (c0 * data[i0, j] + c1 * data[i1, j] + c2 * data[i2, j] + c3 * data[i3, j]) + (
+            c4 * data[i4, j] + c5 * data[i5, j] + c6 * data[i6, j] + c7 * data[i7, j]
+        )
+
+
+#: Rows per block of the row-wise logistic kernel: margins, then the block's weights
+#: (vectorised), then its gradient terms, while the rows are still in cache.
+_BLOCK = 64
+
+
+@njit(cache=True, error_model="numpy", fastmath=_FAST)
+def _logistic_rows(s, u, data, idx, nb, g):  # pragma: no cover - numba
+    """Logistic loss and formula gradient, rows of ``data`` in blocks (any batch)."""
     d = u.size
     for j in range(d):
         g[j] = 0.0
     m = nb if nb > 0 else data.shape[0]
+    buf = np.empty(2 * _BLOCK)
     total = 0.0
-    k = 0
-    while k + 4 <= m:
-        i0 = idx[k] if nb > 0 else k
-        i1 = idx[k + 1] if nb > 0 else k + 1
-        i2 = idx[k + 2] if nb > 0 else k + 2
-        i3 = idx[k + 3] if nb > 0 else k + 3
-        l0, c0 = _logistic_row(s, u, data, i0)
-        l1, c1 = _logistic_row(s, u, data, i1)
-        l2, c2 = _logistic_row(s, u, data, i2)
-        l3, c3 = _logistic_row(s, u, data, i3)
-        total += l0 + l1 + l2 + l3
-        for j in range(d):
-            g[j] += c0 * data[i0, j] + c1 * data[i1, j] + c2 * data[i2, j] + c3 * data[i3, j]
-        k += 4
-    while k < m:
-        i = idx[k] if nb > 0 else k
-        lt, c = _logistic_row(s, u, data, i)
-        total += lt
-        for j in range(d):
-            g[j] += c * data[i, j]
-        k += 1
+    for k0 in range(0, m, _BLOCK):
+        kb = min(_BLOCK, m - k0)
+        q = 0
+        while q + 8 <= kb:
+            k = k0 + q
+            if nb > 0:
+                _margins8(u, data, idx[k], idx[k + 1], idx[k + 2], idx[k + 3], idx[k + 4],
+                          idx[k + 5], idx[k + 6], idx[k + 7], buf, q)  # fmt: skip
+            else:
+                _margins8(u, data, k, k + 1, k + 2, k + 3, k + 4, k + 5, k + 6, k + 7, buf, q)
+            q += 8
+        while q < kb:
+            i = idx[k0 + q] if nb > 0 else k0 + q
+            a = 0.0
+            for j in range(d):
+                a += data[i, j] * u[j]
+            buf[q] = a
+            q += 1
+        total += _softplus_weights(s, buf, kb)
+        q = 0
+        while q + 8 <= kb:
+            k = k0 + q
+            if nb > 0:
+                _add_rows8(g, data, idx[k], idx[k + 1], idx[k + 2], idx[k + 3], idx[k + 4],
+                           idx[k + 5], idx[k + 6], idx[k + 7], buf, q)  # fmt: skip
+            else:
+                _add_rows8(g, data, k, k + 1, k + 2, k + 3, k + 4, k + 5, k + 6, k + 7, buf, q)
+            q += 8
+        while q < kb:
+            i = idx[k0 + q] if nb > 0 else k0 + q
+            c = buf[q]
+            for j in range(d):
+                g[j] += c * data[i, j]
+            q += 1
     inv = 1.0 / m
     for j in range(d):
         g[j] *= inv
     return total * inv
+
+
+@njit(cache=True, error_model="numpy", fastmath=_FAST)
+def _column_margins(xt, u, buf):  # pragma: no cover - numba
+    """``buf[:n] = X u`` from the column-major data ``xt`` (``d x n``), eight columns a pass."""
+    d, n = xt.shape
+    for i in range(n):
+        buf[i] = 0.0
+    j = 0
+    while j + 8 <= d:
+        u0 = u[j]
+        u1 = u[j + 1]
+        u2 = u[j + 2]
+        u3 = u[j + 3]
+        u4 = u[j + 4]
+        u5 = u[j + 5]
+        u6 = u[j + 6]
+        u7 = u[j + 7]
+        for i in range(n):
+            buf[i] += (
+                (xt[j, i] * u0 + xt[j + 1, i] * u1) + (xt[j + 2, i] * u2 + xt[j + 3, i] * u3)
+            ) + ((xt[j + 4, i] * u4 + xt[j + 5, i] * u5) + (xt[j + 6, i] * u6 + xt[j + 7, i] * u7))
+        j += 8
+    while j < d:
+        uj = u[j]
+        for i in range(n):
+            buf[i] += xt[j, i] * uj
+        j += 1
+
+
+@njit(cache=True, error_model="numpy", fastmath=_FAST)
+def _column_dots(xt, c, scale, g):  # pragma: no cover - numba
+    """``g_j = scale * (c . xt[j])`` for every column ``j``, four columns a pass over ``c``."""
+    d, n = xt.shape
+    j = 0
+    while j + 4 <= d:
+        a0 = a1 = a2 = a3 = 0.0
+        for i in range(n):
+            ci = c[i]
+            a0 += ci * xt[j, i]
+            a1 += ci * xt[j + 1, i]
+            a2 += ci * xt[j + 2, i]
+            a3 += ci * xt[j + 3, i]
+        g[j] = a0 * scale
+        g[j + 1] = a1 * scale
+        g[j + 2] = a2 * scale
+        g[j + 3] = a3 * scale
+        j += 4
+    while j < d:
+        a = 0.0
+        for i in range(n):
+            a += c[i] * xt[j, i]
+        g[j] = a * scale
+        j += 1
+
+
+@njit(cache=True, error_model="numpy", fastmath=_FAST)
+def _logistic_columns(s, xt, u, g):  # pragma: no cover - numba
+    """Full-batch logistic loss and formula gradient from the column-major data ``xt``.
+
+    ``xt[j, i] = z_i[j]``: the margins ``X u`` add columns (vectorised over samples), the
+    weights are vectorised over samples, and each gradient entry is a contiguous dot
+    product ``g_j = c . xt[j] / n``. The data are read twice per step (from cache: only
+    small data are stored this way).
+    """
+    n = xt.shape[1]
+    buf = np.empty(2 * n)
+    _column_margins(xt, u, buf)
+    total = _softplus_weights(s, buf, n)
+    inv = 1.0 / n
+    _column_dots(xt, buf, inv, g)
+    return total * inv
+
+
+@njit(cache=True, error_model="numpy", fastmath=_FAST)
+def _logistic_value_grad_fast(params, u, data, idx, nb, g):  # pragma: no cover - numba
+    """The ``logistic`` branch of :func:`_formula_value_grad` for the simulation loop.
+
+    One exponential per sample (``e = exp(-|m|)`` gives both the loss term and the
+    gradient weight), evaluated by vectorisable arithmetic (:func:`_softplus_weights`);
+    sums reordered. Full batch with the column-major copy of the data in
+    ``params[1:]`` (small data, see :class:`SILoss`): :func:`_logistic_columns`;
+    otherwise :func:`_logistic_rows`. No allocation other than one scratch vector.
+    """
+    n, d = data.shape
+    if nb == 0 and params.size == 1 + n * d:
+        return _logistic_columns(params[0], params[1:].reshape((d, n)), u, g)
+    return _logistic_rows(params[0], u, data, idx, nb, g)
 
 
 @njit(cache=True, error_model="numpy", fastmath=_FAST)
@@ -320,7 +592,7 @@ def _si_value_grad_step(kind, w, r2, rho, params, data, idx, nb, u, out):  # pra
     for i in range(d):
         u[i] = w[i] * inv
     if kind == LOGISTIC:
-        f = _logistic_value_grad_fast(params[0], u, data, idx, nb, out)
+        f = _logistic_value_grad_fast(params, u, data, idx, nb, out)
     else:
         f = _formula_value_grad(kind, u, params, data, idx, nb, out)
     ug = 0.0
@@ -564,7 +836,8 @@ def _formula_value_grad_numpy(
         z = _rows(data, idx, nb)
         m = s * (z @ u)
         value = float(np.mean(np.logaddexp(0.0, -m)))
-        sm = 0.5 * (1.0 - np.tanh(0.5 * m))  # sigma(-m)
+        e = np.exp(-np.abs(m))
+        sm = np.where(m > 0.0, e, 1.0) / (1.0 + e)  # sigma(-m), accurate when tiny
         return value, -s * (sm @ z) / z.shape[0]
     if kind == SPIRAL:
         big_g = params[0]
@@ -681,6 +954,19 @@ def add_tangent_noise_numpy(
 
 
 # --------------------------------------------------------------------------- Python API
+#: Largest logistic data (bytes) stored a second time column by column for the
+#: full-batch kernel: it reads the data twice per step (margins, then gradient), which
+#: is fast while they stay in the L2 cache; larger data use the row-blocked kernel.
+COLUMNS_MAX_BYTES = 512 * 1024
+
+
+def _logistic_params(s: float, data: NDArray[np.float64]) -> NDArray[np.float64]:
+    """``[s]``, followed by ``data.T.ravel()`` when the data are small (see :class:`SILoss`)."""
+    if data.ndim != 2 or data.size == 0 or data.nbytes > COLUMNS_MAX_BYTES:
+        return np.array([s])
+    return np.concatenate([[s], np.ascontiguousarray(data.T, dtype=np.float64).ravel()])
+
+
 @dataclass
 class SILoss:
     """A toy SI loss: kernel code plus its parameters and data.
@@ -695,7 +981,10 @@ class SILoss:
         Dimension of ``w``.
     params : ndarray
         Kernel parameters (Rayleigh: the spectrum then ``[quartic, lam_min]``;
-        logistic: ``[s]``; spiral: ``[G]``).
+        logistic: ``[s]``; spiral: ``[G]``). For ``logistic`` with data of at most
+        :data:`COLUMNS_MAX_BYTES`, construction appends ``data.T.ravel()`` (the data
+        column by column, the layout of the simulation's full-batch kernel); the
+        data are then fixed: build a new loss to change them.
     data : ndarray, shape (n, dim)
         Logistic rows ``z_i = y_i x_i`` (empty for the other toys).
     sharpness_min : float or None
@@ -714,6 +1003,10 @@ class SILoss:
     sharpness_min: float | None = None
     minimizer: NDArray[np.float64] | None = None
     options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind == LOGISTIC and self.params.size == 1:
+            self.params = _logistic_params(float(self.params[0]), self.data)
 
     @property
     def n_samples(self) -> int:
@@ -885,6 +1178,32 @@ def logistic(
     n_samples = check_positive_int("n_samples", n_samples)
     s = float(check_positive("temperature", temperature))
     margin = float(check_nonnegative("margin", margin))
+    if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+        z, u_min, s_min = _logistic_problem(dim, n_samples, s, margin, int(seed))
+    else:  # any other seed numpy accepts: not memoized
+        z, u_min, s_min = _logistic_problem.__wrapped__(dim, n_samples, s, margin, seed)
+    return SILoss(
+        name="logistic",
+        kind=LOGISTIC,
+        dim=dim,
+        params=np.array([s]),
+        data=z.copy(),
+        sharpness_min=s_min,
+        minimizer=u_min.copy(),
+        options={"n_samples": n_samples, "temperature": s, "margin": margin, "seed": seed},
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _logistic_problem(
+    dim: int, n_samples: int, s: float, margin: float, seed: int
+) -> tuple[NDArray[np.float64], NDArray[np.float64], float]:
+    """Data, unit minimizer and sphere sharpness there of :func:`logistic` (validated args).
+
+    Memoized: the minimizer search costs about as much as simulating the default toy for
+    10^5 steps, and sweeps build the same toy for every cell. The arrays are read-only
+    (:func:`logistic` hands out copies).
+    """
     rng = np.random.default_rng(seed)
     w_star = rng.standard_normal(dim)
     w_star /= np.linalg.norm(w_star)
@@ -903,17 +1222,10 @@ def logistic(
     z = np.ascontiguousarray(np.concatenate(rows)[:n_samples])
     params = np.array([s])
     u_min = _logistic_minimizer(params, z, w_star)
-    s_min = sharpness_numpy(LOGISTIC, u_min, params, z)
-    return SILoss(
-        name="logistic",
-        kind=LOGISTIC,
-        dim=dim,
-        params=params,
-        data=z,
-        sharpness_min=float(s_min),
-        minimizer=u_min,
-        options={"n_samples": n_samples, "temperature": s, "margin": margin, "seed": seed},
-    )
+    s_min = float(sharpness_numpy(LOGISTIC, u_min, params, z))
+    z.flags.writeable = False
+    u_min.flags.writeable = False
+    return z, u_min, s_min
 
 
 def _logistic_minimizer(

@@ -19,6 +19,7 @@ import math
 
 import numpy as np
 import pytest
+from numba import njit
 
 from siflow import losses as L
 
@@ -325,3 +326,103 @@ def test_logistic_minimizer_in_high_dimension():
     for _ in range(5):
         v = u + 1e-3 * RNG.standard_normal(300)
         assert loss.value(v) > loss.value(u)
+
+
+# ------------------------------------------- vectorised transcendentals of the loop kernel
+@njit(fastmath=L._FAST)
+def _exp_all(x, out):  # pragma: no cover - numba
+    for i in range(x.size):
+        out[i] = L._exp_nonpos(x[i])
+
+
+@njit(fastmath=L._FAST)
+def _log1p_all(x, out):  # pragma: no cover - numba
+    for i in range(x.size):
+        out[i] = L._log1p_unit(x[i])
+
+
+def _ulps(got, ref):
+    return np.abs(got - ref) / np.where(ref != 0.0, np.spacing(np.abs(ref)), np.inf)
+
+
+def test_vectorised_exp_within_one_ulp_of_numpy():
+    rng = np.random.default_rng(21)
+    x = np.concatenate(
+        [
+            -rng.uniform(0.0, 50.0, 200_000),
+            -rng.exponential(1.0, 200_000),
+            -rng.uniform(700.0, 746.5, 100_000),  # subnormal results and underflow to 0
+            -np.logspace(-300, 3, 20_000),
+            [0.0, -0.0, -745.13, -745.14, -708.4, -709.8, -1e-320, -746.0, -800.0, -np.inf],
+        ]
+    )
+    got = np.empty_like(x)
+    _exp_all(x, got)
+    ref = np.exp(x)
+    assert np.array_equal(got == 0.0, ref == 0.0)
+    assert _ulps(got, ref)[ref != 0.0].max() <= 1.0
+    _exp_all(np.array([np.nan]), got[:1])
+    assert math.isnan(got[0])  # a NaN margin must not yield a finite loss
+
+
+def test_vectorised_log1p_within_two_ulp_of_numpy():
+    rng = np.random.default_rng(22)
+    e = np.concatenate(
+        [
+            rng.uniform(0.0, 1.0, 300_000),
+            np.exp(-rng.uniform(0.0, 800.0, 100_000)),
+            [0.0, 1.0, 5e-324, L._SQRT2_M1, np.nextafter(L._SQRT2_M1, 1.0)],
+        ]
+    )
+    got = np.empty_like(e)
+    _log1p_all(e, got)
+    ref = np.log1p(e)
+    assert np.array_equal(got == 0.0, ref == 0.0)
+    assert _ulps(got, ref)[ref != 0.0].max() <= 2.0
+
+
+@pytest.mark.parametrize(("dim", "n"), [(2, 1), (3, 7), (10, 100), (16, 32), (9, 70), (40, 300)])
+def test_loop_logistic_kernel_both_layouts_match_twin(dim, n):
+    """Column kernel (small data, full batch) and row-blocked kernel (no column copy)."""
+    rng = np.random.default_rng(dim * 1000 + n)
+    z = rng.standard_normal((n, dim))
+    with_cols = L.SILoss(name="logistic", kind=L.LOGISTIC, dim=dim, params=np.array([3.0]), data=z)
+    assert with_cols.params.size == 1 + n * dim
+    assert np.array_equal(with_cols.params[1:].reshape(dim, n), z.T)
+    rows_only = L.SILoss(name="logistic", kind=L.LOGISTIC, dim=dim, params=np.array([3.0]), data=z)
+    rows_only.params = np.array([3.0])
+    for scale in (0.2, 1.0, 40.0):  # margins from ~0 to beyond exp underflow of some terms
+        w = rng.standard_normal(dim)
+        r2 = float(w @ w)
+        toy_s = np.array([3.0 * scale])
+        f_ref, g_ref = L.value_and_grad_numpy(L.LOGISTIC, w, toy_s, z)
+        for toy in (with_cols, rows_only):
+            params = toy.params.copy()
+            params[0] = toy_s[0]
+            u, g = np.empty(dim), np.empty(dim)
+            f = L._si_value_grad_step(
+                L.LOGISTIC, w, r2, math.sqrt(r2), params, z, L._NO_IDX, 0, u, g
+            )
+            assert f == pytest.approx(f_ref, rel=1e-12, abs=1e-300)
+            np.testing.assert_allclose(g, g_ref, rtol=1e-12, atol=1e-14 * np.abs(g_ref).max())
+        idx = rng.integers(0, n, size=11)
+        f_ref, g_ref = L.value_and_grad_numpy(L.LOGISTIC, w, toy_s, z, idx)
+        f = L._si_value_grad_step(L.LOGISTIC, w, r2, math.sqrt(r2), params, z, idx, 11, u, g)
+        assert f == pytest.approx(f_ref, rel=1e-12, abs=1e-300)
+        np.testing.assert_allclose(g, g_ref, rtol=1e-12, atol=1e-14 * np.abs(g_ref).max())
+
+
+def test_large_logistic_data_keep_only_the_temperature():
+    big = L.logistic(4, n_samples=L.COLUMNS_MAX_BYTES // 32 + 1)
+    assert big.params.size == 1
+    small = L.logistic(4, n_samples=L.COLUMNS_MAX_BYTES // 32)
+    assert small.params.size == 1 + small.data.size
+
+
+def test_logistic_construction_is_memoized_but_objects_are_independent():
+    a = L.logistic(5, n_samples=40, seed=3)
+    b = L.logistic(5, n_samples=40, seed=3)
+    assert a.data is not b.data and np.array_equal(a.data, b.data)
+    assert a.sharpness_min == b.sharpness_min
+    a.data[0, 0] += 1.0  # the caller's copy is writable and does not touch the cache
+    assert np.array_equal(L.logistic(5, n_samples=40, seed=3).data, b.data)

@@ -34,6 +34,10 @@ from analysis.bench import references as R
 
 TARGETS: list[tuple[str, str, bool]] = []
 
+#: Clock of the single-threaded kernel timings: CPU time of this process (on a machine
+#: shared with other jobs, wall time also counts the time spent waiting for a core).
+CPU = time.process_time
+
 
 def _target(name: str, value: str, ok: bool) -> str:
     TARGETS.append((name, value, ok))
@@ -63,13 +67,13 @@ class Peaks:
     """Machine peaks measured once per run (bandwidth per working-set size, cached)."""
 
     def __init__(self) -> None:
-        self.flops = H.matmul_flops(1024)
+        self.flops = H.matmul_flops(1024, clock=CPU)
         self._bw: dict[int, float] = {}
 
     def bandwidth(self, nbytes: int) -> float:
         key = int(2 ** math.ceil(math.log2(max(nbytes, 4096))))
         if key not in self._bw:
-            self._bw[key] = max(H.copy_bandwidth(key), H.read_bandwidth(key))
+            self._bw[key] = max(H.copy_bandwidth(key, clock=CPU), H.read_bandwidth(key, clock=CPU))
         return self._bw[key]
 
 
@@ -205,14 +209,14 @@ def section_toys(quick: bool, peaks: Peaks) -> None:
         with H.pinned_threads(1):
             agree = A.check_same_update(case)
             sf = case.siflow()
-            t_sf = H.measure(sf, case.steps, repeat=rep, min_time=0.1)
-            t_np = H.measure(case.numpy, case.ref_steps, repeat=rep, min_time=0.1)
-            t_th = H.measure(case.torch, case.ref_steps, repeat=rep, min_time=0.1)
+            t_sf = H.measure(sf, case.steps, repeat=rep, min_time=0.1, clock=CPU)
+            t_np = H.measure(case.numpy, case.ref_steps, repeat=rep, min_time=0.1, clock=CPU)
+            t_th = H.measure(case.torch, case.ref_steps, repeat=rep, min_time=0.1, clock=CPU)
             if case.fused_steps is not None:
                 fz = case.fused_steps
                 fz(10)
                 k = case.steps
-                t_fz = H.measure(lambda fz=fz, k=k: fz(k), k, repeat=rep, min_time=0.1)
+                t_fz = H.measure(lambda fz=fz, k=k: fz(k), k, repeat=rep, min_time=0.1, clock=CPU)
                 fz_flops = case.flops_per_step / t_fz.per_unit
         r_np = t_np.per_unit / t_sf.per_unit
         r_th = t_th.per_unit / t_sf.per_unit
@@ -233,8 +237,9 @@ def section_toys(quick: bool, peaks: Peaks) -> None:
             )
         marks = []
         if case.dim == 16:
-            marks.append(_target(f"{case.name} d=16 >= 30x numpy", f"{r_np:.0f}x", r_np >= 30))
-            marks.append(_target(f"{case.name} d=16 >= 10x torch", f"{r_th:.0f}x", r_th >= 10))
+            label = case.label
+            marks.append(_target(f"{label} >= 30x numpy", f"{r_np:.0f}x", r_np >= 30))
+            marks.append(_target(f"{label} >= 10x torch", f"{r_th:.0f}x", r_th >= 10))
         if case.dim == 1024:
             marks.append(
                 _target(
@@ -243,6 +248,7 @@ def section_toys(quick: bool, peaks: Peaks) -> None:
                     min(r_np, r_th) > 1,
                 )
             )
+            marks.append(_target(f"{case.name} d=1024 >= 60% roofline", f"{frac:.0%}", frac >= 0.6))
             marks.append(_target(f"{case.name} d=1024 >= 70% roofline", f"{frac:.0%}", frac >= 0.7))
         rows.append(
             [
