@@ -387,44 +387,16 @@ def _softplus_weights(s, buf, m):  # pragma: no cover - numba
 
 
 @njit(cache=True, error_model="numpy", fastmath=_FAST)
-def _margins8(u, data, i0, i1, i2, i3, i4, i5, i6, i7, buf, q):  # pragma: no cover
-    """``buf[q:q+8]`` = ``z_i.u`` of the rows ``i0..i7`` (one pass over ``u``)."""
-    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = 0.0
-    for j in range(u.size):
-        uj = u[j]
-        a0 += data[i0, j] * uj
-        a1 += data[i1, j] * uj
-        a2 += data[i2, j] * uj
-        a3 += data[i3, j] * uj
-        a4 += data[i4, j] * uj
-        a5 += data[i5, j] * uj
-        a6 += data[i6, j] * uj
-        a7 += data[i7, j] * uj
-    buf[q] = a0
-    buf[q + 1] = a1
-    buf[q + 2] = a2
-    buf[q + 3] = a3
-    buf[q + 4] = a4
-    buf[q + 5] = a5
-    buf[q + 6] = a6
-    buf[q + 7] = a7
+def _row(idx, nb, k):  # pragma: no cover - numba
+    """Row of sample ``k`` of the batch: ``idx[k]``, or ``k`` for the full batch."""
+    return idx[k] if nb > 0 else k
 
 
 @njit(cache=True, error_model="numpy", fastmath=_FAST)
-def _add_rows8(g, data, i0, i1, i2, i3, i4, i5, i6, i7, buf, q):  # pragma: no cover
-    """``g += sum_k buf[q+k] z_{i_k}`` over the rows ``i0..i7`` (one pass over ``g``)."""
-    c0 = buf[q]
-    c1 = buf[q + 1]
-    c2 = buf[q + 2]
-    c3 = buf[q + 3]
-    c4 = buf[q + 4]
-    c5 = buf[q + 5]
-    c6 = buf[q + 6]
-    c7 = buf[q + 7]
+def _add_rows4(g, data, i0, i1, i2, i3, c0, c1, c2, c3):  # pragma: no cover - numba
+    """``g += c0 z_i0 + c1 z_i1 + c2 z_i2 + c3 z_i3`` (one pass over ``g``)."""
     for j in range(g.size):
-        g[j] += (c0 * data[i0, j] + c1 * data[i1, j] + c2 * data[i2, j] + c3 * data[i3, j]) + (
-            c4 * data[i4, j] + c5 * data[i5, j] + c6 * data[i6, j] + c7 * data[i7, j]
-        )
+        g[j] += (c0 * data[i0, j] + c1 * data[i1, j]) + (c2 * data[i2, j] + c3 * data[i3, j])
 
 
 #: Rows per block of the row-wise logistic kernel: margins, then the block's weights
@@ -434,7 +406,12 @@ _BLOCK = 64
 
 @njit(cache=True, error_model="numpy", fastmath=_FAST)
 def _logistic_rows(s, u, data, idx, nb, g):  # pragma: no cover - numba
-    """Logistic loss and formula gradient, rows of ``data`` in blocks (any batch)."""
+    """Logistic loss and formula gradient, rows of ``data`` in blocks (any batch).
+
+    Per block of :data:`_BLOCK` samples: their margins (one dot product per row), their
+    weights (vectorised), then their gradient terms four rows per pass over ``g``, while
+    the rows are still in cache.
+    """
     d = u.size
     for j in range(d):
         g[j] = 0.0
@@ -443,34 +420,22 @@ def _logistic_rows(s, u, data, idx, nb, g):  # pragma: no cover - numba
     total = 0.0
     for k0 in range(0, m, _BLOCK):
         kb = min(_BLOCK, m - k0)
-        q = 0
-        while q + 8 <= kb:
-            k = k0 + q
-            if nb > 0:
-                _margins8(u, data, idx[k], idx[k + 1], idx[k + 2], idx[k + 3], idx[k + 4],
-                          idx[k + 5], idx[k + 6], idx[k + 7], buf, q)  # fmt: skip
-            else:
-                _margins8(u, data, k, k + 1, k + 2, k + 3, k + 4, k + 5, k + 6, k + 7, buf, q)
-            q += 8
-        while q < kb:
-            i = idx[k0 + q] if nb > 0 else k0 + q
+        for q in range(kb):
+            i = _row(idx, nb, k0 + q)
             a = 0.0
             for j in range(d):
                 a += data[i, j] * u[j]
             buf[q] = a
-            q += 1
         total += _softplus_weights(s, buf, kb)
         q = 0
-        while q + 8 <= kb:
+        while q + 4 <= kb:
             k = k0 + q
-            if nb > 0:
-                _add_rows8(g, data, idx[k], idx[k + 1], idx[k + 2], idx[k + 3], idx[k + 4],
-                           idx[k + 5], idx[k + 6], idx[k + 7], buf, q)  # fmt: skip
-            else:
-                _add_rows8(g, data, k, k + 1, k + 2, k + 3, k + 4, k + 5, k + 6, k + 7, buf, q)
-            q += 8
+            i0, i1 = _row(idx, nb, k), _row(idx, nb, k + 1)
+            i2, i3 = _row(idx, nb, k + 2), _row(idx, nb, k + 3)
+            _add_rows4(g, data, i0, i1, i2, i3, buf[q], buf[q + 1], buf[q + 2], buf[q + 3])
+            q += 4
         while q < kb:
-            i = idx[k0 + q] if nb > 0 else k0 + q
+            i = _row(idx, nb, k0 + q)
             c = buf[q]
             for j in range(d):
                 g[j] += c * data[i, j]
