@@ -386,19 +386,6 @@ def _softplus_weights(s, buf, m):  # pragma: no cover - numba
     return total
 
 
-@njit(cache=True, error_model="numpy", fastmath=_FAST)
-def _row(idx, nb, k):  # pragma: no cover - numba
-    """Row of sample ``k`` of the batch: ``idx[k]``, or ``k`` for the full batch."""
-    return idx[k] if nb > 0 else k
-
-
-@njit(cache=True, error_model="numpy", fastmath=_FAST)
-def _add_rows4(g, data, i0, i1, i2, i3, c0, c1, c2, c3):  # pragma: no cover - numba
-    """``g += c0 z_i0 + c1 z_i1 + c2 z_i2 + c3 z_i3`` (one pass over ``g``)."""
-    for j in range(g.size):
-        g[j] += (c0 * data[i0, j] + c1 * data[i1, j]) + (c2 * data[i2, j] + c3 * data[i3, j])
-
-
 #: Rows per block of the row-wise logistic kernel: margins, then the block's weights
 #: (vectorised), then its gradient terms, while the rows are still in cache.
 _BLOCK = 64
@@ -421,25 +408,28 @@ def _logistic_rows(s, u, data, idx, nb, g):  # pragma: no cover - numba
     for k0 in range(0, m, _BLOCK):
         kb = min(_BLOCK, m - k0)
         for q in range(kb):
-            i = _row(idx, nb, k0 + q)
+            i = idx[k0 + q] if nb > 0 else k0 + q
             a = 0.0
             for j in range(d):
                 a += data[i, j] * u[j]
             buf[q] = a
         total += _softplus_weights(s, buf, kb)
-        q = 0
-        while q + 4 <= kb:
+        for q in range(0, kb - kb % 4, 4):
             k = k0 + q
-            i0, i1 = _row(idx, nb, k), _row(idx, nb, k + 1)
-            i2, i3 = _row(idx, nb, k + 2), _row(idx, nb, k + 3)
-            _add_rows4(g, data, i0, i1, i2, i3, buf[q], buf[q + 1], buf[q + 2], buf[q + 3])
-            q += 4
-        while q < kb:
-            i = _row(idx, nb, k0 + q)
+            i0 = idx[k] if nb > 0 else k
+            i1 = idx[k + 1] if nb > 0 else k + 1
+            i2 = idx[k + 2] if nb > 0 else k + 2
+            i3 = idx[k + 3] if nb > 0 else k + 3
+            c0, c1, c2, c3 = buf[q], buf[q + 1], buf[q + 2], buf[q + 3]
+            for j in range(d):
+                g[j] += (c0 * data[i0, j] + c1 * data[i1, j]) + (
+                    c2 * data[i2, j] + c3 * data[i3, j]
+                )
+        for q in range(kb - kb % 4, kb):
+            i = idx[k0 + q] if nb > 0 else k0 + q
             c = buf[q]
             for j in range(d):
                 g[j] += c * data[i, j]
-            q += 1
     inv = 1.0 / m
     for j in range(d):
         g[j] *= inv
@@ -447,21 +437,23 @@ def _logistic_rows(s, u, data, idx, nb, g):  # pragma: no cover - numba
 
 
 @njit(cache=True, error_model="numpy", fastmath=_FAST)
-def _column_margins(xt, u, buf):  # pragma: no cover - numba
-    """``buf[:n] = X u`` from the column-major data ``xt`` (``d x n``), eight columns a pass."""
+def _logistic_columns(s, xt, u, g):  # pragma: no cover - numba
+    """Full-batch logistic loss and formula gradient from the column-major data ``xt``.
+
+    ``xt[j, i] = z_i[j]`` (``d x n``): the margins ``X u`` add eight columns per pass
+    over the samples (vectorised over samples), the weights are vectorised over samples,
+    and the gradient entries ``g_j = c . xt[j] / n`` are contiguous dot products, four
+    columns per pass over the weights ``c``. The data are read twice per step (from
+    cache: only small data are stored this way).
+    """
     d, n = xt.shape
+    buf = np.empty(2 * n)
     for i in range(n):
         buf[i] = 0.0
     j = 0
     while j + 8 <= d:
-        u0 = u[j]
-        u1 = u[j + 1]
-        u2 = u[j + 2]
-        u3 = u[j + 3]
-        u4 = u[j + 4]
-        u5 = u[j + 5]
-        u6 = u[j + 6]
-        u7 = u[j + 7]
+        u0, u1, u2, u3 = u[j], u[j + 1], u[j + 2], u[j + 3]
+        u4, u5, u6, u7 = u[j + 4], u[j + 5], u[j + 6], u[j + 7]
         for i in range(n):
             buf[i] += (
                 (xt[j, i] * u0 + xt[j + 1, i] * u1) + (xt[j + 2, i] * u2 + xt[j + 3, i] * u3)
@@ -472,49 +464,28 @@ def _column_margins(xt, u, buf):  # pragma: no cover - numba
         for i in range(n):
             buf[i] += xt[j, i] * uj
         j += 1
-
-
-@njit(cache=True, error_model="numpy", fastmath=_FAST)
-def _column_dots(xt, c, scale, g):  # pragma: no cover - numba
-    """``g_j = scale * (c . xt[j])`` for every column ``j``, four columns a pass over ``c``."""
-    d, n = xt.shape
+    total = _softplus_weights(s, buf, n)
+    inv = 1.0 / n
     j = 0
     while j + 4 <= d:
         a0 = a1 = a2 = a3 = 0.0
         for i in range(n):
-            ci = c[i]
+            ci = buf[i]
             a0 += ci * xt[j, i]
             a1 += ci * xt[j + 1, i]
             a2 += ci * xt[j + 2, i]
             a3 += ci * xt[j + 3, i]
-        g[j] = a0 * scale
-        g[j + 1] = a1 * scale
-        g[j + 2] = a2 * scale
-        g[j + 3] = a3 * scale
+        g[j] = a0 * inv
+        g[j + 1] = a1 * inv
+        g[j + 2] = a2 * inv
+        g[j + 3] = a3 * inv
         j += 4
     while j < d:
         a = 0.0
         for i in range(n):
-            a += c[i] * xt[j, i]
-        g[j] = a * scale
+            a += buf[i] * xt[j, i]
+        g[j] = a * inv
         j += 1
-
-
-@njit(cache=True, error_model="numpy", fastmath=_FAST)
-def _logistic_columns(s, xt, u, g):  # pragma: no cover - numba
-    """Full-batch logistic loss and formula gradient from the column-major data ``xt``.
-
-    ``xt[j, i] = z_i[j]``: the margins ``X u`` add columns (vectorised over samples), the
-    weights are vectorised over samples, and each gradient entry is a contiguous dot
-    product ``g_j = c . xt[j] / n``. The data are read twice per step (from cache: only
-    small data are stored this way).
-    """
-    n = xt.shape[1]
-    buf = np.empty(2 * n)
-    _column_margins(xt, u, buf)
-    total = _softplus_weights(s, buf, n)
-    inv = 1.0 / n
-    _column_dots(xt, buf, inv, g)
     return total * inv
 
 
