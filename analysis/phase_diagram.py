@@ -49,7 +49,10 @@ interrupted run resumes and a second run only redraws.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import math
+import multiprocessing as mp
+import os
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -387,7 +390,28 @@ def summarize(result: Any) -> list[str]:
     return out
 
 
-def period_check(lr_wd: list[float], steps: int, lr: float = 0.3) -> list[str]:
+def _period_line(lr: float, x: float, steps: int, mom: float) -> str:
+    """One line of :func:`period_check`: a run at ``lr``, ``wd = x/lr``, momentum ``mom``."""
+    from siflow import periods, theory
+    from siflow.simulate import simulate
+
+    traj = simulate("logistic", lr=lr, wd=x / lr, steps=steps, seed=0, momentum=mom)
+    ev = periods.find_events(traj)
+    if len(ev) < MIN_PERIODS + 1:
+        return f"  momentum {mom:g}, lr*wd {x:.0e}: {len(ev)} events, too few"
+    ratio = float(np.median(ev.rho_after / ev.rho_before))
+    pred = float(theory.period_from_norm_ratio(lr, x / lr, ratio, 0.0, mom))
+    t = float(ev.period_median)
+    return (
+        f"  momentum {mom:g}, lr*wd {x:.0e}: jump rho_after/rho_before {ratio:6.3f}, "
+        f"T {t:7.0f}, predicted {pred:7.0f} ({100 * (pred / t - 1):+.1f}%), "
+        f"T*lr*wd {t * x:.3f}"
+    )
+
+
+def period_check(
+    lr_wd: list[float], steps: int, lr: float = 0.3, workers: int | None = None
+) -> list[str]:
     """The period model on the default toy: measured period vs the measured norm jump.
 
     For each ``lr*wd`` (at ``lr = 0.3``, seed 0, momentum 0 and 0.9) one run of ``steps``
@@ -395,30 +419,24 @@ def period_check(lr_wd: list[float], steps: int, lr: float = 0.3) -> list[str]:
     (:class:`siflow.periods.Events`) gives the predicted period
     :func:`siflow.theory.period_from_norm_ratio` ``= ln(ratio)/(-ln q)`` (docs/theory.md
     section 2, exact for the decay phase given the ratio; ``q`` the zero-gradient decay
-    factor, ``1 - lr wd`` for SGD, ``~1 - lr wd/(1 - mu)`` with momentum).
+    factor, ``1 - lr wd`` for SGD, ``~1 - lr wd/(1 - mu)`` with momentum). The runs are
+    independent: with ``workers > 1`` they run in forked processes (which inherit the
+    compiled kernels), the lines in the same order.
     """
-    from siflow import periods, theory
-    from siflow.simulate import simulate
-
     out = [
         f"period model at lr = {lr:g} ({steps} steps): "
         f"T measured vs ln(rho_after/rho_before)/(-ln q)"
     ]
-    for mom in (0.0, 0.9):
-        for x in lr_wd:
-            traj = simulate("logistic", lr=lr, wd=x / lr, steps=steps, seed=0, momentum=mom)
-            ev = periods.find_events(traj)
-            if len(ev) < MIN_PERIODS + 1:
-                out.append(f"  momentum {mom:g}, lr*wd {x:.0e}: {len(ev)} events, too few")
-                continue
-            ratio = float(np.median(ev.rho_after / ev.rho_before))
-            pred = float(theory.period_from_norm_ratio(lr, x / lr, ratio, 0.0, mom))
-            t = float(ev.period_median)
-            out.append(
-                f"  momentum {mom:g}, lr*wd {x:.0e}: jump rho_after/rho_before {ratio:6.3f}, "
-                f"T {t:7.0f}, predicted {pred:7.0f} ({100 * (pred / t - 1):+.1f}%), "
-                f"T*lr*wd {t * x:.3f}"
-            )
+    jobs = [(lr, x, steps, mom) for mom in (0.0, 0.9) for x in lr_wd]
+    if workers is None:
+        affinity = getattr(os, "sched_getaffinity", None)
+        workers = len(affinity(0)) if affinity else os.cpu_count() or 1
+    n_proc = min(workers, len(jobs))
+    if n_proc > 1 and "fork" in mp.get_all_start_methods():
+        with cf.ProcessPoolExecutor(n_proc, mp_context=mp.get_context("fork")) as pool:
+            out.extend(pool.map(_period_line, *zip(*jobs, strict=True)))
+    else:
+        out.extend(_period_line(*job) for job in jobs)
     return out
 
 
@@ -459,9 +477,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(line)
         if args.only in (None, "logistic"):
             if args.quick:
-                lines = period_check([1e-3, 1e-2], 20_000)
+                lines = period_check([1e-3, 1e-2], 20_000, workers=args.workers)
             else:
-                lines = period_check([2e-5, 3e-5, 4e-5, 5e-5, 1e-4, 1e-3, 1e-2], 200_000)
+                lines = period_check(
+                    [2e-5, 3e-5, 4e-5, 5e-5, 1e-4, 1e-3, 1e-2], 200_000, workers=args.workers
+                )
             print("\n".join(lines))
         return 0
 
