@@ -4,9 +4,10 @@ Extracts ``siflow/`` as it was at ``REV`` (default ``main``) into a temporary di
 (``git archive``, nothing in the checkout changes) and times the same ``simulate`` calls
 as :mod:`analysis.bench.fastmath_experiment` (Rayleigh and logistic toys, SGD + weight
 decay) with that package and with the working tree's, in separate processes. The two
-are run alternately, twice each, and each case keeps the better of its two medians, so
-a change of the machine's load during the run hits both alike. Prints the time per step
-of each, the speed-up, and how far the two trajectories are apart after 200 steps.
+are run alternately, three times each, and each case keeps the best of its medians of
+CPU time per step, so a change of the machine's load during the run hits both alike.
+Prints the time per step of each, the speed-up, and how far the two trajectories are
+apart after 200 steps.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         old_path = _extract(args.rev, Path(tmp))
         old_runs, new_runs = [], []
-        for _ in range(2):
+        for _ in range(3):
             old_runs.append(_run(old_path, args.quick))
             new_runs.append(_run(ROOT, args.quick))
     old, new = _best(old_runs), _best(new_runs)
