@@ -38,7 +38,8 @@ decay-end line it predicts, and (:func:`period_check`) the period model
 Periods of the cycles are sensitive to round-off (each destabilization amplifies it):
 a change of the kernels' floating-point order moves them by ~1-2%.
 
-Usage (from the repository root; about 3 minutes on 2 cores)::
+Usage (from the repository root; about 95 s of CPU time from a cold numba cache, half of
+it in parallel cells: see analysis/BENCHMARKS.md)::
 
     python analysis/phase_diagram.py            # both figures, prints the measured numbers
     python analysis/phase_diagram.py --quick    # small grids, 1 seed: a smoke test
