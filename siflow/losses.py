@@ -290,10 +290,10 @@ _LN2 = 0.6931471805599453
 #: 1.5 * 2^52: adding it rounds to an integer held in the low mantissa bits
 _SHIFT = 6755399441055744.0
 _SHIFT_BITS = 0x4338000000000000
-#: below this, exp(x) rounds to 0 (ln of half the smallest subnormal)
-_EXP_MIN = -745.1332191019412
 _SQRT2_M1 = 0.41421356237309503
-# exp(r) on |r| <= ln2/2: Chebyshev interpolant of degree 11 (error 4e-18 before rounding)
+# Polynomial coefficients: Chebyshev interpolants (degree + 1 Chebyshev nodes, solved in
+# 60-digit arithmetic with mpmath, rounded to float64).
+# exp(r) on |r| <= ln2/2: degree 11 (error 4e-18 before rounding)
 _E2 = 0.5000000000000019
 _E3 = 0.1666666666666668
 _E4 = 0.0416666666664881
@@ -340,7 +340,8 @@ def _exp_nonpos(x):  # pragma: no cover - numba
     p = p * r + 1.0
     p = p * r + 1.0
     k1 = k >> 1
-    # below _EXP_MIN the product rounds to 0 (|p| < 2, 2^k <= 2^-1076)
+    # for x < -745.133 (ln of half the smallest subnormal) the product rounds to 0:
+    # p < 2 and 2^k <= 2^-1076 there
     return p * _bits_to_f64((k1 + 1023) << 52) * _bits_to_f64((k - k1 + 1023) << 52)
 
 
@@ -941,7 +942,8 @@ class SILoss:
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.kind == LOGISTIC and self.params.size == 1:
+        if self.kind == LOGISTIC and self.params.size >= 1:
+            # rebuilt from the data also after dataclasses.replace(loss, data=...)
             self.params = _logistic_params(float(self.params[0]), self.data)
 
     @property

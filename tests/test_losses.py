@@ -426,3 +426,19 @@ def test_logistic_construction_is_memoized_but_objects_are_independent():
     assert a.sharpness_min == b.sharpness_min
     a.data[0, 0] += 1.0  # the caller's copy is writable and does not touch the cache
     assert np.array_equal(L.logistic(5, n_samples=40, seed=3).data, b.data)
+
+
+def test_replacing_logistic_data_rebuilds_the_column_copy():
+    import dataclasses
+
+    a = L.logistic(4, n_samples=30, seed=1)
+    z = np.random.default_rng(5).standard_normal(a.data.shape)
+    b = dataclasses.replace(a, data=z)
+    assert np.array_equal(b.params[1:].reshape(4, 30), z.T)
+    w = np.array([0.3, -1.0, 0.5, 2.0])
+    r2 = float(w @ w)
+    u, g = np.empty(4), np.empty(4)
+    f = L._si_value_grad_step(L.LOGISTIC, w, r2, math.sqrt(r2), b.params, z, L._NO_IDX, 0, u, g)
+    f_ref, g_ref = L.value_and_grad_numpy(L.LOGISTIC, w, b.params, z)
+    assert f == pytest.approx(f_ref, rel=1e-12)
+    np.testing.assert_allclose(g, g_ref, rtol=1e-12, atol=1e-15 * np.abs(g_ref).max())
