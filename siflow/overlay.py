@@ -136,15 +136,14 @@ def _finite(a: np.ndarray | None) -> np.ndarray | None:
 
 def _log_decay(lr: float, wd: float, momentum: float) -> float:
     """``ln decay_factor`` (negative): per-step log change of the norm at zero gradient."""
-    return math.log(float(theory.decay_factor(lr, wd, momentum)))
+    return -float(theory.decay_rate(lr, wd, momentum))
 
 
 def _with_elr(traj: Trajectory, lr: float | None) -> Trajectory:
     """A copy with ``elr = lr / rho**2`` filled in when it is missing and computable."""
     work = traj[slice(None)]
     if work.elr is None and work.rho is not None and lr is not None:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            work.elr = lr / work.rho**2
+        work.elr = np.asarray(theory.effective_lr(lr, work.rho))
     return work
 
 
@@ -352,8 +351,7 @@ def analyze(
         and lr is not None
         and wd is not None
     ):
-        with np.errstate(invalid="ignore"):
-            derived = _finite(np.arctan(st.elr * st.grad_norm_sphere / (1.0 - lr * wd)))
+        derived = _finite(np.asarray(theory.sgd_step_angle(lr, wd, st.elr, st.grad_norm_sphere)))
         if derived is not None:
             res.angular_update_rms = _f(np.sqrt(np.mean(derived**2)))
             res.angular_update_source = "derived: tan(Delta) = elr*g~/(1-lr*wd)"
@@ -363,15 +361,12 @@ def analyze(
 
     if have_hp:
         assert lr is not None and wd is not None
-        if mu == 0.0:
-            res.angular_update_predicted = _f(theory.sgd_equilibrium_angle(lr, wd))
-        else:
-            res.angular_update_predicted = _f(theory.sgdm_equilibrium_angle(lr, wd, mu))
-        if res.grad_norm_sphere_rms is not None and res.grad_norm_sphere_rms > 0:
-            eq = theory.equilibrium(lr, wd, res.grad_norm_sphere_rms, mu)
-            res.norm_predicted = _f(eq["norm"])
-            res.elr_predicted = _f(eq["elr"])
-        res.decay_rate_predicted = _f(-_log_decay(lr, wd, mu))
+        g = res.grad_norm_sphere_rms
+        eq = theory.equilibrium(lr, wd, g if g is not None and g > 0 else None, mu)
+        res.angular_update_predicted = _f(eq["angular_update"])
+        res.norm_predicted = _f(eq.get("norm"))
+        res.elr_predicted = _f(eq.get("elr"))
+        res.decay_rate_predicted = _f(eq["decay_rate"])
 
     # ------------------------------------------------------------------ decay
     if len(events) or res.regime == "converged":

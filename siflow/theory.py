@@ -73,8 +73,16 @@ __all__ = [
     "exponential_lr_initial_buffer",
     "period_from_norm_ratio",
     "period",
-    "predict_period",
     "equilibrium",
+    "decay_rate",
+    "effective_lr",
+    "sphere_grad_norm",
+    "sphere_sharpness",
+    "sgd_step_angle",
+    "sgd_norm_step",
+    "decay_end_step",
+    "equilibrium_instability_lr_wd",
+    "OPTIMIZERS",
 ]
 
 Array = NDArray[np.float64]
@@ -362,6 +370,34 @@ def _log_decay(lr: Array, wd: Array, mu: Array) -> Array:
     if np.all(mu == 0):
         return np.log1p(-(lr * wd)) + 0.0 * mu
     return _dominant_root(lr * wd, mu)[1]
+
+
+def decay_rate(lr: ArrayLike, wd: ArrayLike, momentum: ArrayLike = 0.0) -> Array:
+    r"""Per-step log decay rate of the weight norm at zero gradient: ``-ln decay_factor``.
+
+    SGD: ``-ln(1 - eta lam)``, exact for the discrete map, computed as
+    ``-log1p(-eta lam)`` so that it keeps full relative precision down to
+    ``eta lam = 1e-300`` (``-math.log(1 - x)`` loses ``1e-16/x`` relative: 2e-5 at
+    ``x = 1e-12``). Heavy ball: ``-ln |alpha|`` of :func:`decay_factor`
+    (asymptotically exact). Source: docs/theory.md sections 1 and 3.
+
+    Parameters
+    ----------
+    lr : array_like
+        Learning rate, ``> 0``.
+    wd : array_like
+        Weight decay, ``>= 0``, ``lr*wd < 1``.
+    momentum : array_like, default 0
+        Heavy-ball momentum in ``[0, 1)``.
+
+    Returns
+    -------
+    ndarray or float
+        ``-ln decay_factor`` in 1/step (``>= 0``). Broadcast over the inputs.
+    """
+    lr, wd = check_lr_wd(lr, wd, wd_positive=False)
+    mu = check_momentum(momentum)
+    return _out(-_log_decay(lr, wd, mu))
 
 
 def zero_grad_norm(t: ArrayLike, rho0: ArrayLike, lr: ArrayLike, wd: ArrayLike) -> Array:
@@ -775,6 +811,139 @@ def sgdm_relaxation_time(
     log_mod = np.where(mu == 0.0, _sgd_log_abs_factor(x), log_mod)
     with np.errstate(divide="ignore"):
         return _out(-1.0 / log_mod)
+
+
+# --------------------------------------------------------------------------- per-step laws
+
+
+def effective_lr(lr: ArrayLike, rho: ArrayLike) -> Array:
+    r"""Effective learning rate of an SI group: ``elr = eta / rho^2``.
+
+    For ``L(c w) = L(w)`` the gradient scales as ``1/|w|``, so a step of size
+    ``eta`` moves the direction ``w/|w|`` as a step of ``eta/|w|^2`` on the unit
+    sphere (docs/theory.md section 0). Exact. Not validated (logs carry NaN rows
+    and zeros); ``rho = 0`` gives ``inf`` without a warning.
+
+    Parameters
+    ----------
+    lr : array_like
+        Learning rate per row or constant.
+    rho : array_like
+        Weight norm ``|w|``.
+
+    Returns
+    -------
+    ndarray or float
+        ``lr / rho**2``, broadcast over the inputs.
+    """
+    lr = np.asarray(lr, dtype=np.float64)
+    rho = np.asarray(rho, dtype=np.float64)
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        return _out(lr / np.square(rho))
+
+
+def sphere_grad_norm(rho: ArrayLike, grad_norm_raw: ArrayLike) -> Array:
+    r"""Gradient norm on the unit sphere from the raw one: ``g~ = |w| |grad L(w)|``.
+
+    Exact for an SI loss (the gradient at ``w`` is ``1/|w|`` times the gradient at
+    ``w/|w|``; docs/theory.md section 0).
+
+    Parameters
+    ----------
+    rho : array_like
+        Weight norm ``|w|``.
+    grad_norm_raw : array_like
+        ``|grad L(w)|`` as logged.
+
+    Returns
+    -------
+    ndarray or float
+        ``rho * grad_norm_raw``, broadcast over the inputs.
+    """
+    rho = np.asarray(rho, dtype=np.float64)
+    g = np.asarray(grad_norm_raw, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return _out(rho * g)
+
+
+def sphere_sharpness(rho: ArrayLike, sharpness_raw: ArrayLike) -> Array:
+    r"""Sharpness on the unit sphere from the raw one: ``S = |w|^2 lambda_max(hess L(w))``.
+
+    The Hessian of an SI loss scales as ``1/|w|^2`` (docs/theory.md section 0), so
+    this is exact for the Euclidean Hessian; it equals the Riemannian sharpness at
+    critical points and bounds it from above elsewhere.
+
+    Parameters
+    ----------
+    rho : array_like
+        Weight norm ``|w|``.
+    sharpness_raw : array_like
+        Top eigenvalue of ``hess L(w)`` as logged.
+
+    Returns
+    -------
+    ndarray or float
+        ``rho**2 * sharpness_raw``, broadcast over the inputs.
+    """
+    rho = np.asarray(rho, dtype=np.float64)
+    s = np.asarray(sharpness_raw, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return _out(np.square(rho) * s)
+
+
+def sgd_step_angle(lr: ArrayLike, wd: ArrayLike, elr: ArrayLike, grad_norm: ArrayLike) -> Array:
+    r"""Angle of one SGD + WD step of an SI group: ``tan Delta = elr g~ / (1 - eta lam)``.
+
+    ``w' = (1 - eta lam) w - eta grad L(w)`` with the gradient orthogonal to ``w``
+    (exact for an SI loss) has radial part ``(1 - eta lam) |w|`` and tangential part
+    ``eta |grad L| = elr g~ |w|``. Exact for the discrete map (docs/theory.md
+    section 1). Not validated: per-row log columns may hold NaN.
+
+    Parameters
+    ----------
+    lr, wd : array_like
+        Learning rate and weight decay of the step (``lr*wd < 1``).
+    elr : array_like
+        Effective LR ``lr / rho^2`` before the step.
+    grad_norm : array_like
+        Sphere gradient norm ``g~`` of the step.
+
+    Returns
+    -------
+    ndarray or float
+        ``Delta`` in radians, broadcast over the inputs.
+    """
+    lr, wd, elr, g = (np.asarray(a, dtype=np.float64) for a in (lr, wd, elr, grad_norm))
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        return _out(np.arctan(elr * g / (1.0 - lr * wd)))
+
+
+def sgd_norm_step(rho: ArrayLike, lr: ArrayLike, wd: ArrayLike, grad_norm: ArrayLike) -> Array:
+    r"""Weight norm after one SGD + WD step (the exact norm recursion).
+
+    ``rho'^2 = (1 - eta lam)^2 rho^2 + eta^2 g~^2 / rho^2``.
+
+    Exact for the discrete map of an SI group (the gradient is orthogonal to ``w``;
+    docs/theory.md section 1). Not validated: per-row log columns may hold NaN.
+
+    Parameters
+    ----------
+    rho : array_like
+        Norm before the step.
+    lr, wd : array_like
+        Learning rate and weight decay of the step.
+    grad_norm : array_like
+        Sphere gradient norm ``g~ = |w| |grad L(w)|`` of the step.
+
+    Returns
+    -------
+    ndarray or float
+        The norm after the step, broadcast over the inputs.
+    """
+    rho, lr, wd, g = (np.asarray(a, dtype=np.float64) for a in (rho, lr, wd, grad_norm))
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        r2 = np.square(rho)
+        return _out(np.sqrt(np.square(1.0 - lr * wd) * r2 + np.square(lr * g) / r2))
 
 
 # --------------------------------------------------------------------------- AdamW and Lion
@@ -1271,18 +1440,6 @@ def period(
     return period_from_norm_ratio(lr, wd, rmax / rcrit, escape_steps, momentum)
 
 
-def predict_period(*args: Any, **kwargs: Any) -> Any:
-    """Predicted period of the periodic behavior; see :func:`siflow.predict.predict_period`.
-
-    Delegates lazily so that ``siflow.theory`` stays numpy-only: the prediction
-    iterates the reduced map of :mod:`siflow.maps` (numba) from a landscape
-    description, or uses a calibration :class:`~siflow.trajectory.Trajectory`.
-    """
-    from siflow.predict import predict_period as _predict_period
-
-    return _predict_period(*args, **kwargs)
-
-
 # --------------------------------------------------------------------------- summary
 
 EQUILIBRIUM_KEYS: tuple[str, ...] = (
@@ -1300,24 +1457,122 @@ EQUILIBRIUM_KEYS: tuple[str, ...] = (
     "relaxation_time_first_order",
     "elr_doubling_time",
     "decay_factor",
+    "decay_rate",
+    "optimizer",
 )
+
+#: Optimizers :func:`equilibrium` knows, with the formula family each one uses.
+OPTIMIZERS: dict[str, str] = {
+    "sgd": "SGD + coupled WD (heavy ball when momentum > 0): sgd_*/sgdm_* forms",
+    "sgdm": "PyTorch heavy-ball SGD + coupled WD: sgdm_* forms",
+    "nesterov": "PyTorch Nesterov SGD + coupled WD: sgdm_*(nesterov=True) forms",
+    "adamw": "AdamW, decoupled WD: adamw_* forms (per group of n_params elements)",
+    "lion": "Lion, decoupled WD: lion_* forms (per group of n_params elements)",
+}
+
+
+def check_optimizer(optimizer: str) -> str:
+    """The optimizer name, lower-cased, or ``ValueError`` naming the known ones."""
+    name = str(optimizer).strip().lower()
+    if name not in OPTIMIZERS:
+        known = ", ".join(OPTIMIZERS)
+        raise ValueError(f"optimizer must be one of {known}; got {optimizer!r}")
+    return name
+
+
+def _scalars(out: dict[str, Any], scalar: bool) -> dict[str, Any]:
+    return {
+        k: (v if isinstance(v, str) else float(v) if scalar else np.asarray(v, dtype=np.float64))
+        for k, v in out.items()
+    }
+
+
+def _sgd_family_equilibrium(
+    lr: Array, wd: Array, g: Array | None, mu: Array, nesterov: bool
+) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "angular_update": sgdm_equilibrium_angle(lr, wd, mu, nesterov=nesterov),
+        "angular_update_first_order": sgdm_equilibrium_angle(
+            lr, wd, mu, exact=False, nesterov=nesterov
+        ),
+    }
+    if g is not None:
+        out["grad_norm"] = g
+        out["norm"] = sgdm_equilibrium_norm(lr, wd, g, mu, nesterov=nesterov)
+        out["norm_first_order"] = sgdm_equilibrium_norm(
+            lr, wd, g, mu, exact=False, nesterov=nesterov
+        )
+        out["elr"] = sgdm_equilibrium_elr(lr, wd, g, mu)
+        out["elr_first_order"] = sgdm_equilibrium_elr(lr, wd, g, mu, exact=False)
+        if nesterov:
+            out["elr"] = effective_lr(lr, out["norm"])
+            out["elr_first_order"] = effective_lr(lr, out["norm_first_order"])
+    if not nesterov:
+        out["relaxation_time"] = sgdm_relaxation_time(lr, wd, mu)
+        out["relaxation_time_first_order"] = sgdm_relaxation_time(lr, wd, mu, exact=False)
+        out["elr_doubling_time"] = elr_doubling_time(lr, wd, mu)
+        out["decay_factor"] = decay_factor(lr, wd, mu)
+        out["decay_rate"] = decay_rate(lr, wd, mu)
+    return out
+
+
+def _adaptive_equilibrium(
+    name: str, lr: Array, wd: Array, betas: tuple[float, float], n_params: Array | None
+) -> dict[str, Any]:
+    b1, b2 = betas
+    if name == "adamw":
+        out: dict[str, Any] = {
+            "angular_update": adamw_equilibrium_angle(lr, wd, b1),
+            "angular_update_first_order": adamw_equilibrium_angle(lr, wd, b1, exact=False),
+        }
+        if n_params is not None:
+            out["norm"] = adamw_equilibrium_norm(lr, wd, n_params, b1)
+            out["norm_first_order"] = adamw_equilibrium_norm(lr, wd, n_params, b1, exact=False)
+    else:
+        out = {
+            "angular_update": lion_equilibrium_angle(lr, wd, b1, b2),
+            "angular_update_first_order": lion_equilibrium_angle(lr, wd, b1, b2, exact=False),
+        }
+        if n_params is not None:
+            out["norm"] = lion_equilibrium_norm(lr, wd, n_params, b1, b2)
+            out["norm_first_order"] = lion_equilibrium_norm(lr, wd, n_params, b1, b2, exact=False)
+    # decoupled decay at zero update: w <- (1 - eta lam) w, exact
+    out["decay_factor"] = decay_factor(lr, wd)
+    out["decay_rate"] = decay_rate(lr, wd)
+    return out
 
 
 def equilibrium(
-    lr: ArrayLike, wd: ArrayLike, grad_norm: ArrayLike, momentum: ArrayLike = 0.0
+    lr: ArrayLike,
+    wd: ArrayLike,
+    grad_norm: ArrayLike | None = None,
+    momentum: ArrayLike = 0.0,
+    *,
+    optimizer: str = "sgd",
+    betas: tuple[float, float] = (0.9, 0.999),
+    n_params: ArrayLike | None = None,
 ) -> dict[str, Any]:
-    r"""All equilibrium quantities for SGD (``momentum = 0``) or heavy-ball SGD + WD.
+    r"""All equilibrium quantities of an SI group for the optimizer that ran.
 
-    Returns a dict with the keys of ``EQUILIBRIUM_KEYS``: ``lr``, ``wd``,
-    ``momentum``, ``grad_norm``, ``norm`` (rho*), ``norm_first_order``, ``elr``
-    (eta/rho*^2), ``elr_first_order``, ``angular_update`` (radians),
-    ``angular_update_first_order``, ``relaxation_time`` (steps),
-    ``relaxation_time_first_order``, ``elr_doubling_time`` (steps, zero gradient)
-    and ``decay_factor`` (per-step norm factor at zero gradient). Scalar inputs give
-    ``float`` values; array inputs give broadcast arrays. With momentum the values
-    come from the ``sgdm_*`` functions (exact under the second-moment model), for
-    ``momentum = 0`` from the ``sgd_*`` ones (exact for the discrete map); see their
-    docstrings.
+    One front door for the per-optimizer closed forms (docs/theory.md sections 1-5):
+
+    * ``"sgd"`` / ``"sgdm"``: SGD + coupled WD, heavy ball when ``momentum > 0``
+      (the ``sgdm_*`` forms, which reduce exactly to the ``sgd_*`` ones at
+      ``momentum = 0``; exact for the discrete map there, exact under the
+      second-moment model with momentum). Keys: ``angular_update``,
+      ``relaxation_time``, ``elr_doubling_time``, ``decay_factor``, ``decay_rate``
+      (each with ``_first_order`` where one exists) and, given ``grad_norm``, the
+      equilibrium ``norm`` and ``elr``.
+    * ``"nesterov"``: the ``nesterov=True`` forms; no relaxation or decay law.
+    * ``"adamw"`` / ``"lion"``: decoupled WD; the angle needs only ``lr``, ``wd``
+      and ``betas``; the norm needs the group size ``n_params`` (C) and is
+      independent of the gradient scale; the zero-update ``decay_factor`` is
+      ``1 - eta lam``. ``grad_norm`` and ``momentum`` are not used.
+
+    Every result also carries ``lr``, ``wd``, ``momentum`` and ``optimizer``. A
+    quantity the optimizer's theory does not define is absent from the dict (print
+    it as n/a). Scalar inputs give ``float`` values; array inputs give broadcast
+    arrays.
 
     Parameters
     ----------
@@ -1325,33 +1580,113 @@ def equilibrium(
         Learning rate, ``> 0``.
     wd : array_like
         Weight decay, ``> 0``, ``lr*wd < 1``.
-    grad_norm : array_like
-        Gradient norm on the unit sphere, ``> 0``.
+    grad_norm : array_like, optional
+        Gradient norm on the unit sphere, ``> 0`` (SGD family: needed for the norm
+        and the effective LR).
     momentum : array_like, default 0
-        Heavy-ball momentum in ``[0, 1)``.
+        Momentum in ``[0, 1)`` (SGD family).
+    optimizer : {"sgd", "sgdm", "nesterov", "adamw", "lion"}, default "sgd"
+        The update rule whose theory is used.
+    betas : (float, float), default (0.9, 0.999)
+        ``(beta1, beta2)`` of AdamW (beta2 unused by the model) or Lion.
+    n_params : array_like, optional
+        Number of elements C of the SI group (AdamW and Lion norms).
     """
+    name = check_optimizer(optimizer)
     lr, wd = check_lr_wd(lr, wd)
-    g = check_positive("grad_norm", grad_norm)
     mu = check_momentum(momentum)
-    lr, wd, g, mu = np.broadcast_arrays(lr, wd, g, mu)
-    out: dict[str, Any] = {
-        "lr": lr,
-        "wd": wd,
-        "momentum": mu,
-        "grad_norm": g,
-        "norm": sgdm_equilibrium_norm(lr, wd, g, mu),
-        "norm_first_order": sgdm_equilibrium_norm(lr, wd, g, mu, exact=False),
-        "elr": sgdm_equilibrium_elr(lr, wd, g, mu),
-        "elr_first_order": sgdm_equilibrium_elr(lr, wd, g, mu, exact=False),
-        "angular_update": sgdm_equilibrium_angle(lr, wd, mu),
-        "angular_update_first_order": sgdm_equilibrium_angle(lr, wd, mu, exact=False),
-        "relaxation_time": sgdm_relaxation_time(lr, wd, mu),
-        "relaxation_time_first_order": sgdm_relaxation_time(lr, wd, mu, exact=False),
-        "elr_doubling_time": elr_doubling_time(lr, wd, mu),
-        "decay_factor": decay_factor(lr, wd, mu),
-    }
-    scalar = lr.ndim == 0
-    return {k: (float(v) if scalar else np.asarray(v, dtype=np.float64)) for k, v in out.items()}
+    g = None if grad_norm is None else check_positive("grad_norm", grad_norm)
+    if name in ("adamw", "lion"):
+        c = None if n_params is None else check_positive("n_params", n_params)
+        b = (float(check_beta("beta1", betas[0])), float(check_beta("beta2", betas[1])))
+        lr, wd = np.broadcast_arrays(lr, wd)
+        out = _adaptive_equilibrium(name, lr, wd, b, c)
+    else:
+        arrays = [lr, wd, mu] + ([] if g is None else [g])
+        lr, wd, mu, *rest = np.broadcast_arrays(*arrays)
+        g = rest[0] if rest else None
+        out = _sgd_family_equilibrium(lr, wd, g, mu, nesterov=name == "nesterov")
+    out = {"lr": lr, "wd": wd, "momentum": mu, **out}
+    result = _scalars(out, np.ndim(lr) == 0)
+    result["optimizer"] = name
+    order = [k for k in EQUILIBRIUM_KEYS if k in result]
+    return {k: result[k] for k in order + [k for k in result if k not in order]}
+
+
+# --------------------------------------------------------------------------- regime lines
+
+
+def decay_end_step(
+    lr: ArrayLike,
+    wd: ArrayLike,
+    sharpness: float,
+    rho0: float = 1.0,
+    momentum: float = 0.0,
+    grad_norm: float | None = None,
+) -> NDArray[np.float64]:
+    """Step at which the initial weight-decay phase of a run started at norm ``rho0`` ends.
+
+    While the loss sits in a minimum the gradient is negligible and the norm decays
+    by :func:`decay_factor` ``q`` per step (``1 - lr wd`` for SGD, exact at zero
+    gradient; asymptotic with momentum). The decay ends at the first instability,
+    when the norm reaches :func:`critical_norm`
+    ``rho_crit = sqrt(lr S / (2 (1 + mu - lr wd)))`` (exact for the linearised map
+    for SGD, quasi-static with momentum), or, with gradient noise of sphere norm
+    ``G``, at the equilibrium norm ``rho*`` (:func:`sgdm_equilibrium_norm`) if that
+    is larger::
+
+        t_end = max(ln(rho0 / max(rho_crit, rho*)), 0) / (-ln q)
+
+    A run of ``steps`` steps shows periods or an equilibrium only where ``t_end``
+    is well below ``steps``; elsewhere the norm is still decaying ("converged").
+    The fixed ``rho0`` breaks the scale symmetry (docs/theory.md section 0):
+    ``t_end ~ ln(2 rho0^2/(lr S)) / (2 lr wd)`` depends on ``lr`` as well as on
+    ``lr*wd``, so this boundary is not a line of constant ``lr*wd``.
+    """
+    lr_a, wd_a = check_lr_wd(lr, wd)
+    rho_end = critical_norm(lr_a, wd_a, sharpness, momentum)
+    if grad_norm:
+        rho_end = np.maximum(rho_end, sgdm_equilibrium_norm(lr_a, wd_a, grad_norm, momentum))
+    rate = decay_rate(lr_a, wd_a, momentum)
+    with np.errstate(divide="ignore"):
+        return np.maximum(np.log(rho0 / rho_end), 0.0) / rate
+
+
+def equilibrium_instability_lr_wd(
+    grad_norm: float, sharpness: float, momentum: float = 0.0
+) -> float:
+    """The ``lr*wd`` above which the noise-driven equilibrium is unstable.
+
+    At equilibrium the effective LR is :func:`sgdm_equilibrium_elr` (which reduces
+    to :func:`sgd_equilibrium_elr` at ``momentum = 0``), a function of ``x = lr*wd``
+    and the sphere gradient norm ``G``; it exceeds the stability threshold
+    :func:`stability_threshold_elr` ``2 (1 + mu - x) / S`` above the root ``x*``
+    returned here (found by bisection). For SGD the root is, exactly for the
+    discrete map under constant ``G``, ``x* = 1 - S / sqrt(S^2 + 4 G^2)`` (first
+    order ``2 G^2 / S^2``): below it the run settles into an equilibrium, above it
+    the periodic behavior appears. Both sides depend on ``x`` only, so the boundary
+    is a line of constant ``lr*wd``.
+    """
+    g = float(check_positive("grad_norm", grad_norm))
+    s_ = float(check_positive("sharpness", sharpness))
+    mu = float(check_momentum(momentum))
+
+    def gap(x: float) -> float:
+        elr = sgdm_equilibrium_elr(x, 1.0, g, mu)
+        return float(elr - stability_threshold_elr(x, 1.0, s_, mu))
+
+    lo, hi = 1e-300, 1.0 - 1e-15
+    if gap(hi) < 0:
+        return math.inf
+    for _ in range(200):
+        mid = math.sqrt(lo * hi) if hi / lo > 4 else 0.5 * (lo + hi)
+        if gap(mid) < 0:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo <= 1e-15 * hi:
+            break
+    return 0.5 * (lo + hi)
 
 
 if __name__ == "__main__":  # pragma: no cover - exercised through subprocess in the tests
