@@ -86,6 +86,9 @@ __all__ = [
     "sgd_norm_trajectory",
     "weight_decay_integral",
     "weight_decay_timescale",
+    "sgd_radial_norm",
+    "heavy_ball_radial_norm",
+    "decay_product",
 ]
 
 Array = NDArray[np.float64]
@@ -1518,6 +1521,134 @@ def period(
     if np.any(rmax < rcrit):
         raise ValueError("rho_max must be >= rho_crit; pass the norm after the jump as rho_max")
     return period_from_norm_ratio(lr, wd, rmax / rcrit, escape_steps, momentum)
+
+
+# ------------------------------------------------------------ exact checks of scale invariance
+
+
+def sgd_radial_norm(rho: ArrayLike, angle: ArrayLike, lr: ArrayLike, wd: ArrayLike) -> Array:
+    r"""Norm after one SGD + WD step from its angle: ``rho' = (1 - eta lam) rho / cos Delta``.
+
+    ``w' = (1 - eta lam) w - eta grad L(w)``; for an SI loss the gradient is orthogonal
+    to ``w`` (docs/theory.md section 0), so the component of ``w'`` along ``w`` is the
+    decay alone: ``rho' cos Delta = (1 - eta lam) rho``. Exact for the discrete map
+    whatever the gradient (docs/theory.md section 1); it needs no gradient norm, so
+    a log of norms and angles checks scale invariance directly. Not validated:
+    per-row log columns may hold NaN.
+
+    Parameters
+    ----------
+    rho : array_like
+        Norm ``|w_t|`` before the step.
+    angle : array_like
+        Angle ``Delta_t = angle(w_t, w_{t+1})`` of the step, radians.
+    lr, wd : array_like
+        Learning rate and weight decay of the step.
+
+    Returns
+    -------
+    ndarray or float
+        The norm ``|w_{t+1}|`` the law predicts, broadcast over the inputs.
+    """
+    rho, angle, lr, wd = (np.asarray(a, dtype=np.float64) for a in (rho, angle, lr, wd))
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        return _out((1.0 - lr * wd) * rho / np.cos(angle))
+
+
+def heavy_ball_radial_norm(
+    rho_prev: ArrayLike,
+    angle_prev: ArrayLike,
+    rho: ArrayLike,
+    angle: ArrayLike,
+    lr_prev: ArrayLike,
+    lr: ArrayLike,
+    wd: ArrayLike,
+    momentum: ArrayLike,
+) -> Array:
+    r"""Norm after one PyTorch heavy-ball step from the last two angles and norms.
+
+    PyTorch's SGD with momentum ``mu`` (dampening 0) and coupled weight decay,
+    ``v_{t+1} = mu v_t + g_t + lam_t w_t``, ``w_{t+1} = w_t - eta_t v_{t+1}``, has
+    ``eta_{t-1} v_t = w_{t-1} - w_t``, hence
+
+    ``w_{t+1} = (1 - eta_t lam_t) w_t + mu (eta_t/eta_{t-1}) (w_t - w_{t-1}) - eta_t g_t``.
+
+    Projected on ``w_t`` (``<g_t, w_t> = 0`` for an SI loss, docs/theory.md section 0,
+    and ``<w_{t-1}, w_t>/rho_t = rho_{t-1} cos Delta_{t-1}``)::
+
+        rho_{t+1} cos Delta_t = (1 - eta_t lam_t) rho_t
+                                + mu (eta_t/eta_{t-1}) (rho_t - rho_{t-1} cos Delta_{t-1})
+
+    Exact for the discrete map for ``t >= 1`` whatever the gradients (derived here;
+    the heavy-ball map is docs/theory.md section 3); at ``mu = 0`` it is
+    :func:`sgd_radial_norm`. Needs consecutive steps. Not validated: per-row log
+    columns may hold NaN.
+
+    Parameters
+    ----------
+    rho_prev, angle_prev : array_like
+        ``rho_{t-1}`` and ``Delta_{t-1}`` (radians).
+    rho, angle : array_like
+        ``rho_t`` and ``Delta_t``.
+    lr_prev, lr : array_like
+        ``eta_{t-1}`` and ``eta_t``.
+    wd : array_like
+        ``lam_t``.
+    momentum : array_like
+        ``mu`` in ``[0, 1)``.
+
+    Returns
+    -------
+    ndarray or float
+        The norm ``rho_{t+1}`` the law predicts, broadcast over the inputs.
+    """
+    arrays = (rho_prev, angle_prev, rho, angle, lr_prev, lr, wd, momentum)
+    r0, a0, r1, a1, l0, l1, lam, mu = (np.asarray(a, dtype=np.float64) for a in arrays)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        radial = (1.0 - l1 * lam) * r1 + mu * (l1 / l0) * (r1 - r0 * np.cos(a0))
+        return _out(radial / np.cos(a1))
+
+
+def decay_product(
+    lr: ArrayLike,
+    wd: ArrayLike,
+    momentum: ArrayLike = 0.0,
+    repeats: ArrayLike | None = None,
+) -> NDArray[np.float64]:
+    r"""Norm factor of a schedule at zero gradient: ``prod_{s<t} q(eta_s, lam_s, mu)``.
+
+    With no gradient each step multiplies the norm by :func:`decay_factor`
+    ``q = 1 - eta_s lam_s`` (SGD with coupled WD, and AdamW/Lion's decoupled WD:
+    exact for the discrete map; heavy ball: the asymptotic factor, first order in a
+    changing ``lr``), so between two destabilizations the norm follows this product
+    (docs/theory.md section 1). Computed as ``exp(-cumsum(decay_rate))``
+    (:func:`decay_rate` is accurate to 1e-12 relative even at ``lr*wd = 1e-12``).
+
+    Parameters
+    ----------
+    lr, wd : array_like
+        Per-entry learning rate and weight decay (scalars broadcast; 1-d).
+    momentum : array_like, default 0
+        Heavy-ball momentum.
+    repeats : array_like of int, optional
+        Steps each entry stands for (a log row ``k`` steps before the next row with
+        the schedule held over those steps); default 1.
+
+    Returns
+    -------
+    ndarray
+        ``1, q_0^{n_0}, q_0^{n_0} q_1^{n_1}, ...`` (length ``T + 1``).
+    """
+    lr, wd, mu = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64) for a in (lr, wd, momentum)))
+    if lr.ndim != 1:
+        raise ValueError("lr, wd and momentum must be scalars or 1-d arrays of per-step values")
+    rate = np.asarray(decay_rate(lr, wd, mu), dtype=np.float64).reshape(lr.shape)
+    if repeats is not None:
+        n = np.asarray(repeats, dtype=np.float64)
+        if n.shape != lr.shape or np.any(~np.isfinite(n)) or np.any(n < 0):
+            raise ValueError(f"repeats must hold one step count >= 0 per entry ({lr.size} entries)")
+        rate = rate * n
+    return np.exp(-np.concatenate(([0.0], np.cumsum(rate))))
 
 
 # --------------------------------------------------------------------------- summary
