@@ -1,9 +1,12 @@
-"""python -m siflow.overlay: table, JSON, figure next to the log, one-line errors."""
+"""python -m siflow.overlay: table, JSON, outputs under runs/ (never next to the log), one-line
+errors, optimizer and schedule flags, library messages translated to flags."""
 
 import json
 import math
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +15,9 @@ from siflow._overlay_cli import main
 from siflow.trajectory import Trajectory
 
 LR, WD = 0.1, 5e-3
+ROOT = Path(__file__).resolve().parents[1]
+#: subprocesses run elsewhere than the checkout must still import this checkout's siflow
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
 
 
 def _burst_map(n=20000):
@@ -29,6 +35,12 @@ def _burst_map(n=20000):
         x = q2 * x + LR**2 * g**2 / x
     loss = np.where(np.isin(np.arange(n) % 10**9, ev), 1.0, 0.01)
     return np.sqrt(r2), loss, np.asarray(ev)
+
+
+@pytest.fixture(autouse=True)
+def _outputs_in_tmp(tmp_path, monkeypatch):
+    """Default outputs go under ./runs: keep them out of the checkout."""
+    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture()
@@ -52,16 +64,27 @@ def _run(argv, capsys):
     return code, out, err
 
 
-def test_table_and_default_figure(logs, capsys):
+def test_table_and_default_outputs_under_runs(logs, capsys, tmp_path, monkeypatch):
     log, _, ev = logs
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    before = sorted(p.name for p in log.parent.iterdir())
     code, out, err = _run([log], capsys)
     assert code == 0, err
     assert "regime: periodic" in out
     period = float(np.median(np.diff(ev)))
     assert f"{period:.6g}" in out.split("period median (steps)")[1].split("\n")[0]
-    fig = log.with_name("run_overlay.png")
-    assert fig.read_bytes()[:4] == b"\x89PNG"
+    # nothing next to the log; figure and summary under runs/overlay/<log stem>/
+    assert sorted(p.name for p in log.parent.iterdir()) == before
+    fig = Path("runs/overlay/run/overlay.png")
+    assert (work / fig).read_bytes()[:4] == b"\x89PNG"
     assert f"figure: {fig}" in out
+    summary = json.loads((work / "runs/overlay/run/summary.json").read_text())
+    assert summary["periods"] == np.diff(ev).astype(float).tolist()  # whole list in the file
+    assert "summary: runs/overlay/run/summary.json" in out
+    # the formulas of the optimizer's theory are printed
+    assert "2(1 - lr wd)/S" in out or "cos Delta* = 1 - lr wd" in out
 
 
 def test_json_output(logs, capsys, tmp_path):
@@ -144,14 +167,19 @@ def test_module_entry_point(logs, tmp_path):
         capture_output=True,
         text=True,
         timeout=120,
+        cwd=tmp_path,
+        env=ENV,
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["n_events"] == len(ev)
+    assert "summary: runs/overlay/run/summary.json" in proc.stderr
     bad = subprocess.run(
         [sys.executable, "-m", "siflow.overlay", str(tmp_path / "missing.csv")],
         capture_output=True,
         text=True,
         timeout=120,
+        cwd=tmp_path,
+        env=ENV,
     )
     assert bad.returncode == 2
     assert bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
