@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from siflow._overlay_cli import main
+from siflow import theory
+from siflow._overlay_cli import main, to_flags
 from siflow.trajectory import Trajectory
 
 LR, WD = 0.1, 5e-3
@@ -202,3 +203,105 @@ def test_group_picks_one_layer_of_a_per_layer_log(tmp_path, capsys):
     assert result["period_median"] == pytest.approx(float(np.median(np.diff(ev))), rel=0.02)
     code, out, err = _run([log, "--lr", LR, "--wd", WD, "--no-figure"], capsys)
     assert code == 2 and "group" in err and len(err.strip().splitlines()) == 1
+
+
+def test_long_lists_are_summarised_on_screen_and_whole_in_json(logs, capsys):
+    log, _, ev = logs
+    assert len(ev) > 9
+    code, out, err = _run([log, "--no-figure"], capsys)
+    assert code == 0, err
+    periods = np.diff(ev).astype(float)
+    q1, med, q3 = np.percentile(periods, [25, 50, 75])
+    line = next(ln for ln in out.splitlines() if ln.startswith("periods (steps):"))
+    assert line == (
+        f"periods (steps): {periods.size} values: median {med:.6g}, quartiles {q1:.6g} .. "
+        f"{q3:.6g}, range {periods.min():.6g} .. {periods.max():.6g}"
+    )
+    summary = json.loads(Path("runs/overlay/run/summary.json").read_text())
+    assert summary["periods"] == periods.tolist()
+
+
+def _two_group_adamw_log(path, lr=1e-2, wd=0.1, steps=60):
+    """Per-group columns in the torch_probe naming; values only need to be plausible."""
+    rng = np.random.default_rng(0)
+    extra = {}
+    for name, c in (("a", 300), ("b", 1200)):
+        extra[f"rho/{name}"] = np.full(steps, math.sqrt(lr * c / (2 * wd))) * (
+            1 + 0.01 * rng.standard_normal(steps)
+        )
+        extra[f"angular_update/{name}"] = np.full(steps, 0.01) * (
+            1 + 0.1 * rng.standard_normal(steps)
+        )
+    rho = np.sqrt(extra["rho/a"] ** 2 + extra["rho/b"] ** 2)
+    meta = {"lr": lr, "wd": wd, "optimizer": "AdamW"}
+    return Trajectory(step=np.arange(steps), rho=rho, extra=extra, meta=meta).save(path)
+
+
+def test_optimizer_adamw_with_group_sizes(tmp_path, capsys):
+    log = _two_group_adamw_log(tmp_path / "adamw.npz")
+    args = [log, "--optimizer", "adamw", "--group-size", "a=300", "--group-size", "b=1200"]
+    code, out, err = _run([*args, "--json", "--no-figure"], capsys)
+    assert code == 0, err
+    d = json.loads(out)
+    assert d["optimizer"] == "adamw" and d["lr_schedule"] is False
+    want = theory.adamw_equilibrium_angle(1e-2, 0.1, 0.9)
+    assert d["angular_update_predicted"] == pytest.approx(want, rel=1e-12)
+    groups = {g["name"]: g for g in d["groups"]}
+    assert groups["b"]["norm_predicted"] == pytest.approx(
+        theory.adamw_equilibrium_norm(1e-2, 0.1, 1200, 0.9), rel=1e-12
+    )
+    assert d["n_params"] == 1500
+    assert d["norm_replay_error_max"] is None and d["elr_threshold"] is None
+    code, out, err = _run([*args, "--sharpness", "10", "--no-figure"], capsys)
+    assert code == 0, err
+    assert "optimizer=adamw" in out and "SI group" in out
+    assert "cos Delta* = 1 - lr wd (1-b1)/(1 + b1 (1 - lr wd))" in out
+    assert "threshold      n/a: no effective-LR stability threshold" in out
+    # without sizes the norm is n/a and the note names the flag
+    code, out, err = _run([log, "--optimizer", "adamw", "--no-figure"], capsys)
+    assert code == 0, err
+    assert "--n-params" in out and "n_params=" not in out
+
+
+def test_schedule_flag_replays_an_exact_log(tmp_path, capsys):
+    spec = "cosine:peak=0.2,warmup=50,min=0.01,steps=1500"
+    from siflow.schedules import parse_schedule
+
+    lr = parse_schedule(spec).values(1500)
+    wd, g = 0.05, 0.7
+    r2 = np.empty(1500)
+    x = 9.0
+    for t in range(1500):
+        r2[t] = x
+        x = (1 - lr[t] * wd) ** 2 * x + lr[t] ** 2 * g**2 / x
+    log = Trajectory(step=np.arange(1500), rho=np.sqrt(r2), grad_norm_sphere=np.full(1500, g)).save(
+        tmp_path / "sched.csv"
+    )
+    code, out, err = _run(
+        [log, "--schedule", spec, "--wd", wd, "--json", "--out", tmp_path / "o"], capsys
+    )
+    assert code == 0, err
+    d = json.loads(out)
+    assert d["lr_schedule"] is True and d["lr"] == 0.2
+    assert d["norm_replay_error_max"] < 1e-12 and d["scale_invariance"] == "holds"
+    assert (tmp_path / "o" / "summary.json").is_file() and (
+        tmp_path / "o" / "overlay.png"
+    ).is_file()
+    code, out, err = _run([log, "--schedule", "wiggle:peak=1", "--wd", wd], capsys)
+    assert code == 2 and "schedule" in err and err.count("\n") == 1
+
+
+def test_library_parameters_become_flags():
+    assert (
+        to_flags("pass lr= and wd= (the log has neither)")
+        == "pass --lr and --wd (the log has neither)"
+    )
+    assert (
+        to_flags('name it with mapping={"grad_norm_sphere": COLUMN})')
+        == "name it with --map grad_norm_sphere=<column>)"
+    )
+    assert to_flags("pass n_params=, or group_sizes= for the groups") == (
+        "pass --n-params, or --group-size NAME=C for the groups"
+    )
+    assert to_flags("select the SI weights with group=") == "select the SI weights with --group"
+    assert to_flags("lr must be > 0") == "lr must be > 0"
