@@ -633,7 +633,9 @@ def analyze(
     _period_predictions(res, work, events, hp, rows, sharpness, notes)
     if predict_lr is not None or predict_wd is not None:
         _period_at(res, work, hp, rows, predict_lr, predict_wd, notes)
-    res.checks = _exact_checks(work.step, work.rho, work.grad_norm_sphere, work.angular_update, hp)
+    res.checks = _exact_checks(
+        work.step, work.rho, work.grad_norm_sphere, work.angular_update, hp, _window_of(work)
+    )
     res.groups = [
         _analyze_group(work, name, hp, rows, sizes.get(name)) for name in _group_names(work)
     ]
@@ -986,12 +988,12 @@ def _period_at(
     )
 
 
-def _longest_run(step: np.ndarray, ok: np.ndarray) -> slice:
-    """The longest block of rows with ``ok`` true and consecutive steps."""
+def _longest_run(step: np.ndarray, ok: np.ndarray, gap: int = 1) -> slice:
+    """The longest block of rows with ``ok`` true and steps ``gap`` apart."""
     if not np.any(ok):
         return slice(0, 0)
     breaks = np.ones(step.size, dtype=bool)
-    breaks[1:] = np.diff(step) != 1
+    breaks[1:] = np.diff(step) != gap
     prev_ok = np.r_[False, ok[:-1]]
     seg = np.cumsum(ok & (~prev_ok | breaks))
     seg[~ok] = 0
@@ -1012,11 +1014,16 @@ def _exact_checks(
     g: np.ndarray | None,
     ang: np.ndarray | None,
     hp: _Hyper,
-    lr_rows: np.ndarray | None = None,
+    window: tuple[np.ndarray, int] | None = None,
 ) -> Checks:
-    """The exact scale-invariance checks of one norm column (see :class:`Checks`)."""
+    """The exact scale-invariance checks of one norm column (see :class:`Checks`).
+
+    ``window``: the mean of ``ln cos Delta`` over each row's steps and the number of
+    steps between rows, for a log recorded every ``k`` steps
+    (:func:`siflow.theory.sgd_radial_norm_window`).
+    """
     out = Checks()
-    lr_rows = hp.lr_rows if lr_rows is None else lr_rows
+    lr_rows = hp.lr_rows
     if hp.optimizer not in ("sgd", "sgdm"):
         out.check_notes.append(
             f"{hp.optimizer}: no exact norm law from logged columns (the update's radial "
@@ -1062,6 +1069,8 @@ def _exact_checks(
                 )
                 err = _rel_error(np.asarray(law), a[moving])
                 out.angle_law_error_median = _f(np.median(err)) if err.size else None
+    if used == 0 and window is not None and mu == 0.0 and not (hp.lr_varies or hp.wd_varies):
+        used = _window_check(out, step, rho, window, lr, wd, pos)
     if mu > 0.0:
         out.check_notes.append(
             "heavy ball: the norm replay and the angle law need the momentum buffer (not "
@@ -1084,6 +1093,41 @@ def _exact_checks(
             "fails" if worst > CHECK_FAILS else "holds" if worst <= CHECK_HOLDS else "approximate"
         )
     return out
+
+
+def _window_check(
+    out: Checks,
+    step: np.ndarray,
+    rho: np.ndarray,
+    window: tuple[np.ndarray, int],
+    lr: np.ndarray,
+    wd: np.ndarray,
+    pos: np.ndarray,
+) -> int:
+    """The radial law over rows ``k`` steps apart from the window mean of ``ln cos Delta``."""
+    log_cos, k = window
+    run = _longest_run(step, pos & np.isfinite(log_cos), gap=k)
+    n = run.stop - run.start
+    if n < 3:
+        return 0
+    r = rho[run]
+    pred = theory.sgd_radial_norm_window(r[:-1], log_cos[run][:-1], k, lr[run][:-1], wd[run][:-1])
+    err = _rel_error(np.asarray(pred), r[1:])
+    out.radial_law_error_max = _f(np.max(err)) if err.size else None
+    out.check_notes.append(
+        f"rows are {k} steps apart: the radial law is checked over each window with its mean "
+        f"ln cos(angle) (log_cos_mean_window); the norm replay and the angle law need every step"
+    )
+    return n
+
+
+def _window_of(traj: Trajectory) -> tuple[np.ndarray, int] | None:
+    """``(log_cos_mean_window, every)`` of a :class:`siflow.torch_probe.SIRecorder` log."""
+    col = traj.extra.get("log_cos_mean_window")
+    every = traj.meta.get("every")
+    if col is None or not isinstance(every, (int, float)) or int(every) != every or every < 2:
+        return None
+    return col, int(every)
 
 
 def _si_notes(res: OverlayResult) -> list[str]:

@@ -87,6 +87,7 @@ __all__ = [
     "weight_decay_integral",
     "weight_decay_timescale",
     "sgd_radial_norm",
+    "sgd_radial_norm_window",
     "heavy_ball_radial_norm",
     "decay_product",
 ]
@@ -1553,6 +1554,45 @@ def sgd_radial_norm(rho: ArrayLike, angle: ArrayLike, lr: ArrayLike, wd: ArrayLi
     rho, angle, lr, wd = (np.asarray(a, dtype=np.float64) for a in (rho, angle, lr, wd))
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         return _out((1.0 - lr * wd) * rho / np.cos(angle))
+
+
+def sgd_radial_norm_window(
+    rho: ArrayLike, log_cos_mean: ArrayLike, steps: ArrayLike, lr: ArrayLike, wd: ArrayLike
+) -> Array:
+    r"""Norm after ``k`` SGD + WD steps from the mean of ``ln cos Delta`` over them.
+
+    :func:`sgd_radial_norm` applied ``k`` times at constant ``eta lam``::
+
+        rho_{t+k} = rho_t (1 - eta lam)^k / prod_s cos Delta_s
+                  = rho_t exp(k (ln(1 - eta lam) - mean_s ln cos Delta_s))
+
+    Exact for the discrete map of an SI group whatever the gradients
+    (docs/theory.md sections 0-1), with ``lr`` and ``wd`` constant over the ``k``
+    steps; it checks a log recorded every ``k`` steps that keeps the window mean of
+    ``ln cos Delta`` (``log_cos_mean_window`` of :class:`siflow.torch_probe.SIRecorder`).
+    Not validated: per-row log columns may hold NaN.
+
+    Parameters
+    ----------
+    rho : array_like
+        Norm at the first step of the window.
+    log_cos_mean : array_like
+        Mean of ``ln cos Delta_s`` over the window's steps.
+    steps : array_like
+        Steps ``k`` in the window.
+    lr, wd : array_like
+        Learning rate and weight decay over the window.
+
+    Returns
+    -------
+    ndarray or float
+        The norm ``k`` steps later, broadcast over the inputs.
+    """
+    rho, lc, k, lr, wd = (
+        np.asarray(a, dtype=np.float64) for a in (rho, log_cos_mean, steps, lr, wd)
+    )
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        return _out(rho * np.exp(k * (np.log1p(-lr * wd) - lc)))
 
 
 def heavy_ball_radial_norm(

@@ -216,3 +216,22 @@ def test_bad_schedule_names_the_parameter():
         analyze(traj, schedule="wiggle:peak=1")
     with pytest.raises(ValueError, match="lr"):
         analyze(traj.fill_derived(), lr=-1.0)
+
+
+def test_log_recorded_every_k_steps_checks_the_windowed_radial_law():
+    """analysis/data/nn/convnet_gd_3.npz: a BatchNorm ConvNet recorded every 2 steps."""
+    path = Path(__file__).parents[1] / "analysis" / "data" / "nn" / "convnet_gd_3.npz"
+    traj = io.read(path)
+    assert traj.meta["every"] == 2 and np.all(np.diff(traj.step) == 2)
+    res = analyze(traj)
+    lc, rho = traj.extra["log_cos_mean_window"], traj.rho
+    lr, wd = traj.meta["lr"], traj.meta["wd"]
+    # by hand: rho_{t+2} = rho_t (1 - lr wd)^2 / exp(2 mean ln cos)
+    hand = max(
+        abs(rho[i] * (1 - lr * wd) ** 2 / math.exp(2 * lc[i]) / rho[i + 1] - 1)
+        for i in range(len(traj) - 1)
+    )
+    assert res.radial_law_error_max == pytest.approx(hand, rel=1e-9)
+    assert res.radial_law_error_max <= 1e-3 and res.scale_invariance == "holds"
+    assert res.norm_replay_error_max is None
+    assert any("2 steps apart" in n for n in res.notes)

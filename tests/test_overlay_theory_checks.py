@@ -58,6 +58,16 @@ def test_sgd_radial_norm_is_exact_under_a_schedule():
     assert np.max(np.abs(pred / rho[1:] - 1)) < 1e-12
 
 
+def test_sgd_radial_norm_window_is_exact_for_a_sparse_log():
+    k, steps = 5, 200
+    lr, wd = np.full(steps, 0.2), np.full(steps, 0.03)
+    rho, ang = _run(steps, lr, wd, 0.0)
+    rows = np.arange(0, steps, k)
+    log_cos = np.log(np.cos(ang)).reshape(-1, k).mean(axis=1)
+    pred = theory.sgd_radial_norm_window(rho[rows], log_cos, k, 0.2, 0.03)
+    assert np.max(np.abs(pred / rho[rows + k] - 1)) < 1e-12
+
+
 def test_heavy_ball_radial_norm_is_exact_under_a_schedule():
     lr = parse_schedule(SCHED).values(200)
     wd = np.full(200, 0.02)
