@@ -1191,6 +1191,8 @@ def _total_size(
     for key in ("n_params", "numel"):
         if traj.meta.get(key) is not None:
             return float(check_positive(key, traj.meta[key]))
+    if traj.meta.get("source") == "siflow.simulate" and traj.meta.get("dim") is not None:
+        return float(traj.meta["dim"])  # the toy's parameter vector is one SI group
     names = _group_names(traj)
     if names and all(n in sizes for n in names):
         return float(sum(sizes[n] for n in names))
@@ -1271,7 +1273,7 @@ def _predict_at(
     else:
         notes.append(
             "period at predict_lr/predict_wd from the decay law with the norm ratio held "
-            "fixed (pass --sharpness for the calibrated cycle model of siflow.predict)"
+            "fixed (pass sharpness= for the calibrated cycle model of siflow.predict)"
         )
     return (
         _f(predict_period_at(period, lr, wd, p_lr, p_wd, mu)),
