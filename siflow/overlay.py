@@ -587,7 +587,8 @@ def analyze(
           ``radial_law_error_max``: consecutive rows with rho, ``g~`` and/or
           ``angular_update``, lr, wd (:class:`Checks`).
         - ``groups``: per-group columns ``rho/<g>`` (and ``angular_update/<g>``,
-          ``grad_norm_sphere/<g>``).
+          ``grad_norm_sphere/<g>``; REQ's ``layer_norm/<p>``, ``layer_angular_update/<p>``,
+          ``layer_grad_norm/<p>`` are understood too).
     """
     if not isinstance(traj, Trajectory):
         raise ValueError(
@@ -1157,9 +1158,41 @@ def _si_notes(res: OverlayResult) -> list[str]:
 
 
 # ---------------------------------------------------------------------- groups
+#: Per-group column prefixes in ``extra`` (siflow's ``<field>/<group>``, then REQ's
+#: ``layer_<stat>/<param>``), per field.
+GROUP_PREFIXES: dict[str, tuple[str, ...]] = {
+    "rho": ("rho/", "layer_norm/"),
+    "angular_update": ("angular_update/", "layer_angular_update/"),
+    "grad_norm_sphere": ("grad_norm_sphere/",),
+    "grad_norm_raw": ("grad_norm_raw/", "layer_grad_norm/"),
+    "elr": ("elr/",),
+}
+
+
+def _group_columns(traj: Trajectory) -> dict[str, dict[str, np.ndarray]]:
+    """``{group: {field: column}}`` for the groups with a per-group norm column.
+
+    A raw per-group gradient norm is put on the sphere with
+    :func:`siflow.theory.sphere_grad_norm` when no sphere one is logged.
+    """
+    found: dict[str, dict[str, np.ndarray]] = {}
+    for key, values in traj.extra.items():
+        for fld, prefixes in GROUP_PREFIXES.items():
+            pre = next((p for p in prefixes if key.startswith(p) and len(key) > len(p)), None)
+            if pre is not None:
+                found.setdefault(key[len(pre) :], {}).setdefault(fld, values)
+                break
+    groups = {name: cols for name, cols in found.items() if "rho" in cols}
+    for cols in groups.values():
+        raw = cols.pop("grad_norm_raw", None)
+        if "grad_norm_sphere" not in cols and raw is not None:
+            cols["grad_norm_sphere"] = np.asarray(theory.sphere_grad_norm(cols["rho"], raw))
+    return groups
+
+
 def _group_names(traj: Trajectory) -> list[str]:
-    """SI groups with a per-group norm column ``rho/<group>`` in ``extra``."""
-    return [k[len("rho/") :] for k in traj.extra if k.startswith("rho/") and len(k) > 4]
+    """SI groups with a per-group norm column (see :data:`GROUP_PREFIXES`)."""
+    return list(_group_columns(traj))
 
 
 def _group_sizes(traj: Trajectory, given: Mapping[str, float] | None) -> dict[str, float]:
@@ -1203,9 +1236,9 @@ def _analyze_group(
     work: Trajectory, name: str, hp: _Hyper, rows: np.ndarray, size: float | None
 ) -> GroupResult:
     """Measured angle and norm of one group over the stationary rows against its equilibrium."""
-    col = work.extra.get
-    rho, ang = col(f"rho/{name}"), col(f"angular_update/{name}")
-    g, elr = col(f"grad_norm_sphere/{name}"), col(f"elr/{name}")
+    col = _group_columns(work)[name].get
+    rho, ang = col("rho"), col("angular_update")
+    g, elr = col("grad_norm_sphere"), col("elr")
     out = GroupResult(name=name, n_params=size)
     sel = rows if np.any(rows) else np.ones(len(work), dtype=bool)
     rho_st, ang_st = _finite(rho[sel]) if rho is not None else None, None

@@ -258,3 +258,27 @@ def test_req_adamw_log_through_siflow_io():
     _within_15_percent(res, names)
     if res.angular_update_rms is not None:
         assert res.angular_update_rms == pytest.approx(res.angular_update_predicted, rel=0.15)
+
+
+def test_req_column_names_are_understood():
+    """REQ's own ``layer_<stat>/<param>`` names give the same groups; its raw gradient
+    norm is put on the sphere (rho |grad|)."""
+    dumps = _req_dumps()
+    ref = _req_by_hand()
+    extra = {}
+    for layer in REQ_LAYERS:
+        for stat in ("layer_norm", "layer_angular_update", "layer_grad_norm"):
+            extra[f"{stat}/{layer}"] = _req_column(dumps, stat, layer)
+    traj = Trajectory(step=ref.step, rho=ref.rho, extra=extra, meta=ref.meta)
+    a = analyze(ref, optimizer="adamw", lr=1e-2, wd=0.1)
+    b = analyze(traj, optimizer="adamw", lr=1e-2, wd=0.1)
+    ga = {g.name: g for g in a.groups}
+    for g in b.groups:
+        assert g.angular_update_rms == ga[g.name].angular_update_rms
+        assert g.norm_mean == ga[g.name].norm_mean
+    rows = (traj.step >= b.stationary_start) & (traj.step <= b.stationary_stop)
+    layer = REQ_LAYERS[0]
+    sphere = extra[f"layer_norm/{layer}"][rows] * extra[f"layer_grad_norm/{layer}"][rows]
+    assert b.groups[0].grad_norm_sphere_rms == pytest.approx(
+        math.sqrt(np.mean(sphere**2)), rel=1e-12
+    )
