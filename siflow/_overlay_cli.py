@@ -101,6 +101,14 @@ def build_parser() -> ArgumentParser:
     )
     p.add_argument("--no-figure", action="store_true", help="do not draw a figure")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument(
+        "--detect",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a parameter of the event detector siflow.periods.find_events, e.g. "
+        "--detect min_rise=0.05 or --detect signal=loss (repeatable)",
+    )
     p.add_argument("--predict-lr", type=float, help="predict the period at this learning rate")
     p.add_argument("--predict-wd", type=float, help="predict the period at this weight decay")
     return p
@@ -115,6 +123,7 @@ _PARAM_FLAGS = {
     "predict_lr": "--predict-lr",
     "predict_wd": "--predict-wd",
     "steps_per_epoch": "--steps-per-epoch",
+    "detector": "--detect KEY=VALUE",
 }
 
 
@@ -308,6 +317,34 @@ def _group_sizes(items: Sequence[str]) -> dict[str, float] | None:
     return out
 
 
+def _detector(items: Sequence[str]) -> dict[str, Any] | None:
+    """``--detect KEY=VALUE`` items as keyword arguments (numbers, true/false, none, text)."""
+    if not items:
+        return None
+    out: dict[str, Any] = {}
+    for item in items:
+        key, eq, text = item.partition("=")
+        key, text = key.strip().replace("-", "_"), text.strip()
+        if not eq or not key or not text:
+            raise CLIError(f"--detect {item!r}: write KEY=VALUE, e.g. --detect min_rise=0.05")
+        low = text.lower()
+        value: Any
+        if low in ("true", "false"):
+            value = low == "true"
+        elif low == "none":
+            value = None
+        else:
+            try:
+                value = int(text)
+            except ValueError:
+                try:
+                    value = float(text)
+                except ValueError:
+                    value = text
+        out[key] = value
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (2 with one line on stderr on bad input)."""
     return run_main(_body, argv, prog=PROG)
@@ -358,6 +395,7 @@ def _body(argv: Sequence[str] | None) -> int:
         )
     fig, summary = _outputs(args, log)
     sizes = _group_sizes(args.group_size)
+    detector = _detector(args.detect)
     try:
         traj = _read(args, log)
         result = analyze(
@@ -374,6 +412,7 @@ def _body(argv: Sequence[str] | None) -> int:
             sharpness=args.sharpness,
             predict_lr=args.predict_lr,
             predict_wd=args.predict_wd,
+            detector=detector,
         )
     except ValueError as exc:
         raise CLIError(to_flags(str(exc))) from None

@@ -514,6 +514,7 @@ def analyze(
     predict_lr: float | None = None,
     predict_wd: float | None = None,
     events: Events | None = None,
+    detector: Mapping[str, Any] | None = None,
 ) -> OverlayResult:
     """Measure events, periods, equilibrium statistics and exact checks; predict them.
 
@@ -560,6 +561,10 @@ def analyze(
         ``predicted_period_method`` says which.
     events : Events, optional
         Reuse events found before (default: ``find_events(traj)``).
+    detector : mapping, optional
+        Keyword arguments for :func:`siflow.periods.find_events` (e.g.
+        ``{"min_rise": 0.05, "signal": "rho"}``); ``lr``, ``wd`` and ``momentum``
+        are passed from above.
 
     Returns
     -------
@@ -617,12 +622,7 @@ def analyze(
         notes.append(_schedule_note(hp))
     if events is None:
         scalar = not (hp.lr_varies or hp.wd_varies)
-        events = find_events(
-            work,
-            lr=hp.lr if scalar else None,
-            wd=hp.wd if scalar else None,
-            momentum=hp.momentum if hp.optimizer in ("sgd", "sgdm") else 0.0,
-        )
+        events = _find_events(work, hp, scalar, detector)
     res.events = events
     _event_stats(res, work, events, notes)
     st = stationary_part(work, events)
@@ -642,6 +642,35 @@ def analyze(
     ]
     res.notes = _si_notes(res) + notes
     return res
+
+
+def _find_events(
+    work: Trajectory, hp: _Hyper, scalar: bool, detector: Mapping[str, Any] | None
+) -> Events:
+    """:func:`siflow.periods.find_events` with this run's hyperparameters.
+
+    Under a schedule the per-row ``lr``/``wd`` travel in ``work.extra`` and no single
+    value is passed (one value would misjudge the decay before each rise).
+    """
+    options = dict(detector or {})
+    taken = {"lr", "wd", "momentum"} & set(options)
+    if taken:
+        raise ValueError(
+            f"detector= must not set {', '.join(sorted(taken))}; pass them to analyze directly"
+        )
+    try:
+        return find_events(
+            work,
+            lr=hp.lr if scalar else None,
+            wd=hp.wd if scalar else None,
+            momentum=hp.momentum if hp.optimizer in ("sgd", "sgdm") else 0.0,
+            **options,
+        )
+    except TypeError as exc:
+        raise ValueError(
+            f"detector= holds a key find_events does not take ({exc}); see "
+            f"help(siflow.periods.find_events)"
+        ) from None
 
 
 def _working_copy(traj: Trajectory, hp: _Hyper) -> Trajectory:

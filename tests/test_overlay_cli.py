@@ -305,3 +305,19 @@ def test_library_parameters_become_flags():
     )
     assert to_flags("select the SI weights with group=") == "select the SI weights with --group"
     assert to_flags("lr must be > 0") == "lr must be > 0"
+
+
+def test_detector_parameters_pass_through(logs, capsys):
+    log, _, ev = logs
+    code, out, err = _run([log, "--detect", "signal=loss", "--json", "--no-figure"], capsys)
+    assert code == 0, err
+    d = json.loads(out)
+    assert d["detection_signal"] == "loss"
+    # a jump floor above every jump of the log: no events
+    code, out, err = _run([log, "--detect", "min_rise=5", "--json", "--no-figure"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["n_events"] == 0
+    code, out, err = _run([log, "--detect", "bogus=1"], capsys)
+    assert code == 2 and "--detect" in err and err.count("\n") == 1
+    code, out, err = _run([log, "--detect", "lr=1"], capsys)
+    assert code == 2 and "--detect" in err
