@@ -656,7 +656,8 @@ def _find_events(
     taken = {"lr", "wd", "momentum"} & set(options)
     if taken:
         raise ValueError(
-            f"detector= must not set {', '.join(sorted(taken))}; pass them to analyze directly"
+            f"detector= must not set {', '.join(sorted(taken))}; pass "
+            f"{' and '.join(k + '=' for k in sorted(taken))} instead"
         )
     try:
         return find_events(
