@@ -291,7 +291,7 @@ def _outputs(args: Any, log: Path) -> tuple[Path | None, Path]:
         if not fig.parent.is_dir():
             raise CLIError(f"--out directory {str(fig.parent)!r} does not exist; create it first")
         return fig, fig.with_suffix(".json")
-    if args.out and Path(args.out).suffix:
+    if args.out and Path(args.out).suffix and not Path(args.out).is_dir():
         raise CLIError(
             f"--out {args.out!r} must be a directory or a figure ending in .png, .svg or .pdf"
         )
