@@ -403,7 +403,8 @@ def _per_row(
 
     Order: a schedule spec (evaluated at the logged steps, its peak defaulting to
     ``value`` or the log's metadata), an explicit ``value``, a column of the log
-    named ``name`` (blank cells hold the metadata value, as
+    named ``name`` (or the column :func:`siflow.io.read` recorded for it in
+    ``meta["columns"]``; blank cells hold the metadata value, as
     :class:`siflow.torch_probe.SIRecorder` writes them, else the last value
     before), the metadata value.
     """
@@ -414,8 +415,11 @@ def _per_row(
         return np.asarray(sched(traj.step), dtype=np.float64), sched.spec
     if value is not None:
         return np.full(len(traj), float(value)), None
-    if name in traj.extra:
-        col = np.array(traj.extra[name], dtype=np.float64)
+    columns = traj.meta.get("columns")
+    source = columns.get(name) if isinstance(columns, Mapping) else None
+    key = name if name in traj.extra else source if source in traj.extra else None
+    if key is not None:
+        col = np.array(traj.extra[key], dtype=np.float64)
         if meta_value is not None:
             col[np.isnan(col)] = float(meta_value)
         idx = np.where(np.isfinite(col), np.arange(col.size), 0)

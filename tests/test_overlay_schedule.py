@@ -235,3 +235,18 @@ def test_log_recorded_every_k_steps_checks_the_windowed_radial_law():
     assert res.radial_law_error_max <= 1e-3 and res.scale_invariance == "holds"
     assert res.norm_replay_error_max is None
     assert any("2 steps apart" in n for n in res.notes)
+
+
+def test_lr_column_of_a_plain_csv_is_used_per_row(tmp_path):
+    wd, g = 0.05, 0.7
+    lr, rho, ang = _exact_sgd_schedule(SPEC, 4000, wd, g)
+    path = tmp_path / "run.csv"
+    with open(path, "w") as fh:
+        fh.write("iteration,learning_rate,weight_norm,grad_norm_sphere\n")
+        for t in range(4000):
+            fh.write(f"{t},{float(lr[t])!r},{float(rho[t])!r},{g!r}\n")
+    traj = io.read(path)
+    res = analyze(traj, wd=wd)
+    assert res.lr_schedule and res.lr == pytest.approx(0.2, rel=1e-12)
+    np.testing.assert_array_equal(res.curves.lr, lr)
+    assert res.norm_replay_error_max < 1e-12 and res.scale_invariance == "holds"
