@@ -3,8 +3,9 @@
 Reads the log with :func:`siflow.io.read`, runs :func:`siflow.overlay.analyze` with
 the theory of the optimizer that ran, prints a table (or one JSON object with
 ``--json``) and writes ``summary.json`` (every field, long lists whole) and the
-figure under ``runs/overlay/<log name>/`` (or ``--out``), never next to the log;
-it prints where they went. Bad input gives one line on stderr and exit status 2;
+figure under ``runs/overlay/<log name>/`` (or the directory ``--out``), never next
+to the log; ``--out FIGURE.png`` writes that figure only. It prints where its
+outputs went. Bad input gives one line on stderr and exit status 2;
 files are written atomically, so nothing is left half-written.
 """
 
@@ -97,7 +98,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument(
         "--out",
         help="output directory (default runs/overlay/<log name>), or a figure path ending in "
-        ".png/.svg/.pdf (summary.json then goes next to it as <stem>.json)",
+        ".png/.svg/.pdf (then only that figure is written)",
     )
     p.add_argument("--no-figure", action="store_true", help="do not draw a figure")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
@@ -282,15 +283,15 @@ def _group_table(groups: list[dict[str, Any]]) -> list[str]:
 
 
 # ----------------------------------------------------------------- outputs
-def _outputs(args: Any, log: Path) -> tuple[Path | None, Path]:
-    """(figure path or None, summary path) from ``--out``; nothing next to the log."""
+def _outputs(args: Any, log: Path) -> tuple[Path | None, Path | None]:
+    """(figure path or None, summary path or None) from ``--out``; nothing next to the log."""
     if args.no_figure and args.out and Path(args.out).suffix.lower() in FIGURE_SUFFIXES:
         raise CLIError("--out names a figure but --no-figure is set; drop one")
     if args.out and Path(args.out).suffix.lower() in FIGURE_SUFFIXES:
         fig = Path(args.out)
         if not fig.parent.is_dir():
             raise CLIError(f"--out directory {str(fig.parent)!r} does not exist; create it first")
-        return fig, fig.with_suffix(".json")
+        return fig, None
     if args.out and Path(args.out).suffix and not Path(args.out).is_dir():
         raise CLIError(
             f"--out {args.out!r} must be a directory or a figure ending in .png, .svg or .pdf"
@@ -417,21 +418,24 @@ def _body(argv: Sequence[str] | None) -> int:
     except ValueError as exc:
         raise CLIError(to_flags(str(exc))) from None
     d = result.as_flat_dict()
-    ensure_dir(summary.parent)
+    wrote = []
+    if summary is not None:
+        ensure_dir(summary.parent)
+        d["summary"] = str(summary)
     if fig is not None:
         draw(traj, result, fig)
         d["figure"] = str(fig)
-    d["summary"] = str(summary)
-    with atomic_write(summary) as fh:
-        fh.write(json.dumps(d, sort_keys=True, indent=1, allow_nan=False) + "\n")
+        wrote.append(f"figure: {fig}")
+    if summary is not None:
+        with atomic_write(summary) as fh:
+            fh.write(json.dumps(d, sort_keys=True, indent=1, allow_nan=False) + "\n")
+        wrote.append(f"summary: {summary}")
     if args.json:
         sys.stdout.write(json.dumps(d, sort_keys=True, allow_nan=False) + "\n")
-        sys.stderr.write(f"summary: {summary}" + (f"\nfigure: {fig}" if fig else "") + "\n")
+        sys.stderr.write("".join(line + "\n" for line in wrote))
     else:
         sys.stdout.write(format_table(d) + "\n")
-        if fig is not None:
-            sys.stdout.write(f"figure: {fig}\n")
-        sys.stdout.write(f"summary: {summary}\n")
+        sys.stdout.write("".join(line + "\n" for line in wrote))
     return 0
 
 

@@ -100,6 +100,9 @@ def test_json_output(logs, capsys, tmp_path):
     want = d["period_median"] * math.log1p(-LR * WD) / math.log1p(-LR * 2.5e-3)
     assert d["predicted_period_at"] == pytest.approx(want, rel=1e-12)
     assert d["figure"] == str(out_fig) and out_fig.read_bytes().startswith(b"<?xml")
+    # a figure path in --out writes that figure only
+    assert "summary" not in d and not (tmp_path / "f.json").exists()
+    assert not (tmp_path / "runs").exists()
 
 
 def test_plain_csv_needs_lr_wd(logs, capsys, tmp_path):
