@@ -346,8 +346,6 @@ def _sharpness_at_events(traj: Trajectory, events: Events) -> float | None:
     return float(np.median(vals))
 
 
-#: Optimizer names of logs (``meta["optimizer"]``, e.g. PyTorch class names) -> theory.
-_LOG_OPTIMIZERS = {"sgd": "sgd", "adamw": "adamw", "lion": "lion"}
 _DEFAULT_BETAS = {"adamw": (0.9, 0.999), "lion": (0.9, 0.99)}
 #: Relative errors of the exact checks: below HOLDS the theory applies, above FAILS not.
 CHECK_HOLDS, CHECK_FAILS = 1e-3, 1e-2
@@ -377,18 +375,15 @@ class _Hyper:
         return self.optimizer in ("sgd", "sgdm", "nesterov")
 
 
-def _log_optimizer(traj: Trajectory, momentum: float, notes: list[str]) -> str:
+def _log_optimizer(traj: Trajectory, notes: list[str]) -> str:
     """The optimizer named by the log's metadata, as a :data:`siflow.theory.OPTIMIZERS` key."""
     raw = str(traj.meta.get("optimizer") or "").strip().lower()
     if not raw:
         return "sgd"
-    if raw in theory.OPTIMIZERS:
+    if raw == "sgd" and traj.meta.get("nesterov"):
+        return "nesterov"
+    if raw in theory.OPTIMIZERS:  # PyTorch class names lower-cased: sgd, adamw, lion
         return raw
-    if raw in _LOG_OPTIMIZERS:
-        name = _LOG_OPTIMIZERS[raw]
-        if name == "sgd" and traj.meta.get("nesterov"):
-            return "nesterov"
-        return name
     notes.append(
         f"the log names optimizer {raw!r}, which siflow.theory has no closed forms for; "
         f"predictions use SGD (pass optimizer= one of {', '.join(theory.OPTIMIZERS)})"
@@ -463,9 +458,7 @@ def _resolve_hyper(
         wd = float(check_positive("wd", wd))
     mu = float(check_momentum(traj.momentum if momentum is None else momentum))
     name = (
-        theory.check_optimizer(optimizer)
-        if optimizer is not None
-        else _log_optimizer(traj, mu, notes)
+        theory.check_optimizer(optimizer) if optimizer is not None else _log_optimizer(traj, notes)
     )
     if name in ("adamw", "lion") and mu:
         notes.append(f"momentum={mu:g} is not used by {name} (its betas are)")

@@ -282,3 +282,33 @@ def test_req_column_names_are_understood():
     assert b.groups[0].grad_norm_sphere_rms == pytest.approx(
         math.sqrt(np.mean(sphere**2)), rel=1e-12
     )
+
+
+def test_nesterov_has_no_decay_law_or_threshold():
+    n = 400
+    traj = Trajectory(
+        step=np.arange(n),
+        rho=np.full(n, 2.0) * (1 + 0.01 * np.sin(np.arange(n))),
+        grad_norm_sphere=np.full(n, 0.5),
+        angular_update=np.full(n, 0.01),
+        meta={"lr": 0.1, "wd": 1e-3, "momentum": 0.9, "optimizer": "SGD", "nesterov": True},
+    )
+    res = analyze(traj, sharpness=10.0)
+    assert res.optimizer == "nesterov"
+    assert res.angular_update_predicted == pytest.approx(
+        theory.sgdm_equilibrium_angle(0.1, 1e-3, 0.9, nesterov=True), rel=1e-12
+    )
+    assert res.norm_predicted == pytest.approx(
+        theory.sgdm_equilibrium_norm(0.1, 1e-3, 0.5, 0.9, nesterov=True), rel=1e-12
+    )
+    assert res.decay_rate_predicted is None and res.formulas["decay_rate"].startswith("n/a")
+    assert res.elr_threshold is None and res.formulas["threshold"].startswith("n/a")
+    assert res.scale_invariance == "n/a"
+    # heavy ball on the same numbers has both, from siflow.theory
+    hb = analyze(traj, optimizer="sgdm", sharpness=10.0)
+    assert hb.elr_threshold == pytest.approx(
+        theory.stability_threshold_elr(0.1, 1e-3, 10.0, 0.9), rel=1e-12
+    )
+    assert hb.critical_norm == pytest.approx(theory.critical_norm(0.1, 1e-3, 10.0, 0.9), rel=1e-12)
+    assert hb.decay_rate_predicted == pytest.approx(theory.decay_rate(0.1, 1e-3, 0.9), rel=1e-12)
+    assert hb.formulas["threshold"].startswith("2(1 + mu - lr wd)/S")
