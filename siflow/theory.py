@@ -1941,8 +1941,6 @@ def equilibrium_instability_lr_wd(
 
 
 if __name__ == "__main__":  # pragma: no cover - exercised through subprocess in the tests
-    import sys
-
     from siflow._theory_cli import main
 
-    sys.exit(main())
+    raise SystemExit(main())
