@@ -266,14 +266,15 @@ def format_table(d: dict[str, Any]) -> str:
 
 
 def _group_table(groups: list[dict[str, Any]]) -> list[str]:
-    out = ["", f"{'SI group':<18}{'angle RMS':>11}{'Delta*':>11}{'ratio':>8}"
+    width = min(max(len("SI group"), *(len(g["name"]) for g in groups)) + 2, 42)
+    out = ["", f"{'SI group':<{width}}{'angle RMS':>11}{'Delta*':>11}{'ratio':>8}"
            f"{'norm mean':>11}{'rho*':>11}{'replay err':>11}  note"]  # fmt: skip
     for g in groups:
         err = g.get("norm_replay_error_max")
         if err is None:
             err = g.get("radial_law_error_max")
         out.append(
-            f"{g['name'][:17]:<18}{_fmt(g['angular_update_rms']):>11}"
+            f"{g['name'][: width - 1]:<{width}}{_fmt(g['angular_update_rms']):>11}"
             f"{_fmt(g['angular_update_predicted']):>11}"
             f"{_ratio(g['angular_update_rms'], g['angular_update_predicted']):>8}"
             f"{_fmt(g['norm_mean']):>11}{_fmt(g['norm_predicted']):>11}"

@@ -1209,6 +1209,12 @@ def _group_columns(traj: Trajectory) -> dict[str, dict[str, np.ndarray]]:
             if pre is not None:
                 found.setdefault(key[len(pre) :], {}).setdefault(fld, values)
                 break
+    listed = traj.meta.get("groups")
+    for name in listed if isinstance(listed, list) else []:
+        # the seed paper's <param>_norm / <param>_numel naming, for the groups a reader lists
+        col = traj.extra.get(f"{name}_norm")
+        if col is not None and "rho" not in found.get(str(name), {}):
+            found.setdefault(str(name), {})["rho"] = col
     groups = {name: cols for name, cols in found.items() if "rho" in cols}
     for cols in groups.values():
         raw = cols.pop("grad_norm_raw", None)
@@ -1223,13 +1229,17 @@ def _group_names(traj: Trajectory) -> list[str]:
 
 
 def _group_sizes(traj: Trajectory, given: Mapping[str, float] | None) -> dict[str, float]:
-    """Elements per SI group: ``given``, ``meta["group_sizes"]``, ``numel/<group>`` columns."""
+    """Elements per SI group: ``given``, ``meta["group_sizes"]``, ``numel/<group>`` or
+    ``<group>_numel`` columns (the latter for the groups ``meta["groups"]`` lists)."""
     sizes: dict[str, float] = {}
+    listed = traj.meta.get("groups")
+    suffixed = {f"{g}_numel": str(g) for g in (listed if isinstance(listed, list) else [])}
     for k, v in traj.extra.items():
-        if k.startswith("numel/"):
+        name = k[len("numel/") :] if k.startswith("numel/") else suffixed.get(k)
+        if name:
             finite = v[np.isfinite(v)]
             if finite.size:
-                sizes[k[len("numel/") :]] = float(finite[0])
+                sizes[name] = float(finite[0])
     meta_sizes = traj.meta.get("group_sizes")
     if isinstance(meta_sizes, Mapping):
         sizes.update({str(k): float(v) for k, v in meta_sizes.items()})

@@ -312,3 +312,21 @@ def test_nesterov_has_no_decay_law_or_threshold():
     assert hb.critical_norm == pytest.approx(theory.critical_norm(0.1, 1e-3, 10.0, 0.9), rel=1e-12)
     assert hb.decay_rate_predicted == pytest.approx(theory.decay_rate(0.1, 1e-3, 0.9), rel=1e-12)
     assert hb.formulas["threshold"].startswith("2(1 + mu - lr wd)/S")
+
+
+def test_seed_style_group_columns_and_sizes():
+    """``<param>_norm`` / ``<param>_numel`` columns of the groups a reader lists in meta."""
+    n = 200
+    extra = {"conv.weight_norm": np.full(n, 3.0), "conv.weight_numel": np.full(n, 864.0)}
+    traj = Trajectory(
+        step=np.arange(n),
+        rho=np.full(n, 3.0),
+        extra=extra,
+        meta={"lr": 1e-2, "wd": 0.1, "groups": ["conv.weight"]},
+    )
+    res = analyze(traj, optimizer="adamw")
+    (g,) = res.groups
+    assert g.name == "conv.weight" and g.n_params == 864 and g.norm_mean == 3.0
+    assert g.norm_predicted == pytest.approx(
+        theory.adamw_equilibrium_norm(1e-2, 0.1, 864, 0.9), rel=1e-12
+    )
