@@ -44,6 +44,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from siflow._validate import check_nonnegative, check_positive, check_positive_int
+from siflow.theory import decay_rate, effective_lr
 from siflow.trajectory import Trajectory
 
 __all__ = [
@@ -284,8 +285,7 @@ def _elr_column(traj: Trajectory) -> NDArray[np.float64] | None:
     if traj.elr is not None:
         return traj.elr
     if traj.rho is not None and traj.lr is not None:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return float(traj.lr) / traj.rho**2
+        return np.asarray(effective_lr(float(traj.lr), traj.rho))
     return None
 
 
@@ -300,9 +300,7 @@ def _free_decay_rate(
     mu = traj.momentum if momentum is None else momentum
     if float(wd) == 0.0:
         return None
-    from siflow.theory import decay_factor
-
-    return -math.log(float(decay_factor(float(lr), float(wd), float(mu))))
+    return float(decay_rate(float(lr), float(wd), float(mu)))
 
 
 def _fall_rate(
@@ -779,7 +777,7 @@ def classify(traj: Trajectory, events: Events | None = None) -> str:
             rate = -_slope(s, xs)
             lr, wd = traj.lr, traj.wd
             if lr is not None and wd is not None and float(lr) * float(wd) < 1:
-                free = -math.log1p(-float(lr) * float(wd))
+                free = float(decay_rate(float(lr), float(wd)))
                 return "converged" if rate >= 0.5 * free else "equilibrium"
             drop = rate * float(s[-1] - s[0])
             return "converged" if drop > 0.1 else "equilibrium"

@@ -1,7 +1,6 @@
 """Period prediction for the periodic behavior of SI training with weight decay.
 
-:func:`predict_period` is the public function (also reachable as
-``siflow.theory.predict_period``). It predicts, for given ``lr``, ``wd`` and momentum,
+:func:`predict_period` is the public function. It predicts, for given ``lr``, ``wd`` and momentum,
 the median period in steps, the effective LR at destabilization and the norm jump
 ``rho_after / rho_before``, by one of two procedures.
 

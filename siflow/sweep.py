@@ -55,10 +55,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from numpy.typing import ArrayLike, NDArray
+from numpy.typing import NDArray
 
 from siflow._fileio import atomic_path, atomic_write, ensure_dir, require
 from siflow._validate import check_lr_wd, check_momentum, check_positive, check_positive_int
+from siflow.theory import decay_end_step, equilibrium_instability_lr_wd
 
 __all__ = [
     "REGIMES",
@@ -780,88 +781,7 @@ def _check_loss(config: SweepConfig) -> None:
 
 
 # ---------------------------------------------------------------- theory lines
-def decay_end_step(
-    lr: ArrayLike,
-    wd: ArrayLike,
-    sharpness: float,
-    rho0: float = 1.0,
-    momentum: float = 0.0,
-    grad_norm: float | None = None,
-) -> NDArray[np.float64]:
-    """Step at which the initial weight-decay phase of a run started at norm ``rho0`` ends.
-
-    While the loss sits in a minimum the gradient is negligible and the norm decays
-    by :func:`siflow.theory.decay_factor` ``q`` per step (``1 - lr wd`` for SGD,
-    exact at zero gradient; asymptotic with momentum). The decay ends at the first
-    instability, when the norm reaches :func:`siflow.theory.critical_norm`
-    ``rho_crit = sqrt(lr S / (2 (1 + mu - lr wd)))`` (exact for the linearised map
-    for SGD, quasi-static with momentum), or, with gradient noise of sphere norm
-    ``G``, at the equilibrium norm ``rho*`` (:func:`siflow.theory.sgd_equilibrium_norm`,
-    ``sgdm_equilibrium_norm``) if that is larger::
-
-        t_end = max(ln(rho0 / max(rho_crit, rho*)), 0) / (-ln q)
-
-    A sweep of ``steps`` steps shows periods or an equilibrium only where ``t_end``
-    is well below ``steps``; elsewhere the norm is still decaying ("converged").
-    The fixed ``rho0`` breaks the scale symmetry (docs/theory.md section 0):
-    ``t_end ~ ln(2 rho0^2/(lr S)) / (2 lr wd)`` depends on ``lr`` as well as on
-    ``lr*wd``, so this boundary is not a line of constant ``lr*wd``.
-    """
-    from siflow import theory
-
-    lr_a, wd_a = check_lr_wd(lr, wd)
-    rho_end = theory.critical_norm(lr_a, wd_a, sharpness, momentum)
-    if grad_norm:
-        if momentum:
-            rho_eq = theory.sgdm_equilibrium_norm(lr_a, wd_a, grad_norm, momentum)
-        else:
-            rho_eq = theory.sgd_equilibrium_norm(lr_a, wd_a, grad_norm)
-        rho_end = np.maximum(rho_end, rho_eq)
-    q = theory.decay_factor(lr_a, wd_a, momentum)
-    with np.errstate(divide="ignore"):
-        return np.maximum(np.log(rho0 / rho_end), 0.0) / (-np.log(q))
-
-
-def equilibrium_instability_lr_wd(
-    grad_norm: float, sharpness: float, momentum: float = 0.0
-) -> float:
-    """The ``lr*wd`` above which the noise-driven equilibrium is unstable.
-
-    At equilibrium the effective LR is :func:`siflow.theory.sgd_equilibrium_elr`
-    (``sgdm_equilibrium_elr`` with momentum), a function of ``x = lr*wd`` and the
-    sphere gradient norm ``G``; it exceeds the stability threshold
-    :func:`siflow.theory.stability_threshold_elr` ``2 (1 + mu - x) / S`` above
-    the root ``x*`` returned here (found by bisection). For SGD the root is, exactly
-    for the discrete map under constant ``G``,
-    ``x* = 1 - S / sqrt(S^2 + 4 G^2)`` (first order ``2 G^2 / S^2``): below it the
-    run settles into an equilibrium, above it the periodic behavior appears. Both
-    sides depend on ``x`` only, so the boundary is a line of constant ``lr*wd``.
-    """
-    from siflow import theory
-
-    g = float(check_positive("grad_norm", grad_norm))
-    s_ = float(check_positive("sharpness", sharpness))
-    mu = float(check_momentum(momentum))
-
-    def gap(x: float) -> float:
-        if mu == 0.0:
-            elr = theory.sgd_equilibrium_elr(x, 1.0, g)
-        else:
-            elr = theory.sgdm_equilibrium_elr(x, 1.0, g, mu)
-        return float(elr - theory.stability_threshold_elr(x, 1.0, s_, mu))
-
-    lo, hi = 1e-300, 1.0 - 1e-15
-    if gap(hi) < 0:
-        return math.inf
-    for _ in range(200):
-        mid = math.sqrt(lo * hi) if hi / lo > 4 else 0.5 * (lo + hi)
-        if gap(mid) < 0:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo <= 1e-15 * hi:
-            break
-    return 0.5 * (lo + hi)
+# decay_end_step and equilibrium_instability_lr_wd live in siflow.theory (re-exported here).
 
 
 def _measured_grad_norm(result: SweepResult, momentum: float) -> float | None:

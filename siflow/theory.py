@@ -73,8 +73,23 @@ __all__ = [
     "exponential_lr_initial_buffer",
     "period_from_norm_ratio",
     "period",
-    "predict_period",
     "equilibrium",
+    "decay_rate",
+    "effective_lr",
+    "sphere_grad_norm",
+    "sphere_sharpness",
+    "sgd_step_angle",
+    "sgd_norm_step",
+    "decay_end_step",
+    "equilibrium_instability_lr_wd",
+    "OPTIMIZERS",
+    "sgd_norm_trajectory",
+    "weight_decay_integral",
+    "weight_decay_timescale",
+    "sgd_radial_norm",
+    "sgd_radial_norm_window",
+    "heavy_ball_radial_norm",
+    "decay_product",
 ]
 
 Array = NDArray[np.float64]
@@ -362,6 +377,34 @@ def _log_decay(lr: Array, wd: Array, mu: Array) -> Array:
     if np.all(mu == 0):
         return np.log1p(-(lr * wd)) + 0.0 * mu
     return _dominant_root(lr * wd, mu)[1]
+
+
+def decay_rate(lr: ArrayLike, wd: ArrayLike, momentum: ArrayLike = 0.0) -> Array:
+    r"""Per-step log decay rate of the weight norm at zero gradient: ``-ln decay_factor``.
+
+    SGD: ``-ln(1 - eta lam)``, exact for the discrete map, computed as
+    ``-log1p(-eta lam)`` so that it keeps full relative precision down to
+    ``eta lam = 1e-300`` (``-math.log(1 - x)`` loses ``1e-16/x`` relative: 2e-5 at
+    ``x = 1e-12``). Heavy ball: ``-ln |alpha|`` of :func:`decay_factor`
+    (asymptotically exact). Source: docs/theory.md sections 1 and 3.
+
+    Parameters
+    ----------
+    lr : array_like
+        Learning rate, ``> 0``.
+    wd : array_like
+        Weight decay, ``>= 0``, ``lr*wd < 1``.
+    momentum : array_like, default 0
+        Heavy-ball momentum in ``[0, 1)``.
+
+    Returns
+    -------
+    ndarray or float
+        ``-ln decay_factor`` in 1/step (``>= 0``). Broadcast over the inputs.
+    """
+    lr, wd = check_lr_wd(lr, wd, wd_positive=False)
+    mu = check_momentum(momentum)
+    return _out(-_log_decay(lr, wd, mu))
 
 
 def zero_grad_norm(t: ArrayLike, rho0: ArrayLike, lr: ArrayLike, wd: ArrayLike) -> Array:
@@ -775,6 +818,216 @@ def sgdm_relaxation_time(
     log_mod = np.where(mu == 0.0, _sgd_log_abs_factor(x), log_mod)
     with np.errstate(divide="ignore"):
         return _out(-1.0 / log_mod)
+
+
+# --------------------------------------------------------------------------- per-step laws
+
+
+def effective_lr(lr: ArrayLike, rho: ArrayLike) -> Array:
+    r"""Effective learning rate of an SI group: ``elr = eta / rho^2``.
+
+    For ``L(c w) = L(w)`` the gradient scales as ``1/|w|``, so a step of size
+    ``eta`` moves the direction ``w/|w|`` as a step of ``eta/|w|^2`` on the unit
+    sphere (docs/theory.md section 0). Exact. Not validated (logs carry NaN rows
+    and zeros); ``rho = 0`` gives ``inf`` without a warning.
+
+    Parameters
+    ----------
+    lr : array_like
+        Learning rate per row or constant.
+    rho : array_like
+        Weight norm ``|w|``.
+
+    Returns
+    -------
+    ndarray or float
+        ``lr / rho**2``, broadcast over the inputs.
+    """
+    lr = np.asarray(lr, dtype=np.float64)
+    rho = np.asarray(rho, dtype=np.float64)
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        return _out(lr / np.square(rho))
+
+
+def sphere_grad_norm(rho: ArrayLike, grad_norm_raw: ArrayLike) -> Array:
+    r"""Gradient norm on the unit sphere from the raw one: ``g~ = |w| |grad L(w)|``.
+
+    Exact for an SI loss (the gradient at ``w`` is ``1/|w|`` times the gradient at
+    ``w/|w|``; docs/theory.md section 0).
+
+    Parameters
+    ----------
+    rho : array_like
+        Weight norm ``|w|``.
+    grad_norm_raw : array_like
+        ``|grad L(w)|`` as logged.
+
+    Returns
+    -------
+    ndarray or float
+        ``rho * grad_norm_raw``, broadcast over the inputs.
+    """
+    rho = np.asarray(rho, dtype=np.float64)
+    g = np.asarray(grad_norm_raw, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return _out(rho * g)
+
+
+def sphere_sharpness(rho: ArrayLike, sharpness_raw: ArrayLike) -> Array:
+    r"""Sharpness on the unit sphere from the raw one: ``S = |w|^2 lambda_max(hess L(w))``.
+
+    The Hessian of an SI loss scales as ``1/|w|^2`` (docs/theory.md section 0), so
+    this is exact for the Euclidean Hessian; it equals the Riemannian sharpness at
+    critical points and bounds it from above elsewhere.
+
+    Parameters
+    ----------
+    rho : array_like
+        Weight norm ``|w|``.
+    sharpness_raw : array_like
+        Top eigenvalue of ``hess L(w)`` as logged.
+
+    Returns
+    -------
+    ndarray or float
+        ``rho**2 * sharpness_raw``, broadcast over the inputs.
+    """
+    rho = np.asarray(rho, dtype=np.float64)
+    s = np.asarray(sharpness_raw, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return _out(np.square(rho) * s)
+
+
+def sgd_step_angle(lr: ArrayLike, wd: ArrayLike, elr: ArrayLike, grad_norm: ArrayLike) -> Array:
+    r"""Angle of one SGD + WD step of an SI group: ``tan Delta = elr g~ / (1 - eta lam)``.
+
+    ``w' = (1 - eta lam) w - eta grad L(w)`` with the gradient orthogonal to ``w``
+    (exact for an SI loss) has radial part ``(1 - eta lam) |w|`` and tangential part
+    ``eta |grad L| = elr g~ |w|``. Exact for the discrete map (docs/theory.md
+    section 1). Not validated: per-row log columns may hold NaN.
+
+    Parameters
+    ----------
+    lr, wd : array_like
+        Learning rate and weight decay of the step (``lr*wd < 1``).
+    elr : array_like
+        Effective LR ``lr / rho^2`` before the step.
+    grad_norm : array_like
+        Sphere gradient norm ``g~`` of the step.
+
+    Returns
+    -------
+    ndarray or float
+        ``Delta`` in radians, broadcast over the inputs.
+    """
+    lr, wd, elr, g = (np.asarray(a, dtype=np.float64) for a in (lr, wd, elr, grad_norm))
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        return _out(np.arctan(elr * g / (1.0 - lr * wd)))
+
+
+def sgd_norm_step(rho: ArrayLike, lr: ArrayLike, wd: ArrayLike, grad_norm: ArrayLike) -> Array:
+    r"""Weight norm after one SGD + WD step (the exact norm recursion).
+
+    ``rho'^2 = (1 - eta lam)^2 rho^2 + eta^2 g~^2 / rho^2``.
+
+    Exact for the discrete map of an SI group (the gradient is orthogonal to ``w``;
+    docs/theory.md section 1). Not validated: per-row log columns may hold NaN.
+
+    Parameters
+    ----------
+    rho : array_like
+        Norm before the step.
+    lr, wd : array_like
+        Learning rate and weight decay of the step.
+    grad_norm : array_like
+        Sphere gradient norm ``g~ = |w| |grad L(w)|`` of the step.
+
+    Returns
+    -------
+    ndarray or float
+        The norm after the step, broadcast over the inputs.
+    """
+    rho, lr, wd, g = (np.asarray(a, dtype=np.float64) for a in (rho, lr, wd, grad_norm))
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        r2 = np.square(rho)
+        return _out(np.sqrt(np.square(1.0 - lr * wd) * r2 + np.square(lr * g) / r2))
+
+
+def sgd_norm_trajectory(
+    rho0: float, lr: ArrayLike, wd: ArrayLike, grad_norm: ArrayLike
+) -> NDArray[np.float64]:
+    r"""The norm of an SI group under SGD + WD with per-step ``lr_t``, ``wd_t``, ``g~_t``.
+
+    Iterates the exact norm recursion (:func:`sgd_norm_step`, docs/theory.md
+    section 1) ``rho^2_{t+1} = (1 - eta_t lam_t)^2 rho^2_t + eta_t^2 g~_t^2 / rho^2_t``
+    from ``rho_0``. With ``grad_norm`` the measured sphere gradient norm of a log
+    this is the replay of the log's norm (an exact check of scale invariance); with
+    a model of ``g~`` it is the theory's norm under a schedule.
+
+    Parameters
+    ----------
+    rho0 : float
+        Norm before the first step, ``> 0``.
+    lr, wd, grad_norm : array_like
+        Per-step values for steps ``0 .. T-1`` (scalars broadcast; at least one
+        must be an array of length ``T``). NaN in a step propagates.
+
+    Returns
+    -------
+    ndarray
+        ``rho_0 .. rho_T`` (length ``T + 1``).
+    """
+    r0 = float(check_positive("rho0", rho0))
+    lr, wd, g = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64) for a in (lr, wd, grad_norm)))
+    if lr.ndim != 1:
+        raise ValueError("lr, wd and grad_norm must be scalars or 1-d arrays of per-step values")
+    q2 = np.square(1.0 - lr * wd)
+    push = np.square(lr * g)
+    out = np.empty(lr.size + 1)
+    out[0] = r2 = r0 * r0
+    for t in range(lr.size):
+        r2 = q2[t] * r2 + push[t] / r2
+        out[t + 1] = r2
+    return np.sqrt(out)
+
+
+def weight_decay_integral(lr: ArrayLike, wd: ArrayLike) -> NDArray[np.float64]:
+    r"""``kappa_t = sum_{s < t} eta_s lam_s``: the accumulated decay of a schedule.
+
+    At zero gradient the norm after ``t`` steps is ``rho_0 prod_{s<t}(1 - eta_s lam_s)``
+    ``~ rho_0 exp(-kappa_t)`` to first order in ``eta lam``; ``kappa`` is the clock on
+    which schedules with the same product of ``lr`` and ``wd`` agree (docs/theory.md
+    section 0). Returns ``kappa_0 = 0 .. kappa_T`` (length ``T + 1``).
+    """
+    lr, wd = np.broadcast_arrays(np.asarray(lr, dtype=np.float64), np.asarray(wd, dtype=np.float64))
+    if lr.ndim != 1:
+        raise ValueError("lr and wd must be scalars or 1-d arrays of per-step values")
+    return np.concatenate(([0.0], np.cumsum(lr * wd)))
+
+
+def weight_decay_timescale(
+    lr: ArrayLike, wd: ArrayLike, steps_per_epoch: float | None = None
+) -> dict[str, Array]:
+    r"""Timescales of weight decay: ``tau_iter = 1/(eta lam)`` and ``tau_epoch``.
+
+    With decoupled decay (AdamW) the weights are an exponential moving average of
+    the updates with timescale ``tau_iter = 1/(eta lam)`` iterations, i.e.
+    ``tau_epoch = tau_iter / steps_per_epoch`` epochs (Wang & Aitchison 2024, "How
+    to set AdamW's weight decay as you scale model and dataset size"); for SGD with
+    coupled decay ``tau_iter`` is the norm's zero-gradient e-folding time to first
+    order (exactly ``1/decay_rate``). Per step for a schedule.
+
+    Returns
+    -------
+    dict
+        ``tau_iter`` and, with ``steps_per_epoch``, ``tau_epoch``.
+    """
+    lr, wd = check_lr_wd(lr, wd)
+    out: dict[str, Array] = {"tau_iter": _out(1.0 / (lr * wd))}
+    if steps_per_epoch is not None:
+        k = check_positive("steps_per_epoch", steps_per_epoch)
+        out["tau_epoch"] = _out(1.0 / (lr * wd) / k)
+    return out
 
 
 # --------------------------------------------------------------------------- AdamW and Lion
@@ -1271,16 +1524,171 @@ def period(
     return period_from_norm_ratio(lr, wd, rmax / rcrit, escape_steps, momentum)
 
 
-def predict_period(*args: Any, **kwargs: Any) -> Any:
-    """Predicted period of the periodic behavior; see :func:`siflow.predict.predict_period`.
+# ------------------------------------------------------------ exact checks of scale invariance
 
-    Delegates lazily so that ``siflow.theory`` stays numpy-only: the prediction
-    iterates the reduced map of :mod:`siflow.maps` (numba) from a landscape
-    description, or uses a calibration :class:`~siflow.trajectory.Trajectory`.
+
+def sgd_radial_norm(rho: ArrayLike, angle: ArrayLike, lr: ArrayLike, wd: ArrayLike) -> Array:
+    r"""Norm after one SGD + WD step from its angle: ``rho' = (1 - eta lam) rho / cos Delta``.
+
+    ``w' = (1 - eta lam) w - eta grad L(w)``; for an SI loss the gradient is orthogonal
+    to ``w`` (docs/theory.md section 0), so the component of ``w'`` along ``w`` is the
+    decay alone: ``rho' cos Delta = (1 - eta lam) rho``. Exact for the discrete map
+    whatever the gradient (docs/theory.md section 1); it needs no gradient norm, so
+    a log of norms and angles checks scale invariance directly. Not validated:
+    per-row log columns may hold NaN.
+
+    Parameters
+    ----------
+    rho : array_like
+        Norm ``|w_t|`` before the step.
+    angle : array_like
+        Angle ``Delta_t = angle(w_t, w_{t+1})`` of the step, radians.
+    lr, wd : array_like
+        Learning rate and weight decay of the step.
+
+    Returns
+    -------
+    ndarray or float
+        The norm ``|w_{t+1}|`` the law predicts, broadcast over the inputs.
     """
-    from siflow.predict import predict_period as _predict_period
+    rho, angle, lr, wd = (np.asarray(a, dtype=np.float64) for a in (rho, angle, lr, wd))
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        return _out((1.0 - lr * wd) * rho / np.cos(angle))
 
-    return _predict_period(*args, **kwargs)
+
+def sgd_radial_norm_window(
+    rho: ArrayLike, log_cos_mean: ArrayLike, steps: ArrayLike, lr: ArrayLike, wd: ArrayLike
+) -> Array:
+    r"""Norm after ``k`` SGD + WD steps from the mean of ``ln cos Delta`` over them.
+
+    :func:`sgd_radial_norm` applied ``k`` times at constant ``eta lam``::
+
+        rho_{t+k} = rho_t (1 - eta lam)^k / prod_s cos Delta_s
+                  = rho_t exp(k (ln(1 - eta lam) - mean_s ln cos Delta_s))
+
+    Exact for the discrete map of an SI group whatever the gradients
+    (docs/theory.md sections 0-1), with ``lr`` and ``wd`` constant over the ``k``
+    steps; it checks a log recorded every ``k`` steps that keeps the window mean of
+    ``ln cos Delta`` (``log_cos_mean_window`` of :class:`siflow.torch_probe.SIRecorder`).
+    Not validated: per-row log columns may hold NaN.
+
+    Parameters
+    ----------
+    rho : array_like
+        Norm at the first step of the window.
+    log_cos_mean : array_like
+        Mean of ``ln cos Delta_s`` over the window's steps.
+    steps : array_like
+        Steps ``k`` in the window.
+    lr, wd : array_like
+        Learning rate and weight decay over the window.
+
+    Returns
+    -------
+    ndarray or float
+        The norm ``k`` steps later, broadcast over the inputs.
+    """
+    rho, lc, k, lr, wd = (
+        np.asarray(a, dtype=np.float64) for a in (rho, log_cos_mean, steps, lr, wd)
+    )
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        return _out(rho * np.exp(k * (np.log1p(-lr * wd) - lc)))
+
+
+def heavy_ball_radial_norm(
+    rho_prev: ArrayLike,
+    angle_prev: ArrayLike,
+    rho: ArrayLike,
+    angle: ArrayLike,
+    lr_prev: ArrayLike,
+    lr: ArrayLike,
+    wd: ArrayLike,
+    momentum: ArrayLike,
+) -> Array:
+    r"""Norm after one PyTorch heavy-ball step from the last two angles and norms.
+
+    PyTorch's SGD with momentum ``mu`` (dampening 0) and coupled weight decay,
+    ``v_{t+1} = mu v_t + g_t + lam_t w_t``, ``w_{t+1} = w_t - eta_t v_{t+1}``, has
+    ``eta_{t-1} v_t = w_{t-1} - w_t``, hence
+
+    ``w_{t+1} = (1 - eta_t lam_t) w_t + mu (eta_t/eta_{t-1}) (w_t - w_{t-1}) - eta_t g_t``.
+
+    Projected on ``w_t`` (``<g_t, w_t> = 0`` for an SI loss, docs/theory.md section 0,
+    and ``<w_{t-1}, w_t>/rho_t = rho_{t-1} cos Delta_{t-1}``)::
+
+        rho_{t+1} cos Delta_t = (1 - eta_t lam_t) rho_t
+                                + mu (eta_t/eta_{t-1}) (rho_t - rho_{t-1} cos Delta_{t-1})
+
+    Exact for the discrete map for ``t >= 1`` whatever the gradients (derived here;
+    the heavy-ball map is docs/theory.md section 3); at ``mu = 0`` it is
+    :func:`sgd_radial_norm`. Needs consecutive steps. Not validated: per-row log
+    columns may hold NaN.
+
+    Parameters
+    ----------
+    rho_prev, angle_prev : array_like
+        ``rho_{t-1}`` and ``Delta_{t-1}`` (radians).
+    rho, angle : array_like
+        ``rho_t`` and ``Delta_t``.
+    lr_prev, lr : array_like
+        ``eta_{t-1}`` and ``eta_t``.
+    wd : array_like
+        ``lam_t``.
+    momentum : array_like
+        ``mu`` in ``[0, 1)``.
+
+    Returns
+    -------
+    ndarray or float
+        The norm ``rho_{t+1}`` the law predicts, broadcast over the inputs.
+    """
+    arrays = (rho_prev, angle_prev, rho, angle, lr_prev, lr, wd, momentum)
+    r0, a0, r1, a1, l0, l1, lam, mu = (np.asarray(a, dtype=np.float64) for a in arrays)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        radial = (1.0 - l1 * lam) * r1 + mu * (l1 / l0) * (r1 - r0 * np.cos(a0))
+        return _out(radial / np.cos(a1))
+
+
+def decay_product(
+    lr: ArrayLike,
+    wd: ArrayLike,
+    momentum: ArrayLike = 0.0,
+    repeats: ArrayLike | None = None,
+) -> NDArray[np.float64]:
+    r"""Norm factor of a schedule at zero gradient: ``prod_{s<t} q(eta_s, lam_s, mu)``.
+
+    With no gradient each step multiplies the norm by :func:`decay_factor`
+    ``q = 1 - eta_s lam_s`` (SGD with coupled WD, and AdamW/Lion's decoupled WD:
+    exact for the discrete map; heavy ball: the asymptotic factor, first order in a
+    changing ``lr``), so between two destabilizations the norm follows this product
+    (docs/theory.md section 1). Computed as ``exp(-cumsum(decay_rate))``
+    (:func:`decay_rate` is accurate to 1e-12 relative even at ``lr*wd = 1e-12``).
+
+    Parameters
+    ----------
+    lr, wd : array_like
+        Per-entry learning rate and weight decay (scalars broadcast; 1-d).
+    momentum : array_like, default 0
+        Heavy-ball momentum.
+    repeats : array_like of int, optional
+        Steps each entry stands for (a log row ``k`` steps before the next row with
+        the schedule held over those steps); default 1.
+
+    Returns
+    -------
+    ndarray
+        ``1, q_0^{n_0}, q_0^{n_0} q_1^{n_1}, ...`` (length ``T + 1``).
+    """
+    lr, wd, mu = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64) for a in (lr, wd, momentum)))
+    if lr.ndim != 1:
+        raise ValueError("lr, wd and momentum must be scalars or 1-d arrays of per-step values")
+    rate = np.asarray(decay_rate(lr, wd, mu), dtype=np.float64).reshape(lr.shape)
+    if repeats is not None:
+        n = np.asarray(repeats, dtype=np.float64)
+        if n.shape != lr.shape or np.any(~np.isfinite(n)) or np.any(n < 0):
+            raise ValueError(f"repeats must hold one step count >= 0 per entry ({lr.size} entries)")
+        rate = rate * n
+    return np.exp(-np.concatenate(([0.0], np.cumsum(rate))))
 
 
 # --------------------------------------------------------------------------- summary
@@ -1300,24 +1708,122 @@ EQUILIBRIUM_KEYS: tuple[str, ...] = (
     "relaxation_time_first_order",
     "elr_doubling_time",
     "decay_factor",
+    "decay_rate",
+    "optimizer",
 )
+
+#: Optimizers :func:`equilibrium` knows, with the formula family each one uses.
+OPTIMIZERS: dict[str, str] = {
+    "sgd": "SGD + coupled WD (heavy ball when momentum > 0): sgd_*/sgdm_* forms",
+    "sgdm": "PyTorch heavy-ball SGD + coupled WD: sgdm_* forms",
+    "nesterov": "PyTorch Nesterov SGD + coupled WD: sgdm_*(nesterov=True) forms",
+    "adamw": "AdamW, decoupled WD: adamw_* forms (per group of n_params elements)",
+    "lion": "Lion, decoupled WD: lion_* forms (per group of n_params elements)",
+}
+
+
+def check_optimizer(optimizer: str) -> str:
+    """The optimizer name, lower-cased, or ``ValueError`` naming the known ones."""
+    name = str(optimizer).strip().lower()
+    if name not in OPTIMIZERS:
+        known = ", ".join(OPTIMIZERS)
+        raise ValueError(f"optimizer must be one of {known}; got {optimizer!r}")
+    return name
+
+
+def _scalars(out: dict[str, Any], scalar: bool) -> dict[str, Any]:
+    return {
+        k: (v if isinstance(v, str) else float(v) if scalar else np.asarray(v, dtype=np.float64))
+        for k, v in out.items()
+    }
+
+
+def _sgd_family_equilibrium(
+    lr: Array, wd: Array, g: Array | None, mu: Array, nesterov: bool
+) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "angular_update": sgdm_equilibrium_angle(lr, wd, mu, nesterov=nesterov),
+        "angular_update_first_order": sgdm_equilibrium_angle(
+            lr, wd, mu, exact=False, nesterov=nesterov
+        ),
+    }
+    if g is not None:
+        out["grad_norm"] = g
+        out["norm"] = sgdm_equilibrium_norm(lr, wd, g, mu, nesterov=nesterov)
+        out["norm_first_order"] = sgdm_equilibrium_norm(
+            lr, wd, g, mu, exact=False, nesterov=nesterov
+        )
+        out["elr"] = sgdm_equilibrium_elr(lr, wd, g, mu)
+        out["elr_first_order"] = sgdm_equilibrium_elr(lr, wd, g, mu, exact=False)
+        if nesterov:
+            out["elr"] = effective_lr(lr, out["norm"])
+            out["elr_first_order"] = effective_lr(lr, out["norm_first_order"])
+    if not nesterov:
+        out["relaxation_time"] = sgdm_relaxation_time(lr, wd, mu)
+        out["relaxation_time_first_order"] = sgdm_relaxation_time(lr, wd, mu, exact=False)
+        out["elr_doubling_time"] = elr_doubling_time(lr, wd, mu)
+        out["decay_factor"] = decay_factor(lr, wd, mu)
+        out["decay_rate"] = decay_rate(lr, wd, mu)
+    return out
+
+
+def _adaptive_equilibrium(
+    name: str, lr: Array, wd: Array, betas: tuple[float, float], n_params: Array | None
+) -> dict[str, Any]:
+    b1, b2 = betas
+    if name == "adamw":
+        out: dict[str, Any] = {
+            "angular_update": adamw_equilibrium_angle(lr, wd, b1),
+            "angular_update_first_order": adamw_equilibrium_angle(lr, wd, b1, exact=False),
+        }
+        if n_params is not None:
+            out["norm"] = adamw_equilibrium_norm(lr, wd, n_params, b1)
+            out["norm_first_order"] = adamw_equilibrium_norm(lr, wd, n_params, b1, exact=False)
+    else:
+        out = {
+            "angular_update": lion_equilibrium_angle(lr, wd, b1, b2),
+            "angular_update_first_order": lion_equilibrium_angle(lr, wd, b1, b2, exact=False),
+        }
+        if n_params is not None:
+            out["norm"] = lion_equilibrium_norm(lr, wd, n_params, b1, b2)
+            out["norm_first_order"] = lion_equilibrium_norm(lr, wd, n_params, b1, b2, exact=False)
+    # decoupled decay at zero update: w <- (1 - eta lam) w, exact
+    out["decay_factor"] = decay_factor(lr, wd)
+    out["decay_rate"] = decay_rate(lr, wd)
+    return out
 
 
 def equilibrium(
-    lr: ArrayLike, wd: ArrayLike, grad_norm: ArrayLike, momentum: ArrayLike = 0.0
+    lr: ArrayLike,
+    wd: ArrayLike,
+    grad_norm: ArrayLike | None = None,
+    momentum: ArrayLike = 0.0,
+    *,
+    optimizer: str = "sgd",
+    betas: tuple[float, float] = (0.9, 0.999),
+    n_params: ArrayLike | None = None,
 ) -> dict[str, Any]:
-    r"""All equilibrium quantities for SGD (``momentum = 0``) or heavy-ball SGD + WD.
+    r"""All equilibrium quantities of an SI group for the optimizer that ran.
 
-    Returns a dict with the keys of ``EQUILIBRIUM_KEYS``: ``lr``, ``wd``,
-    ``momentum``, ``grad_norm``, ``norm`` (rho*), ``norm_first_order``, ``elr``
-    (eta/rho*^2), ``elr_first_order``, ``angular_update`` (radians),
-    ``angular_update_first_order``, ``relaxation_time`` (steps),
-    ``relaxation_time_first_order``, ``elr_doubling_time`` (steps, zero gradient)
-    and ``decay_factor`` (per-step norm factor at zero gradient). Scalar inputs give
-    ``float`` values; array inputs give broadcast arrays. With momentum the values
-    come from the ``sgdm_*`` functions (exact under the second-moment model), for
-    ``momentum = 0`` from the ``sgd_*`` ones (exact for the discrete map); see their
-    docstrings.
+    One front door for the per-optimizer closed forms (docs/theory.md sections 1-5):
+
+    * ``"sgd"`` / ``"sgdm"``: SGD + coupled WD, heavy ball when ``momentum > 0``
+      (the ``sgdm_*`` forms, which reduce exactly to the ``sgd_*`` ones at
+      ``momentum = 0``; exact for the discrete map there, exact under the
+      second-moment model with momentum). Keys: ``angular_update``,
+      ``relaxation_time``, ``elr_doubling_time``, ``decay_factor``, ``decay_rate``
+      (each with ``_first_order`` where one exists) and, given ``grad_norm``, the
+      equilibrium ``norm`` and ``elr``.
+    * ``"nesterov"``: the ``nesterov=True`` forms; no relaxation or decay law.
+    * ``"adamw"`` / ``"lion"``: decoupled WD; the angle needs only ``lr``, ``wd``
+      and ``betas``; the norm needs the group size ``n_params`` (C) and is
+      independent of the gradient scale; the zero-update ``decay_factor`` is
+      ``1 - eta lam``. ``grad_norm`` and ``momentum`` are not used.
+
+    Every result also carries ``lr``, ``wd``, ``momentum`` and ``optimizer``. A
+    quantity the optimizer's theory does not define is absent from the dict (print
+    it as n/a). Scalar inputs give ``float`` values; array inputs give broadcast
+    arrays.
 
     Parameters
     ----------
@@ -1325,38 +1831,116 @@ def equilibrium(
         Learning rate, ``> 0``.
     wd : array_like
         Weight decay, ``> 0``, ``lr*wd < 1``.
-    grad_norm : array_like
-        Gradient norm on the unit sphere, ``> 0``.
+    grad_norm : array_like, optional
+        Gradient norm on the unit sphere, ``> 0`` (SGD family: needed for the norm
+        and the effective LR).
     momentum : array_like, default 0
-        Heavy-ball momentum in ``[0, 1)``.
+        Momentum in ``[0, 1)`` (SGD family).
+    optimizer : {"sgd", "sgdm", "nesterov", "adamw", "lion"}, default "sgd"
+        The update rule whose theory is used.
+    betas : (float, float), default (0.9, 0.999)
+        ``(beta1, beta2)`` of AdamW (beta2 unused by the model) or Lion.
+    n_params : array_like, optional
+        Number of elements C of the SI group (AdamW and Lion norms).
     """
+    name = check_optimizer(optimizer)
     lr, wd = check_lr_wd(lr, wd)
-    g = check_positive("grad_norm", grad_norm)
     mu = check_momentum(momentum)
-    lr, wd, g, mu = np.broadcast_arrays(lr, wd, g, mu)
-    out: dict[str, Any] = {
-        "lr": lr,
-        "wd": wd,
-        "momentum": mu,
-        "grad_norm": g,
-        "norm": sgdm_equilibrium_norm(lr, wd, g, mu),
-        "norm_first_order": sgdm_equilibrium_norm(lr, wd, g, mu, exact=False),
-        "elr": sgdm_equilibrium_elr(lr, wd, g, mu),
-        "elr_first_order": sgdm_equilibrium_elr(lr, wd, g, mu, exact=False),
-        "angular_update": sgdm_equilibrium_angle(lr, wd, mu),
-        "angular_update_first_order": sgdm_equilibrium_angle(lr, wd, mu, exact=False),
-        "relaxation_time": sgdm_relaxation_time(lr, wd, mu),
-        "relaxation_time_first_order": sgdm_relaxation_time(lr, wd, mu, exact=False),
-        "elr_doubling_time": elr_doubling_time(lr, wd, mu),
-        "decay_factor": decay_factor(lr, wd, mu),
-    }
-    scalar = lr.ndim == 0
-    return {k: (float(v) if scalar else np.asarray(v, dtype=np.float64)) for k, v in out.items()}
+    g = None if grad_norm is None else check_positive("grad_norm", grad_norm)
+    if name in ("adamw", "lion"):
+        c = None if n_params is None else check_positive("n_params", n_params)
+        b = (float(check_beta("beta1", betas[0])), float(check_beta("beta2", betas[1])))
+        lr, wd = np.broadcast_arrays(lr, wd)
+        out = _adaptive_equilibrium(name, lr, wd, b, c)
+    else:
+        arrays = [lr, wd, mu] + ([] if g is None else [g])
+        lr, wd, mu, *rest = np.broadcast_arrays(*arrays)
+        g = rest[0] if rest else None
+        out = _sgd_family_equilibrium(lr, wd, g, mu, nesterov=name == "nesterov")
+    out = {"lr": lr, "wd": wd, "momentum": mu, **out}
+    result = _scalars(out, np.ndim(lr) == 0)
+    result["optimizer"] = name
+    order = [k for k in EQUILIBRIUM_KEYS if k in result]
+    return {k: result[k] for k in order + [k for k in result if k not in order]}
+
+
+# --------------------------------------------------------------------------- regime lines
+
+
+def decay_end_step(
+    lr: ArrayLike,
+    wd: ArrayLike,
+    sharpness: float,
+    rho0: float = 1.0,
+    momentum: float = 0.0,
+    grad_norm: float | None = None,
+) -> NDArray[np.float64]:
+    """Step at which the initial weight-decay phase of a run started at norm ``rho0`` ends.
+
+    While the loss sits in a minimum the gradient is negligible and the norm decays
+    by :func:`decay_factor` ``q`` per step (``1 - lr wd`` for SGD, exact at zero
+    gradient; asymptotic with momentum). The decay ends at the first instability,
+    when the norm reaches :func:`critical_norm`
+    ``rho_crit = sqrt(lr S / (2 (1 + mu - lr wd)))`` (exact for the linearised map
+    for SGD, quasi-static with momentum), or, with gradient noise of sphere norm
+    ``G``, at the equilibrium norm ``rho*`` (:func:`sgdm_equilibrium_norm`) if that
+    is larger::
+
+        t_end = max(ln(rho0 / max(rho_crit, rho*)), 0) / (-ln q)
+
+    A run of ``steps`` steps shows periods or an equilibrium only where ``t_end``
+    is well below ``steps``; elsewhere the norm is still decaying ("converged").
+    The fixed ``rho0`` breaks the scale symmetry (docs/theory.md section 0):
+    ``t_end ~ ln(2 rho0^2/(lr S)) / (2 lr wd)`` depends on ``lr`` as well as on
+    ``lr*wd``, so this boundary is not a line of constant ``lr*wd``.
+    """
+    lr_a, wd_a = check_lr_wd(lr, wd)
+    rho_end = critical_norm(lr_a, wd_a, sharpness, momentum)
+    if grad_norm:
+        rho_end = np.maximum(rho_end, sgdm_equilibrium_norm(lr_a, wd_a, grad_norm, momentum))
+    rate = decay_rate(lr_a, wd_a, momentum)
+    with np.errstate(divide="ignore"):
+        return np.maximum(np.log(rho0 / rho_end), 0.0) / rate
+
+
+def equilibrium_instability_lr_wd(
+    grad_norm: float, sharpness: float, momentum: float = 0.0
+) -> float:
+    """The ``lr*wd`` above which the noise-driven equilibrium is unstable.
+
+    At equilibrium the effective LR is :func:`sgdm_equilibrium_elr` (which reduces
+    to :func:`sgd_equilibrium_elr` at ``momentum = 0``), a function of ``x = lr*wd``
+    and the sphere gradient norm ``G``; it exceeds the stability threshold
+    :func:`stability_threshold_elr` ``2 (1 + mu - x) / S`` above the root ``x*``
+    returned here (found by bisection). For SGD the root is, exactly for the
+    discrete map under constant ``G``, ``x* = 1 - S / sqrt(S^2 + 4 G^2)`` (first
+    order ``2 G^2 / S^2``): below it the run settles into an equilibrium, above it
+    the periodic behavior appears. Both sides depend on ``x`` only, so the boundary
+    is a line of constant ``lr*wd``.
+    """
+    g = float(check_positive("grad_norm", grad_norm))
+    s_ = float(check_positive("sharpness", sharpness))
+    mu = float(check_momentum(momentum))
+
+    def gap(x: float) -> float:
+        elr = sgdm_equilibrium_elr(x, 1.0, g, mu)
+        return float(elr - stability_threshold_elr(x, 1.0, s_, mu))
+
+    lo, hi = 1e-300, 1.0 - 1e-15
+    if gap(hi) < 0:
+        return math.inf
+    for _ in range(200):
+        mid = math.sqrt(lo * hi) if hi / lo > 4 else 0.5 * (lo + hi)
+        if gap(mid) < 0:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo <= 1e-15 * hi:
+            break
+    return 0.5 * (lo + hi)
 
 
 if __name__ == "__main__":  # pragma: no cover - exercised through subprocess in the tests
-    import sys
-
     from siflow._theory_cli import main
 
-    sys.exit(main())
+    raise SystemExit(main())

@@ -219,8 +219,9 @@ class Trajectory:
         """
         out = self._replace_rows(slice(None))
         if out.elr is None and out.rho is not None and out.lr is not None:
-            with np.errstate(divide="ignore", invalid="ignore"):
-                out.elr = float(out.lr) / out.rho**2
+            from siflow.theory import effective_lr
+
+            out.elr = np.asarray(effective_lr(float(out.lr), out.rho))
         return out
 
     def downsample(

@@ -27,7 +27,8 @@ def test_json_output_has_equilibrium_keys_and_reference_values() -> None:
     assert list(values) == [
         "lr", "wd", "momentum", "grad_norm", "norm", "norm_first_order", "elr",
         "elr_first_order", "angular_update", "angular_update_first_order", "relaxation_time",
-        "relaxation_time_first_order", "elr_doubling_time", "decay_factor",
+        "relaxation_time_first_order", "elr_doubling_time", "decay_factor", "decay_rate",
+        "optimizer",
     ]  # fmt: skip
     # worked numbers of the theory reference (eta = 0.1, lambda = 1e-3, G = 1)
     assert values["norm"] == pytest.approx(2.6591811889, abs=1e-10)

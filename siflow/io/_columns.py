@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from siflow import theory
 from siflow.trajectory import FIELDS, Trajectory
 
 __all__ = [
@@ -668,8 +669,7 @@ def build_trajectory(
         fields["grad_norm_sphere"] = gsphere
         meta_out["grad_norm"] = "read as on the sphere (|w| |grad L(w)|)"
     elif graw is not None and rho is not None:
-        with np.errstate(over="ignore", invalid="ignore"):
-            fields["grad_norm_sphere"] = rho * graw
+        fields["grad_norm_sphere"] = np.asarray(theory.sphere_grad_norm(rho, graw))
         meta_out["grad_norm"] = "converted from raw: grad_norm_sphere = rho * |grad L(w)|"
     elif graw is not None:
         meta_out["grad_norm"] = "raw |grad L(w)| kept in extra (no rho to convert)"
@@ -677,8 +677,7 @@ def build_trajectory(
     sraw = col("sharpness_raw")
     if fields["sharpness_sphere"] is None and sraw is not None:
         if rho is not None:
-            with np.errstate(over="ignore", invalid="ignore"):
-                fields["sharpness_sphere"] = rho**2 * sraw
+            fields["sharpness_sphere"] = np.asarray(theory.sphere_sharpness(rho, sraw))
             meta_out["sharpness"] = (
                 "converted from raw: sharpness_sphere = rho**2 * top eigenvalue of hess L(w) "
                 "(the sphere's value at critical points, an upper bound elsewhere)"
@@ -702,12 +701,10 @@ def build_trajectory(
     derived: list[str] = []
     if fields["elr"] is None and rho is not None:
         if known.get("lr") is not None:
-            with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
-                fields["elr"] = float(known["lr"]) / rho**2
+            fields["elr"] = np.asarray(theory.effective_lr(float(known["lr"]), rho))
             derived.append("elr = lr / rho**2")
         elif lr_values is not None:
-            with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
-                fields["elr"] = lr_values / rho**2
+            fields["elr"] = np.asarray(theory.effective_lr(lr_values, rho))
             derived.append("elr = lr column / rho**2")
 
     # 5. extra: every column not consumed as a field (raw inputs of conversions stay)
