@@ -84,13 +84,15 @@ def test_toy_losses_are_scale_invariant(name):
         scale = max(abs(v), 1e-300)
         assert abs(vc - v) <= 1e-12 * scale + 1e-300, (v, vc)
         gnorm = np.linalg.norm(g)
-        # grad L(cw) = grad L(w) / c
-        assert np.linalg.norm(c * gc - g) <= 1e-11 * gnorm + 1e-300
-        # <grad L(w), w> = 0, to round-off relative to the loss's own gradient scale |L|/|w|:
-        # near a critical point (w close to an eigenvector of the Rayleigh quotient) the
-        # gradient's components are differences of O(|L|/|w|) terms, so |g| alone is no scale
+        # Round-off is relative to the loss's own gradient scale |L|/|w|: near a critical
+        # point (w close to an eigenvector of the Rayleigh quotient) the gradient's
+        # components are differences of O(|L|/|w|) terms, so |g| alone is no scale.
         wn = np.linalg.norm(w)
-        assert abs(g @ w) <= 1e-12 * (gnorm + abs(v) / wn) * wn + 1e-300
+        grad_scale = gnorm + abs(v) / wn
+        # grad L(cw) = grad L(w) / c
+        assert np.linalg.norm(c * gc - g) <= 1e-11 * grad_scale + 1e-300
+        # <grad L(w), w> = 0
+        assert abs(g @ w) <= 1e-12 * grad_scale * wn + 1e-300
 
     check()
 
