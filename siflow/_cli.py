@@ -86,8 +86,10 @@ def fmt_value(value: object, digits: int = 6) -> str:
     return str(value)
 
 
-def format_rows(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """Aligned text table: the first column left-aligned, the others right-aligned.
+def format_rows(
+    header: Sequence[str], rows: Sequence[Sequence[object]], align: str | None = None
+) -> str:
+    """Aligned text table; ``align`` has one ``l``/``r`` per column (default ``lrr...r``).
 
     Column widths follow the widest cell plus two spaces, so columns never run
     together whatever the numbers (``1e+300`` included).
@@ -98,9 +100,13 @@ def format_rows(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     ncol = max(len(r) for r in cells)
     cells = [r + [""] * (ncol - len(r)) for r in cells]
     widths = [max(len(r[j]) for r in cells) for j in range(ncol)]
+    align = (align or "l" + "r" * (ncol - 1)).ljust(ncol, "r")
     lines = []
     for r in cells:
-        parts = [r[0].ljust(widths[0])] + [r[j].rjust(widths[j] + 2) for j in range(1, ncol)]
+        parts = [r[0].ljust(widths[0]) if align[0] == "l" else r[0].rjust(widths[0])]
+        for j in range(1, ncol):
+            cell = r[j].ljust(widths[j]) if align[j] == "l" else r[j].rjust(widths[j])
+            parts.append("  " + cell)
         lines.append("".join(parts).rstrip())
     return "\n".join(lines)
 

@@ -285,7 +285,14 @@ def equilibrium_for_run(
                 betas=betas,
                 n_params=dim,
             )
-        values = {k: eq[k] for k, _, _ in QUANTITIES if k in eq}
+        values = {k: eq[k] + 0.0 for k, _, _ in QUANTITIES if k in eq}  # no -0
+        infinite = [k for k, v in values.items() if not math.isfinite(v)]
+        for k in infinite:
+            del values[k]
+        if infinite and lr * wd == 0.0:
+            reason = "infinite: lr*wd underflows to 0 in double precision"
+        else:
+            reason = "not finite at these hyperparameters"
         if g is not None:
             values["grad_norm"] = g
         values["theory"] = theory.OPTIMIZERS[name]
@@ -295,6 +302,8 @@ def equilibrium_for_run(
         for k, _, _ in QUANTITIES
         if k not in values
     }
+    if name is not None and wd > 0:
+        missing.update({k: reason for k in infinite})
     return values, missing
 
 
@@ -353,7 +362,7 @@ def format_summary(summary: dict[str, Any]) -> str:
             rows.append([label, eq[key], unit])
         else:
             rows.append([label, "n/a", summary["not_applicable"].get(key, "")])
-    lines.append(format_rows(["quantity", "value", "unit / why n/a"], rows))
+    lines.append(format_rows(["quantity", "value", "unit / why n/a"], rows, align="lrl"))
     lines.append("")
     periods = summary["periods"]
     word = "periods" if summary["regime"] == "periodic" else "intervals between events"

@@ -134,7 +134,7 @@ def format_table(values: dict[str, Any], missing: dict[str, str] | None = None) 
             continue
         fo = fmt_value(values[key_fo], 10) if key_fo and key_fo in values else ""
         rows.append([label, fmt_value(values[key], 10), fo, unit])
-    lines = [head, format_rows(["quantity", "exact", "first order", "unit"], rows)]
+    lines = [head, format_rows(["quantity", "exact", "first order", "unit"], rows, align="lrrl")]
     if values["momentum"] > 0:
         lines.append("(momentum: exact under uncorrelated gradients, second-moment model)")
     return "\n".join(lines)
