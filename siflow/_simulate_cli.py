@@ -553,7 +553,7 @@ def _body(argv: Sequence[str] | None) -> int:
             noise=args.noise,
             seed=args.seed,
             rho0=args.rho0,
-            record_every=args.record_every or 1,
+            record_every=args.record_every,
             max_points=max_points,
             max_rows=max_rows,
             sharpness=args.sharpness,

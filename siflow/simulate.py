@@ -31,7 +31,9 @@ where the norm rose by more than ``jump_tol`` (default 2%) over the last ``W``
 steps: ``rho_{t+1} > (1 + jump_tol) min(rho_{t+1-W}, ..., rho_t)``. Weight decay
 alone never does that, and equilibrium fluctuations rarely do for small
 ``lr*wd``; with strong gradient noise at large ``lr*wd`` raise ``jump_tol``.
-``max_points`` chooses ``record_every`` from the number of steps.
+``max_points`` chooses ``record_every`` from the number of steps; by default
+(``record_every=None``) every step is kept up to ``max_rows/2`` steps and longer
+runs are thinned to fit.
 
 Bounded memory: at most ``max_rows`` rows are kept (default
 :data:`DEFAULT_MAX_ROWS`). A run whose regular rows (``steps/record_every``) exceed
@@ -721,7 +723,7 @@ def simulate(
     batch: int | None = None,
     noise: float = 0.0,
     seed: int = 0,
-    record_every: int = 1,
+    record_every: int | None = None,
     max_points: int | None = None,
     max_rows: int | None = None,
     event_window: int = 100,
@@ -772,7 +774,9 @@ def simulate(
         ``seed`` option, default 0, passed through ``loss_options``).
     record_every, max_points, max_rows, event_window, jump_tol
         Thinning of the record (module docstring). ``record_every`` keeps every
-        k-th step (rows near norm jumps are kept too); ``max_points`` raises
+        k-th step (rows near norm jumps are kept too); by default every step while
+        ``steps <= max_rows/2``, else the smallest stride that fits in half the cap
+        (``ceil(steps / (max_rows // 2))``). ``max_points`` raises
         ``record_every`` to ``ceil(steps/max_points)``. ``max_rows`` (default
         :data:`DEFAULT_MAX_ROWS`) is a hard cap on the rows kept: a run asking for
         more regular rows than that is refused up front, and when rows near norm
@@ -827,11 +831,13 @@ def simulate(
     """
     steps = _check_int("steps", steps, 1)
     seed = _check_int("seed", seed, 0)
+    max_rows = DEFAULT_MAX_ROWS if max_rows is None else _check_int("max_rows", max_rows, 2)
+    if record_every is None:  # every step while it fits in half the cap, else thinned
+        record_every = max(1, -(-steps // (max_rows // 2)))
     record_every = check_positive_int("record_every", record_every)
     if max_points is not None:
         max_points = _check_int("max_points", max_points, 2)
         record_every = max(record_every, math.ceil(steps / max_points))
-    max_rows = DEFAULT_MAX_ROWS if max_rows is None else _check_int("max_rows", max_rows, 2)
     event_window = _check_int("event_window", event_window, 0)
     sigma = float(check_nonnegative("noise", noise))
     lr_c, lr_s = _split_schedule("lr", lr)

@@ -98,7 +98,10 @@ def test_record_every_one_above_the_cap_is_refused_up_front():
     with pytest.raises(ValueError, match=r"record_every=1 keeps 1e\+12 rows.*record_every="):
         simulate(lr=0.1, wd=1e-3, steps=10**12, record_every=1)
     with pytest.raises(ValueError, match="max_rows="):
-        simulate(lr=0.1, wd=1e-3, steps=5000, max_rows=100)
+        simulate(lr=0.1, wd=1e-3, steps=5000, max_rows=100, record_every=1)
+    # without record_every the run is thinned to fit half the cap: ceil(5000 / 50)
+    traj = simulate("flat", lr=0.1, wd=1e-3, steps=5000, dim=3, max_rows=100)
+    assert traj.meta["record_every"] == 100 and len(traj) == 50
 
 
 @pytest.mark.parametrize(
