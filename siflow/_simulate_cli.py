@@ -590,6 +590,24 @@ def _body(argv: Sequence[str] | None) -> int:
     return 0
 
 
+#: Overlay fields replaced by the exact statistics and the run's own theory.
+_OVERRIDDEN = (
+    "angular_update_rms",
+    "grad_norm_sphere_rms",
+    "grad_norm_sphere_mean",
+    "norm_mean",
+    "elr_mean",
+    "angular_update_source",
+    "angular_update_predicted",
+    "norm_predicted",
+    "elr_predicted",
+    "decay_rate_predicted",
+    "elr_threshold",
+    "critical_norm",
+    "predicted_period",
+)
+
+
 def _analyse(
     traj: Any, args: Any, toy: Any, betas: tuple[float, float], traj_path: Path
 ) -> tuple[dict, Any]:
@@ -657,6 +675,10 @@ def _analyse(
                 f"{args.optimizer}: the decay-law period and the ELR threshold are SGD forms; "
                 f"not compared"
             )
+    if result is not None:  # the figure draws what the summary says
+        for key in _OVERRIDDEN:
+            if key in d:
+                setattr(result, key, d[key])
     if scheduled:
         notes.append(
             "scheduled run: the equilibrium values are those of the last step's lr and wd "

@@ -16,8 +16,12 @@ field                     meaning
 ========================  =====================================================
 
 Any field may be ``None`` when the source does not provide it. Further columns
-(accuracy, per-layer norms, ...) live in ``extra``; hyperparameters and
-provenance (``lr``, ``wd``, ``momentum``, ``optimizer``, ``source``, ``seed``,
+(accuracy, per-layer norms, ...) live in ``extra``; simulations add the running
+sums ``sum_angular_update_sq``, ``sum_grad_norm_sphere_sq``,
+``sum_grad_norm_sphere``, ``sum_rho`` and ``sum_elr`` (over every step simulated, up
+to the row's step: :meth:`Trajectory.exact_means` turns two rows into exact means
+whatever the thinning) and, for scheduled runs, the per-step ``lr`` and ``wd``.
+Hyperparameters and provenance (``lr``, ``wd``, ``momentum``, ``optimizer``, ``source``, ``seed``,
 ``status``, ``steps_per_epoch``) live in ``meta``.
 
 Files: ``.npz`` (arrays plus a JSON ``meta`` entry) and ``.csv`` (a first line
@@ -239,7 +243,7 @@ class Trajectory:
         """
         n = len(self)
         if max_points < 2:
-            raise ValueError(f"max_points must be >= 2, got {max_points}")
+            raise ValueError(f"max_points must be >= 2, got {max_points}; pass 2 or more")
         if n <= max_points:
             return self._replace_rows(slice(None))
         keep = np.zeros(n, dtype=bool)
