@@ -126,8 +126,17 @@ _N_OUT = 8
 # entries of the carried state ``carry`` (kept between chunks)
 _C_R2, _C_SA2, _C_SG2, _C_SG, _C_SRHO = range(5)
 _N_CARRY = 5
-# sums carried in ``carry`` -> the output row holding their running value
-_SUM_ROWS = ((_C_SA2, _O_SA2), (_C_SG2, _O_SG2), (_C_SG, _O_SG), (_C_SRHO, _O_SRHO))
+# columns of the trajectory written by the kernel, and their rows in ``out``
+_KERNEL_ROWS = (
+    ("loss", _O_LOSS),
+    ("rho", _O_RHO),
+    ("grad_norm_sphere", _O_GNS),
+    ("angular_update", _O_ANG),
+    ("sum_angular_update_sq", _O_SA2),
+    ("sum_grad_norm_sphere_sq", _O_SG2),
+    ("sum_grad_norm_sphere", _O_SG),
+    ("sum_rho", _O_SRHO),
+)
 
 
 @njit(cache=True, error_model="numpy", fastmath=_FAST)
@@ -143,10 +152,12 @@ def _run_chunk(toy, draws, opt, sched, state, ctl, out, snap):  # pragma: no cov
       arrays for constant ones (then ``hp`` holds them);
     * ``state = (w, s1, s2, carry)``: weights, optimizer state and the carried
       scalars (``|w|^2`` and the running sums, see below);
-    * ``ctl = (step0, n, sharp_every, rho_min, rho_max)``;
-    * ``out``: ``(_N_OUT, chunk)`` rows written per step; ``snap``: a copy of ``w`` at
-      each step that is a multiple of ``sharp_every > 0`` (in order; the sharpness is
-      computed from it outside, keeping this kernel free of eigenvalue code).
+    * ``ctl = (step0, n, sharp_every, rho_min, rho_max, o0)``;
+    * ``out``: ``(_N_OUT, m)`` rows, step ``t`` of the chunk written to column ``o0 + t``
+      (a chunk buffer with ``o0 = 0``, or the whole run's columns with ``o0 = step0``);
+    * ``snap``: a copy of ``w`` at each step that is a multiple of ``sharp_every > 0``
+      (in order; the sharpness is computed from it outside, keeping this kernel free
+      of eigenvalue code).
 
     Stops before recording a row whose loss is not finite or whose norm leaves
     ``[rho_min, rho_max]``, or whose update overflows (or lands on 0); that row and
@@ -173,7 +184,7 @@ def _run_chunk(toy, draws, opt, sched, state, ctl, out, snap):  # pragma: no cov
     okind, nesterov, project, hp = opt
     lr_t, wd_t = sched
     w, s1, s2, carry = state
-    step0, n, sharp_every, rho_min, rho_max = ctl
+    step0, n, sharp_every, rho_min, rho_max, o0 = ctl
     d = w.size
     u = np.empty(d)
     g = np.empty(d)
@@ -194,13 +205,16 @@ def _run_chunk(toy, draws, opt, sched, state, ctl, out, snap):  # pragma: no cov
     sg = carry[_C_SG]
     srho = carry[_C_SRHO]
     n_snap = 0
+    stop, code = n, _OK
     for t in range(n):
         step = step0 + t
         rho = math.sqrt(r2)
         if not (rho <= rho_max):
-            return t, _DIVERGED
+            stop, code = t, _DIVERGED
+            break
         if rho < rho_min:
-            return t, _UNDERFLOW
+            stop, code = t, _UNDERFLOW
+            break
         if scheduled:
             lr = lr_t[t]
             hp[HP_LR] = lr
@@ -222,7 +236,8 @@ def _run_chunk(toy, draws, opt, sched, state, ctl, out, snap):  # pragma: no cov
             k = sa / r2
             f = 0.5 * k
             if not math.isfinite(f):
-                return t, _DIVERGED
+                stop, code = t, _DIVERGED
+                break
             inv2 = 1.0 / r2
             for i in range(d):
                 wi = w[i]
@@ -235,7 +250,8 @@ def _run_chunk(toy, draws, opt, sched, state, ctl, out, snap):  # pragma: no cov
         else:
             f = _si_value_grad_step(kind, w, r2, rho, params, data, batch_idx[t], nb, u, g)
             if not math.isfinite(f):
-                return t, _DIVERGED
+                stop, code = t, _DIVERGED
+                break
             if one_pass:
                 for i in range(d):
                     wi = w[i]
@@ -253,7 +269,8 @@ def _run_chunk(toy, draws, opt, sched, state, ctl, out, snap):  # pragma: no cov
                     gw += g[i] * w[i]
         gns = rho * math.sqrt(g2)
         if not math.isfinite(gns):
-            return t, _DIVERGED
+            stop, code = t, _DIVERGED
+            break
         if not one_pass:
             if fused:
                 for i in range(d):
@@ -267,9 +284,11 @@ def _run_chunk(toy, draws, opt, sched, state, ctl, out, snap):  # pragma: no cov
                 for i in range(d):
                     r2n += w[i] * w[i]
         if not math.isfinite(r2n):  # the step overflowed: row t has no angle
-            return t, _DIVERGED
+            stop, code = t, _DIVERGED
+            break
         if r2n == 0.0:
-            return t, _UNDERFLOW
+            stop, code = t, _UNDERFLOW
+            break
         if fused:
             gr = gw / rho
             perp2 = g2 - gr * gr
@@ -289,21 +308,22 @@ def _run_chunk(toy, draws, opt, sched, state, ctl, out, snap):  # pragma: no cov
         sg2 += gns * gns
         sg += gns
         srho += rho
-        out[_O_LOSS, t] = f
-        out[_O_RHO, t] = rho
-        out[_O_GNS, t] = gns
-        out[_O_ANG, t] = ang
-        out[_O_SA2, t] = sa2
-        out[_O_SG2, t] = sg2
-        out[_O_SG, t] = sg
-        out[_O_SRHO, t] = srho
+        out[_O_LOSS, o0 + t] = f
+        out[_O_RHO, o0 + t] = rho
+        out[_O_GNS, o0 + t] = gns
+        out[_O_ANG, o0 + t] = ang
+        out[_O_SA2, o0 + t] = sa2
+        out[_O_SG2, o0 + t] = sg2
+        out[_O_SG, o0 + t] = sg
+        out[_O_SRHO, o0 + t] = srho
         r2 = r2n
-        carry[_C_R2] = r2
-        carry[_C_SA2] = sa2
-        carry[_C_SG2] = sg2
-        carry[_C_SG] = sg
-        carry[_C_SRHO] = srho
-    return n, _OK
+    # the state after the last step done (a stop leaves the stopped step out)
+    carry[_C_R2] = r2
+    carry[_C_SA2] = sa2
+    carry[_C_SG2] = sg2
+    carry[_C_SG] = sg
+    carry[_C_SRHO] = srho
+    return stop, code
 
 
 def _sharpness_rows(
@@ -934,8 +954,11 @@ def simulate(
     buf = np.empty((_N_OUT, chunk))
     watch = record_every > 1 or steps > max_rows
     rec = _Recorder(record_every, event_window, tol, names, max_rows, watch)
+    full2d = None  # every row kept: the kernel writes straight into the run's columns
     if record_every == 1 and not sharpness and steps <= max_rows:
-        rec.full = {k: np.empty(steps) for k in names if k != "step"}
+        full2d = np.empty((_N_OUT, steps))
+        rec.full = {name: full2d[row] for name, row in _KERNEL_ROWS}
+        rec.full.update({k: np.empty(steps) for k in names if k not in rec.full})
         rec.full["step"] = np.arange(steps, dtype=np.int64)
     if progress is None:
         progress = sys.stderr.isatty() and steps * max(toy.dim, 1) >= 20_000_000
@@ -966,9 +989,10 @@ def simulate(
                     wd_t if wd_t is not None else np.full(n, float(hp[_optim.HP_WD])),
                 )
             sharp_every = rec.every if sharpness else 0
-            ctl = (done, n, sharp_every, RHO_MIN, RHO_MAX)
+            into, o0 = (full2d, done) if full2d is not None else (buf, 0)
+            ctl = (done, n, sharp_every, RHO_MIN, RHO_MAX, o0)
             draws = (idx, nb, xi, sigma)
-            n_ok, code = _run_chunk(toy_args, draws, opt_args, sched, state, ctl, buf, snap)
+            n_ok, code = _run_chunk(toy_args, draws, opt_args, sched, state, ctl, into, snap)
             cols = _chunk_columns(buf, t, n_ok, rec, done)
             lr_col = lr_step if lr_t is None else lr_t[:n_ok]
             cols["elr"][:] = effective_lr(lr_col, cols["rho"])
@@ -1012,21 +1036,11 @@ def _chunk_columns(
     buf: NDArray[np.float64], t: NDArray[np.int64], n_ok: int, rec: _Recorder, done: int
 ) -> dict[str, NDArray]:
     """The chunk's columns: views into the full-length ones, or fresh arrays."""
-    if rec.full is not None:  # write straight into the trajectory's columns
-        cols = {k: v[done : done + n_ok] for k, v in rec.full.items()}
-    else:  # fresh: the rows are kept without a copy
-        cols = {k: np.empty(n_ok) for k in rec.names if k != "step"}
-        cols["step"] = t[:n_ok].copy()
-    for name, row in (
-        ("loss", _O_LOSS),
-        ("rho", _O_RHO),
-        ("grad_norm_sphere", _O_GNS),
-        ("angular_update", _O_ANG),
-        ("sum_angular_update_sq", _O_SA2),
-        ("sum_grad_norm_sphere_sq", _O_SG2),
-        ("sum_grad_norm_sphere", _O_SG),
-        ("sum_rho", _O_SRHO),
-    ):
+    if rec.full is not None:  # the kernel wrote straight into the trajectory's columns
+        return {k: v[done : done + n_ok] for k, v in rec.full.items()}
+    cols = {k: np.empty(n_ok) for k in rec.names if k != "step"}
+    cols["step"] = t[:n_ok].copy()
+    for name, row in _KERNEL_ROWS:
         cols[name][:] = buf[row, :n_ok]
     return cols
 
