@@ -670,7 +670,10 @@ def _schedule_range(
         wd_t = wd_s(t) if wd_s is not None else np.full(t.size, wd)
         for name, v in (("lr", lr_t), ("wd", wd_t)):
             if not np.all(np.isfinite(v)) or np.any(v < 0):
-                raise ValueError(f"the {name} schedule gives a negative or non-finite value")
+                raise ValueError(
+                    f"the {name} schedule gives a negative or non-finite value; use "
+                    f"parameters that keep it finite and >= 0"
+                )
         top_lr = max(top_lr, float(lr_t.max()))
         top_wd = max(top_wd, float(wd_t.max()))
         top_x = max(top_x, float((lr_t * wd_t).max()))
@@ -678,7 +681,8 @@ def _schedule_range(
         raise ValueError("the lr schedule is 0 at every step; give it a positive peak")
     if not top_x < 1:
         raise ValueError(
-            f"lr*wd reaches {top_x:g} under the schedule; it must stay below 1 at every step"
+            f"lr*wd reaches {top_x:g} under the schedule; lower the peak lr or wd so that "
+            f"it stays below 1 at every step"
         )
     return top_lr, top_wd, top_x
 
