@@ -140,3 +140,21 @@ def test_tiny_lr_wd_prints_no_negative_infinity(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "-inf" not in proc.stdout and "Warning" not in proc.stderr
     assert "lr*wd underflows to 0" in proc.stdout
+
+
+def test_table_helpers_keep_columns_apart_and_translate_parameters():
+    from siflow._cli import format_list_summary, format_rows, translate_params
+
+    text = format_rows(["q", "a", "b"], [["x", 1e300, -2.5e-300], ["longer name", None, np.inf]])
+    rows = [ln.split() for ln in text.splitlines()]
+    assert rows[1] == ["x", "1e+300", "-2.5e-300"]
+    assert rows[2] == ["longer", "name", "n/a", "inf"]
+    msg = translate_params(
+        "pass record_every=50 or more, or a larger max_rows=; dim=3 is fine",
+        {"record_every": "--record-every", "max_rows": "--max-rows", "dim": "--dim"},
+    )
+    assert msg == "pass --record-every 50 or more, or a larger --max-rows; --dim 3 is fine"
+    assert format_list_summary([4.0, 1.0, 3.0, 2.0, 100.0], "steps") == (
+        "count 5, median 3 steps, quartiles 2 to 4, range 1 to 100"
+    )
+    assert format_list_summary([]) == "none"
