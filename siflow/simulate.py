@@ -855,13 +855,7 @@ def simulate(
     """
     steps = _check_int("steps", steps, 1)
     seed = _check_int("seed", seed, 0)
-    max_rows = DEFAULT_MAX_ROWS if max_rows is None else _check_int("max_rows", max_rows, 2)
-    if record_every is None:  # every step while it fits in half the cap, else thinned
-        record_every = max(1, -(-steps // (max_rows // 2)))
-    record_every = check_positive_int("record_every", record_every)
-    if max_points is not None:
-        max_points = _check_int("max_points", max_points, 2)
-        record_every = max(record_every, math.ceil(steps / max_points))
+    record_every, max_rows = _strides(steps, record_every, max_points, max_rows)
     event_window = _check_int("event_window", event_window, 0)
     sigma = float(check_nonnegative("noise", noise))
     lr_c, lr_s = _split_schedule("lr", lr)
@@ -895,16 +889,7 @@ def simulate(
     check_budget(est, steps, record_every, max_rows)
     toy = make_loss(loss, dim=dim, **dict(loss_options or {}))
 
-    nb = 0
-    if batch is not None:
-        nb = _check_int("batch", batch, 1)
-        if toy.n_samples == 0:
-            raise ValueError(
-                f"batch applies to data toys (logistic), not {toy.name!r}; "
-                f"drop batch or use noise for gradient noise"
-            )
-        if nb >= toy.n_samples:
-            nb = 0  # full batch
+    nb = _batch_rows(toy, batch)
 
     seeds = np.random.SeedSequence(seed).spawn(3)
     rng_init, rng_batch, rng_noise = (np.random.default_rng(s) for s in seeds)
@@ -914,33 +899,17 @@ def simulate(
     lr_step = float(hp[_optim.HP_LR])
     lr_scale = lr_step / opt.lr  # radius**2 for fixed_elr, else 1
 
-    meta: dict[str, Any] = {
-        "source": "siflow.simulate",
-        "loss": toy.name,
-        "lr": lr_step,
-        "wd": opt.wd,
-        "dim": toy.dim,
-        "seed": seed,
-        "steps": steps,
-        "noise": sigma,
-        "batch": batch,
-        "record_every_requested": record_every,
-        "max_rows": max_rows,
-        "event_window": event_window,
-        "jump_tol": tol,
-        "rho0": radius,
-        "sharpness_min": toy.sharpness_min,
-        "loss_options": {k: v for k, v in toy.options.items()},
-        **opt.meta(),
-    }
-    if lr_s is not None:
-        meta["lr_schedule"] = lr_s.spec
-    if wd_s is not None:
-        meta["wd_schedule"] = wd_s.spec
-    if opt.lr_is_elr:
-        meta["elr"] = opt.lr
-    if opt.project:
-        meta["fixed_norm"] = radius
+    meta = _run_meta(toy, opt, lr_s, wd_s, radius, lr_step)
+    meta.update(
+        seed=seed,
+        steps=steps,
+        noise=sigma,
+        batch=batch,
+        record_every_requested=record_every,
+        max_rows=max_rows,
+        event_window=event_window,
+        jump_tol=tol,
+    )
 
     names = _BASE + SUM_COLUMNS + (("lr",) if lr_s is not None else ())
     names += ("wd",) if wd_s is not None else ()
@@ -998,16 +967,7 @@ def simulate(
             draws = (idx, nb, xi, sigma)
             n_ok, code = _run_chunk(toy_args, draws, opt_args, sched, state, ctl, into, snap)
             cols = _chunk_columns(buf, t, n_ok, rec, done)
-            lr_col = lr_step if lr_t is None else lr_t[:n_ok]
-            cols["elr"][:] = effective_lr(lr_col, cols["rho"])
-            np.cumsum(cols["elr"], out=cols["sum_elr"])
-            cols["sum_elr"] += sum_elr
-            if n_ok:
-                sum_elr = float(cols["sum_elr"][-1])
-            if lr_t is not None:
-                cols["lr"][:] = lr_t[:n_ok]
-            if wd_t is not None:
-                cols["wd"][:] = wd_t[:n_ok]
+            sum_elr = _fill_derived(cols, n_ok, lr_step, lr_t, wd_t, sum_elr)
             if sharpness:
                 cols["sharpness_sphere"] = _sharpness_rows(toy, cols["step"], snap, sharp_every)
             rho_next = float(np.sqrt(w @ w)) if code == _OK else math.inf
@@ -1034,6 +994,85 @@ def simulate(
     if checkpoint is not None:
         traj.save(checkpoint)
     return traj
+
+
+def _strides(
+    steps: int, record_every: int | None, max_points: int | None, max_rows: int | None
+) -> tuple[int, int]:
+    """``(record_every, max_rows)`` from the recording arguments (module docstring)."""
+    max_rows = DEFAULT_MAX_ROWS if max_rows is None else _check_int("max_rows", max_rows, 2)
+    if record_every is None:  # every step while it fits in half the cap, else thinned
+        record_every = max(1, -(-steps // (max_rows // 2)))
+    record_every = check_positive_int("record_every", record_every)
+    if max_points is not None:
+        max_points = _check_int("max_points", max_points, 2)
+        record_every = max(record_every, math.ceil(steps / max_points))
+    return record_every, max_rows
+
+
+def _batch_rows(toy: SILoss, batch: int | None) -> int:
+    """Rows per minibatch for the kernel (0: full batch)."""
+    if batch is None:
+        return 0
+    nb = _check_int("batch", batch, 1)
+    if toy.n_samples == 0:
+        raise ValueError(
+            f"batch applies to data toys (logistic), not {toy.name!r}; "
+            f"drop batch or use noise for gradient noise"
+        )
+    return 0 if nb >= toy.n_samples else nb
+
+
+def _run_meta(
+    toy: SILoss,
+    opt: Optimizer,
+    lr_s: Schedule | None,
+    wd_s: Schedule | None,
+    radius: float,
+    lr_step: float,
+) -> dict[str, Any]:
+    """The trajectory's metadata that depends on the toy and the optimizer."""
+    meta: dict[str, Any] = {
+        "source": "siflow.simulate",
+        "loss": toy.name,
+        "lr": lr_step,
+        "wd": opt.wd,
+        "dim": toy.dim,
+        "rho0": radius,
+        "sharpness_min": toy.sharpness_min,
+        "loss_options": {k: v for k, v in toy.options.items()},
+        **opt.meta(),
+    }
+    if lr_s is not None:
+        meta["lr_schedule"] = lr_s.spec
+    if wd_s is not None:
+        meta["wd_schedule"] = wd_s.spec
+    if opt.lr_is_elr:
+        meta["elr"] = opt.lr
+    if opt.project:
+        meta["fixed_norm"] = radius
+    return meta
+
+
+def _fill_derived(
+    cols: dict[str, NDArray],
+    n_ok: int,
+    lr_step: float,
+    lr_t: NDArray[np.float64] | None,
+    wd_t: NDArray[np.float64] | None,
+    sum_elr: float,
+) -> float:
+    """Fill ``elr`` (:func:`siflow.theory.effective_lr`), its running sum and the
+    scheduled ``lr``/``wd`` columns of a chunk; returns the carried sum of ``elr``."""
+    lr_col = lr_step if lr_t is None else lr_t[:n_ok]
+    cols["elr"][:] = effective_lr(lr_col, cols["rho"])
+    np.cumsum(cols["elr"], out=cols["sum_elr"])
+    cols["sum_elr"] += sum_elr
+    if lr_t is not None:
+        cols["lr"][:] = lr_t[:n_ok]
+    if wd_t is not None:
+        cols["wd"][:] = wd_t[:n_ok]
+    return float(cols["sum_elr"][-1]) if n_ok else sum_elr
 
 
 def _chunk_columns(
