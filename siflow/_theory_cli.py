@@ -266,7 +266,8 @@ def schedule_report(
                 row["angle"] = float(theory.sgd_step_angle(lr, wd, row["elr"], grad_norm))
         if row["norm"] is not None and row["norm_equilibrium"]:
             row["norm_lag"] = row["norm"] / row["norm_equilibrium"] - 1.0
-        row["relaxes_before_end"] = bool(tau < steps - t) if math.isfinite(tau) else False
+        # unknown (None) where the optimizer has no relaxation law
+        row["relaxes_before_end"] = None if math.isnan(tau) else bool(tau < steps - t)
         rows.append(row)
     return {
         "optimizer": optimizer,
@@ -328,6 +329,8 @@ def format_schedule(rep: dict[str, Any], spec: str) -> str:
 
 def _lagging_tail(points: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The first point from which every later point has a relaxation time above the steps left."""
+    if any(p["relaxes_before_end"] is None for p in points):
+        return None
     first = None
     for p in points:
         if p["relaxes_before_end"]:

@@ -243,3 +243,10 @@ def test_decoupled_relaxation_time_is_the_contraction_of_the_map() -> None:
     dev = traj**2 - rs**2
     assert dev[n] / dev[0] == pytest.approx(np.exp(-n / tau), rel=1e-10)
     assert tau == pytest.approx(1 / (2 * lr * wd), rel=2 * lr * wd)
+
+
+def test_schedule_without_a_relaxation_law_makes_no_lag_claim() -> None:
+    proc = _run("--schedule", SPEC, "--wd", "5e-4", "--optimizer", "nesterov", "--momentum", "0.9")
+    assert proc.returncode == 0, proc.stderr
+    assert "cannot reach its equilibrium" not in proc.stdout
+    assert "at the last step the norm is" in proc.stdout
