@@ -30,13 +30,45 @@ from typing import Any
 
 import numpy as np
 
-from siflow._cli import EXIT_INTERRUPTED, ArgumentParser, CLIError, run_main
+from siflow._cli import (
+    EXIT_INTERRUPTED,
+    ArgumentParser,
+    CLIError,
+    fmt_value,
+    format_list_summary,
+    format_rows,
+    run_main,
+    summarize_list,
+    translate_params,
+)
 from siflow._fileio import atomic_write, ensure_dir
 
 PROG = "python -m siflow.simulate"
 DEFAULT_STEPS = 50_000
 #: Above this many steps the record is thinned (``max_points``), keeping events.
 DEFAULT_MAX_POINTS = 500_000
+#: Hard cap on kept rows when ``--record-every`` is not given (rows near norm jumps
+#: included; the strides double when it is hit, see :mod:`siflow.simulate`).
+DEFAULT_MAX_ROWS = 2 * DEFAULT_MAX_POINTS
+#: Runs expected to take longer than this many seconds are announced on stderr.
+ANNOUNCE_SECONDS = 60.0
+#: Library parameters -> the flags that set them (for one-line error messages).
+FLAGS = {
+    "lr": "--lr",
+    "wd": "--wd",
+    "steps": "--steps",
+    "dim": "--dim",
+    "momentum": "--momentum",
+    "batch": "--batch",
+    "noise": "--noise",
+    "seed": "--seed",
+    "rho0": "--rho0",
+    "record_every": "--record-every",
+    "max_rows": "--max-rows",
+    "max_points": "--record-every",
+    "sharpness": "--sharpness",
+    "betas": "--betas",
+}
 
 
 def build_parser() -> ArgumentParser:
@@ -93,6 +125,33 @@ def build_parser() -> ArgumentParser:
         f"rows around norm jumps are always kept",
     )
     p.add_argument(
+        "--max-rows",
+        type=int,
+        default=None,
+        help=f"hard cap on kept rows (default {DEFAULT_MAX_ROWS}, or "
+        "siflow.simulate.DEFAULT_MAX_ROWS with --record-every); when rows near norm jumps "
+        "reach it, the strides double (summary statistics stay exact)",
+    )
+    p.add_argument(
+        "--schedule",
+        default=None,
+        metavar="SPEC",
+        help="learning-rate schedule, e.g. cosine:warmup=500,min=0.005,steps=20000 (peak "
+        "defaults to --lr; see siflow.schedules)",
+    )
+    p.add_argument(
+        "--wd-schedule",
+        default=None,
+        metavar="SPEC",
+        help="weight-decay schedule (peak defaults to --wd)",
+    )
+    p.add_argument(
+        "--betas",
+        default="0.9,0.999",
+        metavar="B1,B2",
+        help="AdamW betas (default: %(default)s)",
+    )
+    p.add_argument(
         "--sharpness",
         action="store_true",
         help="also record the sphere sharpness at each kept row (O(dim^3) each)",
@@ -120,6 +179,10 @@ def run_name(args: Any) -> str:
         parts.append(f"{key.strip()}{value.strip()}".replace("/", "_").replace(" ", ""))
     if args.rho0 is not None:
         parts.append(f"rho{args.rho0:g}")
+    for flag, attr in (("sched", "schedule"), ("wdsched", "wd_schedule")):
+        spec = getattr(args, attr, None)
+        if spec:
+            parts.append(flag + "".join(c if c.isalnum() or c in ".=" else "_" for c in spec))
     if args.steps != DEFAULT_STEPS:
         parts.append(f"n{args.steps}")
     parts.append(f"s{args.seed}")
@@ -146,46 +209,120 @@ def parse_loss_options(items: Sequence[str]) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (2 with one line on stderr on bad input)."""
-    return run_main(_body, argv, prog=PROG)
+    return run_main(_translated_body, argv, prog=PROG)
 
 
-def _equilibrium(
-    opt_name: str, lr: float, wd: float, momentum: float, grad_norm: float | None, dim: int
-) -> dict[str, Any]:
-    """Equilibrium predictions of :mod:`siflow.theory` for this optimizer."""
+def _translated_body(argv: Sequence[str] | None) -> int:
+    """:func:`_body` with library messages (``record_every=``) naming the CLI flags."""
+    try:
+        return _body(argv)
+    except CLIError:
+        raise
+    except ValueError as exc:
+        raise CLIError(translate_params(str(exc), FLAGS)) from None
+
+
+# --------------------------------------------------------------------------- theory
+#: Equilibrium quantities shown, in order: key, label, unit.
+QUANTITIES: tuple[tuple[str, str, str], ...] = (
+    ("norm", "equilibrium norm rho*", ""),
+    ("elr", "effective LR lr/rho*^2", ""),
+    ("angular_update", "angular update per step", "rad"),
+    ("relaxation_time", "relaxation time constant", "steps"),
+    ("elr_doubling_time", "ELR doubling time (zero grad)", "steps"),
+    ("decay_factor", "norm factor per step (zero grad)", ""),
+    ("decay_rate", "norm decay rate (zero grad)", "1/step"),
+)
+
+#: Optimizer of the simulation -> the theory of :func:`siflow.theory.equilibrium`.
+THEORY_OF = {"sgd": "sgd", "nesterov": "nesterov", "adamw": "adamw"}
+
+
+def _missing_reason(theory_name: str | None, key: str, have_g: bool) -> str:
+    """Why ``key`` has no prediction for this optimizer."""
+    if theory_name is None:
+        return "the norm is fixed by projection: no equilibrium"
+    if theory_name == "adamw":
+        if key == "norm":
+            return "AdamW norm needs the group size"
+        return "siflow.theory has no AdamW form for it"
+    if theory_name == "nesterov" and key in ("relaxation_time", "elr_doubling_time", "decay_rate"):
+        return "siflow.theory has no Nesterov form for it"
+    if theory_name == "nesterov" and key == "decay_factor":
+        return "siflow.theory has no Nesterov form for it"
+    if not have_g and key in ("norm", "elr"):
+        return "needs a measured sphere gradient norm"
+    return "not defined for this optimizer"
+
+
+def equilibrium_for_run(
+    optimizer: str,
+    lr: float,
+    wd: float,
+    momentum: float,
+    betas: tuple[float, float],
+    grad_norm: float | None,
+    dim: int,
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Predictions of :func:`siflow.theory.equilibrium` for the optimizer that ran.
+
+    Returns ``(values, not_applicable)``: the quantities of :data:`QUANTITIES` that
+    the optimizer's theory defines, and a reason for each of the others.
+    """
     from siflow import theory
 
-    if opt_name in ("fixed_norm", "fixed_elr"):
-        return {"note": "the norm is fixed by projection: no norm equilibrium"}
-    if opt_name == "adamw":
-        return {
-            "angular_update": float(theory.adamw_equilibrium_angle(lr, wd)),
-            "norm": float(theory.adamw_equilibrium_norm(lr, wd, dim)),
-            "note": "AdamW closed forms (docs/theory.md section 5) for beta1 = 0.9",
-        }
-    out: dict[str, Any] = {}
-    if opt_name == "nesterov":
-        angle = theory.sgdm_equilibrium_angle(lr, wd, momentum, nesterov=True)
-        out["angular_update"] = float(angle)
-        if grad_norm is not None and grad_norm > 0:
-            norm = float(theory.sgdm_equilibrium_norm(lr, wd, grad_norm, momentum, nesterov=True))
-            out.update(grad_norm=float(grad_norm), norm=norm, elr=lr / norm**2)
-        out["note"] = "Nesterov closed forms; decay and relaxation laws are for heavy ball only"
-        return out
-    if momentum == 0.0:
-        out["angular_update"] = float(theory.sgd_equilibrium_angle(lr, wd))
-    else:
-        out["angular_update"] = float(theory.sgdm_equilibrium_angle(lr, wd, momentum))
-    out["decay_factor"] = float(theory.decay_factor(lr, wd, momentum))
-    out["elr_doubling_time"] = float(theory.elr_doubling_time(lr, wd, momentum))
-    if grad_norm is not None and grad_norm > 0:
-        eq = theory.equilibrium(lr, wd, grad_norm, momentum)
-        out["grad_norm"] = float(grad_norm)
-        for key in ("norm", "elr", "relaxation_time"):
-            out[key] = float(eq[key])
-    return out
+    name = THEORY_OF.get(optimizer)
+    values: dict[str, Any] = {}
+    if name is not None and wd > 0:
+        g = grad_norm if name != "adamw" and grad_norm and grad_norm > 0 else None
+        with np.errstate(over="ignore", divide="ignore", under="ignore", invalid="ignore"):
+            eq = theory.equilibrium(
+                lr,
+                wd,
+                g,
+                momentum if name != "adamw" else 0.0,
+                optimizer=name,
+                betas=betas,
+                n_params=dim,
+            )
+        values = {k: eq[k] + 0.0 for k, _, _ in QUANTITIES if k in eq}  # no -0
+        infinite = [k for k, v in values.items() if not math.isfinite(v)]
+        for k in infinite:
+            del values[k]
+        if infinite and lr * wd == 0.0:
+            reason = "infinite: lr*wd underflows to 0 in double precision"
+        else:
+            reason = "not finite at these hyperparameters"
+        if g is not None:
+            values["grad_norm"] = g
+        values["theory"] = theory.OPTIMIZERS[name]
+    have_g = bool(grad_norm and grad_norm > 0)
+    missing = {
+        k: ("no weight decay: no equilibrium" if wd == 0 else _missing_reason(name, k, have_g))
+        for k, _, _ in QUANTITIES
+        if k not in values
+    }
+    if name is not None and wd > 0:
+        missing.update({k: reason for k in infinite})
+    return values, missing
 
 
+def threshold_for_run(
+    optimizer: str, lr: float, wd: float, momentum: float, sharpness: float | None
+) -> dict[str, Any]:
+    """The ELR stability threshold the run's optimizer has, with the formula used."""
+    from siflow import theory
+
+    if THEORY_OF.get(optimizer) != "sgd":
+        return {"value": None, "formula": None, "reason": f"no ELR threshold for {optimizer}"}
+    if not sharpness or sharpness <= 0:
+        return {"value": None, "formula": None, "reason": "needs the sharpness at the minimum"}
+    formula = "2(1 - lr wd)/S" if momentum == 0 else "2(1 + mu - lr wd)/S"
+    value = float(theory.stability_threshold_elr(lr, wd, sharpness, momentum))
+    return {"value": value, "formula": formula, "sharpness": sharpness}
+
+
+# --------------------------------------------------------------------------- summary
 def _clean(v: Any) -> Any:
     if isinstance(v, dict):
         return {k: _clean(x) for k, x in v.items()}
@@ -200,74 +337,190 @@ def _clean(v: Any) -> Any:
     return v
 
 
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.6g}"
-    return str(v)
+def _ratio(m: Any, p: Any) -> str:
+    if m is None or p is None or not p:
+        return ""
+    return f"{m / p:.4f}"
 
 
-def format_summary(summary: dict[str, Any], table: str) -> str:
-    """The text report: run line, theory equilibrium, periods, then the overlay table."""
+def format_summary(summary: dict[str, Any]) -> str:
+    """The text report: run line, theory for the optimizer that ran, events, table."""
+    cfg = summary["config"]
+    eq = summary["equilibrium"]
     lines = [
-        f"run: {summary['config']['loss']} x {summary['config']['optimizer']}, "
-        f"{summary['steps_done']} of {summary['config']['steps']} steps, "
-        f"status {summary['status']}",
+        f"run: {cfg['loss']} x {cfg['optimizer']}, {summary['steps_done']} of {cfg['steps']} "
+        f"steps, status {summary['status']}, regime {summary['regime'] or 'n/a'}",
+        f"theory: {eq.get('theory') or 'none'}",
         "",
-        "equilibrium predicted by siflow.theory (for the measured RMS sphere gradient norm):",
+        "equilibrium predicted by siflow.theory"
+        + (" (for the measured RMS sphere gradient norm)" if "grad_norm" in eq else "")
+        + ":",
     ]
-    for key, value in summary["equilibrium"].items():
-        lines.append(f"  {key:<28}{_fmt(value):>14}")
+    rows = []
+    for key, label, unit in QUANTITIES:
+        if key in eq:
+            rows.append([label, eq[key], unit])
+        else:
+            rows.append([label, "n/a", summary["not_applicable"].get(key, "")])
+    lines.append(format_rows(["quantity", "value", "unit / why n/a"], rows, align="lrl"))
     lines.append("")
     periods = summary["periods"]
-    lines.append(
-        f"periods ({len(periods)}): "
-        + (", ".join(f"{p:g}" for p in periods) if periods else "none measured")
-    )
-    lines.append(f"period median: {_fmt(summary['period_median'])} steps")
-    thr = summary["elr_threshold"]
-    elr = [e for e in summary["elr_at_events"] if e is not None]
-    if elr:
-        med = float(np.median(elr))
-        ratio = f" = {med / thr:.4f} x threshold" if thr else ""
-        lines.append(
-            f"effective LR at events: median {med:.6g} vs 2(1 - lr wd)/S = {_fmt(thr)}{ratio}"
-        )
+    word = "periods" if summary["regime"] == "periodic" else "intervals between events"
+    lines.append(f"{word}: {format_list_summary(periods, 'steps')}")
+    if periods and len(periods) <= 8:
+        lines.append("  " + ", ".join(fmt_value(p) for p in periods))
+    thr = summary["threshold"]
+    elr = summary["elr_at_events_summary"]
+    if elr["count"]:
+        if thr["value"]:
+            lines.append(
+                f"effective LR at events: median {fmt_value(elr['median'])} vs "
+                f"{thr['formula']} = {fmt_value(thr['value'])} "
+                f"({elr['median'] / thr['value']:.4f} x threshold)"
+            )
+        else:
+            lines.append(
+                f"effective LR at events: median {fmt_value(elr['median'])}; threshold n/a "
+                f"({thr['reason']})"
+            )
     dr = summary["decay_rate"]
     lines.append(
-        f"norm decay rate: measured {_fmt(dr['measured'])} vs predicted "
-        f"{_fmt(dr['predicted'])} per step"
+        f"norm decay rate: measured {fmt_value(dr['measured'])} vs predicted "
+        f"{fmt_value(dr['predicted'])} per step"
     )
+    st = summary["statistics"]
+    if st:
+        lines.append("")
+        lines.append(
+            f"equilibrium statistics over steps {st['start']}..{st['stop']} ({st['steps']} steps, "
+            "exact sums over every step):"
+        )
+        rows = [
+            ["angular update RMS (rad/step)", st["angular_update_rms"], eq.get("angular_update")],
+            ["norm mean", st["norm_mean"], eq.get("norm")],
+            ["effective LR mean", st["elr_mean"], eq.get("elr")],
+            ["sphere grad norm g~ RMS", st["grad_norm_sphere_rms"], None],
+        ]
+        lines.append(
+            format_rows(
+                ["quantity", "measured", "predicted", "ratio"],
+                [r + [_ratio(r[1], r[2])] for r in rows],
+            )
+        )
     for note in summary.get("notes", []):
         lines.append(f"note: {note}")
-    if table:
-        lines.append("")
-        lines.append(table)
     return "\n".join(lines)
 
 
-def _body(argv: Sequence[str] | None) -> int:
-    args = build_parser().parse_args(argv)
-    from siflow import losses as _losses
-    from siflow.optim import make_optimizer
+# --------------------------------------------------------------------------- body
+def _parse_betas(text: str) -> tuple[float, float]:
+    try:
+        b1, b2 = (float(x) for x in text.split(","))
+    except ValueError:
+        raise CLIError(
+            f"--betas {text!r} is not two numbers; pass e.g. --betas 0.9,0.999"
+        ) from None
+    return b1, b2
 
-    # validate everything cheap before touching the file system
+
+def _hyperparameters(args: Any) -> tuple[Any, Any]:
+    """``lr`` and ``wd`` for :func:`siflow.simulate.simulate`: numbers or schedules."""
+    from siflow.schedules import parse_schedule
+
+    lr: Any = args.lr
+    wd: Any = args.wd
+    if args.schedule:
+        lr = parse_schedule(args.schedule, base=args.lr)
+    if args.wd_schedule:
+        wd = parse_schedule(args.wd_schedule, base=args.wd)
+    return lr, wd
+
+
+def _check_numbers(args: Any) -> None:
+    """One-line errors for numbers argparse accepts but the run cannot use."""
+    for flag, value in (("--lr", args.lr), ("--wd", args.wd)):
+        if not math.isfinite(value):
+            raise CLIError(f"{flag} must be finite, got {value}; pass a finite number")
     if args.steps < 1:
         raise CLIError(f"--steps must be >= 1, got {args.steps}; pass a positive number")
     if args.record_every is not None and args.record_every < 1:
         raise CLIError(
             f"--record-every must be >= 1, got {args.record_every}; pass a positive number"
         )
-    make_optimizer(args.optimizer, lr=args.lr, wd=args.wd, momentum=args.momentum)
-    toy = _losses.make_loss(args.loss, dim=args.dim, **parse_loss_options(args.loss_option))
-    if args.batch is not None and toy.n_samples == 0:
-        raise CLIError(f"--batch applies to data toys (logistic), not {toy.name!r}; use --noise")
     if args.batch is not None and args.batch < 1:
         raise CLIError(f"--batch must be >= 1, got {args.batch}; pass a positive batch size")
     if args.noise < 0 or not math.isfinite(args.noise):
         raise CLIError(f"--noise must be >= 0, got {args.noise}; pass a finite value >= 0")
+
+
+def _underflow_note(flag: str, value: float, text: str | None) -> None:
+    """``--wd 1e-400``: a nonzero number that float64 rounds to 0 is an error, said so."""
+    if value != 0.0 or text is None:
+        return
+    mantissa = text.strip().lower().split("e")[0]
+    if any(c in "123456789" for c in mantissa):
+        raise CLIError(
+            f"{flag} {text.strip()} underflows to 0 in double precision (the smallest "
+            f"positive value is about 5e-324); pass a value of at least 1e-300, or 0 for none"
+        )
+
+
+def _raw_value(argv: Sequence[str] | None, flag: str) -> str | None:
+    """The text given for ``flag`` on the command line (``--wd 1e-400`` or ``--wd=1e-400``)."""
+    items = list(sys.argv[1:] if argv is None else argv)
+    for i, item in enumerate(items):
+        if item == flag and i + 1 < len(items):
+            return items[i + 1]
+        if item.startswith(flag + "="):
+            return item.split("=", 1)[1]
+    return None
+
+
+def _body(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    from siflow import losses as _losses
+    from siflow import simulate as _sim
+    from siflow.optim import make_optimizer
+
+    # validate everything cheap before touching the file system
+    for flag, value in (("--lr", args.lr), ("--wd", args.wd)):
+        _underflow_note(flag, value, _raw_value(argv, flag))
+    _check_numbers(args)
+    betas = _parse_betas(args.betas)
+    lr, wd = _hyperparameters(args)
+    loss_options = parse_loss_options(args.loss_option)
+    record_every = args.record_every or 1
+    max_points = DEFAULT_MAX_POINTS if args.record_every is None else None
+    if max_points is not None:
+        record_every = max(record_every, math.ceil(args.steps / max_points))
+    max_rows = args.max_rows
+    if max_rows is None:
+        max_rows = DEFAULT_MAX_ROWS if args.record_every is None else _sim.DEFAULT_MAX_ROWS
+    est = _sim.estimate(
+        args.loss,
+        steps=args.steps,
+        dim=args.dim,
+        record_every=record_every,
+        max_rows=max_rows,
+        batch=args.batch,
+        noise=args.noise,
+        sharpness=args.sharpness,
+        loss_options=loss_options,
+        scheduled=int(bool(args.schedule)) + int(bool(args.wd_schedule)),
+    )
+    _sim.check_budget(est, args.steps, record_every, max_rows)
+    make_optimizer(
+        args.optimizer,
+        lr=args.lr,
+        wd=args.wd,
+        momentum=args.momentum,
+        betas=betas,
+    )
+    toy = _losses.make_loss(args.loss, dim=args.dim, **loss_options)
+    if args.batch is not None and toy.n_samples == 0:
+        raise CLIError(f"--batch applies to data toys (logistic), not {toy.name!r}; use --noise")
     out = Path(args.out) if args.out else Path("runs") / run_name(args)
+    existed = out.exists()
     try:
         ensure_dir(out)
     except OSError as exc:
@@ -279,95 +532,49 @@ def _body(argv: Sequence[str] | None) -> int:
         ) from None
     traj_path = out / "trajectory.npz"
     fig_path = out / "figure.png"
+    if est["seconds"] > ANNOUNCE_SECONDS:
+        sys.stderr.write(
+            f"{PROG}: {args.steps} steps of {toy.name} (dim {toy.dim}) should take about "
+            f"{_sim._human_seconds(est['seconds'])} on 2 cores; pass fewer --steps for a "
+            f"shorter run (Ctrl-C keeps what was simulated)\n"
+        )
+        sys.stderr.flush()
 
-    from siflow.simulate import simulate
-
-    max_points = DEFAULT_MAX_POINTS if args.record_every is None else None
-    traj = simulate(
-        toy,
-        args.optimizer,
-        lr=args.lr,
-        wd=args.wd,
-        steps=args.steps,
-        momentum=args.momentum,
-        batch=args.batch,
-        noise=args.noise,
-        seed=args.seed,
-        rho0=args.rho0,
-        record_every=args.record_every or 1,
-        max_points=max_points,
-        sharpness=args.sharpness,
-        progress=False if args.quiet else None,
-        checkpoint=traj_path,
-        checkpoint_every=2.0,
-    )
+    try:
+        traj = _sim.simulate(
+            toy,
+            args.optimizer,
+            lr=lr,
+            wd=wd,
+            steps=args.steps,
+            momentum=args.momentum,
+            betas=betas,
+            batch=args.batch,
+            noise=args.noise,
+            seed=args.seed,
+            rho0=args.rho0,
+            record_every=args.record_every,
+            max_points=max_points,
+            max_rows=max_rows,
+            sharpness=args.sharpness,
+            progress=False if args.quiet else None,
+            checkpoint=traj_path,
+            checkpoint_every=2.0,
+        )
+    except ValueError:
+        if not existed and not any(out.iterdir()):
+            out.rmdir()  # refused before anything was written: leave no empty --out
+        raise
     if traj.status == "interrupted":
         sys.stderr.write(
             f"{PROG}: interrupted after {traj.meta['steps_done']} steps; wrote {traj_path}\n"
         )
         return EXIT_INTERRUPTED
-
-    from siflow._overlay_cli import format_table
-    from siflow.overlay import analyze, draw
-
-    s_min = traj.meta.get("sharpness_min")
-    notes: list[str] = []
-    result = None
-    d: dict[str, Any] = {}
-    if len(traj) < 3:
-        notes.append(f"only {len(traj)} rows before the run stopped: nothing to analyse")
-    else:
-        work = traj
-        if args.wd == 0:
-            # the closed forms need weight decay; measure only
-            work = traj[:]
-            work.meta["wd"] = None
-            notes.append("wd = 0: no weight decay, so no theory predictions")
-        result = analyze(work, sharpness=s_min if s_min and args.wd > 0 else None)
-        d = result.to_dict()
-    g = d.get("grad_norm_sphere_rms")
-    if g is None and traj.grad_norm_sphere is not None and len(traj):
-        finite = traj.grad_norm_sphere[np.isfinite(traj.grad_norm_sphere)]
-        g = float(np.sqrt(np.mean(finite**2))) if finite.size else None
-    lr_step = float(traj.meta["lr"])
-    equilibrium: dict[str, Any] = {"note": "no weight decay: no equilibrium"}
-    if args.wd > 0:
-        equilibrium = _equilibrium(args.optimizer, lr_step, args.wd, args.momentum, g, toy.dim)
-    summary: dict[str, Any] = {
-        "config": {
-            "loss": toy.name,
-            "optimizer": args.optimizer,
-            "lr": args.lr,
-            "wd": args.wd,
-            "momentum": args.momentum,
-            "dim": toy.dim,
-            "steps": args.steps,
-            "batch": args.batch,
-            "noise": args.noise,
-            "seed": args.seed,
-            "loss_options": toy.options,
-        },
-        "status": traj.status,
-        "steps_done": traj.meta.get("steps_done"),
-        "periods": d.get("periods", []),
-        "period_median": d.get("period_median"),
-        "events": result.events.to_dict() if result is not None else None,
-        "equilibrium": equilibrium,
-        "elr_at_events": d.get("elr_at_events", []),
-        "elr_threshold": d.get("elr_threshold"),
-        "sharpness_min": s_min,
-        "decay_rate": {
-            "measured": d.get("decay_rate_measured"),
-            "predicted": d.get("decay_rate_predicted"),
-        },
-        "regime": d.get("regime", "diverged" if traj.status == "diverged" else ""),
-        "overlay": d or None,
-        "notes": notes,
-        "trajectory": str(traj_path),
-    }
+    summary, result = _analyse(traj, args, toy, betas, traj_path)
     draw_figure = not args.no_figure and result is not None
     if draw_figure:
-        assert result is not None
+        from siflow.overlay import draw
+
         draw(traj, result, fig_path)
         summary["figure"] = str(fig_path)
     summary = _clean(summary)
@@ -376,11 +583,155 @@ def _body(argv: Sequence[str] | None) -> int:
     if args.json:
         sys.stdout.write(json.dumps(summary, sort_keys=True) + "\n")
     else:
-        table = format_table(d) if d else ""
-        sys.stdout.write(format_summary(summary, table) + "\n")
-        files = [str(traj_path)] + ([str(fig_path)] if draw_figure else [])
+        sys.stdout.write(format_summary(summary) + "\n")
+        files = [str(traj_path), str(out / "summary.json")]
+        files += [str(fig_path)] if draw_figure else []
         sys.stdout.write("wrote: " + ", ".join(files) + "\n")
     return 0
+
+
+#: Overlay fields replaced by the exact statistics and the run's own theory.
+_OVERRIDDEN = (
+    "angular_update_rms",
+    "grad_norm_sphere_rms",
+    "grad_norm_sphere_mean",
+    "norm_mean",
+    "elr_mean",
+    "angular_update_source",
+    "angular_update_predicted",
+    "norm_predicted",
+    "elr_predicted",
+    "decay_rate_predicted",
+    "elr_threshold",
+    "critical_norm",
+    "predicted_period",
+)
+
+
+def _analyse(
+    traj: Any, args: Any, toy: Any, betas: tuple[float, float], traj_path: Path
+) -> tuple[dict, Any]:
+    """Measure (overlay), replace the statistics by exact ones, predict with the run's theory."""
+    from siflow.overlay import analyze
+
+    s_min = traj.meta.get("sharpness_min")
+    notes: list[str] = []
+    result = None
+    d: dict[str, Any] = {}
+    scheduled = traj.has("lr") or traj.has("wd")
+    lr_end = float(traj.extra["lr"][-1]) if traj.has("lr") and len(traj) else traj.meta["lr"]
+    wd_end = float(traj.extra["wd"][-1]) if traj.has("wd") and len(traj) else traj.meta["wd"]
+    sgd_family = THEORY_OF.get(args.optimizer) == "sgd"
+    if len(traj) < 3:
+        notes.append(f"only {len(traj)} rows before the run stopped: nothing to analyse")
+    else:
+        work = traj[:]
+        work.meta.update(lr=lr_end, wd=wd_end)
+        if wd_end == 0:
+            work.meta["wd"] = None  # the closed forms need weight decay; measure only
+            notes.append("wd = 0: no weight decay, so no theory predictions")
+        with np.errstate(over="ignore", divide="ignore", under="ignore", invalid="ignore"):
+            result = analyze(work, sharpness=s_min if s_min and wd_end > 0 and sgd_family else None)
+        d = result.to_dict()
+        d["notes"] = [n for n in d["notes"] if "adaptive optimizers" not in n]
+    stats: dict[str, Any] = {}
+    if d.get("stationary_start") is not None:
+        exact = traj.exact_means(d["stationary_start"], d["stationary_stop"])
+        if exact is not None:
+            stats = dict(exact, start=d["stationary_start"], stop=d["stationary_stop"])
+            for key in (
+                "angular_update_rms",
+                "grad_norm_sphere_rms",
+                "grad_norm_sphere_mean",
+                "norm_mean",
+                "elr_mean",
+            ):
+                d[key] = exact[key]
+            d["angular_update_source"] = "exact running sums over every step"
+    g = stats.get("grad_norm_sphere_rms")
+    if g is None:
+        whole = traj.exact_means()
+        g = whole["grad_norm_sphere_rms"] if whole else None
+    momentum = float(traj.meta.get("momentum") or 0.0)
+    eq, missing = equilibrium_for_run(
+        args.optimizer, lr_end, wd_end or 0.0, momentum, betas, g, toy.dim
+    )
+    thr = threshold_for_run(args.optimizer, lr_end, wd_end or 0.0, momentum, s_min)
+    if d:
+        d["angular_update_predicted"] = eq.get("angular_update")
+        d["norm_predicted"] = eq.get("norm")
+        d["elr_predicted"] = eq.get("elr")
+        d["decay_rate_predicted"] = eq.get("decay_rate")
+        d["elr_threshold"] = thr["value"]
+        if thr["value"]:
+            from siflow import theory
+
+            d["critical_norm"] = float(theory.critical_norm(lr_end, wd_end, s_min, momentum))
+        else:
+            d["critical_norm"] = None
+        if THEORY_OF.get(args.optimizer) != "sgd":
+            d["predicted_period"] = None
+            notes.append(
+                f"{args.optimizer}: the decay-law period and the ELR threshold are SGD forms; "
+                f"not compared"
+            )
+    if result is not None:  # the figure draws what the summary says
+        for key in _OVERRIDDEN:
+            if key in d:
+                setattr(result, key, d[key])
+    if scheduled:
+        notes.append(
+            "scheduled run: the equilibrium values are those of the last step's lr and wd "
+            f"(lr={fmt_value(lr_end)}, wd={fmt_value(wd_end)})"
+        )
+    periods = d.get("periods", [])
+    summary: dict[str, Any] = {
+        "config": {
+            "loss": toy.name,
+            "optimizer": args.optimizer,
+            "lr": args.lr,
+            "wd": args.wd,
+            "lr_schedule": traj.meta.get("lr_schedule"),
+            "wd_schedule": traj.meta.get("wd_schedule"),
+            "momentum": args.momentum,
+            "betas": list(betas) if args.optimizer == "adamw" else None,
+            "dim": toy.dim,
+            "steps": args.steps,
+            "batch": args.batch,
+            "noise": args.noise,
+            "seed": args.seed,
+            "loss_options": toy.options,
+            "record_every": traj.meta.get("record_every"),
+            "record_every_near_jumps": traj.meta.get("record_every_near_jumps"),
+            "max_rows": traj.meta.get("max_rows"),
+        },
+        "status": traj.status,
+        "steps_done": traj.meta.get("steps_done"),
+        "rows_kept": len(traj),
+        "periods": periods,
+        "period_summary": summarize_list(periods),
+        "period_median": d.get("period_median"),
+        "events": result.events.to_dict() if result is not None else None,
+        "equilibrium": eq,
+        "not_applicable": missing,
+        "threshold": thr,
+        "elr_at_events": d.get("elr_at_events", []),
+        "elr_at_events_summary": summarize_list(d.get("elr_at_events", [])),
+        "elr_threshold": thr["value"],
+        "sharpness_min": s_min,
+        "decay_rate": {
+            "measured": d.get("decay_rate_measured"),
+            "predicted": eq.get("decay_rate"),
+        },
+        "statistics": stats,
+        "angular_update_rms": stats.get("angular_update_rms"),
+        "grad_norm_sphere_rms": stats.get("grad_norm_sphere_rms"),
+        "regime": d.get("regime", "diverged" if traj.status == "diverged" else ""),
+        "overlay": d or None,
+        "notes": notes + d.get("notes", []),
+        "trajectory": str(traj_path),
+    }
+    return summary, result
 
 
 if __name__ == "__main__":  # pragma: no cover

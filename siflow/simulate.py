@@ -31,19 +31,41 @@ where the norm rose by more than ``jump_tol`` (default 2%) over the last ``W``
 steps: ``rho_{t+1} > (1 + jump_tol) min(rho_{t+1-W}, ..., rho_t)``. Weight decay
 alone never does that, and equilibrium fluctuations rarely do for small
 ``lr*wd``; with strong gradient noise at large ``lr*wd`` raise ``jump_tol``.
-``max_points`` chooses ``record_every`` from the number of steps.
+``max_points`` chooses ``record_every`` from the number of steps; by default
+(``record_every=None``) every step is kept up to ``max_rows/2`` steps and longer
+runs are thinned to fit.
+
+Bounded memory: at most ``max_rows`` rows are kept (default
+:data:`DEFAULT_MAX_ROWS`). A run whose regular rows (``steps/record_every``) exceed
+it is refused up front; when rows near norm jumps push the count over it, the
+stride of the regular rows and that of the rows near jumps (1 at first) both
+double and the rows already kept are thinned to the new strides, until at most
+half the cap remains (``meta["record_every"]``, ``meta["record_every_near_jumps"]``
+and ``meta["thinning_doublings"]`` give the final strides). Nothing that the
+summary needs is lost: the kernel accumulates, over every step simulated, the sums
+of ``Delta^2``, ``g~^2``, ``g~``, ``rho`` and ``elr``, and each kept row carries
+their running value (:data:`SUM_COLUMNS`), so the mean over any step range is
+exact whatever the thinning (:meth:`siflow.trajectory.Trajectory.exact_means`).
+:func:`estimate` gives a run's memory and time before it starts; a run that
+cannot fit in the available memory is refused with a ``ValueError`` naming the
+parameter to change.
+
+Schedules: ``lr`` and ``wd`` may be schedule specs or
+:class:`siflow.schedules.Schedule` objects; the per-step values are computed per
+chunk and fed to the kernel (constant runs take the same path as before, with no
+per-step arrays).
 
 Run ``python -m siflow.simulate --help`` for the command line.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import sys
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -55,17 +77,30 @@ from siflow import losses as _losses
 from siflow import optim as _optim
 from siflow._validate import check_finite, check_nonnegative, check_positive, check_positive_int
 from siflow.losses import (
-    _FAST,
     RAYLEIGH,
     SILoss,
     _add_tangent_noise_at,
     _si_value_grad_step,
     make_loss,
 )
-from siflow.optim import HP_LR, HP_MU, HP_WD, SGD, Optimizer, make_optimizer, update
+from siflow.optim import _FAST, HP_LR, HP_MU, HP_WD, SGD, Optimizer, make_optimizer, update
+from siflow.schedules import Schedule, parse_schedule
+from siflow.theory import effective_lr
 from siflow.trajectory import Trajectory
 
-__all__ = ["simulate", "DEFAULT_LOSS", "CHUNK", "LOSSES", "OPTIMIZERS", "RHO_MIN", "RHO_MAX"]
+__all__ = [
+    "simulate",
+    "estimate",
+    "check_budget",
+    "DEFAULT_LOSS",
+    "DEFAULT_MAX_ROWS",
+    "CHUNK",
+    "LOSSES",
+    "OPTIMIZERS",
+    "RHO_MIN",
+    "RHO_MAX",
+    "SUM_COLUMNS",
+]
 
 #: Registries (re-exported): toy losses and optimizers by name.
 LOSSES = _losses.LOSSES
@@ -85,45 +120,55 @@ RHO_MIN = 1e-150
 
 
 # --------------------------------------------------------------------------- the kernel
+# rows of the chunk output ``out`` (one contiguous row per recorded quantity)
+_O_LOSS, _O_RHO, _O_GNS, _O_ANG, _O_SA2, _O_SG2, _O_SG, _O_SRHO = range(8)
+_N_OUT = 8
+# entries of the carried state ``carry`` (kept between chunks)
+_C_R2, _C_SA2, _C_SG2, _C_SG, _C_SRHO = range(5)
+_N_CARRY = 5
+# columns of the trajectory written by the kernel, and their rows in ``out``
+_KERNEL_ROWS = (
+    ("loss", _O_LOSS),
+    ("rho", _O_RHO),
+    ("grad_norm_sphere", _O_GNS),
+    ("angular_update", _O_ANG),
+    ("sum_angular_update_sq", _O_SA2),
+    ("sum_grad_norm_sphere_sq", _O_SG2),
+    ("sum_grad_norm_sphere", _O_SG),
+    ("sum_rho", _O_SRHO),
+)
+
+
 @njit(cache=True, error_model="numpy", fastmath=_FAST)
-def _run_chunk(
-    kind,
-    params,
-    data,
-    batch_idx,
-    nb,
-    xi,
-    sigma,
-    okind,
-    nesterov,
-    project,
-    hp,
-    w,
-    s1,
-    s2,
-    step0,
-    n,
-    sharp_every,
-    out_loss,
-    out_rho,
-    out_gns,
-    out_ang,
-    snap,
-    rho_min,
-    rho_max,
-    carry,
-):  # pragma: no cover - numba
-    """Run ``n`` steps in place; returns ``(rows done, status code)``.
+def _run_chunk(toy, draws, opt, sched, state, ctl, out, snap):  # pragma: no cover - numba
+    """Run ``ctl[1]`` steps in place; returns ``(rows done, status code)``.
+
+    Arguments are packed by role (tuples of arrays and scalars):
+
+    * ``toy = (kind, params, data)``: the loss (:class:`~siflow.losses.SILoss`);
+    * ``draws = (batch_idx, nb, xi, sigma)``: the chunk's minibatch rows and noise;
+    * ``opt = (okind, nesterov, project, hp)``: the optimizer (:func:`siflow.optim.update`);
+    * ``sched = (lr_t, wd_t)``: per-step ``lr`` and ``wd`` of the chunk, or two empty
+      arrays for constant ones (then ``hp`` holds them);
+    * ``state = (w, s1, s2, carry)``: weights, optimizer state and the carried
+      scalars (``|w|^2`` and the running sums, see below);
+    * ``ctl = (step0, n, sharp_every, rho_min, rho_max, o0)``;
+    * ``out``: ``(_N_OUT, m)`` rows, step ``t`` of the chunk written to column ``o0 + t``
+      (a chunk buffer with ``o0 = 0``, or the whole run's columns with ``o0 = step0``);
+    * ``snap``: a copy of ``w`` at each step that is a multiple of ``sharp_every > 0``
+      (in order; the sharpness is computed from it outside, keeping this kernel free
+      of eigenvalue code).
 
     Stops before recording a row whose loss is not finite or whose norm leaves
     ``[rho_min, rho_max]``, or whose update overflows (or lands on 0); that row and
-    later ones are not counted. Rows whose step
-    is a multiple of ``sharp_every > 0`` get a copy of ``w`` in ``snap`` (the sharpness
-    is computed from it outside, keeping this kernel free of eigenvalue code).
+    later ones are not counted and add nothing to the sums.
 
-    ``carry[0]`` holds ``|w|^2`` between chunks (0 on the first call): each step's
+    ``carry[_C_R2]`` holds ``|w|^2`` between chunks (0 on the first call): each step's
     ``|w_{t+1}|^2`` is summed while ``w_{t+1}`` is written and reused by the next step,
-    so the chunk size does not change a bit of the result.
+    so the chunk size does not change a bit of the result. The other entries are
+    running sums over every step simulated (``Delta^2``, ``g~^2``, ``g~``, ``rho``);
+    their value after each step is written to ``out`` so that any step range's
+    exact mean follows from two kept rows, whatever the thinning.
 
     Plain SGD (no momentum, no projection) runs fused: ``w <- (1 - lr wd) w - lr g`` and
     ``|w|^2`` in one pass, and the angle between ``w_t`` and ``w_{t+1}`` from scalars,
@@ -134,30 +179,51 @@ def _run_chunk(
     The other optimizers keep ``w_t`` and take ``2 atan2(|a - b|, |a + b|)`` of the
     unit vectors ``a, b`` (accurate for tiny angles).
     """
+    kind, params, data = toy
+    batch_idx, nb, xi, sigma = draws
+    okind, nesterov, project, hp = opt
+    lr_t, wd_t = sched
+    w, s1, s2, carry = state
+    step0, n, sharp_every, rho_min, rho_max, o0 = ctl
     d = w.size
     u = np.empty(d)
     g = np.empty(d)
+    scheduled = lr_t.size > 0
     lr = hp[HP_LR]
     q = 1.0 - lr * hp[HP_WD]
     fused = okind == SGD and hp[HP_MU] == 0.0 and not project
     one_pass = fused and not sigma > 0.0  # gradient -> update in one pass over w
     plain_rayleigh = kind == RAYLEIGH and params[d] == 0.0
     wprev = np.empty(0 if fused else d)
-    r2 = carry[0]
+    r2 = carry[_C_R2]
     if not r2 > 0.0:
         r2 = 0.0
         for i in range(d):
             r2 += w[i] * w[i]
+    sa2 = carry[_C_SA2]
+    sg2 = carry[_C_SG2]
+    sg = carry[_C_SG]
+    srho = carry[_C_SRHO]
+    n_snap = 0
+    stop, code = n, _OK
     for t in range(n):
         step = step0 + t
         rho = math.sqrt(r2)
         if not (rho <= rho_max):
-            return t, _DIVERGED
+            stop, code = t, _DIVERGED
+            break
         if rho < rho_min:
-            return t, _UNDERFLOW
+            stop, code = t, _UNDERFLOW
+            break
+        if scheduled:
+            lr = lr_t[t]
+            hp[HP_LR] = lr
+            hp[HP_WD] = wd_t[t]
+            q = 1.0 - lr * wd_t[t]
         if sharp_every > 0 and step % sharp_every == 0:
             for i in range(d):
-                snap[t, i] = w[i]
+                snap[n_snap, i] = w[i]
+            n_snap += 1
         g2 = 0.0
         gw = 0.0
         r2n = 0.0
@@ -170,7 +236,8 @@ def _run_chunk(
             k = sa / r2
             f = 0.5 * k
             if not math.isfinite(f):
-                return t, _DIVERGED
+                stop, code = t, _DIVERGED
+                break
             inv2 = 1.0 / r2
             for i in range(d):
                 wi = w[i]
@@ -183,7 +250,8 @@ def _run_chunk(
         else:
             f = _si_value_grad_step(kind, w, r2, rho, params, data, batch_idx[t], nb, u, g)
             if not math.isfinite(f):
-                return t, _DIVERGED
+                stop, code = t, _DIVERGED
+                break
             if one_pass:
                 for i in range(d):
                     wi = w[i]
@@ -201,10 +269,8 @@ def _run_chunk(
                     gw += g[i] * w[i]
         gns = rho * math.sqrt(g2)
         if not math.isfinite(gns):
-            return t, _DIVERGED
-        out_loss[t] = f
-        out_rho[t] = rho
-        out_gns[t] = gns
+            stop, code = t, _DIVERGED
+            break
         if not one_pass:
             if fused:
                 for i in range(d):
@@ -218,14 +284,16 @@ def _run_chunk(
                 for i in range(d):
                     r2n += w[i] * w[i]
         if not math.isfinite(r2n):  # the step overflowed: row t has no angle
-            return t, _DIVERGED
+            stop, code = t, _DIVERGED
+            break
         if r2n == 0.0:
-            return t, _UNDERFLOW
+            stop, code = t, _UNDERFLOW
+            break
         if fused:
             gr = gw / rho
             perp2 = g2 - gr * gr
             perp = math.sqrt(perp2) if perp2 > 0.0 else 0.0
-            out_ang[t] = math.atan2(lr * perp, q * rho - lr * gr)
+            ang = math.atan2(lr * perp, q * rho - lr * gr)
         else:
             rhon = math.sqrt(r2n)
             dm = 0.0
@@ -235,96 +303,118 @@ def _run_chunk(
                 b = w[i] / rhon
                 dm += (a - b) * (a - b)
                 dp += (a + b) * (a + b)
-            out_ang[t] = 2.0 * math.atan2(math.sqrt(dm), math.sqrt(dp))
+            ang = 2.0 * math.atan2(math.sqrt(dm), math.sqrt(dp))
+        sa2 += ang * ang
+        sg2 += gns * gns
+        sg += gns
+        srho += rho
+        out[_O_LOSS, o0 + t] = f
+        out[_O_RHO, o0 + t] = rho
+        out[_O_GNS, o0 + t] = gns
+        out[_O_ANG, o0 + t] = ang
+        out[_O_SA2, o0 + t] = sa2
+        out[_O_SG2, o0 + t] = sg2
+        out[_O_SG, o0 + t] = sg
+        out[_O_SRHO, o0 + t] = srho
         r2 = r2n
-        carry[0] = r2
-    return n, _OK
-
-
-def _drop_stale_kernel_cache() -> None:
-    """Invalidate this module's numba cache when ``losses.py`` or ``optim.py`` changed.
-
-    numba's cache checks only the timestamp of the kernel's own file, but
-    ``_run_chunk`` compiles in kernels from those two modules; a cache entry older
-    than either of them is removed so that it is recompiled.
-    """
-    try:
-        index = Path(_run_chunk._cache._cache_file._index_path)
-        if not index.exists():
-            return
-        newest = max(os.stat(_losses.__file__).st_mtime, os.stat(_optim.__file__).st_mtime)
-        if index.stat().st_mtime < newest:
-            index.unlink()
-    except (AttributeError, OSError):  # pragma: no cover - numba internals moved
-        pass
-
-
-_drop_stale_kernel_cache()
+    # the state after the last step done (a stop leaves the stopped step out)
+    carry[_C_R2] = r2
+    carry[_C_SA2] = sa2
+    carry[_C_SG2] = sg2
+    carry[_C_SG] = sg
+    carry[_C_SRHO] = srho
+    return stop, code
 
 
 def _sharpness_rows(
     toy: SILoss, step: NDArray[np.int64], snap: NDArray[np.float64], every: int
 ) -> NDArray[np.float64]:
-    """Full-batch sphere sharpness at the snapshot rows, NaN elsewhere."""
+    """Full-batch sphere sharpness at the snapshot rows (``step % every == 0``), NaN elsewhere."""
     out = np.full(step.size, np.nan)
-    for t in np.flatnonzero(step % every == 0):
-        out[t] = _losses.sharpness(toy.kind, snap[t], toy.params, toy.data, _losses._NO_IDX, 0)
+    for k, t in enumerate(np.flatnonzero(step % every == 0)):
+        out[t] = _losses.sharpness(toy.kind, snap[k], toy.params, toy.data, _losses._NO_IDX, 0)
     return out
 
 
 # --------------------------------------------------------------------------- recording
+#: Running sums recorded per kept row (value after the row's step, over every step
+#: simulated): exact means over any step range, whatever the thinning.
+SUM_COLUMNS: tuple[str, ...] = (
+    "sum_angular_update_sq",
+    "sum_grad_norm_sphere_sq",
+    "sum_grad_norm_sphere",
+    "sum_rho",
+    "sum_elr",
+)
+_BASE = ("step", "loss", "rho", "grad_norm_sphere", "elr", "angular_update")
+
+
 class _Recorder:
-    """Keeps the thinned rows of a run.
+    """Keeps the thinned rows of a run, at most ``max_rows`` of them.
 
     A chunk is decided once the next one is known, so that the window around a
-    norm jump reaches across chunk boundaries both ways.
+    norm jump reaches across chunk boundaries both ways. Rows are kept at steps
+    that are multiples of ``every`` and, near norm jumps, of ``jump_every`` (1 at
+    first). When more than ``max_rows`` rows are kept both strides double and the
+    kept rows are thinned to the new strides (module docstring).
     """
 
-    _EMPTY = np.zeros(0, dtype=np.int64)
-    _EMPTY_F = np.zeros(0, dtype=np.float64)
-
-    def __init__(self, record_every: int, window: int, jump_tol: float, sharp: bool) -> None:
+    def __init__(
+        self,
+        record_every: int,
+        window: int,
+        jump_tol: float,
+        names: tuple[str, ...],
+        max_rows: int,
+        watch_jumps: bool,
+    ) -> None:
         self.every = record_every
-        self.window = window if record_every > 1 else 0
+        self.jump_every = 1
+        self.doublings = 0
+        self.window = window if watch_jumps else 0
         self.log_tol = math.log1p(jump_tol)
-        self.tail = self._EMPTY_F  # log rho of the last window-1 rows before the chunk
-        self.sharp = sharp
+        self.tail = np.zeros(0)  # log rho of the last window-1 rows before the chunk
+        self.names = names
+        self.max_rows = max_rows
+        self.rows = 0
         self.parts: list[dict[str, NDArray]] = []
         self.pending: dict[str, NDArray] | None = None
-        self.pending_jumps = self._EMPTY
-        self.before_jumps = self._EMPTY
-        #: with ``record_every == 1``: full-length columns the chunks are written into
-        #: (row = step), so that the trajectory needs no concatenation
+        self.pending_jumps = np.zeros(0, dtype=np.int64)
+        self.before_jumps = np.zeros(0, dtype=np.int64)
+        #: with ``record_every == 1`` and no more steps than ``max_rows``: full-length
+        #: columns the chunks are written into (row = step), with no concatenation
         self.full: dict[str, NDArray] | None = None
 
     def _jumps(self, cols: dict[str, NDArray], rho_next: float) -> NDArray[np.int64]:
         """Steps where the norm rose by > ``tol`` over the trailing window."""
         if not self.window or not len(cols["step"]):
-            return self._EMPTY
+            return np.zeros(0, dtype=np.int64)
         with np.errstate(divide="ignore", invalid="ignore"):
             r = np.log(cols["rho"])
             r_next = np.append(r[1:], np.log(rho_next))
         m = self.tail.size
         ext = np.concatenate([np.full(self.window - 1, np.inf), self.tail, r])
         trailing_min = sliding_window_view(ext, self.window).min(axis=1)[m:]
-        self.tail = ext[-min(self.window - 1, ext.size) :] if self.window > 1 else self._EMPTY_F
+        self.tail = ext[-min(self.window - 1, ext.size) :] if self.window > 1 else np.zeros(0)
         with np.errstate(invalid="ignore"):
             rise = r_next - trailing_min
         return cols["step"][rise > self.log_tol]
 
+    def _keep(self, step: NDArray[np.int64], near: NDArray[np.bool_]) -> NDArray[np.bool_]:
+        return (step % self.every == 0) | (near & (step % self.jump_every == 0))
+
     def _select(self, cols: dict[str, NDArray], jumps: NDArray[np.int64]) -> dict[str, NDArray]:
         step = cols["step"]
-        if self.every == 1:  # every row is kept
-            return cols
-        keep = step % self.every == 0
+        near = np.zeros(step.size, dtype=bool)
         if self.window and jumps.size:
             lo = np.searchsorted(step, jumps - self.window, side="left")
             hi = np.searchsorted(step, jumps + self.window, side="right")
             for i, j in zip(lo, hi, strict=True):
-                keep[i:j] = True
-        if keep.all():
-            return cols
-        return {k: v[keep] for k, v in cols.items()}
+                near[i:j] = True
+        keep = self._keep(step, near)
+        part = dict(cols) if keep.all() else {k: v[keep] for k, v in cols.items()}
+        part["_near"] = near[keep]
+        return part
 
     def _append(self, part: dict[str, NDArray]) -> None:
         # guard: a Ctrl-C between two statements of add() must not duplicate rows
@@ -332,6 +422,25 @@ class _Recorder:
             if part["step"][0] <= self.parts[-1]["step"][-1]:
                 return
         self.parts.append(part)
+        self.rows += int(part["step"].size)
+        if self.rows > self.max_rows:
+            self._thin()
+
+    def _thin(self) -> None:
+        """Double both strides until the kept rows fit in half of ``max_rows``."""
+        merged = {k: np.concatenate([p[k] for p in self.parts]) for k in self.parts[0]}
+        self.parts = []
+        while True:
+            self.every *= 2
+            self.jump_every *= 2
+            self.doublings += 1
+            keep = self._keep(merged["step"], merged["_near"])
+            if int(keep.sum()) <= max(self.max_rows // 2, 1):
+                break
+        self.full = None  # rows are no longer one per step
+        merged = {k: v[keep] for k, v in merged.items()}
+        self.parts = [merged]
+        self.rows = int(merged["step"].size)
 
     def add(self, cols: dict[str, NDArray], rho_next: float) -> None:
         """Add a chunk's full-resolution columns (``rho_next`` = norm after the chunk)."""
@@ -359,20 +468,19 @@ class _Recorder:
             last = self._decided_pending()
             if last is not None:
                 parts.append(last)
-        names = ["step", "loss", "rho", "grad_norm_sphere", "elr", "angular_update"]
-        if self.sharp:
-            names.append("sharpness_sphere")
+        meta = dict(meta, record_every=self.every, record_every_near_jumps=self.jump_every)
+        meta["thinning_doublings"] = self.doublings
         cols: dict[str, NDArray] = {}
         count = sum(p["step"].size for p in parts)
         last = next((int(p["step"][-1]) for p in reversed(parts) if p["step"].size), -1)
         if self.full is not None and last == count - 1:
             # every row kept, in order: the columns are the first rows of the full ones
             size = self.full["step"].size
-            for name in names:
+            for name in self.names:
                 col = self.full[name][:count]
                 cols[name] = col.copy() if count < size and not include_pending else col
             return Trajectory.from_columns(cols, meta)
-        for name in names:
+        for name in self.names:
             arrs = [p[name] for p in parts]
             if len(arrs) == 1:
                 cols[name] = arrs[0]
@@ -380,6 +488,203 @@ class _Recorder:
                 cols[name] = np.concatenate(arrs) if arrs else np.zeros(0)
         cols["step"] = cols["step"].astype(np.int64, copy=False)
         return Trajectory.from_columns(cols, meta)
+
+
+# --------------------------------------------------------------------------- budgets
+#: Default hard cap on the rows a run keeps in memory (about 400 MB of columns).
+DEFAULT_MAX_ROWS = 1 << 22
+#: Bytes of the per-step chunk buffers (noise draws, snapshots) aimed at.
+_CHUNK_BYTES = 64 << 20
+#: Rough cost model of one step, measured on a 2-core machine (seconds): a fixed
+#: part plus a part per element of work (``dim`` times the data rows a step reads).
+_SEC_PER_STEP = 5e-7
+_SEC_PER_ELEMENT = 5e-9
+_SEC_PER_EIGEN_FLOP = 5e-10
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory the system can give a new allocation (``MemAvailable``), if known."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return None
+
+
+def _toy_size(loss: str | SILoss, dim: int | None, options: Mapping[str, Any]) -> tuple[int, int]:
+    """``(dim, data rows)`` of a toy, without building it."""
+    if isinstance(loss, SILoss):
+        return loss.dim, loss.n_samples
+    ctor = LOSSES.get(str(loss))
+    if ctor is None:
+        return (int(dim or 2), 0)
+    if "spectrum" in options:
+        return len(np.atleast_1d(np.asarray(options["spectrum"], dtype=object))), 0
+    default = inspect.signature(ctor).parameters.get("dim")
+    d = int(dim) if dim is not None else int(default.default if default else 2)
+    if str(loss) == "logistic":
+        n = inspect.signature(ctor).parameters["n_samples"].default
+        return d, int(options.get("n_samples", n))
+    return d, 0
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if n < 1000 or unit == "PB":
+            return f"{n:.3g} {unit}"
+        n /= 1000
+    return f"{n:.3g} PB"  # pragma: no cover
+
+
+def _human_seconds(s: float) -> str:
+    if s < 120:
+        return f"{s:.0f} s"
+    if s < 7200:
+        return f"{s / 60:.0f} min"
+    if s < 2 * 86400:
+        return f"{s / 3600:.1f} h"
+    return f"{s / 86400:.3g} days"
+
+
+def _row_bytes(sharpness: bool, scheduled: int) -> int:
+    return 8 * (len(_BASE) + len(SUM_COLUMNS) + scheduled + int(sharpness)) + 1
+
+
+def estimate(
+    loss: str | SILoss = DEFAULT_LOSS,
+    *,
+    steps: int,
+    dim: int | None = None,
+    record_every: int = 1,
+    max_rows: int = DEFAULT_MAX_ROWS,
+    batch: int | None = None,
+    noise: float = 0.0,
+    sharpness: bool = False,
+    loss_options: Mapping[str, Any] | None = None,
+    scheduled: int = 0,
+) -> dict[str, Any]:
+    """Memory and time a run will need, estimated before anything is allocated.
+
+    Memory counts the toy (logistic: its data and the dense Hessian used to find
+    its minimizer; ``O(dim^2)``), the optimizer state (a few vectors of ``dim``),
+    the chunk buffers, the kept rows (at most ``max_rows``, twice while the last
+    trajectory is assembled) and, with ``sharpness``, the dense ``dim x dim``
+    Hessian of each sharpness evaluation. Time is a rough model measured on a
+    2-core machine: ``steps (5e-7 + 5e-9 dim m)`` seconds, ``m`` the data rows
+    read per step (1 for data-free toys), plus ``5e-10 dim^3`` per sharpness row.
+
+    Returns
+    -------
+    dict
+        ``bytes``, ``seconds``, ``rows`` (kept rows before any doubling of the
+        stride), ``dim``, ``available_bytes`` (``None`` when unknown).
+    """
+    d, n_data = _toy_size(loss, dim, dict(loss_options or {}))
+    per_step_data = n_data if not batch or batch >= n_data else batch
+    toy_bytes = 8 * (5 * n_data * d + 4 * d * d if n_data else 4 * d)
+    state_bytes = 8 * 8 * d
+    sharp_bytes = 8 * 3 * d * d if sharpness else 0
+    rows = -(-steps // record_every)
+    kept = min(rows, max_rows)
+    rows_bytes = 2 * kept * _row_bytes(sharpness, scheduled)
+    per_step_buf = 8 * (_N_OUT + 8 + per_step_data) + (8 * d if noise > 0 else 0)
+    chunk = _chunk_size(d, noise > 0, sharpness)
+    chunk_bytes = chunk * per_step_buf + (chunk * 8 * d if sharpness else 0)
+    total = toy_bytes + state_bytes + sharp_bytes + rows_bytes + chunk_bytes
+    seconds = steps * (_SEC_PER_STEP + _SEC_PER_ELEMENT * d * max(per_step_data, 1))
+    if sharpness:
+        seconds += min(rows, max_rows) * _SEC_PER_EIGEN_FLOP * float(d) ** 3
+    return {
+        "bytes": int(total),
+        "seconds": float(seconds),
+        "rows": int(rows),
+        "dim": d,
+        "available_bytes": _available_memory(),
+        "sharpness": bool(sharpness),
+    }
+
+
+def _chunk_size(dim: int, noise: bool, sharpness: bool) -> int:
+    """Steps per kernel call: :data:`CHUNK`, fewer when per-step buffers hold ``w``."""
+    if not (noise or sharpness):
+        return CHUNK
+    fit = _CHUNK_BYTES // (8 * max(dim, 1))
+    return int(min(CHUNK, max(2, 1 << max(int(fit).bit_length() - 1, 1))))
+
+
+def check_budget(est: dict[str, Any], steps: int, record_every: int, max_rows: int) -> None:
+    """Refuse a run that cannot fit: ``ValueError`` naming the parameter to change.
+
+    ``est`` is the result of :func:`estimate`. Refused: more regular rows
+    (``ceil(steps/record_every)``) than ``max_rows``, or more memory than the system
+    has available.
+    """
+    if est["rows"] > max_rows:
+        need = -(-steps // max_rows)
+        raise ValueError(
+            f"record_every={record_every} keeps {est['rows']:.4g} rows over {steps} steps, more "
+            f"than max_rows={max_rows} "
+            f"(~{_human_bytes(est['rows'] * _row_bytes(False, 0))}); pass record_every={need} "
+            f"or more, or max_points=, or a larger max_rows="
+        )
+    avail = est["available_bytes"]
+    if avail is not None and est["bytes"] > avail:
+        raise ValueError(
+            f"this run needs about {_human_bytes(est['bytes'])} of memory (dim={est['dim']}) "
+            f"but {_human_bytes(avail)} is available; pass a smaller dim="
+            + (" or sharpness=False" if est.get("sharpness") else "")
+        )
+
+
+# --------------------------------------------------------------------------- schedules
+def _split_schedule(name: str, value: Any) -> tuple[float | None, Schedule | None]:
+    """``(constant value, None)`` or ``(None, Schedule)`` from a number, spec or Schedule."""
+    if isinstance(value, (str, Schedule)):
+        sched = parse_schedule(value)
+        if sched.is_constant:
+            return float(sched(0)), None
+        return None, sched
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(
+            f"{name} must be a number, a schedule spec string or a siflow.schedules.Schedule; "
+            f"got {type(value).__name__}"
+        )
+    return float(value), None
+
+
+def _schedule_range(
+    lr_s: Schedule | None, wd_s: Schedule | None, lr: float, wd: float, steps: int
+) -> tuple[float, float, float]:
+    """``(max lr, max wd, max lr*wd)`` over the run; ``ValueError`` on a bad value."""
+    top_lr, top_wd, top_x = 0.0, 0.0, 0.0
+    block = 1 << 20
+    for start in range(0, steps, block):
+        t = np.arange(start, min(start + block, steps))
+        lr_t = lr_s(t) if lr_s is not None else np.full(t.size, lr)
+        wd_t = wd_s(t) if wd_s is not None else np.full(t.size, wd)
+        for name, v in (("lr", lr_t), ("wd", wd_t)):
+            if not np.all(np.isfinite(v)) or np.any(v < 0):
+                raise ValueError(
+                    f"the {name} schedule gives a negative or non-finite value; use "
+                    f"parameters that keep it finite and >= 0"
+                )
+        top_lr = max(top_lr, float(lr_t.max()))
+        top_wd = max(top_wd, float(wd_t.max()))
+        top_x = max(top_x, float((lr_t * wd_t).max()))
+    if not top_lr > 0:
+        raise ValueError("the lr schedule is 0 at every step; give it a positive peak")
+    if not top_x < 1:
+        raise ValueError(
+            f"lr*wd reaches {top_x:g} under the schedule; lower the peak lr or wd so that "
+            f"it stays below 1 at every step"
+        )
+    return top_lr, top_wd, top_x
 
 
 class _Progress:
@@ -431,8 +736,8 @@ def simulate(
     loss: str | SILoss = DEFAULT_LOSS,
     optimizer: str = "sgd",
     *,
-    lr: float,
-    wd: float,
+    lr: float | str | Schedule,
+    wd: float | str | Schedule,
     steps: int,
     dim: int | None = None,
     momentum: float = 0.0,
@@ -442,8 +747,9 @@ def simulate(
     batch: int | None = None,
     noise: float = 0.0,
     seed: int = 0,
-    record_every: int = 1,
+    record_every: int | None = None,
     max_points: int | None = None,
+    max_rows: int | None = None,
     event_window: int = 100,
     jump_tol: float = 0.02,
     w0: ArrayLike | None = None,
@@ -465,9 +771,14 @@ def simulate(
         A name of :data:`OPTIMIZERS` (``"sgd"``, ``"nesterov"``, ``"adamw"``,
         ``"fixed_norm"``, ``"fixed_elr"``); see :mod:`siflow.optim` for the exact
         update rules.
-    lr, wd : float
+    lr, wd : float, str or Schedule
         Learning rate (effective LR for ``fixed_elr``) and weight decay,
-        ``lr > 0``, ``wd >= 0``, ``lr*wd < 1``.
+        ``lr > 0``, ``wd >= 0``, ``lr*wd < 1``; or a schedule: a spec string such as
+        ``"cosine:peak=0.5,warmup=500,min=0.005,steps=20000"`` or a
+        :class:`siflow.schedules.Schedule`, giving the value at each step (then
+        ``lr_t wd_t < 1`` at every step). Scheduled runs record the per-step value in
+        an ``lr`` (``wd``) column; ``meta["lr"]`` (``meta["wd"]``) holds the largest
+        value and ``meta["lr_schedule"]`` (``meta["wd_schedule"]``) the spec.
     steps : int
         Number of steps (>= 1).
     dim : int, optional
@@ -485,11 +796,17 @@ def simulate(
         Seed of the run's randomness: starting direction, minibatches, noise. The
         toy itself is a fixed problem (``logistic`` draws its data from its own
         ``seed`` option, default 0, passed through ``loss_options``).
-    record_every, max_points, event_window, jump_tol
-        Thinning of the record (module docstring). ``max_points`` raises
-        ``record_every`` to ``ceil(steps/max_points)``. With the default
-        ``record_every=1`` every step is kept (48 bytes per step): pass
-        ``max_points`` for runs of millions of steps.
+    record_every, max_points, max_rows, event_window, jump_tol
+        Thinning of the record (module docstring). ``record_every`` keeps every
+        k-th step (rows near norm jumps are kept too); by default every step while
+        ``steps <= max_rows/2``, else the smallest stride that fits in half the cap
+        (``ceil(steps / (max_rows // 2))``). ``max_points`` raises
+        ``record_every`` to ``ceil(steps/max_points)``. ``max_rows`` (default
+        :data:`DEFAULT_MAX_ROWS`) is a hard cap on the rows kept: a run asking for
+        more regular rows than that is refused up front, and when rows near norm
+        jumps push the count over it both strides double (see the module
+        docstring). The summary statistics do not depend on any of these: every
+        row carries running sums over every step (:data:`SUM_COLUMNS`).
     w0 : array_like, optional
         Starting weights; default a random unit direction times ``rho0``.
     rho0 : float, optional
@@ -506,20 +823,29 @@ def simulate(
         default: when stderr is a terminal and ``steps * dim >= 2e7``.
     checkpoint : path, optional
         ``.npz``/``.csv`` file the trajectory so far is written to (atomically)
-        every ``checkpoint_every`` seconds, and at the end. The intermediate
-        writes carry ``status="interrupted"`` (what a reader sees if the process
-        is killed); the final write carries the run's status.
+        every ``checkpoint_every`` seconds (or 20 times the last write's duration,
+        whichever is longer; ``0``: after every chunk), and at the end. The
+        intermediate writes carry ``status="interrupted"`` (what a reader sees if
+        the process is killed); the final write carries the run's status.
 
     Returns
     -------
     Trajectory
         Columns ``loss, rho, grad_norm_sphere, elr, angular_update`` (and
-        ``sharpness_sphere``); ``meta`` has ``lr, wd, momentum, optimizer, loss,
-        dim, seed, steps, steps_done, status, sharpness_min, source="siflow.simulate"``
-        and the other options. ``status`` is ``"ok"``, ``"diverged"`` (non-finite
-        loss, ``|w| > 1e150`` or an update that overflows), ``"underflow"``
-        (``|w| < 1e-150``) or ``"interrupted"`` (Ctrl-C); the rows before the stop
-        are kept.
+        ``sharpness_sphere``), the running sums :data:`SUM_COLUMNS` and, for
+        schedules, ``lr``/``wd``; ``meta`` has ``lr, wd, momentum, optimizer, loss,
+        dim, seed, steps, steps_done, status, sharpness_min, record_every,
+        record_every_near_jumps, thinning_doublings, max_rows,
+        source="siflow.simulate"`` and the other options. ``status`` is ``"ok"``,
+        ``"diverged"`` (non-finite loss, ``|w| > 1e150`` or an update that
+        overflows), ``"underflow"`` (``|w| < 1e-150``) or ``"interrupted"``
+        (Ctrl-C); the rows before the stop are kept.
+
+    Raises
+    ------
+    ValueError
+        A bad argument, or a run whose rows or memory cannot fit (:func:`estimate`);
+        the message names the parameter to change.
 
     Examples
     --------
@@ -529,39 +855,245 @@ def simulate(
     """
     steps = _check_int("steps", steps, 1)
     seed = _check_int("seed", seed, 0)
-    record_every = check_positive_int("record_every", record_every)
-    if max_points is not None:
-        max_points = _check_int("max_points", max_points, 2)
-        record_every = max(record_every, math.ceil(steps / max_points))
+    record_every, max_rows = _strides(steps, record_every, max_points, max_rows)
     event_window = _check_int("event_window", event_window, 0)
     sigma = float(check_nonnegative("noise", noise))
+    lr_c, lr_s = _split_schedule("lr", lr)
+    wd_c, wd_s = _split_schedule("wd", wd)
+    if lr_s is not None or wd_s is not None:
+        lr_c, wd_c, _ = _schedule_range(lr_s, wd_s, lr_c or 0.0, wd_c or 0.0, steps)
+    assert lr_c is not None and wd_c is not None
     opt: Optimizer = make_optimizer(
-        optimizer, lr=lr, wd=wd, momentum=momentum, nesterov=nesterov, betas=betas, eps=eps
+        optimizer, lr=lr_c, wd=wd_c, momentum=momentum, nesterov=nesterov, betas=betas, eps=eps
     )
+    if opt.lr_is_elr and wd_s is not None:
+        raise ValueError(f"{optimizer!r} applies no weight decay; drop the wd schedule")
     tol = float(check_positive("jump_tol", jump_tol))
     if loss_options is not None and not isinstance(loss_options, Mapping):
         raise ValueError(
             f"loss_options must be a mapping, got {type(loss_options).__name__}; pass a dict"
         )
+    scheduled = int(lr_s is not None) + int(wd_s is not None)
+    est = estimate(
+        loss,
+        steps=steps,
+        dim=dim,
+        record_every=record_every,
+        max_rows=max_rows,
+        batch=batch,
+        noise=sigma,
+        sharpness=sharpness,
+        loss_options=loss_options,
+        scheduled=scheduled,
+    )
+    check_budget(est, steps, record_every, max_rows)
     toy = make_loss(loss, dim=dim, **dict(loss_options or {}))
 
-    nb = 0
-    if batch is not None:
-        nb = _check_int("batch", batch, 1)
-        if toy.n_samples == 0:
-            raise ValueError(
-                f"batch applies to data toys (logistic), not {toy.name!r}; "
-                f"drop batch or use noise for gradient noise"
-            )
-        if nb >= toy.n_samples:
-            nb = 0  # full batch
+    nb = _batch_rows(toy, batch)
 
     seeds = np.random.SeedSequence(seed).spawn(3)
     rng_init, rng_batch, rng_noise = (np.random.default_rng(s) for s in seeds)
-    if w0 is None:
-        w = toy.default_w0(rng_init) * (
-            1.0 if rho0 is None else float(check_positive("rho0", rho0))
+    w = _starting_point(toy, w0, rho0, rng_init)
+    radius = float(np.linalg.norm(w))
+    hp = opt.hp(radius)
+    lr_step = float(hp[_optim.HP_LR])
+    lr_scale = lr_step / opt.lr  # radius**2 for fixed_elr, else 1
+
+    meta = _run_meta(toy, opt, lr_s, wd_s, radius, lr_step)
+    meta.update(
+        seed=seed,
+        steps=steps,
+        noise=sigma,
+        batch=batch,
+        record_every_requested=record_every,
+        max_rows=max_rows,
+        event_window=event_window,
+        jump_tol=tol,
+    )
+
+    names = _BASE + SUM_COLUMNS + (("lr",) if lr_s is not None else ())
+    names += ("wd",) if wd_s is not None else ()
+    names += ("sharpness_sphere",) if sharpness else ()
+    chunk = min(_chunk_size(toy.dim, sigma > 0, sharpness), steps)
+    snap_rows = min(chunk, chunk // record_every + 2) if sharpness else 0
+    snap = np.zeros((snap_rows, toy.dim if sharpness else 0))
+    s1 = np.zeros(toy.dim)
+    s2 = np.zeros(toy.dim)
+    no_idx = np.zeros((chunk, 0), dtype=np.int64)
+    no_xi = np.zeros((chunk, 0))
+    no_sched = np.zeros(0)
+    carry = np.zeros(_N_CARRY)  # |w|^2 and the running sums, carried across chunks
+    sum_elr = 0.0
+    buf = np.empty((_N_OUT, chunk))
+    watch = record_every > 1 or steps > max_rows
+    rec = _Recorder(record_every, event_window, tol, names, max_rows, watch)
+    full2d = None  # every row kept: the kernel writes straight into the run's columns
+    if record_every == 1 and not sharpness and steps <= max_rows:
+        full2d = np.empty((_N_OUT, steps))
+        rec.full = {name: full2d[row] for name, row in _KERNEL_ROWS}
+        rec.full.update({k: np.empty(steps) for k in names if k not in rec.full})
+        rec.full["step"] = np.arange(steps, dtype=np.int64)
+    if progress is None:
+        progress = sys.stderr.isatty() and steps * max(toy.dim, 1) >= 20_000_000
+    bar = _Progress(steps, bool(progress))
+    status = "ok"
+    done = 0
+    last_save = time.monotonic()
+    save_cost = 0.0
+    toy_args = (toy.kind, toy.params, toy.data)
+    opt_args = (opt.kind, opt.nesterov, opt.project, hp)
+    state = (w, s1, s2, carry)
+
+    def _meta() -> dict[str, Any]:
+        return dict(meta, status=status, steps_done=done)
+
+    try:
+        while done < steps:
+            n = min(chunk, steps - done)
+            t = np.arange(done, done + n, dtype=np.int64)
+            idx = rng_batch.integers(0, toy.n_samples, size=(n, nb)) if nb else no_idx
+            xi = rng_noise.standard_normal((n, toy.dim)) if sigma > 0 else no_xi
+            lr_t = lr_s(t) * lr_scale if lr_s is not None else None
+            wd_t = wd_s(t) if wd_s is not None else None
+            sched = (no_sched, no_sched)
+            if lr_t is not None or wd_t is not None:
+                sched = (
+                    lr_t if lr_t is not None else np.full(n, lr_step),
+                    wd_t if wd_t is not None else np.full(n, float(hp[_optim.HP_WD])),
+                )
+            sharp_every = rec.every if sharpness else 0
+            into, o0 = (full2d, done) if full2d is not None else (buf, 0)
+            ctl = (done, n, sharp_every, RHO_MIN, RHO_MAX, o0)
+            draws = (idx, nb, xi, sigma)
+            n_ok, code = _run_chunk(toy_args, draws, opt_args, sched, state, ctl, into, snap)
+            cols = _chunk_columns(buf, t, n_ok, rec, done)
+            sum_elr = _fill_derived(cols, n_ok, lr_step, lr_t, wd_t, sum_elr)
+            if sharpness:
+                cols["sharpness_sphere"] = _sharpness_rows(toy, cols["step"], snap, sharp_every)
+            rho_next = float(np.sqrt(w @ w)) if code == _OK else math.inf
+            rec.add(cols, rho_next)
+            done += n_ok
+            bar.update(done, n_ok)
+            if code != _OK:
+                status = _STATUS[int(code)]
+                break
+            wait = max(checkpoint_every, 20 * save_cost) if checkpoint_every > 0 else 0.0
+            if checkpoint is not None and time.monotonic() - last_save >= wait:
+                # a file left by a killed process must not claim a finished run
+                partial = dict(_meta(), status="interrupted")
+                t0 = time.monotonic()
+                rec.trajectory(partial, include_pending=True).save(checkpoint)
+                last_save = time.monotonic()
+                save_cost = last_save - t0
+    except KeyboardInterrupt:
+        status = "interrupted"
+    finally:
+        bar.close()
+    rec.flush()
+    traj = rec.trajectory(_meta())
+    if checkpoint is not None:
+        traj.save(checkpoint)
+    return traj
+
+
+def _strides(
+    steps: int, record_every: int | None, max_points: int | None, max_rows: int | None
+) -> tuple[int, int]:
+    """``(record_every, max_rows)`` from the recording arguments (module docstring)."""
+    max_rows = DEFAULT_MAX_ROWS if max_rows is None else _check_int("max_rows", max_rows, 2)
+    if record_every is None:  # every step while it fits in half the cap, else thinned
+        record_every = max(1, -(-steps // (max_rows // 2)))
+    record_every = check_positive_int("record_every", record_every)
+    if max_points is not None:
+        max_points = _check_int("max_points", max_points, 2)
+        record_every = max(record_every, math.ceil(steps / max_points))
+    return record_every, max_rows
+
+
+def _batch_rows(toy: SILoss, batch: int | None) -> int:
+    """Rows per minibatch for the kernel (0: full batch)."""
+    if batch is None:
+        return 0
+    nb = _check_int("batch", batch, 1)
+    if toy.n_samples == 0:
+        raise ValueError(
+            f"batch applies to data toys (logistic), not {toy.name!r}; "
+            f"drop batch or use noise for gradient noise"
         )
+    return 0 if nb >= toy.n_samples else nb
+
+
+def _run_meta(
+    toy: SILoss,
+    opt: Optimizer,
+    lr_s: Schedule | None,
+    wd_s: Schedule | None,
+    radius: float,
+    lr_step: float,
+) -> dict[str, Any]:
+    """The trajectory's metadata that depends on the toy and the optimizer."""
+    meta: dict[str, Any] = {
+        "source": "siflow.simulate",
+        "loss": toy.name,
+        "lr": lr_step,
+        "wd": opt.wd,
+        "dim": toy.dim,
+        "rho0": radius,
+        "sharpness_min": toy.sharpness_min,
+        "loss_options": {k: v for k, v in toy.options.items()},
+        **opt.meta(),
+    }
+    if lr_s is not None:
+        meta["lr_schedule"] = lr_s.spec
+    if wd_s is not None:
+        meta["wd_schedule"] = wd_s.spec
+    if opt.lr_is_elr:
+        meta["elr"] = opt.lr
+    if opt.project:
+        meta["fixed_norm"] = radius
+    return meta
+
+
+def _fill_derived(
+    cols: dict[str, NDArray],
+    n_ok: int,
+    lr_step: float,
+    lr_t: NDArray[np.float64] | None,
+    wd_t: NDArray[np.float64] | None,
+    sum_elr: float,
+) -> float:
+    """Fill ``elr`` (:func:`siflow.theory.effective_lr`), its running sum and the
+    scheduled ``lr``/``wd`` columns of a chunk; returns the carried sum of ``elr``."""
+    lr_col = lr_step if lr_t is None else lr_t[:n_ok]
+    cols["elr"][:] = effective_lr(lr_col, cols["rho"])
+    np.cumsum(cols["elr"], out=cols["sum_elr"])
+    cols["sum_elr"] += sum_elr
+    if lr_t is not None:
+        cols["lr"][:] = lr_t[:n_ok]
+    if wd_t is not None:
+        cols["wd"][:] = wd_t[:n_ok]
+    return float(cols["sum_elr"][-1]) if n_ok else sum_elr
+
+
+def _chunk_columns(
+    buf: NDArray[np.float64], t: NDArray[np.int64], n_ok: int, rec: _Recorder, done: int
+) -> dict[str, NDArray]:
+    """The chunk's columns: views into the full-length ones, or fresh arrays."""
+    if rec.full is not None:  # the kernel wrote straight into the trajectory's columns
+        return {k: v[done : done + n_ok] for k, v in rec.full.items()}
+    cols = {k: np.empty(n_ok) for k in rec.names if k != "step"}
+    cols["step"] = t[:n_ok].copy()
+    for name, row in _KERNEL_ROWS:
+        cols[name][:] = buf[row, :n_ok]
+    return cols
+
+
+def _starting_point(
+    toy: SILoss, w0: ArrayLike | None, rho0: float | None, rng: np.random.Generator
+) -> NDArray[np.float64]:
+    """The validated starting weights (contiguous float64, norm inside the float range)."""
+    if w0 is None:
+        w = toy.default_w0(rng) * (1.0 if rho0 is None else float(check_positive("rho0", rho0)))
     else:
         w = check_finite("w0", w0).astype(np.float64, copy=True).ravel()
         if w.shape != (toy.dim,):
@@ -583,118 +1115,7 @@ def simulate(
             f"|w0| = {radius:g} is outside [{RHO_MIN:g}, {RHO_MAX:g}]; pass a w0 or rho0 "
             f"inside that range"
         )
-    hp = opt.hp(radius)
-    lr_step = float(hp[_optim.HP_LR])
-
-    meta: dict[str, Any] = {
-        "source": "siflow.simulate",
-        "loss": toy.name,
-        "lr": lr_step,
-        "wd": opt.wd,
-        "dim": toy.dim,
-        "seed": seed,
-        "steps": steps,
-        "noise": sigma,
-        "batch": batch,
-        "record_every": record_every,
-        "event_window": event_window,
-        "jump_tol": tol,
-        "rho0": radius,
-        "sharpness_min": toy.sharpness_min,
-        "loss_options": {k: v for k, v in toy.options.items()},
-        **opt.meta(),
-    }
-    if opt.lr_is_elr:
-        meta["elr"] = opt.lr
-    if opt.project:
-        meta["fixed_norm"] = radius
-
-    chunk = min(CHUNK, steps)
-    names = ("loss", "rho", "grad_norm_sphere", "angular_update")
-    snap = np.zeros((chunk, toy.dim) if sharpness else (chunk, 0))
-    s1 = np.zeros(toy.dim)
-    s2 = np.zeros(toy.dim)
-    sharp_every = record_every if sharpness else 0
-    no_idx = np.zeros((chunk, 0), dtype=np.int64)
-    no_xi = np.zeros((chunk, 0))
-    carry = np.zeros(1)  # |w|^2 carried from one chunk to the next
-    rec = _Recorder(record_every, event_window, tol, sharpness)
-    if record_every == 1 and not sharpness:
-        rec.full = {k: np.empty(steps) for k in (*names, "elr")}
-        rec.full["step"] = np.arange(steps, dtype=np.int64)
-    if progress is None:
-        progress = sys.stderr.isatty() and steps * max(toy.dim, 1) >= 20_000_000
-    bar = _Progress(steps, bool(progress))
-    status = "ok"
-    done = 0
-    last_save = time.monotonic()
-
-    def _meta() -> dict[str, Any]:
-        return dict(meta, status=status, steps_done=done)
-
-    try:
-        while done < steps:
-            n = min(chunk, steps - done)
-            if rec.full is not None:  # write straight into the trajectory's columns
-                out = {k: rec.full[k][done : done + n] for k in (*names, "elr", "step")}
-            else:  # fresh: the rows are kept without a copy
-                out = {k: np.empty(n) for k in (*names, "elr")}
-                out["step"] = np.arange(done, done + n, dtype=np.int64)
-            idx = rng_batch.integers(0, toy.n_samples, size=(n, nb)) if nb else no_idx
-            xi = rng_noise.standard_normal((n, toy.dim)) if sigma > 0 else no_xi
-            n_ok, code = _run_chunk(
-                toy.kind,
-                toy.params,
-                toy.data,
-                idx,
-                nb,
-                xi,
-                sigma,
-                opt.kind,
-                opt.nesterov,
-                opt.project,
-                hp,
-                w,
-                s1,
-                s2,
-                done,
-                n,
-                sharp_every,
-                out["loss"],
-                out["rho"],
-                out["grad_norm_sphere"],
-                out["angular_update"],
-                snap,
-                RHO_MIN,
-                RHO_MAX,
-                carry,
-            )
-            cols = {k: v[:n_ok] for k, v in out.items()}
-            np.square(cols["rho"], out=cols["elr"])  # elr = lr / rho**2, in place
-            np.divide(lr_step, cols["elr"], out=cols["elr"])
-            if sharpness:
-                cols["sharpness_sphere"] = _sharpness_rows(toy, cols["step"], snap, sharp_every)
-            rho_next = float(np.sqrt(w @ w)) if code == _OK else math.inf
-            rec.add(cols, rho_next)
-            done += n_ok
-            bar.update(done, n_ok)
-            if code != _OK:
-                status = _STATUS[int(code)]
-                break
-            if checkpoint is not None and time.monotonic() - last_save >= checkpoint_every:
-                # a file left by a killed process must not claim a finished run
-                partial = dict(_meta(), status="interrupted")
-                rec.trajectory(partial, include_pending=True).save(checkpoint)
-                last_save = time.monotonic()
-    except KeyboardInterrupt:
-        status = "interrupted"
-    finally:
-        bar.close()
-    rec.flush()
-    traj = rec.trajectory(_meta())
-    if checkpoint is not None:
-        traj.save(checkpoint)
-    return traj
+    return w
 
 
 if __name__ == "__main__":  # pragma: no cover - exercised through subprocess tests

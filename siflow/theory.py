@@ -1940,6 +1940,95 @@ def equilibrium_instability_lr_wd(
     return 0.5 * (lo + hi)
 
 
+# ------------------------------------------------------------------ schedules: quasi-static norm
+
+__all__ += ["quasi_static_norm_trajectory", "decoupled_relaxation_time"]
+
+
+def quasi_static_norm_trajectory(
+    rho0: float, lr: ArrayLike, wd: ArrayLike, rho_star: ArrayLike, coupled: bool = True
+) -> NDArray[np.float64]:
+    r"""Norm of an SI group under per-step ``eta_t``, ``lam_t``, pulled towards ``rho*_t``.
+
+    Each step is the exact norm map of a constant-hyperparameter run whose fixed
+    point is ``rho*_t`` (the equilibrium norm at ``eta_t, lam_t``), with
+    ``q_t = 1 - eta_t lam_t``:
+
+    * coupled decay (SGD, heavy ball): the push ``eta^2 g~^2 / rho^2`` of the SGD norm
+      recursion (docs/theory.md section 1), written through its fixed point::
+
+          rho^2_{t+1} = q_t^2 rho^2_t + (1 - q_t^2) rho*_t^4 / rho^2_t
+
+      For SGD with ``rho*_t`` = :func:`sgd_equilibrium_norm` ``(eta_t, lam_t, g~_t)`` this
+      is exactly :func:`sgd_norm_trajectory` (``(1 - q^2) rho*^4 = eta^2 g~^2``).
+    * decoupled decay (AdamW, Lion): the update has a size that does not depend on
+      ``|w|`` (``w <- q w - eta u`` with ``u`` orthogonal to ``w``), so::
+
+          rho^2_{t+1} = q_t^2 rho^2_t + (1 - q_t^2) rho*_t^2
+
+      exact for that map with ``|eta_t u_t|^2 = (1 - q_t^2) rho*_t^2``, i.e. the update
+      size of :func:`adamw_equilibrium_norm` / :func:`lion_equilibrium_norm` at step
+      ``t`` (docs/theory.md section 5; quasi-static: the momentum's memory of earlier
+      learning rates is ignored).
+
+    At constant hyperparameters both have ``rho*`` as fixed point; under a schedule
+    the norm lags ``rho*_t`` by about a relaxation time (:func:`sgd_relaxation_time`,
+    :func:`decoupled_relaxation_time`).
+
+    Parameters
+    ----------
+    rho0 : float
+        Norm before the first step, ``> 0``.
+    lr, wd, rho_star : array_like
+        Per-step values for steps ``0 .. T-1`` (scalars broadcast).
+    coupled : bool, default True
+        Coupled (SGD family) or decoupled (AdamW, Lion) weight decay.
+
+    Returns
+    -------
+    ndarray
+        ``rho_0 .. rho_T`` (length ``T + 1``).
+    """
+    r0 = float(check_positive("rho0", rho0))
+    lr, wd, rs = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64) for a in (lr, wd, rho_star)))
+    if lr.ndim != 1:
+        raise ValueError("lr, wd and rho_star must be scalars or 1-d arrays of per-step values")
+    q2 = np.square(1.0 - lr * wd)
+    push = (1.0 - q2) * (np.square(np.square(rs)) if coupled else np.square(rs))
+    out = np.empty(lr.size + 1)
+    out[0] = r2 = r0 * r0
+    for t in range(lr.size):
+        r2 = q2[t] * r2 + (push[t] / r2 if coupled else push[t])
+        out[t + 1] = r2
+    return np.sqrt(out)
+
+
+def decoupled_relaxation_time(lr: ArrayLike, wd: ArrayLike) -> Array:
+    r"""Relaxation time (steps) of ``rho^2`` towards equilibrium under decoupled decay.
+
+    The decoupled map ``x <- q^2 x + c`` (``x = rho^2``, ``q = 1 - eta lam``, ``c`` the
+    squared update size, independent of ``x``; :func:`quasi_static_norm_trajectory`)
+    contracts a deviation by ``q^2`` per step, so ``tau = -1 / ln(q^2) =
+    1 / (2 decay_rate)``; first order ``1 / (2 eta lam)`` (the EMA timescale of
+    Wang & Aitchison 2024, halved because ``rho^2`` is squared). Exact for that map.
+
+    Parameters
+    ----------
+    lr : array_like
+        Learning rate, ``> 0``.
+    wd : array_like
+        Weight decay, ``> 0``, ``lr*wd < 1``.
+
+    Returns
+    -------
+    ndarray or float
+        Time constant in steps.
+    """
+    lr, wd = check_lr_wd(lr, wd)
+    with np.errstate(divide="ignore", over="ignore"):
+        return _out(-1.0 / (2.0 * np.log1p(-lr * wd)))
+
+
 if __name__ == "__main__":  # pragma: no cover - exercised through subprocess in the tests
     from siflow._theory_cli import main
 

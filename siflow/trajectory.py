@@ -16,8 +16,12 @@ field                     meaning
 ========================  =====================================================
 
 Any field may be ``None`` when the source does not provide it. Further columns
-(accuracy, per-layer norms, ...) live in ``extra``; hyperparameters and
-provenance (``lr``, ``wd``, ``momentum``, ``optimizer``, ``source``, ``seed``,
+(accuracy, per-layer norms, ...) live in ``extra``; simulations add the running
+sums ``sum_angular_update_sq``, ``sum_grad_norm_sphere_sq``,
+``sum_grad_norm_sphere``, ``sum_rho`` and ``sum_elr`` (over every step simulated, up
+to the row's step: :meth:`Trajectory.exact_means` turns two rows into exact means
+whatever the thinning) and, for scheduled runs, the per-step ``lr`` and ``wd``.
+Hyperparameters and provenance (``lr``, ``wd``, ``momentum``, ``optimizer``, ``source``, ``seed``,
 ``status``, ``steps_per_epoch``) live in ``meta``.
 
 Files: ``.npz`` (arrays plus a JSON ``meta`` entry) and ``.csv`` (a first line
@@ -239,7 +243,7 @@ class Trajectory:
         """
         n = len(self)
         if max_points < 2:
-            raise ValueError(f"max_points must be >= 2, got {max_points}")
+            raise ValueError(f"max_points must be >= 2, got {max_points}; pass 2 or more")
         if n <= max_points:
             return self._replace_rows(slice(None))
         keep = np.zeros(n, dtype=bool)
@@ -253,6 +257,60 @@ class Trajectory:
         stride = max(math.ceil(rest.size / budget), 1)
         keep[rest[::stride]] = True
         return self._replace_rows(keep)
+
+    def exact_means(
+        self, start: int | None = None, stop: int | None = None
+    ) -> dict[str, float] | None:
+        """Means over every step in ``(start, stop]`` from the running-sum columns.
+
+        Simulations (:func:`siflow.simulate.simulate`) record, on every kept row, the
+        running sums over every step simulated up to and including that row's
+        step: ``sum_angular_update_sq``, ``sum_grad_norm_sphere_sq``,
+        ``sum_grad_norm_sphere``, ``sum_rho``, ``sum_elr``. The difference between
+        two kept rows is the exact sum over the steps between them, whatever the
+        thinning, so the means do not depend on which rows were kept.
+
+        Parameters
+        ----------
+        start, stop : int, optional
+            Steps of two kept rows (default: the first and last rows). The
+            window is ``start < step <= stop``.
+
+        Returns
+        -------
+        dict or None
+            ``steps`` (the number of steps averaged), ``angular_update_rms``,
+            ``grad_norm_sphere_rms``, ``grad_norm_sphere_mean``, ``norm_mean``,
+            ``elr_mean``; ``None`` when the columns are absent or the window holds
+            no step.
+        """
+        names = (
+            "sum_angular_update_sq",
+            "sum_grad_norm_sphere_sq",
+            "sum_grad_norm_sphere",
+            "sum_rho",
+            "sum_elr",
+        )
+        if not all(n in self.extra for n in names) or len(self) < 2:
+            return None
+        a = 0 if start is None else int(np.searchsorted(self.step, start, side="left"))
+        b = (
+            len(self) - 1
+            if stop is None
+            else int(np.searchsorted(self.step, stop, side="right")) - 1
+        )
+        if not 0 <= a < b < len(self):
+            return None
+        count = float(self.step[b] - self.step[a])
+        d = {n: float(self.extra[n][b] - self.extra[n][a]) / count for n in names}
+        return {
+            "steps": int(count),
+            "angular_update_rms": math.sqrt(max(d["sum_angular_update_sq"], 0.0)),
+            "grad_norm_sphere_rms": math.sqrt(max(d["sum_grad_norm_sphere_sq"], 0.0)),
+            "grad_norm_sphere_mean": d["sum_grad_norm_sphere"],
+            "norm_mean": d["sum_rho"],
+            "elr_mean": d["sum_elr"],
+        }
 
     @classmethod
     def concatenate(cls, parts: Sequence[Trajectory]) -> Trajectory:

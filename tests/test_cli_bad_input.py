@@ -194,6 +194,9 @@ CASES: list[Case] = [
     _theory("grad-norm-inf", [*LR_WD, "--grad-norm", "inf"], r"grad.norm"),
     _theory("momentum-1", [*LR_WD, *G1, "--momentum", "1"], r"momentum"),
     _theory("momentum-negative", [*LR_WD, *G1, "--momentum", "-0.5"], r"momentum"),
+    _theory("wd-underflows", ["--lr", "0.1", "--wd", "1e-400"], r"--wd 1e-400 underflows"),
+    _theory("schedule-without-wd", ["--schedule", "cosine:peak=0.1,steps=100"], r"--wd"),
+    _theory("schedule-unknown", ["--schedule", "bogus", "--wd", "1e-3"], r"schedule kind"),
     # ---- python -m siflow.derive
     Case("derive-unknown-result", "derive", ["nosuchthing"], r"nosuchthing|choice"),
     Case(
@@ -226,6 +229,20 @@ CASES: list[Case] = [
     _sim("batch-zero", [*LR_WD, "--batch", "0"], r"batch"),
     _sim("seed-negative", [*LR_WD, "--seed", "-1"], r"seed"),
     _sim("out-is-a-file", [*LR_WD, "--out", "taken"], r"director|taken", {"taken": _plain_file}),
+    _sim(
+        "steps-1e12-every-row",
+        [*LR_WD, "--steps", "1000000000000", "--record-every", "1"],
+        r"--record-every",
+    ),
+    _sim("dim-1e9", [*LR_WD, "--dim", "1000000000"], r"memory.*--dim"),
+    _sim(
+        "sharpness-dim-1e5",
+        [*LR_WD, "--loss", "rayleigh", "--dim", "100000", "--sharpness"],
+        r"memory.*sharpness",
+    ),
+    _sim("wd-underflows", ["--lr", "0.1", "--wd", "1e-400"], r"--wd 1e-400 underflows to 0"),
+    _sim("schedule-unknown", [*LR_WD, "--schedule", "bogus"], r"schedule kind"),
+    _sim("schedule-lrwd-1", [*LR_WD, "--schedule", "cosine:peak=5000,steps=50"], r"lr\*wd"),
     _sim(
         "out-parent-is-a-file",
         [*LR_WD, "--out", "afile/run"],
@@ -387,6 +404,10 @@ def _env() -> dict[str, str]:
     env.update(MPLBACKEND="Agg", NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1",
                OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")  # fmt: skip
     env.pop("PYTHONWARNINGS", None)
+    # the commands run in a temporary directory: import this checkout's siflow
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")]
+    ).rstrip(os.pathsep)
     return env
 
 

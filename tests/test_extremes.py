@@ -262,7 +262,7 @@ def test_every_closed_form_is_finite_on_valid_edges(lr, wd):
         "decay_factor(momentum=0.9)": th.decay_factor(lr, wd, 0.9),
     }
     eq = th.equilibrium(lr, wd, G, 0.0)
-    values.update({f"equilibrium[{k}]": v for k, v in eq.items()})
+    values.update({f"equilibrium[{k}]": v for k, v in eq.items() if k != "optimizer"})
     bad = {k: v for k, v in values.items() if not np.all(np.isfinite(np.asarray(v, dtype=float)))}
     assert not bad, f"non-finite closed forms at lr={lr}, wd={wd}: {bad}"
     f = float(np.asarray(values["decay_factor(momentum=0.9)"]))
@@ -442,8 +442,8 @@ def test_theory_cli_json_at_the_edges_matches_the_library(lr, wd, momentum):
     ref = _theory().equilibrium(lr, wd, 0.37, float(momentum))
     assert set(got) == set(ref)
     for key, value in ref.items():
-        if value is None:
-            assert got[key] is None, key
+        if value is None or isinstance(value, str):
+            assert got[key] == value, key
         else:
             assert got[key] == float(value), (key, got[key], value)  # same bits through JSON
 

@@ -88,6 +88,10 @@ def _env(threads: int) -> dict[str, str]:
         OPENBLAS_NUM_THREADS=n,
         MKL_NUM_THREADS=n,
         MPLBACKEND="Agg",
+        # the commands run in a temporary directory: import this checkout's siflow
+        PYTHONPATH=os.pathsep.join(
+            [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")]
+        ).rstrip(os.pathsep),
     )
     return env
 

@@ -345,29 +345,6 @@ def test_progress_bar_with_tqdm(capsys):
     assert "simulate" in err and "100/100" in err
 
 
-def test_stale_kernel_cache_is_dropped(monkeypatch, tmp_path):
-    """The loop kernel inlines kernels of losses.py/optim.py; numba's cache would not
-    notice their edits, so an index older than either file is removed."""
-    import os
-
-    cache_file = S._run_chunk._cache._cache_file
-    index = tmp_path / "kernel.nbi"
-    dep = tmp_path / "losses.py"
-    index.write_text("index")
-    dep.write_text("# newer source")
-    monkeypatch.setattr(cache_file, "_index_path", str(index))
-    monkeypatch.setattr(S._losses, "__file__", str(dep))
-    os.utime(index, (1_000_000, 1_000_000))
-    os.utime(dep, (2_000_000, 2_000_000))
-    S._drop_stale_kernel_cache()
-    assert not index.exists()
-    # an index newer than both sources stays
-    index.write_text("index")
-    os.utime(index, (3_000_000_000, 3_000_000_000))
-    S._drop_stale_kernel_cache()
-    assert index.exists()
-
-
 # ------------------------------------------------------------------ optimizers
 def test_optimizers_run_and_record_meta():
     for name, kw in (

@@ -17,7 +17,15 @@ from siflow import theory
 from siflow._simulate_cli import main, run_name
 from siflow.trajectory import Trajectory
 
-ENV = dict(os.environ, MPLBACKEND="Agg", OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+ROOT = Path(__file__).resolve().parents[1]
+# the subprocesses run from a temporary directory: import this checkout's siflow
+ENV = dict(
+    os.environ,
+    MPLBACKEND="Agg",
+    OMP_NUM_THREADS="1",
+    OPENBLAS_NUM_THREADS="1",
+    PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+)
 
 
 def _run(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:

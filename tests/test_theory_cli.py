@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from siflow._theory_cli import main
@@ -84,3 +85,168 @@ def test_errors_are_one_line_exit_2(args: list[str], needle: str) -> None:
     assert len(lines) == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     assert needle in lines[0]
+
+
+# ------------------------------------------------------------------ optimizers, edges
+def test_adamw_table_and_json_use_the_adamw_forms() -> None:
+    from siflow import theory
+
+    proc = _run(
+        "--lr", "1e-3", "--wd", "0.1", "--optimizer", "adamw", "--n-params", "500", "--json"
+    )
+    assert proc.returncode == 0, proc.stderr
+    values = json.loads(proc.stdout)
+    assert values["optimizer"] == "adamw"
+    assert values["norm"] == float(theory.adamw_equilibrium_norm(1e-3, 0.1, 500))
+    assert values["angular_update"] == float(theory.adamw_equilibrium_angle(1e-3, 0.1))
+    assert "elr" not in values and "relaxation_time" not in values
+    text = _run("--lr", "1e-3", "--wd", "0.1", "--optimizer", "adamw").stdout
+    norm_line = next(ln for ln in text.splitlines() if ln.startswith("equilibrium norm"))
+    assert "n/a" in norm_line and "--n-params" in norm_line
+
+
+def test_tiny_lr_wd_prints_inf_times_never_minus_inf() -> None:
+    proc = _run("--lr", "1e-300", "--wd", "1e-300")
+    assert proc.returncode == 0 and proc.stderr == ""
+    assert "-inf" not in proc.stdout
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("ELR doubling time"))
+    assert line.split()[5] == "inf"
+    assert "underflows to 0" in proc.stdout
+    values = json.loads(_run("--lr", "1e-300", "--wd", "1e-300", "--json").stdout)
+    assert values["elr_doubling_time"] is None and values["relaxation_time"] is None
+
+
+def test_underflowing_input_is_named() -> None:
+    proc = _run("--lr", "0.1", "--wd", "1e-400")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert "--wd 1e-400 underflows to 0" in proc.stderr and len(proc.stderr.splitlines()) == 1
+
+
+def test_columns_never_run_together() -> None:
+    proc = _run("--lr", "0.1", "--wd", "1e-3", "--grad-norm", "1e300")
+    assert proc.returncode == 0
+    lines = proc.stdout.splitlines()
+    norm = next(ln for ln in lines if ln.startswith("equilibrium norm"))
+    assert norm.split()[3:5] == ["2.659181189e+150", "2.659147948e+150"]
+    header = lines[1]
+    for ln in lines[2:8]:  # every numeric cell ends where its header ends
+        assert len(ln) <= len(header) + 10
+
+
+# ------------------------------------------------------------------ schedules
+SPEC = "cosine:peak=0.5,warmup=200,min=0.005,steps=3000"
+
+
+def test_schedule_json_matches_the_sgd_map_iterated_by_hand() -> None:
+    from siflow.schedules import parse_schedule
+
+    proc = _run("--schedule", SPEC, "--wd", "5e-4", "--steps-per-epoch", "100", "--json")
+    assert proc.returncode == 0, proc.stderr
+    rep = json.loads(proc.stdout)
+    lr_t = parse_schedule(SPEC).values(3000)
+    r2 = 1.0
+    for lr in lr_t:  # rho'^2 = (1 - lr wd)^2 rho^2 + lr^2 G^2 / rho^2 with G = 1
+        r2 = (1 - lr * 5e-4) ** 2 * r2 + lr**2 / r2
+    assert rep["final_norm"] == pytest.approx(r2**0.5, rel=1e-12)
+    assert rep["kappa_total"] == pytest.approx(float(np.sum(lr_t * 5e-4)), rel=1e-12)
+    last = rep["points"][-1]
+    assert last["step"] == 2999 and last["steps_left"] == 1
+    assert last["tau_iter"] == pytest.approx(1 / (lr_t[-1] * 5e-4), rel=1e-12)
+    assert last["tau_epoch"] == pytest.approx(last["tau_iter"] / 100, rel=1e-12)
+    peak = next(p for p in rep["points"] if p["step"] == 199)
+    assert peak["lr"] == 0.5
+
+
+def test_schedule_table_says_where_the_norm_lags() -> None:
+    proc = _run("--schedule", SPEC, "--wd", "5e-4", "--optimizer", "adamw", "--n-params", "100")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "kappa_T" in out and "quasi-static" in out
+    assert "cannot reach its equilibrium before the end" in out
+    assert "at the last step the norm is" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--schedule", SPEC], "--wd"),
+        (["--schedule", "cosine:peak=0.5", "--wd", "1e-3"], "steps"),
+        (["--schedule", "bogus", "--wd", "1e-3"], "schedule kind"),
+        (["--schedule", "exp:peak=0.1,gamma=0.9", "--wd", "1e-3"], "--steps"),
+    ],
+)
+def test_schedule_errors_are_one_line(args: list[str], needle: str) -> None:
+    proc = _run(*args)
+    assert proc.returncode == 2, proc.stdout
+    assert len(proc.stderr.strip().splitlines()) == 1 and needle in proc.stderr
+
+
+# ------------------------------------------------------------------ theory: schedule laws
+def _orthogonal_step(w: np.ndarray, rng: np.random.Generator, size: float) -> np.ndarray:
+    """A random vector orthogonal to w with norm ``size``."""
+    v = rng.standard_normal(w.size)
+    v -= (v @ w) / (w @ w) * w
+    return v * (size / np.linalg.norm(v))
+
+
+def test_quasi_static_coupled_map_is_the_sgd_vector_map() -> None:
+    """rho* = sgd_equilibrium_norm(lr_t, wd_t, G): the SI SGD map w <- q w - lr grad."""
+    from siflow import theory
+    from siflow.schedules import parse_schedule
+
+    lr_t = parse_schedule("step:peak=0.2,gamma=0.3,milestones=100/250").values(400)
+    wd_t = np.full(400, 0.01)
+    big_g = 0.7
+    rs = theory.sgd_equilibrium_norm(lr_t, wd_t, big_g)
+    got = theory.quasi_static_norm_trajectory(1.5, lr_t, wd_t, rs, coupled=True)
+    rng = np.random.default_rng(0)
+    w = np.array([1.5, 0.0, 0.0])
+    norms = [1.5]
+    for lr, wd in zip(lr_t, wd_t, strict=True):  # |grad| = G/|w|, orthogonal to w (SI)
+        w = (1 - lr * wd) * w - lr * _orthogonal_step(w, rng, big_g / np.linalg.norm(w))
+        norms.append(np.linalg.norm(w))
+    np.testing.assert_allclose(got, norms, rtol=1e-12)
+    exact = theory.sgd_norm_trajectory(1.5, lr_t, wd_t, big_g)
+    np.testing.assert_allclose(got, exact, rtol=1e-12)
+
+
+def test_quasi_static_decoupled_map_is_the_vector_map() -> None:
+    """w <- q w - u with u orthogonal to w and |u|^2 = (1 - q^2) rho*^2."""
+    from siflow import theory
+
+    lr_t = np.linspace(1e-3, 1e-2, 300)
+    wd_t = np.full(300, 0.1)
+    rs = theory.adamw_equilibrium_norm(lr_t, wd_t, 50)
+    got = theory.quasi_static_norm_trajectory(0.3, lr_t, wd_t, rs, coupled=False)
+    rng = np.random.default_rng(1)
+    w = np.array([0.3, 0.0, 0.0, 0.0])
+    norms = [0.3]
+    for lr, wd, r in zip(lr_t, wd_t, rs, strict=True):
+        q = 1 - lr * wd
+        w = q * w - _orthogonal_step(w, rng, np.sqrt(1 - q * q) * r)
+        norms.append(np.linalg.norm(w))
+    np.testing.assert_allclose(got, norms, rtol=1e-12)
+    # at constant hyperparameters rho* is the fixed point
+    still = theory.quasi_static_norm_trajectory(
+        rs[-1], lr_t[-1], wd_t[-1], np.full(50, rs[-1]), False
+    )
+    np.testing.assert_allclose(still, rs[-1], rtol=1e-13)
+
+
+def test_decoupled_relaxation_time_is_the_contraction_of_the_map() -> None:
+    from siflow import theory
+
+    lr, wd, n = 0.01, 0.2, 500
+    tau = float(theory.decoupled_relaxation_time(lr, wd))
+    rs = 2.0
+    traj = theory.quasi_static_norm_trajectory(rs * 1.1, np.full(n, lr), wd, rs, coupled=False)
+    dev = traj**2 - rs**2
+    assert dev[n] / dev[0] == pytest.approx(np.exp(-n / tau), rel=1e-10)
+    assert tau == pytest.approx(1 / (2 * lr * wd), rel=2 * lr * wd)
+
+
+def test_schedule_without_a_relaxation_law_makes_no_lag_claim() -> None:
+    proc = _run("--schedule", SPEC, "--wd", "5e-4", "--optimizer", "nesterov", "--momentum", "0.9")
+    assert proc.returncode == 0, proc.stderr
+    assert "cannot reach its equilibrium" not in proc.stdout
+    assert "at the last step the norm is" in proc.stdout

@@ -98,3 +98,26 @@ def test_csv_refuses_a_column_name_it_cannot_write(tmp_path):
     assert not (tmp_path / "t.csv").exists()
     back = Trajectory.load(t.save(tmp_path / "t.npz"))
     np.testing.assert_array_equal(back.extra["norm/a,b"], [1.0, 2.0])
+
+
+def test_exact_means_from_running_sums_by_hand():
+    # steps 0..9 with angle a_t = t/100, g_t = 1 + t, rho_t = 2, elr_t = 0.5; rows kept: 0, 4, 9
+    t = np.arange(10.0)
+    sums = {
+        "sum_angular_update_sq": np.cumsum((t / 100) ** 2),
+        "sum_grad_norm_sphere_sq": np.cumsum((1 + t) ** 2),
+        "sum_grad_norm_sphere": np.cumsum(1 + t),
+        "sum_rho": np.cumsum(np.full(10, 2.0)),
+        "sum_elr": np.cumsum(np.full(10, 0.5)),
+    }
+    keep = [0, 4, 9]
+    traj = Trajectory(step=keep, extra={k: v[keep] for k, v in sums.items()})
+    got = traj.exact_means(4, 9)  # steps 5..9
+    assert got["steps"] == 5
+    assert got["angular_update_rms"] == pytest.approx(np.sqrt((25 + 36 + 49 + 64 + 81) / 5) / 100)
+    assert got["grad_norm_sphere_rms"] == pytest.approx(np.sqrt((36 + 49 + 64 + 81 + 100) / 5))
+    assert got["grad_norm_sphere_mean"] == pytest.approx(8.0)
+    assert got["norm_mean"] == 2.0 and got["elr_mean"] == 0.5
+    assert traj.exact_means()["steps"] == 9
+    assert traj.exact_means(9, 9) is None
+    assert Trajectory(step=keep, rho=[1.0, 1.0, 1.0]).exact_means() is None
