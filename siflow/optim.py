@@ -50,6 +50,7 @@ from numba import njit
 from numpy.typing import NDArray
 
 from siflow._validate import check_beta, check_lr_wd, check_momentum, check_nonnegative
+from siflow.losses import _FAST
 
 __all__ = [
     "SGD",
@@ -74,9 +75,6 @@ __all__ = [
 SGD = 0
 ADAMW = 1
 
-#: LLVM flags of the kernels (reordered sums, fused multiply-adds); round-off only.
-#: Not ``nnan``/``ninf``: callers test ``isfinite``.
-_FAST = {"reassoc", "contract", "nsz"}
 
 # indices into the hyperparameter vector ``hp`` of :func:`update`
 HP_LR, HP_WD, HP_MU, HP_B1, HP_B2, HP_EPS, HP_RADIUS = range(7)

@@ -485,7 +485,9 @@ def elr_doubling_time(lr: ArrayLike, wd: ArrayLike, momentum: ArrayLike = 0.0) -
     """
     lr, wd = check_lr_wd(lr, wd)
     mu = check_momentum(momentum)
-    return _out(math.log(2.0) / (-2.0 * _log_decay(lr, wd, mu)))
+    rate = -_log_decay(lr, wd, mu) + 0.0  # + 0.0: an underflowing lr*wd gives +inf, not -inf
+    with np.errstate(divide="ignore"):
+        return _out(math.log(2.0) / (2.0 * rate))
 
 
 def stability_threshold_elr(

@@ -2,22 +2,36 @@
 
 Every package the ``test`` extra declares must import: a missing one fails the run at
 start-up with the install command, instead of letting tests skip without a word.
+
+numba's on-disk cache checks only a kernel's own file, so a kernel calling an edited
+kernel of another module could keep running the old code. The tests therefore compile
+into a cache folder named by a digest of the package's sources (set before numba is
+imported, inherited by subprocesses): edited sources never meet stale kernels.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import os
 import tomllib
 from pathlib import Path
 
-import matplotlib
-import pytest
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _source_digest() -> str:
+    sources = sorted((ROOT / "siflow").rglob("*.py"))
+    return hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()[:16]
+
+
+os.environ.setdefault("NUMBA_CACHE_DIR", str(ROOT / ".numba_cache" / _source_digest()))
+
+import matplotlib  # noqa: E402
+import pytest  # noqa: E402
 
 matplotlib.use("Agg")
 os.environ.setdefault("MPLBACKEND", "Agg")
-
-ROOT = Path(__file__).resolve().parents[1]
 
 #: Distribution name -> the module a test imports, where the two differ.
 _MODULE_OF = {
