@@ -77,6 +77,7 @@ nn = torch.nn
 __all__ = [
     "SIRecorder",
     "is_rank_zero",
+    "rotational_equilibrium_of",
     "find_si_groups",
     "check_scale_invariance",
     "sphere_sharpness",
@@ -448,6 +449,50 @@ def _power_sharpness(
         lam, vec = power(lam, None)
     rho2 = float(w @ w)
     return lam, rho2 * lam, vec
+
+
+# --------------------------------------------------------------------------- rotation
+def rotational_equilibrium_of(optimizer: Any, param: Any) -> tuple[float, float]:
+    """Equilibrium angular and relative update of ``param`` under ``optimizer``.
+
+    Reads the hyperparameters of the parameter's group (``lr``, ``weight_decay``,
+    ``momentum``, ``nesterov``, ``betas``) and the optimizer's class (``SGD``,
+    ``AdamW``, ``Lion``) and evaluates :func:`siflow.theory.rotational_equilibrium`.
+    A weight whose measured angular update and ``|dw|/|w|`` sit at these values is
+    in rotational equilibrium, whether or not it is exactly scale-invariant.
+
+    Returns
+    -------
+    (angle, relative_update) : tuple of float
+        Radians per step and ``|dw|/|w|`` per step; NaN for a group without weight
+        decay (no equilibrium).
+
+    Raises
+    ------
+    ValueError
+        If ``param`` is not in ``optimizer`` or the optimizer has no equilibrium
+        in :mod:`siflow.theory`.
+    """
+    from siflow import theory
+
+    for pg in optimizer.param_groups:
+        if any(p is param for p in pg["params"]):
+            break
+    else:
+        raise ValueError("param is not updated by optimizer; pass one of its parameters")
+    wd = float(pg.get("weight_decay", 0.0))
+    if wd == 0.0:
+        return math.nan, math.nan
+    betas = tuple(float(b) for b in pg.get("betas", (0.9, 0.999)))
+    angle, rel = theory.rotational_equilibrium(
+        type(optimizer).__name__,
+        float(pg["lr"]),
+        wd,
+        momentum=float(pg.get("momentum", 0.0)),
+        betas=(betas[0], betas[1]),
+        nesterov=bool(pg.get("nesterov", False)),
+    )
+    return float(angle), float(rel)
 
 
 # --------------------------------------------------------------------------- recorder
