@@ -582,6 +582,24 @@ def _put(row: dict[str, float], key: str, gram: Sequence[Sequence[float]], lr: f
         row["grad_norm"] = gn
 
 
+def _dense_view(row: Any, start: int, like: Any) -> Any:
+    """``like.numel()`` elements of ``row`` from ``start``, shaped and strided as ``like``.
+
+    A parameter stored densely in another memory format (a channels-last conv
+    weight) then copies into its slice as one contiguous block.
+    """
+    n = like.numel()
+    dims = sorted((st, sz) for st, sz in zip(like.stride(), like.shape, strict=True) if sz > 1)
+    expect, dense = 1, True
+    for st, sz in dims:
+        dense = dense and st == expect
+        expect *= sz
+    flat = row[start : start + n]
+    if dense and n > 0:
+        return flat.as_strided(like.shape, like.stride())
+    return flat.view(like.shape)
+
+
 class _FlatBuffer:
     """Rows ``(w_t, g_t, w_{t+1} - w_t)`` of the SI tensors in one preallocated buffer.
 
@@ -594,11 +612,24 @@ class _FlatBuffer:
     def __init__(self, groups: Mapping[str, Sequence[Any]]) -> None:
         self.tensors = [p for ps in groups.values() for p in ps]
         self._sizes = [len(ps) for ps in groups.values()]
+        self._sharded = any(hasattr(p, "to_local") for p in self.tensors)
         self.bounds: list[tuple[int, int]] = []
         self._buf: Any = None
+        self._shapes: list[Any] = []
         self._views: list[list[Any]] = []
+        self._rows02: Any = None
+
+    def weights(self) -> list[Any]:
+        """The SI tensors as stored on this process (their local shards under FSDP)."""
+        return [_local(p) for p in self.tensors] if self._sharded else self.tensors
+
+    def grads(self) -> list[Any]:
+        """Their gradients (local shards under FSDP)."""
+        return [_local(p.grad) for p in self.tensors]
 
     def _ensure(self) -> None:
+        if self._buf is not None and not self._sharded:
+            return
         local = [_local(p) for p in self.tensors]
         shapes = [t.shape for t in local]
         if self._buf is not None and shapes == self._shapes:
@@ -608,12 +639,14 @@ class _FlatBuffer:
             dtype = torch.promote_types(dtype, t.dtype)
         total = sum(t.numel() for t in local)
         self._buf = torch.empty(3, total, dtype=dtype, device=local[0].device)
+        self._rows02 = self._buf[0::2]
+        self._rows = list(self._buf.unbind(0))
         self._shapes = shapes
         self._views = [[], [], []]
         starts, pos = [], 0
         for t in local:
             for row in range(3):
-                self._views[row].append(self._buf[row, pos : pos + t.numel()].view(t.shape))
+                self._views[row].append(_dense_view(self._buf[row], pos, t))
             starts.append(pos)
             pos += t.numel()
         starts.append(pos)
@@ -628,18 +661,17 @@ class _FlatBuffer:
 
     def store_update(self) -> None:
         """Row 2 becomes ``w_{t+1} - w_t`` (row 0 holds ``w_t``)."""
-        self.store(2, [_local(p) for p in self.tensors])
-        self._buf[2].sub_(self._buf[0])
+        self.store(2, self.weights())
+        self._rows[2].sub_(self._rows[0])
 
     def group_grams(self) -> Any:
         """``(G, 3, 3)`` Gram matrices of the rows over each group's columns."""
-        self._ensure()
         buf = self._buf
         return torch.stack([buf[:, a:b] @ buf[:, a:b].T for a, b in self.bounds])
 
     def total_gram(self) -> Any:
         """``2 x 2`` Gram matrix of ``(w_t, w_{t+1} - w_t)`` over all SI columns."""
-        m = self._buf[0::2]
+        m = self._rows02
         return m @ m.T
 
 
@@ -762,6 +794,7 @@ class SIRecorder:
         self.meta: dict[str, Any] = dict(meta or {})
         self.meta.update(self._hyper_meta())
         self._flatbuf = _FlatBuffer(self.groups)
+        self._no_grad = torch.no_grad()
         self._pgroup = process_group
         if self._pgroup is None:
             self._pgroup = _shard_group(self._flatbuf.tensors)
@@ -835,7 +868,8 @@ class SIRecorder:
         if not (row_due or self.window):
             self._pre = None
             return
-        self._flatbuf.store(0, [_local(p) for p in self._flatbuf.tensors])
+        with self._no_grad:
+            self._flatbuf.store(0, self._flatbuf.weights())
         self._pre = {"row": row_due}
         if row_due and self.sharpness_every and self._steps % self.sharpness_every == 0:
             lam, s, self._sharp_vec = _sharpness(
@@ -857,8 +891,9 @@ class SIRecorder:
             return
         buf = self._flatbuf
         if not pre["row"]:
-            buf.store_update()
-            (r2, p), (_, d2) = self._reduce(buf.total_gram()).tolist()
+            with self._no_grad:
+                buf.store_update()
+                (r2, p), (_, d2) = self._reduce(buf.total_gram()).tolist()
             self._add_angle(_angle(r2, p, d2))
             return
         for name, ps in self.groups.items():
@@ -867,9 +902,10 @@ class SIRecorder:
                     f"group {name!r} has no gradient at step {step}; call "
                     f"loss.backward() before optimizer.step()"
                 )
-        buf.store(1, [_local(q.grad) for q in buf.tensors])
-        buf.store_update()
-        grams = self._reduce(buf.group_grams()).tolist()
+        with self._no_grad:
+            buf.store(1, buf.grads())
+            buf.store_update()
+            grams = self._reduce(buf.group_grams()).tolist()
         names = list(self.groups)
         lrs = [float(self._param_group[id(self.groups[n][0])]["lr"]) for n in names]
         wds = [float(self._param_group[id(self.groups[n][0])].get("weight_decay", 0.0))
