@@ -568,8 +568,8 @@ def _angle(r2: float, p: float, d: float) -> float:
 
 
 def _put(row: dict[str, float], key: str, gram: Sequence[Sequence[float]], lr: float) -> None:
-    """Write one group's columns from its Gram matrix of ``(w_t, g_t, w_{t+1} - w_t)``."""
-    r2, gw, wd_, g2, d2 = gram[0][0], gram[0][1], gram[0][2], gram[1][1], gram[2][2]
+    """Write one group's columns from its Gram matrix of ``(w_t, g_t, w_t - w_{t+1})``."""
+    r2, gw, wd_, g2, d2 = gram[0][0], gram[0][1], -gram[0][2], gram[1][1], gram[2][2]
     rho, gn = math.sqrt(max(r2, 0.0)), math.sqrt(max(g2, 0.0))
     sfx = f"/{key}" if key else ""
     row["rho" + sfx] = rho
@@ -601,7 +601,7 @@ def _dense_view(row: Any, start: int, like: Any) -> Any:
 
 
 class _FlatBuffer:
-    """Rows ``(w_t, g_t, w_{t+1} - w_t)`` of the SI tensors in one preallocated buffer.
+    """Rows ``(w_t, g_t, w_t - w_{t+1})`` of the SI tensors in one preallocated buffer.
 
     Each SI tensor (its local shard under FSDP) owns a contiguous slice of every
     row, in group order, so a group is a column range and its Gram matrix
@@ -640,7 +640,6 @@ class _FlatBuffer:
         total = sum(t.numel() for t in local)
         self._buf = torch.empty(3, total, dtype=dtype, device=local[0].device)
         self._rows02 = self._buf[0::2]
-        self._rows = list(self._buf.unbind(0))
         self._shapes = shapes
         self._views = [[], [], []]
         starts, pos = [], 0
@@ -659,10 +658,16 @@ class _FlatBuffer:
         self._ensure()
         torch._foreach_copy_(self._views[row], tensors)
 
+    def store_weights(self) -> None:
+        """Rows 0 and 2 become ``w_t`` (one ``_foreach_copy_``)."""
+        self._ensure()
+        ws = self.weights()
+        torch._foreach_copy_(self._views[0] + self._views[2], ws + ws)
+
     def store_update(self) -> None:
-        """Row 2 becomes ``w_{t+1} - w_t`` (row 0 holds ``w_t``)."""
-        self.store(2, self.weights())
-        self._rows[2].sub_(self._rows[0])
+        """Row 2 becomes ``w_t - w_{t+1}`` (after :meth:`store_weights` before the step)."""
+        self._ensure()
+        torch._foreach_sub_(self._views[2], self.weights())
 
     def group_grams(self) -> Any:
         """``(G, 3, 3)`` Gram matrices of the rows over each group's columns."""
@@ -670,7 +675,7 @@ class _FlatBuffer:
         return torch.stack([buf[:, a:b] @ buf[:, a:b].T for a, b in self.bounds])
 
     def total_gram(self) -> Any:
-        """``2 x 2`` Gram matrix of ``(w_t, w_{t+1} - w_t)`` over all SI columns."""
+        """``2 x 2`` Gram matrix of ``(w_t, w_t - w_{t+1})`` over all SI columns."""
         m = self._rows02
         return m @ m.T
 
@@ -730,7 +735,7 @@ class SIRecorder:
     (PyTorch Lightning, L-BFGS) is recorded correctly. This assumes the optimizer
     does not modify ``p.grad`` in place, true of the ``torch.optim`` optimizers.
     All norms and dot products of a row come from one Gram matrix per group
-    (``M M^T`` with ``M`` the rows ``w_t``, ``g_t``, ``w_{t+1} - w_t``) computed in
+    (``M M^T`` with ``M`` the rows ``w_t``, ``g_t``, ``w_t - w_{t+1}``) computed in
     the parameters' dtype; the combination into the columns is in float64.
 
     Under ``torch.distributed`` only rank 0 writes files (:meth:`save`,
@@ -869,7 +874,7 @@ class SIRecorder:
             self._pre = None
             return
         with self._no_grad:
-            self._flatbuf.store(0, self._flatbuf.weights())
+            self._flatbuf.store_weights()
         self._pre = {"row": row_due}
         if row_due and self.sharpness_every and self._steps % self.sharpness_every == 0:
             lam, s, self._sharp_vec = _sharpness(
@@ -894,7 +899,7 @@ class SIRecorder:
             with self._no_grad:
                 buf.store_update()
                 (r2, p), (_, d2) = self._reduce(buf.total_gram()).tolist()
-            self._add_angle(_angle(r2, p, d2))
+            self._add_angle(_angle(r2, -p, d2))
             return
         for name, ps in self.groups.items():
             if any(q.grad is None for q in ps):
