@@ -680,6 +680,9 @@ class _FlatBuffer:
         return m @ m.T
 
 
+_WINDOW_ONLY: dict[str, Any] = {"row": False}
+
+
 class SIRecorder:
     """Records SI metrics at every ``every``-th optimizer step.
 
@@ -847,9 +850,15 @@ class SIRecorder:
         self._backward_id += 1
 
     def log_loss(self, loss: Any) -> None:
-        """Attach the training loss of the current step (a tensor or a number)."""
+        """Attach the training loss of the current step (a tensor or a number).
+
+        Free on steps that record no row (the tensor is not read).
+        """
+        fill_last = bool(self._rows) and self._row_backward_id == self._backward_id
+        if not fill_last and self._steps % self.every:
+            return  # neither the step just taken nor the coming one records a row
         value = float(loss.detach()) if hasattr(loss, "detach") else float(loss)
-        if self._rows and self._row_backward_id == self._backward_id:
+        if fill_last:
             # the step that used this backward already ran: fill its row
             self._rows[-1]["loss"] = value
         else:
@@ -875,7 +884,7 @@ class SIRecorder:
             return
         with self._no_grad:
             self._flatbuf.store_weights()
-        self._pre = {"row": row_due}
+        self._pre = {"row": row_due} if row_due else _WINDOW_ONLY
         if row_due and self.sharpness_every and self._steps % self.sharpness_every == 0:
             lam, s, self._sharp_vec = _sharpness(
                 self.sharpness_loss,  # type: ignore[arg-type]

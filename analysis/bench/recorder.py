@@ -14,8 +14,8 @@ so a change of the machine's load hits both; the overhead of a configuration
 is the median over repeats of (recorder block time / the mean of the two plain
 blocks around it) - 1; and, more robust on a busy machine, the CPU time spent
 inside the recorder's own hooks (optimizer pre/post-step hooks, backward hook,
-``log_loss``; the timer itself adds about 20 us per step) over the plain step
-time, each the best of the repeats, which the targets use. Times are the
+``log_loss``; the timer's own cost, measured in the run, is subtracted) over
+the plain step time, each the best of the repeats, which the targets use. Times are the
 process's CPU time (``time.process_time``,
 one thread): on a shared machine the wall time also counts the moments another
 process held the core, which is noise for both arms. ``--baseline FILE`` times another version of
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import math
 import statistics
 import sys
 import time
@@ -88,11 +89,15 @@ class Bench:
                 self.loss_hook(loss)
 
 
+_TIMER = [0.0]  # CPU seconds per timed call spent in the timer (measured in the run)
+
+
 class _Clock:
     """CPU time spent inside wrapped callables."""
 
     def __init__(self) -> None:
         self.total = 0.0
+        self.calls = 0
 
     def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         def timed(*args: Any, **kwargs: Any) -> Any:
@@ -101,8 +106,21 @@ class _Clock:
                 return fn(*args, **kwargs)
             finally:
                 self.total += time.process_time() - t0
+                self.calls += 1
 
         return timed
+
+
+def timer_cost(calls: int = 20000) -> float:
+    """CPU seconds the timing wrapper itself adds to one call (best of 5), subtracted."""
+    best = math.inf
+    for _ in range(5):
+        clock = _Clock()
+        nop = clock.wrap(lambda: None)
+        for _ in range(calls):
+            nop()
+        best = min(best, clock.total / calls)
+    return best
 
 
 def _recorder(probe: Any, bench: Bench, every: int, window: bool, clock: _Clock) -> Any:
@@ -134,7 +152,7 @@ def _block(
     if rec is not None:
         rec.close()
         bench.loss_hook = None
-    return dt, clock.total / steps
+    return dt, max(clock.total - clock.calls * _TIMER[0], 0.0) / steps
 
 
 def measure_overheads(
@@ -154,6 +172,7 @@ def measure_overheads(
     steps, repeat = (100, 7) if quick else (100, 25)
     out = []
     with H.pinned_threads(1):
+        _TIMER[0] = timer_cost()
         bench = Bench()
         bench.steps(30)  # warm-up
         for tag, probe in probes:
