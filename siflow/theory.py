@@ -2031,6 +2031,101 @@ def decoupled_relaxation_time(lr: ArrayLike, wd: ArrayLike) -> Array:
         return _out(-1.0 / (2.0 * np.log1p(-lr * wd)))
 
 
+# --- rotational monitor
+
+#: Optimizers with a rotational equilibrium in this module (``torch.optim`` class names,
+#: lower case); Adam with coupled weight decay has none here.
+ROTATIONAL_OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw", "lion")
+
+
+def equilibrium_relative_update(angle: ArrayLike) -> Array:
+    r"""RMS relative update ``|w_{t+1} - w_t| / |w|`` at rotational equilibrium.
+
+    At equilibrium ``E|w_{t+1}|^2 = E|w_t|^2 = rho*^2`` and the angular update is
+    defined by ``cos Delta* = E<w_t, w_{t+1}> / rho*^2`` (the ``*_equilibrium_angle``
+    functions), so ``E|w_{t+1} - w_t|^2 = 2 rho*^2 (1 - cos Delta*)``: the relative
+    update is the chord of the angle,::
+
+        |dw| / |w| = sqrt(2 (1 - cos Delta*)) = 2 sin(Delta* / 2)
+
+    exact under the same model as the angle (first order: ``Delta*``). Source: the
+    equilibrium angles of docs/theory.md sections 1, 3 and 5 (Kosson et al. 2024 state
+    the equilibrium as this relative update).
+
+    Parameters
+    ----------
+    angle : array_like
+        Equilibrium angular update ``Delta*`` in radians, in ``[0, pi]``.
+
+    Returns
+    -------
+    ndarray or float
+        Relative update per step. Broadcast over the input.
+    """
+    a = check_nonnegative("angle", angle)
+    if np.any(a > math.pi):
+        raise ValueError(f"angle must be in [0, pi] radians, got max {float(np.max(a))!r}")
+    return _out(2.0 * np.sin(a / 2.0))
+
+
+def rotational_equilibrium(
+    optimizer: str,
+    lr: ArrayLike,
+    wd: ArrayLike,
+    momentum: ArrayLike = 0.0,
+    betas: tuple[float, float] = (0.9, 0.999),
+    nesterov: bool = False,
+) -> tuple[Array, Array]:
+    r"""Equilibrium angular update and relative update of a weight under ``optimizer``.
+
+    Dispatches to the closed forms of this module for the optimizer in use
+    (``torch.optim`` names): ``"sgd"`` -> :func:`sgd_equilibrium_angle` (``momentum = 0``)
+    or :func:`sgdm_equilibrium_angle`; ``"adamw"`` -> :func:`adamw_equilibrium_angle`
+    (``beta1 = betas[0]``); ``"lion"`` -> :func:`lion_equilibrium_angle`. The relative
+    update is :func:`equilibrium_relative_update` of that angle. Both hold for a
+    scale-invariant weight (gradient orthogonal to it); a layer that is not exactly
+    SI and still shows them is in rotational equilibrium (docs/theory.md section 5).
+
+    Parameters
+    ----------
+    optimizer : str
+        ``"sgd"``, ``"adamw"`` or ``"lion"`` (case-insensitive).
+    lr, wd : array_like
+        The weight's learning rate and weight decay (PyTorch convention: decoupled
+        decay ``lr * wd`` per step for AdamW and Lion), ``lr*wd < 1``.
+    momentum : array_like
+        SGD momentum in ``[0, 1)``.
+    betas : tuple of float
+        AdamW ``(beta1, beta2)`` (beta2 unused) or Lion ``(beta1, beta2)``.
+    nesterov : bool
+        SGD with Nesterov momentum.
+
+    Returns
+    -------
+    (angle, relative_update) : tuple
+        Radians per step and ``|dw|/|w|`` per step.
+    """
+    name = str(optimizer).lower()
+    if name == "sgd":
+        if nesterov or np.any(np.asarray(momentum) != 0):
+            angle = sgdm_equilibrium_angle(lr, wd, momentum, nesterov=nesterov)
+        else:
+            angle = sgd_equilibrium_angle(lr, wd)
+    elif name == "adamw":
+        angle = adamw_equilibrium_angle(lr, wd, betas[0])
+    elif name == "lion":
+        angle = lion_equilibrium_angle(lr, wd, betas[0], betas[1])
+    else:
+        raise ValueError(
+            f"optimizer={optimizer!r} has no rotational equilibrium here; use one of "
+            f"{', '.join(ROTATIONAL_OPTIMIZERS)} (Adam with coupled weight decay: use AdamW)"
+        )
+    return angle, equilibrium_relative_update(angle)
+
+
+__all__ += ["ROTATIONAL_OPTIMIZERS", "equilibrium_relative_update", "rotational_equilibrium"]
+
+
 if __name__ == "__main__":  # pragma: no cover - exercised through subprocess in the tests
     from siflow._theory_cli import main
 

@@ -19,8 +19,10 @@ column                       formula (exact, no expansion in ``lr*wd``)
 ``rho``                      ``|w_t|``
 ``grad_norm_sphere``         ``g~ = |w_t| |g_t|`` (gradient on the unit sphere)
 ``elr``                      ``lr / |w_t|^2``
-``angular_update``           ``angle(w_t, w_{t+1}) = 2 atan2(|a-b|, |a+b|)``,
-                             ``a, b`` the unit vectors (accurate for tiny angles)
+``angular_update``           ``angle(w_t, w_{t+1}) = atan2(|d_perp|, |w_t| + <w_t, d>/|w_t|)``
+                             with ``d = w_{t+1} - w_t`` and ``d_perp`` its part
+                             orthogonal to ``w_t`` (accurate for tiny angles)
+``relative_update``          ``|w_{t+1} - w_t| / |w_t|``
 ``radial``                   ``<g_t, w_t> / (|g_t| |w_t|)``: 0 for an exactly SI
                              loss (docs/theory.md section 0); nonzero when
                              invariance is broken, e.g. by BatchNorm's ``eps``
@@ -32,15 +34,17 @@ column                       formula (exact, no expansion in ``lr*wd``)
 With ``every > 1`` the columns above describe the logged step only, and a
 destabilization lasting a few steps can fall between two rows. The recorder
 therefore also measures the total angular update at every step (one copy of the
-SI weights per step) and gives each row the statistics of the ``every`` steps it
-stands for (``t, ..., t + every - 1``): ``angular_update_rms_window`` (RMS angle)
-and ``log_cos_mean_window`` (mean of ``ln cos Delta``; for plain SGD on an SI loss
+SI weights per step; ``window=False`` turns this off) and gives each row the
+statistics of the ``every`` steps it stands for (``t, ..., t + every - 1``):
+``angular_update_rms_window`` (RMS angle) and ``log_cos_mean_window`` (mean of
+``ln cos Delta``; for plain SGD on an SI loss
 ``rho_{t+1}/rho_t = (1 - lr wd)/cos Delta_t`` exactly, so this mean over a long
 window tends to ``ln(1 - lr wd)``).
 
 Totals go into the :class:`~siflow.trajectory.Trajectory` fields; per-group
 values into ``extra`` as ``rho/<group>``, ``grad_norm_sphere/<group>``,
-``elr/<group>``, ``angular_update/<group>``, ``radial/<group>``; the total
+``elr/<group>``, ``angular_update/<group>``, ``relative_update/<group>``,
+``radial/<group>``; the total
 ``radial``, the raw ``grad_norm`` and ``sharpness_tangent`` are in ``extra`` too.
 ``meta`` holds ``lr``, ``wd``, ``momentum``, ``optimizer``, ``groups`` and
 ``source``. Row ``t`` describes step ``t``: the weights before it, the gradient
@@ -72,6 +76,8 @@ nn = torch.nn
 
 __all__ = [
     "SIRecorder",
+    "is_rank_zero",
+    "rotational_equilibrium_of",
     "find_si_groups",
     "check_scale_invariance",
     "sphere_sharpness",
@@ -445,7 +451,57 @@ def _power_sharpness(
     return lam, rho2 * lam, vec
 
 
+# --------------------------------------------------------------------------- rotation
+def rotational_equilibrium_of(optimizer: Any, param: Any) -> tuple[float, float]:
+    """Equilibrium angular and relative update of ``param`` under ``optimizer``.
+
+    Reads the hyperparameters of the parameter's group (``lr``, ``weight_decay``,
+    ``momentum``, ``nesterov``, ``betas``) and the optimizer's class (``SGD``,
+    ``AdamW``, ``Lion``) and evaluates :func:`siflow.theory.rotational_equilibrium`.
+    A weight whose measured angular update and ``|dw|/|w|`` sit at these values is
+    in rotational equilibrium, whether or not it is exactly scale-invariant.
+
+    Returns
+    -------
+    (angle, relative_update) : tuple of float
+        Radians per step and ``|dw|/|w|`` per step; NaN for a group without weight
+        decay (no equilibrium).
+
+    Raises
+    ------
+    ValueError
+        If ``param`` is not in ``optimizer`` or the optimizer has no equilibrium
+        in :mod:`siflow.theory`.
+    """
+    from siflow import theory
+
+    for pg in optimizer.param_groups:
+        if any(p is param for p in pg["params"]):
+            break
+    else:
+        raise ValueError("param is not updated by optimizer; pass one of its parameters")
+    wd = float(pg.get("weight_decay", 0.0))
+    if wd == 0.0:
+        return math.nan, math.nan
+    betas = tuple(float(b) for b in pg.get("betas", (0.9, 0.999)))
+    angle, rel = theory.rotational_equilibrium(
+        type(optimizer).__name__,
+        float(pg["lr"]),
+        wd,
+        momentum=float(pg.get("momentum", 0.0)),
+        betas=(betas[0], betas[1]),
+        nesterov=bool(pg.get("nesterov", False)),
+    )
+    return float(angle), float(rel)
+
+
 # --------------------------------------------------------------------------- recorder
+def is_rank_zero() -> bool:
+    """True outside ``torch.distributed`` and on its rank 0: the process that writes."""
+    dist = torch.distributed
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
 def _normalize_groups(model: Any, groups: GroupSpec, example_input: Any) -> dict[str, list[Any]]:
     if groups is None:
         found = find_si_groups(model, example_input=example_input)
@@ -475,28 +531,156 @@ def _normalize_groups(model: Any, groups: GroupSpec, example_input: Any) -> dict
     return out
 
 
-def _group_stats(w0: Any, g0: Any, w1: Any) -> Any:
-    """``[|w0|, |g0|, <g0, w0>, angle(w0, w1)]`` in float64.
+def _local(t: Any) -> Any:
+    """The local tensor of a parameter: its shard for a ``DTensor`` (FSDP2), else itself."""
+    to_local = getattr(t, "to_local", None)
+    return (t if to_local is None else to_local()).detach()
 
-    The angle is ``2 atan2(|a - b|, |a + b|)`` with ``a, b`` the unit vectors: exact
-    and accurate for tiny angles, where ``arccos`` of the cosine loses half the digits.
+
+def _shard_group(tensors: Sequence[Any]) -> Any:
+    """Process group over which ``tensors`` are sharded (``DTensor`` with a ``Shard``), or None."""
+    found = None
+    for t in tensors:
+        placements = getattr(t, "placements", None)
+        if placements is None or not any(pl.is_shard() for pl in placements):
+            continue
+        mesh = t.device_mesh
+        if mesh.ndim != 1:
+            raise ValueError(
+                "SI parameters sharded over a multi-dimensional device mesh are not supported; "
+                "pass process_group=<the group that holds the shards>"
+            )
+        found = mesh.get_group()
+    return found
+
+
+def _angle(r2: float, p: float, d: float) -> float:
+    """Angle between ``w`` and ``w + dw`` from ``|w|^2``, ``<w, dw>`` and ``|dw|^2``.
+
+    ``atan2(|dw_perp|, |w| + <w, dw>/|w|)`` with ``|dw_perp|^2 = |dw|^2 - <w, dw>^2/|w|^2``:
+    exact, and accurate for tiny angles (no ``arccos`` of a cosine near 1).
     """
-    r0, r1 = w0.norm(), w1.norm()
-    a, b = w0 / r0, w1 / r1
-    ang = 2.0 * torch.atan2((a - b).norm(), (a + b).norm())
-    return torch.stack([r0, g0.norm(), g0 @ w0, ang])
+    if r2 <= 0.0:
+        return math.nan
+    r = math.sqrt(r2)
+    perp2 = max(d - p * p / r2, 0.0)
+    return math.atan2(math.sqrt(perp2), r + p / r)
 
 
-def _put(row: dict[str, float], key: str, st: Sequence[float], lr: float) -> None:
-    rho, gn, gw, ang = st
+def _put(row: dict[str, float], key: str, gram: Sequence[Sequence[float]], lr: float) -> None:
+    """Write one group's columns from its Gram matrix of ``(w_t, g_t, w_t - w_{t+1})``."""
+    r2, gw, wd_, g2, d2 = gram[0][0], gram[0][1], -gram[0][2], gram[1][1], gram[2][2]
+    rho, gn = math.sqrt(max(r2, 0.0)), math.sqrt(max(g2, 0.0))
     sfx = f"/{key}" if key else ""
     row["rho" + sfx] = rho
     row["grad_norm_sphere" + sfx] = rho * gn
-    row["elr" + sfx] = lr / rho**2 if rho > 0 else math.nan
-    row["angular_update" + sfx] = ang
+    row["elr" + sfx] = lr / r2 if rho > 0 else math.nan
+    row["angular_update" + sfx] = _angle(r2, wd_, d2)
+    row["relative_update" + sfx] = math.sqrt(max(d2, 0.0)) / rho if rho > 0 else math.nan
     row["radial" + sfx] = gw / (gn * rho) if gn > 0 and rho > 0 else math.nan
     if not key:
         row["grad_norm"] = gn
+
+
+def _dense_view(row: Any, start: int, like: Any) -> Any:
+    """``like.numel()`` elements of ``row`` from ``start``, shaped and strided as ``like``.
+
+    A parameter stored densely in another memory format (a channels-last conv
+    weight) then copies into its slice as one contiguous block.
+    """
+    n = like.numel()
+    dims = sorted((st, sz) for st, sz in zip(like.stride(), like.shape, strict=True) if sz > 1)
+    expect, dense = 1, True
+    for st, sz in dims:
+        dense = dense and st == expect
+        expect *= sz
+    flat = row[start : start + n]
+    if dense and n > 0:
+        return flat.as_strided(like.shape, like.stride())
+    return flat.view(like.shape)
+
+
+class _FlatBuffer:
+    """Rows ``(w_t, g_t, w_t - w_{t+1})`` of the SI tensors in one preallocated buffer.
+
+    Each SI tensor (its local shard under FSDP) owns a contiguous slice of every
+    row, in group order, so a group is a column range and its Gram matrix
+    ``M M^T`` (one matrix product) gives every norm and dot product of the
+    recorder at once. The buffer has the parameters' dtype: no float64 copy.
+    """
+
+    def __init__(self, groups: Mapping[str, Sequence[Any]]) -> None:
+        self.tensors = [p for ps in groups.values() for p in ps]
+        self._sizes = [len(ps) for ps in groups.values()]
+        self._sharded = any(hasattr(p, "to_local") for p in self.tensors)
+        self.bounds: list[tuple[int, int]] = []
+        self._buf: Any = None
+        self._shapes: list[Any] = []
+        self._views: list[list[Any]] = []
+        self._rows02: Any = None
+
+    def weights(self) -> list[Any]:
+        """The SI tensors as stored on this process (their local shards under FSDP)."""
+        return [_local(p) for p in self.tensors] if self._sharded else self.tensors
+
+    def grads(self) -> list[Any]:
+        """Their gradients (local shards under FSDP)."""
+        return [_local(p.grad) for p in self.tensors]
+
+    def _ensure(self) -> None:
+        if self._buf is not None and not self._sharded:
+            return
+        local = [_local(p) for p in self.tensors]
+        shapes = [t.shape for t in local]
+        if self._buf is not None and shapes == self._shapes:
+            return
+        dtype = local[0].dtype
+        for t in local[1:]:
+            dtype = torch.promote_types(dtype, t.dtype)
+        total = sum(t.numel() for t in local)
+        self._buf = torch.empty(3, total, dtype=dtype, device=local[0].device)
+        self._rows02 = self._buf[0::2]
+        self._shapes = shapes
+        self._views = [[], [], []]
+        starts, pos = [], 0
+        for t in local:
+            for row in range(3):
+                self._views[row].append(_dense_view(self._buf[row], pos, t))
+            starts.append(pos)
+            pos += t.numel()
+        starts.append(pos)
+        self.bounds, k = [], 0
+        for n in self._sizes:
+            self.bounds.append((starts[k], starts[k + n]))
+            k += n
+
+    def store(self, row: int, tensors: Sequence[Any]) -> None:
+        self._ensure()
+        torch._foreach_copy_(self._views[row], tensors)
+
+    def store_weights(self) -> None:
+        """Rows 0 and 2 become ``w_t`` (one ``_foreach_copy_``)."""
+        self._ensure()
+        ws = self.weights()
+        torch._foreach_copy_(self._views[0] + self._views[2], ws + ws)
+
+    def store_update(self) -> None:
+        """Row 2 becomes ``w_t - w_{t+1}`` (after :meth:`store_weights` before the step)."""
+        self._ensure()
+        torch._foreach_sub_(self._views[2], self.weights())
+
+    def group_grams(self) -> Any:
+        """``(G, 3, 3)`` Gram matrices of the rows over each group's columns."""
+        buf = self._buf
+        return torch.stack([buf[:, a:b] @ buf[:, a:b].T for a, b in self.bounds])
+
+    def total_gram(self) -> Any:
+        """``2 x 2`` Gram matrix of ``(w_t, w_t - w_{t+1})`` over all SI columns."""
+        m = self._rows02
+        return m @ m.T
+
+
+_WINDOW_ONLY: dict[str, Any] = {"row": False}
 
 
 class SIRecorder:
@@ -531,12 +715,34 @@ class SIRecorder:
         a long run leaves a readable log if it is killed.
     meta : dict, optional
         Extra metadata (seed, dataset, ...) stored with the log.
+    window : bool
+        With ``every > 1``, also measure the total angular update of every step
+        for the window statistics (one copy of the SI weights per step); ``False``
+        makes the steps between rows free.
+    process_group : torch.distributed.ProcessGroup, optional
+        All-reduce (sum) the norms and dot products over this group: for SI
+        parameters sharded across processes (FSDP). Found automatically for
+        ``DTensor`` parameters sharded on a one-dimensional mesh (FSDP2
+        ``fully_shard``). Replicated parameters (DDP) need nothing: every rank
+        computes the same values.
 
     Notes
     -----
     Call :meth:`log_loss` once per step after ``loss.backward()``, before or after
     ``optimizer.step()``: a backward hook tells which step the loss belongs to.
     With gradient accumulation the last loss logged before the step is kept.
+
+    The weights ``w_t`` are copied before a recorded step (into one preallocated
+    buffer of the parameters' dtype); the gradient ``g_t`` is read from ``p.grad``
+    after the step, so a step that computes its gradients inside ``step(closure)``
+    (PyTorch Lightning, L-BFGS) is recorded correctly. This assumes the optimizer
+    does not modify ``p.grad`` in place, true of the ``torch.optim`` optimizers.
+    All norms and dot products of a row come from one Gram matrix per group
+    (``M M^T`` with ``M`` the rows ``w_t``, ``g_t``, ``w_t - w_{t+1}``) computed in
+    the parameters' dtype; the combination into the columns is in float64.
+
+    Under ``torch.distributed`` only rank 0 writes files (:meth:`save`,
+    ``flush_every``); every rank records the rows.
     """
 
     def __init__(
@@ -553,8 +759,11 @@ class SIRecorder:
         path: str | os.PathLike[str] | None = None,
         flush_every: int | None = None,
         meta: Mapping[str, Any] | None = None,
+        window: bool = True,
+        process_group: Any = None,
     ) -> None:
         self.every = check_positive_int("every", every)
+        self.window = bool(window) and self.every > 1
         if sharpness_every is not None:
             sharpness_every = check_positive_int("sharpness_every", sharpness_every)
             if sharpness_every % self.every:
@@ -592,10 +801,19 @@ class SIRecorder:
                 )
         self.meta: dict[str, Any] = dict(meta or {})
         self.meta.update(self._hyper_meta())
+        self._flatbuf = _FlatBuffer(self.groups)
+        self._no_grad = torch.no_grad()
+        self._pgroup = process_group
+        if self._pgroup is None:
+            self._pgroup = _shard_group(self._flatbuf.tensors)
         self._steps = 0
         self._rows: list[dict[str, float]] = []
+        self._taken = 0
         self._pre: dict[str, Any] | None = None
         self._window: list[Any] = [0.0, 0.0, 0]
+        self._trail: list[float] = [0.0, 0.0]
+        self._trailing: list[float] = []
+        self._hyper: list[tuple[float, float]] = []
         self._pending_loss: float | None = None
         self._backward_id = 0
         self._loss_backward_id = -1
@@ -632,9 +850,15 @@ class SIRecorder:
         self._backward_id += 1
 
     def log_loss(self, loss: Any) -> None:
-        """Attach the training loss of the current step (a tensor or a number)."""
+        """Attach the training loss of the current step (a tensor or a number).
+
+        Free on steps that record no row (the tensor is not read).
+        """
+        fill_last = bool(self._rows) and self._row_backward_id == self._backward_id
+        if not fill_last and self._steps % self.every:
+            return  # neither the step just taken nor the coming one records a row
         value = float(loss.detach()) if hasattr(loss, "detach") else float(loss)
-        if self._rows and self._row_backward_id == self._backward_id:
+        if fill_last:
             # the step that used this backward already ran: fill its row
             self._rows[-1]["loss"] = value
         else:
@@ -646,30 +870,22 @@ class SIRecorder:
         """Number of optimizer steps seen so far."""
         return self._steps
 
-    def _flat(self, tensors: Sequence[Any]) -> Any:
-        return torch.cat([t.detach().reshape(-1).to(torch.float64) for t in tensors])
-
     # ------------------------------------------------------------------ hooks
-    def _all_weights(self) -> Any:
-        return torch.cat([self._flat(ps) for ps in self.groups.values()])
+    def _reduce(self, t: Any) -> Any:
+        """Sum ``t`` over the shards' process group (sharded parameters only)."""
+        if self._pgroup is not None:
+            torch.distributed.all_reduce(t, group=self._pgroup)
+        return t
 
     def _pre_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        if self._steps % self.every:
-            # between logged rows only the total weights, for the window statistics
-            self._pre = {"w_all": self._all_weights().clone()} if self.every > 1 else None
+        row_due = self._steps % self.every == 0
+        if not (row_due or self.window):
+            self._pre = None
             return
-        w, g, lr = {}, {}, {}
-        for name, ps in self.groups.items():
-            if any(p.grad is None for p in ps):
-                raise ValueError(
-                    f"group {name!r} has no gradient at step {self._steps}; call "
-                    f"loss.backward() before optimizer.step()"
-                )
-            w[name] = self._flat(ps).clone()
-            g[name] = self._flat([p.grad for p in ps])
-            lr[name] = float(self._param_group[id(ps[0])]["lr"])
-        self._pre = {"w": w, "g": g, "lr": lr}
-        if self.sharpness_every and self._steps % self.sharpness_every == 0:
+        with self._no_grad:
+            self._flatbuf.store_weights()
+        self._pre = {"row": row_due} if row_due else _WINDOW_ONLY
+        if row_due and self.sharpness_every and self._steps % self.sharpness_every == 0:
             lam, s, self._sharp_vec = _sharpness(
                 self.sharpness_loss,  # type: ignore[arg-type]
                 self.groups,
@@ -687,27 +903,38 @@ class SIRecorder:
         self._steps += 1
         if pre is None:
             return
-        if "w_all" in pre:
-            w0, w1 = pre["w_all"], self._all_weights()
-            a, b = w0 / w0.norm(), w1 / w1.norm()
-            self._window_add(float(2.0 * torch.atan2((a - b).norm(), (a + b).norm())))
+        buf = self._flatbuf
+        if not pre["row"]:
+            with self._no_grad:
+                buf.store_update()
+                (r2, p), (_, d2) = self._reduce(buf.total_gram()).tolist()
+            self._add_angle(_angle(r2, -p, d2))
             return
+        for name, ps in self.groups.items():
+            if any(q.grad is None for q in ps):
+                raise ValueError(
+                    f"group {name!r} has no gradient at step {step}; call "
+                    f"loss.backward() before optimizer.step()"
+                )
+        with self._no_grad:
+            buf.store(1, buf.grads())
+            buf.store_update()
+            grams = self._reduce(buf.group_grams()).tolist()
         names = list(self.groups)
-        lrs = [pre["lr"][n] for n in names]
-        parts = {n: (pre["w"][n], pre["g"][n], self._flat(self.groups[n])) for n in names}
-        if len(names) > 1:
-            parts[""] = tuple(torch.cat([parts[n][i] for n in names]) for i in range(3))
-        stats = torch.stack([_group_stats(*parts[k]) for k in parts]).tolist()
+        lrs = [float(self._param_group[id(self.groups[n][0])]["lr"]) for n in names]
+        wds = [float(self._param_group[id(self.groups[n][0])].get("weight_decay", 0.0))
+               for n in names]  # fmt: skip
         row: dict[str, float] = {"step": float(step)}
-        keys = list(parts)
-        for key, st, lr in zip(keys, stats, lrs + [lrs[0]], strict=False):
-            _put(row, key, st, lr)
-        if len(names) == 1:
-            _put(row, "", stats[0], lrs[0])
+        for name, gram, lr in zip(names, grams, lrs, strict=True):
+            _put(row, name, gram, lr)
+        total = [[sum(g[i][j] for g in grams) for j in range(3)] for i in range(3)]
+        _put(row, "", total, lrs[0])
         if len(set(lrs)) > 1:
             row["elr"] = math.nan  # per-group learning rates differ: see elr/<group>
         if lrs[0] != self.meta["lr"]:
             row["lr"] = lrs[0]
+        if wds[0] != self.meta["wd"]:
+            row["wd"] = wds[0]
         if "sharpness" in pre:
             row["sharpness_tangent"], row["sharpness_sphere"] = pre["sharpness"]
         if self._pending_loss is not None and self._loss_backward_id == self._backward_id:
@@ -715,14 +942,27 @@ class SIRecorder:
         self._pending_loss = None
         self._row_backward_id = self._backward_id
         self._rows.append(row)
-        if self.every > 1:
+        self._hyper.append((lrs[0], wds[0]))
+        if self.window:
             self._window = [0.0, 0.0, 0]
-            self._window_add(row["angular_update"])
+        self._add_angle(row["angular_update"])
+        trail, self._trail = self._trail, [0.0, 0.0]
+        measured = self.window or self.every == 1
+        self._trailing.append(math.sqrt(trail[0] / trail[1]) if measured else math.nan)
         if self.flush_every and len(self._rows) % self.flush_every == 0:
             self.save()
 
-    def _window_add(self, angle: float) -> None:
-        """Add one step's total angle to the statistics of the last row's window."""
+    def _add_angle(self, angle: float) -> None:
+        """Add one step's total angle to the window statistics.
+
+        The last row's forward window (steps ``t .. t + every - 1``) goes into its
+        ``*_window`` columns; the trailing sum since the previous row feeds
+        :meth:`take_rows` (``angular_update_rms`` of the steps up to a row).
+        """
+        self._trail[0] += angle * angle
+        self._trail[1] += 1
+        if not self.window:
+            return
         win = self._window
         win[0] += angle * angle
         win[1] += math.log(math.cos(angle)) if angle < math.pi / 2 else math.nan
@@ -748,11 +988,36 @@ class SIRecorder:
         meta["status"] = "ok"
         return Trajectory.from_columns(cols, meta)
 
+    def take_rows(self) -> list[dict[str, float]]:
+        """The rows recorded since the previous call, for live logging.
+
+        Each is a copy of a row (the columns of :meth:`trajectory`, per-group
+        values under ``<column>/<group>``) with three more entries: ``lr`` and
+        ``wd``, the hyperparameters of the first group at that step, and
+        ``angular_update_rms``, the RMS of the total angular update over the steps
+        since the previous row up to and including this one (NaN with
+        ``window=False`` and ``every > 1``, where those steps are not measured).
+        """
+        out = []
+        for k in range(self._taken, len(self._rows)):
+            rec = dict(self._rows[k])
+            rec["lr"], rec["wd"] = self._hyper[k]
+            rec["angular_update_rms"] = self._trailing[k]
+            out.append(rec)
+        self._taken = len(self._rows)
+        return out
+
     def save(self, path: str | os.PathLike[str] | None = None) -> Path:
-        """Write the log atomically (``.csv`` or ``.npz``); default ``path`` from init."""
+        """Write the log atomically (``.csv`` or ``.npz``); default ``path`` from init.
+
+        Under ``torch.distributed`` only rank 0 writes; other ranks return the
+        path without writing.
+        """
         target = Path(path) if path is not None else self.path
         if target is None:
             raise ValueError("save needs a path (or pass path= to SIRecorder)")
+        if not is_rank_zero():
+            return target
         return self.trajectory().save(target)
 
     def close(self) -> None:

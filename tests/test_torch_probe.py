@@ -460,3 +460,97 @@ def test_recorder_sharpness_column_and_buffers_untouched():
     np.testing.assert_allclose(
         t.sharpness_sphere, t.extra["sharpness_tangent"] * t.rho**2, rtol=1e-12
     )
+
+
+# ------------------------------------------------------- gradient inside step(closure)
+def test_closure_step_records_the_gradient_it_used():
+    # Lightning and L-BFGS compute the gradient inside optimizer.step(closure): the
+    # pre-step hook sees a stale gradient, the recorder must use the step's own.
+    model, loss_fn = _bn_model(seed=7)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=0.3, weight_decay=1e-2, momentum=0.5)
+    rec = SIRecorder(model, opt)
+    hand = []
+    grads: list = []
+    for _ in range(5):
+        w0 = [model[i].weight.detach().numpy().ravel().copy() for i in (0, 3)]
+
+        def closure():
+            opt.zero_grad()
+            loss = loss_fn()
+            loss.backward()
+            grads.append([model[i].weight.grad.numpy().ravel().copy() for i in (0, 3)])
+            return loss
+
+        opt.step(closure)
+        w1 = [model[i].weight.detach().numpy().ravel().copy() for i in (0, 3)]
+        hand.append((np.concatenate(w0), np.concatenate(grads[-1]), np.concatenate(w1)))
+    t = rec.trajectory()
+    for k, (a, g, b) in enumerate(hand):
+        assert t.grad_norm_sphere[k] == pytest.approx(
+            np.linalg.norm(a) * np.linalg.norm(g), rel=1e-13
+        )
+        assert t.extra["relative_update"][k] == pytest.approx(
+            np.linalg.norm(b - a) / np.linalg.norm(a), rel=1e-12
+        )
+        cos = np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b))
+        assert t.angular_update[k] == pytest.approx(math.acos(cos), rel=1e-7)
+
+
+def test_float32_model_matches_float64_hand_computation():
+    # norms and dot products are computed in the parameters' dtype (no float64 copy)
+    model, loss_fn = _bn_model(seed=8, dtype=torch.float32)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=0.2, weight_decay=1e-2)
+    rec = SIRecorder(model, opt)
+    hand = []
+    for _ in range(4):
+        opt.zero_grad()
+        loss_fn().backward()
+        a = np.concatenate([model[i].weight.detach().double().numpy().ravel() for i in (0, 3)])
+        g = np.concatenate([model[i].weight.grad.double().numpy().ravel() for i in (0, 3)])
+        opt.step()
+        b = np.concatenate([model[i].weight.detach().double().numpy().ravel() for i in (0, 3)])
+        hand.append((a, g, b))
+    t = rec.trajectory()
+    for k, (a, g, b) in enumerate(hand):
+        assert t.rho[k] == pytest.approx(np.linalg.norm(a), rel=1e-6)
+        assert t.grad_norm_sphere[k] == pytest.approx(
+            np.linalg.norm(a) * np.linalg.norm(g), rel=1e-6
+        )
+        d_perp = (b - a) - np.dot(b - a, a) / np.dot(a, a) * a
+        angle = math.atan2(np.linalg.norm(d_perp), np.dot(b, a) / np.linalg.norm(a))
+        assert t.angular_update[k] == pytest.approx(angle, rel=1e-5)
+
+
+# ------------------------------------------------------------- live rows and window
+def test_take_rows_and_trailing_rms_and_window_off():
+    model, loss_fn = _bn_model(seed=9)
+    opt = torch.optim.SGD(
+        [p for p in model.parameters() if p.requires_grad], lr=0.5, weight_decay=0.01
+    )
+    rec1 = SIRecorder(model, opt, every=1)
+    rec3 = SIRecorder(model, opt, every=3)
+    off = SIRecorder(model, opt, every=3, window=False)
+    taken = []
+    for _ in range(8):
+        opt.zero_grad()
+        loss_fn().backward()
+        opt.step()
+        taken.append(rec3.take_rows())
+    assert [len(r) for r in taken] == [1, 0, 0, 1, 0, 0, 1, 0]
+    assert rec3.take_rows() == []
+    ang = rec1.trajectory().angular_update
+    rows = [r[0] for r in taken if r]
+    assert [r["step"] for r in rows] == [0, 3, 6]
+    assert rows[0]["angular_update_rms"] == pytest.approx(ang[0], rel=1e-12)
+    for row, (lo, hi) in zip(rows[1:], [(1, 4), (4, 7)], strict=True):
+        # trailing window: the steps after the previous row up to this one
+        assert row["angular_update_rms"] == pytest.approx(
+            np.sqrt(np.mean(ang[lo:hi] ** 2)), rel=1e-12
+        )
+        assert row["lr"] == 0.5 and row["wd"] == 0.01
+    t_off = off.trajectory()
+    assert "angular_update_rms_window" not in t_off.extra
+    np.testing.assert_array_equal(t_off.rho, rec3.trajectory().rho)
+    assert all(math.isnan(r["angular_update_rms"]) for r in off.take_rows())

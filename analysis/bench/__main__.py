@@ -349,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--only",
         nargs="+",
-        choices=["import", "scalar", "toys", "sweep"],
+        choices=["import", "scalar", "toys", "sweep", "recorder"],
         help="run only these sections (the machine section always runs)",
     )
     args = p.parse_args(argv)
@@ -357,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     print(f"# siflow benchmarks{' (--quick)' if args.quick else ''}\n")
     peaks = section_machine(args.quick)
-    only = set(args.only or ["import", "scalar", "toys", "sweep"])
+    only = set(args.only or ["import", "scalar", "toys", "sweep", "recorder"])
     if "import" in only:
         section_import(args.quick)
     if "scalar" in only:
@@ -366,6 +366,10 @@ def main(argv: list[str] | None = None) -> int:
         section_toys(args.quick, peaks)
     if "sweep" in only:
         section_sweep(args.quick)
+    if "recorder" in only:
+        from analysis.bench.recorder import section_recorder
+
+        section_recorder(args.quick, _target)
     print("## Targets\n")
     _table(["target", "measured", ""], [[n, v, "ok" if ok else "MISS"] for n, v, ok in TARGETS])
     print(

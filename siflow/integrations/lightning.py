@@ -1,0 +1,159 @@
+"""PyTorch Lightning callback: SI metrics logged through the trainer's own loggers.
+
+::
+
+    from siflow.integrations.lightning import SIRecorderCallback
+
+    trainer = lightning.Trainer(callbacks=[SIRecorderCallback(every=10)], logger=CSVLogger("runs"))
+    trainer.fit(model, data)
+    # metrics.csv / TensorBoard / W&B get siflow/total/norm, siflow/<group>/elr, ...
+
+The callback attaches a :class:`siflow.torch_probe.SIRecorder` to the optimizer
+when training starts and, after every batch, passes the rows recorded during it
+to every logger of the trainer (``trainer.loggers``) under the scheme of
+:mod:`siflow.integrations` at the step the row describes. Lightning's loggers
+write on rank 0 only, and so does ``path=``; under DDP every rank records the
+same values (replicated weights, all-reduced gradients).
+
+Needs ``pip install "siflow[lightning]"``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from siflow._fileio import require
+from siflow.integrations._common import (
+    check_options,
+    logger_metrics,
+    make_recorder,
+    unwrap_optimizer,
+)
+
+require("torch", "torch", '"torch==2.13.0"')
+_pl = require("lightning.pytorch", "lightning", "lightning")
+
+__all__ = ["SIRecorderCallback"]
+
+
+class SIRecorderCallback(_pl.Callback):
+    """Record SI metrics every ``every`` optimizer steps and log them.
+
+    Parameters
+    ----------
+    every : int
+        Record steps ``0, every, 2 every, ...`` (counted from the start of ``fit``).
+    sharpness : bool or int
+        Also measure the unit-sphere sharpness (power iteration on the first
+        training batch, :func:`siflow.torch_probe.sphere_sharpness`): ``True`` at
+        every recorded row, an int ``k`` at every ``k``-th row. Costly.
+    path : str or PathLike, optional
+        Also write a siflow log (``.csv`` or ``.npz``) there at the end of
+        training (rank 0).
+    groups : mapping or sequence of parameter names, optional
+        SI groups of the LightningModule (default: found by
+        :func:`siflow.torch_probe.find_si_groups`).
+    example_input : Tensor, optional
+        For the forward-hook detection when ``torch.fx`` cannot trace the module.
+    **options
+        Passed to :class:`~siflow.torch_probe.SIRecorder` (``window``,
+        ``sharpness_iters``, ``sharpness_tol``, ``process_group``, ``flush_every``).
+
+    Attributes
+    ----------
+    recorder : SIRecorder or None
+        The recorder of the current ``fit`` (its :meth:`trajectory` has every row).
+    """
+
+    def __init__(
+        self,
+        every: int = 10,
+        sharpness: bool | int = False,
+        path: str | os.PathLike[str] | None = None,
+        groups: Mapping[str, Sequence[Any]] | Sequence[str] | None = None,
+        example_input: Any = None,
+        **options: Any,
+    ) -> None:
+        super().__init__()
+        self.every, self._sharp_every = check_options(every, sharpness, path)
+        self.path = path
+        self.groups = groups
+        self.example_input = example_input
+        self.options = dict(options)
+        self.recorder: Any = None
+        self._offset = 0
+        self._sharp_batch: Any = None
+
+    # ------------------------------------------------------------------ set-up
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        if len(trainer.optimizers) != 1:
+            raise ValueError(
+                f"SIRecorderCallback records one optimizer, the module has "
+                f"{len(trainer.optimizers)}; return a single optimizer from configure_optimizers"
+            )
+        optimizer = unwrap_optimizer(trainer.optimizers[0])
+        self._offset = int(trainer.global_step)
+        meta = {"source": "siflow.integrations.lightning", "step_offset": self._offset}
+        self.recorder = make_recorder(
+            pl_module,
+            optimizer,
+            self.every,
+            self._sharp_every,
+            self._sharpness_loss(pl_module) if self._sharp_every else None,
+            self.path,
+            {"groups": self.groups, "example_input": self.example_input, **self.options},
+            meta,
+        )
+
+    def _sharpness_loss(self, pl_module: Any) -> Any:
+        """Loss of the first training batch through ``training_step``, its logging muted."""
+
+        def loss_fn() -> Any:
+            if self._sharp_batch is None:
+                raise ValueError("sharpness needs a training batch; none was seen yet")
+            log, log_dict = pl_module.log, pl_module.log_dict
+            pl_module.log = pl_module.log_dict = lambda *a, **k: None
+            try:
+                out = pl_module.training_step(self._sharp_batch, 0)
+            finally:
+                pl_module.log, pl_module.log_dict = log, log_dict
+            return out["loss"] if isinstance(out, Mapping) else out
+
+        return loss_fn
+
+    def on_train_batch_start(
+        self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self._sharp_every and self._sharp_batch is None:
+            self._sharp_batch = batch
+
+    # ----------------------------------------------------------------- logging
+    def on_train_batch_end(
+        self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        rec = self.recorder
+        if rec is None:
+            return
+        loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+        if loss is not None and hasattr(loss, "detach"):
+            rec.log_loss(loss)
+        self._flush(trainer)
+
+    def _flush(self, trainer: Any) -> None:
+        groups = list(self.recorder.groups)
+        for row in self.recorder.take_rows():
+            metrics = logger_metrics(row, groups)
+            step = self._offset + int(row["step"])
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=step)
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        rec = self.recorder
+        if rec is None:
+            return
+        self._flush(trainer)
+        rec.close()
+        if self.path is not None and len(rec.trajectory()):
+            rec.save()

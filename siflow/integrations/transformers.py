@@ -1,0 +1,175 @@
+"""Hugging Face ``Trainer`` callback: SI metrics logged through the trainer's reporters.
+
+::
+
+    from siflow.integrations.transformers import SIRecorderCallback
+
+    trainer = Trainer(model, args, train_dataset=ds, callbacks=[SIRecorderCallback(every=10)])
+    trainer.train()   # TensorBoard / W&B / ... get train/siflow/total/norm, ...
+
+The callback attaches a :class:`siflow.torch_probe.SIRecorder` to the optimizer
+when training begins (the torch optimizer inside accelerate's wrapper). At the
+end of each optimizer step that recorded a row it hands the row's metrics
+(:func:`siflow.integrations.logger_metrics`) to the trainer's reporting
+callbacks (``report_to``: TensorBoard, W&B, MLflow, ...) as a log event of their
+own, and appends them to ``trainer.state.log_history`` (saved in
+``trainer_state.json``). The step is the trainer's ``global_step``, which counts
+steps from 1: the row of the recorder's step ``t`` (weights before the
+``t+1``-th update) is logged at step ``t + 1``, the step at which the trainer
+logs that update's loss. The reporters add their own prefix (TensorBoard:
+``train/siflow/total/norm``). Reporters write on the main process only, and so
+does ``path=``.
+
+Needs ``pip install "siflow[transformers]"``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from siflow._fileio import require
+from siflow.integrations._common import (
+    check_options,
+    logger_metrics,
+    make_recorder,
+    unwrap_optimizer,
+)
+
+require("torch", "torch", '"torch==2.13.0"')
+_tc = require("transformers.trainer_callback", "transformers", "transformers")
+
+__all__ = ["SIRecorderCallback"]
+
+#: Callbacks of the trainer that are not reporters (progress bars, flow control).
+_NOT_REPORTERS = (
+    "DefaultFlowCallback",
+    "ProgressCallback",
+    "PrinterCallback",
+    "NotebookProgressCallback",
+)
+
+
+def _find_handler(callback: Any) -> Any:
+    """The trainer's ``CallbackHandler`` that is calling ``callback`` (a few frames up)."""
+    frame = inspect.currentframe()
+    try:
+        for _ in range(8):
+            if frame is None:
+                return None
+            owner = frame.f_locals.get("self")
+            if any(cb is callback for cb in getattr(owner, "callbacks", None) or ()):
+                return owner
+            frame = frame.f_back
+    finally:
+        del frame
+    return None
+
+
+class SIRecorderCallback(_tc.TrainerCallback):
+    """Record SI metrics every ``every`` optimizer steps and report them.
+
+    Parameters
+    ----------
+    every : int
+        Record optimizer steps ``0, every, 2 every, ...`` of this ``train`` call.
+    sharpness : bool or int
+        Also measure the unit-sphere sharpness (``True``: every row; an int ``k``:
+        every ``k``-th row) on ``sharpness_batch``. Costly.
+    path : str or PathLike, optional
+        Also write a siflow log (``.csv`` or ``.npz``) there at the end of training.
+    groups : mapping or sequence of parameter names, optional
+        SI groups (default: :func:`siflow.torch_probe.find_si_groups` on the model).
+    example_input : Tensor, optional
+        For the forward-hook detection when ``torch.fx`` cannot trace the model.
+    sharpness_batch : dict, optional
+        Model inputs (with labels) of the fixed batch for the sharpness: the loss
+        is ``model(**sharpness_batch)["loss"]``. Required with ``sharpness``.
+    **options
+        Passed to :class:`~siflow.torch_probe.SIRecorder` (``window``,
+        ``sharpness_iters``, ``sharpness_tol``, ``process_group``).
+
+    Attributes
+    ----------
+    recorder : SIRecorder or None
+        The recorder of the current ``train`` call.
+    """
+
+    def __init__(
+        self,
+        every: int = 10,
+        sharpness: bool | int = False,
+        path: str | os.PathLike[str] | None = None,
+        groups: Mapping[str, Sequence[Any]] | Sequence[str] | None = None,
+        example_input: Any = None,
+        sharpness_batch: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> None:
+        self.every, self._sharp_every = check_options(every, sharpness, path)
+        if self._sharp_every and sharpness_batch is None:
+            raise ValueError(
+                "sharpness needs sharpness_batch=<dict of model inputs with labels> (a fixed "
+                "batch for the power iteration)"
+            )
+        self.path = path
+        self.groups = groups
+        self.example_input = example_input
+        self.sharpness_batch = sharpness_batch
+        self.options = dict(options)
+        self.recorder: Any = None
+        self._handler: Any = None
+        self._offset = 0
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        model, optimizer = kwargs.get("model"), kwargs.get("optimizer")
+        if model is None or optimizer is None:
+            raise ValueError("SIRecorderCallback needs the trainer's model and optimizer")
+        self._handler = _find_handler(self)
+        self._offset = int(state.global_step)
+        loss_fn = None
+        if self._sharp_every:
+            batch = dict(self.sharpness_batch or {})
+
+            def loss_fn() -> Any:
+                out = model(**batch)
+                return out["loss"] if isinstance(out, Mapping) else out[0]
+
+        self.recorder = make_recorder(
+            model,
+            unwrap_optimizer(optimizer),
+            self.every,
+            self._sharp_every,
+            loss_fn,
+            self.path,
+            {"groups": self.groups, "example_input": self.example_input, **self.options},
+            {"source": "siflow.integrations.transformers", "step_offset": self._offset},
+        )
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        rec = self.recorder
+        if rec is None:
+            return
+        groups = list(rec.groups)
+        reporters = [
+            cb
+            for cb in (self._handler.callbacks if self._handler is not None else ())
+            if cb is not self and type(cb).__name__ not in _NOT_REPORTERS
+        ]
+        for row in rec.take_rows():
+            metrics = logger_metrics(row, groups)
+            step = self._offset + int(row["step"]) + 1
+            state.log_history.append({**metrics, "step": step})
+            if step != state.global_step:
+                continue  # reporters log at the current step only
+            for cb in reporters:
+                cb.on_log(args, state, control, logs=dict(metrics), **kwargs)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        rec = self.recorder
+        if rec is None:
+            return
+        rec.close()
+        if self.path is not None and len(rec.trajectory()):
+            rec.save()

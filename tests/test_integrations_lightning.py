@@ -1,0 +1,261 @@
+"""The Lightning callback on a real ``Trainer`` run: values in the loggers' own files."""
+
+from __future__ import annotations
+
+import csv
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="torch is not installed (pip install siflow[torch])")
+import lightning.pytorch as pl  # noqa: E402  (declared in the test extra: no skip)
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger  # noqa: E402
+
+from siflow.integrations.lightning import SIRecorderCallback  # noqa: E402
+from siflow.trajectory import Trajectory  # noqa: E402
+
+nn = torch.nn
+LR, WD, STEPS = 0.2, 5e-3, 240
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny networks: one thread avoids intra-op spinning on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _data(seed: int = 0, n: int = 256):
+    """Ten Gaussian blobs in 16 dimensions."""
+    gen = torch.Generator().manual_seed(seed)
+    centers = 2.0 * torch.randn(10, 16, generator=gen)
+    y = torch.randint(0, 10, (n,), generator=gen)
+    x = centers[y] + torch.randn(n, 16, generator=gen)
+    return x, y
+
+
+class BNNet(pl.LightningModule):
+    """Two SI layers (Linear without bias -> BatchNorm without affine), frozen head."""
+
+    def __init__(self, momentum: float = 0.0) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(
+            nn.Linear(16, 32, bias=False),
+            nn.BatchNorm1d(32, affine=False),
+            nn.ReLU(),
+            nn.Linear(32, 32, bias=False),
+            nn.BatchNorm1d(32, affine=False),
+            nn.ReLU(),
+            nn.Linear(32, 10),
+        )
+        self.net[6].requires_grad_(False)
+        self.momentum = momentum
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = nn.functional.cross_entropy(self(x), y)
+        self.log("train_loss", loss)
+        return loss
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        return torch.optim.SGD(params, lr=LR, weight_decay=WD, momentum=self.momentum)
+
+
+def _fit(logger, callback, steps=STEPS, model=None):
+    x, y = _data()
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(x, y),
+        batch_size=64,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(1),
+    )
+    model = model or BNNet()
+    trainer = pl.Trainer(
+        max_steps=steps,
+        logger=logger,
+        callbacks=[callback],
+        accelerator="cpu",
+        devices=1,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tiny loader's worker/num_batches advice
+        trainer.fit(model, loader)
+    return trainer, model
+
+
+def _read_metrics_csv(path: Path) -> dict[str, np.ndarray]:
+    """``metrics.csv`` merged by step with the csv module (last non-blank cell wins)."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    steps = sorted({int(r["step"]) for r in rows})
+    index = {s: i for i, s in enumerate(steps)}
+    cols: dict[str, np.ndarray] = {"step": np.array(steps, dtype=float)}
+    for r in rows:
+        for k, v in r.items():
+            if k == "step" or v == "":
+                continue
+            cols.setdefault(k, np.full(len(steps), np.nan))[index[int(r["step"])]] = float(v)
+    return cols
+
+
+def _check_norm_recursion(rho, gtilde, lr, wd, tol=1e-3):
+    """rho_{t+1}^2 = (1 - lr wd)^2 rho_t^2 + lr^2 gtilde_t^2 / rho_t^2 (docs/theory.md s. 1)."""
+    pred = (1 - lr[:-1] * wd[:-1]) ** 2 * rho[:-1] ** 2 + lr[:-1] ** 2 * gtilde[:-1] ** 2 / rho[
+        :-1
+    ] ** 2
+    rel = np.abs(rho[1:] ** 2 / pred - 1)
+    assert rel.max() < tol, rel.max()
+    return rel.max()
+
+
+def _si_norm(model) -> float:
+    return math.sqrt(sum(float((model.net[i].weight.detach().double() ** 2).sum()) for i in (0, 3)))
+
+
+def test_csv_logger_gets_every_step_and_the_exact_norm_recursion(tmp_path):
+    logger = CSVLogger(tmp_path, name="run")
+    cb = SIRecorderCallback(every=1, path=tmp_path / "si.csv")
+    trainer, model = _fit(logger, cb)
+    cols = _read_metrics_csv(Path(logger.log_dir) / "metrics.csv")
+    rho = cols["siflow/total/norm"]
+    ok = np.isfinite(rho)
+    steps = cols["step"][ok]
+    np.testing.assert_array_equal(steps, np.arange(STEPS))
+    g = cols["siflow/total/grad_norm_sphere"][ok]
+    lr, wd = cols["siflow/lr"][ok], cols["siflow/wd"][ok]
+    assert np.all(lr == LR) and np.all(wd == WD)
+    _check_norm_recursion(rho[ok], g, lr, wd)
+    # the last row's weights propagate to the trained model's final weights
+    pred_final = math.sqrt(
+        (1 - LR * WD) ** 2 * rho[ok][-1] ** 2 + LR**2 * g[-1] ** 2 / rho[ok][-1] ** 2
+    )
+    assert _si_norm(model) == pytest.approx(pred_final, rel=1e-3)
+    # per-group columns: the total norm is the root sum of squares of the groups'
+    groups = ["net.0.weight", "net.3.weight"]
+    per = [cols[f"siflow/{name}/norm"][ok] for name in groups]
+    np.testing.assert_allclose(np.sqrt(per[0] ** 2 + per[1] ** 2), rho[ok], rtol=1e-6)
+    # elr = lr / rho^2, relative update and angle consistent with the step geometry
+    np.testing.assert_allclose(cols["siflow/total/elr"][ok], LR / rho[ok] ** 2, rtol=1e-6)
+    ang = cols["siflow/total/angular_update"][ok]
+    np.testing.assert_allclose(cols["siflow/total/angular_update_rms"][ok], ang, rtol=1e-12)
+    # SGD on an SI loss: tan(Delta) = elr g~ / (1 - lr wd) up to the BatchNorm-eps radial part
+    np.testing.assert_allclose(np.tan(ang), LR / rho[ok] ** 2 * g / (1 - LR * WD), rtol=2e-3)
+    assert np.nanmax(np.abs(cols["siflow/total/radial"][ok])) < 1e-3
+    # the training loss Lightning logged is there too, and the siflow log was written
+    assert np.isfinite(cols["train_loss"]).sum() == STEPS
+    back = Trajectory.load(tmp_path / "si.csv")
+    np.testing.assert_allclose(back.rho, rho[ok], rtol=1e-12)
+    np.testing.assert_array_equal(back.step, np.arange(STEPS))
+    np.testing.assert_allclose(
+        back.loss, cols["train_loss"][np.isfinite(cols["train_loss"])], rtol=1e-6
+    )
+
+
+def test_csv_logger_log_read_back_by_siflow_io(tmp_path):
+    # acceptance through the reader of siflow.io (naming scheme siflow/<group>/<metric>)
+    import siflow.io
+
+    logger = CSVLogger(tmp_path, name="run")
+    _fit(logger, SIRecorderCallback(every=1), steps=120)
+    traj = siflow.io.read(logger.log_dir)
+    assert traj.step.tolist() == list(range(120))
+    lr, wd = np.full(len(traj), LR), np.full(len(traj), WD)
+    _check_norm_recursion(traj.rho, traj.grad_norm_sphere, lr, wd)
+
+
+def _tb_scalars(log_dir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(log_dir, size_guidance={"scalars": 0})
+    acc.Reload()
+    out = {}
+    for tag in acc.Tags()["scalars"]:
+        ev = acc.Scalars(tag)
+        out[tag] = (np.array([e.step for e in ev]), np.array([e.value for e in ev], dtype=float))
+    return out
+
+
+def test_tensorboard_logger_gets_the_same_values(tmp_path):
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    cb = SIRecorderCallback(every=1)
+    _fit(logger, cb, steps=150)
+    sc = _tb_scalars(logger.log_dir)
+    steps, rho = sc["siflow/total/norm"]
+    np.testing.assert_array_equal(steps, np.arange(150))
+    g_steps, g = sc["siflow/total/grad_norm_sphere"]
+    np.testing.assert_array_equal(g_steps, steps)
+    _check_norm_recursion(rho, g, np.full(150, LR), np.full(150, WD))
+    # event files hold float32: equal to the recorder's float64 rows to float32 rounding
+    t = cb.recorder.trajectory()
+    np.testing.assert_allclose(rho, t.rho, rtol=1e-7)
+    assert set(sc) >= {"siflow/net.0.weight/elr", "siflow/net.3.weight/angular_update", "siflow/lr"}
+
+
+def test_tensorboard_log_read_back_by_siflow_io(tmp_path):
+    import siflow.io
+
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    _fit(logger, SIRecorderCallback(every=1), steps=100)
+    traj = siflow.io.read(logger.log_dir)
+    assert traj.step.tolist() == list(range(100))
+    _check_norm_recursion(traj.rho, traj.grad_norm_sphere, np.full(100, LR), np.full(100, WD))
+
+
+def test_every_ten_logs_rows_and_window_rms(tmp_path):
+    logger = CSVLogger(tmp_path, name="run")
+    cb = SIRecorderCallback(every=10)
+    _fit(logger, cb, steps=45, model=BNNet(momentum=0.9))
+    cols = _read_metrics_csv(Path(logger.log_dir) / "metrics.csv")
+    ok = np.isfinite(cols["siflow/total/norm"])
+    np.testing.assert_array_equal(cols["step"][ok], [0, 10, 20, 30, 40])
+    # the trailing RMS at row t covers steps t-9..t: check it against an every=1 run
+    logger1 = CSVLogger(tmp_path, name="run1")
+    _fit(logger1, SIRecorderCallback(every=1), steps=45, model=BNNet(momentum=0.9))
+    c1 = _read_metrics_csv(Path(logger1.log_dir) / "metrics.csv")
+    ang = c1["siflow/total/angular_update"][np.isfinite(c1["siflow/total/angular_update"])]
+    rms = cols["siflow/total/angular_update_rms"][ok]
+    assert rms[0] == pytest.approx(ang[0], rel=1e-9)
+    for k, t in enumerate([10, 20, 30, 40]):
+        assert rms[k + 1] == pytest.approx(np.sqrt(np.mean(ang[t - 9 : t + 1] ** 2)), rel=1e-6)
+    np.testing.assert_allclose(
+        cols["siflow/total/norm"][ok], c1["siflow/total/norm"][[0, 10, 20, 30, 40]], rtol=1e-12
+    )
+
+
+def test_sharpness_on_request_and_bad_arguments(tmp_path):
+    logger = CSVLogger(tmp_path, name="run")
+    cb = SIRecorderCallback(every=5, sharpness=2, sharpness_iters=5)
+    _fit(logger, cb, steps=12)
+    cols = _read_metrics_csv(Path(logger.log_dir) / "metrics.csv")
+    s = cols["siflow/total/sharpness_sphere"]
+    rows = cols["step"][np.isfinite(s)]
+    np.testing.assert_array_equal(rows, [0, 10])
+    assert np.all(s[np.isfinite(s)] > 0)
+    # training_step's own logging was muted during the sharpness evaluations
+    assert np.isfinite(cols["train_loss"]).sum() == 12
+    with pytest.raises(ValueError, match="every"):
+        SIRecorderCallback(every=0)
+    with pytest.raises(ValueError, match="sharpness"):
+        SIRecorderCallback(sharpness="yes")
+    with pytest.raises(ValueError, match=r"\.csv or \.npz"):
+        SIRecorderCallback(path="log.txt")
+    with pytest.raises(ValueError, match="total"):
+        _fit(
+            CSVLogger(tmp_path, name="bad"),
+            SIRecorderCallback(groups={"total": ["net.0.weight"]}),
+            steps=2,
+        )
