@@ -298,7 +298,7 @@ def test_parse_mapping():
 def test_mapping_to_missing_column_names_the_fix(tmp_path):
     path = tmp_path / "log.csv"
     _write_csv(path, ["step", "loss"], [[0, 1.0]])
-    with pytest.raises(ValueError, match=r"--map rho=<column>"):
+    with pytest.raises(ValueError, match=r"mapping=\{.rho.: .<column>.\}"):
         sio.read(path, mapping={"rho": "nope"})
 
 
@@ -313,7 +313,7 @@ def test_mapping_empty_switches_detection_off(tmp_path):
 def test_no_step_column_error_names_map(tmp_path):
     path = tmp_path / "log.csv"
     _write_csv(path, ["time", "loss"], [[0, 1.0]])
-    with pytest.raises(ValueError, match=r"no step column.*--map step=<column>"):
+    with pytest.raises(ValueError, match=r"no step column.*mapping=\{.step.: .<column>.\}"):
         sio.read(path)
 
 

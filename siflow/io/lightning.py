@@ -10,8 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from siflow.io._columns import Table, build_trajectory
-from siflow.io._text import check_path, parse_csv_table, read_text
+from siflow.io._build import build_trajectory
+from siflow.io._columns import Table
+from siflow.io._text import check_path, parse_csv_table
 from siflow.trajectory import Trajectory
 
 __all__ = ["read_lightning", "merge_rows_by_step"]
@@ -134,7 +135,8 @@ def read_lightning(
             )
         p = p / "metrics.csv"
     label = repr(str(p))
-    header, table, text_cols = parse_csv_table(read_text(p), label)
+    parsed = parse_csv_table(p, label)
+    header, table = parsed.header, parsed.table
     step_col = next((h for h in header if h.strip().lower() == "step"), None)
     if mapping:
         from siflow.io._columns import normalize_mapping
@@ -150,8 +152,7 @@ def read_lightning(
     meta: dict[str, Any] = _read_hparams(p.parent / "hparams.yaml")
     meta["merged_rows"] = int(n_before - merged[step_col].size)
     meta["merge_conflicts"] = int(conflicts)
-    if text_cols:
-        meta["ignored_text_columns"] = text_cols
+    meta.update(parsed.meta())
     return build_trajectory(
         merged,
         path=p,

@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 
 from siflow._validate import check_nonnegative, check_positive
-from siflow.io._columns import Table, build_trajectory, normalize_mapping
+from siflow.io._build import build_trajectory
+from siflow.io._columns import Table, normalize_mapping
 from siflow.io._text import check_path
 from siflow.trajectory import Trajectory
 

@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from siflow.io._columns import Table, build_trajectory
+from siflow.io._build import build_trajectory
+from siflow.io._columns import Table
 from siflow.io._text import check_path, parse_csv_table, read_text
 from siflow.trajectory import Trajectory
 
@@ -31,9 +32,15 @@ def read_csv(
     Parameters
     ----------
     path : path-like
-        The CSV file. Lines starting with ``#`` before the header are skipped;
-        comma, tab or semicolon delimited; blank cells read as NaN; columns with
-        text cells (run names, phases) are ignored.
+        The CSV file, plain or compressed (gzip, bz2, xz, single-member zip,
+        detected by content). Lines starting with ``#`` before the header are
+        skipped; comma, tab or semicolon delimited; blank cells read as NaN;
+        ``"1,200"``, decimal commas and ``0x1f`` are read as numbers (noted in
+        ``meta["notes"]``); any other text cell in a numeric column is read as
+        missing and reported by column and data row in ``meta["bad_cells"]`` and
+        ``meta["notes"]``; mostly-text columns (run names, phases) are named in
+        ``meta["ignored_text_columns"]``. Read in chunks: memory stays near the
+        size of the float columns.
     mapping : dict or list of ``"field=column"``, optional
         Column overrides, see :func:`siflow.io.parse_mapping`. Without it the
         columns are detected among common spellings (``step``/``iter``/``epoch``,
@@ -63,19 +70,15 @@ def read_csv(
         Empty, binary, truncated or corrupt file, no step column, a bad mapping.
     """
     p = check_path(path)
-    label = repr(str(p))
-    _, table, text_cols = parse_csv_table(read_text(p), label)
-    meta: dict[str, Any] = {}
-    if text_cols:
-        meta["ignored_text_columns"] = text_cols
+    parsed = parse_csv_table(p, repr(str(p)))
     return build_trajectory(
-        table,
+        parsed.table,
         path=p,
         fmt="csv",
         mapping=mapping,
         steps_per_epoch=steps_per_epoch,
         group=group,
-        meta=meta,
+        meta=parsed.meta(),
     )
 
 
@@ -112,9 +115,14 @@ def _number(value: Any) -> float | None:
 
 
 def records_to_table(records: Sequence[Mapping[str, Any]]) -> tuple[Table, list[str]]:
-    """Column table from a list of flat-or-nested dicts (missing keys -> NaN)."""
+    """Column table from a list of flat-or-nested dicts (missing keys -> NaN).
+
+    A column whose values are all integers and present in every record, with
+    one beyond 2**53 (where float64 loses integers), is kept exact as int64.
+    """
     n = len(records)
     columns: dict[str, np.ndarray] = {}
+    ints: dict[str, list[int] | None] = {}
     text: dict[str, None] = {}
     for i, rec in enumerate(records):
         row: dict[str, Any] = {}
@@ -129,10 +137,29 @@ def records_to_table(records: Sequence[Mapping[str, Any]]) -> tuple[Table, list[
             col = columns.get(name)
             if col is None:
                 col = columns[name] = np.full(n, np.nan)
+                ints[name] = [] if i == 0 else None
             col[i] = v
-    table: Table = {k: v for k, v in columns.items() if k not in text}
-    text_cols = list(text)
-    return table, text_cols
+            exact = ints[name]
+            if exact is not None:
+                if isinstance(value, int) and not isinstance(value, bool) and len(exact) == i:
+                    exact.append(value)
+                else:
+                    ints[name] = None
+    table: Table = {}
+    for name, col in columns.items():
+        if name in text:
+            continue
+        exact = ints[name]
+        if exact is not None and len(exact) == n and _needs_int64(exact):
+            table[name] = np.array(exact, dtype=np.int64)
+        else:
+            table[name] = col
+    return table, list(text)
+
+
+def _needs_int64(values: list[int]) -> bool:
+    big = max(abs(v) for v in values)
+    return 2**53 <= big < 2**63
 
 
 def read_jsonl(

@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 
 from siflow._fileio import require
-from siflow.io._columns import Table, build_trajectory
+from siflow.io._build import build_trajectory
+from siflow.io._columns import Table
 from siflow.io._text import check_path
 from siflow.trajectory import Trajectory
 

@@ -8,8 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from siflow.io._columns import Table, build_trajectory
-from siflow.io._text import check_path, parse_csv_table, read_text
+from siflow.io._build import build_trajectory
+from siflow.io._columns import Table
+from siflow.io._text import check_path, parse_csv_table
 from siflow.trajectory import Trajectory
 
 __all__ = ["read_wandb", "wandb_runs"]
@@ -109,7 +110,8 @@ def read_wandb(
         raise ValueError(f"run must be a run name (str), got {run!r}")
     p = check_path(path)
     label = repr(str(p))
-    header, table, text_cols = parse_csv_table(read_text(p), label)
+    parsed = parse_csv_table(p, label)
+    header, table = parsed.header, parsed.table
     runs = wandb_runs(header)
     if not runs:
         raise ValueError(
@@ -140,8 +142,7 @@ def read_wandb(
     n_other = int((~logged).sum())
     sub = {k: v[logged] for k, v in sub.items()}
     meta: dict[str, Any] = {"run": chosen, "runs": runs, "rows_of_other_runs": n_other}
-    if text_cols:
-        meta["ignored_text_columns"] = text_cols
+    meta.update(parsed.meta())
     if not logged.any():
         raise ValueError(f"{label}: run {chosen!r} has no logged values")
     return build_trajectory(
