@@ -25,6 +25,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 from numpy.typing import NDArray
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "normalize_mapping",
     "check_steps_per_epoch",
     "detect_groups",
+    "si_weights",
     "Table",
 ]
 
@@ -401,3 +403,29 @@ def _pick_group(group: str, available: list[str], label: str) -> str:
         f"{label}: group {group!r} matches several groups ({', '.join(matches)}); "
         f"pass the full name as group="
     )
+
+
+# ------------------------------------------------------------------ SI tensors
+_NOT_SI_WORDS = ("bias", "bn", "batchnorm", "norm.", "ln.", "layernorm", "running_")
+
+
+def si_weights(norms: Mapping[str, NDArray[Any]]) -> tuple[list[str], list[str]]:
+    """``(si, other)``: which parameter tensors of a network are scale-invariant.
+
+    The convention of the BatchNorm networks in the field's code (Lobacheva et
+    al. 2021, Kunin et al. 2021, Kosson et al. 2024): a conv or linear weight
+    followed by BatchNorm is SI; biases, normalisation parameters and the
+    classifier are not. From names and per-row norms alone: every ``*.weight``
+    except normalisation parameters, the last weight in parameter order (the
+    classifier) and tensors whose norm is the same at every row (frozen, lr 0).
+    """
+    weights = [t for t in norms if t.endswith(".weight")]
+    classifier = weights[-1] if len(weights) > 1 else None
+    si = []
+    for t in weights:
+        norm = np.asarray(norms[t], dtype=np.float64).reshape(-1)
+        frozen = norm.size > 1 and bool(np.all(norm == norm[0]))
+        if t == classifier or frozen or any(w in t.lower() for w in _NOT_SI_WORDS):
+            continue
+        si.append(t)
+    return si, [t for t in norms if t not in si]

@@ -45,6 +45,7 @@ __all__ = [
     "open_binary",
     "compression_of",
     "check_zip_members",
+    "check_declared_size",
     "parse_csv_table",
     "CsvTable",
     "to_float",
@@ -87,11 +88,19 @@ def _bomb_message(label: str, inflated: int, compressed: int) -> str:
     )
 
 
-def check_zip_members(zf: zipfile.ZipFile, label: str, compressed: int) -> None:
-    """Refuse a zip whose declared inflated size is a bomb, before inflating anything."""
-    declared = sum(max(i.file_size, 0) for i in zf.infolist())
+def check_declared_size(label: str, declared: int, compressed: int) -> None:
+    """Refuse a decompression bomb from its declared inflated size, before inflating."""
     if declared > _bomb_limit(compressed):
         raise ValueError(_bomb_message(label, declared, compressed))
+
+
+def check_zip_members(zf: zipfile.ZipFile, label: str, compressed: int) -> None:
+    """Refuse a zip whose declared inflated size is a bomb, before inflating anything.
+
+    ``zipfile`` stops inflating a member at its declared size (and then fails its
+    CRC check), so the declared sizes bound what is inflated.
+    """
+    check_declared_size(label, sum(max(i.file_size, 0) for i in zf.infolist()), compressed)
 
 
 def compression_of(path: Path) -> str | None:

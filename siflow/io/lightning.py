@@ -15,7 +15,7 @@ from siflow.io._columns import Table
 from siflow.io._text import check_path, parse_csv_table
 from siflow.trajectory import Trajectory
 
-__all__ = ["read_lightning", "merge_rows_by_step"]
+__all__ = ["read_lightning", "merge_rows_by_step", "detect"]
 
 MappingArg = Mapping[str, str | None] | Sequence[str] | None
 
@@ -162,3 +162,26 @@ def read_lightning(
         group=group,
         meta=meta,
     )
+
+
+def detect(path: Path, head: bytes) -> bool:
+    """A directory holding ``metrics.csv``, or a CSV with ``epoch`` and ``step`` columns and
+    blank cells (or named ``metrics.csv``)."""
+    if path.is_dir():
+        return (path / "metrics.csv").is_file()
+    lines = _head_lines(head)
+    if not lines:
+        return False
+    cells = [c.strip().strip('"').lower() for c in lines[0].split(",")]
+    if "epoch" not in cells or "step" not in cells:
+        return False
+    body = lines[1:200]
+    sparse = any(",," in ln or ln.rstrip().endswith(",") or ln.startswith(",") for ln in body)
+    return sparse or path.name == "metrics.csv"
+
+
+def _head_lines(head: bytes) -> list[str]:
+    if b"\x00" in head:
+        return []
+    text = head.decode("utf-8-sig", errors="ignore")
+    return [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]

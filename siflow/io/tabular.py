@@ -6,6 +6,7 @@ import json
 import math
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,7 +16,7 @@ from siflow.io._columns import Table
 from siflow.io._text import check_path, parse_csv_table, read_text
 from siflow.trajectory import Trajectory
 
-__all__ = ["read_csv", "read_jsonl"]
+__all__ = ["read_csv", "read_jsonl", "detect_csv", "detect_jsonl"]
 
 MappingArg = Mapping[str, str | None] | Sequence[str] | None
 
@@ -263,3 +264,32 @@ def read_jsonl(
         group=group,
         meta=meta,
     )
+
+
+def _text_head(head: bytes) -> str | None:
+    if not head.strip() or b"\x00" in head:
+        return None
+    try:
+        return head.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 4:
+            return None
+        return head[: exc.start].decode("utf-8-sig", errors="ignore")
+
+
+def detect_jsonl(path: Path, head: bytes) -> bool:
+    """Text starting with ``{`` or ``[``, or named ``.jsonl``/``.ndjson``/``.json``."""
+    if path.is_dir():
+        return False
+    text = _text_head(head)
+    if text is None:
+        return False
+    name = path.name.lower()
+    for suffix in (".gz", ".bz2", ".xz", ".zip"):
+        name = name.removesuffix(suffix)
+    return text.lstrip().startswith(("{", "[")) or name.endswith((".jsonl", ".ndjson", ".json"))
+
+
+def detect_csv(path: Path, head: bytes) -> bool:
+    """Any text file (the fallback format)."""
+    return not path.is_dir() and _text_head(head) is not None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,7 +14,7 @@ from siflow.io._columns import Table
 from siflow.io._text import check_path, parse_csv_table
 from siflow.trajectory import Trajectory
 
-__all__ = ["read_wandb", "wandb_runs"]
+__all__ = ["read_wandb", "wandb_runs", "detect"]
 
 MappingArg = Mapping[str, str | None] | Sequence[str] | None
 
@@ -153,4 +154,22 @@ def read_wandb(
         steps_per_epoch=steps_per_epoch,
         group=None if used_group else group,
         meta=meta,
+    )
+
+
+def detect(path: Path, head: bytes) -> bool:
+    """A CSV whose header has ``"<run> - <metric>"`` columns (with ``__MIN``/``__MAX`` or a
+    first ``Step`` column)."""
+    if path.is_dir() or b"\x00" in head:
+        return False
+    lines = [
+        ln
+        for ln in head.decode("utf-8-sig", errors="ignore").splitlines()
+        if ln.strip() and not ln.lstrip().startswith("#")
+    ]
+    if not lines:
+        return False
+    cells = [c.strip().strip('"').lower() for c in lines[0].split(",")]
+    return any(" - " in c for c in cells) and (
+        any(c.endswith(("__min", "__max")) for c in cells) or (cells and cells[0] == "step")
     )
