@@ -305,8 +305,10 @@ def read_seed_npz(
         )
     arrays = _load(p)
     epochs = _report_epochs(arrays, label)
-    table, skipped = _numeric_table(arrays, epochs.size)
     si, other = seed_si_tensors(arrays)
+    if not si and evaluation:
+        arrays, si, other = _si_norms_from_training(p, arrays, epochs)
+    table, skipped = _numeric_table(arrays, epochs.size)
     _check_seed_group(group, si, other, label)
     meta = _run_meta(p, lr, wd)
     step, unit = seed_time_axis(p, epochs, steps_per_epoch, meta)
@@ -318,10 +320,19 @@ def read_seed_npz(
     if evaluation:
         meta["log_kind"] = "evaluation"
         notes.append(_EVAL_NOTE)
+        if si and f"{si[0]}_norm" not in _load_keys(p):
+            notes.append("per-tensor norms of the same checkpoints taken from train-tm.npz")
     meta["si_tensors"], meta["not_si"] = si, other
     defaults: dict[str, str | None] = {"grad_norm_raw": None, "sharpness_raw": None}
     if si and (group is None or group.strip().lower() == "sum"):
         defaults["rho"] = "si_norm"
+    elif not si:
+        defaults["rho"] = None
+        notes.append(
+            "no per-tensor norms (<name>_norm) in the file, so the SI norm is unknown; "
+            "params_norm includes the frozen last layer: map it with "
+            "mapping={'rho': 'params_norm'} only if that is what you want"
+        )
     if "loss" in table:
         defaults["loss"] = "loss"
     traj = build_trajectory(
@@ -338,6 +349,36 @@ def read_seed_npz(
         traj.meta["groups"] = si
         traj.meta.setdefault("group", "sum" if "rho" in defaults else traj.meta.get("group"))
     return traj
+
+
+def _si_norms_from_training(
+    p: Path, arrays: dict[str, np.ndarray], epochs: np.ndarray
+) -> tuple[dict[str, np.ndarray], list[str], list[str]]:
+    """Per-tensor norms of the same checkpoints from ``train-tm.npz`` next to an eval log.
+
+    ``test-em.npz`` stores only ``params_norm``; the weights of a checkpoint are the
+    same in both files, so their SI norms are taken from the training file, row by
+    row at equal ``report_epochs``.
+    """
+    train = p.with_name("train-tm.npz")
+    if not train.is_file():
+        return arrays, [], []
+    other_arrays = _load(train)
+    si, other = seed_si_tensors(other_arrays)
+    t_epochs = other_arrays.get("report_epochs")
+    if not si or t_epochs is None or not np.all(np.isin(epochs, t_epochs)):
+        return arrays, [], []
+    index = {int(e): i for i, e in enumerate(t_epochs)}
+    rows = np.array([index[int(e)] for e in epochs])
+    out = dict(arrays)
+    for t in si + other:
+        out[f"{t}_norm"] = np.asarray(other_arrays[f"{t}_norm"])[rows]
+    return out, si, other
+
+
+def _load_keys(p: Path) -> set[str]:
+    with zipfile.ZipFile(p) as zf:
+        return {n.removesuffix(".npy") for n in zf.namelist()}
 
 
 def _resolve_seed_path(p: Path) -> Path:
