@@ -231,7 +231,7 @@ def test_idealgas_trace_and_config():
 
 # ------------------------------------------------------------ neural mechanics
 def test_neural_mechanics_norms_by_hand():
-    h5py = pytest.importorskip("h5py", reason="h5py is in the test extra")
+    import h5py  # the test extra installs it
     assert sio.detect_format(NM) == "neural-mechanics"
     t = sio.read(NM)
     np.testing.assert_array_equal(t.step, [0, 200])

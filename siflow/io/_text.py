@@ -21,7 +21,6 @@ import bz2
 import csv
 import gzip
 import io
-import itertools
 import lzma
 import math
 import os
@@ -55,9 +54,10 @@ __all__ = [
 #: Largest accepted ratio of inflated to compressed size.
 MAX_RATIO = 200
 #: Inflated sizes below this are always accepted (small files compress well).
-MIN_BOMB_BYTES = 64 * 2**20
-#: Rows parsed per chunk.
+MIN_BOMB_BYTES = 16 * 2**20
+#: Rows parsed per chunk (at most), and characters per chunk (at most, after one line).
 CHUNK_ROWS = 65536
+CHUNK_CHARS = 8 * 2**20
 #: Bad cells listed per column in ``meta["bad_cells"]`` (all are counted).
 MAX_LISTED_BAD = 20
 
@@ -101,6 +101,15 @@ def check_zip_members(zf: zipfile.ZipFile, label: str, compressed: int) -> None:
     CRC check), so the declared sizes bound what is inflated.
     """
     check_declared_size(label, sum(max(i.file_size, 0) for i in zf.infolist()), compressed)
+
+
+def _gzip_declared_size(path: Path, size: int) -> int:
+    """The inflated size a gzip file declares in its trailer (ISIZE, modulo 2**32)."""
+    if size < 18:
+        return 0
+    with open(path, "rb") as fh:
+        fh.seek(size - 4)
+        return int.from_bytes(fh.read(4), "little")
 
 
 def compression_of(path: Path) -> str | None:
@@ -171,6 +180,7 @@ def open_binary(path: Path) -> IO[bytes]:
             check_zip_members(zf, label, size)
             raw: IO[bytes] = zf.open(zf.namelist()[0])
         elif kind == "gzip":
+            check_declared_size(label, _gzip_declared_size(path, size), size)
             raw = gzip.open(path, "rb")
         elif kind == "bz2":
             raw = bz2.open(path, "rb")
@@ -456,13 +466,26 @@ def parse_csv_table(
             raise ValueError(f"{label} is not valid CSV ({exc}); is the file corrupt?") from None
 
 
+def _next_chunk(stream: IO[str]) -> list[str]:
+    """Up to :data:`CHUNK_ROWS` non-blank lines, or fewer once :data:`CHUNK_CHARS` are read."""
+    lines: list[str] = []
+    chars = 0
+    for line in stream:
+        if line.strip():
+            lines.append(line)
+            chars += len(line)
+            if len(lines) >= CHUNK_ROWS or chars >= CHUNK_CHARS:
+                break
+    return lines
+
+
 def _parse_stream(stream: IO[str], label: str, select) -> CsvTable:
     header, delim, skipped = _header(stream, label)
     use = select(header) if select is not None else list(range(len(header)))
     state = {i: _Column() for i in use}
     n_rows = 0
     while True:
-        lines = [ln for ln in itertools.islice(stream, CHUNK_ROWS) if ln.strip()]
+        lines = _next_chunk(stream)
         if not lines:
             break
         if "\x00" in lines[0]:
