@@ -212,3 +212,20 @@ def test_npz_bomb_refused_before_inflating(tmp_path):
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 4 * 2**20  # nothing was inflated
+
+
+def test_very_wide_csv_reads_only_the_useful_columns(tmp_path):
+    n_junk = 20_000
+    names = ["step"] + [f"feature{j}" for j in range(n_junk)] + ["si_norm", "norm/conv1"]
+    path = tmp_path / "wide.csv"
+    rows = [",".join(names)]
+    for i in range(3):
+        rows.append(",".join([str(i)] + ["7"] * n_junk + [str(2.0 - 0.1 * i), "1.5"]))
+    path.write_text("\n".join(rows) + "\n")
+    t = sio.read(path)
+    np.testing.assert_allclose(t.rho, [2.0, 1.9, 1.8], rtol=1e-15)
+    assert t.meta["unread_columns"] == n_junk
+    assert any(f"{n_junk + 3} columns" in n for n in t.meta["notes"])
+    assert "norm/conv1" in t.extra and "feature5" not in t.extra
+    m = sio.read(path, mapping={"loss": "feature5"})  # a mapped column is read
+    np.testing.assert_array_equal(m.loss, [7.0, 7.0, 7.0])

@@ -37,6 +37,7 @@ __all__ = [
     "check_steps_per_epoch",
     "detect_groups",
     "si_weights",
+    "relevant_column_pattern",
     "Table",
 ]
 
@@ -429,3 +430,23 @@ def si_weights(norms: Mapping[str, NDArray[Any]]) -> tuple[list[str], list[str]]
             continue
         si.append(t)
     return si, [t for t in norms if t not in si]
+
+
+def relevant_column_pattern() -> re.Pattern[str]:
+    """A regex matching every column name a convention of this module can use.
+
+    Used to read only the useful columns of very wide files: aliases of the
+    fields, per-group columns (``norm/<g>``, ``<g>_norm``, ...) and ``siflow/...``.
+    """
+    aliases = sorted({a for names in ALIASES.values() for a in names}, key=len, reverse=True)
+    prefixes = sorted({p for pre, _ in _GROUP_FIELDS.values() for p in pre}, key=len, reverse=True)
+    suffixes = sorted({x for _, suf in _GROUP_FIELDS.values() for x in suf}, key=len, reverse=True)
+
+    def alt(words: list[str]) -> str:
+        return "|".join(re.escape(w).replace("_", "[_ -]") for w in words)
+
+    return re.compile(
+        rf"\s*(?:(?:train[/_.])?(?:{alt(aliases)})|(?:{alt(prefixes)})[/:._].+"
+        rf"|.+[/:._](?:{alt(suffixes)})|siflow/.+)\s*",
+        re.IGNORECASE,
+    )

@@ -27,7 +27,7 @@ import os
 import re
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -35,7 +35,7 @@ from typing import IO, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from siflow.io._columns import Table
+from siflow.io._columns import Table, relevant_column_pattern
 
 __all__ = [
     "check_path",
@@ -287,7 +287,7 @@ class CsvTable:
     text_cols: list[str]
     bad_cells: dict[str, list[tuple[int, str]]]
     notes: list[str]
-    unread: list[str] = field(default_factory=list)
+    unread: int = 0
 
     def meta(self) -> dict[str, Any]:
         """``meta`` entries for a Trajectory built from this table."""
@@ -298,6 +298,8 @@ class CsvTable:
             out["bad_cells"] = {k: [[r, t] for r, t in v] for k, v in self.bad_cells.items()}
         if self.notes:
             out["notes"] = list(self.notes)
+        if self.unread:
+            out["unread_columns"] = self.unread
         return out
 
 
@@ -350,16 +352,10 @@ def _split_rows(lines: list[str], delim: str, n_cols: int, first_row: int, label
 
 
 def _parse_chunk(
-    lines: list[str],
-    first_row: int,
-    header: list[str],
-    use: list[int],
-    state: dict[int, _Column],
-    delim: str,
-    label: str,
+    lines: list[str], first_row: int, header: _Header, state: dict[int, _Column], label: str
 ) -> int:
     """Parse one chunk into ``state``; returns the number of data rows in it."""
-    width = len(header) - 1
+    width, delim, use = header.n_cols - 1, header.delim, list(state)
     try:
         if any(line.count(delim) != width for line in lines):
             raise ValueError("ragged or quoted rows: parse cell by cell")
@@ -372,13 +368,10 @@ def _parse_chunk(
                 if not col.text:
                     col.chunks.append(block[:, j])
                     col.n_values += block.shape[0]
-                    col.exact_int = col.exact_int and bool(
-                        np.all(block[:, j] == np.round(block[:, j]))
-                    )
             return block.shape[0]
     except (ValueError, IndexError):
         pass
-    rows = _split_rows(lines, delim, len(header), first_row, label)
+    rows = _split_rows(lines, delim, header.n_cols, first_row, label)
     if not rows:
         return 0
     columns = list(zip(*rows, strict=True))
@@ -392,36 +385,76 @@ def _parse_chunk(
     return len(rows)
 
 
-def _header(stream: Iterator[str], label: str) -> tuple[list[str], str, int]:
-    """Header cells, delimiter and the number of lines before the data."""
-    n = 0
+#: Files with more columns than this read only the columns a convention can use
+#: (:func:`siflow.io._columns.relevant_column_pattern`) and those named in ``keep``.
+WIDE_COLUMNS = 10_000
+
+
+@dataclass
+class _Header:
+    """The header: selected column names by index, the column count and the delimiter."""
+
+    names: dict[int, str]
+    n_cols: int
+    delim: str
+    wide: bool = False
+
+
+def _header_line(stream: Iterator[str], label: str) -> str:
     for line in stream:
-        n += 1
         if line.strip() and not line.lstrip().startswith("#"):
-            break
-    else:
-        raise ValueError(f"{label} has no header row (only comments or blank lines)")
+            return line
+    raise ValueError(f"{label} has no header row (only comments or blank lines)")
+
+
+def _wide_names(line: str, delim: str, keep: set[str]) -> tuple[dict[int, str], int]:
+    """Selected names of a very wide header, scanned without splitting it into a list."""
+    pattern = relevant_column_pattern()
+    names: dict[int, str] = {}
+    start, j = 0, 0
+    end = len(line.rstrip("\r\n"))
+    while True:
+        stop = line.find(delim, start, end)
+        cell = line[start : stop if stop >= 0 else end].strip()
+        if cell in keep or pattern.fullmatch(cell):
+            names[j] = cell
+        j += 1
+        if stop < 0:
+            return names, j
+        start = stop + 1
+
+
+def _header(stream: Iterator[str], label: str, keep: set[str]) -> _Header:
+    """Header cells and delimiter (a very wide header keeps only the useful names)."""
+    line = _header_line(stream, label)
     delim = ","
     if "," not in line:
         delim = "\t" if "\t" in line else (";" if ";" in line else ",")
-    cells = next(csv.reader([line], delimiter=delim))
-    header = [h.strip() for h in cells]
+    if line.count(delim) >= WIDE_COLUMNS and '"' not in line:
+        names, n_cols = _wide_names(line, delim, keep)
+        return _Header(names, n_cols, delim, wide=True)
+    header = [h.strip() for h in next(csv.reader([line], delimiter=delim))]
     if not any(header):
         raise ValueError(f"{label} has an empty header row")
     header = [h if h else f"column{j}" for j, h in enumerate(header)]
     if len(set(header)) != len(header):
         dup = sorted({h for h in header if header.count(h) > 1})[:10]
         raise ValueError(f"{label} has duplicate column names {dup}; rename them")
-    return header, delim, n
+    return _Header(dict(enumerate(header)), len(header), delim)
 
 
-def _finish(header: list[str], use: list[int], state: dict[int, _Column], n_rows: int):
+def _finish(header: _Header, state: dict[int, _Column], n_rows: int):
     table: Table = {}
     text_cols: list[str] = []
     bad: dict[str, list[tuple[int, str]]] = {}
     notes: list[str] = []
-    for idx in use:
-        col, name = state[idx], header[idx]
+    if header.wide:
+        notes.append(
+            f"{header.n_cols} columns: only the {len(header.names)} whose names a convention "
+            f"uses were read; name another with mapping= to read it"
+        )
+    for idx, col in state.items():
+        name = header.names[idx]
         if col.text or (col.n_values == 0 and col.n_bad > 0):
             text_cols.append(name)
             continue
@@ -445,19 +478,20 @@ def parse_csv_table(
     path: Path,
     label: str,
     *,
-    select: Callable[[list[str]], list[int]] | None = None,
+    keep: set[str] | None = None,
 ) -> CsvTable:
     """Stream a CSV (any compression) into numeric columns, chunk by chunk.
 
     Lines starting with ``#`` before the header are skipped. The delimiter is a
-    comma, or a tab / semicolon when the header has those and no comma.
-    ``select(header)`` returns the indices of the columns to read (default: all);
-    the others are named in ``CsvTable.unread``.
+    comma, or a tab / semicolon when the header has those and no comma. Every
+    column is read, except in files of more than :data:`WIDE_COLUMNS` columns,
+    where only the columns a convention can use and those named in ``keep`` are
+    read (a note says how many).
     """
     with open_binary(path) as raw:
         stream = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="strict", newline="")
         try:
-            return _parse_stream(stream, label, select)
+            return _parse_stream(stream, label, set(keep or ()))
         except UnicodeDecodeError as exc:
             raise ValueError(
                 f"{label} is not UTF-8 text (byte {exc.start} of a chunk); is it a binary file?"
@@ -479,10 +513,9 @@ def _next_chunk(stream: IO[str]) -> list[str]:
     return lines
 
 
-def _parse_stream(stream: IO[str], label: str, select) -> CsvTable:
-    header, delim, skipped = _header(stream, label)
-    use = select(header) if select is not None else list(range(len(header)))
-    state = {i: _Column() for i in use}
+def _parse_stream(stream: IO[str], label: str, keep: set[str]) -> CsvTable:
+    header = _header(stream, label, keep)
+    state = {i: _Column() for i in header.names}
     n_rows = 0
     while True:
         lines = _next_chunk(stream)
@@ -490,9 +523,9 @@ def _parse_stream(stream: IO[str], label: str, select) -> CsvTable:
             break
         if "\x00" in lines[0]:
             raise ValueError(f"{label} is a binary file, not a text log")
-        n_rows += _parse_chunk(lines, n_rows + 1, header, use, state, delim, label)
+        n_rows += _parse_chunk(lines, n_rows + 1, header, state, label)
     if n_rows == 0:
         raise ValueError(f"{label} has a header but no data rows")
-    table, text_cols, bad, notes = _finish(header, use, state, n_rows)
-    unread = [h for i, h in enumerate(header) if i not in state]
-    return CsvTable(header, table, text_cols, bad, notes, unread)
+    table, text_cols, bad, notes = _finish(header, state, n_rows)
+    names = list(header.names.values())
+    return CsvTable(names, table, text_cols, bad, notes, header.n_cols - len(names))

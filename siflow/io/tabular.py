@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from siflow.io._build import build_trajectory
-from siflow.io._columns import Table
+from siflow.io._columns import Table, normalize_mapping
 from siflow.io._text import check_path, parse_csv_table, read_text
 from siflow.trajectory import Trajectory
 
@@ -71,7 +71,8 @@ def read_csv(
         Empty, binary, truncated or corrupt file, no step column, a bad mapping.
     """
     p = check_path(path)
-    parsed = parse_csv_table(p, repr(str(p)))
+    wanted = {c for c in normalize_mapping(mapping).values() if c}
+    parsed = parse_csv_table(p, repr(str(p)), keep=wanted)
     return build_trajectory(
         parsed.table,
         path=p,
