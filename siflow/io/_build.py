@@ -95,7 +95,7 @@ def _as_columns(
     for name, values in table.items():
         arr = np.asarray(values).reshape(-1)
         if arr.dtype.kind not in "iu":
-            arr = arr.astype(np.float64)
+            arr = np.asarray(arr, dtype=np.float64)
         elif arr.dtype.kind == "u":
             arr = arr.astype(np.int64)
         if n_rows is None:
@@ -382,11 +382,11 @@ class Fields:
 def _field_getter(cols: Columns, found: dict[str, str], choice: GroupChoice):
     def col(fld: str) -> NDArray[np.float64] | None:
         if fld in choice.columns:
-            return choice.columns[fld].astype(np.float64)
+            return np.asarray(choice.columns[fld], dtype=np.float64)
         if choice.name not in (None, "sum") and fld in _PER_GROUP_ONLY:
             # never pair a group's norm with the total's gradient or angle
             return None
-        return cols[found[fld]].astype(np.float64) if fld in found else None
+        return np.asarray(cols[found[fld]], dtype=np.float64) if fld in found else None
 
     return col
 
@@ -487,7 +487,7 @@ def _extra_columns(
         if name in consumed:
             continue
         key = name if name not in FIELDS and name != "step" else f"column:{name}"
-        extra[key] = values.astype(np.float64)
+        extra[key] = np.asarray(values, dtype=np.float64)
     return extra
 
 
@@ -627,8 +627,9 @@ def build_trajectory(
         n_rows=n_rows,
         label=label,
     )
-    cols = {k: v[axis.keep] for k, v in cols.items()}
-    choice.columns = {k: v[axis.keep] for k, v in choice.columns.items()}
+    if not axis.keep.all():
+        cols = {k: v[axis.keep] for k, v in cols.items()}
+        choice.columns = {k: v[axis.keep] for k, v in choice.columns.items()}
     if axis.step.size > 1 and np.any(axis.step[1:] == axis.step[:-1]):
         cols, choice.columns = _merge_equal_steps(axis, cols, choice.columns, label)
     known = dict(meta or {})

@@ -462,6 +462,7 @@ def _finish(header: _Header, state: dict[int, _Column], n_rows: int):
         if any(p.dtype.kind == "i" for p in parts) and not all(p.dtype.kind == "i" for p in parts):
             parts = [p.astype(np.float64) for p in parts]
         table[name] = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        col.chunks = []  # free the chunks before the next column is joined
         if col.n_bad:
             bad[name] = col.bad
             where = ", ".join(f"row {r}: {t!r}" for r, t in col.bad[:3])
