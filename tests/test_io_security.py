@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import tracemalloc
 import zipfile
 from pathlib import Path
 
@@ -165,3 +166,15 @@ def test_allowed_names_only_build_data():
     np.testing.assert_array_equal(out["a"], arr)
     with pytest.raises(ValueError, match="refused"):
         RestrictedUnpickler(io.BytesIO(pickle.dumps(Path("x"))), "test").load()
+
+
+def test_memo_index_bomb_is_refused_before_unpickling(tmp_path):
+    # LONG_BINPUT 2**31 - 1 would make CPython grow its memo table to 2**31 entries
+    evil = b"\x80\x02K\x01r\xff\xff\xff\x7f."
+    run = _req_dir(tmp_path, evil)
+    tracemalloc.start()
+    with pytest.raises(ValueError, match="memo index"):
+        sio.read(run)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 2**20

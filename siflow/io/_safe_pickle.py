@@ -27,6 +27,7 @@ from __future__ import annotations
 import collections
 import io
 import pickle
+import pickletools
 import struct
 import zipfile
 from collections.abc import Callable, Iterator
@@ -187,6 +188,7 @@ class RestrictedUnpickler(pickle.Unpickler):
         self, file: IO[bytes], label: str, storages: Callable[[str], bytes | None] | None = None
     ) -> None:
         super().__init__(file)
+        self.stream = file
         self._label = label
         self._storages = storages
         self._cache: dict[str, _Storage] = {}
@@ -235,7 +237,31 @@ _PICKLE_ERRORS = (
 )
 
 
+#: Memo indices above this are refused before unpickling: CPython grows its memo table
+#: to the largest index, so one bit flipped in a LONG_BINPUT asks for gigabytes.
+_MAX_MEMO = 1 << 24
+
+
+def _scan(fh: IO[bytes], label: str) -> None:
+    """Walk the next pickle's opcodes (no objects built): refuse absurd memo indices."""
+    start = fh.tell()
+    try:
+        for op, arg, _pos in pickletools.genops(fh):
+            if op.name in ("LONG_BINPUT", "LONG_BINGET", "PUT", "GET") and (
+                not isinstance(arg, int) or not 0 <= arg < _MAX_MEMO
+            ):
+                raise ValueError(f"{label}: a pickle memo index {arg!r} is out of range: corrupt")
+    except ValueError:
+        raise
+    except Exception as exc:  # genops raises on a truncated or garbled stream
+        raise ValueError(
+            f"{label} is not a readable pickle ({type(exc).__name__}: {exc}); is it truncated?"
+        ) from None
+    fh.seek(start)
+
+
 def _load_one(unpickler: RestrictedUnpickler, label: str) -> Any:
+    _scan(unpickler.stream, label)
     try:
         return unpickler.load()
     except ValueError:
@@ -330,7 +356,7 @@ def load_torch_file(path: Path) -> Any:
                 except KeyError:
                     raise ValueError(f"{label} lacks tensor storage {key!r}") from None
 
-            with zf.open(f"{prefix}/data.pkl") as fh:
-                return _load_one(RestrictedUnpickler(fh, label, storage), label)
+            fh = io.BytesIO(zf.read(f"{prefix}/data.pkl"))
+            return _load_one(RestrictedUnpickler(fh, label, storage), label)
     except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError) as exc:
         raise ValueError(f"{label} is a corrupt torch file ({type(exc).__name__}: {exc})") from None
