@@ -229,3 +229,11 @@ def test_very_wide_csv_reads_only_the_useful_columns(tmp_path):
     assert "norm/conv1" in t.extra and "feature5" not in t.extra
     m = sio.read(path, mapping={"loss": "feature5"})  # a mapped column is read
     np.testing.assert_array_equal(m.loss, [7.0, 7.0, 7.0])
+
+
+def test_library_messages_name_parameters_not_cli_flags(tmp_path):
+    path = tmp_path / "metrics.csv"
+    path.write_text("epoch,stage\n0,a\n")
+    with pytest.raises(ValueError, match=r"mapping=\{'step': '<column>'\}") as info:
+        sio.read_lightning(path)
+    assert "--" not in str(info.value).replace(str(path), "")

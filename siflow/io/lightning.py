@@ -145,7 +145,8 @@ def read_lightning(
     if step_col is None or step_col not in table:
         raise ValueError(
             f"{label} has no numeric 'step' column (header: {', '.join(header)}); "
-            f"is it a Lightning CSVLogger metrics.csv? pass --map step=<column> or fmt='csv'"
+            f"is it a Lightning CSVLogger metrics.csv? pass mapping={{'step': '<column>'}} "
+            f"or fmt='csv'"
         )
     n_before = len(table[step_col])
     merged, conflicts = merge_rows_by_step(table, step_col, label)

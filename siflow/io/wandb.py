@@ -66,8 +66,7 @@ def _choose_run(
     if len(runs) == 1:
         return runs[0], False
     raise ValueError(
-        f"{label} holds several runs ({listed}); pick one with run='<name>' "
-        f"(--run <name>) or group='<name>'"
+        f"{label} holds several runs ({listed}); pick one with run='<name>' or group='<name>'"
     )
 
 
