@@ -58,16 +58,18 @@ def merge_rows_by_step(table: Table, step_col: str, label: str) -> tuple[Table, 
     merged: Table = {}
     conflicts = 0
     for name, values in table.items():
-        v = values[ok]
+        v = np.asarray(values, dtype=np.float64)[ok]
+        present = ~np.isnan(v)
+        group, vals = inverse[present], v[present]
         out = np.full(uniq.size, np.nan)
-        for i in range(v.size):
-            x = v[i]
-            if np.isnan(x):
-                continue
-            j = inverse[i]
-            if not np.isnan(out[j]) and out[j] != x and name != step_col:
-                conflicts += 1
-            out[j] = x
+        if vals.size:
+            # the last non-blank value of each step (stable sort keeps file order)
+            order = np.argsort(group, kind="stable")
+            group, vals = group[order], vals[order]
+            last = np.r_[group[1:] != group[:-1], True]
+            out[group[last]] = vals[last]
+            if name != step_col:  # consecutive values of one step that differ
+                conflicts += int(np.sum((group[1:] == group[:-1]) & (vals[1:] != vals[:-1])))
         merged[name] = out
     merged[step_col] = uniq.astype(np.float64)
     return merged, conflicts
