@@ -1,24 +1,32 @@
 """``python -m siflow.overlay LOG``: theory overlaid on a training log.
 
-Reads the log with :func:`siflow.io.read`, runs :func:`siflow.overlay.analyze`,
-prints a table (or one JSON object with ``--json``) and writes the figure
-(default ``<log stem>_overlay.png`` next to the log). Bad input gives one line on
-stderr and exit status 2; the figure is written atomically, so nothing is left
-half-written.
+Reads the log with :func:`siflow.io.read`, runs :func:`siflow.overlay.analyze` with
+the theory of the optimizer that ran, prints a table (or one JSON object with
+``--json``) and writes ``summary.json`` (every field, long lists whole) and the
+figure under ``runs/overlay/<log name>/`` (or the directory ``--out``), never next
+to the log; ``--out FIGURE.png`` writes that figure only. It prints where its
+outputs went. Bad input gives one line on stderr and exit status 2;
+files are written atomically, so nothing is left half-written.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from siflow._cli import ArgumentParser, CLIError, run_main
 
 PROG = "python -m siflow.overlay"
+FIGURE_SUFFIXES = (".png", ".svg", ".pdf")
+#: Lists longer than this are summarised on screen (count, median, quartiles).
+SCREEN_LIST = 8
 
 
 def build_parser() -> ArgumentParser:
@@ -26,15 +34,45 @@ def build_parser() -> ArgumentParser:
     p = ArgumentParser(
         prog=PROG,
         description=(
-            "Measure destabilization events, periods and equilibrium statistics of a "
-            "training log or simulation and compare them with the closed forms of "
-            "siflow.theory; print a table and draw a figure."
+            "Measure destabilization events, periods, equilibrium statistics and the exact "
+            "scale-invariance checks of a training log or simulation, and compare them with "
+            "the closed forms of siflow.theory for the optimizer that ran; print a table, "
+            "write summary.json and a figure."
         ),
     )
     p.add_argument("log", help="log file or directory (any format siflow.io.read accepts)")
-    p.add_argument("--lr", type=float, help="learning rate (default: the log's metadata)")
-    p.add_argument("--wd", type=float, help="weight decay (default: the log's metadata)")
+    p.add_argument("--lr", type=float, help="learning rate (default: the log's lr column/metadata)")
+    p.add_argument("--wd", type=float, help="weight decay (default: the log's wd column/metadata)")
+    p.add_argument(
+        "--optimizer",
+        choices=("sgd", "sgdm", "nesterov", "adamw", "lion"),
+        help="whose theory predicts (default: the log's metadata, else sgd)",
+    )
     p.add_argument("--momentum", type=float, help="heavy-ball momentum (default: metadata, else 0)")
+    p.add_argument(
+        "--betas",
+        type=float,
+        nargs=2,
+        metavar=("BETA1", "BETA2"),
+        help="AdamW/Lion betas (default: metadata, else 0.9 0.999 for AdamW, 0.9 0.99 for Lion)",
+    )
+    p.add_argument(
+        "--schedule",
+        metavar="SPEC",
+        help="lr schedule, e.g. cosine:peak=0.5,warmup=500,min=0.005,steps=20000 (peak "
+        "defaults to --lr); overrides the log's lr column",
+    )
+    p.add_argument("--wd-schedule", metavar="SPEC", help="weight-decay schedule (same syntax)")
+    p.add_argument(
+        "--group-size",
+        action="append",
+        default=[],
+        metavar="NAME=C",
+        help="elements of an SI group, for the AdamW/Lion norms (repeatable)",
+    )
+    p.add_argument(
+        "--n-params", type=float, help="elements behind the total norm (AdamW/Lion norm)"
+    )
     p.add_argument(
         "--sharpness",
         type=float,
@@ -57,14 +95,62 @@ def build_parser() -> ArgumentParser:
         "--group", help="SI group (layer) when the log has per-group norms, or 'sum' for the total"
     )
     p.add_argument("--run", help="run name in a W&B export that holds several runs")
-    p.add_argument("--out", help="figure path (.png/.svg/.pdf; default <log stem>_overlay.png)")
+    p.add_argument(
+        "--out",
+        help="output directory (default runs/overlay/<log name>), or a figure path ending in "
+        ".png/.svg/.pdf (then only that figure is written)",
+    )
     p.add_argument("--no-figure", action="store_true", help="do not draw a figure")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument(
+        "--detect",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a parameter of the event detector siflow.periods.find_events, e.g. "
+        "--detect min_rise=0.05 or --detect signal=loss (repeatable)",
+    )
     p.add_argument("--predict-lr", type=float, help="predict the period at this learning rate")
     p.add_argument("--predict-wd", type=float, help="predict the period at this weight decay")
     return p
 
 
+# -------------------------------------------------------------- messages
+_PARAM_FLAGS = {
+    "mapping": "--map",
+    "group_sizes": "--group-size NAME=C",
+    "n_params": "--n-params",
+    "wd_schedule": "--wd-schedule",
+    "predict_lr": "--predict-lr",
+    "predict_wd": "--predict-wd",
+    "steps_per_epoch": "--steps-per-epoch",
+    "detector": "--detect KEY=VALUE",
+}
+
+
+def to_flags(text: str) -> str:
+    """A library message with Python parameters (``lr=``, ``mapping={"rho": COLUMN}``)
+    rewritten with this command's flags (``--lr``, ``--map rho=COLUMN``)."""
+    text = re.sub(r'mapping=\{"(\w+)": COLUMN\}', r"--map \1=<column>", text)
+
+    def flag(m: re.Match[str]) -> str:
+        name = m.group(1)
+        return _PARAM_FLAGS.get(name, "--" + name.replace("_", "-"))
+
+    names = "|".join(
+        sorted(
+            [
+                "lr", "wd", "momentum", "optimizer", "betas", "schedule", "group", "sharpness",
+                *_PARAM_FLAGS,
+            ],
+            key=len,
+            reverse=True,
+        )
+    )  # fmt: skip
+    return re.sub(rf"\b({names})=(?=[\s,;:.)]|$)", flag, text)
+
+
+# ----------------------------------------------------------------- table
 def _fmt(v: Any, unit: str = "") -> str:
     if v is None:
         return "n/a"
@@ -83,15 +169,60 @@ def _ratio(measured: float | None, predicted: float | None) -> str:
     return f"{measured / predicted:.4f}"
 
 
+def summarize_list(values: Sequence[float | None]) -> str:
+    """A list on one line: whole when short, else count, median and quartiles."""
+    finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if len(values) <= SCREEN_LIST:
+        return "[" + ", ".join(_fmt(v) for v in values) + "]"
+    if not finite:
+        return f"{len(values)} values, none finite"
+    q1, med, q3 = np.percentile(finite, [25, 50, 75])
+    return (
+        f"{len(values)} values: median {med:.6g}, quartiles {q1:.6g} .. {q3:.6g}, "
+        f"range {min(finite):.6g} .. {max(finite):.6g}"
+    )
+
+
+def _check_line(d: dict[str, Any]) -> str:
+    parts = [
+        f"{label} {d[key]:.2g}"
+        for key, label in (
+            ("norm_replay_error_max", "norm replay max"),
+            ("angle_law_error_median", "angle law median"),
+            ("radial_law_error_max", "radial law max"),
+        )
+        if d.get(key) is not None
+    ]
+    detail = f" ({'; '.join(parts)} relative error over {d['check_rows']} rows)" if parts else ""
+    return f"scale-invariance check: {d['scale_invariance']}{detail}"
+
+
+def _hyper_line(d: dict[str, Any]) -> str:
+    hp = f"optimizer={d.get('optimizer', 'sgd')}  lr={_fmt(d['lr'])}"
+    if d.get("lr_schedule"):
+        hp += " (peak of a schedule)"
+    hp += f"  wd={_fmt(d['wd'])}"
+    if d.get("wd_schedule"):
+        hp += " (peak of a schedule)"
+    if d.get("optimizer", "sgd") in ("sgd", "sgdm", "nesterov"):
+        hp += f"  momentum={_fmt(d['momentum'])}"
+    if d.get("betas"):
+        hp += f"  betas={d['betas'][0]:g},{d['betas'][1]:g}"
+    return f"regime: {d['regime']}    {hp}"
+
+
 def format_table(d: dict[str, Any]) -> str:
-    """Readable table of an :meth:`OverlayResult.to_dict` (measured, predicted, ratio)."""
-    lines = []
-    hp = f"lr={_fmt(d['lr'])}  wd={_fmt(d['wd'])}  momentum={_fmt(d['momentum'])}"
-    lines.append(f"regime: {d['regime']}    {hp}")
+    """Readable table of an :meth:`OverlayResult.as_flat_dict` (measured, predicted, ratio)."""
+    forms = d.get("formulas") or {}
+    lines = [_hyper_line(d)]
+    if "scale_invariance" in d:
+        lines.append(_check_line(d))
     lines.append(
         f"events: {d['n_events']} (detected on {d['detection_signal'] or 'n/a'})"
         + (f"; stationary part: steps {d['stationary_start']}..{d['stationary_stop']}")
     )
+    if d.get("periods"):
+        lines.append(f"periods (steps): {summarize_list(d['periods'])}")
     lines.append("")
     lines.append(f"{'quantity':<36}{'measured':>14}{'predicted':>14}{'ratio':>9}")
     rows = [
@@ -121,9 +252,99 @@ def format_table(d: dict[str, Any]) -> str:
         )
     if d["elr_at_events_median"] is not None and d["elr_threshold"] is not None:
         lines.append("(the 'predicted' effective LR at events is the stability threshold)")
+    if d.get("groups"):
+        lines.extend(_group_table(d["groups"]))
+    if forms:
+        lines.append("")
+        lines.append("formulas:")
+        for key in ("angular_update", "norm", "elr", "decay_rate", "threshold"):
+            if key in forms:
+                lines.append(f"  {key:<15}{forms[key]}")
     for note in d["notes"]:
-        lines.append(f"note: {note}")
+        lines.append(f"note: {to_flags(note)}")
     return "\n".join(lines)
+
+
+def _group_table(groups: list[dict[str, Any]]) -> list[str]:
+    width = min(max(len("SI group"), *(len(g["name"]) for g in groups)) + 2, 42)
+    out = ["", f"{'SI group':<{width}}{'angle RMS':>11}{'Delta*':>11}{'ratio':>8}"
+           f"{'norm mean':>11}{'rho*':>11}{'replay err':>11}  note"]  # fmt: skip
+    for g in groups:
+        err = g.get("norm_replay_error_max")
+        if err is None:
+            err = g.get("radial_law_error_max")
+        out.append(
+            f"{g['name'][: width - 1]:<{width}}{_fmt(g['angular_update_rms']):>11}"
+            f"{_fmt(g['angular_update_predicted']):>11}"
+            f"{_ratio(g['angular_update_rms'], g['angular_update_predicted']):>8}"
+            f"{_fmt(g['norm_mean']):>11}{_fmt(g['norm_predicted']):>11}"
+            f"{('n/a' if err is None else f'{err:.2g}'):>11}  {to_flags(g.get('note') or '')}"
+        )
+    return out
+
+
+# ----------------------------------------------------------------- outputs
+def _outputs(args: Any, log: Path) -> tuple[Path | None, Path | None]:
+    """(figure path or None, summary path or None) from ``--out``; nothing next to the log."""
+    if args.no_figure and args.out and Path(args.out).suffix.lower() in FIGURE_SUFFIXES:
+        raise CLIError("--out names a figure but --no-figure is set; drop one")
+    if args.out and Path(args.out).suffix.lower() in FIGURE_SUFFIXES:
+        fig = Path(args.out)
+        if not fig.parent.is_dir():
+            raise CLIError(f"--out directory {str(fig.parent)!r} does not exist; create it first")
+        return fig, None
+    if args.out and Path(args.out).suffix and not Path(args.out).is_dir():
+        raise CLIError(
+            f"--out {args.out!r} must be a directory or a figure ending in .png, .svg or .pdf"
+        )
+    name = log.stem if log.is_file() else log.name
+    out_dir = Path(args.out) if args.out else Path("runs") / "overlay" / (name or "log")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CLIError(f"--out {str(out_dir)!r} is a file; pass a directory")
+    return (None if args.no_figure else out_dir / "overlay.png"), out_dir / "summary.json"
+
+
+def _group_sizes(items: Sequence[str]) -> dict[str, float] | None:
+    if not items:
+        return None
+    out: dict[str, float] = {}
+    for item in items:
+        name, eq, value = item.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise CLIError(f"--group-size {item!r}: write NAME=C with C a number") from None
+        if not eq or not name.strip():
+            raise CLIError(f"--group-size {item!r}: write NAME=C, e.g. --group-size conv1=864")
+    return out
+
+
+def _detector(items: Sequence[str]) -> dict[str, Any] | None:
+    """``--detect KEY=VALUE`` items as keyword arguments (numbers, true/false, none, text)."""
+    if not items:
+        return None
+    out: dict[str, Any] = {}
+    for item in items:
+        key, eq, text = item.partition("=")
+        key, text = key.strip().replace("-", "_"), text.strip()
+        if not eq or not key or not text:
+            raise CLIError(f"--detect {item!r}: write KEY=VALUE, e.g. --detect min_rise=0.05")
+        low = text.lower()
+        value: Any
+        if low in ("true", "false"):
+            value = low == "true"
+        elif low == "none":
+            value = None
+        else:
+            try:
+                value = int(text)
+            except ValueError:
+                try:
+                    value = float(text)
+                except ValueError:
+                    value = text
+        out[key] = value
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -131,30 +352,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_main(_body, argv, prog=PROG)
 
 
-def _body(argv: Sequence[str] | None) -> int:
-    args = build_parser().parse_args(argv)
+def _read(args: Any, log: Path) -> Any:
     from siflow import io
-    from siflow.overlay import analyze, draw
 
-    log = Path(args.log)
-    if not log.exists():
-        raise CLIError(
-            f"no such log: {str(log)!r}; check the path "
-            f"(a log file, or a TensorBoard/Lightning run directory)"
-        )
-    if args.no_figure and args.out:
-        raise CLIError("--out and --no-figure contradict each other; drop one")
-    out: Path | None = None
-    if not args.no_figure:
-        if args.out:
-            out = Path(args.out)
-        else:
-            base = log if log.is_file() else log / log.name
-            out = base.with_name(f"{base.stem}_overlay.png")
-        if out.suffix.lower() not in (".png", ".svg", ".pdf"):
-            raise CLIError(f"--out {str(out)!r} must end in .png, .svg or .pdf")
-        if not out.parent.is_dir():
-            raise CLIError(f"--out directory {str(out.parent)!r} does not exist; create it first")
     mapping = io.parse_mapping(args.map) if args.map else None
     traj = io.read(
         log,
@@ -172,35 +372,71 @@ def _body(argv: Sequence[str] | None) -> int:
             f"{', '.join(traj.columns())}); name one with --map rho=<column> or "
             f"--map loss=<column>"
         )
-    if (args.lr is None and traj.lr is None) or (args.wd is None and traj.wd is None):
-        missing = [
-            n
-            for n, a, m in (("lr", args.lr, traj.lr), ("wd", args.wd, traj.wd))
-            if a is None and m is None
-        ]
+    has = {n: traj.meta.get(n) is not None or n in traj.extra for n in ("lr", "wd")}
+    given = {"lr": args.lr is not None or args.schedule, "wd": args.wd is not None}
+    given["wd"] = given["wd"] or bool(args.wd_schedule)
+    missing = [n for n in ("lr", "wd") if not has[n] and not given[n]]
+    if missing:
         raise CLIError(
             f"{str(log)!r} does not record {' and '.join(missing)}; pass "
             + " and ".join(f"--{n} VALUE" for n in missing)
         )
-    result = analyze(
-        traj,
-        lr=args.lr,
-        wd=args.wd,
-        momentum=args.momentum,
-        sharpness=args.sharpness,
-        predict_lr=args.predict_lr,
-        predict_wd=args.predict_wd,
-    )
-    d = result.to_dict()
-    if out is not None:
-        draw(traj, result, out)
-        d["figure"] = str(out)
+    return traj
+
+
+def _body(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    from siflow._fileio import atomic_write, ensure_dir
+    from siflow.overlay import analyze, draw
+
+    log = Path(args.log)
+    if not log.exists():
+        raise CLIError(
+            f"no such log: {str(log)!r}; check the path "
+            f"(a log file, or a TensorBoard/Lightning run directory)"
+        )
+    fig, summary = _outputs(args, log)
+    sizes = _group_sizes(args.group_size)
+    detector = _detector(args.detect)
+    try:
+        traj = _read(args, log)
+        result = analyze(
+            traj,
+            lr=args.lr,
+            wd=args.wd,
+            momentum=args.momentum,
+            optimizer=args.optimizer,
+            betas=tuple(args.betas) if args.betas else None,
+            schedule=args.schedule,
+            wd_schedule=args.wd_schedule,
+            n_params=args.n_params,
+            group_sizes=sizes,
+            sharpness=args.sharpness,
+            predict_lr=args.predict_lr,
+            predict_wd=args.predict_wd,
+            detector=detector,
+        )
+    except ValueError as exc:
+        raise CLIError(to_flags(str(exc))) from None
+    d = result.as_flat_dict()
+    wrote = []
+    if summary is not None:
+        ensure_dir(summary.parent)
+        d["summary"] = str(summary)
+    if fig is not None:
+        draw(traj, result, fig)
+        d["figure"] = str(fig)
+        wrote.append(f"figure: {fig}")
+    if summary is not None:
+        with atomic_write(summary) as fh:
+            fh.write(json.dumps(d, sort_keys=True, indent=1, allow_nan=False) + "\n")
+        wrote.append(f"summary: {summary}")
     if args.json:
-        sys.stdout.write(json.dumps(d, sort_keys=True) + "\n")
+        sys.stdout.write(json.dumps(d, sort_keys=True, allow_nan=False) + "\n")
+        sys.stderr.write("".join(line + "\n" for line in wrote))
     else:
         sys.stdout.write(format_table(d) + "\n")
-        if out is not None:
-            sys.stdout.write(f"figure: {out}\n")
+        sys.stdout.write("".join(line + "\n" for line in wrote))
     return 0
 
 

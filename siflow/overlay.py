@@ -1,4 +1,4 @@
-"""Theory on a trajectory: measured vs predicted equilibrium, decay and periods.
+"""Theory on a trajectory: measured vs predicted equilibrium, decay, periods and checks.
 
 :func:`analyze` measures, on any :class:`~siflow.trajectory.Trajectory` (a
 simulation or a real log read by :func:`siflow.io.read`):
@@ -10,19 +10,23 @@ simulation or a real log read by :func:`siflow.io.read`):
   RMS and mean sphere gradient norm ``g~ = rho |grad L(w)|``;
 - the per-step norm decay rate between events
   (:func:`siflow.periods.measure_decay_rate`);
+- the exact scale-invariance checks: the logged norm replayed from its first value
+  with the logged ``lr``, ``wd`` and ``g~`` (:func:`siflow.theory.sgd_norm_trajectory`),
+  the angle law (:func:`siflow.theory.sgd_step_angle`) and the one-step radial law
+  (:func:`siflow.theory.sgd_radial_norm`, heavy ball
+  :func:`siflow.theory.heavy_ball_radial_norm`): whether the theory applies to the
+  log at all;
+- the same statistics and checks per SI group (layer) when the log has per-group
+  columns ``rho/<group>``, ``angular_update/<group>``, ``grad_norm_sphere/<group>``;
 
-and predicts with :mod:`siflow.theory` for the same ``(lr, wd, momentum)``:
-
-- the equilibrium angular update ``Delta*`` (SGD: ``cos Delta* = 1 - lr wd``, exact
-  for the discrete map; heavy ball: ``cos Delta* = 1 - lr wd/(1+mu)``, exact under
-  the second-moment model);
-- the equilibrium norm and effective LR from the measured RMS of ``g~``
-  (``rho*^4 = lr G^2 / (wd (2 - lr wd))`` for SGD, exact for constant ``G``);
-- the zero-gradient decay rate ``-ln(decay_factor)`` (SGD: ``-ln(1 - lr wd)``,
-  exact);
-- the period from the measured norm ratio (decay law, docs/theory.md section 2), the
-  stability threshold from a sharpness, and with ``predict_lr``/``predict_wd`` the
-  period at another ``(lr, wd)`` calibrated on this log.
+and predicts with the theory of the optimizer that ran (``optimizer=``: SGD, heavy
+ball, Nesterov, AdamW, Lion; :func:`siflow.theory.equilibrium`) at every row's
+``lr(t)``, ``wd(t)`` (from ``schedule=``, an ``lr``/``wd`` column of the log, or
+constants): the equilibrium angular update ``Delta*(t)`` and norm ``rho*(t)`` (per
+group of ``C`` elements for AdamW/Lion), the decay rate, the stability threshold
+where the optimizer's theory defines one, and the period from the measured norm
+ratio. Every formula lives in :mod:`siflow.theory`; this module only selects and
+averages.
 
 :func:`draw` puts the predictions on the four-panel figure of
 :func:`siflow.plot.plot_trajectory`. ``python -m siflow.overlay LOG`` does both
@@ -31,16 +35,18 @@ from the command line.
 
 from __future__ import annotations
 
+import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from siflow import theory
-from siflow._validate import check_lr_wd, check_momentum, check_positive
+from siflow._validate import check_beta, check_lr_wd, check_momentum, check_positive
 from siflow.periods import (
     Events,
     classify,
@@ -48,24 +54,29 @@ from siflow.periods import (
     measure_decay_rate,
     stationary_part,
 )
+from siflow.schedules import parse_schedule
 from siflow.trajectory import Trajectory
 
-__all__ = ["OverlayResult", "analyze", "draw", "theory_lines", "predict_period_at", "main"]
+__all__ = [
+    "OverlayResult",
+    "EventStats",
+    "EquilibriumStats",
+    "Predictions",
+    "Checks",
+    "GroupResult",
+    "Curves",
+    "analyze",
+    "draw",
+    "theory_lines",
+    "predict_period_at",
+    "main",
+]
 
 
 @dataclass
-class OverlayResult:
-    """Measured and predicted quantities of one trajectory (see :func:`analyze`).
+class EventStats:
+    """Destabilization events and periods (steps are optimizer steps)."""
 
-    Floats are ``None`` where the log lacks what the field needs; ``notes`` says
-    why. Steps are optimizer steps; angles in radians per step; rates per step.
-    """
-
-    lr: float | None = None
-    wd: float | None = None
-    momentum: float = 0.0
-    regime: str = ""
-    # events and periods
     n_events: int = 0
     event_steps: list[int] = field(default_factory=list)
     periods: list[float] = field(default_factory=list)
@@ -75,48 +86,185 @@ class OverlayResult:
     norm_ratio_median: float | None = None
     rise_steps_median: float | None = None
     detection_signal: str = ""
-    # equilibrium statistics over the stationary part
+
+
+@dataclass
+class EquilibriumStats:
+    """Measured statistics over the stationary part, and the measured decay rate."""
+
     stationary_start: int | None = None
     stationary_stop: int | None = None
     angular_update_rms: float | None = None
     angular_update_source: str | None = None
-    angular_update_predicted: float | None = None
     norm_mean: float | None = None
-    norm_predicted: float | None = None
     elr_mean: float | None = None
-    elr_predicted: float | None = None
     grad_norm_sphere_mean: float | None = None
     grad_norm_sphere_rms: float | None = None
-    # decay between events
     decay_rate_measured: float | None = None
+
+
+@dataclass
+class Predictions:
+    """What the optimizer's theory predicts for this log (``None``: not defined or not
+    computable; ``formulas`` names the closed form behind each value, or why none)."""
+
+    angular_update_predicted: float | None = None
+    norm_predicted: float | None = None
+    elr_predicted: float | None = None
     decay_rate_predicted: float | None = None
-    # periods and thresholds
     predicted_period: float | None = None
     sharpness: float | None = None
     elr_threshold: float | None = None
     critical_norm: float | None = None
+    n_params: float | None = None
     predict_lr: float | None = None
     predict_wd: float | None = None
     predicted_period_at: float | None = None
     predicted_period_method: str | None = None
+    formulas: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Checks:
+    """Exact scale-invariance checks (largest or median relative deviation).
+
+    ``norm_replay_error_max``: the logged norm against the SGD norm recursion replayed
+    from the first logged norm with the logged lr, wd and ``g~``;
+    ``angle_law_error_median``: the logged angle against ``tan Delta = elr g~/(1 - lr wd)``;
+    ``radial_law_error_max``: the logged norm against the one-step radial law
+    (SGD: ``rho' cos Delta = (1 - lr wd) rho``; heavy ball: with the momentum term).
+    ``scale_invariance``: ``"holds"`` (all below 1e-3), ``"fails"`` (one above 1e-2),
+    ``"approximate"`` or ``"n/a"``; ``check_rows``: consecutive rows used.
+    """
+
+    norm_replay_error_max: float | None = None
+    angle_law_error_median: float | None = None
+    radial_law_error_max: float | None = None
+    check_rows: int = 0
+    scale_invariance: str = "n/a"
+    check_notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class GroupResult:
+    """One SI group (layer): measured against the equilibrium of its optimizer."""
+
+    name: str
+    n_params: float | None = None
+    angular_update_rms: float | None = None
+    angular_update_predicted: float | None = None
+    norm_mean: float | None = None
+    norm_predicted: float | None = None
+    grad_norm_sphere_rms: float | None = None
+    norm_replay_error_max: float | None = None
+    angle_law_error_median: float | None = None
+    radial_law_error_max: float | None = None
+    note: str | None = None
+
+
+@dataclass
+class Curves:
+    """Per-row predictions (NaN where undefined): ``lr(t)``, ``wd(t)``, ``Delta*(t)``,
+    ``rho*(t)``, ``elr*(t)`` at the trajectory's steps."""
+
+    step: np.ndarray
+    lr: np.ndarray
+    wd: np.ndarray
+    angular_update: np.ndarray | None = None
+    norm: np.ndarray | None = None
+    elr: np.ndarray | None = None
+
+
+_SECTIONS: dict[str, type] = {
+    "event_stats": EventStats,
+    "equilibrium": EquilibriumStats,
+    "predictions": Predictions,
+    "checks": Checks,
+}
+#: Flat field name -> the section of :class:`OverlayResult` that holds it.
+_OWNER: dict[str, str] = {f.name: sec for sec, cls in _SECTIONS.items() for f in fields(cls)}
+
+
+@dataclass
+class OverlayResult:
+    """Measured and predicted quantities of one trajectory (see :func:`analyze`).
+
+    Grouped in ``event_stats`` (:class:`EventStats`), ``equilibrium``
+    (:class:`EquilibriumStats`), ``predictions`` (:class:`Predictions`), ``checks``
+    (:class:`Checks`) and ``groups`` (a :class:`GroupResult` per SI group); every
+    field of a section is also readable and writable as an attribute of the result
+    (``result.period_median``), and :meth:`as_flat_dict` gives the flat JSON keys.
+    ``events`` is the :class:`~siflow.periods.Events` found, ``curves`` the per-row
+    predictions. Floats are ``None`` where the log lacks what the field needs;
+    ``notes`` says why. Steps are optimizer steps; angles in radians per step.
+    """
+
+    lr: float | None = None
+    wd: float | None = None
+    momentum: float = 0.0
+    optimizer: str = "sgd"
+    betas: list[float] | None = None
+    lr_schedule: bool = False
+    wd_schedule: bool = False
+    schedule: str | None = None
+    regime: str = ""
+    event_stats: EventStats = field(default_factory=EventStats)
+    equilibrium: EquilibriumStats = field(default_factory=EquilibriumStats)
+    predictions: Predictions = field(default_factory=Predictions)
+    checks: Checks = field(default_factory=Checks)
+    groups: list[GroupResult] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     events: Events = field(default_factory=Events, repr=False)
+    curves: Curves | None = field(default=None, repr=False)
+
+    def __getattr__(self, name: str) -> Any:
+        section = _OWNER.get(name)
+        if section is None or section not in self.__dict__:
+            raise AttributeError(f"OverlayResult has no attribute {name!r}")
+        return getattr(self.__dict__[section], name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        section = _OWNER.get(name)
+        if section is not None and section in self.__dict__:
+            setattr(self.__dict__[section], name, value)
+        else:
+            object.__setattr__(self, name, value)
+
+    def as_flat_dict(self) -> dict[str, Any]:
+        """JSON-ready flat dict (the documented keys; NaN becomes ``None``).
+
+        Top-level fields, then every field of each section under its own name, then
+        ``groups`` as a list of dicts; ``events`` and ``curves`` are left out.
+        """
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            if f.name in _SECTIONS:
+                out.update(asdict(getattr(self, f.name)))
+            elif f.name == "groups":
+                out["groups"] = [asdict(g) for g in self.groups]
+            elif f.name not in ("events", "curves"):
+                out[f.name] = getattr(self, f.name)
+        return {k: _clean(v) for k, v in out.items()}
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict of every field but ``events`` (NaN becomes ``None``)."""
-        out = asdict(self)
-        out.pop("events", None)
+        """Same as :meth:`as_flat_dict`."""
+        return self.as_flat_dict()
 
-        def clean(v: Any) -> Any:
-            if isinstance(v, float) and not math.isfinite(v):
-                return None
-            if isinstance(v, list):
-                return [clean(x) for x in v]
-            if isinstance(v, (np.floating, np.integer)):
-                return clean(v.item())
-            return v
+    def to_json(self) -> str:
+        """:meth:`as_flat_dict` as strict JSON (sorted keys)."""
+        return json.dumps(self.as_flat_dict(), sort_keys=True, allow_nan=False)
 
-        return {k: clean(v) for k, v in out.items()}
+
+def _clean(v: Any) -> Any:
+    if isinstance(v, (np.floating, np.integer)):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, list):
+        return [_clean(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _clean(x) for k, x in v.items()}
+    return v
 
 
 def _f(x: Any) -> float | None:
@@ -137,14 +285,6 @@ def _finite(a: np.ndarray | None) -> np.ndarray | None:
 def _log_decay(lr: float, wd: float, momentum: float) -> float:
     """``ln decay_factor`` (negative): per-step log change of the norm at zero gradient."""
     return -float(theory.decay_rate(lr, wd, momentum))
-
-
-def _with_elr(traj: Trajectory, lr: float | None) -> Trajectory:
-    """A copy with ``elr = lr / rho**2`` filled in when it is missing and computable."""
-    work = traj[slice(None)]
-    if work.elr is None and work.rho is not None and lr is not None:
-        work.elr = np.asarray(theory.effective_lr(lr, work.rho))
-    return work
 
 
 def predict_period_at(
@@ -206,41 +346,222 @@ def _sharpness_at_events(traj: Trajectory, events: Events) -> float | None:
     return float(np.median(vals))
 
 
+_DEFAULT_BETAS = {"adamw": (0.9, 0.999), "lion": (0.9, 0.99)}
+#: Relative errors of the exact checks: below HOLDS the theory applies, above FAILS not.
+CHECK_HOLDS, CHECK_FAILS = 1e-3, 1e-2
+
+
+@dataclass
+class _Hyper:
+    """Resolved hyperparameters: per-row ``lr``/``wd`` (None when unknown)."""
+
+    lr_rows: np.ndarray | None
+    wd_rows: np.ndarray | None
+    lr: float | None
+    wd: float | None
+    momentum: float
+    optimizer: str
+    betas: tuple[float, float] | None
+    lr_varies: bool
+    wd_varies: bool
+    schedule: str | None
+
+    @property
+    def known(self) -> bool:
+        return self.lr_rows is not None and self.wd_rows is not None
+
+    @property
+    def sgd_family(self) -> bool:
+        return self.optimizer in ("sgd", "sgdm", "nesterov")
+
+
+def _log_optimizer(traj: Trajectory, notes: list[str]) -> str:
+    """The optimizer named by the log's metadata, as a :data:`siflow.theory.OPTIMIZERS` key."""
+    raw = str(traj.meta.get("optimizer") or "").strip().lower()
+    if not raw:
+        return "sgd"
+    if raw == "sgd" and traj.meta.get("nesterov"):
+        return "nesterov"
+    if raw in theory.OPTIMIZERS:  # PyTorch class names lower-cased: sgd, adamw, lion
+        return raw
+    notes.append(
+        f"the log names optimizer {raw!r}, which siflow.theory has no closed forms for; "
+        f"predictions use SGD (pass optimizer= one of {', '.join(theory.OPTIMIZERS)})"
+    )
+    return "sgd"
+
+
+def _per_row(
+    traj: Trajectory, name: str, value: float | None, spec: str | None
+) -> tuple[np.ndarray | None, str | None]:
+    """Per-row values of ``lr`` or ``wd`` and the spec string of a schedule.
+
+    Order: a schedule spec (evaluated at the logged steps, its peak defaulting to
+    ``value`` or the log's metadata), an explicit ``value``, a column of the log
+    named ``name`` (or the column :func:`siflow.io.read` recorded for it in
+    ``meta["columns"]``; blank cells hold the metadata value, as
+    :class:`siflow.torch_probe.SIRecorder` writes them, else the last value
+    before), the metadata value.
+    """
+    meta_value = traj.meta.get(name)
+    if spec is not None:
+        base = value if value is not None else meta_value
+        sched = parse_schedule(spec, base=None if base is None else float(base))
+        return np.asarray(sched(traj.step), dtype=np.float64), sched.spec
+    if value is not None:
+        return np.full(len(traj), float(value)), None
+    columns = traj.meta.get("columns")
+    source = columns.get(name) if isinstance(columns, Mapping) else None
+    key = name if name in traj.extra else source if source in traj.extra else None
+    if key is not None:
+        col = np.array(traj.extra[key], dtype=np.float64)
+        if meta_value is not None:
+            col[np.isnan(col)] = float(meta_value)
+        idx = np.where(np.isfinite(col), np.arange(col.size), 0)
+        np.maximum.accumulate(idx, out=idx)
+        col = col[idx]
+        first = np.flatnonzero(np.isfinite(col))
+        if first.size:
+            col[: first[0]] = col[first[0]]
+            return col, None
+    if meta_value is not None:
+        return np.full(len(traj), float(meta_value)), None
+    return None, None
+
+
+def _check_rows(name: str, rows: np.ndarray) -> np.ndarray:
+    """Per-row ``lr``/``wd``: finite and ``>= 0`` (zero rows get no prediction)."""
+    if not np.all(np.isfinite(rows)) or np.any(rows < 0):
+        bad = rows[~np.isfinite(rows) | (rows < 0)][0]
+        raise ValueError(
+            f"{name} must be finite and >= 0 at every row, got {float(bad)!r}; "
+            f"check the log's {name} column or the schedule"
+        )
+    return rows
+
+
+def _resolve_hyper(
+    traj: Trajectory,
+    lr: float | None,
+    wd: float | None,
+    momentum: float | None,
+    optimizer: str | None,
+    betas: tuple[float, float] | None,
+    schedule: str | None,
+    wd_schedule: str | None,
+    notes: list[str],
+) -> _Hyper:
+    """Hyperparameters from the arguments first, then the log (columns, metadata)."""
+    if lr is not None:
+        lr = float(check_positive("lr", lr))
+    if wd is not None:
+        wd = float(check_positive("wd", wd))
+    mu = float(check_momentum(traj.momentum if momentum is None else momentum))
+    name = (
+        theory.check_optimizer(optimizer) if optimizer is not None else _log_optimizer(traj, notes)
+    )
+    if name in ("adamw", "lion") and mu:
+        notes.append(f"momentum={mu:g} is not used by {name} (its betas are)")
+        mu = 0.0
+    if name == "sgdm" and mu == 0.0:
+        notes.append("optimizer='sgdm' with momentum 0 is plain SGD; pass momentum=")
+    b: tuple[float, float] | None = None
+    if name in _DEFAULT_BETAS:
+        raw = betas if betas is not None else traj.meta.get("betas") or _DEFAULT_BETAS[name]
+        if len(raw) != 2:
+            raise ValueError(f"betas must be two numbers (beta1, beta2), got {raw!r}")
+        b = (float(check_beta("beta1", raw[0])), float(check_beta("beta2", raw[1])))
+    lr_rows, lr_spec = _per_row(traj, "lr", lr, schedule)
+    wd_rows, wd_spec = _per_row(traj, "wd", wd, wd_schedule)
+    if lr_rows is not None:
+        lr_rows = _check_rows("lr", lr_rows)
+    if wd_rows is not None:
+        wd_rows = _check_rows("wd", wd_rows)
+    if lr_rows is not None and wd_rows is not None and np.any(lr_rows * wd_rows >= 1):
+        raise ValueError("lr*wd must be < 1 at every row; check lr, wd and the schedule")
+    if lr is not None and schedule is None and "lr" in traj.extra:
+        notes.append("the log's lr column is ignored: lr= was given")
+    lr_varies = lr_rows is not None and bool(np.ptp(lr_rows) > 0)
+    wd_varies = wd_rows is not None and bool(np.ptp(wd_rows) > 0)
+    lr_value = None if lr_rows is None else float(lr if lr is not None else np.max(lr_rows))
+    wd_value = None if wd_rows is None else float(wd if wd is not None else np.max(wd_rows))
+    if lr_rows is None or wd_rows is None:
+        missing = " and ".join(n for n, r in (("lr", lr_rows), ("wd", wd_rows)) if r is None)
+        notes.append(
+            f"lr and wd are needed for the predictions; pass {missing}= "
+            f"(the log records neither a value nor a column for {missing})"
+        )
+    spec = "; ".join(f"{n}: {s}" for n, s in (("lr", lr_spec), ("wd", wd_spec)) if s) or None
+    return _Hyper(lr_rows, wd_rows, lr_value, wd_value, mu, name, b, lr_varies, wd_varies, spec)
+
+
 def analyze(
     traj: Trajectory,
     *,
     lr: float | None = None,
     wd: float | None = None,
     momentum: float | None = None,
+    optimizer: str | None = None,
+    betas: tuple[float, float] | None = None,
+    schedule: str | None = None,
+    wd_schedule: str | None = None,
+    n_params: float | None = None,
+    group_sizes: Mapping[str, float] | None = None,
     sharpness: float | None = None,
     predict_lr: float | None = None,
     predict_wd: float | None = None,
     events: Events | None = None,
+    detector: Mapping[str, Any] | None = None,
 ) -> OverlayResult:
-    """Measure events, periods and equilibrium statistics; predict them from theory.
+    """Measure events, periods, equilibrium statistics and exact checks; predict them.
 
     Parameters
     ----------
     traj : Trajectory
         Any trajectory; which fields need which columns is listed below.
-    lr, wd, momentum : float, optional
-        Hyperparameters; default to ``traj.meta`` (momentum to 0).
+    lr, wd : float, optional
+        Constant hyperparameters; default: the log's ``lr``/``wd`` column (per row)
+        or ``traj.meta``.
+    momentum : float, optional
+        Heavy-ball momentum (SGD family); default ``traj.meta`` (else 0).
+    optimizer : {"sgd", "sgdm", "nesterov", "adamw", "lion"}, optional
+        Whose theory predicts (:func:`siflow.theory.equilibrium`); default from
+        ``meta["optimizer"]`` (PyTorch class names are understood), else ``"sgd"``.
+    betas : (float, float), optional
+        AdamW/Lion ``(beta1, beta2)``; default ``meta["betas"]``, else (0.9, 0.999)
+        for AdamW and (0.9, 0.99) for Lion.
+    schedule, wd_schedule : str, optional
+        Spec of the lr (wd) schedule (:func:`siflow.schedules.parse_schedule`, e.g.
+        ``"cosine:peak=0.5,warmup=500,min=0.005,steps=20000"``), evaluated at the
+        logged steps; its peak defaults to ``lr`` (``wd``). Every prediction then
+        uses the per-row ``lr(t)``, ``wd(t)``: the equilibrium curves
+        ``Delta*(t)``, ``rho*(t)`` (in ``result.curves``), the decay between events
+        ``prod(1 - lr_t wd_t)``, the checks.
+    n_params : float, optional
+        Elements ``C`` of the SI weights behind ``rho`` (AdamW/Lion norm);
+        default ``meta["n_params"]`` or the sum of ``group_sizes``.
+    group_sizes : mapping of str to float, optional
+        Elements per SI group for the per-group AdamW/Lion norms; default
+        ``meta["group_sizes"]`` or ``numel/<group>`` columns.
     sharpness : float, optional
         Top Riemannian Hessian eigenvalue ``S`` on the unit sphere at the minimum,
-        for the stability threshold ``elr < 2 (1 - lr wd) / S`` (SGD, exact for the
-        linearised map; heavy ball: ``2 (1 + mu - lr wd) / S`` from
-        :func:`siflow.predict.threshold_elr`) and the critical norm
-        ``sqrt(lr / threshold)``. Default: ``meta["sharpness_min"]``, else the
-        median ``sharpness_sphere`` at the events (or over the run).
+        for the stability threshold ``elr < 2 (1 + mu - lr wd) / S``
+        (:func:`siflow.theory.stability_threshold_elr`; SGD and heavy ball only) and
+        the critical norm (:func:`siflow.theory.critical_norm`). Default:
+        ``meta["sharpness_min"]``, else the median ``sharpness_sphere`` at the
+        events (or over the run).
     predict_lr, predict_wd : float, optional
         Another ``(lr, wd)`` at which to predict the period, calibrated on this log;
         either one alone keeps the other at this log's value. With a sharpness the
-        cycle model of :func:`siflow.predict.predict_period` is used (calibrated on
-        this trajectory); without one, or when it does not apply, the decay law of
-        :func:`predict_period_at` (norm ratio held fixed). ``predicted_period_method``
-        says which.
+        cycle model of :func:`siflow.predict.predict_period` is used (SGD family);
+        otherwise the decay law of :func:`predict_period_at`.
+        ``predicted_period_method`` says which.
     events : Events, optional
         Reuse events found before (default: ``find_events(traj)``).
+    detector : mapping, optional
+        Keyword arguments for :func:`siflow.periods.find_events` (e.g.
+        ``{"min_rise": 0.05, "signal": "rho"}``); ``lr``, ``wd`` and ``momentum``
+        are passed from above.
 
     Returns
     -------
@@ -252,17 +573,24 @@ def analyze(
         - ``angular_update_rms``: ``angular_update``; without it, for plain SGD, it is
           derived from ``tan Delta = elr g~ / (1 - lr wd)`` (exact for the discrete
           map; needs elr or rho, ``grad_norm_sphere``, lr, wd).
-        - ``angular_update_predicted``: lr, wd.
-        - ``norm_mean``: rho. ``norm_predicted``, ``elr_predicted``:
-          ``grad_norm_sphere``, lr, wd. The RMS of ``g~`` is used because the
-          stationary balance of ``rho^2`` involves the mean of ``g~^2``.
-        - ``decay_rate_measured``: rho or elr and a decay phase (events, or a
-          converging run). ``decay_rate_predicted``: lr, wd.
+        - ``angular_update_predicted``: lr, wd (the RMS of ``Delta*(t)`` over the
+          stationary rows under a schedule).
+        - ``norm_mean``: rho. ``norm_predicted``, ``elr_predicted``: lr, wd and
+          ``grad_norm_sphere`` (SGD family: the RMS of ``g~``, because the stationary
+          balance of ``rho^2`` involves the mean of ``g~^2``) or ``n_params``
+          (AdamW/Lion).
+        - ``decay_rate_measured``: rho or elr and a decay phase.
+          ``decay_rate_predicted``: lr, wd (mean of the per-step rate under a schedule).
         - ``predicted_period``: two or more events with rho, and lr, wd:
           ``ln(rho_peak_k / rho_before_{k+1}) / (-ln q) + rise`` with the medians of
-          the measured norm ratio and rise time (a consistency check of the decay
-          law, not a prediction from first principles).
+          the measured norm ratio and rise time (a consistency check of the decay law).
         - ``predicted_period_at``: a measured period, lr, wd, and predict_lr/wd.
+        - ``norm_replay_error_max``, ``angle_law_error_median``,
+          ``radial_law_error_max``: consecutive rows with rho, ``g~`` and/or
+          ``angular_update``, lr, wd (:class:`Checks`).
+        - ``groups``: per-group columns ``rho/<g>`` (and ``angular_update/<g>``,
+          ``grad_norm_sphere/<g>``; REQ's ``layer_norm/<p>``, ``layer_angular_update/<p>``,
+          ``layer_grad_norm/<p>`` are understood too).
     """
     if not isinstance(traj, Trajectory):
         raise ValueError(
@@ -270,44 +598,126 @@ def analyze(
             f"read a log with siflow.io.read(path)"
         )
     notes: list[str] = []
-    lr = traj.lr if lr is None else lr
-    wd = traj.wd if wd is None else wd
-    if momentum is None:
-        momentum = traj.momentum
-    mu = float(check_momentum(momentum))
-    have_hp = lr is not None and wd is not None
-    if have_hp:
-        lr_a, wd_a = check_lr_wd(lr, wd)
-        lr, wd = float(lr_a), float(wd_a)
-    else:
-        lr = float(check_positive("lr", lr)) if lr is not None else None
-        wd = float(check_positive("wd", wd)) if wd is not None else None
-        notes.append(
-            "lr and wd are needed for the predictions; pass --lr and --wd (the log's "
-            "metadata has " + ("neither" if lr is None and wd is None else "only one") + ")"
-        )
+    hp = _resolve_hyper(traj, lr, wd, momentum, optimizer, betas, schedule, wd_schedule, notes)
     if sharpness is not None:
         sharpness = float(check_positive("sharpness", sharpness))
-    optimizer = str(traj.meta.get("optimizer") or "").lower()
-    if any(name in optimizer for name in ("adam", "lion", "rmsprop")):
-        notes.append(
-            f"optimizer {optimizer!r}: predictions use the SGD/heavy-ball closed forms and "
-            f"do not apply to adaptive optimizers"
-        )
+    sizes = _group_sizes(traj, group_sizes)
+    total_c = _total_size(traj, n_params, sizes)
 
-    work = _with_elr(traj, lr)
-    res = OverlayResult(lr=lr, wd=wd, momentum=mu)
+    work = _working_copy(traj, hp)
+    res = OverlayResult(
+        lr=hp.lr,
+        wd=hp.wd,
+        momentum=hp.momentum,
+        optimizer=hp.optimizer,
+        betas=None if hp.betas is None else list(hp.betas),
+        lr_schedule=hp.lr_varies,
+        wd_schedule=hp.wd_varies,
+        schedule=hp.schedule,
+    )
+    if hp.lr_varies or hp.wd_varies:
+        notes.append(_schedule_note(hp))
     if events is None:
-        events = find_events(work, lr=lr, wd=wd, momentum=mu)
+        scalar = not (hp.lr_varies or hp.wd_varies)
+        events = _find_events(work, hp, scalar, detector)
     res.events = events
-    res.detection_signal = events.signal
-    res.n_events = len(events)
-    res.event_steps = [int(s) for s in events.steps]
-    res.periods = [float(p) for p in events.periods]
-    res.period_median = _f(events.period_median)
-    res.elr_at_events = [_f(v) for v in events.elr_before]
+    _event_stats(res, work, events, notes)
+    st = stationary_part(work, events)
+    rows = _rows_of(work, st)
+    _measure_equilibrium(res, st, hp, rows, notes)
+    res.predictions.n_params = total_c
+    res.curves = _predict_equilibrium(res, work, hp, rows, total_c, notes)
+    _measure_decay(res, work, events, notes)
+    _period_predictions(res, work, events, hp, rows, sharpness, notes)
+    if predict_lr is not None or predict_wd is not None:
+        _period_at(res, work, hp, rows, predict_lr, predict_wd, notes)
+    res.checks = _exact_checks(
+        work.step, work.rho, work.grad_norm_sphere, work.angular_update, hp, _window_of(work)
+    )
+    res.groups = [
+        _analyze_group(work, name, hp, rows, sizes.get(name)) for name in _group_names(work)
+    ]
+    res.notes = _si_notes(res) + notes
+    return res
+
+
+def _find_events(
+    work: Trajectory, hp: _Hyper, scalar: bool, detector: Mapping[str, Any] | None
+) -> Events:
+    """:func:`siflow.periods.find_events` with this run's hyperparameters.
+
+    Under a schedule the per-row ``lr``/``wd`` travel in ``work.extra`` and no single
+    value is passed (one value would misjudge the decay before each rise).
+    """
+    options = dict(detector or {})
+    taken = {"lr", "wd", "momentum"} & set(options)
+    if taken:
+        raise ValueError(
+            f"detector= must not set {', '.join(sorted(taken))}; pass "
+            f"{' and '.join(k + '=' for k in sorted(taken))} instead"
+        )
+    try:
+        return find_events(
+            work,
+            lr=hp.lr if scalar else None,
+            wd=hp.wd if scalar else None,
+            momentum=hp.momentum if hp.optimizer in ("sgd", "sgdm") else 0.0,
+            **options,
+        )
+    except TypeError as exc:
+        raise ValueError(
+            f"detector= holds a key find_events does not take ({exc}); see "
+            f"help(siflow.periods.find_events)"
+        ) from None
+
+
+def _working_copy(traj: Trajectory, hp: _Hyper) -> Trajectory:
+    """A copy with per-row ``lr``/``wd`` in ``extra`` and ``elr = lr(t)/rho^2`` filled in.
+
+    Under a schedule the constant ``meta`` values are removed so that nothing
+    downstream mistakes one value for the whole run.
+    """
+    work = traj[slice(None)]
+    if hp.lr_rows is not None:
+        work.extra["lr"] = hp.lr_rows
+    if hp.wd_rows is not None:
+        work.extra["wd"] = hp.wd_rows
+    if hp.lr_varies or hp.wd_varies:
+        work.meta["lr"] = work.meta["wd"] = None
+    if work.elr is None and work.rho is not None and hp.lr_rows is not None:
+        work.elr = np.asarray(theory.effective_lr(hp.lr_rows, work.rho))
+    return work
+
+
+def _schedule_note(hp: _Hyper) -> str:
+    parts = []
+    for name, rows, varies in (("lr", hp.lr_rows, hp.lr_varies), ("wd", hp.wd_rows, hp.wd_varies)):
+        if varies and rows is not None:
+            parts.append(f"{name} from {np.min(rows):.4g} to {np.max(rows):.4g}")
+    src = f" ({hp.schedule})" if hp.schedule else " (the log's columns)"
+    return (
+        f"schedule{src}: {', '.join(parts)}; predictions use lr(t), wd(t) per row and "
+        f"are averaged over the stationary rows"
+    )
+
+
+def _rows_of(work: Trajectory, part: Trajectory) -> np.ndarray:
+    """Boolean mask of the rows of ``work`` inside the (contiguous) ``part``."""
+    if not len(part):
+        return np.zeros(len(work), dtype=bool)
+    return (work.step >= part.step[0]) & (work.step <= part.step[-1])
+
+
+def _event_stats(res: OverlayResult, work: Trajectory, events: Events, notes: list[str]) -> None:
+    ev = res.event_stats
+    ev.detection_signal = events.signal
+    ev.n_events = len(events)
+    ev.event_steps = [int(s) for s in events.steps]
+    ev.periods = [float(p) for p in events.periods]
+    ev.period_median = _f(events.period_median)
+    ev.elr_at_events = [_f(v) for v in events.elr_before]
     elr_ev = _finite(events.elr_before)
-    res.elr_at_events_median = _f(np.median(elr_ev)) if elr_ev is not None else None
+    ev.elr_at_events_median = _f(np.median(elr_ev)) if elr_ev is not None else None
     if len(events) and elr_ev is None:
         notes.append("effective LR at events needs elr, or rho with lr")
     if len(events) < 2:
@@ -319,76 +729,235 @@ def analyze(
             f"effective LR) assume a stationary norm and are a reference, not a fit"
         )
 
-    # ------------------------------------------------------------------ equilibrium
-    st = stationary_part(work, events)
+
+def _measure_equilibrium(
+    res: OverlayResult, st: Trajectory, hp: _Hyper, rows: np.ndarray, notes: list[str]
+) -> None:
+    eq = res.equilibrium
     if len(st):
-        res.stationary_start = int(st.step[0])
-        res.stationary_stop = int(st.step[-1])
+        eq.stationary_start = int(st.step[0])
+        eq.stationary_stop = int(st.step[-1])
     rho = _finite(st.rho)
-    res.norm_mean = _f(np.mean(rho)) if rho is not None else None
+    eq.norm_mean = _f(np.mean(rho)) if rho is not None else None
     if rho is None:
-        notes.append("norm statistics need a rho column (map one with --map rho=<column>)")
+        notes.append('norm statistics need a rho column (name it with mapping={"rho": COLUMN})')
     elr_st = _finite(st.elr)
-    res.elr_mean = _f(np.mean(elr_st)) if elr_st is not None else None
+    eq.elr_mean = _f(np.mean(elr_st)) if elr_st is not None else None
     g = _finite(st.grad_norm_sphere)
     if g is not None:
-        res.grad_norm_sphere_mean = _f(np.mean(g))
-        res.grad_norm_sphere_rms = _f(np.sqrt(np.mean(g**2)))
-    else:
+        eq.grad_norm_sphere_mean = _f(np.mean(g))
+        eq.grad_norm_sphere_rms = _f(np.sqrt(np.mean(g**2)))
+    elif hp.sgd_family:
         notes.append(
             "equilibrium norm prediction needs grad_norm_sphere (g~ = |w| |grad L(w)|; "
-            "map it with --map grad_norm_sphere=<column>)"
+            'name it with mapping={"grad_norm_sphere": COLUMN})'
         )
     ang = _finite(st.angular_update)
     if ang is not None:
-        res.angular_update_rms = _f(np.sqrt(np.mean(ang**2)))
-        res.angular_update_source = "log"
-    elif (
-        have_hp
-        and mu == 0.0
-        and st.elr is not None
-        and st.grad_norm_sphere is not None
-        and lr is not None
-        and wd is not None
-    ):
-        derived = _finite(np.asarray(theory.sgd_step_angle(lr, wd, st.elr, st.grad_norm_sphere)))
+        eq.angular_update_rms = _f(np.sqrt(np.mean(ang**2)))
+        eq.angular_update_source = "log"
+        return
+    plain_sgd = hp.optimizer in ("sgd", "sgdm") and hp.momentum == 0.0
+    if plain_sgd and hp.known and st.elr is not None and st.grad_norm_sphere is not None:
+        assert hp.lr_rows is not None and hp.wd_rows is not None
+        derived = _finite(
+            np.asarray(
+                theory.sgd_step_angle(
+                    hp.lr_rows[rows], hp.wd_rows[rows], st.elr, st.grad_norm_sphere
+                )
+            )
+        )
         if derived is not None:
-            res.angular_update_rms = _f(np.sqrt(np.mean(derived**2)))
-            res.angular_update_source = "derived: tan(Delta) = elr*g~/(1-lr*wd)"
+            eq.angular_update_rms = _f(np.sqrt(np.mean(derived**2)))
+            eq.angular_update_source = "derived: tan(Delta) = elr*g~/(1-lr*wd)"
             notes.append("angular update not in log: derived from elr and grad_norm_sphere")
-    else:
-        notes.append("angular update not in log (and not derivable: needs elr, g~, lr, wd, SGD)")
+            return
+    notes.append("angular update not in log (and not derivable: needs elr, g~, lr, wd, SGD)")
 
-    if have_hp:
-        assert lr is not None and wd is not None
-        g = res.grad_norm_sphere_rms
-        eq = theory.equilibrium(lr, wd, g if g is not None and g > 0 else None, mu)
-        res.angular_update_predicted = _f(eq["angular_update"])
-        res.norm_predicted = _f(eq.get("norm"))
-        res.elr_predicted = _f(eq.get("elr"))
-        res.decay_rate_predicted = _f(eq["decay_rate"])
 
-    # ------------------------------------------------------------------ decay
+def _formulas(hp: _Hyper) -> dict[str, str]:
+    """The closed form behind each prediction for this optimizer, or why there is none."""
+    name, mu = hp.optimizer, hp.momentum
+    adaptive = "n/a: no effective-LR stability threshold is defined for adaptive updates"
+    if name in ("sgd", "sgdm") and mu == 0.0:
+        return {
+            "angular_update": "cos Delta* = 1 - lr wd (exact)",
+            "norm": "rho*^4 = lr g~^2 / (wd (2 - lr wd)) (exact for constant g~)",
+            "elr": "elr* = lr / rho*^2",
+            "decay_rate": "-ln(1 - lr wd) (exact at zero gradient)",
+            "threshold": "2(1 - lr wd)/S (exact for the linearised map)",
+        }
+    if name in ("sgd", "sgdm"):
+        return {
+            "angular_update": "cos Delta* = 1 - lr wd/(1 + mu) (second-moment model)",
+            "norm": "rho*^4 = lr g~^2 (1+mu) / (wd (1-mu) (2(1+mu) - lr wd)) (second moments)",
+            "elr": "elr* = lr / rho*^2",
+            "decay_rate": "-ln|dominant root of z^2 - (1+mu-lr wd) z + mu| (heavy ball)",
+            "threshold": "2(1 + mu - lr wd)/S (quasi-static)",
+        }
+    if name == "nesterov":
+        return {
+            "angular_update": "sgdm_equilibrium_angle(nesterov=True) (second-moment model)",
+            "norm": "sgdm_equilibrium_norm(nesterov=True) (second-moment model)",
+            "elr": "elr* = lr / rho*^2",
+            "decay_rate": "n/a: no decay law is derived for Nesterov",
+            "threshold": "n/a: no threshold is derived for Nesterov",
+        }
+    if name == "adamw":
+        return {
+            "angular_update": "cos Delta* = 1 - lr wd (1-b1)/(1 + b1 (1 - lr wd)) (model)",
+            "norm": "rho*^2 = lr C (1-b1)(1+b1 q) / (wd (2-lr wd)(1+b1)(1-b1 q)), q = 1-lr wd",
+            "elr": "n/a: AdamW's step does not scale as lr/rho^2",
+            "decay_rate": "-ln(1 - lr wd) (decoupled, at zero update)",
+            "threshold": adaptive,
+        }
+    return {
+        "angular_update": "1 - cos Delta* = lr wd (q - lr wd S)/(q (1 + 2S)) (model)",
+        "norm": "rho*^2 = lr^2 C (1 + 2S) / (1 - q^2), q = 1 - lr wd",
+        "elr": "n/a: Lion's step does not scale as lr/rho^2",
+        "decay_rate": "-ln(1 - lr wd) (decoupled, at zero update)",
+        "threshold": adaptive,
+    }
+
+
+def _equilibrium_rows(
+    hp: _Hyper, g: float | None, n_params: float | None
+) -> dict[str, np.ndarray] | None:
+    """:func:`siflow.theory.equilibrium` at every row (NaN where lr or wd is 0)."""
+    if not hp.known:
+        return None
+    assert hp.lr_rows is not None and hp.wd_rows is not None
+    ok = (hp.lr_rows > 0) & (hp.wd_rows > 0)
+    out: dict[str, np.ndarray] = {}
+    if not np.any(ok):
+        return out
+    eq = theory.equilibrium(
+        hp.lr_rows[ok],
+        hp.wd_rows[ok],
+        g if hp.sgd_family and g is not None and g > 0 else None,
+        hp.momentum,
+        optimizer=hp.optimizer,
+        betas=hp.betas or (0.9, 0.999),
+        n_params=n_params if not hp.sgd_family else None,
+    )
+    for key in ("angular_update", "norm", "elr", "decay_rate"):
+        if key in eq:
+            col = np.full(hp.lr_rows.size, np.nan)
+            col[ok] = eq[key]
+            out[key] = col
+    return out
+
+
+def _average(key: str, col: np.ndarray | None, rows: np.ndarray) -> float | None:
+    """The scalar prediction over the stationary rows: RMS for angles, else the mean."""
+    if col is None:
+        return None
+    vals = _finite(col[rows] if np.any(rows) else col)
+    if vals is None:
+        return None
+    return _f(np.sqrt(np.mean(vals**2)) if key == "angular_update" else np.mean(vals))
+
+
+def _predict_equilibrium(
+    res: OverlayResult,
+    work: Trajectory,
+    hp: _Hyper,
+    rows: np.ndarray,
+    n_params: float | None,
+    notes: list[str],
+) -> Curves | None:
+    pred = res.predictions
+    pred.formulas = _formulas(hp)
+    if not hp.known:
+        return None
+    assert hp.lr_rows is not None and hp.wd_rows is not None
+    g = res.equilibrium.grad_norm_sphere_rms
+    if not hp.sgd_family and n_params is None:
+        notes.append(
+            f"{hp.optimizer} equilibrium norm needs the SI group's size C (pass n_params=, "
+            f"or group_sizes= for the groups): n/a"
+        )
+    curves = _equilibrium_rows(hp, g, n_params) or {}
+    if hp.lr_varies or hp.wd_varies:
+        pred.angular_update_predicted = _average(
+            "angular_update", curves.get("angular_update"), rows
+        )
+        pred.norm_predicted = _average("norm", curves.get("norm"), rows)
+        pred.elr_predicted = _average("elr", curves.get("elr"), rows)
+        pred.decay_rate_predicted = _average("decay_rate", curves.get("decay_rate"), rows)
+    elif hp.lr is not None and hp.wd is not None and hp.lr > 0 and hp.wd > 0:
+        eq = theory.equilibrium(
+            hp.lr,
+            hp.wd,
+            g if hp.sgd_family and g is not None and g > 0 else None,
+            hp.momentum,
+            optimizer=hp.optimizer,
+            betas=hp.betas or (0.9, 0.999),
+            n_params=n_params if not hp.sgd_family else None,
+        )
+        pred.angular_update_predicted = _f(eq["angular_update"])
+        pred.norm_predicted = _f(eq.get("norm"))
+        pred.elr_predicted = _f(eq.get("elr"))
+        pred.decay_rate_predicted = _f(eq.get("decay_rate"))
+    return Curves(
+        step=work.step,
+        lr=hp.lr_rows,
+        wd=hp.wd_rows,
+        angular_update=curves.get("angular_update"),
+        norm=curves.get("norm"),
+        elr=curves.get("elr"),
+    )
+
+
+def _measure_decay(res: OverlayResult, work: Trajectory, events: Events, notes: list[str]) -> None:
     if len(events) or res.regime == "converged":
         try:
-            res.decay_rate_measured = _f(measure_decay_rate(work, events))
+            res.equilibrium.decay_rate_measured = _f(measure_decay_rate(work, events))
         except ValueError as exc:
             notes.append(str(exc))
     else:
         notes.append("no decay phase (no events and the run does not converge)")
 
-    # ------------------------------------------------------------------ periods
-    if len(events) >= 2 and have_hp and work.rho is not None:
-        assert lr is not None and wd is not None
+
+def _representative(rows_values: np.ndarray, rows: np.ndarray) -> float:
+    """One value for a per-row hyperparameter: the median over the stationary rows."""
+    vals = rows_values[rows] if np.any(rows) else rows_values
+    return float(np.median(vals))
+
+
+def _has_decay_law(hp: _Hyper) -> bool:
+    return hp.optimizer != "nesterov"
+
+
+def _period_predictions(
+    res: OverlayResult,
+    work: Trajectory,
+    events: Events,
+    hp: _Hyper,
+    rows: np.ndarray,
+    sharpness: float | None,
+    notes: list[str],
+) -> None:
+    pred = res.predictions
+    mu = hp.momentum if hp.optimizer in ("sgd", "sgdm") else 0.0
+    lr_r = wd_r = None
+    if hp.known:
+        assert hp.lr_rows is not None and hp.wd_rows is not None
+        lr_r, wd_r = _representative(hp.lr_rows, rows), _representative(hp.wd_rows, rows)
+        if lr_r <= 0 or wd_r <= 0:
+            lr_r = wd_r = None
+    if len(events) >= 2 and lr_r is not None and wd_r is not None and work.rho is not None:
         ratio = _finite(events.rho_after[:-1] / events.rho_before[1:])
         rise = (events.peak_steps - events.steps).astype(np.float64)
         if ratio is not None:
-            res.norm_ratio_median = _f(np.median(ratio))
-            res.rise_steps_median = _f(np.median(rise))
-            if res.norm_ratio_median is not None and res.norm_ratio_median >= 1.0:
-                res.predicted_period = _f(
+            res.event_stats.norm_ratio_median = _f(np.median(ratio))
+            res.event_stats.rise_steps_median = _f(np.median(rise))
+            if not _has_decay_law(hp):
+                notes.append("predicted period: n/a (no decay law is derived for Nesterov)")
+            elif res.norm_ratio_median is not None and res.norm_ratio_median >= 1.0:
+                pred.predicted_period = _f(
                     theory.period_from_norm_ratio(
-                        lr, wd, res.norm_ratio_median, float(np.median(rise)), mu
+                        lr_r, wd_r, res.norm_ratio_median, float(np.median(rise)), mu
                     )
                 )
             else:
@@ -401,33 +970,340 @@ def analyze(
         s_val = float(work.meta["sharpness_min"])
     if s_val is None:
         s_val = _sharpness_at_events(work, events)
-    if s_val is not None and s_val > 0 and have_hp:
-        assert lr is not None and wd is not None
-        res.sharpness = s_val
-        if mu == 0.0:
-            res.elr_threshold = _f(theory.stability_threshold_elr(lr, wd, s_val))
-        else:
-            from siflow.predict import threshold_elr
+    if s_val is None or s_val <= 0 or lr_r is None or wd_r is None:
+        return
+    pred.sharpness = s_val
+    if hp.optimizer not in ("sgd", "sgdm"):
+        notes.append(f"stability threshold: {pred.formulas.get('threshold', 'n/a')}")
+        return
+    pred.elr_threshold = _f(theory.stability_threshold_elr(lr_r, wd_r, s_val, mu))
+    pred.critical_norm = _f(theory.critical_norm(lr_r, wd_r, s_val, mu))
 
-            res.elr_threshold = _f(threshold_elr(lr, wd, s_val, mu))
-        if res.elr_threshold is not None:
-            res.critical_norm = _f(math.sqrt(lr / res.elr_threshold))
 
-    if predict_lr is not None or predict_wd is not None:
-        p_lr = float(check_positive("predict_lr", predict_lr if predict_lr is not None else lr))
-        p_wd = float(check_positive("predict_wd", predict_wd if predict_wd is not None else wd))
-        res.predict_lr, res.predict_wd = p_lr, p_wd
-        if not have_hp:
-            notes.append("predict_lr/predict_wd need this log's lr and wd")
-        elif res.period_median is None:
-            notes.append("predict_lr/predict_wd need a measured period (two or more events)")
-        else:
-            assert lr is not None and wd is not None
-            res.predicted_period_at, res.predicted_period_method = _predict_at(
-                work, res.period_median, lr, wd, p_lr, p_wd, mu, res.sharpness, notes
-            )
-    res.notes = notes
-    return res
+def _period_at(
+    res: OverlayResult,
+    work: Trajectory,
+    hp: _Hyper,
+    rows: np.ndarray,
+    predict_lr: float | None,
+    predict_wd: float | None,
+    notes: list[str],
+) -> None:
+    pred = res.predictions
+    p_lr = float(check_positive("predict_lr", predict_lr if predict_lr is not None else hp.lr))
+    p_wd = float(check_positive("predict_wd", predict_wd if predict_wd is not None else hp.wd))
+    pred.predict_lr, pred.predict_wd = p_lr, p_wd
+    if not hp.known:
+        notes.append("predict_lr/predict_wd need this log's lr and wd")
+        return
+    if res.period_median is None:
+        notes.append("predict_lr/predict_wd need a measured period (two or more events)")
+        return
+    if not _has_decay_law(hp):
+        notes.append("predict_lr/predict_wd: n/a (no decay law is derived for Nesterov)")
+        return
+    assert hp.lr_rows is not None and hp.wd_rows is not None
+    lr_r, wd_r = _representative(hp.lr_rows, rows), _representative(hp.wd_rows, rows)
+    if hp.lr_varies or hp.wd_varies:
+        notes.append(
+            f"period at predict_lr/predict_wd calibrated at the median lr={lr_r:.4g}, "
+            f"wd={wd_r:.4g} of the stationary rows"
+        )
+    mu = hp.momentum if hp.optimizer in ("sgd", "sgdm") else 0.0
+    s_val = pred.sharpness if hp.optimizer in ("sgd", "sgdm") else None
+    pred.predicted_period_at, pred.predicted_period_method = _predict_at(
+        work, res.period_median, lr_r, wd_r, p_lr, p_wd, mu, s_val, notes
+    )
+
+
+def _longest_run(step: np.ndarray, ok: np.ndarray, gap: int = 1) -> slice:
+    """The longest block of rows with ``ok`` true and steps ``gap`` apart."""
+    if not np.any(ok):
+        return slice(0, 0)
+    breaks = np.ones(step.size, dtype=bool)
+    breaks[1:] = np.diff(step) != gap
+    prev_ok = np.r_[False, ok[:-1]]
+    seg = np.cumsum(ok & (~prev_ok | breaks))
+    seg[~ok] = 0
+    best = int(np.argmax(np.bincount(seg)[1:])) + 1
+    where = np.flatnonzero(seg == best)
+    return slice(int(where[0]), int(where[-1]) + 1)
+
+
+def _rel_error(pred: np.ndarray, actual: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        err = np.abs(pred / actual - 1.0)
+    return err[np.isfinite(err)]
+
+
+def _exact_checks(
+    step: np.ndarray,
+    rho: np.ndarray | None,
+    g: np.ndarray | None,
+    ang: np.ndarray | None,
+    hp: _Hyper,
+    window: tuple[np.ndarray, int] | None = None,
+) -> Checks:
+    """The exact scale-invariance checks of one norm column (see :class:`Checks`).
+
+    ``window``: the mean of ``ln cos Delta`` over each row's steps and the number of
+    steps between rows, for a log recorded every ``k`` steps
+    (:func:`siflow.theory.sgd_radial_norm_window`).
+    """
+    out = Checks()
+    lr_rows = hp.lr_rows
+    if hp.optimizer not in ("sgd", "sgdm"):
+        out.check_notes.append(
+            f"{hp.optimizer}: no exact norm law from logged columns (the update's radial "
+            f"component is not logged); scale-invariance checks n/a"
+        )
+        return out
+    if rho is None or lr_rows is None or hp.wd_rows is None:
+        out.check_notes.append("scale-invariance checks need rho, lr and wd")
+        return out
+    lr, wd, mu = lr_rows, hp.wd_rows, hp.momentum
+    pos = np.isfinite(rho) & (rho > 0)
+    used = 0
+    if g is not None and mu == 0.0:
+        run = _longest_run(step, pos & np.isfinite(g))
+        if run.stop - run.start >= 3:
+            r, gg, ll, ww = rho[run], g[run], lr[run], wd[run]
+            rep = theory.sgd_norm_trajectory(r[0], ll[:-1], ww[:-1], gg[:-1])
+            out.norm_replay_error_max = _f(np.max(_rel_error(rep[1:], r[1:]), initial=0.0))
+            used = max(used, r.size)
+    if ang is not None:
+        run = _longest_run(step, pos & np.isfinite(ang))
+        n = run.stop - run.start
+        if n >= 3:
+            r, a, ll, ww = rho[run], ang[run], lr[run], wd[run]
+            if mu == 0.0:
+                pred = theory.sgd_radial_norm(r[:-1], a[:-1], ll[:-1], ww[:-1])
+                actual = r[1:]
+            else:
+                pred = theory.heavy_ball_radial_norm(
+                    r[:-2], a[:-2], r[1:-1], a[1:-1], ll[:-2], ll[1:-1], ww[1:-1], mu
+                )
+                actual = r[2:]
+            err = _rel_error(np.asarray(pred), actual)
+            out.radial_law_error_max = _f(np.max(err)) if err.size else None
+            used = max(used, n)
+            if g is not None and mu == 0.0:
+                moving = np.isfinite(g[run]) & (a > 0)
+                law = theory.sgd_step_angle(
+                    ll[moving],
+                    ww[moving],
+                    theory.effective_lr(ll[moving], r[moving]),
+                    g[run][moving],
+                )
+                err = _rel_error(np.asarray(law), a[moving])
+                out.angle_law_error_median = _f(np.median(err)) if err.size else None
+    if used == 0 and window is not None and mu == 0.0 and not (hp.lr_varies or hp.wd_varies):
+        used = _window_check(out, step, rho, window, lr, wd, pos)
+    if mu > 0.0:
+        out.check_notes.append(
+            "heavy ball: the norm replay and the angle law need the momentum buffer (not "
+            "logged); the radial law is checked"
+        )
+    if used == 0:
+        out.check_notes.append(
+            "scale-invariance checks need three or more rows at consecutive steps with rho and "
+            "grad_norm_sphere or angular_update"
+        )
+    out.check_rows = used
+    errs = [
+        e
+        for e in (out.norm_replay_error_max, out.angle_law_error_median, out.radial_law_error_max)
+        if e is not None
+    ]
+    if errs:
+        worst = max(errs)
+        out.scale_invariance = (
+            "fails" if worst > CHECK_FAILS else "holds" if worst <= CHECK_HOLDS else "approximate"
+        )
+    return out
+
+
+def _window_check(
+    out: Checks,
+    step: np.ndarray,
+    rho: np.ndarray,
+    window: tuple[np.ndarray, int],
+    lr: np.ndarray,
+    wd: np.ndarray,
+    pos: np.ndarray,
+) -> int:
+    """The radial law over rows ``k`` steps apart from the window mean of ``ln cos Delta``."""
+    log_cos, k = window
+    run = _longest_run(step, pos & np.isfinite(log_cos), gap=k)
+    n = run.stop - run.start
+    if n < 3:
+        return 0
+    r = rho[run]
+    pred = theory.sgd_radial_norm_window(r[:-1], log_cos[run][:-1], k, lr[run][:-1], wd[run][:-1])
+    err = _rel_error(np.asarray(pred), r[1:])
+    out.radial_law_error_max = _f(np.max(err)) if err.size else None
+    out.check_notes.append(
+        f"rows are {k} steps apart: the radial law is checked over each window with its mean "
+        f"ln cos(angle) (log_cos_mean_window); the norm replay and the angle law need every step"
+    )
+    return n
+
+
+def _window_of(traj: Trajectory) -> tuple[np.ndarray, int] | None:
+    """``(log_cos_mean_window, every)`` of a :class:`siflow.torch_probe.SIRecorder` log."""
+    col = traj.extra.get("log_cos_mean_window")
+    every = traj.meta.get("every")
+    if col is None or not isinstance(every, (int, float)) or int(every) != every or every < 2:
+        return None
+    return col, int(every)
+
+
+def _si_notes(res: OverlayResult) -> list[str]:
+    """The verdict of the exact checks, first among the notes when they fail."""
+    c = res.checks
+    bad_groups = [g.name for g in res.groups if g.note and "check fails" in g.note]
+    out = []
+    if c.scale_invariance in ("fails", "approximate"):
+        worst = max(
+            e
+            for e in (c.norm_replay_error_max, c.angle_law_error_median, c.radial_law_error_max)
+            if e is not None
+        )
+        verdict = "fails" if c.scale_invariance == "fails" else "is off"
+        out.append(
+            f"the exact scale-invariance check {verdict}"
+            f" (relative error up to {worst:.3g}): the logged norm does not follow the "
+            f"{'SGD' if res.momentum == 0 else 'heavy-ball'} norm law with the logged lr, wd"
+            f"{' and g~' if c.norm_replay_error_max is not None else ''}. Usual causes: non-SI "
+            f"parameters folded into the norm (biases, a frozen or output layer), BatchNorm's "
+            f"eps, a wrong lr, wd, momentum or optimizer. The predictions may not apply to "
+            f"this log; select the SI weights with group="
+        )
+    if bad_groups:
+        out.append(f"the exact check fails for group(s) {', '.join(bad_groups)}")
+    return out + c.check_notes
+
+
+# ---------------------------------------------------------------------- groups
+#: Per-group column prefixes in ``extra`` (siflow's ``<field>/<group>``, then REQ's
+#: ``layer_<stat>/<param>``), per field.
+GROUP_PREFIXES: dict[str, tuple[str, ...]] = {
+    "rho": ("rho/", "layer_norm/"),
+    "angular_update": ("angular_update/", "layer_angular_update/"),
+    "grad_norm_sphere": ("grad_norm_sphere/",),
+    "grad_norm_raw": ("grad_norm_raw/", "layer_grad_norm/"),
+    "elr": ("elr/",),
+}
+
+
+def _group_columns(traj: Trajectory) -> dict[str, dict[str, np.ndarray]]:
+    """``{group: {field: column}}`` for the groups with a per-group norm column.
+
+    A raw per-group gradient norm is put on the sphere with
+    :func:`siflow.theory.sphere_grad_norm` when no sphere one is logged.
+    """
+    found: dict[str, dict[str, np.ndarray]] = {}
+    for key, values in traj.extra.items():
+        for fld, prefixes in GROUP_PREFIXES.items():
+            pre = next((p for p in prefixes if key.startswith(p) and len(key) > len(p)), None)
+            if pre is not None:
+                found.setdefault(key[len(pre) :], {}).setdefault(fld, values)
+                break
+    listed = traj.meta.get("groups")
+    for name in listed if isinstance(listed, list) else []:
+        # the seed paper's <param>_norm / <param>_numel naming, for the groups a reader lists
+        col = traj.extra.get(f"{name}_norm")
+        if col is not None and "rho" not in found.get(str(name), {}):
+            found.setdefault(str(name), {})["rho"] = col
+    groups = {name: cols for name, cols in found.items() if "rho" in cols}
+    for cols in groups.values():
+        raw = cols.pop("grad_norm_raw", None)
+        if "grad_norm_sphere" not in cols and raw is not None:
+            cols["grad_norm_sphere"] = np.asarray(theory.sphere_grad_norm(cols["rho"], raw))
+    return groups
+
+
+def _group_names(traj: Trajectory) -> list[str]:
+    """SI groups with a per-group norm column (see :data:`GROUP_PREFIXES`)."""
+    return list(_group_columns(traj))
+
+
+def _group_sizes(traj: Trajectory, given: Mapping[str, float] | None) -> dict[str, float]:
+    """Elements per SI group: ``given``, ``meta["group_sizes"]``, ``numel/<group>`` or
+    ``<group>_numel`` columns (the latter for the groups ``meta["groups"]`` lists)."""
+    sizes: dict[str, float] = {}
+    listed = traj.meta.get("groups")
+    suffixed = {f"{g}_numel": str(g) for g in (listed if isinstance(listed, list) else [])}
+    for k, v in traj.extra.items():
+        name = k[len("numel/") :] if k.startswith("numel/") else suffixed.get(k)
+        if name:
+            finite = v[np.isfinite(v)]
+            if finite.size:
+                sizes[name] = float(finite[0])
+    meta_sizes = traj.meta.get("group_sizes")
+    if isinstance(meta_sizes, Mapping):
+        sizes.update({str(k): float(v) for k, v in meta_sizes.items()})
+    if given is not None:
+        if not isinstance(given, Mapping):
+            raise ValueError(f"group_sizes must map group names to sizes, got {given!r}")
+        sizes.update({str(k): float(v) for k, v in given.items()})
+    for k, v in sizes.items():
+        check_positive(f"group_sizes[{k!r}]", v)
+    return sizes
+
+
+def _total_size(
+    traj: Trajectory, n_params: float | None, sizes: Mapping[str, float]
+) -> float | None:
+    """Elements behind the total norm: ``n_params``, ``meta``, or the sum over groups."""
+    if n_params is not None:
+        return float(check_positive("n_params", n_params))
+    for key in ("n_params", "numel"):
+        if traj.meta.get(key) is not None:
+            return float(check_positive(key, traj.meta[key]))
+    if traj.meta.get("source") == "siflow.simulate" and traj.meta.get("dim") is not None:
+        return float(traj.meta["dim"])  # the toy's parameter vector is one SI group
+    names = _group_names(traj)
+    if names and all(n in sizes for n in names):
+        return float(sum(sizes[n] for n in names))
+    return None
+
+
+def _analyze_group(
+    work: Trajectory, name: str, hp: _Hyper, rows: np.ndarray, size: float | None
+) -> GroupResult:
+    """Measured angle and norm of one group over the stationary rows against its equilibrium."""
+    col = _group_columns(work)[name].get
+    rho, ang = col("rho"), col("angular_update")
+    g, elr = col("grad_norm_sphere"), col("elr")
+    out = GroupResult(name=name, n_params=size)
+    sel = rows if np.any(rows) else np.ones(len(work), dtype=bool)
+    rho_st, ang_st = _finite(rho[sel]) if rho is not None else None, None
+    if ang is not None:
+        ang_st = _finite(ang[sel])
+    out.norm_mean = _f(np.mean(rho_st)) if rho_st is not None else None
+    out.angular_update_rms = _f(np.sqrt(np.mean(ang_st**2))) if ang_st is not None else None
+    g_st = _finite(g[sel]) if g is not None else None
+    out.grad_norm_sphere_rms = _f(np.sqrt(np.mean(g_st**2))) if g_st is not None else None
+    frozen = (ang_st is not None and not np.any(ang_st > 0)) or (
+        elr is not None and np.all(elr[np.isfinite(elr)] == 0)
+    )
+    if frozen:
+        out.note = "does not move (frozen, lr 0?): no prediction"
+        return out
+    eq = _equilibrium_rows(hp, out.grad_norm_sphere_rms, size)
+    if eq:
+        out.angular_update_predicted = _average("angular_update", eq.get("angular_update"), rows)
+        out.norm_predicted = _average("norm", eq.get("norm"), rows)
+    if not hp.sgd_family and size is None:
+        out.note = "norm prediction needs the group's size (group_sizes=)"
+    chk = _exact_checks(work.step, rho, g, ang, hp)
+    out.norm_replay_error_max = chk.norm_replay_error_max
+    out.angle_law_error_median = chk.angle_law_error_median
+    out.radial_law_error_max = chk.radial_law_error_max
+    if chk.scale_invariance == "fails":
+        out.note = "exact scale-invariance check fails"
+    return out
 
 
 def _predict_at(
@@ -467,7 +1343,7 @@ def _predict_at(
     else:
         notes.append(
             "period at predict_lr/predict_wd from the decay law with the norm ratio held "
-            "fixed (pass --sharpness for the calibrated cycle model of siflow.predict)"
+            "fixed (pass sharpness= for the calibrated cycle model of siflow.predict)"
         )
     return (
         _f(predict_period_at(period, lr, wd, p_lr, p_wd, mu)),
@@ -477,23 +1353,46 @@ def _predict_at(
 
 # ---------------------------------------------------------------------- drawing
 def theory_lines(result: OverlayResult, traj: Trajectory) -> list[Any]:
-    """The overlay objects of :mod:`siflow.plot` for a result (no computation of theory)."""
-    from siflow.plot import HLine, Segment
+    """The overlay objects of :mod:`siflow.plot` for a result.
+
+    Constant hyperparameters give horizontal lines; under a schedule the
+    equilibrium ``rho*(t)``, ``elr*(t)`` and ``Delta*(t)`` of ``result.curves`` are
+    drawn as curves, and the decay from each peak follows ``prod(1 - lr_t wd_t)``
+    (:func:`siflow.theory.decay_product`).
+    """
+    from siflow.plot import Curve, HLine
 
     lines: list[Any] = []
     x0, x1 = result.stationary_start, result.stationary_stop
-    if result.norm_predicted is not None:
-        lines.append(HLine("rho", result.norm_predicted, r"predicted $\rho^*$", x0, x1))
+    scheduled = result.lr_schedule or result.wd_schedule
+    cv = result.curves
+    if scheduled and cv is not None:
+        for panel, col, label in (
+            ("rho", cv.norm, r"equilibrium $\rho^*(t)$"),
+            ("elr", cv.elr, r"equilibrium $\tilde\eta^*(t)$"),
+            ("angle", cv.angular_update, r"equilibrium $\Delta^*(t)$"),
+        ):
+            if col is not None and np.any(np.isfinite(col)):
+                lines.append(Curve(panel, cv.step, col, label))
+    else:
+        if result.norm_predicted is not None:
+            lines.append(HLine("rho", result.norm_predicted, r"predicted $\rho^*$", x0, x1))
+        if result.elr_predicted is not None and result.regime != "periodic":
+            lines.append(HLine("elr", result.elr_predicted, r"predicted $\tilde\eta^*$", x0, x1))
+        if result.angular_update_predicted is not None:
+            label = r"predicted $\Delta^*$"
+            lines.append(HLine("angle", result.angular_update_predicted, label, x0, x1))
     if result.norm_mean is not None and result.regime != "periodic":
         lines.append(HLine("rho", result.norm_mean, "measured mean", x0, x1, color="k", style=":"))
     if result.critical_norm is not None:
         lines.append(HLine("rho", result.critical_norm, r"critical norm $\rho_{crit}$", color="C4"))
     if result.elr_threshold is not None:
-        lines.append(
-            HLine("elr", result.elr_threshold, r"threshold $2(1-\eta\lambda)/S$", color="C4")
+        label = (
+            r"threshold $2(1-\eta\lambda)/S$"
+            if result.momentum == 0
+            else r"threshold $2(1+\mu-\eta\lambda)/S$"
         )
-    if result.elr_predicted is not None and result.regime != "periodic":
-        lines.append(HLine("elr", result.elr_predicted, r"predicted $\tilde\eta^*$", x0, x1))
+        lines.append(HLine("elr", result.elr_threshold, label, color="C4"))
     if result.elr_at_events_median is not None:
         lines.append(
             HLine(
@@ -504,39 +1403,59 @@ def theory_lines(result: OverlayResult, traj: Trajectory) -> list[Any]:
                 style=":",
             )
         )
-    if result.angular_update_predicted is not None:
-        label = r"predicted $\Delta^*$"
-        lines.append(HLine("angle", result.angular_update_predicted, label, x0, x1))
     if result.angular_update_rms is not None:
         lines.append(
             HLine("angle", result.angular_update_rms, "measured RMS", x0, x1, color="k", style=":")
         )
+    lines.extend(_decay_lines(result, traj))
+    return lines
+
+
+def _decay_lines(result: OverlayResult, traj: Trajectory) -> list[Any]:
+    """From each peak after a jump, the predicted zero-gradient decay to the next event."""
+    from siflow.plot import Curve, Segment
+
     ev = result.events
     if (
-        result.decay_rate_predicted is not None
-        and len(ev)
-        and np.any(np.isfinite(ev.rho_after))
-        and len(traj)
+        result.decay_rate_predicted is None
+        or not len(ev)
+        or not np.any(np.isfinite(ev.rho_after))
+        or not len(traj)
     ):
-        stops = list(ev.steps[1:]) + [traj.step[-1]]
-        keep = np.linspace(0, len(ev) - 1, min(len(ev), 200)).astype(int)
-        for k in np.unique(keep):
-            if not math.isfinite(ev.rho_after[k]):
-                continue
-            lines.append(
+        return []
+    label = (
+        r"predicted decay $\prod(1-\eta_t\lambda_t)$"
+        if result.momentum == 0
+        else "predicted decay (heavy ball)"
+    )
+    scheduled = result.lr_schedule or result.wd_schedule
+    cv = result.curves
+    stops = list(ev.steps[1:]) + [traj.step[-1]]
+    keep = np.unique(np.linspace(0, len(ev) - 1, min(len(ev), 200)).astype(int))
+    out: list[Any] = []
+    for k in keep:
+        if not math.isfinite(ev.rho_after[k]):
+            continue
+        if not scheduled or cv is None:
+            slope = -result.decay_rate_predicted
+            out.append(
                 Segment(
-                    "rho",
-                    float(ev.peak_steps[k]),
-                    float(ev.rho_after[k]),
-                    float(stops[k]),
-                    -result.decay_rate_predicted,
-                    r"predicted decay $(1-\eta\lambda)^t$"
-                    if result.momentum == 0
-                    else "predicted decay (heavy ball)",
-                    style="--",
+                    "rho", float(ev.peak_steps[k]), float(ev.rho_after[k]), float(stops[k]),
+                    slope, label, style="--",
                 )
-            )
-    return lines
+            )  # fmt: skip
+            continue
+        i, j = np.searchsorted(cv.step, [ev.peak_steps[k], stops[k]])
+        if j - i < 2:
+            continue
+        gaps = np.diff(cv.step[i:j]).astype(np.float64)
+        factor = theory.decay_product(
+            cv.lr[i : j - 1], cv.wd[i : j - 1], result.momentum, repeats=gaps
+        )
+        out.append(
+            Curve("rho", cv.step[i:j], ev.rho_after[k] * factor, label, color="C2", style="--")
+        )
+    return out
 
 
 def _looks_log_spaced(step: np.ndarray) -> bool:
@@ -572,14 +1491,19 @@ def draw(
 
     if not isinstance(result, OverlayResult):
         raise ValueError("result must be the OverlayResult returned by siflow.overlay.analyze")
-    work = _with_elr(traj, result.lr)
+    work = traj[slice(None)]
+    if work.elr is None and work.rho is not None and result.curves is not None:
+        work.elr = np.asarray(theory.effective_lr(result.curves.lr, work.rho))
+    elif work.elr is None and work.rho is not None and result.lr is not None:
+        work.elr = np.asarray(theory.effective_lr(result.lr, work.rho))
     if xlog is None:
         xlog = _looks_log_spaced(traj.step)
     if title is None:
         src = traj.meta.get("source") or traj.meta.get("path") or "trajectory"
         hp = ""
         if result.lr is not None and result.wd is not None:
-            hp = f"  lr={result.lr:g}, wd={result.wd:g}"
+            peak = " (peak)" if result.lr_schedule else ""
+            hp = f"  {result.optimizer} lr={result.lr:g}{peak}, wd={result.wd:g}"
             if result.momentum:
                 hp += f", momentum={result.momentum:g}"
         title = f"{Path(str(src)).name}{hp}  [{result.regime}]"

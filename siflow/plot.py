@@ -42,6 +42,7 @@ __all__ = [
     "Band",
     "Segment",
     "Marker",
+    "Curve",
     "plot_trajectory",
     "save_figure",
 ]
@@ -133,7 +134,28 @@ class Marker:
     marker: str = "o"
 
 
-Line = HLine | Band | Segment | Marker
+@dataclass(frozen=True)
+class Curve:
+    """A line through the points ``(x, y)`` on ``panel`` (e.g. an equilibrium ``rho*(t)``
+    under a schedule); non-finite points are left out."""
+
+    panel: str
+    x: Sequence[float] | np.ndarray
+    y: Sequence[float] | np.ndarray
+    label: str | None = None
+    color: str = "C3"
+    style: str = "--"
+
+    def __post_init__(self) -> None:
+        _check_panel(self.panel)
+        if np.shape(self.x) != np.shape(self.y) or np.ndim(self.x) != 1:
+            raise ValueError(
+                f"Curve x and y must be 1-d of the same length, got shapes "
+                f"{np.shape(self.x)} and {np.shape(self.y)}"
+            )
+
+
+Line = HLine | Band | Segment | Marker | Curve
 
 
 def _positive(values: np.ndarray) -> bool:
@@ -166,7 +188,7 @@ def plot_trajectory(
         vertical line at each event step on every panel (only on the norm panel
         when there are more than 150), the norm peaks and the effective LR at each
         event marked.
-    lines : sequence of HLine, Band, Segment, Marker, optional
+    lines : sequence of HLine, Band, Segment, Marker, Curve, optional
         Theory overlays, each naming its panel. Overlays on a panel whose column
         is absent are not drawn.
     path : path-like, optional
@@ -202,9 +224,10 @@ def plot_trajectory(
             raise ValueError(f"zoom must be (start, stop) steps with start < stop, got {zoom!r}")
     lines = list(lines or [])
     for ln in lines:
-        if not isinstance(ln, (HLine, Band, Segment, Marker)):
+        if not isinstance(ln, (HLine, Band, Segment, Marker, Curve)):
             raise ValueError(
-                f"lines must hold HLine, Band, Segment or Marker objects, got {type(ln).__name__}"
+                f"lines must hold HLine, Band, Segment, Marker or Curve objects, got "
+                f"{type(ln).__name__}"
             )
 
     import matplotlib
@@ -365,6 +388,10 @@ def _draw_panel(
         elif isinstance(ln, Segment):
             xs, ys = ln.points()
             ax.plot(xs, ys, ls=ln.style, color=ln.color, lw=1.4, label=ln.label)
+        elif isinstance(ln, Curve):
+            xs, ys = np.asarray(ln.x, dtype=float), np.asarray(ln.y, dtype=float)
+            ok = np.isfinite(xs) & np.isfinite(ys)
+            ax.plot(xs[ok], ys[ok], ls=ln.style, color=ln.color, lw=1.4, label=ln.label)
         else:
             ax.plot(
                 np.asarray(ln.x, dtype=float),

@@ -83,6 +83,13 @@ __all__ = [
     "decay_end_step",
     "equilibrium_instability_lr_wd",
     "OPTIMIZERS",
+    "sgd_norm_trajectory",
+    "weight_decay_integral",
+    "weight_decay_timescale",
+    "sgd_radial_norm",
+    "sgd_radial_norm_window",
+    "heavy_ball_radial_norm",
+    "decay_product",
 ]
 
 Array = NDArray[np.float64]
@@ -946,6 +953,83 @@ def sgd_norm_step(rho: ArrayLike, lr: ArrayLike, wd: ArrayLike, grad_norm: Array
         return _out(np.sqrt(np.square(1.0 - lr * wd) * r2 + np.square(lr * g) / r2))
 
 
+def sgd_norm_trajectory(
+    rho0: float, lr: ArrayLike, wd: ArrayLike, grad_norm: ArrayLike
+) -> NDArray[np.float64]:
+    r"""The norm of an SI group under SGD + WD with per-step ``lr_t``, ``wd_t``, ``g~_t``.
+
+    Iterates the exact norm recursion (:func:`sgd_norm_step`, docs/theory.md
+    section 1) ``rho^2_{t+1} = (1 - eta_t lam_t)^2 rho^2_t + eta_t^2 g~_t^2 / rho^2_t``
+    from ``rho_0``. With ``grad_norm`` the measured sphere gradient norm of a log
+    this is the replay of the log's norm (an exact check of scale invariance); with
+    a model of ``g~`` it is the theory's norm under a schedule.
+
+    Parameters
+    ----------
+    rho0 : float
+        Norm before the first step, ``> 0``.
+    lr, wd, grad_norm : array_like
+        Per-step values for steps ``0 .. T-1`` (scalars broadcast; at least one
+        must be an array of length ``T``). NaN in a step propagates.
+
+    Returns
+    -------
+    ndarray
+        ``rho_0 .. rho_T`` (length ``T + 1``).
+    """
+    r0 = float(check_positive("rho0", rho0))
+    lr, wd, g = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64) for a in (lr, wd, grad_norm)))
+    if lr.ndim != 1:
+        raise ValueError("lr, wd and grad_norm must be scalars or 1-d arrays of per-step values")
+    q2 = np.square(1.0 - lr * wd)
+    push = np.square(lr * g)
+    out = np.empty(lr.size + 1)
+    out[0] = r2 = r0 * r0
+    for t in range(lr.size):
+        r2 = q2[t] * r2 + push[t] / r2
+        out[t + 1] = r2
+    return np.sqrt(out)
+
+
+def weight_decay_integral(lr: ArrayLike, wd: ArrayLike) -> NDArray[np.float64]:
+    r"""``kappa_t = sum_{s < t} eta_s lam_s``: the accumulated decay of a schedule.
+
+    At zero gradient the norm after ``t`` steps is ``rho_0 prod_{s<t}(1 - eta_s lam_s)``
+    ``~ rho_0 exp(-kappa_t)`` to first order in ``eta lam``; ``kappa`` is the clock on
+    which schedules with the same product of ``lr`` and ``wd`` agree (docs/theory.md
+    section 0). Returns ``kappa_0 = 0 .. kappa_T`` (length ``T + 1``).
+    """
+    lr, wd = np.broadcast_arrays(np.asarray(lr, dtype=np.float64), np.asarray(wd, dtype=np.float64))
+    if lr.ndim != 1:
+        raise ValueError("lr and wd must be scalars or 1-d arrays of per-step values")
+    return np.concatenate(([0.0], np.cumsum(lr * wd)))
+
+
+def weight_decay_timescale(
+    lr: ArrayLike, wd: ArrayLike, steps_per_epoch: float | None = None
+) -> dict[str, Array]:
+    r"""Timescales of weight decay: ``tau_iter = 1/(eta lam)`` and ``tau_epoch``.
+
+    With decoupled decay (AdamW) the weights are an exponential moving average of
+    the updates with timescale ``tau_iter = 1/(eta lam)`` iterations, i.e.
+    ``tau_epoch = tau_iter / steps_per_epoch`` epochs (Wang & Aitchison 2024, "How
+    to set AdamW's weight decay as you scale model and dataset size"); for SGD with
+    coupled decay ``tau_iter`` is the norm's zero-gradient e-folding time to first
+    order (exactly ``1/decay_rate``). Per step for a schedule.
+
+    Returns
+    -------
+    dict
+        ``tau_iter`` and, with ``steps_per_epoch``, ``tau_epoch``.
+    """
+    lr, wd = check_lr_wd(lr, wd)
+    out: dict[str, Array] = {"tau_iter": _out(1.0 / (lr * wd))}
+    if steps_per_epoch is not None:
+        k = check_positive("steps_per_epoch", steps_per_epoch)
+        out["tau_epoch"] = _out(1.0 / (lr * wd) / k)
+    return out
+
+
 # --------------------------------------------------------------------------- AdamW and Lion
 
 
@@ -1440,6 +1524,173 @@ def period(
     return period_from_norm_ratio(lr, wd, rmax / rcrit, escape_steps, momentum)
 
 
+# ------------------------------------------------------------ exact checks of scale invariance
+
+
+def sgd_radial_norm(rho: ArrayLike, angle: ArrayLike, lr: ArrayLike, wd: ArrayLike) -> Array:
+    r"""Norm after one SGD + WD step from its angle: ``rho' = (1 - eta lam) rho / cos Delta``.
+
+    ``w' = (1 - eta lam) w - eta grad L(w)``; for an SI loss the gradient is orthogonal
+    to ``w`` (docs/theory.md section 0), so the component of ``w'`` along ``w`` is the
+    decay alone: ``rho' cos Delta = (1 - eta lam) rho``. Exact for the discrete map
+    whatever the gradient (docs/theory.md section 1); it needs no gradient norm, so
+    a log of norms and angles checks scale invariance directly. Not validated:
+    per-row log columns may hold NaN.
+
+    Parameters
+    ----------
+    rho : array_like
+        Norm ``|w_t|`` before the step.
+    angle : array_like
+        Angle ``Delta_t = angle(w_t, w_{t+1})`` of the step, radians.
+    lr, wd : array_like
+        Learning rate and weight decay of the step.
+
+    Returns
+    -------
+    ndarray or float
+        The norm ``|w_{t+1}|`` the law predicts, broadcast over the inputs.
+    """
+    rho, angle, lr, wd = (np.asarray(a, dtype=np.float64) for a in (rho, angle, lr, wd))
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        return _out((1.0 - lr * wd) * rho / np.cos(angle))
+
+
+def sgd_radial_norm_window(
+    rho: ArrayLike, log_cos_mean: ArrayLike, steps: ArrayLike, lr: ArrayLike, wd: ArrayLike
+) -> Array:
+    r"""Norm after ``k`` SGD + WD steps from the mean of ``ln cos Delta`` over them.
+
+    :func:`sgd_radial_norm` applied ``k`` times at constant ``eta lam``::
+
+        rho_{t+k} = rho_t (1 - eta lam)^k / prod_s cos Delta_s
+                  = rho_t exp(k (ln(1 - eta lam) - mean_s ln cos Delta_s))
+
+    Exact for the discrete map of an SI group whatever the gradients
+    (docs/theory.md sections 0-1), with ``lr`` and ``wd`` constant over the ``k``
+    steps; it checks a log recorded every ``k`` steps that keeps the window mean of
+    ``ln cos Delta`` (``log_cos_mean_window`` of :class:`siflow.torch_probe.SIRecorder`).
+    Not validated: per-row log columns may hold NaN.
+
+    Parameters
+    ----------
+    rho : array_like
+        Norm at the first step of the window.
+    log_cos_mean : array_like
+        Mean of ``ln cos Delta_s`` over the window's steps.
+    steps : array_like
+        Steps ``k`` in the window.
+    lr, wd : array_like
+        Learning rate and weight decay over the window.
+
+    Returns
+    -------
+    ndarray or float
+        The norm ``k`` steps later, broadcast over the inputs.
+    """
+    rho, lc, k, lr, wd = (
+        np.asarray(a, dtype=np.float64) for a in (rho, log_cos_mean, steps, lr, wd)
+    )
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        return _out(rho * np.exp(k * (np.log1p(-lr * wd) - lc)))
+
+
+def heavy_ball_radial_norm(
+    rho_prev: ArrayLike,
+    angle_prev: ArrayLike,
+    rho: ArrayLike,
+    angle: ArrayLike,
+    lr_prev: ArrayLike,
+    lr: ArrayLike,
+    wd: ArrayLike,
+    momentum: ArrayLike,
+) -> Array:
+    r"""Norm after one PyTorch heavy-ball step from the last two angles and norms.
+
+    PyTorch's SGD with momentum ``mu`` (dampening 0) and coupled weight decay,
+    ``v_{t+1} = mu v_t + g_t + lam_t w_t``, ``w_{t+1} = w_t - eta_t v_{t+1}``, has
+    ``eta_{t-1} v_t = w_{t-1} - w_t``, hence
+
+    ``w_{t+1} = (1 - eta_t lam_t) w_t + mu (eta_t/eta_{t-1}) (w_t - w_{t-1}) - eta_t g_t``.
+
+    Projected on ``w_t`` (``<g_t, w_t> = 0`` for an SI loss, docs/theory.md section 0,
+    and ``<w_{t-1}, w_t>/rho_t = rho_{t-1} cos Delta_{t-1}``)::
+
+        rho_{t+1} cos Delta_t = (1 - eta_t lam_t) rho_t
+                                + mu (eta_t/eta_{t-1}) (rho_t - rho_{t-1} cos Delta_{t-1})
+
+    Exact for the discrete map for ``t >= 1`` whatever the gradients (derived here;
+    the heavy-ball map is docs/theory.md section 3); at ``mu = 0`` it is
+    :func:`sgd_radial_norm`. Needs consecutive steps. Not validated: per-row log
+    columns may hold NaN.
+
+    Parameters
+    ----------
+    rho_prev, angle_prev : array_like
+        ``rho_{t-1}`` and ``Delta_{t-1}`` (radians).
+    rho, angle : array_like
+        ``rho_t`` and ``Delta_t``.
+    lr_prev, lr : array_like
+        ``eta_{t-1}`` and ``eta_t``.
+    wd : array_like
+        ``lam_t``.
+    momentum : array_like
+        ``mu`` in ``[0, 1)``.
+
+    Returns
+    -------
+    ndarray or float
+        The norm ``rho_{t+1}`` the law predicts, broadcast over the inputs.
+    """
+    arrays = (rho_prev, angle_prev, rho, angle, lr_prev, lr, wd, momentum)
+    r0, a0, r1, a1, l0, l1, lam, mu = (np.asarray(a, dtype=np.float64) for a in arrays)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        radial = (1.0 - l1 * lam) * r1 + mu * (l1 / l0) * (r1 - r0 * np.cos(a0))
+        return _out(radial / np.cos(a1))
+
+
+def decay_product(
+    lr: ArrayLike,
+    wd: ArrayLike,
+    momentum: ArrayLike = 0.0,
+    repeats: ArrayLike | None = None,
+) -> NDArray[np.float64]:
+    r"""Norm factor of a schedule at zero gradient: ``prod_{s<t} q(eta_s, lam_s, mu)``.
+
+    With no gradient each step multiplies the norm by :func:`decay_factor`
+    ``q = 1 - eta_s lam_s`` (SGD with coupled WD, and AdamW/Lion's decoupled WD:
+    exact for the discrete map; heavy ball: the asymptotic factor, first order in a
+    changing ``lr``), so between two destabilizations the norm follows this product
+    (docs/theory.md section 1). Computed as ``exp(-cumsum(decay_rate))``
+    (:func:`decay_rate` is accurate to 1e-12 relative even at ``lr*wd = 1e-12``).
+
+    Parameters
+    ----------
+    lr, wd : array_like
+        Per-entry learning rate and weight decay (scalars broadcast; 1-d).
+    momentum : array_like, default 0
+        Heavy-ball momentum.
+    repeats : array_like of int, optional
+        Steps each entry stands for (a log row ``k`` steps before the next row with
+        the schedule held over those steps); default 1.
+
+    Returns
+    -------
+    ndarray
+        ``1, q_0^{n_0}, q_0^{n_0} q_1^{n_1}, ...`` (length ``T + 1``).
+    """
+    lr, wd, mu = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64) for a in (lr, wd, momentum)))
+    if lr.ndim != 1:
+        raise ValueError("lr, wd and momentum must be scalars or 1-d arrays of per-step values")
+    rate = np.asarray(decay_rate(lr, wd, mu), dtype=np.float64).reshape(lr.shape)
+    if repeats is not None:
+        n = np.asarray(repeats, dtype=np.float64)
+        if n.shape != lr.shape or np.any(~np.isfinite(n)) or np.any(n < 0):
+            raise ValueError(f"repeats must hold one step count >= 0 per entry ({lr.size} entries)")
+        rate = rate * n
+    return np.exp(-np.concatenate(([0.0], np.cumsum(rate))))
+
+
 # --------------------------------------------------------------------------- summary
 
 EQUILIBRIUM_KEYS: tuple[str, ...] = (
@@ -1690,8 +1941,6 @@ def equilibrium_instability_lr_wd(
 
 
 if __name__ == "__main__":  # pragma: no cover - exercised through subprocess in the tests
-    import sys
-
     from siflow._theory_cli import main
 
-    sys.exit(main())
+    raise SystemExit(main())

@@ -458,7 +458,6 @@ def test_npz_readers_raise_only_valueerror_on_bytes(fuzz_dir, reader, suffix, ki
 @pytest.mark.parametrize("kind", TB_KINDS)
 @pytest.mark.parametrize("reader,suffix", TB_READERS, ids=[f"{r}{s}" for r, s in TB_READERS])
 def test_tensorboard_readers_raise_only_valueerror(fuzz_dir, reader, suffix, kind):
-    pytest.importorskip("tensorboard", reason="optional extra siflow[tensorboard] not installed")
     _fuzz_bytes(fuzz_dir, reader, suffix, _tb_strategies(fuzz_dir)[kind], QUICK)
 
 

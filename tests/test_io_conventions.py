@@ -99,8 +99,6 @@ def test_genuine_lightning_csvlogger(tmp_path):
 
 
 def test_tensorboard_summarywriter_with_siflow_tags(tmp_path):
-    pytest.importorskip("torch", reason="torch writes the event file (SummaryWriter)")
-    pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
     from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(log_dir=str(tmp_path / "tb"))

@@ -16,8 +16,6 @@ import siflow.io as sio
 # ------------------------------------------------------------------ TensorBoard
 @pytest.fixture(scope="module")
 def torch_tb_dir(tmp_path_factory):
-    pytest.importorskip("torch", reason="torch is needed to write event files with SummaryWriter")
-    pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
     from torch.utils.tensorboard import SummaryWriter
 
     logdir = tmp_path_factory.mktemp("tb") / "run0"
@@ -61,7 +59,6 @@ def test_tensorboard_single_event_file(torch_tb_dir):
 
 
 def test_tensorboard_tensor_scalars_keras_layout(tmp_path):
-    pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
     from tensorboard.summary import Writer
 
     # Keras' TensorBoard callback: <logdir>/train and <logdir>/validation, scalars as tensors
@@ -341,7 +338,8 @@ def test_seed_npz_layout_and_conversions(tmp_path):
 
 
 def test_seed_npz_log_spaced_epochs_give_correct_periods(tmp_path):
-    periods = pytest.importorskip("siflow.periods")
+    from siflow import periods
+
     rng = np.random.default_rng(5)
     spe, period, jump = 391, 200, 0.5
     epochs = np.unique(np.rint(np.logspace(0, np.log10(1001), 150))).astype(np.int64)

@@ -81,7 +81,8 @@ def test_seed_explicit_steps_per_epoch_is_used_and_the_conflict_noted():
 
 
 def test_seed_events_and_effective_lr_at_events_by_hand():
-    periods = pytest.importorskip("siflow.periods")
+    from siflow import periods
+
     t = sio.read(TRAIN)
     rho = _hand_si_norm(TRAIN)
     ev = periods.find_events(t)
@@ -147,8 +148,9 @@ def test_seed_checkpoint_is_not_a_log(tmp_path):
 
 # ------------------------------------------------------------------------ REQ
 def _req_reference(run: Path) -> dict:
-    torch = pytest.importorskip("torch", reason="torch is the second method for the rows")
     import pickle
+
+    import torch  # the second method for the rows
 
     rows: dict = {}
     with open(run / "dynamics.pkl", "rb") as fh:
@@ -211,7 +213,7 @@ def test_idealgas_trace_and_config():
     np.testing.assert_array_equal(t.step, np.arange(1, 21) * 50)
     # the last running radius is the SI norm of the saved model: check it by hand, from the
     # raw float32 storages of the conv weights in the zip (keys from torch's own reader)
-    torch = pytest.importorskip("torch", reason="torch is the second method for the trace")
+    import torch  # the second method for the trace
     from torch.serialization import safe_globals
 
     with safe_globals([np._core.multiarray.scalar, np.dtype, np.dtypes.Float64DType]):
@@ -232,6 +234,7 @@ def test_idealgas_trace_and_config():
 # ------------------------------------------------------------ neural mechanics
 def test_neural_mechanics_norms_by_hand():
     import h5py  # the test extra installs it
+
     assert sio.detect_format(NM) == "neural-mechanics"
     t = sio.read(NM)
     np.testing.assert_array_equal(t.step, [0, 200])

@@ -1,17 +1,24 @@
-"""python -m siflow.overlay: table, JSON, figure next to the log, one-line errors."""
+"""python -m siflow.overlay: table, JSON, outputs under runs/ (never next to the log), one-line
+errors, optimizer and schedule flags, library messages translated to flags."""
 
 import json
 import math
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from siflow._overlay_cli import main
+from siflow import theory
+from siflow._overlay_cli import main, to_flags
 from siflow.trajectory import Trajectory
 
 LR, WD = 0.1, 5e-3
+ROOT = Path(__file__).resolve().parents[1]
+#: subprocesses run elsewhere than the checkout must still import this checkout's siflow
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
 
 
 def _burst_map(n=20000):
@@ -29,6 +36,12 @@ def _burst_map(n=20000):
         x = q2 * x + LR**2 * g**2 / x
     loss = np.where(np.isin(np.arange(n) % 10**9, ev), 1.0, 0.01)
     return np.sqrt(r2), loss, np.asarray(ev)
+
+
+@pytest.fixture(autouse=True)
+def _outputs_in_tmp(tmp_path, monkeypatch):
+    """Default outputs go under ./runs: keep them out of the checkout."""
+    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture()
@@ -52,16 +65,27 @@ def _run(argv, capsys):
     return code, out, err
 
 
-def test_table_and_default_figure(logs, capsys):
+def test_table_and_default_outputs_under_runs(logs, capsys, tmp_path, monkeypatch):
     log, _, ev = logs
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    before = sorted(p.name for p in log.parent.iterdir())
     code, out, err = _run([log], capsys)
     assert code == 0, err
     assert "regime: periodic" in out
     period = float(np.median(np.diff(ev)))
     assert f"{period:.6g}" in out.split("period median (steps)")[1].split("\n")[0]
-    fig = log.with_name("run_overlay.png")
-    assert fig.read_bytes()[:4] == b"\x89PNG"
+    # nothing next to the log; figure and summary under runs/overlay/<log stem>/
+    assert sorted(p.name for p in log.parent.iterdir()) == before
+    fig = Path("runs/overlay/run/overlay.png")
+    assert (work / fig).read_bytes()[:4] == b"\x89PNG"
     assert f"figure: {fig}" in out
+    summary = json.loads((work / "runs/overlay/run/summary.json").read_text())
+    assert summary["periods"] == np.diff(ev).astype(float).tolist()  # whole list in the file
+    assert "summary: runs/overlay/run/summary.json" in out
+    # the formulas of the optimizer's theory are printed
+    assert "2(1 - lr wd)/S" in out or "cos Delta* = 1 - lr wd" in out
 
 
 def test_json_output(logs, capsys, tmp_path):
@@ -76,6 +100,9 @@ def test_json_output(logs, capsys, tmp_path):
     want = d["period_median"] * math.log1p(-LR * WD) / math.log1p(-LR * 2.5e-3)
     assert d["predicted_period_at"] == pytest.approx(want, rel=1e-12)
     assert d["figure"] == str(out_fig) and out_fig.read_bytes().startswith(b"<?xml")
+    # a figure path in --out writes that figure only
+    assert "summary" not in d and not (tmp_path / "f.json").exists()
+    assert not (tmp_path / "runs").exists()
 
 
 def test_plain_csv_needs_lr_wd(logs, capsys, tmp_path):
@@ -144,14 +171,19 @@ def test_module_entry_point(logs, tmp_path):
         capture_output=True,
         text=True,
         timeout=120,
+        cwd=tmp_path,
+        env=ENV,
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["n_events"] == len(ev)
+    assert "summary: runs/overlay/run/summary.json" in proc.stderr
     bad = subprocess.run(
         [sys.executable, "-m", "siflow.overlay", str(tmp_path / "missing.csv")],
         capture_output=True,
         text=True,
         timeout=120,
+        cwd=tmp_path,
+        env=ENV,
     )
     assert bad.returncode == 2
     assert bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
@@ -174,3 +206,121 @@ def test_group_picks_one_layer_of_a_per_layer_log(tmp_path, capsys):
     assert result["period_median"] == pytest.approx(float(np.median(np.diff(ev))), rel=0.02)
     code, out, err = _run([log, "--lr", LR, "--wd", WD, "--no-figure"], capsys)
     assert code == 2 and "group" in err and len(err.strip().splitlines()) == 1
+
+
+def test_long_lists_are_summarised_on_screen_and_whole_in_json(logs, capsys):
+    log, _, ev = logs
+    assert len(ev) > 9
+    code, out, err = _run([log, "--no-figure"], capsys)
+    assert code == 0, err
+    periods = np.diff(ev).astype(float)
+    q1, med, q3 = np.percentile(periods, [25, 50, 75])
+    line = next(ln for ln in out.splitlines() if ln.startswith("periods (steps):"))
+    assert line == (
+        f"periods (steps): {periods.size} values: median {med:.6g}, quartiles {q1:.6g} .. "
+        f"{q3:.6g}, range {periods.min():.6g} .. {periods.max():.6g}"
+    )
+    summary = json.loads(Path("runs/overlay/run/summary.json").read_text())
+    assert summary["periods"] == periods.tolist()
+
+
+def _two_group_adamw_log(path, lr=1e-2, wd=0.1, steps=60):
+    """Per-group columns in the torch_probe naming; values only need to be plausible."""
+    rng = np.random.default_rng(0)
+    extra = {}
+    for name, c in (("a", 300), ("b", 1200)):
+        extra[f"rho/{name}"] = np.full(steps, math.sqrt(lr * c / (2 * wd))) * (
+            1 + 0.01 * rng.standard_normal(steps)
+        )
+        extra[f"angular_update/{name}"] = np.full(steps, 0.01) * (
+            1 + 0.1 * rng.standard_normal(steps)
+        )
+    rho = np.sqrt(extra["rho/a"] ** 2 + extra["rho/b"] ** 2)
+    meta = {"lr": lr, "wd": wd, "optimizer": "AdamW"}
+    return Trajectory(step=np.arange(steps), rho=rho, extra=extra, meta=meta).save(path)
+
+
+def test_optimizer_adamw_with_group_sizes(tmp_path, capsys):
+    log = _two_group_adamw_log(tmp_path / "adamw.npz")
+    args = [log, "--optimizer", "adamw", "--group-size", "a=300", "--group-size", "b=1200"]
+    code, out, err = _run([*args, "--json", "--no-figure"], capsys)
+    assert code == 0, err
+    d = json.loads(out)
+    assert d["optimizer"] == "adamw" and d["lr_schedule"] is False
+    want = theory.adamw_equilibrium_angle(1e-2, 0.1, 0.9)
+    assert d["angular_update_predicted"] == pytest.approx(want, rel=1e-12)
+    groups = {g["name"]: g for g in d["groups"]}
+    assert groups["b"]["norm_predicted"] == pytest.approx(
+        theory.adamw_equilibrium_norm(1e-2, 0.1, 1200, 0.9), rel=1e-12
+    )
+    assert d["n_params"] == 1500
+    assert d["norm_replay_error_max"] is None and d["elr_threshold"] is None
+    code, out, err = _run([*args, "--sharpness", "10", "--no-figure"], capsys)
+    assert code == 0, err
+    assert "optimizer=adamw" in out and "SI group" in out
+    assert "cos Delta* = 1 - lr wd (1-b1)/(1 + b1 (1 - lr wd))" in out
+    assert "threshold      n/a: no effective-LR stability threshold" in out
+    # without sizes the norm is n/a and the note names the flag
+    code, out, err = _run([log, "--optimizer", "adamw", "--no-figure"], capsys)
+    assert code == 0, err
+    assert "--n-params" in out and "n_params=" not in out
+
+
+def test_schedule_flag_replays_an_exact_log(tmp_path, capsys):
+    spec = "cosine:peak=0.2,warmup=50,min=0.01,steps=1500"
+    from siflow.schedules import parse_schedule
+
+    lr = parse_schedule(spec).values(1500)
+    wd, g = 0.05, 0.7
+    r2 = np.empty(1500)
+    x = 9.0
+    for t in range(1500):
+        r2[t] = x
+        x = (1 - lr[t] * wd) ** 2 * x + lr[t] ** 2 * g**2 / x
+    log = Trajectory(step=np.arange(1500), rho=np.sqrt(r2), grad_norm_sphere=np.full(1500, g)).save(
+        tmp_path / "sched.csv"
+    )
+    code, out, err = _run(
+        [log, "--schedule", spec, "--wd", wd, "--json", "--out", tmp_path / "o"], capsys
+    )
+    assert code == 0, err
+    d = json.loads(out)
+    assert d["lr_schedule"] is True and d["lr"] == 0.2
+    assert d["norm_replay_error_max"] < 1e-12 and d["scale_invariance"] == "holds"
+    assert (tmp_path / "o" / "summary.json").is_file() and (
+        tmp_path / "o" / "overlay.png"
+    ).is_file()
+    code, out, err = _run([log, "--schedule", "wiggle:peak=1", "--wd", wd], capsys)
+    assert code == 2 and "schedule" in err and err.count("\n") == 1
+
+
+def test_library_parameters_become_flags():
+    assert (
+        to_flags("pass lr= and wd= (the log has neither)")
+        == "pass --lr and --wd (the log has neither)"
+    )
+    assert (
+        to_flags('name it with mapping={"grad_norm_sphere": COLUMN})')
+        == "name it with --map grad_norm_sphere=<column>)"
+    )
+    assert to_flags("pass n_params=, or group_sizes= for the groups") == (
+        "pass --n-params, or --group-size NAME=C for the groups"
+    )
+    assert to_flags("select the SI weights with group=") == "select the SI weights with --group"
+    assert to_flags("lr must be > 0") == "lr must be > 0"
+
+
+def test_detector_parameters_pass_through(logs, capsys):
+    log, _, ev = logs
+    code, out, err = _run([log, "--detect", "signal=loss", "--json", "--no-figure"], capsys)
+    assert code == 0, err
+    d = json.loads(out)
+    assert d["detection_signal"] == "loss"
+    # a jump floor above every jump of the log: no events
+    code, out, err = _run([log, "--detect", "min_rise=5", "--json", "--no-figure"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["n_events"] == 0
+    code, out, err = _run([log, "--detect", "bogus=1"], capsys)
+    assert code == 2 and "--detect" in err and err.count("\n") == 1
+    code, out, err = _run([log, "--detect", "lr=1"], capsys)
+    assert code == 2 and "--detect" in err

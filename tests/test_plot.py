@@ -7,7 +7,16 @@ import numpy as np
 import pytest
 
 from siflow.periods import find_events
-from siflow.plot import PANELS, Band, HLine, Marker, Segment, plot_trajectory, save_figure
+from siflow.plot import (
+    PANELS,
+    Band,
+    Curve,
+    HLine,
+    Marker,
+    Segment,
+    plot_trajectory,
+    save_figure,
+)
 from siflow.trajectory import Trajectory
 
 matplotlib.use("Agg")
@@ -76,6 +85,21 @@ def test_overlays_are_drawn_where_asked():
     assert list(marks.get_ydata()) == [0.3, 0.4]
     # legends sit outside the axes, one per panel with labels
     assert ax_rho.get_legend() is not None
+
+
+def test_curve_is_drawn_through_its_finite_points():
+    x = np.arange(0.0, 3000.0, 100.0)
+    y = 0.5 + 1e-4 * x
+    y[3] = np.nan
+    fig = plot_trajectory(_traj(), lines=[Curve("rho", x, y, "rho*(t)")])
+    curve = {ln.get_label(): ln for ln in _lines_of(fig.get_axes()[1])}["rho*(t)"]
+    keep = np.isfinite(y)
+    np.testing.assert_array_equal(curve.get_xdata(), x[keep])
+    np.testing.assert_array_equal(curve.get_ydata(), y[keep])
+    with pytest.raises(ValueError, match="same length"):
+        Curve("rho", [1.0, 2.0], [1.0])
+    with pytest.raises(ValueError, match="panel"):
+        Curve("nope", [1.0], [1.0])
 
 
 def test_segment_points_follow_the_log_slope():
