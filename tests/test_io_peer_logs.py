@@ -197,7 +197,7 @@ def test_req_dynamics_norms_by_hand(opt, lr):
 def test_req_without_torch_matches_stored_float32_values():
     # values of the first rows of layer_norm/0.weight in the genuine sgd file (float32)
     t = sio.read(DATA / "req" / "sgd")
-    first = t.extra["norm/0.weight"][~np.isnan(t.extra["norm/0.weight"])][:3]
+    first = t.extra["rho/0.weight"][~np.isnan(t.extra["rho/0.weight"])][:3]
     np.testing.assert_allclose(first, [5.6863, 3.5580, 3.8165], atol=6e-5)
     assert first.dtype == np.float64 and np.all(first == first.astype(np.float32))
 

@@ -130,10 +130,10 @@ def _table(files: list[tuple[int, Path]]) -> tuple[Table, dict[str, Any]]:
     for r, (metrics, params, grads) in enumerate(rows):
         for name in si + other:
             if name in params:
-                key = f"norm/{name}" if name in si else f"{name} norm (not SI)"
+                key = f"rho/{name}" if name in si else f"{name} norm (not SI)"
                 table.setdefault(key, np.full(n, np.nan))[r] = np.sqrt(np.sum(params[name] ** 2))
             if name in grads:
-                key = f"grad_norm/{name}" if name in si else f"{name} grad_norm (not SI)"
+                key = f"grad_norm_raw/{name}" if name in si else f"{name} grad_norm (not SI)"
                 table.setdefault(key, np.full(n, np.nan))[r] = np.sqrt(np.sum(grads[name] ** 2))
         for m, (value, kind) in metrics.items():
             if m == "train_loss" and kind in "iu" and value == 0 and files[r][0] == 0:
@@ -156,7 +156,7 @@ def read_neural_mechanics(
     path : path-like
         The run directory, its ``feats/`` folder or one ``step<N>.h5`` in it.
     mapping : dict or list of ``"field=column"``, optional
-        Overrides (columns: ``norm/<param>``, ``grad_norm/<param>``,
+        Overrides (columns: ``rho/<param>``, ``grad_norm_raw/<param>``,
         ``train_loss``, ``test_loss``, ``accuracy1``, ``accuracy5``).
     group : str, optional
         One SI tensor (``"4.weight"``) or ``"sum"`` (the default: all SI tensors).

@@ -41,8 +41,8 @@ MappingArg = Mapping[str, str | None] | Sequence[str] | None
 
 # REQ stat name -> siflow per-group column prefix (a group column "<prefix>/<param>")
 _LAYER_STATS = {
-    "layer_norm": "norm",
-    "layer_grad_norm": "grad_norm",
+    "layer_norm": "rho",
+    "layer_grad_norm": "grad_norm_raw",
     "layer_angular_update": "angular_update",
 }
 
@@ -167,7 +167,7 @@ def read_req(
     path : path-like
         ``dynamics.pkl`` or the run directory holding it.
     mapping : dict or list of ``"field=column"``, optional
-        Overrides; columns are ``norm/<param>``, ``grad_norm/<param>``,
+        Overrides; columns are ``rho/<param>``, ``grad_norm_raw/<param>``,
         ``angular_update/<param>``, ``<stat>/<param>[<neuron>]``, ``si_norm``,
         ``si_grad_norm`` and the ``summary.csv`` columns.
     group : str, optional
