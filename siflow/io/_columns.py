@@ -432,21 +432,27 @@ def si_weights(norms: Mapping[str, NDArray[Any]]) -> tuple[list[str], list[str]]
     return si, [t for t in norms if t not in si]
 
 
-def relevant_column_pattern() -> re.Pattern[str]:
+def relevant_column_pattern(delimiter: str | None = None) -> re.Pattern[str]:
     """A regex matching every column name a convention of this module can use.
 
     Used to read only the useful columns of very wide files: aliases of the
     fields, per-group columns (``norm/<g>``, ``<g>_norm``, ...) and ``siflow/...``.
+    With ``delimiter`` the pattern finds those names inside a whole header line
+    (``finditer``): each match is one cell between delimiters.
     """
     aliases = sorted({a for names in ALIASES.values() for a in names}, key=len, reverse=True)
     prefixes = sorted({p for pre, _ in _GROUP_FIELDS.values() for p in pre}, key=len, reverse=True)
     suffixes = sorted({x for _, suf in _GROUP_FIELDS.values() for x in suf}, key=len, reverse=True)
+    any_text = ".+" if delimiter is None else f"[^{re.escape(delimiter)}\\r\\n]+"
 
     def alt(words: list[str]) -> str:
         return "|".join(re.escape(w).replace("_", "[_ -]") for w in words)
 
-    return re.compile(
-        rf"\s*(?:(?:train[/_.])?(?:{alt(aliases)})|(?:{alt(prefixes)})[/:._].+"
-        rf"|.+[/:._](?:{alt(suffixes)})|siflow/.+)\s*",
-        re.IGNORECASE,
+    body = (
+        rf"[ \t]*(?:(?:train[/_.])?(?:{alt(aliases)})|(?:{alt(prefixes)})[/:._]{any_text}"
+        rf"|{any_text}[/:._](?:{alt(suffixes)})|siflow/{any_text})[ \t]*"
     )
+    if delimiter is not None:
+        d = re.escape(delimiter)
+        body = rf"(?<![^{d}\n])(?:{body})(?![^{d}\r\n])"
+    return re.compile(body, re.IGNORECASE)

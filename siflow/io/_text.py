@@ -408,14 +408,34 @@ def _header_line(stream: Iterator[str], label: str) -> str:
 
 
 def _wide_names(line: str, delim: str, keep: set[str]) -> tuple[dict[int, str], int]:
-    """Selected names of a very wide header, scanned without splitting it into a list."""
+    """Selected names of a very wide header, found by one regex scan of the line.
+
+    The column index of a match is the number of delimiters before it (numpy over
+    the line's bytes), so the header is never split into millions of strings.
+    """
+    line = line.rstrip("\r\n")
+    if not line.isascii():
+        return _wide_names_slow(line, delim, keep)
+    cuts = np.flatnonzero(np.frombuffer(line.encode("ascii"), dtype=np.uint8) == ord(delim))
+    names: dict[int, str] = {}
+    patterns = [relevant_column_pattern(delim)]
+    patterns += [
+        re.compile(rf"(?<![^{re.escape(delim)}])" + re.escape(k) + rf"(?![^{re.escape(delim)}])")
+        for k in keep
+    ]
+    for pattern in patterns:
+        for m in pattern.finditer(line):
+            names[int(np.searchsorted(cuts, m.start()))] = m.group(0).strip()
+    return dict(sorted(names.items())), int(cuts.size) + 1
+
+
+def _wide_names_slow(line: str, delim: str, keep: set[str]) -> tuple[dict[int, str], int]:
     pattern = relevant_column_pattern()
     names: dict[int, str] = {}
     start, j = 0, 0
-    end = len(line.rstrip("\r\n"))
     while True:
-        stop = line.find(delim, start, end)
-        cell = line[start : stop if stop >= 0 else end].strip()
+        stop = line.find(delim, start)
+        cell = line[start : stop if stop >= 0 else len(line)].strip()
         if cell in keep or pattern.fullmatch(cell):
             names[j] = cell
         j += 1
