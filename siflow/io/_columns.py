@@ -38,6 +38,7 @@ __all__ = [
     "detect_groups",
     "si_weights",
     "relevant_column_pattern",
+    "relevant_anchors",
     "Table",
 ]
 
@@ -456,3 +457,18 @@ def relevant_column_pattern(delimiter: str | None = None) -> re.Pattern[str]:
         d = re.escape(delimiter)
         body = rf"(?<![^{d}\n])(?:{body})(?![^{d}\r\n])"
     return re.compile(body, re.IGNORECASE)
+
+
+def relevant_anchors() -> list[str]:
+    """Lower-case words one of which every name of :func:`relevant_column_pattern` contains.
+
+    The longest word of each alias, prefix and suffix, keeping only words that
+    contain no other (``iter`` is covered by ``it``). A cell of a wide header
+    without any of them cannot match and is never looked at.
+    """
+    words = {a for names in ALIASES.values() for a in names}
+    words |= {p for pre, suf in _GROUP_FIELDS.values() for p in (*pre, *suf)}
+    words.add("siflow")
+    longest = {max(re.split(r"[_/.\s-]+", w), key=len).lower() for w in words}
+    longest.discard("")
+    return sorted(w for w in longest if not any(o != w and o in w for o in longest))

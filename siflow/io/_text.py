@@ -35,7 +35,7 @@ from typing import IO, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from siflow.io._columns import Table, relevant_column_pattern
+from siflow.io._columns import Table, relevant_anchors, relevant_column_pattern
 
 __all__ = [
     "check_path",
@@ -408,25 +408,30 @@ def _header_line(stream: Iterator[str], label: str) -> str:
 
 
 def _wide_names(line: str, delim: str, keep: set[str]) -> tuple[dict[int, str], int]:
-    """Selected names of a very wide header, found by one regex scan of the line.
+    """Selected names of a very wide header, without splitting it into millions of strings.
 
-    The column index of a match is the number of delimiters before it (numpy over
-    the line's bytes), so the header is never split into millions of strings.
+    Cells are located by the delimiter positions (numpy over the line's bytes);
+    only cells holding an anchor word (:func:`siflow.io._columns.relevant_anchors`,
+    found by literal search) or a ``keep`` name are cut out and matched.
     """
     line = line.rstrip("\r\n")
     if not line.isascii():
         return _wide_names_slow(line, delim, keep)
     cuts = np.flatnonzero(np.frombuffer(line.encode("ascii"), dtype=np.uint8) == ord(delim))
+    starts = np.r_[0, cuts + 1]
+    ends = np.r_[cuts, len(line)]
+    lower = line.lower()
+    candidates: set[int] = set()
+    for word in [*relevant_anchors(), *(k.lower() for k in keep if k)]:
+        for m in re.finditer(re.escape(word), lower):
+            candidates.add(int(np.searchsorted(cuts, m.start())))
+    pattern = relevant_column_pattern()
     names: dict[int, str] = {}
-    patterns = [relevant_column_pattern(delim)]
-    patterns += [
-        re.compile(rf"(?<![^{re.escape(delim)}])" + re.escape(k) + rf"(?![^{re.escape(delim)}])")
-        for k in keep
-    ]
-    for pattern in patterns:
-        for m in pattern.finditer(line):
-            names[int(np.searchsorted(cuts, m.start()))] = m.group(0).strip()
-    return dict(sorted(names.items())), int(cuts.size) + 1
+    for j in sorted(candidates):
+        cell = line[starts[j] : ends[j]].strip()
+        if cell in keep or pattern.fullmatch(cell):
+            names[j] = cell
+    return names, int(cuts.size) + 1
 
 
 def _wide_names_slow(line: str, delim: str, keep: set[str]) -> tuple[dict[int, str], int]:
