@@ -417,21 +417,35 @@ def _wide_names(line: str, delim: str, keep: set[str]) -> tuple[dict[int, str], 
     line = line.rstrip("\r\n")
     if not line.isascii():
         return _wide_names_slow(line, delim, keep)
-    cuts = np.flatnonzero(np.frombuffer(line.encode("ascii"), dtype=np.uint8) == ord(delim))
-    starts = np.r_[0, cuts + 1]
-    ends = np.r_[cuts, len(line)]
-    lower = line.lower()
+    cuts = _delimiter_positions(line, delim)
+    words = [*relevant_anchors(), *(k.lower() for k in keep if k)]
+    finder = re.compile("|".join(re.escape(w) for w in sorted(words, key=len, reverse=True)))
+    overlap = max(map(len, words))
     candidates: set[int] = set()
-    for word in [*relevant_anchors(), *(k.lower() for k in keep if k)]:
-        for m in re.finditer(re.escape(word), lower):
-            candidates.add(int(np.searchsorted(cuts, m.start())))
+    block = 1 << 20
+    for offset in range(0, len(line), block):
+        segment = line[offset : offset + block + overlap].lower()  # one block copied at a time
+        hits = [m.start() + offset for m in finder.finditer(segment)]
+        candidates.update(np.searchsorted(cuts, hits).tolist())
     pattern = relevant_column_pattern()
     names: dict[int, str] = {}
     for j in sorted(candidates):
-        cell = line[starts[j] : ends[j]].strip()
+        start = int(cuts[j - 1]) + 1 if j else 0
+        end = int(cuts[j]) if j < cuts.size else len(line)
+        cell = line[start:end].strip()
         if cell in keep or pattern.fullmatch(cell):
             names[j] = cell
     return names, int(cuts.size) + 1
+
+
+def _delimiter_positions(line: str, delim: str, block: int = 1 << 20) -> np.ndarray:
+    """Indices of ``delim`` in an ASCII line, found block by block (int32 when they fit)."""
+    dtype = np.int32 if len(line) < 2**31 else np.int64
+    parts = []
+    for offset in range(0, len(line), block):
+        chunk = np.frombuffer(line[offset : offset + block].encode("ascii"), dtype=np.uint8)
+        parts.append((np.flatnonzero(chunk == ord(delim)) + offset).astype(dtype))
+    return np.concatenate(parts) if parts else np.empty(0, dtype=dtype)
 
 
 def _wide_names_slow(line: str, delim: str, keep: set[str]) -> tuple[dict[int, str], int]:
