@@ -458,7 +458,6 @@ def test_npz_readers_raise_only_valueerror_on_bytes(fuzz_dir, reader, suffix, ki
 @pytest.mark.parametrize("kind", TB_KINDS)
 @pytest.mark.parametrize("reader,suffix", TB_READERS, ids=[f"{r}{s}" for r, s in TB_READERS])
 def test_tensorboard_readers_raise_only_valueerror(fuzz_dir, reader, suffix, kind):
-    pytest.importorskip("tensorboard", reason="optional extra siflow[tensorboard] not installed")
     _fuzz_bytes(fuzz_dir, reader, suffix, _tb_strategies(fuzz_dir)[kind], QUICK)
 
 
@@ -614,3 +613,69 @@ def test_directory_in_place_of_a_file_raises_valueerror(tmp_path, reader):
     d.mkdir()
     with pytest.raises(ValueError):
         _reader(reader)(d)
+
+
+# --------------------------------------------------------------- pickles and torch files
+PEER = Path(__file__).parent / "data" / "peer-logs"
+
+
+def _valid_req_dump() -> bytes:
+    """The first appended dump of REQ's genuine dynamics.pkl (tensors inside)."""
+    from siflow.io._safe_pickle import RestrictedUnpickler
+
+    path = PEER / "req" / "sgd" / "dynamics.pkl"
+    with open(path, "rb") as fh:
+        RestrictedUnpickler(fh, "dump").load()
+        end = fh.tell()
+    return path.read_bytes()[:end]
+
+
+def _valid_trace_members() -> dict[str, bytes]:
+    trace = next((PEER / "idealgas").rglob("trace.pt"))
+    with zipfile.ZipFile(trace) as zf:
+        return {n: zf.read(n) for n in zf.namelist()}
+
+
+def _only_valueerror(fn, label: str) -> None:
+    try:
+        fn()
+    except ValueError as exc:
+        assert str(exc).strip(), f"{label}: ValueError without a message"
+    except BaseException as exc:  # noqa: BLE001 - the point of the test
+        raise AssertionError(
+            f"{label} raised {type(exc).__name__}: {exc}; readers must raise ValueError"
+        ) from exc
+
+
+def test_req_pickle_mutations_raise_only_valueerror(fuzz_dir):
+    import siflow.io as sio
+
+    run_dir = fuzz_dir / "req_run"
+    run_dir.mkdir(exist_ok=True)
+    (run_dir / "logger_cfg.yaml").write_text("interval: 10\ndisk_downsample: 10\n")
+
+    @_settings(QUICK * 4)
+    @given(mutations(_valid_req_dump()))
+    def run(data):
+        (run_dir / "dynamics.pkl").write_bytes(data)
+        _only_valueerror(lambda: sio.read_req(run_dir), "read_req")
+
+    run()
+
+
+def test_torch_file_mutations_raise_only_valueerror(fuzz_dir):
+    from siflow.io._safe_pickle import load_torch_file
+
+    members = _valid_trace_members()
+    pkl = next(n for n in members if n.endswith("data.pkl"))
+    path = fuzz_dir / "trace_fuzz.pt"
+
+    @_settings(QUICK * 4)
+    @given(mutations(members[pkl]))
+    def run(data):
+        with zipfile.ZipFile(path, "w") as zf:
+            for name, content in members.items():
+                zf.writestr(name, data if name == pkl else content)
+        _only_valueerror(lambda: load_torch_file(path), "load_torch_file")
+
+    run()

@@ -298,7 +298,7 @@ def test_parse_mapping():
 def test_mapping_to_missing_column_names_the_fix(tmp_path):
     path = tmp_path / "log.csv"
     _write_csv(path, ["step", "loss"], [[0, 1.0]])
-    with pytest.raises(ValueError, match=r"--map rho=<column>"):
+    with pytest.raises(ValueError, match=r"mapping=\{.rho.: .<column>.\}"):
         sio.read(path, mapping={"rho": "nope"})
 
 
@@ -313,7 +313,7 @@ def test_mapping_empty_switches_detection_off(tmp_path):
 def test_no_step_column_error_names_map(tmp_path):
     path = tmp_path / "log.csv"
     _write_csv(path, ["time", "loss"], [[0, 1.0]])
-    with pytest.raises(ValueError, match=r"no step column.*--map step=<column>"):
+    with pytest.raises(ValueError, match=r"no step column.*mapping=\{.step.: .<column>.\}"):
         sio.read(path)
 
 
@@ -516,3 +516,24 @@ def test_directory_without_logs(tmp_path):
         sio.read(tmp_path)
     with pytest.raises(ValueError, match="directory"):
         sio.read_csv(tmp_path)
+
+
+def test_a_new_format_is_one_registry_line(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    def read_toy(path, *, mapping=None, scale=1.0):
+        rows = Path(path).read_text().split()
+        return Trajectory(step=np.arange(len(rows)), rho=[scale * float(r) for r in rows])
+
+    def detect_toy(path, head):
+        return Path(path).suffix == ".toy"
+
+    # one line: a registry entry (first, so that its rule is tried first)
+    monkeypatch.setattr(sio, "FORMATS", {"toy": sio.Format(read_toy, detect_toy), **sio.FORMATS})
+    path = tmp_path / "run.toy"
+    path.write_text("2.0 1.5 1.0")
+    assert sio.detect_format(path) == "toy"
+    np.testing.assert_array_equal(sio.read(path, scale=2.0).rho, [4.0, 3.0, 2.0])
+    with pytest.raises(ValueError, match="group= does not apply to fmt='toy'"):
+        sio.read(path, group="conv1")
+    assert all(callable(f.read) and callable(f.detect) for f in sio.FORMATS.values())

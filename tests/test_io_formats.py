@@ -16,8 +16,6 @@ import siflow.io as sio
 # ------------------------------------------------------------------ TensorBoard
 @pytest.fixture(scope="module")
 def torch_tb_dir(tmp_path_factory):
-    pytest.importorskip("torch", reason="torch is needed to write event files with SummaryWriter")
-    pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
     from torch.utils.tensorboard import SummaryWriter
 
     logdir = tmp_path_factory.mktemp("tb") / "run0"
@@ -61,7 +59,6 @@ def test_tensorboard_single_event_file(torch_tb_dir):
 
 
 def test_tensorboard_tensor_scalars_keras_layout(tmp_path):
-    pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
     from tensorboard.summary import Writer
 
     # Keras' TensorBoard callback: <logdir>/train and <logdir>/validation, scalars as tensors
@@ -255,9 +252,10 @@ SEED_DIR = (
 def _periodic_log_rho(epochs, spe, period_epochs, jump, noise, rng):
     """ln rho of a periodic run: decays linearly per step, jumps by ``jump`` at events.
 
-    Events happen right after steps ``k * period_epochs * spe`` (k >= 1).
+    Events happen right after steps ``k * period_epochs * spe`` (k >= 1); checkpoint
+    epoch ``e`` is written after ``e + 1`` epochs, at step ``(e + 1) * spe``.
     """
-    steps = epochs * spe
+    steps = (epochs + 1) * spe
     t_event = period_epochs * spe
     k = np.floor(steps / t_event - 1e-12)  # jumps strictly after the event step
     x = 1.0 - jump / t_event * (steps - k * t_event)
@@ -271,9 +269,11 @@ def _write_seed_npz(root, epochs, log_rho, rng):
     rho = np.exp(log_rho)
     # get_info.py: results[k] = np.array(list of per-checkpoint values); np.savez(path, **results)
     layer_frac = np.array([0.2, 0.3, 0.5])
+    last = np.full(n, 10.0)  # the frozen classifier, at norm 10 as in the paper
+    bias = np.full(n, 0.25)
     results = {
         "report_epochs": epochs,
-        "params_norm": rho,
+        "params_norm": np.sqrt(rho**2 + last**2 + bias**2),
         "params_numel": np.full(n, 28_000),
         "loss": 0.5 + 0.1 * rng.random(n),
         "acc": 0.8 + 0.1 * rng.random(n),
@@ -285,6 +285,8 @@ def _write_seed_npz(root, epochs, log_rho, rng):
     ):
         results[f"{name}_norm"] = rho * np.sqrt(layer_frac[i])
         results[f"{name}_numel"] = np.full(n, 864 * (i + 1))
+    results["linear_layers.2.weight_norm"] = last
+    results["linear_layers.2.bias_norm"] = bias
     np.savez(d / "train-tm.npz", **results)
     return d / "train-tm.npz", results
 
@@ -297,35 +299,47 @@ def test_seed_npz_layout_and_conversions(tmp_path):
     assert sio.detect_format(path) == "seed-npz"
     assert sio.detect_format(path.parent) == "seed-npz"
     t = sio.read(path, steps_per_epoch=391)
-    np.testing.assert_array_equal(t.step, epochs * 391)
+    np.testing.assert_array_equal(t.step, (epochs + 1) * 391)
     assert t.meta["lr"] == 0.01 and t.meta["wd"] == 0.001 and t.meta["momentum"] == 0.0
     assert t.meta["data_size"] == 50000
-    rho = res["params_norm"]
-    np.testing.assert_allclose(t.rho, rho)
+    # rho is the SI norm (the conv weights; the layer shares sum to 1), not params_norm
+    rho = np.exp(log_rho)
+    np.testing.assert_allclose(t.rho, rho, rtol=1e-12)
+    np.testing.assert_allclose(res["params_norm"] ** 2 - t.rho**2, 100.0625, rtol=1e-12)
+    assert t.meta["groups"] == [f"conv_layers.{i}.weight" for i in (0, 3, 7)]
+    assert t.meta["not_si"] == ["linear_layers.2.weight", "linear_layers.2.bias"]
     np.testing.assert_allclose(t.elr, 0.01 / rho**2, rtol=1e-12)
-    # gnorm_m = 0.3/rho was chosen so that g~ = rho * gnorm_m = 0.3 exactly
-    np.testing.assert_allclose(t.grad_norm_sphere, 0.3, rtol=1e-12)
-    # top Hessian eigenvalue 40/rho^2 moves to the unit sphere as 40
-    np.testing.assert_allclose(t.sharpness_sphere, 40.0, rtol=1e-12)
+    # gnorm_m and hess_evals cover all parameters: kept raw, with a note
+    assert t.grad_norm_sphere is None and t.sharpness_sphere is None
+    assert any("gnorm_m" in n for n in t.meta["notes"])
     np.testing.assert_allclose(t.extra["acc"], res["acc"])
     assert "conv_layers.3.weight_norm" in t.extra
+    # mapped on request: gnorm_m = 0.3/rho gives g~ = rho * gnorm_m = 0.3 exactly, and
+    # the top Hessian eigenvalue 40/rho^2 moves to the unit sphere as 40
+    m = sio.read(
+        path,
+        steps_per_epoch=391,
+        mapping={"grad_norm_raw": "gnorm_m", "sharpness_raw": "hess_evals_max"},
+    )
+    np.testing.assert_allclose(m.grad_norm_sphere, 0.3, rtol=1e-12)
+    np.testing.assert_allclose(m.sharpness_sphere, 40.0, rtol=1e-12)
     g = sio.read(path, steps_per_epoch=391, group="layers.3")
     np.testing.assert_allclose(g.rho, rho * math.sqrt(0.3))
     assert g.grad_norm_sphere is None and g.sharpness_sphere is None
     np.testing.assert_allclose(g.elr, 0.01 / (0.3 * rho**2), rtol=1e-12)
     s = sio.read(path, steps_per_epoch=391, group="sum")
-    np.testing.assert_allclose(s.rho, rho, rtol=1e-12)  # the layer shares sum to 1
-    # the totals (gnorm_m, hess_evals) describe all groups: used with group="sum"
-    np.testing.assert_allclose(s.grad_norm_sphere, 0.3, rtol=1e-12)
-    np.testing.assert_allclose(s.sharpness_sphere, 40.0, rtol=1e-12)
-    e = sio.read(path)
-    np.testing.assert_array_equal(e.step, epochs)
+    np.testing.assert_allclose(s.rho, rho, rtol=1e-12)
+    with pytest.raises(ValueError, match="not a scale-invariant tensor"):
+        sio.read(path, group="linear_layers.2.weight")
+    e = sio.read(path)  # no _fbgd, no command.sh: the time axis is epochs completed
+    np.testing.assert_array_equal(e.step, epochs + 1)
     assert e.meta["time_unit"] == "epoch"
-    assert "391" in e.meta["steps_per_epoch_hint"]
+    assert "steps_per_epoch=" in e.meta["steps_per_epoch_source"]
 
 
 def test_seed_npz_log_spaced_epochs_give_correct_periods(tmp_path):
-    periods = pytest.importorskip("siflow.periods")
+    from siflow import periods
+
     rng = np.random.default_rng(5)
     spe, period, jump = 391, 200, 0.5
     epochs = np.unique(np.rint(np.logspace(0, np.log10(1001), 150))).astype(np.int64)
@@ -333,7 +347,7 @@ def test_seed_npz_log_spaced_epochs_give_correct_periods(tmp_path):
     path, _ = _write_seed_npz(tmp_path, epochs, log_rho, rng)
     t = sio.read(path, steps_per_epoch=spe)
     ev = periods.find_events(t)
-    steps = epochs * spe
+    steps = (epochs + 1) * spe
     true_events = np.arange(1, 6) * period * spe  # jumps right after these steps
     # the detector reports the last logged row before each jump
     expected = np.array([steps[steps <= s].max() for s in true_events])

@@ -11,7 +11,8 @@ reference implementations written the obvious way (:mod:`analysis.bench.referenc
    same run (a one-thread numpy matmul; a memory copy of the kernel's working set);
 3. a sweep of many independent simulations (``siflow.sweep``) on 1 worker
    against 2 workers;
-4. ``import siflow`` time and the cost of the first (JIT) call in a fresh process.
+4. ``import siflow`` time and the cost of the first (JIT) call in a fresh process;
+5. ``siflow.io.read`` on large and hostile files (:mod:`analysis.bench.readers`).
 
 Every target of the project is checked and printed as ``ok`` or ``MISS``.
 All small kernels run with BLAS/numba/torch pinned to one thread
@@ -349,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--only",
         nargs="+",
-        choices=["import", "scalar", "toys", "sweep", "recorder"],
+        choices=["import", "scalar", "toys", "sweep", "recorder", "readers"],
         help="run only these sections (the machine section always runs)",
     )
     args = p.parse_args(argv)
@@ -357,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     print(f"# siflow benchmarks{' (--quick)' if args.quick else ''}\n")
     peaks = section_machine(args.quick)
-    only = set(args.only or ["import", "scalar", "toys", "sweep", "recorder"])
+    only = set(args.only or ["import", "scalar", "toys", "sweep", "recorder", "readers"])
     if "import" in only:
         section_import(args.quick)
     if "scalar" in only:
@@ -370,6 +371,10 @@ def main(argv: list[str] | None = None) -> int:
         from analysis.bench.recorder import section_recorder
 
         section_recorder(args.quick, _target)
+    if "readers" in only:
+        from analysis.bench import readers
+
+        readers.section(args.quick, _target)
     print("## Targets\n")
     _table(["target", "measured", ""], [[n, v, "ok" if ok else "MISS"] for n, v, ok in TARGETS])
     print(

@@ -1,38 +1,71 @@
 """Readers that turn real training logs into a :class:`~siflow.trajectory.Trajectory`.
 
-One front door, :func:`read`, detects the format from the file name and content;
-one function per format does the work:
+One front door, :func:`read`, detects the format and dispatches through
+:data:`FORMATS`, a registry like scipy's ``METHODS``: each entry is one reader
+module's ``read`` function and its ``detect(path, head)`` rule, so a new format is
+one module and one registry line.
 
-==================  ===============================================================
-``fmt``             reader and source
-==================  ===============================================================
-``"siflow"``        :func:`read_siflow`: files written by ``Trajectory.save``
-``"csv"``           :func:`read_csv`: CSV/TSV with a step (or epoch) column
-``"jsonl"``         :func:`read_jsonl`: JSON lines, one object per logged step
-``"tensorboard"``   :func:`read_tensorboard`: event files or a log directory
-``"seed-npz"``      :func:`read_seed_npz`: ``train-tm.npz`` of Lobacheva et al. (2021)
-``"lightning"``     :func:`read_lightning`: PyTorch Lightning ``CSVLogger`` ``metrics.csv``
-``"wandb"``         :func:`read_wandb`: Weights & Biases CSV export
-==================  ===============================================================
+======================  ==============================================================
+``fmt``                 reader and source
+======================  ==============================================================
+``"siflow"``            :func:`read_siflow`: files written by ``Trajectory.save``
+``"seed-npz"``          :func:`read_seed_npz`: ``train-tm.npz`` of Lobacheva et al. (2021)
+``"seed-out"``          :func:`read_seed_out`: their ``logs/<exp>.out`` training table
+``"req"``               :func:`read_req`: REQ's ``dynamics.pkl`` (Kosson et al. 2024)
+``"idealgas"``          :func:`read_idealgas`: ``trace.pt`` + ``config.json`` (Sadrtdinov
+                        et al. 2025)
+``"neural-mechanics"``  :func:`read_neural_mechanics`: ``feats/step<N>.h5`` folders
+                        (Kunin et al. 2021)
+``"tensorboard"``       :func:`read_tensorboard`: event files or a log directory
+``"lightning"``         :func:`read_lightning`: PyTorch Lightning ``CSVLogger`` output
+``"wandb"``             :func:`read_wandb`: Weights & Biases CSV export
+``"jsonl"``             :func:`read_jsonl`: JSON lines, one object per logged step
+``"csv"``               :func:`read_csv`: CSV/TSV with a step (or epoch) column
+======================  ==============================================================
 
-Columns are matched to fields by their common spellings, or by ``mapping``
-(``--map field=column`` on the command line, parsed by :func:`parse_mapping`).
-What each reader decided (which column became which field, gradient-norm
-conversion, dropped rows, epoch-to-step conversion, SI group) is recorded in
-``Trajectory.meta``. Bad input raises ``ValueError`` (``FileNotFoundError`` for a
+Columns are matched to fields by their common spellings (:data:`ALIASES`,
+``norm/<g>``, ``norm_<g>``, ``<g>_norm``, ``grad_norm_<g>`` ...), by siflow's own
+convention ``siflow/<group>/<metric>`` (:data:`SIFLOW_METRICS`), or by
+``mapping``. Compressed files (gzip, bz2, xz, single-member zip) are read
+transparently; decompression bombs are refused before inflating. Pickles and
+torch files are read by a restricted unpickler that builds only arrays and plain
+containers (:mod:`siflow.io._safe_pickle`): reading never runs code from a file.
+What each reader decided is recorded in ``Trajectory.meta``; sentences the user
+must see (bad cells, evaluation logs, unconverted quantities) are in
+``meta["notes"]``. Bad input raises ``ValueError`` (``FileNotFoundError`` for a
 missing path) with one line naming the file, the problem and the fix.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
-import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from siflow.io._columns import ALIASES, MAPPING_KEYS, parse_mapping
+from siflow.io import (
+    idealgas,
+    lightning,
+    neural_mechanics,
+    req,
+    seed_npz,
+    seed_out,
+    siflow_files,
+    tabular,
+    tensorboard,
+    wandb,
+)
+from siflow.io._columns import ALIASES, MAPPING_KEYS, SIFLOW_METRICS, parse_mapping
+from siflow.io._safe_pickle import is_torch_zip
+from siflow.io._text import read_head
+from siflow.io.idealgas import read_idealgas
 from siflow.io.lightning import read_lightning
+from siflow.io.neural_mechanics import read_neural_mechanics
+from siflow.io.req import read_req
 from siflow.io.seed_npz import read_seed_npz
+from siflow.io.seed_out import read_seed_out
 from siflow.io.siflow_files import read_siflow
 from siflow.io.tabular import read_csv, read_jsonl
 from siflow.io.tensorboard import read_tensorboard
@@ -41,8 +74,10 @@ from siflow.trajectory import Trajectory
 
 __all__ = [
     "FORMATS",
+    "Format",
     "MAPPING_KEYS",
     "ALIASES",
+    "SIFLOW_METRICS",
     "read",
     "detect_format",
     "parse_mapping",
@@ -51,64 +86,69 @@ __all__ = [
     "read_jsonl",
     "read_tensorboard",
     "read_seed_npz",
+    "read_seed_out",
+    "read_req",
+    "read_idealgas",
+    "read_neural_mechanics",
     "read_lightning",
     "read_wandb",
 ]
 
-#: Format names accepted by :func:`read`.
-FORMATS: tuple[str, ...] = (
-    "siflow",
-    "csv",
-    "jsonl",
-    "tensorboard",
-    "seed-npz",
-    "lightning",
-    "wandb",
-)
 
-_MAX_SCAN = 2000
+@dataclass(frozen=True)
+class Format:
+    """A registered log format: its reader and the rule that recognises its files.
 
+    ``detect(path, head)`` gets the path (a file or a directory) and the first
+    64 KiB of the file's (decompressed) content (empty for a directory).
+    """
 
-def _has_event_file(path: Path) -> bool:
-    count = 0
-    for _root, _dirs, files in os.walk(path):
-        for f in files:
-            if "tfevents" in f:
-                return True
-        count += 1
-        if count > _MAX_SCAN:
-            break
-    return False
+    read: Callable[..., Trajectory]
+    detect: Callable[[Path, bytes], bool]
 
 
-def _head(path: Path, n: int = 65536) -> bytes:
-    try:
-        with open(path, "rb") as fh:
-            return fh.read(n)
-    except OSError as exc:
-        raise ValueError(f"{str(path)!r} cannot be read ({exc.strerror or exc})") from None
+#: Registered formats, in detection order (the first whose rule matches wins).
+FORMATS: dict[str, Format] = {
+    "siflow": Format(read_siflow, siflow_files.detect),
+    "seed-npz": Format(read_seed_npz, seed_npz.detect),
+    "seed-out": Format(read_seed_out, seed_out.detect),
+    "req": Format(read_req, req.detect),
+    "idealgas": Format(read_idealgas, idealgas.detect),
+    "neural-mechanics": Format(read_neural_mechanics, neural_mechanics.detect),
+    "tensorboard": Format(read_tensorboard, tensorboard.detect),
+    "lightning": Format(read_lightning, lightning.detect),
+    "wandb": Format(read_wandb, wandb.detect),
+    "jsonl": Format(read_jsonl, tabular.detect_jsonl),
+    "csv": Format(read_csv, tabular.detect_csv),
+}
+
+
+def _refuse_non_logs(p: Path, head: bytes) -> None:
+    """Model checkpoints and other torch files are not logs: say so, with the fix."""
+    if p.is_dir() or not head.startswith(b"PK") or is_torch_zip(p) is None:
+        return
+    if p.name.startswith("checkpoint"):
+        raise ValueError(
+            f"{str(p)!r} is a model checkpoint, not a training log; run the seed repository's "
+            f"get_info.py on the checkpoints to write info/<exp>/train-tm.npz and read that "
+            f"(or pass the info/<exp> directory)"
+        )
+    raise ValueError(
+        f"{str(p)!r} is a PyTorch file that is not a log siflow knows (a checkpoint?); read "
+        f"the run's metrics log instead, or pass fmt= one of {', '.join(FORMATS)}"
+    )
 
 
 def detect_format(path: str | os.PathLike[str]) -> str:
-    """Guess the format of ``path`` from its name and first bytes.
-
-    Rules, in order: a directory holding TensorBoard event files is
-    ``"tensorboard"``, one holding ``metrics.csv`` is ``"lightning"``, one holding
-    ``train-tm.npz`` is ``"seed-npz"``; a file whose name contains ``tfevents`` is
-    ``"tensorboard"``; an ``.npz`` with ``col_*`` arrays is ``"siflow"`` and one with
-    ``report_epochs`` is ``"seed-npz"``; a text file starting with
-    ``# siflow-trajectory`` is ``"siflow"``, one starting with ``{`` or ``[`` (or
-    named ``.jsonl``/``.ndjson``/``.json``) is ``"jsonl"``; a CSV whose header has
-    ``"<run> - <metric>"`` columns is ``"wandb"``; a CSV with ``epoch`` and ``step``
-    columns and blank cells (or named ``metrics.csv``) is ``"lightning"``; any other
-    text is ``"csv"``.
+    """The name of the first format in :data:`FORMATS` whose ``detect`` rule claims ``path``.
 
     Raises
     ------
     FileNotFoundError
         The path does not exist.
     ValueError
-        Empty, binary or unrecognised file (the message lists ``fmt`` values).
+        Empty, binary or unrecognised file, or a model checkpoint (the message
+        lists ``fmt`` values or says which file to read instead).
     """
     if not isinstance(path, (str, os.PathLike)):
         raise ValueError(f"path must be a file name, got {type(path).__name__}")
@@ -116,72 +156,54 @@ def detect_format(path: str | os.PathLike[str]) -> str:
     if not p.exists():
         raise FileNotFoundError(f"no such file or directory: {str(p)!r}")
     choices = ", ".join(FORMATS)
-    if p.is_dir():
-        if _has_event_file(p):
-            return "tensorboard"
-        if (p / "metrics.csv").is_file():
-            return "lightning"
-        if (p / "train-tm.npz").is_file():
-            return "seed-npz"
-        raise ValueError(
-            f"{str(p)!r} is a directory without TensorBoard event files, metrics.csv or "
-            f"train-tm.npz; pass the log file itself or fmt= one of {choices}"
-        )
-    name = p.name.lower()
-    if "tfevents" in name:
-        return "tensorboard"
-    head = _head(p)
-    if not head.strip():
+    head = b"" if p.is_dir() else read_head(p)
+    if not p.is_dir() and not head.strip():
         raise ValueError(f"{str(p)!r} is empty; was the run logged to another file?")
+    for name, entry in FORMATS.items():
+        if entry.detect(p, head):
+            return name
+    if p.is_dir():
+        raise ValueError(
+            f"{str(p)!r} is a directory without a log siflow knows (TensorBoard event files, "
+            f"metrics.csv, train-tm.npz, dynamics.pkl, trace.pt, feats/step<N>.h5); pass the "
+            f"log file itself or fmt= one of {choices}"
+        )
+    _refuse_non_logs(p, head)
     if head.startswith(b"PK"):
-        try:
-            with zipfile.ZipFile(p) as zf:
-                members = set(zf.namelist())
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as exc:
-            raise ValueError(
-                f"{str(p)!r} is a corrupt or truncated zip/.npz ({exc}); "
-                f"was it still being written? use an intact copy"
-            ) from None
-        if "col_step.npy" in members:
-            return "siflow"
-        if "report_epochs.npy" in members:
-            return "seed-npz"
         raise ValueError(
-            f"{str(p)!r} is an .npz without col_step (siflow) or report_epochs (seed paper) "
-            f"arrays; pass fmt= one of {choices}"
+            f"{str(p)!r} is a zip/.npz of no known layout (no col_step for siflow, no "
+            f"report_epochs for the seed paper); pass fmt= one of {choices}"
         )
-    if name.endswith(".npz"):
+    if p.name.lower().endswith(".npz"):
         raise ValueError(f"{str(p)!r} is not a valid .npz (no zip header); is it truncated?")
-    if b"\x00" in head:
-        raise ValueError(
-            f"{str(p)!r} is a binary file of unknown format; pass fmt= one of {choices}"
-        )
-    try:
-        text = head.decode("utf-8-sig", errors="strict")
-    except UnicodeDecodeError as exc:
-        if exc.start < len(head) - 4:
+    if b"\x00" not in head:
+        try:
+            head.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
             raise ValueError(
                 f"{str(p)!r} is not UTF-8 text (byte {exc.start}); pass fmt= one of {choices}"
             ) from None
-        text = head[: exc.start].decode("utf-8-sig", errors="ignore")
-    stripped = text.lstrip()
-    if stripped.startswith("# siflow-trajectory"):
-        return "siflow"
-    if stripped.startswith(("{", "[")) or name.endswith((".jsonl", ".ndjson", ".json")):
-        return "jsonl"
-    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
-    header = lines[0] if lines else ""
-    cells = [c.strip().strip('"').lower() for c in header.split(",")]
-    if any(" - " in c for c in cells) and (
-        any(c.endswith(("__min", "__max")) for c in cells) or (cells and cells[0] == "step")
-    ):
-        return "wandb"
-    if "epoch" in cells and "step" in cells:
-        body = lines[1:200]
-        sparse = any(",," in ln or ln.rstrip().endswith(",") or ln.startswith(",") for ln in body)
-        if sparse or name == "metrics.csv":
-            return "lightning"
-    return "csv"
+    raise ValueError(f"{str(p)!r} is a binary file of unknown format; pass fmt= one of {choices}")
+
+
+def _check_fmt(fmt: Any) -> str:
+    name = fmt.lower().replace("_", "-") if isinstance(fmt, str) else None
+    if name not in FORMATS:
+        raise ValueError(f"fmt must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    return name
+
+
+def _reader_kwargs(name: str, reader: Callable[..., Trajectory], given: dict[str, Any]) -> dict:
+    """The options ``reader`` accepts; an option it does not take is a ``ValueError``."""
+    params = inspect.signature(reader).parameters
+    out = {}
+    for key, value in given.items():
+        if value is None or (key == "mapping" and not value):
+            continue
+        if key not in params:
+            raise ValueError(f"{key}= does not apply to fmt={name!r} logs; drop it")
+        out[key] = value
+    return out
 
 
 def read(
@@ -191,7 +213,7 @@ def read(
     mapping: Mapping[str, str | None] | Sequence[str] | None = None,
     steps_per_epoch: int | None = None,
     group: str | None = None,
-    run: str | None = None,
+    **options: Any,
 ) -> Trajectory:
     """Read any supported training log into a :class:`Trajectory`.
 
@@ -199,21 +221,24 @@ def read(
     ----------
     path : path-like
         A log file, or a directory (TensorBoard log dir, Lightning version dir,
-        the seed paper's experiment dir).
+        the seed paper's ``info/<exp>`` dir, a REQ, ideal-gas or
+        neural-mechanics run dir).
     fmt : str, optional
-        One of :data:`FORMATS`; detected by :func:`detect_format` when omitted.
+        A key of :data:`FORMATS`; detected by :func:`detect_format` when omitted.
     mapping : dict or list of ``"field=column"``, optional
         Column overrides (:func:`parse_mapping`); not allowed for siflow files.
     steps_per_epoch : int, optional
-        Converts epochs to optimizer steps (``step = round(epoch * steps_per_epoch)``);
-        without it a log that only has epochs uses them as steps and says so in
-        ``meta["time_unit"]``.
+        Converts epochs to optimizer steps; without it a log that only has
+        epochs uses them as the time axis and says so in ``meta["time_unit"]``.
     group : str, optional
         SI group (layer) when the log has per-group norms, or ``"sum"`` for the
         total ``sqrt(sum of squares)``. For a W&B export whose run names include
         ``group`` (and no ``run`` given), it selects the run.
-    run : str, optional
-        Run name for a W&B export with several runs.
+    **options
+        Format-specific options, passed on to the reader: ``run=`` (W&B),
+        ``lr=``/``wd=`` (seed paper), ``evaluation=True`` (the seed paper's
+        ``test-em.npz``). An option the format's reader does not take raises
+        ``ValueError``; options set to ``None`` are ignored.
 
     Returns
     -------
@@ -226,29 +251,15 @@ def read(
         The path does not exist.
     ValueError
         Unknown ``fmt``, unrecognised, empty, corrupt or truncated file, or a log
-        that lacks a needed column (the message names the ``--map`` that fixes it).
+        that lacks a needed column (the message names the ``mapping=`` that fixes
+        it).
     """
-    if fmt is None:
-        fmt = detect_format(path)
-    if not isinstance(fmt, str) or fmt.lower().replace("_", "-") not in FORMATS:
-        raise ValueError(f"fmt must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    fmt = fmt.lower().replace("_", "-")
-    kwargs = {"mapping": mapping, "steps_per_epoch": steps_per_epoch, "group": group}
-    if fmt == "siflow":
-        if mapping or group is not None:
-            raise ValueError(
-                f"{str(path)!r} is a siflow trajectory file, read as it is: drop mapping and "
-                f"group (use Trajectory methods to select columns)"
-            )
-        return read_siflow(path)
-    if fmt == "csv":
-        return read_csv(path, **kwargs)
-    if fmt == "jsonl":
-        return read_jsonl(path, **kwargs)
-    if fmt == "tensorboard":
-        return read_tensorboard(path, **kwargs)
-    if fmt == "seed-npz":
-        return read_seed_npz(path, **kwargs)
-    if fmt == "lightning":
-        return read_lightning(path, **kwargs)
-    return read_wandb(path, run=run, **kwargs)
+    name = _check_fmt(detect_format(path) if fmt is None else fmt)
+    reader = FORMATS[name].read
+    if name == "siflow" and (mapping or group is not None):
+        raise ValueError(
+            f"{str(path)!r} is a siflow trajectory file, read as it is: drop mapping= and "
+            f"group= (use Trajectory methods to select columns)"
+        )
+    given = {"mapping": mapping, "steps_per_epoch": steps_per_epoch, "group": group, **options}
+    return reader(path, **_reader_kwargs(name, reader, given))

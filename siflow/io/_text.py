@@ -1,19 +1,67 @@
-"""Safe text loading and CSV table parsing shared by the text readers."""
+"""Opening log files: transparent decompression with a bomb guard, and streaming CSV parsing.
+
+- :func:`open_binary` reads ``.gz``, ``.bz2``, ``.xz`` and single-member ``.zip``
+  files as their content (detected by magic bytes, not by name). A member whose
+  declared size exceeds :data:`MAX_RATIO` times its compressed size (and
+  :data:`MIN_BOMB_BYTES`) is refused before inflating; streams without a
+  declared size are counted while inflating and refused at the same bound.
+- :func:`parse_csv_table` reads a CSV in chunks of :data:`CHUNK_ROWS` rows with
+  numpy's C parser (``np.loadtxt``), so memory stays near the size of the float
+  columns kept; a chunk the fast parser refuses is parsed cell by cell, where
+  blank cells are NaN, ``"1,200"`` (thousands separators), decimal commas (in
+  ``;``- or tab-separated files), ``0x1f`` (hex integers) and ``true``/``false``
+  are read as numbers, and any other text in a numeric column is a *bad cell*:
+  NaN, reported by column and data row. A column that is mostly text is a text
+  column and is named in the result, never dropped silently.
+"""
 
 from __future__ import annotations
 
+import bz2
 import csv
+import gzip
+import io
+import lzma
 import math
 import os
+import re
+import zipfile
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
+from numpy.typing import NDArray
 
-from siflow.io._columns import Table
+from siflow.io._columns import Table, relevant_anchors, relevant_column_pattern
 
-__all__ = ["check_path", "read_text", "parse_csv_table", "to_float"]
+__all__ = [
+    "check_path",
+    "read_text",
+    "read_head",
+    "open_binary",
+    "compression_of",
+    "check_zip_members",
+    "check_declared_size",
+    "parse_csv_table",
+    "CsvTable",
+    "to_float",
+    "MAX_RATIO",
+]
 
-_MAX_BYTES = 2**31
+#: Largest accepted ratio of inflated to compressed size.
+MAX_RATIO = 200
+#: Inflated sizes below this are always accepted (small files compress well).
+MIN_BOMB_BYTES = 16 * 2**20
+#: Rows parsed per chunk (at most), and characters per chunk (at most, after one line).
+CHUNK_ROWS = 65536
+CHUNK_CHARS = 8 * 2**20
+#: Bad cells listed per column in ``meta["bad_cells"]`` (all are counted).
+MAX_LISTED_BAD = 20
+
+_MAGIC = ((b"\x1f\x8b", "gzip"), (b"BZh", "bz2"), (b"\xfd7zXZ\x00", "xz"))
 
 
 def check_path(path: str | os.PathLike[str], *, allow_dir: bool = False) -> Path:
@@ -28,14 +76,146 @@ def check_path(path: str | os.PathLike[str], *, allow_dir: bool = False) -> Path
     return p
 
 
+def _bomb_limit(compressed: int) -> int:
+    return max(MIN_BOMB_BYTES, MAX_RATIO * max(compressed, 1))
+
+
+def _bomb_message(label: str, inflated: int, compressed: int) -> str:
+    return (
+        f"{label} inflates to more than {inflated:,} bytes from {compressed:,} compressed "
+        f"(ratio above {MAX_RATIO}): refused as a decompression bomb; decompress it yourself "
+        f"if you trust it"
+    )
+
+
+def check_declared_size(label: str, declared: int, compressed: int) -> None:
+    """Refuse a decompression bomb from its declared inflated size, before inflating."""
+    if declared > _bomb_limit(compressed):
+        raise ValueError(_bomb_message(label, declared, compressed))
+
+
+def check_zip_members(zf: zipfile.ZipFile, label: str, compressed: int) -> None:
+    """Refuse a zip whose declared inflated size is a bomb, before inflating anything.
+
+    ``zipfile`` stops inflating a member at its declared size (and then fails its
+    CRC check), so the declared sizes bound what is inflated.
+    """
+    check_declared_size(label, sum(max(i.file_size, 0) for i in zf.infolist()), compressed)
+
+
+def _gzip_declared_size(path: Path, size: int) -> int:
+    """The inflated size a gzip file declares in its trailer (ISIZE, modulo 2**32)."""
+    if size < 18:
+        return 0
+    with open(path, "rb") as fh:
+        fh.seek(size - 4)
+        return int.from_bytes(fh.read(4), "little")
+
+
+def compression_of(path: Path) -> str | None:
+    """``"gzip"``, ``"bz2"``, ``"xz"``, ``"zip"`` (one text member) or ``None``, by magic bytes."""
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(6)
+    except OSError:
+        return None
+    for prefix, name in _MAGIC:
+        if magic.startswith(prefix):
+            return name
+    if magic.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(path) as zf:
+                names = [n for n in zf.namelist() if not n.endswith("/")]
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError):
+            return None
+        if len(names) == 1 and not names[0].endswith((".npy", ".pkl", "data.pkl")):
+            return "zip"
+    return None
+
+
+class _Guarded(io.RawIOBase):
+    """A readable stream that raises ``ValueError`` once more than ``limit`` bytes came out."""
+
+    def __init__(self, raw: IO[bytes], limit: int, label: str, compressed: int) -> None:
+        self._raw, self._limit, self._label, self._compressed = raw, limit, label, compressed
+        self._count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        try:
+            data = self._raw.read(len(buffer))
+        except (EOFError, OSError, lzma.LZMAError, zlib.error, zipfile.BadZipFile) as exc:
+            raise _decompression_error(self._label, "compressed", exc) from None
+        n = len(data)
+        self._count += n
+        if self._count > self._limit:
+            raise ValueError(_bomb_message(self._label, self._count, self._compressed))
+        buffer[:n] = data
+        return n
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+def _decompression_error(label: str, kind: str, exc: BaseException) -> ValueError:
+    return ValueError(
+        f"{label} is a corrupt or truncated {kind} file ({type(exc).__name__}: {exc}); "
+        f"use an intact copy"
+    )
+
+
+def open_binary(path: Path) -> IO[bytes]:
+    """The file's content as a binary stream, decompressed if compressed (bomb-guarded)."""
+    label = repr(str(path))
+    kind = compression_of(path)
+    size = path.stat().st_size
+    try:
+        if kind is None:
+            return open(path, "rb")
+        if kind == "zip":
+            zf = zipfile.ZipFile(path)
+            check_zip_members(zf, label, size)
+            raw: IO[bytes] = zf.open(zf.namelist()[0])
+        elif kind == "gzip":
+            check_declared_size(label, _gzip_declared_size(path, size), size)
+            raw = gzip.open(path, "rb")
+        elif kind == "bz2":
+            raw = bz2.open(path, "rb")
+        else:
+            raw = lzma.open(path, "rb")
+    except OSError as exc:
+        raise ValueError(f"{label} cannot be read ({exc.strerror or exc})") from None
+    except (zipfile.BadZipFile, EOFError, NotImplementedError) as exc:
+        raise _decompression_error(label, kind or "zip", exc) from None
+    return io.BufferedReader(_Guarded(raw, _bomb_limit(size), label, size), 1 << 20)
+
+
+def _read_all(path: Path, n: int | None = None) -> bytes:
+    label = repr(str(path))
+    try:
+        with open_binary(path) as fh:
+            return fh.read() if n is None else fh.read(n)
+    except IsADirectoryError:
+        raise ValueError(f"{label} is a directory; pass the log file inside it") from None
+    except OSError as exc:
+        if isinstance(exc, (gzip.BadGzipFile,)):
+            raise _decompression_error(label, "gzip", exc) from None
+        raise ValueError(f"{label} cannot be read ({exc.strerror or exc})") from None
+    except (EOFError, lzma.LZMAError, zipfile.BadZipFile) as exc:
+        raise _decompression_error(label, "compressed", exc) from None
+
+
+def read_head(path: Path, n: int = 65536) -> bytes:
+    """The first ``n`` bytes of the (decompressed) content."""
+    return _read_all(path, n)
+
+
 def read_text(path: Path) -> str:
     """The file as text; ``ValueError`` naming the file if empty, binary or not UTF-8."""
-    try:
-        data = path.read_bytes()
-    except IsADirectoryError:
-        raise ValueError(f"{str(path)!r} is a directory; pass the log file inside it") from None
-    except OSError as exc:
-        raise ValueError(f"{str(path)!r} cannot be read ({exc.strerror or exc})") from None
+    data = _read_all(path)
     if not data.strip():
         raise ValueError(f"{str(path)!r} is empty; was the run logged to another file?")
     if b"\x00" in data[:65536]:
@@ -44,84 +224,348 @@ def read_text(path: Path) -> str:
             f"files or fmt='seed-npz' / 'siflow' for .npz"
         )
     try:
-        text = data.decode("utf-8-sig")
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise ValueError(
             f"{str(path)!r} is not UTF-8 text (byte {exc.start}); is it a binary file?"
         ) from None
-    return text
 
 
-def to_float(cell: str) -> float:
-    """Parse one cell: blank -> NaN, number -> float, anything else -> ``ValueError``."""
+# ------------------------------------------------------------------------------ cells
+_THOUSANDS = re.compile(r"^[+-]?\d{1,3}(,\d{3})+(\.\d*)?([eE][+-]?\d+)?$")
+_DECIMAL_COMMA = re.compile(r"^[+-]?\d{1,3}(\.\d{3})*,\d+([eE][+-]?\d+)?$|^[+-]?\d+,\d+$")
+_HEX = re.compile(r"^[+-]?0[xX][0-9a-fA-F]+$")
+
+
+def to_float(cell: str, delimiter: str = ",") -> tuple[float, str | None]:
+    """One cell as a number and the convention used (``None`` for plain numbers).
+
+    Blank -> NaN; ``true``/``false`` -> 1/0; ``"1,200"`` -> 1200 (thousands);
+    ``"0,5"`` -> 0.5 (decimal comma, or ``"1.200,5"``); ``0x1f`` -> 31.
+    Raises ``ValueError`` for anything else.
+    """
     s = cell.strip()
     if not s:
-        return math.nan
+        return math.nan, None
+    try:
+        return float(s), None
+    except ValueError:
+        pass
     low = s.lower()
     if low in ("true", "false"):
-        return 1.0 if low == "true" else 0.0
-    return float(s)
+        return (1.0 if low == "true" else 0.0), None
+    if _HEX.match(s):
+        return float(int(s, 16)), "hexadecimal integers"
+    if _THOUSANDS.match(s) and delimiter == ",":
+        return float(s.replace(",", "")), "thousands separators"
+    if _DECIMAL_COMMA.match(s):
+        return float(s.replace(".", "").replace(",", ".")), "decimal commas"
+    if _THOUSANDS.match(s):
+        return float(s.replace(",", "")), "thousands separators"
+    raise ValueError(f"not a number: {cell!r}")
 
 
-def parse_csv_table(text: str, label: str) -> tuple[list[str], Table, list[str]]:
-    """Parse CSV text into ``(header, numeric columns, non-numeric column names)``.
+@dataclass
+class _Column:
+    """Parse state of one CSV column across chunks."""
 
-    Lines starting with ``#`` before the header are skipped. The delimiter is a
-    comma, or a tab / semicolon when the header has those and no comma. A column
-    with a non-numeric cell is left out of the table (its name is returned) so that
-    text columns (run names, phases) do not stop the read.
-    """
-    lines = text.splitlines()
-    start = 0
-    while start < len(lines) and (not lines[start].strip() or lines[start].lstrip()[0] == "#"):
-        start += 1
-    if start == len(lines):
-        raise ValueError(f"{label} has no header row (only comments or blank lines)")
-    head_line = lines[start]
-    delimiter = ","
-    if "," not in head_line:
-        if "\t" in head_line:
-            delimiter = "\t"
-        elif ";" in head_line:
-            delimiter = ";"
+    chunks: list[NDArray[Any]] = field(default_factory=list)
+    bad: list[tuple[int, str]] = field(default_factory=list)
+    n_bad: int = 0
+    n_values: int = 0
+    conventions: set[str] = field(default_factory=set)
+    exact_int: bool = True
+    text: bool = False
+
+
+@dataclass
+class CsvTable:
+    """A parsed CSV: header, numeric columns, text columns, bad cells and notes."""
+
+    header: list[str]
+    table: Table
+    text_cols: list[str]
+    bad_cells: dict[str, list[tuple[int, str]]]
+    notes: list[str]
+    unread: int = 0
+
+    def meta(self) -> dict[str, Any]:
+        """``meta`` entries for a Trajectory built from this table."""
+        out: dict[str, Any] = {}
+        if self.text_cols:
+            out["ignored_text_columns"] = list(self.text_cols)
+        if self.bad_cells:
+            out["bad_cells"] = {k: [[r, t] for r, t in v] for k, v in self.bad_cells.items()}
+        if self.notes:
+            out["notes"] = list(self.notes)
+        if self.unread:
+            out["unread_columns"] = self.unread
+        return out
+
+
+def _parse_slow(cells: tuple[str, ...], first_row: int, col: _Column, delim: str) -> NDArray:
+    """Cell by cell: conventions recognised, other text recorded as a bad cell (NaN)."""
+    out = np.empty(len(cells), dtype=np.float64)
+    ints: list[int] | None = [] if col.exact_int else None
+    for i, cell in enumerate(cells):
+        try:
+            value, convention = to_float(cell, delim)
+        except (ValueError, OverflowError):
+            out[i] = math.nan
+            col.n_bad += 1
+            if len(col.bad) < MAX_LISTED_BAD:
+                col.bad.append((first_row + i, cell))
+            ints = None
+            continue
+        if convention:
+            col.conventions.add(convention)
+        out[i] = value
+        if ints is not None:
+            s = cell.strip()
+            if s.isdigit() or (s[:1] in "+-" and s[1:].isdigit()):
+                ints.append(int(s))
+            elif _HEX.match(s):
+                ints.append(int(s, 16))
+            else:
+                ints = None
+    col.n_values += int(np.isfinite(out).sum())
+    if ints is not None and len(ints) == len(cells) and max(map(abs, ints), default=0) >= 2**53:
+        if max(map(abs, ints)) < 2**63:
+            return np.array(ints, dtype=np.int64)
+    col.exact_int = col.exact_int and ints is not None and len(ints) == len(cells)
+    return out
+
+
+def _split_rows(lines: list[str], delim: str, n_cols: int, first_row: int, label: str):
     try:
-        rows = list(csv.reader(lines[start:], delimiter=delimiter, strict=True))
+        rows = list(csv.reader(lines, delimiter=delim, strict=True))
     except csv.Error as exc:
         raise ValueError(f"{label} is not valid CSV ({exc}); is the file corrupt?") from None
-    header = [h.strip() for h in rows[0]]
+    rows = [r for r in rows if any(c.strip() for c in r)]
+    for i, r in enumerate(rows):
+        if len(r) != n_cols:
+            raise ValueError(
+                f"{label} data row {first_row + i} has {len(r)} cells, expected {n_cols}; "
+                f"fix or delete that row (a truncated file: was the run still writing?)"
+            )
+    return rows
+
+
+def _parse_chunk(
+    lines: list[str], first_row: int, header: _Header, state: dict[int, _Column], label: str
+) -> int:
+    """Parse one chunk into ``state``; returns the number of data rows in it."""
+    width, delim, use = header.n_cols - 1, header.delim, list(state)
+    try:
+        if any(line.count(delim) != width for line in lines):
+            raise ValueError("ragged or quoted rows: parse cell by cell")
+        block = np.loadtxt(
+            lines, delimiter=delim, quotechar='"', dtype=np.float64, usecols=use, ndmin=2
+        )
+        if block.shape[0] == len(lines) and not np.any(np.abs(block) >= 2.0**53):
+            for j, idx in enumerate(use):
+                col = state[idx]
+                if not col.text:
+                    col.chunks.append(block[:, j])
+                    col.n_values += block.shape[0]
+            return block.shape[0]
+    except (ValueError, IndexError):
+        pass
+    rows = _split_rows(lines, delim, header.n_cols, first_row, label)
+    if not rows:
+        return 0
+    columns = list(zip(*rows, strict=True))
+    for idx in use:
+        col = state[idx]
+        if col.text:
+            continue
+        col.chunks.append(_parse_slow(columns[idx], first_row, col, delim))
+        if col.n_bad > max(MAX_LISTED_BAD, col.n_values):
+            col.text, col.chunks = True, []
+    return len(rows)
+
+
+#: Files with more columns than this read only the columns a convention can use
+#: (:func:`siflow.io._columns.relevant_column_pattern`) and those named in ``keep``.
+WIDE_COLUMNS = 10_000
+
+
+@dataclass
+class _Header:
+    """The header: selected column names by index, the column count and the delimiter."""
+
+    names: dict[int, str]
+    n_cols: int
+    delim: str
+    wide: bool = False
+
+
+def _header_line(stream: Iterator[str], label: str) -> str:
+    for line in stream:
+        if line.strip() and not line.lstrip().startswith("#"):
+            return line
+    raise ValueError(f"{label} has no header row (only comments or blank lines)")
+
+
+def _wide_names(line: str, delim: str, keep: set[str]) -> tuple[dict[int, str], int]:
+    """Selected names of a very wide header, without splitting it into millions of strings.
+
+    Cells are located by the delimiter positions (numpy over the line's bytes);
+    only cells holding an anchor word (:func:`siflow.io._columns.relevant_anchors`,
+    found by literal search) or a ``keep`` name are cut out and matched.
+    """
+    line = line.rstrip("\r\n")
+    if not line.isascii():
+        return _wide_names_slow(line, delim, keep)
+    cuts = _delimiter_positions(line, delim)
+    words = [*relevant_anchors(), *(k.lower() for k in keep if k)]
+    finder = re.compile("|".join(re.escape(w) for w in sorted(words, key=len, reverse=True)))
+    overlap = max(map(len, words))
+    candidates: set[int] = set()
+    block = 1 << 20
+    for offset in range(0, len(line), block):
+        segment = line[offset : offset + block + overlap].lower()  # one block copied at a time
+        hits = [m.start() + offset for m in finder.finditer(segment)]
+        candidates.update(np.searchsorted(cuts, hits).tolist())
+    pattern = relevant_column_pattern()
+    names: dict[int, str] = {}
+    for j in sorted(candidates):
+        start = int(cuts[j - 1]) + 1 if j else 0
+        end = int(cuts[j]) if j < cuts.size else len(line)
+        cell = line[start:end].strip()
+        if cell in keep or pattern.fullmatch(cell):
+            names[j] = cell
+    return names, int(cuts.size) + 1
+
+
+def _delimiter_positions(line: str, delim: str, block: int = 1 << 20) -> np.ndarray:
+    """Indices of ``delim`` in an ASCII line, found block by block (int32 when they fit)."""
+    dtype = np.int32 if len(line) < 2**31 else np.int64
+    parts = []
+    for offset in range(0, len(line), block):
+        chunk = np.frombuffer(line[offset : offset + block].encode("ascii"), dtype=np.uint8)
+        parts.append((np.flatnonzero(chunk == ord(delim)) + offset).astype(dtype))
+    return np.concatenate(parts) if parts else np.empty(0, dtype=dtype)
+
+
+def _wide_names_slow(line: str, delim: str, keep: set[str]) -> tuple[dict[int, str], int]:
+    pattern = relevant_column_pattern()
+    names: dict[int, str] = {}
+    start, j = 0, 0
+    while True:
+        stop = line.find(delim, start)
+        cell = line[start : stop if stop >= 0 else len(line)].strip()
+        if cell in keep or pattern.fullmatch(cell):
+            names[j] = cell
+        j += 1
+        if stop < 0:
+            return names, j
+        start = stop + 1
+
+
+def _header(stream: Iterator[str], label: str, keep: set[str]) -> _Header:
+    """Header cells and delimiter (a very wide header keeps only the useful names)."""
+    line = _header_line(stream, label)
+    delim = ","
+    if "," not in line:
+        delim = "\t" if "\t" in line else (";" if ";" in line else ",")
+    if line.count(delim) >= WIDE_COLUMNS and '"' not in line:
+        names, n_cols = _wide_names(line, delim, keep)
+        return _Header(names, n_cols, delim, wide=True)
+    header = [h.strip() for h in next(csv.reader([line], delimiter=delim))]
     if not any(header):
         raise ValueError(f"{label} has an empty header row")
-    # a pandas index column has an empty name
     header = [h if h else f"column{j}" for j, h in enumerate(header)]
     if len(set(header)) != len(header):
-        dup = sorted({h for h in header if header.count(h) > 1})
+        dup = sorted({h for h in header if header.count(h) > 1})[:10]
         raise ValueError(f"{label} has duplicate column names {dup}; rename them")
-    body = [r for r in rows[1:] if any(c.strip() for c in r)]
-    if not body:
-        raise ValueError(f"{label} has a header but no data rows")
-    for i, r in enumerate(body):
-        if len(r) != len(header):
-            last = i == len(body) - 1
-            raise ValueError(
-                f"{label} data row {i + 1} has {len(r)} cells, expected {len(header)}"
-                + ("; the file looks truncated (was the run still writing?)" if last else "")
-                + "; fix or delete that row"
-            )
+    return _Header(dict(enumerate(header)), len(header), delim)
+
+
+def _finish(header: _Header, state: dict[int, _Column], n_rows: int):
     table: Table = {}
     text_cols: list[str] = []
-    for j, name in enumerate(header):
-        cells = [r[j] for r in body]
-        try:  # fast path: every cell a number ("1e-3", "nan", "inf")
-            table[name] = np.fromiter(map(float, cells), dtype=np.float64, count=len(cells))
-            continue
-        except (ValueError, OverflowError):
-            pass
-        values = np.empty(len(body), dtype=np.float64)
-        try:
-            for i, cell in enumerate(cells):
-                values[i] = to_float(cell)
-        except (ValueError, OverflowError):
+    bad: dict[str, list[tuple[int, str]]] = {}
+    notes: list[str] = []
+    if header.wide:
+        notes.append(
+            f"{header.n_cols} columns: only the {len(header.names)} whose names a convention "
+            f"uses were read; name another with mapping= to read it"
+        )
+    for idx, col in state.items():
+        name = header.names[idx]
+        if col.text or (col.n_values == 0 and col.n_bad > 0):
             text_cols.append(name)
             continue
-        table[name] = values
-    return header, table, text_cols
+        parts = col.chunks or [np.empty(0)]
+        if any(p.dtype.kind == "i" for p in parts) and not all(p.dtype.kind == "i" for p in parts):
+            parts = [p.astype(np.float64) for p in parts]
+        table[name] = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        col.chunks = []  # free the chunks before the next column is joined
+        if col.n_bad:
+            bad[name] = col.bad
+            where = ", ".join(f"row {r}: {t!r}" for r, t in col.bad[:3])
+            notes.append(
+                f"column {name!r}: {col.n_bad} non-numeric cell(s) of {n_rows} read as missing "
+                f"({where}{', ...' if col.n_bad > 3 else ''})"
+            )
+        for convention in sorted(col.conventions):
+            notes.append(f"column {name!r}: read with {convention}")
+    return table, text_cols, bad, notes
+
+
+def parse_csv_table(
+    path: Path,
+    label: str,
+    *,
+    keep: set[str] | None = None,
+) -> CsvTable:
+    """Stream a CSV (any compression) into numeric columns, chunk by chunk.
+
+    Lines starting with ``#`` before the header are skipped. The delimiter is a
+    comma, or a tab / semicolon when the header has those and no comma. Every
+    column is read, except in files of more than :data:`WIDE_COLUMNS` columns,
+    where only the columns a convention can use and those named in ``keep`` are
+    read (a note says how many).
+    """
+    with open_binary(path) as raw:
+        stream = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="strict", newline="")
+        try:
+            return _parse_stream(stream, label, set(keep or ()))
+        except UnicodeDecodeError as exc:
+            raise ValueError(
+                f"{label} is not UTF-8 text (byte {exc.start} of a chunk); is it a binary file?"
+            ) from None
+        except csv.Error as exc:
+            raise ValueError(f"{label} is not valid CSV ({exc}); is the file corrupt?") from None
+
+
+def _next_chunk(stream: IO[str]) -> list[str]:
+    """Up to :data:`CHUNK_ROWS` non-blank lines, or fewer once :data:`CHUNK_CHARS` are read."""
+    lines: list[str] = []
+    chars = 0
+    for line in stream:
+        if line.strip():
+            lines.append(line)
+            chars += len(line)
+            if len(lines) >= CHUNK_ROWS or chars >= CHUNK_CHARS:
+                break
+    return lines
+
+
+def _parse_stream(stream: IO[str], label: str, keep: set[str]) -> CsvTable:
+    header = _header(stream, label, keep)
+    state = {i: _Column() for i in header.names}
+    n_rows = 0
+    while True:
+        lines = _next_chunk(stream)
+        if not lines:
+            break
+        if "\x00" in lines[0]:
+            raise ValueError(f"{label} is a binary file, not a text log")
+        n_rows += _parse_chunk(lines, n_rows + 1, header, state, label)
+    if n_rows == 0:
+        raise ValueError(f"{label} has a header but no data rows")
+    table, text_cols, bad, notes = _finish(header, state, n_rows)
+    names = list(header.names.values())
+    return CsvTable(names, table, text_cols, bad, notes, header.n_cols - len(names))

@@ -10,11 +10,12 @@ from typing import Any
 
 import numpy as np
 
-from siflow.io._columns import Table, build_trajectory
-from siflow.io._text import check_path, parse_csv_table, read_text
+from siflow.io._build import build_trajectory
+from siflow.io._columns import Table
+from siflow.io._text import check_path, parse_csv_table
 from siflow.trajectory import Trajectory
 
-__all__ = ["read_lightning", "merge_rows_by_step"]
+__all__ = ["read_lightning", "merge_rows_by_step", "detect"]
 
 MappingArg = Mapping[str, str | None] | Sequence[str] | None
 
@@ -57,16 +58,18 @@ def merge_rows_by_step(table: Table, step_col: str, label: str) -> tuple[Table, 
     merged: Table = {}
     conflicts = 0
     for name, values in table.items():
-        v = values[ok]
+        v = np.asarray(values, dtype=np.float64)[ok]
+        present = ~np.isnan(v)
+        group, vals = inverse[present], v[present]
         out = np.full(uniq.size, np.nan)
-        for i in range(v.size):
-            x = v[i]
-            if np.isnan(x):
-                continue
-            j = inverse[i]
-            if not np.isnan(out[j]) and out[j] != x and name != step_col:
-                conflicts += 1
-            out[j] = x
+        if vals.size:
+            # the last non-blank value of each step (stable sort keeps file order)
+            order = np.argsort(group, kind="stable")
+            group, vals = group[order], vals[order]
+            last = np.r_[group[1:] != group[:-1], True]
+            out[group[last]] = vals[last]
+            if name != step_col:  # consecutive values of one step that differ
+                conflicts += int(np.sum((group[1:] == group[:-1]) & (vals[1:] != vals[:-1])))
         merged[name] = out
     merged[step_col] = uniq.astype(np.float64)
     return merged, conflicts
@@ -134,7 +137,8 @@ def read_lightning(
             )
         p = p / "metrics.csv"
     label = repr(str(p))
-    header, table, text_cols = parse_csv_table(read_text(p), label)
+    parsed = parse_csv_table(p, label)
+    header, table = parsed.header, parsed.table
     step_col = next((h for h in header if h.strip().lower() == "step"), None)
     if mapping:
         from siflow.io._columns import normalize_mapping
@@ -143,15 +147,15 @@ def read_lightning(
     if step_col is None or step_col not in table:
         raise ValueError(
             f"{label} has no numeric 'step' column (header: {', '.join(header)}); "
-            f"is it a Lightning CSVLogger metrics.csv? pass --map step=<column> or fmt='csv'"
+            f"is it a Lightning CSVLogger metrics.csv? pass mapping={{'step': '<column>'}} "
+            f"or fmt='csv'"
         )
     n_before = len(table[step_col])
     merged, conflicts = merge_rows_by_step(table, step_col, label)
     meta: dict[str, Any] = _read_hparams(p.parent / "hparams.yaml")
     meta["merged_rows"] = int(n_before - merged[step_col].size)
     meta["merge_conflicts"] = int(conflicts)
-    if text_cols:
-        meta["ignored_text_columns"] = text_cols
+    meta.update(parsed.meta())
     return build_trajectory(
         merged,
         path=p,
@@ -161,3 +165,26 @@ def read_lightning(
         group=group,
         meta=meta,
     )
+
+
+def detect(path: Path, head: bytes) -> bool:
+    """A directory holding ``metrics.csv``, or a CSV with ``epoch`` and ``step`` columns and
+    blank cells (or named ``metrics.csv``)."""
+    if path.is_dir():
+        return (path / "metrics.csv").is_file()
+    lines = _head_lines(head)
+    if not lines:
+        return False
+    cells = [c.strip().strip('"').lower() for c in lines[0].split(",")]
+    if "epoch" not in cells or "step" not in cells:
+        return False
+    body = lines[1:200]
+    sparse = any(",," in ln or ln.rstrip().endswith(",") or ln.startswith(",") for ln in body)
+    return sparse or path.name == "metrics.csv"
+
+
+def _head_lines(head: bytes) -> list[str]:
+    if b"\x00" in head:
+        return []
+    text = head.decode("utf-8-sig", errors="ignore")
+    return [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]

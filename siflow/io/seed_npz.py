@@ -1,17 +1,32 @@
-"""Reader for the seed paper's ``train-tm.npz`` metric files.
+"""Reader for the seed paper's ``train-tm.npz`` / ``test-em.npz`` metric files.
 
 Lobacheva, Kodryan, Chirkova, Malinin & Vetrov, "On the periodic behavior of
 neural network training with batch normalization and weight decay" (NeurIPS
-2021). Its ``get_info.py`` evaluates saved checkpoints and stores one entry per
-checkpoint epoch: ``report_epochs``, ``params_norm`` (norm of all SI
-parameters), ``params_numel``, ``<parameter>_norm`` / ``<parameter>_numel`` per
-parameter tensor, ``loss`` and ``acc`` (a fraction) on the training set,
-``gnorm_m`` (mean over mini-batches of the mini-batch gradient norm),
-``gm_norm`` / ``gs_norm`` (norms of the mean and of the std of the mini-batch
-gradients), ``hess_evals`` / ``fisher_evals`` (top eigenvalues, one row per
-checkpoint), ``hess_trace`` / ``fisher_trace``. The file holds neither lr nor
-wd: they are in the experiment directory name
-``c32_d3_ds50000_lr0.01_wd0.001_mom0.0_..._epoch1001...``.
+2021), repository ``tipt0p/periodic_behavior_bn_wd``. Its ``get_info.py``
+evaluates saved checkpoints and stores one entry per checkpoint:
+``report_epochs`` (checkpoint ``e`` is written after epoch ``e``, i.e. after
+``e + 1`` epochs of training), ``params_norm`` and ``params_numel`` (all
+parameters, the frozen last layer and its bias included),
+``<parameter>_norm`` / ``<parameter>_numel`` per tensor, ``loss`` and ``acc``
+(a fraction, train mode), ``gnorm_m`` (mean of mini-batch gradient norms over
+all parameters), optionally ``gm_norm`` / ``gs_norm``, ``hess_evals`` /
+``fisher_evals`` (top eigenvalues per checkpoint) and traces. ``test-em.npz``
+holds the same keys on the test set in eval mode. The file holds neither lr nor
+wd: they are in the experiment name ``c4_d3_ds500_lr1.0_wd0.01_mom0.0_..._fbgd``.
+
+Scale-invariant (SI) tensors, as in the paper's models (a conv or linear
+weight followed by BatchNorm; the classifier is frozen at a fixed norm): every
+``<name>.weight`` except biases, normalisation parameters, the last weight
+(the classifier) and any tensor whose norm never changes (frozen, lr 0). For the
+paper's ConvNet these are ``conv_layers.{0,3,7,11}.weight``. ``rho`` is the norm
+of their concatenation, ``sqrt(sum_g |w_g|^2)``, the norm the paper analyses.
+
+Steps: checkpoint ``e`` is at step ``(e + 1) K`` with ``K`` optimizer steps per
+epoch: 1 for a full-batch run (``_fbgd`` in the name), otherwise
+``ceil(data size / batch size)`` when the data size (``ds<N>`` in the name) and
+the batch size (``--batch_size`` in the run's ``command.sh``) are known, or
+``steps_per_epoch=`` when given. Without ``K`` the time axis is epochs
+completed, ``meta["time_unit"] == "epoch"``.
 """
 
 from __future__ import annotations
@@ -26,11 +41,12 @@ from typing import Any
 import numpy as np
 
 from siflow._validate import check_nonnegative, check_positive
-from siflow.io._columns import Table, build_trajectory, normalize_mapping
-from siflow.io._text import check_path
+from siflow.io._build import build_trajectory, root_sum_square
+from siflow.io._columns import Table, check_steps_per_epoch, normalize_mapping, si_weights
+from siflow.io._text import check_declared_size, check_path
 from siflow.trajectory import Trajectory
 
-__all__ = ["read_seed_npz", "parse_run_name"]
+__all__ = ["read_seed_npz", "parse_run_name", "seed_si_tensors", "seed_steps_per_epoch", "detect"]
 
 MappingArg = Mapping[str, str | None] | Sequence[str] | None
 
@@ -72,6 +88,15 @@ def _load(path: Path) -> dict[str, np.ndarray]:
             f"{label} is not an .npz (zip) file; is it truncated, or another format (fmt=)?"
         )
     try:
+        with zipfile.ZipFile(path) as zf:
+            members = zf.infolist()
+    except (OSError, EOFError, zipfile.BadZipFile, NotImplementedError, ValueError) as exc:
+        raise ValueError(
+            f"{label} is a corrupt or truncated .npz ({exc}); use an intact copy"
+        ) from None
+    declared = sum(max(m.file_size, 0) for m in members)
+    check_declared_size(label, declared, path.stat().st_size)
+    try:
         with np.load(path, allow_pickle=False) as data:
             if not hasattr(data, "files"):
                 raise ValueError("not an .npz archive")
@@ -85,6 +110,147 @@ def _load(path: Path) -> dict[str, np.ndarray]:
         raise ValueError(f"{label} is a corrupt .npz ({type(exc).__name__}: {exc})") from None
 
 
+_EVAL_NOTE = (
+    "evaluation log (test set, eval mode): its loss is not the training loss the dynamics "
+    "follow; read train-tm.npz for training"
+)
+_GNORM_NOTE = (
+    "gnorm_m is the mean mini-batch gradient norm over all parameters (the frozen last "
+    "layer and biases included), not over the SI weights: kept in extra, not moved to the "
+    "sphere; pass mapping={'grad_norm_raw': 'gnorm_m'} to use it anyway"
+)
+
+
+def seed_si_tensors(arrays: dict[str, np.ndarray]) -> tuple[list[str], list[str]]:
+    """``(si, other)`` tensor names of a seed-paper metrics file (see :func:`si_weights`)."""
+    tensors = [k[: -len("_norm")] for k in arrays if k.endswith("_norm") and k != "params_norm"]
+    norms = {
+        t: np.asarray(arrays[f"{t}_norm"], dtype=np.float64)
+        for t in tensors
+        if t not in ("gm", "gs") and arrays[f"{t}_norm"].ndim == 1
+    }
+    return si_weights(norms)
+
+
+def _experiment_dir_parts(path: Path) -> tuple[str, Path | None]:
+    """The experiment name and the ``Experiments/<model>`` folder of a seed-paper file."""
+    resolved = path.resolve()
+    exp = resolved.parent.name if resolved.suffix == ".npz" else resolved.stem
+    model_dir = None
+    for parent in resolved.parents:
+        if parent.name in ("info", "logs", "checkpoints"):
+            model_dir = parent.parent
+            break
+    return exp, model_dir
+
+
+def _batch_size_from_command(model_dir: Path | None, exp: str) -> int | None:
+    if model_dir is None:
+        return None
+    for command in sorted((model_dir / "checkpoints" / exp).glob("trial_*/command.sh")):
+        try:
+            text = command.read_text(encoding="utf-8", errors="replace")[:100_000]
+        except OSError:
+            continue
+        m = re.search(r"--batch_size[= ]+([0-9]+)", text)
+        if m and int(m.group(1)) > 0:
+            return int(m.group(1))
+    return None
+
+
+def seed_steps_per_epoch(path: Path) -> tuple[int | None, str]:
+    """Optimizer steps per epoch of a seed-paper run, and how it was found.
+
+    ``_fbgd`` (full-batch GD) in the experiment name: 1. Otherwise
+    ``ceil(data size / batch size)`` with ``ds<N>`` from the name and
+    ``--batch_size`` from ``checkpoints/<exp>/trial_*/command.sh``. ``None``
+    when either is unknown.
+    """
+    exp, model_dir = _experiment_dir_parts(path)
+    if re.search(r"(?:^|_)fbgd(?:_|$)", exp):
+        return 1, "full-batch run (_fbgd in the experiment name): 1 step per epoch"
+    data_size = parse_run_name(exp).get("data_size")
+    batch = _batch_size_from_command(model_dir, exp)
+    if data_size and batch:
+        k = -(-int(data_size) // batch)
+        return k, f"ceil(data size {data_size} / batch {batch}) = {k} steps per epoch (command.sh)"
+    missing = "the data size (ds<N> in the name)" if not data_size else "the batch size"
+    return None, f"steps per epoch unknown ({missing} not found); pass steps_per_epoch="
+
+
+def _run_meta(p: Path, lr: float | None, wd: float | None) -> dict[str, Any]:
+    meta: dict[str, Any] = {}
+    for part in reversed(p.resolve().parts[:-1]):
+        for key, value in parse_run_name(part).items():
+            meta.setdefault(key, value)
+    for key, value in parse_run_name(p.stem).items():
+        meta.setdefault(key, value)
+    if lr is not None:
+        meta["lr"] = float(check_positive("lr", lr))
+    if wd is not None:
+        meta["wd"] = float(check_nonnegative("wd", wd))
+    return meta
+
+
+def seed_time_axis(
+    p: Path, epochs: np.ndarray, steps_per_epoch: int | None, meta: dict[str, Any]
+) -> tuple[np.ndarray, str]:
+    """Step ``(e + 1) K`` of checkpoint epoch ``e`` (epochs completed when ``K`` is unknown)."""
+    found, how = seed_steps_per_epoch(p)
+    k = check_steps_per_epoch(steps_per_epoch)
+    if k is not None:
+        if found is not None and found != k:
+            meta.setdefault("notes", []).append(
+                f"steps_per_epoch={k} given, but the run's own files say {found} ({how})"
+            )
+        how = f"steps_per_epoch={k} given"
+    else:
+        k = found
+    meta["steps_per_epoch_source"] = how
+    completed = epochs.astype(np.int64) + 1
+    if k is None:
+        meta["time_note"] = (
+            "time axis in epochs completed (checkpoint e = after e+1 epochs); " + how
+        )
+        return completed, "epoch"
+    meta["steps_per_epoch"] = k
+    return completed * k, "step"
+
+
+def _numeric_table(arrays: dict[str, np.ndarray], n: int) -> tuple[Table, list[str]]:
+    table: Table = {}
+    skipped: list[str] = []
+    for key, arr in arrays.items():
+        if arr.dtype.kind not in "iufb":
+            skipped.append(key)
+        elif arr.ndim == 1 and arr.size == n:
+            table[key] = arr.astype(np.float64)
+        elif arr.ndim == 2 and arr.shape[0] == n and arr.shape[1] > 0:
+            with np.errstate(invalid="ignore"):
+                table[f"{key}_max"] = np.max(arr.astype(np.float64), axis=1)
+        else:
+            skipped.append(key)
+    return table, skipped
+
+
+def _si_columns(table: Table, si: list[str], other: list[str]) -> Table:
+    """``si_norm`` (the SI total), SI tensors as ``<name>_norm``, others renamed out of groups."""
+    out: Table = {}
+    if si:
+        out["si_norm"] = root_sum_square([table[f"{t}_norm"] for t in si])
+    for key, values in table.items():
+        name = key[: -len("_norm")] if key.endswith("_norm") else None
+        if name in other:
+            out[f"{name} norm (not SI)"] = values
+        elif key != "report_epochs":
+            out[key] = values
+    return out
+
+
+def _is_evaluation(p: Path) -> bool:
+    return p.name.startswith("test") or p.stem.endswith("-em")
+
+
 def read_seed_npz(
     path: str | os.PathLike[str],
     *,
@@ -93,114 +259,172 @@ def read_seed_npz(
     group: str | None = None,
     lr: float | None = None,
     wd: float | None = None,
+    evaluation: bool = False,
 ) -> Trajectory:
-    """Read the seed paper's ``train-tm.npz`` (or ``test-em.npz``).
+    """Read the seed paper's ``train-tm.npz`` (or, with ``evaluation=True``, ``test-em.npz``).
 
     Parameters
     ----------
     path : path-like
-        The ``.npz`` file, or the experiment directory holding ``train-tm.npz``.
+        The ``.npz`` file, or the ``info/<exp>`` directory holding ``train-tm.npz``.
     mapping : dict or list of ``"field=column"``, optional
-        Overrides (columns are the npz keys).
+        Overrides (columns are the npz keys, plus ``si_norm``).
     steps_per_epoch : int, optional
-        Optimizer steps per epoch (``ceil(data_size / batch_size)``, 391 for
-        CIFAR-10 with the paper's batch 128). Checkpoint epochs are converted with
-        ``step = round(epoch * steps_per_epoch)``. Without it epochs are used as
-        steps and ``meta["time_unit"] == "epoch"``.
+        Optimizer steps per epoch; by default found from the run's own files
+        (module docstring). ``step = (report_epochs + 1) * steps_per_epoch``.
     group : str, optional
-        A parameter tensor (``"conv_layers.3.weight"``, or a unique part of the
-        name such as ``"layers.3"``) whose ``<name>_norm`` becomes ``rho``, or
-        ``"sum"``; default ``params_norm``.
+        One SI tensor (``"conv_layers.3.weight"``, or a unique part of the name
+        such as ``"layers.3"``) whose norm becomes ``rho``, or ``"sum"`` (the
+        default: all SI tensors). Biases, the classifier and frozen tensors are
+        not SI and are refused.
     lr, wd : float, optional
-        Learning rate and weight decay when the directory names do not give them.
+        Learning rate and weight decay when the experiment name does not give them.
+    evaluation : bool, optional
+        ``test-em.npz`` (test set, eval mode) is refused unless this is True;
+        then ``meta["log_kind"] == "evaluation"`` and a note says so.
 
     Returns
     -------
     Trajectory
-        ``step`` from ``report_epochs``; ``rho = params_norm``; ``loss``;
-        ``grad_norm_sphere = params_norm * gnorm_m`` (exact for the SI
-        parameters, theory section 0; ``gnorm_m`` is the mean mini-batch gradient
-        norm, the quantity that drives the norm recursion; ``gm_norm`` is used
-        when ``gnorm_m`` is absent); ``sharpness_sphere = params_norm**2 *
-        max(hess_evals)`` (top Hessian eigenvalue moved to the unit sphere: the
-        Riemannian value at critical points, an upper bound elsewhere, see
-        :func:`~siflow.io._columns.build_trajectory`); ``elr = lr /
-        params_norm**2`` as in the paper's code, exact by definition. Other 1-d
-        entries (``acc``, per-tensor norms, traces, ``gm_norm``, ``gs_norm``) go
-        to ``extra``; the top of ``fisher_evals`` to ``extra["fisher_evals_max"]``.
-        ``meta`` holds lr, wd, momentum and data_size parsed from the path.
+        ``rho = sqrt(sum over SI tensors of |w|^2)``; ``loss`` the training loss;
+        ``elr = lr / rho**2`` (:func:`siflow.theory.effective_lr`). ``gnorm_m``
+        and ``hess_evals`` cover all parameters and stay in ``extra`` (a note
+        says how to map them). ``meta["groups"]`` lists the SI tensors,
+        ``meta["not_si"]`` the others; lr, wd, momentum and data size come from
+        the experiment name.
     """
     if group is not None and (not isinstance(group, str) or not group.strip()):
         raise ValueError(f"group must be a parameter name or 'sum', got {group!r}")
-    p = check_path(path, allow_dir=True)
+    p = _resolve_seed_path(check_path(path, allow_dir=True))
+    label = repr(str(p))
+    if _is_evaluation(p) and not evaluation:
+        raise ValueError(
+            f"{label} is the seed paper's evaluation log (test set, eval mode), not the "
+            f"training log; read train-tm.npz next to it, or pass evaluation=True to read it "
+            f"as evaluation metrics"
+        )
+    arrays = _load(p)
+    epochs = _report_epochs(arrays, label)
+    si, other = seed_si_tensors(arrays)
+    if not si and evaluation:
+        arrays, si, other = _si_norms_from_training(p, arrays, epochs)
+    table, skipped = _numeric_table(arrays, epochs.size)
+    _check_seed_group(group, si, other, label)
+    meta = _run_meta(p, lr, wd)
+    step, unit = seed_time_axis(p, epochs, steps_per_epoch, meta)
+    notes = meta.setdefault("notes", [])
+    if skipped:
+        meta["skipped_keys"] = sorted(skipped)
+    if "gnorm_m" in table:
+        notes.append(_GNORM_NOTE)
+    if evaluation:
+        meta["log_kind"] = "evaluation"
+        notes.append(_EVAL_NOTE)
+        if si and f"{si[0]}_norm" not in _load_keys(p):
+            notes.append("per-tensor norms of the same checkpoints taken from train-tm.npz")
+    meta["si_tensors"], meta["not_si"] = si, other
+    defaults: dict[str, str | None] = {"grad_norm_raw": None, "sharpness_raw": None}
+    if si and (group is None or group.strip().lower() == "sum"):
+        defaults["rho"] = "si_norm"
+    elif not si:
+        defaults["rho"] = None
+        notes.append(
+            "no per-tensor norms (<name>_norm) in the file, so the SI norm is unknown; "
+            "params_norm includes the frozen last layer: map it with "
+            "mapping={'rho': 'params_norm'} only if that is what you want"
+        )
+    if "loss" in table:
+        defaults["loss"] = "loss"
+    traj = build_trajectory(
+        _si_columns(table, si, other),
+        path=p,
+        fmt="seed-npz",
+        mapping={**defaults, **normalize_mapping(mapping)},
+        group=None if group is None or group.strip().lower() == "sum" else group,
+        meta=meta,
+        step=step,
+        time_unit=unit,
+    )
+    if si:
+        traj.meta["groups"] = si
+        traj.meta.setdefault("group", "sum" if "rho" in defaults else traj.meta.get("group"))
+    return traj
+
+
+def _si_norms_from_training(
+    p: Path, arrays: dict[str, np.ndarray], epochs: np.ndarray
+) -> tuple[dict[str, np.ndarray], list[str], list[str]]:
+    """Per-tensor norms of the same checkpoints from ``train-tm.npz`` next to an eval log.
+
+    ``test-em.npz`` stores only ``params_norm``; the weights of a checkpoint are the
+    same in both files, so their SI norms are taken from the training file, row by
+    row at equal ``report_epochs``.
+    """
+    train = p.with_name("train-tm.npz")
+    if not train.is_file():
+        return arrays, [], []
+    other_arrays = _load(train)
+    si, other = seed_si_tensors(other_arrays)
+    t_epochs = other_arrays.get("report_epochs")
+    if not si or t_epochs is None or not np.all(np.isin(epochs, t_epochs)):
+        return arrays, [], []
+    index = {int(e): i for i, e in enumerate(t_epochs)}
+    rows = np.array([index[int(e)] for e in epochs])
+    out = dict(arrays)
+    for t in si + other:
+        out[f"{t}_norm"] = np.asarray(other_arrays[f"{t}_norm"])[rows]
+    return out, si, other
+
+
+def _load_keys(p: Path) -> set[str]:
+    with zipfile.ZipFile(p) as zf:
+        return {n.removesuffix(".npy") for n in zf.namelist()}
+
+
+def _resolve_seed_path(p: Path) -> Path:
     if p.is_dir():
         if not (p / "train-tm.npz").is_file():
             raise ValueError(f"{str(p)!r} has no train-tm.npz; pass the .npz file itself")
-        p = p / "train-tm.npz"
-    label = repr(str(p))
-    arrays = _load(p)
+        return p / "train-tm.npz"
+    return p
+
+
+def _report_epochs(arrays: dict[str, np.ndarray], label: str) -> np.ndarray:
     if "report_epochs" not in arrays:
         raise ValueError(
             f"{label} has no 'report_epochs' array (keys: {', '.join(sorted(arrays)) or 'none'}); "
             f"is it the seed paper's train-tm.npz? For siflow files pass fmt='siflow'"
         )
     epochs = arrays["report_epochs"]
-    if epochs.ndim != 1 or epochs.size == 0 or not np.issubdtype(epochs.dtype, np.number):
+    if epochs.ndim != 1 or epochs.size == 0 or epochs.dtype.kind not in "iuf":
         raise ValueError(f"{label}: 'report_epochs' must be a non-empty 1-d numeric array")
-    n = epochs.size
-    table: Table = {}
-    skipped: list[str] = []
-    for key, arr in arrays.items():
-        if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
-            skipped.append(key)
-            continue
-        if arr.ndim == 1 and arr.size == n:
-            table[key] = arr.astype(np.float64)
-        elif arr.ndim == 2 and arr.shape[0] == n and arr.shape[1] > 0:
-            with np.errstate(invalid="ignore"):
-                table[f"{key}_max"] = np.max(arr.astype(np.float64), axis=1)
-        else:
-            skipped.append(key)
-    user = normalize_mapping(mapping)
-    defaults: dict[str, str | None] = {"epoch": "report_epochs"}
-    if "params_norm" in table:
-        defaults["rho"] = "params_norm"
-    if "gnorm_m" in table:
-        defaults["grad_norm_raw"] = "gnorm_m"
-    elif "gm_norm" in table:
-        defaults["grad_norm_raw"] = "gm_norm"
-    if "hess_evals_max" in table:
-        defaults["sharpness_raw"] = "hess_evals_max"
-    if "loss" in table:
-        defaults["loss"] = "loss"
-    if group is not None:
-        defaults.pop("rho", None)
-        if group.strip().lower() != "sum":
-            defaults.pop("grad_norm_raw", None)
-            defaults.pop("sharpness_raw", None)
-    merged = {**defaults, **user}
-    meta: dict[str, Any] = {}
-    for part in reversed(p.resolve().parts[:-1]):
-        for key, value in parse_run_name(part).items():
-            meta.setdefault(key, value)
-    if lr is not None:
-        meta["lr"] = float(check_positive("lr", lr))
-    if wd is not None:
-        meta["wd"] = float(check_nonnegative("wd", wd))
-    if skipped:
-        meta["skipped_keys"] = sorted(skipped)
-    if "report_epochs" in table and steps_per_epoch is None and "data_size" in meta:
-        meta["steps_per_epoch_hint"] = (
-            f"ceil({meta['data_size']} / batch_size), e.g. "
-            f"{-(-int(meta['data_size']) // 128)} for the paper's batch 128"
+    finite = np.isfinite(epochs.astype(np.float64))
+    if not np.all(finite) or np.any(epochs != np.round(epochs)) or np.any(epochs < 0):
+        raise ValueError(f"{label}: 'report_epochs' must hold whole epochs >= 0")
+    if np.any(np.abs(epochs.astype(np.float64)) > 2.0**40):
+        raise ValueError(f"{label}: 'report_epochs' values are out of range for epochs")
+    return epochs
+
+
+def _check_seed_group(group: str | None, si: list[str], other: list[str], label: str) -> None:
+    if group is None or group.strip().lower() == "sum":
+        return
+    g = group.strip()
+    if any(g == t or (g in t and not any(g in s for s in si)) for t in other):
+        raise ValueError(
+            f"{label}: {group!r} is not a scale-invariant tensor (a bias, the classifier or a "
+            f"frozen layer); pass group= one of {', '.join(si) or 'none'} or group='sum'"
         )
-    traj = build_trajectory(
-        table,
-        path=p,
-        fmt="seed-npz",
-        mapping=merged,
-        steps_per_epoch=steps_per_epoch,
-        group=group,
-        meta=meta,
-    )
-    return traj
+
+
+def detect(path: Path, head: bytes) -> bool:
+    """A directory holding ``train-tm.npz``, or an npz with ``report_epochs``."""
+    if path.is_dir():
+        return (path / "train-tm.npz").is_file()
+    if not head.startswith(b"PK"):
+        return False
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return "report_epochs.npy" in zf.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError):
+        return False

@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import zipfile
 import zlib
+from pathlib import Path
 
 from siflow.io._text import check_path
 from siflow.trajectory import Trajectory
 
-__all__ = ["read_siflow"]
+__all__ = ["read_siflow", "detect"]
 
 
 def read_siflow(path: str | os.PathLike[str]) -> Trajectory:
@@ -54,3 +55,16 @@ def read_siflow(path: str | os.PathLike[str]) -> Trajectory:
     traj.meta.setdefault("source", str(p))
     traj.meta.setdefault("format", "siflow")
     return traj
+
+
+def detect(path: Path, head: bytes) -> bool:
+    """An ``.npz`` with ``col_step`` arrays, or text starting with ``# siflow-trajectory``."""
+    if path.is_dir():
+        return False
+    if head.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(path) as zf:
+                return "col_step.npy" in zf.namelist()
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError):
+            return False
+    return head.lstrip().startswith(b"# siflow-trajectory")

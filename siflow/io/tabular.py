@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
 
-from siflow.io._columns import Table, build_trajectory
-from siflow.io._text import check_path, parse_csv_table, read_text
+from siflow.io._build import build_trajectory
+from siflow.io._columns import Table, normalize_mapping
+from siflow.io._text import check_path, open_binary, parse_csv_table, read_head, read_text
 from siflow.trajectory import Trajectory
 
-__all__ = ["read_csv", "read_jsonl"]
+__all__ = ["read_csv", "read_jsonl", "detect_csv", "detect_jsonl"]
 
 MappingArg = Mapping[str, str | None] | Sequence[str] | None
 
@@ -31,9 +34,15 @@ def read_csv(
     Parameters
     ----------
     path : path-like
-        The CSV file. Lines starting with ``#`` before the header are skipped;
-        comma, tab or semicolon delimited; blank cells read as NaN; columns with
-        text cells (run names, phases) are ignored.
+        The CSV file, plain or compressed (gzip, bz2, xz, single-member zip,
+        detected by content). Lines starting with ``#`` before the header are
+        skipped; comma, tab or semicolon delimited; blank cells read as NaN;
+        ``"1,200"``, decimal commas and ``0x1f`` are read as numbers (noted in
+        ``meta["notes"]``); any other text cell in a numeric column is read as
+        missing and reported by column and data row in ``meta["bad_cells"]`` and
+        ``meta["notes"]``; mostly-text columns (run names, phases) are named in
+        ``meta["ignored_text_columns"]``. Read in chunks: memory stays near the
+        size of the float columns.
     mapping : dict or list of ``"field=column"``, optional
         Column overrides, see :func:`siflow.io.parse_mapping`. Without it the
         columns are detected among common spellings (``step``/``iter``/``epoch``,
@@ -63,19 +72,16 @@ def read_csv(
         Empty, binary, truncated or corrupt file, no step column, a bad mapping.
     """
     p = check_path(path)
-    label = repr(str(p))
-    _, table, text_cols = parse_csv_table(read_text(p), label)
-    meta: dict[str, Any] = {}
-    if text_cols:
-        meta["ignored_text_columns"] = text_cols
+    wanted = {c for c in normalize_mapping(mapping).values() if c}
+    parsed = parse_csv_table(p, repr(str(p)), keep=wanted)
     return build_trajectory(
-        table,
+        parsed.table,
         path=p,
         fmt="csv",
         mapping=mapping,
         steps_per_epoch=steps_per_epoch,
         group=group,
-        meta=meta,
+        meta=parsed.meta(),
     )
 
 
@@ -112,9 +118,14 @@ def _number(value: Any) -> float | None:
 
 
 def records_to_table(records: Sequence[Mapping[str, Any]]) -> tuple[Table, list[str]]:
-    """Column table from a list of flat-or-nested dicts (missing keys -> NaN)."""
+    """Column table from a list of flat-or-nested dicts (missing keys -> NaN).
+
+    A column whose values are all integers and present in every record, with
+    one beyond 2**53 (where float64 loses integers), is kept exact as int64.
+    """
     n = len(records)
     columns: dict[str, np.ndarray] = {}
+    ints: dict[str, list[int] | None] = {}
     text: dict[str, None] = {}
     for i, rec in enumerate(records):
         row: dict[str, Any] = {}
@@ -129,10 +140,29 @@ def records_to_table(records: Sequence[Mapping[str, Any]]) -> tuple[Table, list[
             col = columns.get(name)
             if col is None:
                 col = columns[name] = np.full(n, np.nan)
+                ints[name] = [] if i == 0 else None
             col[i] = v
-    table: Table = {k: v for k, v in columns.items() if k not in text}
-    text_cols = list(text)
-    return table, text_cols
+            exact = ints[name]
+            if exact is not None:
+                if isinstance(value, int) and not isinstance(value, bool) and len(exact) == i:
+                    exact.append(value)
+                else:
+                    ints[name] = None
+    table: Table = {}
+    for name, col in columns.items():
+        if name in text:
+            continue
+        exact = ints[name]
+        if exact is not None and len(exact) == n and _needs_int64(exact):
+            table[name] = np.array(exact, dtype=np.int64)
+        else:
+            table[name] = col
+    return table, list(text)
+
+
+def _needs_int64(values: list[int]) -> bool:
+    big = max(abs(v) for v in values)
+    return 2**53 <= big < 2**63
 
 
 def read_jsonl(
@@ -162,69 +192,12 @@ def read_jsonl(
     """
     p = check_path(path)
     label = repr(str(p))
-    text = read_text(p)
-    records: list[Mapping[str, Any]] = []
     meta: dict[str, Any] = {}
-    whole: Any = None
-    stripped = text.lstrip()
-    if stripped.startswith(("[", "{")):
-        try:
-            whole = json.loads(text)
-        except (json.JSONDecodeError, RecursionError, ValueError) as exc:
-            if stripped.startswith("["):
-                raise ValueError(f"{label} is not valid JSON ({exc}); is it truncated?") from None
-            whole = None  # not one JSON document: read it as JSON lines below
-    if isinstance(whole, list):
-        if not all(isinstance(r, Mapping) for r in whole):
-            raise ValueError(f"{label} must hold a list of objects, one per logged step")
-        records = whole
-    elif isinstance(whole, Mapping):
-        lists = {
-            k: v
-            for k, v in whole.items()
-            if isinstance(v, list) and v and all(isinstance(r, Mapping) for r in v)
-        }
-        key = "log_history" if "log_history" in lists else None
-        if key is None and len(lists) == 1:
-            key = next(iter(lists))
-        if key is not None:
-            records = lists[key]
-            meta["records_key"] = key
-            for name in ("train_batch_size", "num_train_epochs", "max_steps"):
-                value = whole.get(name)
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    meta[name] = value
-        elif lists:
-            raise ValueError(
-                f"{label} holds several lists of records ({', '.join(lists)}); extract one "
-                f"into a .jsonl file"
-            )
-        else:
-            records = [whole]
+    if _is_json_lines(read_head(p)):
+        table, text_cols = _stream_json_lines(p, label)
     else:
-        lines = text.splitlines()
-        for i, line in enumerate(lines):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except (json.JSONDecodeError, RecursionError, ValueError) as exc:
-                last = all(not rest.strip() for rest in lines[i + 1 :])
-                hint = (
-                    "; the file looks truncated (was the run still writing?)"
-                    if last
-                    else "; fix or delete that line"
-                )
-                raise ValueError(f"{label} line {i + 1} is not valid JSON ({exc}){hint}") from None
-            if not isinstance(rec, Mapping):
-                raise ValueError(
-                    f"{label} line {i + 1} is a JSON {type(rec).__name__}, not an object; "
-                    f'each line must be one {{"step": ..., ...}} record'
-                )
-            records.append(rec)
-    if not records:
-        raise ValueError(f"{label} holds no records")
-    table, text_cols = records_to_table(records)
+        records = _document_records(read_text(p), label, meta)
+        table, text_cols = records_to_table(records)
     if text_cols:
         meta["ignored_text_columns"] = text_cols
     return build_trajectory(
@@ -236,3 +209,147 @@ def read_jsonl(
         group=group,
         meta=meta,
     )
+
+
+def _is_json_lines(head: bytes) -> bool:
+    """JSON lines: the first non-blank line is a complete JSON object on its own."""
+    text = head.decode("utf-8-sig", errors="ignore")
+    first = next((ln for ln in text.splitlines() if ln.strip()), "")
+    if not first.lstrip().startswith("{"):
+        return not first.lstrip().startswith("[")
+    try:
+        obj = json.loads(first)
+    except (json.JSONDecodeError, RecursionError, ValueError):
+        return False
+    # a one-line document holding a list of records (trainer_state.json) is not one record
+    return isinstance(obj, Mapping) and not any(
+        isinstance(v, list) and v and all(isinstance(r, Mapping) for r in v) for v in obj.values()
+    )
+
+
+def _document_records(text: str, label: str, meta: dict[str, Any]) -> list[Mapping[str, Any]]:
+    """Records of one JSON document: a list of objects, or an object holding one list."""
+    try:
+        whole = json.loads(text)
+    except (json.JSONDecodeError, RecursionError, ValueError) as exc:
+        raise ValueError(f"{label} is not valid JSON ({exc}); is it truncated?") from None
+    if isinstance(whole, list):
+        if not whole or not all(isinstance(r, Mapping) for r in whole):
+            raise ValueError(f"{label} must hold a list of objects, one per logged step")
+        return whole
+    if not isinstance(whole, Mapping):
+        raise ValueError(f"{label} holds a JSON {type(whole).__name__}, not logged records")
+    lists = {
+        k: v
+        for k, v in whole.items()
+        if isinstance(v, list) and v and all(isinstance(r, Mapping) for r in v)
+    }
+    key = "log_history" if "log_history" in lists else None
+    if key is None and len(lists) == 1:
+        key = next(iter(lists))
+    if key is None and lists:
+        raise ValueError(
+            f"{label} holds several lists of records ({', '.join(lists)}); extract one "
+            f"into a .jsonl file"
+        )
+    if key is None:
+        return [whole]
+    meta["records_key"] = key
+    for name in ("train_batch_size", "num_train_epochs", "max_steps"):
+        value = whole.get(name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            meta[name] = value
+    return lists[key]
+
+
+#: JSON lines parsed per batch before the batch becomes columns.
+_BATCH = 20_000
+
+
+def _json_line(line: str, number: int, rest: IO[str], label: str) -> Mapping[str, Any]:
+    try:
+        rec = json.loads(line)
+    except (json.JSONDecodeError, RecursionError, ValueError) as exc:
+        last = not any(more.strip() for more in rest)
+        hint = (
+            "; the file looks truncated (was the run still writing?)"
+            if last
+            else "; fix or delete that line"
+        )
+        raise ValueError(f"{label} line {number} is not valid JSON ({exc}){hint}") from None
+    if not isinstance(rec, Mapping):
+        raise ValueError(
+            f"{label} line {number} is a JSON {type(rec).__name__}, not an object; "
+            f'each line must be one {{"step": ..., ...}} record'
+        )
+    return rec
+
+
+def _stream_json_lines(p: Path, label: str) -> tuple[Table, list[str]]:
+    """JSON lines read in batches: memory holds one batch of records, then columns."""
+    batches: list[tuple[Table, int]] = []
+    text_cols: dict[str, None] = {}
+    with open_binary(p) as raw:
+        stream = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="strict")
+        records: list[Mapping[str, Any]] = []
+        try:
+            for number, line in enumerate(stream, start=1):
+                if line.strip():
+                    records.append(_json_line(line, number, stream, label))
+                if len(records) >= _BATCH:
+                    batches.append(_batch(records, text_cols))
+                    records = []
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{label} is not UTF-8 text (byte {exc.start})") from None
+        if records:
+            batches.append(_batch(records, text_cols))
+    if not batches:
+        raise ValueError(f"{label} holds no records")
+    return _join_batches(batches, text_cols), list(text_cols)
+
+
+def _batch(records: list[Mapping[str, Any]], text_cols: dict[str, None]) -> tuple[Table, int]:
+    table, text = records_to_table(records)
+    text_cols.update(dict.fromkeys(text))
+    return table, len(records)
+
+
+def _join_batches(batches: list[tuple[Table, int]], text_cols: dict[str, None]) -> Table:
+    """One table from batch tables: a key missing from a batch is blank there."""
+    names = [n for n in dict.fromkeys(k for t, _ in batches for k in t) if n not in text_cols]
+    out: Table = {}
+    for name in names:
+        parts = [t[name] if name in t else np.full(n, np.nan) for t, n in batches]
+        if not all(part.dtype.kind == "i" for part in parts):
+            parts = [part.astype(np.float64) for part in parts]
+        out[name] = np.concatenate(parts)
+    return out
+
+
+def _text_head(head: bytes) -> str | None:
+    if not head.strip() or b"\x00" in head:
+        return None
+    try:
+        return head.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 4:
+            return None
+        return head[: exc.start].decode("utf-8-sig", errors="ignore")
+
+
+def detect_jsonl(path: Path, head: bytes) -> bool:
+    """Text starting with ``{`` or ``[``, or named ``.jsonl``/``.ndjson``/``.json``."""
+    if path.is_dir():
+        return False
+    text = _text_head(head)
+    if text is None:
+        return False
+    name = path.name.lower()
+    for suffix in (".gz", ".bz2", ".xz", ".zip"):
+        name = name.removesuffix(suffix)
+    return text.lstrip().startswith(("{", "[")) or name.endswith((".jsonl", ".ndjson", ".json"))
+
+
+def detect_csv(path: Path, head: bytes) -> bool:
+    """Any text file (the fallback format)."""
+    return not path.is_dir() and _text_head(head) is not None

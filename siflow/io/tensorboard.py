@@ -11,11 +11,12 @@ from typing import Any
 import numpy as np
 
 from siflow._fileio import require
-from siflow.io._columns import Table, build_trajectory
+from siflow.io._build import build_trajectory
+from siflow.io._columns import Table
 from siflow.io._text import check_path
 from siflow.trajectory import Trajectory
 
-__all__ = ["read_tensorboard", "tensorboard_scalars"]
+__all__ = ["read_tensorboard", "tensorboard_scalars", "detect"]
 
 MappingArg = Mapping[str, str | None] | Sequence[str] | None
 
@@ -238,3 +239,18 @@ def read_tensorboard(
         group=group,
         meta=meta,
     )
+
+
+_MAX_SCAN = 2000
+
+
+def detect(path: Path, head: bytes) -> bool:
+    """A file named ``*tfevents*``, or a directory holding one (searched recursively)."""
+    if not path.is_dir():
+        return "tfevents" in path.name.lower()
+    for count, (_root, _dirs, files) in enumerate(os.walk(path)):
+        if any("tfevents" in f for f in files):
+            return True
+        if count > _MAX_SCAN:
+            break
+    return False

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from siflow.io._columns import Table, build_trajectory
-from siflow.io._text import check_path, parse_csv_table, read_text
+from siflow.io._build import build_trajectory
+from siflow.io._columns import Table
+from siflow.io._text import check_path, parse_csv_table
 from siflow.trajectory import Trajectory
 
-__all__ = ["read_wandb", "wandb_runs"]
+__all__ = ["read_wandb", "wandb_runs", "detect"]
 
 MappingArg = Mapping[str, str | None] | Sequence[str] | None
 
@@ -64,8 +66,7 @@ def _choose_run(
     if len(runs) == 1:
         return runs[0], False
     raise ValueError(
-        f"{label} holds several runs ({listed}); pick one with run='<name>' "
-        f"(--run <name>) or group='<name>'"
+        f"{label} holds several runs ({listed}); pick one with run='<name>' or group='<name>'"
     )
 
 
@@ -109,7 +110,8 @@ def read_wandb(
         raise ValueError(f"run must be a run name (str), got {run!r}")
     p = check_path(path)
     label = repr(str(p))
-    header, table, text_cols = parse_csv_table(read_text(p), label)
+    parsed = parse_csv_table(p, label)
+    header, table = parsed.header, parsed.table
     runs = wandb_runs(header)
     if not runs:
         raise ValueError(
@@ -140,8 +142,7 @@ def read_wandb(
     n_other = int((~logged).sum())
     sub = {k: v[logged] for k, v in sub.items()}
     meta: dict[str, Any] = {"run": chosen, "runs": runs, "rows_of_other_runs": n_other}
-    if text_cols:
-        meta["ignored_text_columns"] = text_cols
+    meta.update(parsed.meta())
     if not logged.any():
         raise ValueError(f"{label}: run {chosen!r} has no logged values")
     return build_trajectory(
@@ -152,4 +153,22 @@ def read_wandb(
         steps_per_epoch=steps_per_epoch,
         group=None if used_group else group,
         meta=meta,
+    )
+
+
+def detect(path: Path, head: bytes) -> bool:
+    """A CSV whose header has ``"<run> - <metric>"`` columns (with ``__MIN``/``__MAX`` or a
+    first ``Step`` column)."""
+    if path.is_dir() or b"\x00" in head:
+        return False
+    lines = [
+        ln
+        for ln in head.decode("utf-8-sig", errors="ignore").splitlines()
+        if ln.strip() and not ln.lstrip().startswith("#")
+    ]
+    if not lines:
+        return False
+    cells = [c.strip().strip('"').lower() for c in lines[0].split(",")]
+    return any(" - " in c for c in cells) and (
+        any(c.endswith(("__min", "__max")) for c in cells) or (cells and cells[0] == "step")
     )

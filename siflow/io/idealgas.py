@@ -1,0 +1,165 @@
+"""Reader for the ideal-gas runs of Sadrtdinov et al. (2025), ``isadrtdinov/neural-nets-ideal-gas``.
+
+Their ``pretrain`` writes, in the run directory, ``trace.pt`` (``torch.save`` of
+``{'model': state_dict, 'trace': dict of lists}``) and ``config.json`` (the run's
+settings: ``lr``, ``wd``, ``num_iters``, ``running_log_freq``, ``log_iters``,
+``batch_size``, ...). In the trace, ``running_radius`` (the norm of the SI
+parameters), ``running_loss`` and ``stoch_grad_norm`` (stochastic gradient norm
+of the SI parameters) are appended every ``running_log_freq`` iterations: entry
+``i`` is at iteration ``(i + 1) * running_log_freq``. Evaluation metrics
+(``train_loss``, ``test_loss``, ``train_acc``, ``full_grad_norm``, ...) are
+appended at the ``log_iters`` up to ``num_iters``; ``weight``/``stoch_grad``
+(flattened vectors at checkpoints) are not columns.
+
+``trace.pt`` is read with :mod:`siflow.io._safe_pickle` (no code runs, torch is
+not needed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from siflow.io._build import build_trajectory
+from siflow.io._columns import Table, normalize_mapping
+from siflow.io._safe_pickle import is_torch_zip, load_torch_file
+from siflow.io._text import check_path, read_text
+from siflow.trajectory import Trajectory
+
+__all__ = ["read_idealgas", "detect"]
+
+MappingArg = Mapping[str, str | None] | Sequence[str] | None
+
+_RUNNING = ("running_radius", "running_loss", "stoch_grad_norm")
+_META_KEYS = ("lr", "wd", "batch_size", "num_iters", "running_log_freq", "opt_mode", "loss_fn")
+
+
+def _paths(p: Path) -> tuple[Path, Path]:
+    run = p if p.is_dir() else p.parent
+    trace, config = run / "trace.pt", run / "config.json"
+    for f in (trace, config):
+        if not f.is_file():
+            raise ValueError(
+                f"{str(run)!r} has no {f.name}; an ideal-gas run directory holds trace.pt and "
+                f"config.json (pass that directory)"
+            )
+    return trace, config
+
+
+def _config(path: Path) -> dict[str, Any]:
+    label = repr(str(path))
+    try:
+        cfg = json.loads(read_text(path))
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise ValueError(f"{label} is not valid JSON ({exc}); is it truncated?") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{label} must hold one JSON object of settings")
+    freq = cfg.get("running_log_freq")
+    if isinstance(freq, bool) or not isinstance(freq, int) or freq < 1:
+        raise ValueError(f"{label}: 'running_log_freq' must be a positive integer, got {freq!r}")
+    return cfg
+
+
+def _series(trace: Mapping[str, Any], key: str, label: str) -> np.ndarray:
+    values = trace.get(key)
+    if not isinstance(values, list):
+        raise ValueError(f"{label}: trace[{key!r}] is missing or not a list")
+    try:
+        return np.array([float(v) for v in values], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{label}: trace[{key!r}] holds non-numbers") from None
+
+
+def _table(trace: Mapping[str, Any], cfg: dict[str, Any], label: str) -> tuple[np.ndarray, Table]:
+    running = {k: _series(trace, k, label) for k in _RUNNING if k in trace}
+    if "running_radius" not in running:
+        raise ValueError(f"{label}: the trace has no 'running_radius' (the SI norm)")
+    n = running["running_radius"].size
+    if any(v.size != n for v in running.values()):
+        raise ValueError(f"{label}: running series of different lengths")
+    freq = int(cfg["running_log_freq"])
+    steps = (np.arange(n, dtype=np.int64) + 1) * freq
+    num_iters = int(cfg.get("num_iters") or steps[-1] if n else 0)
+    log_iters = sorted(int(i) for i in cfg.get("log_iters", []) if int(i) <= num_iters)
+    evals = {
+        k: v
+        for k, v in trace.items()
+        if k not in _RUNNING and isinstance(v, list) and v and len(v) == len(log_iters)
+    }
+    union = np.union1d(steps, np.array(log_iters, dtype=np.int64))
+    table: Table = {}
+    at_running = np.searchsorted(union, steps)
+    for key, values in running.items():
+        table[key] = np.full(union.size, np.nan)
+        table[key][at_running] = values
+    at_eval = np.searchsorted(union, np.array(log_iters, dtype=np.int64))
+    for key in evals:
+        try:
+            values = _series(trace, key, label)
+        except ValueError:
+            continue
+        table[f"{key} (eval)"] = np.full(union.size, np.nan)
+        table[f"{key} (eval)"][at_eval] = values
+    return union, table
+
+
+def read_idealgas(path: str | os.PathLike[str], *, mapping: MappingArg = None) -> Trajectory:
+    """Read an ideal-gas run (``trace.pt`` + ``config.json``) into a Trajectory.
+
+    Parameters
+    ----------
+    path : path-like
+        The run directory, ``trace.pt`` or ``config.json``.
+    mapping : dict or list of ``"field=column"``, optional
+        Overrides (columns: ``running_radius``, ``running_loss``,
+        ``stoch_grad_norm``, ``<metric> (eval)``).
+
+    Returns
+    -------
+    Trajectory
+        ``rho = running_radius``, ``loss = running_loss``,
+        ``grad_norm_sphere = rho * stoch_grad_norm``
+        (:func:`siflow.theory.sphere_grad_norm`), ``elr = lr / rho**2``;
+        evaluation metrics in ``extra`` as ``<name> (eval)`` at their ``log_iters``;
+        lr, wd and the other settings of ``config.json`` in ``meta``.
+    """
+    p = check_path(path, allow_dir=True)
+    trace_path, config_path = _paths(p)
+    label = repr(str(trace_path))
+    cfg = _config(config_path)
+    obj = load_torch_file(trace_path)
+    if not isinstance(obj, Mapping) or not isinstance(obj.get("trace"), Mapping):
+        raise ValueError(f"{label} is not an ideal-gas trace (no 'trace' dict)")
+    steps, table = _table(obj["trace"], cfg, label)
+    meta: dict[str, Any] = {k: cfg[k] for k in _META_KEYS if k in cfg}
+    meta["notes"] = [
+        "running_radius, running_loss and stoch_grad_norm are logged every "
+        f"{cfg['running_log_freq']} iterations; <metric> (eval) at the config's log_iters"
+    ]
+    defaults = {
+        "rho": "running_radius",
+        "loss": "running_loss",
+        "grad_norm_raw": "stoch_grad_norm" if "stoch_grad_norm" in table else None,
+    }
+    return build_trajectory(
+        table,
+        path=trace_path,
+        fmt="idealgas",
+        mapping={**defaults, **normalize_mapping(mapping)},
+        meta=meta,
+        step=steps,
+    )
+
+
+def detect(path: Path, head: bytes) -> bool:
+    """A run directory (or its ``trace.pt``/``config.json``) with both files."""
+    run = path if path.is_dir() else path.parent
+    if path.is_file() and path.name not in ("trace.pt", "config.json"):
+        return False
+    trace = run / "trace.pt"
+    return trace.is_file() and (run / "config.json").is_file() and is_torch_zip(trace) is not None

@@ -1,0 +1,206 @@
+"""Reader for neural-mechanics runs (Kunin et al. 2021, ``danielkunin/neural-mechanics``).
+
+Their ``train.py`` saves checkpoints every ``save_freq`` steps; ``extract.py``
+turns each into a deepdish HDF5 file ``feats/step<N>.h5`` with groups
+``params`` (every parameter tensor by name, e.g. ``1.weight``), ``buffers``
+(their optimizer's saved buffers, ``<param>.grad_buffer`` the gradient of the
+step, empty at step 0) and ``metrics`` (``train_loss``, ``test_loss``,
+``accuracy1``, ``accuracy5``, one value each). ``hyperparameters.json`` in the
+run directory holds ``lr``, ``wd``, ``momentum``, ``train_batch_size``, ``model``
+and ``optimizer``. ``cache/*.h5`` are derived per-metric caches and are not read.
+
+SI tensors: a weight of two or more dimensions whose next parameter module (in
+the model's numbering) is a 1-d normalisation weight of its output width (a
+BatchNorm after the layer); the classifier and the BatchNorm parameters are not
+SI. ``rho = sqrt(sum_g |w_g|^2)`` over SI tensors, computed from ``params``;
+the raw gradient norm likewise from ``grad_buffer``. Needs ``h5py`` (the ``h5``
+extra: ``pip install "siflow[h5]"``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from siflow.io._build import build_trajectory
+from siflow.io._columns import Table, normalize_mapping
+from siflow.io._text import check_path, read_text
+from siflow.trajectory import Trajectory
+
+__all__ = ["read_neural_mechanics", "detect", "nm_si_tensors"]
+
+MappingArg = Mapping[str, str | None] | Sequence[str] | None
+
+_STEP_FILE = re.compile(r"^step(\d+)\.h5$")
+_META_KEYS = ("lr", "wd", "momentum", "train_batch_size", "model", "optimizer", "save_freq")
+
+
+def _h5py() -> Any:
+    try:
+        import h5py
+    except ImportError:
+        raise ValueError(
+            'reading neural-mechanics HDF5 files needs h5py: pip install "siflow[h5]"'
+        ) from None
+    return h5py
+
+
+def _run_dir(p: Path) -> Path:
+    if p.is_file():
+        p = p.parent.parent if p.parent.name == "feats" else p.parent
+    if not (p / "feats").is_dir():
+        raise ValueError(
+            f"{str(p)!r} has no feats/ folder of step<N>.h5 files; pass the run directory "
+            f"(results/<experiment>/<expid>) after running their extract.py"
+        )
+    return p
+
+
+def _step_files(run: Path) -> list[tuple[int, Path]]:
+    files = []
+    for f in (run / "feats").iterdir():
+        m = _STEP_FILE.match(f.name)
+        if m and f.is_file():
+            files.append((int(m.group(1)), f))
+    if not files:
+        raise ValueError(f"{str(run / 'feats')!r} holds no step<N>.h5 files")
+    return sorted(files)
+
+
+def _module_index(name: str) -> tuple[int, ...] | None:
+    head = name.rsplit(".", 1)[0]
+    parts = head.split(".")
+    if not all(x.isdigit() for x in parts):
+        return None
+    return tuple(int(x) for x in parts)
+
+
+def nm_si_tensors(shapes: Mapping[str, tuple[int, ...]]) -> tuple[list[str], list[str]]:
+    """``(si, other)``: weights followed by a BatchNorm of their output width."""
+    weights = sorted(
+        (idx, n) for n in shapes if n.endswith(".weight") and (idx := _module_index(n)) is not None
+    )
+    si = []
+    for k, (_idx, name) in enumerate(weights):
+        shape = shapes[name]
+        if len(shape) < 2 or k + 1 >= len(weights):
+            continue
+        nxt = shapes[weights[k + 1][1]]
+        if len(nxt) == 1 and nxt[0] == shape[0]:
+            si.append(name)
+    return si, [n for n in shapes if n not in si]
+
+
+def _read_step(h5py: Any, path: Path) -> tuple[dict[str, float], dict[str, np.ndarray], dict]:
+    """Squared norms of params and grad buffers, and the metrics, of one step file."""
+    label = repr(str(path))
+    try:
+        with h5py.File(path, "r") as h:
+            if "params" not in h:
+                raise ValueError(f"{label} has no 'params' group; is it a feats/step<N>.h5?")
+            params = {n: np.asarray(d[()], dtype=np.float64) for n, d in h["params"].items()}
+            grads = {}
+            for n, d in h.get("buffers", {}).items():
+                if n.endswith(".grad_buffer"):
+                    grads[n[: -len(".grad_buffer")]] = np.asarray(d[()], dtype=np.float64)
+            metrics = {}
+            for n, d in h.get("metrics", {}).items():
+                value = np.asarray(d[()])
+                if value.size == 1 and np.issubdtype(value.dtype, np.number):
+                    metrics[n] = (float(value.reshape(-1)[0]), value.dtype.kind)
+    except OSError as exc:
+        raise ValueError(f"{label} is not a readable HDF5 file ({exc}); is it truncated?") from None
+    return metrics, params, grads
+
+
+def _table(files: list[tuple[int, Path]]) -> tuple[Table, dict[str, Any]]:
+    h5py = _h5py()
+    rows = [_read_step(h5py, f) for _step, f in files]
+    shapes = {n: a.shape for n, a in rows[0][1].items()}
+    si, other = nm_si_tensors(shapes)
+    n = len(rows)
+    table: Table = {}
+    notes = []
+    for r, (metrics, params, grads) in enumerate(rows):
+        for name in si + other:
+            if name in params:
+                key = f"rho/{name}" if name in si else f"{name} norm (not SI)"
+                table.setdefault(key, np.full(n, np.nan))[r] = np.sqrt(np.sum(params[name] ** 2))
+            if name in grads:
+                key = f"grad_norm_raw/{name}" if name in si else f"{name} grad_norm (not SI)"
+                table.setdefault(key, np.full(n, np.nan))[r] = np.sqrt(np.sum(grads[name] ** 2))
+        for m, (value, kind) in metrics.items():
+            if m == "train_loss" and kind in "iu" and value == 0 and files[r][0] == 0:
+                notes.append("train_loss at step 0 is their placeholder 0 (no step yet): missing")
+                value = np.nan
+            table.setdefault(m, np.full(n, np.nan))[r] = value
+    return table, {"si_tensors": si, "not_si": other, "notes": notes}
+
+
+def read_neural_mechanics(
+    path: str | os.PathLike[str],
+    *,
+    mapping: MappingArg = None,
+    group: str | None = None,
+) -> Trajectory:
+    """Read a neural-mechanics run directory (``feats/step<N>.h5`` + ``hyperparameters.json``).
+
+    Parameters
+    ----------
+    path : path-like
+        The run directory, its ``feats/`` folder or one ``step<N>.h5`` in it.
+    mapping : dict or list of ``"field=column"``, optional
+        Overrides (columns: ``rho/<param>``, ``grad_norm_raw/<param>``,
+        ``train_loss``, ``test_loss``, ``accuracy1``, ``accuracy5``).
+    group : str, optional
+        One SI tensor (``"4.weight"``) or ``"sum"`` (the default: all SI tensors).
+
+    Returns
+    -------
+    Trajectory
+        At each saved step: ``rho`` the SI norm, ``grad_norm_sphere = rho * |grad|``
+        (:func:`siflow.theory.sphere_grad_norm`, from the step's gradient buffer),
+        ``loss = train_loss``, ``elr = lr / rho**2``; lr, wd, momentum from
+        ``hyperparameters.json``.
+    """
+    p = check_path(path, allow_dir=True)
+    run = _run_dir(p)
+    files = _step_files(run)
+    table, meta = _table(files)
+    hp_path = run / "hyperparameters.json"
+    if hp_path.is_file():
+        try:
+            hp = json.loads(read_text(hp_path))
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise ValueError(f"{str(hp_path)!r} is not valid JSON ({exc})") from None
+        if isinstance(hp, dict):
+            meta.update({k: hp[k] for k in _META_KEYS if k in hp and hp[k] is not None})
+    si = meta["si_tensors"]
+    use_sum = group is None or group.strip().lower() == "sum"
+    traj = build_trajectory(
+        table,
+        path=run,
+        fmt="neural-mechanics",
+        mapping={
+            **({"loss": "train_loss"} if "train_loss" in table else {}),
+            **normalize_mapping(mapping),
+        },
+        group="sum" if use_sum and len(si) > 1 else (None if use_sum else group),
+        meta=meta,
+        step=np.array([s for s, _ in files], dtype=np.int64),
+    )
+    return traj
+
+
+def detect(path: Path, head: bytes) -> bool:
+    """A run directory with ``feats/step<N>.h5``, or a ``step<N>.h5`` file in ``feats/``."""
+    if path.is_dir():
+        feats = path / "feats" if (path / "feats").is_dir() else path
+        return feats.name == "feats" and any(_STEP_FILE.match(f.name) for f in feats.iterdir())
+    return bool(_STEP_FILE.match(path.name)) and head.startswith(b"\x89HDF")

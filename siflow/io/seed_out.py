@@ -1,0 +1,152 @@
+"""Reader for the seed paper's console log ``logs/<exp>.out``.
+
+The training script of Lobacheva et al. (2021) prints one row per epoch in a
+fixed-width table framed by dashed lines::
+
+    ----  --------  ---------  --------  -----------  --------  --------
+      ep        lr    tr_loss    tr_acc      te_loss    te_acc      time
+    ----  --------  ---------  --------  -----------  --------  --------
+       0    1.0000    14.9672   10.4000  271998.2180    9.2848    1.2454
+       1    1.0000     9.3244    9.2000                         0.6516
+
+``tr_loss`` / ``tr_acc`` are averages over the epoch's training batches (train
+mode, accuracy in percent); ``te_*`` cells are blank except on evaluation
+epochs. Cells are cut at the column spans of the dashed line, so blank cells
+stay blank. Row ``ep`` ends after ``ep + 1`` epochs: step ``(ep + 1) K``, with
+``K`` found as for ``train-tm.npz`` (:func:`siflow.io.seed_npz.seed_steps_per_epoch`).
+The table has no weight norm: the trajectory holds the loss (and lr, accuracy).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from siflow.io._build import build_trajectory
+from siflow.io._columns import Table, normalize_mapping
+from siflow.io._text import check_path, read_text, to_float
+from siflow.io.seed_npz import _run_meta, seed_time_axis
+from siflow.trajectory import Trajectory
+
+__all__ = ["read_seed_out", "detect"]
+
+MappingArg = Mapping[str, str | None] | Sequence[str] | None
+
+_HEADER = re.compile(r"^\s*ep\s+lr\s+tr_loss\b", re.M)
+_RULE = re.compile(r"^-{2,}(\s+-{2,})+\s*$")
+
+
+def _spans(rule: str) -> list[tuple[int, int]]:
+    """Column spans of a dashed rule; each span reaches back to the previous column's end."""
+    spans = [(m.start(), m.end()) for m in re.finditer(r"-+", rule)]
+    out = []
+    prev_end = 0
+    for _start, end in spans:
+        out.append((prev_end, end))
+        prev_end = end
+    return out
+
+
+def _rows(text: str, label: str) -> list[dict[str, str]]:
+    """Cells of every table row, cut at the spans of the dashed rule above its header.
+
+    The script reprints the header (with column widths that may change) every
+    few dozen epochs; each block is cut with its own rule.
+    """
+    lines = text.splitlines()
+    rows: list[dict[str, str]] = []
+    spans: list[tuple[int, int]] | None = None
+    header: list[str] = []
+    for i, line in enumerate(lines):
+        if _HEADER.match(line) and i > 0 and _RULE.match(lines[i - 1]):
+            spans = _spans(lines[i - 1])
+            header = [line[a:b].strip() for a, b in spans]
+            continue
+        if spans is None or _RULE.match(line) or not line.strip()[:1].isdigit():
+            continue
+        cells = [line[a:b] for a, b in spans[:-1]] + [line[spans[-1][0] :]]
+        rows.append(dict(zip(header, cells, strict=True)))
+    if spans is None:
+        raise ValueError(
+            f"{label} has no 'ep lr tr_loss ...' table framed by dashed lines; is it the seed "
+            f"paper's logs/<exp>.out? pass fmt= another format"
+        )
+    return rows
+
+
+def _parse(rows: list[dict[str, str]], label: str) -> Table:
+    names = list(dict.fromkeys(h for row in rows for h in row))
+    columns = {h: np.full(len(rows), np.nan) for h in names}
+    for r, row in enumerate(rows):
+        for h, cell in row.items():
+            try:
+                columns[h][r] = to_float(cell)[0]
+            except (ValueError, OverflowError):
+                raise ValueError(
+                    f"{label} table row {r + 1}: cell {cell.strip()!r} in column {h!r} is not a "
+                    f"number; fix or delete that row"
+                ) from None
+    return columns
+
+
+def read_seed_out(
+    path: str | os.PathLike[str],
+    *,
+    mapping: MappingArg = None,
+    steps_per_epoch: int | None = None,
+) -> Trajectory:
+    """Read the seed paper's ``logs/<exp>.out`` epoch table.
+
+    Parameters
+    ----------
+    path : path-like
+        The ``.out`` file.
+    mapping : dict or list of ``"field=column"``, optional
+        Overrides (columns: ``lr``, ``tr_loss``, ``tr_acc``, ``te_loss``, ``te_acc``,
+        ``time``).
+    steps_per_epoch : int, optional
+        Steps per epoch, when the run's files do not give it (``_fbgd`` in the
+        name, or ``ds<N>`` with ``command.sh``).
+
+    Returns
+    -------
+    Trajectory
+        ``loss = tr_loss`` (epoch average in train mode) at step ``(ep + 1) K``;
+        lr and wd from the experiment name; other columns in ``extra``.
+    """
+    p = check_path(path)
+    label = repr(str(p))
+    rows = _rows(read_text(p), label)
+    if not rows or "ep" not in rows[0]:
+        raise ValueError(f"{label}: the epoch table has no rows; did the run start?")
+    table = _parse(rows, label)
+    epochs = table.pop("ep")
+    if np.any(~np.isfinite(epochs)) or np.any(epochs != np.round(epochs)) or np.any(epochs < 0):
+        raise ValueError(f"{label}: the 'ep' column must hold whole epochs >= 0")
+    meta = _run_meta(p, None, None)
+    step, unit = seed_time_axis(p, epochs, steps_per_epoch, meta)
+    defaults = {"loss": "tr_loss"} if "tr_loss" in table else {}
+    meta.setdefault("notes", []).append(
+        "tr_loss is the average over each epoch's training batches (train mode), logged "
+        "at the epoch's end"
+    )
+    return build_trajectory(
+        table,
+        path=p,
+        fmt="seed-out",
+        mapping={**defaults, **normalize_mapping(mapping)},
+        meta=meta,
+        step=step,
+        time_unit=unit,
+    )
+
+
+def detect(path: Path, head: bytes) -> bool:
+    """A text file with the ``ep lr tr_loss`` table header."""
+    if path.is_dir() or b"\x00" in head:
+        return False
+    return bool(_HEADER.search(head.decode("utf-8", errors="ignore")))

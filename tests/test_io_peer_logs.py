@@ -1,0 +1,266 @@
+"""siflow.io on genuine files written by the field's own code (tests/data/peer-logs, see its
+README): the seed paper's npz and console table, REQ's dynamics.pkl, the ideal-gas trace and
+neural-mechanics HDF5 folders. Expected values are computed here from the raw files with
+numpy, h5py, csv or pickle, independently of the readers."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import siflow.io as sio
+
+DATA = Path(__file__).parent / "data" / "peer-logs"
+SEED = DATA / "seed" / "Experiments" / "ConvNetSI_CIFAR10_noninvlr_0.0"
+EXP = "c4_d3_ds500_lr1.0_wd0.01_mom0.0_corr0.0_epoch300_noschinitscale10.0_noaug_fbgd"
+TRAIN = SEED / "info" / EXP / "train-tm.npz"
+TEST = SEED / "info" / EXP / "test-em.npz"
+OUT = SEED / "logs" / f"{EXP}.out"
+SI = [f"conv_layers.{i}.weight" for i in (0, 3, 7, 11)]
+IDEAL = (
+    DATA
+    / "idealgas"
+    / "experiments"
+    / "convnet4_cifar10_500obj_ce"
+    / "fixed_lr"
+    / "lr1.00e+00_wd1.00e-02_seed0"
+)
+NM = DATA / "neural-mechanics" / "results" / "digits" / "fcbn_lr0.5_wd0.01"
+
+
+# ------------------------------------------------------------------ seed paper
+def _hand_si_norm(path: Path) -> np.ndarray:
+    with np.load(path) as raw:
+        return np.sqrt(sum(raw[f"{name}_norm"] ** 2 for name in SI))
+
+
+def test_seed_train_npz_uses_the_si_norm_and_epochs_plus_one():
+    assert sio.detect_format(TRAIN) == "seed-npz"
+    t = sio.read(TRAIN)
+    with np.load(TRAIN) as raw:
+        epochs = raw["report_epochs"]
+        params_norm = raw["params_norm"]
+        loss = raw["loss"]
+        rest = raw["linear_layers.2.weight_norm"] ** 2 + raw["linear_layers.2.bias_norm"] ** 2
+    rho = _hand_si_norm(TRAIN)
+    np.testing.assert_allclose(t.rho, rho, rtol=1e-9, atol=0)
+    # params_norm also carries the frozen last layer (norm 10) and its bias
+    np.testing.assert_allclose(params_norm**2 - t.rho**2, rest, rtol=1e-5)  # float32 sums
+    # _fbgd: full batch, one step per epoch; checkpoint e is after e + 1 epochs
+    assert t.step[0] == (epochs[0] + 1) * 1
+    np.testing.assert_array_equal(t.step, epochs + 1)
+    assert t.meta["time_unit"] == "step" and t.meta["steps_per_epoch"] == 1
+    assert t.meta["lr"] == 1.0 and t.meta["wd"] == 0.01
+    assert t.meta["groups"] == SI
+    assert t.meta["not_si"] == ["linear_layers.2.weight", "linear_layers.2.bias"]
+    np.testing.assert_array_equal(t.loss, loss)
+    np.testing.assert_allclose(t.elr, 1.0 / rho**2, rtol=1e-12)
+    assert t.grad_norm_sphere is None and any("gnorm_m" in n for n in t.meta["notes"])
+
+
+def test_seed_groups_are_si_tensors_only():
+    g = sio.read(TRAIN, group="conv_layers.7.weight")
+    with np.load(TRAIN) as raw:
+        np.testing.assert_array_equal(g.rho, raw["conv_layers.7.weight_norm"])
+    np.testing.assert_allclose(sio.read(TRAIN, group="sum").rho, _hand_si_norm(TRAIN), rtol=1e-12)
+    for name in ("linear_layers.2.weight", "linear_layers.2.bias"):
+        with pytest.raises(ValueError, match="not a scale-invariant tensor.*group="):
+            sio.read(TRAIN, group=name)
+
+
+def test_seed_explicit_steps_per_epoch_is_used_and_the_conflict_noted():
+    t = sio.read(TRAIN, steps_per_epoch=4)
+    with np.load(TRAIN) as raw:
+        np.testing.assert_array_equal(t.step, (raw["report_epochs"] + 1) * 4)
+    assert any("files say 1" in n for n in t.meta["notes"])
+
+
+def test_seed_events_and_effective_lr_at_events_by_hand():
+    from siflow import periods
+
+    t = sio.read(TRAIN)
+    rho = _hand_si_norm(TRAIN)
+    ev = periods.find_events(t)
+    assert len(ev.steps) >= 3
+    # each event is followed by a norm jump of the SI weights (a destabilization)
+    for i in ev.index:
+        assert rho[i + 1 : i + 12].max() > 1.03 * rho[i]
+    np.testing.assert_allclose(ev.elr_before, 1.0 / rho[ev.index] ** 2, rtol=1e-12)
+    # the SI norm puts the effective LR at events near 0.0088 (params_norm gave 0.0047)
+    assert 0.0080 < float(np.median(ev.elr_before[1:])) < 0.0095
+
+
+def test_seed_test_em_is_flagged_as_evaluation():
+    with pytest.raises(ValueError, match="evaluation log.*evaluation=True"):
+        sio.read(TEST)
+    t = sio.read(TEST, evaluation=True)
+    assert t.meta["log_kind"] == "evaluation"
+    assert any("evaluation log" in n for n in t.meta["notes"])
+    # test-em.npz stores only params_norm; the SI norm of the same checkpoints is the
+    # training file's
+    with np.load(TEST) as raw:
+        assert "conv_layers.0.weight_norm" not in raw.files
+        np.testing.assert_array_equal(t.loss, raw["loss"])
+    np.testing.assert_allclose(t.rho, _hand_si_norm(TRAIN), rtol=1e-9)
+    assert any("from train-tm.npz" in n for n in t.meta["notes"])
+
+
+def _out_rows(path: Path) -> dict[int, list[str]]:
+    rows = {}
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if parts and parts[0].isdigit() and len(parts) in (5, 7):
+            rows[int(parts[0])] = parts
+    return rows
+
+
+def test_seed_out_table_read_with_blank_test_cells():
+    assert sio.detect_format(OUT) == "seed-out"
+    t = sio.read(OUT)
+    rows = _out_rows(OUT)
+    assert len(t) == len(rows) == 300
+    np.testing.assert_array_equal(t.step, np.array(sorted(rows)) + 1)
+    np.testing.assert_array_equal(t.loss, [float(rows[e][2]) for e in sorted(rows)])
+    full = [e for e in sorted(rows) if len(rows[e]) == 7]  # rows with test metrics
+    assert full == [0, 299]
+    te = t.extra["te_loss"]
+    assert te[0] == float(rows[0][4]) and te[-1] == float(rows[299][4])
+    assert np.all(np.isnan(te[1:-1]))
+    assert t.meta["lr"] == 1.0 and t.meta["wd"] == 0.01
+
+
+def test_seed_checkpoint_is_not_a_log(tmp_path):
+    import pickle
+    import zipfile
+
+    ckpt = tmp_path / "checkpoint-10.pt"
+    with zipfile.ZipFile(ckpt, "w") as zf:  # torch.save's zip layout
+        zf.writestr("checkpoint-10/data.pkl", pickle.dumps({"epoch": 10}, protocol=2))
+        zf.writestr("checkpoint-10/version", "3\n")
+    with pytest.raises(ValueError, match="checkpoint, not a training log.*get_info.py"):
+        sio.read(ckpt)
+
+
+# ------------------------------------------------------------------------ REQ
+def _req_reference(run: Path) -> dict:
+    import pickle
+
+    import torch  # the second method for the rows
+
+    rows: dict = {}
+    with open(run / "dynamics.pkl", "rb") as fh:
+        size = (run / "dynamics.pkl").stat().st_size
+        while fh.tell() < size:
+            for stat, per in pickle.load(fh).items():  # genuine test data, loaded with torch
+                for param, tensor in per.items():
+                    rows.setdefault(stat, {}).setdefault(param, []).append(tensor)
+    return {
+        s: {p: torch.cat(v).numpy().astype(np.float64) for p, v in per.items()}
+        for s, per in rows.items()
+    }
+
+
+@pytest.mark.parametrize(("opt", "lr"), [("sgd", 1.0), ("adamw", 0.01)])
+def test_req_dynamics_norms_by_hand(opt, lr):
+    run = DATA / "req" / opt
+    assert sio.detect_format(run) == "req" and sio.detect_format(run / "dynamics.pkl") == "req"
+    t = sio.read(run)
+    assert t.meta["groups"] == ["0.weight", "3.weight"] and t.meta["not_si"] == ["6.weight"]
+    assert np.all(np.diff(t.step) > 0)
+    ref = _req_reference(run)
+    norm = ref["layer_norm"]
+    n_rows = norm["0.weight"].shape[0]
+    at = np.searchsorted(t.step, (np.arange(n_rows) + 1) * 10 * 10)  # interval x downsample
+    np.testing.assert_array_equal(t.step[at], (np.arange(n_rows) + 1) * 100)
+    rho = np.sqrt(norm["0.weight"][:, 0] ** 2 + norm["3.weight"][:, 0] ** 2)
+    np.testing.assert_allclose(t.rho[at], rho, rtol=1e-12)
+    grad = ref["layer_grad_norm"]
+    g = np.sqrt(grad["0.weight"][:, 0] ** 2 + grad["3.weight"][:, 0] ** 2)
+    np.testing.assert_allclose(t.grad_norm_sphere[at], rho * g, rtol=1e-12)
+    np.testing.assert_array_equal(
+        t.extra["angular_update/3.weight"][at], ref["layer_angular_update"]["3.weight"][:, 0]
+    )
+    with open(run / "summary.csv") as fh:
+        summary = list(csv.DictReader(fh))
+    idx = np.searchsorted(t.step, [int(r["iter"]) for r in summary])
+    np.testing.assert_array_equal(t.loss[idx], [float(r["train_loss"]) for r in summary])
+    assert t.meta["lr"] == lr
+    one = sio.read(run, group="3.weight")
+    np.testing.assert_allclose(one.rho[at], norm["3.weight"][:, 0], rtol=1e-12)
+
+
+def test_req_without_torch_matches_stored_float32_values():
+    # values of the first rows of layer_norm/0.weight in the genuine sgd file (float32)
+    t = sio.read(DATA / "req" / "sgd")
+    first = t.extra["rho/0.weight"][~np.isnan(t.extra["rho/0.weight"])][:3]
+    np.testing.assert_allclose(first, [5.6863, 3.5580, 3.8165], atol=6e-5)
+    assert first.dtype == np.float64 and np.all(first == first.astype(np.float32))
+
+
+# ------------------------------------------------------------------- ideal gas
+def test_idealgas_trace_and_config():
+    assert sio.detect_format(IDEAL) == "idealgas"
+    assert sio.detect_format(IDEAL / "trace.pt") == "idealgas"
+    assert sio.detect_format(IDEAL / "config.json") == "idealgas"
+    t = sio.read(IDEAL)
+    cfg = json.loads((IDEAL / "config.json").read_text())
+    assert t.meta["lr"] == cfg["lr"] == 1.0 and t.meta["wd"] == cfg["wd"] == 0.01
+    np.testing.assert_array_equal(t.step, np.arange(1, 21) * 50)
+    # the last running radius is the SI norm of the saved model: check it by hand, from the
+    # raw float32 storages of the conv weights in the zip (keys from torch's own reader)
+    import torch  # the second method for the trace
+    from torch.serialization import safe_globals
+
+    with safe_globals([np._core.multiarray.scalar, np.dtype, np.dtypes.Float64DType]):
+        ref = torch.load(IDEAL / "trace.pt", weights_only=True)
+    model = ref["model"]
+    si = [k for k in model if k.startswith("conv_layers.") and k.endswith(".weight")]
+    hand = math.sqrt(sum(float((model[k].double() ** 2).sum()) for k in si))
+    assert t.rho[-1] == pytest.approx(hand, rel=1e-7)
+    np.testing.assert_array_equal(t.rho, np.array(ref["trace"]["running_radius"], dtype=float))
+    np.testing.assert_array_equal(t.loss, ref["trace"]["running_loss"])
+    g = np.array(ref["trace"]["stoch_grad_norm"], dtype=float)
+    np.testing.assert_allclose(t.grad_norm_sphere, t.rho * g, rtol=1e-12)
+    evals = [i for i in cfg["log_iters"] if i <= cfg["num_iters"]]
+    idx = np.searchsorted(t.step, evals)
+    np.testing.assert_array_equal(t.extra["test_loss (eval)"][idx], ref["trace"]["test_loss"])
+
+
+# ------------------------------------------------------------ neural mechanics
+def test_neural_mechanics_norms_by_hand():
+    import h5py  # the test extra installs it
+
+    assert sio.detect_format(NM) == "neural-mechanics"
+    t = sio.read(NM)
+    np.testing.assert_array_equal(t.step, [0, 200])
+    si = [f"{i}.weight" for i in (1, 4, 7, 10, 13)]
+    assert t.meta["groups"] == si
+    rho, grad, loss = [], [], []
+    for step in (0, 200):
+        with h5py.File(NM / "feats" / f"step{step}.h5", "r") as h:
+            rho.append(
+                math.sqrt(sum(float(np.sum(h["params"][k][()].astype(float) ** 2)) for k in si))
+            )
+            buffers = h["buffers"]
+            if f"{si[0]}.grad_buffer" in buffers:
+                grad.append(
+                    math.sqrt(
+                        sum(
+                            float(np.sum(buffers[f"{k}.grad_buffer"][()].astype(float) ** 2))
+                            for k in si
+                        )
+                    )
+                )
+            else:
+                grad.append(math.nan)
+            loss.append(float(h["metrics"]["train_loss"][()][0]))
+    np.testing.assert_allclose(t.rho, rho, rtol=1e-12)
+    np.testing.assert_allclose(t.grad_norm_sphere[1], rho[1] * grad[1], rtol=1e-12)
+    assert math.isnan(t.grad_norm_sphere[0])  # no gradient buffer before the first step
+    assert math.isnan(t.loss[0]) and t.loss[1] == loss[1]  # step 0's train_loss is a 0 stub
+    assert t.meta["lr"] == 0.5 and t.meta["wd"] == 0.01 and t.meta["momentum"] == 0.0
