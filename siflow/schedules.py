@@ -69,7 +69,9 @@ class Schedule:
     @property
     def spec(self) -> str:
         """Canonical spec string with every parameter written out."""
-        items = [f"{k}={self.params[k]!r}" for k in KINDS[self.kind] if k in self.params]
+        items = [
+            f"{k}={_number_text(self.params[k])}" for k in KINDS[self.kind] if k in self.params
+        ]
         if self.kind == "step":
             items.append("milestones=" + "/".join(str(m) for m in self.milestones))
         return f"{self.kind}:" + ",".join(items)
@@ -103,6 +105,11 @@ class Schedule:
             k = np.searchsorted(np.asarray(self.milestones, dtype=np.float64), t, side="right")
             return p["peak"] * np.power(p["gamma"], k)
         return _warmup_then_decay(self.kind, t, p)
+
+
+def _number_text(value: float) -> str:
+    """``500`` for whole numbers, the shortest round-tripping form otherwise."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
 def _warmup_then_decay(kind: str, t: NDArray[np.float64], p: dict[str, float]) -> NDArray:
