@@ -642,7 +642,7 @@ def find_events(
     tops = [m[2] for m in measured if m[4]]
     top_ref = float(np.median(tops)) if tops else math.nan
     kept: list[tuple[_Cand, float, float, float]] = []
-    for c, base, top, spike, spiked in measured:
+    for c, base, top, spike, _spiked in measured:
         if (
             min_peak_fraction > 0
             and loss is not None

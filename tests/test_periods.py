@@ -527,7 +527,10 @@ def test_lr_step_decay_is_not_an_event_and_decay_uses_the_schedule():
     e2 = find_events(Trajectory(step=step, elr=elr, loss=loss), lr=lrs, wd=wd)
     np.testing.assert_array_equal(e2.steps, ev)
     # free decay between events: ln prod_t (1 - lr_t wd), summed by hand
-    hand = [sum(math.log(1 - lrs[t] * wd) for t in range(a, b)) for a, b in zip(ev, ev[1:])]
+    hand = [
+        sum(math.log(1 - lrs[t] * wd) for t in range(a, b))
+        for a, b in zip(ev[:-1], ev[1:], strict=True)
+    ]
     # (differences of a running sum over 40000 steps: round-off ~1e-12 relative)
     np.testing.assert_allclose(e.decay_before, hand, rtol=1e-10)
     # with the norm column the longer decay phases after the step are no problem
