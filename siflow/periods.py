@@ -443,14 +443,14 @@ def _candidates(x: NDArray[np.float64], h: float, noise: float, include_start: b
 def _merge_stages(x: NDArray[np.float64], cands: list[_Cand], merge_fraction: float) -> list[_Cand]:
     """Join a rise to the one before when the dip between them is shallow.
 
-    A dip smaller than ``merge_fraction`` of the rise before it is a pause inside one
-    multi-stage rise, not a decay phase: the two stages are one event.
+    A dip smaller than ``merge_fraction`` of the smaller of the two rises is a pause
+    inside one multi-stage rise, not a decay phase: the two stages are one event.
     """
     out: list[_Cand] = []
     for c in cands:
         if out:
             prev = out[-1]
-            rise = x[prev.peak] - x[prev.onset]
+            rise = min(x[prev.peak] - x[prev.onset], x[c.peak] - x[c.onset])
             dip = x[prev.peak] - float(np.min(x[prev.peak : c.onset + 1]))
             if dip < merge_fraction * rise:
                 top = c.peak if x[c.peak] >= x[prev.peak] else prev.peak
@@ -484,7 +484,7 @@ def find_events(
     wd: ArrayLike | None = None,
     momentum: float | None = None,
     min_jump_fraction: float = 0.0,
-    min_peak_fraction: float = 0.25,
+    min_peak_fraction: float = 0.05,
     merge_fraction: float = 0.25,
     min_rise_speed: float = 4.0,
     min_loss_spike: float = math.log(2.0),
@@ -540,8 +540,8 @@ def find_events(
         log's spikes is a secondary burst (the network had not re-converged), not an
         event. 0 turns the test off.
     merge_fraction : float
-        A dip smaller than this fraction of the rise before it does not end the rise:
-        both stages are one event.
+        A dip smaller than this fraction of the smaller of the rises around it does not
+        end the rise: both stages are one event.
     min_rise_speed : float
         A rise without a loss spike counts when its first half is at least this many
         times faster (in ``ln rho`` per clock unit) than the log's median decay speed.
