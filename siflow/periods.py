@@ -389,21 +389,27 @@ class _Loss:
         self.noise_k = noise_k
         self.top = float(np.max(self.x))
 
-    def spike(self, onset: int, peak: int, before: int) -> tuple[float, float, float]:
-        """``(baseline, maximum, ln ratio)`` of the loss around a rise.
+    def spike(
+        self, onset: int, peak: int, before: int, phase: int
+    ) -> tuple[float, float, float, float]:
+        """``(baseline, maximum, band, ln ratio over the band)`` of the loss around a rise.
 
-        Baseline: median of the loss rows in ``[before, onset]``; maximum: largest
-        smoothed loss in ``[onset, peak + (peak - onset) // 2 + 2]`` (trajectory rows).
+        Baseline: median of the loss rows in ``[before, onset]``; band: 90th percentile
+        of the loss over the decay phase ``[phase, onset]`` (its fluctuations, and the
+        tail of an earlier burst); maximum: largest smoothed loss in
+        ``[onset, peak + (peak - onset) // 2 + 2]`` (trajectory rows).
         """
-        a, b = np.searchsorted(self.rows, [before, onset], "left")
+        a = int(np.searchsorted(self.rows, before, "left"))
+        p = int(np.searchsorted(self.rows, phase, "left"))
         b = int(np.searchsorted(self.rows, onset, "right"))
         c = int(np.searchsorted(self.rows, peak + (peak - onset) // 2 + 2, "right"))
-        base = self.raw[a:b]
+        base, band_rows = self.raw[a:b], self.raw[min(p, a) : b]
         during = self.x[max(b - 1, 0) : c]
         if base.size == 0 or during.size == 0:
-            return math.nan, math.nan, math.nan
+            return math.nan, math.nan, math.nan, math.nan
         lo, hi = float(np.median(base)), float(np.max(during))
-        return lo, hi, hi - lo
+        band = float(np.percentile(band_rows, 90))
+        return lo, hi, band, hi - band
 
     def value(self, x: float) -> float:
         return math.exp(x) if self.log else x
@@ -484,7 +490,7 @@ def find_events(
     wd: ArrayLike | None = None,
     momentum: float | None = None,
     min_jump_fraction: float = 0.0,
-    min_peak_fraction: float = 0.05,
+    min_peak_fraction: float = 0.0,
     merge_fraction: float = 0.25,
     min_rise_speed: float = 4.0,
     min_loss_spike: float = math.log(2.0),
@@ -546,8 +552,10 @@ def find_events(
         A rise without a loss spike counts when its first half is at least this many
         times faster (in ``ln rho`` per clock unit) than the log's median decay speed.
     min_loss_spike : float
-        Smallest loss spike, ``ln(max loss during the rise / median loss before)``, that
-        confirms a rise (raised to ``noise_k/2`` loss noise levels on noisy logs).
+        Smallest loss spike, ``ln(max loss during the rise / band)``, that confirms a
+        rise; the band is the 90th percentile of the loss over the decay phase before
+        the rise (after its first quarter), so minibatch noise and the tail of an
+        earlier burst do not count as a spike.
     fitted_fraction : float
         A rise whose loss before the onset is above this fraction of the log's largest
         loss (3-row running median; the initial loss or the largest spike) happens
@@ -614,16 +622,15 @@ def find_events(
             speeds.append((x[c.fall_start] - x[c.onset]) / dt)
     v_fall = float(np.median(speeds)) if speeds else math.nan
     spike_h = min_loss_spike
-    if loss is not None and loss.ok:
-        spike_h = max(min_loss_spike, 0.5 * noise_k * loss.noise)
     measured: list[tuple[_Cand, float, float, float, bool]] = []
     for c in cands:
         on_row, pk_row = int(rows[c.onset]), int(rows[c.peak])
         fall_rows = max(c.onset - c.fall_start, 4)
         before_row = int(rows[max(c.onset - max(fall_rows // 4, 3), 0)])
+        phase_row = int(rows[min(c.fall_start + fall_rows // 4, c.onset)])
         base = top = spike = math.nan
         if loss is not None and loss.ok:
-            base, top, spike = loss.spike(on_row, pk_row, before_row)
+            base, top, _band, spike = loss.spike(on_row, pk_row, before_row, phase_row)
         spiked = math.isfinite(spike) and spike >= spike_h
         if name == "loss":
             fast = True
@@ -686,7 +693,9 @@ def find_events(
         peak_steps=traj.step[pidx].astype(np.int64),
         loss_before=np.array([lossval(k[1]) if math.isfinite(k[1]) else math.nan for k in kept]),
         loss_peak=np.array([lossval(k[2]) if math.isfinite(k[2]) else math.nan for k in kept]),
-        loss_spike=np.array([math.exp(k[3]) if math.isfinite(k[3]) else math.nan for k in kept]),
+        loss_spike=np.array(
+            [math.exp(k[2] - k[1]) if math.isfinite(k[2] - k[1]) else math.nan for k in kept]
+        ),
         decay_before=_free_decay_before(traj, idx, rate),
         signal=name,
         threshold=float(h),
