@@ -348,12 +348,13 @@ def load_logs(logs: Path) -> dict[str, Trajectory]:
     return out
 
 
-def load_labels(path: Path = DATA / "labels.json") -> dict[str, list[int]]:
-    """The by-eye event lists: run name -> event steps."""
+def load_labels(path: Path = DATA / "labels.json", key: str = "events") -> dict[str, list[int]]:
+    """The by-eye event lists: run name -> event steps (``key="ambiguous"``: the cases
+    the eye cannot decide, counted neither as hits nor as false detections)."""
     if not path.is_file():
         return {}
     data = json.loads(path.read_text())
-    return {k: [int(v) for v in vals] for k, vals in data["events"].items()}
+    return {k: [int(v) for v in vals] for k, vals in data.get(key, {}).items()}
 
 
 def cmd_plot(args: Any) -> int:
@@ -430,12 +431,18 @@ def evaluate_detector(trajs: dict[str, Trajectory], labels: dict[str, list[int]]
 
     rows = []
     tp = fp = fn = 0
+    unsure = load_labels(key="ambiguous")
     for name, truth in labels.items():
         if name not in trajs:
             continue
         traj = trajs[name]
-        found = find_events(traj).steps.tolist()
-        a, b, c = match_events(found, truth, _tolerance(truth, traj))
+        tol = _tolerance(truth, traj)
+        found = [
+            f
+            for f in find_events(traj).steps.tolist()
+            if not any(abs(f - u) <= tol for u in unsure.get(name, []))
+        ]
+        a, b, c = match_events(found, truth, tol)
         tp, fp, fn = tp + a, fp + b, fn + c
         rows.append({"run": name, "labelled": truth, "found": found, "tp": a, "fp": b, "fn": c})
     return {

@@ -395,8 +395,8 @@ class _Loss:
         """``(baseline, maximum, band, ln ratio over the band)`` of the loss around a rise.
 
         Baseline: median of the loss rows in ``[before, onset]``; band: 90th percentile
-        of the loss over the decay phase ``[phase, onset]`` (its fluctuations, and the
-        tail of an earlier burst); maximum: largest smoothed loss in
+        of the loss over ``[phase, onset]``, the second half of the decay phase (its
+        fluctuations, and the tail of an earlier burst); maximum: largest smoothed loss in
         ``[onset, peak + (peak - onset) // 2 + 2]`` (trajectory rows).
         """
         a = int(np.searchsorted(self.rows, before, "left"))
@@ -553,9 +553,9 @@ def find_events(
         times faster (in ``ln rho`` per clock unit) than the log's median decay speed.
     min_loss_spike : float
         Smallest loss spike, ``ln(max loss during the rise / band)``, that confirms a
-        rise; the band is the 90th percentile of the loss over the decay phase before
-        the rise (after its first quarter), so minibatch noise and the tail of an
-        earlier burst do not count as a spike.
+        rise; the band is the 90th percentile of the loss over the second half of the
+        decay phase before the rise, so minibatch noise and the tail of an earlier
+        burst do not count as a spike.
     fitted_fraction : float
         A rise whose loss before the onset is above this fraction of the log's largest
         loss (3-row running median; the initial loss or the largest spike) happens
@@ -627,7 +627,7 @@ def find_events(
         on_row, pk_row = int(rows[c.onset]), int(rows[c.peak])
         fall_rows = max(c.onset - c.fall_start, 4)
         before_row = int(rows[max(c.onset - max(fall_rows // 4, 3), 0)])
-        phase_row = int(rows[min(c.fall_start + fall_rows // 4, c.onset)])
+        phase_row = int(rows[min(c.fall_start + fall_rows // 2, c.onset)])
         base = top = spike = math.nan
         if loss is not None and loss.ok:
             base, top, _band, spike = loss.spike(on_row, pk_row, before_row, phase_row)
