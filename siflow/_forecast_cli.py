@@ -50,6 +50,14 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--group", help="SI group when the log has per-group norms, or 'sum'")
     p.add_argument("--run", help="run name in a W&B export that holds several runs")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--no-sharpness",
+        action="store_true",
+        help="ignore a logged sharpness_sphere column (thresholds from the effective LR only)",
+    )
+    p.add_argument(
+        "--min-fit-rows", type=int, default=10, help="rows to fit the current decay speed (10)"
+    )
     g = p.add_argument_group("event detection (siflow.periods.find_events)")
     g.add_argument("--signal", default="auto", help="auto, rho, elr or loss (default auto)")
     g.add_argument("--min-rise", type=float, default=0.02, help="smallest ln-rho swing (0.02)")
@@ -115,6 +123,8 @@ def _body(argv: Sequence[str] | None) -> int:
         wd=args.wd,
         momentum=args.momentum,
         optimizer=args.optimizer,
+        use_sharpness=not args.no_sharpness,
+        min_fit_rows=args.min_fit_rows,
         **_detector_kwargs(args),
     )
     d = fc.to_dict()

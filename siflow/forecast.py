@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from siflow._validate import check_positive_int
 from siflow.periods import Events, find_events
 from siflow.theory import check_optimizer, decay_rate
 from siflow.trajectory import Trajectory
@@ -139,6 +140,7 @@ def forecast_next_event(
     optimizer: str = "sgd",
     events: Events | None = None,
     min_fit_rows: int = 10,
+    use_sharpness: bool = True,
     **detector: Any,
 ) -> Forecast:
     """Predict the step of the next destabilization of a run from its log so far.
@@ -157,6 +159,9 @@ def forecast_next_event(
         Events found before (default: ``find_events(traj, lr=..., wd=..., **detector)``).
     min_fit_rows : int
         Rows of the current decay phase needed to fit its speed (else the free decay).
+    use_sharpness : bool
+        Scale the thresholds by a logged ``sharpness_sphere`` column (step 2 of the
+        module docstring); False uses the effective LR alone.
     **detector
         Further keyword arguments of :func:`siflow.periods.find_events`.
 
@@ -171,6 +176,7 @@ def forecast_next_event(
             f"traj must be a siflow Trajectory, got {type(traj).__name__}; "
             f"read the log with siflow.io.read(path)"
         )
+    min_fit_rows = check_positive_int("min_fit_rows", min_fit_rows)
     opt = check_optimizer(optimizer)
     if opt != "sgd":
         raise ValueError(
@@ -212,9 +218,12 @@ def forecast_next_event(
     lr_now = float(lr_rows[last_row])
     elr_k = lr_rows[events.index] / traj.rho[events.index] ** 2
     thr_kind = "elr"
-    if traj.sharpness_sphere is not None and np.any(np.isfinite(traj.sharpness_sphere)):
-        s_k = np.array([_sharpness_at(traj.sharpness_sphere, int(i)) for i in events.index])
-        s_now = _sharpness_at(traj.sharpness_sphere, last_row)
+    has_s = traj.sharpness_sphere is not None and np.any(np.isfinite(traj.sharpness_sphere))
+    if use_sharpness and has_s:
+        sharp = traj.sharpness_sphere
+        assert sharp is not None
+        s_k = np.array([_sharpness_at(sharp, int(i)) for i in events.index])
+        s_now = _sharpness_at(sharp, last_row)
         if np.all(np.isfinite(s_k)) and math.isfinite(s_now):
             elr_k = elr_k * s_k / s_now
             thr_kind = "elr*S"

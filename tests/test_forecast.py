@@ -95,6 +95,7 @@ def test_forecast_uses_sharpness_when_logged():
     base = forecast_next_event(part).next_event_step
     fc = forecast_next_event(with_s)
     assert fc.details["threshold_kind"] == "elr*S"
+    assert forecast_next_event(with_s, use_sharpness=False).next_event_step == base
     rate = -math.log(1 - 2e-3)
     assert fc.next_event_step - base == pytest.approx(0.5 * math.log(2.0) / rate, rel=1e-6)
 
@@ -116,6 +117,8 @@ def test_validation():
         forecast_next_event(Trajectory(step=traj.step, rho=traj.rho))
     with pytest.raises(ValueError, match="Trajectory"):
         forecast_next_event({"rho": [1, 2]})
+    with pytest.raises(ValueError, match="min_fit_rows"):
+        forecast_next_event(traj, min_fit_rows=0)
     assert isinstance(forecast_next_event(traj), Forecast)
 
 
