@@ -69,7 +69,7 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--merge-fraction", type=float, default=0.25, help="multi-stage merge (0.25)")
     g.add_argument("--min-rise-speed", type=float, default=4.0, help="fast-onset factor (4)")
     g.add_argument("--min-loss-spike", type=float, default=math.log(2.0), help="ln (ln 2)")
-    g.add_argument("--fitted-fraction", type=float, default=0.2, help="pre-fit test (0.2)")
+    g.add_argument("--fitted-fraction", type=float, default=0.5, help="pre-fit test (0.5)")
     return p
 
 

@@ -388,6 +388,7 @@ class _Loss:
         self.noise = _noise_level(self.x)
         self.noise_k = noise_k
         self.top = float(np.max(self.x))
+        self.low = float(np.percentile(self.x, 5))
 
     def spike(
         self, onset: int, peak: int, before: int, phase: int
@@ -494,7 +495,7 @@ def find_events(
     merge_fraction: float = 0.25,
     min_rise_speed: float = 4.0,
     min_loss_spike: float = math.log(2.0),
-    fitted_fraction: float = 0.2,
+    fitted_fraction: float = 0.5,
 ) -> Events:
     """Find destabilizations (norm jumps with their loss spikes) in a trajectory.
 
@@ -557,10 +558,10 @@ def find_events(
         decay phase before the rise, so minibatch noise and the tail of an earlier
         burst do not count as a spike.
     fitted_fraction : float
-        A rise whose loss before the onset is above this fraction of the log's largest
-        loss (3-row running median; the initial loss or the largest spike) happens
-        before the network has fitted the data: not an event. 0 turns the test off.
-
+        A rise whose loss before the onset sits above this fraction of the log's loss
+        range (on a log scale, from its 5th percentile to its largest 3-row running
+        median) happens before the network has fitted, or re-fitted after a burst, the
+        data: not an event. 0 turns the test off.
     Returns
     -------
     Events
@@ -669,7 +670,7 @@ def find_events(
             and loss is not None
             and loss.ok
             and math.isfinite(base)
-            and loss.value(base) > fitted_fraction * loss.value(loss.top)
+            and base > loss.low + fitted_fraction * (loss.top - loss.low)
         ):
             continue
         kept.append((c, base, top, spike))
