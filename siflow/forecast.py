@@ -14,7 +14,8 @@ destabilized:
    cycle, ``elr* = median(elr_k S_k) / S_now``; otherwise ``elr* = median(elr_k)``;
 3. the decay speed of ``ln rho`` in the current phase: the least-squares slope over the
    decay phase so far (after the peak), falling back to the free decay
-   ``-ln decay_factor(lr, wd, mu)`` when the phase is too short to fit;
+   ``-ln decay_factor(lr, wd, mu)`` when the phase is too short to fit or its slope is
+   outside 0.5-1.5 times the free decay (a post-burst plateau);
 4. ``next_event_step = step_now + ln(rho_now / rho*) / speed`` with
    ``rho* = sqrt(lr / elr*)``, and the interval from the spread (lowest and highest)
    of the earlier thresholds; when the norm is already below the threshold the event
@@ -114,7 +115,10 @@ def _sharpness_at(col: NDArray[np.float64], row: int) -> float:
 
 
 def _phase_speed(traj: Trajectory, start: int, rate: float, min_rows: int) -> tuple[float, str]:
-    """Decay speed of ``ln rho`` per step over rows ``start..end`` (fit), else ``rate``."""
+    """Decay speed of ``ln rho`` per step over rows ``start..end`` (fit), else ``rate``.
+
+    The fit is used when it lies within 0.5-1.5 times the free decay ``rate``.
+    """
     rho = traj.rho
     assert rho is not None
     rows = np.arange(start, len(traj))
@@ -126,7 +130,9 @@ def _phase_speed(traj: Trajectory, start: int, rate: float, min_rows: int) -> tu
         s, y = s[keep], np.log(rho[rows[keep]])
         if s.size >= 3 and s[-1] > s[0]:
             slope = float(np.polyfit(s - s[0], y, 1)[0])
-            if slope < 0:
+            # a phase still on its post-burst plateau (or rising) is not decaying yet:
+            # its slope says nothing about the decay to come
+            if 0.5 * rate <= -slope <= 1.5 * rate:
                 return -slope, "fit"
     return rate, "free decay"
 
