@@ -618,37 +618,46 @@ def draw_forecasts(res: dict[str, Any], trajs: dict[str, Trajectory], path: Path
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.6))
     colors = {"GD": "C0", "SGD": "C1", "momentum": "C2"}
     runs = {r.name: r for r in make_runs()}
+    bins = np.linspace(-1.0, 2.0, 61)
+    errs: dict[str, list[float]] = {k: [] for k in colors}
     for name, cuts in fc.items():
-        kind = _kind(runs[name])
-        for c in cuts:
-            x = (c["true"] - c["cut"]) / c["cycle"]
-            y = (c["forecast"] - c["cut"]) / c["cycle"] if math.isfinite(c["forecast"]) else np.nan
-            a1.plot(x, y, "o", ms=4, color=colors[kind], alpha=0.7)
-    for kind, col in colors.items():
-        a1.plot([], [], "o", color=col, label=kind)
-    lim = np.array([0, 1.5])
-    a1.plot(lim, lim, "k-", lw=0.8)
-    a1.fill_between(lim, lim - 0.15, lim + 0.15, color="0.85", label="within 15% of the cycle")
-    a1.set_xlabel("true steps to the next event / cycle length")
-    a1.set_ylabel("forecast steps to the next event / cycle length")
-    a1.set_title("half-cycle cuts of the labelled logs")
+        errs[_kind(runs[name])] += [
+            min(max(c["error_cycles"], -0.999), 1.999)
+            for c in cuts
+            if math.isfinite(c["error_cycles"])
+        ]
+    a1.hist(
+        [errs[k] for k in colors],
+        bins=bins,
+        stacked=True,
+        color=list(colors.values()),
+        label=[f"{k} ({len(errs[k])} cuts)" for k in colors],
+    )
+    a1.axvspan(-0.15, 0.15, color="0.85", zorder=0, label="within 15% of the cycle")
+    a1.set_xlabel("(forecast - true step) / cycle length (clipped to [-1, 2])")
+    a1.set_ylabel("cuts")
+    frac = res["forecast"]["fraction"]
+    a1.set_title(f"half-cycle cuts of the labelled logs: {100 * frac:.0f}% within 15%")
     a1.legend(fontsize=8)
-    name = max(fc, key=lambda n: len(fc[n]))
+    name = "mnist1d_mlp_gd_lr0.5_wd0.01" if "mnist1d_mlp_gd_lr0.5_wd0.01" in fc else max(fc)
     traj = trajs[name]
     a2.plot(traj.step, np.log(traj.rho), "b-", lw=0.8, label="ln rho")
     for c in fc[name]:
         a2.axvline(c["true"], color="k", lw=0.8, ls="--")
+        y = float(np.log(traj.rho[np.searchsorted(traj.step, c["cut"])]))
         lo, hi = c["interval"]
+        a2.plot([c["cut"], c["forecast"]], [y, y], "-", color="C3", lw=0.8)
         a2.errorbar(
             c["forecast"],
-            np.log(traj.rho[np.searchsorted(traj.step, c["cut"])]),
+            y,
             xerr=[[max(c["forecast"] - lo, 0)], [max(hi - c["forecast"], 0)]],
             fmt="o",
             color="C3",
             ms=4,
+            capsize=3,
         )
-        a2.plot(c["cut"], np.log(traj.rho[np.searchsorted(traj.step, c["cut"])]), "k|", ms=10)
-    a2.set_title(f"{name}: cut (|), forecast (o, interval), true event (--)", fontsize=8)
+        a2.plot(c["cut"], y, "kx", ms=6)
+    a2.set_title(f"{name}: cut (x), forecast (o, interval), true event (--)", fontsize=8)
     a2.set_xlabel("step")
     fig.tight_layout()
     from siflow._fileio import atomic_write

@@ -18,11 +18,12 @@ destabilized:
    outside 0.5-1.5 times the free decay (a post-burst plateau);
 4. ``next_event_step = step_now + ln(rho_now / rho*) / speed`` with
    ``rho* = sqrt(lr / elr*)``, and the interval from the spread (lowest and highest)
-   of the earlier thresholds; when the norm is already below the threshold the event
-   is due at the next step.
+   of the earlier thresholds.
 
 The periods seen so far give a second estimate, ``last event + median period``, used
-when the current phase is still rising (a jump in progress).
+when the current phase is still rising (a jump in progress) and when the norm is already
+below the median threshold without having destabilized (this cycle's threshold is
+higher); when that estimate has passed too, the event is due at the next step.
 """
 
 from __future__ import annotations
@@ -253,13 +254,19 @@ def forecast_next_event(
     step = reach(elr_med)
     # a lower threshold ELR is a higher norm: reached earlier
     lo, hi = reach(float(np.min(elr_k))), reach(float(np.max(elr_k)))
+    method = "threshold"
+    if step <= last_step and math.isfinite(period_guess) and period_guess > last_step:
+        # already past the usual threshold without destabilizing: this cycle's threshold
+        # is higher; the periods seen so far are the better guide
+        step, method = period_guess, "period"
+        hi = max(hi, float(events.steps[-1] + np.max(events.periods)))
     step = max(step, last_step + 1.0)
     lo, hi = max(lo, last_step + 1.0), max(hi, last_step + 1.0)
     return Forecast(
         step,
         (lo, hi),
         last_step,
-        "threshold",
+        method,
         n,
         {
             "threshold_kind": thr_kind,
