@@ -70,6 +70,12 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--min-rise-speed", type=float, default=4.0, help="fast-onset factor (4)")
     g.add_argument("--min-loss-spike", type=float, default=math.log(2.0), help="ln (ln 2)")
     g.add_argument("--fitted-fraction", type=float, default=0.5, help="pre-fit test (0.5)")
+    g.add_argument(
+        "--quiet-rise-factor", type=float, default=5.0, help="rise without a spike, in h (5)"
+    )
+    g.add_argument(
+        "--include-start", action="store_true", help="count a rise that starts at the first row"
+    )
     return p
 
 
@@ -86,6 +92,8 @@ def _detector_kwargs(args: Any) -> dict[str, Any]:
         "min_rise_speed": args.min_rise_speed,
         "min_loss_spike": args.min_loss_spike,
         "fitted_fraction": args.fitted_fraction,
+        "quiet_rise_factor": args.quiet_rise_factor,
+        "include_start": args.include_start,
     }
 
 

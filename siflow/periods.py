@@ -496,6 +496,7 @@ def find_events(
     min_rise_speed: float = 4.0,
     min_loss_spike: float = math.log(2.0),
     fitted_fraction: float = 0.5,
+    quiet_rise_factor: float = 5.0,
 ) -> Events:
     """Find destabilizations (norm jumps with their loss spikes) in a trajectory.
 
@@ -562,6 +563,11 @@ def find_events(
         range (on a log scale, from its 5th percentile to its largest 3-row running
         median) happens before the network has fitted, or re-fitted after a burst, the
         data: not an event. 0 turns the test off.
+    quiet_rise_factor : float
+        When the log has a loss column, a fast rise without a loss spike counts only if
+        it is at least this many times the swing threshold ``h`` (a destabilization
+        comes with its spike; a small quiet step of the norm is not one).
+
     Returns
     -------
     Events
@@ -589,6 +595,7 @@ def find_events(
     min_rise_speed = float(check_nonnegative("min_rise_speed", min_rise_speed))
     min_loss_spike = float(check_nonnegative("min_loss_spike", min_loss_spike))
     fitted_fraction = float(check_nonnegative("fitted_fraction", fitted_fraction))
+    quiet_rise_factor = float(check_nonnegative("quiet_rise_factor", quiet_rise_factor))
     if len(traj) < 3:
         return Events()
     lr_row, rate = _schedule(traj, lr, wd, momentum)
@@ -644,6 +651,9 @@ def find_events(
                 or c.peak - c.onset <= 2  # not resolved by the logging
                 or 0.5 * amp / t_half >= min_rise_speed * v_fall
             )
+        if fast and not spiked and loss is not None and loss.ok and name != "loss":
+            # a loss is logged but did not spike: only a large jump counts
+            fast = x[c.peak] - x[c.onset] >= quiet_rise_factor * h
         if fast or spiked:
             measured.append((c, base, top, spike, spiked))
     # secondary bursts: a loss peak far below the log's typical spike
