@@ -73,6 +73,7 @@ def build_parser() -> ArgumentParser:
     g.add_argument(
         "--quiet-rise-factor", type=float, default=5.0, help="rise without a spike, in h (5)"
     )
+    g.add_argument("--spike-noise-k", type=float, default=4.0, help="spike in loss-noise units (4)")
     g.add_argument(
         "--include-start", action="store_true", help="count a rise that starts at the first row"
     )
@@ -93,6 +94,7 @@ def _detector_kwargs(args: Any) -> dict[str, Any]:
         "min_loss_spike": args.min_loss_spike,
         "fitted_fraction": args.fitted_fraction,
         "quiet_rise_factor": args.quiet_rise_factor,
+        "spike_noise_k": args.spike_noise_k,
         "include_start": args.include_start,
     }
 

@@ -388,6 +388,7 @@ class _Loss:
         self.noise = _noise_level(self.x)
         self.noise_k = noise_k
         self.top = float(np.max(self.x))
+        self.unit = 1.0  # set by find_events: min_loss_spike / spike_noise_k
         self.low = float(np.percentile(self.x, 5))
 
     def spike(
@@ -410,7 +411,10 @@ class _Loss:
             return math.nan, math.nan, math.nan, math.nan
         lo, hi = float(np.median(base)), float(np.max(during))
         band = float(np.percentile(band_rows, 90))
-        return lo, hi, band, hi - band
+        mid = float(np.median(band_rows))
+        spread = 1.4826 * float(np.median(np.abs(band_rows - mid)))
+        # the spike over the band, and in units of the band's own fluctuations
+        return lo, hi, band, min(hi - band, (hi - mid) / max(spread, 1e-12) * self.unit)
 
     def value(self, x: float) -> float:
         return math.exp(x) if self.log else x
@@ -467,6 +471,12 @@ def _merge_stages(x: NDArray[np.float64], cands: list[_Cand], merge_fraction: fl
     return out
 
 
+def _half_rise_row(x: NDArray[np.float64], c: _Cand) -> int:
+    """Position of the first row at half the rise."""
+    target = x[c.onset] + 0.5 * (x[c.peak] - x[c.onset])
+    return c.onset + int(np.argmax(x[c.onset : c.peak + 1] >= target))
+
+
 def _half_rise_time(x: NDArray[np.float64], clock: NDArray[np.float64], c: _Cand) -> float:
     """Clock time from the onset to the first row at half the rise."""
     target = x[c.onset] + 0.5 * (x[c.peak] - x[c.onset])
@@ -497,6 +507,7 @@ def find_events(
     min_loss_spike: float = math.log(2.0),
     fitted_fraction: float = 0.5,
     quiet_rise_factor: float = 5.0,
+    spike_noise_k: float = 4.0,
 ) -> Events:
     """Find destabilizations (norm jumps with their loss spikes) in a trajectory.
 
@@ -565,8 +576,13 @@ def find_events(
         data: not an event. 0 turns the test off.
     quiet_rise_factor : float
         When the log has a loss column, a fast rise without a loss spike counts only if
-        it is at least this many times the swing threshold ``h`` (a destabilization
-        comes with its spike; a small quiet step of the norm is not one).
+        it is at least this many times the swing threshold ``h`` and the loss cannot
+        show its spike: fewer than 3 loss rows up to half the rise (sparse logging), or
+        no spike anywhere in the log (an uninformative loss). A destabilization comes
+        with its spike.
+    spike_noise_k : float
+        The loss peak must also stand this many robust standard deviations of ``ln
+        loss`` above the median of that band (minibatch noise); 0 turns this off.
 
     Returns
     -------
@@ -596,6 +612,7 @@ def find_events(
     min_loss_spike = float(check_nonnegative("min_loss_spike", min_loss_spike))
     fitted_fraction = float(check_nonnegative("fitted_fraction", fitted_fraction))
     quiet_rise_factor = float(check_nonnegative("quiet_rise_factor", quiet_rise_factor))
+    spike_noise_k = float(check_nonnegative("spike_noise_k", spike_noise_k))
     if len(traj) < 3:
         return Events()
     lr_row, rate = _schedule(traj, lr, wd, momentum)
@@ -630,7 +647,10 @@ def find_events(
             speeds.append((x[c.fall_start] - x[c.onset]) / dt)
     v_fall = float(np.median(speeds)) if speeds else math.nan
     spike_h = min_loss_spike
-    measured: list[tuple[_Cand, float, float, float, bool]] = []
+    if loss is not None and loss.ok:
+        # (hi - mid)/spread >= spike_noise_k  <=>  (hi - mid)/spread * unit >= spike_h
+        loss.unit = spike_h / spike_noise_k if spike_noise_k > 0 else math.inf
+    measured: list[tuple[_Cand, float, float, float, bool, bool]] = []
     for c in cands:
         on_row, pk_row = int(rows[c.onset]), int(rows[c.peak])
         fall_rows = max(c.onset - c.fall_start, 4)
@@ -651,16 +671,25 @@ def find_events(
                 or c.peak - c.onset <= 2  # not resolved by the logging
                 or 0.5 * amp / t_half >= min_rise_speed * v_fall
             )
-        if fast and not spiked and loss is not None and loss.ok and name != "loss":
-            # a loss is logged but did not spike: only a large jump counts
+        quiet = fast and not spiked and loss is not None and loss.ok and name != "loss"
+        if quiet:
+            # a loss is logged but did not spike: only a large jump counts, and only when
+            # the loss rows are too sparse to resolve the rise or the log's loss never
+            # spikes at all (checked below)
+            half = int(rows[_half_rise_row(x, c)])
+            seen = int(np.count_nonzero((loss.rows >= on_row) & (loss.rows <= half)))
             fast = x[c.peak] - x[c.onset] >= quiet_rise_factor * h
+            quiet = seen >= 3
         if fast or spiked:
-            measured.append((c, base, top, spike, spiked))
+            measured.append((c, base, top, spike, spiked, quiet))
     # secondary bursts: a loss peak far below the log's typical spike
     tops = [m[2] for m in measured if m[4]]
     top_ref = float(np.median(tops)) if tops else math.nan
     kept: list[tuple[_Cand, float, float, float]] = []
-    for c, base, top, spike, _spiked in measured:
+    any_spike = any(m[4] for m in measured)
+    for c, base, top, spike, _spiked, quiet in measured:
+        if quiet and any_spike:
+            continue  # the loss resolves this rise and shows spikes elsewhere, not here
         if (
             min_peak_fraction > 0
             and loss is not None
