@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ def _script():
         "labelled_runs", ROOT / "analysis/labelled_runs.py"
     )
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up while the file runs
     spec.loader.exec_module(mod)
     return mod
 
@@ -63,7 +65,7 @@ def test_labels_are_norm_jumps_with_loss_spikes_in_the_raw_logs(labelled):
             # the norm rises within 20 rows and the loss spikes over its level before
             assert np.max(traj.rho[i + 1 : i + 20]) > 1.02 * traj.rho[i]
             before = np.median(traj.loss[max(0, i - 20) : i + 1])
-            assert np.max(traj.loss[i : i + 20]) > 5 * before
+            assert np.max(traj.loss[i : i + 20]) > 2 * before  # the rule: about 2x or more
             n += 1
     assert n > 100
 
@@ -101,7 +103,7 @@ def test_results_table_matches_a_fresh_evaluation(labelled, tmp_path):
 # ----------------------------------------------------------------- targets
 # The acceptance bounds, measured on the labelled set. A bound the tools miss today is an
 # expected failure (strict: it fails loudly once the bound is met, so the mark goes).
-PREDICTION_MISS = {"GD", "SGD", "momentum"}  # measured: see analysis/labelled_runs.py evaluate
+PREDICTION_MISS = {"GD", "momentum"}  # measured: python analysis/labelled_runs.py evaluate
 FORECAST_MISSES = True
 
 
