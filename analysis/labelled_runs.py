@@ -21,7 +21,8 @@ Usage::
     python analysis/labelled_runs.py train            # cached; --force retrains
     python analysis/labelled_runs.py evaluate         # tables to runs/labelled/
     python analysis/labelled_runs.py plot             # one PNG per run, for the by-eye check
-    python analysis/labelled_runs.py evaluate --update-figures   # also figures/forecast*.png
+    python analysis/labelled_runs.py evaluate --update-figures --update-data  # committed
+                                                     # figures/forecast*.png and tables
 
 Training writes logs to ``runs/labelled/logs`` unless ``--update-data`` (then to
 ``analysis/data/labelled``); evaluation reads ``analysis/data/labelled`` unless ``--logs``.
@@ -480,6 +481,7 @@ def evaluate_prediction(
         cal = trajs[cal_name]
         pred = transfer_period(cal, run.lr, run.wd, run.momentum, events=find_events(cal))
         measured = float(np.median(np.diff(truth)))
+        periods = np.diff(truth).astype(float)
         rows.append(
             {
                 "run": name,
@@ -487,6 +489,8 @@ def evaluate_prediction(
                 "kind": _kind(run),
                 "lrwd": run.lr * run.wd,
                 "measured": measured,
+                "n_periods": int(periods.size),
+                "period_cv": float(np.std(periods) / np.mean(periods)),
                 "predicted": pred.period,
                 "error": pred.period / measured - 1.0,
                 "push_calibration": pred.details["push_calibration"],
@@ -576,13 +580,16 @@ def write_markdown(res: dict[str, Any], command: str) -> str:
         "## Period prediction (`siflow.predict.transfer_period`), calibrated on the GD run "
         "at lr=0.5, wd=0.01 of each network",
         "",
-        "| run | kind | lr*wd | T measured (labels) | T predicted | error |",
-        "|---|---|---|---|---|---|",
+        "T measured: median of the labelled periods (n of them, scatter = their coefficient "
+        "of variation within the run).",
+        "",
+        "| run | kind | lr*wd | T measured (labels) | n | scatter | T predicted | error |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in pred["runs"]:
         lines.append(
             f"| {r['run']} | {r['kind']} | {r['lrwd']:.3g} | {r['measured']:.0f} | "
-            f"{r['predicted']:.0f} | {_pct(r['error'])} |"
+            f"{r['n_periods']} | {r['period_cv']:.2f} | {r['predicted']:.0f} | {_pct(r['error'])} |"
         )
     lines += ["", "| kind | runs | median abs error | worst abs error |", "|---|---|---|---|"]
     for kind, s in pred["summary"].items():
@@ -677,7 +684,7 @@ def cmd_evaluate(args: Any) -> int:
         "prediction": evaluate_prediction(trajs, labels),
         "forecast": evaluate_forecast(trajs, labels),
     }
-    out = ensure_dir(Path(args.out or ROOT / "runs/labelled"))
+    out = ensure_dir(DATA if args.update_data else Path(args.out or ROOT / "runs/labelled"))
     command = "python analysis/labelled_runs.py evaluate"
     md = write_markdown(res, command)
     with atomic_write(out / "results.md", "w") as fh:
@@ -710,6 +717,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="table directory (default runs/labelled)")
     p.add_argument(
         "--update-figures", action="store_true", help="write the figure to figures/ (committed)"
+    )
+    p.add_argument(
+        "--update-data",
+        action="store_true",
+        help="write results.md/json to analysis/data/labelled (committed)",
     )
     args = parser.parse_args(argv)
     if args.cmd == "evaluate":
