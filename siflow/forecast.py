@@ -40,7 +40,7 @@ from siflow.periods import Events, find_events
 from siflow.theory import check_optimizer, decay_rate
 from siflow.trajectory import Trajectory
 
-__all__ = ["Forecast", "forecast_next_event"]
+__all__ = ["Forecast", "forecast_next_event", "RecorderForecast"]
 
 
 @dataclass(frozen=True)
@@ -278,6 +278,76 @@ def forecast_next_event(
             "period_estimate": period_guess,
         },
     )
+
+
+class RecorderForecast:
+    """Forecast the next destabilization every ``every`` steps of a recorded run.
+
+    Wraps a :class:`siflow.torch_probe.SIRecorder` (or any object with ``optimizer``,
+    ``step_count`` and ``trajectory()``): after every ``every``-th optimizer step it runs
+    :func:`forecast_next_event` on the log so far and keeps the estimate;
+    :meth:`trajectory` returns the recorder's log with the columns ``next_event_step``,
+    ``next_event_lo`` and ``next_event_hi`` (NaN on the other rows). Register it after
+    the recorder so that the row of the current step exists.
+
+    Parameters
+    ----------
+    recorder : SIRecorder
+        The recorder of the run.
+    every : int
+        Steps between forecasts (each costs one pass over the log so far).
+    **kwargs
+        Keyword arguments of :func:`forecast_next_event` (``lr``, ``wd``, detector
+        parameters...).
+    """
+
+    def __init__(self, recorder: Any, every: int, **kwargs: Any) -> None:
+        self.recorder = recorder
+        self.every = check_positive_int("every", every)
+        self.kwargs = kwargs
+        self.estimates: dict[int, tuple[float, float, float]] = {}
+        self._handle = recorder.optimizer.register_step_post_hook(self._after_step)
+
+    def _after_step(self, _opt: Any, _args: Any, _kwargs: Any) -> None:
+        if self.recorder.step_count % self.every:
+            return
+        traj = self.recorder.trajectory()
+        if len(traj) < 3:
+            return
+        fc = forecast_next_event(traj, **self.kwargs)
+        lo, hi = fc.next_event_interval
+        self.estimates[int(traj.step[-1])] = (float(fc.next_event_step), float(lo), float(hi))
+
+    def trajectory(self) -> Trajectory:
+        """The recorder's log with the forecast columns."""
+        traj = self.recorder.trajectory()
+        cols = {
+            k: np.full(len(traj), np.nan)
+            for k in ("next_event_step", "next_event_lo", "next_event_hi")
+        }
+        where = {int(s): i for i, s in enumerate(traj.step)}
+        for step, values in self.estimates.items():
+            i = where.get(step)
+            if i is not None:
+                for name, v in zip(cols, values, strict=True):
+                    cols[name][i] = v
+        extra = dict(traj.extra)
+        extra.update(cols)
+        return Trajectory(
+            step=traj.step,
+            loss=traj.loss,
+            rho=traj.rho,
+            grad_norm_sphere=traj.grad_norm_sphere,
+            elr=traj.elr,
+            angular_update=traj.angular_update,
+            sharpness_sphere=traj.sharpness_sphere,
+            extra=extra,
+            meta=dict(traj.meta),
+        )
+
+    def close(self) -> None:
+        """Remove the hook (the estimates stay available)."""
+        self._handle.remove()
 
 
 def main(argv: list[str] | None = None) -> int:

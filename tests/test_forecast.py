@@ -55,7 +55,7 @@ def test_forecast_hand_value():
     x = []
     events = []
     start = 0.3
-    for k, thr in enumerate([1.0, 1.02, 0.98]):
+    for thr in [1.0, 1.02, 0.98]:
         n = int(round((start - math.log(thr)) / 1e-3))
         x += list(start - 1e-3 * np.arange(n + 1))
         events.append(len(x) - 1)
@@ -157,3 +157,56 @@ def test_cli_json_and_errors(tmp_path):
         )
         assert bad.returncode == 2
         assert bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
+
+
+class _FakeOptimizer:
+    def __init__(self):
+        self.hooks = []
+
+    def register_step_post_hook(self, fn):
+        self.hooks.append(fn)
+
+        class Handle:
+            def remove(inner):
+                self.hooks.remove(fn)
+
+        return Handle()
+
+    def step(self):
+        for fn in list(self.hooks):
+            fn(self, (), {})
+
+
+class _FakeRecorder:
+    """Replays a trajectory row by row, like SIRecorder during training."""
+
+    def __init__(self, traj):
+        self.full, self.optimizer, self.step_count = traj, _FakeOptimizer(), 0
+        self.optimizer.register_step_post_hook(self._count)
+
+    def _count(self, *_):
+        self.step_count += 1
+
+    def trajectory(self):
+        return self.full[: self.step_count]
+
+
+def test_recorder_forecast_writes_the_estimate_every_k_steps():
+    from siflow.forecast import RecorderForecast
+
+    traj, ev = jump_map(n=1200)
+    rec = _FakeRecorder(traj)
+    fc = RecorderForecast(rec, every=100)
+    for _ in range(1200):
+        rec.optimizer.step()
+    out = fc.trajectory()
+    rows = np.flatnonzero(np.isfinite(out.extra["next_event_step"]))
+    # every 100th step once two events are in the log, each equal to a direct forecast
+    assert set(out.step[rows]) <= set(range(99, 1200, 100))
+    assert rows.size >= 5
+    for i in rows:
+        direct = forecast_next_event(traj[: i + 1])
+        assert out.extra["next_event_step"][i] == direct.next_event_step
+        assert out.extra["next_event_lo"][i] == direct.next_event_interval[0]
+    fc.close()
+    assert len(rec.optimizer.hooks) == 1
