@@ -390,6 +390,8 @@ class _Loss:
         self.top = float(np.max(self.x))
         self.unit = 1.0  # set by find_events: min_loss_spike / spike_noise_k
         self.low = float(np.percentile(self.x, 5))
+        span = self.top - self.low
+        self.informative = span >= math.log(1.5) if self.log else span > 0
 
     def spike(
         self, onset: int, peak: int, before: int, phase: int
@@ -573,7 +575,8 @@ def find_events(
         A rise whose loss before the onset sits above this fraction of the log's loss
         range (on a log scale, from its 5th percentile to its largest 3-row running
         median) happens before the network has fitted, or re-fitted after a burst, the
-        data: not an event. 0 turns the test off.
+        data: not an event. 0 turns the test off; a loss whose range is under 1.5x says
+        nothing about fitting and is not used.
     quiet_rise_factor : float
         When the log has a loss column, a fast rise without a loss spike counts only if
         it is at least this many times the swing threshold ``h`` and the loss cannot
@@ -708,6 +711,7 @@ def find_events(
             fitted_fraction > 0
             and loss is not None
             and loss.ok
+            and loss.informative  # a flat loss (range under 1.5x) says nothing about fitting
             and math.isfinite(base)
             and base > loss.low + fitted_fraction * (loss.top - loss.low)
         ):
