@@ -389,7 +389,10 @@ class _Loss:
         self.noise_k = noise_k
         self.top = float(np.max(self.x))
         self.unit = 1.0  # set by find_events: min_loss_spike / spike_noise_k
-        self.low = float(np.percentile(self.x, 5))
+        # the low end of the range: its 5th percentile, at most 4 decades below the top
+        # (a toy converging to 1e-70 is fitted long before its loss reaches the floor)
+        low = float(np.percentile(self.x, 5))
+        self.low = max(low, self.top - math.log(1e4)) if self.log else low
         span = self.top - self.low
         self.informative = span >= math.log(1.5) if self.log else span > 0
 
@@ -414,7 +417,9 @@ class _Loss:
         lo, hi = float(np.median(base)), float(np.max(during))
         band = float(np.percentile(band_rows, 90))
         mid = float(np.median(band_rows))
-        spread = 1.4826 * float(np.median(np.abs(band_rows - mid)))
+        # noise of the band (second differences: a trend, like a loss decaying over the
+        # phase, does not count as noise)
+        spread = _noise_level(band_rows) if band_rows.size >= 5 else math.inf
         # the spike over the band, and in units of the band's own fluctuations
         return lo, hi, band, min(hi - band, (hi - mid) / max(spread, 1e-12) * self.unit)
 
@@ -573,10 +578,10 @@ def find_events(
         burst do not count as a spike.
     fitted_fraction : float
         A rise whose loss before the onset sits above this fraction of the log's loss
-        range (on a log scale, from its 5th percentile to its largest 3-row running
-        median) happens before the network has fitted, or re-fitted after a burst, the
-        data: not an event. 0 turns the test off; a loss whose range is under 1.5x says
-        nothing about fitting and is not used.
+        range (on a log scale, from its 5th percentile, or 4 decades below the top if
+        that is higher, to its largest 3-row running median) happens before the network
+        has fitted, or re-fitted after a burst, the data: not an event. 0 turns the test
+        off; a loss whose range is under 1.5x says nothing about fitting and is not used.
     quiet_rise_factor : float
         When the log has a loss column, a fast rise without a loss spike counts only if
         it is at least this many times the swing threshold ``h`` and the loss cannot
@@ -584,8 +589,9 @@ def find_events(
         no spike anywhere in the log (an uninformative loss). A destabilization comes
         with its spike.
     spike_noise_k : float
-        The loss peak must also stand this many robust standard deviations of ``ln
-        loss`` above the median of that band (minibatch noise); 0 turns this off.
+        The loss peak must also stand this many noise levels of ``ln loss`` (robust
+        standard deviation from its second differences over the band) above the median
+        of that band (minibatch noise); 0 turns this off.
 
     Returns
     -------
