@@ -26,12 +26,13 @@ differences). The filter works on rows, and amplitudes are differences of values
 so irregular or log-spaced steps need no resampling; only rates use the step
 column.
 
-Each up-swing is then checked against the physics of the cycle: the rise must be
-fast compared with the decay before it; and when ``lr`` and ``wd`` are known
-(from ``meta`` or as arguments), the norm must have been decaying at about the
-weight-decay rate before the rise, and the rise must be several times faster than
-that rate or come with a loss spike. These checks separate destabilizations from
-the slow wandering of the norm in a noisy equilibrium (see :func:`find_events`).
+Each up-swing is then checked against the definition of a destabilization
+(``docs/theory.md``, section "Destabilization events"): it starts fast compared with
+the decay phases of the same log, or the loss spikes with it above the band of the
+decay phase before it; the network had fitted the data before it; a multi-stage rise is
+one event. Durations are measured on the free-decay clock of the per-row ``lr``/``wd``
+(or the step column), and only ratios of durations enter, so the events do not depend
+on the time unit of the log, and a learning-rate schedule is not taken for an event.
 """
 
 from __future__ import annotations
