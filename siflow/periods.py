@@ -45,7 +45,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from siflow._validate import check_nonnegative, check_positive, check_positive_int
-from siflow.theory import decay_rate, effective_lr
+from siflow.theory import decay_rate, effective_lr, stability_threshold_elr
 from siflow.trajectory import Trajectory
 
 __all__ = [
@@ -496,6 +496,28 @@ def _half_rise_time(x: NDArray[np.float64], clock: NDArray[np.float64], c: _Cand
 
 
 # ------------------------------------------------------------------ find_events
+def _near_threshold(
+    traj: Trajectory,
+    rows: NDArray[np.int64],
+    elr: NDArray[np.float64],
+    lr_row: NDArray[np.float64] | None,
+    wd: ArrayLike | None,
+    sharpness: float,
+    momentum: float | None,
+    cands: list[_Cand],
+    fraction: float,
+) -> list[_Cand]:
+    """Candidates starting at an effective LR of at least ``fraction`` of the threshold."""
+    wd_row = _row_array(traj, "wd", wd)
+    if lr_row is None or wd_row is None:
+        return cands
+    mu = float(traj.momentum if momentum is None else momentum)
+    on = rows[[c.onset for c in cands]] if cands else np.zeros(0, dtype=np.int64)
+    thr = stability_threshold_elr(lr_row[on], wd_row[on], float(sharpness), mu)
+    keep = ~(elr[on] < fraction * np.asarray(thr))
+    return [c for c, k in zip(cands, keep, strict=True) if k]
+
+
 def find_events(
     traj: Trajectory,
     *,
@@ -516,6 +538,8 @@ def find_events(
     fitted_fraction: float = 0.5,
     quiet_rise_factor: float = 5.0,
     spike_noise_k: float = 4.0,
+    sharpness: float | None = None,
+    min_threshold_fraction: float = 0.1,
 ) -> Events:
     """Find destabilizations (norm jumps with their loss spikes) in a trajectory.
 
@@ -593,6 +617,15 @@ def find_events(
         The loss peak must also stand this many noise levels of ``ln loss`` (robust
         standard deviation from its second differences over the band) above the median
         of that band (minibatch noise); 0 turns this off.
+    sharpness : float, optional
+        Sphere sharpness ``S`` at the landscape's minimum (default
+        ``meta["sharpness_min"]``, which simulations record; real logs rarely know it).
+    min_threshold_fraction : float
+        With ``S``, ``lr`` and ``wd`` known, a rise that starts at an effective LR below
+        this fraction of the stability threshold ``2 (1 + mu - lr wd) / S``
+        (:func:`siflow.theory.stability_threshold_elr`) is a fluctuation of a noise-held
+        norm, not a destabilization (noise-triggered escapes start at 0.6-0.7 of the
+        threshold; docs/theory.md, "Destabilization events"). 0 turns the test off.
 
     Returns
     -------
@@ -623,6 +656,9 @@ def find_events(
     fitted_fraction = float(check_nonnegative("fitted_fraction", fitted_fraction))
     quiet_rise_factor = float(check_nonnegative("quiet_rise_factor", quiet_rise_factor))
     spike_noise_k = float(check_nonnegative("spike_noise_k", spike_noise_k))
+    min_threshold_fraction = float(
+        check_nonnegative("min_threshold_fraction", min_threshold_fraction)
+    )
     if len(traj) < 3:
         return Events()
     lr_row, rate = _schedule(traj, lr, wd, momentum)
@@ -648,6 +684,12 @@ def find_events(
         ref = float(np.percentile(amps, 75))
         cands = [c for c, a in zip(cands, amps, strict=True) if a >= min_jump_fraction * ref]
     cands = _merge_stages(x, cands, merge_fraction)
+    s_min = traj.meta.get("sharpness_min") if sharpness is None else sharpness
+    elr = _elr_column(traj, lr_row)
+    if min_threshold_fraction > 0 and s_min and elr is not None and rate is not None:
+        cands = _near_threshold(
+            traj, rows, elr, lr_row, wd, s_min, momentum, cands, min_threshold_fraction
+        )
     loss = _Loss(traj, noise_k) if name != "loss" else None
     # the log's decay speed: median over the decay phases before the candidates
     speeds = []
