@@ -664,9 +664,12 @@ def _read_cells(out: Path, config: SweepConfig) -> tuple[dict[int, dict[str, Any
     for p in sorted((out / _CELL_DIR).glob("cell_*.json")):
         try:
             index = int(p.stem.removeprefix("cell_"))
-            text = p.read_text(encoding="utf-8")
-        except (ValueError, OSError, UnicodeDecodeError):
+        except ValueError:
             continue
+        try:
+            text = p.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            text = ""
         row = _row_from_cell_file(text, config, fingerprint)
         if row is not None and row["index"] == index:
             done[index] = row
@@ -1254,22 +1257,40 @@ def sweep(
     try:
         if client is not None:
             workers = max(1, sum(client.nthreads().values()))
-        n_todo = _cells_to_do(config, out_path, restart)
-        if n_todo:
-            est = estimate(config, workers, cells=n_todo, out=out_path,
-                           seconds_per_cell=_seconds_per_cell(config))  # fmt: skip
-            _refuse_what_takes_too_long(est, max_hours)
-            if est.seconds is not None and est.seconds > 60:
-                (notes or _warn)(f"estimated: {est.describe()}")
-        if out_path is None:
-            return _sweep(config, None, workers, batch, progress, client, notes or _warn)
-        _make_out(out_path)
-        with _locked(out_path):
+        with contextlib.ExitStack() as held:
+            locked = out_path is not None and out_path.is_dir()
+            if locked:  # refuse a busy folder before anything else
+                held.enter_context(_locked(out_path))
+            _announce_or_refuse(config, out_path, restart, workers, max_hours, notes or _warn)
+            if out_path is None:
+                return _sweep(config, None, workers, batch, progress, client, notes or _warn)
+            _make_out(out_path)
+            if not locked:
+                held.enter_context(_locked(out_path))
             _prepare_out(out_path, config, restart)
             return _sweep(config, out_path, workers, batch, progress, client, notes or _warn)
     finally:
         if own_client:
             client.close()
+
+
+def _announce_or_refuse(
+    config: SweepConfig,
+    out: Path | None,
+    restart: bool,
+    workers: int,
+    max_hours: float | None,
+    note: Callable[[str], None],
+) -> None:
+    """Time a trial cell; refuse a sweep over ``max_hours``, announce one over a minute."""
+    n_todo = _cells_to_do(config, out, restart)
+    if not n_todo:
+        return
+    est = estimate(config, workers, cells=n_todo, out=out,
+                   seconds_per_cell=_seconds_per_cell(config))  # fmt: skip
+    _refuse_what_takes_too_long(est, max_hours)
+    if est.seconds is not None and est.seconds > 60:
+        note(f"estimated: {est.describe()}")
 
 
 def _cells_to_do(config: SweepConfig, out: Path | None, restart: bool) -> int:
