@@ -15,11 +15,13 @@ at destabilization with :func:`siflow.predict.predict_period`:
   rate: the scale symmetry) calibrates the reduced-map prediction (ratio), or the cycle
   model of :mod:`siflow.predict`, predicting the others.
 
-Prints a markdown table with the relative errors and writes
-``figures/period_vs_theory.png``.
+Prints a markdown table with the relative errors and writes the figures to
+``runs/period_vs_theory/`` (``--out`` to choose); the committed README figures
+``figures/period_vs_theory*.png`` are rewritten only with ``--update-figures``.
 
     python analysis/period_vs_theory.py            # full sweep (~1-2 min on 2 cores)
     python analysis/period_vs_theory.py --quick    # two points per case (seconds)
+    python analysis/period_vs_theory.py --update-figures   # regenerate the README figures
 """
 
 from __future__ import annotations
@@ -114,10 +116,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = ArgumentParser(prog="period_vs_theory", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="two points per case, short runs")
     parser.add_argument(
-        "--out", default="figures/period_vs_theory.png", help="figure path (PNG/SVG/PDF)"
+        "--out",
+        default=None,
+        help="figure path (PNG/SVG/PDF); default runs/period_vs_theory/period_vs_theory.png",
+    )
+    parser.add_argument(
+        "--update-figures",
+        action="store_true",
+        help="write the committed README figure figures/period_vs_theory.png instead",
     )
     args = parser.parse_args(argv)
-    out = Path(args.out)
+    if args.out is not None and args.update_figures:
+        parser.error("--out and --update-figures are exclusive: pick one destination")
+    if args.update_figures:
+        out = Path(__file__).resolve().parents[1] / "figures" / "period_vs_theory.png"
+    else:
+        out = Path(args.out or "runs/period_vs_theory/period_vs_theory.png")
     ensure_dir(out.parent if str(out.parent) else ".")
     periods = 25 if args.quick else 100
     n_model = 20 if args.quick else 60  # destabilizations averaged in the reduced model

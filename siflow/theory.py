@@ -83,6 +83,9 @@ __all__ = [
     "decay_end_step",
     "equilibrium_instability_lr_wd",
     "OPTIMIZERS",
+    "sgd_norm_trajectory",
+    "weight_decay_integral",
+    "weight_decay_timescale",
 ]
 
 Array = NDArray[np.float64]
@@ -946,6 +949,83 @@ def sgd_norm_step(rho: ArrayLike, lr: ArrayLike, wd: ArrayLike, grad_norm: Array
         return _out(np.sqrt(np.square(1.0 - lr * wd) * r2 + np.square(lr * g) / r2))
 
 
+def sgd_norm_trajectory(
+    rho0: float, lr: ArrayLike, wd: ArrayLike, grad_norm: ArrayLike
+) -> NDArray[np.float64]:
+    r"""The norm of an SI group under SGD + WD with per-step ``lr_t``, ``wd_t``, ``g~_t``.
+
+    Iterates the exact norm recursion (:func:`sgd_norm_step`, docs/theory.md
+    section 1) ``rho^2_{t+1} = (1 - eta_t lam_t)^2 rho^2_t + eta_t^2 g~_t^2 / rho^2_t``
+    from ``rho_0``. With ``grad_norm`` the measured sphere gradient norm of a log
+    this is the replay of the log's norm (an exact check of scale invariance); with
+    a model of ``g~`` it is the theory's norm under a schedule.
+
+    Parameters
+    ----------
+    rho0 : float
+        Norm before the first step, ``> 0``.
+    lr, wd, grad_norm : array_like
+        Per-step values for steps ``0 .. T-1`` (scalars broadcast; at least one
+        must be an array of length ``T``). NaN in a step propagates.
+
+    Returns
+    -------
+    ndarray
+        ``rho_0 .. rho_T`` (length ``T + 1``).
+    """
+    r0 = float(check_positive("rho0", rho0))
+    lr, wd, g = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64) for a in (lr, wd, grad_norm)))
+    if lr.ndim != 1:
+        raise ValueError("lr, wd and grad_norm must be scalars or 1-d arrays of per-step values")
+    q2 = np.square(1.0 - lr * wd)
+    push = np.square(lr * g)
+    out = np.empty(lr.size + 1)
+    out[0] = r2 = r0 * r0
+    for t in range(lr.size):
+        r2 = q2[t] * r2 + push[t] / r2
+        out[t + 1] = r2
+    return np.sqrt(out)
+
+
+def weight_decay_integral(lr: ArrayLike, wd: ArrayLike) -> NDArray[np.float64]:
+    r"""``kappa_t = sum_{s < t} eta_s lam_s``: the accumulated decay of a schedule.
+
+    At zero gradient the norm after ``t`` steps is ``rho_0 prod_{s<t}(1 - eta_s lam_s)``
+    ``~ rho_0 exp(-kappa_t)`` to first order in ``eta lam``; ``kappa`` is the clock on
+    which schedules with the same product of ``lr`` and ``wd`` agree (docs/theory.md
+    section 0). Returns ``kappa_0 = 0 .. kappa_T`` (length ``T + 1``).
+    """
+    lr, wd = np.broadcast_arrays(np.asarray(lr, dtype=np.float64), np.asarray(wd, dtype=np.float64))
+    if lr.ndim != 1:
+        raise ValueError("lr and wd must be scalars or 1-d arrays of per-step values")
+    return np.concatenate(([0.0], np.cumsum(lr * wd)))
+
+
+def weight_decay_timescale(
+    lr: ArrayLike, wd: ArrayLike, steps_per_epoch: float | None = None
+) -> dict[str, Array]:
+    r"""Timescales of weight decay: ``tau_iter = 1/(eta lam)`` and ``tau_epoch``.
+
+    With decoupled decay (AdamW) the weights are an exponential moving average of
+    the updates with timescale ``tau_iter = 1/(eta lam)`` iterations, i.e.
+    ``tau_epoch = tau_iter / steps_per_epoch`` epochs (Wang & Aitchison 2024, "How
+    to set AdamW's weight decay as you scale model and dataset size"); for SGD with
+    coupled decay ``tau_iter`` is the norm's zero-gradient e-folding time to first
+    order (exactly ``1/decay_rate``). Per step for a schedule.
+
+    Returns
+    -------
+    dict
+        ``tau_iter`` and, with ``steps_per_epoch``, ``tau_epoch``.
+    """
+    lr, wd = check_lr_wd(lr, wd)
+    out: dict[str, Array] = {"tau_iter": _out(1.0 / (lr * wd))}
+    if steps_per_epoch is not None:
+        k = check_positive("steps_per_epoch", steps_per_epoch)
+        out["tau_epoch"] = _out(1.0 / (lr * wd) / k)
+    return out
+
+
 # --------------------------------------------------------------------------- AdamW and Lion
 
 
@@ -1690,8 +1770,6 @@ def equilibrium_instability_lr_wd(
 
 
 if __name__ == "__main__":  # pragma: no cover - exercised through subprocess in the tests
-    import sys
-
     from siflow._theory_cli import main
 
-    sys.exit(main())
+    raise SystemExit(main())

@@ -26,14 +26,23 @@ def _run(args, cwd, timeout=600):
     return proc.stdout
 
 
+def _digest(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 @pytest.mark.slow
 def test_period_vs_theory_quick(tmp_path):
-    out = _run(
-        [ROOT / "analysis" / "period_vs_theory.py", "--quick", "--out", tmp_path / "p.png"],
-        cwd=tmp_path,
-    )
-    assert (tmp_path / "p.png").stat().st_size > 10_000
-    assert (tmp_path / "p_parity.png").stat().st_size > 10_000
+    committed = sorted((ROOT / "figures").glob("period_vs_theory*.png"))
+    before = {p.name: _digest(p) for p in committed}
+    out = _run([ROOT / "analysis" / "period_vs_theory.py", "--quick"], cwd=tmp_path)
+    # by default the figures go under runs/ of the working directory, never over the
+    # committed README figures
+    assert {p.name: _digest(p) for p in committed} == before
+    fig = tmp_path / "runs" / "period_vs_theory" / "period_vs_theory.png"
+    assert fig.stat().st_size > 10_000
+    assert fig.with_name("period_vs_theory_parity.png").stat().st_size > 10_000
     rows = [
         line
         for line in out.splitlines()

@@ -1,0 +1,219 @@
+"""Per-step hyperparameter schedules: one spec string, one :class:`Schedule`, values per step.
+
+A schedule gives the value of a hyperparameter (the learning rate, or the weight
+decay) at each optimizer step ``t = 0, 1, ...``. Specs are strings, the same in
+Python and on every command line::
+
+    constant                                  # the base value at every step
+    constant:value=0.1
+    cosine:peak=0.5,warmup=500,min=0.005,steps=20000
+    linear:peak=0.5,warmup=500,min=0,steps=20000
+    step:peak=0.1,gamma=0.1,milestones=5000/8000
+    exp:peak=0.1,gamma=0.9999
+
+``peak`` (or ``value`` for ``constant``) defaults to the base value passed to
+:func:`parse_schedule` (the run's ``lr``), so ``cosine:warmup=500,steps=20000``
+with ``lr=0.5`` peaks at 0.5. The decay shapes are those of PyTorch's schedulers, stepped
+once per optimizer step:
+
+* ``cosine``: linear warmup ``peak (t + 1) / warmup`` for ``t < warmup`` (no step
+  at zero learning rate; it reaches ``peak`` at ``t = warmup - 1``), then
+  ``min + (peak - min) (1 + cos(pi s / S)) / 2`` with ``s = t - warmup`` and
+  ``S = steps - warmup`` (``CosineAnnealingLR``), held at ``min`` after ``steps``.
+* ``linear``: the same warmup, then a straight line from ``peak`` to ``min`` at
+  ``steps``, held after.
+* ``step``: ``peak * gamma**k`` with ``k`` the number of ``milestones`` (``/``-
+  separated steps) at or below ``t`` (``MultiStepLR``).
+* ``exp``: ``peak * gamma**t`` (``ExponentialLR``).
+
+The schedule only describes the values; the formulas that use them (the norm
+recursion under ``lr(t), wd(t)``, ``kappa_t = sum eta_s lam_s``, the time
+constants) live in :mod:`siflow.theory`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+__all__ = ["Schedule", "parse_schedule", "KINDS"]
+
+#: Schedule kinds and the keys each one takes.
+KINDS: dict[str, tuple[str, ...]] = {
+    "constant": ("value",),
+    "cosine": ("peak", "warmup", "min", "steps"),
+    "linear": ("peak", "warmup", "min", "steps"),
+    "step": ("peak", "gamma", "milestones"),
+    "exp": ("peak", "gamma"),
+}
+
+_EXAMPLE = "e.g. 'cosine:peak=0.5,warmup=500,min=0.005,steps=20000'"
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A parsed schedule: ``kind`` plus its numeric parameters.
+
+    Call it with step indices to get the values: ``sched(np.arange(n))``, or use
+    :meth:`values`. ``spec`` is the canonical spec string (all parameters
+    explicit), which round-trips through :func:`parse_schedule`.
+    """
+
+    kind: str
+    params: dict[str, float] = field(default_factory=dict)
+    milestones: tuple[int, ...] = ()
+
+    @property
+    def spec(self) -> str:
+        """Canonical spec string with every parameter written out."""
+        items = [f"{k}={self.params[k]!r}" for k in KINDS[self.kind] if k in self.params]
+        if self.kind == "step":
+            items.append("milestones=" + "/".join(str(m) for m in self.milestones))
+        return f"{self.kind}:" + ",".join(items)
+
+    @property
+    def is_constant(self) -> bool:
+        """True when the value is the same at every step."""
+        if self.kind == "constant":
+            return True
+        if self.kind == "exp":
+            return self.params["gamma"] == 1.0
+        if self.kind == "step":
+            return not self.milestones or self.params["gamma"] == 1.0
+        p = self.params
+        return p["warmup"] <= 1 and p["min"] == p["peak"]
+
+    def values(self, steps: int) -> NDArray[np.float64]:
+        """The value at each step ``0 .. steps-1``."""
+        if int(steps) != steps or steps < 0:
+            raise ValueError(f"steps must be a whole number >= 0; got {steps!r}")
+        return self(np.arange(int(steps)))
+
+    def __call__(self, t: ArrayLike) -> NDArray[np.float64]:
+        t = np.asarray(t, dtype=np.float64)
+        p = self.params
+        if self.kind == "constant":
+            return np.full(t.shape, p["value"])
+        if self.kind == "exp":
+            return p["peak"] * np.power(p["gamma"], t)
+        if self.kind == "step":
+            k = np.searchsorted(np.asarray(self.milestones, dtype=np.float64), t, side="right")
+            return p["peak"] * np.power(p["gamma"], k)
+        return _warmup_then_decay(self.kind, t, p)
+
+
+def _warmup_then_decay(kind: str, t: NDArray[np.float64], p: dict[str, float]) -> NDArray:
+    peak, warmup, low, steps = p["peak"], p["warmup"], p["min"], p["steps"]
+    out = np.empty(t.shape)
+    warm = t < warmup
+    out[warm] = peak * (t[warm] + 1.0) / warmup
+    span = max(steps - warmup, 1.0)
+    s = np.clip(t[~warm] - warmup, 0.0, span) / span
+    if kind == "cosine":
+        out[~warm] = low + (peak - low) * 0.5 * (1.0 + np.cos(math.pi * s))
+    else:
+        out[~warm] = peak + (low - peak) * s
+    return out
+
+
+def _number(kind: str, key: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(
+            f"schedule {kind!r}: {key}={text!r} is not a number; write it as {key}=0.1"
+        ) from None
+    if not math.isfinite(value):
+        raise ValueError(f"schedule {kind!r}: {key} must be finite; got {text!r}")
+    return value
+
+
+def _split_spec(spec: str) -> tuple[str, dict[str, str]]:
+    kind, _, rest = spec.strip().partition(":")
+    kind = kind.strip().lower()
+    if kind not in KINDS:
+        raise ValueError(
+            f"unknown schedule kind {kind!r}: use one of {', '.join(KINDS)} ({_EXAMPLE})"
+        )
+    raw: dict[str, str] = {}
+    for item in filter(None, (s.strip() for s in rest.split(","))):
+        key, eq, value = item.partition("=")
+        key = key.strip().lower()
+        if not eq or not value.strip():
+            raise ValueError(f"schedule {kind!r}: write {item!r} as key=value ({_EXAMPLE})")
+        if key not in KINDS[kind]:
+            raise ValueError(
+                f"schedule {kind!r} takes {', '.join(KINDS[kind])}; got {key!r} ({_EXAMPLE})"
+            )
+        raw[key] = value.strip()
+    return kind, raw
+
+
+def _check_params(kind: str, p: dict[str, float], milestones: tuple[int, ...]) -> None:
+    level = p.get("value", p.get("peak"))
+    if level is None or level < 0:
+        name = "value" if kind == "constant" else "peak"
+        raise ValueError(
+            f"schedule {kind!r} needs {name} >= 0: write {name}=... or pass the base value"
+        )
+    if kind in ("cosine", "linear"):
+        if p["min"] < 0 or p["warmup"] < 0:
+            raise ValueError(f"schedule {kind!r}: min and warmup must be >= 0")
+        if p["steps"] <= p["warmup"] or p["steps"] != int(p["steps"]):
+            raise ValueError(
+                f"schedule {kind!r}: steps must be a whole number above warmup "
+                f"(got steps={p['steps']!r}, warmup={p['warmup']!r})"
+            )
+    if kind in ("step", "exp") and p["gamma"] <= 0:
+        raise ValueError(f"schedule {kind!r}: gamma must be > 0; got {p['gamma']!r}")
+    if list(milestones) != sorted(set(milestones)) or any(m < 0 for m in milestones):
+        raise ValueError(
+            f"schedule {kind!r}: milestones must be increasing steps >= 0 written as 1000/2000"
+        )
+
+
+def parse_schedule(spec: str | Schedule, base: float | None = None) -> Schedule:
+    """Parse a schedule spec (see the module docstring) into a :class:`Schedule`.
+
+    Parameters
+    ----------
+    spec : str or Schedule
+        ``"kind:key=value,..."``; a :class:`Schedule` is returned unchanged.
+    base : float, optional
+        Default for ``peak`` (``value`` for ``constant``): the run's base ``lr`` or
+        ``wd``.
+
+    Raises
+    ------
+    ValueError
+        Unknown kind or key, a value that is not a number, a missing peak, or
+        inconsistent steps; the message names the fix.
+    """
+    if isinstance(spec, Schedule):
+        return spec
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"schedule must be a spec string ({_EXAMPLE}); got {spec!r}")
+    kind, raw = _split_spec(spec)
+    milestones: tuple[int, ...] = ()
+    if "milestones" in raw:
+        parts = [m for m in raw.pop("milestones").split("/") if m.strip()]
+        values = [_number(kind, "milestones", m) for m in parts]
+        if any(v != int(v) for v in values):
+            raise ValueError(f"schedule {kind!r}: milestones must be whole steps like 1000/2000")
+        milestones = tuple(int(v) for v in values)
+    p = {k: _number(kind, k, v) for k, v in raw.items()}
+    level = "value" if kind == "constant" else "peak"
+    if level not in p and base is not None:
+        p[level] = float(base)
+    if kind in ("cosine", "linear"):
+        p.setdefault("warmup", 0.0)
+        p.setdefault("min", 0.0)
+        if "steps" not in p:
+            raise ValueError(f"schedule {kind!r} needs steps=<last step of the decay>")
+    if kind in ("step", "exp") and "gamma" not in p:
+        raise ValueError(f"schedule {kind!r} needs gamma=<factor>")
+    _check_params(kind, p, milestones)
+    return Schedule(kind, p, milestones)
