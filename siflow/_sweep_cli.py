@@ -45,6 +45,7 @@ _FLAGS = {
     "max_rows": "--max-rows",
     "max_hours": "--max-hours",
     "simulator": "--simulator",
+    "schedule": "--schedule",
 }
 
 DEFAULT_MAX_HOURS = 24.0
@@ -96,6 +97,13 @@ def build_parser() -> ArgumentParser:
         type=int,
         default=None,
         help="keep every k-th step (default: thinned to at most --max-rows rows)",
+    )
+    p.add_argument(
+        "--schedule",
+        default=None,
+        metavar="SPEC",
+        help="learning-rate schedule of every cell, e.g. cosine:warmup=500,min=0.005,"
+        "steps=20000 (see siflow.schedules); its peak defaults to the cell's lr",
     )
     p.add_argument(
         "--max-rows",
@@ -233,6 +241,7 @@ def _cli(argv: Sequence[str] | None) -> int:
             max_rows=args.max_rows,
             max_hours=args.max_hours,
             notes=_note,
+            schedule=args.schedule,
             **options,
         )
     except KeyboardInterrupt:

@@ -120,8 +120,9 @@ _STATUSES = ("ok", "diverged", "underflow")
 #: Keyword arguments forwarded to :func:`siflow.simulate.simulate` when given.
 SIM_OPTIONS: tuple[str, ...] = ("optimizer", "dim", "noise", "batch", "record_every")
 
-#: Rows a cell's simulation keeps at most (``max_rows=``): about 56 bytes each.
-DEFAULT_MAX_ROWS = 100_000
+#: Rows a cell's simulation keeps at most (``max_rows=``); runs of up to half as many
+#: steps keep every step.
+DEFAULT_MAX_ROWS = 1 << 18
 
 _CONFIG_FILE = "sweep.json"
 _CELL_DIR = "cells"
@@ -183,7 +184,10 @@ class SweepConfig:
 
     Cells are numbered in the order ``momentum, wd, lr, seed`` (seed fastest),
     see :meth:`cells`. ``max_rows`` bounds the rows each simulation keeps (None:
-    the simulator's default). :meth:`fingerprint` identifies the configuration.
+    the simulator's default). ``schedule`` is a learning-rate schedule spec of
+    :mod:`siflow.schedules` applied in every cell, its ``peak`` defaulting to the
+    cell's ``lr`` (so ``lr`` is the peak learning rate of the cell).
+    :meth:`fingerprint` identifies the configuration.
     """
 
     loss: str
@@ -195,6 +199,7 @@ class SweepConfig:
     options: dict[str, Any] = field(default_factory=dict)
     simulator: str = "siflow.simulate:simulate"
     max_rows: int | None = DEFAULT_MAX_ROWS
+    schedule: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.loss, str) or not self.loss:
@@ -220,9 +225,14 @@ class SweepConfig:
         object.__setattr__(self, "seeds", seeds)
         object.__setattr__(self, "steps", check_positive_int("steps", self.steps))
         if self.max_rows is not None:
-            object.__setattr__(self, "max_rows", check_positive_int("max_rows", self.max_rows))
+            rows = check_positive_int("max_rows", self.max_rows)
+            if rows < 4:
+                raise ValueError(f"max_rows must be >= 4, got {rows}; pass e.g. max_rows=10000")
+            object.__setattr__(self, "max_rows", rows)
         opts = {k: v for k, v in dict(self.options).items() if v is not None}
         object.__setattr__(self, "options", opts)
+        if self.schedule is not None:
+            _check_schedule(self.schedule, lr)
         if not isinstance(self.simulator, str) or ":" not in self.simulator:
             raise ValueError(
                 f"simulator must be 'module:function', got {self.simulator!r}; "
@@ -275,8 +285,29 @@ class SweepConfig:
     def from_dict(cls, d: Mapping[str, Any]) -> SweepConfig:
         """Inverse of :meth:`to_dict`."""
         keys = ("loss", "lr", "wd", "momentum", "seeds", "steps", "options")
-        extra = {k: d[k] for k in ("simulator", "max_rows") if k in d}
+        extra = {k: d[k] for k in ("simulator", "max_rows", "schedule") if k in d}
         return cls(**{k: d[k] for k in keys}, **extra)
+
+
+def _check_schedule(spec: Any, lr: tuple[float, ...]) -> None:
+    """A schedule spec every cell can use (its peak defaulting to the cell's lr)."""
+    from siflow.schedules import parse_schedule
+
+    if not isinstance(spec, str):
+        raise ValueError(
+            f"schedule must be a spec string such as 'cosine:steps=20000', got {spec!r}"
+        )
+    for base in (min(lr), max(lr)):
+        parse_schedule(spec, base=base)
+
+
+def _lr_argument(config: SweepConfig, lr: float) -> Any:
+    """What the simulator gets as ``lr=``: the cell's lr, or its schedule peaking there."""
+    if config.schedule is None:
+        return lr
+    from siflow.schedules import parse_schedule
+
+    return parse_schedule(config.schedule, base=lr)
 
 
 def _simulator(config: SweepConfig) -> Callable[..., Any]:
@@ -294,18 +325,20 @@ def _simulator(config: SweepConfig) -> Callable[..., Any]:
 
 
 def _thinning_kwargs(simulate: Callable[..., Any], max_rows: int | None) -> dict[str, int]:
-    """How to ask ``simulate`` to keep at most ``max_rows`` rows (``max_rows=`` or
-    ``max_points=``, whichever it accepts; nothing when it accepts neither)."""
+    """How to ask ``simulate`` to keep at most ``max_rows`` rows.
+
+    Regular rows every ``ceil(steps / (max_rows/2))`` steps (``max_points=``),
+    leaving half the cap to the rows kept near norm jumps, and the hard cap
+    itself (``max_rows=``): each when ``simulate`` accepts it.
+    """
     if max_rows is None:
         return {}
     try:
         params = inspect.signature(simulate).parameters
     except (TypeError, ValueError):
         return {}
-    for name in ("max_rows", "max_points"):
-        if name in params:
-            return {name: max_rows}
-    return {}
+    wanted = {"max_points": max_rows // 2, "max_rows": max_rows}
+    return {k: v for k, v in wanted.items() if k in params}
 
 
 def _simulation_kwargs(config: SweepConfig, simulate: Callable[..., Any], momentum: float) -> dict:
@@ -374,7 +407,8 @@ def run_cell(config: SweepConfig | Mapping[str, Any], cell: Mapping[str, Any]) -
     simulate = _simulator(config)
     lr, wd, mom, seed = float(cell["lr"]), float(cell["wd"]), float(cell["momentum"]), cell["seed"]
     kwargs = _simulation_kwargs(config, simulate, mom)
-    traj = simulate(config.loss, lr=lr, wd=wd, steps=config.steps, seed=int(seed), **kwargs)
+    lr_arg = _lr_argument(config, lr)
+    traj = simulate(config.loss, lr=lr_arg, wd=wd, steps=config.steps, seed=int(seed), **kwargs)
     status = traj.status
     if status == "interrupted":
         # simulate() turns Ctrl-C into a partial trajectory; a partial cell must not be saved
@@ -394,7 +428,7 @@ def run_cell(config: SweepConfig | Mapping[str, Any], cell: Mapping[str, Any]) -
     elr_events = math.nan
     if events is not None and n_events:
         elr_events = float(np.median(np.asarray(events.elr_before, dtype=np.float64)))
-    elr_mean, grad_rms = _stationary_means(traj, events, lr, n)
+    elr_mean, grad_rms = _stationary_means(traj, events, lr, n, config.schedule is not None)
     return {
         "index": int(cell["index"]),
         "lr": lr,
@@ -416,8 +450,16 @@ def run_cell(config: SweepConfig | Mapping[str, Any], cell: Mapping[str, Any]) -
     }
 
 
-def _stationary_means(traj: Any, events: Any, lr: float, n: int) -> tuple[float, float]:
-    """(mean effective LR, rms sphere gradient norm) over the stationary part."""
+def _stationary_means(
+    traj: Any, events: Any, lr: float, n: int, scheduled: bool = False
+) -> tuple[float, float]:
+    """(mean effective LR, rms sphere gradient norm) over the stationary part.
+
+    Evenly spaced rows: the plain means over the rows. Thinned rows (or a
+    schedule): the exact means over every step from the simulation's running
+    sums (``Trajectory.exact_means``) when it has them, else the means with each
+    row weighted by the steps it stands for.
+    """
     from siflow import periods
 
     if traj.rho is None or not n:
@@ -427,6 +469,13 @@ def _stationary_means(traj: Any, events: Any, lr: float, n: int) -> tuple[float,
         part = periods.stationary_part(traj, events)
     if part is None or len(part) == 0:
         part = traj[n // 2 :]
+    gaps = np.diff(np.asarray(part.step))
+    if (scheduled or np.any(gaps != gaps[:1])) and hasattr(traj, "exact_means"):
+        exact = traj.exact_means(int(part.step[0]), int(part.step[-1]))
+        if exact is not None:
+            return float(exact["elr_mean"]), float(exact["grad_norm_sphere_rms"])
+    if scheduled:
+        return math.nan, math.nan  # the rows do not say which lr each step had
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         elr = np.asarray(effective_lr(lr, part.rho), dtype=np.float64)
     elr_mean = _time_weighted_mean(elr, part.step)
@@ -1162,6 +1211,7 @@ def sweep(
     max_rows: int | None = DEFAULT_MAX_ROWS,
     max_hours: float | None = None,
     notes: Callable[[str], None] | None = None,
+    schedule: str | None = None,
     **options: Any,
 ) -> SweepResult:
     """Run (or resume) a sweep over ``lr x wd x momentum x seeds`` for one toy loss.
@@ -1213,6 +1263,11 @@ def sweep(
         Called with one-line notes: the estimate of a sweep over a minute,
         cells found damaged or of another configuration, a worker that died.
         Default: :func:`warnings.warn`.
+    schedule : str, optional
+        Learning-rate schedule of every cell, a spec of :mod:`siflow.schedules`
+        (e.g. ``"cosine:warmup=500,min=0.005,steps=20000"``) whose ``peak``
+        defaults to the cell's ``lr``. The simulator must accept a
+        :class:`~siflow.schedules.Schedule` as ``lr=``.
     **options
         Forwarded to ``simulate``: ``optimizer``, ``dim``, ``noise``, ``batch``
         (as ``sim_batch``, since ``batch`` here is the task size),
@@ -1245,6 +1300,7 @@ def sweep(
         options=options,
         simulator=simulator,
         max_rows=max_rows,
+        schedule=schedule,
     )
     workers = _default_workers() if workers is None else check_positive_int("workers", workers)
     batch = check_positive_int("batch", batch)
@@ -1356,9 +1412,18 @@ def _check_loss(config: SweepConfig) -> None:
 
     simulate = _simulator(config)
     kwargs = _simulation_kwargs(config, simulate, max(config.momentum))
+    lr = _lr_argument(config, config.lr[0])
     try:
-        traj = simulate(config.loss, lr=config.lr[0], wd=config.wd[0], steps=2, seed=0, **kwargs)
-    except TypeError as exc:
+        traj = simulate(config.loss, lr=lr, wd=config.wd[0], steps=2, seed=0, **kwargs)
+    except (TypeError, ValueError) as exc:
+        if config.schedule is not None:
+            raise ValueError(
+                f"simulator {config.simulator!r} does not run the schedule {config.schedule!r} "
+                f"({exc}); pass a simulator that takes a siflow.schedules.Schedule as its "
+                f"learning rate, or no schedule="
+            ) from None
+        if isinstance(exc, ValueError):
+            raise
         raise ValueError(
             f"simulator {config.simulator!r} cannot be called like siflow.simulate.simulate "
             f"(the loss, then the keywords lr, wd, steps and seed) ({exc}); pass a function "
