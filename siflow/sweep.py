@@ -446,8 +446,19 @@ def run_cell(config: SweepConfig | Mapping[str, Any], cell: Mapping[str, Any]) -
         "elr_at_events": elr_events,
         "loss_final": float(traj.loss[-1]) if traj.loss is not None and n else math.nan,
         "rho_final": float(traj.rho[-1]) if traj.rho is not None and n else math.nan,
-        "steps_run": int(traj.step[-1]) + 1 if n else 0,
+        "steps_run": _steps_run(traj, n),
     }
+
+
+def _steps_run(traj: Any, n: int) -> int:
+    """Steps simulated: one past the last row, or the simulation's count when thinned."""
+    if not n:
+        return 0
+    last = int(traj.step[-1]) + 1
+    done = traj.meta.get("steps_done") if isinstance(traj.meta, Mapping) else None
+    if n < last and isinstance(done, (int, np.integer)) and done >= last:
+        return int(done)
+    return last
 
 
 def _stationary_means(
@@ -933,13 +944,25 @@ def _refuse_what_cannot_fit(est: SweepEstimate, config: SweepConfig) -> None:
 
 
 def _seconds_per_cell(config: SweepConfig) -> float:
-    """Time one cell: a trial run of ``min(steps, 2000)`` steps, scaled to ``steps``."""
-    probe_steps = min(config.steps, _PROBE_STEPS)
-    probe = dataclasses.replace(config, steps=probe_steps)
-    t0 = time.perf_counter()
-    with _one_blas_thread():
-        _compute_cell(probe, config.cell(0))
-    return (time.perf_counter() - t0) * config.steps / probe_steps
+    """Time one cell: trial runs of ``n`` and ``4n`` steps, extrapolated linearly.
+
+    ``n = min(steps, 500)``; the fixed cost per cell (start-up, analysis) is the
+    intercept, the cost per step the slope. Where the rows are thinned the
+    analysis costs less than this, so the estimate errs long.
+    """
+    short = min(config.steps, _PROBE_STEPS // 4)
+    times = []
+    for n in (short, min(config.steps, 4 * short)):
+        probe = dataclasses.replace(config, steps=n)
+        t0 = time.perf_counter()
+        with _one_blas_thread():
+            _compute_cell(probe, config.cell(0))
+        times.append((n, time.perf_counter() - t0))
+    (n1, t1), (n2, t2) = times
+    if n2 == n1:
+        return max(t1, t2)
+    per_step = max((t2 - t1) / (n2 - n1), 0.0)
+    return max(t1 - per_step * n1, 0.0) + per_step * config.steps
 
 
 def _refuse_what_takes_too_long(est: SweepEstimate, max_hours: float | None) -> None:

@@ -462,3 +462,26 @@ def test_a_bad_schedule_or_a_simulator_without_schedules_is_one_line(tmp_path):
 
 def _constant_only(loss, *, lr, wd, steps, seed, **kw):
     return _real_simulate(loss, lr=float(lr), wd=wd, steps=steps, seed=seed)
+
+
+# --------------------------------------------------------------------- vocabulary
+def test_sweep_and_simulate_share_flag_names_and_defaults():
+    from siflow._simulate_cli import build_parser as simulate_parser
+    from siflow._sweep_cli import build_parser as sweep_parser
+
+    sim = simulate_parser().parse_args(["--lr", "0.1", "--wd", "1e-3"])
+    swp = sweep_parser().parse_args([])
+    assert swp.loss == sim.loss == "logistic"
+    for flag in ("--batch", "--noise", "--dim", "--optimizer", "--record-every", "--steps",
+                 "--loss", "--momentum", "--out", "--json", "--quiet"):  # fmt: skip
+        for parser in (sim, swp):
+            assert flag.lstrip("-").replace("-", "_") in vars(parser), (flag, parser)
+    assert sweep_parser().parse_args(["--batch", "32"]).batch == 32
+    assert sweep_parser().parse_args(["--batch-size", "32"]).batch == 32  # the old spelling
+    assert "--batch-size" not in sweep_parser().format_help()
+
+
+def test_a_thinned_cell_reports_the_steps_it_ran():
+    res = S.sweep(LOSS, lr=(0.1,), wd=(1e-3,), steps=20_000, max_rows=100, workers=1,
+                  noise=0.05)  # fmt: skip
+    assert res.rows[0]["steps_run"] == 20_000
