@@ -1019,31 +1019,64 @@ def _start_method() -> str | None:
 _PR_SET_PDEATHSIG = 1
 
 
-def _exit_with_parent(expected_parent: int) -> None:
-    """End this worker when its parent process dies, however it dies.
+def _process_gone(pid: int) -> bool:
+    """Whether process ``pid`` has exited (a zombie not yet reaped counts as exited)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    with contextlib.suppress(OSError, IndexError):
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state in ("Z", "X")
+    return False
 
-    Linux: ``prctl(PR_SET_PDEATHSIG, SIGKILL)``, so the kernel kills the worker at
-    once. Everywhere: a daemon thread that polls the parent pid every 0.2 s and
-    exits when the worker has been re-parented.
+
+def _watch_sweep(sweep_pid: int) -> None:
+    """Exit this process as soon as the sweep's process exits (a daemon thread).
+
+    Waits on a pidfd where the platform has them (Linux >= 5.3; readable once the
+    process has exited, reaped or not); elsewhere polls every 0.2 s.
+    """
+    import select
+
+    fd = None
+    with contextlib.suppress(AttributeError, OSError):
+        fd = os.pidfd_open(sweep_pid)
+    if fd is None and _process_gone(sweep_pid):
+        os._exit(1)
+
+    def watch() -> None:
+        if fd is not None:
+            select.select([fd], [], [])
+            os._exit(1)
+        while not _process_gone(sweep_pid):
+            time.sleep(0.2)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="siflow-sweep-watch", daemon=True).start()
+
+
+def _exit_with_sweep(sweep_pid: int) -> None:
+    """End this worker when the sweep's process dies, however it dies (``kill -9`` too).
+
+    A worker forked by the sweep itself on Linux gets
+    ``prctl(PR_SET_PDEATHSIG, SIGKILL)``: the kernel kills it with its parent. Every
+    worker also runs :func:`_watch_sweep`, which covers the other platforms and
+    workers forked by a forkserver (whose server lives as long as its workers do).
     """
     import signal
 
-    if sys.platform.startswith("linux"):
+    if sys.platform.startswith("linux") and os.getppid() == sweep_pid:
         with contextlib.suppress(OSError, AttributeError, TypeError):
             import ctypes
 
             libc = ctypes.CDLL(None, use_errno=True)
             libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-    if os.getppid() != expected_parent:  # the parent died before the watch began
-        os._exit(1)
-
-    def watch() -> None:
-        while True:
-            time.sleep(0.2)
-            if os.getppid() != expected_parent:
+            if os.getppid() != sweep_pid:  # died before the request took effect
                 os._exit(1)
-
-    threading.Thread(target=watch, name="siflow-parent-watch", daemon=True).start()
+    _watch_sweep(sweep_pid)
 
 
 def _init_local_worker(sweep_pid: int) -> None:
@@ -1055,9 +1088,7 @@ def _init_local_worker(sweep_pid: int) -> None:
         with contextlib.suppress(OSError):
             fh.close()
     _HELD_LOCKS.clear()
-    parent = os.getppid()
-    # forked from the sweep itself, or from a forkserver that exits with the sweep
-    _exit_with_parent(sweep_pid if parent == sweep_pid else parent)
+    _exit_with_sweep(sweep_pid)
     _pin_worker_threads()
 
 

@@ -268,8 +268,71 @@ def test_kill_9_of_the_sweep_leaves_no_worker_and_frees_the_callers_pipes(tmp_pa
             time.sleep(0.05)
         assert not [p for p in workers if _alive(p)], "workers outlived the sweep"
         assert waited < 5, f"the caller's pipes stayed open {waited:.1f} s"
+        with S._locked(tmp_path / "sw"):  # no worker kept the sweep's lock
+            pass
     finally:
         _killpg(proc)
+
+
+_THREADED_SCRIPT = """
+import sys, threading
+from siflow import sweep as S
+if __name__ == "__main__":
+    threading.Thread(target=threading.Event().wait, daemon=True).start()
+    assert S._start_method() == "forkserver"
+    S.sweep("rayleigh", lr=(0.1, 0.2), wd=(1e-3,), steps=50_000_000, noise=0.05, workers=2,
+            max_hours=1000, notes=lambda _: None)
+"""
+
+
+@pytest.mark.skipif(not LINUX, reason="reads the process tree from /proc")
+def test_kill_9_of_a_script_with_forkserver_workers_leaves_no_worker(tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text(_THREADED_SCRIPT)
+    proc = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)  # fmt: skip
+    try:
+        # the forkserver and its two workers
+        _wait_until(lambda: len(_children(proc.pid)) >= 3, proc, 120, "forkserver workers")
+        time.sleep(0.3)
+        spawned = _children(proc.pid)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=10)
+        deadline = time.monotonic() + 5
+        while any(_alive(p) for p in spawned) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not [p for p in spawned if _alive(p)], "processes outlived the script"
+    finally:
+        _killpg(proc)
+
+
+_ORPHAN = """
+import os, sys, time
+from siflow import sweep as S
+if sys.argv[1] == "poll":
+    del os.pidfd_open  # the portable polling watch
+sweep = os.getpid()
+pid = os.fork()
+if pid == 0:
+    S._watch_sweep(sweep)
+    time.sleep(30)
+    os._exit(0)
+print(pid, flush=True)
+os._exit(0)  # the sweep dies; the worker must follow
+"""
+
+
+@pytest.mark.skipif(not LINUX, reason="reads the process table from /proc")
+@pytest.mark.parametrize("how", ["pidfd", "poll"])
+def test_the_watch_ends_a_worker_whose_sweep_died(how):
+    res = subprocess.run([sys.executable, "-c", _ORPHAN, how], cwd=ROOT, env=_env(),
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    child = int(res.stdout.split()[0])
+    deadline = time.monotonic() + 3
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(child), "the orphan kept running"
 
 
 @pytest.mark.skipif(not LINUX, reason="reads the process tree from /proc")
