@@ -205,6 +205,10 @@ def cli(argv: Sequence[str] | None) -> int:
 def _cli(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     check_positive_int("--task-size", args.task_size)
+    if args.figure:
+        from siflow.plot import _check_suffix
+
+        _check_suffix(args.figure)  # before any cell runs
     lr = _grid("lr", args.lr, args.n_lr)
     wd = _grid("wd", args.wd, args.n_wd)
     out = Path(args.out) if args.out else Path("runs") / f"sweep_{args.loss}"

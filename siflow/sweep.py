@@ -961,7 +961,9 @@ def _seconds_per_cell(config: SweepConfig) -> float:
     (n1, t1), (n2, t2) = times
     if n2 == n1:
         return max(t1, t2)
-    per_step = max((t2 - t1) / (n2 - n1), 0.0)
+    # timings on a busy machine are noisy: the cost per step is at least a quarter of
+    # the longer trial's average, whatever the difference of the two says
+    per_step = max((t2 - t1) / (n2 - n1), 0.25 * t2 / n2)
     return max(t1 - per_step * n1, 0.0) + per_step * config.steps
 
 

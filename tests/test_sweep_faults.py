@@ -397,6 +397,7 @@ def test_a_cell_that_kills_its_worker_twice_stops_the_sweep_in_one_line(tmp_path
         (["--max-rows", "0"], ["max_rows"]),
         (["--max-hours", "0"], ["max_hours"]),
         (["--task-size", "0"], ["--task-size"]),
+        (["--figure", "pd.txt"], ["pd.txt", ".png"]),
     ],
 )  # fmt: skip
 def test_what_cannot_run_is_refused_in_one_line_before_anything_is_written(tmp_path, args, words):
@@ -548,3 +549,12 @@ def test_a_thinned_cell_reports_the_steps_it_ran():
     res = S.sweep(LOSS, lr=(0.1,), wd=(1e-3,), steps=20_000, max_rows=100, workers=1,
                   noise=0.05)  # fmt: skip
     assert res.rows[0]["steps_run"] == 20_000
+
+
+def test_a_noisy_trial_never_estimates_a_long_sweep_as_free(monkeypatch):
+    """The longer trial running faster (a busy machine) must not make steps cost nothing."""
+    delays = iter([0.05, 0.01])
+    monkeypatch.setattr(S, "_compute_cell", lambda cfg, cell: time.sleep(next(delays)))
+    cfg = S.SweepConfig(LOSS, lr=(0.1,), wd=(1e-3,), steps=10**12)
+    # the floor: a quarter of the longer trial's time per step (>= 0.01 s / 2000 steps)
+    assert S._seconds_per_cell(cfg) >= 0.25 * 0.01 / 2000 * 10**12
