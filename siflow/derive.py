@@ -14,4 +14,6 @@ from siflow._derive_cli import build_parser, main
 __all__ = ["main", "build_parser"]
 
 if __name__ == "__main__":  # pragma: no cover - exercised through subprocess in the tests
-    raise SystemExit(main())
+    from siflow._derive_cli import main as _main
+
+    raise SystemExit(_main())

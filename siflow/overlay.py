@@ -1542,6 +1542,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover - exercised through subprocess in the tests
-    import sys
+    from siflow._overlay_cli import main as _main
 
-    sys.exit(main())
+    raise SystemExit(_main())

@@ -1118,7 +1118,7 @@ def _starting_point(
     return w
 
 
-if __name__ == "__main__":  # pragma: no cover - exercised through subprocess tests
+if __name__ == "__main__":  # pragma: no cover - exercised through subprocess in the tests
     from siflow._simulate_cli import main as _main
 
     raise SystemExit(_main())

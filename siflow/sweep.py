@@ -1688,5 +1688,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return cli_main(argv)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # pragma: no cover - exercised through subprocess in the tests
+    from siflow._sweep_cli import main as _main
+
+    raise SystemExit(_main())

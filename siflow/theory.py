@@ -2127,6 +2127,6 @@ __all__ += ["ROTATIONAL_OPTIMIZERS", "equilibrium_relative_update", "rotational_
 
 
 if __name__ == "__main__":  # pragma: no cover - exercised through subprocess in the tests
-    from siflow._theory_cli import main
+    from siflow._theory_cli import main as _main
 
-    raise SystemExit(main())
+    raise SystemExit(_main())
