@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -399,15 +398,6 @@ def _body(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     from siflow.theory import equilibrium
 
-    raw = list(sys.argv[1:] if argv is None else argv)
-    for flag in ("--lr", "--wd"):
-        value = getattr(args, flag[2:])
-        text = _raw(raw, flag)
-        if value == 0.0 and text and any(c in "123456789" for c in text.lower().split("e")[0]):
-            raise CLIError(
-                f"{flag} {text} underflows to 0 in double precision (the smallest positive "
-                f"value is about 5e-324); pass a value of at least 1e-300"
-            )
     if args.schedule:
         return _schedule_body(args)
     if args.lr is None:
@@ -436,19 +426,6 @@ def _body(argv: Sequence[str] | None) -> int:
     return 0
 
 
-def _raw(items: list[str], flag: str) -> str | None:
-    for i, item in enumerate(items):
-        if item == flag and i + 1 < len(items):
-            return items[i + 1]
-        if item.startswith(flag + "="):
-            return item.split("=", 1)[1]
-    return None
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (2 with one line on stderr for bad input)."""
     return run_main(_body, argv, prog=PROG)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

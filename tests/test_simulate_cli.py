@@ -87,7 +87,7 @@ def test_table_output(tmp_path):
         (["--lr", "10", "--wd", "0.2"], "lr*wd must be < 1"),
         (["--momentum", "1.5"], "momentum must be in"),
         (["--loss", "rayleigh", "--batch", "4"], "--batch applies to data toys"),
-        (["--steps", "ten"], "invalid int value"),
+        (["--steps", "ten"], "'ten' is not a whole number"),
     ],
 )
 def test_bad_options_one_line_exit_2(args, match, tmp_path, capsys):
