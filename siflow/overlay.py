@@ -624,7 +624,7 @@ def analyze(
     _event_stats(res, work, events, notes)
     st = stationary_part(work, events)
     rows = _rows_of(work, st)
-    _measure_equilibrium(res, st, hp, rows, notes)
+    _measure_equilibrium(res, work, st, hp, rows, notes)
     res.predictions.n_params = total_c
     res.curves = _predict_equilibrium(res, work, hp, rows, total_c, notes)
     _measure_decay(res, work, events, notes)
@@ -731,7 +731,12 @@ def _event_stats(res: OverlayResult, work: Trajectory, events: Events, notes: li
 
 
 def _measure_equilibrium(
-    res: OverlayResult, st: Trajectory, hp: _Hyper, rows: np.ndarray, notes: list[str]
+    res: OverlayResult,
+    work: Trajectory,
+    st: Trajectory,
+    hp: _Hyper,
+    rows: np.ndarray,
+    notes: list[str],
 ) -> None:
     eq = res.equilibrium
     if len(st):
@@ -757,6 +762,17 @@ def _measure_equilibrium(
         eq.angular_update_rms = _f(np.sqrt(np.mean(ang**2)))
         eq.angular_update_source = "log"
         return
+    from_groups = _total_angle_from_groups(work, rows)
+    if from_groups is not None:
+        eq.angular_update_rms, used, frozen = from_groups
+        eq.angular_update_source = "derived from groups"
+        left_out = f"; frozen group(s) {', '.join(frozen)} left out" if frozen else ""
+        notes.append(
+            f"angular update not in log: derived from the angles and norms of group(s) "
+            f"{', '.join(used)} (first order in the angles: Delta^2 = sum_g rho_g^2 "
+            f"Delta_g^2 / sum_g rho_g^2, siflow.theory.total_angular_update){left_out}"
+        )
+        return
     plain_sgd = hp.optimizer in ("sgd", "sgdm") and hp.momentum == 0.0
     if plain_sgd and hp.known and st.elr is not None and st.grad_norm_sphere is not None:
         assert hp.lr_rows is not None and hp.wd_rows is not None
@@ -773,6 +789,33 @@ def _measure_equilibrium(
             notes.append("angular update not in log: derived from elr and grad_norm_sphere")
             return
     notes.append("angular update not in log (and not derivable: needs elr, g~, lr, wd, SGD)")
+
+
+def _total_angle_from_groups(
+    work: Trajectory, rows: np.ndarray
+) -> tuple[float | None, list[str], list[str]] | None:
+    """RMS over ``rows`` of the whole SI vector's angle from its groups' angles and norms.
+
+    Every group with a norm column must have an angle column; groups that never move
+    (frozen, angle 0 at every row) are left out. Returns ``(rms, groups used,
+    frozen groups)``, or ``None`` when the groups cannot give the total.
+    """
+    cols = _group_columns(work)
+    if not cols or any("angular_update" not in c for c in cols.values()):
+        return None
+    sel = rows if np.any(rows) else np.ones(len(work), dtype=bool)
+    used, frozen = [], []
+    for name, c in cols.items():
+        ang = c["angular_update"][sel]
+        (used if np.any(ang[np.isfinite(ang)] > 0) else frozen).append(name)
+    if not used:
+        return None
+    angles = np.stack([cols[n]["angular_update"][sel] for n in used])
+    norms = np.stack([cols[n]["rho"][sel] for n in used])
+    total = _finite(np.asarray(theory.total_angular_update(angles, norms)).reshape(-1))
+    if total is None:
+        return None
+    return _f(np.sqrt(np.mean(total**2))), used, frozen
 
 
 def _formulas(hp: _Hyper) -> dict[str, str]:
