@@ -5,8 +5,13 @@ the theory of the optimizer that ran, prints a table (or one JSON object with
 ``--json``) and writes ``summary.json`` (every field, long lists whole) and the
 figure under ``runs/overlay/<log name>/`` (or the directory ``--out``), never next
 to the log; ``--out FIGURE.png`` writes that figure only. It prints where its
-outputs went. Bad input gives one line on stderr and exit status 2;
-files are written atomically, so nothing is left half-written.
+outputs went. What the reader says a user must see (bad cells, an evaluation log,
+gradient norms left unconverted, a time axis in epochs) follows the table as
+``reader:`` lines and is kept in ``summary.json`` as ``reader_notes``; a log timed
+in epochs is reported in epochs. ``--evaluation`` reads an evaluation log (the seed
+paper's ``test-em.npz``), which is refused without it. Bad input gives one line on
+stderr and exit status 2; files are written atomically, so nothing is left
+half-written.
 """
 
 from __future__ import annotations
