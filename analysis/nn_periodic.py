@@ -21,11 +21,15 @@ the unit-sphere sharpness by power iteration) and analysed with
 
 Usage::
 
-    python analysis/nn_periodic.py            # full: tens of minutes on one core
+    python analysis/nn_periodic.py            # full: tens of minutes on one core, to runs/
     python analysis/nn_periodic.py --quick    # CI-sized: under 3 minutes, to runs/nn_quick
-    python analysis/nn_periodic.py --analyze-only   # tables and figures from existing logs
+    python analysis/nn_periodic.py --analyze-only   # tables and figures from the committed logs
+    python analysis/nn_periodic.py --analyze-only --update-data --update-figures  # regenerate
+                                              # the committed tables and figures
 
-A log whose stored configuration equals the run's is reused unless ``--force``.
+A log whose stored configuration equals the run's is reused unless ``--force``. Outputs go
+to ``runs/nn_periodic`` unless ``--update-data`` (logs and tables in ``analysis/data/nn``)
+or ``--update-figures`` (figures in ``figures/``).
 """
 
 from __future__ import annotations
@@ -982,6 +986,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--analyze-only", action="store_true", help="no training")
     parser.add_argument("--only", default=None, help="comma-separated run names to train")
     parser.add_argument(
+        "--update-data",
+        action="store_true",
+        help="train into and write the tables to analysis/data/nn (the committed logs)",
+    )
+    parser.add_argument(
+        "--update-figures", action="store_true", help="write the figures to figures/ (committed)"
+    )
+    parser.add_argument(
         "--check-sharpness",
         action="store_true",
         help="compare the recorder's sharpness with a 300-iteration power iteration",
@@ -991,9 +1003,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ValueError(f"--threads must be 1 or 2 (the machine is shared), got {args.threads}")
     if args.jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
-    default_out = "runs/nn_quick" if args.quick else str(ROOT / "analysis" / "data" / "nn")
-    out = ensure_dir(args.out or default_out)
-    figures = ensure_dir(args.figures or (out if args.quick else ROOT / "figures"))
+    committed = ROOT / "analysis" / "data" / "nn"
+    if args.quick and (args.update_data or args.update_figures):
+        raise ValueError(
+            "--quick runs are not the committed ones; drop --update-data/--update-figures"
+        )
+    if args.update_data:
+        out = ensure_dir(committed)
+    else:
+        out = ensure_dir(args.out or ("runs/nn_quick" if args.quick else "runs/nn_periodic"))
+    # logs: the committed ones for --analyze-only (and --update-data), else the output directory
+    logs = committed if (args.analyze_only or args.update_data) and not args.quick else out
+    figures = ensure_dir(args.figures or (ROOT / "figures" if args.update_figures else out))
     runs = make_runs(args.quick)
     if args.only:
         wanted = set(args.only.split(","))
@@ -1004,33 +1025,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         todo = runs
     if args.check_sharpness:
-        print(check_sharpness(out, args.threads))
+        print(check_sharpness(logs, args.threads))
         return 0
     if not args.analyze_only:
-        todo = [r for r in todo if args.force or not _cached(r, out)]
+        todo = [r for r in todo if args.force or not _cached(r, logs)]
         todo.sort(key=_cost, reverse=True)  # longest first keeps parallel workers busy
         t0 = time.perf_counter()
         if args.jobs == 1:
             for r in todo:
-                info = train(r, out, args.threads)
+                info = train(r, logs, args.threads)
                 print(f"{info['name']}: {info['rows']} rows, {info['seconds']:.0f} s", flush=True)
         else:
             import multiprocessing as mp
 
             with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn")) as pool:
-                futs = [pool.submit(train, r, out, args.threads) for r in todo]
+                futs = [pool.submit(train, r, logs, args.threads) for r in todo]
                 for f in futs:
                     info = f.result()
                     print(
                         f"{info['name']}: {info['rows']} rows, {info['seconds']:.0f} s", flush=True
                     )
         print(f"trained {len(todo)} runs in {time.perf_counter() - t0:.0f} s", flush=True)
-    summary = analyze_all(runs, out, figures)
+    summary = analyze_all(runs, logs, figures)
     cmd = "python analysis/nn_periodic.py" + (" --quick" if args.quick else "")
     text = write_markdown(summary, out / "results.md", cmd)
     with atomic_write(out / "results.json") as fh:
         json.dump(summary, fh, indent=1, default=_json_default)
     print(text)
+    print(f"logs in {logs}; tables in {out}; figures in {figures}")
     return 0
 
 

@@ -3,15 +3,35 @@
 Contract: bad input gives one line on stderr naming the problem and the fix, and
 exit status 2, never a traceback. Use :class:`ArgumentParser` for parsing and wrap
 the body of ``main`` with :func:`run_main`.
+
+Numbers on every command line are read by :func:`float_arg` and :func:`int_arg`
+(:class:`ArgumentParser` uses them for ``type=float`` and ``type=int``): plain ASCII
+decimal or scientific notation only. Rejected, with a one-line error: surrounding
+spaces (``' 0.1'``), digit separators (``1_000``), non-ASCII digits (full-width
+``１``), hexadecimal, and a finite literal that double precision turns into 0 or
+infinity (``1e-400``, ``1e400``). ``inf`` and ``nan`` are read as such, so the
+library can name the parameter they are wrong for. Integers may use scientific
+notation when the value is whole (``--steps 1e6``).
 """
 
 from __future__ import annotations
 
 import argparse
+import decimal
+import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
-__all__ = ["ArgumentParser", "CLIError", "run_main", "EXIT_USAGE", "EXIT_INTERRUPTED"]
+__all__ = [
+    "ArgumentParser",
+    "CLIError",
+    "run_main",
+    "float_arg",
+    "int_arg",
+    "flag_names",
+    "EXIT_USAGE",
+    "EXIT_INTERRUPTED",
+]
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -21,16 +41,95 @@ class CLIError(ValueError):
     """An error a CLI reports as one line with exit status 2."""
 
 
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\Z")
+_SPECIAL = re.compile(r"[+-]?(?:inf|infinity|nan)\Z", re.IGNORECASE)
+_INTEGER = re.compile(r"[+-]?[0-9]+\Z")
+
+
+def _show(text: str) -> str:
+    return ascii(text) if not text.isascii() or text != text.strip() or not text else repr(text)
+
+
+def float_arg(text: str) -> float:
+    """Read a command-line real number strictly (module docstring).
+
+    Accepts ASCII ``[+-]digits[.digits][e[+-]digits]`` (also ``.5``), ``inf`` and
+    ``nan``; raises ``argparse.ArgumentTypeError`` naming the fix otherwise.
+
+    >>> float_arg("1e-3"), float_arg("-.5")
+    (0.001, -0.5)
+    """
+    if _SPECIAL.match(text):
+        return float(text)
+    if not _DECIMAL.match(text):
+        raise argparse.ArgumentTypeError(
+            f"{_show(text)} is not a number; write it with ASCII digits and no spaces or "
+            f"underscores, e.g. 0.1 or 1e-3"
+        )
+    value = float(text)
+    if value == 0.0 and any(c in "123456789" for c in text.lower().split("e")[0]):
+        raise argparse.ArgumentTypeError(
+            f"{text} is below the smallest positive double (5e-324) and would be read as 0; "
+            f"pass a value >= 5e-324 or 0"
+        )
+    if value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(
+            f"{text} is beyond the largest double (1.8e308); pass a smaller value or inf"
+        )
+    return value
+
+
+def int_arg(text: str) -> int:
+    """Read a command-line integer strictly (module docstring).
+
+    Accepts ASCII ``[+-]digits``, or scientific notation of a whole number
+    (``1e6``, ``2.5e3``); raises ``argparse.ArgumentTypeError`` otherwise.
+
+    >>> int_arg("20000"), int_arg("1e6"), int_arg("2.5e3")
+    (20000, 1000000, 2500)
+    """
+    if _INTEGER.match(text):
+        return int(text)
+    if _DECIMAL.match(text) and "e" in text.lower():
+        mantissa, _, exponent = text.lower().partition("e")
+        if len(exponent.lstrip("+-")) <= 4:
+            value = decimal.Decimal(text)
+            if value == value.to_integral_value():
+                return int(value)
+    raise argparse.ArgumentTypeError(
+        f"{_show(text)} is not a whole number; write it with ASCII digits and no spaces, "
+        f"underscores or decimals, e.g. 1000 or 1e3"
+    )
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """``argparse.ArgumentParser`` whose errors are one line and exit status 2.
 
     argparse's own ``error`` prints the usage block first; researchers running a
-    sweep script want one greppable line instead.
+    sweep script want one greppable line instead. ``type=float`` and ``type=int``
+    arguments are read by :func:`float_arg` and :func:`int_arg`.
     """
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.register("type", float, float_arg)
+        self.register("type", int, int_arg)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
         raise SystemExit(EXIT_USAGE)
+
+
+def flag_names(message: str, flags: Mapping[str, str]) -> str:
+    """Replace the parameter names of a library message by the flags of a CLI.
+
+    ``flags`` maps a parameter (``"max_hours"``) to its flag (``"--max-hours"``);
+    ``name=`` in the message becomes the flag, e.g. ``"pass max_hours="`` becomes
+    ``"pass --max-hours"``.
+    """
+    for param, flag in flags.items():
+        message = re.sub(rf"(?<![\w-]){re.escape(param)}=(?=[\s;,.)]|$)", flag, message)
+    return message
 
 
 def _one_line(exc: BaseException) -> str:

@@ -1,7 +1,13 @@
-"""Body of ``python -m siflow.sweep`` (see :mod:`siflow.sweep`)."""
+"""Body of ``python -m siflow.sweep`` (see :mod:`siflow.sweep`).
+
+Flags shared with ``python -m siflow.simulate`` have the same names and defaults
+(``--loss`` default: the default toy, ``--batch``, ``--noise``, ``--dim``,
+``--optimizer``, ``--record-every``, ``--steps``).
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import sys
@@ -10,18 +16,46 @@ from pathlib import Path
 
 import numpy as np
 
-from siflow._cli import ArgumentParser
+from siflow._cli import ArgumentParser, flag_names, run_main
 from siflow._validate import check_positive, check_positive_int
-from siflow.sweep import REGIMES, SweepResult, load, log_grid, phase_diagram, sweep
+from siflow.sweep import (
+    DEFAULT_MAX_ROWS,
+    REGIMES,
+    SweepResult,
+    load,
+    log_grid,
+    phase_diagram,
+    sweep,
+)
+
+PROG = "python -m siflow.sweep"
 
 _LETTER = {"converged": "c", "equilibrium": "e", "periodic": "P", "diverged": "D", "": "."}
 
-DEFAULT_LOSS = "rayleigh"
+#: Library parameters named in messages, and the flags that set them.
+_FLAGS = {
+    "lr": "--lr",
+    "wd": "--wd",
+    "momentum": "--momentum",
+    "seeds": "--seeds",
+    "steps": "--steps",
+    "out": "--out",
+    "workers": "--workers",
+    "restart": "--restart",
+    "max_rows": "--max-rows",
+    "max_hours": "--max-hours",
+    "simulator": "--simulator",
+    "schedule": "--schedule",
+}
+
+DEFAULT_MAX_HOURS = 24.0
 
 
 def build_parser() -> ArgumentParser:
+    from siflow.simulate import DEFAULT_LOSS
+
     p = ArgumentParser(
-        prog="python -m siflow.sweep",
+        prog=PROG,
         description=(
             "Sweep lr x wd (log-spaced) x momentum x seeds for one toy loss, classify each run "
             "(converged / equilibrium / periodic / diverged), measure periods and effective LR, "
@@ -56,8 +90,33 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--optimizer", default=None, help="optimizer name passed to simulate")
     p.add_argument("--dim", type=int, default=None, help="dimension of the toy")
     p.add_argument("--noise", type=float, default=None, help="isotropic gradient noise sigma")
-    p.add_argument("--batch-size", type=int, default=None, help="minibatch size of the toy")
-    p.add_argument("--record-every", type=int, default=None, help="record every k steps")
+    p.add_argument("--batch", type=int, default=None, help="minibatch size (data toys)")
+    p.add_argument("--batch-size", dest="batch", type=int, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--record-every",
+        type=int,
+        default=None,
+        help="keep every k-th step (default: thinned to at most --max-rows rows)",
+    )
+    p.add_argument(
+        "--schedule",
+        default=None,
+        metavar="SPEC",
+        help="learning-rate schedule of every cell, e.g. cosine:warmup=500,min=0.005,"
+        "steps=20000 (see siflow.schedules); its peak defaults to the cell's lr",
+    )
+    p.add_argument(
+        "--max-rows",
+        type=int,
+        default=DEFAULT_MAX_ROWS,
+        help="rows each simulation keeps at most, which bounds memory (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-hours",
+        type=float,
+        default=DEFAULT_MAX_HOURS,
+        help="refuse a sweep estimated to take longer (default: %(default)s)",
+    )
     p.add_argument("--out", default=None, help="output directory (default: runs/sweep_<loss>)")
     p.add_argument(
         "--figure", default=None, help="phase-diagram file (default: OUT/phase_diagram.png)"
@@ -122,8 +181,34 @@ def _grid(name: str, bounds: list[float], num: int) -> np.ndarray:
     return log_grid(lo, hi, n)
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m siflow.sweep``: run or resume a sweep, print and draw it."""
+    return run_main(cli, argv, prog=PROG)
+
+
+def _note(message: str) -> None:
+    sys.stderr.write(f"{PROG}: {flag_names(message, _FLAGS)}\n")
+    sys.stderr.flush()
+
+
 def cli(argv: Sequence[str] | None) -> int:
+    """Body of :func:`main` (library messages name parameters; here they name flags)."""
+    try:
+        return _cli(argv)
+    except (ValueError, OSError) as exc:
+        msg = flag_names(str(exc), _FLAGS)
+        if msg == str(exc):
+            raise
+        raise type(exc)(msg) from None
+
+
+def _cli(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    check_positive_int("--task-size", args.task_size)
+    if args.figure:
+        from siflow.plot import _check_suffix
+
+        _check_suffix(args.figure)  # before any cell runs
     lr = _grid("lr", args.lr, args.n_lr)
     wd = _grid("wd", args.wd, args.n_wd)
     out = Path(args.out) if args.out else Path("runs") / f"sweep_{args.loss}"
@@ -131,7 +216,7 @@ def cli(argv: Sequence[str] | None) -> int:
         "optimizer": args.optimizer,
         "dim": args.dim,
         "noise": args.noise,
-        "sim_batch": args.batch_size,
+        "sim_batch": args.batch,
         "record_every": args.record_every,
     }
     options = {k: v for k, v in options.items() if v is not None}
@@ -157,6 +242,10 @@ def cli(argv: Sequence[str] | None) -> int:
             restart=args.restart,
             progress=progress,
             simulator=args.simulator,
+            max_rows=args.max_rows,
+            max_hours=args.max_hours,
+            notes=_note,
+            schedule=args.schedule,
             **options,
         )
     except KeyboardInterrupt:

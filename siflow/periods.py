@@ -26,12 +26,13 @@ differences). The filter works on rows, and amplitudes are differences of values
 so irregular or log-spaced steps need no resampling; only rates use the step
 column.
 
-Each up-swing is then checked against the physics of the cycle: the rise must be
-fast compared with the decay before it; and when ``lr`` and ``wd`` are known
-(from ``meta`` or as arguments), the norm must have been decaying at about the
-weight-decay rate before the rise, and the rise must be several times faster than
-that rate or come with a loss spike. These checks separate destabilizations from
-the slow wandering of the norm in a noisy equilibrium (see :func:`find_events`).
+Each up-swing is then checked against the definition of a destabilization
+(``docs/theory.md``, section "Destabilization events"): it starts fast compared with
+the decay phases of the same log, or the loss spikes with it above the band of the
+decay phase before it; the network had fitted the data before it; a multi-stage rise is
+one event. Durations are measured on the free-decay clock of the per-row ``lr``/``wd``
+(or the step column), and only ratios of durations enter, so the events do not depend
+on the time unit of the log, and a learning-rate schedule is not taken for an event.
 """
 
 from __future__ import annotations
@@ -41,10 +42,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
+from numpy.typing import ArrayLike, NDArray
 
 from siflow._validate import check_nonnegative, check_positive, check_positive_int
-from siflow.theory import decay_rate, effective_lr
+from siflow.theory import decay_rate, effective_lr, stability_threshold_elr
 from siflow.trajectory import Trajectory
 
 __all__ = [
@@ -92,6 +93,16 @@ class Events:
         ``meta["lr"]`` is known, else NaN).
     peak_index, peak_steps : ndarray of int64
         Row and step of the peak after each jump (norm maximum or loss maximum).
+    loss_before, loss_peak : ndarray of float64
+        Median loss over the last quarter of the decay phase before each event, and
+        the largest (3-row running median) loss during the rise (NaN without a loss).
+    loss_spike : ndarray of float64
+        ``loss_peak / loss_before`` (the spike factor; NaN for a loss with values
+        <= 0, where a ratio is not defined).
+    decay_before : ndarray of float64
+        ``ln prod_t (1 - lr_t wd_t)`` over the steps from each event to the next
+        (``len(events) - 1`` values; the free decay of ``ln rho`` in that period, with
+        the momentum decay factor when ``momentum > 0``); NaN when lr/wd are unknown.
     signal : str
         Column the events were detected on: ``"rho"``, ``"elr"`` or ``"loss"``
         (``""`` when nothing could be analysed).
@@ -109,6 +120,10 @@ class Events:
     elr_after: NDArray[np.float64] = field(default_factory=_empty_f)
     peak_index: NDArray[np.int64] = field(default_factory=_empty_i)
     peak_steps: NDArray[np.int64] = field(default_factory=_empty_i)
+    loss_before: NDArray[np.float64] = field(default_factory=_empty_f)
+    loss_peak: NDArray[np.float64] = field(default_factory=_empty_f)
+    loss_spike: NDArray[np.float64] = field(default_factory=_empty_f)
+    decay_before: NDArray[np.float64] = field(default_factory=_empty_f)
     signal: str = ""
     threshold: float = math.nan
 
@@ -146,6 +161,10 @@ class Events:
             "elr_before": clean(self.elr_before),
             "elr_after": clean(self.elr_after),
             "peak_steps": clean(self.peak_steps),
+            "loss_before": clean(self.loss_before),
+            "loss_peak": clean(self.loss_peak),
+            "loss_spike": clean(self.loss_spike),
+            "decay_before": clean(self.decay_before),
             "signal": self.signal,
             "threshold": self.threshold if math.isfinite(self.threshold) else None,
         }
@@ -281,228 +300,146 @@ def _zigzag(x: NDArray[np.float64], h: float) -> tuple[list[int], list[int], int
     return troughs, peaks, trend, ext
 
 
-def _elr_column(traj: Trajectory) -> NDArray[np.float64] | None:
+def _row_array(traj: Trajectory, name: str, value: ArrayLike | None) -> NDArray[np.float64] | None:
+    """Per-row ``lr`` or ``wd``: the argument (scalar or array), else the column, else meta."""
+    n = len(traj)
+    if value is None:
+        if traj.has(name) and name in traj.extra:
+            col = traj.extra[name].astype(np.float64)
+            known = np.isfinite(col)
+            if not known.any():
+                return None
+            fill = traj.meta.get(name)
+            if fill is None:  # forward-fill gaps of a sparse column
+                idx = np.where(known, np.arange(n), 0)
+                np.maximum.accumulate(idx, out=idx)
+                col = col[idx]
+                col[: int(np.argmax(known))] = col[int(np.argmax(known))]
+            else:
+                col = np.where(known, col, float(fill))
+            return col
+        meta = traj.meta.get(name)
+        return None if meta is None else np.full(n, float(meta))
+    arr = np.asarray(value, dtype=np.float64)
+    if arr.ndim == 0:
+        arr = np.full(n, float(arr))
+    if arr.shape != (n,):
+        raise ValueError(
+            f"{name}= must be a number or an array with one value per row ({n}), "
+            f"got shape {arr.shape}"
+        )
+    if not np.all(np.isfinite(arr)) or np.any(arr < 0):
+        raise ValueError(f"{name}= must hold finite values >= 0")
+    return arr
+
+
+def _schedule(
+    traj: Trajectory, lr: ArrayLike | None, wd: ArrayLike | None, momentum: float | None
+) -> tuple[NDArray[np.float64] | None, NDArray[np.float64] | None]:
+    """Per-row ``lr`` and free decay rate ``-ln decay_factor(lr_t, wd_t, mu)`` (None if unknown)."""
+    lr_row = _row_array(traj, "lr", lr)
+    wd_row = _row_array(traj, "wd", wd)
+    if lr_row is None or wd_row is None:
+        return lr_row, None
+    mu = float(traj.momentum if momentum is None else momentum)
+    if np.any(lr_row * wd_row >= 1.0):
+        raise ValueError("lr*wd must be < 1 on every row; check lr= and wd=")
+    if not np.all(lr_row * wd_row > 0):
+        return lr_row, None
+    return lr_row, np.asarray(decay_rate(lr_row, wd_row, mu), dtype=np.float64)
+
+
+def _decay_clock(traj: Trajectory, rate: NDArray[np.float64] | None) -> NDArray[np.float64]:
+    """Monotone clock of the free decay: ``sum_t rate_t`` over steps, or the step itself.
+
+    Only ratios of clock intervals enter the detector, so a constant rate, a constant
+    factor on the step column (epochs times K) or on the rate all cancel; a schedule
+    (warmup, decay) changes the clock's speed where the free decay changes its own.
+    """
+    s = traj.step.astype(np.float64)
+    if rate is None:
+        return s - s[0]
+    rel = rate / float(np.median(rate))
+    return np.concatenate([[0.0], np.cumsum(rel[:-1] * np.diff(s))])
+
+
+def _elr_column(traj: Trajectory, lr_row: NDArray[np.float64] | None) -> NDArray[np.float64] | None:
     if traj.elr is not None:
         return traj.elr
-    if traj.rho is not None and traj.lr is not None:
-        return np.asarray(effective_lr(float(traj.lr), traj.rho))
+    if traj.rho is not None and lr_row is not None:
+        return np.asarray(effective_lr(lr_row, traj.rho))
     return None
 
 
-def _free_decay_rate(
-    traj: Trajectory, lr: float | None, wd: float | None, momentum: float | None
-) -> float | None:
-    """``-ln decay_factor(lr, wd, momentum)`` from the arguments or ``meta`` (None if unknown)."""
-    lr = traj.lr if lr is None else lr
-    wd = traj.wd if wd is None else wd
-    if lr is None or wd is None:
-        return None
-    mu = traj.momentum if momentum is None else momentum
-    if float(wd) == 0.0:
-        return None
-    return float(decay_rate(float(lr), float(wd), float(mu)))
+class _Loss:
+    """The log's loss on a log scale, smoothed, with its noise level (spike measurements)."""
 
-
-def _fall_rate(
-    steps: NDArray[np.int64], x: NDArray[np.float64], start: int, stop: int, window: float
-) -> float | None:
-    """Decay rate ``-d x/d step`` over the last ``window`` steps of rows ``start..stop``."""
-    if stop <= start:
-        return None
-    s = steps[start : stop + 1].astype(np.float64)
-    xs = x[start : stop + 1]
-    keep = s >= s[-1] - window
-    if np.count_nonzero(keep) >= 2:
-        s, xs = s[keep], xs[keep]
-    else:
-        s, xs = s[-2:], xs[-2:]
-    if s[-1] <= s[0]:
-        return None
-    return -_slope(s, xs)
-
-
-class _LossCheck:
-    """Does the loss spike during a norm rise? (confirmation of slow rises)."""
-
-    def __init__(self, steps: NDArray[np.float64], x: NDArray[np.float64], h: float) -> None:
-        self.steps, self.x, self.h = steps, x, h
-
-    @classmethod
-    def build(cls, traj: Trajectory, noise_k: float, min_spike: float) -> _LossCheck | None:
+    def __init__(self, traj: Trajectory, noise_k: float) -> None:
         col = _finite_col(traj, "loss")
+        self.ok = col is not None
         if col is None:
-            return None
+            return
         rows = np.flatnonzero(np.isfinite(col))
         vals = col[rows]
-        if not np.all(vals > 0):
-            return None
-        x = np.log(vals)
-        raw = _noise_level(x)
-        w = _auto_window(x, noise_k, min_spike)
-        xs = _rolling_median(x, w)
-        noise = _noise_level(xs)
-        if w > 1:
-            noise = max(noise, raw * 1.2533 / math.sqrt(w))
-        return cls(traj.step[rows].astype(np.float64), xs, max(noise_k * noise, 0.02))
+        self.rows = rows
+        self.log = bool(np.all(vals > 0))
+        x = np.log(vals) if self.log else vals.astype(np.float64)
+        self.raw = x
+        self.x = _rolling_median(x, 3) if x.size >= 12 else x
+        self.noise = _noise_level(self.x)
+        self.noise_k = noise_k
+        self.top = float(np.max(self.x))
+        self.unit = 1.0  # set by find_events: min_loss_spike / spike_noise_k
+        # the low end of the range: its 5th percentile, at most 4 decades below the top
+        # (a toy converging to 1e-70 is fitted long before its loss reaches the floor)
+        low = float(np.percentile(self.x, 5))
+        self.low = max(low, self.top - math.log(1e4)) if self.log else low
+        span = self.top - self.low
+        self.informative = span >= math.log(1.5) if self.log else span > 0
 
-    def spike(self, onset: float, peak: float) -> bool:
-        """Loss rise from before ``onset`` to its maximum up to ``peak`` exceeds ``h``."""
-        rise = max(peak - onset, 1.0)
-        a, b, c = np.searchsorted(self.steps, [onset - 3.0 * rise, onset - rise, peak], "right")
-        a = int(np.searchsorted(self.steps, onset - 3.0 * rise, "left"))
-        before, during = self.x[a:b], self.x[b:c]
-        if before.size < 2 or during.size < 2:
-            return False
-        return bool(np.max(during) - np.median(before) >= self.h)
+    def spike(
+        self, onset: int, peak: int, before: int, phase: int
+    ) -> tuple[float, float, float, float]:
+        """``(baseline, maximum, band, ln ratio over the band)`` of the loss around a rise.
+
+        Baseline: median of the loss rows in ``[before, onset]``; band: 90th percentile
+        of the loss over ``[phase, onset]``, the second half of the decay phase (its
+        fluctuations, and the tail of an earlier burst); maximum: largest smoothed loss in
+        ``[onset, peak + (peak - onset) // 2 + 2]`` (trajectory rows).
+        """
+        a = int(np.searchsorted(self.rows, before, "left"))
+        p = int(np.searchsorted(self.rows, phase, "left"))
+        b = int(np.searchsorted(self.rows, onset, "right"))
+        c = int(np.searchsorted(self.rows, peak + (peak - onset) // 2 + 2, "right"))
+        base, band_rows = self.raw[a:b], self.raw[min(p, a) : b]
+        during = self.x[max(b - 1, 0) : c]
+        if base.size == 0 or during.size == 0:
+            return math.nan, math.nan, math.nan, math.nan
+        lo, hi = float(np.median(base)), float(np.max(during))
+        band = float(np.percentile(band_rows, 90))
+        mid = float(np.median(band_rows))
+        # noise of the band (second differences: a trend, like a loss decaying over the
+        # phase, does not count as noise)
+        spread = _noise_level(band_rows) if band_rows.size >= 5 else math.inf
+        # the spike over the band, and in units of the band's own fluctuations
+        return lo, hi, band, min(hi - band, (hi - mid) / max(spread, 1e-12) * self.unit)
+
+    def value(self, x: float) -> float:
+        return math.exp(x) if self.log else x
 
 
-# ------------------------------------------------------------------ find_events
-def find_events(
-    traj: Trajectory,
-    *,
-    signal: str = "auto",
-    min_rise: float = 0.02,
-    min_spike: float = math.log(3.0),
-    noise_k: float = 8.0,
-    max_rise_fraction: float = 0.5,
-    smooth: int | None = None,
-    include_start: bool = False,
-    lr: float | None = None,
-    wd: float | None = None,
-    momentum: float | None = None,
-    min_decay_fraction: float = 0.25,
-    min_rise_speed: float = 5.0,
-) -> Events:
-    """Find destabilizations (norm jumps or loss spikes) in a trajectory.
+@dataclass
+class _Cand:
+    onset: int  # position in the signal rows
+    peak: int
+    fall_start: int
 
-    Parameters
-    ----------
-    traj : Trajectory
-        Any trajectory. Needs a ``rho`` column (weight norm), or an ``elr`` column
-        (effective LR; ``rho`` follows up to a constant), or a ``loss`` column;
-        they are tried in that order. Rows with NaN or non-positive values in the
-        chosen column are skipped (sparse logs). Steps may be irregular or
-        log-spaced. ``rho_before/after`` need ``rho``; ``elr_before/after`` need
-        ``elr`` or ``rho`` plus ``meta["lr"]``; missing ones are NaN.
-    signal : {"auto", "rho", "elr", "loss"}
-        Column to detect on; ``"auto"`` takes the first usable of rho, elr, loss.
-    min_rise : float
-        Smallest norm jump counted as an event, in ``ln rho`` (0.02 is a 2% jump
-        of the norm, 4% of its square; a noiseless logistic toy at ``lr*wd =
-        2.5e-5`` jumps by 5%). Used for ``rho`` and ``elr``.
-    min_spike : float
-        Smallest loss spike counted, in ``ln loss`` (default ``ln 3``: the loss at
-        least triples). Used for ``loss``.
-    noise_k : float
-        The threshold is ``max(floor, noise_k * noise)``, where ``noise`` is the
-        robust white-noise level of the signal; raise it for very noisy logs.
-    max_rise_fraction : float
-        A rise spanning more than two logged intervals and lasting longer than
-        this fraction of the decay phase before it is a slow drift (e.g. the
-        norm relaxing up to its equilibrium), not a destabilization.
-    smooth : int, optional
-        Window (rows) of a running median applied to the signal first; 1 = none.
-        Default: none for ``rho``/``elr``; for the loss, the smallest window in
-        1, 3, 5, 9, 17, 33 whose smoothed noise level times ``noise_k`` is below
-        ``min_spike`` (minibatch loss logged every step is noisy; a spike shorter
-        than half the window is removed, so pass ``smooth=1`` for sparse logs).
-    include_start : bool
-        Count a rise that starts at the first usable row. Off by default: a norm
-        growing from a small initialisation is the initial transient.
-    lr, wd, momentum : float, optional
-        Hyperparameters (default: ``traj.meta``). When ``lr`` and ``wd`` are known
-        and the signal is ``rho`` or ``elr``, a norm rise counts only if the norm
-        was decaying before it at between ``min_decay_fraction`` and
-        ``1/min_decay_fraction`` times the zero-gradient rate
-        ``r = -ln decay_factor(lr, wd, momentum)`` (for SGD ``-ln(1 - lr wd)``,
-        exact; with plain SGD the norm can never shrink faster, since
-        ``rho_{t+1} >= (1 - lr wd) rho_t`` for a gradient orthogonal to ``w``),
-        measured as the least-squares slope of
-        ``ln rho`` over the last ``1/rate`` steps of the decay phase (the time the
-        zero-gradient decay takes to shrink the norm by ``e``), or the whole phase
-        when shorter. This rejects equilibrium fluctuations of the norm, which
-        minibatch noise (especially with momentum) can make larger than
-        ``min_rise``, but which are slower or faster than the weight-decay law.
-        Also with ``lr`` and ``wd`` known, the rise itself must be fast: its mean
-        rate ``d ln rho / d step`` at least ``min_rise_speed`` times ``r`` (unless it
-        spans at most two logged intervals, which cannot resolve it), or else come
-        with a loss spike (the smoothed ``ln loss`` rising by ``noise_k`` times its
-        noise level, and at least 0.02, above its level before the rise). A norm
-        that follows a slowly varying gradient noise up and down rises at most at a
-        few times ``r`` (its relaxation rate is ``4 lr wd``, docs/theory.md section 1)
-        and without a loss spike; the smaller destabilizations of a network
-        trained with momentum rise slowly but with a loss spike.
-    min_decay_fraction : float
-        See ``lr, wd, momentum``; 0 switches the decay test off.
-    min_rise_speed : float
-        See ``lr, wd, momentum``; 0 switches the rise test off.
 
-    Returns
-    -------
-    Events
-        One entry per destabilization, in step order.
-
-    Notes
-    -----
-    The zigzag filter (see the module docstring) splits the signal into swings of
-    amplitude at least ``h``; each up-swing (trough to peak) that passes the
-    speed test is one event. The event row is the last row between the trough and
-    the peak whose value is within six noise levels (at most a quarter of the
-    swing) above the trough, i.e. the last row before the rise; with dense logging
-    this is the onset of the instability, with sparse logging it is at most one
-    logging interval early. No rate or
-    hyperparameter is used for detection, so the same call works for simulations
-    and real logs.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> t = np.arange(3000)
-    >>> rho = np.exp(-1e-3 * (t % 1000))  # norm decays, jumps back every 1000 steps
-    >>> find_events(Trajectory(step=t, rho=rho)).steps.tolist()
-    [999, 1999]
-    """
-    traj = _check_traj(traj)
-    min_rise = float(check_positive("min_rise", min_rise))
-    min_spike = float(check_positive("min_spike", min_spike))
-    noise_k = float(check_positive("noise_k", noise_k)) if noise_k else 0.0
-    max_rise_fraction = float(check_positive("max_rise_fraction", max_rise_fraction))
-    if smooth is not None:
-        smooth = check_positive_int("smooth", smooth)
-    min_decay_fraction = float(check_nonnegative("min_decay_fraction", min_decay_fraction))
-    min_rise_speed = float(check_nonnegative("min_rise_speed", min_rise_speed))
-    free_rate = _free_decay_rate(traj, lr, wd, momentum)
-
-    if len(traj) < 3:
-        return Events()
-    name, rows, x = _signal(traj, signal)
-    floor = min_spike if name == "loss" else min_rise
-    if smooth is None:
-        smooth = _auto_window(x, noise_k, floor) if name == "loss" else 1
-    raw_noise = _noise_level(x)
-    x = _rolling_median(x, smooth)
-    # second differences of a running median underrate its noise (the values are
-    # correlated); the median of w samples has about 1.2533/sqrt(w) of the raw noise
-    noise = _noise_level(x)
-    if smooth > 1 and x.size >= 4 * smooth:
-        noise = max(noise, raw_noise * 1.2533 / math.sqrt(smooth))
-    h = max(floor, noise_k * noise)
+def _candidates(x: NDArray[np.float64], h: float, noise: float, include_start: bool) -> list[_Cand]:
+    """Up-swings of the zigzag filter with their onset and the decay phase before them."""
     troughs, peaks, trend, ext = _zigzag(x, h)
-    steps_sig = traj.step[rows]
-    loss_checks: list[_LossCheck | None] = []  # built on first need
-
-    def loss_spike(onset_step: float, peak_step: float) -> bool:
-        if name == "loss":
-            return False
-        if not loss_checks:
-            loss_checks.append(_LossCheck.build(traj, noise_k, min_spike))
-        check = loss_checks[0]
-        return check is not None and check.spike(onset_step, peak_step)
-
-    # Pair each confirmed trough with the peak that follows (or the running max).
     peaks_arr = np.asarray(peaks, dtype=np.int64)
-    ev_t: list[int] = []
-    ev_p: list[int] = []
+    out: list[_Cand] = []
     for tr in troughs:
         j = int(np.searchsorted(peaks_arr, tr, side="right"))
         if j < peaks_arr.size:
@@ -517,31 +454,326 @@ def find_events(
         onset = tr + int(np.flatnonzero(x[tr : pk + 1] <= tol)[-1])
         if onset == 0 and not include_start:
             continue
-        # Speed test against the decay phase before the onset.
         fall_start = int(peaks_arr[j - 1]) if j > 0 else 0
-        fall = float(steps_sig[onset] - steps_sig[fall_start])
-        rise = float(steps_sig[pk] - steps_sig[onset])
-        if fall > 0 and pk - onset > 2 and rise > max_rise_fraction * fall:
-            continue
-        if free_rate is not None and name != "loss" and min_rise_speed > 0 and pk - onset > 2:
-            slow = (x[pk] - x[onset]) / rise < min_rise_speed * free_rate
-            if slow and not loss_spike(float(steps_sig[onset]), float(steps_sig[pk])):
-                continue
-        if free_rate is not None and min_decay_fraction > 0 and name != "loss":
-            rate = _fall_rate(steps_sig, x, fall_start, onset, 1.0 / free_rate)
-            if rate is not None and not (
-                min_decay_fraction * free_rate <= rate <= free_rate / min_decay_fraction
-            ):
-                continue
-        ev_t.append(onset)
-        ev_p.append(pk)
+        out.append(_Cand(onset, pk, fall_start))
+    return out
 
-    idx = rows[np.asarray(ev_t, dtype=np.int64)] if ev_t else _empty_i()
-    pidx = rows[np.asarray(ev_p, dtype=np.int64)] if ev_p else _empty_i()
+
+def _merge_stages(x: NDArray[np.float64], cands: list[_Cand], merge_fraction: float) -> list[_Cand]:
+    """Join a rise to the one before when the dip between them is shallow.
+
+    A dip smaller than ``merge_fraction`` of the smaller of the two rises is a pause
+    inside one multi-stage rise, not a decay phase: the two stages are one event.
+    """
+    out: list[_Cand] = []
+    for c in cands:
+        if out:
+            prev = out[-1]
+            rise = min(x[prev.peak] - x[prev.onset], x[c.peak] - x[c.onset])
+            dip = x[prev.peak] - float(np.min(x[prev.peak : c.onset + 1]))
+            if dip < merge_fraction * rise:
+                top = c.peak if x[c.peak] >= x[prev.peak] else prev.peak
+                out[-1] = _Cand(prev.onset, top, prev.fall_start)
+                continue
+        out.append(c)
+    return out
+
+
+def _half_rise_row(x: NDArray[np.float64], c: _Cand) -> int:
+    """Position of the first row at half the rise."""
+    target = x[c.onset] + 0.5 * (x[c.peak] - x[c.onset])
+    return c.onset + int(np.argmax(x[c.onset : c.peak + 1] >= target))
+
+
+def _half_rise_time(x: NDArray[np.float64], clock: NDArray[np.float64], c: _Cand) -> float:
+    """Clock time from the onset to the first row at half the rise."""
+    target = x[c.onset] + 0.5 * (x[c.peak] - x[c.onset])
+    k = c.onset + int(np.argmax(x[c.onset : c.peak + 1] >= target))
+    dt = clock[k] - clock[c.onset]
+    if dt <= 0:  # reached within one row
+        dt = clock[min(c.onset + 1, clock.size - 1)] - clock[c.onset]
+    return float(dt)
+
+
+# ------------------------------------------------------------------ find_events
+def _near_threshold(
+    traj: Trajectory,
+    rows: NDArray[np.int64],
+    elr: NDArray[np.float64],
+    lr_row: NDArray[np.float64] | None,
+    wd: ArrayLike | None,
+    sharpness: float,
+    momentum: float | None,
+    cands: list[_Cand],
+    fraction: float,
+) -> list[_Cand]:
+    """Candidates starting at an effective LR of at least ``fraction`` of the threshold."""
+    wd_row = _row_array(traj, "wd", wd)
+    if lr_row is None or wd_row is None:
+        return cands
+    mu = float(traj.momentum if momentum is None else momentum)
+    on = rows[[c.onset for c in cands]] if cands else np.zeros(0, dtype=np.int64)
+    thr = stability_threshold_elr(lr_row[on], wd_row[on], float(sharpness), mu)
+    keep = ~(elr[on] < fraction * np.asarray(thr))
+    return [c for c, k in zip(cands, keep, strict=True) if k]
+
+
+def find_events(
+    traj: Trajectory,
+    *,
+    signal: str = "auto",
+    min_rise: float = 0.02,
+    min_spike: float = math.log(3.0),
+    noise_k: float = 8.0,
+    smooth: int | None = None,
+    include_start: bool = False,
+    lr: ArrayLike | None = None,
+    wd: ArrayLike | None = None,
+    momentum: float | None = None,
+    min_jump_fraction: float = 0.0,
+    min_peak_fraction: float = 0.0,
+    merge_fraction: float = 0.25,
+    min_rise_speed: float = 4.0,
+    min_loss_spike: float = math.log(2.0),
+    fitted_fraction: float = 0.5,
+    quiet_rise_factor: float = 5.0,
+    spike_noise_k: float = 4.0,
+    sharpness: float | None = None,
+    min_threshold_fraction: float = 0.1,
+) -> Events:
+    """Find destabilizations (norm jumps with their loss spikes) in a trajectory.
+
+    A destabilization (``docs/theory.md``, section "Destabilization events") is the
+    start of a jump of the weight norm, together with the loss spike that comes
+    with it. The rise may take any time and any number of stages; what makes it an
+    event is that it breaks a decay phase: either it starts fast (its first half takes
+    a small fraction of the time the log's decay phases take for the same change of
+    ``ln rho``) or the loss spikes with it. Every threshold is taken from the log
+    itself, and only ratios of durations enter, so the events do not depend on the
+    unit of the step column.
+
+    Parameters
+    ----------
+    traj : Trajectory
+        Needs a ``rho`` column (weight norm), or ``elr`` (effective LR; ``ln rho`` is
+        ``-ln(elr/lr)/2``), or ``loss``; tried in that order (``signal="auto"``).
+        Rows with NaN or non-positive values in the detection column are skipped.
+    signal : {"auto", "rho", "elr", "loss"}
+        Column to detect on.
+    min_rise : float
+        Smallest swing of ``ln rho`` that can count (floor of the zigzag threshold
+        ``h = max(min_rise, noise_k * noise)``).
+    min_spike : float
+        The same floor for the loss signal, in ``ln loss``.
+    noise_k : float
+        Multiple of the log's noise level (robust standard deviation of the second
+        differences of the signal) below which swings are noise.
+    smooth : int, optional
+        Running-median window on the signal (default: none for the norm, the smallest
+        window that brings the noise under the floor for the loss).
+    include_start : bool
+        Count a rise that starts at the first row.
+    lr, wd : float or array, optional
+        Learning rate and weight decay, one value or one per row. Default: an ``lr`` /
+        ``wd`` column of ``traj.extra`` (a schedule), else ``meta``. With both known,
+        durations are measured on the free-decay clock
+        ``tau_t = sum_s -ln decay_factor(lr_s, wd_s, mu)`` (relative to its median
+        rate) instead of steps, so a schedule change is not taken for an event;
+        with an ``elr`` signal the per-row ``lr`` converts it to ``ln rho``.
+    momentum : float, optional
+        Heavy-ball momentum for the decay factor (default ``meta``).
+    min_jump_fraction : float
+        A rise smaller than this fraction of the log's typical jump (75th percentile of
+        the candidate rises) is not an event (0: off; without a loss column this is
+        the only size test).
+    min_peak_fraction : float
+        A rise whose loss peak stays below this fraction of the median loss peak of the
+        log's spikes is a secondary burst (the network had not re-converged), not an
+        event. 0 turns the test off.
+    merge_fraction : float
+        A dip smaller than this fraction of the smaller of the rises around it does not
+        end the rise: both stages are one event.
+    min_rise_speed : float
+        A rise without a loss spike counts when its first half is at least this many
+        times faster (in ``ln rho`` per clock unit) than the log's median decay speed.
+    min_loss_spike : float
+        Smallest loss spike, ``ln(max loss during the rise / band)``, that confirms a
+        rise; the band is the 90th percentile of the loss over the second half of the
+        decay phase before the rise, so minibatch noise and the tail of an earlier
+        burst do not count as a spike.
+    fitted_fraction : float
+        A rise whose loss before the onset sits above this fraction of the log's loss
+        range (on a log scale, from its 5th percentile, or 4 decades below the top if
+        that is higher, to its largest 3-row running median) happens before the network
+        has fitted, or re-fitted after a burst, the data: not an event. 0 turns the test
+        off; a loss whose range is under 1.5x says nothing about fitting and is not used.
+    quiet_rise_factor : float
+        When the log has a loss column, a fast rise without a loss spike counts only if
+        it is at least this many times the swing threshold ``h`` and the loss cannot
+        show its spike: fewer than 3 loss rows up to half the rise (sparse logging), or
+        no spike anywhere in the log (an uninformative loss). A destabilization comes
+        with its spike.
+    spike_noise_k : float
+        The loss peak must also stand this many noise levels of ``ln loss`` (robust
+        standard deviation from its second differences over the band) above the median
+        of that band (minibatch noise); 0 turns this off.
+    sharpness : float, optional
+        Sphere sharpness ``S`` at the landscape's minimum (default
+        ``meta["sharpness_min"]``, which simulations record; real logs rarely know it).
+    min_threshold_fraction : float
+        With ``S``, ``lr`` and ``wd`` known, a rise that starts at an effective LR below
+        this fraction of the stability threshold ``2 (1 + mu - lr wd) / S``
+        (:func:`siflow.theory.stability_threshold_elr`) is a fluctuation of a noise-held
+        norm, not a destabilization (noise-triggered escapes start at 0.6-0.7 of the
+        threshold; docs/theory.md, "Destabilization events"). 0 turns the test off.
+
+    Returns
+    -------
+    Events
+        Per event: start (``steps``), peak, ``rho`` before and after, effective LR
+        before and after, loss before, at the spike and the spike ratio.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> t = np.arange(3000)
+    >>> rho = np.exp(-1e-3 * (t % 1000))  # norm decays, jumps back every 1000 steps
+    >>> find_events(Trajectory(step=t, rho=rho)).steps.tolist()
+    [999, 1999]
+    """
+    traj = _check_traj(traj)
+    min_rise = float(check_positive("min_rise", min_rise))
+    min_spike = float(check_positive("min_spike", min_spike))
+    noise_k = float(check_positive("noise_k", noise_k)) if noise_k else 0.0
+    if smooth is not None:
+        smooth = check_positive_int("smooth", smooth)
+    min_jump_fraction = float(check_nonnegative("min_jump_fraction", min_jump_fraction))
+    min_peak_fraction = float(check_nonnegative("min_peak_fraction", min_peak_fraction))
+    top_ref = math.nan
+    merge_fraction = float(check_nonnegative("merge_fraction", merge_fraction))
+    min_rise_speed = float(check_nonnegative("min_rise_speed", min_rise_speed))
+    min_loss_spike = float(check_nonnegative("min_loss_spike", min_loss_spike))
+    fitted_fraction = float(check_nonnegative("fitted_fraction", fitted_fraction))
+    quiet_rise_factor = float(check_nonnegative("quiet_rise_factor", quiet_rise_factor))
+    spike_noise_k = float(check_nonnegative("spike_noise_k", spike_noise_k))
+    min_threshold_fraction = float(
+        check_nonnegative("min_threshold_fraction", min_threshold_fraction)
+    )
+    if len(traj) < 3:
+        return Events()
+    lr_row, rate = _schedule(traj, lr, wd, momentum)
+    clock_all = _decay_clock(traj, rate)
+    name, rows, x = _signal(traj, signal)
+    if name == "elr" and lr_row is not None:
+        x = x + 0.5 * np.log(lr_row[rows])  # ln rho = (ln lr - ln elr)/2
+    floor = min_spike if name == "loss" else min_rise
+    if smooth is None:
+        smooth = _auto_window(x, noise_k, floor) if name == "loss" else 1
+    raw_noise = _noise_level(x)
+    x = _rolling_median(x, smooth)
+    # second differences of a running median underrate its noise (the values are
+    # correlated); the median of w samples has about 1.2533/sqrt(w) of the raw noise
+    noise = _noise_level(x)
+    if smooth > 1 and x.size >= 4 * smooth:
+        noise = max(noise, raw_noise * 1.2533 / math.sqrt(smooth))
+    h = max(floor, noise_k * noise)
+    clock = clock_all[rows]
+    cands = _candidates(x, h, noise, include_start)
+    if cands and min_jump_fraction > 0:
+        amps = np.array([x[c.peak] - x[c.onset] for c in cands])
+        ref = float(np.percentile(amps, 75))
+        cands = [c for c, a in zip(cands, amps, strict=True) if a >= min_jump_fraction * ref]
+    cands = _merge_stages(x, cands, merge_fraction)
+    s_min = traj.meta.get("sharpness_min") if sharpness is None else sharpness
+    elr = _elr_column(traj, lr_row)
+    if min_threshold_fraction > 0 and s_min and elr is not None and rate is not None:
+        cands = _near_threshold(
+            traj, rows, elr, lr_row, wd, s_min, momentum, cands, min_threshold_fraction
+        )
+    loss = _Loss(traj, noise_k) if name != "loss" else None
+    # the log's decay speed: median over the decay phases before the candidates
+    speeds = []
+    for c in cands:
+        dt = clock[c.onset] - clock[c.fall_start]
+        if dt > 0 and x[c.fall_start] > x[c.onset]:
+            speeds.append((x[c.fall_start] - x[c.onset]) / dt)
+    v_fall = float(np.median(speeds)) if speeds else math.nan
+    spike_h = min_loss_spike
+    if loss is not None and loss.ok:
+        # (hi - mid)/spread >= spike_noise_k  <=>  (hi - mid)/spread * unit >= spike_h
+        loss.unit = spike_h / spike_noise_k if spike_noise_k > 0 else math.inf
+    measured: list[tuple[_Cand, float, float, float, bool, bool]] = []
+    for c in cands:
+        on_row, pk_row = int(rows[c.onset]), int(rows[c.peak])
+        fall_rows = max(c.onset - c.fall_start, 4)
+        before_row = int(rows[max(c.onset - max(fall_rows // 4, 3), 0)])
+        phase_row = int(rows[min(c.fall_start + fall_rows // 2, c.onset)])
+        base = top = spike = math.nan
+        if loss is not None and loss.ok:
+            base, top, _band, spike = loss.spike(on_row, pk_row, before_row, phase_row)
+        spiked = math.isfinite(spike) and spike >= spike_h
+        if name == "loss":
+            fast = True
+        else:
+            amp = x[c.peak] - x[c.onset]
+            t_half = _half_rise_time(x, clock, c)
+            fast = (
+                not math.isfinite(v_fall)
+                or min_rise_speed == 0
+                or c.peak - c.onset <= 2  # not resolved by the logging
+                or 0.5 * amp / t_half >= min_rise_speed * v_fall
+            )
+        quiet = fast and not spiked and loss is not None and loss.ok and name != "loss"
+        if quiet:
+            # a loss is logged but did not spike: only a large jump counts, and only when
+            # the loss rows are too sparse to resolve the rise or the log's loss never
+            # spikes at all (checked below)
+            half = int(rows[_half_rise_row(x, c)])
+            seen = int(np.count_nonzero((loss.rows >= on_row) & (loss.rows <= half)))
+            fast = x[c.peak] - x[c.onset] >= quiet_rise_factor * h
+            quiet = seen >= 3
+        if fast or spiked:
+            measured.append((c, base, top, spike, spiked, quiet))
+    # secondary bursts: a loss peak far below the log's typical spike
+    tops = [m[2] for m in measured if m[4]]
+    top_ref = float(np.median(tops)) if tops else math.nan
+    kept: list[tuple[_Cand, float, float, float]] = []
+    any_spike = any(m[4] for m in measured)
+    for c, base, top, spike, _spiked, quiet in measured:
+        if quiet and any_spike:
+            continue  # the loss resolves this rise and shows spikes elsewhere, not here
+        if (
+            min_peak_fraction > 0
+            and loss is not None
+            and loss.ok
+            and math.isfinite(top_ref)
+            and math.isfinite(top)
+        ):
+            low = (
+                top < top_ref + math.log(min_peak_fraction)
+                if loss.log
+                else top < min_peak_fraction * top_ref
+            )
+            if low:
+                continue
+        if (
+            fitted_fraction > 0
+            and loss is not None
+            and loss.ok
+            and loss.informative  # a flat loss (range under 1.5x) says nothing about fitting
+            and math.isfinite(base)
+            and base > loss.low + fitted_fraction * (loss.top - loss.low)
+        ):
+            continue
+        kept.append((c, base, top, spike))
+
+    idx = rows[np.asarray([k[0].onset for k in kept], dtype=np.int64)] if kept else _empty_i()
+    pidx = rows[np.asarray([k[0].peak for k in kept], dtype=np.int64)] if kept else _empty_i()
     steps = traj.step[idx].astype(np.int64)
     nan = np.full(idx.size, np.nan)
     rho = traj.rho
-    elr = _elr_column(traj)
+    elr = _elr_column(traj, lr_row)
+    lossval = (lambda v: loss.value(v)) if loss is not None and loss.ok else (lambda v: math.nan)
     return Events(
         steps=steps,
         index=idx.astype(np.int64),
@@ -552,9 +784,30 @@ def find_events(
         elr_after=elr[pidx].copy() if elr is not None else nan.copy(),
         peak_index=pidx.astype(np.int64),
         peak_steps=traj.step[pidx].astype(np.int64),
+        loss_before=np.array([lossval(k[1]) if math.isfinite(k[1]) else math.nan for k in kept]),
+        loss_peak=np.array([lossval(k[2]) if math.isfinite(k[2]) else math.nan for k in kept]),
+        loss_spike=np.array(
+            [math.exp(k[2] - k[1]) if math.isfinite(k[2] - k[1]) else math.nan for k in kept]
+        ),
+        decay_before=_free_decay_before(traj, idx, rate),
         signal=name,
         threshold=float(h),
     )
+
+
+def _free_decay_before(
+    traj: Trajectory, idx: NDArray[np.int64], rate: NDArray[np.float64] | None
+) -> NDArray[np.float64]:
+    """``ln prod (1 - lr_t wd_t)`` (free decay of ``ln rho``) from each event to the next.
+
+    Sums the per-step rate over the steps between consecutive event rows (row ``i``'s
+    rate holds until row ``i + 1``); NaN when ``lr``/``wd`` are unknown.
+    """
+    if rate is None or idx.size < 2:
+        return np.full(max(idx.size - 1, 0), np.nan)
+    s = traj.step.astype(np.float64)
+    cum = np.concatenate([[0.0], np.cumsum(rate[:-1] * np.diff(s))])
+    return -(cum[idx[1:]] - cum[idx[:-1]])
 
 
 # ---------------------------------------------------------------- decay rate

@@ -436,3 +436,136 @@ def save_figure(fig: Any, path: str | os.PathLike[str], dpi: int = 130) -> Path:
         with np.errstate(over="ignore", under="ignore"):
             fig.savefig(tmp, dpi=dpi, format=p.suffix.lower()[1:])
     return p
+
+
+# ------------------------------------------------------------ phase diagram
+__all__ += ["phase_diagram"]
+
+#: Colours of the sweep regimes (``siflow.sweep.REGIMES``) and of cells not run.
+_REGIME_COLORS = {
+    "converged": "#4c72b0",
+    "equilibrium": "#55a868",
+    "periodic": "#dd8452",
+    "diverged": "#c44e52",
+}
+_NOT_RUN = "#eeeeee"
+
+
+def _regime_codes(regimes: np.ndarray, order: Sequence[str]) -> np.ndarray:
+    rank = {name: k for k, name in enumerate(order)}
+    return np.array([[rank.get(g, len(order)) for g in row] for row in regimes], dtype=float)
+
+
+def _annotate_periods(ax: Any, data: Any, panel: Any) -> None:
+    for i, w in enumerate(data.wd):
+        for j, lr in enumerate(data.lr):
+            if panel.regimes[i, j] == "periodic" and np.isfinite(panel.period[i, j]):
+                ax.text(lr, w, f"{panel.period[i, j]:.0f}", ha="center", va="center",
+                        fontsize=6.5, color="black")  # fmt: skip
+
+
+def _draw_lr_wd_lines(ax: Any, data: Any, xs: np.ndarray) -> None:
+    lr_e, wd_e = data.lr_edges, data.wd_edges
+    for c in data.lr_wd_lines:
+        ax.plot(xs, c / xs, ls=":", color="0.35", lw=0.8)
+        # label at the left edge, or at the bottom edge for lines that leave there
+        x_lab = max(lr_e[0], c / wd_e[-1]) * 1.06
+        if lr_e[0] < x_lab < lr_e[-1] and wd_e[0] < c / x_lab <= wd_e[-1]:
+            ax.text(x_lab, c / x_lab / 1.04, f"ηλ={c:g}", fontsize=6.5, color="0.2",
+                    ha="left", va="top")  # fmt: skip
+
+
+def _draw_phase_panel(ax: Any, data: Any, panel: Any, annotate: bool) -> None:
+    from matplotlib.colors import ListedColormap
+
+    cmap = ListedColormap([_REGIME_COLORS[r] for r in data.regimes] + [_NOT_RUN])
+    codes = _regime_codes(panel.regimes, data.regimes)
+    ax.pcolormesh(data.lr_edges, data.wd_edges, codes, cmap=cmap, vmin=-0.5,
+                  vmax=len(data.regimes) + 0.5)  # fmt: skip
+    if annotate and data.lr.size * data.wd.size <= 144:
+        _annotate_periods(ax, data, panel)
+    xs = data.fine_lr
+    _draw_lr_wd_lines(ax, data, xs)
+    if panel.decay_end is not None:
+        ax.contour(data.fine_lr, data.fine_wd, panel.decay_end, levels=[data.steps],
+                   colors="black", linewidths=1.6)  # fmt: skip
+    if panel.instability_model is not None:
+        ax.plot(xs, panel.instability_model / xs, ls="-.", color="0.15", lw=1.0)
+    if panel.instability_measured is not None:
+        ax.plot(xs, panel.instability_measured / xs, ls="--", color="black", lw=1.6)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(data.lr_edges[0], data.lr_edges[-1])
+    ax.set_ylim(data.wd_edges[0], data.wd_edges[-1])
+    ax.set_xlabel("learning rate η")
+    ax.set_ylabel("weight decay λ")
+    mom = panel.momentum
+    ax.set_title(f"momentum μ = {mom:g}" if mom else "SGD (μ = 0)", fontsize=10)
+
+
+def _phase_legend(data: Any) -> list[Any]:
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles: list[Any] = [Patch(color=_REGIME_COLORS[r], label=r) for r in data.regimes]
+    if data.has_missing:
+        handles.append(Patch(color=_NOT_RUN, label="not run"))
+    handles.append(Line2D([], [], ls=":", color="0.35", label="constant ηλ"))
+    if data.sharpness is not None:
+        label = (f"weight-decay phase from ρ₀={data.rho0:g}\nends at step {data.steps} "
+                 f"(S={data.sharpness:g})")  # fmt: skip
+        handles.append(Line2D([], [], color="black", lw=1.6, label=label))
+    if any(p.instability_measured is not None for p in data.panels):
+        label = "equilibrium ELR = threshold,\nG = measured rms g~ of the\nequilibrium cells"
+        handles.append(Line2D([], [], ls="--", color="black", lw=1.6, label=label))
+    if data.grad_norm is not None and data.sharpness is not None:
+        what = f"{data.grad_norm_label} = " if data.grad_norm_label else ""
+        label = f"same, G = {what}{data.grad_norm:.3g}"
+        handles.append(Line2D([], [], ls="-.", color="0.15", lw=1.0, label=label))
+    return handles
+
+
+def phase_diagram(
+    data: Any, path: str | os.PathLike[str] | None = None, *, annotate: bool = True
+) -> Figure:
+    """Draw a sweep's phase diagram, one panel per momentum value.
+
+    ``data`` is a :class:`siflow.sweep.PhaseDiagramData` (from
+    :func:`siflow.sweep.phase_diagram_data`), which holds every number drawn.
+    Cells are coloured by regime (majority over seeds); periodic cells show their
+    median period ``T`` in steps (``annotate``, grids of at most 144 cells).
+    Lines:
+
+    - solid: where the initial weight-decay phase ends at the last step,
+      :func:`siflow.theory.decay_end_step` ``= steps``; below/left of it runs are
+      still decaying ("converged");
+    - dashed: ``lr*wd =`` :func:`siflow.theory.equilibrium_instability_lr_wd`, above
+      which the equilibrium is unstable, with ``G`` the measured rms sphere
+      gradient norm of the panel's equilibrium cells;
+    - dash-dotted: the same with the model ``G`` (isotropic noise ``sigma``:
+      ``G = sigma sqrt(dim - 1)``, docs/theory.md section 6);
+    - dotted: lines of constant ``lr*wd``, along which only the initial effective
+      LR changes (docs/theory.md section 0).
+
+    Returns the figure; writes it (PNG/SVG/PDF by suffix, atomically) when
+    ``path`` is given.
+    """
+    import matplotlib
+
+    if path is not None:
+        _check_suffix(path)
+        matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    n = len(data.panels)
+    fig, axes = plt.subplots(
+        1, n, figsize=(4.6 * n + 2.4, 4.4), squeeze=False, constrained_layout=True
+    )
+    for k, panel in enumerate(data.panels):
+        _draw_phase_panel(axes[0, k], data, panel, annotate)
+    fig.legend(handles=_phase_legend(data), loc="outside right center", fontsize=8,
+               frameon=False)  # fmt: skip
+    fig.suptitle(data.title, fontsize=10)
+    if path is not None:
+        save_figure(fig, path, dpi=150)
+    return fig

@@ -84,6 +84,7 @@ __all__ = [
     "escape_integral",
     "landscape_from_loss",
     "cycle_constants",
+    "transfer_period",
 ]
 
 #: Floor of the deviation (radians) used without noise: the resolution of a float64
@@ -567,3 +568,113 @@ def _landscape_cached(lr: float, wd: float, mu: float, **kw: Any) -> PeriodPredi
             _CACHE.clear()
         _CACHE[key] = _landscape_predict(lr, wd, mu, **kw)
     return replace(_CACHE[key], lr=lr, wd=wd)
+
+
+# ------------------------------------------------------------ run-to-run transfer
+def _cycle_drop(events: Any, skip: int) -> float:
+    """Median ``ln(rho_after/rho_before)`` of the jumps after the first ``skip``."""
+    jumps = np.log(events.rho_after[skip:] / events.rho_before[skip:])
+    jumps = jumps[np.isfinite(jumps)]
+    return float(np.median(jumps)) if jumps.size else math.nan
+
+
+def transfer_period(
+    calibration: Trajectory,
+    lr: float,
+    wd: float,
+    momentum: float | None = None,
+    *,
+    events: Any = None,
+    skip: int = 0,
+    push: str = "linear",
+) -> PeriodPrediction:
+    """Period at ``(lr, wd, momentum)`` from one run of the same network.
+
+    The calibration run gives its median period ``T0``, its decay speed between
+    events ``r0`` (:func:`siflow.periods.measure_decay_rate`) and hence the residual
+    gradient push ``p0 = 1 - r0/delta0`` against the free decay
+    ``delta0 = -ln decay_factor(lr0, wd0, mu0)`` (``docs/theory.md``, section
+    "Destabilization events"). In the stationary cycle the norm falls between events
+    by as much as it jumps, ``T r = D``; ``D = T0 r0`` is kept (scale symmetry makes it
+    a function of ``lr*wd`` only; over a decade it changes little on the labelled
+    runs), so
+
+    ``T = (T0 r0 + Delta) / (delta (1 - p))``,
+
+    with ``delta = -ln decay_factor(lr, wd, mu)`` (:func:`siflow.theory.decay_rate`),
+    the push ``p = p0 (lr wd)/(lr0 wd0)`` (``push="linear"``: the gradient between
+    bursts grows with ``lr wd``) or ``p = p0`` (``push="constant"``), and, when the
+    momentum differs from the calibration's, ``Delta = ln(thr(mu)/thr(mu0))/2``:
+    the extra fall of ``ln rho`` needed to reach the heavy-ball stability threshold
+    ``2(1 + mu - lr wd)/S`` instead of ``2(1 + mu0 - lr0 wd0)/S``
+    (:func:`siflow.theory.stability_threshold_elr`; ``S`` cancels).
+
+    Parameters
+    ----------
+    calibration : Trajectory
+        A periodic run of the same network and data (``meta`` lr, wd, momentum).
+    lr, wd : float
+        Target hyperparameters.
+    momentum : float, optional
+        Target heavy-ball momentum (default: the calibration's).
+    events : Events, optional
+        The calibration's events (default: :func:`siflow.periods.find_events`).
+    skip : int
+        Events at the start of the calibration run left out (transient).
+    push : {"linear", "constant"}
+        How the residual push scales with ``lr*wd``.
+    """
+    from siflow.periods import find_events, measure_decay_rate
+
+    if not isinstance(calibration, Trajectory):
+        raise ValueError(f"calibration must be a Trajectory, got {type(calibration).__name__}")
+    if push not in ("linear", "constant"):
+        raise ValueError(f"push must be 'linear' or 'constant', got {push!r}")
+    lr0, wd0 = calibration.lr, calibration.wd
+    if lr0 is None or wd0 is None:
+        raise ValueError("the calibration trajectory needs meta['lr'] and meta['wd']")
+    lr0_f, wd0_f = (float(x) for x in check_lr_wd(lr0, wd0))
+    lr_f, wd_f = (float(x) for x in check_lr_wd(lr, wd))
+    mu0 = float(check_momentum(calibration.momentum))
+    mu = mu0 if momentum is None else float(check_momentum(momentum))
+    ev = events if events is not None else find_events(calibration)
+    if len(ev) < skip + 3:
+        raise ValueError(
+            f"the calibration run has {len(ev)} destabilizations; need at least {skip + 3} "
+            f"(run it longer, or lower skip=)"
+        )
+    sub = ev.periods[skip:]
+    t0 = float(np.median(sub))
+    r0 = float(measure_decay_rate(calibration, ev))
+    delta0 = float(theory.decay_rate(lr0_f, wd0_f, mu0))
+    delta = float(theory.decay_rate(lr_f, wd_f, mu))
+    p0 = 1.0 - r0 / delta0
+    p = p0 * (lr_f * wd_f) / (lr0_f * wd0_f) if push == "linear" else p0
+    shift = 0.0
+    if mu != mu0:
+        thr = float(theory.stability_threshold_elr(lr_f, wd_f, 1.0, mu))
+        thr0 = float(theory.stability_threshold_elr(lr0_f, wd0_f, 1.0, mu0))
+        shift = 0.5 * math.log(thr / thr0)
+    drop = t0 * r0
+    period = (drop + shift) / (delta * (1.0 - p))
+    return PeriodPrediction(
+        lr=lr_f,
+        wd=wd_f,
+        momentum=mu,
+        period=period,
+        elr_destabilization=math.nan,
+        norm_jump=math.exp(_cycle_drop(ev, skip) + shift),
+        threshold_elr=math.nan,
+        overshoot=math.nan,
+        method="transfer",
+        details={
+            "calibration_period": t0,
+            "calibration_decay_speed": r0,
+            "calibration_free_decay": delta0,
+            "push_calibration": p0,
+            "push": p,
+            "cycle_drop": drop,
+            "threshold_shift": shift,
+            "free_decay": delta,
+        },
+    )

@@ -1,40 +1,41 @@
-"""Grids over (lr, wd, momentum, seed): regimes, periods and the phase diagram.
+"""Grids over (lr, wd, momentum, seed): regimes, periods and the data of a phase diagram.
 
 A sweep runs :func:`siflow.simulate.simulate` once per cell of the grid
 ``lr x wd x momentum x seed`` for one toy loss, classifies each run with
 :func:`siflow.periods.classify` (``"converged"``, ``"equilibrium"``,
 ``"periodic"``, ``"diverged"``) and measures its period
 (:attr:`siflow.periods.Events.period_median`) and effective learning rate
-(``elr = lr / rho^2``).
+(:func:`siflow.theory.effective_lr`).
 
-Resumable by construction: with ``out`` given, the sweep writes ``sweep.json``
-(its configuration) first and then one small JSON file per finished cell,
+This module keeps the sweep's configuration, its cells, their persistence and
+their execution. The closed forms it draws on live in :mod:`siflow.theory`
+(:func:`~siflow.theory.decay_end_step`,
+:func:`~siflow.theory.equilibrium_instability_lr_wd`) and the figure in
+:func:`siflow.plot.phase_diagram`; :func:`phase_diagram_data` computes what that
+figure shows and :func:`phase_diagram` joins the two.
+
+Persistence. With ``out`` given, the sweep holds a lock on ``out`` for as long
+as it runs (a second sweep into the same folder is refused with one line), writes
+``sweep.json`` (its configuration) and one small JSON file per finished cell,
 ``cells/cell_000123.json``, each written atomically
-(:func:`siflow._fileio.atomic_write`). A sweep that is interrupted (Ctrl-C, a
-killed process, a lost machine) is resumed by running the same call or
-command again: cells already on disk are read back, not recomputed, and the
-final table is the same as that of an uninterrupted run because each cell
-depends only on its own ``(lr, wd, momentum, seed)``.
+(:func:`siflow._fileio.atomic_write`). Every cell file carries the fingerprint of
+the configuration it was computed for and a checksum of its own content: a cell
+of another configuration, a damaged one (``[]``, ``null``, truncated) or one edited
+by hand is recomputed, never used. A sweep that is interrupted (Ctrl-C, a killed
+process, a lost machine) is resumed by running the same call or command again:
+the valid cells on disk are read back, and the final table is the same as that of
+an uninterrupted run because each cell depends only on its own
+``(lr, wd, momentum, seed)``.
 
-Parallel execution: locally on all cores by default (a process pool whose
-workers pin BLAS/OpenMP and numba to one thread each, so small kernels do not
-fight over the cores), or on a Dask cluster with ``dask="tcp://host:port"``
-(optional extra ``siflow[dask]``). Each cell is a pure function of its
-parameters, so the table is identical whichever way it was computed.
-
-The theory drawn on the phase diagram (:func:`phase_diagram`):
-
-- lines of constant ``lr*wd``: by the scale symmetry of SGD+WD on a
-  scale-invariant loss (docs/theory.md section 0, exact), runs with the same
-  ``lr*wd`` and the same initial effective LR follow the same directions, so
-  regime boundaries of a sweep started at a fixed effective LR are lines of
-  constant ``lr*wd`` in the (lr, wd) plane;
-- the period scale ``1/(lr*wd)``: the weight-decay phase between two
-  destabilizations lasts ``ln(rho_max^2/rho_crit^2) / (-2 ln(1 - lr wd))`` steps
-  (docs/theory.md section 2; first order in ``lr*wd`` this is ``~ 1/(2 lr wd)`` per
-  e-fold of the squared norm), so a run of ``steps`` steps can show periods
-  only where ``1/(lr*wd)`` is well below ``steps``: the line
-  ``lr*wd = 1/steps`` is drawn.
+Execution. Locally on all cores by default (a process pool whose workers pin
+BLAS/OpenMP and numba to one thread each, and exit when the sweep's process dies,
+even by ``kill -9``), or on a Dask cluster with ``dask="tcp://host:port"``
+(optional extra ``siflow[dask]``). A worker that dies (killed, out of memory) has
+its cells retried once in a fresh pool; a second death stops the sweep with one
+line, the finished cells kept. Before any cell runs, the sweep estimates its
+memory, disk and time and refuses what cannot fit, naming the parameter to change.
+Each simulation keeps at most ``max_rows`` rows (:func:`siflow.simulate.simulate`
+thins the rest), so memory per cell is bounded whatever ``steps``.
 
 Command line: ``python -m siflow.sweep --help``.
 """
@@ -42,14 +43,21 @@ Command line: ``python -m siflow.sweep --help``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import importlib
+import inspect
 import itertools
 import json
 import math
 import os
+import shutil
 import sys
+import threading
+import time
+import warnings
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,19 +65,25 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from siflow._fileio import atomic_path, atomic_write, ensure_dir, require
+from siflow._fileio import atomic_write, ensure_dir, require
 from siflow._validate import check_lr_wd, check_momentum, check_positive, check_positive_int
-from siflow.theory import decay_end_step, equilibrium_instability_lr_wd
+from siflow.theory import decay_end_step, effective_lr, equilibrium_instability_lr_wd
 
 __all__ = [
     "REGIMES",
     "ROW_FIELDS",
+    "DEFAULT_MAX_ROWS",
     "SweepConfig",
     "SweepResult",
+    "SweepEstimate",
+    "SweepLockedError",
+    "PhaseDiagramData",
     "log_grid",
     "run_cell",
+    "estimate",
     "sweep",
     "load",
+    "phase_diagram_data",
     "phase_diagram",
     "decay_end_step",
     "equilibrium_instability_lr_wd",
@@ -99,14 +113,24 @@ ROW_FIELDS: tuple[str, ...] = (
     "rho_final",
     "steps_run",
 )
+_FLOAT_FIELDS = ("period", "period_lr_wd", "elr_mean", "grad_norm_rms", "elr_at_events",
+                 "loss_final", "rho_final")  # fmt: skip
+_STATUSES = ("ok", "diverged", "underflow")
 
 #: Keyword arguments forwarded to :func:`siflow.simulate.simulate` when given.
 SIM_OPTIONS: tuple[str, ...] = ("optimizer", "dim", "noise", "batch", "record_every")
 
+#: Rows a cell's simulation keeps at most (``max_rows=``); runs of up to half as many
+#: steps keep every step.
+DEFAULT_MAX_ROWS = 1 << 18
+
 _CONFIG_FILE = "sweep.json"
 _CELL_DIR = "cells"
 _TABLE_FILE = "table.csv"
-_FORMAT = "siflow-sweep-1"
+_LOCK_FILE = ".lock"
+_FORMAT = "siflow-sweep-2"
+#: Smallest lr*wd a sweep accepts: below the smallest normal double, products underflow.
+_MIN_LR_WD = sys.float_info.min
 
 
 # --------------------------------------------------------------------- config
@@ -141,12 +165,29 @@ def _as_tuple(name: str, values: float | Iterable[float]) -> tuple[float, ...]:
     return tuple(float(x) for x in arr)
 
 
+def _check_lr_wd_grid(lr: tuple[float, ...], wd: tuple[float, ...]) -> None:
+    """``lr*wd < 1`` at the largest corner, and no product below the float range."""
+    check_lr_wd(max(lr), max(wd))
+    check_lr_wd(min(lr), min(wd))
+    smallest = min(lr) * min(wd)
+    if smallest < _MIN_LR_WD:
+        raise ValueError(
+            f"lr*wd = {min(lr):g}*{min(wd):g} is below {_MIN_LR_WD:.3g}, the smallest normal "
+            f"double (it underflows, and such a run shows no weight-decay dynamics in any "
+            f"number of steps); pass larger lr= or wd= values"
+        )
+
+
 @dataclass(frozen=True)
 class SweepConfig:
     """What a sweep computes: the toy, the grid and the simulation options.
 
     Cells are numbered in the order ``momentum, wd, lr, seed`` (seed fastest),
-    see :meth:`cells`.
+    see :meth:`cells`. ``max_rows`` bounds the rows each simulation keeps (None:
+    the simulator's default). ``schedule`` is a learning-rate schedule spec of
+    :mod:`siflow.schedules` applied in every cell, its ``peak`` defaulting to the
+    cell's ``lr`` (so ``lr`` is the peak learning rate of the cell).
+    :meth:`fingerprint` identifies the configuration.
     """
 
     loss: str
@@ -157,20 +198,21 @@ class SweepConfig:
     steps: int = 20_000
     options: dict[str, Any] = field(default_factory=dict)
     simulator: str = "siflow.simulate:simulate"
+    max_rows: int | None = DEFAULT_MAX_ROWS
+    schedule: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.loss, str) or not self.loss:
             raise ValueError(f"loss must be the name of a toy loss, got {self.loss!r}")
         lr = _as_tuple("lr", self.lr)
         wd = _as_tuple("wd", self.wd)
-        check_lr_wd(max(lr), max(wd))
-        check_lr_wd(min(lr), min(wd))
+        _check_lr_wd_grid(lr, wd)
         mom = _as_tuple("momentum", self.momentum)
         check_momentum(np.array(mom))
         seeds = tuple(int(s) for s in np.atleast_1d(self.seeds))
         if len(set(seeds)) != len(seeds) or not seeds or min(seeds) < 0:
             raise ValueError(
-                f"seeds must be distinct integers >= 0, got {list(seeds)}; pass e.g. 0 1 2"
+                f"seeds must be distinct integers >= 0, got {list(seeds)}; pass e.g. seeds=(0, 1)"
             )
         unknown = sorted(set(self.options) - set(SIM_OPTIONS))
         if unknown:
@@ -182,8 +224,15 @@ class SweepConfig:
         object.__setattr__(self, "momentum", mom)
         object.__setattr__(self, "seeds", seeds)
         object.__setattr__(self, "steps", check_positive_int("steps", self.steps))
+        if self.max_rows is not None:
+            rows = check_positive_int("max_rows", self.max_rows)
+            if rows < 4:
+                raise ValueError(f"max_rows must be >= 4, got {rows}; pass e.g. max_rows=10000")
+            object.__setattr__(self, "max_rows", rows)
         opts = {k: v for k, v in dict(self.options).items() if v is not None}
         object.__setattr__(self, "options", opts)
+        if self.schedule is not None:
+            _check_schedule(self.schedule, lr)
         if not isinstance(self.simulator, str) or ":" not in self.simulator:
             raise ValueError(
                 f"simulator must be 'module:function', got {self.simulator!r}; "
@@ -196,47 +245,132 @@ class SweepConfig:
         return (len(self.momentum), len(self.wd), len(self.lr), len(self.seeds))
 
     def __len__(self) -> int:
-        return int(np.prod(self.shape))
+        return math.prod(self.shape)
+
+    def cell(self, index: int) -> dict[str, Any]:
+        """Cell ``index`` as ``{"index", "lr", "wd", "momentum", "seed"}``."""
+        n_m, n_w, n_l, n_s = self.shape
+        if not 0 <= index < len(self):
+            raise ValueError(f"index must be in [0, {len(self)}), got {index}")
+        rest, s = divmod(index, n_s)
+        rest, j = divmod(rest, n_l)
+        m, i = divmod(rest, n_w)
+        return {"index": index, "lr": self.lr[j], "wd": self.wd[i],
+                "momentum": self.momentum[m], "seed": self.seeds[s]}  # fmt: skip
+
+    def iter_cells(self) -> Iterator[dict[str, Any]]:
+        """The cells in index order, one at a time."""
+        product = itertools.product(self.momentum, self.wd, self.lr, self.seeds)
+        for i, (m, w, lr, s) in enumerate(product):
+            yield {"index": i, "lr": lr, "wd": w, "momentum": m, "seed": s}
 
     def cells(self) -> list[dict[str, Any]]:
         """Every cell as ``{"index", "lr", "wd", "momentum", "seed"}``, in index order."""
-        out = []
-        for i, (m, w, lr, s) in enumerate(
-            itertools.product(self.momentum, self.wd, self.lr, self.seeds)
-        ):
-            out.append({"index": i, "lr": lr, "wd": w, "momentum": m, "seed": s})
-        return out
+        return list(self.iter_cells())
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready description (also the resume fingerprint)."""
+        """JSON-ready description (written to ``sweep.json``)."""
         d = asdict(self)
         d["lr"], d["wd"] = list(self.lr), list(self.wd)
         d["momentum"], d["seeds"] = list(self.momentum), list(self.seeds)
         d["format"] = _FORMAT
         return d
 
+    def fingerprint(self) -> str:
+        """SHA-256 (hex, 16 digits) of the canonical JSON of :meth:`to_dict`."""
+        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SweepConfig:
         """Inverse of :meth:`to_dict`."""
         keys = ("loss", "lr", "wd", "momentum", "seeds", "steps", "options")
-        extra = {"simulator": d["simulator"]} if "simulator" in d else {}
+        extra = {k: d[k] for k in ("simulator", "max_rows", "schedule") if k in d}
         return cls(**{k: d[k] for k in keys}, **extra)
+
+
+def _check_schedule(spec: Any, lr: tuple[float, ...]) -> None:
+    """A schedule spec every cell can use (its peak defaulting to the cell's lr)."""
+    from siflow.schedules import parse_schedule
+
+    if not isinstance(spec, str):
+        raise ValueError(
+            f"schedule must be a spec string such as 'cosine:steps=20000', got {spec!r}"
+        )
+    for base in (min(lr), max(lr)):
+        parse_schedule(spec, base=base)
+
+
+def _lr_argument(config: SweepConfig, lr: float) -> Any:
+    """What the simulator gets as ``lr=``: the cell's lr, or its schedule peaking there."""
+    if config.schedule is None:
+        return lr
+    from siflow.schedules import parse_schedule
+
+    return parse_schedule(config.schedule, base=lr)
 
 
 def _simulator(config: SweepConfig) -> Callable[..., Any]:
     module, _, name = config.simulator.partition(":")
     try:
-        return getattr(importlib.import_module(module), name)
+        func = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as exc:
         raise ValueError(f"cannot import simulator {config.simulator!r} ({exc})") from None
+    if not callable(func):
+        raise ValueError(
+            f"simulator {config.simulator!r} is not a function; pass 'module:function' of one "
+            f"with the signature of siflow.simulate.simulate"
+        )
+    return func
+
+
+def _thinning_kwargs(simulate: Callable[..., Any], max_rows: int | None) -> dict[str, int]:
+    """How to ask ``simulate`` to keep at most ``max_rows`` rows.
+
+    Regular rows every ``ceil(steps / (max_rows/2))`` steps (``max_points=``),
+    leaving half the cap to the rows kept near norm jumps, and the hard cap
+    itself (``max_rows=``): each when ``simulate`` accepts it.
+    """
+    if max_rows is None:
+        return {}
+    try:
+        params = inspect.signature(simulate).parameters
+    except (TypeError, ValueError):
+        return {}
+    wanted = {"max_points": max_rows // 2, "max_rows": max_rows}
+    return {k: v for k, v in wanted.items() if k in params}
+
+
+def _simulation_kwargs(config: SweepConfig, simulate: Callable[..., Any], momentum: float) -> dict:
+    kwargs = dict(config.options)
+    if momentum != 0.0:
+        kwargs["momentum"] = momentum
+    if "record_every" not in kwargs:
+        kwargs.update(_thinning_kwargs(simulate, config.max_rows))
+    return kwargs
 
 
 # ----------------------------------------------------------------------- cell
 def _nan_if_none(x: Any) -> float:
-    if x is None:
+    return math.nan if x is None else float(x)
+
+
+def _time_weighted_mean(values: NDArray[np.float64], step: NDArray[Any]) -> float:
+    """Mean of ``values`` over the steps the rows stand for.
+
+    A kept row stands for the steps up to the next kept row (the last for the
+    median gap), so rows kept densely around norm jumps do not outweigh the
+    thinned rest. Evenly spaced rows give the plain mean.
+    """
+    ok = np.isfinite(values)
+    if not ok.any():
         return math.nan
-    x = float(x)
-    return x
+    step = np.asarray(step, dtype=np.float64)
+    gaps = np.diff(step)
+    if gaps.size == 0 or np.all(gaps == gaps[0]):
+        return float(np.mean(values[ok]))
+    weights = np.append(gaps, np.median(gaps))
+    return float(np.average(values[ok], weights=weights[ok]))
 
 
 def run_cell(config: SweepConfig | Mapping[str, Any], cell: Mapping[str, Any]) -> dict[str, Any]:
@@ -257,9 +391,10 @@ def run_cell(config: SweepConfig | Mapping[str, Any], cell: Mapping[str, Any]) -
         distance in steps between destabilizations (NaN with fewer than two);
         ``period_lr_wd = period * lr * wd`` (varies only logarithmically with
         ``lr*wd`` by docs/theory.md section 2); ``elr_mean`` the mean effective LR
-        ``lr/rho^2`` and ``grad_norm_rms`` the root mean square of the sphere
-        gradient norm ``g~`` over the stationary part
-        (:func:`siflow.periods.stationary_part`; for an equilibrium
+        ``lr/rho^2`` (:func:`siflow.theory.effective_lr`) and ``grad_norm_rms`` the
+        root mean square of the sphere gradient norm ``g~`` over the stationary
+        part (:func:`siflow.periods.stationary_part`), each row weighted by the
+        steps it stands for (:func:`_time_weighted_mean`; for an equilibrium
         :func:`siflow.theory.sgd_equilibrium_elr` of ``grad_norm_rms`` predicts
         ``elr_mean``); ``elr_at_events`` the median effective LR just before the
         destabilizations (NaN without events; theory: just above
@@ -271,10 +406,9 @@ def run_cell(config: SweepConfig | Mapping[str, Any], cell: Mapping[str, Any]) -
         config = SweepConfig.from_dict(config)
     simulate = _simulator(config)
     lr, wd, mom, seed = float(cell["lr"]), float(cell["wd"]), float(cell["momentum"]), cell["seed"]
-    kwargs = dict(config.options)
-    if mom != 0.0:
-        kwargs["momentum"] = mom
-    traj = simulate(config.loss, lr=lr, wd=wd, steps=config.steps, seed=int(seed), **kwargs)
+    kwargs = _simulation_kwargs(config, simulate, mom)
+    lr_arg = _lr_argument(config, lr)
+    traj = simulate(config.loss, lr=lr_arg, wd=wd, steps=config.steps, seed=int(seed), **kwargs)
     status = traj.status
     if status == "interrupted":
         # simulate() turns Ctrl-C into a partial trajectory; a partial cell must not be saved
@@ -294,20 +428,7 @@ def run_cell(config: SweepConfig | Mapping[str, Any], cell: Mapping[str, Any]) -
     elr_events = math.nan
     if events is not None and n_events:
         elr_events = float(np.median(np.asarray(events.elr_before, dtype=np.float64)))
-    elr_mean = grad_rms = math.nan
-    if traj.rho is not None and n:
-        part = None
-        with contextlib.suppress(ValueError, AttributeError, TypeError):
-            part = periods.stationary_part(traj, events)
-        if part is None or len(part) == 0:
-            part = traj[n // 2 :]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            elr = lr / part.rho**2
-        finite = elr[np.isfinite(elr)]
-        elr_mean = float(np.mean(finite)) if finite.size else math.nan
-        if part.grad_norm_sphere is not None:
-            g = part.grad_norm_sphere[np.isfinite(part.grad_norm_sphere)]
-            grad_rms = float(np.sqrt(np.mean(g * g))) if g.size else math.nan
+    elr_mean, grad_rms = _stationary_means(traj, events, lr, n, config.schedule is not None)
     return {
         "index": int(cell["index"]),
         "lr": lr,
@@ -325,44 +446,57 @@ def run_cell(config: SweepConfig | Mapping[str, Any], cell: Mapping[str, Any]) -
         "elr_at_events": elr_events,
         "loss_final": float(traj.loss[-1]) if traj.loss is not None and n else math.nan,
         "rho_final": float(traj.rho[-1]) if traj.rho is not None and n else math.nan,
-        "steps_run": int(traj.step[-1]) + 1 if n else 0,
+        "steps_run": _steps_run(traj, n),
     }
 
 
-def _run_batch(config: dict[str, Any], cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    cfg = SweepConfig.from_dict(config)
-    return [run_cell(cfg, c) for c in cells]
+def _steps_run(traj: Any, n: int) -> int:
+    """Steps simulated: one past the last row, or the simulation's count when thinned."""
+    if not n:
+        return 0
+    last = int(traj.step[-1]) + 1
+    done = traj.meta.get("steps_done") if isinstance(traj.meta, Mapping) else None
+    if n < last and isinstance(done, (int, np.integer)) and done >= last:
+        return int(done)
+    return last
 
 
-def _init_local_worker() -> None:
-    """Local pool worker: one thread each, and Ctrl-C is the parent's business."""
-    import signal
+def _stationary_means(
+    traj: Any, events: Any, lr: float, n: int, scheduled: bool = False
+) -> tuple[float, float]:
+    """(mean effective LR, rms sphere gradient norm) over the stationary part.
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _pin_worker_threads()
+    Evenly spaced rows: the plain means over the rows. Thinned rows (or a
+    schedule): the exact means over every step from the simulation's running
+    sums (``Trajectory.exact_means``) when it has them, else the means with each
+    row weighted by the steps it stands for.
+    """
+    from siflow import periods
 
-
-def _one_blas_thread() -> contextlib.AbstractContextManager[Any]:
-    """``threadpoolctl.threadpool_limits(1)`` when threadpoolctl is installed."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=1)
-
-
-def _pin_worker_threads() -> None:
-    """Pin BLAS/OpenMP and numba to one thread in this (worker) process."""
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-        os.environ[var] = "1"
-    with contextlib.suppress(ImportError):
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(limits=1)
-    with contextlib.suppress(ImportError, ValueError, RuntimeError):
-        import numba
-
-        numba.set_num_threads(1)
+    if traj.rho is None or not n:
+        return math.nan, math.nan
+    part = None
+    with contextlib.suppress(ValueError, AttributeError, TypeError):
+        part = periods.stationary_part(traj, events)
+    if part is None or len(part) == 0:
+        part = traj[n // 2 :]
+    gaps = np.diff(np.asarray(part.step))
+    if (scheduled or np.any(gaps != gaps[:1])) and hasattr(traj, "exact_means"):
+        exact = traj.exact_means(int(part.step[0]), int(part.step[-1]))
+        if exact is not None:
+            return float(exact["elr_mean"]), float(exact["grad_norm_sphere_rms"])
+    if scheduled:
+        return math.nan, math.nan  # the rows do not say which lr each step had
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        elr = np.asarray(effective_lr(lr, part.rho), dtype=np.float64)
+    elr_mean = _time_weighted_mean(elr, part.step)
+    grad_rms = math.nan
+    if part.grad_norm_sphere is not None:
+        g = np.asarray(part.grad_norm_sphere, dtype=np.float64)
+        with np.errstate(over="ignore", invalid="ignore"):
+            mean_sq = _time_weighted_mean(g * g, part.step)
+        grad_rms = math.sqrt(mean_sq) if math.isfinite(mean_sq) else math.nan
+    return elr_mean, grad_rms
 
 
 # --------------------------------------------------------------------- result
@@ -371,26 +505,20 @@ def _row_to_json(row: Mapping[str, Any]) -> str:
     return json.dumps(clean, sort_keys=True)
 
 
-def _row_from_json(text: str) -> dict[str, Any]:
-    raw = json.loads(text)
-    row = {}
-    for k in ROW_FIELDS:
-        v = raw.get(k)
-        row[k] = math.nan if v is None else v
-    return row
-
-
 @dataclass
 class SweepResult:
     """Rows of a (possibly partial) sweep, with grid views for plotting.
 
     ``rows`` holds one dict per finished cell (keys :data:`ROW_FIELDS`) sorted
-    by ``index``; ``out`` is the directory the sweep was written to (or None).
+    by ``index``; ``out`` is the directory the sweep was written to (or None);
+    ``discarded`` the indices of cell files found in ``out`` that were not used
+    (another configuration's, damaged or edited) and so were recomputed.
     """
 
     config: SweepConfig
     rows: list[dict[str, Any]]
     out: Path | None = None
+    discarded: list[int] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
@@ -471,70 +599,395 @@ def _regime_rank(name: str) -> int:
 
 
 # ---------------------------------------------------------------- persistence
+class SweepLockedError(BlockingIOError):
+    """Another sweep holds the lock on the output directory."""
+
+
+#: Lock files this process holds (closed in forked workers, which must not keep them).
+_HELD_LOCKS: list[Any] = []
+
+
+def _try_lock(fh: Any) -> bool:
+    """Take an exclusive, non-blocking lock on an open file (False if another holds it)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        import msvcrt
+
+        try:
+            msvcrt.locking(fh.fileno(), msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except (BlockingIOError, PermissionError):
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _locked(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``out`` (file ``out/.lock``) for the block.
+
+    The operating system releases the lock when the holder exits, however it
+    exits (``kill -9`` included), so a stale lock never blocks a resume.
+    """
+    path = out / _LOCK_FILE
+    fh = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the whole block
+    try:
+        if not _try_lock(fh):
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown"
+            raise SweepLockedError(
+                f"another sweep ({holder}) is writing into {str(out)!r}; wait for it to "
+                f"finish, or pass another out="
+            )
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()}")
+        fh.flush()
+        _HELD_LOCKS.append(fh)
+        try:
+            yield
+        finally:
+            _HELD_LOCKS.remove(fh)
+    finally:
+        fh.close()
+
+
 def _cell_path(out: Path, index: int) -> Path:
     return out / _CELL_DIR / f"cell_{index:06d}.json"
 
 
+def _checksum(fingerprint: str, row: Mapping[str, Any]) -> str:
+    return hashlib.sha256((fingerprint + _row_to_json(row)).encode()).hexdigest()[:16]
+
+
+def _cell_to_json(row: Mapping[str, Any], fingerprint: str) -> str:
+    """A cell file: the row, the configuration's fingerprint and a checksum of both."""
+    clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+    clean["fingerprint"] = fingerprint
+    clean["checksum"] = _checksum(fingerprint, row)
+    return json.dumps(clean, sort_keys=True)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _row_is_consistent(row: Mapping[str, Any], config: SweepConfig) -> bool:
+    """The checks a row passes whoever wrote it: its cell, its types, its identities."""
+    idx = row["index"]
+    if not _is_int(idx) or not 0 <= idx < len(config):
+        return False
+    if any(row[k] != v for k, v in config.cell(idx).items()):
+        return False
+    if row["regime"] not in REGIMES or row["status"] not in _STATUSES:
+        return False
+    if not _is_int(row["n_events"]) or row["n_events"] < 0:
+        return False
+    if not _is_int(row["steps_run"]) or not 0 <= row["steps_run"] <= config.steps:
+        return False
+    if not all(isinstance(row[k], float) for k in _FLOAT_FIELDS):
+        return False
+    return row["lr_wd"] == row["lr"] * row["wd"]
+
+
+def _row_from_cell_file(text: str, config: SweepConfig, fingerprint: str) -> dict | None:
+    """The row of a cell file, or None when it is not a valid cell of ``config``."""
+    try:
+        raw = json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        return None
+    if not isinstance(raw, dict) or raw.get("fingerprint") != fingerprint:
+        return None
+    if set(raw) != {*ROW_FIELDS, "fingerprint", "checksum"}:
+        return None
+    row = {}
+    for k in ROW_FIELDS:
+        v = raw[k]
+        row[k] = math.nan if v is None and k in _FLOAT_FIELDS else v
+        if k in _FLOAT_FIELDS and _is_int(row[k]):
+            return None  # written by json.dumps from a float: never an int
+    if raw["checksum"] != _checksum(fingerprint, row):
+        return None
+    return row if _row_is_consistent(row, config) else None
+
+
+def _read_cells(out: Path, config: SweepConfig) -> tuple[dict[int, dict[str, Any]], list[int]]:
+    """Valid cells of ``config`` in ``out``, and the indices of cell files not used."""
+    done: dict[int, dict[str, Any]] = {}
+    discarded: list[int] = []
+    fingerprint = config.fingerprint()
+    n = len(config)
+    for p in sorted((out / _CELL_DIR).glob("cell_*.json")):
+        try:
+            index = int(p.stem.removeprefix("cell_"))
+        except ValueError:
+            continue
+        try:
+            text = p.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            text = ""
+        row = _row_from_cell_file(text, config, fingerprint)
+        if row is not None and row["index"] == index:
+            done[index] = row
+        elif 0 <= index < n:
+            discarded.append(index)
+    return done, discarded
+
+
 def _prepare_out(out: Path, config: SweepConfig, restart: bool) -> None:
+    """Check ``out`` holds this sweep (or nothing); write ``sweep.json``. Under the lock."""
+    cfg_path = out / _CONFIG_FILE
+    if cfg_path.exists() and not restart:
+        try:
+            old = json.loads(cfg_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(
+                f"{str(cfg_path)!r} is unreadable ({exc}); pass restart=True "
+                f"or another out directory"
+            ) from None
+        if old != json.loads(json.dumps(config.to_dict())):
+            raise ValueError(
+                f"{str(out)!r} holds a different sweep; pass another out directory, or "
+                f"restart=True to discard it"
+            )
+        return
+    for p in (out / _CELL_DIR).glob("cell_*.json"):
+        p.unlink()
+    with contextlib.suppress(FileNotFoundError):
+        (out / _TABLE_FILE).unlink()
+    with atomic_write(cfg_path) as fh:
+        json.dump(config.to_dict(), fh, indent=1, sort_keys=True)
+
+
+def _make_out(out: Path) -> None:
     try:
         ensure_dir(out)
         ensure_dir(out / _CELL_DIR)
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise OSError(
-            f"cannot use {str(out)!r} as the sweep directory ({reason}); "
-            f"pass another out directory (--out)"
+            f"cannot use {str(out)!r} as the sweep directory ({reason}); pass another out directory"
         ) from None
-    cfg_path = out / _CONFIG_FILE
-    if cfg_path.exists() and not restart:
-        try:
-            old = json.loads(cfg_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(
-                f"{str(cfg_path)!r} is unreadable ({exc}); pass restart=True (--restart) "
-                f"or another out directory"
-            ) from None
-        if old != json.loads(json.dumps(config.to_dict())):
-            raise ValueError(
-                f"{str(out)!r} holds a different sweep; pass another out directory, or "
-                f"restart=True (--restart) to discard it"
-            )
-        return
-    for p in (out / _CELL_DIR).glob("cell_*.json"):
-        p.unlink()
-    with atomic_write(cfg_path) as fh:
-        json.dump(config.to_dict(), fh, indent=1, sort_keys=True)
-
-
-def _read_cells(out: Path, config: SweepConfig) -> dict[int, dict[str, Any]]:
-    done: dict[int, dict[str, Any]] = {}
-    n = len(config)
-    for p in sorted((out / _CELL_DIR).glob("cell_*.json")):
-        try:
-            row = _row_from_json(p.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-            continue  # cannot happen with atomic writes; recompute the cell
-        idx = row.get("index")
-        if isinstance(idx, int) and 0 <= idx < n:
-            done[idx] = row
-    return done
 
 
 def load(out: str | os.PathLike[str]) -> SweepResult:
-    """Read a sweep directory written by :func:`sweep` (complete or not)."""
+    """Read a sweep directory written by :func:`sweep` (complete or not).
+
+    Only the valid cells of the directory's configuration are read
+    (``discarded`` lists the others).
+    """
     out = Path(out)
     cfg_path = out / _CONFIG_FILE
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{str(out)!r} is not a sweep directory (no {_CONFIG_FILE})")
     try:
         config = SweepConfig.from_dict(json.loads(cfg_path.read_text(encoding="utf-8")))
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{str(cfg_path)!r} is not a siflow sweep configuration ({exc})") from None
-    done = _read_cells(out, config)
-    return SweepResult(config, [done[i] for i in sorted(done)], out)
+    done, discarded = _read_cells(out, config)
+    return SweepResult(config, [done[i] for i in sorted(done)], out, discarded)
+
+
+# ------------------------------------------------------------------- estimate
+#: Memory of one worker process before its first cell (interpreter, numpy, numba, siflow).
+_WORKER_BASE_BYTES = 160 * 2**20
+#: Memory per kept row of one cell: the trajectory's columns and the analysis' copies.
+_BYTES_PER_ROW = 400
+#: Memory per cell in the sweep's own process (its row and its task).
+_BYTES_PER_CELL_IN_MEMORY = 4096
+#: Disk per cell file (one file-system block).
+_BYTES_PER_CELL_ON_DISK = 4096
+#: Steps of the timed trial run that estimates the time per cell.
+_PROBE_STEPS = 2000
+
+
+@dataclass(frozen=True)
+class SweepEstimate:
+    """What a sweep needs, estimated before it starts (see :func:`estimate`).
+
+    Memory and disk are upper estimates; ``seconds`` extrapolates a timed trial
+    run of one cell linearly in ``steps`` (None when not measured).
+    """
+
+    cells: int
+    workers: int
+    rows_per_cell: int
+    memory_bytes: int
+    memory_available: int | None
+    disk_bytes: int
+    disk_free: int | None
+    seconds: float | None = None
+
+    def describe(self) -> str:
+        """One line, e.g. ``"12 cells on 2 workers: about 3 s, 0.4 GB of memory"``."""
+        when = f"about {_duration(self.seconds)}, " if self.seconds is not None else ""
+        return (
+            f"{self.cells} cells on {self.workers} worker{'s' * (self.workers > 1)}: {when}"
+            f"{_size(self.memory_bytes)} of memory, {_size(self.disk_bytes)} on disk"
+        )
+
+
+def _size(n: float) -> str:
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n:.0f} B"
+
+
+def _duration(seconds: float) -> str:
+    for unit, scale in (("years", 365.25 * 86400), ("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= scale:
+            return f"{seconds / scale:.3g} {unit}"
+    return f"{seconds:.2g} s"
+
+
+def _available_memory() -> int | None:
+    """Memory available to new allocations (Linux ``MemAvailable``), None if unknown."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    with contextlib.suppress(AttributeError, ValueError, OSError):
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return None
+
+
+def _free_disk(out: Path | None) -> int | None:
+    if out is None:
+        return None
+    probe = out
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        return shutil.disk_usage(probe).free
+    except OSError:
+        return None
+
+
+def _rows_per_cell(config: SweepConfig) -> int:
+    every = config.options.get("record_every")
+    if every is not None:
+        return -(-config.steps // int(every))
+    if config.max_rows is not None and config.simulator == "siflow.simulate:simulate":
+        return min(config.steps, config.max_rows)
+    if config.max_rows is not None:
+        with contextlib.suppress(ValueError):
+            if _thinning_kwargs(_simulator(config), config.max_rows):
+                return min(config.steps, config.max_rows)
+    return config.steps
+
+
+def estimate(
+    config: SweepConfig,
+    workers: int,
+    *,
+    cells: int | None = None,
+    out: str | os.PathLike[str] | None = None,
+    seconds_per_cell: float | None = None,
+) -> SweepEstimate:
+    """Estimate the memory, disk and time a sweep of ``config`` needs.
+
+    Parameters
+    ----------
+    config : SweepConfig
+        The sweep.
+    workers : int
+        Processes computing cells at once.
+    cells : int, optional
+        Cells still to compute (default: all).
+    out : path, optional
+        Output directory (for the free disk space; None: nothing written).
+    seconds_per_cell : float, optional
+        Measured time of one cell (see :func:`sweep`); None leaves the time out.
+    """
+    n_cells = len(config) if cells is None else int(cells)
+    rows = _rows_per_cell(config)
+    busy = max(1, min(workers, n_cells))
+    per_worker = _WORKER_BASE_BYTES + rows * _BYTES_PER_ROW
+    memory = busy * per_worker + len(config) * _BYTES_PER_CELL_IN_MEMORY
+    out_path = Path(out) if out is not None else None
+    disk = n_cells * _BYTES_PER_CELL_ON_DISK if out_path is not None else 0
+    seconds = None
+    if seconds_per_cell is not None:
+        seconds = math.ceil(n_cells / busy) * seconds_per_cell
+    return SweepEstimate(n_cells, busy, rows, memory, _available_memory(), disk,
+                         _free_disk(out_path), seconds)  # fmt: skip
+
+
+def _refuse_what_cannot_fit(est: SweepEstimate, config: SweepConfig) -> None:
+    """Raise ``ValueError`` naming the fix when memory or disk cannot hold the sweep."""
+    grid = " x ".join(str(n) for n in config.shape)
+    table = len(config) * _BYTES_PER_CELL_IN_MEMORY
+    if est.memory_available is not None and est.memory_bytes > est.memory_available:
+        if table > est.memory_available / 2:
+            fix = "pass fewer lr=, wd=, momentum= or seeds= values"
+        elif est.workers > 1:
+            fix = "pass fewer workers=, or max_rows= (rows kept per cell)"
+        else:
+            fix = "pass max_rows= (rows kept per cell) or fewer steps="
+        raise ValueError(
+            f"the sweep ({grid} = {len(config)} cells, {est.rows_per_cell} rows per cell) "
+            f"needs about {_size(est.memory_bytes)} of memory, "
+            f"{_size(est.memory_available)} are available; {fix}"
+        )
+    if est.disk_free is not None and est.disk_bytes > est.disk_free:
+        raise ValueError(
+            f"the sweep's {est.cells} cell files need about {_size(est.disk_bytes)} on disk, "
+            f"{_size(est.disk_free)} are free; pass fewer lr=, wd=, momentum= or seeds= values, "
+            f"or another out="
+        )
+
+
+def _seconds_per_cell(config: SweepConfig) -> float:
+    """Time one cell: trial runs of ``n`` and ``4n`` steps, extrapolated linearly.
+
+    ``n = min(steps, 500)``; the fixed cost per cell (start-up, analysis) is the
+    intercept, the cost per step the slope. Where the rows are thinned the
+    analysis costs less than this, so the estimate errs long.
+    """
+    short = min(config.steps, _PROBE_STEPS // 4)
+    times = []
+    for n in (short, min(config.steps, 4 * short)):
+        probe = dataclasses.replace(config, steps=n)
+        t0 = time.perf_counter()
+        with _one_blas_thread():
+            _compute_cell(probe, config.cell(0))
+        times.append((n, time.perf_counter() - t0))
+    (n1, t1), (n2, t2) = times
+    if n2 == n1:
+        return max(t1, t2)
+    # timings on a busy machine are noisy: the cost per step is at least a quarter of
+    # the longer trial's average, whatever the difference of the two says
+    per_step = max((t2 - t1) / (n2 - n1), 0.25 * t2 / n2)
+    return max(t1 - per_step * n1, 0.0) + per_step * config.steps
+
+
+def _refuse_what_takes_too_long(est: SweepEstimate, max_hours: float | None) -> None:
+    if max_hours is None or est.seconds is None or est.seconds <= max_hours * 3600:
+        return
+    raise ValueError(
+        f"the sweep would take about {_duration(est.seconds)} ({est.cells} cells on "
+        f"{est.workers} worker{'s' * (est.workers > 1)}), more than the limit of {max_hours:g} h; "
+        f"pass fewer steps= or cells, more workers=, or a larger max_hours="
+    )
 
 
 # ------------------------------------------------------------------ execution
+def _compute_cell(config: SweepConfig, cell: Mapping[str, Any]) -> dict[str, Any]:
+    """Compute one cell's row: the one place every execution path goes through."""
+    return run_cell(config, cell)
+
+
+def _run_batch(config: dict[str, Any], cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    cfg = SweepConfig.from_dict(config)
+    return [_compute_cell(cfg, c) for c in cells]
+
+
 def _batches(cells: list[dict[str, Any]], size: int) -> list[list[dict[str, Any]]]:
     return [cells[i : i + size] for i in range(0, len(cells), size)]
 
@@ -556,7 +1009,6 @@ def _start_method() -> str | None:
     workers, so scripts need an ``if __name__ == "__main__":`` guard.
     """
     import multiprocessing as mp
-    import threading
 
     methods = mp.get_all_start_methods()
     if "fork" in methods:
@@ -566,22 +1018,157 @@ def _start_method() -> str | None:
     return "forkserver" if "forkserver" in methods else None
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _process_gone(pid: int) -> bool:
+    """Whether process ``pid`` has exited (a zombie not yet reaped counts as exited)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    with contextlib.suppress(OSError, IndexError):
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state in ("Z", "X")
+    return False
+
+
+def _watch_sweep(sweep_pid: int) -> None:
+    """Exit this process as soon as the sweep's process exits (a daemon thread).
+
+    Waits on a pidfd where the platform has them (Linux >= 5.3; readable once the
+    process has exited, reaped or not); elsewhere polls every 0.2 s.
+    """
+    import select
+
+    fd = None
+    with contextlib.suppress(AttributeError, OSError):
+        fd = os.pidfd_open(sweep_pid)
+    if fd is None and _process_gone(sweep_pid):
+        os._exit(1)
+
+    def watch() -> None:
+        if fd is not None:
+            select.select([fd], [], [])
+            os._exit(1)
+        while not _process_gone(sweep_pid):
+            time.sleep(0.2)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="siflow-sweep-watch", daemon=True).start()
+
+
+def _exit_with_sweep(sweep_pid: int) -> None:
+    """End this worker when the sweep's process dies, however it dies (``kill -9`` too).
+
+    A worker forked by the sweep itself on Linux gets
+    ``prctl(PR_SET_PDEATHSIG, SIGKILL)``: the kernel kills it with its parent. Every
+    worker also runs :func:`_watch_sweep`, which covers the other platforms and
+    workers forked by a forkserver (whose server lives as long as its workers do).
+    """
+    import signal
+
+    if sys.platform.startswith("linux") and os.getppid() == sweep_pid:
+        with contextlib.suppress(OSError, AttributeError, TypeError):
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+            if os.getppid() != sweep_pid:  # died before the request took effect
+                os._exit(1)
+    _watch_sweep(sweep_pid)
+
+
+def _init_local_worker(sweep_pid: int) -> None:
+    """Local pool worker: dies with the sweep, one thread, Ctrl-C is the parent's business."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for fh in _HELD_LOCKS:  # a forked copy of the sweep's lock must not outlive the sweep
+        with contextlib.suppress(OSError):
+            fh.close()
+    _HELD_LOCKS.clear()
+    _exit_with_sweep(sweep_pid)
+    _pin_worker_threads()
+
+
+def _one_blas_thread() -> contextlib.AbstractContextManager[Any]:
+    """``threadpoolctl.threadpool_limits(1)`` when threadpoolctl is installed."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1)
+
+
+def _pin_worker_threads() -> None:
+    """Pin BLAS/OpenMP and numba to one thread in this (worker) process."""
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ[var] = "1"
+    with contextlib.suppress(ImportError):
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=1)
+    with contextlib.suppress(ImportError, ValueError, RuntimeError):
+        import numba
+
+        numba.set_num_threads(1)
+
+
+def _cells_summary(batches: list[list[dict[str, Any]]]) -> str:
+    idx = sorted(c["index"] for b in batches for c in b)
+    shown = ", ".join(str(i) for i in idx[:5]) + (", ..." if len(idx) > 5 else "")
+    return f"{len(idx)} cell{'s' * (len(idx) > 1)} ({shown})"
+
+
 def _run_local(
     config: SweepConfig,
     todo: list[dict[str, Any]],
     workers: int,
     batch: int,
     on_rows: Callable[[list[dict[str, Any]]], None],
+    note: Callable[[str], None],
 ) -> None:
+    """Compute ``todo`` here (one worker) or in a process pool.
+
+    A pool whose worker dies is replaced once and the unfinished cells retried;
+    a second death raises ``ChildProcessError`` (the finished cells are kept).
+    """
     if workers == 1 or len(todo) <= 1:
         # in this process too: one BLAS thread, else idle OpenBLAS threads spin on the
         # other core after every small BLAS call
         with _one_blas_thread():
             for c in todo:
-                on_rows([run_cell(config, c)])
+                on_rows([_compute_cell(config, c)])
         return
+    lost = _run_pool(config, _batches(todo, batch), workers, on_rows)
+    if lost:
+        note(
+            f"a worker process died (killed, or out of memory); retrying its unfinished "
+            f"{_cells_summary(lost)} once in new workers"
+        )
+        lost = _run_pool(config, lost, workers, on_rows)
+    if lost:
+        raise ChildProcessError(
+            f"a worker process died again (killed, or out of memory) with "
+            f"{_cells_summary(lost)} unfinished; the finished cells are kept (with out=, a "
+            f"rerun resumes); if a cell needs more memory than is free, pass fewer workers=, "
+            f"max_rows= or steps="
+        )
+
+
+def _run_pool(
+    config: SweepConfig,
+    batches: list[list[dict[str, Any]]],
+    workers: int,
+    on_rows: Callable[[list[dict[str, Any]]], None],
+) -> list[list[dict[str, Any]]]:
+    """Run ``batches`` in a fresh process pool; return those lost to a dead worker."""
     import concurrent.futures as cf
     import multiprocessing as mp
+    from concurrent.futures.process import BrokenProcessPool
 
     method = _start_method()
     ctx = mp.get_context(method)
@@ -591,12 +1178,21 @@ def _run_local(
         ctx.set_forkserver_preload(["siflow.sweep", "siflow.periods", sim_module])
     cfg = config.to_dict()
     pool = cf.ProcessPoolExecutor(
-        max_workers=workers, mp_context=ctx, initializer=_init_local_worker
+        max_workers=min(workers, len(batches)),
+        mp_context=ctx,
+        initializer=_init_local_worker,
+        initargs=(os.getpid(),),
     )
+    lost: list[list[dict[str, Any]]] = []
     try:
-        futures = [pool.submit(_run_batch, cfg, b) for b in _batches(todo, batch)]
+        futures = {pool.submit(_run_batch, cfg, b): b for b in batches}
         for fut in cf.as_completed(futures):
-            on_rows(fut.result())
+            try:
+                rows = fut.result()
+            except BrokenProcessPool:
+                lost.append(futures[fut])
+                continue
+            on_rows(rows)
     except BaseException:
         # stop now: cancel queued cells and end the running ones (their results are lost,
         # the cells already written stay, and a rerun resumes from them)
@@ -607,6 +1203,7 @@ def _run_local(
                 proc.terminate()
         raise
     pool.shutdown(wait=True)
+    return lost
 
 
 def _dask_client(address: Any) -> tuple[Any, bool]:
@@ -647,6 +1244,11 @@ def _run_dask(
         raise
 
 
+# ---------------------------------------------------------------------- sweep
+def _warn(message: str) -> None:
+    warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+
 def sweep(
     loss: str,
     *,
@@ -662,6 +1264,10 @@ def sweep(
     restart: bool = False,
     progress: Callable[[int, int], None] | None = None,
     simulator: str = "siflow.simulate:simulate",
+    max_rows: int | None = DEFAULT_MAX_ROWS,
+    max_hours: float | None = None,
+    notes: Callable[[str], None] | None = None,
+    schedule: str | None = None,
     **options: Any,
 ) -> SweepResult:
     """Run (or resume) a sweep over ``lr x wd x momentum x seeds`` for one toy loss.
@@ -671,7 +1277,8 @@ def sweep(
     loss : str
         A loss name of :func:`siflow.simulate.simulate`.
     lr, wd : float or sequence of float
-        Grid values (use :func:`log_grid` for log spacing); ``lr*wd < 1`` everywhere.
+        Grid values (use :func:`log_grid` for log spacing); ``lr*wd < 1`` everywhere
+        and above the float range (``>= 2.2e-308``).
     momentum : float or sequence of float
         Heavy-ball momentum values in ``[0, 1)``.
     seeds : int or sequence of int
@@ -680,8 +1287,9 @@ def sweep(
         Optimizer steps per simulation.
     out : path, optional
         Directory for ``sweep.json``, one file per finished cell and
-        ``table.csv``. An existing directory of the same sweep is resumed;
-        one of a different sweep is an error unless ``restart``.
+        ``table.csv``, locked while the sweep runs. An existing directory of the
+        same sweep is resumed; one of a different sweep is an error unless
+        ``restart``.
     workers : int, optional
         Local worker processes (default: all cores available to this
         process). ``1`` runs in this process.
@@ -696,10 +1304,26 @@ def sweep(
         Called as ``progress(done, total)`` after each finished task.
     simulator : str
         ``"module:function"`` of the simulation function, called as
-        ``f(loss, lr=, wd=, steps=, seed=, [momentum=,] **options)`` and returning a
-        :class:`~siflow.trajectory.Trajectory` (default: siflow's own); lets a
-        sweep drive another model with the same signature. It must be importable
-        by the workers.
+        ``f(loss, lr=, wd=, steps=, seed=, [momentum=,] [max_rows= or max_points=,]
+        **options)`` and returning a :class:`~siflow.trajectory.Trajectory`
+        (default: siflow's own); lets a sweep drive another model with the same
+        signature. It must be importable by the workers.
+    max_rows : int or None
+        Rows each simulation keeps at most (passed as ``max_rows=``, or
+        ``max_points=``, to a simulator that accepts it), which bounds the memory
+        of a cell whatever ``steps``; None: the simulator's default.
+    max_hours : float, optional
+        Refuse a sweep estimated to take longer (the estimate times a trial run
+        of one cell); None: no limit.
+    notes : callable, optional
+        Called with one-line notes: the estimate of a sweep over a minute,
+        cells found damaged or of another configuration, a worker that died.
+        Default: :func:`warnings.warn`.
+    schedule : str, optional
+        Learning-rate schedule of every cell, a spec of :mod:`siflow.schedules`
+        (e.g. ``"cosine:warmup=500,min=0.005,steps=20000"``) whose ``peak``
+        defaults to the cell's ``lr``. The simulator must accept a
+        :class:`~siflow.schedules.Schedule` as ``lr=``.
     **options
         Forwarded to ``simulate``: ``optimizer``, ``dim``, ``noise``, ``batch``
         (as ``sim_batch``, since ``batch`` here is the task size),
@@ -709,6 +1333,16 @@ def sweep(
     -------
     SweepResult
         All rows, sorted by cell index.
+
+    Raises
+    ------
+    ValueError
+        Bad parameters, or a sweep that cannot fit in memory, on disk or in
+        ``max_hours`` (the message names the parameter to change).
+    SweepLockedError
+        Another sweep is writing into ``out``.
+    ChildProcessError
+        A local worker died twice (the finished cells are kept).
     """
     if "sim_batch" in options:
         options["batch"] = options.pop("sim_batch")
@@ -721,41 +1355,98 @@ def sweep(
         steps=steps,
         options=options,
         simulator=simulator,
+        max_rows=max_rows,
+        schedule=schedule,
     )
     workers = _default_workers() if workers is None else check_positive_int("workers", workers)
     batch = check_positive_int("batch", batch)
+    if max_hours is not None:
+        max_hours = float(check_positive("max_hours", max_hours))
+    out_path = Path(out) if out is not None else None
+    _refuse_what_cannot_fit(estimate(config, workers, out=out_path), config)
     _check_loss(config)
-
     client, own_client = _dask_client(dask) if dask is not None else (None, False)
     try:
-        return _sweep(config, out, workers, batch, restart, progress, client)
+        if client is not None:
+            workers = max(1, sum(client.nthreads().values()))
+        with contextlib.ExitStack() as held:
+            locked = out_path is not None and out_path.is_dir()
+            if locked:  # refuse a busy folder before anything else
+                held.enter_context(_locked(out_path))
+            _announce_or_refuse(config, out_path, restart, workers, max_hours, notes or _warn)
+            if out_path is None:
+                return _sweep(config, None, workers, batch, progress, client, notes or _warn)
+            _make_out(out_path)
+            if not locked:
+                held.enter_context(_locked(out_path))
+            _prepare_out(out_path, config, restart)
+            return _sweep(config, out_path, workers, batch, progress, client, notes or _warn)
     finally:
         if own_client:
             client.close()
 
 
+def _announce_or_refuse(
+    config: SweepConfig,
+    out: Path | None,
+    restart: bool,
+    workers: int,
+    max_hours: float | None,
+    note: Callable[[str], None],
+) -> None:
+    """Time a trial cell; refuse a sweep over ``max_hours``, announce one over a minute."""
+    n_todo = _cells_to_do(config, out, restart)
+    if not n_todo:
+        return
+    est = estimate(config, workers, cells=n_todo, out=out,
+                   seconds_per_cell=_seconds_per_cell(config))  # fmt: skip
+    _refuse_what_takes_too_long(est, max_hours)
+    if est.seconds is not None and est.seconds > 60:
+        note(f"estimated: {est.describe()}")
+
+
+def _cells_to_do(config: SweepConfig, out: Path | None, restart: bool) -> int:
+    """How many cells a run would compute (a look at ``out`` without the lock)."""
+    if out is None or restart or not (out / _CONFIG_FILE).is_file():
+        return len(config)
+    try:
+        old = json.loads((out / _CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return len(config)
+    if old != json.loads(json.dumps(config.to_dict())):
+        return len(config)
+    done, _ = _read_cells(out, config)
+    return len(config) - len(done)
+
+
 def _sweep(
     config: SweepConfig,
-    out: str | os.PathLike[str] | None,
+    out_path: Path | None,
     workers: int,
     batch: int,
-    restart: bool,
     progress: Callable[[int, int], None] | None,
     client: Any,
+    note: Callable[[str], None],
 ) -> SweepResult:
     done: dict[int, dict[str, Any]] = {}
-    out_path = Path(out) if out is not None else None
+    discarded: list[int] = []
+    fingerprint = config.fingerprint()
     if out_path is not None:
-        _prepare_out(out_path, config, restart)
-        done = _read_cells(out_path, config)
-    todo = [c for c in config.cells() if c["index"] not in done]
+        done, discarded = _read_cells(out_path, config)
+        if discarded:
+            note(
+                f"{len(discarded)} cell file{'s' * (len(discarded) > 1)} in {str(out_path)!r} "
+                f"{'were' if len(discarded) > 1 else 'was'} damaged or not of this sweep; "
+                f"recomputing {'them' if len(discarded) > 1 else 'it'}"
+            )
+    todo = [c for c in config.iter_cells() if c["index"] not in done]
     total = len(config)
 
     def on_rows(rows: list[dict[str, Any]]) -> None:
         for row in rows:
             if out_path is not None:
                 with atomic_write(_cell_path(out_path, row["index"])) as fh:
-                    fh.write(_row_to_json(row))
+                    fh.write(_cell_to_json(row, fingerprint))
             done[row["index"]] = row
         if progress is not None:
             progress(len(done), total)
@@ -764,26 +1455,44 @@ def _sweep(
         if client is not None:
             _run_dask(config, todo, client, batch, on_rows)
         else:
-            _run_local(config, todo, workers, batch, on_rows)
-    result = SweepResult(config, [done[i] for i in sorted(done)], out_path)
+            _run_local(config, todo, workers, batch, on_rows, note)
+    result = SweepResult(config, [done[i] for i in sorted(done)], out_path, discarded)
     if out_path is not None:
         result.to_csv(out_path / _TABLE_FILE)
     return result
 
 
 def _check_loss(config: SweepConfig) -> None:
-    """Fail early (in this process) on a loss or option simulate rejects."""
+    """Fail early (in this process) on a loss, option or simulator that cannot run."""
+    from siflow.trajectory import Trajectory
+
     simulate = _simulator(config)
-    kwargs = dict(config.options)
-    if any(m != 0.0 for m in config.momentum):
-        kwargs["momentum"] = max(config.momentum)
-    simulate(config.loss, lr=config.lr[0], wd=config.wd[0], steps=2, seed=0, **kwargs)
+    kwargs = _simulation_kwargs(config, simulate, max(config.momentum))
+    lr = _lr_argument(config, config.lr[0])
+    try:
+        traj = simulate(config.loss, lr=lr, wd=config.wd[0], steps=2, seed=0, **kwargs)
+    except (TypeError, ValueError) as exc:
+        if config.schedule is not None:
+            raise ValueError(
+                f"simulator {config.simulator!r} does not run the schedule {config.schedule!r} "
+                f"({exc}); pass a simulator that takes a siflow.schedules.Schedule as its "
+                f"learning rate, or no schedule="
+            ) from None
+        if isinstance(exc, ValueError):
+            raise
+        raise ValueError(
+            f"simulator {config.simulator!r} cannot be called like siflow.simulate.simulate "
+            f"(the loss, then the keywords lr, wd, steps and seed) ({exc}); pass a function "
+            f"with that signature"
+        ) from None
+    if not isinstance(traj, Trajectory):
+        raise ValueError(
+            f"simulator {config.simulator!r} returned {type(traj).__name__}, not a "
+            f"siflow.trajectory.Trajectory; pass a function that returns one"
+        )
 
 
-# ---------------------------------------------------------------- theory lines
-# decay_end_step and equilibrium_instability_lr_wd live in siflow.theory (re-exported here).
-
-
+# -------------------------------------------------------- phase-diagram data
 def _measured_grad_norm(result: SweepResult, momentum: float) -> float | None:
     """Median ``grad_norm_rms`` of the runs in equilibrium cells (majority over seeds).
 
@@ -815,13 +1524,135 @@ def _toy_facts(config: SweepConfig) -> tuple[float | None, int | None]:
     return (float(s_) if s_ else None), int(toy.dim)
 
 
-# ---------------------------------------------------------------- the figure
-_COLORS = {
-    "converged": "#4c72b0",
-    "equilibrium": "#55a868",
-    "periodic": "#dd8452",
-    "diverged": "#c44e52",
-}
+def _log_edges(v: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Cell edges of a log grid: midpoints in log10, the ends mirrored."""
+    if v.size == 1:
+        return np.array([v[0] / 1.5, v[0] * 1.5])
+    lv = np.log10(v)
+    mid = (lv[1:] + lv[:-1]) / 2
+    first, last = lv[0] - (mid[0] - lv[0]), lv[-1] + (lv[-1] - mid[-1])
+    return 10 ** np.concatenate([[first], mid, [last]])
+
+
+@dataclass(frozen=True)
+class PhasePanel:
+    """What one momentum panel of the phase diagram shows.
+
+    ``regimes``/``period``: majority regime (``""`` not run) and median period per
+    ``(wd, lr)`` cell; ``decay_end``: :func:`siflow.theory.decay_end_step` on the
+    fine grid of :class:`PhaseDiagramData` (None when it does not cross ``steps``
+    there); ``instability_measured``/``instability_model``: the ``lr*wd`` of
+    :func:`siflow.theory.equilibrium_instability_lr_wd` with the measured and the
+    model ``G`` (None when unknown or outside the plane).
+    """
+
+    momentum: float
+    regimes: NDArray[np.str_]
+    period: NDArray[np.float64]
+    decay_end: NDArray[np.float64] | None
+    instability_measured: float | None
+    instability_model: float | None
+    grad_norm_measured: float | None
+
+
+@dataclass(frozen=True)
+class PhaseDiagramData:
+    """What :func:`siflow.plot.phase_diagram` draws (from :func:`phase_diagram_data`)."""
+
+    lr: NDArray[np.float64]
+    wd: NDArray[np.float64]
+    lr_edges: NDArray[np.float64]
+    wd_edges: NDArray[np.float64]
+    fine_lr: NDArray[np.float64]
+    fine_wd: NDArray[np.float64]
+    steps: int
+    regimes: tuple[str, ...]
+    panels: tuple[PhasePanel, ...]
+    lr_wd_lines: tuple[float, ...]
+    sharpness: float | None
+    rho0: float
+    grad_norm: float | None
+    grad_norm_label: str
+    has_missing: bool
+    title: str
+
+
+def _instability_in_plane(g: float | None, s: float | None, mom: float, lo: float, hi: float):
+    if g is None or s is None:
+        return None
+    x = float(equilibrium_instability_lr_wd(g, s, mom))
+    return x if lo < x < hi else None
+
+
+def _decay_end_grid(cfg: SweepConfig, fine_lr, fine_wd, sharpness, rho0, mom, grad_norm):
+    if sharpness is None:
+        return None
+    glr, gwd = np.meshgrid(fine_lr, fine_wd)
+    if not np.all(glr * gwd < 1):
+        return None
+    t1 = np.asarray(decay_end_step(glr, gwd, sharpness, rho0, mom, grad_norm), dtype=float)
+    finite = t1[np.isfinite(t1)]
+    if finite.size == 0 or not finite.min() < cfg.steps < finite.max():
+        return None
+    return t1
+
+
+def _default_title(cfg: SweepConfig) -> str:
+    opts = ", ".join(f"{k}={v}" for k, v in sorted(cfg.options.items()))
+    seeds = f"{len(cfg.seeds)} seed{'s' if len(cfg.seeds) > 1 else ''}"
+    return (
+        f"Regimes of SGD + WD on '{cfg.loss}' ({cfg.steps} steps, {seeds}"
+        + (f", {opts}" if opts else "")
+        + "); numbers: period T in steps"
+    )
+
+
+def phase_diagram_data(
+    result: SweepResult,
+    *,
+    title: str | None = None,
+    sharpness: float | None = None,
+    rho0: float = 1.0,
+    grad_norm: float | None = None,
+    lr_wd_lines: Sequence[float] | None = None,
+) -> PhaseDiagramData:
+    """Compute what the phase diagram of ``result`` shows (see :func:`phase_diagram`).
+
+    ``sharpness`` defaults to the toy's sphere sharpness at the minimum;
+    ``grad_norm`` (the model ``G``) for isotropic noise ``sigma`` to
+    ``G = sigma sqrt(dim - 1)`` (docs/theory.md section 6); ``lr_wd_lines`` to
+    every decade of ``lr*wd`` inside the plane.
+    """
+    cfg = result.config
+    lr, wd = np.asarray(cfg.lr), np.asarray(cfg.wd)
+    s_auto, dim = _toy_facts(cfg)
+    sharpness = s_auto if sharpness is None else float(sharpness)
+    noise = float(cfg.options.get("noise") or 0.0)
+    label = ""
+    if grad_norm is None and noise > 0 and dim is not None and dim > 1:
+        grad_norm, label = noise * math.sqrt(dim - 1), "σ√(d−1)"
+    lr_e, wd_e = _log_edges(lr), _log_edges(wd)
+    lo, hi = lr_e[0] * wd_e[0], lr_e[-1] * wd_e[-1]
+    if lr_wd_lines is None:
+        lr_wd_lines = [10.0**k for k in range(math.ceil(math.log10(lo)), 1)]
+    lines = tuple(float(c) for c in lr_wd_lines if lo < c < hi)
+    fine_lr, fine_wd = np.geomspace(lr_e[0], lr_e[-1], 200), np.geomspace(wd_e[0], wd_e[-1], 200)
+    panels = []
+    for mom in cfg.momentum:
+        g_meas = _measured_grad_norm(result, mom)
+        panels.append(PhasePanel(
+            momentum=mom,
+            regimes=result.regime_grid(mom),
+            period=result.value_grid("period", mom),
+            decay_end=_decay_end_grid(cfg, fine_lr, fine_wd, sharpness, rho0, mom, grad_norm),
+            instability_measured=_instability_in_plane(g_meas, sharpness, mom, lo, hi),
+            instability_model=_instability_in_plane(grad_norm, sharpness, mom, lo, hi),
+            grad_norm_measured=g_meas,
+        ))  # fmt: skip
+    missing = any((p.regimes == "").any() for p in panels)
+    return PhaseDiagramData(lr, wd, lr_e, wd_e, fine_lr, fine_wd, cfg.steps, REGIMES,
+                            tuple(panels), lines, sharpness, float(rho0), grad_norm, label,
+                            bool(missing), title or _default_title(cfg))  # fmt: skip
 
 
 def phase_diagram(
@@ -837,187 +1668,24 @@ def phase_diagram(
 ) -> Any:
     """Draw the regime of each (lr, wd) cell, one panel per momentum value.
 
-    Cells are coloured by regime (majority over seeds); periodic cells show
-    their median period ``T`` in steps. Theory overlaid:
-
-    - solid: where the initial weight-decay phase ends at the last step,
-      :func:`decay_end_step` ``= steps`` (needs the sphere sharpness ``S`` at the
-      minimum; default: the toy's own); below/left of it runs are still
-      decaying ("converged");
-    - dashed: ``lr*wd =`` :func:`equilibrium_instability_lr_wd`, above which the
-      equilibrium is unstable, with ``G`` the measured rms sphere gradient norm
-      of the panel's equilibrium cells (median over cells);
-    - dash-dotted: the same with the model ``G`` (``grad_norm``; default for
-      isotropic noise ``sigma``: ``G = sigma sqrt(dim - 1)``, docs/theory.md section 6,
-      which ignores the loss gradient itself);
-    - dotted: lines of constant ``lr*wd`` (``lr_wd_lines``, default every
-      decade), along which only the initial effective LR changes (docs/theory.md
-      section 0).
-
-    Returns the matplotlib figure; writes it (PNG/SVG/PDF by suffix,
+    :func:`phase_diagram_data` computes the panels and theory lines and
+    :func:`siflow.plot.phase_diagram` draws them (see there for what each line
+    means). Returns the matplotlib figure; writes it (PNG/SVG/PDF by suffix,
     atomically) when ``path`` is given.
     """
-    import matplotlib
+    from siflow import plot
 
-    if path is not None:
-        matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import ListedColormap
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch
-
-    cfg = result.config
-    lr = np.asarray(cfg.lr)
-    wd = np.asarray(cfg.wd)
-    s_auto, dim = _toy_facts(cfg)
-    if sharpness is None:
-        sharpness = s_auto
-    noise = float(cfg.options.get("noise") or 0.0)
-    if grad_norm is None and noise > 0 and dim is not None and dim > 1:
-        grad_norm = noise * math.sqrt(dim - 1)
-    n_panels = len(cfg.momentum)
-    measured_used: list[float] = []
-    fig, axes = plt.subplots(
-        1, n_panels, figsize=(4.6 * n_panels + 2.4, 4.4), squeeze=False, constrained_layout=True
-    )
-
-    def edges(v: NDArray[np.float64]) -> NDArray[np.float64]:
-        if v.size == 1:
-            return np.array([v[0] / 1.5, v[0] * 1.5])
-        lv = np.log10(v)
-        mid = (lv[1:] + lv[:-1]) / 2
-        first, last = lv[0] - (mid[0] - lv[0]), lv[-1] + (lv[-1] - mid[-1])
-        return 10 ** np.concatenate([[first], mid, [last]])
-
-    lr_e, wd_e = edges(lr), edges(wd)
-    cmap = ListedColormap([_COLORS[r] for r in REGIMES] + ["#eeeeee"])
-    prod_lo, prod_hi = lr_e[0] * wd_e[0], lr_e[-1] * wd_e[-1]
-    if lr_wd_lines is None:
-        lr_wd_lines = [10.0**k for k in range(math.ceil(math.log10(prod_lo)), 1)]
-    lr_wd_lines = [c for c in lr_wd_lines if prod_lo < c < prod_hi]
-    xs = np.geomspace(lr_e[0], lr_e[-1], 200)
-    fine_lr, fine_wd = np.meshgrid(xs, np.geomspace(wd_e[0], wd_e[-1], 200))
-    for k, mom in enumerate(cfg.momentum):
-        ax = axes[0, k]
-        grid = result.regime_grid(mom)
-        codes = np.array([[_regime_rank(g) for g in row] for row in grid], dtype=float)
-        ax.pcolormesh(lr_e, wd_e, codes, cmap=cmap, vmin=-0.5, vmax=len(REGIMES) + 0.5)
-        if annotate and len(lr) * len(wd) <= 144:
-            period = result.value_grid("period", mom)
-            for i in range(len(wd)):
-                for j in range(len(lr)):
-                    if grid[i, j] == "periodic" and np.isfinite(period[i, j]):
-                        ax.text(
-                            lr[j],
-                            wd[i],
-                            f"{period[i, j]:.0f}",
-                            ha="center",
-                            va="center",
-                            fontsize=6.5,
-                            color="black",
-                        )
-        for c in lr_wd_lines:
-            ax.plot(xs, c / xs, ls=":", color="0.35", lw=0.8)
-            # label at the left edge, or at the bottom edge for lines that leave there
-            x_lab = max(lr_e[0], c / wd_e[-1]) * 1.06
-            if lr_e[0] < x_lab < lr_e[-1] and wd_e[0] < c / x_lab <= wd_e[-1]:
-                ax.text(
-                    x_lab,
-                    c / x_lab / 1.04,
-                    f"ηλ={c:g}",
-                    fontsize=6.5,
-                    color="0.2",
-                    ha="left",
-                    va="top",
-                )
-        if sharpness is not None and np.all(fine_lr * fine_wd < 1):
-            t1 = decay_end_step(fine_lr, fine_wd, sharpness, rho0, mom, grad_norm)
-            if np.nanmin(t1) < cfg.steps < np.nanmax(t1):
-                ax.contour(fine_lr, fine_wd, t1, levels=[cfg.steps], colors="black", linewidths=1.6)
-        if grad_norm is not None and sharpness is not None:
-            x_star = equilibrium_instability_lr_wd(grad_norm, sharpness, mom)
-            if prod_lo < x_star < prod_hi:
-                ax.plot(xs, x_star / xs, ls="-.", color="0.15", lw=1.0)
-        g_meas = _measured_grad_norm(result, mom)
-        if g_meas is not None and sharpness is not None:
-            x_meas = equilibrium_instability_lr_wd(g_meas, sharpness, mom)
-            if prod_lo < x_meas < prod_hi:
-                ax.plot(xs, x_meas / xs, ls="--", color="black", lw=1.6)
-                measured_used.append(g_meas)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlim(lr_e[0], lr_e[-1])
-        ax.set_ylim(wd_e[0], wd_e[-1])
-        ax.set_xlabel("learning rate η")
-        ax.set_ylabel("weight decay λ")
-        ax.set_title(f"momentum μ = {mom:g}" if mom else "SGD (μ = 0)", fontsize=10)
-    handles: list[Any] = [Patch(color=_COLORS[r], label=r) for r in REGIMES]
-    if any(g == "" for m in cfg.momentum for g in result.regime_grid(m).ravel()):
-        handles.append(Patch(color="#eeeeee", label="not run"))
-    handles.append(Line2D([], [], ls=":", color="0.35", label="constant ηλ"))
-    if sharpness is not None:
-        handles.append(
-            Line2D(
-                [],
-                [],
-                color="black",
-                lw=1.6,
-                label=f"weight-decay phase from ρ₀={rho0:g}\nends at step {cfg.steps} "
-                f"(S={sharpness:g})",
-            )
-        )
-    if measured_used:
-        handles.append(
-            Line2D(
-                [],
-                [],
-                ls="--",
-                color="black",
-                lw=1.6,
-                label="equilibrium ELR = threshold,\nG = measured rms g~ of the\nequilibrium cells",
-            )  # fmt: skip
-        )
-    if grad_norm is not None and sharpness is not None:
-        what = "σ√(d−1)" if noise > 0 and grad_norm == noise * math.sqrt((dim or 2) - 1) else ""
-        handles.append(
-            Line2D(
-                [],
-                [],
-                ls="-.",
-                color="0.15",
-                lw=1.0,
-                label=f"same, G = {what + ' = ' if what else ''}{grad_norm:.3g}",
-            )  # fmt: skip
-        )
-    fig.legend(handles=handles, loc="outside right center", fontsize=8, frameon=False)
-    opts = ", ".join(f"{k}={v}" for k, v in sorted(cfg.options.items()))
-    seeds = f"{len(cfg.seeds)} seed{'s' if len(cfg.seeds) > 1 else ''}"
-    fig.suptitle(
-        title
-        or f"Regimes of SGD + WD on '{cfg.loss}' ({cfg.steps} steps, {seeds}"
-        + (f", {opts}" if opts else "")
-        + "); numbers: period T in steps",
-        fontsize=10,
-    )
-    if path is not None:
-        path = Path(path)
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=150, format=path.suffix.lstrip(".") or "png")
-    return fig
+    data = phase_diagram_data(result, title=title, sharpness=sharpness, rho0=rho0,
+                              grad_norm=grad_norm, lr_wd_lines=lr_wd_lines)  # fmt: skip
+    return plot.phase_diagram(data, path, annotate=annotate)
 
 
 # ----------------------------------------------------------------------- CLI
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m siflow.sweep``: run or resume a sweep, print and draw it."""
-    from siflow._cli import run_main
+    from siflow._sweep_cli import main as cli_main
 
-    return run_main(_main, argv, prog="python -m siflow.sweep")
-
-
-def _main(argv: Sequence[str] | None) -> int:
-    from siflow._sweep_cli import cli
-
-    return cli(argv)
+    return cli_main(argv)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ fixed number of steps. The event steps of the generator are the truth.
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -264,10 +265,11 @@ def test_initial_norm_growth_is_not_an_event():
     # rho grows from a small init to equilibrium: a slow rise from row 0
     traj = equilibrium_run(rho0=0.05, noise=0.0)
     assert len(find_events(traj)) == 0
-    # counted only when asked to include the start and the rise-speed test is off:
-    # the growth is slower than 5 times the weight-decay rate
     assert len(find_events(traj, include_start=True)) == 0
-    assert len(find_events(traj, include_start=True, min_rise_speed=0)) == 1
+    # the loss there (0.5-1) is at the scale of its largest value: not fitted yet;
+    # counted only with the start included and the fitted test off
+    assert len(find_events(traj, include_start=True, fitted_fraction=0)) == 1
+    assert len(find_events(traj, include_start=True, fitted_fraction=0.6)) == 0
 
 
 def test_slow_rise_after_decay_is_not_an_event():
@@ -319,13 +321,12 @@ def test_short_trajectory_has_no_events():
     assert len(find_events(Trajectory(step=[0, 1], rho=[1.0, 2.0]))) == 0
 
 
-def test_equilibrium_fluctuations_are_not_events_when_lr_wd_known():
+def _wandering_norm(n=60000, lr=0.1, wd=1e-2, seed=7):
     # exact norm recursion driven by a slowly varying gradient noise (log-normal,
-    # correlation time 500 steps, twice the norm's relaxation time 1/(4 lr wd)):
-    # the norm follows it up and down by more than min_rise, but rises at most at a
-    # few times the weight-decay rate and never decays faster than it
-    rng = np.random.default_rng(7)
-    n, lr, wd = 60000, 0.1, 1e-2
+    # correlation time 500 steps, twice the norm's relaxation time 1/(4 lr wd)): the
+    # norm follows it up and down by more than min_rise, rising at a few times the
+    # weight-decay rate at most
+    rng = np.random.default_rng(seed)
     a = 1 - 1 / 500
     z = np.empty(n)
     z[0] = 0.0
@@ -338,19 +339,26 @@ def test_equilibrium_fluctuations_are_not_events_when_lr_wd_known():
     for t in range(n):
         r2[t] = x
         x = q2 * x + lr**2 * g[t] ** 2 / x
-    bare = Trajectory(step=np.arange(n), rho=np.sqrt(r2))
-    n_bare = len(find_events(bare))
-    assert n_bare > 5  # without lr, wd the detector cannot tell
-    known = Trajectory(step=bare.step, rho=bare.rho, meta={"lr": lr, "wd": wd})
+    return np.sqrt(r2)
+
+
+def test_equilibrium_fluctuations_are_not_events_with_or_without_lr_wd():
+    rho = _wandering_norm()
+    bare = Trajectory(step=np.arange(rho.size), rho=rho)
+    known = Trajectory(step=bare.step, rho=rho, meta={"lr": 0.1, "wd": 1e-2})
+    # the rises are no faster than the falls of the same log: no event, and the
+    # verdict needs no hyperparameter
+    assert len(find_events(bare)) == 0
     assert len(find_events(known)) == 0
-    assert len(find_events(bare, lr=lr, wd=wd)) == 0
-    assert len(find_events(known, min_decay_fraction=0, min_rise_speed=0)) == n_bare
+    # the speed test is what rejects them: with it off, the zigzag swings count
+    assert len(find_events(bare, min_rise_speed=0)) > 5
 
 
-def test_decay_test_keeps_true_events(noisy):
-    traj, ev, _ = noisy  # meta has lr, wd: the decay before each jump is the free rate
-    assert len(find_events(traj)) == len(ev)
-    assert len(find_events(traj, min_decay_fraction=0.9)) == len(ev)
+def test_noisy_sawtooth_events_all_found(noisy):
+    traj, ev, _ = noisy
+    e = find_events(traj)
+    assert len(e) == len(ev)
+    assert np.all(np.abs(e.steps - ev) <= 2)
 
 
 @given(
@@ -428,3 +436,169 @@ def test_classify_loss_growth_near_zero_is_not_divergence():
     # loss back at the level it started from: diverged
     loss[500:] = 0.3
     assert classify(Trajectory(step=t, loss=loss)) == "diverged"
+
+
+# ------------------------------------------------------- time unit and schedules
+SEED_LOG = (
+    Path(__file__).parent
+    / "data/periods/seed/info/c4_d3_ds500_lr1.0_wd0.01_mom0.0_corr0.0_epoch300_noschinitscale10.0"
+    "_noaug_fbgd/train-tm.npz"
+)
+
+
+def _scaled(traj, k):
+    """The same log with its step column multiplied by ``k`` (another time unit)."""
+    return Trajectory(
+        step=traj.step * k,
+        rho=traj.rho,
+        loss=traj.loss,
+        elr=traj.elr,
+        extra=dict(traj.extra),
+        meta=dict(traj.meta),
+    )
+
+
+@pytest.mark.parametrize("k", [2, 3, 4, 10, 977])
+def test_events_do_not_depend_on_the_time_unit(noisy, k):
+    traj, ev, _ = noisy
+    base = find_events(traj)
+    e = find_events(_scaled(traj, k))
+    np.testing.assert_array_equal(e.index, base.index)
+    np.testing.assert_array_equal(e.steps, k * base.steps)
+    np.testing.assert_array_equal(e.peak_index, base.peak_index)
+    # and a coarser unit: every 10th row, steps divided by 10
+    sub = traj[np.arange(0, len(traj), 10)]
+    coarse = Trajectory(step=sub.step // 10, rho=sub.rho, loss=sub.loss, meta=sub.meta)
+    np.testing.assert_array_equal(find_events(coarse).index, find_events(sub).index)
+
+
+def test_seed_full_batch_log_events_in_any_unit():
+    from siflow import io
+
+    raw = np.load(SEED_LOG)
+    loss = raw["loss"]
+    per_epoch = io.read(SEED_LOG)
+    e1 = find_events(per_epoch)
+    # the three destabilizations of the file: the loss, fitted to 0.1-0.2, jumps 10x or
+    # more (read straight from it); the earlier bursts (epochs 60-150) start from a loss
+    # of 0.4-0.7, before the network has fitted the data, and stay within 4x of it
+    spikes = [
+        i
+        for i in range(10, loss.size)
+        if np.min(loss[i - 10 : i]) < 0.25 and loss[i] > 10 * np.min(loss[i - 10 : i])
+    ]
+    starts = [s for s in spikes if s - 1 not in spikes]
+    assert len(starts) == 3 and len(e1) == 3
+    assert np.all((starts - e1.index > 0) & (starts - e1.index <= 6))
+    for k in (4, 7):
+        ek = find_events(io.read(SEED_LOG, steps_per_epoch=k))
+        np.testing.assert_array_equal(ek.index, e1.index)
+        np.testing.assert_array_equal(ek.steps, k * e1.steps)
+    assert np.all(e1.loss_spike > 3)
+
+
+def _scheduled_sawtooth(lrs, wd=5e-3, rho2_crit=1.0, spike_steps=20, G=3.0):
+    """The sawtooth generator with a per-step learning rate ``lrs``."""
+    n = lrs.size
+    rho2, loss = np.empty(n), np.empty(n)
+    r2, spike, events = 4.0, 0, []
+    for t in range(n):
+        rho2[t] = r2
+        if spike == 0 and r2 < rho2_crit:
+            events.append(t)
+            spike = spike_steps
+        g = G if spike > 0 else 0.0
+        loss[t] = 1.0 if spike > 0 else 1e-2
+        spike = max(spike - 1, 0)
+        r2 = (1 - lrs[t] * wd) ** 2 * r2 + lrs[t] ** 2 * g**2 / r2
+    return rho2, loss, np.asarray(events)
+
+
+def test_lr_step_decay_is_not_an_event_and_decay_uses_the_schedule():
+    n, wd = 40000, 5e-3
+    lrs = np.where(np.arange(n) < 20000, 0.1, 0.04)  # step decay at 20000
+    rho2, loss, ev = _scheduled_sawtooth(lrs, wd)
+    step = np.arange(n)
+    elr = lrs / rho2
+    # effective LR only, with the schedule as a column: ln(elr) drops by ln(2.5) at
+    # the decay step, which a constant-lr conversion would take for a norm jump
+    sched = Trajectory(step=step, elr=elr, loss=loss, extra={"lr": lrs}, meta={"wd": wd})
+    e = find_events(sched)
+    np.testing.assert_array_equal(e.steps, ev)
+    const = Trajectory(step=step, elr=elr, loss=loss, meta={"lr": 0.1, "wd": wd})
+    # without the schedule the free decay after the step is overstated 2.5x
+    wrong = find_events(const)
+    k = int(np.searchsorted(wrong.steps, 20000))
+    assert wrong.decay_before[k + 1] == pytest.approx(2.5 * e.decay_before[k + 1], rel=1e-3)
+    # explicit arrays do the same as the column
+    e2 = find_events(Trajectory(step=step, elr=elr, loss=loss), lr=lrs, wd=wd)
+    np.testing.assert_array_equal(e2.steps, ev)
+    # free decay between events: ln prod_t (1 - lr_t wd), summed by hand
+    hand = [
+        sum(math.log(1 - lrs[t] * wd) for t in range(a, b))
+        for a, b in zip(ev[:-1], ev[1:], strict=True)
+    ]
+    # (differences of a running sum over 40000 steps: round-off ~1e-12 relative)
+    np.testing.assert_allclose(e.decay_before, hand, rtol=1e-10)
+    # with the norm column the longer decay phases after the step are no problem
+    rho = Trajectory(step=step, rho=np.sqrt(rho2), loss=loss, extra={"lr": lrs}, meta={"wd": wd})
+    np.testing.assert_array_equal(find_events(rho).steps, ev)
+
+
+def test_warmup_rise_is_not_an_event():
+    # linear warmup 0 -> 0.1 over 5000 steps under a steady noisy gradient: the
+    # norm first barely moves, then relaxes to its equilibrium (a slow rise)
+    n, wd = 30000, 1e-3
+    rng = np.random.default_rng(5)
+    lrs = 0.1 * np.minimum(1.0, (np.arange(n) + 1) / 5000)
+    g = 1 + 0.3 * rng.standard_normal(n)
+    r2, x = np.empty(n), 0.2
+    for t in range(n):
+        r2[t] = x
+        x = (1 - lrs[t] * wd) ** 2 * x + lrs[t] ** 2 * g[t] ** 2 / x
+    loss = 0.5 * np.exp(-np.arange(n) / 3000) + 1e-3
+    traj = Trajectory(
+        step=np.arange(n), rho=np.sqrt(r2), loss=loss, extra={"lr": lrs}, meta={"wd": wd}
+    )
+    assert len(find_events(traj)) == 0
+
+
+def test_per_event_report_matches_the_rows(clean):
+    traj, ev, _ = clean
+    e = find_events(traj)
+    np.testing.assert_array_equal(e.rho_before, traj.rho[e.index])
+    np.testing.assert_array_equal(e.rho_after, traj.rho[e.peak_index])
+    np.testing.assert_allclose(e.elr_before, LR / traj.rho[e.index] ** 2, rtol=1e-15)
+    # loss 1e-2 before each burst, 1.0 during it: a spike of 100x
+    np.testing.assert_allclose(e.loss_before, 1e-2, rtol=1e-12)
+    np.testing.assert_allclose(e.loss_peak, 1.0, rtol=1e-12)
+    np.testing.assert_allclose(e.loss_spike, 100.0, rtol=1e-9)
+    # free decay over each period: (period) * ln(1 - lr wd)
+    np.testing.assert_allclose(e.decay_before, np.diff(ev) * math.log(1 - LR * WD), rtol=1e-12)
+    d = e.to_dict()
+    assert d["loss_spike"][0] == pytest.approx(100.0)
+
+
+def test_two_stage_rise_is_one_event_and_long_rises_count():
+    # decay 600 steps at 1e-3/step, then a rise of 0.3 in 10 steps, a 20-step pause
+    # dipping by 0.02, and a slow second stage of 0.3 over 400 steps (longer than half
+    # the decay phase): one event per cycle, at the start of the first stage
+    cyc = []
+    for _ in range(6):
+        x0 = 0.6
+        dec = x0 - 1e-3 * np.arange(600)
+        r1 = dec[-1] + 0.03 * np.arange(1, 11)
+        pause = r1[-1] - 1e-3 * np.arange(1, 21)
+        r2 = pause[-1] + 0.3 * np.arange(1, 401) / 400
+        seg = np.concatenate([dec, r1, pause, r2])
+        cyc.append(seg - seg[-1] + x0)
+    x = np.concatenate(cyc)
+    n = x.size
+    phase = np.arange(n) % 1030
+    loss = np.where((phase >= 600) & (phase < 640), 1.0, 1e-3)
+    traj = Trajectory(step=np.arange(n), rho=np.exp(x), loss=loss)
+    e = find_events(traj)
+    truth = np.flatnonzero(phase == 599)[1:]  # the first cycle has no decay phase before it
+    truth = np.concatenate([[599], truth]) if e.steps[0] == 599 else truth
+    np.testing.assert_array_equal(e.steps, truth)
+    assert np.all(e.peak_steps - e.steps > 400)  # the peak is after both stages

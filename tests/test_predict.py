@@ -179,3 +179,71 @@ def test_validation():
     flat.meta["momentum"] = 0.9
     with pytest.raises(ValueError, match="momentum"):
         predict_period(0.1, 0.01, 0.0, calibration=flat)
+
+
+# ------------------------------------------------------------ run-to-run transfer
+def _jump_map_run(lr, wd, factor=2.0, momentum=0.0, n_periods=8):
+    """rho^2 falls by the free-decay factor squared per step and is multiplied by ``factor``
+    once below 1: the period is ln(factor) / (2 delta) steps, delta = -ln decay_factor."""
+    from siflow import theory
+
+    alpha = float(theory.decay_factor(lr, wd, momentum))
+    period = math.log(factor) / (-2 * math.log(alpha))
+    n = int(n_periods * period) + 10
+    r2 = np.empty(n)
+    loss = np.full(n, 1e-3)
+    v = factor * 0.999
+    for t in range(n):
+        if v < 1.0:
+            v *= factor
+            loss[t : t + 2] = 1.0
+        r2[t] = v
+        v *= alpha**2
+    meta = {"lr": lr, "wd": wd, "momentum": momentum}
+    return Trajectory(step=np.arange(n), rho=np.sqrt(r2), loss=loss, meta=meta), period
+
+
+def test_transfer_period_exact_for_the_jump_map():
+    from siflow.predict import transfer_period
+
+    cal, _ = _jump_map_run(0.5, 0.01)
+    for lr, wd in ((1.0, 0.01), (0.5, 0.004), (0.2, 0.05)):
+        _, true_period = _jump_map_run(lr, wd)
+        pred = transfer_period(cal, lr, wd)
+        # whole-step events: the calibration period (69.3 steps) is measured to one step
+        assert pred.period == pytest.approx(true_period, rel=1.0 / 69)
+        assert pred.details["push_calibration"] == pytest.approx(0.0, abs=1e-3)
+
+
+def test_transfer_period_hand_formula_with_push_and_momentum():
+    from siflow import theory
+    from siflow.periods import find_events, measure_decay_rate
+    from siflow.predict import transfer_period
+
+    cal, _ = _jump_map_run(0.5, 0.01)
+    ev = find_events(cal)
+    t0 = float(np.median(ev.periods))
+    r0 = measure_decay_rate(cal, ev)
+    d0 = -math.log(1 - 0.005)
+    pred = transfer_period(cal, 0.1, 0.01, momentum=0.9, events=ev)
+    # heavy-ball threshold shift: 1/2 ln((1 + 0.9 - 1e-3) / (1 - 5e-3))
+    shift = 0.5 * math.log((1.9 - 1e-3) / (1 - 5e-3))
+    delta = float(theory.decay_rate(0.1, 0.01, 0.9))
+    p = (1 - r0 / d0) * 1e-3 / 5e-3
+    assert pred.period == pytest.approx((t0 * r0 + shift) / (delta * (1 - p)), rel=1e-12)
+    assert pred.details["threshold_shift"] == pytest.approx(shift, rel=1e-12)
+    const = transfer_period(cal, 0.1, 0.01, momentum=0.9, events=ev, push="constant")
+    assert const.period == pytest.approx((t0 * r0 + shift) / (delta * (r0 / d0)), rel=1e-12)
+
+
+def test_transfer_period_validation():
+    from siflow.predict import transfer_period
+
+    cal, _ = _jump_map_run(0.5, 0.01, n_periods=2)
+    with pytest.raises(ValueError, match="destabilizations"):
+        transfer_period(cal, 1.0, 0.01)
+    cal, _ = _jump_map_run(0.5, 0.01)
+    with pytest.raises(ValueError, match="push"):
+        transfer_period(cal, 1.0, 0.01, push="quadratic")
+    with pytest.raises(ValueError, match="lr"):
+        transfer_period(Trajectory(step=cal.step, rho=cal.rho), 1.0, 0.01)

@@ -248,14 +248,29 @@ def test_parallel_local_run_gives_the_same_table(reference, tmp_path):
 def test_rerun_reads_cells_back_instead_of_recomputing(reference, tmp_path):
     small = dict(GRID, momentum=(0.0,), seeds=(0,))
     first = S.sweep(LOSS, out=tmp_path, workers=1, simulator=SIMULATOR, **small)
-    # poison one saved cell: a rerun must read it back, not recompute it
-    path = tmp_path / "cells" / "cell_000002.json"
-    path.write_text(path.read_text().replace('"regime": "', '"regime": "X'))
+    cells = sorted((tmp_path / "cells").glob("cell_*.json"))
+    before = {p.name: (p.stat().st_ino, p.read_bytes()) for p in cells}
     second = S.sweep(LOSS, out=tmp_path, workers=1, simulator=SIMULATOR, **small)
-    assert second.rows[2]["regime"].startswith("X")
-    assert [r["regime"] for i, r in enumerate(second.rows) if i != 2] == [
-        r["regime"] for i, r in enumerate(first.rows) if i != 2
-    ]
+    # atomic rewrites would give new inodes: every cell file is the one written first
+    assert {p.name: (p.stat().st_ino, p.read_bytes()) for p in cells} == before
+    _same_rows(second.rows, first.rows)
+    assert second.discarded == []
+
+
+def test_an_edited_cell_is_recomputed_not_trusted(tmp_path):
+    small = dict(GRID, momentum=(0.0,), seeds=(0,))
+    first = S.sweep(LOSS, out=tmp_path, workers=1, simulator=SIMULATOR, **small)
+    path = tmp_path / "cells" / "cell_000002.json"
+    original = path.read_bytes()
+    other = next(r for r in S.REGIMES if r != first.rows[2]["regime"])
+    # a valid-looking edit: another regime label, every field still well-formed
+    path.write_text(path.read_text().replace(first.rows[2]["regime"], other))
+    notes = []
+    second = S.sweep(LOSS, out=tmp_path, workers=1, simulator=SIMULATOR, notes=notes.append,
+                     **small)  # fmt: skip
+    assert second.discarded == [2] and len(notes) == 1 and "recomputing it" in notes[0]
+    _same_rows(second.rows, first.rows)
+    assert path.read_bytes() == original
 
 
 def test_a_different_sweep_in_the_same_directory_is_refused(tmp_path):

@@ -1,0 +1,737 @@
+"""A labelled set of real scale-invariant training runs, and the event tools measured on it.
+
+Trains small fully scale-invariant networks with PyTorch on two data sets that ship inside
+packages (scikit-learn's ``load_digits`` and ``mnist1d``'s ``make_dataset()``, generated
+locally, no download): an MLP, a ConvNet and a small residual network, each weight matrix
+followed by BatchNorm without affine terms, the last layer rescaled to Frobenius norm 10
+and frozen. Full-batch GD and minibatch SGD (batch 128), momentum 0 and 0.9, ``lr*wd``
+from 1e-3 to 1e-2. Every run is recorded with :class:`siflow.torch_probe.SIRecorder`.
+
+The destabilizations of every run were checked by eye against its plotted norm and loss
+curves; the checked lists are ``analysis/data/labelled/labels.json``. The script measures
+
+- the detector (:func:`siflow.periods.find_events`): recall and precision against the labels;
+- the calibrated period prediction (:func:`siflow.predict.predict_period`), calibrated on
+  one run per (data set, network) and predicting the others;
+- the forecast of the next destabilization (:func:`siflow.forecast.forecast_next_event`)
+  on every log cut half-way through a cycle after at least two events.
+
+Usage::
+
+    python analysis/labelled_runs.py train            # cached; --force retrains
+    python analysis/labelled_runs.py evaluate         # tables to runs/labelled/
+    python analysis/labelled_runs.py plot             # one PNG per run, for the by-eye check
+    python analysis/labelled_runs.py evaluate --update-figures --update-data  # committed
+                                                     # figures/forecast*.png and tables
+
+Training writes logs to ``runs/labelled/logs`` unless ``--update-data`` (then to
+``analysis/data/labelled``); evaluation reads ``analysis/data/labelled`` unless ``--logs``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from siflow._cli import ArgumentParser, run_main
+from siflow._fileio import atomic_write, ensure_dir, require
+from siflow.trajectory import Trajectory
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "analysis" / "data" / "labelled"
+N_TRAIN = 512
+LAST_LAYER_NORM = 10.0
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run of the labelled set."""
+
+    name: str
+    data: str  # "digits" or "mnist1d"
+    net: str  # "mlp", "convnet" or "resnet"
+    lr: float
+    wd: float
+    steps: int
+    momentum: float = 0.0
+    batch: int = 0  # 0 = full batch (GD)
+    every: int = 1
+    seed: int = 0
+    sharpness_every: int = 0  # steps between sphere-sharpness measurements (0: none)
+
+    @property
+    def optimizer(self) -> str:
+        kind = "gd" if self.batch == 0 else "sgd"
+        return kind + ("_mom" if self.momentum else "")
+
+    @property
+    def family(self) -> str:
+        """Runs that share a landscape: same data set, network and optimizer kind."""
+        return f"{self.data}_{self.net}"
+
+
+def _steps(lrwd: float, mu: float, cycles: float) -> int:
+    eff = lrwd / (1.0 - mu)
+    return int(round(cycles * 2.0 / eff / 100.0) * 100)
+
+
+def _sharpness_runs() -> list[Run]:
+    """Digits GD runs with the unit-sphere sharpness logged every 4 steps (another seed)."""
+    runs = []
+    for net in ("mlp", "convnet", "resnet"):
+        runs.append(
+            Run(
+                f"digits_{net}_gd_lr1_wd0.01_sharp",
+                "digits",
+                net,
+                1.0,
+                1e-2,
+                _steps(1e-2, 0.0, 6),
+                seed=1,
+                sharpness_every=4,
+            )
+        )
+    return runs
+
+
+def make_runs() -> list[Run]:
+    """The grid of the labelled set (about 15 minutes on one core)."""
+    runs: list[Run] = []
+    for data in ("digits", "mnist1d"):
+        if data == "mnist1d":
+            runs += _sharpness_runs()
+        for net in ("mlp", "convnet", "resnet"):
+            base = f"{data}_{net}"
+            gd = [(1.0, 1e-2), (0.5, 2e-2), (0.5, 1e-2)]
+            if net == "mlp":
+                gd += [(0.5, 5e-3), (0.1, 1e-2)]
+            for lr, wd in gd:
+                lrwd = lr * wd
+                every = 1 if lrwd >= 2e-3 else 2
+                runs.append(
+                    Run(
+                        f"{base}_gd_lr{lr:g}_wd{wd:g}",
+                        data,
+                        net,
+                        lr,
+                        wd,
+                        _steps(lrwd, 0.0, 6),
+                        every=every,
+                    )
+                )
+            for lr, wd in ((1.0, 1e-2), (0.5, 1e-2)):
+                runs.append(
+                    Run(
+                        f"{base}_sgd_lr{lr:g}_wd{wd:g}",
+                        data,
+                        net,
+                        lr,
+                        wd,
+                        _steps(lr * wd, 0.0, 6),
+                        batch=128,
+                    )
+                )
+            for batch in (0, 128) if net == "mlp" else (128,):
+                kind = "gdmom" if batch == 0 else "sgdmom"
+                runs.append(
+                    Run(
+                        f"{base}_{kind}_lr0.1_wd0.01",
+                        data,
+                        net,
+                        0.1,
+                        1e-2,
+                        _steps(1e-3, 0.9, 6),
+                        momentum=0.9,
+                        batch=batch,
+                    )
+                )
+    return runs
+
+
+# ------------------------------------------------------------------------ training
+@functools.lru_cache(maxsize=2)
+def load_data(name: str) -> tuple[Any, Any]:
+    """Training inputs and labels: the first ``N_TRAIN`` samples, float32 inputs, int64 labels."""
+    if name == "digits":
+        datasets = require("sklearn.datasets", "analysis", "scikit-learn")
+        d = datasets.load_digits()
+        order = np.random.default_rng(0).permutation(len(d.target))
+        x = (d.data[order] / 16.0).astype(np.float32)
+        y = d.target[order].astype(np.int64)
+    elif name == "mnist1d":
+        mdata = require("mnist1d.data", "analysis", "mnist1d")
+        d = mdata.make_dataset()  # generated from its templates, no download
+        x = np.asarray(d["x"], dtype=np.float32)
+        y = np.asarray(d["y"], dtype=np.int64)
+        x = (x - x.mean()) / x.std()
+    else:
+        raise ValueError(f"data must be 'digits' or 'mnist1d', got {name!r}")
+    return x[:N_TRAIN], y[:N_TRAIN]
+
+
+def build(net: str, data: str, torch: Any) -> Any:
+    """A scale-invariant network: every trained weight is followed by an affine-free BN."""
+    nn = torch.nn
+    two_d = data == "digits"
+    n_in = dim = 64 if two_d else 40
+    conv = nn.Conv2d if two_d else nn.Conv1d
+    bn = nn.BatchNorm2d if two_d else nn.BatchNorm1d
+    pool = nn.MaxPool2d if two_d else nn.MaxPool1d
+    shape = (1, 8, 8) if two_d else (1, 40)
+    if net == "mlp":
+        layers: list[Any] = []
+        for _ in range(3):
+            layers += [nn.Linear(n_in, 64, bias=False), nn.BatchNorm1d(64, affine=False), nn.ReLU()]
+            n_in = 64
+        layers += [nn.Linear(64, 10)]
+        model = nn.Sequential(*layers)
+    elif net == "convnet":
+        layers = [nn.Unflatten(1, shape)]
+        c_in = 1
+        for c in (8, 16, 32):
+            layers += [
+                conv(c_in, c, 3, padding=1, bias=False),
+                bn(c, affine=False),
+                nn.ReLU(),
+                pool(2),
+            ]
+            c_in = c
+        layers += [nn.Flatten(), nn.LazyLinear(10)]
+        model = nn.Sequential(*layers)
+    elif net == "resnet":
+
+        class Block(nn.Module):
+            def __init__(self, c: int) -> None:
+                super().__init__()
+                self.c1, self.b1 = conv(c, c, 3, padding=1, bias=False), bn(c, affine=False)
+                self.c2, self.b2 = conv(c, c, 3, padding=1, bias=False), bn(c, affine=False)
+
+            def forward(self, x: Any) -> Any:
+                return torch.relu(x + self.b2(self.c2(torch.relu(self.b1(self.c1(x))))))
+
+        model = nn.Sequential(
+            nn.Unflatten(1, shape),
+            conv(1, 8, 3, padding=1, bias=False),
+            bn(8, affine=False),
+            nn.ReLU(),
+            Block(8),
+            pool(2),
+            Block(8),
+            nn.Flatten(),
+            nn.LazyLinear(10),
+        )
+    else:
+        raise ValueError(f"net must be 'mlp', 'convnet' or 'resnet', got {net!r}")
+    with torch.no_grad():
+        model(torch.zeros(2, dim))  # materialise the lazy last layer
+    last = model[-1]
+    with torch.no_grad():  # seed paper: last layer at Frobenius norm 10, frozen
+        last.weight.mul_(LAST_LAYER_NORM / last.weight.norm())
+        last.bias.zero_()
+    last.requires_grad_(False)
+    return model
+
+
+def train(run: Run, out: Path) -> dict[str, Any]:
+    """Train one run with one torch thread, record it, save ``out/<name>.npz``."""
+    torch = require("torch", "torch", '"torch==2.13.0"')
+    from siflow.torch_probe import SIRecorder
+
+    torch.set_num_threads(1)
+    nn = torch.nn
+    xtr, ytr = load_data(run.data)
+    X, Y = torch.from_numpy(xtr), torch.from_numpy(ytr)
+    torch.manual_seed(run.seed)
+    model = build(run.net, run.data, torch)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=run.lr, momentum=run.momentum, weight_decay=run.wd)
+    path = out / f"{run.name}.npz"
+
+    def full_loss() -> Any:
+        return nn.functional.cross_entropy(model(X), Y)
+
+    rec = SIRecorder(
+        model,
+        opt,
+        every=run.every,
+        sharpness_every=run.sharpness_every or None,
+        sharpness_loss=full_loss if run.sharpness_every else None,
+        sharpness_iters=12,
+        sharpness_tol=1e-3,
+        meta={
+            "config": asdict(run),
+            "dataset": f"{run.data}, {N_TRAIN} training samples",
+            "batch": run.batch or N_TRAIN,
+            "steps_per_epoch": 1 if run.batch == 0 else math.ceil(N_TRAIN / run.batch),
+            "seed": run.seed,
+        },
+    )
+    gen = torch.Generator().manual_seed(run.seed + 1)
+    perm, pos = torch.randperm(N_TRAIN, generator=gen), 0
+    t0 = time.perf_counter()
+    status = "ok"
+    model.train()
+    for _ in range(run.steps):
+        if run.batch == 0:
+            xb, yb = X, Y
+        else:
+            if pos + run.batch > N_TRAIN:
+                perm, pos = torch.randperm(N_TRAIN, generator=gen), 0
+            idx = perm[pos : pos + run.batch]
+            pos += run.batch
+            xb, yb = X[idx], Y[idx]
+        opt.zero_grad(set_to_none=True)
+        loss = nn.functional.cross_entropy(model(xb), yb)
+        loss.backward()
+        opt.step()
+        rec.log_loss(loss)
+        if not math.isfinite(float(loss.detach())):
+            status = "diverged"
+            break
+    seconds = time.perf_counter() - t0
+    rec.close()
+    traj = rec.trajectory()
+    keep = ("rho", "elr", "loss", "grad_norm", "angular_update", "sharpness_sphere")
+    for key in [k for k in traj.extra if k not in keep]:
+        del traj.extra[key]  # per-group and derivable columns: dropped to keep the logs small
+    traj.meta.update({"status": status, "seconds": seconds})
+    traj.save(path)
+    return {"name": run.name, "seconds": round(seconds, 1), "rows": len(traj), "status": status}
+
+
+def _cached(run: Run, out: Path) -> bool:
+    path = out / f"{run.name}.npz"
+    if not path.is_file():
+        return False
+    try:
+        meta = Trajectory.load(path).meta
+    except ValueError:
+        return False
+    stored = dict(meta.get("config") or {})
+    stored.setdefault("sharpness_every", 0)  # logs written before the field existed
+    return stored == json.loads(json.dumps(asdict(run)))
+
+
+def cmd_train(args: Any) -> int:
+    out = ensure_dir(DATA if args.update_data else Path(args.out or ROOT / "runs/labelled/logs"))
+    runs = make_runs()
+    if args.only:
+        wanted = set(args.only.split(","))
+        runs = [r for r in runs if r.name in wanted]
+    for run in runs:
+        if _cached(run, out) and not args.force:
+            print(f"cached {run.name}")
+            continue
+        info = train(run, out)
+        print(json.dumps(info), flush=True)
+    print(f"logs in {out}")
+    return 0
+
+
+def load_logs(logs: Path) -> dict[str, Trajectory]:
+    """Every log of the grid present in ``logs``, by run name (grid order)."""
+    out = {}
+    for run in make_runs():
+        path = logs / f"{run.name}.npz"
+        if path.is_file():
+            out[run.name] = Trajectory.load(path)
+    if not out:
+        raise ValueError(f"no labelled logs in {logs}; train them first (train --update-data)")
+    return out
+
+
+def load_labels(path: Path = DATA / "labels.json", key: str = "events") -> dict[str, list[int]]:
+    """The by-eye event lists: run name -> event steps (``key="ambiguous"``: the cases
+    the eye cannot decide, counted neither as hits nor as false detections)."""
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text())
+    return {k: [int(v) for v in vals] for k, vals in data.get(key, {}).items()}
+
+
+def cmd_plot(args: Any) -> int:
+    """One figure per group of runs: ln rho and loss with detected and labelled events."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from siflow.periods import find_events
+
+    out = ensure_dir(Path(args.out or ROOT / "runs/labelled/plots"))
+    trajs = load_logs(Path(args.logs))
+    labels = load_labels()
+    names = [n for n in trajs if not args.only or n in args.only.split(",")]
+    per = 6
+    for g in range(0, len(names), per):
+        group = names[g : g + per]
+        fig, axs = plt.subplots(len(group), 1, figsize=(14, 2.4 * len(group)), squeeze=False)
+        for ax, name in zip(axs[:, 0], group, strict=True):
+            t = trajs[name]
+            ax.plot(t.step, np.log(t.rho), "b-", lw=0.8)
+            ax.set_ylabel("ln rho", color="b")
+            a2 = ax.twinx()
+            a2.semilogy(t.step, t.loss, "r-", lw=0.4, alpha=0.6)
+            loose = find_events(t, min_rise_speed=0, min_peak_fraction=0, fitted_fraction=0)
+            for st in loose.steps:
+                ax.axvline(st, color="orange", lw=1.0, ls=":")
+            ev = find_events(t)
+            for st in ev.steps:
+                ax.axvline(st, color="g", lw=1.5, alpha=0.6)
+            for st in labels.get(name, []):
+                ax.axvline(st, color="k", lw=0.8, ls="--")
+            ax.set_title(f"{name}: detected {ev.steps.tolist()}", fontsize=7)
+            ax.grid(alpha=0.3)
+        fig.tight_layout()
+        path = out / f"plots_{g // per:02d}.png"
+        fig.savefig(path, dpi=65)
+        plt.close(fig)
+        print(f"wrote {path}")
+    return 0
+
+
+# ---------------------------------------------------------------------- evaluation
+def _tolerance(labels: list[int], traj: Trajectory) -> float:
+    """Steps within which a detected event matches a labelled one."""
+    gap = float(np.median(np.diff(traj.step))) if len(traj) > 1 else 1.0
+    per = float(np.median(np.diff(labels))) if len(labels) > 1 else math.inf
+    return max(3.0 * gap, min(0.05 * per, 20.0 * gap))
+
+
+def match_events(found: Sequence[int], truth: Sequence[int], tol: float) -> tuple[int, int, int]:
+    """Greedy one-to-one matching in step order: ``(true positives, false pos., misses)``."""
+    used: set[int] = set()
+    tp = 0
+    for f in found:
+        best = None
+        for j, t in enumerate(truth):
+            if (
+                j not in used
+                and abs(f - t) <= tol
+                and (best is None or abs(f - t) < abs(f - truth[best]))
+            ):
+                best = j
+        if best is not None:
+            used.add(best)
+            tp += 1
+    return tp, len(found) - tp, len(truth) - tp
+
+
+def evaluate_detector(trajs: dict[str, Trajectory], labels: dict[str, list[int]]) -> dict[str, Any]:
+    """Recall and precision of :func:`siflow.periods.find_events` against the labels."""
+    from siflow.periods import find_events
+
+    rows = []
+    tp = fp = fn = 0
+    unsure = load_labels(key="ambiguous")
+    for name, truth in labels.items():
+        if name not in trajs:
+            continue
+        traj = trajs[name]
+        tol = _tolerance(truth, traj)
+        found = [
+            f
+            for f in find_events(traj).steps.tolist()
+            if not any(abs(f - u) <= tol for u in unsure.get(name, []))
+        ]
+        a, b, c = match_events(found, truth, tol)
+        tp, fp, fn = tp + a, fp + b, fn + c
+        rows.append({"run": name, "labelled": truth, "found": found, "tp": a, "fp": b, "fn": c})
+    return {
+        "runs": rows,
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "recall": tp / (tp + fn) if tp + fn else math.nan,
+        "precision": tp / (tp + fp) if tp + fp else math.nan,
+    }
+
+
+def _kind(run: Run) -> str:
+    if run.momentum:
+        return "momentum"
+    return "GD" if run.batch == 0 else "SGD"
+
+
+def evaluate_prediction(
+    trajs: dict[str, Trajectory], labels: dict[str, list[int]]
+) -> dict[str, Any]:
+    """Calibrate on one GD run per (data, network), predict the median period of the others."""
+    from siflow.periods import find_events
+    from siflow.predict import transfer_period
+
+    runs = {r.name: r for r in make_runs()}
+    rows = []
+    for name, run in runs.items():
+        cal_name = f"{run.family}_gd_lr0.5_wd0.01"
+        if name == cal_name or name not in trajs or cal_name not in trajs:
+            continue
+        truth = labels.get(name, [])
+        if len(truth) < 3:
+            continue
+        cal = trajs[cal_name]
+        pred = transfer_period(cal, run.lr, run.wd, run.momentum, events=find_events(cal))
+        measured = float(np.median(np.diff(truth)))
+        periods = np.diff(truth).astype(float)
+        rows.append(
+            {
+                "run": name,
+                "calibration": cal_name,
+                "kind": _kind(run),
+                "lrwd": run.lr * run.wd,
+                "measured": measured,
+                "n_periods": int(periods.size),
+                "period_cv": float(np.std(periods) / np.mean(periods)),
+                "predicted": pred.period,
+                "error": pred.period / measured - 1.0,
+                "push_calibration": pred.details["push_calibration"],
+            }
+        )
+    summary = {}
+    for kind in ("GD", "SGD", "momentum"):
+        errs = np.array([abs(r["error"]) for r in rows if r["kind"] == kind])
+        if errs.size:
+            summary[kind] = {
+                "n": int(errs.size),
+                "median_abs": float(np.median(errs)),
+                "worst_abs": float(np.max(errs)),
+            }
+    return {"runs": rows, "summary": summary}
+
+
+def forecast_cuts(traj: Trajectory, truth: list[int]) -> list[dict[str, Any]]:
+    """Forecasts from the log cut half-way through each cycle after the second event."""
+    from siflow.forecast import forecast_next_event
+
+    out = []
+    for k in range(1, len(truth) - 1):
+        a, b = truth[k], truth[k + 1]
+        cut = (a + b) // 2
+        rows = int(np.searchsorted(traj.step, cut, "right"))
+        fc = forecast_next_event(traj[:rows])
+        err = (fc.next_event_step - b) / (b - a) if math.isfinite(fc.next_event_step) else math.nan
+        out.append(
+            {
+                "cut": int(traj.step[rows - 1]),
+                "true": int(b),
+                "cycle": int(b - a),
+                "forecast": fc.next_event_step,
+                "interval": list(fc.next_event_interval),
+                "error_cycles": err,
+                "method": fc.method,
+            }
+        )
+    return out
+
+
+def evaluate_forecast(trajs: dict[str, Trajectory], labels: dict[str, list[int]]) -> dict[str, Any]:
+    """Fraction of half-cycle cuts forecast within 15% of the cycle length."""
+    per_run = {}
+    errs = []
+    for name, truth in labels.items():
+        if name in trajs and len(truth) >= 3:
+            cuts = forecast_cuts(trajs[name], truth)
+            per_run[name] = cuts
+            errs += [c["error_cycles"] for c in cuts]
+    arr = np.array(errs, dtype=float)
+    ok = np.isfinite(arr) & (np.abs(arr) <= 0.15)
+    return {
+        "runs": per_run,
+        "n_cuts": int(arr.size),
+        "within_15pct": int(np.count_nonzero(ok)),
+        "fraction": float(np.mean(ok)) if arr.size else math.nan,
+        "median_abs_error": float(np.nanmedian(np.abs(arr))) if arr.size else math.nan,
+    }
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:+.0f}%" if math.isfinite(x) else "n/a"
+
+
+def write_markdown(res: dict[str, Any], command: str) -> str:
+    det, pred, fc = res["detector"], res["prediction"], res["forecast"]
+    lines = [
+        "# Labelled real runs: detector, period prediction, forecast",
+        "",
+        f"Regenerate: `{command}`.",
+        "",
+        "## Detector (`siflow.periods.find_events`, default parameters) against the labels",
+        "",
+        f"Recall {det['recall']:.3f} ({det['tp']}/{det['tp'] + det['fn']}), precision "
+        f"{det['precision']:.3f} ({det['tp']}/{det['tp'] + det['fp']}) "
+        f"over {len(det['runs'])} runs.",
+        "",
+        "| run | labelled | missed | false |",
+        "|---|---|---|---|",
+    ]
+    for r in det["runs"]:
+        lines.append(f"| {r['run']} | {len(r['labelled'])} | {r['fn']} | {r['fp']} |")
+    lines += [
+        "",
+        "## Period prediction (`siflow.predict.transfer_period`), calibrated on the GD run "
+        "at lr=0.5, wd=0.01 of each network",
+        "",
+        "T measured: median of the labelled periods (n of them, scatter = their coefficient "
+        "of variation within the run).",
+        "",
+        "| run | kind | lr*wd | T measured (labels) | n | scatter | T predicted | error |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in pred["runs"]:
+        lines.append(
+            f"| {r['run']} | {r['kind']} | {r['lrwd']:.3g} | {r['measured']:.0f} | "
+            f"{r['n_periods']} | {r['period_cv']:.2f} | {r['predicted']:.0f} | {_pct(r['error'])} |"
+        )
+    lines += ["", "| kind | runs | median abs error | worst abs error |", "|---|---|---|---|"]
+    for kind, s in pred["summary"].items():
+        lines.append(
+            f"| {kind} | {s['n']} | {100 * s['median_abs']:.0f}% | {100 * s['worst_abs']:.0f}% |"
+        )
+    lines += [
+        "",
+        "## Forecast of the next destabilization (`siflow.forecast.forecast_next_event`)",
+        "",
+        f"Logs cut half-way through each cycle after the second labelled event: "
+        f"{fc['within_15pct']}/{fc['n_cuts']} = {100 * fc['fraction']:.0f}% of the cuts within "
+        f"15% of the cycle length of the true event (median error "
+        f"{100 * fc['median_abs_error']:.0f}% of a cycle).",
+        "",
+        "| run | cuts | errors (fraction of the cycle) |",
+        "|---|---|---|",
+    ]
+    for name, cuts in fc["runs"].items():
+        errs = ", ".join(_pct(c["error_cycles"]) for c in cuts)
+        lines.append(f"| {name} | {len(cuts)} | {errs} |")
+    return "\n".join(lines) + "\n"
+
+
+def draw_forecasts(res: dict[str, Any], trajs: dict[str, Trajectory], path: Path) -> None:
+    """Forecast vs true step of every cut, and one run's forecasts along its log."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fc = res["forecast"]["runs"]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.6))
+    colors = {"GD": "C0", "SGD": "C1", "momentum": "C2"}
+    runs = {r.name: r for r in make_runs()}
+    bins = np.linspace(-1.0, 2.0, 61)
+    errs: dict[str, list[float]] = {k: [] for k in colors}
+    for name, cuts in fc.items():
+        errs[_kind(runs[name])] += [
+            min(max(c["error_cycles"], -0.999), 1.999)
+            for c in cuts
+            if math.isfinite(c["error_cycles"])
+        ]
+    a1.hist(
+        [errs[k] for k in colors],
+        bins=bins,
+        stacked=True,
+        color=list(colors.values()),
+        label=[f"{k} ({len(errs[k])} cuts)" for k in colors],
+    )
+    a1.axvspan(-0.15, 0.15, color="0.85", zorder=0, label="within 15% of the cycle")
+    a1.set_xlabel("(forecast - true step) / cycle length (clipped to [-1, 2])")
+    a1.set_ylabel("cuts")
+    frac = res["forecast"]["fraction"]
+    a1.set_title(f"half-cycle cuts of the labelled logs: {100 * frac:.0f}% within 15%")
+    a1.legend(fontsize=8)
+    name = "mnist1d_mlp_gd_lr0.5_wd0.01" if "mnist1d_mlp_gd_lr0.5_wd0.01" in fc else max(fc)
+    traj = trajs[name]
+    a2.plot(traj.step, np.log(traj.rho), "b-", lw=0.8, label="ln rho")
+    for c in fc[name]:
+        a2.axvline(c["true"], color="k", lw=0.8, ls="--")
+        y = float(np.log(traj.rho[np.searchsorted(traj.step, c["cut"])]))
+        lo, hi = c["interval"]
+        a2.plot([c["cut"], c["forecast"]], [y, y], "-", color="C3", lw=0.8)
+        a2.errorbar(
+            c["forecast"],
+            y,
+            xerr=[[max(c["forecast"] - lo, 0)], [max(hi - c["forecast"], 0)]],
+            fmt="o",
+            color="C3",
+            ms=4,
+            capsize=3,
+        )
+        a2.plot(c["cut"], y, "kx", ms=6)
+    a2.set_title(f"{name}: cut (x), forecast (o, interval), true event (--)", fontsize=8)
+    a2.set_xlabel("step")
+    fig.tight_layout()
+    from siflow._fileio import atomic_write
+
+    with atomic_write(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=90)
+    plt.close(fig)
+
+
+def cmd_evaluate(args: Any) -> int:
+    trajs = load_logs(Path(args.logs))
+    labels = load_labels()
+    if not labels:
+        raise ValueError("no labels: analysis/data/labelled/labels.json is missing")
+    res = {
+        "detector": evaluate_detector(trajs, labels),
+        "prediction": evaluate_prediction(trajs, labels),
+        "forecast": evaluate_forecast(trajs, labels),
+    }
+    out = ensure_dir(DATA if args.update_data else Path(args.out or ROOT / "runs/labelled"))
+    command = "python analysis/labelled_runs.py evaluate"
+    md = write_markdown(res, command)
+    with atomic_write(out / "results.md", "w") as fh:
+        fh.write(md)
+    with atomic_write(out / "results.json", "w") as fh:
+        json.dump(res, fh, indent=1, default=float)
+    fig_dir = ROOT / "figures" if args.update_figures else out
+    draw_forecasts(res, trajs, fig_dir / "forecast_labelled.png")
+    print(md)
+    print(
+        f"wrote {out / 'results.md'}, {out / 'results.json'}, {fig_dir / 'forecast_labelled.png'}"
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = ArgumentParser(prog="labelled_runs", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("train", help="train the runs (cached)")
+    p.add_argument("--force", action="store_true", help="retrain even if a log exists")
+    p.add_argument("--only", default=None, help="comma-separated run names")
+    p.add_argument("--out", default=None, help="log directory (default runs/labelled/logs)")
+    p.add_argument("--update-data", action="store_true", help="write to analysis/data/labelled")
+    p = sub.add_parser("plot", help="curves with detected and labelled events")
+    p.add_argument("--logs", default=str(DATA), help="log directory")
+    p.add_argument("--out", default=None, help="figure directory (default runs/labelled/plots)")
+    p.add_argument("--only", default=None, help="comma-separated run names")
+    p = sub.add_parser("evaluate", help="detector, prediction and forecast against the labels")
+    p.add_argument("--logs", default=str(DATA), help="log directory")
+    p.add_argument("--out", default=None, help="table directory (default runs/labelled)")
+    p.add_argument(
+        "--update-figures", action="store_true", help="write the figure to figures/ (committed)"
+    )
+    p.add_argument(
+        "--update-data",
+        action="store_true",
+        help="write results.md/json to analysis/data/labelled (committed)",
+    )
+    args = parser.parse_args(argv)
+    if args.cmd == "evaluate":
+        return cmd_evaluate(args)
+    if args.cmd == "train":
+        return cmd_train(args)
+    if args.cmd == "plot":
+        return cmd_plot(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main, prog="labelled_runs"))

@@ -1,0 +1,148 @@
+"""The event tools on the labelled set of real training runs (analysis/data/labelled).
+
+The logs were recorded with siflow.torch_probe.SIRecorder from small scale-invariant
+networks (MLP, ConvNet, residual network) on digits and mnist1d, and every event list in
+labels.json was checked by eye against the plotted norm and loss curves. The targets are
+the project's acceptance bounds; a missed target is an expected failure whose reason
+gives the measured number (``python analysis/labelled_runs.py evaluate``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from siflow.periods import find_events
+from siflow.trajectory import Trajectory
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "analysis" / "data" / "labelled"
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location(
+        "labelled_runs", ROOT / "analysis/labelled_runs.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def labelled():
+    mod = _script()
+    return mod, mod.load_logs(DATA), mod.load_labels(DATA / "labels.json")
+
+
+def test_labelled_set_covers_the_grid(labelled):
+    mod, trajs, labels = labelled
+    runs = {r.name: r for r in mod.make_runs()}
+    assert set(labels) == set(trajs) == set(runs)
+    assert {r.data for r in runs.values()} == {"digits", "mnist1d"}
+    assert {r.net for r in runs.values()} == {"mlp", "convnet", "resnet"}
+    assert {r.batch for r in runs.values()} == {0, 128}
+    assert {r.momentum for r in runs.values()} == {0.0, 0.9}
+    lrwd = [r.lr * r.wd for r in runs.values()]
+    assert min(lrwd) == pytest.approx(1e-3) and max(lrwd) == pytest.approx(1e-2)
+    size = sum(p.stat().st_size for p in DATA.iterdir())
+    assert size < 8e6  # small logs
+
+
+def test_labels_are_norm_jumps_with_loss_spikes_in_the_raw_logs(labelled):
+    _, trajs, labels = labelled
+    n = 0
+    for name, steps in labels.items():
+        traj = Trajectory.load(DATA / f"{name}.npz")
+        for s in steps:
+            i = int(np.searchsorted(traj.step, s))
+            assert traj.step[i] == s  # a logged row
+            # the norm rises within 20 rows and the loss spikes over its level before
+            assert np.max(traj.rho[i + 1 : i + 20]) > 1.02 * traj.rho[i]
+            before = np.median(traj.loss[max(0, i - 20) : i + 1])
+            assert np.max(traj.loss[i : i + 20]) > 2 * before  # the rule: about 2x or more
+            n += 1
+    assert n > 100
+
+
+def test_detector_recall_and_precision_on_the_labelled_set(labelled):
+    mod, trajs, labels = labelled
+    res = mod.evaluate_detector(trajs, labels)
+    assert res["recall"] >= 0.95
+    assert res["precision"] >= 0.95
+
+
+@pytest.mark.parametrize("k", [3, 16])
+def test_labelled_events_do_not_depend_on_the_time_unit(labelled, k):
+    _, trajs, _ = labelled
+    for name in ("digits_convnet_sgd_lr1_wd0.01", "mnist1d_resnet_gd_lr1_wd0.01"):
+        t = trajs[name]
+        base = find_events(t)
+        scaled = Trajectory(step=t.step * k, rho=t.rho, loss=t.loss, meta=t.meta)
+        e = find_events(scaled)
+        np.testing.assert_array_equal(e.index, base.index)
+        np.testing.assert_array_equal(e.steps, k * base.steps)
+
+
+def test_results_table_matches_a_fresh_evaluation(labelled, tmp_path):
+    mod, trajs, labels = labelled
+    pred = mod.evaluate_prediction(trajs, labels)
+    for row in pred["runs"]:
+        # every error is the prediction against the median labelled period of the run
+        steps = labels[row["run"]]
+        assert row["measured"] == float(np.median(np.diff(steps)))
+        assert row["error"] == pytest.approx(row["predicted"] / row["measured"] - 1, rel=1e-12)
+    json.dumps(pred)
+
+
+# ----------------------------------------------------------------- targets
+# The acceptance bounds, measured on the labelled set. A bound the tools miss today is an
+# expected failure (strict: it fails loudly once the bound is met, so the mark goes).
+PREDICTION_MISS = {"GD", "momentum"}  # measured: python analysis/labelled_runs.py evaluate
+FORECAST_MISSES = True
+
+
+@pytest.fixture(scope="module")
+def prediction(labelled):
+    mod, trajs, labels = labelled
+    return mod.evaluate_prediction(trajs, labels)["summary"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "median_bound", "worst_bound"),
+    [
+        pytest.param(
+            kind,
+            median,
+            worst,
+            marks=pytest.mark.xfail(
+                kind in PREDICTION_MISS,
+                strict=True,
+                reason="period transfer misses this bound on the labelled set",
+            ),
+        )
+        for kind, median, worst in (
+            ("GD", 0.10, 0.15),
+            ("SGD", 0.20, None),
+            ("momentum", 0.20, None),
+        )
+    ],
+)
+def test_period_prediction_bounds(prediction, kind, median_bound, worst_bound):
+    s = prediction[kind]
+    assert s["median_abs"] <= median_bound
+    if worst_bound is not None:
+        assert s["worst_abs"] <= worst_bound
+
+
+@pytest.mark.xfail(FORECAST_MISSES, strict=True, reason="forecast misses the 80% bound")
+def test_forecast_within_15pct_of_the_cycle_in_80pct_of_cuts(labelled):
+    mod, trajs, labels = labelled
+    res = mod.evaluate_forecast(trajs, labels)
+    assert res["n_cuts"] >= 50
+    assert res["fraction"] >= 0.80
