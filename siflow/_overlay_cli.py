@@ -5,8 +5,13 @@ the theory of the optimizer that ran, prints a table (or one JSON object with
 ``--json``) and writes ``summary.json`` (every field, long lists whole) and the
 figure under ``runs/overlay/<log name>/`` (or the directory ``--out``), never next
 to the log; ``--out FIGURE.png`` writes that figure only. It prints where its
-outputs went. Bad input gives one line on stderr and exit status 2;
-files are written atomically, so nothing is left half-written.
+outputs went. What the reader says a user must see (bad cells, an evaluation log,
+gradient norms left unconverted, a time axis in epochs) follows the table as
+``reader:`` lines and is kept in ``summary.json`` as ``reader_notes``; a log timed
+in epochs is reported in epochs. ``--evaluation`` reads an evaluation log (the seed
+paper's ``test-em.npz``), which is refused without it. Bad input gives one line on
+stderr and exit status 2; files are written atomically, so nothing is left
+half-written.
 """
 
 from __future__ import annotations
@@ -96,6 +101,12 @@ def build_parser() -> ArgumentParser:
     )
     p.add_argument("--run", help="run name in a W&B export that holds several runs")
     p.add_argument(
+        "--evaluation",
+        action="store_true",
+        help="read an evaluation log (the seed paper's test-em.npz: test set, eval mode) "
+        "as evaluation metrics; without it such a log is refused",
+    )
+    p.add_argument(
         "--out",
         help="output directory (default runs/overlay/<log name>), or a figure path ending in "
         ".png/.svg/.pdf (then only that figure is written)",
@@ -128,10 +139,22 @@ _PARAM_FLAGS = {
 }
 
 
+#: Library parameters that are switches here: ``name=True`` becomes the bare flag.
+_SWITCHES = {"evaluation": "--evaluation"}
+
+
+def _map_flag(m: re.Match[str]) -> str:
+    column = m.group(2)
+    return f"--map {m.group(1)}={'<column>' if column == 'COLUMN' else column}"
+
+
 def to_flags(text: str) -> str:
-    """A library message with Python parameters (``lr=``, ``mapping={"rho": COLUMN}``)
-    rewritten with this command's flags (``--lr``, ``--map rho=COLUMN``)."""
-    text = re.sub(r'mapping=\{"(\w+)": COLUMN\}', r"--map \1=<column>", text)
+    """A library message with Python parameters (``lr=``, ``mapping={"rho": COLUMN}``,
+    ``evaluation=True``) rewritten with this command's flags (``--lr``,
+    ``--map rho=<column>``, ``--evaluation``)."""
+    text = re.sub(r"""mapping=\{['"](\w+)['"]: ['"]?([^'"{}]+?)['"]?\}""", _map_flag, text)
+    switches = "|".join(sorted(_SWITCHES, key=len, reverse=True))
+    text = re.sub(rf"\b({switches})=True\b", lambda m: _SWITCHES[m.group(1)], text)
 
     def flag(m: re.Match[str]) -> str:
         name = m.group(1)
@@ -141,7 +164,7 @@ def to_flags(text: str) -> str:
         sorted(
             [
                 "lr", "wd", "momentum", "optimizer", "betas", "schedule", "group", "sharpness",
-                *_PARAM_FLAGS,
+                *_PARAM_FLAGS, *_SWITCHES,
             ],
             key=len,
             reverse=True,
@@ -214,31 +237,33 @@ def _hyper_line(d: dict[str, Any]) -> str:
 def format_table(d: dict[str, Any]) -> str:
     """Readable table of an :meth:`OverlayResult.as_flat_dict` (measured, predicted, ratio)."""
     forms = d.get("formulas") or {}
+    unit = "epoch" if d.get("time_unit") == "epoch" else "step"
+    units = f"{unit}s"
     lines = [_hyper_line(d)]
     if "scale_invariance" in d:
         lines.append(_check_line(d))
     lines.append(
         f"events: {d['n_events']} (detected on {d['detection_signal'] or 'n/a'})"
-        + (f"; stationary part: steps {d['stationary_start']}..{d['stationary_stop']}")
+        + (f"; stationary part: {units} {d['stationary_start']}..{d['stationary_stop']}")
     )
     if d.get("periods"):
-        lines.append(f"periods (steps): {summarize_list(d['periods'])}")
+        lines.append(f"periods ({units}): {summarize_list(d['periods'])}")
     lines.append("")
     lines.append(f"{'quantity':<36}{'measured':>14}{'predicted':>14}{'ratio':>9}")
     rows = [
-        ("period median (steps)", d["period_median"], d["predicted_period"]),
+        (f"period median ({units})", d["period_median"], d["predicted_period"]),
         ("effective LR at events (median)", d["elr_at_events_median"], d["elr_threshold"]),
         ("angular update RMS (rad/step)", d["angular_update_rms"], d["angular_update_predicted"]),
         ("norm mean", d["norm_mean"], d["norm_predicted"]),
         ("effective LR mean", d["elr_mean"], d["elr_predicted"]),
-        ("norm decay rate (1/step)", d["decay_rate_measured"], d["decay_rate_predicted"]),
+        (f"norm decay rate (1/{unit})", d["decay_rate_measured"], d["decay_rate_predicted"]),
     ]
     for name, m, p in rows:
         lines.append(f"{name:<36}{_fmt(m):>14}{_fmt(p):>14}{_ratio(m, p):>9}")
     extra = [
         ("sphere grad norm g~ RMS", d["grad_norm_sphere_rms"]),
         ("norm ratio rho_peak/rho_next (median)", d["norm_ratio_median"]),
-        ("rise to peak (steps, median)", d["rise_steps_median"]),
+        (f"rise to peak ({units}, median)", d["rise_steps_median"]),
         ("sharpness S", d["sharpness"]),
         ("critical norm", d["critical_norm"]),
     ]
@@ -248,7 +273,7 @@ def format_table(d: dict[str, Any]) -> str:
     if d["predict_lr"] is not None:
         lines.append(
             f"period at lr={_fmt(d['predict_lr'])}, wd={_fmt(d['predict_wd'])}: "
-            f"{_fmt(d['predicted_period_at'], 'steps')} ({d['predicted_period_method'] or 'n/a'})"
+            f"{_fmt(d['predicted_period_at'], units)} ({d['predicted_period_method'] or 'n/a'})"
         )
     if d["elr_at_events_median"] is not None and d["elr_threshold"] is not None:
         lines.append("(the 'predicted' effective LR at events is the stability threshold)")
@@ -262,7 +287,22 @@ def format_table(d: dict[str, Any]) -> str:
                 lines.append(f"  {key:<15}{forms[key]}")
     for note in d["notes"]:
         lines.append(f"note: {to_flags(note)}")
+    for note in d.get("reader_notes") or []:
+        lines.append(f"reader: {to_flags(note)}")
     return "\n".join(lines)
+
+
+def reader_notes(meta: dict[str, Any]) -> list[str]:
+    """What the reader says a user must see: ``meta["notes"]`` (bad cells, evaluation
+    logs, gradient-norm conversions, ...), then ``meta["time_note"]`` (time axis)."""
+    raw = meta.get("notes")
+    notes = [str(n) for n in raw] if isinstance(raw, (list, tuple)) else []
+    if raw is not None and not isinstance(raw, (list, tuple)):
+        notes.append(str(raw))
+    time_note = meta.get("time_note")
+    if time_note and str(time_note) not in notes:
+        notes.append(str(time_note))
+    return notes
 
 
 def _group_table(groups: list[dict[str, Any]]) -> list[str]:
@@ -363,6 +403,7 @@ def _read(args: Any, log: Path) -> Any:
         steps_per_epoch=args.steps_per_epoch,
         group=args.group,
         run=args.run,
+        evaluation=True if args.evaluation else None,
     )
     if len(traj) < 3:
         raise CLIError(f"{str(log)!r} has {len(traj)} usable rows; need at least 3")
@@ -419,6 +460,7 @@ def _body(argv: Sequence[str] | None) -> int:
     except ValueError as exc:
         raise CLIError(to_flags(str(exc))) from None
     d = result.as_flat_dict()
+    d["reader_notes"] = reader_notes(traj.meta)
     wrote = []
     if summary is not None:
         ensure_dir(summary.parent)

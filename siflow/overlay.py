@@ -75,7 +75,7 @@ __all__ = [
 
 @dataclass
 class EventStats:
-    """Destabilization events and periods (steps are optimizer steps)."""
+    """Destabilization events and periods, in the log's time unit (``time_unit``)."""
 
     n_events: int = 0
     event_steps: list[int] = field(default_factory=list)
@@ -196,7 +196,10 @@ class OverlayResult:
     (``result.period_median``), and :meth:`as_flat_dict` gives the flat JSON keys.
     ``events`` is the :class:`~siflow.periods.Events` found, ``curves`` the per-row
     predictions. Floats are ``None`` where the log lacks what the field needs;
-    ``notes`` says why. Steps are optimizer steps; angles in radians per step.
+    ``notes`` says why. Times (event steps, periods, rise, stationary range, the
+    measured decay rate) are in ``time_unit``: optimizer steps, or epochs when the
+    log's time axis is epochs (``traj.meta["time_unit"] == "epoch"``, steps per epoch
+    unknown; the per-step predictions are then n/a). Angles in radians per step.
     """
 
     lr: float | None = None
@@ -208,6 +211,7 @@ class OverlayResult:
     wd_schedule: bool = False
     schedule: str | None = None
     regime: str = ""
+    time_unit: str = "step"
     event_stats: EventStats = field(default_factory=EventStats)
     equilibrium: EquilibriumStats = field(default_factory=EquilibriumStats)
     predictions: Predictions = field(default_factory=Predictions)
@@ -570,9 +574,12 @@ def analyze(
 
         - ``n_events``, ``event_steps``, ``periods``, ``period_median``: rho, elr or loss.
         - ``elr_at_events*``: elr, or rho with lr.
-        - ``angular_update_rms``: ``angular_update``; without it, for plain SGD, it is
-          derived from ``tan Delta = elr g~ / (1 - lr wd)`` (exact for the discrete
-          map; needs elr or rho, ``grad_norm_sphere``, lr, wd).
+        - ``angular_update_rms``: ``angular_update``; without it, from the angles and
+          norms of every moving group (:func:`siflow.theory.total_angular_update`,
+          first order in the angles; ``angular_update_source`` says "derived from
+          groups"); else, for plain SGD, it is derived from
+          ``tan Delta = elr g~ / (1 - lr wd)`` (exact for the discrete map; needs elr
+          or rho, ``grad_norm_sphere``, lr, wd).
         - ``angular_update_predicted``: lr, wd (the RMS of ``Delta*(t)`` over the
           stationary rows under a schedule).
         - ``norm_mean``: rho. ``norm_predicted``, ``elr_predicted``: lr, wd and
@@ -624,7 +631,7 @@ def analyze(
     _event_stats(res, work, events, notes)
     st = stationary_part(work, events)
     rows = _rows_of(work, st)
-    _measure_equilibrium(res, st, hp, rows, notes)
+    _measure_equilibrium(res, work, st, hp, rows, notes)
     res.predictions.n_params = total_c
     res.curves = _predict_equilibrium(res, work, hp, rows, total_c, notes)
     _measure_decay(res, work, events, notes)
@@ -637,8 +644,33 @@ def analyze(
     res.groups = [
         _analyze_group(work, name, hp, rows, sizes.get(name)) for name in _group_names(work)
     ]
+    if traj.meta.get("time_unit") == "epoch":
+        _epochs_not_steps(res, notes)
     res.notes = _si_notes(res) + notes
     return res
+
+
+def _epochs_not_steps(res: OverlayResult, notes: list[str]) -> None:
+    """A log timed in epochs (steps per epoch unknown): the per-step laws of
+    :mod:`siflow.theory` (decay rate, the period from the decay law, the exact
+    checks, which take consecutive rows for consecutive steps) cannot be compared
+    with it; they become n/a, with the per-step decay rate kept in the note."""
+    res.time_unit = "epoch"
+    pred = res.predictions
+    rate = pred.decay_rate_predicted
+    per_step = "" if rate is None else f" (predicted decay rate {rate:.6g} per step)"
+    pred.decay_rate_predicted = pred.predicted_period = None
+    res.checks = Checks()
+    for g in res.groups:
+        g.norm_replay_error_max = g.angle_law_error_median = g.radial_law_error_max = None
+        if g.note == "exact scale-invariance check fails":
+            g.note = None
+    notes.append(
+        "the log's time axis is epochs (steps per epoch unknown): event times, periods, "
+        f"rise times and the measured decay rate are per epoch, while the decay law, the "
+        f"period from it and the exact scale-invariance checks are per optimizer "
+        f"step{per_step}: n/a here; pass steps_per_epoch= to compare"
+    )
 
 
 def _find_events(
@@ -731,7 +763,12 @@ def _event_stats(res: OverlayResult, work: Trajectory, events: Events, notes: li
 
 
 def _measure_equilibrium(
-    res: OverlayResult, st: Trajectory, hp: _Hyper, rows: np.ndarray, notes: list[str]
+    res: OverlayResult,
+    work: Trajectory,
+    st: Trajectory,
+    hp: _Hyper,
+    rows: np.ndarray,
+    notes: list[str],
 ) -> None:
     eq = res.equilibrium
     if len(st):
@@ -757,6 +794,17 @@ def _measure_equilibrium(
         eq.angular_update_rms = _f(np.sqrt(np.mean(ang**2)))
         eq.angular_update_source = "log"
         return
+    from_groups = _total_angle_from_groups(work, rows)
+    if from_groups is not None:
+        eq.angular_update_rms, used, frozen = from_groups
+        eq.angular_update_source = "derived from groups"
+        left_out = f"; frozen group(s) {', '.join(frozen)} left out" if frozen else ""
+        notes.append(
+            f"angular update not in log: derived from the angles and norms of group(s) "
+            f"{', '.join(used)} (first order in the angles: Delta^2 = sum_g rho_g^2 "
+            f"Delta_g^2 / sum_g rho_g^2, siflow.theory.total_angular_update){left_out}"
+        )
+        return
     plain_sgd = hp.optimizer in ("sgd", "sgdm") and hp.momentum == 0.0
     if plain_sgd and hp.known and st.elr is not None and st.grad_norm_sphere is not None:
         assert hp.lr_rows is not None and hp.wd_rows is not None
@@ -773,6 +821,33 @@ def _measure_equilibrium(
             notes.append("angular update not in log: derived from elr and grad_norm_sphere")
             return
     notes.append("angular update not in log (and not derivable: needs elr, g~, lr, wd, SGD)")
+
+
+def _total_angle_from_groups(
+    work: Trajectory, rows: np.ndarray
+) -> tuple[float | None, list[str], list[str]] | None:
+    """RMS over ``rows`` of the whole SI vector's angle from its groups' angles and norms.
+
+    Every group with a norm column must have an angle column; groups that never move
+    (frozen, angle 0 at every row) are left out. Returns ``(rms, groups used,
+    frozen groups)``, or ``None`` when the groups cannot give the total.
+    """
+    cols = _group_columns(work)
+    if not cols or any("angular_update" not in c for c in cols.values()):
+        return None
+    sel = rows if np.any(rows) else np.ones(len(work), dtype=bool)
+    used, frozen = [], []
+    for name, c in cols.items():
+        ang = c["angular_update"][sel]
+        (used if np.any(ang[np.isfinite(ang)] > 0) else frozen).append(name)
+    if not used:
+        return None
+    angles = np.stack([cols[n]["angular_update"][sel] for n in used])
+    norms = np.stack([cols[n]["rho"][sel] for n in used])
+    total = _finite(np.asarray(theory.total_angular_update(angles, norms)).reshape(-1))
+    if total is None:
+        return None
+    return _f(np.sqrt(np.mean(total**2))), used, frozen
 
 
 def _formulas(hp: _Hyper) -> dict[str, str]:
@@ -1484,7 +1559,8 @@ def draw(
     at events); angular update (predicted ``Delta*`` and the measured RMS over the
     stationary part). ``xlog`` defaults to a log step axis for log-spaced logs;
     ``zoom`` (a step range) adds a close-up column, by default the last three
-    periods when there are more than six events. Returns the matplotlib Figure and
+    periods when there are more than six events. The time axis is labelled in
+    ``result.time_unit`` (optimizer steps, or epochs). Returns the matplotlib Figure and
     saves it when ``path`` is given (PNG/SVG/PDF by suffix, atomically).
     """
     from siflow.plot import PANELS, plot_trajectory
@@ -1520,6 +1596,7 @@ def draw(
         title=title,
         xlog=xlog,
         zoom=zoom,
+        xlabel="epoch" if result.time_unit == "epoch" else "optimizer step",
     )
 
 

@@ -175,6 +175,7 @@ def plot_trajectory(
     xlog: bool = False,
     zoom: tuple[float, float] | None = None,
     max_points: int = 20000,
+    xlabel: str = "optimizer step",
 ) -> Figure:
     """Draw the SI metrics of a trajectory with event markers and theory lines.
 
@@ -205,6 +206,8 @@ def plot_trajectory(
     max_points : int
         Longer trajectories are thinned for drawing with
         :meth:`Trajectory.downsample`, keeping all rows near events.
+    xlabel : str
+        Label of the time axis (``"epoch"`` for a log timed in epochs).
 
     Returns
     -------
@@ -283,9 +286,9 @@ def plot_trajectory(
             )
     if xlog:
         grid[-1, 0].set_xscale("log")
-    grid[-1, 0].set_xlabel("optimizer step")
+    grid[-1, 0].set_xlabel(xlabel)
     if zoom is not None:
-        grid[-1, 1].set_xlabel("optimizer step (close-up)")
+        grid[-1, 1].set_xlabel(f"{xlabel} (close-up)")
     head = title if title is not None else traj.meta.get("source")
     if head:
         fig.suptitle(str(head))

@@ -90,6 +90,7 @@ __all__ = [
     "sgd_radial_norm_window",
     "heavy_ball_radial_norm",
     "decay_product",
+    "total_angular_update",
 ]
 
 Array = NDArray[np.float64]
@@ -1691,6 +1692,73 @@ def decay_product(
             raise ValueError(f"repeats must hold one step count >= 0 per entry ({lr.size} entries)")
         rate = rate * n
     return np.exp(-np.concatenate(([0.0], np.cumsum(rate))))
+
+
+def total_angular_update(
+    angles: ArrayLike, norms: ArrayLike, norms_after: ArrayLike | None = None
+) -> Array:
+    r"""Angular update of the whole SI vector from its groups' angles and norms.
+
+    The SI weights ``w`` are the concatenation of groups ``w_g`` (layers), so
+    ``|w' - w|^2 = sum_g |w'_g - w_g|^2`` and ``<w, w'> = sum_g <w_g, w'_g>``
+    exactly. When no group's norm changes over the step (the tangential part of the
+    update), ``|w'_g - w_g| = 2 rho_g sin(Delta_g / 2)`` and the total is exactly::
+
+        sin^2(Delta / 2) = sum_g rho_g^2 sin^2(Delta_g / 2) / sum_g rho_g^2
+
+    which to first order in the angles is::
+
+        Delta^2 = sum_g rho_g^2 Delta_g^2 / sum_g rho_g^2
+
+    A change of the groups' norms by a common factor (weight decay) rotates nothing;
+    unequal relative changes ``rho'_g / rho_g`` add
+    ``sum_g rho_g^2 (rho'_g/rho_g - mean)^2`` to ``|w' - w|^2``, which is second order
+    in the angles for SGD (gradients orthogonal to ``w_g``, docs/theory.md section 0)
+    and of relative size ``1/C_g`` for AdamW/Lion, whose update has a radial part
+    (docs/theory.md section 5). With ``norms_after`` the result is exact for any step::
+
+        cos Delta = sum_g rho_g rho'_g cos Delta_g / sqrt(sum_g rho_g^2 sum_g rho'_g^2)
+
+    Not validated for NaN: per-row log columns may hold it (it propagates).
+
+    Parameters
+    ----------
+    angles : array_like, shape (G, ...)
+        Angle ``Delta_g = angle(w_g, w'_g)`` of each group over the step, radians
+        (axis 0 runs over the groups; the other axes, e.g. log rows, broadcast).
+    norms : array_like, shape (G, ...)
+        Norms ``rho_g = |w_g|`` before the step.
+    norms_after : array_like, shape (G, ...), optional
+        Norms ``|w'_g|`` after the step: the exact formula above.
+
+    Returns
+    -------
+    ndarray or float
+        ``Delta`` of the concatenated groups, radians, shape ``(...)``.
+    """
+    a = np.asarray(angles, dtype=np.float64)
+    r = np.asarray(norms, dtype=np.float64)
+    if a.ndim == 0 or a.shape != r.shape:
+        raise ValueError(
+            f"angles and norms must have the same shape with the groups on axis 0, got "
+            f"{a.shape} and {r.shape}; stack one row per group"
+        )
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if norms_after is None:
+            s2 = np.sum(r**2 * np.sin(a / 2.0) ** 2, axis=0) / np.sum(r**2, axis=0)
+            return _out(2.0 * np.arcsin(np.sqrt(np.clip(s2, 0.0, 1.0))))
+        r1 = np.asarray(norms_after, dtype=np.float64)
+        if r1.shape != r.shape:
+            raise ValueError(f"norms_after must have the shape of norms {r.shape}, got {r1.shape}")
+        # 1 - cos Delta without cancellation: sqrt(AB) - sum r r1 by Lagrange's identity,
+        # AB - (sum r r1)^2 = 1/2 sum_ij (r_i r1_j - r_j r1_i)^2
+        dot = np.sum(r * r1, axis=0)
+        den = np.sqrt(np.sum(r**2, axis=0) * np.sum(r1**2, axis=0))
+        cross = r[:, None] * r1[None, :] - r[None, :] * r1[:, None]
+        gap = 0.5 * np.sum(cross**2, axis=(0, 1)) / (den + dot)
+        one_minus_cos = (gap + 2.0 * np.sum(r * r1 * np.sin(a / 2.0) ** 2, axis=0)) / den
+        half = np.sqrt(np.clip(one_minus_cos / 2.0, 0.0, 1.0))
+        return _out(2.0 * np.arcsin(half))
 
 
 # --------------------------------------------------------------------------- summary

@@ -242,6 +242,11 @@ def test_req_adamw_per_layer_angle_within_15_percent_of_theory():
     )
     total = math.sqrt(np.mean(num / traj.rho[rows] ** 2))
     assert total == pytest.approx(res.angular_update_predicted, rel=0.15)
+    # the overlay derives the same total from the groups (the frozen 6.weight left out);
+    # it keeps sin^2(Delta/2) in the sum, equal to the above to first order in the angles
+    assert res.angular_update_source == "derived from groups"
+    assert res.angular_update_rms == pytest.approx(total, rel=1e-4)
+    assert res.angular_update_rms == pytest.approx(res.angular_update_predicted, rel=0.15)
 
 
 def test_req_adamw_log_through_siflow_io():
@@ -256,8 +261,11 @@ def test_req_adamw_log_through_siflow_io():
         f"per-layer columns rho/<layer> and angular_update/<layer> expected; got {names}"
     )
     _within_15_percent(res, names)
-    if res.angular_update_rms is not None:
-        assert res.angular_update_rms == pytest.approx(res.angular_update_predicted, rel=0.15)
+    # in total: derived from the per-layer angles and norms (the log has no total angle)
+    assert res.angular_update_source == "derived from groups"
+    assert res.angular_update_rms == pytest.approx(res.angular_update_predicted, rel=0.15)
+    ref = analyze(_req_by_hand(), optimizer="adamw", lr=1e-2, wd=0.1)
+    assert res.angular_update_rms == pytest.approx(ref.angular_update_rms, rel=1e-9)
 
 
 def test_req_column_names_are_understood():
