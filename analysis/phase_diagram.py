@@ -1,12 +1,14 @@
 """Phase diagram of the default toy: regimes of SGD + WD over (lr, wd), with theory lines.
 
-Two resumable sweeps of :mod:`siflow.sweep`, momentum 0 and 0.9, 3 seeds each:
+Two resumable sweeps of :mod:`siflow.sweep`, momentum 0 and 0.9, 3 seeds each, drawn
+into ``runs/phase_diagram/`` (``--out DIR``; ``--update-figures`` rewrites the README's
+``figures/``):
 
-- ``figures/phase_diagram.png``: the default toy of ``python -m siflow.simulate``,
+- ``phase_diagram.png``: the default toy of ``python -m siflow.simulate``,
   SI logistic regression (``logistic``: dim 10, 100 separable points, temperature
   10, data seed 0, full batch, sphere sharpness at the minimum ``S = 3.545``),
   lr 1e-3..3 x wd 1e-5..0.3 (half-decade log grids, 8 x 10), 100000 steps;
-- ``figures/phase_diagram_noisy.png``: the Rayleigh quotient (``rayleigh``, dim 10,
+- ``phase_diagram_noisy.png``: the Rayleigh quotient (``rayleigh``, dim 10,
   ``S = 1``) with isotropic gradient noise ``sigma = 0.01``, lr 1e-2..1 x wd
   1e-4..0.1 (9 x 7), 20000 steps. The noiseless logistic toy has no noise-driven
   equilibrium; this one does, and shows the line where that equilibrium becomes
@@ -451,7 +453,16 @@ def main(argv: list[str] | None = None) -> int:
         p = ArgumentParser(prog="analysis/phase_diagram.py", description=__doc__.split("\n")[0])
         p.add_argument("--quick", action="store_true", help="small grids, 1 seed: a smoke test")
         p.add_argument("--workers", type=int, default=None, help="local processes (default: all)")
-        p.add_argument("--out", default=str(ROOT / "figures"), help="figure directory")
+        p.add_argument(
+            "--out",
+            default=None,
+            help="figure directory (default runs/phase_diagram/ of the checkout)",
+        )
+        p.add_argument(
+            "--update-figures",
+            action="store_true",
+            help="write the committed README figures in figures/ instead",
+        )
         p.add_argument("--runs", default=str(ROOT / "runs"), help="directory of the sweep cells")
         p.add_argument(
             "--only", choices=("logistic", "rayleigh_noisy"), default=None,
@@ -460,7 +471,10 @@ def main(argv: list[str] | None = None) -> int:
         args = p.parse_args(args_in)
         from siflow._fileio import ensure_dir
 
-        out_dir = ensure_dir(args.out)
+        if args.out is not None and args.update_figures:
+            raise ValueError("--out and --update-figures are exclusive: pick one destination")
+        default = ROOT / ("figures" if args.update_figures else "runs/phase_diagram")
+        out_dir = ensure_dir(args.out or default)
         for spec in _toys(args.quick):
             if args.only and spec["name"] != args.only:
                 continue
@@ -473,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
             toy = make_loss(spec["loss"])
             fig_path = out_dir / f"phase_diagram{spec['suffix']}.png"
             draw(res, fig_path, _title(spec, toy))
-            print(f"{fig_path.name}: {len(res.rows)} runs ({spec['name']})")
+            print(f"{fig_path}: {len(res.rows)} runs ({spec['name']})")
             for line in summarize(res):
                 print(line)
         if args.only in (None, "logistic"):

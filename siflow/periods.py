@@ -496,26 +496,29 @@ def _half_rise_time(x: NDArray[np.float64], clock: NDArray[np.float64], c: _Cand
 
 
 # ------------------------------------------------------------------ find_events
-def _near_threshold(
+def _threshold_ratios(
     traj: Trajectory,
     rows: NDArray[np.int64],
-    elr: NDArray[np.float64],
+    elr: NDArray[np.float64] | None,
     lr_row: NDArray[np.float64] | None,
     wd: ArrayLike | None,
-    sharpness: float,
+    sharpness: float | None,
     momentum: float | None,
     cands: list[_Cand],
-    fraction: float,
-) -> list[_Cand]:
-    """Candidates starting at an effective LR of at least ``fraction`` of the threshold."""
+) -> NDArray[np.float64] | None:
+    """Effective LR at each candidate's onset over the threshold ``2 (1 + mu - lr wd) / S``.
+
+    None when ``S``, ``lr``, ``wd`` or the effective LR is unknown.
+    """
     wd_row = _row_array(traj, "wd", wd)
-    if lr_row is None or wd_row is None:
-        return cands
+    if not sharpness or elr is None or lr_row is None or wd_row is None:
+        return None
+    if np.any(lr_row * wd_row >= 1.0) or not cands:
+        return None
     mu = float(traj.momentum if momentum is None else momentum)
-    on = rows[[c.onset for c in cands]] if cands else np.zeros(0, dtype=np.int64)
+    on = rows[[c.onset for c in cands]]
     thr = stability_threshold_elr(lr_row[on], wd_row[on], float(sharpness), mu)
-    keep = ~(elr[on] < fraction * np.asarray(thr))
-    return [c for c, k in zip(cands, keep, strict=True) if k]
+    return elr[on] / np.asarray(thr)
 
 
 def find_events(
@@ -540,6 +543,7 @@ def find_events(
     spike_noise_k: float = 4.0,
     sharpness: float | None = None,
     min_threshold_fraction: float = 0.1,
+    threshold_confirms: float = 0.9,
 ) -> Events:
     """Find destabilizations (norm jumps with their loss spikes) in a trajectory.
 
@@ -626,6 +630,10 @@ def find_events(
         (:func:`siflow.theory.stability_threshold_elr`) is a fluctuation of a noise-held
         norm, not a destabilization (noise-triggered escapes start at 0.6-0.7 of the
         threshold; docs/theory.md, "Destabilization events"). 0 turns the test off.
+    threshold_confirms : float
+        With ``S`` known, a rise starting at an effective LR of at least this fraction
+        of the threshold is a destabilization even when the loss barely moves (the slow,
+        mild escapes at small ``lr*wd``, where the loss rises by 10-20 %). 0 turns it off.
 
     Returns
     -------
@@ -659,6 +667,7 @@ def find_events(
     min_threshold_fraction = float(
         check_nonnegative("min_threshold_fraction", min_threshold_fraction)
     )
+    threshold_confirms = float(check_nonnegative("threshold_confirms", threshold_confirms))
     if len(traj) < 3:
         return Events()
     lr_row, rate = _schedule(traj, lr, wd, momentum)
@@ -686,10 +695,16 @@ def find_events(
     cands = _merge_stages(x, cands, merge_fraction)
     s_min = traj.meta.get("sharpness_min") if sharpness is None else sharpness
     elr = _elr_column(traj, lr_row)
-    if min_threshold_fraction > 0 and s_min and elr is not None and rate is not None:
-        cands = _near_threshold(
-            traj, rows, elr, lr_row, wd, s_min, momentum, cands, min_threshold_fraction
-        )
+    ratios = _threshold_ratios(traj, rows, elr, lr_row, wd, s_min, momentum, cands)
+    if ratios is not None and min_threshold_fraction > 0:
+        keep = ~(ratios < min_threshold_fraction)
+        cands = [c for c, k in zip(cands, keep, strict=True) if k]
+        ratios = ratios[keep]
+    at_threshold = (
+        {id(c): r >= threshold_confirms for c, r in zip(cands, ratios, strict=True)}
+        if ratios is not None and threshold_confirms > 0
+        else {}
+    )
     loss = _Loss(traj, noise_k) if name != "loss" else None
     # the log's decay speed: median over the decay phases before the candidates
     speeds = []
@@ -711,7 +726,7 @@ def find_events(
         base = top = spike = math.nan
         if loss is not None and loss.ok:
             base, top, _band, spike = loss.spike(on_row, pk_row, before_row, phase_row)
-        spiked = math.isfinite(spike) and spike >= spike_h
+        spiked = (math.isfinite(spike) and spike >= spike_h) or at_threshold.get(id(c), False)
         if name == "loss":
             fast = True
         else:
@@ -767,6 +782,20 @@ def find_events(
             continue
         kept.append((c, base, top, spike))
 
+    return _events_from(traj, rows, kept, lr_row, rate, loss, name, h)
+
+
+def _events_from(
+    traj: Trajectory,
+    rows: NDArray[np.int64],
+    kept: list[tuple[_Cand, float, float, float]],
+    lr_row: NDArray[np.float64] | None,
+    rate: NDArray[np.float64] | None,
+    loss: _Loss | None,
+    name: str,
+    h: float,
+) -> Events:
+    """The :class:`Events` of the kept candidates ``(candidate, base, top, spike)``."""
     idx = rows[np.asarray([k[0].onset for k in kept], dtype=np.int64)] if kept else _empty_i()
     pidx = rows[np.asarray([k[0].peak for k in kept], dtype=np.int64)] if kept else _empty_i()
     steps = traj.step[idx].astype(np.int64)
