@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 __all__ = [
     "ArgumentParser",
+    "add_log_arguments",
     "CLIError",
     "run_main",
     "float_arg",
@@ -258,3 +259,28 @@ def translate_params(message: str, flags: dict[str, str]) -> str:
         return message
     names = "|".join(sorted((re.escape(k) for k in flags), key=len, reverse=True))
     return re.sub(rf"\b({names})=([^\s,;)]*)", repl, message)
+
+
+# ---------------------------------------------------------------- log-reading flags
+def add_log_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags that pass a log's reading options to :func:`siflow.io.read`.
+
+    ``--steps-per-epoch`` (``steps_per_epoch=``), ``--map FIELD=COLUMN`` (``mapping=``),
+    ``--fmt`` (``fmt=``), ``--group`` (``group=``) and ``--run`` (``run=``): one spelling
+    for every command that reads a log.
+    """
+    parser.add_argument(
+        "--steps-per-epoch", type=int, help="optimizer steps per epoch, for logs indexed by epoch"
+    )
+    parser.add_argument(
+        "--map",
+        action="append",
+        default=[],
+        metavar="FIELD=COLUMN",
+        help="map a log column to a trajectory field, e.g. --map rho=params_norm (repeatable)",
+    )
+    parser.add_argument("--fmt", help="log format, when detection from the file is not enough")
+    parser.add_argument(
+        "--group", help="SI group (layer) when the log has per-group norms, or 'sum' for the total"
+    )
+    parser.add_argument("--run", help="run name in a W&B export that holds several runs")

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from siflow._cli import ArgumentParser, CLIError, run_main
+from siflow._cli import ArgumentParser, CLIError, add_log_arguments, run_main
 
 PROG = "python -m siflow.forecast"
 
@@ -38,17 +38,7 @@ def build_parser() -> ArgumentParser:
         default="sgd",
         help="optimizer family: sgd (SGD and heavy ball; the only one supported)",
     )
-    p.add_argument("--steps-per-epoch", type=int, help="optimizer steps per epoch (epoch logs)")
-    p.add_argument(
-        "--map",
-        action="append",
-        default=[],
-        metavar="FIELD=COLUMN",
-        help="map a log column to a trajectory field, e.g. --map rho=params_norm (repeatable)",
-    )
-    p.add_argument("--fmt", help="log format, when detection from the file is not enough")
-    p.add_argument("--group", help="SI group when the log has per-group norms, or 'sum'")
-    p.add_argument("--run", help="run name in a W&B export that holds several runs")
+    add_log_arguments(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument(
         "--no-sharpness",

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from siflow._cli import ArgumentParser, CLIError, run_main
+from siflow._cli import ArgumentParser, CLIError, add_log_arguments, run_main
 
 PROG = "python -m siflow.overlay"
 FIGURE_SUFFIXES = (".png", ".svg", ".pdf")
@@ -83,23 +83,7 @@ def build_parser() -> ArgumentParser:
         type=float,
         help="top Hessian eigenvalue on the unit sphere, for the stability threshold",
     )
-    p.add_argument(
-        "--steps-per-epoch",
-        type=int,
-        help="optimizer steps per epoch, for logs indexed by epoch",
-    )
-    p.add_argument(
-        "--map",
-        action="append",
-        default=[],
-        metavar="FIELD=COLUMN",
-        help="map a log column to a trajectory field, e.g. --map rho=params_norm (repeatable)",
-    )
-    p.add_argument("--fmt", help="log format, when detection from the file is not enough")
-    p.add_argument(
-        "--group", help="SI group (layer) when the log has per-group norms, or 'sum' for the total"
-    )
-    p.add_argument("--run", help="run name in a W&B export that holds several runs")
+    add_log_arguments(p)
     p.add_argument(
         "--evaluation",
         action="store_true",

@@ -984,12 +984,20 @@ def sgd_norm_trajectory(
     lr, wd, g = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64) for a in (lr, wd, grad_norm)))
     if lr.ndim != 1:
         raise ValueError("lr, wd and grad_norm must be scalars or 1-d arrays of per-step values")
-    q2 = np.square(1.0 - lr * wd)
-    push = np.square(lr * g)
-    out = np.empty(lr.size + 1)
-    out[0] = r2 = r0 * r0
-    for t in range(lr.size):
-        r2 = q2[t] * r2 + push[t] / r2
+    return _iterate_norm_map(r0, np.square(1.0 - lr * wd), np.square(lr * g), coupled=True)
+
+
+def _iterate_norm_map(
+    rho0: float, q2: NDArray[np.float64], push: NDArray[np.float64], coupled: bool
+) -> NDArray[np.float64]:
+    """``rho^2_{t+1} = q2_t rho^2_t + push_t / rho^2_t`` (coupled) or ``+ push_t`` (decoupled).
+
+    Returns ``rho_0 .. rho_T``; the one loop behind the per-step norm trajectories.
+    """
+    out = np.empty(q2.size + 1)
+    out[0] = r2 = rho0 * rho0
+    for t in range(q2.size):
+        r2 = q2[t] * r2 + (push[t] / r2 if coupled else push[t])
         out[t + 1] = r2
     return np.sqrt(out)
 
@@ -2065,12 +2073,7 @@ def quasi_static_norm_trajectory(
         raise ValueError("lr, wd and rho_star must be scalars or 1-d arrays of per-step values")
     q2 = np.square(1.0 - lr * wd)
     push = (1.0 - q2) * (np.square(np.square(rs)) if coupled else np.square(rs))
-    out = np.empty(lr.size + 1)
-    out[0] = r2 = r0 * r0
-    for t in range(lr.size):
-        r2 = q2[t] * r2 + (push[t] / r2 if coupled else push[t])
-        out[t + 1] = r2
-    return np.sqrt(out)
+    return _iterate_norm_map(r0, q2, push, coupled)
 
 
 def decoupled_relaxation_time(lr: ArrayLike, wd: ArrayLike) -> Array:
