@@ -218,7 +218,7 @@ def _signal(traj: Trajectory, signal: str) -> tuple[str, NDArray[np.int64], NDAr
     raise ValueError(
         "the trajectory has none of the columns needed to find destabilizations "
         f"(rho, elr or loss; present: {', '.join(traj.columns())}); map the weight-norm "
-        "or loss column when reading the log, e.g. --map rho=<column>"
+        "or loss column when reading the log, e.g. mapping={'rho': COLUMN}"
     )
 
 
@@ -853,7 +853,7 @@ def _log_rho(traj: Trajectory) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
     raise ValueError(
         "measuring the norm decay needs a weight-norm column (rho) or an effective-LR "
         f"column (elr); present: {', '.join(traj.columns())}; map one when reading the "
-        "log, e.g. --map rho=<column>"
+        "log, e.g. mapping={'rho': COLUMN}"
     )
 
 

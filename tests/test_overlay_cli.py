@@ -324,3 +324,22 @@ def test_detector_parameters_pass_through(logs, capsys):
     assert code == 2 and "--detect" in err and err.count("\n") == 1
     code, out, err = _run([log, "--detect", "lr=1"], capsys)
     assert code == 2 and "--detect" in err
+
+
+def test_tiny_lr_wd_is_analysed_without_division_by_zero(tmp_path):
+    # lr*wd = 1e-17: the free-decay clock and the decay rate stay finite (no ZeroDivisionError)
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    log = Path(__file__).resolve().parents[1] / "analysis" / "data" / "nn" / "convnet_gd_3.npz"
+    proc = subprocess.run(
+        [sys.executable, "-m", "siflow.overlay", str(log), "--lr", "1e-8", "--wd", "1e-9",
+         "--json", "--out", str(tmp_path)],
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    out = json.loads(proc.stdout)
+    assert out["decay_rate_predicted"] == pytest.approx(1e-17, rel=1e-9)
