@@ -256,7 +256,8 @@ def test_sweep_resume_recomputes_damaged_or_missing_cells(tmp_path):
     cells[1].write_bytes(cells[1].read_bytes()[:20])  # truncated JSON
     cells[5].unlink()
     (tmp_path / "sw" / "table.csv").unlink()
-    again = sweep("rayleigh", **kw)
+    with pytest.warns(RuntimeWarning, match="1 cell file .* damaged or not of this sweep"):
+        again = sweep("rayleigh", **kw)
     assert len(again.rows) == 8
     assert (tmp_path / "sw" / "table.csv").read_bytes() == table
     json.loads(cells[1].read_text())  # rewritten whole
