@@ -368,7 +368,7 @@ def test_noisy_sawtooth_events_all_found(noisy):
     stride=st.integers(1, 5),
     seed=st.integers(0, 2**16),
 )
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, derandomize=True, database=None)
 def test_property_jump_map_events_recovered(x, factor, noise, stride, seed):
     # rho^2 decays by (1 - x)^2 per step and is multiplied by `factor` when it falls
     # below 1: period ln(factor) / (-2 ln(1 - x)) steps, seven periods, logged every
