@@ -272,29 +272,30 @@ def _zigzag(x: NDArray[np.float64], h: float) -> tuple[list[int], list[int], int
         return troughs, peaks, 0, 0
     trend = 0
     hi = lo = ext = 0
+    xs: list[float] = x.tolist()  # Python floats: 3x faster to index than numpy scalars
     for i in range(1, n):
-        xi = x[i]
+        xi = xs[i]
         if trend == 0:
-            if xi > x[hi]:
+            if xi > xs[hi]:
                 hi = i
-            if xi < x[lo]:
+            if xi < xs[lo]:
                 lo = i
-            if xi - x[lo] >= h and lo < i:
+            if xi - xs[lo] >= h and lo < i:
                 troughs.append(lo)
                 trend, ext = 1, i
-            elif x[hi] - xi >= h and hi < i:
+            elif xs[hi] - xi >= h and hi < i:
                 peaks.append(hi)
                 trend, ext = -1, i
         elif trend == 1:
-            if xi > x[ext]:
+            if xi > xs[ext]:
                 ext = i
-            elif x[ext] - xi >= h:
+            elif xs[ext] - xi >= h:
                 peaks.append(ext)
                 trend, ext = -1, i
         else:
-            if xi < x[ext]:
+            if xi < xs[ext]:
                 ext = i
-            elif xi - x[ext] >= h:
+            elif xi - xs[ext] >= h:
                 troughs.append(ext)
                 trend, ext = 1, i
     return troughs, peaks, trend, ext
