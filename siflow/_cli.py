@@ -21,10 +21,12 @@ import decimal
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 __all__ = [
     "ArgumentParser",
     "add_log_arguments",
+    "read_log",
     "CLIError",
     "run_main",
     "float_arg",
@@ -284,3 +286,24 @@ def add_log_arguments(parser: argparse.ArgumentParser) -> None:
         "--group", help="SI group (layer) when the log has per-group norms, or 'sum' for the total"
     )
     parser.add_argument("--run", help="run name in a W&B export that holds several runs")
+
+
+def read_log(args: argparse.Namespace, path: object, min_rows: int = 3, **options: object) -> Any:
+    """:func:`siflow.io.read` with the options of :func:`add_log_arguments` (plus ``options``).
+
+    Raises :class:`CLIError` when the log has fewer than ``min_rows`` usable rows.
+    """
+    from siflow import io
+
+    traj = io.read(
+        path,
+        fmt=args.fmt,
+        mapping=io.parse_mapping(args.map) if args.map else None,
+        steps_per_epoch=args.steps_per_epoch,
+        group=args.group,
+        run=args.run,
+        **options,
+    )
+    if len(traj) < min_rows:
+        raise CLIError(f"{str(path)!r} has {len(traj)} usable rows; need at least {min_rows}")
+    return traj

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from siflow._cli import ArgumentParser, CLIError, add_log_arguments, run_main
+from siflow._cli import ArgumentParser, CLIError, add_log_arguments, read_log, run_main
 
 PROG = "python -m siflow.forecast"
 
@@ -100,23 +100,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _body(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    from siflow import io
     from siflow.forecast import forecast_next_event
 
     log = Path(args.log)
     if not log.exists():
         raise CLIError(f"no such log: {str(log)!r}; check the path")
-    mapping = io.parse_mapping(args.map) if args.map else None
-    traj = io.read(
-        log,
-        fmt=args.fmt,
-        mapping=mapping,
-        steps_per_epoch=args.steps_per_epoch,
-        group=args.group,
-        run=args.run,
-    )
-    if len(traj) < 3:
-        raise CLIError(f"{str(log)!r} has {len(traj)} usable rows; need at least 3")
+    traj = read_log(args, log)
     fc = forecast_next_event(
         traj,
         lr=args.lr,

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from siflow._cli import ArgumentParser, CLIError, add_log_arguments, run_main
+from siflow._cli import ArgumentParser, CLIError, add_log_arguments, read_log, run_main
 
 PROG = "python -m siflow.overlay"
 FIGURE_SUFFIXES = (".png", ".svg", ".pdf")
@@ -377,20 +377,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _read(args: Any, log: Path) -> Any:
-    from siflow import io
-
-    mapping = io.parse_mapping(args.map) if args.map else None
-    traj = io.read(
-        log,
-        fmt=args.fmt,
-        mapping=mapping,
-        steps_per_epoch=args.steps_per_epoch,
-        group=args.group,
-        run=args.run,
-        evaluation=True if args.evaluation else None,
-    )
-    if len(traj) < 3:
-        raise CLIError(f"{str(log)!r} has {len(traj)} usable rows; need at least 3")
+    traj = read_log(args, log, evaluation=True if args.evaluation else None)
     if not any(traj.has(c) for c in ("rho", "elr", "loss")):
         raise CLIError(
             f"{str(log)!r} has no weight-norm, effective-LR or loss column (present: "

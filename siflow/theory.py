@@ -981,10 +981,17 @@ def sgd_norm_trajectory(
         ``rho_0 .. rho_T`` (length ``T + 1``).
     """
     r0 = float(check_positive("rho0", rho0))
-    lr, wd, g = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64) for a in (lr, wd, grad_norm)))
-    if lr.ndim != 1:
-        raise ValueError("lr, wd and grad_norm must be scalars or 1-d arrays of per-step values")
+    lr, wd, g = _per_step(lr=lr, wd=wd, grad_norm=grad_norm)
     return _iterate_norm_map(r0, np.square(1.0 - lr * wd), np.square(lr * g), coupled=True)
+
+
+def _per_step(**arrays: ArrayLike) -> list[NDArray[np.float64]]:
+    """The named arrays as float64, broadcast to one 1-d per-step length, or ValueError."""
+    out = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64) for a in arrays.values()))
+    if out[0].ndim != 1:
+        names = ", ".join(arrays)
+        raise ValueError(f"{names} must be scalars or 1-d arrays of per-step values")
+    return list(out)
 
 
 def _iterate_norm_map(
@@ -1010,9 +1017,7 @@ def weight_decay_integral(lr: ArrayLike, wd: ArrayLike) -> NDArray[np.float64]:
     which schedules with the same product of ``lr`` and ``wd`` agree (docs/theory.md
     section 0). Returns ``kappa_0 = 0 .. kappa_T`` (length ``T + 1``).
     """
-    lr, wd = np.broadcast_arrays(np.asarray(lr, dtype=np.float64), np.asarray(wd, dtype=np.float64))
-    if lr.ndim != 1:
-        raise ValueError("lr and wd must be scalars or 1-d arrays of per-step values")
+    lr, wd = _per_step(lr=lr, wd=wd)
     return np.concatenate(([0.0], np.cumsum(lr * wd)))
 
 
@@ -2068,9 +2073,7 @@ def quasi_static_norm_trajectory(
         ``rho_0 .. rho_T`` (length ``T + 1``).
     """
     r0 = float(check_positive("rho0", rho0))
-    lr, wd, rs = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64) for a in (lr, wd, rho_star)))
-    if lr.ndim != 1:
-        raise ValueError("lr, wd and rho_star must be scalars or 1-d arrays of per-step values")
+    lr, wd, rs = _per_step(lr=lr, wd=wd, rho_star=rho_star)
     q2 = np.square(1.0 - lr * wd)
     push = (1.0 - q2) * (np.square(np.square(rs)) if coupled else np.square(rs))
     return _iterate_norm_map(r0, q2, push, coupled)
