@@ -25,6 +25,7 @@ from typing import Any
 
 __all__ = [
     "ArgumentParser",
+    "parse_betas",
     "add_log_arguments",
     "read_log",
     "CLIError",
@@ -307,3 +308,14 @@ def read_log(args: argparse.Namespace, path: object, min_rows: int = 3, **option
     if len(traj) < min_rows:
         raise CLIError(f"{str(path)!r} has {len(traj)} usable rows; need at least {min_rows}")
     return traj
+
+
+def parse_betas(text: str) -> tuple[float, float]:
+    """``--betas 0.9,0.999`` as ``(beta1, beta2)``, or :class:`CLIError` with the form to use."""
+    try:
+        b1, b2 = (float_arg(x) for x in text.split(","))
+    except (ValueError, argparse.ArgumentTypeError):
+        raise CLIError(
+            f"--betas {text!r} is not two numbers; pass e.g. --betas 0.9,0.999"
+        ) from None
+    return b1, b2

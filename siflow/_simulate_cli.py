@@ -37,6 +37,7 @@ from siflow._cli import (
     fmt_value,
     format_list_summary,
     format_rows,
+    parse_betas,
     run_main,
     summarize_list,
     translate_params,
@@ -413,16 +414,6 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------- body
-def _parse_betas(text: str) -> tuple[float, float]:
-    try:
-        b1, b2 = (float(x) for x in text.split(","))
-    except ValueError:
-        raise CLIError(
-            f"--betas {text!r} is not two numbers; pass e.g. --betas 0.9,0.999"
-        ) from None
-    return b1, b2
-
-
 def _hyperparameters(args: Any) -> tuple[Any, Any]:
     """``lr`` and ``wd`` for :func:`siflow.simulate.simulate`: numbers or schedules."""
     from siflow.schedules import parse_schedule
@@ -462,7 +453,7 @@ def _body(argv: Sequence[str] | None) -> int:
     # validate everything cheap before touching the file system (numbers that underflow
     # to 0, like --wd 1e-400, are refused by the shared parser, siflow._cli.float_arg)
     _check_numbers(args)
-    betas = _parse_betas(args.betas)
+    betas = parse_betas(args.betas)
     lr, wd = _hyperparameters(args)
     loss_options = parse_loss_options(args.loss_option)
     record_every = args.record_every or 1

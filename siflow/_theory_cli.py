@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from siflow._cli import ArgumentParser, CLIError, fmt_value, format_rows, run_main
+from siflow._cli import ArgumentParser, CLIError, fmt_value, format_rows, parse_betas, run_main
 
 __all__ = ["main", "build_parser", "format_table", "schedule_report"]
 
@@ -92,13 +92,7 @@ def build_parser() -> ArgumentParser:
 def _betas(text: str | None, optimizer: str) -> tuple[float, float]:
     if text is None:
         return (0.9, 0.99) if optimizer == "lion" else (0.9, 0.999)
-    try:
-        b1, b2 = (float(x) for x in text.split(","))
-    except ValueError:
-        raise CLIError(
-            f"--betas {text!r} is not two numbers; pass e.g. --betas 0.9,0.999"
-        ) from None
-    return b1, b2
+    return parse_betas(text)
 
 
 def _infinite_times(values: dict[str, Any]) -> list[str]:
