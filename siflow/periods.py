@@ -222,6 +222,53 @@ def _signal(traj: Trajectory, signal: str) -> tuple[str, NDArray[np.int64], NDAr
     )
 
 
+#: Windows up to this many rows are summarised in Python floats (:func:`_median_list` and
+#: friends), which for a few rows is ~50x faster than a numpy call and gives the same value.
+_SMALL = 96
+
+
+def _median_list(v: list[float]) -> float:
+    """``numpy.median`` of a short non-empty list of finite floats, the same value.
+
+    The middle element of the sorted values, or the mean of the two middle ones
+    computed as numpy does, ``(a + b) / 2``.
+    """
+    s = sorted(v)
+    n = len(s)
+    k = n // 2
+    return s[k] if n % 2 else (s[k - 1] + s[k]) / 2.0
+
+
+def _percentile90_sorted(s: list[float]) -> float:
+    """``numpy.percentile(s, 90)`` (method ``"linear"``) of sorted finite floats, the same value.
+
+    numpy's arithmetic step by step: virtual index ``v = (n - 1) * 0.9``, its floor
+    ``i`` and fraction ``g = v - i``, then ``a + (b - a) g`` for ``g < 0.5`` and
+    ``b - (b - a)(1 - g)`` otherwise (``a, b = s[i], s[i + 1]``); ``v >= n - 1`` gives
+    the largest value.
+    """
+    n = len(s)
+    v = (n - 1) * (90 / 100)
+    if v >= n - 1:
+        return s[-1]
+    i = math.floor(v)
+    g = v - i
+    a, b = s[i], s[i + 1]
+    d = b - a
+    return b - d * (1 - g) if g >= 0.5 else a + d * g
+
+
+def _noise_level_list(v: list[float]) -> float:
+    """:func:`_noise_level` of a short list of finite floats (the same value)."""
+    if len(v) < 5:
+        return 0.0
+    d1 = [b - a for a, b in zip(v[:-1], v[1:], strict=True)]
+    d2 = [b - a for a, b in zip(d1[:-1], d1[1:], strict=True)]
+    med = _median_list(d2)
+    mad = _median_list([abs(d - med) for d in d2])
+    return float(1.4826 * mad / math.sqrt(6.0))
+
+
 def _noise_level(x: NDArray[np.float64]) -> float:
     """Robust standard deviation of white noise on ``x`` from its second differences.
 
@@ -263,42 +310,17 @@ def _zigzag(x: NDArray[np.float64], h: float) -> tuple[list[int], list[int], int
 
     Returns ``(troughs, peaks, trend, last)``: confirmed trough and peak positions
     (alternating), the trend at the end (+1 up, -1 down, 0 undecided) and the
-    position of the running extreme of the unfinished last swing.
+    position of the running extreme of the unfinished last swing. The loop runs
+    compiled (:func:`siflow._swing.zigzag_kernel`).
     """
-    n = x.size
-    troughs: list[int] = []
-    peaks: list[int] = []
-    if n == 0:
-        return troughs, peaks, 0, 0
-    trend = 0
-    hi = lo = ext = 0
-    xs: list[float] = x.tolist()  # Python floats: 3x faster to index than numpy scalars
-    for i in range(1, n):
-        xi = xs[i]
-        if trend == 0:
-            if xi > xs[hi]:
-                hi = i
-            if xi < xs[lo]:
-                lo = i
-            if xi - xs[lo] >= h and lo < i:
-                troughs.append(lo)
-                trend, ext = 1, i
-            elif xs[hi] - xi >= h and hi < i:
-                peaks.append(hi)
-                trend, ext = -1, i
-        elif trend == 1:
-            if xi > xs[ext]:
-                ext = i
-            elif xs[ext] - xi >= h:
-                peaks.append(ext)
-                trend, ext = -1, i
-        else:
-            if xi < xs[ext]:
-                ext = i
-            elif xi - xs[ext] >= h:
-                troughs.append(ext)
-                trend, ext = 1, i
-    return troughs, peaks, trend, ext
+    if x.size == 0:
+        return [], [], 0, 0
+    from siflow._swing import zigzag_kernel
+
+    troughs, nt, peaks, npk, trend, ext = zigzag_kernel(
+        np.ascontiguousarray(x, dtype=np.float64), float(h)
+    )
+    return troughs[:nt].tolist(), peaks[:npk].tolist(), int(trend), int(ext)
 
 
 def _row_array(traj: Trajectory, name: str, value: ArrayLike | None) -> NDArray[np.float64] | None:
@@ -416,6 +438,8 @@ class _Loss:
         during = self.x[max(b - 1, 0) : c]
         if base.size == 0 or during.size == 0:
             return math.nan, math.nan, math.nan, math.nan
+        if band_rows.size <= _SMALL:  # the same numbers from Python floats, ~50x faster
+            return self._spike_small(base.tolist(), band_rows.tolist(), during)
         lo, hi = float(np.median(base)), float(np.max(during))
         band = float(np.percentile(band_rows, 90))
         mid = float(np.median(band_rows))
@@ -423,6 +447,18 @@ class _Loss:
         # phase, does not count as noise)
         spread = _noise_level(band_rows) if band_rows.size >= 5 else math.inf
         # the spike over the band, and in units of the band's own fluctuations
+        return lo, hi, band, min(hi - band, (hi - mid) / max(spread, 1e-12) * self.unit)
+
+    def _spike_small(
+        self, base: list[float], band_rows: list[float], during: NDArray[np.float64]
+    ) -> tuple[float, float, float, float]:
+        """:meth:`spike` of short windows (finite values) in Python floats."""
+        lo, hi = _median_list(base), float(np.max(during))
+        s = sorted(band_rows)
+        band = _percentile90_sorted(s)
+        n, k = len(s), len(s) // 2
+        mid = s[k] if n % 2 else (s[k - 1] + s[k]) / 2.0
+        spread = _noise_level_list(band_rows) if n >= 5 else math.inf
         return lo, hi, band, min(hi - band, (hi - mid) / max(spread, 1e-12) * self.unit)
 
     def value(self, x: float) -> float:
