@@ -224,7 +224,7 @@ def _signal(traj: Trajectory, signal: str) -> tuple[str, NDArray[np.int64], NDAr
 
 #: Windows up to this many rows are summarised in Python floats (:func:`_median_list` and
 #: friends), which for a few rows is ~50x faster than a numpy call and gives the same value.
-_SMALL = 96
+_SMALL = 256
 
 
 def _median_list(v: list[float]) -> float:
@@ -405,6 +405,8 @@ class _Loss:
         rows = np.flatnonzero(np.isfinite(col))
         vals = col[rows]
         self.rows = rows
+        # every row has a loss (simulations): a row's position is the row itself
+        self.dense = rows.size == col.size
         self.log = bool(np.all(vals > 0))
         x = np.log(vals) if self.log else vals.astype(np.float64)
         self.raw = x
@@ -430,10 +432,10 @@ class _Loss:
         fluctuations, and the tail of an earlier burst); maximum: largest smoothed loss in
         ``[onset, peak + (peak - onset) // 2 + 2]`` (trajectory rows).
         """
-        a = int(np.searchsorted(self.rows, before, "left"))
-        p = int(np.searchsorted(self.rows, phase, "left"))
-        b = int(np.searchsorted(self.rows, onset, "right"))
-        c = int(np.searchsorted(self.rows, peak + (peak - onset) // 2 + 2, "right"))
+        a = self.position(before, "left")
+        p = self.position(phase, "left")
+        b = self.position(onset, "right")
+        c = self.position(peak + (peak - onset) // 2 + 2, "right")
         base, band_rows = self.raw[a:b], self.raw[min(p, a) : b]
         during = self.x[max(b - 1, 0) : c]
         if base.size == 0 or during.size == 0:
@@ -449,11 +451,25 @@ class _Loss:
         # the spike over the band, and in units of the band's own fluctuations
         return lo, hi, band, min(hi - band, (hi - mid) / max(spread, 1e-12) * self.unit)
 
+    def position(self, row: int, side: str) -> int:
+        """``numpy.searchsorted(self.rows, row, side)``; no call when every row has a loss."""
+        if not self.dense:
+            return int(np.searchsorted(self.rows, row, side))
+        pos = row if side == "left" else row + 1
+        return min(max(pos, 0), self.rows.size)
+
+    def rows_between(self, first: int, last: int) -> int:
+        """How many loss rows lie in ``[first, last]`` (trajectory rows)."""
+        return max(self.position(last, "right") - self.position(first, "left"), 0)
+
     def _spike_small(
         self, base: list[float], band_rows: list[float], during: NDArray[np.float64]
     ) -> tuple[float, float, float, float]:
         """:meth:`spike` of short windows (finite values) in Python floats."""
-        lo, hi = _median_list(base), float(np.max(during))
+        lo, hi = (
+            _median_list(base),
+            max(during.tolist()) if during.size <= _SMALL else float(np.max(during)),
+        )
         s = sorted(band_rows)
         band = _percentile90_sorted(s)
         n, k = len(s), len(s) // 2
@@ -781,7 +797,7 @@ def find_events(
             # the loss rows are too sparse to resolve the rise or the log's loss never
             # spikes at all (checked below)
             half = int(rows[_half_rise_row(x, c)])
-            seen = int(np.count_nonzero((loss.rows >= on_row) & (loss.rows <= half)))
+            seen = loss.rows_between(on_row, half)
             fast = x[c.peak] - x[c.onset] >= quiet_rise_factor * h
             quiet = seen >= 3
         if fast or spiked:

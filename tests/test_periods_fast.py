@@ -111,7 +111,18 @@ def _runs() -> list[Trajectory]:
     ]
     t = runs[1]
     runs.append(Trajectory(step=t.step, loss=t.loss))
+    sparse = t.loss.copy()
+    sparse[np.arange(sparse.size) % 7 != 0] = np.nan  # the loss logged every 7th row
+    runs.append(Trajectory(step=t.step, rho=t.rho, loss=sparse, meta=dict(t.meta)))
     return runs
+
+
+def _position_reference(loss: periods._Loss, row: int, side: str) -> int:
+    return int(np.searchsorted(loss.rows, row, side))
+
+
+def _rows_between_reference(loss: periods._Loss, first: int, last: int) -> int:
+    return int(np.count_nonzero((loss.rows >= first) & (loss.rows <= last)))
 
 
 def _same_events(a: periods.Events, b: periods.Events) -> None:
@@ -128,6 +139,8 @@ def test_find_events_unchanged_by_the_fast_paths(monkeypatch):
     with monkeypatch.context() as m:
         m.setattr(periods, "_SMALL", 0)  # every window through numpy
         m.setattr(periods, "_zigzag", _zigzag_reference)
+        m.setattr(periods._Loss, "position", _position_reference)
+        m.setattr(periods._Loss, "rows_between", _rows_between_reference)
         plain = [periods.find_events(t) for t in runs]
     for a, b in zip(fast, plain, strict=True):
         _same_events(a, b)
