@@ -382,7 +382,9 @@ def _decay_clock(traj: Trajectory, rate: NDArray[np.float64] | None) -> NDArray[
     s = traj.step.astype(np.float64)
     if rate is None:
         return s - s[0]
-    rel = rate / float(np.median(rate))
+    # a constant rate is its own median (numpy.median's value, without the partition)
+    med = float(rate[0]) if np.all(rate == rate[0]) else float(np.median(rate))
+    rel = rate / med
     return np.concatenate([[0.0], np.cumsum(rel[:-1] * np.diff(s))])
 
 
@@ -735,7 +737,7 @@ def find_events(
     x = _rolling_median(x, smooth)
     # second differences of a running median underrate its noise (the values are
     # correlated); the median of w samples has about 1.2533/sqrt(w) of the raw noise
-    noise = _noise_level(x)
+    noise = raw_noise if smooth <= 1 else _noise_level(x)  # smooth <= 1: x is unchanged
     if smooth > 1 and x.size >= 4 * smooth:
         noise = max(noise, raw_noise * 1.2533 / math.sqrt(smooth))
     h = max(floor, noise_k * noise)

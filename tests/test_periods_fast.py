@@ -144,3 +144,12 @@ def test_find_events_unchanged_by_the_fast_paths(monkeypatch):
         plain = [periods.find_events(t) for t in runs]
     for a, b in zip(fast, plain, strict=True):
         _same_events(a, b)
+
+
+def test_decay_clock_of_a_constant_rate_uses_its_value_as_the_median():
+    step = np.arange(0, 5000, 3)
+    traj = Trajectory(step=step, rho=np.ones(step.size))
+    for rate in (np.full(step.size, 2.5e-4), np.linspace(1e-4, 3e-4, step.size)):
+        rel = rate / np.median(rate)
+        expected = np.concatenate([[0.0], np.cumsum(rel[:-1] * np.diff(step.astype(float)))])
+        np.testing.assert_array_equal(periods._decay_clock(traj, rate), expected)
