@@ -37,6 +37,7 @@ on the time unit of the log, and a learning-rate schedule is not taken for an ev
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -490,31 +491,55 @@ class _Cand:
     fall_start: int
 
 
-def _candidates(x: NDArray[np.float64], h: float, noise: float, include_start: bool) -> list[_Cand]:
-    """Up-swings of the zigzag filter with their onset and the decay phase before them."""
+def _last_at_most(xs: list[float], lo: int, hi: int, tol: float) -> int:
+    """Last position in ``[lo, hi]`` whose value is ``<= tol`` (``lo`` when none is)."""
+    k = hi
+    while k > lo and not xs[k] <= tol:
+        k -= 1
+    return k
+
+
+def _first_at_least(xs: list[float], lo: int, hi: int, target: float) -> int:
+    """First position in ``[lo, hi]`` whose value is ``>= target`` (``lo`` when none is)."""
+    for k in range(lo, hi + 1):
+        if xs[k] >= target:
+            return k
+    return lo
+
+
+def _candidates(
+    x: NDArray[np.float64], h: float, noise: float, include_start: bool
+) -> tuple[list[_Cand], list[float]]:
+    """Up-swings of the zigzag filter with their onset and the decay phase before them.
+
+    Also returns ``x.tolist()`` for measuring them (Python floats index faster than
+    numpy scalars; empty when there is no up-swing).
+    """
     troughs, peaks, trend, ext = _zigzag(x, h)
-    peaks_arr = np.asarray(peaks, dtype=np.int64)
     out: list[_Cand] = []
+    if not troughs:
+        return out, []
+    xs: list[float] = x.tolist()
     for tr in troughs:
-        j = int(np.searchsorted(peaks_arr, tr, side="right"))
-        if j < peaks_arr.size:
-            pk = int(peaks_arr[j])
+        j = bisect.bisect_right(peaks, tr)
+        if j < len(peaks):
+            pk = peaks[j]
         elif trend == 1:
             pk = ext
         else:
             continue
         # Onset: the last row of the trough plateau, within 6 noise levels of the
         # trough value (on a flat, noisy plateau the minimum can be anywhere).
-        tol = x[tr] + min(6.0 * noise, 0.25 * (x[pk] - x[tr]))
-        onset = tr + int(np.flatnonzero(x[tr : pk + 1] <= tol)[-1])
+        tol = xs[tr] + min(6.0 * noise, 0.25 * (xs[pk] - xs[tr]))
+        onset = _last_at_most(xs, tr, pk, tol)
         if onset == 0 and not include_start:
             continue
-        fall_start = int(peaks_arr[j - 1]) if j > 0 else 0
+        fall_start = peaks[j - 1] if j > 0 else 0
         out.append(_Cand(onset, pk, fall_start))
-    return out
+    return out, xs
 
 
-def _merge_stages(x: NDArray[np.float64], cands: list[_Cand], merge_fraction: float) -> list[_Cand]:
+def _merge_stages(xs: list[float], cands: list[_Cand], merge_fraction: float) -> list[_Cand]:
     """Join a rise to the one before when the dip between them is shallow.
 
     A dip smaller than ``merge_fraction`` of the smaller of the two rises is a pause
@@ -524,29 +549,28 @@ def _merge_stages(x: NDArray[np.float64], cands: list[_Cand], merge_fraction: fl
     for c in cands:
         if out:
             prev = out[-1]
-            rise = min(x[prev.peak] - x[prev.onset], x[c.peak] - x[c.onset])
-            dip = x[prev.peak] - float(np.min(x[prev.peak : c.onset + 1]))
+            rise = min(xs[prev.peak] - xs[prev.onset], xs[c.peak] - xs[c.onset])
+            dip = xs[prev.peak] - min(xs[prev.peak : c.onset + 1])
             if dip < merge_fraction * rise:
-                top = c.peak if x[c.peak] >= x[prev.peak] else prev.peak
+                top = c.peak if xs[c.peak] >= xs[prev.peak] else prev.peak
                 out[-1] = _Cand(prev.onset, top, prev.fall_start)
                 continue
         out.append(c)
     return out
 
 
-def _half_rise_row(x: NDArray[np.float64], c: _Cand) -> int:
+def _half_rise_row(xs: list[float], c: _Cand) -> int:
     """Position of the first row at half the rise."""
-    target = x[c.onset] + 0.5 * (x[c.peak] - x[c.onset])
-    return c.onset + int(np.argmax(x[c.onset : c.peak + 1] >= target))
+    target = xs[c.onset] + 0.5 * (xs[c.peak] - xs[c.onset])
+    return _first_at_least(xs, c.onset, c.peak, target)
 
 
-def _half_rise_time(x: NDArray[np.float64], clock: NDArray[np.float64], c: _Cand) -> float:
+def _half_rise_time(xs: list[float], clock: NDArray[np.float64], c: _Cand) -> float:
     """Clock time from the onset to the first row at half the rise."""
-    target = x[c.onset] + 0.5 * (x[c.peak] - x[c.onset])
-    k = c.onset + int(np.argmax(x[c.onset : c.peak + 1] >= target))
+    k = _half_rise_row(xs, c)
     dt = clock[k] - clock[c.onset]
     if dt <= 0:  # reached within one row
-        dt = clock[min(c.onset + 1, clock.size - 1)] - clock[c.onset]
+        dt = clock[min(c.onset + 1, len(clock) - 1)] - clock[c.onset]
     return float(dt)
 
 
@@ -742,12 +766,16 @@ def find_events(
         noise = max(noise, raw_noise * 1.2533 / math.sqrt(smooth))
     h = max(floor, noise_k * noise)
     clock = clock_all[rows]
-    cands = _candidates(x, h, noise, include_start)
+    cands, xs = _candidates(x, h, noise, include_start)
+    # the candidates are measured one by one: Python ints index faster than numpy's (the
+    # rows are 0..n-1 when every row has the signal, the usual case)
+    dense = rows.size == 0 or int(rows[-1]) == rows.size - 1
+    rows_l = range(rows.size) if dense else rows.tolist()
     if cands and min_jump_fraction > 0:
-        amps = np.array([x[c.peak] - x[c.onset] for c in cands])
+        amps = np.array([xs[c.peak] - xs[c.onset] for c in cands])
         ref = float(np.percentile(amps, 75))
         cands = [c for c, a in zip(cands, amps, strict=True) if a >= min_jump_fraction * ref]
-    cands = _merge_stages(x, cands, merge_fraction)
+    cands = _merge_stages(xs, cands, merge_fraction)
     s_min = traj.meta.get("sharpness_min") if sharpness is None else sharpness
     elr = _elr_column(traj, lr_row)
     ratios = _threshold_ratios(traj, rows, elr, lr_row, wd, s_min, momentum, cands)
@@ -765,8 +793,8 @@ def find_events(
     speeds = []
     for c in cands:
         dt = clock[c.onset] - clock[c.fall_start]
-        if dt > 0 and x[c.fall_start] > x[c.onset]:
-            speeds.append((x[c.fall_start] - x[c.onset]) / dt)
+        if dt > 0 and xs[c.fall_start] > xs[c.onset]:
+            speeds.append((xs[c.fall_start] - xs[c.onset]) / dt)
     v_fall = float(np.median(speeds)) if speeds else math.nan
     spike_h = min_loss_spike
     if loss is not None and loss.ok:
@@ -774,10 +802,10 @@ def find_events(
         loss.unit = spike_h / spike_noise_k if spike_noise_k > 0 else math.inf
     measured: list[tuple[_Cand, float, float, float, bool, bool]] = []
     for c in cands:
-        on_row, pk_row = int(rows[c.onset]), int(rows[c.peak])
+        on_row, pk_row = rows_l[c.onset], rows_l[c.peak]
         fall_rows = max(c.onset - c.fall_start, 4)
-        before_row = int(rows[max(c.onset - max(fall_rows // 4, 3), 0)])
-        phase_row = int(rows[min(c.fall_start + fall_rows // 2, c.onset)])
+        before_row = rows_l[max(c.onset - max(fall_rows // 4, 3), 0)]
+        phase_row = rows_l[min(c.fall_start + fall_rows // 2, c.onset)]
         base = top = spike = math.nan
         if loss is not None and loss.ok:
             base, top, _band, spike = loss.spike(on_row, pk_row, before_row, phase_row)
@@ -785,8 +813,8 @@ def find_events(
         if name == "loss":
             fast = True
         else:
-            amp = x[c.peak] - x[c.onset]
-            t_half = _half_rise_time(x, clock, c)
+            amp = xs[c.peak] - xs[c.onset]
+            t_half = _half_rise_time(xs, clock, c)
             fast = (
                 not math.isfinite(v_fall)
                 or min_rise_speed == 0
@@ -798,9 +826,9 @@ def find_events(
             # a loss is logged but did not spike: only a large jump counts, and only when
             # the loss rows are too sparse to resolve the rise or the log's loss never
             # spikes at all (checked below)
-            half = int(rows[_half_rise_row(x, c)])
+            half = rows_l[_half_rise_row(xs, c)]
             seen = loss.rows_between(on_row, half)
-            fast = x[c.peak] - x[c.onset] >= quiet_rise_factor * h
+            fast = xs[c.peak] - xs[c.onset] >= quiet_rise_factor * h
             quiet = seen >= 3
         if fast or spiked:
             measured.append((c, base, top, spike, spiked, quiet))

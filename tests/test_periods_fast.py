@@ -1,9 +1,11 @@
 """The detector's fast paths give the same numbers as the plain numpy/Python computations.
 
-``periods._zigzag`` runs compiled (``siflow._swing``) and ``_Loss.spike`` summarises short
-windows in Python floats; both must reproduce the straightforward versions exactly, so
-that the events found do not change. The references here are the plain loop and the
-numpy calls (``numpy.median``, ``numpy.percentile``), not the code under test.
+``periods._zigzag`` runs compiled (``siflow._swing``), ``_Loss.spike`` summarises short
+windows in Python floats and the candidates are measured on Python lists; all must
+reproduce the straightforward versions exactly, so that the events found do not change.
+The references here are the plain loop and the numpy calls (``numpy.median``,
+``numpy.percentile``, ``searchsorted``, ``flatnonzero``, ``argmax``), not the code under
+test.
 """
 
 from __future__ import annotations
@@ -53,6 +55,58 @@ def _zigzag_reference(x: np.ndarray, h: float) -> tuple[list[int], list[int], in
                 troughs.append(ext)
                 trend, ext = 1, i
     return troughs, peaks, trend, ext
+
+
+def _candidates_reference(x, h, noise, include_start):
+    """Candidates with numpy's searchsorted and flatnonzero on the array ``x``."""
+    troughs, peaks, trend, ext = _zigzag_reference(x, h)
+    peaks_arr = np.asarray(peaks, dtype=np.int64)
+    out = []
+    for tr in troughs:
+        j = int(np.searchsorted(peaks_arr, tr, side="right"))
+        if j < peaks_arr.size:
+            pk = int(peaks_arr[j])
+        elif trend == 1:
+            pk = ext
+        else:
+            continue
+        tol = x[tr] + min(6.0 * noise, 0.25 * (x[pk] - x[tr]))
+        onset = tr + int(np.flatnonzero(x[tr : pk + 1] <= tol)[-1])
+        if onset == 0 and not include_start:
+            continue
+        fall_start = int(peaks_arr[j - 1]) if j > 0 else 0
+        out.append(periods._Cand(onset, pk, fall_start))
+    return out, x.tolist()
+
+
+def _merge_stages_reference(xs, cands, merge_fraction):
+    x = np.asarray(xs)
+    out = []
+    for c in cands:
+        if out:
+            prev = out[-1]
+            rise = min(x[prev.peak] - x[prev.onset], x[c.peak] - x[c.onset])
+            dip = x[prev.peak] - float(np.min(x[prev.peak : c.onset + 1]))
+            if dip < merge_fraction * rise:
+                top = c.peak if x[c.peak] >= x[prev.peak] else prev.peak
+                out[-1] = periods._Cand(prev.onset, top, prev.fall_start)
+                continue
+        out.append(c)
+    return out
+
+
+def _half_rise_row_reference(xs, c):
+    x = np.asarray(xs[c.onset : c.peak + 1])
+    target = xs[c.onset] + 0.5 * (xs[c.peak] - xs[c.onset])
+    return c.onset + int(np.argmax(x >= target))
+
+
+def _half_rise_time_reference(xs, clock, c):
+    k = _half_rise_row_reference(xs, c)
+    dt = clock[k] - clock[c.onset]
+    if dt <= 0:
+        dt = clock[min(c.onset + 1, len(clock) - 1)] - clock[c.onset]
+    return float(dt)
 
 
 def _noise_level_numpy(x: np.ndarray) -> float:
@@ -114,6 +168,7 @@ def _runs() -> list[Trajectory]:
     sparse = t.loss.copy()
     sparse[np.arange(sparse.size) % 7 != 0] = np.nan  # the loss logged every 7th row
     runs.append(Trajectory(step=t.step, rho=t.rho, loss=sparse, meta=dict(t.meta)))
+    runs.append(Trajectory(step=t.step, loss=sparse))  # detection on the loss's rows only
     return runs
 
 
@@ -139,6 +194,10 @@ def test_find_events_unchanged_by_the_fast_paths(monkeypatch):
     with monkeypatch.context() as m:
         m.setattr(periods, "_SMALL", 0)  # every window through numpy
         m.setattr(periods, "_zigzag", _zigzag_reference)
+        m.setattr(periods, "_candidates", _candidates_reference)
+        m.setattr(periods, "_merge_stages", _merge_stages_reference)
+        m.setattr(periods, "_half_rise_row", _half_rise_row_reference)
+        m.setattr(periods, "_half_rise_time", _half_rise_time_reference)
         m.setattr(periods._Loss, "position", _position_reference)
         m.setattr(periods._Loss, "rows_between", _rows_between_reference)
         plain = [periods.find_events(t) for t in runs]
