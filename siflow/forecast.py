@@ -374,6 +374,10 @@ def forecast_next_event(
         step, slope = _trend_reach(t, y, y_star, fit_fraction, min_fit_rows)
         if not math.isfinite(step):
             return by_period("the loss-scaled effective LR is not rising yet")
+        if n >= 2 and step > events.steps[-1] + 2.0 * float(np.max(events.periods)):
+            # a barely rising line reaches any level eventually: beyond twice the
+            # longest cycle so far it says nothing
+            return by_period("the loss-scaled trend is too flat to extrapolate")
         lo = _trend_reach(t, y, float(np.min(y_k)), fit_fraction, min_fit_rows)[0]
         hi = _trend_reach(t, y, float(np.max(y_k)), fit_fraction, min_fit_rows)[0]
         details.update({"threshold": y_star, "trend": slope})

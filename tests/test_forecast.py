@@ -197,6 +197,17 @@ def test_loss_proxy_waits_while_the_loss_falls_fastest():
     assert fc.next_event_step == pytest.approx(period)
 
 
+def test_loss_proxy_too_flat_falls_back_to_the_period():
+    # y rises by 2e-3 - 0.5 * 3.99e-3 = 5e-6 per step: it would reach y* only after
+    # thousands of steps, beyond twice the longest cycle so far
+    traj, events, cur = loss_proxy_log()
+    flat = Trajectory(step=traj.step, rho=traj.rho, loss=traj.loss.copy(), meta=traj.meta)
+    flat.loss[cur + 5 :] = np.exp(-3.0 - 3.99e-3 * np.arange(len(traj) - cur - 5))
+    fc = forecast_next_event(flat[: cur + 250])
+    assert fc.method == "period" and "too flat" in fc.details["note"]
+    assert fc.next_event_step == pytest.approx(events[-1] + np.median(np.diff(events)))
+
+
 def test_no_event_yet_gives_no_forecast():
     t = np.arange(500)
     traj = Trajectory(step=t, rho=np.exp(-1e-3 * t), meta={"lr": 0.1, "wd": 0.01})
