@@ -581,6 +581,47 @@ def evaluate_forecast(
     }
 
 
+def oracle_threshold_forecast(
+    trajs: dict[str, Trajectory], labels: dict[str, list[int]], fit_fraction: float = 0.5
+) -> dict[str, Any]:
+    """The decay extrapolation given the true threshold of the coming event (a diagnostic).
+
+    At each half-cycle cut of :func:`forecast_cuts`, a least-squares line of ``ln elr``
+    over the last ``fit_fraction`` of the decay phase (after the norm's peak since the
+    last labelled event) is extrapolated to ``ln elr`` at the true next event. Its score
+    bounds what any forecast of the threshold level could reach with this extrapolation.
+    """
+    errs = []
+    for name, truth in labels.items():
+        tr = trajs.get(name)
+        if tr is None or len(truth) < 3 or tr.rho is None:
+            continue
+        ln_elr = np.log(float(tr.lr) / tr.rho**2)
+        for k in range(1, len(truth) - 1):
+            a, b = truth[k], truth[k + 1]
+            last = int(np.searchsorted(tr.step, (a + b) // 2, "right")) - 1
+            first = int(np.searchsorted(tr.step, a))
+            peak = first + int(np.argmax(tr.rho[first : last + 1]))
+            rows = np.arange(int(peak + (1 - fit_fraction) * (last - peak)), last + 1)
+            err = math.nan
+            if rows.size >= 3:
+                t = tr.step[rows].astype(np.float64) - tr.step[last]
+                slope, icept = np.polyfit(t, ln_elr[rows], 1)
+                target = ln_elr[int(np.searchsorted(tr.step, b))]
+                if slope > 0:
+                    step = tr.step[last] + max(target - icept, 0.0) / slope
+                    err = (step - b) / (b - a)
+            errs.append(err)
+    arr = np.array(errs, dtype=float)
+    ok = np.isfinite(arr) & (np.abs(arr) <= 0.15)
+    return {
+        "n_cuts": int(arr.size),
+        "within_15pct": int(np.count_nonzero(ok)),
+        "fraction": float(np.mean(ok)) if arr.size else math.nan,
+        "median_abs_error": float(np.nanmedian(np.abs(arr))) if arr.size else math.nan,
+    }
+
+
 def threshold_spread(trajs: dict[str, Trajectory], labels: dict[str, list[int]]) -> dict[str, Any]:
     """Spread of the forecast's threshold variables at the labelled events of each run.
 
@@ -637,6 +678,7 @@ def _pct(x: float) -> str:
 
 def write_markdown(res: dict[str, Any], command: str) -> str:
     det, pred, fc, thr = res["detector"], res["prediction"], res["forecast"], res["thresholds"]
+    orc = res["oracle"]
     lines = [
         "# Labelled real runs: detector, period prediction, forecast",
         "",
@@ -692,6 +734,9 @@ def write_markdown(res: dict[str, Any], command: str) -> str:
             f"{100 * v['median_abs_error']:.0f}% |"
             for label, v in fc["variants"].items()
         ),
+        f"| (diagnostic) ln elr extrapolated to its true value at the coming event | "
+        f"{orc['within_15pct']}/{orc['n_cuts']} ({100 * orc['fraction']:.0f}%) | "
+        f"{100 * orc['median_abs_error']:.0f}% |",
         "",
         f"Threshold variables at the labelled events (events after the first, per run): "
         f"median standard deviation of ln elr {thr['median_sd_ln_elr']:.2f}, of "
@@ -780,6 +825,7 @@ def cmd_evaluate(args: Any) -> int:
         "prediction": evaluate_prediction(trajs, labels),
         "forecast": evaluate_forecast(trajs, labels),
         "thresholds": threshold_spread(trajs, labels),
+        "oracle": oracle_threshold_forecast(trajs, labels),
     }
     out = ensure_dir(DATA if args.update_data else Path(args.out or ROOT / "runs/labelled"))
     command = "python analysis/labelled_runs.py evaluate"

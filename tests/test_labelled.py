@@ -171,3 +171,12 @@ def test_loss_scaled_forecast_beats_the_effective_lr_alone(labelled):
     elr_only = mod.evaluate_forecast(trajs, labels, variants=False, threshold="elr", blend=1.0)
     assert default["n_cuts"] == elr_only["n_cuts"] >= 50
     assert default["fraction"] >= elr_only["fraction"] + 0.10
+
+
+def test_decay_extrapolation_to_the_true_threshold_is_accurate(labelled):
+    # the forecast's miss is the threshold level: with the true effective LR of the
+    # coming event, the fitted decay of ln elr lands within 15% of the cycle in most cuts
+    mod, trajs, labels = labelled
+    orc = mod.oracle_threshold_forecast(trajs, labels)
+    assert orc["n_cuts"] >= 50
+    assert orc["fraction"] >= 0.75 and orc["median_abs_error"] <= 0.05
