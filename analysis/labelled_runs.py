@@ -508,8 +508,11 @@ def evaluate_prediction(
     return {"runs": rows, "summary": summary}
 
 
-def forecast_cuts(traj: Trajectory, truth: list[int]) -> list[dict[str, Any]]:
-    """Forecasts from the log cut half-way through each cycle after the second event."""
+def forecast_cuts(traj: Trajectory, truth: list[int], **kwargs: Any) -> list[dict[str, Any]]:
+    """Forecasts from the log cut half-way through each cycle after the second event.
+
+    ``kwargs`` go to :func:`siflow.forecast.forecast_next_event`.
+    """
     from siflow.forecast import forecast_next_event
 
     out = []
@@ -517,7 +520,7 @@ def forecast_cuts(traj: Trajectory, truth: list[int]) -> list[dict[str, Any]]:
         a, b = truth[k], truth[k + 1]
         cut = (a + b) // 2
         rows = int(np.searchsorted(traj.step, cut, "right"))
-        fc = forecast_next_event(traj[:rows])
+        fc = forecast_next_event(traj[:rows], **kwargs)
         err = (fc.next_event_step - b) / (b - a) if math.isfinite(fc.next_event_step) else math.nan
         out.append(
             {
@@ -533,13 +536,30 @@ def forecast_cuts(traj: Trajectory, truth: list[int]) -> list[dict[str, Any]]:
     return out
 
 
-def evaluate_forecast(trajs: dict[str, Trajectory], labels: dict[str, list[int]]) -> dict[str, Any]:
-    """Fraction of half-cycle cuts forecast within 15% of the cycle length."""
+#: Forecast settings compared in the results (keyword arguments of forecast_next_event).
+FORECAST_VARIANTS: dict[str, dict[str, Any]] = {
+    "effective LR alone": {"threshold": "elr", "blend": 1.0},
+    "loss-scaled threshold alone": {"blend": 1.0},
+    "median period alone": {"blend": 0.0},
+}
+
+
+def evaluate_forecast(
+    trajs: dict[str, Trajectory],
+    labels: dict[str, list[int]],
+    *,
+    variants: bool = True,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Fraction of half-cycle cuts forecast within 15% of the cycle length.
+
+    With ``variants``, the same score of each setting of :data:`FORECAST_VARIANTS`.
+    """
     per_run = {}
     errs = []
     for name, truth in labels.items():
         if name in trajs and len(truth) >= 3:
-            cuts = forecast_cuts(trajs[name], truth)
+            cuts = forecast_cuts(trajs[name], truth, **kwargs)
             per_run[name] = cuts
             errs += [c["error_cycles"] for c in cuts]
     arr = np.array(errs, dtype=float)
@@ -550,6 +570,105 @@ def evaluate_forecast(trajs: dict[str, Trajectory], labels: dict[str, list[int]]
         "within_15pct": int(np.count_nonzero(ok)),
         "fraction": float(np.mean(ok)) if arr.size else math.nan,
         "median_abs_error": float(np.nanmedian(np.abs(arr))) if arr.size else math.nan,
+        "variants": {
+            label: {
+                k: v
+                for k, v in evaluate_forecast(trajs, labels, variants=False, **kw).items()
+                if k in ("within_15pct", "n_cuts", "fraction", "median_abs_error")
+            }
+            for label, kw in (FORECAST_VARIANTS.items() if variants else ())
+        },
+    }
+
+
+def oracle_threshold_forecast(
+    trajs: dict[str, Trajectory], labels: dict[str, list[int]], fit_fraction: float = 0.5
+) -> dict[str, Any]:
+    """The decay extrapolation given the true threshold of the coming event (a diagnostic).
+
+    At each half-cycle cut of :func:`forecast_cuts`, a least-squares line of ``ln elr``
+    over the last ``fit_fraction`` of the decay phase (after the norm's peak since the
+    last labelled event) is extrapolated to ``ln elr`` at the true next event. Its score
+    bounds what any forecast of the threshold level could reach with this extrapolation.
+    """
+    errs = []
+    for name, truth in labels.items():
+        tr = trajs.get(name)
+        if tr is None or len(truth) < 3 or tr.rho is None:
+            continue
+        ln_elr = np.log(float(tr.lr) / tr.rho**2)
+        for k in range(1, len(truth) - 1):
+            a, b = truth[k], truth[k + 1]
+            last = int(np.searchsorted(tr.step, (a + b) // 2, "right")) - 1
+            first = int(np.searchsorted(tr.step, a))
+            peak = first + int(np.argmax(tr.rho[first : last + 1]))
+            rows = np.arange(int(peak + (1 - fit_fraction) * (last - peak)), last + 1)
+            err = math.nan
+            if rows.size >= 3:
+                t = tr.step[rows].astype(np.float64) - tr.step[last]
+                slope, icept = np.polyfit(t, ln_elr[rows], 1)
+                target = ln_elr[int(np.searchsorted(tr.step, b))]
+                if slope > 0:
+                    step = tr.step[last] + max(target - icept, 0.0) / slope
+                    err = (step - b) / (b - a)
+            errs.append(err)
+    arr = np.array(errs, dtype=float)
+    ok = np.isfinite(arr) & (np.abs(arr) <= 0.15)
+    return {
+        "n_cuts": int(arr.size),
+        "within_15pct": int(np.count_nonzero(ok)),
+        "fraction": float(np.mean(ok)) if arr.size else math.nan,
+        "median_abs_error": float(np.nanmedian(np.abs(arr))) if arr.size else math.nan,
+    }
+
+
+def threshold_spread(trajs: dict[str, Trajectory], labels: dict[str, list[int]]) -> dict[str, Any]:
+    """Spread of the forecast's threshold variables at the labelled events of each run.
+
+    Per run (events after the first): the standard deviation of ``ln elr_k`` and of
+    ``ln elr_k + ln L_k`` (the loss one row before the event: the separable limit
+    ``beta = 1`` of the loss proxy of :mod:`siflow.forecast`), and the slope of
+    ``ln S`` on ``ln L`` within the decay phases of the runs that log ``S``.
+    """
+    rows_out = []
+    for name, truth in labels.items():
+        tr = trajs.get(name)
+        if tr is None or len(truth) < 3 or tr.rho is None or tr.loss is None:
+            continue
+        idx = np.searchsorted(tr.step, truth)[1:]
+        ln_elr = np.log(float(tr.lr) / tr.rho[idx] ** 2)
+        ln_l = np.log(tr.loss[np.maximum(idx - 1, 0)])
+        rows_out.append(
+            {
+                "run": name,
+                "sd_ln_elr": float(np.std(ln_elr)),
+                "sd_ln_elr_loss": float(np.std(ln_elr + ln_l)),
+            }
+        )
+    slopes = []
+    for name, truth in labels.items():
+        tr = trajs.get(name)
+        if (
+            tr is None
+            or tr.sharpness_sphere is None
+            or not np.any(np.isfinite(tr.sharpness_sphere))
+        ):
+            continue
+        rows = np.searchsorted(tr.step, truth)
+        for a, b in zip(rows[:-1], rows[1:], strict=True):
+            peak = a + int(np.argmax(tr.rho[a:b]))
+            m = np.zeros(len(tr), bool)
+            m[peak + (b - peak) // 4 : b - 3] = True
+            m &= np.isfinite(tr.sharpness_sphere)
+            if m.sum() >= 5:
+                slopes.append(
+                    float(np.polyfit(np.log(tr.loss[m]), np.log(tr.sharpness_sphere[m]), 1)[0])
+                )
+    return {
+        "runs": rows_out,
+        "median_sd_ln_elr": float(np.median([r["sd_ln_elr"] for r in rows_out])),
+        "median_sd_ln_elr_loss": float(np.median([r["sd_ln_elr_loss"] for r in rows_out])),
+        "sharpness_loss_slopes": slopes,
     }
 
 
@@ -558,7 +677,8 @@ def _pct(x: float) -> str:
 
 
 def write_markdown(res: dict[str, Any], command: str) -> str:
-    det, pred, fc = res["detector"], res["prediction"], res["forecast"]
+    det, pred, fc, thr = res["detector"], res["prediction"], res["forecast"], res["thresholds"]
+    orc = res["oracle"]
     lines = [
         "# Labelled real runs: detector, period prediction, forecast",
         "",
@@ -604,6 +724,27 @@ def write_markdown(res: dict[str, Any], command: str) -> str:
         f"{fc['within_15pct']}/{fc['n_cuts']} = {100 * fc['fraction']:.0f}% of the cuts within "
         f"15% of the cycle length of the true event (median error "
         f"{100 * fc['median_abs_error']:.0f}% of a cycle).",
+        "",
+        "| forecast | cuts within 15% | median abs error |",
+        "|---|---|---|",
+        f"| default (blend of the two below) | {fc['within_15pct']}/{fc['n_cuts']} "
+        f"({100 * fc['fraction']:.0f}%) | {100 * fc['median_abs_error']:.0f}% |",
+        *(
+            f"| {label} | {v['within_15pct']}/{v['n_cuts']} ({100 * v['fraction']:.0f}%) | "
+            f"{100 * v['median_abs_error']:.0f}% |"
+            for label, v in fc["variants"].items()
+        ),
+        f"| (diagnostic) ln elr extrapolated to its true value at the coming event | "
+        f"{orc['within_15pct']}/{orc['n_cuts']} ({100 * orc['fraction']:.0f}%) | "
+        f"{100 * orc['median_abs_error']:.0f}% |",
+        "",
+        f"Threshold variables at the labelled events (events after the first, per run): "
+        f"median standard deviation of ln elr {thr['median_sd_ln_elr']:.2f}, of "
+        f"ln elr + ln L {thr['median_sd_ln_elr_loss']:.2f}; slope of ln S on ln L within the "
+        f"decay phases of the runs that log S: "
+        f"{min(thr['sharpness_loss_slopes'], default=math.nan):.2f}-"
+        f"{max(thr['sharpness_loss_slopes'], default=math.nan):.2f} "
+        f"({len(thr['sharpness_loss_slopes'])} phases).",
         "",
         "| run | cuts | errors (fraction of the cycle) |",
         "|---|---|---|",
@@ -683,6 +824,8 @@ def cmd_evaluate(args: Any) -> int:
         "detector": evaluate_detector(trajs, labels),
         "prediction": evaluate_prediction(trajs, labels),
         "forecast": evaluate_forecast(trajs, labels),
+        "thresholds": threshold_spread(trajs, labels),
+        "oracle": oracle_threshold_forecast(trajs, labels),
     }
     out = ensure_dir(DATA if args.update_data else Path(args.out or ROOT / "runs/labelled"))
     command = "python analysis/labelled_runs.py evaluate"

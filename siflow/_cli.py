@@ -310,12 +310,25 @@ def read_log(args: argparse.Namespace, path: object, min_rows: int = 3, **option
     return traj
 
 
-def parse_betas(text: str) -> tuple[float, float]:
-    """``--betas 0.9,0.999`` as ``(beta1, beta2)``, or :class:`CLIError` with the form to use."""
+def add_betas_argument(parser: argparse.ArgumentParser, *, default: str | None, help: str) -> None:
+    """``--betas B1,B2`` (or ``--betas B1 B2``), read with :func:`parse_betas`."""
+    parser.add_argument("--betas", nargs="+", default=default, metavar="B1,B2", help=help)
+
+
+def parse_betas(text: str | Sequence[str]) -> tuple[float, float]:
+    """``--betas 0.9,0.999`` (or ``0.9 0.999``) as ``(beta1, beta2)``.
+
+    Raises :class:`CLIError` naming the form to use for anything but two numbers.
+    """
+    tokens = [text] if isinstance(text, str) else list(text)
+    parts = tokens[0].split(",") if len(tokens) == 1 else tokens
+    shown = " ".join(tokens)
     try:
-        b1, b2 = (float_arg(x) for x in text.split(","))
+        if len(parts) != 2 or any("," in t for t in tokens[1:]):
+            raise ValueError
+        b1, b2 = (float_arg(x) for x in parts)
     except (ValueError, argparse.ArgumentTypeError):
         raise CLIError(
-            f"--betas {text!r} is not two numbers; pass e.g. --betas 0.9,0.999"
+            f"--betas {shown!r} is not two numbers; pass e.g. --betas 0.9,0.999"
         ) from None
     return b1, b2

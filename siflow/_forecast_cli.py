@@ -46,7 +46,26 @@ def build_parser() -> ArgumentParser:
         help="ignore a logged sharpness_sphere column (thresholds from the effective LR only)",
     )
     p.add_argument(
-        "--min-fit-rows", type=int, default=10, help="rows to fit the current decay speed (10)"
+        "--threshold",
+        default="auto",
+        choices=("auto", "sharpness", "loss", "elr"),
+        help="threshold variable: elr*S (sharpness), elr*L^beta (loss), elr; auto: the "
+        "sharpness where logged, else the loss (default auto)",
+    )
+    p.add_argument(
+        "--blend",
+        type=float,
+        default=0.5,
+        help="weight of the threshold estimate against last event + median period (0.5)",
+    )
+    p.add_argument(
+        "--fit-fraction",
+        type=float,
+        default=0.5,
+        help="last fraction of the decay phase fitted by the loss-proxy trend (0.5)",
+    )
+    p.add_argument(
+        "--min-fit-rows", type=int, default=10, help="rows to fit the current decay trend (10)"
     )
     g = p.add_argument_group("event detection (siflow.periods.find_events)")
     g.add_argument("--signal", default="auto", help="auto, rho, elr or loss (default auto)")
@@ -113,6 +132,9 @@ def _body(argv: Sequence[str] | None) -> int:
         momentum=args.momentum,
         optimizer=args.optimizer,
         use_sharpness=not args.no_sharpness,
+        threshold=args.threshold,
+        blend=args.blend,
+        fit_fraction=args.fit_fraction,
         min_fit_rows=args.min_fit_rows,
         **_detector_kwargs(args),
     )

@@ -26,7 +26,15 @@ from typing import Any
 
 import numpy as np
 
-from siflow._cli import ArgumentParser, CLIError, add_log_arguments, read_log, run_main
+from siflow._cli import (
+    ArgumentParser,
+    CLIError,
+    add_betas_argument,
+    add_log_arguments,
+    parse_betas,
+    read_log,
+    run_main,
+)
 
 PROG = "python -m siflow.overlay"
 FIGURE_SUFFIXES = (".png", ".svg", ".pdf")
@@ -54,12 +62,10 @@ def build_parser() -> ArgumentParser:
         help="whose theory predicts (default: the log's metadata, else sgd)",
     )
     p.add_argument("--momentum", type=float, help="heavy-ball momentum (default: metadata, else 0)")
-    p.add_argument(
-        "--betas",
-        type=float,
-        nargs=2,
-        metavar=("BETA1", "BETA2"),
-        help="AdamW/Lion betas (default: metadata, else 0.9 0.999 for AdamW, 0.9 0.99 for Lion)",
+    add_betas_argument(
+        p,
+        default=None,
+        help="AdamW/Lion betas (default: metadata, else 0.9,0.999 for AdamW, 0.9,0.99 for Lion)",
     )
     p.add_argument(
         "--schedule",
@@ -418,7 +424,7 @@ def _body(argv: Sequence[str] | None) -> int:
             wd=args.wd,
             momentum=args.momentum,
             optimizer=args.optimizer,
-            betas=tuple(args.betas) if args.betas else None,
+            betas=parse_betas(args.betas) if args.betas else None,
             schedule=args.schedule,
             wd_schedule=args.wd_schedule,
             n_params=args.n_params,

@@ -34,6 +34,7 @@ from siflow._cli import (
     EXIT_INTERRUPTED,
     ArgumentParser,
     CLIError,
+    add_betas_argument,
     fmt_value,
     format_list_summary,
     format_rows,
@@ -146,12 +147,7 @@ def build_parser() -> ArgumentParser:
         metavar="SPEC",
         help="weight-decay schedule (peak defaults to --wd)",
     )
-    p.add_argument(
-        "--betas",
-        default="0.9,0.999",
-        metavar="B1,B2",
-        help="AdamW betas (default: %(default)s)",
-    )
+    add_betas_argument(p, default="0.9,0.999", help="AdamW betas (default: %(default)s)")
     p.add_argument(
         "--sharpness",
         action="store_true",

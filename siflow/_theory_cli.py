@@ -24,7 +24,15 @@ from typing import Any
 
 import numpy as np
 
-from siflow._cli import ArgumentParser, CLIError, fmt_value, format_rows, parse_betas, run_main
+from siflow._cli import (
+    ArgumentParser,
+    CLIError,
+    add_betas_argument,
+    fmt_value,
+    format_rows,
+    parse_betas,
+    run_main,
+)
 
 __all__ = ["main", "build_parser", "format_table", "schedule_report"]
 
@@ -68,9 +76,7 @@ def build_parser() -> ArgumentParser:
         choices=sorted(_THEORY),
         help="whose theory to use (default: %(default)s)",
     )
-    parser.add_argument(
-        "--betas", default=None, metavar="B1,B2", help="AdamW/Lion betas (default 0.9,0.999)"
-    )
+    add_betas_argument(parser, default=None, help="AdamW/Lion betas (default 0.9,0.999)")
     parser.add_argument(
         "--n-params", type=int, default=None, help="size C of the SI group (AdamW/Lion norm)"
     )
@@ -89,7 +95,7 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
-def _betas(text: str | None, optimizer: str) -> tuple[float, float]:
+def _betas(text: list[str] | None, optimizer: str) -> tuple[float, float]:
     if text is None:
         return (0.9, 0.99) if optimizer == "lion" else (0.9, 0.999)
     return parse_betas(text)

@@ -8,22 +8,42 @@ from the last logged row to the level at which the earlier cycles of the same lo
 destabilized:
 
 1. the events so far (:func:`siflow.periods.find_events`), at least one;
-2. the threshold: the effective LR at the earlier events, ``elr_k = lr/rho_k^2``; when
-   the log carries the sphere sharpness ``S`` (``sharpness_sphere``), the product
-   ``elr_k * S_k`` at the events and the latest ``S`` give the threshold of the current
-   cycle, ``elr* = median(elr_k S_k) / S_now``; otherwise ``elr* = median(elr_k)``;
-3. the decay speed of ``ln rho`` in the current phase: the least-squares slope over the
-   decay phase so far (after the peak), falling back to the free decay
-   ``-ln decay_factor(lr, wd, mu)`` when the phase is too short to fit or its slope is
-   outside 0.5-1.5 times the free decay (a post-burst plateau);
-4. ``next_event_step = step_now + ln(rho_now / rho*) / speed`` with
-   ``rho* = sqrt(lr / elr*)``, and the interval from the spread (lowest and highest)
-   of the earlier thresholds.
+2. the threshold variable ``y = ln elr`` and its values ``y_k`` at the earlier events
+   (``elr = lr/rho^2``). Destabilization happens at ``elr * S ~ 2(1 + mu - lr wd)``
+   (:func:`siflow.theory.stability_threshold_elr`), and the sphere sharpness ``S`` moves
+   within a cycle, so ``y`` includes it where the log allows (``threshold=``):
 
-The periods seen so far give a second estimate, ``last event + median period``, used
-when the current phase is still rising (a jump in progress) and when the norm is already
-below the median threshold without having destabilized (this cycle's threshold is
-higher); when that estimate has passed too, the event is due at the next step.
+   - ``"sharpness"``: a logged ``sharpness_sphere`` column, ``y = ln(elr S)``;
+   - ``"loss"``: the loss as a proxy of the sharpness. For cross-entropy near a fitted
+     minimum the Hessian is weighted by ``sigma'(margin) ~ loss``, so ``S ~ L^beta``
+     (``beta = 1`` in the separable limit; 0.46-0.85 measured within the decay phases
+     of the labelled real runs that log ``S``): ``y = ln elr + beta ln L``, with
+     ``beta`` the least-squares slope of ``-ln elr_k`` on ``ln L_k`` over the earlier
+     events (loss one row before each event), clipped to [0, 1]; ``beta = 1`` with
+     fewer than three events or no spread of ``L_k``;
+   - ``"elr"``: the effective LR alone.
+
+   The threshold of the current cycle is ``y* = median(y_k)``;
+3. the approach of ``y`` to ``y*``: for ``"elr"`` and ``"sharpness"``, the decay
+   speed of ``ln rho`` in the current phase (the least-squares slope over the decay
+   phase so far, after the peak), falling back to the free decay
+   ``-ln decay_factor(lr, wd, mu)`` when the phase is too short to fit or its slope is
+   outside 0.5-1.5 times the free decay (a post-burst plateau), with the current
+   ``S`` held; for ``"loss"``, the least-squares line of ``y`` over the last
+   ``fit_fraction`` of the phase (``y`` first falls while the loss drops faster than
+   the effective LR grows; while its slope is not positive the threshold gives no
+   estimate);
+4. ``threshold estimate = step_now + (y* - y_now)/(dy/dt)`` and its interval from the
+   lowest and highest earlier ``y_k``.
+
+The periods seen so far give a second estimate, ``last event + median period``. The
+forecast is ``blend * threshold estimate + (1 - blend) * period estimate`` (both
+estimates scatter alike on real runs, by the irregularity of their cycles; their mean
+scatters less), the interval spans both. The period estimate alone is used when the
+current phase is still rising (a jump in progress), when the threshold gives no
+estimate, and when the norm is already below the usual threshold without having
+destabilized (this cycle's threshold is higher); when that estimate has passed too,
+the event is due at the next step.
 """
 
 from __future__ import annotations
@@ -33,14 +53,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
+from numpy.typing import ArrayLike, NDArray
 
 from siflow._validate import check_positive_int
 from siflow.periods import Events, find_events
 from siflow.theory import check_optimizer, decay_rate
 from siflow.trajectory import Trajectory
 
-__all__ = ["Forecast", "forecast_next_event", "RecorderForecast"]
+__all__ = ["Forecast", "forecast_next_event", "loss_exponent", "RecorderForecast"]
 
 
 @dataclass(frozen=True)
@@ -138,6 +158,74 @@ def _phase_speed(traj: Trajectory, start: int, rate: float, min_rows: int) -> tu
     return rate, "free decay"
 
 
+def _loss_before(loss: NDArray[np.float64], index: NDArray[np.int64]) -> NDArray[np.float64]:
+    """The loss one row before each event row (before its spike)."""
+    return loss[np.maximum(np.asarray(index, dtype=np.int64) - 1, 0)]
+
+
+def loss_exponent(ln_elr_k: ArrayLike, ln_loss_k: ArrayLike) -> float:
+    """Exponent ``beta`` of the loss proxy ``S ~ L^beta`` from the earlier events.
+
+    The least-squares slope of ``-ln elr_k`` on ``ln L_k`` (``elr_k * S_k`` constant at
+    the events with ``S_k ~ L_k^beta``), clipped to [0, 1]; 1 (the separable
+    cross-entropy limit) with fewer than three finite events or no spread of ``L_k``.
+    Module docstring, step 2.
+    """
+    e = np.asarray(ln_elr_k, dtype=np.float64)
+    ln_l = np.asarray(ln_loss_k, dtype=np.float64)
+    ok = np.isfinite(e) & np.isfinite(ln_l)
+    e, ln_l = e[ok], ln_l[ok]
+    if e.size < 3 or float(np.ptp(ln_l)) == 0.0:
+        return 1.0
+    dl = ln_l - ln_l.mean()
+    slope = -float(np.dot(dl, e - e.mean()) / np.dot(dl, dl))
+    return min(max(slope, 0.0), 1.0)
+
+
+def _trend_reach(
+    step: NDArray[np.float64],
+    y: NDArray[np.float64],
+    target: float,
+    fit_fraction: float,
+    min_rows: int,
+) -> tuple[float, float]:
+    """Step at which the least-squares line of ``y`` over its last rows reaches ``target``.
+
+    Returns ``(step, slope)``; ``step`` is NaN when the line does not rise or there are
+    fewer than ``min_rows`` finite rows in the fitted part.
+    """
+    ok = np.isfinite(y)
+    step, y = step[ok], y[ok]
+    if step.size < min_rows:
+        return math.nan, math.nan
+    keep = step >= step[-1] - fit_fraction * (step[-1] - step[0])
+    s, v = step[keep], y[keep]
+    if s.size < 3 or s[-1] <= s[0]:
+        return math.nan, math.nan
+    slope, icept = (float(c) for c in np.polyfit(s - s[-1], v, 1))
+    if not slope > 0:
+        return math.nan, slope
+    return float(step[-1]) + max(target - icept, 0.0) / slope, slope
+
+
+def _threshold_kind(traj: Trajectory, threshold: str, use_sharpness: bool) -> str:
+    has_s = traj.sharpness_sphere is not None and bool(np.any(np.isfinite(traj.sharpness_sphere)))
+    has_l = traj.loss is not None and bool(np.any(np.isfinite(traj.loss) & (traj.loss > 0)))
+    if threshold not in ("auto", "elr", "sharpness", "loss"):
+        raise ValueError(f"threshold={threshold!r}: use 'auto', 'elr', 'sharpness' or 'loss'")
+    if threshold == "sharpness" and not has_s:
+        raise ValueError(
+            "threshold='sharpness' needs a sharpness_sphere column; use threshold='auto'"
+        )
+    if threshold == "loss" and not has_l:
+        raise ValueError("threshold='loss' needs a loss column; use threshold='auto'")
+    if threshold != "auto":
+        return threshold
+    if use_sharpness and has_s:
+        return "sharpness"
+    return "loss" if has_l else "elr"
+
+
 def forecast_next_event(
     traj: Trajectory,
     *,
@@ -148,6 +236,9 @@ def forecast_next_event(
     events: Events | None = None,
     min_fit_rows: int = 10,
     use_sharpness: bool = True,
+    threshold: str = "auto",
+    blend: float = 0.5,
+    fit_fraction: float = 0.5,
     **detector: Any,
 ) -> Forecast:
     """Predict the step of the next destabilization of a run from its log so far.
@@ -165,10 +256,19 @@ def forecast_next_event(
     events : Events, optional
         Events found before (default: ``find_events(traj, lr=..., wd=..., **detector)``).
     min_fit_rows : int
-        Rows of the current decay phase needed to fit its speed (else the free decay).
+        Rows of the current decay phase needed to fit its trend.
     use_sharpness : bool
-        Scale the thresholds by a logged ``sharpness_sphere`` column (step 2 of the
-        module docstring); False uses the effective LR alone.
+        With ``threshold="auto"``, use a logged ``sharpness_sphere`` column; False
+        falls back to the loss proxy (or the effective LR alone).
+    threshold : {"auto", "sharpness", "loss", "elr"}
+        The threshold variable (module docstring, step 2). ``"auto"``: the sharpness
+        where logged, else the loss, else the effective LR.
+    blend : float
+        Weight of the threshold estimate against the period estimate, in [0, 1]
+        (1: the threshold alone).
+    fit_fraction : float
+        Fraction of the current decay phase (its last part) fitted by the loss-proxy
+        trend, in (0, 1].
     **detector
         Further keyword arguments of :func:`siflow.periods.find_events`.
 
@@ -184,6 +284,8 @@ def forecast_next_event(
             f"read the log with siflow.io.read(path)"
         )
     min_fit_rows = check_positive_int("min_fit_rows", min_fit_rows)
+    blend = _check_unit("blend", blend, closed_low=True)
+    fit_fraction = _check_unit("fit_fraction", fit_fraction, closed_low=False)
     opt = check_optimizer(optimizer)
     if opt != "sgd":
         raise ValueError(
@@ -213,6 +315,7 @@ def forecast_next_event(
             extra=dict(traj.extra),
             meta=dict(traj.meta),
         )
+    kind = _threshold_kind(traj, threshold, use_sharpness)
     if events is None:
         events = find_events(traj, lr=lr, wd=wd, momentum=mu, **detector)
     n = len(events)
@@ -223,61 +326,106 @@ def forecast_next_event(
     last_step = int(traj.step[-1])
     rho_now = float(traj.rho[last_row])
     lr_now = float(lr_rows[last_row])
-    elr_k = lr_rows[events.index] / traj.rho[events.index] ** 2
-    thr_kind = "elr"
-    has_s = traj.sharpness_sphere is not None and np.any(np.isfinite(traj.sharpness_sphere))
-    if use_sharpness and has_s:
+    y_k = np.log(lr_rows[events.index] / traj.rho[events.index] ** 2)
+    beta = math.nan
+    if kind == "sharpness":
         sharp = traj.sharpness_sphere
         assert sharp is not None
         s_k = np.array([_sharpness_at(sharp, int(i)) for i in events.index])
         s_now = _sharpness_at(sharp, last_row)
         if np.all(np.isfinite(s_k)) and math.isfinite(s_now):
-            elr_k = elr_k * s_k / s_now
-            thr_kind = "elr*S"
-    elr_k = elr_k[np.isfinite(elr_k) & (elr_k > 0)]
+            y_k = y_k + np.log(s_k / s_now)
+        else:
+            kind = "elr"
+    elif kind == "loss":
+        assert traj.loss is not None
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ln_loss = np.log(traj.loss.astype(np.float64))
+        ln_l_k = _loss_before(ln_loss, events.index)
+        beta = loss_exponent(y_k, ln_l_k)
+        y_k = y_k + beta * ln_l_k
+    y_k = y_k[np.isfinite(y_k)]
     period_guess = float(events.steps[-1] + np.median(events.periods)) if n >= 2 else math.nan
+    period_lo = float(events.steps[-1] + np.min(events.periods)) if n >= 2 else math.nan
+    period_hi = float(events.steps[-1] + np.max(events.periods)) if n >= 2 else math.nan
     peak_row = int(events.peak_index[-1])
-    if peak_row >= last_row or elr_k.size == 0:
-        # a jump still in progress: the period is the only guide
+    details: dict[str, Any] = {
+        "threshold_kind": {"sharpness": "elr*S", "loss": "elr*L^beta", "elr": "elr"}[kind],
+        "loss_exponent": beta,
+        "period_estimate": period_guess,
+        "free_decay_rate": rate,
+    }
+
+    def by_period(reason: str) -> Forecast:
         if not math.isfinite(period_guess):
-            return _none(traj, n, "a jump is in progress and no period is known yet")
-        lo = float(events.steps[-1] + np.min(events.periods))
-        hi = float(events.steps[-1] + np.max(events.periods))
-        return Forecast(period_guess, (lo, hi), last_step, "period", n, {})
-    speed, how = _phase_speed(traj, peak_row, rate, min_fit_rows)
+            return _none(traj, n, f"{reason}, and no period is known yet")
+        step = max(period_guess, last_step + 1.0)
+        lo, hi = max(period_lo, last_step + 1.0), max(period_hi, last_step + 1.0)
+        return Forecast(step, (lo, hi), last_step, "period", n, {**details, "note": reason})
 
-    def reach(elr_star: float) -> float:
-        rho_star = math.sqrt(lr_now / elr_star)
-        return last_step + max(math.log(rho_now / rho_star), 0.0) / speed
+    if peak_row >= last_row or y_k.size == 0:
+        return by_period("a jump is in progress")
+    y_star = float(np.median(y_k))
+    if kind == "loss":
+        assert traj.loss is not None
+        rows = np.arange(peak_row, last_row + 1)
+        y = np.log(lr_rows[rows] / traj.rho[rows] ** 2) + beta * ln_loss[rows]
+        t = traj.step[rows].astype(np.float64)
+        step, slope = _trend_reach(t, y, y_star, fit_fraction, min_fit_rows)
+        if not math.isfinite(step):
+            return by_period("the loss-scaled effective LR is not rising yet")
+        if n >= 2 and step > events.steps[-1] + 2.0 * float(np.max(events.periods)):
+            # a barely rising line reaches any level eventually: beyond twice the
+            # longest cycle so far it says nothing
+            return by_period("the loss-scaled trend is too flat to extrapolate")
+        lo = _trend_reach(t, y, float(np.min(y_k)), fit_fraction, min_fit_rows)[0]
+        hi = _trend_reach(t, y, float(np.max(y_k)), fit_fraction, min_fit_rows)[0]
+        details.update({"threshold": y_star, "trend": slope})
+    else:
+        speed, how = _phase_speed(traj, peak_row, rate, min_fit_rows)
 
-    elr_med = float(np.median(elr_k))
-    step = reach(elr_med)
-    # a lower threshold ELR is a higher norm: reached earlier
-    lo, hi = reach(float(np.min(elr_k))), reach(float(np.max(elr_k)))
-    method = "threshold"
+        def reach(y_target: float) -> float:
+            rho_star = math.sqrt(lr_now / math.exp(y_target))
+            return last_step + max(math.log(rho_now / rho_star), 0.0) / speed
+
+        step = reach(y_star)
+        # a lower threshold ELR is a higher norm: reached earlier
+        lo, hi = reach(float(np.min(y_k))), reach(float(np.max(y_k)))
+        details.update(
+            {
+                "threshold": y_star,
+                "elr_threshold": math.exp(y_star),
+                "elr_now": lr_now / rho_now**2,
+                "decay_speed": speed,
+                "decay_speed_source": how,
+            }
+        )
     if step <= last_step and math.isfinite(period_guess) and period_guess > last_step:
         # already past the usual threshold without destabilizing: this cycle's threshold
         # is higher; the periods seen so far are the better guide
-        step, method = period_guess, "period"
-        hi = max(hi, float(events.steps[-1] + np.max(events.periods)))
+        return by_period("past the usual threshold")
+    method = "threshold"
+    details["threshold_estimate"] = step
+    if math.isfinite(period_guess) and blend < 1.0:
+        step = blend * step + (1.0 - blend) * period_guess
+        lo, hi = min(lo, period_lo), max(hi, period_hi)
+        method = "blend"
     step = max(step, last_step + 1.0)
     lo, hi = max(lo, last_step + 1.0), max(hi, last_step + 1.0)
-    return Forecast(
-        step,
-        (lo, hi),
-        last_step,
-        method,
-        n,
-        {
-            "threshold_kind": thr_kind,
-            "elr_threshold": elr_med,
-            "elr_now": lr_now / rho_now**2,
-            "decay_speed": speed,
-            "decay_speed_source": how,
-            "free_decay_rate": rate,
-            "period_estimate": period_guess,
-        },
-    )
+    return Forecast(step, (lo, hi), last_step, method, n, details)
+
+
+def _check_unit(name: str, value: float, *, closed_low: bool) -> float:
+    """``value`` as a float in [0, 1] (``closed_low``) or (0, 1]."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}") from None
+    low_ok = v >= 0.0 if closed_low else v > 0.0
+    if not (math.isfinite(v) and low_ok and v <= 1.0):
+        interval = "[0, 1]" if closed_low else "(0, 1]"
+        raise ValueError(f"{name} must be in {interval}, got {value!r}")
+    return v
 
 
 class RecorderForecast:

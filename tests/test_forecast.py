@@ -41,12 +41,13 @@ def test_forecast_of_an_exact_cycle_is_the_true_event():
     assert np.all(np.diff(ev)[1:] >= 172) and np.all(np.diff(ev)[1:] <= 174)
     for k in range(2, len(ev) - 1):
         cut = (ev[k] + ev[k + 1]) // 2
-        fc = forecast_next_event(traj[: cut + 1])
-        assert fc.method == "threshold" and fc.n_events == k + 1
-        assert abs(fc.next_event_step - ev[k + 1]) <= 1.5
-        lo, hi = fc.next_event_interval
-        assert lo <= fc.next_event_step <= hi
-        assert fc.last_step == cut
+        for kw, method in (({"blend": 1.0}, "threshold"), ({}, "blend")):
+            fc = forecast_next_event(traj[: cut + 1], **kw)
+            assert fc.method == method and fc.n_events == k + 1
+            assert abs(fc.next_event_step - ev[k + 1]) <= 1.5
+            lo, hi = fc.next_event_interval
+            assert lo <= fc.next_event_step <= hi
+            assert fc.last_step == cut
 
 
 def test_forecast_hand_value():
@@ -68,7 +69,7 @@ def test_forecast_hand_value():
     traj = Trajectory(
         step=np.arange(x.size), rho=np.exp(x), loss=loss, meta={"lr": 0.1, "wd": 0.01}
     )
-    fc = forecast_next_event(traj)
+    fc = forecast_next_event(traj, threshold="elr", blend=1.0)
     assert fc.n_events == 3
     # median threshold elr* = lr / 1**2; speed fitted on the phase: exactly 1e-3
     assert fc.details["decay_speed"] == pytest.approx(1e-3, rel=1e-9)
@@ -92,12 +93,119 @@ def test_forecast_uses_sharpness_when_logged():
     with_s = Trajectory(
         step=part.step, rho=part.rho, loss=part.loss, sharpness_sphere=s, meta=part.meta
     )
-    base = forecast_next_event(part).next_event_step
-    fc = forecast_next_event(with_s)
+    base = forecast_next_event(part, threshold="elr", blend=1.0).next_event_step
+    fc = forecast_next_event(with_s, blend=1.0)
     assert fc.details["threshold_kind"] == "elr*S"
-    assert forecast_next_event(with_s, use_sharpness=False).next_event_step == base
+    no_s = forecast_next_event(with_s, use_sharpness=False, threshold="elr", blend=1.0)
+    assert no_s.next_event_step == base
     rate = -math.log(1 - 2e-3)
     assert fc.next_event_step - base == pytest.approx(0.5 * math.log(2.0) / rate, rel=1e-6)
+
+
+def loss_proxy_log(beta=0.5, gamma=1e-3, speed=1e-3):
+    """Cycles of ln rho falling by ``speed`` per step and ln L by ``gamma`` per step.
+
+    Each cycle ends where ``ln elr + beta ln L`` (the loss one row before the event)
+    reaches the same level ``C``: with the loss at the events spread over a decade, the
+    events satisfy ``S ~ L^beta`` exactly. Returns the log, the event rows, ``C`` and the
+    rows of the current (fourth) phase.
+    """
+    lr, c = 0.1, 0.0
+    ln_rho, ln_loss, events = [], [], []
+    starts = [(0.30, -2.0), (0.50, -3.5), (0.20, -2.5)]  # (ln rho, ln L) after each jump
+    for r0, l0 in starts:
+        # ln elr(j) + beta ln L(j - 1) = C at the event row j of the phase
+        # ln lr - 2 (r0 - speed j) + beta (l0 - gamma (j - 1)) = C
+        j = int(
+            np.ceil((c - math.log(lr) + 2 * r0 - beta * (l0 + gamma)) / (2 * speed - beta * gamma))
+        )
+        ln_rho += list(r0 - speed * np.arange(j + 1))
+        ln_loss += list(l0 - gamma * np.arange(j + 1))
+        events.append(len(ln_rho) - 1)
+    cur = len(ln_rho)
+    ln_rho += list(0.4 - speed * np.arange(300))
+    ln_loss += list(-3.0 - gamma * np.arange(300))
+    loss = np.exp(np.array(ln_loss))
+    for e in events:
+        loss[e + 1 : e + 3] = 1.0
+    traj = Trajectory(
+        step=np.arange(len(ln_rho)),
+        rho=np.exp(np.array(ln_rho)),
+        loss=loss,
+        meta={"lr": lr, "wd": 0.01},
+    )
+    return traj, np.array(events), cur
+
+
+def test_loss_exponent_is_the_least_squares_slope():
+    from siflow.forecast import loss_exponent
+
+    rng = np.random.default_rng(3)
+    ln_l = rng.uniform(-6, -2, 8)
+    ln_e = 0.3 - 0.6 * ln_l + rng.normal(0, 0.05, 8)
+    assert loss_exponent(ln_e, ln_l) == pytest.approx(-np.polyfit(ln_l, ln_e, 1)[0], rel=1e-12)
+    # clipped to [0, 1]; 1 (separable limit) with fewer than 3 events or no spread
+    assert loss_exponent(-2.0 * ln_l, ln_l) == 1.0
+    assert loss_exponent(0.5 * ln_l, ln_l) == 0.0
+    assert loss_exponent(ln_e[:2], ln_l[:2]) == 1.0
+    assert loss_exponent(ln_e, np.full(8, -3.0)) == 1.0
+
+
+def test_forecast_loss_proxy_hand_value():
+    traj, events, cur = loss_proxy_log()
+    part = traj[: cur + 250]
+    ev_rows = events.tolist()
+    # the log's own events, and beta by an independent fit of the hand-built events
+    lr = 0.1
+    ln_elr_k = np.log(lr / part.rho[ev_rows] ** 2)
+    ln_l_k = np.log(part.loss[np.array(ev_rows) - 1])
+    beta = -np.polyfit(ln_l_k, ln_elr_k, 1)[0]
+    assert beta == pytest.approx(0.5, abs=0.01)  # whole-step events: close to the design
+    fc = forecast_next_event(part, blend=1.0, fit_fraction=0.5)
+    assert fc.details["threshold_kind"] == "elr*L^beta"
+    assert fc.n_events == 3
+    assert fc.details["loss_exponent"] == pytest.approx(beta, rel=1e-9)
+    # y = ln elr + beta ln L rises by 2 speed - beta gamma per step in the current phase
+    y_k = ln_elr_k + beta * ln_l_k
+    slope = 2e-3 - beta * 1e-3
+    now = part.step[-1]
+    y_now = math.log(lr) - 2 * math.log(part.rho[-1]) + beta * math.log(part.loss[-1])
+    thr_step = now + (np.median(y_k) - y_now) / slope
+    assert fc.details["trend"] == pytest.approx(slope, rel=1e-6)
+    assert fc.next_event_step == pytest.approx(thr_step, rel=1e-9)
+    lo, hi = fc.next_event_interval
+    assert lo == pytest.approx(now + (y_k.min() - y_now) / slope, rel=1e-9)
+    assert hi == pytest.approx(now + (y_k.max() - y_now) / slope, rel=1e-9)
+    # the default blends it half and half with last event + median period
+    period = ev_rows[-1] + np.median(np.diff(ev_rows))
+    both = forecast_next_event(part)
+    assert both.method == "blend"
+    assert both.next_event_step == pytest.approx(0.5 * thr_step + 0.5 * period, rel=1e-9)
+    assert both.next_event_interval[0] == pytest.approx(
+        min(lo, ev_rows[-1] + np.min(np.diff(ev_rows))), rel=1e-9
+    )
+
+
+def test_loss_proxy_waits_while_the_loss_falls_fastest():
+    # ln L falling faster than ln elr rises: y falls, the threshold gives no estimate
+    traj, events, cur = loss_proxy_log(gamma=1e-3)
+    fast = Trajectory(step=traj.step, rho=traj.rho, loss=traj.loss.copy(), meta=traj.meta)
+    fast.loss[cur + 5 :] = np.exp(-3.0 - 5e-3 * np.arange(len(traj) - cur - 5))
+    fc = forecast_next_event(fast[: cur + 200])
+    assert fc.method == "period"
+    period = events[-1] + np.median(np.diff(events))
+    assert fc.next_event_step == pytest.approx(period)
+
+
+def test_loss_proxy_too_flat_falls_back_to_the_period():
+    # y rises by 2e-3 - 0.5 * 3.99e-3 = 5e-6 per step: it would reach y* only after
+    # thousands of steps, beyond twice the longest cycle so far
+    traj, events, cur = loss_proxy_log()
+    flat = Trajectory(step=traj.step, rho=traj.rho, loss=traj.loss.copy(), meta=traj.meta)
+    flat.loss[cur + 5 :] = np.exp(-3.0 - 3.99e-3 * np.arange(len(traj) - cur - 5))
+    fc = forecast_next_event(flat[: cur + 250])
+    assert fc.method == "period" and "too flat" in fc.details["note"]
+    assert fc.next_event_step == pytest.approx(events[-1] + np.median(np.diff(events)))
 
 
 def test_no_event_yet_gives_no_forecast():
@@ -119,6 +227,13 @@ def test_validation():
         forecast_next_event({"rho": [1, 2]})
     with pytest.raises(ValueError, match="min_fit_rows"):
         forecast_next_event(traj, min_fit_rows=0)
+    for bad in ({"blend": 1.5}, {"blend": "x"}, {"fit_fraction": 0.0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            forecast_next_event(traj, **bad)
+    with pytest.raises(ValueError, match="threshold="):
+        forecast_next_event(traj, threshold="curvature")
+    with pytest.raises(ValueError, match="sharpness_sphere column"):
+        forecast_next_event(traj, threshold="sharpness")
     assert isinstance(forecast_next_event(traj), Forecast)
 
 
@@ -148,6 +263,9 @@ def test_cli_json_and_errors(tmp_path):
         [str(tmp_path / "missing.npz")],
         [str(path), "--optimizer", "lion"],
         [str(path), "--min-rise", "-1"],
+        [str(path), "--blend", "2"],
+        [str(path), "--threshold", "curvature"],
+        [str(path), "--fit-fraction", "0"],
     ):
         bad = subprocess.run(
             [sys.executable, "-m", "siflow.forecast", *args],
