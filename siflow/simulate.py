@@ -233,12 +233,15 @@ def _run_chunk(toy, draws, opt, sched, state, ctl, out, snap):  # pragma: no cov
             sa = 0.0
             for i in range(d):
                 sa += params[i] * w[i] * w[i]
-            k = sa / r2
+            # 1/|w|^2 used twice: with a single use, LLVM's reassociation turns the loop's
+            # product by it back into a division per element (vdivpd, ~1.5x slower at
+            # d = 1024)
+            inv2 = 1.0 / r2
+            k = sa * inv2
             f = 0.5 * k
             if not math.isfinite(f):
                 stop, code = t, _DIVERGED
                 break
-            inv2 = 1.0 / r2
             for i in range(d):
                 wi = w[i]
                 gi = (params[i] - k) * wi * inv2
