@@ -19,7 +19,7 @@ destabilized:
      (``beta = 1`` in the separable limit; 0.46-0.85 measured within the decay phases
      of the labelled real runs that log ``S``): ``y = ln elr + beta ln L``, with
      ``beta`` the least-squares slope of ``-ln elr_k`` on ``ln L_k`` over the earlier
-     events (loss one row before each event), clipped to [0, 1]; ``beta = 1`` with
+     events (the last logged loss before each event), clipped to [0, 1]; ``beta = 1`` with
      fewer than three events or no spread of ``L_k``;
    - ``"elr"``: the effective LR alone.
 
@@ -159,8 +159,14 @@ def _phase_speed(traj: Trajectory, start: int, rate: float, min_rows: int) -> tu
 
 
 def _loss_before(loss: NDArray[np.float64], index: NDArray[np.int64]) -> NDArray[np.float64]:
-    """The loss one row before each event row (before its spike)."""
-    return loss[np.maximum(np.asarray(index, dtype=np.int64) - 1, 0)]
+    """The last finite loss strictly before each event row (before its spike; NaN if none)."""
+    rows = np.arange(loss.size)
+    last_finite = np.maximum.accumulate(np.where(np.isfinite(loss), rows, -1))
+    before = last_finite[np.maximum(np.asarray(index, dtype=np.int64) - 1, 0)]
+    out = np.full(before.size, np.nan)
+    ok = (before >= 0) & (np.asarray(index) > 0)
+    out[ok] = loss[before[ok]]
+    return out
 
 
 def loss_exponent(ln_elr_k: ArrayLike, ln_loss_k: ArrayLike) -> float:
@@ -363,7 +369,9 @@ def forecast_next_event(
         lo, hi = max(period_lo, last_step + 1.0), max(period_hi, last_step + 1.0)
         return Forecast(step, (lo, hi), last_step, "period", n, {**details, "note": reason})
 
-    if peak_row >= last_row or y_k.size == 0:
+    if y_k.size == 0:
+        return by_period("no finite threshold at the earlier events")
+    if peak_row >= last_row:
         return by_period("a jump is in progress")
     y_star = float(np.median(y_k))
     if kind == "loss":

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from siflow.forecast import Forecast, forecast_next_event
+from siflow.periods import find_events
 from siflow.trajectory import Trajectory
 
 LR, WD = 0.1, 5e-3
@@ -184,6 +185,28 @@ def test_forecast_loss_proxy_hand_value():
     assert both.next_event_interval[0] == pytest.approx(
         min(lo, ev_rows[-1] + np.min(np.diff(ev_rows))), rel=1e-9
     )
+
+
+def test_loss_proxy_with_a_sparsely_logged_loss():
+    # the loss on every 5th row only: the last logged loss before each event, the line
+    # through the logged rows of the current phase
+    traj, events, cur = loss_proxy_log()
+    loss = np.full(len(traj), np.nan)
+    loss[::5] = traj.loss[::5]
+    sparse = Trajectory(step=traj.step, rho=traj.rho, loss=loss, meta=traj.meta)[: cur + 252]
+    # the events of the fully logged run (the detector's own handling of sparse losses
+    # is tested in test_periods)
+    fc = forecast_next_event(sparse, events=find_events(traj[: cur + 252]), blend=1.0)
+    before = (events - 1) // 5 * 5
+    ln_elr_k = np.log(0.1 / traj.rho[events] ** 2)
+    ln_l_k = np.log(traj.loss[before])
+    beta = -np.polyfit(ln_l_k, ln_elr_k, 1)[0]
+    assert fc.details["loss_exponent"] == pytest.approx(beta, rel=1e-9)
+    y_k = ln_elr_k + beta * ln_l_k
+    t_last = (cur + 251) // 5 * 5
+    y_last = math.log(0.1) - 2 * math.log(traj.rho[t_last]) + beta * math.log(traj.loss[t_last])
+    slope = 2e-3 - beta * 1e-3
+    assert fc.next_event_step == pytest.approx(t_last + (np.median(y_k) - y_last) / slope, rel=1e-9)
 
 
 def test_loss_proxy_waits_while_the_loss_falls_fastest():
