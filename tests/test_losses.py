@@ -381,7 +381,11 @@ def test_vectorised_log1p_within_two_ulp_of_numpy():
     assert _ulps(got, ref)[ref != 0.0].max() <= 2.0
 
 
-@pytest.mark.parametrize(("dim", "n"), [(2, 1), (3, 7), (10, 100), (16, 32), (9, 70), (40, 300)])
+@pytest.mark.parametrize(
+    ("dim", "n"),
+    # row blocks of 64 rows (small dim), of 20 rows (dim 130) and of 4 rows (dim 1024)
+    [(2, 1), (3, 7), (10, 100), (16, 32), (9, 70), (40, 300), (130, 50), (1024, 37)],
+)
 def test_loop_logistic_kernel_both_layouts_match_twin(dim, n):
     """Column kernel (small data, full batch) and row-blocked kernel (no column copy)."""
     rng = np.random.default_rng(dim * 1000 + n)

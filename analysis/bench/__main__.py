@@ -281,8 +281,13 @@ def section_toys(quick: bool, peaks: Peaks) -> None:
         rows,
     )
     if fused_rows:
-        print("Attainable: a hand-fused numba kernel of the same update (references.py)\n")
-        _table(["case", "fused/step", "siflow / fused", "achieved", "of roofline"], fused_rows)
+        print(
+            "References of the same update (references.py): a hand-fused numba loop "
+            "(rayleigh); the two data passes by BLAS gemv (logistic)\n"
+        )
+        _table(
+            ["case", "reference/step", "siflow / reference", "achieved", "of roofline"], fused_rows
+        )
     print(
         "roofline = min(matmul peak, bandwidth at the working-set size x flops/byte of the "
         "kernel); flop and byte counts per step are the minimal ones of the update, see "

@@ -194,6 +194,7 @@ def toy_cases(dims: tuple[int, ...], quick: bool) -> list[ToyCase]:
                 8 * n * d,
                 toy,
                 w0,
+                lambda k, z=z, s=s, w0=w0: R.logistic_blas(z, s, w0, LR, WD, k),
             )
         )
     return cases
