@@ -40,7 +40,7 @@ decay-end line it predicts, and (:func:`period_check`) the period model
 Periods of the cycles are sensitive to round-off (each destabilization amplifies it):
 a change of the kernels' floating-point order moves them by ~1-2%.
 
-Usage (from the repository root; about 45 s on 2 idle cores from a cold numba cache,
+Usage (from the repository root; about 40 s on 2 idle cores from a cold numba cache,
 80 s of CPU time, 7.5 s of it the serial compilation before the cells run in parallel:
 see analysis/BENCHMARKS.md)::
 

@@ -13,7 +13,8 @@ of the full-batch logistic step of :mod:`siflow.losses` on the bench's toys:
   (``losses._si_value_grad_step``) and a ``simulate`` step.
 
 The loops are copies of the kernels' loops (same unrolling, same fastmath flags), so
-that each part can be timed alone; ``analysis/BENCHMARKS.md`` reads the numbers.
+that each part can be timed alone; the arrays lie at cache-line boundaries, as
+``simulate`` hands them to the kernels. ``analysis/BENCHMARKS.md`` reads the numbers.
 """
 
 from __future__ import annotations
@@ -194,12 +195,14 @@ def _toy(d: int, n: int, rng: np.random.Generator) -> Any:
 
 def large_d(rng: np.random.Generator, k: int) -> list[tuple[str, float]]:
     """The two passes of the d=1024, n=256 step, from L3, L2 and L1, and by BLAS."""
+    from siflow.simulate import _cache_aligned
+
     d, n = 1024, 256
-    x = rng.standard_normal((n, d))
+    x = _cache_aligned(rng.standard_normal((n, d)))
     u = rng.standard_normal(d)
     u /= np.linalg.norm(u)
     c, buf, g = rng.standard_normal(n), np.empty(n), np.empty(d)
-    x4, x64 = np.ascontiguousarray(x[:4]), np.ascontiguousarray(x[:64])
+    x4, x64 = _cache_aligned(x[:4].copy()), _cache_aligned(x[:64].copy())
     b4, b64, c4, c64 = np.empty(4), np.empty(64), c[:4].copy(), c[:64].copy()
     params = np.array([4.0])
     return [
@@ -220,12 +223,13 @@ def large_d(rng: np.random.Generator, k: int) -> list[tuple[str, float]]:
 
 def small_d(rng: np.random.Generator, n: int, k: int) -> list[tuple[str, float]]:
     """The parts of the d=16 column kernel and of the loop's step at ``n`` samples."""
-    from siflow.simulate import simulate
+    from siflow.simulate import _cache_aligned, simulate
 
     toy = _toy(16, n, rng)
     d = toy.dim
     s = float(toy.params[0])
-    xt = np.ascontiguousarray(toy.data.T)
+    xt = _cache_aligned(np.ascontiguousarray(toy.data.T))
+    params, data = _cache_aligned(toy.params, first=1), _cache_aligned(toy.data)
     w = rng.standard_normal(d)
     u = w / np.linalg.norm(w)
     margins = toy.data @ u
@@ -245,7 +249,7 @@ def small_d(rng: np.random.Generator, n: int, k: int) -> list[tuple[str, float]]
         (
             "losses._si_value_grad_step",
             _best(
-                lambda m: _repeat_step(m, toy.kind, w, float(w @ w), toy.params, toy.data, ws, g),
+                lambda m: _repeat_step(m, toy.kind, w, float(w @ w), params, data, ws, g),
                 k,
             ),
         ),
