@@ -41,7 +41,7 @@ Periods of the cycles are sensitive to round-off (each destabilization amplifies
 a change of the kernels' floating-point order moves them by ~1-2%.
 
 Usage (from the repository root; about 40 s on 2 idle cores from a cold numba cache,
-80 s of CPU time, 7.5 s of it the serial compilation before the cells run in parallel:
+70 s of CPU time, 7.5 s of it the serial compilation before the cells run in parallel:
 see analysis/BENCHMARKS.md)::
 
     python analysis/phase_diagram.py            # both figures, prints the measured numbers
