@@ -390,48 +390,25 @@ def _softplus_weights(s, buf, m):  # pragma: no cover - numba
 #: Rows per block of the row-wise logistic kernel: margins, then the block's weights
 #: (vectorised), then its gradient terms, while the rows are still in cache.
 _BLOCK = 64
-#: Bytes of rows per block at most (a multiple of four rows, at least four): the block
-#: is read from memory once for its margins and again, from L1, for its gradient terms.
-_BLOCK_BYTES = 24576
 
 
 @njit(cache=True, error_model="numpy", fastmath=_FAST)
 def _logistic_rows(s, u, data, idx, nb, g):  # pragma: no cover - numba
     """Logistic loss and formula gradient, rows of ``data`` in blocks (any batch).
 
-    Per block of at most :data:`_BLOCK` samples and :data:`_BLOCK_BYTES` of rows (four
-    rows at least): their margins (four rows per pass over ``u``), their weights
-    (vectorised), then their gradient terms four rows per pass over ``g``, while the rows
-    are still in cache.
+    Per block of :data:`_BLOCK` samples: their margins (one dot product per row), their
+    weights (vectorised), then their gradient terms four rows per pass over ``g``, while
+    the rows are still in cache.
     """
     d = u.size
     for j in range(d):
         g[j] = 0.0
     m = nb if nb > 0 else data.shape[0]
-    blk = min(_BLOCK, max(4, (_BLOCK_BYTES // (8 * d)) // 4 * 4))
     buf = np.empty(2 * _BLOCK)
     total = 0.0
-    for k0 in range(0, m, blk):
-        kb = min(blk, m - k0)
-        for q in range(0, kb - kb % 4, 4):
-            # four margins per pass over u: one load of u[j] serves four rows
-            k = k0 + q
-            i0 = idx[k] if nb > 0 else k
-            i1 = idx[k + 1] if nb > 0 else k + 1
-            i2 = idx[k + 2] if nb > 0 else k + 2
-            i3 = idx[k + 3] if nb > 0 else k + 3
-            a0 = a1 = a2 = a3 = 0.0
-            for j in range(d):
-                uj = u[j]
-                a0 += data[i0, j] * uj
-                a1 += data[i1, j] * uj
-                a2 += data[i2, j] * uj
-                a3 += data[i3, j] * uj
-            buf[q] = a0
-            buf[q + 1] = a1
-            buf[q + 2] = a2
-            buf[q + 3] = a3
-        for q in range(kb - kb % 4, kb):
+    for k0 in range(0, m, _BLOCK):
+        kb = min(_BLOCK, m - k0)
+        for q in range(kb):
             i = idx[k0 + q] if nb > 0 else k0 + q
             a = 0.0
             for j in range(d):

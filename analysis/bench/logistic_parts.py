@@ -36,18 +36,11 @@ FAST = L._FAST
 @njit(fastmath=FAST)
 def _rows_margins(x, u, buf):  # pragma: no cover - numba
     n, d = x.shape
-    for i in range(0, n - n % 4, 4):
-        a0 = a1 = a2 = a3 = 0.0
+    for i in range(n):
+        a = 0.0
         for j in range(d):
-            uj = u[j]
-            a0 += x[i, j] * uj
-            a1 += x[i + 1, j] * uj
-            a2 += x[i + 2, j] * uj
-            a3 += x[i + 3, j] * uj
-        buf[i] = a0
-        buf[i + 1] = a1
-        buf[i + 2] = a2
-        buf[i + 3] = a3
+            a += x[i, j] * u[j]
+        buf[i] = a
 
 
 @njit(fastmath=FAST)
