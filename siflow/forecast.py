@@ -49,7 +49,7 @@ the event is due at the next step.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -313,14 +313,7 @@ def forecast_next_event(
                 "the forecast needs a weight-norm column (rho) or an effective-LR column "
                 f"(elr); present: {', '.join(traj.columns())}"
             )
-        traj = Trajectory(
-            step=traj.step,
-            rho=np.sqrt(_lr_rows(traj, float(lr)) / traj.elr),
-            loss=traj.loss,
-            sharpness_sphere=traj.sharpness_sphere,
-            extra=dict(traj.extra),
-            meta=dict(traj.meta),
-        )
+        traj = replace(traj, rho=np.sqrt(_lr_rows(traj, float(lr)) / traj.elr))
     kind = _threshold_kind(traj, threshold, use_sharpness)
     if events is None:
         events = find_events(traj, lr=lr, wd=wd, momentum=mu, **detector)
@@ -487,19 +480,7 @@ class RecorderForecast:
             if i is not None:
                 for name, v in zip(cols, values, strict=True):
                     cols[name][i] = v
-        extra = dict(traj.extra)
-        extra.update(cols)
-        return Trajectory(
-            step=traj.step,
-            loss=traj.loss,
-            rho=traj.rho,
-            grad_norm_sphere=traj.grad_norm_sphere,
-            elr=traj.elr,
-            angular_update=traj.angular_update,
-            sharpness_sphere=traj.sharpness_sphere,
-            extra=extra,
-            meta=dict(traj.meta),
-        )
+        return replace(traj, extra={**traj.extra, **cols})
 
     def close(self) -> None:
         """Remove the hook (the estimates stay available)."""

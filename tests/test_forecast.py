@@ -231,6 +231,16 @@ def test_loss_proxy_too_flat_falls_back_to_the_period():
     assert fc.next_event_step == pytest.approx(events[-1] + np.median(np.diff(events)))
 
 
+def test_forecast_from_an_effective_lr_column_alone():
+    # a log with elr = lr / rho^2 and no rho gives the forecast of the rho log
+    traj, ev = jump_map()
+    part = traj[: (ev[3] + ev[4]) // 2 + 1]
+    elr_only = Trajectory(step=part.step, elr=1.0 / part.rho**2, loss=part.loss, meta=part.meta)
+    a, b = forecast_next_event(part), forecast_next_event(elr_only)
+    assert b.next_event_step == pytest.approx(a.next_event_step, rel=1e-12)
+    assert b.next_event_interval == pytest.approx(a.next_event_interval, rel=1e-12)
+
+
 def test_no_event_yet_gives_no_forecast():
     t = np.arange(500)
     traj = Trajectory(step=t, rho=np.exp(-1e-3 * t), meta={"lr": 0.1, "wd": 0.01})
