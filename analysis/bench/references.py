@@ -79,6 +79,11 @@ def chain_latency(x0: float, a: float, b: float, steps: int) -> float:  # pragma
     return x
 
 
+def _step_columns(steps: int) -> dict[str, np.ndarray]:
+    """Empty per-step columns, in the order the compiled references write them."""
+    return {k: np.empty(steps) for k in ("loss", "rho", "grad_norm_sphere", "angular_update")}
+
+
 @njit(cache=True, fastmath={"reassoc", "contract", "arcp", "nsz"})
 def _rayleigh_fused_kernel(a, w, lr, wd, loss, rho, gns, ang):  # pragma: no cover - numba
     d = w.size
@@ -118,17 +123,8 @@ def rayleigh_fused(
 ) -> dict[str, np.ndarray]:
     """Hand-fused numba SGD+WD loop on the diagonal Rayleigh quotient (attainable speed)."""
     w = np.ascontiguousarray(w0, dtype=np.float64).copy()
-    out = {k: np.empty(steps) for k in ("loss", "rho", "grad_norm_sphere", "angular_update")}
-    _rayleigh_fused_kernel(
-        np.ascontiguousarray(a, dtype=np.float64),
-        w,
-        lr,
-        wd,
-        out["loss"],
-        out["rho"],
-        out["grad_norm_sphere"],
-        out["angular_update"],
-    )
+    out = _step_columns(steps)
+    _rayleigh_fused_kernel(np.ascontiguousarray(a, dtype=np.float64), w, lr, wd, *out.values())
     return out
 
 
@@ -301,17 +297,9 @@ def logistic_blas(
     first). Full batch; ``x`` holds the label-signed samples.
     """
     w = np.ascontiguousarray(w0, dtype=np.float64).copy()
-    out = {k: np.empty(steps) for k in ("loss", "rho", "grad_norm_sphere", "angular_update")}
+    out = _step_columns(steps)
     _logistic_blas_kernel(
-        np.ascontiguousarray(x, dtype=np.float64),
-        float(s),
-        w,
-        lr,
-        wd,
-        out["loss"],
-        out["rho"],
-        out["grad_norm_sphere"],
-        out["angular_update"],
+        np.ascontiguousarray(x, dtype=np.float64), float(s), w, lr, wd, *out.values()
     )
     return out
 
