@@ -128,11 +128,14 @@ def _lr_rows(traj: Trajectory, lr: float) -> NDArray[np.float64]:
     return np.full(len(traj), float(lr))
 
 
-def _sharpness_at(col: NDArray[np.float64], row: int) -> float:
-    """Last finite value at or before ``row`` (NaN when none)."""
-    vals = col[: row + 1]
-    ok = np.flatnonzero(np.isfinite(vals) & (vals > 0))
-    return float(vals[ok[-1]]) if ok.size else math.nan
+def _last_valid_at(col: NDArray[np.float64], rows: ArrayLike) -> NDArray[np.float64]:
+    """The last finite value of ``col`` at or before each of ``rows`` (NaN when none, or
+    for a row < 0)."""
+    r = np.asarray(rows, dtype=np.int64)
+    index = np.arange(col.size)
+    last = np.maximum.accumulate(np.where(np.isfinite(col), index, -1))
+    at = np.where(r >= 0, last[np.clip(r, 0, col.size - 1)], -1)
+    return np.where(at >= 0, col[np.maximum(at, 0)], np.nan)
 
 
 def _phase_speed(traj: Trajectory, start: int, rate: float, min_rows: int) -> tuple[float, str]:
@@ -156,17 +159,6 @@ def _phase_speed(traj: Trajectory, start: int, rate: float, min_rows: int) -> tu
             if 0.5 * rate <= -slope <= 1.5 * rate:
                 return -slope, "fit"
     return rate, "free decay"
-
-
-def _loss_before(loss: NDArray[np.float64], index: NDArray[np.int64]) -> NDArray[np.float64]:
-    """The last finite loss strictly before each event row (before its spike; NaN if none)."""
-    rows = np.arange(loss.size)
-    last_finite = np.maximum.accumulate(np.where(np.isfinite(loss), rows, -1))
-    before = last_finite[np.maximum(np.asarray(index, dtype=np.int64) - 1, 0)]
-    out = np.full(before.size, np.nan)
-    ok = (before >= 0) & (np.asarray(index) > 0)
-    out[ok] = loss[before[ok]]
-    return out
 
 
 def loss_exponent(ln_elr_k: ArrayLike, ln_loss_k: ArrayLike) -> float:
@@ -330,8 +322,9 @@ def forecast_next_event(
     if kind == "sharpness":
         sharp = traj.sharpness_sphere
         assert sharp is not None
-        s_k = np.array([_sharpness_at(sharp, int(i)) for i in events.index])
-        s_now = _sharpness_at(sharp, last_row)
+        positive = np.where(sharp > 0, sharp, np.nan)
+        s_k = _last_valid_at(positive, events.index)
+        s_now = float(_last_valid_at(positive, [last_row])[0])
         if np.all(np.isfinite(s_k)) and math.isfinite(s_now):
             y_k = y_k + np.log(s_k / s_now)
         else:
@@ -340,7 +333,8 @@ def forecast_next_event(
         assert traj.loss is not None
         with np.errstate(divide="ignore", invalid="ignore"):
             ln_loss = np.log(traj.loss.astype(np.float64))
-        ln_l_k = _loss_before(ln_loss, events.index)
+        # the last logged loss before each event row (before its spike)
+        ln_l_k = _last_valid_at(ln_loss, np.asarray(events.index) - 1)
         beta = loss_exponent(y_k, ln_l_k)
         y_k = y_k + beta * ln_l_k
     y_k = y_k[np.isfinite(y_k)]
