@@ -12,6 +12,12 @@ of the full-batch logistic step of :mod:`siflow.losses` on the bench's toys:
   and the kernel ``losses._logistic_columns``; then the loop's step
   (``losses._si_value_grad_step``) and a ``simulate`` step.
 
+Alternatives that were measured and not adopted, timed beside the kernels they would
+replace: margins four rows per pass over ``u`` (``5/4`` loads per FMA instead of 2) at
+d=1024; the weights with one division per sample instead of two; and, at d=16, one
+loop over the samples doing margins, weights and gradient (every column held in
+registers, no pass over a scratch vector).
+
 The loops are copies of the kernels' loops (same unrolling, same fastmath flags), so
 that each part can be timed alone; the arrays lie at cache-line boundaries, as
 ``simulate`` hands them to the kernels. ``analysis/BENCHMARKS.md`` reads the numbers.
@@ -55,6 +61,100 @@ def _rows_gradient(x, c, g):  # pragma: no cover - numba
 
 
 @njit(fastmath=FAST)
+def _rows_margins4(x, u, buf):  # pragma: no cover - numba
+    n, d = x.shape  # n a multiple of 4
+    for i in range(0, n, 4):
+        a0 = a1 = a2 = a3 = 0.0
+        for j in range(d):
+            uj = u[j]
+            a0 += x[i, j] * uj
+            a1 += x[i + 1, j] * uj
+            a2 += x[i + 2, j] * uj
+            a3 += x[i + 3, j] * uj
+        buf[i], buf[i + 1], buf[i + 2], buf[i + 3] = a0, a1, a2, a3
+
+
+@njit(fastmath=FAST, error_model="numpy")
+def _weights_one_division(s, buf, m):  # pragma: no cover - numba
+    """``losses._softplus_weights`` with ``1/(1+e)`` and ``1/(2+e)`` (or ``1/(3+e)``)
+    from one division ``1/((1+e)(2+e))``."""
+    for q in range(m):
+        buf[m + q] = L._exp_nonpos(-abs(s * buf[q]))
+    total = 0.0
+    for q in range(m):
+        z = s * buf[q]
+        e = buf[m + q]
+        big = e > L._SQRT2_M1
+        a = 1.0 + e
+        b = (3.0 if big else 2.0) + e
+        inv = 1.0 / (a * b)
+        two_r = (2.0 * (e - 1.0) if big else 2.0 * e) * (a * inv)
+        w = 0.25 * (two_r * two_r)
+        p = L._L6
+        p = p * w + L._L5
+        p = p * w + L._L4
+        p = p * w + L._L3
+        p = p * w + L._L2
+        p = p * w + L._L1
+        p = p * w + L._L0
+        total += max(-z, 0.0) + ((L._LN2 if big else 0.0) + (two_r + two_r * (w * p)))
+        buf[q] = -s * ((e if z > 0.0 else 1.0) * (b * inv))
+    return total
+
+
+@njit(fastmath=FAST, error_model="numpy")
+def _fused16(s, xt, u, g):  # pragma: no cover - numba
+    """The d=16 full-batch step in one loop over the samples (vectorised over samples):
+    the margin from the 16 columns, the weight, and 16 gradient sums."""
+    n = xt.shape[1]
+    u0, u1, u2, u3, u4, u5, u6, u7 = u[0], u[1], u[2], u[3], u[4], u[5], u[6], u[7]
+    u8, u9, u10, u11, u12, u13, u14, u15 = u[8], u[9], u[10], u[11], u[12], u[13], u[14], u[15]
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = 0.0
+    a8 = a9 = a10 = a11 = a12 = a13 = a14 = a15 = 0.0
+    total = 0.0
+    for i in range(n):
+        x0, x1, x2, x3 = xt[0, i], xt[1, i], xt[2, i], xt[3, i]
+        x4, x5, x6, x7 = xt[4, i], xt[5, i], xt[6, i], xt[7, i]
+        x8, x9, x10, x11 = xt[8, i], xt[9, i], xt[10, i], xt[11, i]
+        x12, x13, x14, x15 = xt[12, i], xt[13, i], xt[14, i], xt[15, i]
+        z = s * (
+            (
+                ((x0 * u0 + x1 * u1) + (x2 * u2 + x3 * u3))
+                + ((x4 * u4 + x5 * u5) + (x6 * u6 + x7 * u7))
+            )
+            + (
+                ((x8 * u8 + x9 * u9) + (x10 * u10 + x11 * u11))
+                + ((x12 * u12 + x13 * u13) + (x14 * u14 + x15 * u15))
+            )
+        )
+        e = L._exp_nonpos(-abs(z))
+        total += max(-z, 0.0) + L._log1p_unit(e)
+        c = -s * ((e if z > 0.0 else 1.0) / (1.0 + e))
+        a0 += c * x0
+        a1 += c * x1
+        a2 += c * x2
+        a3 += c * x3
+        a4 += c * x4
+        a5 += c * x5
+        a6 += c * x6
+        a7 += c * x7
+        a8 += c * x8
+        a9 += c * x9
+        a10 += c * x10
+        a11 += c * x11
+        a12 += c * x12
+        a13 += c * x13
+        a14 += c * x14
+        a15 += c * x15
+    inv = 1.0 / n
+    g[0], g[1], g[2], g[3] = a0 * inv, a1 * inv, a2 * inv, a3 * inv
+    g[4], g[5], g[6], g[7] = a4 * inv, a5 * inv, a6 * inv, a7 * inv
+    g[8], g[9], g[10], g[11] = a8 * inv, a9 * inv, a10 * inv, a11 * inv
+    g[12], g[13], g[14], g[15] = a12 * inv, a13 * inv, a14 * inv, a15 * inv
+    return total * inv
+
+
+@njit(fastmath=FAST)
 def _cols_margins(xt, u, buf):  # pragma: no cover - numba
     d, n = xt.shape  # d a multiple of 8, as in the bench's toys
     for i in range(n):
@@ -89,6 +189,12 @@ def _cols_gradient(xt, c, g):  # pragma: no cover - numba
 def _repeat_margins(k, x, u, buf, reuse):  # pragma: no cover - numba
     for _ in range(k * reuse):
         _rows_margins(x, u, buf)
+
+
+@njit
+def _repeat_margins4(k, x, u, buf, reuse):  # pragma: no cover - numba
+    for _ in range(k * reuse):
+        _rows_margins4(x, u, buf)
 
 
 @njit
@@ -145,6 +251,25 @@ def _repeat_weights(k, s, margins, buf):  # pragma: no cover - numba
 
 
 @njit
+def _repeat_weights_one_division(k, s, margins, buf):  # pragma: no cover - numba
+    n = margins.size
+    t = 0.0
+    for _ in range(k):
+        for i in range(n):
+            buf[i] = margins[i]
+        t += _weights_one_division(s, buf, n)
+    return t
+
+
+@njit
+def _repeat_fused16(k, s, xt, u, g):  # pragma: no cover - numba
+    t = 0.0
+    for _ in range(k):
+        t += _fused16(s, xt, u, g)
+    return t
+
+
+@njit
 def _repeat_copy(k, margins, buf):  # pragma: no cover - numba
     n = margins.size
     for _ in range(k):
@@ -180,6 +305,13 @@ def _best(fn: Callable[[int], Any], k: int, per: int = 1) -> float:
     return best
 
 
+def _agree(what: str, a: Any, b: Any, rtol: float = 1e-12) -> None:
+    """Raise if a variant timed here does not compute what the kernel computes."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if not np.allclose(a, b, rtol=rtol, atol=rtol * float(np.max(np.abs(b)))):
+        raise AssertionError(f"{what}: the variant differs from the kernel")
+
+
 def _toy(d: int, n: int, rng: np.random.Generator) -> Any:
     from analysis.bench._adapters import _logistic_toy
 
@@ -196,12 +328,28 @@ def large_d(rng: np.random.Generator, k: int) -> list[tuple[str, float]]:
     u /= np.linalg.norm(u)
     c, buf, g = rng.standard_normal(n), np.empty(n), np.empty(d)
     x4, x64 = _cache_aligned(x[:4].copy()), _cache_aligned(x[:64].copy())
+    x8, b8 = _cache_aligned(x[:8].copy()), np.empty(8)
     b4, b64, c4, c64 = np.empty(4), np.empty(64), c[:4].copy(), c[:64].copy()
     params = np.array([4.0])
+    _rows_margins4(x, u, buf)
+    _agree("margins 4 rows per pass", buf, x @ u)
     return [
         ("margins X u, data from L3 (2 MiB)", _best(lambda m: _repeat_margins(m, x, u, buf, 1), k)),
         ("margins, 64-row block from L2", _best(lambda m: _repeat_margins(m, x64, u, b64, 4), k)),
         ("margins, 4-row block from L1", _best(lambda m: _repeat_margins(m, x4, u, b4, 64), k)),
+        ("margins 4 rows per pass, from L3", _best(lambda m: _repeat_margins4(m, x, u, buf, 1), k)),
+        (
+            "margins 4 rows per pass, 64-row block from L2",
+            _best(lambda m: _repeat_margins4(m, x64, u, b64, 4), k),
+        ),
+        (
+            "margins 4 rows per pass, 8-row block (64 KiB) from L2",
+            _best(lambda m: _repeat_margins4(m, x8, u, b8, 32), k),
+        ),
+        (
+            "margins 4 rows per pass, 4-row block (32 KiB) from L1",
+            _best(lambda m: _repeat_margins4(m, x4, u, b4, 64), k),
+        ),
         ("gradient X' c, data from L3", _best(lambda m: _repeat_gradient(m, x, c, g, 1), k)),
         ("gradient, 64-row block from L2", _best(lambda m: _repeat_gradient(m, x64, c64, g, 4), k)),
         ("gradient, 4-row block from L1", _best(lambda m: _repeat_gradient(m, x4, c4, g, 64), k)),
@@ -228,6 +376,14 @@ def small_d(rng: np.random.Generator, n: int, k: int) -> list[tuple[str, float]]
     margins = toy.data @ u
     c, buf, g, ws = rng.standard_normal(n), np.empty(2 * n), np.empty(d), np.empty(d)
     copy = _best(lambda m: _repeat_copy(m, margins, buf), k)
+    ref, alt = buf.copy(), buf.copy()
+    ref[:n], alt[:n] = margins, margins
+    _agree("weights, loss", _weights_one_division(s, alt, n), L._softplus_weights(s, ref, n))
+    _agree("weights", alt[:n], ref[:n])
+    g_alt = np.empty(d)
+    f_alt = _fused16(s, xt, u, g_alt)
+    _agree("fused loop, loss", f_alt, L._logistic_columns(s, xt, u, g))
+    _agree("fused loop, gradient", g_alt, g)
     rows = [
         ("margins (columns)", _best(lambda m: _repeat_cols_margins(m, xt, u, buf), k)),
         ("gradient (columns)", _best(lambda m: _repeat_cols_gradient(m, xt, c, g), k)),
@@ -236,8 +392,16 @@ def small_d(rng: np.random.Generator, n: int, k: int) -> list[tuple[str, float]]
             _best(lambda m: _repeat_weights(m, s, margins, buf), k) - copy,
         ),
         (
+            "weights with one division per sample (not adopted)",
+            _best(lambda m: _repeat_weights_one_division(m, s, margins, buf), k) - copy,
+        ),
+        (
             "kernel losses._logistic_columns",
             _best(lambda m: _repeat_cols_kernel(m, s, xt, u, g), k),
+        ),
+        (
+            "one loop over samples, 16 columns in registers (not adopted)",
+            _best(lambda m: _repeat_fused16(m, s, xt, u, g), k),
         ),
         (
             "losses._si_value_grad_step",
