@@ -1,0 +1,223 @@
+"""Held-out runs: networks, data and optimizers that the labelled set never saw.
+
+The event detector's defaults were chosen on the labelled set (``analysis/labelled_runs.py``:
+BatchNorm without affine terms, digits and mnist1d, plain SGD). This script trains small
+networks of other kinds on other data sets that ship with scikit-learn, and shows what the
+detector finds on them, for a check by eye:
+
+- ``lnmlp``: LayerNorm without affine terms after each weight matrix (tanh);
+- ``bnaffine``: BatchNorm *with* learnable scale and shift (the usual practice: only the
+  weight matrices before the BatchNorms are scale-invariant);
+- ``bnconv``: a two-layer ConvNet with affine BatchNorm on the 8x8 digits;
+- ``wide``: one BatchNorm layer of 128 units;
+
+on the wine, breast-cancer, iris and digits data (standardised), with full-batch GD, SGD
+(batch 64-256), heavy-ball momentum, AdamW and a cosine schedule. The last layer is
+rescaled to Frobenius norm 10 and frozen, as in the seed paper. Every run is recorded with
+:class:`siflow.torch_probe.SIRecorder` (one torch thread; about a minute for all).
+
+Usage::
+
+    python analysis/heldout_runs.py train      # logs to runs/heldout/logs
+    python analysis/heldout_runs.py detect     # events per run, runs/heldout/heldout.png
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from siflow._cli import ArgumentParser, run_main
+from siflow._fileio import atomic_write, ensure_dir, require
+from siflow.trajectory import Trajectory
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "runs" / "heldout"
+LAST_LAYER_NORM = 10.0
+
+
+@dataclass(frozen=True)
+class Run:
+    """One held-out training run."""
+
+    name: str
+    data: str  # "wine", "cancer", "iris" or "digits"
+    net: str  # "lnmlp", "bnaffine", "bnconv" or "wide"
+    lr: float
+    wd: float
+    steps: int
+    batch: int = 0  # 0 = full batch
+    momentum: float = 0.0
+    optimizer: str = "sgd"  # "sgd" or "adamw"
+    schedule: str = ""  # "" or "cosine"
+    seed: int = 0
+
+
+RUNS = (
+    Run("wine_lnmlp_gd", "wine", "lnmlp", 0.5, 1e-2, 2500),
+    Run("wine_bnaffine_gd", "wine", "bnaffine", 1.0, 5e-3, 3000),
+    Run("iris_wide_gd", "iris", "wide", 1.0, 1e-2, 2000),
+    Run("cancer_bnaffine_sgd", "cancer", "bnaffine", 0.5, 1e-2, 2500, batch=64),
+    Run("cancer_wide_sgdmom", "cancer", "wide", 0.1, 1e-2, 3000, batch=64, momentum=0.9),
+    Run("digits_bnconv_sgd", "digits", "bnconv", 0.5, 1e-2, 2500, batch=128),
+    Run("digits_bnconv_adamw", "digits", "bnconv", 3e-3, 0.5, 2500, batch=128, optimizer="adamw"),
+    Run("digits_lnmlp_sgd", "digits", "lnmlp", 1.0, 1e-2, 2500, batch=256),
+    Run("wine_lnmlp_adamw_gd", "wine", "lnmlp", 1e-2, 0.3, 3000, optimizer="adamw"),
+    Run("cancer_bnaffine_gd_cosine", "cancer", "bnaffine", 1.0, 1e-2, 3000, schedule="cosine"),
+    Run("iris_lnmlp_gdmom", "iris", "lnmlp", 0.1, 1e-2, 3000, momentum=0.9),
+)
+
+
+def load_data(name: str, torch: Any) -> tuple[Any, Any]:
+    """Standardised inputs (float32) and labels (int64) of a scikit-learn data set."""
+    datasets = require("sklearn.datasets", "analysis", "scikit-learn")
+    loaders = {
+        "wine": datasets.load_wine,
+        "cancer": datasets.load_breast_cancer,
+        "iris": datasets.load_iris,
+        "digits": datasets.load_digits,
+    }
+    d = loaders[name]()
+    x = (d.data - d.data.mean(0)) / (d.data.std(0) + 1e-8)
+    return torch.tensor(x, dtype=torch.float32), torch.tensor(d.target, dtype=torch.int64)
+
+
+def build(net: str, n_in: int, n_out: int, torch: Any) -> Any:
+    """The network, its last layer at Frobenius norm 10 and frozen."""
+    nn = torch.nn
+    layers: list[Any] = []
+    if net == "lnmlp":
+        for _ in range(2):
+            layers += [nn.Linear(n_in, 32, bias=False), nn.LayerNorm(32, elementwise_affine=False)]
+            layers += [nn.Tanh()]
+            n_in = 32
+    elif net == "bnaffine":
+        for _ in range(2):
+            layers += [nn.Linear(n_in, 48, bias=False), nn.BatchNorm1d(48), nn.ReLU()]
+            n_in = 48
+    elif net == "wide":
+        layers += [nn.Linear(n_in, 128, bias=False), nn.BatchNorm1d(128, affine=False), nn.ReLU()]
+        n_in = 128
+    elif net == "bnconv":
+        layers += [nn.Unflatten(1, (1, 8, 8))]
+        for c_in, c in ((1, 16), (16, 32)):
+            layers += [nn.Conv2d(c_in, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)]
+            layers += [nn.ReLU(), nn.MaxPool2d(2)]
+        layers += [nn.Flatten()]
+        n_in = 128
+    else:
+        raise ValueError(f"unknown network {net!r}")
+    model = nn.Sequential(*layers, nn.Linear(n_in, n_out))
+    last = model[-1]
+    with torch.no_grad():
+        last.weight.mul_(LAST_LAYER_NORM / last.weight.norm())
+        last.bias.zero_()
+    last.requires_grad_(False)
+    return model
+
+
+def train(run: Run, out: Path) -> dict[str, Any]:
+    """Train one run, record it, save ``out/<name>.npz``."""
+    torch = require("torch", "torch", '"torch==2.13.0"')
+    from siflow.torch_probe import SIRecorder
+
+    torch.set_num_threads(1)
+    x, y = load_data(run.data, torch)
+    torch.manual_seed(run.seed)
+    model = build(run.net, x.shape[1], int(y.max()) + 1, torch)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if run.optimizer == "adamw":
+        opt = torch.optim.AdamW(params, lr=run.lr, weight_decay=run.wd)
+    else:
+        opt = torch.optim.SGD(params, lr=run.lr, momentum=run.momentum, weight_decay=run.wd)
+    sched = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(opt, run.steps)
+        if run.schedule == "cosine"
+        else None
+    )
+    rec = SIRecorder(model, opt, every=1, meta={"config": asdict(run), "dataset": run.data})
+    gen = torch.Generator().manual_seed(run.seed + 1)
+    t0 = time.perf_counter()
+    for _ in range(run.steps):
+        if run.batch:
+            idx = torch.randint(0, len(y), (run.batch,), generator=gen)
+            xb, yb = x[idx], y[idx]
+        else:
+            xb, yb = x, y
+        opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(model(xb), yb)
+        loss.backward()
+        opt.step()
+        rec.log_loss(loss)
+        if sched is not None:
+            sched.step()
+        if not math.isfinite(float(loss.detach())):
+            break
+    rec.close()
+    traj = rec.trajectory()
+    traj.save(out / f"{run.name}.npz")
+    return {"name": run.name, "rows": len(traj), "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def cmd_train(args: Any) -> int:
+    out = ensure_dir(Path(args.out) if args.out else OUT / "logs")
+    wanted = set(args.only.split(",")) if args.only else None
+    for run in RUNS:
+        if wanted is None or run.name in wanted:
+            print(train(run, out))
+    return 0
+
+
+def cmd_detect(args: Any) -> int:
+    from siflow import periods
+
+    logs = Path(args.logs) if args.logs else OUT / "logs"
+    found = {}
+    for run in RUNS:
+        path = logs / f"{run.name}.npz"
+        if path.is_file():
+            traj = Trajectory.load(path)
+            ev = periods.find_events(traj)
+            found[run.name] = (traj, ev)
+            print(f"{run.name}: {len(ev.steps)} events at {ev.steps.tolist()}")
+    if not found:
+        raise ValueError(f"no held-out logs in {logs}; run 'train' first")
+    plt = require("matplotlib.pyplot", "analysis", "matplotlib")
+    fig, axes = plt.subplots(len(found), 1, figsize=(12, 2.4 * len(found)), squeeze=False)
+    for ax, (name, (traj, ev)) in zip(axes[:, 0], found.items(), strict=True):
+        ax.semilogy(traj.step, traj.rho / traj.rho[0], "b-", lw=0.8, label="rho / rho_0")
+        ax.semilogy(traj.step, np.asarray(traj.loss), "r-", lw=0.5, alpha=0.7, label="loss")
+        for s in ev.steps:
+            ax.axvline(s, color="k", lw=0.6, ls="--")
+        ax.set_title(f"{name}: {len(ev.steps)} events (dashed)", fontsize=8)
+        ax.legend(fontsize=6, loc="lower left")
+    fig.tight_layout()
+    out = ensure_dir(Path(args.out) if args.out else OUT) / "heldout.png"
+    with atomic_write(out, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=80)
+    print(f"wrote {out}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = ArgumentParser(prog="heldout_runs", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("train", help="train the held-out runs")
+    p.add_argument("--only", default=None, help="comma-separated run names")
+    p.add_argument("--out", default=None, help="log directory (default runs/heldout/logs)")
+    p = sub.add_parser("detect", help="events per run and one figure of all runs")
+    p.add_argument("--logs", default=None, help="log directory (default runs/heldout/logs)")
+    p.add_argument("--out", default=None, help="figure directory (default runs/heldout)")
+    args = parser.parse_args(argv)
+    return cmd_train(args) if args.cmd == "train" else cmd_detect(args)
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main, prog="heldout_runs"))
