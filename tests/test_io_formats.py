@@ -337,6 +337,82 @@ def test_seed_npz_layout_and_conversions(tmp_path):
     assert "steps_per_epoch=" in e.meta["steps_per_epoch_source"]
 
 
+def _write_named_seed_npz(root, model_dir, sizes, trained, command=None):
+    """A train-tm.npz of the given tensors (name -> numel), the ``trained`` ones changing."""
+    exp = "c4_d3_ds500_lr1.0_wd0.01_mom0.0_corr0.0_epoch50_noschinitscale10.0_noaug_fbgd"
+    d = root / "Experiments" / model_dir / "info" / exp
+    d.mkdir(parents=True)
+    epochs = np.arange(50)
+    results = {"report_epochs": epochs, "loss": np.linspace(1.0, 0.1, 50)}
+    for k, (name, numel) in enumerate(sizes.items()):
+        change = np.linspace(1.0, 0.5 + 0.1 * k, 50) if name in trained else np.ones(50)
+        results[f"{name}_norm"] = (1.0 + k) * change
+        results[f"{name}_numel"] = np.full(50, numel)
+    np.savez(d / "train-tm.npz", **results)
+    if command is not None:
+        c = root / "Experiments" / model_dir / "checkpoints" / exp / "trial_0"
+        c.mkdir(parents=True)
+        (c / "command.sh").write_text(command)
+    return d / "train-tm.npz", results
+
+
+def test_seed_npz_si_tensors_follow_the_repository_rule_for_its_model(tmp_path):
+    # ResNet18SIAf (affine BatchNorm, BatchNorm first in a downsampling shortcut): the
+    # repository counts every tensor but the classifier, the BatchNorms and shortcut.0
+    sizes = {
+        "conv1.weight": 1728,
+        "layer1.0.bn1.weight": 64,
+        "layer1.0.bn1.bias": 64,
+        "layer1.0.conv1.weight": 36864,
+        "layer2.0.shortcut.0.weight": 64,
+        "layer2.0.shortcut.0.bias": 64,
+        "layer2.0.shortcut.1.weight": 8192,
+        "bn.weight": 512,
+        "bn.bias": 512,
+        "linear.weight": 5120,
+    }
+    path, res = _write_named_seed_npz(
+        tmp_path / "a",
+        "ResNet18SIAf_CIFAR10_noninvlr_0.1",
+        sizes,
+        trained=set(sizes) - {"linear.weight"},
+        command="train.py --dataset CIFAR10 --model ResNet18SIAf --noninvlr 0.1 --fbgd",
+    )
+    t = sio.read(path)
+    si = ["conv1.weight", "layer1.0.conv1.weight", "layer2.0.shortcut.1.weight"]
+    assert t.meta["groups"] == si and t.meta["model"] == "ResNet18SIAf"
+    np.testing.assert_allclose(t.rho, np.sqrt(sum(res[f"{n}_norm"] ** 2 for n in si)), rtol=1e-12)
+    # ConvNetSIAf, model from the folder name only (no command.sh): trained affine
+    # BatchNorm scales at conv_layers.1 and .4 are not SI; the convolutions are
+    sizes = {
+        "conv_layers.0.weight": 108,
+        "conv_layers.1.weight": 4,
+        "conv_layers.1.bias": 4,
+        "conv_layers.3.weight": 288,
+        "conv_layers.4.weight": 8,
+        "conv_layers.4.bias": 8,
+        "linear_layers.2.weight": 320,
+    }
+    path, res = _write_named_seed_npz(
+        tmp_path / "b", "ConvNetSIAf_CIFAR10_noninvlr_0.1", sizes, trained=set(sizes)
+    )
+    t = sio.read(path)
+    assert t.meta["groups"] == ["conv_layers.0.weight", "conv_layers.3.weight"]
+    # a model the repository does not name: the generic convention, where a weight as
+    # large as its module's bias (an affine BatchNorm in a Sequential) is not SI
+    sizes = {
+        "features.0.weight": 108,
+        "features.1.weight": 4,
+        "features.1.bias": 4,
+        "features.3.weight": 288,
+        "classifier.weight": 320,
+    }
+    path, _ = _write_named_seed_npz(tmp_path / "c", "MyNet_DIGITS", sizes, trained=set(sizes))
+    t = sio.read(path)
+    assert t.meta["groups"] == ["features.0.weight", "features.3.weight"]
+    assert t.meta["model"] == "MyNet"
+
+
 def test_seed_npz_log_spaced_epochs_give_correct_periods(tmp_path):
     from siflow import periods
 

@@ -411,7 +411,9 @@ def _pick_group(group: str, available: list[str], label: str) -> str:
 _NOT_SI_WORDS = ("bias", "bn", "batchnorm", "norm.", "ln.", "layernorm", "running_")
 
 
-def si_weights(norms: Mapping[str, NDArray[Any]]) -> tuple[list[str], list[str]]:
+def si_weights(
+    norms: Mapping[str, NDArray[Any]], sizes: Mapping[str, int] | None = None
+) -> tuple[list[str], list[str]]:
     """``(si, other)``: which parameter tensors of a network are scale-invariant.
 
     The convention of the BatchNorm networks in the field's code (Lobacheva et
@@ -420,14 +422,21 @@ def si_weights(norms: Mapping[str, NDArray[Any]]) -> tuple[list[str], list[str]]
     classifier are not. From names and per-row norms alone: every ``*.weight``
     except normalisation parameters, the last weight in parameter order (the
     classifier) and tensors whose norm is the same at every row (frozen, lr 0).
+    With the tensors' element counts (``sizes``), a weight with as many elements
+    as the bias of the same module is an elementwise scale (an affine BatchNorm or
+    LayerNorm, whatever its name, e.g. ``conv_layers.1.weight`` in a Sequential),
+    not SI.
     """
+    sizes = sizes or {}
     weights = [t for t in norms if t.endswith(".weight")]
     classifier = weights[-1] if len(weights) > 1 else None
     si = []
     for t in weights:
         norm = np.asarray(norms[t], dtype=np.float64).reshape(-1)
         frozen = norm.size > 1 and bool(np.all(norm == norm[0]))
-        if t == classifier or frozen or any(w in t.lower() for w in _NOT_SI_WORDS):
+        bias = t[: -len("weight")] + "bias"
+        elementwise = t in sizes and sizes.get(bias) == sizes[t]
+        if t == classifier or frozen or elementwise or any(w in t.lower() for w in _NOT_SI_WORDS):
             continue
         si.append(t)
     return si, [t for t in norms if t not in si]

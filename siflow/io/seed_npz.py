@@ -34,7 +34,7 @@ from __future__ import annotations
 import os
 import re
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,14 @@ from siflow.io._columns import Table, check_steps_per_epoch, normalize_mapping, 
 from siflow.io._text import check_declared_size, check_path
 from siflow.trajectory import Trajectory
 
-__all__ = ["read_seed_npz", "parse_run_name", "seed_si_tensors", "seed_steps_per_epoch", "detect"]
+__all__ = [
+    "read_seed_npz",
+    "parse_run_name",
+    "seed_model",
+    "seed_si_tensors",
+    "seed_steps_per_epoch",
+    "detect",
+]
 
 MappingArg = Mapping[str, str | None] | Sequence[str] | None
 
@@ -121,15 +128,86 @@ _GNORM_NOTE = (
 )
 
 
-def seed_si_tensors(arrays: dict[str, np.ndarray]) -> tuple[list[str], list[str]]:
-    """``(si, other)`` tensor names of a seed-paper metrics file (see :func:`si_weights`)."""
+def _seed_model_rule(model: str | None) -> Callable[[str], bool] | None:
+    """The seed repository's own test of a parameter name for scale invariance.
+
+    Its ``get_info.py`` and notebooks decide by the model's name (``--model``):
+    ``ResNet18SI`` (BatchNorm without affine): everything but the classifier
+    ``linear``; ``ResNet18SIAf`` (affine BatchNorm): also not the BatchNorms
+    (``bn``, and ``shortcut.0``, the BatchNorm of a downsampling shortcut);
+    ``ResNet18``: the tensors it treats as SI for its ``--noninvlr`` experiments
+    (``conv1``, ``1.bn1``, ``1.0.bn1``, and ``conv2`` or ``short`` outside ``layer4``);
+    every ``ConvNet*``: the four convolutions ``conv_layers.{0,3,7,11}`` (their
+    BatchNorms, affine or not, sit at 1, 4, 8, 12). ``None`` for other models, for
+    which the repository names no SI tensors.
+    """
+    if model is None:
+        return None
+    if model == "ResNet18SI":
+        return lambda n: "linear" not in n
+    if model == "ResNet18SIAf":
+        return lambda n: "linear" not in n and "bn" not in n and "shortcut.0" not in n
+    if model == "ResNet18":
+        return lambda n: (
+            "conv1" in n
+            or "1.bn1" in n
+            or "1.0.bn1" in n
+            or (("conv2" in n or "short" in n) and "4" not in n)
+        )
+    if "ConvNet" in model:
+        return lambda n: any(f"conv_layers.{i}." in n for i in (0, 3, 7, 11))
+    return None
+
+
+def seed_si_tensors(
+    arrays: dict[str, np.ndarray], model: str | None = None
+) -> tuple[list[str], list[str]]:
+    """``(si, other)`` tensor names of a seed-paper metrics file.
+
+    With the run's ``model`` known (``--model`` of its ``command.sh``, or the
+    ``Experiments/<model>_<data>...`` folder), the repository's own rule
+    (:func:`_seed_model_rule`), less any tensor whose norm never changes (frozen);
+    otherwise the generic convention of :func:`si_weights`, which also reads the
+    ``<name>_numel`` entries: a weight as large as the bias of the same module is
+    an elementwise (normalisation) scale, not SI.
+    """
     tensors = [k[: -len("_norm")] for k in arrays if k.endswith("_norm") and k != "params_norm"]
     norms = {
         t: np.asarray(arrays[f"{t}_norm"], dtype=np.float64)
         for t in tensors
         if t not in ("gm", "gs") and arrays[f"{t}_norm"].ndim == 1
     }
-    return si_weights(norms)
+    rule = _seed_model_rule(model)
+    if rule is None:
+        sizes = {
+            t: int(np.asarray(arrays[f"{t}_numel"]).reshape(-1)[0])
+            for t in tensors
+            if f"{t}_numel" in arrays and np.asarray(arrays[f"{t}_numel"]).size
+        }
+        return si_weights(norms, sizes)
+    si = [t for t, v in norms.items() if rule(t) and not (v.size > 1 and np.all(v == v[0]))]
+    return si, [t for t in norms if t not in si]
+
+
+def seed_model(path: Path) -> str | None:
+    """The run's model name: ``--model`` of its ``command.sh``, else the folder name.
+
+    The repository lays runs out as ``Experiments/<model>_<data>[_noninvlr_<x>]/``
+    (``info``, ``logs``, ``checkpoints``); ``None`` when neither is found.
+    """
+    exp, model_dir = _experiment_dir_parts(path)
+    if model_dir is None:
+        return None
+    for command in sorted((model_dir / "checkpoints" / exp).glob("trial_*/command.sh")):
+        try:
+            text = command.read_text(encoding="utf-8", errors="replace")[:100_000]
+        except OSError:
+            continue
+        m = re.search(r"--model[= ]+([A-Za-z][A-Za-z0-9_]*)", text)
+        if m:
+            return m.group(1)
+    m = re.match(r"([A-Za-z][A-Za-z0-9]*)_", model_dir.name)
+    return m.group(1) if m else None
 
 
 def _experiment_dir_parts(path: Path) -> tuple[str, Path | None]:
@@ -305,9 +383,10 @@ def read_seed_npz(
         )
     arrays = _load(p)
     epochs = _report_epochs(arrays, label)
-    si, other = seed_si_tensors(arrays)
+    model = seed_model(p)
+    si, other = seed_si_tensors(arrays, model)
     if not si and evaluation:
-        arrays, si, other = _si_norms_from_training(p, arrays, epochs)
+        arrays, si, other = _si_norms_from_training(p, arrays, epochs, model)
     table, skipped = _numeric_table(arrays, epochs.size)
     _check_seed_group(group, si, other, label)
     meta = _run_meta(p, lr, wd)
@@ -323,6 +402,13 @@ def read_seed_npz(
         if si and f"{si[0]}_norm" not in _load_keys(p):
             notes.append("per-tensor norms of the same checkpoints taken from train-tm.npz")
     meta["si_tensors"], meta["not_si"] = si, other
+    meta["si_rule"] = (
+        f"the repository's rule for --model {model}"
+        if _seed_model_rule(model) is not None
+        else "every trained weight but normalisation scales and the last (classifier)"
+    )
+    if model is not None:
+        meta.setdefault("model", model)
     defaults: dict[str, str | None] = {"grad_norm_raw": None, "sharpness_raw": None}
     if si and (group is None or group.strip().lower() == "sum"):
         defaults["rho"] = "si_norm"
@@ -352,7 +438,7 @@ def read_seed_npz(
 
 
 def _si_norms_from_training(
-    p: Path, arrays: dict[str, np.ndarray], epochs: np.ndarray
+    p: Path, arrays: dict[str, np.ndarray], epochs: np.ndarray, model: str | None
 ) -> tuple[dict[str, np.ndarray], list[str], list[str]]:
     """Per-tensor norms of the same checkpoints from ``train-tm.npz`` next to an eval log.
 
@@ -364,7 +450,7 @@ def _si_norms_from_training(
     if not train.is_file():
         return arrays, [], []
     other_arrays = _load(train)
-    si, other = seed_si_tensors(other_arrays)
+    si, other = seed_si_tensors(other_arrays, model)
     t_epochs = other_arrays.get("report_epochs")
     if not si or t_epochs is None or not np.all(np.isin(epochs, t_epochs)):
         return arrays, [], []
