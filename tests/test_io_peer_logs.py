@@ -231,6 +231,35 @@ def test_idealgas_trace_and_config():
     np.testing.assert_array_equal(t.extra["test_loss (eval)"][idx], ref["trace"]["test_loss"])
 
 
+def _idealgas_variant(tmp_path, **settings):
+    """The genuine run with other settings in its config.json (the trace unchanged)."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(IDEAL, run)
+    cfg = json.loads((IDEAL / "config.json").read_text())
+    cfg.update(settings)
+    (run / "config.json").write_text(json.dumps(cfg))
+    return run
+
+
+def test_idealgas_fixed_elr_and_sphere_modes_read_lr_as_their_loop_does(tmp_path):
+    radius = np.array(sio.read(IDEAL).rho)
+    # fixed_elr: config lr is the effective LR; the loop sets lr = elr * rho**2 each step
+    t = sio.read(_idealgas_variant(tmp_path / "a", opt_mode="fixed_elr", lr=0.02))
+    np.testing.assert_array_equal(t.rho, radius)
+    np.testing.assert_allclose(t.elr, 0.02, rtol=1e-15)
+    np.testing.assert_allclose(t.extra["lr"], 0.02 * radius**2, rtol=1e-15)
+    assert "lr" not in t.meta and t.meta["elr"] == 0.02 and t.meta["wd"] == 0.01
+    # fixed_sphere: SGD on the sphere of radius si_pnorm_0 at step lr = elr * r0**2
+    t = sio.read(_idealgas_variant(tmp_path / "b", opt_mode="fixed_sphere", lr=0.02, wd=None))
+    np.testing.assert_allclose(t.elr, 0.02, rtol=1e-15)
+    assert t.meta["lr"] == pytest.approx(0.02 * 1.0**2) and t.meta["wd"] == 0.0
+    assert t.meta["projected"] and any("sphere of radius 1" in n for n in t.meta["notes"])
+    with pytest.raises(ValueError, match="unknown opt_mode 'fixed_moon'"):
+        sio.read(_idealgas_variant(tmp_path / "c", opt_mode="fixed_moon"))
+
+
 # ------------------------------------------------------------ neural mechanics
 def test_neural_mechanics_norms_by_hand():
     import h5py  # the test extra installs it

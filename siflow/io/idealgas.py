@@ -11,6 +11,14 @@ of the SI parameters) are appended every ``running_log_freq`` iterations: entry
 appended at the ``log_iters`` up to ``num_iters``; ``weight``/``stoch_grad``
 (flattened vectors at checkpoints) are not columns.
 
+``opt_mode`` in ``config.json`` says what ``lr`` means. ``fixed_lr``: the SGD
+learning rate. ``fixed_elr``: the effective LR; before each step their loop sets
+the learning rate to ``lr * rho**2`` with the SI norm after the previous step.
+``fixed_sphere``: the effective LR of SGD on the sphere of radius ``si_pnorm_0``;
+the step's learning rate is ``lr * si_pnorm_0**2`` and the SI weights are
+rescaled back to ``si_pnorm_0`` after every step (``running_radius`` is taken
+after the step, before the rescaling).
+
 ``trace.pt`` is read with :mod:`siflow.io._safe_pickle` (no code runs, torch is
 not needed).
 """
@@ -108,6 +116,49 @@ def _table(trace: Mapping[str, Any], cfg: dict[str, Any], label: str) -> tuple[n
     return union, table
 
 
+def _positive(cfg: Mapping[str, Any], key: str, label: str) -> float:
+    value = cfg.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ValueError(f"{label}: {key!r} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def _learning_rates(cfg: Mapping[str, Any], table: Table, meta: dict[str, Any], label: str) -> None:
+    """``lr``/``elr`` columns and metadata for the run's ``opt_mode`` (module docstring)."""
+    mode = cfg.get("opt_mode", "fixed_lr")
+    if mode == "fixed_lr":
+        return
+    elr = _positive(cfg, "lr", label)
+    radius = table["running_radius"]
+    at_rows = np.where(np.isfinite(radius), elr, np.nan)
+    table["elr"] = at_rows
+    meta["elr"] = elr
+    if mode == "fixed_elr":
+        table["lr"] = elr * radius**2
+        del meta["lr"]
+        meta["notes"].append(
+            f"opt_mode fixed_elr: config lr {elr:g} is the effective LR; the lr column is "
+            f"the next step's learning rate, lr * rho**2, set by their loop before each step"
+        )
+    elif mode == "fixed_sphere":
+        r0 = _positive(cfg, "si_pnorm_0", label)
+        meta["lr"] = elr * r0**2
+        meta["wd"] = float(cfg.get("wd") or 0.0)
+        meta["si_pnorm_0"] = r0
+        meta["projected"] = True
+        meta["notes"].append(
+            f"opt_mode fixed_sphere: SGD on the sphere of radius {r0:g} (the SI weights are "
+            f"rescaled to it after every step; running_radius is taken before that); "
+            f"effective LR {elr:g}, step learning rate {elr * r0**2:g}; the free norm "
+            f"dynamics (decay, jumps, equilibrium norm) do not apply"
+        )
+    else:
+        raise ValueError(
+            f"{label}: unknown opt_mode {mode!r} (fixed_lr, fixed_elr or fixed_sphere); "
+            f"the meaning of its lr is not known"
+        )
+
+
 def read_idealgas(path: str | os.PathLike[str], *, mapping: MappingArg = None) -> Trajectory:
     """Read an ideal-gas run (``trace.pt`` + ``config.json``) into a Trajectory.
 
@@ -124,7 +175,9 @@ def read_idealgas(path: str | os.PathLike[str], *, mapping: MappingArg = None) -
     Trajectory
         ``rho = running_radius``, ``loss = running_loss``,
         ``grad_norm_sphere = rho * stoch_grad_norm``
-        (:func:`siflow.theory.sphere_grad_norm`), ``elr = lr / rho**2``;
+        (:func:`siflow.theory.sphere_grad_norm`), ``elr = lr / rho**2`` (the
+        config's ``lr`` for ``fixed_elr`` and ``fixed_sphere`` runs, with a per-row
+        ``lr`` column for ``fixed_elr``);
         evaluation metrics in ``extra`` as ``<name> (eval)`` at their ``log_iters``;
         lr, wd and the other settings of ``config.json`` in ``meta``.
     """
@@ -141,6 +194,7 @@ def read_idealgas(path: str | os.PathLike[str], *, mapping: MappingArg = None) -
         "running_radius, running_loss and stoch_grad_norm are logged every "
         f"{cfg['running_log_freq']} iterations; <metric> (eval) at the config's log_iters"
     ]
+    _learning_rates(cfg, table, meta, label)
     defaults = {
         "rho": "running_radius",
         "loss": "running_loss",
