@@ -398,6 +398,7 @@ def test_seed_npz_si_tensors_follow_the_repository_rule_for_its_model(tmp_path):
     )
     t = sio.read(path)
     assert t.meta["groups"] == ["conv_layers.0.weight", "conv_layers.3.weight"]
+    assert "projected" not in t.meta
     # a model the repository does not name: the generic convention, where a weight as
     # large as its module's bias (an affine BatchNorm in a Sequential) is not SI
     sizes = {
@@ -411,6 +412,16 @@ def test_seed_npz_si_tensors_follow_the_repository_rule_for_its_model(tmp_path):
     t = sio.read(path)
     assert t.meta["groups"] == ["features.0.weight", "features.3.weight"]
     assert t.meta["model"] == "MyNet"
+
+
+def test_seed_npz_fixed_norm_run_is_marked_projected(tmp_path):
+    sizes = {"conv_layers.0.weight": 108, "conv_layers.3.weight": 288, "linear.weight": 320}
+    path, _ = _write_named_seed_npz(tmp_path, "ConvNetSI_CIFAR10_noninvlr_0.0", sizes, set(sizes))
+    fixed = path.parent.with_name(path.parent.name + "_fix_si_pnorm-1")
+    path.parent.rename(fixed)
+    t = sio.read(fixed / "train-tm.npz")
+    assert t.meta["projected"] is True
+    assert any("fix_si_pnorm run" in n for n in t.meta["notes"])
 
 
 def test_seed_npz_log_spaced_epochs_give_correct_periods(tmp_path):

@@ -402,6 +402,14 @@ def read_seed_npz(
         if si and f"{si[0]}_norm" not in _load_keys(p):
             notes.append("per-tensor norms of the same checkpoints taken from train-tm.npz")
     meta["si_tensors"], meta["not_si"] = si, other
+    fixed = re.search(r"_fix_si_pnorm(-?[0-9.]+)", _experiment_dir_parts(p)[0])
+    if fixed:
+        meta["projected"] = True
+        notes.append(
+            "fix_si_pnorm run (in the experiment name): the SI weights are rescaled to a fixed "
+            "norm after every step, so the free norm dynamics (decay, jumps, equilibrium "
+            "norm) do not apply; the effective LR is lr / rho**2 at that norm"
+        )
     meta["si_rule"] = (
         f"the repository's rule for --model {model}"
         if _seed_model_rule(model) is not None
