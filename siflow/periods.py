@@ -216,11 +216,28 @@ def _signal(traj: Trajectory, signal: str) -> tuple[str, NDArray[np.int64], NDAr
             vals = col[rows]
             x = np.log(vals) if np.all(vals > 0) else vals.copy()
         return name, rows.astype(np.int64), x
+    short = [
+        f"{name} {_usable_rows(traj.column(name), name != 'loss')}"
+        + (" finite" if name == "loss" else " finite positive")
+        for name in order
+        if traj.has(name)
+    ]
+    if short:
+        raise ValueError(
+            f"too few usable rows to find destabilizations (3 needed; {', '.join(short)}); "
+            f"log more steps, or check the log for inf/NaN"
+        )
     raise ValueError(
         "the trajectory has none of the columns needed to find destabilizations "
         f"(rho, elr or loss; present: {', '.join(traj.columns())}); map the weight-norm "
         "or loss column when reading the log, e.g. mapping={'rho': COLUMN}"
     )
+
+
+def _usable_rows(col: NDArray[np.float64], positive: bool) -> int:
+    """How many values of a detection column are finite (and positive, for rho and elr)."""
+    ok = np.isfinite(col) & (col > 0) if positive else np.isfinite(col)
+    return int(np.count_nonzero(ok))
 
 
 #: Windows up to this many rows are summarised in Python floats (:func:`_median_list` and

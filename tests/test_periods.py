@@ -643,3 +643,13 @@ def test_minibatch_log_finds_its_largest_norm_jumps():
     events = find_events(traj).steps
     for s in largest:  # each jump has an event at its onset (at most 10 rows before it)
         assert np.any((events <= s) & (events >= s - 10)), (s, events.tolist())
+
+
+def test_too_few_usable_rows_are_counted_in_the_message():
+    traj = Trajectory(
+        step=np.arange(4),
+        rho=np.array([2.0, np.inf, 1.9, -1.0]),
+        loss=np.array([0.5, 0.4, np.nan, np.nan]),
+    )
+    with pytest.raises(ValueError, match=r"3 needed; rho 2 finite positive, loss 2 finite"):
+        find_events(traj)
