@@ -198,14 +198,9 @@ def seed_model(path: Path) -> str | None:
     exp, model_dir = _experiment_dir_parts(path)
     if model_dir is None:
         return None
-    for command in sorted((model_dir / "checkpoints" / exp).glob("trial_*/command.sh")):
-        try:
-            text = command.read_text(encoding="utf-8", errors="replace")[:100_000]
-        except OSError:
-            continue
-        m = re.search(r"--model[= ]+([A-Za-z][A-Za-z0-9_]*)", text)
-        if m:
-            return m.group(1)
+    model = _command_option(model_dir, exp, r"--model[= ]+([A-Za-z][A-Za-z0-9_]*)")
+    if model is not None:
+        return model
     m = re.match(r"([A-Za-z][A-Za-z0-9]*)_", model_dir.name)
     return m.group(1) if m else None
 
@@ -222,18 +217,24 @@ def _experiment_dir_parts(path: Path) -> tuple[str, Path | None]:
     return exp, model_dir
 
 
-def _batch_size_from_command(model_dir: Path | None, exp: str) -> int | None:
-    if model_dir is None:
-        return None
+def _command_option(model_dir: Path, exp: str, pattern: str) -> str | None:
+    """First group of ``pattern`` in the run's ``checkpoints/<exp>/trial_*/command.sh``."""
     for command in sorted((model_dir / "checkpoints" / exp).glob("trial_*/command.sh")):
         try:
             text = command.read_text(encoding="utf-8", errors="replace")[:100_000]
         except OSError:
             continue
-        m = re.search(r"--batch_size[= ]+([0-9]+)", text)
-        if m and int(m.group(1)) > 0:
-            return int(m.group(1))
+        m = re.search(pattern, text)
+        if m:
+            return m.group(1)
     return None
+
+
+def _batch_size_from_command(model_dir: Path | None, exp: str) -> int | None:
+    if model_dir is None:
+        return None
+    batch = _command_option(model_dir, exp, r"--batch_size[= ]+([0-9]+)")
+    return int(batch) if batch is not None and int(batch) > 0 else None
 
 
 def seed_steps_per_epoch(path: Path) -> tuple[int | None, str]:
