@@ -75,6 +75,7 @@ torch = require("torch", "torch", '"torch==2.13.0"')
 nn = torch.nn
 
 __all__ = [
+    "JOINT_GROUP",
     "SIRecorder",
     "is_rank_zero",
     "rotational_equilibrium_of",
@@ -152,6 +153,134 @@ def _fx_groups(model: Any) -> list[str]:
     return found
 
 
+#: Name of the group of weights that are scale-invariant only together (:func:`find_si_groups`).
+JOINT_GROUP = "jointly_si"
+_ADD_FUNCTIONS = {"add", "iadd", "sub", "isub", "cat", "stack"}
+#: Operations that keep a tensor's degree of homogeneity (besides the pass-through ones).
+_HOMOGENEOUS = {
+    "adaptive_avg_pool1d", "adaptive_avg_pool2d", "avg_pool1d", "avg_pool2d", "getitem",
+    "leaky_relu", "mean", "neg", "pad", "permute", "squeeze", "sum", "transpose",
+    "unsqueeze", "dropout1d", "dropout2d",
+}  # fmt: skip
+#: Operations whose result does not depend on the tensor's scale (shapes).
+_SHAPE_QUERIES = {"size", "dim", "getattr", "numel"}
+
+
+class _Degree:
+    """How a graph value scales when the weights of a candidate set are multiplied by c.
+
+    ``k``: the value is multiplied by ``c**k``; ``src``: the candidate weights it depends
+    on since the last normalization; ``biased``: a bias was added to a scaled value (only
+    a BatchNorm, which subtracts the per-channel mean, cancels it).
+    """
+
+    __slots__ = ("biased", "k", "src")
+
+    def __init__(self, k: int = 0, src: frozenset[str] = frozenset(), biased: bool = False):
+        self.k, self.src, self.biased = k, src, biased
+
+
+def _node_args(node: Any, fx: Any) -> list[Any]:
+    flat: list[Any] = []
+    for a in list(node.args) + list(node.kwargs.values()):
+        if isinstance(a, list | tuple):
+            flat += [b for b in a if isinstance(b, fx.Node)]
+        elif isinstance(a, fx.Node):
+            flat.append(a)
+    return flat
+
+
+def _joint_conflict(graph: Any, modules: Mapping[str, Any], cand: set[str], fx: Any) -> set[str]:
+    """Candidate weights to drop at the first place where scaling ``cand`` changes the output.
+
+    Propagates :class:`_Degree` through the traced graph: a weight layer in ``cand``
+    raises the degree by one; a normalization resets it to 0; positively homogeneous
+    maps keep it; a sum or concatenation needs equal degrees; any other operation, and
+    the model's output, need degree 0. Returns the candidates behind the first
+    violation (empty when none: scaling all of ``cand`` by ``c > 0`` leaves the output
+    unchanged).
+    """
+    deg: dict[Any, _Degree] = {}
+    zero = _Degree()
+    for node in graph.nodes:
+        ins = [deg.get(a, zero) for a in _node_args(node, fx)]
+        first = ins[0] if ins else zero
+        scaled = [d for d in ins if d.k or d.biased]
+        if node.op in ("placeholder", "get_attr"):
+            deg[node] = zero
+            continue
+        if node.op == "output":
+            return set().union(*(d.src for d in scaled)) if scaled else set()
+        name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+        mod = modules.get(node.target) if node.op == "call_module" else None
+        if isinstance(mod, WEIGHT_TYPES):
+            if first.biased:
+                return set(first.src)
+            w = f"{node.target}.weight"
+            k, src = (first.k + 1, first.src | {w}) if w in cand else (first.k, first.src)
+            deg[node] = _Degree(k, src, biased=k > 0 and getattr(mod, "bias", None) is not None)
+        elif isinstance(mod, NORM_TYPES):
+            if first.biased and not isinstance(mod, nn.modules.batchnorm._BatchNorm):
+                return set(first.src)
+            deg[node] = zero
+        elif (
+            isinstance(mod, PASS_MODULES)
+            or name in _PASS_FUNCTIONS
+            or name in _PASS_METHODS
+            or name in _HOMOGENEOUS
+        ):
+            deg[node] = first
+        elif name in _SHAPE_QUERIES:
+            deg[node] = zero
+        elif name in _ADD_FUNCTIONS and ins:
+            if len({(d.k, d.biased) for d in ins}) > 1:
+                return set().union(*(d.src for d in ins))
+            deg[node] = _Degree(first.k, frozenset().union(*(d.src for d in ins)), first.biased)
+        elif len(ins) == 1 and (
+            name in ("mul", "imul")
+            or (name == "truediv" and node.args[0] is _node_args(node, fx)[0])
+        ):
+            deg[node] = first  # a tensor times, or divided by, a constant
+        elif scaled:
+            return set().union(*(d.src for d in scaled))
+        else:
+            deg[node] = zero
+    return set()
+
+
+def _fx_joint_weights(model: Any, exclude: Iterable[str]) -> list[str]:
+    """Trainable Linear/Conv weights, not in ``exclude``, that are SI together.
+
+    The largest set the graph proves jointly scale-invariant, found by dropping the
+    weights behind each violation (:func:`_joint_conflict`) until none is left: in a
+    pre-activation ResNet, the convolutions whose outputs meet in residual sums before
+    the next normalization.
+    """
+    from torch import fx
+
+    try:
+        graph = fx.symbolic_trace(model).graph
+    except Exception:  # traced already by the caller; a model that cannot be: no joint group
+        return []
+    modules = dict(model.named_modules())
+    skip = set(exclude)
+    cand = [
+        f"{name}.weight"
+        for name, mod in modules.items()
+        if isinstance(mod, WEIGHT_TYPES)
+        and getattr(mod, "weight", None) is not None
+        and mod.weight.requires_grad
+        and f"{name}.weight" not in skip
+    ]
+    keep = set(cand)
+    while keep:
+        drop = _joint_conflict(graph, modules, keep, fx) & keep
+        if not drop:
+            break
+        keep -= drop
+    return [w for w in cand if w in keep]
+
+
 def _hook_groups(model: Any, example_input: Any) -> list[str]:
     """Forward-hook heuristic: a weight layer whose output tensor is a norm layer's input."""
     produced: dict[int, tuple[str, Any]] = {}
@@ -212,17 +341,26 @@ def find_si_groups(
         residual branch), so it can report a weight that is not SI: confirm its
         groups with :func:`check_scale_invariance`.
 
+    Weights that are SI only together (with ``"auto"`` or ``"fx"``): in a
+    pre-activation ResNet a convolution whose output is added to the shortcut before
+    the next normalization is not SI alone, but all such convolutions scaled together
+    are. Those form one more group, :data:`JOINT_GROUP` (``"jointly_si"``), with all
+    their parameters: the largest set the traced graph proves invariant (degrees of
+    homogeneity propagated through sums, positively homogeneous maps and
+    normalizations), disjoint from the single-weight groups.
+
     Returns
     -------
     dict
         Group name (``"<module>.weight"``) to a one-element list of the parameter,
-        in graph order.
+        in graph order, then possibly :data:`JOINT_GROUP` to its parameters.
     """
     if method not in ("auto", "fx", "hooks"):
         raise ValueError(f"method must be 'auto', 'fx' or 'hooks', got {method!r}")
     if method == "hooks" and example_input is None:
         raise ValueError("method='hooks' needs example_input=<a batch the model accepts>")
     names: list[str]
+    joint: list[str] = []
     if method == "hooks":
         names = _hook_groups(model, example_input)
     else:
@@ -235,8 +373,13 @@ def find_si_groups(
                     f"example_input= to use the forward-hook heuristic, or groups= explicitly"
                 ) from None
             names = _hook_groups(model, example_input)
+        else:
+            joint = _fx_joint_weights(model, names)
     params = dict(model.named_parameters())
-    return {n: [params[n]] for n in names if n in params}
+    groups = {n: [params[n]] for n in names if n in params}
+    if joint:
+        groups[JOINT_GROUP] = [params[n] for n in joint]
+    return groups
 
 
 def _save_buffers(model: Any) -> list[tuple[Any, Any]]:

@@ -296,6 +296,71 @@ def test_detection_agrees_with_numerical_check():
     assert all(torch.equal(before[k], v) for k, v in params.items())
 
 
+class PreActBlock(nn.Module):
+    """The seed paper's ResNet block: BN -> ReLU -> conv, twice, plus the shortcut."""
+
+    def __init__(self, c_in: int, c: int, stride: int) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(c_in, affine=False)
+        self.conv1 = nn.Conv2d(c_in, c, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c, affine=False)
+        self.conv2 = nn.Conv2d(c, c, 3, 1, 1, bias=False)
+        self.shortcut = None
+        if stride != 1 or c_in != c:
+            self.shortcut = nn.Sequential(
+                nn.BatchNorm2d(c_in, affine=False), nn.Conv2d(c_in, c, 1, stride, bias=False)
+            )
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(x))
+        short = self.shortcut(out) if self.shortcut is not None else x
+        return self.conv2(torch.relu(self.bn2(self.conv1(out)))) + short
+
+
+class PreActNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 4, 3, 1, 1, bias=False)
+        self.layer1 = PreActBlock(4, 4, 1)
+        self.layer2 = PreActBlock(4, 8, 2)
+        self.bn = nn.BatchNorm2d(8, affine=False)
+        self.linear = nn.Linear(8 * 4 * 4, 3)
+
+    def forward(self, x):
+        out = torch.relu(self.bn(self.layer2(self.layer1(self.conv1(x)))))
+        return self.linear(out.view(out.size(0), -1))
+
+
+def test_preactivation_resnet_convolutions_meeting_in_sums_are_one_joint_group():
+    from siflow.torch_probe import JOINT_GROUP
+
+    torch.manual_seed(3)
+    model = PreActNet().double()
+    for mod in model.modules():
+        if hasattr(mod, "eps"):
+            mod.eps = 1e-12
+    groups = find_si_groups(model)
+    # conv1 of each block feeds bn2 alone: SI by itself. The stem, each block's conv2 and
+    # the downsampling shortcut's conv meet in residual sums before the next BatchNorm:
+    # SI only together. The trainable classifier is neither.
+    assert list(groups) == ["layer1.conv1.weight", "layer2.conv1.weight", JOINT_GROUP]
+    params = dict(model.named_parameters())
+    joint = ["conv1.weight", "layer1.conv2.weight", "layer2.conv2.weight"]
+    joint.append("layer2.shortcut.1.weight")
+    assert len(groups[JOINT_GROUP]) == len(joint)
+    assert all(a is params[n] for a, n in zip(groups[JOINT_GROUP], joint, strict=True))
+    x = torch.randn(8, 1, 8, 8, dtype=torch.float64)
+    y = torch.randint(0, 3, (8,))
+
+    def loss_fn():
+        return nn.functional.cross_entropy(model(x), y)
+
+    for name, tensors in groups.items():
+        assert check_scale_invariance(loss_fn, tensors, model=model) < 1e-9, name
+    for name in joint + ["linear.weight"]:  # none of them is SI alone
+        assert check_scale_invariance(loss_fn, [params[name]], model=model) > 1e-3, name
+
+
 def test_radial_component_reveals_eps_breaking_invariance():
     # BatchNorm(eps) normalizes by sqrt(var + eps): invariance fails once |w|^2 var(x)
     # is comparable to eps, and the gradient gains a radial part <g, w> != 0.
