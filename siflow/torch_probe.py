@@ -111,14 +111,23 @@ GroupSpec = Mapping[str, Sequence[Any]] | Sequence[str] | None
 
 
 # --------------------------------------------------------------------------- detection
-def _bias_ok(layer: Any, norm: Any) -> bool:
+def _bias_ok(layer: Any, norm: Any, rectified: bool = False) -> bool:
     """A bias before the norm layer keeps the weight SI only if the norm removes it.
 
     BatchNorm subtracts the per-channel batch mean, which cancels a per-channel bias
-    exactly; LayerNorm/GroupNorm/InstanceNorm do not in general.
+    exactly; LayerNorm/GroupNorm/InstanceNorm do not in general. Nor does BatchNorm
+    after a ReLU (``rectified``): ``relu(c W x + b) != c relu(W x + b)``.
     """
     bias = getattr(layer, "bias", None)
-    return bias is None or isinstance(norm, nn.modules.batchnorm._BatchNorm)
+    return bias is None or (isinstance(norm, nn.modules.batchnorm._BatchNorm) and not rectified)
+
+
+def _is_rectifier(node: Any, modules: Mapping[str, Any]) -> bool:
+    """A ReLU (module, function or method): positively homogeneous, but not shift-free."""
+    if node.op == "call_module":
+        return isinstance(modules.get(node.target), nn.ReLU)
+    name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+    return name in ("relu", "leaky_relu")
 
 
 def _fx_groups(model: Any) -> list[str]:
@@ -132,11 +141,12 @@ def _fx_groups(model: Any) -> list[str]:
             continue
         norm = modules[node.target]
         src = node.args[0] if node.args else None
+        rectified = False
         while src is not None and isinstance(src, fx.Node) and len(src.users) == 1:
             if src.op == "call_module":
                 mod = modules.get(src.target)
                 if isinstance(mod, WEIGHT_TYPES):
-                    if _bias_ok(mod, norm) and mod.weight is not None:
+                    if _bias_ok(mod, norm, rectified) and mod.weight is not None:
                         found.append(f"{src.target}.weight")
                     break
                 if not isinstance(mod, PASS_MODULES):
@@ -149,6 +159,7 @@ def _fx_groups(model: Any) -> list[str]:
                     break
             else:
                 break
+            rectified = rectified or _is_rectifier(src, modules)
             src = src.args[0] if src.args else None
     return found
 
@@ -229,6 +240,8 @@ def _joint_conflict(graph: Any, modules: Mapping[str, Any], cand: set[str], fx: 
             or name in _PASS_METHODS
             or name in _HOMOGENEOUS
         ):
+            if first.biased and _is_rectifier(node, modules):
+                return set(first.src)
             deg[node] = first
         elif name in _SHAPE_QUERIES:
             deg[node] = zero

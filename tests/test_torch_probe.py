@@ -296,6 +296,29 @@ def test_detection_agrees_with_numerical_check():
     assert all(torch.equal(before[k], v) for k, v in params.items())
 
 
+def test_biased_weight_through_relu_into_batchnorm_is_not_si():
+    # BatchNorm cancels a per-channel bias right before it (and after max pooling, which
+    # commutes with adding a constant), but not after a ReLU: relu(c W x + b) is not
+    # c relu(W x + b). Checked numerically both ways.
+    torch.manual_seed(4)
+    x = torch.randn(16, 1, 8, 8, dtype=torch.float64)
+    y = torch.randint(0, 3, (16,))
+    for between, si in ((nn.ReLU(), False), (nn.MaxPool2d(2), True)):
+        conv = nn.Conv2d(1, 4, 3, padding=1, bias=True)
+        bn = nn.BatchNorm2d(4, affine=False, eps=1e-12)
+        n_out = 4 * (16 if si else 64)
+        model = nn.Sequential(conv, between, bn, nn.Flatten(), nn.Linear(n_out, 3)).double()
+        with torch.no_grad():
+            conv.bias.fill_(0.5)
+        assert ("0.weight" in find_si_groups(model)) is si
+
+        def loss_fn(model=model):
+            return nn.functional.cross_entropy(model(x), y)
+
+        err = check_scale_invariance(loss_fn, [model[0].weight], model=model)
+        assert (err < 1e-9) is si, err
+
+
 class PreActBlock(nn.Module):
     """The seed paper's ResNet block: BN -> ReLU -> conv, twice, plus the shortcut."""
 
