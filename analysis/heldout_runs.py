@@ -115,11 +115,9 @@ def build(net: str, n_in: int, n_out: int, torch: Any) -> Any:
     else:
         raise ValueError(f"unknown network {net!r}")
     model = nn.Sequential(*layers, nn.Linear(n_in, n_out))
-    last = model[-1]
-    with torch.no_grad():
-        last.weight.mul_(LAST_LAYER_NORM / last.weight.norm())
-        last.bias.zero_()
-    last.requires_grad_(False)
+    from siflow.torch_probe import freeze_classifier
+
+    freeze_classifier(model[-1], LAST_LAYER_NORM)  # seed paper: norm 10, frozen
     return model
 
 

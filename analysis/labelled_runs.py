@@ -233,11 +233,9 @@ def build(net: str, data: str, torch: Any) -> Any:
         raise ValueError(f"net must be 'mlp', 'convnet' or 'resnet', got {net!r}")
     with torch.no_grad():
         model(torch.zeros(2, dim))  # materialise the lazy last layer
-    last = model[-1]
-    with torch.no_grad():  # seed paper: last layer at Frobenius norm 10, frozen
-        last.weight.mul_(LAST_LAYER_NORM / last.weight.norm())
-        last.bias.zero_()
-    last.requires_grad_(False)
+    from siflow.torch_probe import freeze_classifier
+
+    freeze_classifier(model[-1], LAST_LAYER_NORM)  # seed paper: norm 10, frozen
     return model
 
 

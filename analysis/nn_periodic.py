@@ -198,11 +198,9 @@ def build(net: str, torch: Any) -> Any:
     model = nn.Sequential(*layers)
     if net == "convnet":  # about 1.7x faster on CPU
         model = model.to(memory_format=torch.channels_last)
-    last = model[-1]
-    with torch.no_grad():  # seed paper: last layer at Frobenius norm 10, frozen
-        last.weight.mul_(LAST_LAYER_NORM / last.weight.norm())
-        last.bias.zero_()
-    last.requires_grad_(False)
+    from siflow.torch_probe import freeze_classifier
+
+    freeze_classifier(model[-1], LAST_LAYER_NORM)  # seed paper: norm 10, frozen
     return model
 
 

@@ -80,6 +80,7 @@ __all__ = [
     "is_rank_zero",
     "rotational_equilibrium_of",
     "find_si_groups",
+    "freeze_classifier",
     "check_scale_invariance",
     "sphere_sharpness",
 ]
@@ -108,6 +109,32 @@ _PASS_FUNCTIONS = {"relu", "flatten", "max_pool1d", "max_pool2d", "avg_pool2d", 
 _PASS_METHODS = {"relu", "view", "reshape", "flatten", "contiguous"}
 
 GroupSpec = Mapping[str, Sequence[Any]] | Sequence[str] | None
+
+
+# --------------------------------------------------------------------------- set-up
+def freeze_classifier(layer: Any, norm: float = 10.0) -> None:
+    """Fix a network's last layer as the seed paper does: rescaled, bias zero, frozen.
+
+    Lobacheva et al. (NeurIPS 2021) rescale the classifier's weight to Frobenius norm
+    ``norm`` (10 in their experiments), set its bias to zero and do not train it, so
+    that every trained weight of a network whose other layers feed normalizations is
+    scale-invariant.
+
+    Parameters
+    ----------
+    layer : torch.nn.Linear (or any module with ``weight`` and optional ``bias``)
+    norm : float
+        Frobenius norm of the weight afterwards.
+    """
+    norm = float(check_positive("norm", norm))
+    weight = getattr(layer, "weight", None)
+    if weight is None:
+        raise ValueError(f"layer must have a weight to rescale, got {type(layer).__name__}")
+    with torch.no_grad():
+        weight.mul_(norm / weight.norm())
+        if getattr(layer, "bias", None) is not None:
+            layer.bias.zero_()
+    layer.requires_grad_(False)
 
 
 # --------------------------------------------------------------------------- detection

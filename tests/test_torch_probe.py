@@ -642,3 +642,21 @@ def test_take_rows_and_trailing_rms_and_window_off():
     assert "angular_update_rms_window" not in t_off.extra
     np.testing.assert_array_equal(t_off.rho, rec3.trajectory().rho)
     assert all(math.isnan(r["angular_update_rms"]) for r in off.take_rows())
+
+
+def test_freeze_classifier_rescales_zeroes_and_freezes():
+    from siflow.torch_probe import freeze_classifier
+
+    torch.manual_seed(5)
+    layer = nn.Linear(6, 3).double()
+    w0 = layer.weight.detach().clone()
+    freeze_classifier(layer, 10.0)
+    assert math.isclose(float(layer.weight.norm()), 10.0, rel_tol=1e-14)
+    # the direction is kept: the weight is w0 times 10/|w0|, computed here by hand
+    torch.testing.assert_close(layer.weight.detach(), w0 * (10.0 / math.sqrt(float((w0**2).sum()))))
+    assert float(layer.bias.abs().max()) == 0.0
+    assert not layer.weight.requires_grad and not layer.bias.requires_grad
+    with pytest.raises(ValueError, match="norm"):
+        freeze_classifier(nn.Linear(2, 2), -1.0)
+    with pytest.raises(ValueError, match="weight"):
+        freeze_classifier(nn.ReLU())
