@@ -710,10 +710,8 @@ def find_events(
     quiet_rise_factor : float
         When the log has a loss column, a fast rise without a loss spike counts only if
         it is at least this many times the swing threshold ``h`` and the loss cannot
-        show its spike: fewer than 3 loss rows up to half the rise (sparse logging), no
-        spike anywhere in the log (an uninformative loss), or a rise at least the median
-        rise of the log's spiking events (a jump as large as the log's typical
-        destabilization, whose spike minibatch noise hides). A destabilization comes
+        show its spike: fewer than 3 loss rows up to half the rise (sparse logging), or
+        no spike anywhere in the log (an uninformative loss). A destabilization comes
         with its spike.
     spike_noise_k : float
         The loss peak must also stand this many noise levels of ``ln loss`` (robust
@@ -856,12 +854,8 @@ def find_events(
     top_ref = float(np.median(tops)) if tops else math.nan
     kept: list[tuple[_Cand, float, float, float]] = []
     any_spike = any(m[4] for m in measured)
-    # the norm jump of the log's typical confirmed event: a quiet rise at least this large
-    # is a destabilization whose spike the loss's noise hides (minibatch losses)
-    jumps = [xs[m[0].peak] - xs[m[0].onset] for m in measured if m[4]]
-    jump_ref = float(np.median(jumps)) if jumps else math.inf
     for c, base, top, spike, _spiked, quiet in measured:
-        if quiet and any_spike and xs[c.peak] - xs[c.onset] < jump_ref:
+        if quiet and any_spike:
             continue  # the loss resolves this rise and shows spikes elsewhere, not here
         if (
             min_peak_fraction > 0

@@ -604,47 +604,6 @@ def test_two_stage_rise_is_one_event_and_long_rises_count():
     assert np.all(e.peak_steps - e.steps > 400)  # the peak is after both stages
 
 
-def test_quiet_jump_as_large_as_the_confirmed_events_counts():
-    # a sawtooth of ln rho: decays at 1e-3/step for 400 steps, then rises over 6 steps.
-    # Cycles 0, 1, 2, 4, 6, 7 rise by 0.4 with a 30x loss spike (confirmed events); cycle 3
-    # rises by 0.6 and cycle 5 by 0.2 with no loss spike at all, although the loss is logged
-    # on every row of the rise (a spike lost in minibatch noise). A quiet rise at least as
-    # large as the confirmed ones is an event; a smaller one is not.
-    jumps = [0.4, 0.4, 0.4, 0.6, 0.4, 0.2, 0.4, 0.4]
-    spiked = [True, True, True, False, True, False, True, True]
-    ramp = np.arange(1, 7) / 6
-    x, loss = [], []
-    level = 0.0
-    for jump, spike in zip(jumps, spiked, strict=True):
-        seg = level - 1e-3 * np.arange(400)
-        x += [seg, seg[-1] + jump * ramp]
-        loss += [np.full(400, 1e-2), np.full(6, 0.3 if spike else 1e-2)]
-        level = seg[-1] + jump
-    x, loss = np.concatenate(x), np.concatenate(loss)
-    traj = Trajectory(step=np.arange(x.size), rho=np.exp(x), loss=loss)
-    steps = find_events(traj).steps.tolist()
-    onset = {k: 406 * k + 399 for k in range(len(jumps))}  # last row before each rise
-    found = {k for k, s in onset.items() if s in steps}
-    assert found == {0, 1, 2, 3, 4, 6, 7}  # the large quiet rise counts, the small one not
-    assert len(steps) == len(found)
-
-
-def test_minibatch_log_finds_its_largest_norm_jumps():
-    # a held-out network (affine BatchNorm MLP on scikit-learn's breast-cancer data, SGD
-    # batch 64): the loss is so noisy (ln loss varies by ~1 from batch to batch) that a
-    # jump's spike does not stand out of it. The three largest one-step rises of ln rho in
-    # the raw file (19-22% norm jumps, found here by hand) are destabilizations all the same.
-    path = Path(__file__).parent / "data/periods/minibatch/cancer_bnaffine_sgd.npz"
-    traj = Trajectory.load(path)
-    d = np.diff(np.log(traj.rho))
-    d[0] = 0.0  # the first step's growth from the initialisation is not an event
-    largest = traj.step[1:][np.argsort(d)[::-1][:3]]
-    assert np.all(np.exp(np.sort(d)[::-1][:3]) > 1.15)
-    events = find_events(traj).steps
-    for s in largest:  # each jump has an event at its onset (at most 10 rows before it)
-        assert np.any((events <= s) & (events >= s - 10)), (s, events.tolist())
-
-
 def test_too_few_usable_rows_are_counted_in_the_message():
     traj = Trajectory(
         step=np.arange(4),
@@ -653,3 +612,17 @@ def test_too_few_usable_rows_are_counted_in_the_message():
     )
     with pytest.raises(ValueError, match=r"3 needed; rho 2 finite positive, loss 2 finite"):
         find_events(traj)
+
+
+def test_noise_held_norm_with_momentum_is_an_equilibrium():
+    # the noisy phase diagram's cell (Rayleigh toy, isotropic gradient noise 0.01, heavy ball
+    # 0.9, lr*wd = 0.01): the norm wanders by +-25 % around its equilibrium with
+    # momentum-smoothed rises, and the loss never leaves its noise band. Not periodic
+    # (a rule that counted large quiet rises without a loss spike made it so).
+    from siflow.simulate import simulate
+
+    traj = simulate(
+        "rayleigh", lr=0.31622776601683794, wd=0.03162277660168379, momentum=0.9,
+        steps=20_000, seed=0, noise=0.01, progress=False,
+    )  # fmt: skip
+    assert classify(traj, find_events(traj)) == "equilibrium"
