@@ -399,6 +399,22 @@ def test_seed_npz_si_tensors_follow_the_repository_rule_for_its_model(tmp_path):
     t = sio.read(path)
     assert t.meta["groups"] == ["conv_layers.0.weight", "conv_layers.3.weight"]
     assert "projected" not in t.meta
+    # ResNet18 (affine BatchNorm): the repository's rule also names layer1.0.bn1, a
+    # BatchNorm, and the layer4 convolutions are outside it; biases and BatchNorms never count
+    sizes = {
+        "conv1.weight": 1728,
+        "layer1.0.conv1.weight": 36864,
+        "layer1.0.bn1.weight": 64,
+        "layer1.0.bn1.bias": 64,
+        "layer1.0.conv2.weight": 36864,
+        "layer4.0.conv2.weight": 36864,
+        "linear.weight": 5120,
+    }
+    path, _ = _write_named_seed_npz(
+        tmp_path / "r", "ResNet18_CIFAR10_noninvlr_0.1", sizes, trained=set(sizes)
+    )
+    t = sio.read(path)
+    assert t.meta["groups"] == ["conv1.weight", "layer1.0.conv1.weight", "layer1.0.conv2.weight"]
     # a model the repository does not name: the generic convention, where a weight as
     # large as its module's bias (an affine BatchNorm in a Sequential) is not SI
     sizes = {

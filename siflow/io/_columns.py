@@ -411,6 +411,11 @@ def _pick_group(group: str, available: list[str], label: str) -> str:
 _NOT_SI_WORDS = ("bias", "bn", "batchnorm", "norm.", "ln.", "layernorm", "running_")
 
 
+def named_not_si(name: str) -> bool:
+    """Whether a tensor's name marks it as a bias, a normalisation parameter or a buffer."""
+    return any(w in name.lower() for w in _NOT_SI_WORDS)
+
+
 def si_weights(
     norms: Mapping[str, NDArray[Any]], sizes: Mapping[str, int] | None = None
 ) -> tuple[list[str], list[str]]:
@@ -436,7 +441,7 @@ def si_weights(
         frozen = norm.size > 1 and bool(np.all(norm == norm[0]))
         bias = t[: -len("weight")] + "bias"
         elementwise = t in sizes and sizes.get(bias) == sizes[t]
-        if t == classifier or frozen or elementwise or any(w in t.lower() for w in _NOT_SI_WORDS):
+        if t == classifier or frozen or elementwise or named_not_si(t):
             continue
         si.append(t)
     return si, [t for t in norms if t not in si]

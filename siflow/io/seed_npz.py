@@ -42,7 +42,13 @@ import numpy as np
 
 from siflow._validate import check_nonnegative, check_positive
 from siflow.io._build import build_trajectory, root_sum_square
-from siflow.io._columns import Table, check_steps_per_epoch, normalize_mapping, si_weights
+from siflow.io._columns import (
+    Table,
+    check_steps_per_epoch,
+    named_not_si,
+    normalize_mapping,
+    si_weights,
+)
 from siflow.io._text import check_declared_size, check_path
 from siflow.trajectory import Trajectory
 
@@ -166,7 +172,8 @@ def seed_si_tensors(
 
     With the run's ``model`` known (``--model`` of its ``command.sh``, or the
     ``Experiments/<model>_<data>...`` folder), the repository's own rule
-    (:func:`_seed_model_rule`), less any tensor whose norm never changes (frozen);
+    (:func:`_seed_model_rule`), less any tensor whose norm never changes (frozen) and
+    any bias or normalisation parameter (its ``ResNet18`` rule names some BatchNorms);
     otherwise the generic convention of :func:`si_weights`, which also reads the
     ``<name>_numel`` entries: a weight as large as the bias of the same module is
     an elementwise (normalisation) scale, not SI.
@@ -185,7 +192,11 @@ def seed_si_tensors(
             if f"{t}_numel" in arrays and np.asarray(arrays[f"{t}_numel"]).size
         }
         return si_weights(norms, sizes)
-    si = [t for t, v in norms.items() if rule(t) and not (v.size > 1 and np.all(v == v[0]))]
+    si = [
+        t
+        for t, v in norms.items()
+        if rule(t) and not (v.size > 1 and np.all(v == v[0])) and not named_not_si(t)
+    ]
     return si, [t for t in norms if t not in si]
 
 
