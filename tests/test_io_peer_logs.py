@@ -194,6 +194,30 @@ def test_req_dynamics_norms_by_hand(opt, lr):
     np.testing.assert_allclose(one.rho[at], norm["3.weight"][:, 0], rtol=1e-12)
 
 
+def test_req_logger_config_as_the_repository_writes_it(tmp_path):
+    # REQ's own logger configs (shared/utils/base_logger_cfg.yaml) carry comments after the
+    # values and a flow-style stats list; read the same as the dumped config of the run
+    import shutil
+
+    run = tmp_path / "sgd"
+    shutil.copytree(DATA / "req" / "sgd", run)
+    (run / "logger_cfg.yaml").write_text(
+        "interval: 10\n"
+        "stats: [\n"
+        '    "layer_norm", "neuron_norm",\n'
+        '    "layer_grad_norm", "neuron_grad_norm",\n'
+        "]\n\n"
+        "disk_save_interval: 10  # Save f\n"
+        "disk_stats: all\n"
+        "disk_max_channels: 16  # Max channels per layer saved\n"
+        "disk_downsample: 10  # \n"
+        "disk_reducer: rms\n"
+    )
+    a, b = sio.read(run), sio.read(DATA / "req" / "sgd")
+    np.testing.assert_array_equal(a.step, b.step)
+    np.testing.assert_array_equal(a.rho, b.rho)
+
+
 def test_req_without_torch_matches_stored_float32_values():
     # values of the first rows of layer_norm/0.weight in the genuine sgd file (float32)
     t = sio.read(DATA / "req" / "sgd")

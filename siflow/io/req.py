@@ -80,7 +80,7 @@ def _logger_cfg(path: Path) -> dict[str, Any]:
     label = repr(str(path))
     cfg: dict[str, Any] = {}
     for line in read_text(path).splitlines():
-        m = re.match(r"^([A-Za-z_]+)\s*:\s*([^#]*?)\s*$", line)
+        m = re.match(r"^([A-Za-z_]+)\s*:\s*([^#]*?)\s*(?:#.*)?$", line)
         if m:
             cfg[m.group(1)] = m.group(2)
     out: dict[str, Any] = {}
