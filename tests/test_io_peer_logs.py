@@ -317,3 +317,19 @@ def test_neural_mechanics_norms_by_hand():
     assert math.isnan(t.grad_norm_sphere[0])  # no gradient buffer before the first step
     assert math.isnan(t.loss[0]) and t.loss[1] == loss[1]  # step 0's train_loss is a 0 stub
     assert t.meta["lr"] == 0.5 and t.meta["wd"] == 0.01 and t.meta["momentum"] == 0.0
+
+
+def test_neural_mechanics_lr_drops_are_noted(tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(NM, run)
+    hp = json.loads((NM / "hyperparameters.json").read_text())
+    hp.update(lr_drops=[10, 20], lr_drop_rate=0.1)
+    (run / "hyperparameters.json").write_text(json.dumps(hp))
+    t = sio.read(run)
+    assert t.meta["lr_drops"] == [10, 20] and t.meta["lr_drop_rate"] == 0.1
+    assert t.meta["lr"] == 0.5  # the initial learning rate, with the note
+    note = next(n for n in t.meta["notes"] if "drops the learning rate" in n)
+    assert "--schedule step:gamma=0.1" in note
+    assert not any("drops the learning rate" in n for n in sio.read(NM).meta.get("notes", []))

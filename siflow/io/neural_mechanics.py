@@ -181,6 +181,7 @@ def read_neural_mechanics(
             raise ValueError(f"{str(hp_path)!r} is not valid JSON ({exc})") from None
         if isinstance(hp, dict):
             meta.update({k: hp[k] for k in _META_KEYS if k in hp and hp[k] is not None})
+            _note_lr_drops(hp, meta)
     si = meta["si_tensors"]
     use_sum = group is None or group.strip().lower() == "sum"
     traj = build_trajectory(
@@ -196,6 +197,25 @@ def read_neural_mechanics(
         step=np.array([s for s, _ in files], dtype=np.int64),
     )
     return traj
+
+
+def _note_lr_drops(hp: Mapping[str, Any], meta: dict[str, Any]) -> None:
+    """Their ``MultiStepLR``: ``lr`` times ``lr_drop_rate`` at each epoch in ``lr_drops``.
+
+    The step files do not say which epoch a step is in (the steps per epoch depend on the
+    data set's size), so ``meta["lr"]`` stays the initial learning rate, with a note.
+    """
+    drops = hp.get("lr_drops")
+    if not isinstance(drops, list) or not drops:
+        return
+    rate = hp.get("lr_drop_rate")
+    meta["lr_drops"], meta["lr_drop_rate"] = drops, rate
+    meta.setdefault("notes", []).append(
+        f"hyperparameters.json drops the learning rate by {rate} at epochs {drops}: lr "
+        f"{meta.get('lr')} and the effective LR hold before the first drop only (the step "
+        f"files do not give the steps per epoch K); for the whole run pass the overlay "
+        f"--schedule step:gamma={rate},milestones=<each drop epoch times K, joined by />"
+    )
 
 
 def detect(path: Path, head: bytes) -> bool:
