@@ -440,6 +440,42 @@ def test_seed_npz_fixed_norm_run_is_marked_projected(tmp_path):
     assert any("fix_si_pnorm run" in n for n in t.meta["notes"])
 
 
+def test_seed_npz_learning_rate_follows_the_runs_schedule(tmp_path):
+    # train.py sets the lr once per epoch e of E: with no --no_schedule (no _nosch in the
+    # name) it follows its schedule; each checkpoint row gets the lr of the epoch it closes
+    import math as m
+
+    exp = "c4_d3_ds500_lr0.5_wd0.01_mom0.0_corr0.0_epoch40_initscale10.0_noaug_fbgd"
+    epochs = np.arange(40)
+    e = epochs.astype(float)
+
+    def default(x):  # 1 to E/2, linear to 0.01 at 0.9 E, then 0.01 (their schedule())
+        t = x / 40
+        return 1.0 if t <= 0.5 else (1 - 0.99 * (t - 0.5) / 0.4 if t <= 0.9 else 0.01)
+
+    cases = {
+        "": [default(x) for x in e],
+        " --cosan_schedule": [(1 + m.cos(m.pi * x / 40)) / 2 for x in e],
+        " --d_schedule 10": [10.0 ** -max(0, m.ceil(x / 10 - 1)) for x in e],
+        " --c_schedule 100": [1 if x <= 10 else 0.01 + 0.99 * (1 - x / 40) / 0.75 for x in e],
+    }
+    for k, (flags, factor) in enumerate(cases.items()):
+        d = tmp_path / str(k) / "Experiments" / "ConvNetSI_CIFAR10_noninvlr_0.0"
+        info, trial = d / "info" / exp, d / "checkpoints" / exp / "trial_0"
+        info.mkdir(parents=True)
+        trial.mkdir(parents=True)
+        (trial / "command.sh").write_text(f"train.py --model ConvNetSI --epochs 40{flags}\n")
+        rho = np.linspace(3.0, 2.0, 40)
+        tensors = {"conv_layers.0.weight_norm": rho, "conv_layers.0.weight_numel": np.full(40, 9)}
+        np.savez(info / "train-tm.npz", report_epochs=epochs, loss=np.full(40, 0.1), **tensors)
+        t = sio.read(info / "train-tm.npz")
+        lr = 0.5 * np.array(factor)
+        np.testing.assert_allclose(t.extra["lr"], lr, rtol=1e-12, err_msg=flags)
+        np.testing.assert_allclose(t.elr, lr / rho**2, rtol=1e-12, err_msg=flags)
+        assert t.meta["lr_init"] == 0.5 and "lr" not in t.meta
+        assert any("schedule" in n for n in t.meta["notes"])
+
+
 def test_seed_npz_log_spaced_epochs_give_correct_periods(tmp_path):
     from siflow import periods
 

@@ -55,6 +55,7 @@ from siflow.trajectory import Trajectory
 __all__ = [
     "read_seed_npz",
     "parse_run_name",
+    "seed_lr_factors",
     "seed_model",
     "seed_si_tensors",
     "seed_steps_per_epoch",
@@ -228,17 +229,78 @@ def _experiment_dir_parts(path: Path) -> tuple[str, Path | None]:
     return exp, model_dir
 
 
-def _command_option(model_dir: Path, exp: str, pattern: str) -> str | None:
-    """First group of ``pattern`` in the run's ``checkpoints/<exp>/trial_*/command.sh``."""
+def _command_texts(model_dir: Path, exp: str) -> list[str]:
+    """The run's ``checkpoints/<exp>/trial_*/command.sh`` files (the first 100 kB of each)."""
+    texts = []
     for command in sorted((model_dir / "checkpoints" / exp).glob("trial_*/command.sh")):
         try:
-            text = command.read_text(encoding="utf-8", errors="replace")[:100_000]
+            texts.append(command.read_text(encoding="utf-8", errors="replace")[:100_000])
         except OSError:
             continue
+    return texts
+
+
+def _command_option(model_dir: Path, exp: str, pattern: str) -> str | None:
+    """First group of ``pattern`` in the run's ``command.sh``."""
+    for text in _command_texts(model_dir, exp):
         m = re.search(pattern, text)
         if m:
             return m.group(1)
     return None
+
+
+def _lr_factor_default(t: np.ndarray) -> np.ndarray:
+    """Their default ``schedule``: 1 to half the epochs, then linear to 0.01 at 90 %."""
+    return np.where(t <= 0.5, 1.0, np.where(t <= 0.9, 1.0 - 0.99 * (t - 0.5) / 0.4, 0.01))
+
+
+def seed_lr_factors(path: Path, epochs: np.ndarray) -> tuple[np.ndarray | None, str]:
+    """``lr / lr_init`` of the training epochs ``epochs`` (0-based) of a seed-paper run.
+
+    Their ``train.py`` sets the learning rate once per epoch ``e`` of ``E``
+    (``t = e/E``): constant with ``--no_schedule`` (``_nosch`` in the experiment
+    name); ``--cosan_schedule``: ``(1 + cos(pi t))/2`` (``CosineAnnealingLR``);
+    ``--d_schedule p``: divided by ``p`` after each quarter; ``--c_schedule p``:
+    ``1/p + (1 - 1/p)(1 - t)/0.75`` after the first quarter; otherwise 1 up to
+    ``t = 0.5``, linear to 0.01 at ``t = 0.9``, then 0.01. ``E`` is ``--epochs``, or
+    ``epoch<E>`` in the name. ``(None, why)`` when the learning rate is constant or
+    ``E`` unknown.
+    """
+    exp, model_dir = _experiment_dir_parts(path)
+    texts = _command_texts(model_dir, exp) if model_dir is not None else []
+    text = texts[0] if texts else ""
+
+    def option(name: str) -> float | None:
+        m = re.search(rf"--{name}[= ]+(-?[0-9.eE+-]+)", text)
+        try:
+            return float(m.group(1)) if m else None
+        except ValueError:
+            return None
+
+    if "--no_schedule" in text or (not text and re.search(r"_nosch(?:_|$|[a-z])", exp)):
+        return None, "constant learning rate (no schedule)"
+    n = option("epochs")
+    if n is None:
+        m = re.search(r"(?:^|_)epoch([0-9]+)(?=_|$|[a-z])", exp)
+        n = float(m.group(1)) if m else None
+    if not n or n <= 0:
+        return None, "learning-rate schedule unknown (no --epochs, no epoch<N> in the name)"
+    t = np.asarray(epochs, dtype=np.float64) / n
+    c, d = option("c_schedule") or 0.0, option("d_schedule") or 0.0
+    if "--cosan_schedule" in text:
+        return (1.0 + np.cos(np.pi * t)) / 2.0, "cosine annealing (--cosan_schedule)"
+    if c > 0:
+        return np.where(t <= 0.25, 1.0, 1.0 / c + (1.0 - 1.0 / c) * (1.0 - t) / 0.75), (
+            f"--c_schedule {c:g}"
+        )
+    if d > 0:
+        return np.where(t <= 0.25, 1.0, d ** -np.ceil(np.minimum(t, 1.0) / 0.25 - 1.0)), (
+            f"--d_schedule {d:g}"
+        )
+    how = "the default schedule (1 to half the epochs, linear to 0.01 at 90 %)"
+    if not text:
+        how += "; assumed: without command.sh the name does not tell --c/--d/--cosan_schedule"
+    return _lr_factor_default(t), how
 
 
 def _batch_size_from_command(model_dir: Path | None, exp: str) -> int | None:
@@ -414,6 +476,12 @@ def read_seed_npz(
         if si and f"{si[0]}_norm" not in _load_keys(p):
             notes.append("per-tensor norms of the same checkpoints taken from train-tm.npz")
     meta["si_tensors"], meta["not_si"] = si, other
+    factors, how = seed_lr_factors(p, epochs)
+    if factors is not None and "lr" in meta:
+        # the lr of the epoch each checkpoint closes; the effective LR follows it
+        meta["lr_init"] = meta.pop("lr")
+        table["lr"] = meta["lr_init"] * factors
+        notes.append(f"learning rate per epoch from the run's schedule: {how}")
     fixed = re.search(r"_fix_si_pnorm(-?[0-9.]+)", _experiment_dir_parts(p)[0])
     if fixed:
         meta["projected"] = True
