@@ -333,3 +333,24 @@ def test_neural_mechanics_lr_drops_are_noted(tmp_path):
     note = next(n for n in t.meta["notes"] if "drops the learning rate" in n)
     assert "--schedule step:gamma=0.1" in note
     assert not any("drops the learning rate" in n for n in sio.read(NM).meta.get("notes", []))
+
+
+def test_seed_out_scheduled_run_keeps_its_lr_column(tmp_path):
+    # the genuine table with the lr halved from epoch 150 on (a scheduled run): the lr
+    # column is kept per row and the name's lr becomes lr_init
+    import re
+
+    lines = []
+    for line in OUT.read_text().splitlines():
+        m = re.match(r"^(\s+)(\d+)(\s+)1\.0000(.*)$", line)
+        if m and int(m.group(2)) >= 150:
+            line = f"{m.group(1)}{m.group(2)}{m.group(3)}0.5000{m.group(4)}"
+        lines.append(line)
+    logs = tmp_path / "Experiments" / "ConvNetSI_CIFAR10_noninvlr_0.0" / "logs"
+    logs.mkdir(parents=True)
+    (logs / OUT.name).write_text("\n".join(lines) + "\n")
+    t = sio.read(logs / OUT.name)
+    epochs = t.step - 1  # full batch: step (e + 1) * 1
+    np.testing.assert_array_equal(t.extra["lr"], np.where(epochs >= 150, 0.5, 1.0))
+    assert t.meta["lr_init"] == 1.0 and "lr" not in t.meta
+    assert sio.read(OUT).meta["lr"] == 1.0  # the genuine, unscheduled table

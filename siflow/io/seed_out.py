@@ -116,7 +116,9 @@ def read_seed_out(
     -------
     Trajectory
         ``loss = tr_loss`` (epoch average in train mode) at step ``(ep + 1) K``;
-        lr and wd from the experiment name; other columns in ``extra``.
+        lr and wd from the experiment name (a learning rate that changes in the
+        table's ``lr`` column is kept per row, the name's as ``lr_init``); other
+        columns in ``extra``.
     """
     p = check_path(path)
     label = repr(str(p))
@@ -128,6 +130,10 @@ def read_seed_out(
     if np.any(~np.isfinite(epochs)) or np.any(epochs != np.round(epochs)) or np.any(epochs < 0):
         raise ValueError(f"{label}: the 'ep' column must hold whole epochs >= 0")
     meta = _run_meta(p, None, None)
+    lr_col = table.get("lr")
+    if lr_col is not None and "lr" in meta and np.nanmax(lr_col) > np.nanmin(lr_col):
+        # a scheduled run: the table's per-epoch lr, not the name's initial one
+        meta["lr_init"] = meta.pop("lr")
     step, unit = seed_time_axis(p, epochs, steps_per_epoch, meta)
     defaults = {"loss": "tr_loss"} if "tr_loss" in table else {}
     meta.setdefault("notes", []).append(
