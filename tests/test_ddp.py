@@ -80,6 +80,10 @@ def _worker(rank, world, port, out):
         assert params["0.weight"].to_local().shape == (16 // world, 8)  # really sharded
         groups = {g: [params[g]] for g in GROUPS}
         _train(model, model.parameters(), rank, world, os.path.join(out, f"fsdp{rank}.csv"), groups)
+        # both ranks done before either tears the group down: destroying it while the other
+        # rank's gloo threads still run aborted a rank once ("terminate called without an
+        # active exception")
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
