@@ -87,3 +87,15 @@ def test_nn_periodic_quick(tmp_path):
             assert r["decay_rate_measured"] == pytest.approx(r["decay_rate_predicted"], rel=0.05)
     for fig in ("nn_periods.png", "nn_threshold.png", "nn_mlp_overlay.png"):
         assert (tmp_path / "fig" / fig).stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_heldout_runs_train_and_detect(tmp_path):
+    script = ROOT / "analysis" / "heldout_runs.py"
+    logs, figs = tmp_path / "logs", tmp_path / "figs"
+    _run([script, "train", "--only", "iris_wide_gd", "--out", logs], cwd=tmp_path)
+    out = _run([script, "detect", "--logs", logs, "--out", figs], cwd=tmp_path)
+    line = next(s for s in out.splitlines() if s.startswith("iris_wide_gd:"))
+    # the run's three large norm jumps (x2 to x3, with loss spikes) are found at least
+    assert int(line.split(":")[1].split()[0]) >= 3
+    assert (figs / "heldout.png").stat().st_size > 10_000
