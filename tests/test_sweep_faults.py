@@ -359,10 +359,20 @@ def test_a_killed_worker_is_one_line_and_its_cell_is_retried(tmp_path):
 
 
 def _suicidal_simulation(loss, *, lr, wd, steps, seed, **kw):
-    """simulate(), except that the cell with lr = 0.2 kills its own process."""
+    """simulate(), except that the cell with lr = 0.2 kills its own process.
+
+    It first waits (up to a minute) until the other cell's row is written in ``sw/cells``
+    (the sweep's output, relative to the test's working directory), so that the other
+    cell is finished, not lost with the broken pool, whichever worker starts first.
+    """
+    import time
+
     from siflow.simulate import simulate
 
     if lr == 0.2:
+        deadline = time.monotonic() + 60.0
+        while not any(Path("sw/cells").glob("cell_*.json")) and time.monotonic() < deadline:
+            time.sleep(0.05)
         os.kill(os.getpid(), signal.SIGKILL)
     return simulate(loss, lr=lr, wd=wd, steps=steps, seed=seed, **kw)
 
