@@ -157,11 +157,10 @@ def _is_rectifier(node: Any, modules: Mapping[str, Any]) -> bool:
     return name in ("relu", "leaky_relu")
 
 
-def _fx_groups(model: Any) -> list[str]:
+def _fx_groups(graph: Any, modules: Mapping[str, Any]) -> list[str]:
+    """Weights whose output reaches a normalization alone, in the traced ``graph``."""
     from torch import fx
 
-    graph = fx.symbolic_trace(model).graph
-    modules = dict(model.named_modules())
     found: list[str] = []
     for node in graph.nodes:
         if node.op != "call_module" or not isinstance(modules.get(node.target), NORM_TYPES):
@@ -288,7 +287,7 @@ def _joint_conflict(graph: Any, modules: Mapping[str, Any], cand: set[str], fx: 
     return set()
 
 
-def _fx_joint_weights(model: Any, exclude: Iterable[str]) -> list[str]:
+def _fx_joint_weights(graph: Any, modules: Mapping[str, Any], exclude: Iterable[str]) -> list[str]:
     """Trainable Linear/Conv weights, not in ``exclude``, that are SI together.
 
     The largest set the graph proves jointly scale-invariant, found by dropping the
@@ -298,11 +297,6 @@ def _fx_joint_weights(model: Any, exclude: Iterable[str]) -> list[str]:
     """
     from torch import fx
 
-    try:
-        graph = fx.symbolic_trace(model).graph
-    except Exception:  # traced already by the caller; a model that cannot be: no joint group
-        return []
-    modules = dict(model.named_modules())
     skip = set(exclude)
     cand = [
         f"{name}.weight"
@@ -404,8 +398,12 @@ def find_si_groups(
     if method == "hooks":
         names = _hook_groups(model, example_input)
     else:
+        from torch import fx
+
+        modules = dict(model.named_modules())
         try:
-            names = _fx_groups(model)
+            graph = fx.symbolic_trace(model).graph
+            names = _fx_groups(graph, modules)
         except Exception as exc:  # torch.fx raises many types on untraceable code
             if method == "fx" or example_input is None:
                 raise ValueError(
@@ -414,7 +412,7 @@ def find_si_groups(
                 ) from None
             names = _hook_groups(model, example_input)
         else:
-            joint = _fx_joint_weights(model, names)
+            joint = _fx_joint_weights(graph, modules, names)
     params = dict(model.named_parameters())
     groups = {n: [params[n]] for n in names if n in params}
     if joint:
