@@ -240,7 +240,8 @@ def _joint_conflict(graph: Any, modules: Mapping[str, Any], cand: set[str], fx: 
     deg: dict[Any, _Degree] = {}
     zero = _Degree()
     for node in graph.nodes:
-        ins = [deg.get(a, zero) for a in _node_args(node, fx)]
+        args = _node_args(node, fx)
+        ins = [deg.get(a, zero) for a in args]
         first = ins[0] if ins else zero
         scaled = [d for d in ins if d.k or d.biased]
         if node.op in ("placeholder", "get_attr"):
@@ -276,8 +277,7 @@ def _joint_conflict(graph: Any, modules: Mapping[str, Any], cand: set[str], fx: 
                 return set().union(*(d.src for d in ins))
             deg[node] = _Degree(first.k, frozenset().union(*(d.src for d in ins)), first.biased)
         elif len(ins) == 1 and (
-            name in ("mul", "imul")
-            or (name == "truediv" and node.args[0] is _node_args(node, fx)[0])
+            name in ("mul", "imul") or (name == "truediv" and node.args[0] is args[0])
         ):
             deg[node] = first  # a tensor times, or divided by, a constant
         elif scaled:
