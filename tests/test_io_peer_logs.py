@@ -175,8 +175,10 @@ def test_req_dynamics_norms_by_hand(opt, lr):
     ref = _req_reference(run)
     norm = ref["layer_norm"]
     n_rows = norm["0.weight"].shape[0]
-    at = np.searchsorted(t.step, (np.arange(n_rows) + 1) * 10 * 10)  # interval x downsample
-    np.testing.assert_array_equal(t.step[at], (np.arange(n_rows) + 1) * 100)
+    # row r reduces the samples at iterations 100 r, 100 r + 10, ..., 100 r + 90 (interval 10,
+    # downsample 10), each taken before its step: placed at its last, 100 (r + 1) - 10
+    at = np.searchsorted(t.step, (np.arange(n_rows) + 1) * 100 - 10)
+    np.testing.assert_array_equal(t.step[at], (np.arange(n_rows) + 1) * 100 - 10)
     rho = np.sqrt(norm["0.weight"][:, 0] ** 2 + norm["3.weight"][:, 0] ** 2)
     np.testing.assert_allclose(t.rho[at], rho, rtol=1e-12)
     grad = ref["layer_grad_norm"]
@@ -354,3 +356,60 @@ def test_seed_out_scheduled_run_keeps_its_lr_column(tmp_path):
     np.testing.assert_array_equal(t.extra["lr"], np.where(epochs >= 150, 0.5, 1.0))
     assert t.meta["lr_init"] == 1.0 and "lr" not in t.meta
     assert sio.read(OUT).meta["lr"] == 1.0  # the genuine, unscheduled table
+
+
+# REQ logs written by REQ's own logger with other configs (tests/data/peer-logs/req/
+# make_schedules.py), each with the SI norm before every step computed by a second method
+def test_req_first_reducer_rows_sit_at_the_sample_they_keep():
+    run = DATA / "req" / "first"  # interval 3, downsample 5, reducer "first"
+    ref = np.load(run / "reference.npz")
+    t = sio.read(run)
+    # row r keeps the sample at iteration 15 r: the parameters after 15 r steps
+    np.testing.assert_array_equal(t.step, np.arange(20) * 15)
+    np.testing.assert_allclose(t.rho, ref["si_norm"][t.step], rtol=1e-6)
+    # one row later or earlier is a different norm (the rows move by 2-9 % per 15 steps)
+    assert np.max(np.abs(t.rho[1:] / ref["si_norm"][t.step[1:] - 15] - 1)) > 1e-2
+
+
+def test_req_piecewise_interval_replays_the_loggers_schedule():
+    run = DATA / "req" / "piecewise"  # interval [[0, 2], [30, 5], [103, 10]], T=4, D=2, rms
+    ref = np.load(run / "reference.npz")["si_norm"]
+    t = sio.read(run)
+    # by hand from the logger's rules (a dump after sample i when (i + I) % (4 I) == 0, holding
+    # the last 4 samples): every 2 iterations, dumps at 6, 14, 22; sample 24 is then lost, as
+    # the dump at 35 (interval 5 from 30) holds 26, 28, 30, 35; dumps at 55, 75, 95; 103 is not
+    # a multiple of 10, and the dump at 110 holds 90, 95, 100, 110: row (90, 95) again, left out
+    first = [0, 4, 8, 12, 16, 20, 26, 30, 40, 50, 60, 70, 80, 90, 100, 120, 140, 160]
+    last = [2, 6, 10, 14, 18, 22, 28, 35, 45, 55, 65, 75, 85, 95, 110, 130, 150, 170]
+    np.testing.assert_array_equal(t.step[: len(last)], last)
+    expect = np.sqrt((ref[first] ** 2 + ref[last] ** 2) / 2)
+    np.testing.assert_allclose(t.rho[: len(last)], expect, rtol=1e-6)
+    assert any("repeat samples" in n for n in t.meta["notes"])
+    assert t.meta["steps_per_row"] is None
+
+
+def test_req_replay_of_a_constant_interval_is_the_closed_form():
+    from siflow.io.req import replay_samples
+
+    first, last = replay_samples(7, 6, 3, 50)
+    np.testing.assert_array_equal(first, np.arange(50) * 21)
+    np.testing.assert_array_equal(last, np.arange(50) * 21 + 14)
+
+
+@pytest.mark.parametrize(
+    ("interval", "match"),
+    [
+        ("interval: [[0, 10], [50]]", "not a list of pairs"),
+        ("interval: [[100, 10], [50, 5]]", "increasing iterations"),
+        ("interval: [[0, 0]]", "positive intervals"),
+        ("interval: every ten", "no usable 'interval'"),
+    ],
+)
+def test_req_bad_interval_is_one_line(tmp_path, interval, match):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(DATA / "req" / "piecewise", run)
+    (run / "logger_cfg.yaml").write_text(f"{interval}\ndisk_downsample: 2\ndisk_save_interval: 4\n")
+    with pytest.raises(ValueError, match=match):
+        sio.read(run)

@@ -6,8 +6,18 @@ each ``{stat: {param: tensor}}`` with ``stat`` in ``layer_norm``,
 (shape ``(rows, 1)``) and their ``neuron_*`` twins (shape ``(rows, neurons)``).
 Each row reduces ``disk_downsample`` samples taken every ``interval`` iterations
 (``logger_cfg.yaml``, reducer ``disk_reducer``, RMS by default); no step, lr or
-wd is stored. Row ``r`` (from 0) ends at iteration
-``(r + 1) * interval * disk_downsample``, its step here.
+wd is stored. The logger samples at the optimizer step it wraps, before the
+update: a sample taken at iteration ``i`` (from 0) holds the parameters after
+``i`` steps, and ``i`` is its step here. A row is placed at its last sample
+(reducers ``rms`` and ``mean``) or at the sample it keeps (``first``). With a
+constant ``interval`` ``I`` and ``disk_downsample`` ``D``, row ``r`` (from 0)
+holds the samples at ``(r D + k) I``, ``k = 0 .. D - 1``. A piecewise
+``interval`` (``[[iter0, I0], [iter1, I1], ...]``, ``I_k`` from iteration
+``iter_k`` on) is replayed sample by sample with the logger's own rules,
+``disk_save_interval`` ``T`` included: a dump is written at a sample ``i``
+with ``(i + I) % (T I) == 0`` and holds the last ``T`` samples, so samples
+between dumps can be dropped, or repeated after the interval grows (a row
+whose samples were already read is left out, with a note).
 
 The pickles are read with :mod:`siflow.io._safe_pickle` (no code runs, torch is
 not needed). SI tensors follow :func:`siflow.io._columns.si_weights` (pre-BN
@@ -21,6 +31,7 @@ two are merged on the union of their steps.
 
 from __future__ import annotations
 
+import bisect
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -35,7 +46,7 @@ from siflow.io._safe_pickle import load_pickles
 from siflow.io._text import check_path, parse_csv_table, read_text
 from siflow.trajectory import Trajectory
 
-__all__ = ["read_req", "detect", "req_rows"]
+__all__ = ["read_req", "detect", "req_rows", "replay_samples"]
 
 MappingArg = Mapping[str, str | None] | Sequence[str] | None
 
@@ -76,27 +87,155 @@ def req_rows(path: Path) -> dict[str, dict[str, np.ndarray]]:
     return out
 
 
+def _cfg_values(path: Path) -> dict[str, str]:
+    """``key: value`` text of REQ's logger config; a block value (``key:`` followed by
+    indented or ``-`` lines) is joined into one string; comments are dropped."""
+    values: dict[str, str] = {}
+    key = None
+    for line in read_text(path).splitlines():
+        text = line.split("#", 1)[0].rstrip()
+        m = re.match(r"^([A-Za-z_]+)\s*:(.*)$", text)
+        if m:
+            key = m.group(1)
+            values[key] = m.group(2).strip()
+        elif key is not None and text.strip():
+            values[key] = f"{values[key]} {text.strip()}".strip()
+    return values
+
+
+def _interval_table(text: str | None, label: str) -> list[tuple[int, int]]:
+    """``interval`` as ``[(first iteration, interval), ...]``: an integer is ``[(0, I)]``;
+    a list of ``[iter, interval]`` pairs (flow or block YAML, tuples tagged or not) in
+    increasing ``iter``."""
+    fix = (
+        "REQ's logger config gives the iterations between samples as an integer or as "
+        "[[iter0, interval0], [iter1, interval1], ...]"
+    )
+    text = (text or "").replace("!!python/tuple", "")
+    if re.fullmatch(r"\s*\d+\s*", text):
+        table = [(0, int(text))]
+    elif re.fullmatch(r"[\s\[\]()\-,\d]*", text) and re.search(r"\d", text):
+        numbers = [int(v) for v in re.findall(r"-?\d+", text)]
+        if len(numbers) % 2:
+            raise ValueError(f"{label}: 'interval' {text.strip()!r} is not a list of pairs; {fix}")
+        table = list(zip(numbers[0::2], numbers[1::2], strict=True))
+    else:
+        raise ValueError(f"{label} has no usable 'interval' ({text.strip()!r}); {fix}")
+    starts = [s for s, _ in table]
+    if any(i < 1 for _, i in table) or any(s < 0 for s in starts):
+        raise ValueError(f"{label}: 'interval' {text.strip()!r} must hold positive intervals")
+    if starts != sorted(set(starts)):
+        raise ValueError(f"{label}: 'interval' pairs {table} must start at increasing iterations")
+    return table
+
+
+def _positive_int(values: dict[str, str], key: str, label: str, why: str) -> int | None:
+    text = values.get(key, "").strip()
+    if text in ("", "null", "None", "~"):
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"{label}: {key!r} must be a positive integer, got {text!r}; {why}")
+    return value
+
+
 def _logger_cfg(path: Path) -> dict[str, Any]:
     label = repr(str(path))
-    cfg: dict[str, Any] = {}
-    for line in read_text(path).splitlines():
-        m = re.match(r"^([A-Za-z_]+)\s*:\s*([^#]*?)\s*(?:#.*)?$", line)
-        if m:
-            cfg[m.group(1)] = m.group(2)
-    out: dict[str, Any] = {}
-    for key in ("interval", "disk_downsample"):
-        try:
-            value = int(cfg[key])
-        except (KeyError, ValueError):
-            raise ValueError(
-                f"{label} has no positive integer {key!r}; REQ's logger config gives the "
-                f"iterations between rows"
-            ) from None
-        if value < 1:
-            raise ValueError(f"{label}: {key!r} must be a positive integer, got {value}")
-        out[key] = value
-    out["disk_reducer"] = cfg.get("disk_reducer", "rms") or "rms"
+    values = _cfg_values(path)
+    out: dict[str, Any] = {"interval": _interval_table(values.get("interval"), label)}
+    downsample = _positive_int(values, "disk_downsample", label, "it is the samples per row")
+    if downsample is None:
+        raise ValueError(
+            f"{label} has no positive integer 'disk_downsample'; REQ's logger config gives "
+            f"the samples per row"
+        )
+    out["disk_downsample"] = downsample
+    out["disk_save_interval"] = _positive_int(
+        values, "disk_save_interval", label, "it is the samples per dump"
+    )
+    reducer = values.get("disk_reducer", "").strip().strip("'\"") or "rms"
+    if reducer not in ("rms", "mean", "first"):
+        raise ValueError(
+            f"{label}: disk_reducer {reducer!r} is not one REQ's logger writes (rms, mean, first)"
+        )
+    out["disk_reducer"] = reducer
     return out
+
+
+def _interval_at(table: list[tuple[int, int]], it: int) -> int:
+    """REQ's rule: the interval of the last pair starting at or before ``it`` (before the
+    first pair's iteration, Python's index -1 picks the last pair)."""
+    idx = bisect.bisect_right([s for s, _ in table], it)
+    return table[idx - 1][1]
+
+
+def replay_samples(
+    interval: int | Sequence[tuple[int, int]], save_every: int, downsample: int, n_rows: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Iterations of the first and last sample of each of the first ``n_rows`` rows.
+
+    Replays REQ's ``DynamicsLogger``: at iteration ``i`` (optimizer steps taken) with
+    interval ``I`` it samples when ``i % I == 0``, and after a sample writes a dump when
+    ``(i + I) % (save_every * I) == 0``, holding the last ``save_every`` samples in rows
+    of ``downsample``.
+
+    Raises
+    ------
+    ValueError
+        If the schedule cannot write ``n_rows`` rows (a dump with fewer than
+        ``save_every`` samples ends REQ's run when ``downsample > 1``).
+    """
+    table = [(0, int(interval))] if isinstance(interval, (int, np.integer)) else list(interval)
+    starts = sorted(s for s, _ in table)
+    samples: list[int] = []
+    first: list[int] = []
+    last: list[int] = []
+    it = 0
+    budget = 1000 + 100 * (n_rows * downsample + save_every)
+    while len(first) < n_rows:
+        budget -= 1
+        if budget < 0:
+            raise ValueError("the logger config writes no dump in a long run of samples")
+        step = _interval_at(table, it)
+        if it % step == 0:
+            samples.append(it)
+            del samples[:-save_every]
+            if (it + step) % (save_every * step) == 0:
+                if len(samples) < save_every and downsample > 1:
+                    raise ValueError(
+                        f"a dump at iteration {it} holds {len(samples)} samples, fewer than "
+                        f"disk_save_interval = {save_every}; REQ's logger stops there"
+                    )
+                for k in range(0, len(samples) - downsample + 1, downsample):
+                    first.append(samples[k])
+                    last.append(samples[k + downsample - 1])
+        after = [s for s in starts if s > it]
+        it = min([(it // step + 1) * step, *after[:1]])
+    return np.asarray(first[:n_rows], np.int64), np.asarray(last[:n_rows], np.int64)
+
+
+def _row_steps(cfg: dict[str, Any], n_rows: int, label: str) -> tuple[np.ndarray, list[str]]:
+    """The step of each row (see the module docstring) and notes on dropped rows."""
+    table, d = cfg["interval"], cfg["disk_downsample"]
+    if len(table) == 1 and table[0][0] == 0:
+        per_row = table[0][1] * d
+        first = np.arange(n_rows, dtype=np.int64) * per_row
+        last = first + (d - 1) * table[0][1]
+    else:
+        if cfg["disk_save_interval"] is None:
+            raise ValueError(
+                f"{label}: a piecewise 'interval' needs 'disk_save_interval' (samples per "
+                f"dump) in logger_cfg.yaml to place the rows"
+            )
+        try:
+            first, last = replay_samples(table, cfg["disk_save_interval"], d, n_rows)
+        except ValueError as exc:
+            raise ValueError(f"{label}: {exc}; is logger_cfg.yaml the run's own?") from None
+    steps = first if cfg["disk_reducer"] == "first" else last
+    return steps, []
 
 
 def _row_table(rows: dict[str, dict[str, np.ndarray]], label: str) -> tuple[Table, dict]:
@@ -124,6 +263,12 @@ def _row_table(rows: dict[str, dict[str, np.ndarray]], label: str) -> tuple[Tabl
                 for k in range(values.shape[1]):
                     table[f"{stat}/{param}[{k}]"] = values[:, k]
     return table, {"si_tensors": si, "not_si": other}
+
+
+def _first_reads(steps: np.ndarray) -> np.ndarray:
+    """Rows whose step exceeds every earlier row's (a re-dumped row does not)."""
+    before = np.maximum.accumulate(np.concatenate([[-1], steps[:-1]]))
+    return steps > before
 
 
 def _summary(path: Path) -> tuple[np.ndarray, Table] | None:
@@ -197,13 +342,31 @@ def read_req(
     cfg = _logger_cfg(cfg_path)
     table, meta = _row_table(req_rows(p), label)
     n_rows = len(next(iter(table.values())))
-    per_row = cfg["interval"] * cfg["disk_downsample"]
-    steps = (np.arange(n_rows, dtype=np.int64) + 1) * per_row
+    steps, notes = _row_steps(cfg, n_rows, label)
+    keep = _first_reads(steps)
+    if not keep.all():
+        notes.append(
+            f"{int((~keep).sum())} dynamics rows repeat samples of earlier rows (the logger "
+            f"re-dumps samples after its interval grows) and are left out"
+        )
+        table = {k: v[keep] for k, v in table.items()}
+        steps = steps[keep]
     steps, table = _merge(steps, table, _summary(p.parent / "summary.csv"))
-    meta.update({"logger": cfg, "steps_per_row": per_row})
+    intervals = cfg["interval"]
+    constant = len(intervals) == 1 and intervals[0][0] == 0
+    meta.update(
+        {
+            "logger": cfg,
+            "steps_per_row": intervals[0][1] * cfg["disk_downsample"] if constant else None,
+        }
+    )
+    every = f"every {intervals[0][1]}" if constant else f"at the intervals {intervals}"
+    where = "the sample it keeps" if cfg["disk_reducer"] == "first" else "its last sample"
     meta["notes"] = [
         f"each dynamics row reduces ({cfg['disk_reducer']}) {cfg['disk_downsample']} samples "
-        f"taken every {cfg['interval']} iterations; its step is the row's last iteration"
+        f"taken {every} iterations, each before its optimizer step; the row's step is that "
+        f"of {where}",
+        *notes,
     ]
     defaults: dict[str, str | None] = {"rho": "si_norm", "grad_norm_raw": "si_grad_norm"}
     if group is not None and group.strip().lower() != "sum":
