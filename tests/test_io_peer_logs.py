@@ -413,3 +413,65 @@ def test_req_bad_interval_is_one_line(tmp_path, interval, match):
     (run / "logger_cfg.yaml").write_text(f"{interval}\ndisk_downsample: 2\ndisk_save_interval: 4\n")
     with pytest.raises(ValueError, match=match):
         sio.read(run)
+
+
+# ------------------------------------------- seed checkpoints inside epochs (--save_freq_int)
+def _seed_intra_epoch_copy(tmp_path, exp_new, batch, report):
+    """The genuine run's tree renamed to ``exp_new``, its command.sh's batch size set and
+    ``report_epochs`` replaced by ``report`` (rows kept in order), as get_info.py writes a
+    --save_freq_int run: checkpoint-e-k.pt as e + k/F and checkpoint-e.pt as e + 1."""
+    import re
+    import shutil
+
+    exp_old = next((SEED / "info").iterdir()).name
+    root = tmp_path / SEED.name
+    shutil.copytree(SEED, root)
+    for sub in ("info", "checkpoints"):
+        (root / sub / exp_old).rename(root / sub / exp_new)
+    cmd = root / "checkpoints" / exp_new / "trial_0" / "command.sh"
+    text = re.sub(r"--batch_size \d+", f"--batch_size {batch}", cmd.read_text())
+    cmd.write_text(text.replace(" --fbgd", "") if "fbgd" not in exp_new else text)
+    path = root / "info" / exp_new / "train-tm.npz"
+    arrays = dict(np.load(path))
+    n = len(report)
+    arrays = {
+        k: (v[:n] if v.ndim and len(v) == len(arrays["report_epochs"]) else v)
+        for k, v in arrays.items()
+    }
+    arrays["report_epochs"] = np.asarray(report, dtype=np.float64)
+    np.savez(path, **arrays)
+    return path, arrays
+
+
+def test_seed_intra_epoch_checkpoints_minibatch(tmp_path):
+    # ds500, batch 128: K = 4 steps per epoch; F = 3: train.py saves checkpoint-e-1 after
+    # batch 2 (3 * 2 / 4 >= 1) and checkpoint-e-2 after batch 3 (3 * 3 / 4 >= 2)
+    exp = "c4_d3_ds500_lr1.0_wd0.01_mom0.0_corr0.0_epoch300_noschinitscale10.0_noaug"
+    report = [1 / 3, 2 / 3, 1.0, 1 + 1 / 3, 1 + 2 / 3, 2.0, 2 + 1 / 3]
+    path, arrays = _seed_intra_epoch_copy(tmp_path, exp, 128, report)
+    t = sio.read(path)
+    np.testing.assert_array_equal(t.step, [2, 3, 4, 6, 7, 8, 10])
+    np.testing.assert_array_equal(t.loss, arrays["loss"])
+    assert t.meta["steps_per_epoch"] == 4
+    assert any("inside epochs" in note for note in t.meta["notes"])
+
+
+def test_seed_intra_epoch_checkpoints_full_batch_repeat_the_epoch_start(tmp_path):
+    # full batch: the one update of epoch e comes after its batch, so checkpoint-e-1
+    # (reported e + 1/2) holds the weights of checkpoint-(e-1) (reported e): left out
+    exp = next((SEED / "info").iterdir()).name
+    path, arrays = _seed_intra_epoch_copy(tmp_path, exp, 500, [0.5, 1.0, 1.5, 2.0, 2.5, 3.0])
+    t = sio.read(path)
+    np.testing.assert_array_equal(t.step, [0, 1, 2, 3])
+    np.testing.assert_array_equal(t.loss, arrays["loss"][[0, 1, 3, 5]])
+    assert any("left out" in note for note in t.meta["notes"])
+
+
+def test_seed_intra_epoch_checkpoints_need_the_steps_per_epoch(tmp_path):
+    exp = "c4_d3_ds500_lr1.0_wd0.01_mom0.0_corr0.0_epoch300_noschinitscale10.0_noaug"
+    path, _ = _seed_intra_epoch_copy(tmp_path, exp, 128, [0.5, 1.0, 1.5])
+    (path.parents[2] / "checkpoints" / exp / "trial_0" / "command.sh").unlink()
+    with pytest.raises(ValueError, match="inside epochs.*steps_per_epoch"):
+        sio.read(path)
+    t = sio.read(path, steps_per_epoch=6)  # F = 2: after batch 3 of 6
+    np.testing.assert_array_equal(t.step, [3, 6, 9])

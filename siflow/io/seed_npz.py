@@ -26,7 +26,11 @@ epoch: 1 for a full-batch run (``_fbgd`` in the name), otherwise
 ``ceil(data size / batch size)`` when the data size (``ds<N>`` in the name) and
 the batch size (``--batch_size`` in the run's ``command.sh``) are known, or
 ``steps_per_epoch=`` when given. Without ``K`` the time axis is epochs
-completed, ``meta["time_unit"] == "epoch"``.
+completed, ``meta["time_unit"] == "epoch"``. A run saved inside epochs
+(``train.py --save_freq_int F``) is reported in epochs done: ``checkpoint-e-k``
+as ``e + k/F``, ``checkpoint-e`` as ``e + 1``; its steps are ``e K`` plus the
+batches ``train.py`` had run at the save (:func:`intra_epoch_denominator`), and
+they need ``K``.
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ __all__ = [
     "seed_model",
     "seed_si_tensors",
     "seed_steps_per_epoch",
+    "intra_epoch_denominator",
     "detect",
 ]
 
@@ -359,6 +364,20 @@ def seed_time_axis(
     else:
         k = found
     meta["steps_per_epoch_source"] = how
+    f = intra_epoch_denominator(epochs)
+    if f is not None:
+        if k is None:
+            raise ValueError(
+                f"{str(p)!r} holds checkpoints inside epochs (report_epochs e + k/{f}, "
+                f"get_info.py --save_freq_int): their steps need the steps per epoch; {how}"
+            )
+        meta["steps_per_epoch"] = k
+        meta.setdefault("notes", []).append(
+            f"checkpoints inside epochs (--save_freq_int, report_epochs e + k/{f} = epochs "
+            f"done): step e K plus the batches train.py had run when it saved them"
+        )
+        fbgd = re.search(r"(?:^|_)fbgd(?:_|$)", _experiment_dir_parts(p)[0]) is not None
+        return _intra_epoch_steps(epochs, f, k, fbgd), "step"
     completed = epochs.astype(np.int64) + 1
     if k is None:
         meta["time_note"] = (
@@ -466,6 +485,15 @@ def read_seed_npz(
     meta = _run_meta(p, lr, wd)
     step, unit = seed_time_axis(p, epochs, steps_per_epoch, meta)
     notes = meta.setdefault("notes", [])
+    later = np.concatenate([[True], step[1:] > np.maximum.accumulate(step)[:-1]])
+    if not later.all():
+        # a full-batch run's checkpoints inside an epoch hold the weights of its start
+        notes.append(
+            f"{int((~later).sum())} checkpoints inside epochs repeat the step of an earlier "
+            f"one (no update yet in that epoch) and are left out"
+        )
+        table = {name: values[later] for name, values in table.items()}
+        step, epochs = step[later], epochs[later]
     if skipped:
         meta["skipped_keys"] = sorted(skipped)
     if "gnorm_m" in table:
@@ -476,7 +504,8 @@ def read_seed_npz(
         if si and f"{si[0]}_norm" not in _load_keys(p):
             notes.append("per-tensor norms of the same checkpoints taken from train-tm.npz")
     meta["si_tensors"], meta["not_si"] = si, other
-    factors, how = seed_lr_factors(p, epochs)
+    in_epoch = epochs if intra_epoch_denominator(epochs) is None else np.ceil(epochs - 1e-9) - 1
+    factors, how = seed_lr_factors(p, in_epoch)
     if factors is not None and "lr" in meta:
         # the lr of the epoch each checkpoint closes; the effective LR follows it
         meta["lr_init"] = meta.pop("lr")
@@ -573,11 +602,54 @@ def _report_epochs(arrays: dict[str, np.ndarray], label: str) -> np.ndarray:
     if epochs.ndim != 1 or epochs.size == 0 or epochs.dtype.kind not in "iuf":
         raise ValueError(f"{label}: 'report_epochs' must be a non-empty 1-d numeric array")
     finite = np.isfinite(epochs.astype(np.float64))
-    if not np.all(finite) or np.any(epochs != np.round(epochs)) or np.any(epochs < 0):
-        raise ValueError(f"{label}: 'report_epochs' must hold whole epochs >= 0")
+    if not np.all(finite) or np.any(epochs < 0):
+        raise ValueError(f"{label}: 'report_epochs' must hold epochs >= 0")
     if np.any(np.abs(epochs.astype(np.float64)) > 2.0**40):
         raise ValueError(f"{label}: 'report_epochs' values are out of range for epochs")
+    if np.any(np.diff(epochs.astype(np.float64)) <= 0):
+        raise ValueError(f"{label}: 'report_epochs' must increase (get_info.py sorts them)")
     return epochs
+
+
+def intra_epoch_denominator(epochs: np.ndarray, label: str = "report_epochs") -> int | None:
+    """``F`` when checkpoints sit inside epochs (``report_epochs`` ``e + k/F``), else ``None``.
+
+    Their ``get_info.py --save_freq_int F`` reports checkpoint ``checkpoint-e-k.pt``
+    (saved during epoch ``e``, after ``k/F`` of its batches) as ``e + k/F`` and
+    ``checkpoint-e.pt`` as ``e + 1``: epochs of training done. ``F`` here is the
+    least denominator of the fractions seen.
+    """
+    e = np.asarray(epochs, dtype=np.float64)
+    frac = e - np.floor(e)
+    if not np.any(frac > 1e-9):
+        return None
+    for f in range(2, 100001):
+        if np.all(np.abs(frac * f - np.round(frac * f)) < 1e-6):
+            return f
+    raise ValueError(
+        f"{label}: 'report_epochs' holds fractions that are not e + k/F (F <= 100000), as "
+        f"get_info.py --save_freq_int F writes them"
+    )
+
+
+def _intra_epoch_steps(epochs: np.ndarray, f: int, k: int, full_batch: bool) -> np.ndarray:
+    """Steps of checkpoints reported as epochs done (``e + k/F`` or whole ``e``).
+
+    Whole ``e``: ``e K``. ``e + j/F``: ``e K + b_j``, ``b_j`` the batches done when
+    ``train.py`` saves it: the first batch ``i`` (from 1) with ``F i / K >= j`` after the
+    previous save's batch (one save per batch); a full-batch run updates once per
+    epoch, after its batch, so its checkpoints inside epoch ``e`` are at step ``e``.
+    """
+    e = np.asarray(epochs, dtype=np.float64)
+    whole = np.floor(e + 1e-9)
+    j = np.round((e - whole) * f).astype(np.int64)
+    steps = whole.astype(np.int64) * k
+    if full_batch:
+        return steps
+    done = np.zeros(f, dtype=np.int64)  # batches done at save j = 1 .. F-1
+    for i in range(1, f):
+        done[i] = max(-(-i * k // f), done[i - 1] + 1)
+    return steps + np.where(j > 0, done[np.minimum(j, f - 1)], 0)
 
 
 def _check_seed_group(group: str | None, si: list[str], other: list[str], label: str) -> None:
