@@ -475,3 +475,35 @@ def test_seed_intra_epoch_checkpoints_need_the_steps_per_epoch(tmp_path):
         sio.read(path)
     t = sio.read(path, steps_per_epoch=6)  # F = 2: after batch 3 of 6
     np.testing.assert_array_equal(t.step, [3, 6, 9])
+
+
+def test_idealgas_trace_saved_at_a_checkpoint_before_the_end(tmp_path):
+    # their loop rewrites trace.pt at every ckpt iteration with the lists so far: cut the
+    # genuine trace as a save at iteration 620 holds it (running entries 50 .. 600, the
+    # evaluations at log_iters 200, 400, 600), config.json unchanged (num_iters 1000)
+    import shutil
+
+    import torch  # writes the trace as their loop does
+
+    run = tmp_path / "run"
+    shutil.copytree(IDEAL, run)
+    full = torch.load(IDEAL / "trace.pt", weights_only=False)  # genuine test data
+    cfg = json.loads((IDEAL / "config.json").read_text())
+    logged = [i for i in cfg["log_iters"] if i <= 620]
+    assert logged == [200, 400, 600]
+    cut = {}
+    for key, values in full["trace"].items():
+        if key in ("running_radius", "running_loss", "stoch_grad_norm"):
+            cut[key] = values[:12]
+        elif len(values) == len([i for i in cfg["log_iters"] if i <= 1000]):
+            cut[key] = values[: len(logged)]
+        else:
+            cut[key] = values
+    torch.save({"model": full["model"], "trace": cut}, run / "trace.pt")
+    t = sio.read(run)
+    at = np.searchsorted(t.step, logged)
+    np.testing.assert_array_equal(t.step[at], logged)
+    np.testing.assert_array_equal(
+        t.extra["train_loss (eval)"][at], [float(v) for v in full["trace"]["train_loss"][:3]]
+    )
+    assert t.step[-1] == 600 and np.isnan(t.extra["train_loss (eval)"]).sum() == t.step.size - 3

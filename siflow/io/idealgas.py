@@ -9,7 +9,10 @@ of the SI parameters) are appended every ``running_log_freq`` iterations: entry
 ``i`` is at iteration ``(i + 1) * running_log_freq``. Evaluation metrics
 (``train_loss``, ``test_loss``, ``train_acc``, ``full_grad_norm``, ...) are
 appended at the ``log_iters`` up to ``num_iters``; ``weight``/``stoch_grad``
-(flattened vectors at checkpoints) are not columns.
+(flattened vectors at checkpoints) are not columns. Their loop rewrites
+``trace.pt`` at every ``ckpt_iters`` iteration with the lists so far: such a
+file (a run still going, or one stopped early) holds the metrics of the first
+log iterations only, and is read as far as it goes.
 
 ``opt_mode`` in ``config.json`` says what ``lr`` means. ``fixed_lr``: the SGD
 learning rate. ``fixed_elr``: the effective LR; before each step their loop sets
@@ -94,23 +97,25 @@ def _table(trace: Mapping[str, Any], cfg: dict[str, Any], label: str) -> tuple[n
     steps = (np.arange(n, dtype=np.int64) + 1) * freq
     num_iters = int(cfg.get("num_iters") or steps[-1] if n else 0)
     log_iters = sorted(int(i) for i in cfg.get("log_iters", []) if int(i) <= num_iters)
-    evals = {
-        k: v
-        for k, v in trace.items()
-        if k not in _RUNNING and isinstance(v, list) and v and len(v) == len(log_iters)
-    }
-    union = np.union1d(steps, np.array(log_iters, dtype=np.int64))
+    # an evaluation metric holds one entry per log iteration reached: all of them at the end
+    # of the run, the first m of them in a trace saved at a checkpoint iteration before it
+    evals: dict[str, np.ndarray] = {}
+    for key, values in trace.items():
+        if key in _RUNNING or not isinstance(values, list) or not 0 < len(values) <= len(log_iters):
+            continue
+        try:
+            evals[key] = _series(trace, key, label)
+        except ValueError:
+            continue  # the weight and gradient vectors at checkpoints
+    reached = log_iters[: max((v.size for v in evals.values()), default=0)]
+    union = np.union1d(steps, np.array(reached, dtype=np.int64))
     table: Table = {}
     at_running = np.searchsorted(union, steps)
     for key, values in running.items():
         table[key] = np.full(union.size, np.nan)
         table[key][at_running] = values
-    at_eval = np.searchsorted(union, np.array(log_iters, dtype=np.int64))
-    for key in evals:
-        try:
-            values = _series(trace, key, label)
-        except ValueError:
-            continue
+    for key, values in evals.items():
+        at_eval = np.searchsorted(union, np.array(log_iters[: values.size], dtype=np.int64))
         table[f"{key} (eval)"] = np.full(union.size, np.nan)
         table[f"{key} (eval)"][at_eval] = values
     return union, table
