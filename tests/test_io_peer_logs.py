@@ -507,3 +507,65 @@ def test_idealgas_trace_saved_at_a_checkpoint_before_the_end(tmp_path):
         t.extra["train_loss (eval)"][at], [float(v) for v in full["trace"]["train_loss"][:3]]
     )
     assert t.step[-1] == 600 and np.isnan(t.extra["train_loss (eval)"]).sum() == t.step.size - 3
+
+
+# ------------------------------------------------- neural-mechanics: SI tensors of their models
+def test_nm_si_tensors_of_their_resnet_and_vgg_names():
+    # parameter names and shapes of the repository's models/tinyimagenet_resnet.py (a
+    # BasicBlock with a projection shortcut) and models/tinyimagenet_vgg.py (VGG with
+    # BatchNorm), written out by hand from their module definitions
+    from siflow.io.neural_mechanics import nm_si_tensors
+
+    resnet = {
+        "conv1.0.weight": (64, 3, 3, 3),
+        "conv1.1.weight": (64,),
+        "conv1.1.bias": (64,),
+        "conv3_x.0.residual_function.0.weight": (128, 64, 3, 3),
+        "conv3_x.0.residual_function.1.weight": (128,),
+        "conv3_x.0.residual_function.1.bias": (128,),
+        "conv3_x.0.residual_function.3.weight": (128, 128, 3, 3),
+        "conv3_x.0.residual_function.4.weight": (128,),
+        "conv3_x.0.residual_function.4.bias": (128,),
+        "conv3_x.0.shortcut.0.weight": (128, 64, 1, 1),
+        "conv3_x.0.shortcut.1.weight": (128,),
+        "conv3_x.0.shortcut.1.bias": (128,),
+        "fc.weight": (200, 128),
+        "fc.bias": (200,),
+    }
+    si, other = nm_si_tensors(resnet)
+    assert sorted(si) == sorted(
+        [
+            "conv1.0.weight",
+            "conv3_x.0.residual_function.0.weight",
+            "conv3_x.0.residual_function.3.weight",
+            "conv3_x.0.shortcut.0.weight",
+        ]
+    )
+    assert "fc.weight" in other and "conv1.1.weight" in other
+    vgg = {
+        "features.0.weight": (64, 3, 3, 3),  # conv with bias: the bias cancels in BatchNorm
+        "features.0.bias": (64,),
+        "features.1.weight": (64,),
+        "features.1.bias": (64,),
+        "features.4.weight": (128, 64, 3, 3),
+        "features.4.bias": (128,),
+        "features.5.weight": (128,),
+        "features.5.bias": (128,),
+        "classifier.0.weight": (256, 512),
+        "classifier.0.bias": (256,),
+        "classifier.3.weight": (256, 256),
+        "classifier.3.bias": (256,),
+        "classifier.6.weight": (10, 256),
+        "classifier.6.bias": (10,),
+    }
+    si, _ = nm_si_tensors(vgg)
+    assert sorted(si) == ["features.0.weight", "features.4.weight"]
+    # torchvision's naming (conv1 -> bn1, downsample.0 -> downsample.1)
+    tv = {
+        "layer1.0.conv1.weight": (8, 8, 3, 3),
+        "layer1.0.bn1.weight": (8,),
+        "layer1.0.downsample.0.weight": (8, 4, 1, 1),
+        "layer1.0.downsample.1.weight": (8,),
+        "fc.weight": (10, 8),
+    }
+    assert sorted(nm_si_tensors(tv)[0]) == ["layer1.0.conv1.weight", "layer1.0.downsample.0.weight"]

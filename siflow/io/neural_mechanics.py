@@ -10,9 +10,11 @@ run directory holds ``lr``, ``wd``, ``momentum``, ``train_batch_size``, ``model`
 and ``optimizer``. ``cache/*.h5`` are derived per-metric caches and are not read.
 
 SI tensors: a weight of two or more dimensions whose next parameter module (in
-the model's numbering) is a 1-d normalisation weight of its output width (a
-BatchNorm after the layer); the classifier and the BatchNorm parameters are not
-SI. ``rho = sqrt(sum_g |w_g|^2)`` over SI tensors, computed from ``params``;
+the model's numbering: ``1.weight`` -> ``2.weight`` in an ``nn.Sequential``,
+``features.0`` -> ``features.1`` or ``residual_function.3`` -> ``.4`` within one
+parent module, ``conv1`` -> ``bn1``) is a 1-d normalisation weight of its output
+width (a BatchNorm after the layer); the classifier and the BatchNorm parameters
+are not SI. ``rho = sqrt(sum_g |w_g|^2)`` over SI tensors, computed from ``params``;
 the raw gradient norm likewise from ``grad_buffer``. Needs ``h5py`` (the ``h5``
 extra: ``pip install "siflow[h5]"``).
 """
@@ -81,19 +83,56 @@ def _module_index(name: str) -> tuple[int, ...] | None:
     return tuple(int(x) for x in parts)
 
 
-def nm_si_tensors(shapes: Mapping[str, tuple[int, ...]]) -> tuple[list[str], list[str]]:
-    """``(si, other)``: weights followed by a BatchNorm of their output width."""
-    weights = sorted(
-        (idx, n) for n in shapes if n.endswith(".weight") and (idx := _module_index(n)) is not None
-    )
-    si = []
-    for k, (_idx, name) in enumerate(weights):
-        shape = shapes[name]
-        if len(shape) < 2 or k + 1 >= len(weights):
+def _next_weights(names: list[str]) -> dict[str, str]:
+    """Each weight's next parameter module, from the names alone.
+
+    All-numeric module paths (an ``nn.Sequential``, ``1.weight``): the next weight in
+    numeric order. Otherwise, within one parent module: the next numbered child
+    (``layer.0.weight`` -> ``layer.1.weight``, or ``layer.3`` after a ReLU at 2), or
+    ``bnK`` after ``convK`` (``conv1.weight`` -> ``bn1.weight``).
+    """
+    nxt: dict[str, str] = {}
+    numeric = sorted((idx, n) for n in names if (idx := _module_index(n)) is not None)
+    for (_, a), (_, b) in zip(numeric, numeric[1:], strict=False):
+        nxt[a] = b
+    children: dict[str, list[tuple[int, str]]] = {}
+    present = set(names)
+    for n in names:
+        if n in nxt or _module_index(n) is not None:
             continue
-        nxt = shapes[weights[k + 1][1]]
-        if len(nxt) == 1 and nxt[0] == shape[0]:
-            si.append(name)
+        parent, _, last = n.rsplit(".", 1)[0].rpartition(".")
+        if last.isdigit():
+            children.setdefault(parent, []).append((int(last), n))
+        elif m := re.fullmatch(r"conv(\d*)", last):
+            bn = f"{parent}.bn{m.group(1)}.weight" if parent else f"bn{m.group(1)}.weight"
+            if bn in present:
+                nxt[n] = bn
+    for kids in children.values():
+        kids.sort()
+        for (_, a), (_, b) in zip(kids, kids[1:], strict=False):
+            nxt[a] = b
+    return nxt
+
+
+def nm_si_tensors(shapes: Mapping[str, tuple[int, ...]]) -> tuple[list[str], list[str]]:
+    """``(si, other)``: weights followed by a BatchNorm of their output width.
+
+    A weight of two or more dimensions is SI when its next parameter module
+    (:func:`_next_weights`) has a 1-d weight of its output width (a BatchNorm after
+    the layer, possibly after a ReLU: ``BN(ReLU(c W x)) = BN(ReLU(W x))`` for ``c > 0``;
+    a bias before the BatchNorm cancels in it).
+    """
+    weights = [n for n in shapes if n.endswith(".weight")]
+    nxt = _next_weights(weights)
+    si = [
+        n
+        for n in weights
+        if len(shapes[n]) >= 2
+        and n in nxt
+        and len(shapes[nxt[n]]) == 1
+        and shapes[nxt[n]][0] == shapes[n][0]
+    ]
+    si.sort(key=lambda n: (_module_index(n) or (), n))
     return si, [n for n in shapes if n not in si]
 
 
