@@ -97,15 +97,30 @@ WEIGHT_TYPES: tuple[type, ...] = (nn.Linear, nn.modules.conv._ConvNd)
 #: Positively homogeneous (degree 1) maps allowed between the weight and the norm layer.
 PASS_MODULES: tuple[type, ...] = (
     nn.ReLU,
+    nn.LeakyReLU,
+    nn.PReLU,
     nn.Identity,
     nn.Flatten,
+    nn.Unflatten,
+    nn.Upsample,
     nn.modules.pooling._MaxPoolNd,
     nn.modules.pooling._AvgPoolNd,
     nn.modules.pooling._AdaptiveAvgPoolNd,
     nn.modules.pooling._AdaptiveMaxPoolNd,
     nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
 )
-_PASS_FUNCTIONS = {"relu", "flatten", "max_pool1d", "max_pool2d", "avg_pool2d", "dropout"}
+#: Rectifiers: positively homogeneous, but a bias before them does not pass through.
+RECTIFIER_TYPES: tuple[type, ...] = (nn.ReLU, nn.LeakyReLU, nn.PReLU)
+_RECTIFIER_FUNCTIONS = {"relu", "relu_", "leaky_relu", "leaky_relu_", "prelu"}
+_PASS_FUNCTIONS = {
+    "relu", "relu_", "leaky_relu", "leaky_relu_", "prelu", "flatten", "dropout", "dropout1d",
+    "dropout2d", "dropout3d", "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d",
+    "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d",
+    "adaptive_avg_pool3d", "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d",
+}  # fmt: skip
 _PASS_METHODS = {"relu", "view", "reshape", "flatten", "contiguous"}
 
 GroupSpec = Mapping[str, Sequence[Any]] | Sequence[str] | None
@@ -138,23 +153,63 @@ def freeze_classifier(layer: Any, norm: float = 10.0) -> None:
 
 
 # --------------------------------------------------------------------------- detection
-def _bias_ok(layer: Any, norm: Any, rectified: bool = False) -> bool:
-    """A bias before the norm layer keeps the weight SI only if the norm removes it.
+def _cancels_bias(norm: Any, layer: Any) -> bool:
+    """Whether ``norm`` subtracts a mean that holds a per-channel bias of ``layer``.
 
-    BatchNorm subtracts the per-channel batch mean, which cancels a per-channel bias
-    exactly; LayerNorm/GroupNorm/InstanceNorm do not in general. Nor does BatchNorm
-    after a ReLU (``rectified``): ``relu(c W x + b) != c relu(W x + b)``.
+    BatchNorm subtracts each channel's batch mean; InstanceNorm, and GroupNorm with one
+    channel per group, subtract each channel's mean over its positions, which holds a
+    convolution's per-channel bias. LayerNorm, and GroupNorm over several channels, mix
+    channels with different biases: the bias does not cancel.
+    """
+    if isinstance(norm, nn.modules.batchnorm._BatchNorm):
+        return True
+    per_channel = isinstance(norm, nn.modules.instancenorm._InstanceNorm) or (
+        isinstance(norm, nn.GroupNorm) and norm.num_groups == norm.num_channels
+    )
+    return per_channel and isinstance(layer, nn.modules.conv._ConvNd)
+
+
+def _bias_ok(layer: Any, norm: Any, rectified: bool = False) -> bool:
+    """A bias before the norm layer keeps the weight SI only if the norm removes it
+    (:func:`_cancels_bias`), and not after a rectifier (``rectified``):
+    ``relu(c W x + b) != c relu(W x + b)``.
     """
     bias = getattr(layer, "bias", None)
-    return bias is None or (isinstance(norm, nn.modules.batchnorm._BatchNorm) and not rectified)
+    return bias is None or (_cancels_bias(norm, layer) and not rectified)
 
 
 def _is_rectifier(node: Any, modules: Mapping[str, Any]) -> bool:
-    """A ReLU (module, function or method): positively homogeneous, but not shift-free."""
+    """A ReLU, LeakyReLU or PReLU (module, function or method): positively homogeneous,
+    but not shift-free."""
     if node.op == "call_module":
-        return isinstance(modules.get(node.target), nn.ReLU)
+        return isinstance(modules.get(node.target), RECTIFIER_TYPES)
     name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
-    return name in ("relu", "leaky_relu")
+    return name in _RECTIFIER_FUNCTIONS
+
+
+def _called_weights(graph: Any, modules: Mapping[str, Any]) -> tuple[set[str], set[str]]:
+    """``(once, unsafe)``: weight layers called by exactly one graph node, and those whose
+    weight the graph also reads directly (``get_attr``) or that sit inside a module the
+    trace did not enter (their uses are not visible)."""
+    calls: dict[str, int] = {}
+    opaque: list[str] = []
+    read: set[str] = set()
+    for node in graph.nodes:
+        if node.op == "call_module":
+            mod = modules.get(node.target)
+            if isinstance(mod, WEIGHT_TYPES):
+                calls[node.target] = calls.get(node.target, 0) + 1
+            elif not isinstance(mod, NORM_TYPES + PASS_MODULES):
+                opaque.append(f"{node.target}.")
+        elif node.op == "get_attr":
+            read.add(str(node.target).rsplit(".", 1)[0])
+    inside = {
+        name
+        for name, mod in modules.items()
+        if isinstance(mod, WEIGHT_TYPES) and any(name.startswith(o) for o in opaque)
+    }
+    once = {name for name, n in calls.items() if n == 1}
+    return once, read | inside
 
 
 def _fx_groups(graph: Any, modules: Mapping[str, Any]) -> list[str]:
@@ -162,6 +217,7 @@ def _fx_groups(graph: Any, modules: Mapping[str, Any]) -> list[str]:
     from torch import fx
 
     found: list[str] = []
+    once, unsafe = _called_weights(graph, modules)
     for node in graph.nodes:
         if node.op != "call_module" or not isinstance(modules.get(node.target), NORM_TYPES):
             continue
@@ -172,7 +228,8 @@ def _fx_groups(graph: Any, modules: Mapping[str, Any]) -> list[str]:
             if src.op == "call_module":
                 mod = modules.get(src.target)
                 if isinstance(mod, WEIGHT_TYPES):
-                    if _bias_ok(mod, norm, rectified) and mod.weight is not None:
+                    ok = src.target in once and src.target not in unsafe
+                    if ok and _bias_ok(mod, norm, rectified) and mod.weight is not None:
                         found.append(f"{src.target}.weight")
                     break
                 if not isinstance(mod, PASS_MODULES):
@@ -208,13 +265,20 @@ class _Degree:
 
     ``k``: the value is multiplied by ``c**k``; ``src``: the candidate weights it depends
     on since the last normalization; ``biased``: a bias was added to a scaled value (only
-    a BatchNorm, which subtracts the per-channel mean, cancels it).
+    a normalization that subtracts the per-channel mean cancels it, :func:`_cancels_bias`);
+    ``layer``: the weight layer that added it.
     """
 
-    __slots__ = ("biased", "k", "src")
+    __slots__ = ("biased", "k", "layer", "src")
 
-    def __init__(self, k: int = 0, src: frozenset[str] = frozenset(), biased: bool = False):
-        self.k, self.src, self.biased = k, src, biased
+    def __init__(
+        self,
+        k: int = 0,
+        src: frozenset[str] = frozenset(),
+        biased: bool = False,
+        layer: Any = None,
+    ):
+        self.k, self.src, self.biased, self.layer = k, src, biased, layer
 
 
 def _node_args(node: Any, fx: Any) -> list[Any]:
@@ -256,9 +320,10 @@ def _joint_conflict(graph: Any, modules: Mapping[str, Any], cand: set[str], fx: 
                 return set(first.src)
             w = f"{node.target}.weight"
             k, src = (first.k + 1, first.src | {w}) if w in cand else (first.k, first.src)
-            deg[node] = _Degree(k, src, biased=k > 0 and getattr(mod, "bias", None) is not None)
+            biased = k > 0 and getattr(mod, "bias", None) is not None
+            deg[node] = _Degree(k, src, biased, layer=mod)
         elif isinstance(mod, NORM_TYPES):
-            if first.biased and not isinstance(mod, nn.modules.batchnorm._BatchNorm):
+            if first.biased and not _cancels_bias(mod, first.layer):
                 return set(first.src)
             deg[node] = zero
         elif (
@@ -275,7 +340,9 @@ def _joint_conflict(graph: Any, modules: Mapping[str, Any], cand: set[str], fx: 
         elif name in _ADD_FUNCTIONS and ins:
             if len({(d.k, d.biased) for d in ins}) > 1:
                 return set().union(*(d.src for d in ins))
-            deg[node] = _Degree(first.k, frozenset().union(*(d.src for d in ins)), first.biased)
+            deg[node] = _Degree(
+                first.k, frozenset().union(*(d.src for d in ins)), first.biased, first.layer
+            )
         elif len(ins) == 1 and (
             name in ("mul", "imul") or (name == "truediv" and node.args[0] is args[0])
         ):
@@ -298,6 +365,7 @@ def _fx_joint_weights(graph: Any, modules: Mapping[str, Any], exclude: Iterable[
     from torch import fx
 
     skip = set(exclude)
+    called, unsafe = _called_weights(graph, modules)
     cand = [
         f"{name}.weight"
         for name, mod in modules.items()
@@ -305,6 +373,8 @@ def _fx_joint_weights(graph: Any, modules: Mapping[str, Any], exclude: Iterable[
         and getattr(mod, "weight", None) is not None
         and mod.weight.requires_grad
         and f"{name}.weight" not in skip
+        and name not in unsafe
+        and (name in called or _is_called(graph, name))
     ]
     keep = set(cand)
     while keep:
@@ -313,6 +383,10 @@ def _fx_joint_weights(graph: Any, modules: Mapping[str, Any], exclude: Iterable[
             break
         keep -= drop
     return [w for w in cand if w in keep]
+
+
+def _is_called(graph: Any, name: str) -> bool:
+    return any(n.op == "call_module" and n.target == name for n in graph.nodes)
 
 
 def _hook_groups(model: Any, example_input: Any) -> list[str]:
@@ -355,11 +429,17 @@ def find_si_groups(
 
     A ``Linear``/``Conv`` weight is SI when its output reaches a normalization layer
     (BatchNorm, LayerNorm, GroupNorm, InstanceNorm) only through positively
-    homogeneous maps (ReLU, pooling, flatten, view) and is used nowhere else:
-    ``Norm(h(c W x)) = Norm(c h(W x)) = Norm(h(W x))`` for ``c > 0`` (exact when the
-    norm's ``eps`` is 0). The norm layer's own affine terms, if any, come after the
-    normalization and do not change this; they are not SI themselves and are not
-    returned. A bias before the norm is allowed only for BatchNorm, which cancels it.
+    homogeneous maps (ReLU, LeakyReLU, PReLU, pooling, dropout, upsampling, flatten,
+    view) and is used nowhere else: ``Norm(h(c W x)) = Norm(c h(W x)) = Norm(h(W x))``
+    for ``c > 0`` (exact when the norm's ``eps`` is 0). The norm layer's own affine
+    terms, if any, come after the normalization and do not change this; they are not
+    SI themselves and are not returned. A bias before the norm is allowed only where
+    the norm subtracts each channel's mean (BatchNorm; InstanceNorm or one-channel
+    GroupNorm after a convolution), with no rectifier in between. "Nowhere else": the
+    layer is called once in the traced graph, its weight is not read directly, and it
+    is not inside a module the trace does not enter (``torch.fx`` keeps
+    ``nn.TransformerEncoderLayer`` or ``nn.MultiheadAttention`` whole; nothing inside
+    them is reported).
 
     Parameters
     ----------

@@ -660,3 +660,142 @@ def test_freeze_classifier_rescales_zeroes_and_freezes():
         freeze_classifier(nn.Linear(2, 2), -1.0)
     with pytest.raises(ValueError, match="weight"):
         freeze_classifier(nn.ReLU())
+
+
+# ------------------------------------------------- detection on other architectures
+class _Tied(nn.Module):
+    """One layer applied twice before the BatchNorm: SI (degree 2), but not a single use."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(12, 12, bias=False)
+        self.bn = nn.BatchNorm1d(12)
+        self.head = nn.Linear(12, 3)
+
+    def forward(self, x):
+        return self.head(self.bn(self.lin(self.lin(x.flatten(1)[:, :12]))))
+
+
+class _Encoder(nn.Module):
+    """A transformer layer: torch.fx does not enter it, so nothing inside is provable."""
+
+    def __init__(self, norm_first):
+        super().__init__()
+        self.emb = nn.Linear(1, 8)
+        self.enc = nn.TransformerEncoderLayer(
+            8, 2, 16, 0.0, batch_first=True, norm_first=norm_first
+        )
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(self.enc(self.emb(x.flatten(2).transpose(1, 2))).mean(1))
+
+
+def _flat(*layers):
+    return nn.Sequential(nn.Flatten(), *layers)
+
+
+ARCHITECTURES = {
+    # name: (model, weights SI alone, weights SI only jointly)
+    "leaky_relu_into_bn": (
+        lambda: _flat(
+            nn.Linear(64, 16, bias=False), nn.LeakyReLU(0.1), nn.BatchNorm1d(16), nn.Linear(16, 3)
+        ),
+        ["1.weight"],
+        [],
+    ),
+    "prelu_into_bn": (
+        lambda: _flat(
+            nn.Linear(64, 16, bias=False), nn.PReLU(), nn.BatchNorm1d(16), nn.Linear(16, 3)
+        ),
+        ["1.weight"],
+        [],
+    ),
+    "biased_conv_into_instancenorm": (
+        lambda: nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1),
+            nn.InstanceNorm2d(4),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(256, 3),
+        ),
+        ["0.weight"],
+        [],
+    ),
+    "biased_conv_into_groupnorm_per_channel": (
+        lambda: nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1),
+            nn.GroupNorm(4, 4),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(256, 3),
+        ),
+        ["0.weight"],
+        [],
+    ),
+    "biased_conv_into_groupnorm_of_two_channels": (
+        lambda: nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1),
+            nn.GroupNorm(2, 4),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(256, 3),
+        ),
+        [],
+        [],
+    ),
+    "biased_linear_into_layernorm": (
+        lambda: _flat(nn.Linear(64, 16), nn.LayerNorm(16), nn.GELU(), nn.Linear(16, 3)),
+        [],
+        [],
+    ),
+    "dropout2d_between": (
+        lambda: nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1, bias=False),
+            nn.Dropout2d(0.0),
+            nn.BatchNorm2d(4),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(256, 3),
+        ),
+        ["0.weight"],
+        [],
+    ),
+    "tied_layer": (_Tied, [], ["lin.weight"]),
+    "post_norm_transformer": (lambda: _Encoder(False), [], []),
+    "pre_norm_transformer": (lambda: _Encoder(True), [], []),
+}
+
+
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_detection_on_other_architectures_agrees_with_the_numerical_check(arch):
+    from siflow.torch_probe import JOINT_GROUP
+
+    make, alone, joint = ARCHITECTURES[arch]
+    torch.manual_seed(3)
+    model = make().double().train()
+    for mod in model.modules():
+        if hasattr(mod, "eps"):
+            mod.eps = 1e-12
+    with torch.no_grad():  # no parameter sits at a special value (a zero bias, a unit scale)
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    x = torch.randn(8, 1, 8, 8, dtype=torch.float64)
+    y = torch.randint(0, 3, (8,))
+    params = dict(model.named_parameters())
+
+    def loss_fn():
+        return nn.functional.cross_entropy(model(x), y)
+
+    groups = find_si_groups(model)
+    names = {id(p): n for n, p in params.items()}
+    assert [g for g in groups if g != JOINT_GROUP] == alone
+    assert [names[id(p)] for p in groups.get(JOINT_GROUP, [])] == joint
+    # the second method: rescale each weight matrix alone, and the joint group together
+    for name, p in params.items():
+        if p.ndim < 2:
+            continue
+        change = check_scale_invariance(loss_fn, [p], model=model)
+        assert (change < 1e-9) == (name in alone or [name] == joint), (name, change)
+    if joint:
+        assert check_scale_invariance(loss_fn, groups[JOINT_GROUP], model=model) < 1e-9
