@@ -178,3 +178,25 @@ def test_memo_index_bomb_is_refused_before_unpickling(tmp_path):
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 2**20
+
+
+def test_seed_npz_object_array_is_skipped_not_unpickled(tmp_path):
+    # np.savez pickles an object array (get_info.py's np.array of ragged eigenvalue lists
+    # would be one): the payload must not run; the numeric arrays are still read
+    marker = tmp_path / "pwned"
+    info = tmp_path / "info" / "c4_d3_ds500_lr1.0_wd0.01_fbgd"
+    info.mkdir(parents=True)
+    evil = np.empty(2, dtype=object)
+    evil[0], evil[1] = _Payload(_marker_command(marker)), [1.0, 2.0, 3.0]
+    np.savez(
+        info / "train-tm.npz",
+        report_epochs=np.array([0, 1]),
+        loss=np.array([0.5, 0.4]),
+        hess_evals=evil,
+        **{"conv.weight_norm": np.array([2.0, 1.9]), "conv.weight_numel": np.array([9, 9])},
+    )
+    t = sio.read(info / "train-tm.npz")
+    assert not marker.exists()
+    assert "hess_evals" in t.meta["skipped_keys"]
+    np.testing.assert_array_equal(t.loss, [0.5, 0.4])
+    np.testing.assert_array_equal(t.rho, [2.0, 1.9])

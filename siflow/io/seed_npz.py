@@ -119,7 +119,17 @@ def _load(path: Path) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as data:
             if not hasattr(data, "files"):
                 raise ValueError("not an .npz archive")
-            return {k: np.asarray(data[k]) for k in data.files}
+            out: dict[str, np.ndarray] = {}
+            for k in data.files:
+                try:
+                    out[k] = np.asarray(data[k])
+                except ValueError as exc:
+                    if "allow_pickle" not in str(exc):
+                        raise
+                    # an object array (np.array of ragged lists) is stored pickled:
+                    # never unpickled here; the key is reported as skipped
+                    out[k] = np.array(["<object array: not unpickled>"])
+            return out
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, TypeError) as exc:
         msg = " ".join(str(exc).split())
         raise ValueError(
