@@ -85,6 +85,22 @@ def test_tensorboard_tensor_scalars_keras_layout(tmp_path):
     np.testing.assert_array_equal(e.step, np.arange(5) * 100)
 
 
+def test_tensorboard_directory_of_several_runs_is_refused(tmp_path):
+    # SummaryWriter()'s runs/<date>_<host>, Lightning's lightning_logs/version_<k>: each
+    # holds its own run; their columns are not groups of one run
+    from torch.utils.tensorboard import SummaryWriter
+
+    for run in ("version_0", "version_1"):
+        with SummaryWriter(log_dir=str(tmp_path / "lightning_logs" / run)) as w:
+            for i in range(5):
+                w.add_scalar("rho", 2.0 - 0.1 * i, i)
+                w.add_scalar("loss", 1.0 / (i + 1), i)
+    with pytest.raises(ValueError, match=r"2 runs .*version_0, version_1.*one run's directory"):
+        sio.read(tmp_path / "lightning_logs")
+    t = sio.read(tmp_path / "lightning_logs" / "version_1")
+    np.testing.assert_allclose(t.rho, 2.0 - 0.1 * np.arange(5), rtol=1e-7)
+
+
 def test_tensorboard_bad_and_truncated_files(tmp_path, torch_tb_dir):
     logdir, n = torch_tb_dir
     bad = tmp_path / "bad"

@@ -119,6 +119,37 @@ def _scalar_series(source: str, label: str) -> dict[str, list[tuple[int, float]]
     return out
 
 
+#: Subdirectories that split one run by data set (Keras writes ``train/`` and ``validation/``).
+_SPLIT_DIRS = {"train", "training", "val", "valid", "validation", "eval", "evaluation", "test"}
+
+
+def _run_root(run: Path, tags: Mapping[str, Any]) -> Path:
+    """The run a directory of event files belongs to: its parent for a data-set split
+    (``train/``, ``validation/``) or an ``add_scalars`` child (``<tag>_<key>`` holding
+    the tag), else itself."""
+    if run.name.lower() in _SPLIT_DIRS:
+        return run.parent
+    if any(run.name.startswith(tag.replace("/", "_") + "_") for tag in tags):
+        return run.parent
+    return run
+
+
+def _check_one_run(p: Path, per_run: Mapping[Path, Mapping[str, Any]]) -> None:
+    """Refuse a directory holding several runs that log the same tags (their columns
+    would be read as groups of one run)."""
+    roots: dict[Path, set[str]] = {}
+    for run, tags in per_run.items():
+        roots.setdefault(_run_root(run, tags), set()).update(tags)
+    shared = [r for r in roots if any(roots[r] & roots[o] for o in roots if o != r)]
+    if len(shared) > 1:
+        names = ", ".join(r.relative_to(p).as_posix() for r in sorted(shared)[:6])
+        more = f" and {len(shared) - 6} more" if len(shared) > 6 else ""
+        raise ValueError(
+            f"{str(p)!r} holds {len(shared)} runs that log the same tags ({names}{more}); "
+            f"pass one run's directory"
+        )
+
+
 def _collect(p: Path) -> tuple[dict[str, list[tuple[int, float]]], dict[str, int]]:
     label = repr(str(p))
     if p.is_file():
@@ -132,6 +163,8 @@ def _collect(p: Path) -> tuple[dict[str, list[tuple[int, float]]], dict[str, int
         )
     truncated: dict[str, int] = {}
     series: dict[str, list[tuple[int, float]]] = {}
+    per_run = {run: _scalar_series(str(run), label) for run in runs}
+    _check_one_run(p, per_run)
     for run in runs:
         for f in sorted(run.iterdir()):
             if "tfevents" in f.name and f.is_file():
@@ -139,7 +172,7 @@ def _collect(p: Path) -> tuple[dict[str, list[tuple[int, float]]], dict[str, int
                 if tail:
                     truncated[f.relative_to(p).as_posix()] = tail
         rel = run.relative_to(p).as_posix()
-        for tag, points in _scalar_series(str(run), label).items():
+        for tag, points in per_run[run].items():
             if rel == ".":
                 name = tag
             else:
@@ -163,7 +196,10 @@ def _collect(p: Path) -> tuple[dict[str, list[tuple[int, float]]], dict[str, int
 def tensorboard_scalars(path: str | os.PathLike[str]) -> dict[str, list[tuple[int, float]]]:
     """Every scalar series under ``path`` as ``{column: [(step, value), ...]}``.
 
-    A run in a subdirectory ``sub`` contributes ``"<sub>/<tag>"``, except the
+    A directory of several runs that log the same tags (``runs/<date>_<host>``,
+    ``lightning_logs/version_<k>``) is refused: pass one run's directory. Within one
+    run, a subdirectory ``sub`` (Keras' ``train/`` and ``validation/``) contributes
+    ``"<sub>/<tag>"``, except the
     subdirectories that ``torch.utils.tensorboard.SummaryWriter.add_scalars``
     creates (``<main_tag>_<key>`` holding the tag ``main_tag``), which become
     ``"<main_tag>/<key>"``: ``add_scalars("norm", {"conv1": x})`` gives the
