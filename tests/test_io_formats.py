@@ -199,6 +199,17 @@ def test_lightning_dir_without_metrics(tmp_path):
         sio.read_lightning(tmp_path)
 
 
+def test_lightning_logs_of_several_versions_names_them(tmp_path):
+    # CSVLogger's lightning_logs/version_<k>/metrics.csv: the parent holds runs, not a log
+    for k in (0, 1):
+        run = tmp_path / "lightning_logs" / f"version_{k}"
+        run.mkdir(parents=True)
+        (run / "metrics.csv").write_text("epoch,step,train_loss,rho\n0,0,1.0,2.0\n0,1,0.9,1.9\n")
+    with pytest.raises(ValueError, match=r"holds 2 run directories \(version_0, version_1\)"):
+        sio.read(tmp_path / "lightning_logs")
+    assert len(sio.read(tmp_path / "lightning_logs" / "version_1")) == 2
+
+
 # ------------------------------------------------------------------------- W&B
 def _write_wandb_export(path, runs):
     """W&B chart export: "Step", then per run "<run> - <metric>" with __MIN/__MAX."""

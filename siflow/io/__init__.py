@@ -163,6 +163,20 @@ def detect_format(path: str | os.PathLike[str]) -> str:
         if entry.detect(p, head):
             return name
     if p.is_dir():
+        runs = sorted(
+            (
+                q
+                for q in p.iterdir()
+                if q.is_dir() and any(e.detect(q, b"") for e in FORMATS.values())
+            ),
+            key=lambda q: q.name,
+        )
+        if runs:
+            names = ", ".join(q.name for q in runs[:6]) + (" ..." if len(runs) > 6 else "")
+            raise ValueError(
+                f"{str(p)!r} holds {len(runs)} run director{'y' if len(runs) == 1 else 'ies'} "
+                f"({names}); pass one of them"
+            )
         raise ValueError(
             f"{str(p)!r} is a directory without a log siflow knows (TensorBoard event files, "
             f"metrics.csv, train-tm.npz, dynamics.pkl, trace.pt, feats/step<N>.h5); pass the "
