@@ -76,7 +76,8 @@ def check_lr_wd(
     """
     lr_arr = check_positive("lr", lr)
     wd_arr = check_positive("wd", wd) if wd_positive else check_nonnegative("wd", wd)
-    prod = lr_arr * wd_arr
+    with np.errstate(over="ignore"):  # an overflow to inf is >= 1 and reported below
+        prod = lr_arr * wd_arr
     if np.any(prod >= 1):
         raise ValueError(
             f"lr*wd must be < 1 (the weight-decay factor 1 - lr*wd must be positive), "

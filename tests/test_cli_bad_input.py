@@ -217,6 +217,7 @@ CASES: list[Case] = [
     _sim("wd-nan", ["--lr", "0.1", "--wd", "nan"], r"\bwd\b"),
     _sim("lrwd-equal-1", ["--lr", "10", "--wd", "0.1"], r"lr\s*\*\s*wd"),
     _sim("lrwd-above-1", ["--lr", "100", "--wd", "0.1"], r"lr\s*\*\s*wd"),
+    _sim("lrwd-overflows", ["--lr", "1e300", "--wd", "1e300"], r"lr\s*\*\s*wd"),
     _sim("momentum-1", [*LR_WD, "--momentum", "1"], r"momentum"),
     _sim("momentum-negative", [*LR_WD, "--momentum", "-0.5"], r"momentum"),
     _sim("steps-zero", [*LR_WD, "--steps", "0"], r"steps"),
