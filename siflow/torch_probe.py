@@ -867,7 +867,10 @@ class _FlatBuffer:
     Each SI tensor (its local shard under FSDP) owns a contiguous slice of every
     row, in group order, so a group is a column range and its Gram matrix
     ``M M^T`` (one matrix product) gives every norm and dot product of the
-    recorder at once. The buffer has the parameters' dtype: no float64 copy.
+    recorder at once. The buffer has the parameters' dtype, at least float32: no
+    float64 copy, and no half-precision Gram matrix (float16 squares overflow past a
+    norm of 256; bfloat16 keeps three digits, and ``w_t - w_{t+1}`` of two bfloat16
+    tensors is exact only in a wider type).
     """
 
     def __init__(self, groups: Mapping[str, Sequence[Any]]) -> None:
@@ -895,8 +898,8 @@ class _FlatBuffer:
         shapes = [t.shape for t in local]
         if self._buf is not None and shapes == self._shapes:
             return
-        dtype = local[0].dtype
-        for t in local[1:]:
+        dtype = torch.float32
+        for t in local:
             dtype = torch.promote_types(dtype, t.dtype)
         total = sum(t.numel() for t in local)
         self._buf = torch.empty(3, total, dtype=dtype, device=local[0].device)
@@ -994,13 +997,14 @@ class SIRecorder:
     With gradient accumulation the last loss logged before the step is kept.
 
     The weights ``w_t`` are copied before a recorded step (into one preallocated
-    buffer of the parameters' dtype); the gradient ``g_t`` is read from ``p.grad``
+    buffer of the parameters' dtype, at least float32); the gradient ``g_t`` is read from ``p.grad``
     after the step, so a step that computes its gradients inside ``step(closure)``
     (PyTorch Lightning, L-BFGS) is recorded correctly. This assumes the optimizer
     does not modify ``p.grad`` in place, true of the ``torch.optim`` optimizers.
     All norms and dot products of a row come from one Gram matrix per group
     (``M M^T`` with ``M`` the rows ``w_t``, ``g_t``, ``w_t - w_{t+1}``) computed in
-    the parameters' dtype; the combination into the columns is in float64.
+    the parameters' dtype or float32 if narrower (float16, bfloat16); the combination
+    into the columns is in float64.
 
     Under ``torch.distributed`` only rank 0 writes files (:meth:`save`,
     ``flush_every``); every rank records the rows.

@@ -799,3 +799,34 @@ def test_detection_on_other_architectures_agrees_with_the_numerical_check(arch):
         assert (change < 1e-9) == (name in alone or [name] == joint), (name, change)
     if joint:
         assert check_scale_invariance(loss_fn, groups[JOINT_GROUP], model=model) < 1e-9
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_model_is_recorded_in_float32(dtype):
+    # a float16 Gram matrix overflows once |w|^2 > 65504 (here |w| is about 350), and a
+    # bfloat16 one keeps three digits; the recorder's buffer is at least float32, where
+    # the stored half-precision weights and their differences are exact
+    dt = getattr(torch, dtype)
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(64, 256, bias=False), nn.BatchNorm1d(256), nn.ReLU(), nn.Linear(256, 10)
+    ).to(dt)
+    with torch.no_grad():
+        model[0].weight.mul_(60.0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=1e-3)
+    rec = SIRecorder(model, opt, every=1, groups=["0.weight"])
+    x, y = torch.randn(32, 64, dtype=dt), torch.randint(0, 10, (32,))
+    norms, angles = [], []
+    for _ in range(4):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x).float(), y).backward()
+        w0 = model[0].weight.detach().double().clone()
+        opt.step()
+        w1 = model[0].weight.detach().double()
+        a, b = w0 / w0.norm(), w1 / w1.norm()
+        norms.append(float(w0.norm()))
+        angles.append(float(2 * torch.atan2((a - b).norm(), (a + b).norm())))
+    t = rec.trajectory()
+    assert norms[0] > 256
+    np.testing.assert_allclose(t.rho, norms, rtol=1e-5)
+    np.testing.assert_allclose(t.angular_update, angles, rtol=1e-5)
