@@ -1066,6 +1066,9 @@ class SIRecorder:
                 )
         self.meta: dict[str, Any] = dict(meta or {})
         self.meta.update(self._hyper_meta())
+        note = self._mixed_groups_note()
+        if note is not None:
+            self.meta["notes"] = [*self.meta.get("notes", []), note]
         self._flatbuf = _FlatBuffer(self.groups)
         self._no_grad = torch.no_grad()
         self._pgroup = process_group
@@ -1110,6 +1113,16 @@ class SIRecorder:
         if betas is not None:
             meta["betas"] = [float(b) for b in betas]
         return meta
+
+    def _mixed_groups_note(self) -> str | None:
+        pgs = [self._param_group[id(ps[0])] for ps in self.groups.values()]
+        if len({(float(g["lr"]), float(g.get("weight_decay", 0.0))) for g in pgs}) < 2:
+            return None
+        return (
+            "the SI groups sit in optimizer param groups with different lr or weight decay: "
+            "lr, wd and momentum here are the first group's, the total's effective LR is NaN, "
+            "and the theory applies per group (elr/<group>; group=<name> when reading the log)"
+        )
 
     def _on_backward(self, _p: Any) -> None:
         self._backward_id += 1

@@ -830,3 +830,31 @@ def test_half_precision_model_is_recorded_in_float32(dtype):
     assert norms[0] > 256
     np.testing.assert_allclose(t.rho, norms, rtol=1e-5)
     np.testing.assert_allclose(t.angular_update, angles, rtol=1e-5)
+
+
+def test_groups_with_different_learning_rates_are_noted():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(16, 8, bias=False), nn.BatchNorm1d(8), nn.ReLU(),
+        nn.Linear(8, 8, bias=False), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3),
+    )  # fmt: skip
+    w0, w3 = model[0].weight, model[3].weight
+    rest = [p for n, p in model.named_parameters() if n not in ("0.weight", "3.weight")]
+    opt = torch.optim.SGD(
+        [
+            {"params": [w0], "lr": 0.1, "weight_decay": 1e-3},
+            {"params": [w3], "lr": 0.05, "weight_decay": 1e-2},
+            {"params": rest, "lr": 0.01},
+        ]
+    )
+    rec = SIRecorder(model, opt, groups=["0.weight", "3.weight"], meta={"notes": ["mine"]})
+    x, y = torch.randn(8, 16), torch.randint(0, 3, (8,))
+    r0, r3 = float(w0.detach().norm()), float(w3.detach().norm())
+    opt.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+    t = rec.trajectory()
+    assert t.meta["notes"][0] == "mine" and "different lr" in t.meta["notes"][1]
+    assert math.isnan(t.elr[0])
+    assert t.extra["elr/0.weight"][0] == pytest.approx(0.1 / r0**2, rel=1e-6)
+    assert t.extra["elr/3.weight"][0] == pytest.approx(0.05 / r3**2, rel=1e-6)
