@@ -123,15 +123,30 @@ def test_seed_out_table_read_with_blank_test_cells():
     assert sio.detect_format(OUT) == "seed-out"
     t = sio.read(OUT)
     rows = _out_rows(OUT)
-    assert len(t) == len(rows) == 300
-    np.testing.assert_array_equal(t.step, np.array(sorted(rows)) + 1)
-    np.testing.assert_array_equal(t.loss, [float(rows[e][2]) for e in sorted(rows)])
+    assert len(rows) == 300
+    # full batch: epoch ep's training loss is taken at the weights after ep steps (the one
+    # update follows the batch), its test loss after the update: steps 0 .. 300
+    np.testing.assert_array_equal(t.step, np.arange(301))
+    np.testing.assert_array_equal(t.loss[:300], [float(rows[e][2]) for e in sorted(rows)])
+    assert np.isnan(t.loss[300])
     full = [e for e in sorted(rows) if len(rows[e]) == 7]  # rows with test metrics
     assert full == [0, 299]
     te = t.extra["te_loss"]
-    assert te[0] == float(rows[0][4]) and te[-1] == float(rows[299][4])
-    assert np.all(np.isnan(te[1:-1]))
+    assert te[1] == float(rows[0][4]) and te[300] == float(rows[299][4])
+    assert np.all(np.isnan(np.delete(te, [1, 300])))
     assert t.meta["lr"] == 1.0 and t.meta["wd"] == 0.01
+
+
+def test_seed_out_full_batch_loss_sits_where_the_checkpoint_loss_agrees():
+    # the second method: get_info.py's loss of checkpoint e (weights after e + 1 steps,
+    # train.npz at step e + 1) against the console's tr_loss placed at the same step
+    out, npz = sio.read(OUT), sio.read(TRAIN)
+    common, i, j = np.intersect1d(out.step[:-1], npz.step, return_indices=True)
+    assert common.size == 299  # steps 1 .. 299 (the console has no row after the last step)
+    gap = np.abs(np.log(out.loss[i]) - np.log(npz.loss[j]))
+    assert np.median(gap) < 0.01  # 0.2 %: BatchNorm statistics of batches of 128 vs 500
+    shifted = np.abs(np.log(out.loss[i - 1]) - np.log(npz.loss[j]))
+    assert np.median(shifted) > 0.05  # epoch s - 1 at step s (the previous placement): 9 %
 
 
 def test_seed_checkpoint_is_not_a_log(tmp_path):
@@ -352,8 +367,8 @@ def test_seed_out_scheduled_run_keeps_its_lr_column(tmp_path):
     logs.mkdir(parents=True)
     (logs / OUT.name).write_text("\n".join(lines) + "\n")
     t = sio.read(logs / OUT.name)
-    epochs = t.step - 1  # full batch: step (e + 1) * 1
-    np.testing.assert_array_equal(t.extra["lr"], np.where(epochs >= 150, 0.5, 1.0))
+    epochs = t.step[:-1]  # full batch: epoch e's lr drives the step from step e
+    np.testing.assert_array_equal(t.extra["lr"][:-1], np.where(epochs >= 150, 0.5, 1.0))
     assert t.meta["lr_init"] == 1.0 and "lr" not in t.meta
     assert sio.read(OUT).meta["lr"] == 1.0  # the genuine, unscheduled table
 

@@ -14,6 +14,9 @@ mode, accuracy in percent); ``te_*`` cells are blank except on evaluation
 epochs. Cells are cut at the column spans of the dashed line, so blank cells
 stay blank. Row ``ep`` ends after ``ep + 1`` epochs: step ``(ep + 1) K``, with
 ``K`` found as for ``train-tm.npz`` (:func:`siflow.io.seed_npz.seed_steps_per_epoch`).
+A full-batch run (``_fbgd``) takes its one step after the epoch's batch: its
+``tr_*`` and ``lr`` of row ``ep`` are at step ``ep``, its ``te_*`` (evaluated after
+the step) at ``ep + 1``.
 The table has no weight norm: the trajectory holds the loss (and lr, accuracy).
 """
 
@@ -136,10 +139,18 @@ def read_seed_out(
         meta["lr_init"] = meta.pop("lr")
     step, unit = seed_time_axis(p, epochs, steps_per_epoch, meta)
     defaults = {"loss": "tr_loss"} if "tr_loss" in table else {}
-    meta.setdefault("notes", []).append(
-        "tr_loss is the average over each epoch's training batches (train mode), logged "
-        "at the epoch's end"
-    )
+    if unit == "step" and meta.get("steps_per_epoch") == 1 and _full_batch(p):
+        step, table = _full_batch_rows(epochs.astype(np.int64), table)
+        meta.setdefault("notes", []).append(
+            "full-batch run: the epoch's one update comes after its batch, so tr_loss, "
+            "tr_acc and lr of epoch ep are at step ep (the weights after ep steps) and te_* "
+            "(evaluated after the update) at step ep + 1"
+        )
+    else:
+        meta.setdefault("notes", []).append(
+            "tr_loss is the average over each epoch's training batches (train mode), logged "
+            "at the epoch's end"
+        )
     return build_trajectory(
         table,
         path=p,
@@ -149,6 +160,22 @@ def read_seed_out(
         step=step,
         time_unit=unit,
     )
+
+
+def _full_batch(p: Path) -> bool:
+    return re.search(r"(?:^|_)fbgd(?:_|$)", p.stem) is not None
+
+
+def _full_batch_rows(epochs: np.ndarray, table: Table) -> tuple[np.ndarray, Table]:
+    """Rows at the steps each column belongs to in a full-batch run (see the note)."""
+    steps = np.union1d(epochs, epochs + 1)
+    out: Table = {}
+    for name, values in table.items():
+        at = np.searchsorted(steps, epochs + 1 if name.startswith("te_") else epochs)
+        col = np.full(steps.size, np.nan)
+        col[at] = values
+        out[name] = col
+    return steps, out
 
 
 def detect(path: Path, head: bytes) -> bool:
