@@ -307,33 +307,57 @@ def test_neural_mechanics_norms_by_hand():
 
     assert sio.detect_format(NM) == "neural-mechanics"
     t = sio.read(NM)
-    np.testing.assert_array_equal(t.step, [0, 200])
+    # their custom_sgd saves grad_buffer = d_p = g + wd w_{N-1} (the step's direction) and
+    # steps w_N = w_{N-1} - lr d_p: the weights and gradient before step 200 sit at 199
+    np.testing.assert_array_equal(t.step, [0, 199, 200])
     si = [f"{i}.weight" for i in (1, 4, 7, 10, 13)]
     assert t.meta["groups"] == si
-    rho, grad, loss = [], [], []
-    for step in (0, 200):
-        with h5py.File(NM / "feats" / f"step{step}.h5", "r") as h:
-            rho.append(
-                math.sqrt(sum(float(np.sum(h["params"][k][()].astype(float) ** 2)) for k in si))
-            )
-            buffers = h["buffers"]
-            if f"{si[0]}.grad_buffer" in buffers:
-                grad.append(
-                    math.sqrt(
-                        sum(
-                            float(np.sum(buffers[f"{k}.grad_buffer"][()].astype(float) ** 2))
-                            for k in si
-                        )
-                    )
-                )
-            else:
-                grad.append(math.nan)
-            loss.append(float(h["metrics"]["train_loss"][()][0]))
-    np.testing.assert_allclose(t.rho, rho, rtol=1e-12)
-    np.testing.assert_allclose(t.grad_norm_sphere[1], rho[1] * grad[1], rtol=1e-12)
-    assert math.isnan(t.grad_norm_sphere[0])  # no gradient buffer before the first step
-    assert math.isnan(t.loss[0]) and t.loss[1] == loss[1]  # step 0's train_loss is a 0 stub
+    lr, wd = 0.5, 0.01
+    with h5py.File(NM / "feats" / "step0.h5", "r") as h:
+        rho0 = math.sqrt(sum(float(np.sum(h["params"][k][()].astype(float) ** 2)) for k in si))
+    with h5py.File(NM / "feats" / "step200.h5", "r") as h:
+        w = {k: h["params"][k][()].astype(float) for k in si}
+        d_p = {k: h["buffers"][f"{k}.grad_buffer"][()].astype(float) for k in si}
+        loss = float(h["metrics"]["train_loss"][()][0])
+    w_prev = {k: w[k] + lr * d_p[k] for k in si}
+    g = {k: d_p[k] - wd * w_prev[k] for k in si}
+    rho199 = math.sqrt(sum(float(np.sum(w_prev[k] ** 2)) for k in si))
+    rho200 = math.sqrt(sum(float(np.sum(w[k] ** 2)) for k in si))
+    gnorm = math.sqrt(sum(float(np.sum(g[k] ** 2)) for k in si))
+    np.testing.assert_allclose(t.rho, [rho0, rho199, rho200], rtol=1e-12)
+    np.testing.assert_allclose(t.grad_norm_sphere[1], rho199 * gnorm, rtol=1e-12)
+    # the recovered gradient is tangent (scale invariance), the saved direction is not
+    for k in si:
+        cos_g = float(np.sum(g[k] * w_prev[k])) / (np.linalg.norm(g[k]) * np.linalg.norm(w_prev[k]))
+        cos_d = float(np.sum(d_p[k] * w_prev[k])) / (
+            np.linalg.norm(d_p[k]) * np.linalg.norm(w_prev[k])
+        )
+        assert abs(cos_g) < 1e-3 and cos_d > 0.2  # (7e-4 for 13.weight, 2e-6 or less else)
+    # and the exact norm map of an SI group under SGD holds between the two rows
+    # (docs/theory.md: rho'^2 = (1 - lr wd)^2 rho^2 + lr^2 g~^2 / rho^2)
+    g_sph = t.grad_norm_sphere[1]
+    rho_next = math.sqrt((1 - lr * wd) ** 2 * rho199**2 + lr**2 * g_sph**2 / rho199**2)
+    # (to 2e-6: 13.weight's radial gradient, cosine 7e-4, adds -2 lr (1 - lr wd) w.g)
+    assert rho_next == pytest.approx(rho200, rel=1e-5)
+    assert np.all(np.isnan(t.grad_norm_sphere[[0, 2]]))
+    assert math.isnan(t.loss[0]) and t.loss[2] == loss  # step 0's train_loss is a 0 stub
     assert t.meta["lr"] == 0.5 and t.meta["wd"] == 0.01 and t.meta["momentum"] == 0.0
+
+
+def test_neural_mechanics_momentum_run_keeps_no_gradient(tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(NM, run)
+    hp = json.loads((NM / "hyperparameters.json").read_text())
+    hp.update(momentum=0.9)  # grad_buffer would hold the momentum buffer
+    (run / "hyperparameters.json").write_text(json.dumps(hp))
+    t = sio.read(run)
+    plain = sio.read(NM)
+    np.testing.assert_array_equal(t.step, plain.step)
+    np.testing.assert_allclose(t.rho, plain.rho, rtol=1e-12)  # w_{N-1} = w_N + lr d_p still
+    assert t.grad_norm_sphere is None or np.all(np.isnan(t.grad_norm_sphere))
+    assert any("momentum run" in n for n in t.meta["notes"])
 
 
 def test_neural_mechanics_lr_drops_are_noted(tmp_path):
@@ -349,6 +373,9 @@ def test_neural_mechanics_lr_drops_are_noted(tmp_path):
     assert t.meta["lr"] == 0.5  # the initial learning rate, with the note
     note = next(n for n in t.meta["notes"] if "drops the learning rate" in n)
     assert "--schedule step:gamma=0.1" in note
+    # the step's lr is unknown: the saved direction is kept as it is, nothing derived
+    np.testing.assert_array_equal(t.step, [0, 200])
+    assert "1.weight d_p norm" in t.extra
     assert not any("drops the learning rate" in n for n in sio.read(NM).meta.get("notes", []))
 
 

@@ -3,8 +3,9 @@
 Their ``train.py`` saves checkpoints every ``save_freq`` steps; ``extract.py``
 turns each into a deepdish HDF5 file ``feats/step<N>.h5`` with groups
 ``params`` (every parameter tensor by name, e.g. ``1.weight``), ``buffers``
-(their optimizer's saved buffers, ``<param>.grad_buffer`` the gradient of the
-step, empty at step 0) and ``metrics`` (``train_loss``, ``test_loss``,
+(their optimizer's saved buffers, ``<param>.grad_buffer`` the direction ``d_p``
+of the step that led to ``N``: ``g + wd w_{N-1}``, or the momentum buffer; empty at
+step 0) and ``metrics`` (``train_loss``, ``test_loss``,
 ``accuracy1``, ``accuracy5``, one value each). ``hyperparameters.json`` in the
 run directory holds ``lr``, ``wd``, ``momentum``, ``train_batch_size``, ``model``
 and ``optimizer``. ``cache/*.h5`` are derived per-metric caches and are not read.
@@ -15,13 +16,14 @@ the model's numbering: ``1.weight`` -> ``2.weight`` in an ``nn.Sequential``,
 parent module, ``conv1`` -> ``bn1``) is a 1-d normalisation weight of its output
 width (a BatchNorm after the layer); the classifier and the BatchNorm parameters
 are not SI. ``rho = sqrt(sum_g |w_g|^2)`` over SI tensors, computed from ``params``;
-the raw gradient norm likewise from ``grad_buffer``. Needs ``h5py`` (the ``h5``
-extra: ``pip install "siflow[h5]"``).
+the raw gradient norm from ``grad_buffer`` as :func:`_gradient_rule` says. Needs
+``h5py`` (the ``h5`` extra: ``pip install "siflow[h5]"``).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -158,28 +160,120 @@ def _read_step(h5py: Any, path: Path) -> tuple[dict[str, float], dict[str, np.nd
     return metrics, params, grads
 
 
-def _table(files: list[tuple[int, Path]]) -> tuple[Table, dict[str, Any]]:
+def _number(hp: Mapping[str, Any], key: str, default: float) -> float | None:
+    value = hp.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _gradient_rule(hp: Mapping[str, Any]) -> tuple[float | None, float, bool, str]:
+    """``(lr, wd, gradient recoverable, note)`` for their optimizer's ``grad_buffer``.
+
+    Their ``custom_sgd`` saves ``d_p``, the step's direction: ``g + wd w`` (``w`` the weights
+    before the step), or with momentum the momentum buffer; the step is
+    ``w_N = w_{N-1} - lr d_p``. So ``w_{N-1} = w_N + lr d_p`` and, without momentum,
+    ``g = d_p - wd w_{N-1}``: both need the step's ``lr``.
+    """
+    lr, wd = _number(hp, "lr", math.nan), _number(hp, "wd", 0.0)
+    mom = _number(hp, "momentum", 0.0)
+    if lr is None or not lr > 0 or wd is None or mom is None:
+        return (
+            None,
+            0.0,
+            False,
+            (
+                "hyperparameters.json gives no usable lr, wd and momentum: grad_buffer (their "
+                "step direction d_p, not the gradient) is kept as '<param> d_p norm'"
+            ),
+        )
+    if hp.get("lr_drops"):
+        return (
+            None,
+            wd,
+            False,
+            (
+                "the learning rate of a saved step is not known (lr drops, see the note on "
+                "them): grad_buffer (their step direction d_p = g + wd w, or the momentum "
+                "buffer) is kept as '<param> d_p norm', and neither the gradient nor the weights "
+                "before the step are derived"
+            ),
+        )
+    if mom != 0.0 or hp.get("nesterov"):
+        return (
+            lr,
+            wd,
+            False,
+            (
+                "momentum run: grad_buffer holds the step's direction d_p (the momentum buffer), "
+                "so the gradient is not recoverable; the weights before each saved step, "
+                "w_N + lr d_p, give rho at step N - 1"
+            ),
+        )
+    return (
+        lr,
+        wd,
+        True,
+        (
+            "grad_buffer holds their step direction d_p = g + wd w_{N-1}, not the gradient: "
+            "w_{N-1} = w_N + lr d_p and g = d_p - wd w_{N-1} (at the weights before step N) "
+            "are placed at step N - 1, with the norm of w_{N-1}"
+        ),
+    )
+
+
+def _table(
+    files: list[tuple[int, Path]], hp: Mapping[str, Any]
+) -> tuple[np.ndarray, Table, dict[str, Any]]:
     h5py = _h5py()
     rows = [_read_step(h5py, f) for _step, f in files]
     shapes = {n: a.shape for n, a in rows[0][1].items()}
     si, other = nm_si_tensors(shapes)
-    n = len(rows)
-    table: Table = {}
-    notes = []
-    for r, (metrics, params, grads) in enumerate(rows):
+    lr, wd, recover, how = _gradient_rule(hp)
+    saved = {step for step, _ in files}
+    entries: dict[int, dict[str, float]] = {}
+    notes: list[str] = []
+
+    def norm(a: np.ndarray) -> float:
+        return float(np.sqrt(np.sum(a**2)))
+
+    def rho_key(name: str) -> str:
+        return f"rho/{name}" if name in si else f"{name} norm (not SI)"
+
+    for (step, _), (metrics, params, grads) in zip(files, rows, strict=True):
+        row = entries.setdefault(step, {})
         for name in si + other:
             if name in params:
-                key = f"rho/{name}" if name in si else f"{name} norm (not SI)"
-                table.setdefault(key, np.full(n, np.nan))[r] = np.sqrt(np.sum(params[name] ** 2))
-            if name in grads:
-                key = f"grad_norm_raw/{name}" if name in si else f"{name} grad_norm (not SI)"
-                table.setdefault(key, np.full(n, np.nan))[r] = np.sqrt(np.sum(grads[name] ** 2))
+                row[rho_key(name)] = norm(params[name])
         for m, (value, kind) in metrics.items():
-            if m == "train_loss" and kind in "iu" and value == 0 and files[r][0] == 0:
+            if m == "train_loss" and kind in "iu" and value == 0 and step == 0:
                 notes.append("train_loss at step 0 is their placeholder 0 (no step yet): missing")
-                value = np.nan
-            table.setdefault(m, np.full(n, np.nan))[r] = value
-    return table, {"si_tensors": si, "not_si": other, "notes": notes}
+                value = math.nan
+            row[m] = value
+        if not grads:
+            continue
+        if how not in notes:
+            notes.append(how)
+        prev = entries.setdefault(step - 1, {})
+        for name in si + other:
+            if name not in grads or name not in params:
+                continue
+            d_p = grads[name]
+            if lr is None:
+                row[f"{name} d_p norm"] = norm(d_p)
+                continue
+            w_prev = params[name] + lr * d_p
+            if step - 1 not in saved:
+                prev[rho_key(name)] = norm(w_prev)
+            if recover:
+                key = f"grad_norm_raw/{name}" if name in si else f"{name} grad_norm (not SI)"
+                prev[key] = norm(d_p - wd * w_prev)
+    steps = np.array(sorted(entries), dtype=np.int64)
+    names = list(dict.fromkeys(k for step in steps for k in entries[int(step)]))
+    table: Table = {
+        k: np.array([entries[int(step)].get(k, math.nan) for step in steps]) for k in names
+    }
+    return steps, table, {"si_tensors": si, "not_si": other, "notes": notes}
 
 
 def read_neural_mechanics(
@@ -203,24 +297,28 @@ def read_neural_mechanics(
     Returns
     -------
     Trajectory
-        At each saved step: ``rho`` the SI norm, ``grad_norm_sphere = rho * |grad|``
-        (:func:`siflow.theory.sphere_grad_norm`, from the step's gradient buffer),
-        ``loss = train_loss``, ``elr = lr / rho**2``; lr, wd, momentum from
-        ``hyperparameters.json``.
+        At each saved step ``N``: ``rho`` the SI norm, ``loss = train_loss``,
+        ``elr = lr / rho**2``; at step ``N - 1``, from the saved step direction
+        ``d_p`` (:func:`_gradient_rule`): ``rho`` of ``w_{N-1} = w_N + lr d_p`` and,
+        without momentum, ``grad_norm_sphere = rho * |g|`` with
+        ``g = d_p - wd w_{N-1}`` (:func:`siflow.theory.sphere_grad_norm`); lr, wd,
+        momentum from ``hyperparameters.json``.
     """
     p = check_path(path, allow_dir=True)
     run = _run_dir(p)
     files = _step_files(run)
-    table, meta = _table(files)
     hp_path = run / "hyperparameters.json"
+    hp: dict[str, Any] = {}
     if hp_path.is_file():
         try:
-            hp = json.loads(read_text(hp_path))
+            loaded = json.loads(read_text(hp_path))
         except (json.JSONDecodeError, RecursionError) as exc:
             raise ValueError(f"{str(hp_path)!r} is not valid JSON ({exc})") from None
-        if isinstance(hp, dict):
-            meta.update({k: hp[k] for k in _META_KEYS if k in hp and hp[k] is not None})
-            _note_lr_drops(hp, meta)
+        hp = loaded if isinstance(loaded, dict) else {}
+    steps, table, meta = _table(files, hp)
+    if hp:
+        meta.update({k: hp[k] for k in _META_KEYS if k in hp and hp[k] is not None})
+        _note_lr_drops(hp, meta)
     si = meta["si_tensors"]
     use_sum = group is None or group.strip().lower() == "sum"
     traj = build_trajectory(
@@ -233,7 +331,7 @@ def read_neural_mechanics(
         },
         group="sum" if use_sum and len(si) > 1 else (None if use_sum else group),
         meta=meta,
-        step=np.array([s for s, _ in files], dtype=np.int64),
+        step=steps,
     )
     return traj
 
