@@ -91,7 +91,11 @@ NORM_TYPES: tuple[type, ...] = (
     nn.LayerNorm,
     nn.GroupNorm,
     nn.modules.instancenorm._InstanceNorm,
+    *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),
 )
+#: Functional normalizations (``torch.nn.functional``) that always use the input's own
+#: statistics; ``batch_norm`` and ``instance_norm`` count when the call says so.
+_NORM_FUNCTIONS = {"layer_norm", "rms_norm", "group_norm"}
 #: Layers whose weight is SI when their output is normalized (no other use).
 WEIGHT_TYPES: tuple[type, ...] = (nn.Linear, nn.modules.conv._ConvNd)
 #: Positively homogeneous (degree 1) maps allowed between the weight and the norm layer.
@@ -153,29 +157,68 @@ def freeze_classifier(layer: Any, norm: float = 10.0) -> None:
 
 
 # --------------------------------------------------------------------------- detection
-def _cancels_bias(norm: Any, layer: Any) -> bool:
-    """Whether ``norm`` subtracts a mean that holds a per-channel bias of ``layer``.
+def _const_arg(node: Any, index: int, name: str, default: Any) -> Any:
+    if name in node.kwargs:
+        return node.kwargs[name]
+    return node.args[index] if len(node.args) > index else default
 
-    BatchNorm subtracts each channel's batch mean; InstanceNorm, and GroupNorm with one
-    channel per group, subtract each channel's mean over its positions, which holds a
-    convolution's per-channel bias. LayerNorm, and GroupNorm over several channels, mix
-    channels with different biases: the bias does not cancel.
+
+def _norm_kind(node: Any, modules: Mapping[str, Any]) -> str | None:
+    """What a graph node normalizes with, or ``None`` when it is not a normalization.
+
+    ``"batch"`` (BatchNorm: each channel's batch mean is subtracted), ``"channel"``
+    (InstanceNorm, one-channel GroupNorm: each channel's mean over its positions),
+    ``"mixed"`` (LayerNorm, RMSNorm, GroupNorm over several channels: a per-channel
+    bias does not cancel). Functional calls count when they normalize with the
+    input's own statistics (``F.batch_norm(..., training=True)``).
     """
-    if isinstance(norm, nn.modules.batchnorm._BatchNorm):
-        return True
-    per_channel = isinstance(norm, nn.modules.instancenorm._InstanceNorm) or (
-        isinstance(norm, nn.GroupNorm) and norm.num_groups == norm.num_channels
-    )
-    return per_channel and isinstance(layer, nn.modules.conv._ConvNd)
+    if node.op == "call_module":
+        mod = modules.get(node.target)
+        if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+            return "batch"
+        if isinstance(mod, nn.modules.instancenorm._InstanceNorm):
+            return "channel"
+        if isinstance(mod, nn.GroupNorm):
+            return "channel" if mod.num_groups == mod.num_channels else "mixed"
+        return "mixed" if isinstance(mod, NORM_TYPES) else None
+    if node.op != "call_function":
+        return None
+    name = getattr(node.target, "__name__", "")
+    if name in _NORM_FUNCTIONS:
+        return "mixed"
+    if name == "batch_norm" and _const_arg(node, 5, "training", False) is True:
+        return "batch"
+    if name == "instance_norm" and _const_arg(node, 5, "use_input_stats", True) is True:
+        return "channel"
+    return None
 
 
-def _bias_ok(layer: Any, norm: Any, rectified: bool = False) -> bool:
+def _cancels_bias(kind: str, layer: Any) -> bool:
+    """Whether a normalization of ``kind`` (:func:`_norm_kind`) cancels a per-channel bias
+    of ``layer``: BatchNorm always; InstanceNorm and one-channel GroupNorm after a
+    convolution (their mean over positions holds its per-channel bias). LayerNorm,
+    RMSNorm and GroupNorm over several channels mix channels with different biases.
+    """
+    return kind == "batch" or (kind == "channel" and isinstance(layer, nn.modules.conv._ConvNd))
+
+
+def _module_norm_kind(mod: Any) -> str:
+    if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+        return "batch"
+    if isinstance(mod, nn.modules.instancenorm._InstanceNorm) or (
+        isinstance(mod, nn.GroupNorm) and mod.num_groups == mod.num_channels
+    ):
+        return "channel"
+    return "mixed"
+
+
+def _bias_ok(layer: Any, kind: str, rectified: bool = False) -> bool:
     """A bias before the norm layer keeps the weight SI only if the norm removes it
     (:func:`_cancels_bias`), and not after a rectifier (``rectified``):
     ``relu(c W x + b) != c relu(W x + b)``.
     """
     bias = getattr(layer, "bias", None)
-    return bias is None or (_cancels_bias(norm, layer) and not rectified)
+    return bias is None or (_cancels_bias(kind, layer) and not rectified)
 
 
 def _is_rectifier(node: Any, modules: Mapping[str, Any]) -> bool:
@@ -219,9 +262,9 @@ def _fx_groups(graph: Any, modules: Mapping[str, Any]) -> list[str]:
     found: list[str] = []
     once, unsafe = _called_weights(graph, modules)
     for node in graph.nodes:
-        if node.op != "call_module" or not isinstance(modules.get(node.target), NORM_TYPES):
+        kind = _norm_kind(node, modules)
+        if kind is None:
             continue
-        norm = modules[node.target]
         src = node.args[0] if node.args else None
         rectified = False
         while src is not None and isinstance(src, fx.Node) and len(src.users) == 1:
@@ -229,7 +272,7 @@ def _fx_groups(graph: Any, modules: Mapping[str, Any]) -> list[str]:
                 mod = modules.get(src.target)
                 if isinstance(mod, WEIGHT_TYPES):
                     ok = src.target in once and src.target not in unsafe
-                    if ok and _bias_ok(mod, norm, rectified) and mod.weight is not None:
+                    if ok and _bias_ok(mod, kind, rectified) and mod.weight is not None:
                         found.append(f"{src.target}.weight")
                     break
                 if not isinstance(mod, PASS_MODULES):
@@ -322,8 +365,8 @@ def _joint_conflict(graph: Any, modules: Mapping[str, Any], cand: set[str], fx: 
             k, src = (first.k + 1, first.src | {w}) if w in cand else (first.k, first.src)
             biased = k > 0 and getattr(mod, "bias", None) is not None
             deg[node] = _Degree(k, src, biased, layer=mod)
-        elif isinstance(mod, NORM_TYPES):
-            if first.biased and not _cancels_bias(mod, first.layer):
+        elif (kind := _norm_kind(node, modules)) is not None:
+            if first.biased and not _cancels_bias(kind, first.layer):
                 return set(first.src)
             deg[node] = zero
         elif (
@@ -403,7 +446,7 @@ def _hook_groups(model: Any, example_input: Any) -> list[str]:
 
     def on_norm(mod: Any, inputs: Any) -> None:
         hit = produced.get(id(inputs[0]))
-        if hit is not None and _bias_ok(hit[1], mod):
+        if hit is not None and _bias_ok(hit[1], _module_norm_kind(mod)):
             found.append(f"{hit[0]}.weight")
 
     for name, mod in model.named_modules():
@@ -428,7 +471,8 @@ def find_si_groups(
     """Find the scale-invariant weights of a model.
 
     A ``Linear``/``Conv`` weight is SI when its output reaches a normalization layer
-    (BatchNorm, LayerNorm, GroupNorm, InstanceNorm) only through positively
+    (BatchNorm, LayerNorm, GroupNorm, InstanceNorm, RMSNorm, or their functional forms
+    when they use the input's own statistics) only through positively
     homogeneous maps (ReLU, LeakyReLU, PReLU, pooling, dropout, upsampling, flatten,
     view) and is used nowhere else: ``Norm(h(c W x)) = Norm(c h(W x)) = Norm(h(W x))``
     for ``c > 0`` (exact when the norm's ``eps`` is 0). The norm layer's own affine

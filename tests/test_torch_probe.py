@@ -691,6 +691,28 @@ class _Encoder(nn.Module):
         return self.head(self.enc(self.emb(x.flatten(2).transpose(1, 2))).mean(1))
 
 
+class _Functional(nn.Module):
+    """Normalizations called as functions (``F.layer_norm``, ``F.batch_norm``)."""
+
+    def __init__(self, kind):
+        super().__init__()
+        self.kind = kind
+        self.lin = nn.Linear(64, 16, bias=kind != "layer_norm")
+        self.head = nn.Linear(16, 3)
+        self.register_buffer("mean", torch.zeros(16))
+        self.register_buffer("var", torch.ones(16))
+
+    def forward(self, x):
+        h = self.lin(x.flatten(1))
+        if self.kind == "layer_norm":
+            h = nn.functional.layer_norm(h, (16,), eps=1e-12)
+        elif self.kind == "batch_norm":  # batch statistics: cancels the bias too
+            h = nn.functional.batch_norm(h, None, None, training=True, eps=1e-12)
+        else:  # running statistics: not a normalization of this batch
+            h = nn.functional.batch_norm(h, self.mean, self.var, training=False)
+        return self.head(h)
+
+
 def _flat(*layers):
     return nn.Sequential(nn.Flatten(), *layers)
 
@@ -762,6 +784,19 @@ ARCHITECTURES = {
         [],
     ),
     "tied_layer": (_Tied, [], ["lin.weight"]),
+    "rmsnorm": (
+        lambda: _flat(nn.Linear(64, 16, bias=False), nn.RMSNorm(16), nn.Linear(16, 3)),
+        ["1.weight"],
+        [],
+    ),
+    "biased_linear_into_rmsnorm": (
+        lambda: _flat(nn.Linear(64, 16), nn.RMSNorm(16), nn.Linear(16, 3)),
+        [],
+        [],
+    ),
+    "functional_layer_norm": (lambda: _Functional("layer_norm"), ["lin.weight"], []),
+    "functional_batch_norm": (lambda: _Functional("batch_norm"), ["lin.weight"], []),
+    "functional_batch_norm_running_stats": (lambda: _Functional("running"), [], []),
     "post_norm_transformer": (lambda: _Encoder(False), [], []),
     "pre_norm_transformer": (lambda: _Encoder(True), [], []),
 }
