@@ -717,6 +717,12 @@ def _flat(*layers):
     return nn.Sequential(nn.Flatten(), *layers)
 
 
+def _biased_conv_then(norm):
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), norm, nn.ReLU(), nn.Flatten(), nn.Linear(256, 3)
+    )
+
+
 ARCHITECTURES = {
     # name: (model, weights SI alone, weights SI only jointly)
     "leaky_relu_into_bn": (
@@ -734,35 +740,17 @@ ARCHITECTURES = {
         [],
     ),
     "biased_conv_into_instancenorm": (
-        lambda: nn.Sequential(
-            nn.Conv2d(1, 4, 3, padding=1),
-            nn.InstanceNorm2d(4),
-            nn.ReLU(),
-            nn.Flatten(),
-            nn.Linear(256, 3),
-        ),
+        lambda: _biased_conv_then(nn.InstanceNorm2d(4)),
         ["0.weight"],
         [],
     ),
     "biased_conv_into_groupnorm_per_channel": (
-        lambda: nn.Sequential(
-            nn.Conv2d(1, 4, 3, padding=1),
-            nn.GroupNorm(4, 4),
-            nn.ReLU(),
-            nn.Flatten(),
-            nn.Linear(256, 3),
-        ),
+        lambda: _biased_conv_then(nn.GroupNorm(4, 4)),
         ["0.weight"],
         [],
     ),
     "biased_conv_into_groupnorm_of_two_channels": (
-        lambda: nn.Sequential(
-            nn.Conv2d(1, 4, 3, padding=1),
-            nn.GroupNorm(2, 4),
-            nn.ReLU(),
-            nn.Flatten(),
-            nn.Linear(256, 3),
-        ),
+        lambda: _biased_conv_then(nn.GroupNorm(2, 4)),
         [],
         [],
     ),
