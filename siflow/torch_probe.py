@@ -174,13 +174,7 @@ def _norm_kind(node: Any, modules: Mapping[str, Any]) -> str | None:
     """
     if node.op == "call_module":
         mod = modules.get(node.target)
-        if isinstance(mod, nn.modules.batchnorm._BatchNorm):
-            return "batch"
-        if isinstance(mod, nn.modules.instancenorm._InstanceNorm):
-            return "channel"
-        if isinstance(mod, nn.GroupNorm):
-            return "channel" if mod.num_groups == mod.num_channels else "mixed"
-        return "mixed" if isinstance(mod, NORM_TYPES) else None
+        return _module_norm_kind(mod) if isinstance(mod, NORM_TYPES) else None
     if node.op != "call_function":
         return None
     name = getattr(node.target, "__name__", "")
@@ -203,6 +197,7 @@ def _cancels_bias(kind: str, layer: Any) -> bool:
 
 
 def _module_norm_kind(mod: Any) -> str:
+    """:func:`_norm_kind` of a normalization module."""
     if isinstance(mod, nn.modules.batchnorm._BatchNorm):
         return "batch"
     if isinstance(mod, nn.modules.instancenorm._InstanceNorm) or (
