@@ -117,6 +117,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_main(_body, argv, prog=PROG)
 
 
+def _live_options(args: Any, log: Path) -> dict[str, Any]:
+    """``live=True`` for the line-appended formats (CSV, JSON lines): a log still being
+    written may end in a line cut mid-write, which is then left out with a note."""
+    from siflow import io
+
+    fmt = args.fmt or io.detect_format(log)
+    return {"live": True} if fmt in ("csv", "jsonl") else {}
+
+
 def _body(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     from siflow.forecast import forecast_next_event
@@ -124,7 +133,7 @@ def _body(argv: Sequence[str] | None) -> int:
     log = Path(args.log)
     if not log.exists():
         raise CLIError(f"no such log: {str(log)!r}; check the path")
-    traj = read_log(args, log)
+    traj = read_log(args, log, **_live_options(args, log))
     fc = forecast_next_event(
         traj,
         lr=args.lr,
@@ -144,6 +153,9 @@ def _body(argv: Sequence[str] | None) -> int:
         return 0
     lo, hi = fc.next_event_interval
     print(f"log: {log}  last step: {fc.last_step}  destabilizations so far: {fc.n_events}")
+    for note in traj.meta.get("notes", []):
+        if "still being written" in note:
+            print(f"note: {note}")
     if fc.method == "none":
         print(f"no forecast: {fc.details.get('note', '')}")
     else:

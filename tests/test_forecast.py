@@ -310,6 +310,46 @@ def test_cli_json_and_errors(tmp_path):
         assert bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_cli_reads_a_log_whose_last_line_is_still_being_written(tmp_path, suffix):
+    # a run appending rows: the file ends in a row cut mid-write (no line end). The
+    # forecast leaves that row out and says so; the same cut at a line end gives the
+    # same forecast; the overlay (not a live tool) refuses it as a truncated file
+    traj, ev = jump_map()
+    cut = (ev[3] + ev[4]) // 2
+    steps, rho, loss = traj.step[: cut + 1], traj.rho[: cut + 1], traj.loss[: cut + 1]
+    if suffix == ".csv":
+        rows = [
+            f"{s},{float(r)!r},{float(lo)!r}" for s, r, lo in zip(steps, rho, loss, strict=True)
+        ]
+        whole = "step,rho,loss\n" + "\n".join(rows) + "\n"
+        partial = f"{cut + 1},{float(traj.rho[cut + 1])!r}"[:-3]
+    else:
+        rows = [
+            json.dumps({"step": int(s), "rho": float(r), "loss": float(lo)})
+            for s, r, lo in zip(steps, rho, loss, strict=True)
+        ]
+        whole = "\n".join(rows) + "\n"
+        partial = json.dumps({"step": int(cut) + 1, "rho": float(traj.rho[cut + 1])})[:-5]
+    done, live = tmp_path / f"done{suffix}", tmp_path / f"live{suffix}"
+    done.write_text(whole)
+    live.write_text(whole + partial)
+    cmd = [sys.executable, "-m", "siflow.forecast", "--lr", "1", "--wd", "0.002"]
+    a = subprocess.run([*cmd, str(done), "--json"], capture_output=True, text=True, check=False)
+    b = subprocess.run([*cmd, str(live), "--json"], capture_output=True, text=True, check=False)
+    assert a.returncode == b.returncode == 0, b.stderr
+    assert json.loads(a.stdout) == json.loads(b.stdout)
+    assert abs(json.loads(b.stdout)["next_event_step"] - ev[4]) <= 1.5
+    text = subprocess.run([*cmd, str(live)], capture_output=True, text=True, check=False)
+    assert "note: the last line" in text.stdout and "still being written" in text.stdout
+    over = subprocess.run(
+        [sys.executable, "-m", "siflow.overlay", str(live), "--lr", "1", "--wd", "0.002",
+         "--no-figure", "--out", str(tmp_path / "o")],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert over.returncode == 2 and "truncated" in over.stderr
+
+
 class _FakeOptimizer:
     def __init__(self):
         self.hooks = []

@@ -351,6 +351,18 @@ def _split_rows(lines: list[str], delim: str, n_cols: int, first_row: int, label
     return rows
 
 
+def _is_partial_last_line(line: str, header: _Header) -> bool:
+    """A file's last line cut short while the run appends to it: no line end and fewer
+    cells than the header (only the file's last line can lack a line end)."""
+    if line.endswith(("\n", "\r")):
+        return False
+    try:
+        cells = next(csv.reader([line], delimiter=header.delim, strict=True), [])
+    except csv.Error:
+        return True  # an unterminated quote
+    return len(cells) < header.n_cols
+
+
 def _parse_chunk(
     lines: list[str], first_row: int, header: _Header, state: dict[int, _Column], label: str
 ) -> int:
@@ -519,6 +531,7 @@ def parse_csv_table(
     label: str,
     *,
     keep: set[str] | None = None,
+    live: bool = False,
 ) -> CsvTable:
     """Stream a CSV (any compression) into numeric columns, chunk by chunk.
 
@@ -526,12 +539,14 @@ def parse_csv_table(
     comma, or a tab / semicolon when the header has those and no comma. Every
     column is read, except in files of more than :data:`WIDE_COLUMNS` columns,
     where only the columns a convention can use and those named in ``keep`` are
-    read (a note says how many).
+    read (a note says how many). With ``live`` (a log still being written), a last
+    line cut mid-write (no line end and too few cells) is left out with a note;
+    otherwise it is refused like any truncated file.
     """
     with open_binary(path) as raw:
         stream = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="strict", newline="")
         try:
-            return _parse_stream(stream, label, set(keep or ()))
+            return _parse_stream(stream, label, set(keep or ()), live)
         except UnicodeDecodeError as exc:
             raise ValueError(
                 f"{label} is not UTF-8 text (byte {exc.start} of a chunk); is it a binary file?"
@@ -553,19 +568,29 @@ def _next_chunk(stream: IO[str]) -> list[str]:
     return lines
 
 
-def _parse_stream(stream: IO[str], label: str, keep: set[str]) -> CsvTable:
+def _parse_stream(stream: IO[str], label: str, keep: set[str], live: bool) -> CsvTable:
     header = _header(stream, label, keep)
     state = {i: _Column() for i in header.names}
     n_rows = 0
+    partial = None
     while True:
         lines = _next_chunk(stream)
         if not lines:
             break
         if "\x00" in lines[0]:
             raise ValueError(f"{label} is a binary file, not a text log")
+        if live and _is_partial_last_line(lines[-1], header):
+            partial = lines.pop()
+            if not lines:
+                break
         n_rows += _parse_chunk(lines, n_rows + 1, header, state, label)
     if n_rows == 0:
         raise ValueError(f"{label} has a header but no data rows")
     table, text_cols, bad, notes = _finish(header, state, n_rows)
+    if partial is not None:
+        notes.append(
+            f"the last line ({partial.strip()[:40]!r}) has no line end and too few cells: "
+            f"a row still being written, left out"
+        )
     names = list(header.names.values())
     return CsvTable(names, table, text_cols, bad, notes, header.n_cols - len(names))

@@ -28,6 +28,7 @@ def read_csv(
     mapping: MappingArg = None,
     steps_per_epoch: int | None = None,
     group: str | None = None,
+    live: bool = False,
 ) -> Trajectory:
     """Read a CSV (or TSV) training log with one row per logged step.
 
@@ -54,6 +55,10 @@ def read_csv(
     group : str, optional
         SI group (layer) to use when the log has per-group norm columns, or
         ``"sum"``; see :func:`siflow.io._columns.build_trajectory`.
+    live : bool
+        The log may still be being written (``python -m siflow.forecast``): a last
+        line cut mid-write (no line end, too few cells) is left out with a note
+        instead of refused as a truncated file.
 
     Returns
     -------
@@ -73,7 +78,7 @@ def read_csv(
     """
     p = check_path(path)
     wanted = {c for c in normalize_mapping(mapping).values() if c}
-    parsed = parse_csv_table(p, repr(str(p)), keep=wanted)
+    parsed = parse_csv_table(p, repr(str(p)), keep=wanted, live=bool(live))
     return build_trajectory(
         parsed.table,
         path=p,
@@ -171,6 +176,7 @@ def read_jsonl(
     mapping: MappingArg = None,
     steps_per_epoch: int | None = None,
     group: str | None = None,
+    live: bool = False,
 ) -> Trajectory:
     """Read a JSON-lines training log (one JSON object per line).
 
@@ -180,7 +186,8 @@ def read_jsonl(
     or an object holding one list of them (such as the ``log_history`` of a
     Hugging Face ``trainer_state.json``, whose training and evaluation records
     share steps and are merged), is read the same way. Columns, conversions and
-    the row policy are those of :func:`read_csv`.
+    the row policy are those of :func:`read_csv`; with ``live`` a last line cut
+    mid-write (no line end, not complete JSON) is left out with a note.
 
     Raises
     ------
@@ -194,7 +201,7 @@ def read_jsonl(
     label = repr(str(p))
     meta: dict[str, Any] = {}
     if _is_json_lines(read_head(p)):
-        table, text_cols = _stream_json_lines(p, label)
+        table, text_cols = _stream_json_lines(p, label, meta, bool(live))
     else:
         records = _document_records(read_text(p), label, meta)
         table, text_cols = records_to_table(records)
@@ -266,11 +273,19 @@ def _document_records(text: str, label: str, meta: dict[str, Any]) -> list[Mappi
 _BATCH = 20_000
 
 
-def _json_line(line: str, number: int, rest: IO[str], label: str) -> Mapping[str, Any]:
+class _PartialLine(Exception):
+    """The file's last line, without a line end and not valid JSON: still being written."""
+
+
+def _json_line(
+    line: str, number: int, rest: IO[str], label: str, live: bool = False
+) -> Mapping[str, Any]:
     try:
         rec = json.loads(line)
     except (json.JSONDecodeError, RecursionError, ValueError) as exc:
         last = not any(more.strip() for more in rest)
+        if live and last and not line.endswith(("\n", "\r")):
+            raise _PartialLine(line) from None
         hint = (
             "; the file looks truncated (was the run still writing?)"
             if last
@@ -285,8 +300,11 @@ def _json_line(line: str, number: int, rest: IO[str], label: str) -> Mapping[str
     return rec
 
 
-def _stream_json_lines(p: Path, label: str) -> tuple[Table, list[str]]:
-    """JSON lines read in batches: memory holds one batch of records, then columns."""
+def _stream_json_lines(
+    p: Path, label: str, meta: dict[str, Any], live: bool
+) -> tuple[Table, list[str]]:
+    """JSON lines read in batches: memory holds one batch of records, then columns. With
+    ``live``, a last line still being written is left out with a note in ``meta``."""
     batches: list[tuple[Table, int]] = []
     text_cols: dict[str, None] = {}
     with open_binary(p) as raw:
@@ -295,12 +313,17 @@ def _stream_json_lines(p: Path, label: str) -> tuple[Table, list[str]]:
         try:
             for number, line in enumerate(stream, start=1):
                 if line.strip():
-                    records.append(_json_line(line, number, stream, label))
+                    records.append(_json_line(line, number, stream, label, live))
                 if len(records) >= _BATCH:
                     batches.append(_batch(records, text_cols))
                     records = []
         except UnicodeDecodeError as exc:
             raise ValueError(f"{label} is not UTF-8 text (byte {exc.start})") from None
+        except _PartialLine as cut:
+            meta.setdefault("notes", []).append(
+                f"the last line ({str(cut.args[0]).strip()[:40]!r}) has no line end and is not "
+                f"complete JSON: a record still being written, left out"
+            )
         if records:
             batches.append(_batch(records, text_cols))
     if not batches:
