@@ -452,7 +452,10 @@ def _hook_groups(model: Any, example_input: Any) -> list[str]:
     buffers = _save_buffers(model)
     try:
         with torch.no_grad():
-            model(example_input)
+            if isinstance(example_input, Mapping):
+                model(**example_input)  # keyword inputs (a Hugging Face batch)
+            else:
+                model(example_input)
     finally:
         for h in handles:
             h.remove()
@@ -483,9 +486,10 @@ def find_si_groups(
     Parameters
     ----------
     model : torch.nn.Module
-    example_input : Tensor, optional
+    example_input : Tensor or mapping, optional
         Needed for ``method="hooks"`` (and as the fallback of ``"auto"`` when the
-        model cannot be traced by ``torch.fx``).
+        model cannot be traced by ``torch.fx``); a mapping is passed as keyword
+        arguments (``model(**batch)``, a Hugging Face batch).
     method : {"auto", "fx", "hooks"}
         ``"fx"`` traces the module graph symbolically; ``"hooks"`` runs one forward
         pass and matches a weight layer's output tensor with a norm layer's input

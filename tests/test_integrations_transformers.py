@@ -172,3 +172,75 @@ def test_every_and_sharpness_batch(tmp_path):
     assert json.dumps(hist)  # plain floats
     with pytest.raises(ValueError, match="sharpness_batch"):
         SIRecorderCallback(sharpness=True)
+
+
+class UntraceableNet(TinyNet):
+    """TinyNet whose forward branches on a tensor value (torch.fx cannot trace it, as with
+    most Hugging Face models), plus a layer that feeds a BatchNorm and, through a residual
+    sum, the output: the forward hooks see it reach the norm, rescaling shows it is not SI."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.side = nn.Linear(16, 32, bias=False)
+        self.side_bn = nn.BatchNorm1d(32, affine=False)
+        self.mix = nn.Linear(32, 10, bias=False)
+        self.mix.requires_grad_(False)
+
+    def forward(self, x, labels=None):
+        if x.abs().sum() < 0:  # data-dependent control flow
+            x = -x
+        s = self.side(x)
+        logits = self.net(x) + self.mix(self.side_bn(s) + s)
+        out = {"logits": logits}
+        if labels is not None:
+            out["loss"] = nn.functional.cross_entropy(logits, labels)
+        return out
+
+
+def test_untraceable_model_groups_from_the_first_batch_confirmed_by_rescaling(tmp_path):
+    from siflow.torch_probe import find_si_groups
+
+    model = UntraceableNet()
+    with pytest.raises(ValueError, match="torch.fx could not trace"):
+        find_si_groups(model)
+    cb = SIRecorderCallback(every=5)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "out"), max_steps=10, per_device_train_batch_size=64,
+        report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0,
+    )  # fmt: skip
+    opt = torch.optim.SGD(
+        [p for p in model.parameters() if p.requires_grad], lr=LR, weight_decay=WD
+    )
+    trainer = transformers.Trainer(
+        model=model, args=args, train_dataset=Blobs(), optimizers=(opt, None), callbacks=[cb]
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.train()
+    # the two pre-BatchNorm weights of the network; side.weight also reaches a BatchNorm,
+    # but its output is used a second time, and the rescaling check leaves it out
+    assert list(cb.recorder.groups) == ["net.0.weight", "net.3.weight"]
+    note = cb.recorder.trajectory().meta["notes"][0]
+    assert "forward hooks on the first training batch" in note and "side.weight" in note
+
+
+def test_untraceable_model_without_si_weights_is_one_clear_error(tmp_path):
+    class NoNorm(UntraceableNet):
+        def forward(self, x, labels=None):
+            if x.abs().sum() < 0:
+                x = -x
+            logits = self.mix(self.side(x))
+            return {"logits": logits, "loss": nn.functional.cross_entropy(logits, labels)}
+
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=64,
+        report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True,
+    )  # fmt: skip
+    model = NoNorm()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=LR)
+    trainer = transformers.Trainer(
+        model=model, args=args, train_dataset=Blobs(), optimizers=(opt, None),
+        callbacks=[SIRecorderCallback(every=1)],
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="no scale-invariant weights found in NoNorm.*groups="):
+        trainer.train()

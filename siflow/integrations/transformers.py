@@ -68,6 +68,64 @@ def _find_handler(callback: Any) -> Any:
     return None
 
 
+#: Largest relative loss change under rescaling for a hook-found group to be kept
+#: (BatchNorm's eps adds about eps / variance; float32 rounding about 1e-7).
+_SI_CHECK_TOL = 1e-4
+
+
+def _groups_from_first_batch(model: Any, loader: Any) -> tuple[Any, dict[str, Any]]:
+    """SI groups of a model ``torch.fx`` cannot trace (most Hugging Face models), from the
+    forward-hook heuristic on the trainer's first training batch, each kept only if
+    rescaling it leaves that batch's loss unchanged (:func:`check_scale_invariance`).
+
+    ``(None, {})`` when the model traces (the recorder's default detection then runs) or
+    no batch is at hand; ``ValueError`` when no group passes.
+    """
+    from siflow.torch_probe import check_scale_invariance, find_si_groups
+
+    try:
+        find_si_groups(model, method="fx")
+        return None, {}
+    except ValueError:
+        pass
+    if loader is None:
+        return None, {}
+    try:
+        batch = next(iter(loader))
+    except (StopIteration, TypeError):
+        return None, {}
+    if not isinstance(batch, Mapping):
+        return None, {}
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
+    found = find_si_groups(model, example_input=batch, method="hooks")
+
+    def loss_fn() -> Any:
+        out = model(**batch)
+        return out["loss"] if isinstance(out, Mapping) else out[0]
+
+    kept, dropped = {}, []
+    for name, params in found.items():
+        if check_scale_invariance(loss_fn, params, model=model) < _SI_CHECK_TOL:
+            kept[name] = params
+        else:
+            dropped.append(name)
+    if not kept:
+        raise ValueError(
+            f"no scale-invariant weights found in {type(model).__name__} (forward hooks on "
+            f"the first training batch, as torch.fx cannot trace it"
+            + (f"; {', '.join(dropped)} failed the rescaling check" if dropped else "")
+            + "); pass groups= (each weight matrix as its own group is the rotational monitor)"
+        )
+    note = (
+        "SI groups found by forward hooks on the first training batch (torch.fx cannot trace "
+        "the model), each confirmed by rescaling it on that batch"
+    )
+    if dropped:
+        note += f"; not scale-invariant there, left out: {', '.join(dropped)}"
+    return kept, {"notes": [note]}
+
+
 class SIRecorderCallback(_tc.TrainerCallback):
     """Record SI metrics every ``every`` optimizer steps and report them.
 
@@ -81,8 +139,11 @@ class SIRecorderCallback(_tc.TrainerCallback):
     path : str or PathLike, optional
         Also write a siflow log (``.csv`` or ``.npz``) there at the end of training.
     groups : mapping or sequence of parameter names, optional
-        SI groups (default: :func:`siflow.torch_probe.find_si_groups` on the model).
-    example_input : Tensor, optional
+        SI groups (default: :func:`siflow.torch_probe.find_si_groups` on the model;
+        when ``torch.fx`` cannot trace it, as with most Hugging Face models, the
+        forward-hook detection on the first training batch, keeping the groups whose
+        rescaling leaves that batch's loss unchanged, with a note in the log).
+    example_input : Tensor or mapping, optional
         For the forward-hook detection when ``torch.fx`` cannot trace the model.
     sharpness_batch : dict, optional
         Model inputs (with labels) of the fixed batch for the sharpness: the loss
@@ -136,6 +197,9 @@ class SIRecorderCallback(_tc.TrainerCallback):
                 out = model(**batch)
                 return out["loss"] if isinstance(out, Mapping) else out[0]
 
+        groups, meta = self.groups, {}
+        if groups is None and self.example_input is None:
+            groups, meta = _groups_from_first_batch(model, kwargs.get("train_dataloader"))
         self.recorder = make_recorder(
             model,
             unwrap_optimizer(optimizer),
@@ -143,8 +207,8 @@ class SIRecorderCallback(_tc.TrainerCallback):
             self._sharp_every,
             loss_fn,
             self.path,
-            {"groups": self.groups, "example_input": self.example_input, **self.options},
-            {"source": "siflow.integrations.transformers", "step_offset": self._offset},
+            {"groups": groups, "example_input": self.example_input, **self.options},
+            {"source": "siflow.integrations.transformers", "step_offset": self._offset, **meta},
         )
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
