@@ -78,14 +78,14 @@ def _groups_from_first_batch(model: Any, loader: Any) -> tuple[Any, dict[str, An
     forward-hook heuristic on the trainer's first training batch, each kept only if
     rescaling it leaves that batch's loss unchanged (:func:`check_scale_invariance`).
 
-    ``(None, {})`` when the model traces (the recorder's default detection then runs) or
-    no batch is at hand; ``ValueError`` when no group passes.
+    The traced groups when the model traces (``None`` if it has none: the recorder's
+    default detection then says so); ``(None, {})`` when no batch is at hand;
+    ``ValueError`` when no group passes.
     """
     from siflow.torch_probe import check_scale_invariance, find_si_groups
 
     try:
-        find_si_groups(model, method="fx")
-        return None, {}
+        return find_si_groups(model, method="fx") or None, {}  # traced once, groups kept
     except ValueError:
         pass
     if loader is None:
