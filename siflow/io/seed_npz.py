@@ -63,6 +63,7 @@ __all__ = [
     "seed_model",
     "seed_si_tensors",
     "seed_steps_per_epoch",
+    "is_full_batch",
     "intra_epoch_denominator",
     "detect",
 ]
@@ -325,6 +326,11 @@ def _batch_size_from_command(model_dir: Path | None, exp: str) -> int | None:
     return int(batch) if batch is not None and int(batch) > 0 else None
 
 
+def is_full_batch(path: Path) -> bool:
+    """``_fbgd`` (``train.py --fbgd``, full-batch GD) in the run's experiment name."""
+    return re.search(r"(?:^|_)fbgd(?:_|$)", _experiment_dir_parts(path)[0]) is not None
+
+
 def seed_steps_per_epoch(path: Path) -> tuple[int | None, str]:
     """Optimizer steps per epoch of a seed-paper run, and how it was found.
 
@@ -334,7 +340,7 @@ def seed_steps_per_epoch(path: Path) -> tuple[int | None, str]:
     when either is unknown.
     """
     exp, model_dir = _experiment_dir_parts(path)
-    if re.search(r"(?:^|_)fbgd(?:_|$)", exp):
+    if is_full_batch(path):
         return 1, "full-batch run (_fbgd in the experiment name): 1 step per epoch"
     data_size = parse_run_name(exp).get("data_size")
     batch = _batch_size_from_command(model_dir, exp)
@@ -386,8 +392,7 @@ def seed_time_axis(
             f"checkpoints inside epochs (--save_freq_int, report_epochs e + k/{f} = epochs "
             f"done): step e K plus the batches train.py had run when it saved them"
         )
-        fbgd = re.search(r"(?:^|_)fbgd(?:_|$)", _experiment_dir_parts(p)[0]) is not None
-        return _intra_epoch_steps(epochs, f, k, fbgd), "step"
+        return _intra_epoch_steps(epochs, f, k, is_full_batch(p)), "step"
     completed = epochs.astype(np.int64) + 1
     if k is None:
         meta["time_note"] = (

@@ -32,7 +32,7 @@ import numpy as np
 from siflow.io._build import build_trajectory
 from siflow.io._columns import Table, normalize_mapping
 from siflow.io._text import check_path, read_text, to_float
-from siflow.io.seed_npz import _run_meta, seed_time_axis
+from siflow.io.seed_npz import _run_meta, is_full_batch, seed_time_axis
 from siflow.trajectory import Trajectory
 
 __all__ = ["read_seed_out", "detect"]
@@ -118,7 +118,8 @@ def read_seed_out(
     Returns
     -------
     Trajectory
-        ``loss = tr_loss`` (epoch average in train mode) at step ``(ep + 1) K``;
+        ``loss = tr_loss`` (epoch average in train mode) at step ``(ep + 1) K``
+        (a full-batch run: at step ``ep``, its ``te_*`` at ``ep + 1``);
         lr and wd from the experiment name (a learning rate that changes in the
         table's ``lr`` column is kept per row, the name's as ``lr_init``); other
         columns in ``extra``.
@@ -139,7 +140,7 @@ def read_seed_out(
         meta["lr_init"] = meta.pop("lr")
     step, unit = seed_time_axis(p, epochs, steps_per_epoch, meta)
     defaults = {"loss": "tr_loss"} if "tr_loss" in table else {}
-    if unit == "step" and meta.get("steps_per_epoch") == 1 and _full_batch(p):
+    if unit == "step" and meta.get("steps_per_epoch") == 1 and is_full_batch(p):
         step, table = _full_batch_rows(epochs.astype(np.int64), table)
         meta.setdefault("notes", []).append(
             "full-batch run: the epoch's one update comes after its batch, so tr_loss, "
@@ -160,10 +161,6 @@ def read_seed_out(
         step=step,
         time_unit=unit,
     )
-
-
-def _full_batch(p: Path) -> bool:
-    return re.search(r"(?:^|_)fbgd(?:_|$)", p.stem) is not None
 
 
 def _full_batch_rows(epochs: np.ndarray, table: Table) -> tuple[np.ndarray, Table]:
