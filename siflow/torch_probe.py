@@ -225,10 +225,10 @@ def _is_rectifier(node: Any, modules: Mapping[str, Any]) -> bool:
     return name in _RECTIFIER_FUNCTIONS
 
 
-def _called_weights(graph: Any, modules: Mapping[str, Any]) -> tuple[set[str], set[str]]:
-    """``(once, unsafe)``: weight layers called by exactly one graph node, and those whose
-    weight the graph also reads directly (``get_attr``) or that sit inside a module the
-    trace did not enter (their uses are not visible)."""
+def _called_weights(graph: Any, modules: Mapping[str, Any]) -> tuple[dict[str, int], set[str]]:
+    """``(calls, unsafe)``: how many graph nodes call each weight layer, and the layers
+    whose weight the graph also reads directly (``get_attr``) or that sit inside a module
+    the trace did not enter (their uses are not visible)."""
     calls: dict[str, int] = {}
     opaque: list[str] = []
     read: set[str] = set()
@@ -246,8 +246,7 @@ def _called_weights(graph: Any, modules: Mapping[str, Any]) -> tuple[set[str], s
         for name, mod in modules.items()
         if isinstance(mod, WEIGHT_TYPES) and any(name.startswith(o) for o in opaque)
     }
-    once = {name for name, n in calls.items() if n == 1}
-    return once, read | inside
+    return calls, read | inside
 
 
 def _fx_groups(graph: Any, modules: Mapping[str, Any]) -> list[str]:
@@ -255,7 +254,7 @@ def _fx_groups(graph: Any, modules: Mapping[str, Any]) -> list[str]:
     from torch import fx
 
     found: list[str] = []
-    once, unsafe = _called_weights(graph, modules)
+    calls, unsafe = _called_weights(graph, modules)
     for node in graph.nodes:
         kind = _norm_kind(node, modules)
         if kind is None:
@@ -266,7 +265,7 @@ def _fx_groups(graph: Any, modules: Mapping[str, Any]) -> list[str]:
             if src.op == "call_module":
                 mod = modules.get(src.target)
                 if isinstance(mod, WEIGHT_TYPES):
-                    ok = src.target in once and src.target not in unsafe
+                    ok = calls.get(src.target) == 1 and src.target not in unsafe
                     if ok and _bias_ok(mod, kind, rectified) and mod.weight is not None:
                         found.append(f"{src.target}.weight")
                     break
@@ -403,7 +402,7 @@ def _fx_joint_weights(graph: Any, modules: Mapping[str, Any], exclude: Iterable[
     from torch import fx
 
     skip = set(exclude)
-    called, unsafe = _called_weights(graph, modules)
+    calls, unsafe = _called_weights(graph, modules)
     cand = [
         f"{name}.weight"
         for name, mod in modules.items()
@@ -412,7 +411,7 @@ def _fx_joint_weights(graph: Any, modules: Mapping[str, Any], exclude: Iterable[
         and mod.weight.requires_grad
         and f"{name}.weight" not in skip
         and name not in unsafe
-        and (name in called or _is_called(graph, name))
+        and name in calls
     ]
     keep = set(cand)
     while keep:
@@ -421,10 +420,6 @@ def _fx_joint_weights(graph: Any, modules: Mapping[str, Any], exclude: Iterable[
             break
         keep -= drop
     return [w for w in cand if w in keep]
-
-
-def _is_called(graph: Any, name: str) -> bool:
-    return any(n.op == "call_module" and n.target == name for n in graph.nodes)
 
 
 def _hook_groups(model: Any, example_input: Any) -> list[str]:
