@@ -126,6 +126,11 @@ _PASS_FUNCTIONS = {
     "adaptive_avg_pool3d", "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d",
 }  # fmt: skip
 _PASS_METHODS = {"relu", "view", "reshape", "flatten", "contiguous"}
+#: Operations that may move a channel's entries to other positions or axes.
+_RESHAPES = {
+    "view", "reshape", "unflatten", "permute", "transpose", "squeeze", "unsqueeze",
+    "getitem", "mean", "sum",
+}  # fmt: skip
 
 GroupSpec = Mapping[str, Sequence[Any]] | Sequence[str] | None
 
@@ -187,13 +192,22 @@ def _norm_kind(node: Any, modules: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _cancels_bias(kind: str, layer: Any) -> bool:
+def _cancels_bias(kind: str, layer: Any, norm: Any = None) -> bool:
     """Whether a normalization of ``kind`` (:func:`_norm_kind`) cancels a per-channel bias
-    of ``layer``: BatchNorm always; InstanceNorm and one-channel GroupNorm after a
-    convolution (their mean over positions holds its per-channel bias). LayerNorm,
-    RMSNorm and GroupNorm over several channels mix channels with different biases.
+    of ``layer``: BatchNorm always for a convolution (its bias lies along the channel
+    axis); InstanceNorm and one-channel GroupNorm after a convolution (their mean over
+    positions holds its per-channel bias). A ``Linear`` bias lies along the last axis,
+    the BatchNorm's channels only when the output is two-dimensional: with the BatchNorm
+    module ``norm`` known, its ``num_features`` must equal ``out_features`` (a
+    ``BatchNorm1d`` over ``(N, L, F)`` normalizes each of the ``L`` positions, across
+    the biases of the ``F`` features; a functional ``batch_norm`` has no module to ask).
+    LayerNorm, RMSNorm and GroupNorm over several
+    channels mix channels with different biases.
     """
-    return kind == "batch" or (kind == "channel" and isinstance(layer, nn.modules.conv._ConvNd))
+    if isinstance(layer, nn.Linear):
+        features = getattr(norm, "num_features", layer.out_features)  # F.batch_norm: no module
+        return kind == "batch" and features == layer.out_features
+    return kind in ("batch", "channel") and isinstance(layer, nn.modules.conv._ConvNd)
 
 
 def _module_norm_kind(mod: Any) -> str:
@@ -207,13 +221,60 @@ def _module_norm_kind(mod: Any) -> str:
     return "mixed"
 
 
-def _bias_ok(layer: Any, kind: str, rectified: bool = False) -> bool:
+def _bias_ok(layer: Any, kind: str, broken: bool = False, norm: Any = None) -> bool:
     """A bias before the norm layer keeps the weight SI only if the norm removes it
-    (:func:`_cancels_bias`), and not after a rectifier (``rectified``):
+    (:func:`_cancels_bias`) and it reaches the norm as a per-channel constant, which
+    an operation of :func:`_breaks_bias` in between (``broken``) undoes:
     ``relu(c W x + b) != c relu(W x + b)``.
     """
     bias = getattr(layer, "bias", None)
-    return bias is None or (_cancels_bias(kind, layer) and not rectified)
+    return bias is None or (_cancels_bias(kind, layer, norm) and not broken)
+
+
+def _flat_output(node: Any, layer: Any) -> bool:
+    """False for a ``Linear`` whose output is known (from shape propagation with an
+    example input) to have more than two dimensions: its bias then lies along an axis
+    other than a BatchNorm's channels."""
+    meta = node.meta.get("tensor_meta")
+    shape = getattr(meta, "shape", None)
+    return not isinstance(layer, nn.Linear) or shape is None or len(shape) == 2
+
+
+def _breaks_bias(node: Any, modules: Mapping[str, Any]) -> bool:
+    """Whether a homogeneous operation turns a per-channel bias into something a
+    normalization does not subtract.
+
+    Rectifiers (``relu(c z + b) != c relu(z) + b``); dropout (the mask multiplies the
+    bias entry by entry); average pooling with zero padding counted in the divisor
+    (border outputs hold a fraction of the bias); constant padding (the border is not
+    biased); reshapes, permutations, indexing and reductions (the bias may no longer lie
+    along the channel axis). Pooling without padding, max pooling, upsampling,
+    ``flatten`` from dimension 1 on, and reflecting or replicating padding keep it.
+    """
+    if _is_rectifier(node, modules):
+        return True
+    if node.op == "call_module":
+        mod = modules.get(node.target)
+        if isinstance(mod, nn.modules.dropout._DropoutNd | nn.Unflatten):
+            return True
+        if isinstance(mod, nn.modules.pooling._AvgPoolNd):
+            padded = any(np.atleast_1d(mod.padding))
+            return padded and (mod.count_include_pad or mod.divisor_override is not None)
+        if isinstance(mod, nn.Flatten):
+            return mod.start_dim == 0
+        return False
+    name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+    if name.startswith("dropout") or name in _RESHAPES:
+        return True
+    if name in ("avg_pool1d", "avg_pool2d", "avg_pool3d"):
+        padded = any(np.atleast_1d(_const_arg(node, 3, "padding", 0)))
+        counted = _const_arg(node, 5, "count_include_pad", True)
+        return padded and (counted or _const_arg(node, 6, "divisor_override", None) is not None)
+    if name == "flatten":
+        return _const_arg(node, 1, "start_dim", 0) == 0
+    if name == "pad":
+        return _const_arg(node, 2, "mode", "constant") == "constant"
+    return False
 
 
 def _is_rectifier(node: Any, modules: Mapping[str, Any]) -> bool:
@@ -260,13 +321,15 @@ def _fx_groups(graph: Any, modules: Mapping[str, Any]) -> list[str]:
         if kind is None:
             continue
         src = node.args[0] if node.args else None
-        rectified = False
+        norm = modules.get(node.target) if node.op == "call_module" else None
+        broken = False
         while src is not None and isinstance(src, fx.Node) and len(src.users) == 1:
             if src.op == "call_module":
                 mod = modules.get(src.target)
                 if isinstance(mod, WEIGHT_TYPES):
                     ok = calls.get(src.target) == 1 and src.target not in unsafe
-                    if ok and _bias_ok(mod, kind, rectified) and mod.weight is not None:
+                    broken = broken or not _flat_output(src, mod)
+                    if ok and _bias_ok(mod, kind, broken, norm) and mod.weight is not None:
                         found.append(f"{src.target}.weight")
                     break
                 if not isinstance(mod, PASS_MODULES):
@@ -279,7 +342,7 @@ def _fx_groups(graph: Any, modules: Mapping[str, Any]) -> list[str]:
                     break
             else:
                 break
-            rectified = rectified or _is_rectifier(src, modules)
+            broken = broken or _breaks_bias(src, modules)
             src = src.args[0] if src.args else None
     return found
 
@@ -358,10 +421,15 @@ def _joint_conflict(graph: Any, modules: Mapping[str, Any], cand: set[str], fx: 
             w = f"{node.target}.weight"
             k, src = (first.k + 1, first.src | {w}) if w in cand else (first.k, first.src)
             biased = k > 0 and getattr(mod, "bias", None) is not None
-            deg[node] = _Degree(k, src, biased, layer=mod)
+            # a bias off the channel axis is cancelled by no normalization
+            deg[node] = _Degree(k, src, biased, layer=mod if _flat_output(node, mod) else None)
         elif (kind := _norm_kind(node, modules)) is not None:
-            if first.biased and not _cancels_bias(kind, first.layer):
+            if first.biased and not _cancels_bias(kind, first.layer, mod):
                 return set(first.src)
+            deg[node] = zero
+        elif name == "pad" and _pads_nonzero(node):
+            if first.k or first.biased:
+                return set(first.src)  # a constant border is not scaled
             deg[node] = zero
         elif (
             isinstance(mod, PASS_MODULES)
@@ -369,7 +437,7 @@ def _joint_conflict(graph: Any, modules: Mapping[str, Any], cand: set[str], fx: 
             or name in _PASS_METHODS
             or name in _HOMOGENEOUS
         ):
-            if first.biased and _is_rectifier(node, modules):
+            if first.biased and _breaks_bias(node, modules):
                 return set(first.src)
             deg[node] = first
         elif name in _SHAPE_QUERIES:
@@ -389,6 +457,14 @@ def _joint_conflict(graph: Any, modules: Mapping[str, Any], cand: set[str], fx: 
         else:
             deg[node] = zero
     return set()
+
+
+def _pads_nonzero(node: Any) -> bool:
+    """Whether a ``pad`` call fills its border with a constant other than 0 (not
+    homogeneous: ``pad(c z, value=v) != c pad(z, value=v)``)."""
+    mode = _const_arg(node, 2, "mode", "constant")
+    value = _const_arg(node, 3, "value", None)
+    return mode == "constant" and value is not None and value != 0
 
 
 def _fx_joint_weights(graph: Any, modules: Mapping[str, Any], exclude: Iterable[str]) -> list[str]:
@@ -436,7 +512,11 @@ def _hook_groups(model: Any, example_input: Any) -> list[str]:
 
     def on_norm(mod: Any, inputs: Any) -> None:
         hit = produced.get(id(inputs[0]))
-        if hit is not None and _bias_ok(hit[1], _module_norm_kind(mod)):
+        if hit is None:
+            return
+        # a Linear's bias lies along the last axis: BatchNorm's channels only in 2-D
+        flat = not isinstance(hit[1], nn.Linear) or inputs[0].dim() == 2
+        if _bias_ok(hit[1], _module_norm_kind(mod), not flat, mod):
             found.append(f"{hit[0]}.weight")
 
     for name, mod in model.named_modules():
@@ -472,7 +552,13 @@ def find_si_groups(
     terms, if any, come after the normalization and do not change this; they are not
     SI themselves and are not returned. A bias before the norm is allowed only where
     the norm subtracts each channel's mean (BatchNorm; InstanceNorm or one-channel
-    GroupNorm after a convolution), with no rectifier in between. "Nowhere else": the
+    GroupNorm after a convolution) and the bias reaches it as a per-channel constant:
+    no rectifier, dropout, zero padding (constant ``pad``, average pooling that counts
+    its padding), reshape or permutation in between; a ``Linear`` bias only before a
+    ``BatchNorm`` over its ``out_features`` channels, and only with a two-dimensional
+    output, which is checked when ``example_input`` is a tensor (the traced graph is
+    run once on it to know the shapes; without it a ``Linear`` applied to ``(N, L, F)``
+    with ``L = F`` before ``BatchNorm1d(L)`` cannot be told from the 2-D case). "Nowhere else": the
     layer is called once in the traced graph, its weight is not read directly, and it
     is not inside a module the trace does not enter (``torch.fx`` keeps
     ``nn.TransformerEncoderLayer`` or ``nn.MultiheadAttention`` whole; nothing inside
@@ -520,7 +606,9 @@ def find_si_groups(
 
         modules = dict(model.named_modules())
         try:
-            graph = fx.symbolic_trace(model).graph
+            traced = fx.symbolic_trace(model)
+            _propagate_shapes(traced, model, example_input)
+            graph = traced.graph
             names = _fx_groups(graph, modules)
         except Exception as exc:  # torch.fx raises many types on untraceable code
             if method == "fx" or example_input is None:
@@ -536,6 +624,25 @@ def find_si_groups(
     if joint:
         groups[JOINT_GROUP] = [params[n] for n in joint]
     return groups
+
+
+def _propagate_shapes(traced: Any, model: Any, example_input: Any) -> None:
+    """Record each node's output shape (``node.meta["tensor_meta"]``) by running the traced
+    graph once on ``example_input`` (a tensor); the model's buffers and the random state
+    are restored. Without a tensor input, or when the run fails, shapes stay unknown."""
+    if not isinstance(example_input, torch.Tensor):
+        return
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    buffers = _save_buffers(model)
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            ShapeProp(traced).propagate(example_input)
+    except Exception:  # noqa: BLE001 - shapes are an optional refinement
+        for node in traced.graph.nodes:
+            node.meta.pop("tensor_meta", None)
+    finally:
+        _restore_buffers(model, buffers)
 
 
 def _save_buffers(model: Any) -> list[tuple[Any, Any]]:

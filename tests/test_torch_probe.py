@@ -824,6 +824,192 @@ def test_detection_on_other_architectures_agrees_with_the_numerical_check(arch):
         assert check_scale_invariance(loss_fn, groups[JOINT_GROUP], model=model) < 1e-9
 
 
+class _Fn(nn.Module):
+    """A model whose forward is ``body(self, x)`` (operations no Sequential holds)."""
+
+    def __init__(self, body, **layers):
+        super().__init__()
+        self.body = body
+        for name, layer in layers.items():
+            setattr(self, name, layer)
+
+    def forward(self, x):
+        return self.body(self, x)
+
+
+def _conv_then(*between, pool_out=6):
+    """A biased 3x3 convolution on (N, 3, 8, 8), ``between``, BatchNorm, a linear head."""
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3),
+        *between,
+        nn.BatchNorm2d(4),
+        nn.Flatten(),
+        nn.Linear(4 * pool_out**2, 2),
+    )
+
+
+F_ = nn.functional
+#: name: (model, input shape, weights SI alone, weights of the joint group). A bias
+#: before a BatchNorm is cancelled only while it is a per-channel constant.
+BIAS_PATHS = {
+    "dropout": (lambda: _conv_then(nn.Dropout(0.5)), (8, 3, 8, 8), [], []),
+    "dropout2d": (lambda: _conv_then(nn.Dropout2d(0.5)), (8, 3, 8, 8), [], []),
+    "linear_dropout": (
+        lambda: nn.Sequential(nn.Linear(5, 6), nn.Dropout(0.3), nn.BatchNorm1d(6), nn.Linear(6, 2)),
+        (16, 5),
+        [],
+        [],
+    ),
+    "avg_pool_counting_padding": (
+        lambda: _conv_then(nn.AvgPool2d(3, 1, padding=1)),
+        (8, 3, 8, 8),
+        [],
+        [],
+    ),
+    "avg_pool_not_counting_padding": (
+        lambda: _conv_then(nn.AvgPool2d(3, 1, padding=1, count_include_pad=False)),
+        (8, 3, 8, 8),
+        ["0.weight"],
+        [],
+    ),
+    "avg_pool_ceil_mode_padding": (
+        lambda: _conv_then(nn.AvgPool2d(4, 3, padding=1, ceil_mode=True), pool_out=3),
+        (8, 3, 8, 8),
+        [],
+        [],
+    ),
+    "max_pool_padding": (
+        lambda: _conv_then(nn.MaxPool2d(3, 1, padding=1)),
+        (8, 3, 8, 8),
+        ["0.weight"],
+        [],
+    ),
+    "upsample": (
+        lambda: _conv_then(nn.Upsample(scale_factor=2, mode="bilinear"), pool_out=12),
+        (8, 3, 8, 8),
+        ["0.weight"],
+        [],
+    ),
+    "zero_pad": (
+        lambda: _Fn(
+            lambda s, x: s.h(s.bn(F_.pad(s.c(x), (1, 1, 1, 1))).flatten(1)),
+            c=nn.Conv2d(3, 4, 3),
+            bn=nn.BatchNorm2d(4),
+            h=nn.Linear(256, 2),
+        ),
+        (8, 3, 8, 8),
+        [],
+        [],
+    ),
+    "pad_with_a_constant": (
+        lambda: _Fn(
+            lambda s, x: s.h(s.bn(F_.pad(s.c(x), (1, 1, 1, 1), value=1.0)).flatten(1)),
+            c=nn.Conv2d(3, 4, 3, bias=False),
+            bn=nn.BatchNorm2d(4),
+            h=nn.Linear(256, 2),
+        ),
+        (8, 3, 8, 8),
+        [],
+        [],
+    ),
+    "linear_view_into_batchnorm": (
+        lambda: _Fn(
+            lambda s, x: s.h(s.bn(s.lin(x).view(-1, 2, 4)).flatten(1)),
+            lin=nn.Linear(5, 8),
+            bn=nn.BatchNorm1d(2),
+            h=nn.Linear(8, 2),
+        ),
+        (16, 5),
+        [],
+        [],
+    ),
+    "linear_on_sequence_into_batchnorm": (
+        lambda: _Fn(
+            lambda s, x: s.h(s.bn(s.lin(x)).flatten(1)),
+            lin=nn.Linear(4, 3),
+            bn=nn.BatchNorm1d(5),
+            h=nn.Linear(15, 2),
+        ),
+        (8, 5, 4),
+        [],
+        [],
+    ),
+    # 5 positions and 5 features: only the shapes of the example input tell it from 2-D
+    "linear_on_square_sequence_into_batchnorm": (
+        lambda: _Fn(
+            lambda s, x: s.h(s.bn(s.lin(x)).flatten(1)),
+            lin=nn.Linear(4, 5),
+            bn=nn.BatchNorm1d(5),
+            h=nn.Linear(25, 2),
+        ),
+        (8, 5, 4),
+        [],
+        [],
+    ),
+    "linear_into_batchnorm": (
+        lambda: nn.Sequential(nn.Linear(5, 6), nn.BatchNorm1d(6), nn.Linear(6, 2)),
+        (16, 5),
+        ["0.weight"],
+        [],
+    ),
+    "conv_flatten_into_batchnorm1d": (
+        lambda: nn.Sequential(
+            nn.Conv2d(3, 4, 3), nn.Flatten(), nn.BatchNorm1d(144), nn.Linear(144, 2)
+        ),
+        (8, 3, 8, 8),
+        ["0.weight"],
+        [],
+    ),
+    "two_linears_concatenated_into_layernorm": (
+        lambda: _Fn(
+            lambda s, x: s.h(s.ln(torch.cat([s.a(x), s.b(x)], 1))),
+            a=nn.Linear(5, 3, bias=False),
+            b=nn.Linear(5, 3, bias=False),
+            ln=nn.LayerNorm(6),
+            h=nn.Linear(6, 2),
+        ),
+        (16, 5),
+        [],
+        ["a.weight", "b.weight"],
+    ),
+}
+
+
+@pytest.mark.parametrize("method", ["fx", "hooks"])
+@pytest.mark.parametrize("arch", list(BIAS_PATHS))
+def test_biases_reach_the_norm_only_as_channel_constants(arch, method):
+    make, shape, alone, joint = BIAS_PATHS[arch]
+    torch.manual_seed(0)
+    model = make().double().train()
+    for mod in model.modules():
+        if hasattr(mod, "eps"):
+            mod.eps = 1e-14  # invariance exact to rounding
+    x = torch.randn(*shape, dtype=torch.float64)
+    y = torch.randint(0, 2, (shape[0],))
+
+    def loss_fn():
+        torch.manual_seed(1)  # the same dropout masks at every evaluation
+        return nn.functional.cross_entropy(model(x), y)
+
+    groups = find_si_groups(model, example_input=x, method=method)
+    params = dict(model.named_parameters())
+    found = [g for g in groups if g != "jointly_si"]
+    if method == "fx" or arch == "linear_into_batchnorm":
+        assert found == alone
+    else:  # the forward hooks see only an output entering a norm module directly
+        assert set(found) <= set(alone)
+    for name, p in params.items():  # the second method: rescale each weight alone
+        if p.ndim >= 2:
+            change = check_scale_invariance(loss_fn, [p], model=model)
+            assert (change < 1e-9) == (name in alone), (name, change)
+    if method == "fx":
+        names = {id(p): n for n, p in params.items()}
+        assert [names[id(p)] for p in groups.get("jointly_si", [])] == joint
+        if joint:
+            together = check_scale_invariance(loss_fn, groups["jointly_si"], model=model)
+            assert together < 1e-9
+
+
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_half_precision_model_is_recorded_in_float32(dtype):
     # a float16 Gram matrix overflows once |w|^2 > 65504 (here |w| is about 350), and a
