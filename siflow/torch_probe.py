@@ -483,7 +483,7 @@ def _fx_joint_weights(graph: Any, modules: Mapping[str, Any], exclude: Iterable[
         f"{name}.weight"
         for name, mod in modules.items()
         if isinstance(mod, WEIGHT_TYPES)
-        and getattr(mod, "weight", None) is not None
+        and isinstance(mod._parameters.get("weight"), nn.Parameter)  # not reparametrized
         and mod.weight.requires_grad
         and f"{name}.weight" not in skip
         and name not in unsafe
@@ -587,6 +587,10 @@ def find_si_groups(
     homogeneity propagated through sums, positively homogeneous maps and
     normalizations), disjoint from the single-weight groups.
 
+    Weight- and spectral-normalized layers (``torch.nn.utils.parametrizations`` or the
+    older ``torch.nn.utils`` hooks): their direction ``v`` is SI by construction, whatever
+    follows the layer, and is reported under its parameter name (any ``method``).
+
     Returns
     -------
     dict
@@ -620,10 +624,45 @@ def find_si_groups(
         else:
             joint = _fx_joint_weights(graph, modules, names)
     params = dict(model.named_parameters())
-    groups = {n: [params[n]] for n in names if n in params}
+    names += [n for n in _reparametrized_si(model) if n not in names]
+    groups = {n: [params[n]] for n in names if n in params and params[n].requires_grad}
     if joint:
         groups[JOINT_GROUP] = [params[n] for n in joint]
     return groups
+
+
+def _reparametrized_si(model: Any) -> list[str]:
+    """Parameters that a weight or spectral normalization makes SI by construction.
+
+    Weight normalization computes ``W = g v / |v|`` and spectral normalization
+    ``W = v / sigma(v)`` (``sigma`` from power iteration on normalized vectors, so
+    ``sigma(c v) = c sigma(v)``): the layer's weight, and the loss, are unchanged when
+    ``v`` is multiplied by ``c > 0``, whatever follows the layer (Salimans & Kingma 2016;
+    Miyato et al. 2018). ``v`` is ``parametrizations.<name>.original1`` (weight norm) or
+    ``.original`` (spectral norm) of ``torch.nn.utils.parametrizations``, and
+    ``<name>_v`` or ``<name>_orig`` of the older hook-based ``torch.nn.utils``
+    functions. Only a tensor with that one parametrization is reported.
+    """
+    from torch.nn.utils import parametrizations as par
+    from torch.nn.utils.spectral_norm import SpectralNorm
+    from torch.nn.utils.weight_norm import WeightNorm
+
+    found: list[str] = []
+    for name, mod in model.named_modules():
+        prefix = f"{name}." if name else ""
+        for tensor, plist in getattr(mod, "parametrizations", {}).items():
+            if len(plist) != 1:
+                continue
+            if isinstance(plist[0], par._WeightNorm):
+                found.append(f"{prefix}parametrizations.{tensor}.original1")
+            elif isinstance(plist[0], par._SpectralNorm):
+                found.append(f"{prefix}parametrizations.{tensor}.original")
+        for hook in mod._forward_pre_hooks.values():
+            if isinstance(hook, WeightNorm):
+                found.append(f"{prefix}{hook.name}_v")
+            elif isinstance(hook, SpectralNorm):
+                found.append(f"{prefix}{hook.name}_orig")
+    return found
 
 
 def _propagate_shapes(traced: Any, model: Any, example_input: Any) -> None:

@@ -1067,3 +1067,61 @@ def test_groups_with_different_learning_rates_are_noted():
     assert math.isnan(t.elr[0])
     assert t.extra["elr/0.weight"][0] == pytest.approx(0.1 / r0**2, rel=1e-6)
     assert t.extra["elr/3.weight"][0] == pytest.approx(0.05 / r3**2, rel=1e-6)
+
+
+REPARAMETRIZED = {
+    "weight_norm": (nn.utils.parametrizations.weight_norm, "0.parametrizations.weight.original1"),
+    "spectral_norm": (
+        nn.utils.parametrizations.spectral_norm,
+        "0.parametrizations.weight.original",
+    ),
+    "weight_norm_hook": (nn.utils.weight_norm, "0.weight_v"),
+    "spectral_norm_hook": (nn.utils.spectral_norm, "0.weight_orig"),
+}
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.parametrize("kind", list(REPARAMETRIZED))
+def test_weight_and_spectral_normalization_make_their_direction_si(kind):
+    # W = g v/|v| or v/sigma(v): the loss is unchanged when v is rescaled, with no norm
+    # layer after it (tanh is not homogeneous, so nothing else is SI)
+    wrap, expected = REPARAMETRIZED[kind]
+    torch.manual_seed(0)
+    model = nn.Sequential(wrap(nn.Linear(5, 6)), nn.Tanh(), nn.Linear(6, 2)).double().train()
+    x = torch.randn(16, 5, dtype=torch.float64)
+    y = torch.randint(0, 2, (16,))
+
+    def loss_fn():
+        return nn.functional.cross_entropy(model(x), y)
+
+    for method in ("auto", "hooks"):
+        assert list(find_si_groups(model, example_input=x, method=method)) == [expected]
+    params = dict(model.named_parameters())
+    for name, p in params.items():  # the second method: rescale each tensor alone
+        change = check_scale_invariance(loss_fn, [p], model=model)
+        assert (change < 1e-12) == (name == expected), (name, change)
+
+
+def test_weight_normalized_network_follows_the_exact_norm_map():
+    # found automatically, the direction v of a weight-normalized layer obeys
+    # rho_{t+1}^2 = (1 - lr wd)^2 rho_t^2 + lr^2 g~_t^2 / rho_t^2 (docs/theory.md section 1)
+    torch.manual_seed(1)
+    model = nn.Sequential(
+        nn.utils.parametrizations.weight_norm(nn.Linear(5, 6)), nn.Tanh(), nn.Linear(6, 2)
+    ).double()
+    x = torch.randn(32, 5, dtype=torch.float64)
+    y = torch.randint(0, 2, (32,))
+    lr, wd = 0.3, 0.02
+    opt = torch.optim.SGD(model.parameters(), lr=lr, weight_decay=wd)
+    rec = SIRecorder(model, opt)
+    for _ in range(15):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    t = rec.trajectory()
+    assert t.meta["groups"] == ["0.parametrizations.weight.original1"]
+    assert np.max(np.abs(t.extra["radial"])) < 1e-12
+    rho2_next = (1 - lr * wd) ** 2 * t.rho[:-1] ** 2 + lr**2 * t.grad_norm_sphere[:-1] ** 2 / (
+        t.rho[:-1] ** 2
+    )
+    np.testing.assert_allclose(t.rho[1:] ** 2, rho2_next, rtol=1e-12)
