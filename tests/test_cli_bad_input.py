@@ -254,6 +254,14 @@ CASES: list[Case] = [
     ),
     # ---- python -m siflow.overlay
     _overlay("log-missing", ["nope.csv", *LR_WD], r"nope\.csv|no such|not found|exist"),
+    # a named pipe would block the reader until some process writes to it
+    _overlay("log-is-a-pipe", ["log.csv", *LR_WD], r"not a regular file", {"log.csv": os.mkfifo}),
+    _overlay(
+        "log-is-a-pipe-with-format",
+        ["log.csv", "--fmt", "csv", *LR_WD],
+        r"not a regular file",
+        {"log.csv": os.mkfifo},
+    ),
     _overlay(
         "log-empty",
         ["log.csv", *LR_WD],

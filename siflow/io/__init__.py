@@ -139,6 +139,20 @@ def _refuse_non_logs(p: Path, head: bytes) -> None:
     )
 
 
+def _existing_path(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a Path, refused when it does not exist or is neither a regular file
+    nor a directory (a FIFO or device would block the reader or never end)."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"no such file or directory: {str(p)!r}")
+    if not (p.is_file() or p.is_dir()):
+        raise ValueError(
+            f"{str(p)!r} is not a regular file (a pipe, socket or device); write the log "
+            f"to a file and pass that"
+        )
+    return p
+
+
 def detect_format(path: str | os.PathLike[str]) -> str:
     """The name of the first format in :data:`FORMATS` whose ``detect`` rule claims ``path``.
 
@@ -152,9 +166,7 @@ def detect_format(path: str | os.PathLike[str]) -> str:
     """
     if not isinstance(path, (str, os.PathLike)):
         raise ValueError(f"path must be a file name, got {type(path).__name__}")
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"no such file or directory: {str(p)!r}")
+    p = _existing_path(path)
     choices = ", ".join(FORMATS)
     head = b"" if p.is_dir() else read_head(p)
     if not p.is_dir() and not head.strip():
@@ -268,6 +280,8 @@ def read(
         that lacks a needed column (the message names the ``mapping=`` that fixes
         it).
     """
+    if fmt is not None and isinstance(path, (str, os.PathLike)):
+        _existing_path(path)
     name = _check_fmt(detect_format(path) if fmt is None else fmt)
     reader = FORMATS[name].read
     if name == "siflow" and (mapping or group is not None):
