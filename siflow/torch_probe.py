@@ -526,7 +526,7 @@ def _hook_groups(model: Any, example_input: Any) -> list[str]:
             handles.append(mod.register_forward_pre_hook(on_norm))
     buffers = _save_buffers(model)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _rng_kept(model):
             if isinstance(example_input, Mapping):
                 model(**example_input)  # keyword inputs (a Hugging Face batch)
             else:
@@ -536,6 +536,14 @@ def _hook_groups(model: Any, example_input: Any) -> list[str]:
             h.remove()
         _restore_buffers(model, buffers)
     return list(dict.fromkeys(found))
+
+
+def _rng_kept(model: Any) -> Any:
+    """A context in which a forward pass draws random numbers (dropout) without
+    changing the random state the training loop sees: the CPU generator and those of
+    the CUDA devices holding the model's parameters are restored afterwards."""
+    cuda = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+    return torch.random.fork_rng(devices=cuda)
 
 
 def find_si_groups(
@@ -675,7 +683,7 @@ def _propagate_shapes(traced: Any, model: Any, example_input: Any) -> None:
 
     buffers = _save_buffers(model)
     try:
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        with torch.no_grad(), _rng_kept(model):
             ShapeProp(traced).propagate(example_input)
     except Exception:  # noqa: BLE001 - shapes are an optional refinement
         for node in traced.graph.nodes:

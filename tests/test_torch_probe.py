@@ -1125,3 +1125,16 @@ def test_weight_normalized_network_follows_the_exact_norm_map():
         t.rho[:-1] ** 2
     )
     np.testing.assert_allclose(t.rho[1:] ** 2, rho2_next, rtol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["auto", "hooks"])
+def test_detection_with_an_example_input_leaves_the_random_state_alone(method):
+    # the detection runs the model once on the example (dropout draws random numbers):
+    # the training loop's random stream must be the one it would have been without it
+    model = nn.Sequential(nn.Linear(5, 6, bias=False), nn.BatchNorm1d(6), nn.Dropout(0.5))
+    x = torch.randn(8, 5)
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    assert list(find_si_groups(model, example_input=x, method=method)) == ["0.weight"]
+    assert torch.equal(torch.rand(3), expected)
