@@ -16,7 +16,7 @@ destabilized:
    - ``"sharpness"``: a logged ``sharpness_sphere`` column, ``y = ln(elr S)``;
    - ``"loss"``: the loss as a proxy of the sharpness. For cross-entropy near a fitted
      minimum the Hessian is weighted by ``sigma'(margin) ~ loss``, so ``S ~ L^beta``
-     (``beta = 1`` in the separable limit; 0.46-0.85 measured within the decay phases
+     (``beta = 1`` in the separable limit; 0.28-0.85 measured within the decay phases
      of the labelled real runs that log ``S``): ``y = ln elr + beta ln L``, with
      ``beta`` the least-squares slope of ``-ln elr_k`` on ``ln L_k`` over the earlier
      events (the last logged loss before each event), clipped to [0, 1]; ``beta = 1`` with

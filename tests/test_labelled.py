@@ -155,9 +155,11 @@ def test_loss_scaled_threshold_spreads_less_than_the_effective_lr(labelled):
     thr = mod.threshold_spread(trajs, labels)
     assert len(thr["runs"]) >= 30
     assert thr["median_sd_ln_elr_loss"] < 0.6 * thr["median_sd_ln_elr"]
-    # and the logged sharpness falls with the loss within the decay phases
+    # and the logged sharpness falls with the loss within the decay phases, more slowly
+    # than the separable limit S ~ L (docs/theory.md, "Forecast"): 0 < beta < 1
     slopes = np.array(thr["sharpness_loss_slopes"])
-    assert slopes.size >= 10 and np.all((slopes > 0.3) & (slopes < 1.0))
+    assert slopes.size >= 10 and np.all((slopes > 0.0) & (slopes < 1.0))
+    assert 0.3 < np.median(slopes) < 0.9
     name = next(iter(thr["runs"]))["run"]
     tr, steps = trajs[name], labels[name]
     idx = np.searchsorted(tr.step, steps)[1:]
