@@ -848,6 +848,16 @@ def _conv_then(*between, pool_out=6):
     )
 
 
+def _linear_on_sequence(features):
+    """A biased Linear on (N, 5, 4) into BatchNorm1d over the 5 positions."""
+    return _Fn(
+        lambda s, x: s.h(s.bn(s.lin(x)).flatten(1)),
+        lin=nn.Linear(4, features),
+        bn=nn.BatchNorm1d(5),
+        h=nn.Linear(5 * features, 2),
+    )
+
+
 F_ = nn.functional
 #: name: (model, input shape, weights SI alone, weights of the joint group). A bias
 #: before a BatchNorm is cancelled only while it is a per-channel constant.
@@ -923,25 +933,10 @@ BIAS_PATHS = {
         [],
         [],
     ),
-    "linear_on_sequence_into_batchnorm": (
-        lambda: _Fn(
-            lambda s, x: s.h(s.bn(s.lin(x)).flatten(1)),
-            lin=nn.Linear(4, 3),
-            bn=nn.BatchNorm1d(5),
-            h=nn.Linear(15, 2),
-        ),
-        (8, 5, 4),
-        [],
-        [],
-    ),
+    "linear_on_sequence_into_batchnorm": (lambda: _linear_on_sequence(3), (8, 5, 4), [], []),
     # 5 positions and 5 features: only the shapes of the example input tell it from 2-D
     "linear_on_square_sequence_into_batchnorm": (
-        lambda: _Fn(
-            lambda s, x: s.h(s.bn(s.lin(x)).flatten(1)),
-            lin=nn.Linear(4, 5),
-            bn=nn.BatchNorm1d(5),
-            h=nn.Linear(25, 2),
-        ),
+        lambda: _linear_on_sequence(5),
         (8, 5, 4),
         [],
         [],
