@@ -201,8 +201,8 @@ def _cancels_bias(kind: str, layer: Any, norm: Any = None) -> bool:
     module ``norm`` known, its ``num_features`` must equal ``out_features`` (a
     ``BatchNorm1d`` over ``(N, L, F)`` normalizes each of the ``L`` positions, across
     the biases of the ``F`` features; a functional ``batch_norm`` has no module to ask).
-    LayerNorm, RMSNorm and GroupNorm over several
-    channels mix channels with different biases.
+    LayerNorm, RMSNorm and GroupNorm over several channels mix channels with different
+    biases.
     """
     if isinstance(layer, nn.Linear):
         features = getattr(norm, "num_features", layer.out_features)  # F.batch_norm: no module
@@ -566,9 +566,9 @@ def find_si_groups(
     ``BatchNorm`` over its ``out_features`` channels, and only with a two-dimensional
     output, which is checked when ``example_input`` is a tensor (the traced graph is
     run once on it to know the shapes; without it a ``Linear`` applied to ``(N, L, F)``
-    with ``L = F`` before ``BatchNorm1d(L)`` cannot be told from the 2-D case). "Nowhere else": the
-    layer is called once in the traced graph, its weight is not read directly, and it
-    is not inside a module the trace does not enter (``torch.fx`` keeps
+    with ``L = F`` before ``BatchNorm1d(L)`` cannot be told from the 2-D case).
+    "Nowhere else": the layer is called once in the traced graph, its weight is not read
+    directly, and it is not inside a module the trace does not enter (``torch.fx`` keeps
     ``nn.TransformerEncoderLayer`` or ``nn.MultiheadAttention`` whole; nothing inside
     them is reported).
 
