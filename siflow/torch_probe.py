@@ -595,6 +595,9 @@ def find_si_groups(
     homogeneity propagated through sums, positively homogeneous maps and
     normalizations), disjoint from the single-weight groups.
 
+    A ``torch.compile`` wrapper is looked through: the groups are those of the module it
+    compiled (the same tensors, named without the ``_orig_mod.`` prefix).
+
     Weight- and spectral-normalized layers (``torch.nn.utils.parametrizations`` or the
     older ``torch.nn.utils`` hooks): their direction ``v`` is SI by construction, whatever
     follows the layer, and is reported under its parameter name (any ``method``).
@@ -607,6 +610,9 @@ def find_si_groups(
     """
     if method not in ("auto", "fx", "hooks"):
         raise ValueError(f"method must be 'auto', 'fx' or 'hooks', got {method!r}")
+    compiled = getattr(model, "_orig_mod", None)
+    if isinstance(compiled, nn.Module):  # torch.compile's wrapper: read the module it compiled
+        model = compiled
     if method == "hooks" and example_input is None:
         raise ValueError("method='hooks' needs example_input=<a batch the model accepts>")
     names: list[str]

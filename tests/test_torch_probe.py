@@ -1133,3 +1133,27 @@ def test_detection_with_an_example_input_leaves_the_random_state_alone(method):
     torch.manual_seed(7)
     assert list(find_si_groups(model, example_input=x, method=method)) == ["0.weight"]
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_a_compiled_model_is_recorded_like_the_module_it_compiled():
+    # torch.compile wraps the module (OptimizedModule has no forward of its own to trace):
+    # detection looks through the wrapper, and the recorded run equals the eager one
+    def run(compile_it):
+        torch.manual_seed(0)
+        model = nn.Sequential(
+            nn.Linear(8, 16, bias=False), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3)
+        )
+        x, y = torch.randn(32, 8), torch.randint(0, 3, (32,))
+        net = torch.compile(model, backend="eager") if compile_it else model
+        opt = torch.optim.SGD(net.parameters(), lr=0.1, weight_decay=1e-2)
+        rec = SIRecorder(net, opt)
+        for _ in range(5):
+            opt.zero_grad()
+            nn.functional.cross_entropy(net(x), y).backward()
+            opt.step()
+        return rec.trajectory()
+
+    eager, compiled = run(False), run(True)
+    assert compiled.meta["groups"] == eager.meta["groups"] == ["0.weight"]
+    np.testing.assert_allclose(compiled.rho, eager.rho, rtol=1e-6)
+    np.testing.assert_allclose(compiled.grad_norm_sphere, eager.grad_norm_sphere, rtol=1e-5)
