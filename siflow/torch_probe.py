@@ -595,8 +595,9 @@ def find_si_groups(
     homogeneity propagated through sums, positively homogeneous maps and
     normalizations), disjoint from the single-weight groups.
 
-    A ``torch.compile`` wrapper is looked through: the groups are those of the module it
-    compiled (the same tensors, named without the ``_orig_mod.`` prefix).
+    Wrappers are looked through (:func:`_unwrapped`: ``torch.compile``, ``DataParallel``,
+    ``DistributedDataParallel``): the groups are those of the module inside (the same
+    tensors, named without the ``_orig_mod.`` or ``module.`` prefix).
 
     Weight- and spectral-normalized layers (``torch.nn.utils.parametrizations`` or the
     older ``torch.nn.utils`` hooks): their direction ``v`` is SI by construction, whatever
@@ -610,9 +611,7 @@ def find_si_groups(
     """
     if method not in ("auto", "fx", "hooks"):
         raise ValueError(f"method must be 'auto', 'fx' or 'hooks', got {method!r}")
-    compiled = getattr(model, "_orig_mod", None)
-    if isinstance(compiled, nn.Module):  # torch.compile's wrapper: read the module it compiled
-        model = compiled
+    model = _unwrapped(model)
     if method == "hooks" and example_input is None:
         raise ValueError("method='hooks' needs example_input=<a batch the model accepts>")
     names: list[str]
@@ -643,6 +642,21 @@ def find_si_groups(
     if joint:
         groups[JOINT_GROUP] = [params[n] for n in joint]
     return groups
+
+
+def _unwrapped(model: Any) -> Any:
+    """The module inside ``torch.compile``'s ``OptimizedModule`` (``_orig_mod``) and
+    ``DataParallel``/``DistributedDataParallel`` (``module``), however nested: their own
+    ``forward`` cannot be traced, the module they wrap can."""
+    parallel = (nn.DataParallel, nn.parallel.DistributedDataParallel)
+    while True:
+        inner = getattr(model, "_orig_mod", None)
+        if isinstance(inner, nn.Module):
+            model = inner
+        elif isinstance(model, parallel):
+            model = model.module
+        else:
+            return model
 
 
 def _reparametrized_si(model: Any) -> list[str]:

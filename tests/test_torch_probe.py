@@ -1157,3 +1157,23 @@ def test_a_compiled_model_is_recorded_like_the_module_it_compiled():
     assert compiled.meta["groups"] == eager.meta["groups"] == ["0.weight"]
     np.testing.assert_allclose(compiled.rho, eager.rho, rtol=1e-6)
     np.testing.assert_allclose(compiled.grad_norm_sphere, eager.grad_norm_sphere, rtol=1e-5)
+
+
+def test_data_parallel_wrappers_are_looked_through(tmp_path):
+    # DataParallel and DistributedDataParallel forward through code torch.fx cannot trace;
+    # the groups are the wrapped module's (the same tensors)
+    model = nn.Sequential(nn.Linear(8, 16, bias=False), nn.BatchNorm1d(16), nn.Linear(16, 3))
+    expected = find_si_groups(model)
+    assert list(expected) == ["0.weight"]
+    dist = torch.distributed
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
+    try:
+        wrappers = [nn.DataParallel(model), nn.parallel.DistributedDataParallel(model)]
+        for wrapped in [*wrappers, torch.compile(wrappers[1], backend="eager")]:
+            found = find_si_groups(wrapped)
+            assert list(found) == ["0.weight"]
+            assert found["0.weight"][0] is model[0].weight
+    finally:
+        dist.destroy_process_group()
