@@ -619,11 +619,9 @@ def find_si_groups(
     if method == "hooks":
         names = _hook_groups(model, example_input)
     else:
-        from torch import fx
-
         modules = dict(model.named_modules())
         try:
-            traced = fx.symbolic_trace(model)
+            traced = _trace(model)
             _propagate_shapes(traced, model, example_input)
             graph = traced.graph
             names = _fx_groups(graph, modules)
@@ -657,6 +655,24 @@ def _unwrapped(model: Any) -> Any:
             model = model.module
         else:
             return model
+
+
+def _trace(model: Any) -> Any:
+    """``torch.fx.symbolic_trace`` of ``model`` that traces a wrapped submodule
+    (``self.backbone = torch.compile(...)``, a nested ``DataParallel``) through the module
+    inside it (:func:`_unwrapped`); its layers keep their paths, e.g.
+    ``backbone._orig_mod.0``."""
+    from torch import fx
+
+    class Tracer(fx.Tracer):
+        def call_module(self, mod: Any, forward: Any, args: Any, kwargs: Any) -> Any:
+            inner = _unwrapped(mod)
+            if inner is not mod:
+                return super().call_module(inner, inner.forward, args, kwargs)
+            return super().call_module(mod, forward, args, kwargs)
+
+    graph = Tracer().trace(model)
+    return fx.GraphModule(model, graph)
 
 
 def _reparametrized_si(model: Any) -> list[str]:

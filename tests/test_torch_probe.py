@@ -1177,3 +1177,24 @@ def test_data_parallel_wrappers_are_looked_through(tmp_path):
             assert found["0.weight"][0] is model[0].weight
     finally:
         dist.destroy_process_group()
+
+
+def test_a_compiled_submodule_is_traced_through():
+    # a backbone compiled inside a larger model is traced through the module it compiled
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            body = nn.Sequential(nn.Linear(8, 16, bias=False), nn.BatchNorm1d(16), nn.ReLU())
+            self.backbone = torch.compile(body, backend="eager")
+            self.head = nn.Linear(16, 3)
+
+        def forward(self, x):
+            return self.head(self.backbone(x))
+
+    model = Net()
+    found = find_si_groups(model)
+    assert list(found) == ["backbone._orig_mod.0.weight"]
+    assert (
+        found["backbone._orig_mod.0.weight"][0]
+        is dict(model.named_parameters())["backbone._orig_mod.0.weight"]
+    )
