@@ -95,7 +95,7 @@ NORM_TYPES: tuple[type, ...] = (
 )
 #: Functional normalizations (``torch.nn.functional``) that always use the input's own
 #: statistics; ``batch_norm`` and ``instance_norm`` count when the call says so.
-_NORM_FUNCTIONS = {"layer_norm", "rms_norm", "group_norm"}
+_NORM_FUNCTIONS = {"layer_norm", "rms_norm", "group_norm", "normalize"}
 #: Layers whose weight is SI when their output is normalized (no other use).
 WEIGHT_TYPES: tuple[type, ...] = (nn.Linear, nn.modules.conv._ConvNd)
 #: Positively homogeneous (degree 1) maps allowed between the weight and the norm layer.
@@ -599,6 +599,10 @@ def find_si_groups(
     ``DistributedDataParallel``): the groups are those of the module inside (the same
     tensors, named without the ``_orig_mod.`` or ``module.`` prefix).
 
+    A parameter read only through ``F.normalize`` (the weight of a cosine classifier) is SI
+    by construction and reported under its name (``"fx"``/``"auto"``); ``F.normalize`` of a
+    weight layer's output counts as a normalization like LayerNorm.
+
     Weight- and spectral-normalized layers (``torch.nn.utils.parametrizations`` or the
     older ``torch.nn.utils`` hooks): their direction ``v`` is SI by construction, whatever
     follows the layer, and is reported under its parameter name (any ``method``).
@@ -624,7 +628,7 @@ def find_si_groups(
             traced = _trace(model)
             _propagate_shapes(traced, model, example_input)
             graph = traced.graph
-            names = _fx_groups(graph, modules)
+            names = _fx_groups(graph, modules) + _normalized_parameters(graph, model)
         except Exception as exc:  # torch.fx raises many types on untraceable code
             if method == "fx" or example_input is None:
                 raise ValueError(
@@ -655,6 +659,34 @@ def _unwrapped(model: Any) -> Any:
             model = model.module
         else:
             return model
+
+
+def _normalized_parameters(graph: Any, model: Any) -> list[str]:
+    """Parameters the traced ``graph`` reads only through ``F.normalize`` (a cosine
+    classifier's ``F.linear(h, F.normalize(W))``): ``normalize(c W) = normalize(W)`` for
+    ``c > 0`` and any ``p``-norm, so such a parameter is SI by construction. A parameter of
+    a module the graph also calls is left out (its other use is not visible)."""
+    params = dict(model.named_parameters())
+    called = {str(n.target) for n in graph.nodes if n.op == "call_module"}
+    uses: dict[str, list[bool]] = {}
+    for node in graph.nodes:
+        if node.op != "get_attr" or node.target not in params:
+            continue
+        uses.setdefault(node.target, []).extend(
+            u.op == "call_function"
+            and getattr(u.target, "__name__", "") == "normalize"
+            and bool(u.args)
+            and u.args[0] is node
+            for u in node.users
+        )
+    return [
+        name
+        for name, ok in uses.items()
+        if ok
+        and all(ok)
+        and params[name].requires_grad
+        and not any(name.startswith(f"{m}.") for m in called)
+    ]
 
 
 def _trace(model: Any) -> Any:

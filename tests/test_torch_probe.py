@@ -1198,3 +1198,38 @@ def test_a_compiled_submodule_is_traced_through():
         found["backbone._orig_mod.0.weight"][0]
         is dict(model.named_parameters())["backbone._orig_mod.0.weight"]
     )
+
+
+class _Cosine(nn.Module):
+    """A cosine classifier: normalized features against normalized class weights."""
+
+    def __init__(self, bias: bool):
+        super().__init__()
+        self.body = nn.Linear(8, 16)
+        self.proj = nn.Linear(16, 16, bias=bias)
+        self.classes = nn.Parameter(torch.randn(3, 16))
+
+    def forward(self, x):
+        h = nn.functional.normalize(self.proj(torch.relu(self.body(x))), dim=1)
+        return 10.0 * nn.functional.linear(h, nn.functional.normalize(self.classes, dim=1))
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_cosine_classifier_weights_and_normalized_features_are_si(bias):
+    # F.normalize(c W) = F.normalize(W): the class weights are SI by construction, and the
+    # projection feeding F.normalize is SI unless a bias mixes in (normalize does not
+    # subtract a mean)
+    torch.manual_seed(0)
+    model = _Cosine(bias).double()
+    x = torch.randn(32, 8, dtype=torch.float64)
+    y = torch.randint(0, 3, (32,))
+
+    def loss_fn():
+        return nn.functional.cross_entropy(model(x), y)
+
+    found = find_si_groups(model)
+    expected = ["classes"] if bias else ["proj.weight", "classes"]
+    assert list(found) == expected
+    for name, p in model.named_parameters():  # the second method
+        change = check_scale_invariance(loss_fn, [p], model=model)
+        assert (change < 1e-12) == (name in expected), (name, change)
