@@ -375,7 +375,18 @@ def test_neural_mechanics_lr_drops_are_noted(tmp_path):
     assert "--schedule step:gamma=0.1" in note
     # the step's lr is unknown: the saved direction is kept as it is, nothing derived
     np.testing.assert_array_equal(t.step, [0, 200])
-    assert "1.weight d_p norm" in t.extra
+    import h5py  # the test extra installs it
+
+    si = [f"{i}.weight" for i in (1, 4, 7, 10, 13)]
+    assert t.meta["groups"] == si  # the direction's norms are not weight-norm groups
+    rho, d_p = [], []
+    for f in ("step0.h5", "step200.h5"):
+        with h5py.File(NM / "feats" / f, "r") as h:
+            rho.append(math.sqrt(sum(np.sum(h["params"][k][()].astype(float) ** 2) for k in si)))
+            if "1.weight.grad_buffer" in h["buffers"]:
+                d_p.append(np.linalg.norm(h["buffers"]["1.weight.grad_buffer"][()].astype(float)))
+    np.testing.assert_allclose(t.rho, rho, rtol=1e-12)
+    np.testing.assert_allclose(t.extra["1.weight d_p norm (step direction)"][1], d_p, rtol=1e-12)
     assert not any("drops the learning rate" in n for n in sio.read(NM).meta.get("notes", []))
 
 

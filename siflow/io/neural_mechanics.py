@@ -160,6 +160,11 @@ def _read_step(h5py: Any, path: Path) -> tuple[dict[str, float], dict[str, np.nd
     return metrics, params, grads
 
 
+#: Column of a saved step direction kept as it is (its lr unknown). Not ``"<param> d_p
+#: norm"``: a column ending in ``norm`` is read as a weight-norm group and summed into rho.
+_D_P_NORM = "d_p norm (step direction)"
+
+
 def _number(hp: Mapping[str, Any], key: str, default: float) -> float | None:
     value = hp.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
@@ -184,7 +189,7 @@ def _gradient_rule(hp: Mapping[str, Any]) -> tuple[float | None, float, bool, st
             False,
             (
                 "hyperparameters.json gives no usable lr, wd and momentum: grad_buffer (their "
-                "step direction d_p, not the gradient) is kept as '<param> d_p norm'"
+                f"step direction d_p, not the gradient) is kept as '<param> {_D_P_NORM}'"
             ),
         )
     if hp.get("lr_drops"):
@@ -195,8 +200,8 @@ def _gradient_rule(hp: Mapping[str, Any]) -> tuple[float | None, float, bool, st
             (
                 "the learning rate of a saved step is not known (lr drops, see the note on "
                 "them): grad_buffer (their step direction d_p = g + wd w, or the momentum "
-                "buffer) is kept as '<param> d_p norm', and neither the gradient nor the weights "
-                "before the step are derived"
+                f"buffer) is kept as '<param> {_D_P_NORM}', and neither the gradient nor the "
+                "weights before the step are derived"
             ),
         )
     if mom != 0.0 or hp.get("nesterov"):
@@ -254,13 +259,14 @@ def _table(
             continue
         if how not in notes:
             notes.append(how)
-        prev = entries.setdefault(step - 1, {})
+        # the weights before the step need its lr: without it no row at step - 1
+        prev = entries.setdefault(step - 1, {}) if lr is not None else {}
         for name in si + other:
             if name not in grads or name not in params:
                 continue
             d_p = grads[name]
             if lr is None:
-                row[f"{name} d_p norm"] = norm(d_p)
+                row[f"{name} {_D_P_NORM}"] = norm(d_p)
                 continue
             w_prev = params[name] + lr * d_p
             if step - 1 not in saved:
