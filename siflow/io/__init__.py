@@ -59,7 +59,7 @@ from siflow.io import (
 )
 from siflow.io._columns import ALIASES, MAPPING_KEYS, SIFLOW_METRICS, parse_mapping
 from siflow.io._safe_pickle import is_torch_zip
-from siflow.io._text import read_head
+from siflow.io._text import check_path, read_head
 from siflow.io.idealgas import read_idealgas
 from siflow.io.lightning import read_lightning
 from siflow.io.neural_mechanics import read_neural_mechanics
@@ -139,20 +139,6 @@ def _refuse_non_logs(p: Path, head: bytes) -> None:
     )
 
 
-def _existing_path(path: str | os.PathLike[str]) -> Path:
-    """``path`` as a Path, refused when it does not exist or is neither a regular file
-    nor a directory (a FIFO or device would block the reader or never end)."""
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"no such file or directory: {str(p)!r}")
-    if not (p.is_file() or p.is_dir()):
-        raise ValueError(
-            f"{str(p)!r} is not a regular file (a pipe, socket or device); write the log "
-            f"to a file and pass that"
-        )
-    return p
-
-
 def detect_format(path: str | os.PathLike[str]) -> str:
     """The name of the first format in :data:`FORMATS` whose ``detect`` rule claims ``path``.
 
@@ -164,9 +150,7 @@ def detect_format(path: str | os.PathLike[str]) -> str:
         Empty, binary or unrecognised file, or a model checkpoint (the message
         lists ``fmt`` values or says which file to read instead).
     """
-    if not isinstance(path, (str, os.PathLike)):
-        raise ValueError(f"path must be a file name, got {type(path).__name__}")
-    p = _existing_path(path)
+    p = check_path(path, allow_dir=True)
     choices = ", ".join(FORMATS)
     head = b"" if p.is_dir() else read_head(p)
     if not p.is_dir() and not head.strip():
@@ -280,8 +264,6 @@ def read(
         that lacks a needed column (the message names the ``mapping=`` that fixes
         it).
     """
-    if fmt is not None and isinstance(path, (str, os.PathLike)):
-        _existing_path(path)
     name = _check_fmt(detect_format(path) if fmt is None else fmt)
     reader = FORMATS[name].read
     if name == "siflow" and (mapping or group is not None):

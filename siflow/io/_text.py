@@ -65,14 +65,22 @@ _MAGIC = ((b"\x1f\x8b", "gzip"), (b"BZh", "bz2"), (b"\xfd7zXZ\x00", "xz"))
 
 
 def check_path(path: str | os.PathLike[str], *, allow_dir: bool = False) -> Path:
-    """``Path(path)``; ``FileNotFoundError`` when missing, ``ValueError`` for a directory."""
+    """``Path(path)``; ``FileNotFoundError`` when missing, ``ValueError`` for a directory
+    (unless ``allow_dir``) or anything else that is not a regular file (a pipe, socket or
+    device would block the reader or never end)."""
     if not isinstance(path, (str, os.PathLike)):
         raise ValueError(f"path must be a file name, got {type(path).__name__}")
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"no such file or directory: {str(p)!r}")
-    if p.is_dir() and not allow_dir:
-        raise ValueError(f"{str(p)!r} is a directory; pass the log file inside it")
+    if p.is_dir():
+        if not allow_dir:
+            raise ValueError(f"{str(p)!r} is a directory; pass the log file inside it")
+    elif not p.is_file():
+        raise ValueError(
+            f"{str(p)!r} is not a regular file (a pipe, socket or device); write the log "
+            f"to a file and pass that"
+        )
     return p
 
 
