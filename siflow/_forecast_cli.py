@@ -119,16 +119,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _live_options(args: Any, log: Path) -> dict[str, Any]:
     """``live=True`` for the line-appended formats (CSV, JSON lines): a log still being
-    written may end in a line cut mid-write, which is then left out with a note."""
+    written may end in a line cut mid-write, which is then left out with a note. The
+    format is detected here once and kept in ``args.fmt`` for :func:`read_log`."""
     from siflow import io
 
-    fmt = args.fmt or io.detect_format(log)
-    return {"live": True} if fmt in ("csv", "jsonl") else {}
+    args.fmt = args.fmt or io.detect_format(log)
+    return {"live": True} if args.fmt in ("csv", "jsonl") else {}
 
 
 def _body(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     from siflow.forecast import forecast_next_event
+    from siflow.io._text import STILL_WRITTEN
 
     log = Path(args.log)
     if not log.exists():
@@ -154,7 +156,7 @@ def _body(argv: Sequence[str] | None) -> int:
     lo, hi = fc.next_event_interval
     print(f"log: {log}  last step: {fc.last_step}  destabilizations so far: {fc.n_events}")
     for note in traj.meta.get("notes", []):
-        if "still being written" in note:
+        if STILL_WRITTEN in note:
             print(f"note: {note}")
     if fc.method == "none":
         print(f"no forecast: {fc.details.get('note', '')}")

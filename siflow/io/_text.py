@@ -359,6 +359,11 @@ def _split_rows(lines: list[str], delim: str, n_cols: int, first_row: int, label
     return rows
 
 
+#: End of the note a reader adds for a last line left out with ``live=True``
+#: (``python -m siflow.forecast`` prints those notes).
+STILL_WRITTEN = "still being written, left out"
+
+
 def _is_partial_last_line(line: str, header: _Header) -> bool:
     """A file's last line cut short while the run appends to it: no line end and fewer
     cells than the header (only the file's last line can lack a line end)."""
@@ -598,7 +603,7 @@ def _parse_stream(stream: IO[str], label: str, keep: set[str], live: bool) -> Cs
     if partial is not None:
         notes.append(
             f"the last line ({partial.strip()[:40]!r}) has no line end and too few cells: "
-            f"a row still being written, left out"
+            f"a row {STILL_WRITTEN}"
         )
     names = list(header.names.values())
     return CsvTable(names, table, text_cols, bad, notes, header.n_cols - len(names))

@@ -14,7 +14,14 @@ import numpy as np
 
 from siflow.io._build import build_trajectory
 from siflow.io._columns import Table, normalize_mapping
-from siflow.io._text import check_path, open_binary, parse_csv_table, read_head, read_text
+from siflow.io._text import (
+    STILL_WRITTEN,
+    check_path,
+    open_binary,
+    parse_csv_table,
+    read_head,
+    read_text,
+)
 from siflow.trajectory import Trajectory
 
 __all__ = ["read_csv", "read_jsonl", "detect_csv", "detect_jsonl"]
@@ -322,7 +329,7 @@ def _stream_json_lines(
         except _PartialLine as cut:
             meta.setdefault("notes", []).append(
                 f"the last line ({str(cut.args[0]).strip()[:40]!r}) has no line end and is not "
-                f"complete JSON: a record still being written, left out"
+                f"complete JSON: a record {STILL_WRITTEN}"
             )
         if records:
             batches.append(_batch(records, text_cols))
