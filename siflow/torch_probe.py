@@ -310,12 +310,15 @@ def _called_weights(graph: Any, modules: Mapping[str, Any]) -> tuple[dict[str, i
     return calls, read | inside
 
 
-def _fx_groups(graph: Any, modules: Mapping[str, Any]) -> list[str]:
-    """Weights whose output reaches a normalization alone, in the traced ``graph``."""
+def _fx_groups(
+    graph: Any, modules: Mapping[str, Any], usage: tuple[dict[str, int], set[str]]
+) -> list[str]:
+    """Weights whose output reaches a normalization alone, in the traced ``graph``
+    (``usage``: :func:`_called_weights` of the graph)."""
     from torch import fx
 
     found: list[str] = []
-    calls, unsafe = _called_weights(graph, modules)
+    calls, unsafe = usage
     for node in graph.nodes:
         kind = _norm_kind(node, modules)
         if kind is None:
@@ -467,8 +470,14 @@ def _pads_nonzero(node: Any) -> bool:
     return mode == "constant" and value is not None and value != 0
 
 
-def _fx_joint_weights(graph: Any, modules: Mapping[str, Any], exclude: Iterable[str]) -> list[str]:
-    """Trainable Linear/Conv weights, not in ``exclude``, that are SI together.
+def _fx_joint_weights(
+    graph: Any,
+    modules: Mapping[str, Any],
+    exclude: Iterable[str],
+    usage: tuple[dict[str, int], set[str]],
+) -> list[str]:
+    """Trainable Linear/Conv weights, not in ``exclude``, that are SI together
+    (``usage``: :func:`_called_weights` of the graph).
 
     The largest set the graph proves jointly scale-invariant, found by dropping the
     weights behind each violation (:func:`_joint_conflict`) until none is left: in a
@@ -478,7 +487,7 @@ def _fx_joint_weights(graph: Any, modules: Mapping[str, Any], exclude: Iterable[
     from torch import fx
 
     skip = set(exclude)
-    calls, unsafe = _called_weights(graph, modules)
+    calls, unsafe = usage
     cand = [
         f"{name}.weight"
         for name, mod in modules.items()
@@ -620,6 +629,7 @@ def find_si_groups(
         raise ValueError("method='hooks' needs example_input=<a batch the model accepts>")
     names: list[str]
     joint: list[str] = []
+    params = dict(model.named_parameters())
     if method == "hooks":
         names = _hook_groups(model, example_input)
     else:
@@ -628,7 +638,8 @@ def find_si_groups(
             traced = _trace(model)
             _propagate_shapes(traced, model, example_input)
             graph = traced.graph
-            names = _fx_groups(graph, modules) + _normalized_parameters(graph, model)
+            usage = _called_weights(graph, modules)
+            names = _fx_groups(graph, modules, usage) + _normalized_parameters(graph, params)
         except Exception as exc:  # torch.fx raises many types on untraceable code
             if method == "fx" or example_input is None:
                 raise ValueError(
@@ -637,8 +648,7 @@ def find_si_groups(
                 ) from None
             names = _hook_groups(model, example_input)
         else:
-            joint = _fx_joint_weights(graph, modules, names)
-    params = dict(model.named_parameters())
+            joint = _fx_joint_weights(graph, modules, names, usage)
     names += [n for n in _reparametrized_si(model) if n not in names]
     groups = {n: [params[n]] for n in names if n in params and params[n].requires_grad}
     if joint:
@@ -661,12 +671,12 @@ def _unwrapped(model: Any) -> Any:
             return model
 
 
-def _normalized_parameters(graph: Any, model: Any) -> list[str]:
+def _normalized_parameters(graph: Any, params: Mapping[str, Any]) -> list[str]:
     """Parameters the traced ``graph`` reads only through ``F.normalize`` (a cosine
     classifier's ``F.linear(h, F.normalize(W))``): ``normalize(c W) = normalize(W)`` for
     ``c > 0`` and any ``p``-norm, so such a parameter is SI by construction. A parameter of
-    a module the graph also calls is left out (its other use is not visible)."""
-    params = dict(model.named_parameters())
+    a module the graph also calls is left out (its other use is not visible). ``params``:
+    the model's named parameters."""
     called = {str(n.target) for n in graph.nodes if n.op == "call_module"}
     uses: dict[str, list[bool]] = {}
     for node in graph.nodes:
