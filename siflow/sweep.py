@@ -1197,13 +1197,26 @@ def _run_pool(
         # stop now: cancel queued cells and end the running ones (their results are lost,
         # the cells already written stay, and a rerun resumes from them)
         procs = list(getattr(pool, "_processes", {}).values())
+        manager = getattr(pool, "_executor_manager_thread", None)  # shutdown() forgets it
         pool.shutdown(wait=False, cancel_futures=True)
         for proc in procs:
             with contextlib.suppress(OSError, AttributeError):
                 proc.terminate()
+        _join_pool_manager(manager)
         raise
     pool.shutdown(wait=True)
     return lost
+
+
+def _join_pool_manager(thread: threading.Thread | None, timeout: float = 10.0) -> None:
+    """Wait (at most ``timeout`` s) for a shut-down pool's manager thread to finish.
+
+    Its last act closes the pipe that ``concurrent.futures`` writes to at
+    interpreter exit; an exit that races with the close prints a traceback
+    ("Bad file descriptor") after an interrupted sweep (CPython 3.11).
+    """
+    if thread is not None and thread is not threading.current_thread():
+        thread.join(timeout)
 
 
 def _dask_client(address: Any) -> tuple[Any, bool]:

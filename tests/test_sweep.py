@@ -245,6 +245,23 @@ def test_parallel_local_run_gives_the_same_table(reference, tmp_path):
     _same_rows(two.rows, reference.rows)
 
 
+def test_an_interrupt_in_a_pooled_sweep_leaves_no_pool_thread_running(tmp_path):
+    # Ctrl-C arrives in the parent while workers compute; the pool's manager thread
+    # must be finished before the interrupt leaves sweep(): one still closing its
+    # wakeup pipe at interpreter exit races with concurrent.futures' exit hook and
+    # prints "OSError: Bad file descriptor" after the sweep's "interrupted"
+    import concurrent.futures.process as cfp
+
+    def interrupt(done, total):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        S.sweep(LOSS, out=tmp_path, workers=2, simulator=SIMULATOR, progress=interrupt, **GRID)
+    running = [t.name for t in list(cfp._threads_wakeups) if t.is_alive()]
+    assert running == []
+    assert 1 <= len(list((tmp_path / "cells").glob("cell_*.json"))) < 16
+
+
 def test_rerun_reads_cells_back_instead_of_recomputing(reference, tmp_path):
     small = dict(GRID, momentum=(0.0,), seeds=(0,))
     first = S.sweep(LOSS, out=tmp_path, workers=1, simulator=SIMULATOR, **small)
