@@ -436,6 +436,8 @@ def _check_numbers(args: Any) -> None:
         )
     if args.batch is not None and args.batch < 1:
         raise CLIError(f"--batch must be >= 1, got {args.batch}; pass a positive batch size")
+    if args.max_rows is not None and args.max_rows < 2:
+        raise CLIError(f"--max-rows must be >= 2, got {args.max_rows}; pass e.g. --max-rows 100000")
     if args.noise < 0 or not math.isfinite(args.noise):
         raise CLIError(f"--noise must be >= 0, got {args.noise}; pass a finite value >= 0")
 

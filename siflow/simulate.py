@@ -653,6 +653,7 @@ def check_budget(est: dict[str, Any], steps: int, record_every: int, max_rows: i
     (``ceil(steps/record_every)``) than ``max_rows``, or more memory than the system
     has available.
     """
+    max_rows = _check_int("max_rows", max_rows, 2)
     if est["rows"] > max_rows:
         need = -(-steps // max_rows)
         raise ValueError(
@@ -1116,6 +1117,20 @@ def _chunk_columns(
     return cols
 
 
+def _scaled_norm(w: NDArray[np.float64]) -> float:
+    """``|w|`` without overflow or underflow of the squares (``inf`` only when ``|w|``
+    itself is beyond the float range)."""
+    with np.errstate(over="ignore", under="ignore"):
+        norm = float(np.linalg.norm(w))
+    if 0.0 < norm < math.inf:
+        return norm  # the plain value where the squares stay in range (same bits as before)
+    scale = float(np.max(np.abs(w))) if w.size else 0.0
+    if not (0.0 < scale < math.inf):
+        return scale
+    with np.errstate(over="ignore"):
+        return scale * float(np.linalg.norm(w / scale))
+
+
 def _starting_point(
     toy: SILoss, w0: ArrayLike | None, rho0: float | None, rng: np.random.Generator
 ) -> NDArray[np.float64]:
@@ -1129,7 +1144,7 @@ def _starting_point(
                 f"w0 must have {toy.dim} entries (dim of {toy.name!r}), got {w.size}; "
                 f"pass an array of that length or set dim"
             )
-        norm = float(np.linalg.norm(w))
+        norm = _scaled_norm(w)
         if not norm > 0:
             raise ValueError(
                 "w0 must be nonzero (an SI loss is undefined at the origin); pass another w0"
@@ -1137,7 +1152,7 @@ def _starting_point(
         if rho0 is not None:
             w *= float(check_positive("rho0", rho0)) / norm
     w = np.ascontiguousarray(w)
-    radius = float(np.linalg.norm(w))
+    radius = _scaled_norm(w)
     if not (RHO_MIN <= radius <= RHO_MAX):
         raise ValueError(
             f"|w0| = {radius:g} is outside [{RHO_MIN:g}, {RHO_MAX:g}]; pass a w0 or rho0 "

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import mpmath
 import numpy as np
@@ -327,6 +328,18 @@ def test_norm_overflow_stops_cleanly_as_diverged():
     traj = _simulate("spiral", lr=100.0, wd=1e-4, steps=50, rho0=1e-149, seed=0)
     _check_clean_stop(traj, 50, "diverged")
     assert traj.rho[0] == pytest.approx(1e-149, rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("w0", "norm"),
+    [([1e-200, 1e-200, 1e-200], "1.73205e-200"), ([1e300, 1e300, 0.0], "1.41421e+300")],
+    ids=["squares-underflow", "squares-overflow"],
+)
+def test_a_starting_point_outside_the_range_is_named_by_its_true_norm(w0, norm):
+    # the squares of w0 underflow (or overflow) although |w0| itself is a float: the
+    # plain norm gave 0 ("w0 must be nonzero") and inf
+    with pytest.raises(ValueError, match=rf"^\|w0\| = {re.escape(norm)} is outside"):
+        _simulate("rayleigh", lr=0.1, wd=1e-3, steps=5, w0=w0, dim=3)
 
 
 def test_loss_overflow_stops_cleanly_as_diverged():
