@@ -90,7 +90,9 @@ def build_parser() -> ArgumentParser:
     parser.add_argument(
         "--steps", type=int, default=None, help="steps to follow (default: the schedule's steps)"
     )
-    parser.add_argument("--rho0", type=float, default=1.0, help="starting norm (default 1)")
+    parser.add_argument(
+        "--rho0", type=float, default=None, help="starting norm (default 1; with --schedule)"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead")
     return parser
 
@@ -349,6 +351,8 @@ def _schedule_body(args: Any) -> int:
         raise CLIError("--schedule needs --wd (or --wd-schedule); pass e.g. --wd 5e-4")
     else:
         wd_s = parse_schedule(f"constant:value={args.wd!r}")
+    if args.steps is not None and args.steps < 1:
+        raise CLIError(f"--steps must be >= 1, got {args.steps}; pass e.g. --steps 20000")
     steps = args.steps or int(lr_s.params.get("steps", 0))
     if steps < 1:
         raise CLIError("pass --steps (the schedule has no steps=); e.g. --steps 20000")
@@ -362,7 +366,8 @@ def _schedule_body(args: Any) -> int:
     from siflow._validate import check_momentum, check_positive
 
     check_positive("grad_norm", args.grad_norm)
-    check_positive("rho0", args.rho0)
+    rho0 = 1.0 if args.rho0 is None else args.rho0
+    check_positive("rho0", rho0)
     check_momentum(args.momentum)
     rep = schedule_report(
         args.optimizer,
@@ -373,7 +378,7 @@ def _schedule_body(args: Any) -> int:
         betas=_betas(args.betas, args.optimizer),
         n_params=args.n_params,
         steps_per_epoch=args.steps_per_epoch,
-        rho0=args.rho0,
+        rho0=rho0,
     )
     rep["schedule"] = lr_s.spec
     rep["wd_schedule"] = wd_s.spec
@@ -400,6 +405,22 @@ def _body(argv: Sequence[str] | None) -> int:
 
     if args.schedule:
         return _schedule_body(args)
+    schedule_only = [
+        flag
+        for flag, value in (
+            ("--wd-schedule", args.wd_schedule),
+            ("--steps", args.steps),
+            ("--steps-per-epoch", args.steps_per_epoch),
+            ("--rho0", args.rho0),
+        )
+        if value is not None
+    ]
+    if schedule_only:
+        raise CLIError(
+            f"{', '.join(schedule_only)} follow{'s' * (len(schedule_only) == 1)} a learning-rate "
+            f"schedule; add --schedule SPEC (e.g. cosine:peak=0.1,steps=20000) or drop "
+            f"{'it' if len(schedule_only) == 1 else 'them'}"
+        )
     if args.lr is None:
         raise CLIError("--lr is required (or --schedule SPEC); pass e.g. --lr 0.1")
     if args.wd is None:
