@@ -230,6 +230,8 @@ class SweepConfig:
                 raise ValueError(f"max_rows must be >= 4, got {rows}; pass e.g. max_rows=10000")
             object.__setattr__(self, "max_rows", rows)
         opts = {k: v for k, v in dict(self.options).items() if v is not None}
+        if "record_every" in opts:
+            opts["record_every"] = check_positive_int("record_every", opts["record_every"])
         object.__setattr__(self, "options", opts)
         if self.schedule is not None:
             _check_schedule(self.schedule, lr)
