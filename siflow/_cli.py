@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import decimal
+import os
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -35,10 +36,14 @@ __all__ = [
     "flag_names",
     "EXIT_USAGE",
     "EXIT_INTERRUPTED",
+    "EXIT_BROKEN_PIPE",
 ]
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+#: Status of a CLI whose reader closed its standard output (``... | head``), as a shell
+#: reports a process ended by SIGPIPE.
+EXIT_BROKEN_PIPE = 128 + 13
 
 
 class CLIError(ValueError):
@@ -141,6 +146,16 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(text.split())
 
 
+def _silence_stdout() -> None:
+    """Point standard output at the null device: the interpreter's final flush of a
+    closed pipe would otherwise print an error at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, AttributeError, ValueError):
+        pass
+
+
 def run_main(
     main: Callable[[Sequence[str] | None], int | None],
     argv: Sequence[str] | None = None,
@@ -151,10 +166,14 @@ def run_main(
     ``ValueError`` (bad arguments, bad data) and ``OSError`` (unreadable or
     unwritable paths) become ``"<prog>: error: <message>"`` with status 2.
     ``KeyboardInterrupt`` returns 130 after the body has had the chance to save
-    what it has (bodies handle their own partial output).
+    what it has (bodies handle their own partial output). A reader that stops
+    reading the output (``| head``) ends the command quietly with status 141.
     """
     try:
         code = main(argv)
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
     except (ValueError, OSError) as exc:
         sys.stderr.write(f"{prog}: error: {_one_line(exc)}\n")
         return EXIT_USAGE
