@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,6 +156,11 @@ def detect_format(path: str | os.PathLike[str]) -> str:
     head = b"" if p.is_dir() else read_head(p)
     if not p.is_dir() and not head.strip():
         raise ValueError(f"{str(p)!r} is empty; was the run logged to another file?")
+    if head.startswith(b"PK\x03\x04") and not zipfile.is_zipfile(p):
+        raise ValueError(
+            f"{str(p)!r} begins as a zip/.npz but has no readable zip directory (truncated, "
+            f"or still being written); pass it again once it is complete"
+        )
     for name, entry in FORMATS.items():
         if entry.detect(p, head):
             return name
