@@ -199,6 +199,14 @@ CASES: list[Case] = [
     ),
     _theory("schedule-without-wd", ["--schedule", "cosine:peak=0.1,steps=100"], r"--wd"),
     _theory("schedule-unknown", ["--schedule", "bogus", "--wd", "1e-3"], r"schedule kind"),
+    # flags that only a schedule uses were ignored without one (a NaN norm printed a table)
+    _theory("rho0-nan-without-schedule", [*LR_WD, *G1, "--rho0", "nan"], r"--rho0.*--schedule"),
+    _theory("steps-without-schedule", [*LR_WD, *G1, "--steps", "-5"], r"--steps.*--schedule"),
+    _theory(
+        "steps-negative-with-schedule",
+        ["--schedule", "cosine:peak=0.1,steps=100", "--wd", "1e-3", "--steps", "-5"],
+        r"--steps must be >= 1",
+    ),
     # ---- python -m siflow.derive
     Case("derive-unknown-result", "derive", ["nosuchthing"], r"nosuchthing|choice"),
     Case(
@@ -231,6 +239,9 @@ CASES: list[Case] = [
     _sim("noise-nan", [*LR_WD, "--noise", "nan"], r"noise"),
     _sim("batch-zero", [*LR_WD, "--batch", "0"], r"batch"),
     _sim("seed-negative", [*LR_WD, "--seed", "-1"], r"seed"),
+    _sim("max-rows-zero", [*LR_WD, "--max-rows", "0"], r"--max-rows"),  # ZeroDivisionError
+    # numpy's overflow warning printed two more lines before the error
+    _sim("rho0-overflows", [*LR_WD, "--rho0", "1e308"], r"\|w0\| = 1e\+308 is outside"),
     _sim("out-is-a-file", [*LR_WD, "--out", "taken"], r"director|taken", {"taken": _plain_file}),
     _sim(
         "steps-1e12-every-row",
@@ -291,6 +302,13 @@ CASES: list[Case] = [
         ["log.npz", *LR_WD],
         r"truncat|corrupt|zip|npz|not a",
         {"log.npz": _truncated_npz},
+    ),
+    # a zip signature followed by text: read as a CSV ("has a header but no data rows")
+    _overlay(
+        "log-zip-signature-only",
+        ["log.npz", *LR_WD],
+        r"no readable zip directory",
+        {"log.npz": _writer(b"PK\x03\x04not the rest of a zip file\n")},
     ),
     _overlay(
         "log-is-a-directory", ["log.csv", *LR_WD], r"director|event|no .*file", {"log.csv": _mkdir}
@@ -377,6 +395,8 @@ CASES: list[Case] = [
     _sweep("seed-negative", ["--seeds", "-1"], r"seed"),
     _sweep("loss-unknown", ["--loss", "nosuchloss"], r"nosuchloss|loss"),
     _sweep("workers-zero", ["--workers", "0"], r"workers"),
+    _sweep("record-every-zero", ["--record-every", "0"], r"record.every"),  # ZeroDivisionError
+    _sweep("max-rows-zero", ["--max-rows", "0"], r"max.rows"),
     _sweep("out-is-a-file", ["--out", "taken"], r"director|taken", {"taken": _plain_file}),
     _sweep(
         "out-parent-is-a-file",
@@ -655,3 +675,27 @@ def test_random_command_lines_exit_0_or_2_without_exceptions(name, tmp_path_fact
         assert {0, 2} <= set(codes), sorted(set(codes))
     finally:
         os.chdir(here)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["theory", *LR_WD, *G1], ["derive", "equilibrium"]],
+    ids=["theory", "derive"],
+)
+def test_a_closed_output_pipe_ends_the_command_quietly(args, tmp_path):
+    # `python -m siflow.theory ... | head -1`: the reader is gone before the table is
+    # written; the command printed "error: [Errno 32] Broken pipe" and exited 2
+    read_end, write_end = os.pipe()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", f"siflow.{args[0]}", *args[1:]],
+        cwd=tmp_path,
+        env=_env(),
+        stdout=write_end,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    os.close(write_end)
+    os.close(read_end)  # long before the interpreter has imported siflow
+    _, err = proc.communicate(timeout=300)
+    assert err == ""
+    assert proc.returncode == 141
