@@ -57,7 +57,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from siflow._validate import check_positive_int
 from siflow.periods import Events, find_events
-from siflow.theory import check_optimizer, decay_rate
+from siflow.theory import check_optimizer, decay_rate, effective_lr, log_effective_lr
 from siflow.trajectory import Trajectory
 
 __all__ = ["Forecast", "forecast_next_event", "loss_exponent", "RecorderForecast"]
@@ -315,9 +315,11 @@ def forecast_next_event(
     lr_rows = _lr_rows(traj, float(lr))
     last_row = len(traj) - 1
     last_step = int(traj.step[-1])
-    rho_now = float(traj.rho[last_row])
-    lr_now = float(lr_rows[last_row])
-    y_k = np.log(lr_rows[events.index] / traj.rho[events.index] ** 2)
+    # the norm now: its last logged value (rows may log the loss alone)
+    rho_ok = np.flatnonzero(np.isfinite(traj.rho) & (traj.rho > 0))
+    norm_row = int(rho_ok[-1]) if rho_ok.size else last_row
+    ln_elr_now = float(log_effective_lr(lr_rows[norm_row], traj.rho[norm_row]))
+    y_k = log_effective_lr(lr_rows[events.index], traj.rho[events.index])
     beta = math.nan
     if kind == "sharpness":
         sharp = traj.sharpness_sphere
@@ -364,7 +366,7 @@ def forecast_next_event(
     if kind == "loss":
         assert traj.loss is not None
         rows = np.arange(peak_row, last_row + 1)
-        y = np.log(lr_rows[rows] / traj.rho[rows] ** 2) + beta * ln_loss[rows]
+        y = log_effective_lr(lr_rows[rows], traj.rho[rows]) + beta * ln_loss[rows]
         t = traj.step[rows].astype(np.float64)
         step, slope = _trend_reach(t, y, y_star, fit_fraction, min_fit_rows)
         if not math.isfinite(step):
@@ -377,11 +379,14 @@ def forecast_next_event(
         hi = _trend_reach(t, y, float(np.max(y_k)), fit_fraction, min_fit_rows)[0]
         details.update({"threshold": y_star, "trend": slope})
     else:
+        if not math.isfinite(ln_elr_now):
+            return by_period("no finite positive norm is logged")
         speed, how = _phase_speed(traj, peak_row, rate, min_fit_rows)
 
         def reach(y_target: float) -> float:
-            rho_star = math.sqrt(lr_now / math.exp(y_target))
-            return last_step + max(math.log(rho_now / rho_star), 0.0) / speed
+            # ln rho falls by (y_target - ln elr_now)/2 from the last logged norm
+            rows_left = max(0.5 * (y_target - ln_elr_now), 0.0) / speed
+            return float(traj.step[norm_row]) + rows_left
 
         step = reach(y_star)
         # a lower threshold ELR is a higher norm: reached earlier
@@ -389,8 +394,8 @@ def forecast_next_event(
         details.update(
             {
                 "threshold": y_star,
-                "elr_threshold": math.exp(y_star),
-                "elr_now": lr_now / rho_now**2,
+                "elr_threshold": math.exp(y_star) if y_star < 709.0 else math.inf,
+                "elr_now": float(effective_lr(lr_rows[norm_row], traj.rho[norm_row])),
                 "decay_speed": speed,
                 "decay_speed_source": how,
             }

@@ -76,6 +76,7 @@ __all__ = [
     "equilibrium",
     "decay_rate",
     "effective_lr",
+    "log_effective_lr",
     "sphere_grad_norm",
     "sphere_sharpness",
     "sgd_step_angle",
@@ -850,6 +851,32 @@ def effective_lr(lr: ArrayLike, rho: ArrayLike) -> Array:
     rho = np.asarray(rho, dtype=np.float64)
     with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
         return _out(lr / np.square(rho))
+
+
+def log_effective_lr(lr: ArrayLike, rho: ArrayLike) -> Array:
+    r"""Logarithm of the effective learning rate, ``ln(eta/rho^2) = ln eta - 2 ln rho``.
+
+    :func:`effective_lr` in log space: finite for every positive finite ``lr`` and
+    ``rho``, where ``rho^2`` would overflow or underflow (docs/theory.md section 0).
+    Not validated: ``rho = 0`` gives ``inf``, a negative or NaN input NaN, without a
+    warning.
+
+    Parameters
+    ----------
+    lr : array_like
+        Learning rate per row or constant.
+    rho : array_like
+        Weight norm ``|w|``.
+
+    Returns
+    -------
+    ndarray or float
+        ``ln lr - 2 ln rho``, broadcast over the inputs.
+    """
+    lr = np.asarray(lr, dtype=np.float64)
+    rho = np.asarray(rho, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return _out(np.log(lr) - 2.0 * np.log(rho))
 
 
 def sphere_grad_norm(rho: ArrayLike, grad_norm_raw: ArrayLike) -> Array:

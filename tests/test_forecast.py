@@ -9,6 +9,7 @@ import json
 import math
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -49,6 +50,37 @@ def test_forecast_of_an_exact_cycle_is_the_true_event():
             lo, hi = fc.next_event_interval
             assert lo <= fc.next_event_step <= hi
             assert fc.last_step == cut
+
+
+@pytest.mark.parametrize("scale", [1e-300, 1e300])
+def test_forecast_is_invariant_to_the_scale_of_the_norm(scale):
+    # only ln rho differences enter; rho^2 under- or overflows at these scales (the
+    # effective LR was computed as lr/rho^2: a warning, an OverflowError, or NaN)
+    traj, ev = jump_map()
+    scaled = Trajectory(step=traj.step, rho=traj.rho * scale, loss=traj.loss, meta=traj.meta)
+    cut = (ev[3] + ev[4]) // 2
+    for kind in ("elr", "loss"):
+        ref = forecast_next_event(traj[: cut + 1], threshold=kind)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            got = forecast_next_event(scaled[: cut + 1], threshold=kind)
+        assert got.method == ref.method
+        assert got.next_event_step == pytest.approx(ref.next_event_step, rel=1e-12)
+        assert got.next_event_interval == pytest.approx(ref.next_event_interval, rel=1e-12)
+
+
+def test_forecast_from_a_norm_logged_on_some_rows_only():
+    # the norm every 10th row, the other rows NaN (the loss logged more often): the
+    # extrapolation starts from the last logged norm (it started from the NaN of the
+    # last row and gave NaN)
+    traj, ev = jump_map()
+    sparse_rho = np.where(traj.step % 10 == 0, traj.rho, np.nan)
+    sparse = Trajectory(step=traj.step, rho=sparse_rho, loss=traj.loss, meta=traj.meta)
+    cut = (ev[3] + ev[4]) // 2 + 5  # the last norm is 5 rows back
+    fc = forecast_next_event(sparse[: cut + 1], threshold="elr", blend=1.0)
+    assert fc.method == "threshold"
+    # events are seen at the logged rows (at most 9 steps late): within 10 steps
+    assert abs(fc.next_event_step - ev[4]) <= 10
 
 
 def test_forecast_hand_value():

@@ -735,3 +735,16 @@ def test_theory_stays_numpy_only_and_has_no_back_edge_to_predict():
         "assert 'siflow.predict' not in sys.modules; assert not hasattr(t, 'predict_period')"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_log_effective_lr_by_hand_and_where_rho_squared_leaves_the_float_range():
+    assert T.log_effective_lr(0.5, 2.0) == pytest.approx(math.log(0.125), rel=1e-15)
+    rng = np.random.default_rng(3)
+    lr, rho = 10.0 ** rng.uniform(-4, 1, 50), 10.0 ** rng.uniform(-3, 3, 50)
+    np.testing.assert_allclose(T.log_effective_lr(lr, rho), np.log(lr / rho**2), rtol=1e-13)
+    # rho^2 overflows (1e400) and underflows (1e-400): the log is exact all the same
+    for r in (1e200, 1e-200):
+        ref = mp.log(mp.mpf(0.1)) - 2 * mp.log(mp.mpf(r))
+        assert T.log_effective_lr(0.1, r) == pytest.approx(float(ref), rel=1e-15)
+    with np.errstate(all="raise"):
+        assert T.log_effective_lr(0.1, 0.0) == math.inf
