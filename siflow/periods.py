@@ -950,6 +950,12 @@ def _log_rho(traj: Trajectory) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
         if rows.size >= 2:
             x = np.log(col[rows])
             return rows.astype(np.int64), (-0.5 * x if name == "elr" else x)
+    present = [n for n in ("rho", "elr") if getattr(traj, n) is not None]
+    if present:
+        raise ValueError(
+            f"measuring the norm decay needs at least 2 rows with a finite positive "
+            f"{' or '.join(present)}; this log has fewer: log more steps, or check the column"
+        )
     raise ValueError(
         "measuring the norm decay needs a weight-norm column (rho) or an effective-LR "
         f"column (elr); present: {', '.join(traj.columns())}; map one when reading the "

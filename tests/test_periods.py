@@ -173,6 +173,16 @@ def test_decay_rate_needs_norm():
         measure_decay_rate(traj)
 
 
+@pytest.mark.parametrize(
+    "rho", [[2.0], [2.0, np.nan, 0.0, -1.0]], ids=["one-row", "one-usable-row"]
+)
+def test_decay_rate_of_a_norm_with_too_few_rows_says_so(rho):
+    # the message said the norm column was missing while listing it among those present
+    traj = Trajectory(step=np.arange(len(rho)), rho=np.array(rho))
+    with pytest.raises(ValueError, match=r"at least 2 rows with a finite positive rho"):
+        measure_decay_rate(traj)
+
+
 def equilibrium_run(n=40000, lr=0.1, wd=1e-3, G=1.0, noise=0.3, seed=3, rho0=0.5):
     """Exact recursion with a noisy, steady g~: relaxes to rho*^4 = lr G^2/(wd(2-lr wd))."""
     rng = np.random.default_rng(seed)
