@@ -1528,6 +1528,11 @@ class SIRecorder:
                 if k not in keys:
                     keys.append(k)
         cols = {k: np.array([r.get(k, math.nan) for r in self._rows]) for k in keys}
+        # a row stores lr/wd only where they differ from the metadata; once a schedule
+        # has made the column, every row gets its value
+        for j, name in enumerate(("lr", "wd")):
+            if name in cols:
+                cols[name] = np.array([h[j] for h in self._hyper], dtype=np.float64)
         if "step" not in cols:
             cols["step"] = np.zeros(0, dtype=np.int64)
         else:

@@ -113,6 +113,26 @@ def test_metrics_equal_hand_computation(momentum):
     assert t.meta["optimizer"] == "SGD"
 
 
+def test_a_scheduled_lr_is_in_every_row_and_drives_the_exact_norm_map():
+    # StepLR halves the lr every 5 steps; the lr column held NaN on the rows where the
+    # lr equalled the metadata's (the first five), so a saved log lost them
+    model, loss_fn = _exact_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.4, weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=5, gamma=0.5)
+    rec = SIRecorder(model, opt, groups=["0.weight"])
+    for _ in range(15):
+        opt.zero_grad()
+        loss_fn().backward()
+        opt.step()
+        sched.step()
+    traj = rec.trajectory()
+    np.testing.assert_array_equal(traj.extra["lr"], np.repeat([0.4, 0.2, 0.1], 5))
+    lr, rho, g = traj.extra["lr"][:-1], traj.rho[:-1], traj.grad_norm_sphere[:-1]
+    pred = (1 - lr * 0.05) ** 2 * rho**2 + lr**2 * g**2 / rho**2
+    np.testing.assert_allclose(traj.rho[1:] ** 2, pred, rtol=1e-12)
+    assert "wd" not in traj.extra
+
+
 def test_angular_update_matches_exact_sgd_relation():
     # docs/theory.md section 1, exact for the discrete map of an SI loss:
     # tan(Delta) = elr * g~ / (1 - lr*wd) and rho_{t+1}^2 = (1-lr wd)^2 rho^2 + lr^2 g~^2/rho^2.
