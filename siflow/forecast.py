@@ -4,7 +4,7 @@ Between destabilizations the weight norm of a scale-invariant network decays by 
 free-decay factor per step, ``ln rho_{t+1} - ln rho_t = ln decay_factor(lr_t, wd_t, mu)``
 (``docs/theory.md`` sections 1 and "Destabilization events"), so the effective LR
 ``lr/rho^2`` grows until the network destabilizes. The forecast extrapolates this decay
-from the last logged row to the level at which the earlier cycles of the same log
+from the last logged norm to the level at which the earlier cycles of the same log
 destabilized:
 
 1. the events so far (:func:`siflow.periods.find_events`), at least one;
@@ -394,7 +394,7 @@ def forecast_next_event(
         details.update(
             {
                 "threshold": y_star,
-                "elr_threshold": math.exp(y_star) if y_star < 709.0 else math.inf,
+                "elr_threshold": _exp(y_star),
                 "elr_now": float(effective_lr(lr_rows[norm_row], traj.rho[norm_row])),
                 "decay_speed": speed,
                 "decay_speed_source": how,
@@ -413,6 +413,12 @@ def forecast_next_event(
     step = max(step, last_step + 1.0)
     lo, hi = max(lo, last_step + 1.0), max(hi, last_step + 1.0)
     return Forecast(step, (lo, hi), last_step, method, n, details)
+
+
+def _exp(x: float) -> float:
+    """``exp(x)``, ``inf`` past the float range (no OverflowError)."""
+    with np.errstate(over="ignore"):
+        return float(np.exp(x))
 
 
 def _check_unit(name: str, value: float, *, closed_low: bool) -> float:
