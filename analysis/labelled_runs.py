@@ -627,13 +627,25 @@ def oracle_threshold_forecast(
     }
 
 
+def _lag1(v: np.ndarray, min_values: int = 6) -> float:
+    """Lag-1 autocorrelation ``sum d_k d_(k+1) / sum d_k^2`` (``d`` about the mean); NaN
+    for fewer than ``min_values`` values."""
+    d = np.asarray(v, dtype=np.float64) - np.mean(v)
+    den = float(np.dot(d, d))
+    if d.size < min_values or den == 0.0:
+        return math.nan
+    return float(np.dot(d[:-1], d[1:]) / den)
+
+
 def threshold_spread(trajs: dict[str, Trajectory], labels: dict[str, list[int]]) -> dict[str, Any]:
     """Spread of the forecast's threshold variables at the labelled events of each run.
 
     Per run (events after the first): the standard deviation of ``ln elr_k`` and of
     ``ln elr_k + ln L_k`` (the loss one row before the event: the separable limit
-    ``beta = 1`` of the loss proxy of :mod:`siflow.forecast`), and the slope of
-    ``ln S`` on ``ln L`` within the decay phases of the runs that log ``S``.
+    ``beta = 1`` of the loss proxy of :mod:`siflow.forecast`) and their lag-1
+    autocorrelations (:func:`_lag1`: negative when a high threshold tends to follow a
+    low one), and the slope of ``ln S`` on ``ln L`` within the decay phases of the runs
+    that log ``S``.
     """
     rows_out = []
     for name, truth in labels.items():
@@ -648,6 +660,8 @@ def threshold_spread(trajs: dict[str, Trajectory], labels: dict[str, list[int]])
                 "run": name,
                 "sd_ln_elr": float(np.std(ln_elr)),
                 "sd_ln_elr_loss": float(np.std(ln_elr + ln_l)),
+                "lag1_ln_elr": _lag1(ln_elr),
+                "lag1_ln_elr_loss": _lag1(ln_elr + ln_l),
             }
         )
     slopes = []
@@ -669,8 +683,13 @@ def threshold_spread(trajs: dict[str, Trajectory], labels: dict[str, list[int]])
                 slopes.append(
                     float(np.polyfit(np.log(tr.loss[m]), np.log(tr.sharpness_sphere[m]), 1)[0])
                 )
+    lag1 = [r["lag1_ln_elr"] for r in rows_out if math.isfinite(r["lag1_ln_elr"])]
+    lag1_loss = [r["lag1_ln_elr_loss"] for r in rows_out if math.isfinite(r["lag1_ln_elr_loss"])]
     return {
         "runs": rows_out,
+        "median_lag1_ln_elr": float(np.median(lag1)) if lag1 else math.nan,
+        "negative_lag1_ln_elr": [sum(v < 0 for v in lag1), len(lag1)],
+        "median_lag1_ln_elr_loss": float(np.median(lag1_loss)) if lag1_loss else math.nan,
         "median_sd_ln_elr": float(np.median([r["sd_ln_elr"] for r in rows_out])),
         "median_sd_ln_elr_loss": float(np.median([r["sd_ln_elr_loss"] for r in rows_out])),
         "sharpness_loss_slopes": slopes,
@@ -749,7 +768,11 @@ def write_markdown(res: dict[str, Any], command: str) -> str:
         f"decay phases of the runs that log S: "
         f"{min(thr['sharpness_loss_slopes'], default=math.nan):.2f}-"
         f"{max(thr['sharpness_loss_slopes'], default=math.nan):.2f} "
-        f"({len(thr['sharpness_loss_slopes'])} phases).",
+        f"({len(thr['sharpness_loss_slopes'])} phases). From one cycle to the next the "
+        f"thresholds alternate: lag-1 autocorrelation of ln elr at the events, median "
+        f"{thr['median_lag1_ln_elr']:+.2f} over the runs with 6 or more "
+        f"({thr['negative_lag1_ln_elr'][0]} of {thr['negative_lag1_ln_elr'][1]} negative), "
+        f"of ln elr + ln L {thr['median_lag1_ln_elr_loss']:+.2f}.",
         "",
         "| run | cuts | errors (fraction of the cycle) |",
         "|---|---|---|",
