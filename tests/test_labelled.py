@@ -167,6 +167,22 @@ def test_loss_scaled_threshold_spreads_less_than_the_effective_lr(labelled):
     assert thr["runs"][0]["sd_ln_elr_loss"] == pytest.approx(by_hand, rel=1e-12)
 
 
+def test_thresholds_alternate_from_cycle_to_cycle(labelled):
+    # docs/theory.md, "Forecast": the effective LR at successive labelled events is
+    # anti-correlated (a sequence without memory gives about -1/n +- 1/sqrt(n))
+    mod, trajs, labels = labelled
+    thr = mod.threshold_spread(trajs, labels)
+    negative, counted = thr["negative_lag1_ln_elr"]
+    assert counted >= 20 and negative >= 0.8 * counted
+    assert thr["median_lag1_ln_elr"] < -0.3
+    row = next(r for r in thr["runs"] if np.isfinite(r["lag1_ln_elr"]))
+    tr, steps = trajs[row["run"]], labels[row["run"]]
+    idx = np.searchsorted(tr.step, steps)[1:]
+    d = np.log(tr.meta["lr"] / tr.rho[idx] ** 2)
+    d = d - d.mean()
+    assert row["lag1_ln_elr"] == pytest.approx(np.sum(d[:-1] * d[1:]) / np.sum(d * d), rel=1e-12)
+
+
 def test_loss_scaled_forecast_beats_the_effective_lr_alone(labelled):
     mod, trajs, labels = labelled
     default = mod.evaluate_forecast(trajs, labels, variants=False)
