@@ -361,12 +361,25 @@ _HOMOGENEOUS = {
 }  # fmt: skip
 #: Operations whose result does not depend on the tensor's scale (shapes).
 _SHAPE_QUERIES = {"size", "dim", "getattr", "numel"}
+#: Products of their tensor operands (degrees add); the value is the position of a
+#: bias operand added to the product (``F.linear(x, W, b)``), if the operation has one.
+_PRODUCTS: dict[str, int | None] = {
+    "matmul": None, "mm": None, "bmm": None, "einsum": None, "outer": None, "mul": None,
+    "mul_": None, "imul": None, "linear": 2, "bilinear": 3, "conv1d": 2, "conv2d": 2,
+    "conv3d": 2, "conv_transpose1d": 2, "conv_transpose2d": 2, "conv_transpose3d": 2,
+    "embedding": None,
+}  # fmt: skip
+#: Norms of a tensor: ``|c z| = c |z|`` for ``c > 0``, any norm.
+_NORMS = {"norm", "linalg_norm", "linalg_vector_norm", "linalg_matrix_norm", "abs"}
+#: Powers of a tensor with the factor they apply to its degree (``pow``: its exponent).
+_POWERS = {"sqrt": 0.5, "rsqrt": -0.5, "square": 2.0, "reciprocal": -1.0, "pow": None}
 
 
 class _Degree:
     """How a graph value scales when the weights of a candidate set are multiplied by c.
 
-    ``k``: the value is multiplied by ``c**k``; ``src``: the candidate weights it depends
+    ``k``: the value is multiplied by ``c**k`` (a product adds degrees, a power
+    multiplies them); ``src``: the candidate weights it depends
     on since the last normalization; ``biased``: a bias was added to a scaled value (only
     a normalization that subtracts the per-channel mean cancels it, :func:`_cancels_bias`);
     ``layer``: the weight layer that added it.
@@ -376,7 +389,7 @@ class _Degree:
 
     def __init__(
         self,
-        k: int = 0,
+        k: float = 0,
         src: frozenset[str] = frozenset(),
         biased: bool = False,
         layer: Any = None,
@@ -394,15 +407,82 @@ def _node_args(node: Any, fx: Any) -> list[Any]:
     return flat
 
 
+#: The ``layer`` of a :class:`_Degree` whose bias is one number added to every entry.
+_SCALAR_BIAS = "scalar"
+
+
+def _adds_number(node: Any) -> bool:
+    """Whether a sum or difference has a plain number among its operands (``z + 1``)."""
+    operands = list(node.args) + [v for k, v in node.kwargs.items() if k != "alpha"]
+    return any(isinstance(a, int | float) and not isinstance(a, bool) for a in operands)
+
+
+def _centres(node: Any, modules: Mapping[str, Any]) -> bool:
+    """Whether a normalization subtracts a mean over entries that share one added number:
+    BatchNorm, InstanceNorm, LayerNorm, GroupNorm (not RMSNorm or ``F.normalize``)."""
+    if node.op == "call_module":
+        mod = modules.get(node.target)
+        centring = (
+            nn.modules.batchnorm._BatchNorm,
+            nn.modules.instancenorm._InstanceNorm,
+            nn.LayerNorm,
+            nn.GroupNorm,
+        )
+        return isinstance(mod, centring)
+    name = getattr(node.target, "__name__", "")
+    return name in ("batch_norm", "instance_norm", "layer_norm", "group_norm")
+
+
+def _product_degree(node: Any, ins: list[_Degree], args: list[Any], name: str) -> _Degree | None:
+    """Degree of a product of tensors (:data:`_PRODUCTS`), or ``None`` when it breaks the
+    homogeneity: a biased factor, or a bias operand whose degree differs from the
+    product's (``F.linear(x, c W, b)`` with a fixed ``b``)."""
+    if len(ins) == 1 and name in ("mul", "mul_", "imul"):
+        return ins[0]  # a tensor times a constant: a per-channel bias stays one
+    at = _PRODUCTS[name]
+    bias = _const_arg(node, at, "bias", None) if at is not None else None
+    factors = [d for a, d in zip(args, ins, strict=True) if a is not bias]
+    if any(d.biased for d in ins):
+        return None
+    k = sum(d.k for d in factors)
+    src = frozenset().union(*(d.src for d in ins))
+    if bias is not None and not any(a is bias for a in args):
+        return None if k else _Degree(0, src)  # a constant bias: fine only unscaled
+    if bias is not None:
+        kb = ins[next(i for i, a in enumerate(args) if a is bias)].k
+        if kb != k:
+            return None
+    return _Degree(k, src)
+
+
+def _power_degree(node: Any, first: _Degree, name: str) -> _Degree | None:
+    """Degree of a power (:data:`_POWERS`) or norm (:data:`_NORMS`) of one tensor, or
+    ``None`` (a biased input, or an exponent that is not a constant number)."""
+    if first.biased:
+        return None
+    if name in _NORMS:
+        return _Degree(first.k, first.src)
+    factor = _POWERS[name]
+    if factor is None:
+        e = _const_arg(node, 1, "exponent", None)
+        if isinstance(e, bool) or not isinstance(e, int | float):
+            return None
+        factor = float(e)
+    return _Degree(first.k * factor, first.src)
+
+
 def _joint_conflict(graph: Any, modules: Mapping[str, Any], cand: set[str], fx: Any) -> set[str]:
     """Candidate weights to drop at the first place where scaling ``cand`` changes the output.
 
     Propagates :class:`_Degree` through the traced graph: a weight layer in ``cand``
-    raises the degree by one; a normalization resets it to 0; positively homogeneous
-    maps keep it; a sum or concatenation needs equal degrees; any other operation, and
-    the model's output, need degree 0. Returns the candidates behind the first
-    violation (empty when none: scaling all of ``cand`` by ``c > 0`` leaves the output
-    unchanged).
+    raises the degree by one, a parameter in ``cand`` read directly has degree one; a
+    normalization resets it to 0; positively homogeneous maps keep it; products
+    (``matmul``, ``einsum``, ``F.linear``, ``mul``...) add the degrees of their factors,
+    a quotient subtracts them, norms keep them and powers multiply them (so
+    ``W / W.norm()`` has degree 0); a sum or concatenation needs equal degrees; any other
+    operation, and the model's output, need degree 0. Returns the candidates behind
+    the first violation (empty when none: scaling all of ``cand`` by ``c > 0`` leaves
+    the output unchanged).
     """
     deg: dict[Any, _Degree] = {}
     zero = _Degree()
@@ -411,6 +491,9 @@ def _joint_conflict(graph: Any, modules: Mapping[str, Any], cand: set[str], fx: 
         ins = [deg.get(a, zero) for a in args]
         first = ins[0] if ins else zero
         scaled = [d for d in ins if d.k or d.biased]
+        if node.op == "get_attr" and node.target in cand:
+            deg[node] = _Degree(1, frozenset({node.target}))
+            continue
         if node.op in ("placeholder", "get_attr"):
             deg[node] = zero
             continue
@@ -427,7 +510,10 @@ def _joint_conflict(graph: Any, modules: Mapping[str, Any], cand: set[str], fx: 
             # a bias off the channel axis is cancelled by no normalization
             deg[node] = _Degree(k, src, biased, layer=mod if _flat_output(node, mod) else None)
         elif (kind := _norm_kind(node, modules)) is not None:
-            if first.biased and not _cancels_bias(kind, first.layer, mod):
+            if first.layer is _SCALAR_BIAS:
+                if not _centres(node, modules):
+                    return set(first.src)
+            elif first.biased and not _cancels_bias(kind, first.layer, mod):
                 return set(first.src)
             deg[node] = zero
         elif name == "pad" and _pads_nonzero(node):
@@ -448,13 +534,34 @@ def _joint_conflict(graph: Any, modules: Mapping[str, Any], cand: set[str], fx: 
         elif name in _ADD_FUNCTIONS and ins:
             if len({(d.k, d.biased) for d in ins}) > 1:
                 return set().union(*(d.src for d in ins))
-            deg[node] = _Degree(
-                first.k, frozenset().union(*(d.src for d in ins)), first.biased, first.layer
+            src = frozenset().union(*(d.src for d in ins))
+            if first.k and not first.biased and _adds_number(node):
+                # c z + 1: a constant every entry shares, removed only by a centring norm
+                deg[node] = _Degree(first.k, src, True, _SCALAR_BIAS)
+            else:
+                deg[node] = _Degree(first.k, src, first.biased, first.layer)
+        elif node.op != "call_module" and name in _PRODUCTS:
+            product = _product_degree(node, ins, args, name)
+            if product is None:
+                return set().union(*(d.src for d in scaled))
+            deg[node] = product
+        elif node.op != "call_module" and name in ("truediv", "div", "div_", "itruediv"):
+            if len(ins) == 1 and node.args and node.args[0] is args[0]:
+                deg[node] = first  # divided by a constant
+                continue
+            if any(d.biased for d in ins):
+                return set().union(*(d.src for d in scaled))
+            num = _const_arg(node, 0, "input", None)
+            den = _const_arg(node, 1, "other", None)
+            k = (deg.get(num, zero).k if isinstance(num, fx.Node) else 0) - (
+                deg.get(den, zero).k if isinstance(den, fx.Node) else 0
             )
-        elif len(ins) == 1 and (
-            name in ("mul", "imul") or (name == "truediv" and node.args[0] is args[0])
-        ):
-            deg[node] = first  # a tensor times, or divided by, a constant
+            deg[node] = _Degree(k, frozenset().union(*(d.src for d in ins)))
+        elif node.op != "call_module" and (name in _NORMS or name in _POWERS) and len(ins) == 1:
+            power = _power_degree(node, first, name)
+            if power is None:
+                return set(first.src)
+            deg[node] = power
         elif scaled:
             return set().union(*(d.src for d in scaled))
         else:
@@ -470,14 +577,46 @@ def _pads_nonzero(node: Any) -> bool:
     return mode == "constant" and value is not None and value != 0
 
 
+def _direct_parameters(graph: Any, params: Mapping[str, Any], exclude: Iterable[str]) -> list[str]:
+    """Trainable parameters the traced ``graph`` reads directly (``get_attr``: ``x @ self.W``,
+    ``F.linear(x, self.W)``, ``torch.einsum(..., self.W)``), in graph order, other than
+    those of a module the graph calls (their other use is not visible), of a
+    reparametrized layer (:func:`_reparametrized_si`) and those in ``exclude``."""
+    called = [f"{n.target}." for n in graph.nodes if n.op == "call_module"]
+    skip = set(exclude)
+    out: list[str] = []
+    for node in graph.nodes:
+        name = str(node.target)
+        if (
+            node.op == "get_attr"
+            and name in params
+            and name not in out
+            and name not in skip
+            and params[name].requires_grad
+            and ".parametrizations." not in f".{name}"
+            and not any(name.startswith(m) for m in called)
+        ):
+            out.append(name)
+    return out
+
+
+def _fx_direct_groups(graph: Any, modules: Mapping[str, Any], direct: list[str]) -> list[str]:
+    """The parameters of ``direct`` (:func:`_direct_parameters`) that are SI alone: scaling
+    one of them leaves the output unchanged (:func:`_joint_conflict` of it alone)."""
+    from torch import fx
+
+    return [name for name in direct if not _joint_conflict(graph, modules, {name}, fx)]
+
+
 def _fx_joint_weights(
     graph: Any,
     modules: Mapping[str, Any],
     exclude: Iterable[str],
     usage: tuple[dict[str, int], set[str]],
+    direct: Sequence[str] = (),
 ) -> list[str]:
-    """Trainable Linear/Conv weights, not in ``exclude``, that are SI together
-    (``usage``: :func:`_called_weights` of the graph).
+    """Trainable Linear/Conv weights and directly read parameters (``direct``), not in
+    ``exclude``, that are SI together (``usage``: :func:`_called_weights` of the graph).
 
     The largest set the graph proves jointly scale-invariant, found by dropping the
     weights behind each violation (:func:`_joint_conflict`) until none is left: in a
@@ -497,7 +636,7 @@ def _fx_joint_weights(
         and f"{name}.weight" not in skip
         and name not in unsafe
         and name in calls
-    ]
+    ] + [name for name in direct if name not in skip]
     keep = set(cand)
     while keep:
         drop = _joint_conflict(graph, modules, keep, fx) & keep
@@ -612,6 +751,16 @@ def find_si_groups(
     by construction and reported under its name (``"fx"``/``"auto"``); ``F.normalize`` of a
     weight layer's output counts as a normalization like LayerNorm.
 
+    Parameters the model reads directly (``"fx"``/``"auto"``: ``x @ self.W``,
+    ``torch.einsum(..., self.W)``, ``F.linear(x, self.W)``, ``F.conv2d(x, self.K)``,
+    ``self.W / self.W.norm()``, a gain ``h * self.g`` before a LayerNorm) are followed by
+    their degree of homogeneity through the graph: products add degrees, quotients
+    subtract them, norms keep them, powers multiply them, sums need equal degrees, a
+    normalization returns 0 and anything else needs 0. One whose degree is 0 at the
+    output when it alone is scaled is reported under its name; the others may join
+    :data:`JOINT_GROUP`. A number added to a scaled value (``z + 1``) is removed only by
+    a normalization that subtracts a mean (not RMSNorm or ``F.normalize``).
+
     Weight- and spectral-normalized layers (``torch.nn.utils.parametrizations`` or the
     older ``torch.nn.utils`` hooks): their direction ``v`` is SI by construction, whatever
     follows the layer, and is reported under its parameter name (any ``method``).
@@ -640,6 +789,8 @@ def find_si_groups(
             graph = traced.graph
             usage = _called_weights(graph, modules)
             names = _fx_groups(graph, modules, usage) + _normalized_parameters(graph, params)
+            direct = _direct_parameters(graph, params, names)
+            names += _fx_direct_groups(graph, modules, direct)
         except Exception as exc:  # torch.fx raises many types on untraceable code
             if method == "fx" or example_input is None:
                 raise ValueError(
@@ -648,7 +799,7 @@ def find_si_groups(
                 ) from None
             names = _hook_groups(model, example_input)
         else:
-            joint = _fx_joint_weights(graph, modules, names, usage)
+            joint = _fx_joint_weights(graph, modules, names, usage, direct)
     names += [n for n in _reparametrized_si(model) if n not in names]
     groups = {n: [params[n]] for n in names if n in params and params[n].requires_grad}
     if joint:

@@ -20,6 +20,7 @@ def test_missing_torch_gives_pip_command(monkeypatch):
 
 torch = pytest.importorskip("torch", reason="torch is not installed (pip install siflow[torch])")
 nn = torch.nn
+F = torch.nn.functional
 
 from siflow.torch_probe import (  # noqa: E402
     SIRecorder,
@@ -1023,6 +1024,152 @@ def test_biases_reach_the_norm_only_as_channel_constants(arch, method):
         if joint:
             together = check_scale_invariance(loss_fn, groups["jointly_si"], model=model)
             assert together < 1e-9
+
+
+def _param(*shape):
+    return nn.Parameter(torch.randn(*shape))
+
+
+def _raw(body, **layers):
+    """A model reading parameters directly (``x @ self.W``), a linear head on top."""
+    return lambda: _Fn(body, h=nn.Linear(6, 2), **layers)
+
+
+#: model, SI alone, SI only together (the joint group), in graph order
+RAW_PARAMETERS = {
+    "matmul_into_batchnorm": (
+        _raw(lambda s, x: s.h(s.bn(x @ s.W)), W=_param(5, 6), bn=nn.BatchNorm1d(6)),
+        ["W"],
+        [],
+    ),
+    "einsum_into_batchnorm": (
+        _raw(
+            lambda s, x: s.h(s.bn(torch.einsum("bi,io->bo", x, s.W))),
+            W=_param(5, 6),
+            bn=nn.BatchNorm1d(6),
+        ),
+        ["W"],
+        [],
+    ),
+    "functional_linear_relu_layernorm": (
+        _raw(lambda s, x: s.h(s.ln(F.relu(F.linear(x, s.W)))), W=_param(6, 5), ln=nn.LayerNorm(6)),
+        ["W"],
+        [],
+    ),
+    "weight_over_its_norm": (
+        _raw(lambda s, x: s.h(torch.tanh(x @ (s.W / s.W.norm()))), W=_param(5, 6)),
+        ["W"],
+        [],
+    ),
+    "weight_over_its_column_norms": (
+        _raw(
+            lambda s, x: s.h(torch.tanh(x @ (s.W / s.W.norm(dim=0, keepdim=True)))), W=_param(5, 6)
+        ),
+        ["W"],
+        [],
+    ),
+    "weight_times_rsqrt_of_its_squares": (
+        _raw(lambda s, x: s.h(torch.tanh(x @ (s.W * (s.W**2).sum().rsqrt()))), W=_param(5, 6)),
+        ["W"],
+        [],
+    ),
+    "product_of_two_projections": (
+        _raw(
+            lambda s, x: s.h(s.bn((x @ s.W) * (x @ s.V))),
+            W=_param(5, 6),
+            V=_param(5, 6),
+            bn=nn.BatchNorm1d(6),
+        ),
+        ["W", "V"],
+        [],
+    ),
+    "gain_before_layernorm": (
+        _raw(lambda s, x: s.h(s.ln(x[:, :1] * s.g)), g=_param(6), ln=nn.LayerNorm(6)),
+        ["g"],
+        [],
+    ),
+    "weight_and_raw_bias_into_layernorm": (
+        _raw(
+            lambda s, x: s.h(s.ln(x @ s.W + s.b)), W=_param(5, 6), b=_param(6), ln=nn.LayerNorm(6)
+        ),
+        [],
+        ["W", "b"],
+    ),
+    "normalized_by_a_sum_with_another": (
+        _raw(
+            lambda s, x: s.h(torch.tanh(x @ (s.W / (s.W + s.V).norm()))),
+            W=_param(5, 6),
+            V=_param(5, 6),
+        ),
+        [],
+        ["W", "V"],
+    ),
+    # not invariant: the checks below would fail on a claim
+    "sigmoid_before_the_norm": (
+        _raw(lambda s, x: s.h(s.bn(torch.sigmoid(x @ s.W))), W=_param(5, 6), bn=nn.BatchNorm1d(6)),
+        [],
+        [],
+    ),
+    "also_read_outside_the_norm": (
+        _raw(
+            lambda s, x: s.h(s.bn(x @ s.W)) + (x @ s.W)[:, :2],
+            W=_param(5, 6),
+            bn=nn.BatchNorm1d(6),
+        ),
+        [],
+        [],
+    ),
+    "a_number_added_before_normalizing": (
+        _raw(lambda s, x: s.h(torch.tanh(x @ ((s.W + 1.0) / s.W.norm()))), W=_param(5, 6)),
+        [],
+        [],
+    ),
+    "a_number_added_before_rmsnorm": (
+        _raw(
+            lambda s, x: s.h(s.rms(s.a(x) + 1.0)), a=nn.Linear(5, 6, bias=False), rms=nn.RMSNorm(6)
+        ),
+        [],
+        [],
+    ),
+    "a_number_added_before_layernorm": (
+        _raw(
+            lambda s, x: s.h(s.ln(s.a(x) + 1.0)), a=nn.Linear(5, 6, bias=False), ln=nn.LayerNorm(6)
+        ),
+        [],
+        ["a.weight"],
+    ),
+}
+
+
+@pytest.mark.parametrize("arch", list(RAW_PARAMETERS))
+def test_parameters_read_directly_are_found_and_agree_with_the_numerical_check(arch):
+    # x @ self.W, einsum, F.linear, W / W.norm(): the graph's degrees of homogeneity
+    # (products add them, quotients subtract them, norms keep them) decide; each
+    # parameter and each group is rescaled numerically
+    make, alone, joint = RAW_PARAMETERS[arch]
+    torch.manual_seed(0)
+    model = make().double().train()
+    for mod in model.modules():
+        if hasattr(mod, "eps"):
+            mod.eps = 1e-14
+    x = torch.randn(16, 5, dtype=torch.float64)
+    y = torch.randint(0, 2, (16,))
+
+    def loss_fn():
+        return nn.functional.cross_entropy(model(x), y)
+
+    groups = find_si_groups(model, example_input=x)
+    params = dict(model.named_parameters())
+    names = {id(p): n for n, p in params.items()}
+    assert [g for g in groups if g != "jointly_si"] == alone
+    assert [names[id(p)] for p in groups.get("jointly_si", [])] == joint
+    for name in alone:
+        assert check_scale_invariance(loss_fn, [params[name]], model=model) < 1e-9, name
+    if joint:
+        assert check_scale_invariance(loss_fn, groups["jointly_si"], model=model) < 1e-9
+    for name, p in params.items():
+        if name not in alone and name not in joint and not name.startswith(("h.", "bn.", "ln.")):
+            assert check_scale_invariance(loss_fn, [p], model=model) > 1e-6, name
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
