@@ -98,6 +98,17 @@ NORM_TYPES: tuple[type, ...] = (
 _NORM_FUNCTIONS = {"layer_norm", "rms_norm", "group_norm", "normalize"}
 #: Layers whose weight is SI when their output is normalized (no other use).
 WEIGHT_TYPES: tuple[type, ...] = (nn.Linear, nn.modules.conv._ConvNd)
+
+
+def _is_weight_layer(mod: Any) -> bool:
+    """A layer whose output is linear in its weight: :data:`WEIGHT_TYPES`, or an
+    ``nn.Embedding`` without ``max_norm`` (which would renormalize the rows it reads) and
+    with dense gradients."""
+    if isinstance(mod, WEIGHT_TYPES):
+        return True
+    return isinstance(mod, nn.Embedding) and mod.max_norm is None and not mod.sparse
+
+
 #: Positively homogeneous (degree 1) maps allowed between the weight and the norm layer.
 PASS_MODULES: tuple[type, ...] = (
     nn.ReLU,
@@ -296,7 +307,7 @@ def _called_weights(graph: Any, modules: Mapping[str, Any]) -> tuple[dict[str, i
     for node in graph.nodes:
         if node.op == "call_module":
             mod = modules.get(node.target)
-            if isinstance(mod, WEIGHT_TYPES):
+            if _is_weight_layer(mod):
                 calls[node.target] = calls.get(node.target, 0) + 1
             elif not isinstance(mod, NORM_TYPES + PASS_MODULES):
                 opaque.append(f"{node.target}.")
@@ -305,7 +316,7 @@ def _called_weights(graph: Any, modules: Mapping[str, Any]) -> tuple[dict[str, i
     inside = {
         name
         for name, mod in modules.items()
-        if isinstance(mod, WEIGHT_TYPES) and any(name.startswith(o) for o in opaque)
+        if _is_weight_layer(mod) and any(name.startswith(o) for o in opaque)
     }
     return calls, read | inside
 
@@ -329,7 +340,7 @@ def _fx_groups(
         while src is not None and isinstance(src, fx.Node) and len(src.users) == 1:
             if src.op == "call_module":
                 mod = modules.get(src.target)
-                if isinstance(mod, WEIGHT_TYPES):
+                if _is_weight_layer(mod):
                     ok = calls.get(src.target) == 1 and src.target not in unsafe
                     broken = broken or not _flat_output(src, mod)
                     if ok and _bias_ok(mod, kind, broken, norm) and mod.weight is not None:
@@ -501,7 +512,7 @@ def _joint_conflict(graph: Any, modules: Mapping[str, Any], cand: set[str], fx: 
             return set().union(*(d.src for d in scaled)) if scaled else set()
         name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
         mod = modules.get(node.target) if node.op == "call_module" else None
-        if isinstance(mod, WEIGHT_TYPES):
+        if _is_weight_layer(mod):
             if first.biased:
                 return set(first.src)
             w = f"{node.target}.weight"
@@ -630,7 +641,7 @@ def _fx_joint_weights(
     cand = [
         f"{name}.weight"
         for name, mod in modules.items()
-        if isinstance(mod, WEIGHT_TYPES)
+        if _is_weight_layer(mod)
         and isinstance(mod._parameters.get("weight"), nn.Parameter)  # not reparametrized
         and mod.weight.requires_grad
         and f"{name}.weight" not in skip
@@ -668,7 +679,7 @@ def _hook_groups(model: Any, example_input: Any) -> list[str]:
             found.append(f"{hit[0]}.weight")
 
     for name, mod in model.named_modules():
-        if isinstance(mod, WEIGHT_TYPES):
+        if _is_weight_layer(mod):
             handles.append(mod.register_forward_hook(on_weight(name)))
         elif isinstance(mod, NORM_TYPES):
             handles.append(mod.register_forward_pre_hook(on_norm))
@@ -699,7 +710,8 @@ def find_si_groups(
 ) -> dict[str, list[Any]]:
     """Find the scale-invariant weights of a model.
 
-    A ``Linear``/``Conv`` weight is SI when its output reaches a normalization layer
+    A ``Linear``/``Conv`` weight (or an ``nn.Embedding`` table without ``max_norm``) is
+    SI when its output reaches a normalization layer
     (BatchNorm, LayerNorm, GroupNorm, InstanceNorm, RMSNorm, or their functional forms
     when they use the input's own statistics) only through positively
     homogeneous maps (ReLU, LeakyReLU, PReLU, pooling, dropout, upsampling, flatten,
