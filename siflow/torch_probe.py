@@ -755,6 +755,10 @@ def find_si_groups(
     homogeneity propagated through sums, positively homogeneous maps and
     normalizations), disjoint from the single-weight groups.
 
+    A model whose class defines no ``forward`` (a ``LightningModule`` that computes its
+    loss in ``training_step`` from ``self.net(x)``) gets the groups of its child modules,
+    each traced on its own (``"fx"``/``"auto"``), named from the model (``net.0.weight``).
+
     Wrappers are looked through (:func:`_unwrapped`: ``torch.compile``, ``DataParallel``,
     ``DistributedDataParallel``): the groups are those of the module inside (the same
     tensors, named without the ``_orig_mod.`` or ``module.`` prefix).
@@ -786,6 +790,8 @@ def find_si_groups(
     if method not in ("auto", "fx", "hooks"):
         raise ValueError(f"method must be 'auto', 'fx' or 'hooks', got {method!r}")
     model = _unwrapped(model)
+    if method != "hooks" and _forward_undefined(model):
+        return _children_groups(model, method)
     if method == "hooks" and example_input is None:
         raise ValueError("method='hooks' needs example_input=<a batch the model accepts>")
     names: list[str]
@@ -816,6 +822,49 @@ def find_si_groups(
     groups = {n: [params[n]] for n in names if n in params and params[n].requires_grad}
     if joint:
         groups[JOINT_GROUP] = [params[n] for n in joint]
+    return groups
+
+
+def _forward_undefined(model: Any) -> bool:
+    """Whether the model's class defines no ``forward`` of its own: ``nn.Module``'s
+    placeholder, or a ``LightningModule`` whose computation lives in ``training_step``."""
+    fwd = getattr(type(model), "forward", None)
+    return fwd is nn.Module.forward or getattr(fwd, "__qualname__", "") == (
+        "LightningModule.forward"
+    )
+
+
+def _children_groups(model: Any, method: str) -> dict[str, list[Any]]:
+    """:func:`find_si_groups` of a module without a ``forward``: the groups of each child
+    module (named from the model, ``net.0.weight``), their joint groups merged (sets
+    that are invariant separately are invariant together). A weight is SI within its
+    child, which the model's own code (a ``training_step``) reaches only through the
+    child's output, unless that code reads the weight directly: not visible here. A
+    child that cannot be traced contributes nothing (an error only when no child could
+    be traced)."""
+    groups: dict[str, list[Any]] = {}
+    joint: list[Any] = []
+    failures: list[str] = []
+    for name, child in model.named_children():
+        if not any(p.requires_grad for p in child.parameters()):
+            continue
+        try:
+            found = find_si_groups(child, method=method)
+        except ValueError as exc:
+            failures.append(f"{name}: {exc}")
+            continue
+        for group, tensors in found.items():
+            if group == JOINT_GROUP:
+                joint += tensors
+            else:
+                groups[f"{name}.{group}"] = tensors
+    if failures and not groups and not joint:
+        raise ValueError(
+            f"{type(model).__name__} has no forward; its submodules could not be traced "
+            f"({'; '.join(failures)}); pass groups= explicitly"
+        )
+    if joint:
+        groups[JOINT_GROUP] = joint
     return groups
 
 

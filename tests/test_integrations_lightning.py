@@ -259,3 +259,27 @@ def test_sharpness_on_request_and_bad_arguments(tmp_path):
             SIRecorderCallback(groups={"total": ["net.0.weight"]}),
             steps=2,
         )
+
+
+class NoForwardNet(BNNet):
+    """The common style without ``forward``: ``training_step`` calls ``self.net``."""
+
+    forward = pl.LightningModule.forward
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = nn.functional.cross_entropy(self.net(x), y)
+        self.log("train_loss", loss)
+        return loss
+
+
+def test_a_module_without_forward_gets_the_groups_of_its_network(tmp_path):
+    # its forward cannot be traced (Lightning's placeholder): the callback raised
+    # "torch.fx could not trace the model"; the network inside is traced instead
+    cb = SIRecorderCallback(every=1)
+    _fit(False, cb, steps=40, model=NoForwardNet())
+    assert list(cb.recorder.groups) == ["net.0.weight", "net.3.weight"]
+    traj = cb.recorder.trajectory()
+    np.testing.assert_array_equal(traj.step, np.arange(40))
+    lr, wd = np.full(40, LR), np.full(40, WD)
+    _check_norm_recursion(traj.rho, traj.grad_norm_sphere, lr, wd)

@@ -1455,3 +1455,26 @@ def test_cosine_classifier_weights_and_normalized_features_are_si(bias):
     for name, p in model.named_parameters():  # the second method
         change = check_scale_invariance(loss_fn, [p], model=model)
         assert (change < 1e-12) == (name in expected), (name, change)
+
+
+def test_a_module_without_forward_gets_its_childrens_groups():
+    # a container whose computation lives elsewhere (a training_step): nothing to trace
+    # at the top; each child is traced on its own and its groups keep the model's names
+    class Container(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = nn.Sequential(nn.Linear(4, 6, bias=False), nn.BatchNorm1d(6))
+            self.preact = _Fn(
+                lambda s, x: s.bn(s.a(x) + s.b(x)),
+                a=nn.Linear(6, 6, bias=False),
+                b=nn.Linear(6, 6, bias=False),
+                bn=nn.BatchNorm1d(6),
+            )
+            self.head = nn.Linear(6, 2)
+
+    model = Container()
+    groups = find_si_groups(model)
+    assert list(groups) == ["encoder.0.weight", "jointly_si"]
+    assert groups["encoder.0.weight"] == [model.encoder[0].weight]
+    assert groups["jointly_si"] == [model.preact.a.weight, model.preact.b.weight]
+    assert find_si_groups(nn.Module()) == {}
