@@ -613,6 +613,7 @@ def estimate(
         ``bytes``, ``seconds``, ``rows`` (kept rows before any doubling of the
         stride), ``dim``, ``available_bytes`` (``None`` when unknown).
     """
+    dim = None if dim is None else _check_int("dim", dim, 1)
     d, n_data = _toy_size(loss, dim, dict(loss_options or {}))
     per_step_data = n_data if not batch or batch >= n_data else batch
     toy_bytes = 8 * (5 * n_data * d + 4 * d * d if n_data else 4 * d)
@@ -884,6 +885,7 @@ def simulate(
     """
     steps = _check_int("steps", steps, 1)
     seed = _check_int("seed", seed, 0)
+    dim = None if dim is None else _check_int("dim", dim, 1)
     record_every, max_rows = _strides(steps, record_every, max_points, max_rows)
     event_window = _check_int("event_window", event_window, 0)
     sigma = float(check_nonnegative("noise", noise))

@@ -490,3 +490,17 @@ def test_a_sweep_across_the_edges_completes_with_a_row_per_cell(tmp_path):
     by_x = {round(r["lr"] * r["wd"], 12): r for r in flat.rows}
     assert by_x[0.9]["status"] == "underflow" and by_x[0.9]["steps_run"] < 3000
     assert by_x[1e-06]["status"] == "ok" and by_x[1e-06]["steps_run"] == 3000
+
+
+@pytest.mark.parametrize("dim", [math.inf, 2.5, "3"])
+def test_a_dimension_that_is_not_a_whole_number_is_named(dim):
+    # dim=inf raised OverflowError from the memory estimate
+    for call in (_simulate, estimate_run):
+        with pytest.raises(ValueError, match=r"^dim must be an integer"):
+            call("rayleigh", lr=0.1, wd=1e-3, steps=5, dim=dim)
+
+
+def estimate_run(loss, *, lr, wd, steps, dim):
+    from siflow.simulate import estimate
+
+    return estimate(loss, steps=steps, dim=dim)

@@ -237,3 +237,12 @@ def test_library_messages_name_parameters_not_cli_flags(tmp_path):
     with pytest.raises(ValueError, match=r"mapping=\{'step': '<column>'\}") as info:
         sio.read_lightning(path)
     assert "--" not in str(info.value).replace(str(path), "")
+
+
+@pytest.mark.parametrize("mapping", [0.0, 3, object()])
+def test_a_mapping_of_the_wrong_type_is_named(tmp_path, mapping):
+    # a falsy number was taken for "no mapping" and any other value failed deep inside
+    path = tmp_path / "log.csv"
+    path.write_text("step,rho\n0,1\n1,0.9\n2,0.8\n3,0.7\n")
+    with pytest.raises(ValueError, match=r"mapping must be a dict"):
+        sio.read(path, mapping=mapping)

@@ -270,6 +270,11 @@ def read(
         that lacks a needed column (the message names the ``mapping=`` that fixes
         it).
     """
+    if mapping is not None and not isinstance(mapping, Mapping | str | list | tuple):
+        raise ValueError(
+            f"mapping must be a dict {{field: column}} or a list of 'field=column', got "
+            f"{type(mapping).__name__}; e.g. mapping={{'rho': 'weight_norm'}}"
+        )
     name = _check_fmt(detect_format(path) if fmt is None else fmt)
     reader = FORMATS[name].read
     if name == "siflow" and (mapping or group is not None):
