@@ -604,6 +604,8 @@ def analyze(
             f"traj must be a siflow Trajectory, got {type(traj).__name__}; "
             f"read a log with siflow.io.read(path)"
         )
+    if len(traj) == 0:
+        raise ValueError("the trajectory has no rows; pass a log with at least one step")
     notes: list[str] = []
     hp = _resolve_hyper(traj, lr, wd, momentum, optimizer, betas, schedule, wd_schedule, notes)
     if sharpness is not None:

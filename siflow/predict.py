@@ -637,6 +637,8 @@ def transfer_period(
     lr_f, wd_f = (float(x) for x in check_lr_wd(lr, wd))
     mu0 = float(check_momentum(calibration.momentum))
     mu = mu0 if momentum is None else float(check_momentum(momentum))
+    if isinstance(skip, bool) or not isinstance(skip, int | np.integer) or skip < 0:
+        raise ValueError(f"skip must be a whole number >= 0, got {skip!r}; pass e.g. skip=1")
     ev = events if events is not None else find_events(calibration)
     if len(ev) < skip + 3:
         raise ValueError(

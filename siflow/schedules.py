@@ -155,6 +155,8 @@ def _split_spec(spec: str) -> tuple[str, dict[str, str]]:
             raise ValueError(
                 f"schedule {kind!r} takes {', '.join(KINDS[kind])}; got {key!r} ({_EXAMPLE})"
             )
+        if key in raw:
+            raise ValueError(f"schedule {kind!r}: {key} is given twice; keep one {key}=...")
         raw[key] = value.strip()
     return kind, raw
 

@@ -361,3 +361,12 @@ def test_sparse_sharpness_uses_the_last_measurement_before_each_event():
     )
     # last values before rows 45 and 75 are 7 and 9: median 8 (the run-wide median is 7)
     assert _sharpness_at_events(traj, events) == 8.0
+
+
+def test_an_empty_trajectory_is_named():
+    # numpy's "zero-size array to reduction operation maximum" surfaced instead
+    empty = Trajectory(
+        step=np.zeros(0, dtype=np.int64), rho=np.zeros(0), meta={"lr": 0.1, "wd": 1e-3}
+    )
+    with pytest.raises(ValueError, match="no rows"):
+        analyze(empty)

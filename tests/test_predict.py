@@ -247,3 +247,6 @@ def test_transfer_period_validation():
         transfer_period(cal, 1.0, 0.01, push="quadratic")
     with pytest.raises(ValueError, match="lr"):
         transfer_period(Trajectory(step=cal.step, rho=cal.rho), 1.0, 0.01)
+    # skip=-1 calibrated on the last period alone
+    with pytest.raises(ValueError, match="skip must be a whole number >= 0"):
+        transfer_period(cal, 1.0, 0.01, skip=-1)

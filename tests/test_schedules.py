@@ -64,6 +64,7 @@ def test_linear_and_constant_by_hand() -> None:
         ("step:peak=1,gamma=0.1,milestones=20/10", "increasing"),
         ("cosine:steps=10", "needs peak"),
         ("exp:peak=1,gama=0.1", "takes peak, gamma"),
+        ("cosine:peak=1,peak=2,steps=10", "peak is given twice"),  # the last one won
     ],
 )
 def test_bad_specs_name_the_fix(spec: str, words: str) -> None:
