@@ -811,16 +811,23 @@ ARCHITECTURES = {
 }
 
 
+def _float64_training(model, eps):
+    """``model`` in float64 and training mode, every normalization's ``eps`` set to ``eps``
+    (invariance exact to rounding for small ``eps``)."""
+    model = model.double().train()
+    for mod in model.modules():
+        if hasattr(mod, "eps"):
+            mod.eps = eps
+    return model
+
+
 @pytest.mark.parametrize("arch", list(ARCHITECTURES))
 def test_detection_on_other_architectures_agrees_with_the_numerical_check(arch):
     from siflow.torch_probe import JOINT_GROUP
 
     make, alone, joint = ARCHITECTURES[arch]
     torch.manual_seed(3)
-    model = make().double().train()
-    for mod in model.modules():
-        if hasattr(mod, "eps"):
-            mod.eps = 1e-12
+    model = _float64_training(make(), 1e-12)
     with torch.no_grad():  # no parameter sits at a special value (a zero bias, a unit scale)
         for p in model.parameters():
             p.add_(0.3 * torch.randn_like(p))
@@ -996,10 +1003,7 @@ BIAS_PATHS = {
 def test_biases_reach_the_norm_only_as_channel_constants(arch, method):
     make, shape, alone, joint = BIAS_PATHS[arch]
     torch.manual_seed(0)
-    model = make().double().train()
-    for mod in model.modules():
-        if hasattr(mod, "eps"):
-            mod.eps = 1e-14  # invariance exact to rounding
+    model = _float64_training(make(), 1e-14)
     x = torch.randn(*shape, dtype=torch.float64)
     y = torch.randint(0, 2, (shape[0],))
 
@@ -1148,10 +1152,7 @@ def test_parameters_read_directly_are_found_and_agree_with_the_numerical_check(a
     # parameter and each group is rescaled numerically
     make, alone, joint = RAW_PARAMETERS[arch]
     torch.manual_seed(0)
-    model = make().double().train()
-    for mod in model.modules():
-        if hasattr(mod, "eps"):
-            mod.eps = 1e-14
+    model = _float64_training(make(), 1e-14)
     x = torch.randn(16, 5, dtype=torch.float64)
     y = torch.randint(0, 2, (16,))
 
