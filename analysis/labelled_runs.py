@@ -546,6 +546,7 @@ FORECAST_VARIANTS: dict[str, dict[str, Any]] = {
     "effective LR alone": {"threshold": "elr", "blend": 1.0},
     "loss-scaled threshold alone": {"blend": 1.0},
     "median period alone": {"blend": 0.0},
+    "autoregressive threshold and period (history='ar1')": {"history": "ar1"},
 }
 
 

@@ -67,6 +67,13 @@ def build_parser() -> ArgumentParser:
     p.add_argument(
         "--min-fit-rows", type=int, default=10, help="rows to fit the current decay trend (10)"
     )
+    p.add_argument(
+        "--history",
+        choices=("median", "ar1"),
+        default="median",
+        help="this cycle's threshold and period from the earlier ones: their median, or a "
+        "first-order autoregression fitted on them (median)",
+    )
     g = p.add_argument_group("event detection (siflow.periods.find_events)")
     g.add_argument("--signal", default="auto", help="auto, rho, elr or loss (default auto)")
     g.add_argument("--min-rise", type=float, default=0.02, help="smallest ln-rho swing (0.02)")
@@ -147,6 +154,7 @@ def _body(argv: Sequence[str] | None) -> int:
         blend=args.blend,
         fit_fraction=args.fit_fraction,
         min_fit_rows=args.min_fit_rows,
+        history=args.history,
         **_detector_kwargs(args),
     )
     d = fc.to_dict()

@@ -23,7 +23,8 @@ destabilized:
      fewer than three events or no spread of ``L_k``;
    - ``"elr"``: the effective LR alone.
 
-   The threshold of the current cycle is ``y* = median(y_k)``;
+   The threshold of the current cycle is ``y* = median(y_k)`` (``history="ar1"``: the
+   first-order autoregression of the ``y_k``, :func:`next_in_sequence`);
 3. the approach of ``y`` to ``y*``: for ``"elr"`` and ``"sharpness"``, the decay
    speed of ``ln rho`` in the current phase (the least-squares slope over the decay
    phase so far, after the peak), falling back to the free decay
@@ -60,7 +61,13 @@ from siflow.periods import Events, find_events
 from siflow.theory import check_optimizer, decay_rate, effective_lr, log_effective_lr
 from siflow.trajectory import Trajectory
 
-__all__ = ["Forecast", "forecast_next_event", "loss_exponent", "RecorderForecast"]
+__all__ = [
+    "Forecast",
+    "forecast_next_event",
+    "loss_exponent",
+    "next_in_sequence",
+    "RecorderForecast",
+]
 
 
 @dataclass(frozen=True)
@@ -237,6 +244,7 @@ def forecast_next_event(
     threshold: str = "auto",
     blend: float = 0.5,
     fit_fraction: float = 0.5,
+    history: str = "median",
     **detector: Any,
 ) -> Forecast:
     """Predict the step of the next destabilization of a run from its log so far.
@@ -267,6 +275,11 @@ def forecast_next_event(
     fit_fraction : float
         Fraction of the current decay phase (its last part) fitted by the loss-proxy
         trend, in (0, 1].
+    history : {"median", "ar1"}
+        How the earlier cycles give this cycle's threshold and period: their median, or
+        a first-order autoregression fitted on them (:func:`next_in_sequence`; the
+        thresholds of real runs alternate from cycle to cycle, docs/theory.md
+        "Forecast").
     **detector
         Further keyword arguments of :func:`siflow.periods.find_events`.
 
@@ -284,6 +297,8 @@ def forecast_next_event(
     min_fit_rows = check_positive_int("min_fit_rows", min_fit_rows)
     blend = _check_unit("blend", blend, closed_low=True)
     fit_fraction = _check_unit("fit_fraction", fit_fraction, closed_low=False)
+    if history not in ("median", "ar1"):
+        raise ValueError(f"history must be 'median' or 'ar1', got {history!r}")
     opt = check_optimizer(optimizer)
     if opt != "sgd":
         raise ValueError(
@@ -340,7 +355,10 @@ def forecast_next_event(
         beta = loss_exponent(y_k, ln_l_k)
         y_k = y_k + beta * ln_l_k
     y_k = y_k[np.isfinite(y_k)]
-    period_guess = float(events.steps[-1] + np.median(events.periods)) if n >= 2 else math.nan
+    periods = np.asarray(events.periods, dtype=np.float64)
+    period_guess = (
+        float(events.steps[-1] + next_in_sequence(periods, history)) if n >= 2 else math.nan
+    )
     period_lo = float(events.steps[-1] + np.min(events.periods)) if n >= 2 else math.nan
     period_hi = float(events.steps[-1] + np.max(events.periods)) if n >= 2 else math.nan
     peak_row = int(events.peak_index[-1])
@@ -362,7 +380,7 @@ def forecast_next_event(
         return by_period("no finite threshold at the earlier events")
     if peak_row >= last_row:
         return by_period("a jump is in progress")
-    y_star = float(np.median(y_k))
+    y_star = next_in_sequence(y_k, history)
     if kind == "loss":
         assert traj.loss is not None
         rows = np.arange(peak_row, last_row + 1)
@@ -413,6 +431,26 @@ def forecast_next_event(
     step = max(step, last_step + 1.0)
     lo, hi = max(lo, last_step + 1.0), max(hi, last_step + 1.0)
     return Forecast(step, (lo, hi), last_step, method, n, details)
+
+
+def next_in_sequence(values: ArrayLike, how: str = "median", min_values: int = 5) -> float:
+    """The next value of a sequence of per-cycle values (thresholds, periods).
+
+    ``"median"``: their median. ``"ar1"``: the first-order autoregression
+    ``m + phi (v_last - m)`` with ``m`` their mean and ``phi`` their lag-1
+    autocorrelation ``sum d_k d_(k+1) / sum d_k^2`` (``d = v - m``), clipped to [-1, 1];
+    the median with fewer than ``min_values`` values or no spread.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    median = float(np.median(v))
+    if how == "median" or v.size < min_values:
+        return median
+    d = v - v.mean()
+    spread = float(np.dot(d, d))
+    if spread == 0.0:
+        return median
+    phi = min(max(float(np.dot(d[:-1], d[1:])) / spread, -1.0), 1.0)
+    return float(v.mean() + phi * d[-1])
 
 
 def _exp(x: float) -> float:

@@ -83,6 +83,46 @@ def test_forecast_from_a_norm_logged_on_some_rows_only():
     assert abs(fc.next_event_step - ev[4]) <= 10
 
 
+def test_next_in_sequence_by_hand():
+    from siflow.forecast import next_in_sequence
+
+    alternating = [1.0, 3.0, 1.0, 3.0, 1.0, 3.0]
+    # mean 2, deviations -1, 1, ...: lag-1 autocorrelation -5/6, next 2 - 5/6
+    assert next_in_sequence(alternating, "ar1") == pytest.approx(2.0 - 5.0 / 6.0, rel=1e-15)
+    assert next_in_sequence(alternating) == 2.0  # the median
+    assert next_in_sequence(alternating[:4], "ar1") == 2.0  # too few: the median
+    assert next_in_sequence([2.0] * 6, "ar1") == 2.0  # no spread
+    # a trend: positive autocorrelation, the next value above the mean
+    assert next_in_sequence([1.0, 2.0, 3.0, 4.0, 5.0, 6.0], "ar1") > 3.5
+
+
+def test_autoregressive_history_follows_alternating_cycles():
+    # jumps alternately x2 and x4 in rho^2: periods alternate 173 / 347 steps; the median
+    # of the earlier periods lies between them, the autoregression picks the next one
+    x, n = 2e-3, 4000
+    r2, v, events, k = np.empty(n), 1.9, [], 0
+    for t in range(n):
+        if v < 1.0:
+            events.append(t - 1)
+            v *= (2.0, 4.0)[k % 2]
+            k += 1
+        r2[t] = v
+        v *= (1 - x) ** 2
+    traj = Trajectory(step=np.arange(n), rho=np.sqrt(r2), meta={"lr": 1.0, "wd": x})
+    ev = np.asarray(events)
+    for j in range(5, len(ev) - 1):
+        cut = (ev[j] + ev[j + 1]) // 2
+        ar1 = forecast_next_event(traj[: cut + 1], blend=0.0, history="ar1")
+        med = forecast_next_event(traj[: cut + 1], blend=0.0)
+        cycle = ev[j + 1] - ev[j]
+        err_ar1, err_med = (abs(f.next_event_step - ev[j + 1]) / cycle for f in (ar1, med))
+        assert err_med > 0.2 and err_ar1 < err_med / 2
+        if j >= 9:  # the fitted coefficient nears -1 as cycles accumulate
+            assert err_ar1 < 0.1
+    with pytest.raises(ValueError, match="history"):
+        forecast_next_event(traj, history="mean")
+
+
 def test_forecast_hand_value():
     # decay 1e-3 per step in ln rho from the peak; earlier thresholds rho = 1, 1.02, 0.98:
     # median threshold rho* = 1, so from rho_now the event is ln(rho_now)/1e-3 steps away
@@ -324,6 +364,14 @@ def test_cli_json_and_errors(tmp_path):
         check=False,
     )
     assert text.returncode == 0 and "next destabilization at step" in text.stdout
+    ar1 = subprocess.run(
+        [sys.executable, "-m", "siflow.forecast", str(path), "--history", "ar1", "--json"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert ar1.returncode == 0, ar1.stderr  # four events: too few to fit, the median
+    assert json.loads(ar1.stdout)["next_event_step"] == d["next_event_step"]
     for args in (
         [str(tmp_path / "missing.npz")],
         [str(path), "--optimizer", "lion"],
@@ -331,6 +379,7 @@ def test_cli_json_and_errors(tmp_path):
         [str(path), "--blend", "2"],
         [str(path), "--threshold", "curvature"],
         [str(path), "--fit-fraction", "0"],
+        [str(path), "--history", "mean"],
     ):
         bad = subprocess.run(
             [sys.executable, "-m", "siflow.forecast", *args],
