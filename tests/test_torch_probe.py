@@ -1030,6 +1030,13 @@ def test_biases_reach_the_norm_only_as_channel_constants(arch, method):
             assert together < 1e-9
 
 
+def _group_names(groups, model):
+    """``(single groups in order, names of the joint group's tensors in order)``."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    joint = [names[id(p)] for p in groups.get("jointly_si", [])]
+    return [g for g in groups if g != "jointly_si"], joint
+
+
 def _param(*shape):
     return nn.Parameter(torch.randn(*shape))
 
@@ -1161,9 +1168,7 @@ def test_parameters_read_directly_are_found_and_agree_with_the_numerical_check(a
 
     groups = find_si_groups(model, example_input=x)
     params = dict(model.named_parameters())
-    names = {id(p): n for n, p in params.items()}
-    assert [g for g in groups if g != "jointly_si"] == alone
-    assert [names[id(p)] for p in groups.get("jointly_si", [])] == joint
+    assert _group_names(groups, model) == (alone, joint)
     for name in alone:
         assert check_scale_invariance(loss_fn, [params[name]], model=model) < 1e-9, name
     if joint:
@@ -1208,8 +1213,7 @@ class _Tokens(nn.Module):
 )
 def test_embeddings_into_a_layernorm(kwargs, alone, joint):
     torch.manual_seed(0)
-    model = _Tokens(**kwargs).double().train()
-    model.ln.eps = 1e-14
+    model = _float64_training(_Tokens(**kwargs), 1e-14)
     idx = torch.randint(0, 20, (8, 5))
     y = torch.randint(0, 2, (8,))
 
@@ -1218,9 +1222,7 @@ def test_embeddings_into_a_layernorm(kwargs, alone, joint):
 
     groups = find_si_groups(model, example_input=idx)
     params = dict(model.named_parameters())
-    names = {id(p): n for n, p in params.items()}
-    assert [g for g in groups if g != "jointly_si"] == alone
-    assert [names[id(p)] for p in groups.get("jointly_si", [])] == joint
+    assert _group_names(groups, model) == (alone, joint)
     claimed = [params[n] for n in alone + joint]
     if claimed:
         assert check_scale_invariance(loss_fn, claimed, model=model) < 1e-9
