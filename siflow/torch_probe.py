@@ -184,9 +184,10 @@ def _norm_kind(node: Any, modules: Mapping[str, Any]) -> str | None:
 
     ``"batch"`` (BatchNorm: each channel's batch mean is subtracted), ``"channel"``
     (InstanceNorm, one-channel GroupNorm: each channel's mean over its positions),
-    ``"mixed"`` (LayerNorm, RMSNorm, GroupNorm over several channels: a per-channel
-    bias does not cancel). Functional calls count when they normalize with the
-    input's own statistics (``F.batch_norm(..., training=True)``).
+    ``"mixed"`` (LayerNorm, GroupNorm over several channels: the mean over several
+    channels is subtracted, a per-channel bias does not cancel), ``"scale"`` (RMSNorm,
+    ``F.normalize``: no mean is subtracted at all). Functional calls count when they
+    normalize with the input's own statistics (``F.batch_norm(..., training=True)``).
     """
     if node.op == "call_module":
         mod = modules.get(node.target)
@@ -195,7 +196,7 @@ def _norm_kind(node: Any, modules: Mapping[str, Any]) -> str | None:
         return None
     name = getattr(node.target, "__name__", "")
     if name in _NORM_FUNCTIONS:
-        return "mixed"
+        return "scale" if name in ("rms_norm", "normalize") else "mixed"
     if name == "batch_norm" and _const_arg(node, 5, "training", False) is True:
         return "batch"
     if name == "instance_norm" and _const_arg(node, 5, "use_input_stats", True) is True:
@@ -203,9 +204,14 @@ def _norm_kind(node: Any, modules: Mapping[str, Any]) -> str | None:
     return None
 
 
+#: The ``layer`` of a bias that is one number added to every entry (``z + 1``).
+_SCALAR_BIAS = "scalar"
+
+
 def _cancels_bias(kind: str, layer: Any, norm: Any = None) -> bool:
     """Whether a normalization of ``kind`` (:func:`_norm_kind`) cancels a per-channel bias
-    of ``layer``: BatchNorm always for a convolution (its bias lies along the channel
+    of ``layer`` (or one number added to every entry, ``layer`` :data:`_SCALAR_BIAS`: every
+    kind that subtracts a mean). BatchNorm always for a convolution (its bias lies along the channel
     axis); InstanceNorm and one-channel GroupNorm after a convolution (their mean over
     positions holds its per-channel bias). A ``Linear`` bias lies along the last axis,
     the BatchNorm's channels only when the output is two-dimensional: with the BatchNorm
@@ -215,6 +221,8 @@ def _cancels_bias(kind: str, layer: Any, norm: Any = None) -> bool:
     LayerNorm, RMSNorm and GroupNorm over several channels mix channels with different
     biases.
     """
+    if layer is _SCALAR_BIAS:
+        return kind != "scale"
     if isinstance(layer, nn.Linear):
         features = getattr(norm, "num_features", layer.out_features)  # F.batch_norm: no module
         return kind == "batch" and features == layer.out_features
@@ -229,7 +237,7 @@ def _module_norm_kind(mod: Any) -> str:
         isinstance(mod, nn.GroupNorm) and mod.num_groups == mod.num_channels
     ):
         return "channel"
-    return "mixed"
+    return "scale" if isinstance(mod, getattr(nn, "RMSNorm", ())) else "mixed"
 
 
 def _bias_ok(layer: Any, kind: str, broken: bool = False, norm: Any = None) -> bool:
@@ -418,30 +426,10 @@ def _node_args(node: Any, fx: Any) -> list[Any]:
     return flat
 
 
-#: The ``layer`` of a :class:`_Degree` whose bias is one number added to every entry.
-_SCALAR_BIAS = "scalar"
-
-
 def _adds_number(node: Any) -> bool:
     """Whether a sum or difference has a plain number among its operands (``z + 1``)."""
     operands = list(node.args) + [v for k, v in node.kwargs.items() if k != "alpha"]
     return any(isinstance(a, int | float) and not isinstance(a, bool) for a in operands)
-
-
-def _centres(node: Any, modules: Mapping[str, Any]) -> bool:
-    """Whether a normalization subtracts a mean over entries that share one added number:
-    BatchNorm, InstanceNorm, LayerNorm, GroupNorm (not RMSNorm or ``F.normalize``)."""
-    if node.op == "call_module":
-        mod = modules.get(node.target)
-        centring = (
-            nn.modules.batchnorm._BatchNorm,
-            nn.modules.instancenorm._InstanceNorm,
-            nn.LayerNorm,
-            nn.GroupNorm,
-        )
-        return isinstance(mod, centring)
-    name = getattr(node.target, "__name__", "")
-    return name in ("batch_norm", "instance_norm", "layer_norm", "group_norm")
 
 
 def _product_degree(node: Any, ins: list[_Degree], args: list[Any], name: str) -> _Degree | None:
@@ -521,10 +509,7 @@ def _joint_conflict(graph: Any, modules: Mapping[str, Any], cand: set[str], fx: 
             # a bias off the channel axis is cancelled by no normalization
             deg[node] = _Degree(k, src, biased, layer=mod if _flat_output(node, mod) else None)
         elif (kind := _norm_kind(node, modules)) is not None:
-            if first.layer is _SCALAR_BIAS:
-                if not _centres(node, modules):
-                    return set(first.src)
-            elif first.biased and not _cancels_bias(kind, first.layer, mod):
+            if first.biased and not _cancels_bias(kind, first.layer, mod):
                 return set(first.src)
             deg[node] = zero
         elif name == "pad" and _pads_nonzero(node):
@@ -547,7 +532,8 @@ def _joint_conflict(graph: Any, modules: Mapping[str, Any], cand: set[str], fx: 
                 return set().union(*(d.src for d in ins))
             src = frozenset().union(*(d.src for d in ins))
             if first.k and not first.biased and _adds_number(node):
-                # c z + 1: a constant every entry shares, removed only by a centring norm
+                # c z + 1: a constant every entry shares, removed by a norm that subtracts a
+                # mean (_cancels_bias)
                 deg[node] = _Degree(first.k, src, True, _SCALAR_BIAS)
             else:
                 deg[node] = _Degree(first.k, src, first.biased, first.layer)
