@@ -58,7 +58,13 @@ from siflow.io import (
     tensorboard,
     wandb,
 )
-from siflow.io._columns import ALIASES, MAPPING_KEYS, SIFLOW_METRICS, parse_mapping
+from siflow.io._columns import (
+    ALIASES,
+    MAPPING_KEYS,
+    SIFLOW_METRICS,
+    normalize_mapping,
+    parse_mapping,
+)
 from siflow.io._safe_pickle import is_torch_zip
 from siflow.io._text import check_path, read_head
 from siflow.io.idealgas import read_idealgas
@@ -270,11 +276,7 @@ def read(
         that lacks a needed column (the message names the ``mapping=`` that fixes
         it).
     """
-    if mapping is not None and not isinstance(mapping, Mapping | str | list | tuple):
-        raise ValueError(
-            f"mapping must be a dict {{field: column}} or a list of 'field=column', got "
-            f"{type(mapping).__name__}; e.g. mapping={{'rho': 'weight_norm'}}"
-        )
+    mapping = normalize_mapping(mapping)  # its type checked before a falsy one is dropped
     name = _check_fmt(detect_format(path) if fmt is None else fmt)
     reader = FORMATS[name].read
     if name == "siflow" and (mapping or group is not None):
