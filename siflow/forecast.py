@@ -58,7 +58,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from siflow._validate import check_positive_int
 from siflow.periods import Events, find_events
-from siflow.theory import check_optimizer, decay_rate, effective_lr, log_effective_lr
+from siflow.theory import check_optimizer, decay_rate, log_effective_lr
 from siflow.trajectory import Trajectory
 
 __all__ = [
@@ -359,8 +359,8 @@ def forecast_next_event(
     period_guess = (
         float(events.steps[-1] + next_in_sequence(periods, history)) if n >= 2 else math.nan
     )
-    period_lo = float(events.steps[-1] + np.min(events.periods)) if n >= 2 else math.nan
-    period_hi = float(events.steps[-1] + np.max(events.periods)) if n >= 2 else math.nan
+    period_lo = float(events.steps[-1] + np.min(periods)) if n >= 2 else math.nan
+    period_hi = float(events.steps[-1] + np.max(periods)) if n >= 2 else math.nan
     peak_row = int(events.peak_index[-1])
     details: dict[str, Any] = {
         "threshold_kind": {"sharpness": "elr*S", "loss": "elr*L^beta", "elr": "elr"}[kind],
@@ -413,7 +413,7 @@ def forecast_next_event(
             {
                 "threshold": y_star,
                 "elr_threshold": _exp(y_star),
-                "elr_now": float(effective_lr(lr_rows[norm_row], traj.rho[norm_row])),
+                "elr_now": _exp(ln_elr_now),
                 "decay_speed": speed,
                 "decay_speed_source": how,
             }
