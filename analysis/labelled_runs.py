@@ -629,13 +629,11 @@ def oracle_threshold_forecast(
 
 
 def _lag1(v: np.ndarray, min_values: int = 6) -> float:
-    """Lag-1 autocorrelation ``sum d_k d_(k+1) / sum d_k^2`` (``d`` about the mean); NaN
-    for fewer than ``min_values`` values."""
-    d = np.asarray(v, dtype=np.float64) - np.mean(v)
-    den = float(np.dot(d, d))
-    if d.size < min_values or den == 0.0:
-        return math.nan
-    return float(np.dot(d[:-1], d[1:]) / den)
+    """:func:`siflow.forecast.lag1_autocorrelation`; NaN for fewer than ``min_values``
+    values."""
+    from siflow.forecast import lag1_autocorrelation
+
+    return lag1_autocorrelation(v) if len(v) >= min_values else math.nan
 
 
 def threshold_spread(trajs: dict[str, Trajectory], labels: dict[str, list[int]]) -> dict[str, Any]:

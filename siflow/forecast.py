@@ -66,6 +66,7 @@ __all__ = [
     "forecast_next_event",
     "loss_exponent",
     "next_in_sequence",
+    "lag1_autocorrelation",
     "RecorderForecast",
 ]
 
@@ -438,19 +439,26 @@ def next_in_sequence(values: ArrayLike, how: str = "median", min_values: int = 5
 
     ``"median"``: their median. ``"ar1"``: the first-order autoregression
     ``m + phi (v_last - m)`` with ``m`` their mean and ``phi`` their lag-1
-    autocorrelation ``sum d_k d_(k+1) / sum d_k^2`` (``d = v - m``), clipped to [-1, 1];
-    the median with fewer than ``min_values`` values or no spread.
+    autocorrelation (:func:`lag1_autocorrelation`), clipped to [-1, 1]; the median with
+    fewer than ``min_values`` values or no spread.
     """
     v = np.asarray(values, dtype=np.float64)
     median = float(np.median(v))
-    if how == "median" or v.size < min_values:
+    phi = lag1_autocorrelation(v) if how == "ar1" and v.size >= min_values else math.nan
+    if not math.isfinite(phi):
         return median
-    d = v - v.mean()
+    return float(v.mean() + min(max(phi, -1.0), 1.0) * (v[-1] - v.mean()))
+
+
+def lag1_autocorrelation(values: ArrayLike) -> float:
+    """Lag-1 autocorrelation ``sum d_k d_(k+1) / sum d_k^2`` of a sequence (``d`` its
+    deviations from its mean); NaN with fewer than two values or no spread."""
+    d = np.asarray(values, dtype=np.float64)
+    d = d - d.mean() if d.size else d
     spread = float(np.dot(d, d))
-    if spread == 0.0:
-        return median
-    phi = min(max(float(np.dot(d[:-1], d[1:])) / spread, -1.0), 1.0)
-    return float(v.mean() + phi * d[-1])
+    if d.size < 2 or spread == 0.0:
+        return math.nan
+    return float(np.dot(d[:-1], d[1:])) / spread
 
 
 def _exp(x: float) -> float:
