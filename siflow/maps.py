@@ -156,13 +156,17 @@ def _norm_map_kernel(lr, wd, rho2_0, g2, every, rho2_out):  # pragma: no cover -
     return x
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _norm_map_columns_kernel(
     lr, wd, rho2_0, g, stride, steps, every, rho, elr, tan
 ):  # pragma: no cover - numba
     # _norm_map_kernel's chain (the same operations, so the same bits) driven by
-    # g~_t = g[t*stride] (stride 0: a constant); the recorded rows get rho, elr and
-    # tan(Delta) = elr g~ / (1 - lr wd), which stay off the chain's critical path
+    # g~_t = g[t*stride] (stride 0: a constant). The chain is a dependent divide per
+    # step; it writes only rho^2 of the recorded rows (into rho). A second loop without
+    # a dependency, vectorised for a constant driver or unit stride, then gives rho,
+    # elr and tan(Delta) = elr g~ / (1 - lr wd): the same operations per row, so the
+    # same bits, without three more divider operations per step beside the chain's
+    # (measured: 6.0 against 7.7 ns per step at 10^7 steps).
     c = (1.0 - lr * wd) ** 2
     q = 1.0 - lr * wd
     x = rho2_0
@@ -171,14 +175,34 @@ def _norm_map_columns_kernel(
     for t in range(steps):
         gt = g[t * stride]
         if left == 0:
-            e = lr / x
-            rho[k] = math.sqrt(x)
-            elr[k] = e
-            tan[k] = e * gt / q
+            rho[k] = x
             k += 1
             left = every
         left -= 1
         x = c * x + lr * lr * (gt * gt) / x
+    step_g = every * stride
+    if step_g == 0:
+        g0 = g[0]
+        for k in range(rho.size):
+            x2 = rho[k]
+            e = lr / x2
+            elr[k] = e
+            tan[k] = e * g0 / q
+            rho[k] = math.sqrt(x2)
+    elif step_g == 1:
+        for k in range(rho.size):
+            x2 = rho[k]
+            e = lr / x2
+            elr[k] = e
+            tan[k] = e * g[k] / q
+            rho[k] = math.sqrt(x2)
+    else:
+        for k in range(rho.size):
+            x2 = rho[k]
+            e = lr / x2
+            elr[k] = e
+            tan[k] = e * g[k * step_g] / q
+            rho[k] = math.sqrt(x2)
     return x
 
 

@@ -120,9 +120,11 @@ class Trajectory:
                 raise ValueError(
                     "step must hold whole numbers; convert epochs with steps_per_epoch"
                 )
+        # the trajectory owns its step column (a copy); the order is checked by one
+        # comparison of neighbours, without an int64 difference
         step = step.astype(np.int64)
-        if step.size > 1 and np.any(np.diff(step) <= 0):
-            i = int(np.argmax(np.diff(step) <= 0))
+        if step.size > 1 and not np.all(step[1:] > step[:-1]):
+            i = int(np.argmax(step[1:] <= step[:-1]))
             raise ValueError(
                 f"step must be strictly increasing, but step {step[i + 1]} follows {step[i]} "
                 f"(row {i + 1}); sort the log or drop duplicate rows"

@@ -357,20 +357,25 @@ def test_trajectory_integer_steps_keep_their_checks():
 def test_norm_map_columns_kernel_matches_twin_and_the_plain_chain():
     rng = np.random.default_rng(4)
     g = rng.uniform(0.0, 2.0, 1000)
-    for drv, stride in ((g, 1), (np.array([0.7]), 0)):
-        cols_a = [np.empty(334) for _ in range(3)]
-        cols_b = [np.empty(334) for _ in range(3)]
-        fa = maps._norm_map_columns_kernel(0.1, 0.01, 2.0, drv, stride, 1000, 3, *cols_a)
-        fb = maps._norm_map_columns_numpy(0.1, 0.01, 2.0, drv, stride, 1000, 3, *cols_b)
+    # every recorded row (unit stride of the driver), every third row, a constant driver
+    for drv, stride, every in ((g, 1, 1), (g, 1, 3), (np.array([0.7]), 0, 3)):
+        rows = (1000 - 1) // every + 1
+        cols_a = [np.empty(rows) for _ in range(3)]
+        cols_b = [np.empty(rows) for _ in range(3)]
+        fa = maps._norm_map_columns_kernel(0.1, 0.01, 2.0, drv, stride, 1000, every, *cols_a)
+        fb = maps._norm_map_columns_numpy(0.1, 0.01, 2.0, drv, stride, 1000, every, *cols_b)
         for a, b in zip(cols_a, cols_b, strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-12)
         assert fa == pytest.approx(fb, rel=1e-12)
         # the same chain, operation for operation, as the rho^2-only kernel
         g2 = (drv if stride else np.full(1000, drv[0])) ** 2
-        x = np.empty(334)
-        assert maps._norm_map_kernel(0.1, 0.01, 2.0, g2, 3, x) == fa
+        x = np.empty(rows)
+        assert maps._norm_map_kernel(0.1, 0.01, 2.0, g2, every, x) == fa
         assert np.array_equal(np.sqrt(x), cols_a[0])
         np.testing.assert_allclose(cols_a[1], 0.1 / x, rtol=1e-15)
+        # tan(Delta) = elr g~ / (1 - lr wd) at each recorded step
+        g_rows = drv[::every] if stride else np.full(rows, drv[0])
+        np.testing.assert_allclose(cols_a[2], 0.1 / x * g_rows / (1 - 0.1 * 0.01), rtol=1e-15)
 
 
 def test_norm_map_constant_and_array_drivers_agree():
