@@ -439,9 +439,13 @@ class _Recorder:
             hi = np.searchsorted(step, jumps + self.window, side="right")
             for i, j in zip(lo, hi, strict=True):
                 near[i:j] = True
-        keep = self._keep(step, near)
-        part = dict(cols) if keep.all() else {k: v[keep] for k, v in cols.items()}
-        part["_near"] = near[keep]
+        if self.every == 1:  # both strides are 1: every row is kept, no modulo per row
+            part = dict(cols)
+        else:
+            keep = self._keep(step, near)
+            part = dict(cols) if keep.all() else {k: v[keep] for k, v in cols.items()}
+            near = near[keep]
+        part["_near"] = near
         return part
 
     def _append(self, part: dict[str, NDArray]) -> None:
