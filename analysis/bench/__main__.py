@@ -351,7 +351,7 @@ def section_sweep(quick: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m analysis.bench", description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="fewer steps and repeats (~1 minute)")
+    p.add_argument("--quick", action="store_true", help="fewer steps and repeats (about 80 s)")
     p.add_argument(
         "--only",
         nargs="+",
