@@ -8,6 +8,8 @@ over hyperparameter grids.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
@@ -30,17 +32,38 @@ def _describe(value: NDArray[np.float64]) -> str:
     return f"array containing {float(bad[0])!r}" if bad.size else "empty array"
 
 
+def _too_large(name: str, value: object) -> ValueError:
+    text = str(value)
+    shown = text if len(text) <= 24 else f"{text[:12]}...{text[-6:]} ({len(text)} digits)"
+    return ValueError(f"{name} = {shown} is beyond the float64 range; pass a finite number")
+
+
 def as_float_array(name: str, value: ArrayLike) -> NDArray[np.float64]:
     """Convert ``value`` to a float64 array, with a clear error for non-numbers."""
     try:
         arr = np.asarray(value, dtype=np.float64)
+    except OverflowError:  # a Python int beyond the float range
+        raise _too_large(name, value) from None
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a number or an array of numbers, got {value!r}") from None
     return arr
 
 
+#: Plain Python numbers take a path without numpy reductions (about 20x faster for a
+#: scalar); ``bool`` is not among them and goes through numpy as before.
+_PLAIN = (float, int)
+
+
 def check_finite(name: str, value: ArrayLike) -> NDArray[np.float64]:
     """Require every element of ``value`` to be finite (no NaN or inf)."""
+    if type(value) in _PLAIN:
+        try:
+            v = float(value)
+        except OverflowError:
+            raise _too_large(name, value) from None
+        if not math.isfinite(v):
+            raise ValueError(f"{name} must be finite, got {v!r}; pass a finite number")
+        return np.asarray(v)
     arr = as_float_array(name, value)
     if not np.all(np.isfinite(arr)):
         bad = arr[~np.isfinite(arr)]
@@ -51,6 +74,8 @@ def check_finite(name: str, value: ArrayLike) -> NDArray[np.float64]:
 def check_positive(name: str, value: ArrayLike) -> NDArray[np.float64]:
     """Require ``value > 0`` and finite."""
     arr = check_finite(name, value)
+    if arr.ndim == 0 and float(arr) > 0:
+        return arr
     if np.any(arr <= 0):
         raise ValueError(
             f"{name} must be > 0, got {_describe(arr[arr <= 0])}; pass a positive value"
@@ -61,6 +86,8 @@ def check_positive(name: str, value: ArrayLike) -> NDArray[np.float64]:
 def check_nonnegative(name: str, value: ArrayLike) -> NDArray[np.float64]:
     """Require ``value >= 0`` and finite."""
     arr = check_finite(name, value)
+    if arr.ndim == 0 and float(arr) >= 0:
+        return arr
     if np.any(arr < 0):
         raise ValueError(f"{name} must be >= 0, got {_describe(arr[arr < 0])}; pass a value >= 0")
     return arr
@@ -76,6 +103,8 @@ def check_lr_wd(
     """
     lr_arr = check_positive("lr", lr)
     wd_arr = check_positive("wd", wd) if wd_positive else check_nonnegative("wd", wd)
+    if lr_arr.ndim == 0 and wd_arr.ndim == 0 and float(lr_arr) * float(wd_arr) < 1:
+        return lr_arr, wd_arr
     with np.errstate(over="ignore"):  # an overflow to inf is >= 1 and reported below
         prod = lr_arr * wd_arr
     if np.any(prod >= 1):
@@ -89,6 +118,8 @@ def check_lr_wd(
 def check_momentum(momentum: ArrayLike, name: str = "momentum") -> NDArray[np.float64]:
     """Require ``0 <= momentum < 1``."""
     arr = check_finite(name, momentum)
+    if arr.ndim == 0 and 0.0 <= float(arr) < 1.0:
+        return arr
     if np.any((arr < 0) | (arr >= 1)):
         raise ValueError(
             f"{name} must be in [0, 1), got {_describe(arr[(arr < 0) | (arr >= 1)])}; pass e.g. 0.9"

@@ -1,0 +1,78 @@
+"""The shared argument checks: scalars and arrays give the same answers and messages."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import pytest
+
+from siflow import theory
+from siflow._validate import (
+    check_finite,
+    check_lr_wd,
+    check_momentum,
+    check_nonnegative,
+    check_positive,
+)
+
+CHECKS = {
+    "finite": lambda v: check_finite("x", v),
+    "positive": lambda v: check_positive("x", v),
+    "nonnegative": lambda v: check_nonnegative("x", v),
+    "momentum": lambda v: check_momentum(v, name="x"),
+    "lr": lambda v: check_lr_wd(v, 0.5),
+    "wd": lambda v: check_lr_wd(0.5, v, wd_positive=False),
+}
+VALUES = [0.3, 0.0, -0.25, 1.0, 1.5, 3, 0, -2, math.nan, math.inf, -math.inf, 1e308, 5e-324]
+
+
+def _outcome(call, value):
+    try:
+        out = call(value)
+    except ValueError as exc:
+        return "error", str(exc)
+    arrays = out if isinstance(out, tuple) else (out,)
+    return "ok", [(a.dtype, a.shape, float(a)) for a in arrays]
+
+
+@pytest.mark.parametrize("check", sorted(CHECKS))
+@pytest.mark.parametrize("value", VALUES, ids=repr)
+def test_a_plain_number_and_a_numpy_scalar_get_the_same_answer(check, value):
+    # plain floats and ints take a path without numpy reductions; a 0-d array does not
+    call = CHECKS[check]
+    assert _outcome(call, value) == _outcome(call, np.asarray(value, dtype=np.float64))
+
+
+def test_the_answers_of_the_checks_themselves():
+    assert float(check_positive("x", 2)) == 2.0 and check_positive("x", 2).dtype == np.float64
+    with pytest.raises(ValueError, match=re.escape("x must be finite, got nan; pass a finite")):
+        check_finite("x", math.nan)
+    with pytest.raises(ValueError, match=re.escape("x must be > 0, got 0.0; pass a positive")):
+        check_positive("x", 0)
+    with pytest.raises(ValueError, match=re.escape("momentum must be in [0, 1), got 1.0")):
+        check_momentum(1)
+    with pytest.raises(ValueError, match=re.escape("lr*wd must be < 1")):
+        check_lr_wd(2.0, 0.5)
+    lr, wd = check_lr_wd(0.1, 0, wd_positive=False)  # wd may be 0 where allowed
+    assert float(lr) == 0.1
+    with pytest.raises(ValueError, match="wd must be > 0"):
+        check_lr_wd(0.1, 0)
+    # True is not a plain number here: numpy reads it as 1.0, as it always did
+    assert float(check_finite("x", True)) == 1.0
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: check_finite("lr", 10**400),
+        lambda: check_positive("lr", np.array(10**400, dtype=object)),
+        lambda: theory.decay_rate(10**400, 1e-3),
+        lambda: theory.equilibrium(0.1, 1e-3, 10**400),
+    ],
+)
+def test_an_integer_beyond_the_float_range_is_one_clear_error(call):
+    # numpy raises OverflowError converting it; the checks name the parameter instead
+    with pytest.raises(ValueError, match=r"beyond the float64 range; pass a finite number"):
+        call()
