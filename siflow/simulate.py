@@ -75,6 +75,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from siflow import losses as _losses
 from siflow import optim as _optim
+from siflow._memory import available_memory, format_bytes
 from siflow._validate import check_finite, check_nonnegative, check_positive, check_positive_int
 from siflow.losses import (
     RAYLEIGH,
@@ -534,21 +535,6 @@ _SEC_PER_ELEMENT = 5e-9
 _SEC_PER_EIGEN_FLOP = 5e-10
 
 
-def _available_memory() -> int | None:
-    """Bytes of memory the system can give a new allocation (``MemAvailable``), if known."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
-        return None
-
-
 def _toy_size(loss: str | SILoss, dim: int | None, options: Mapping[str, Any]) -> tuple[int, int]:
     """``(dim, data rows)`` of a toy, without building it."""
     if isinstance(loss, SILoss):
@@ -564,14 +550,6 @@ def _toy_size(loss: str | SILoss, dim: int | None, options: Mapping[str, Any]) -
         n = inspect.signature(ctor).parameters["n_samples"].default
         return d, int(options.get("n_samples", n))
     return d, 0
-
-
-def _human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
-        if n < 1000 or unit == "PB":
-            return f"{n:.3g} {unit}"
-        n /= 1000
-    return f"{n:.3g} PB"  # pragma: no cover
 
 
 def _human_seconds(s: float) -> str:
@@ -638,7 +616,7 @@ def estimate(
         "seconds": float(seconds),
         "rows": int(rows),
         "dim": d,
-        "available_bytes": _available_memory(),
+        "available_bytes": available_memory(),
         "sharpness": bool(sharpness),
     }
 
@@ -664,14 +642,14 @@ def check_budget(est: dict[str, Any], steps: int, record_every: int, max_rows: i
         raise ValueError(
             f"record_every={record_every} keeps {est['rows']:.4g} rows over {steps} steps, more "
             f"than max_rows={max_rows} "
-            f"(~{_human_bytes(est['rows'] * _row_bytes(False, 0))}); pass record_every={need} "
+            f"(~{format_bytes(est['rows'] * _row_bytes(False, 0))}); pass record_every={need} "
             f"or more, or max_points=, or a larger max_rows="
         )
     avail = est["available_bytes"]
     if avail is not None and est["bytes"] > avail:
         raise ValueError(
-            f"this run needs about {_human_bytes(est['bytes'])} of memory (dim={est['dim']}) "
-            f"but {_human_bytes(avail)} is available; pass a smaller dim="
+            f"this run needs about {format_bytes(est['bytes'])} of memory (dim={est['dim']}) "
+            f"but {format_bytes(avail)} is available; pass a smaller dim="
             + (" or sharpness=False" if est.get("sharpness") else "")
         )
 

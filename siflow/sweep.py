@@ -66,6 +66,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from siflow._fileio import atomic_write, ensure_dir, require
+from siflow._memory import available_memory, format_bytes
 from siflow._validate import check_lr_wd, check_momentum, check_positive, check_positive_int
 from siflow.theory import decay_end_step, effective_lr, equilibrium_instability_lr_wd
 
@@ -829,15 +830,8 @@ class SweepEstimate:
         when = f"about {_duration(self.seconds)}, " if self.seconds is not None else ""
         return (
             f"{self.cells} cells on {self.workers} worker{'s' * (self.workers > 1)}: {when}"
-            f"{_size(self.memory_bytes)} of memory, {_size(self.disk_bytes)} on disk"
+            f"{format_bytes(self.memory_bytes)} of memory, {format_bytes(self.disk_bytes)} on disk"
         )
-
-
-def _size(n: float) -> str:
-    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.3g} {unit}"
-    return f"{n:.0f} B"
 
 
 def _duration(seconds: float) -> str:
@@ -845,18 +839,6 @@ def _duration(seconds: float) -> str:
         if seconds >= scale:
             return f"{seconds / scale:.3g} {unit}"
     return f"{seconds:.2g} s"
-
-
-def _available_memory() -> int | None:
-    """Memory available to new allocations (Linux ``MemAvailable``), None if unknown."""
-    with contextlib.suppress(OSError, ValueError):
-        with open("/proc/meminfo", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    with contextlib.suppress(AttributeError, ValueError, OSError):
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    return None
 
 
 def _free_disk(out: Path | None) -> int | None:
@@ -917,7 +899,7 @@ def estimate(
     seconds = None
     if seconds_per_cell is not None:
         seconds = math.ceil(n_cells / busy) * seconds_per_cell
-    return SweepEstimate(n_cells, busy, rows, memory, _available_memory(), disk,
+    return SweepEstimate(n_cells, busy, rows, memory, available_memory(), disk,
                          _free_disk(out_path), seconds)  # fmt: skip
 
 
@@ -934,14 +916,14 @@ def _refuse_what_cannot_fit(est: SweepEstimate, config: SweepConfig) -> None:
             fix = "pass max_rows= (rows kept per cell) or fewer steps="
         raise ValueError(
             f"the sweep ({grid} = {len(config)} cells, {est.rows_per_cell} rows per cell) "
-            f"needs about {_size(est.memory_bytes)} of memory, "
-            f"{_size(est.memory_available)} are available; {fix}"
+            f"needs about {format_bytes(est.memory_bytes)} of memory, "
+            f"{format_bytes(est.memory_available)} are available; {fix}"
         )
     if est.disk_free is not None and est.disk_bytes > est.disk_free:
         raise ValueError(
-            f"the sweep's {est.cells} cell files need about {_size(est.disk_bytes)} on disk, "
-            f"{_size(est.disk_free)} are free; pass fewer lr=, wd=, momentum= or seeds= values, "
-            f"or another out="
+            f"the sweep's {est.cells} cell files need about {format_bytes(est.disk_bytes)} on "
+            f"disk, {format_bytes(est.disk_free)} are free; pass fewer lr=, wd=, momentum= or "
+            f"seeds= values, or another out="
         )
 
 
