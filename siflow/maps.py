@@ -77,7 +77,9 @@ import numpy as np
 from numba import njit
 from numpy.typing import ArrayLike, NDArray
 
+from siflow._memory import available_memory, format_bytes
 from siflow._validate import (
+    as_float_array,
     check_finite,
     check_lr_wd,
     check_momentum,
@@ -116,23 +118,36 @@ def grad_norm_from_trajectory(traj: Trajectory, steps: NDArray[np.int64]) -> NDA
     return np.interp(np.asarray(steps, dtype=np.float64), traj.step.astype(np.float64), g)
 
 
+def _check_memory(steps: int, every: int, need: float) -> None:
+    """Refuse a norm map whose arrays (``need`` bytes) exceed the memory available."""
+    avail = available_memory()
+    if avail is not None and need > avail:
+        raise ValueError(
+            f"norm_map over steps={steps} keeping every {every}-th row needs about "
+            f"{format_bytes(need)} of memory but {format_bytes(avail)} is available; pass "
+            f"fewer steps= or a larger record_every="
+        )
+
+
 def _driver(
     grad_norm: float | ArrayLike | Callable[[NDArray[np.int64]], ArrayLike] | Trajectory,
-    steps_arr: NDArray[np.int64],
+    steps_arr: NDArray[np.int64] | None,
     compact: bool = False,
 ) -> NDArray[np.float64]:
-    """``g~`` per step; with ``compact``, a constant comes back as one value."""
-    n = steps_arr.size
+    """``g~`` per step; with ``compact``, a constant comes back as one value (then
+    ``steps_arr`` may be None)."""
     if compact and not isinstance(grad_norm, Trajectory) and not callable(grad_norm):
         if np.ndim(grad_norm) == 0:
-            g0 = np.asarray(grad_norm, dtype=np.float64).reshape(1)
-            return np.ascontiguousarray(check_nonnegative("grad_norm", g0))
+            g0 = check_nonnegative("grad_norm", grad_norm).reshape(1)
+            return np.ascontiguousarray(g0)
+    assert steps_arr is not None
+    n = steps_arr.size
     if isinstance(grad_norm, Trajectory):
         g = grad_norm_from_trajectory(grad_norm, steps_arr)
     elif callable(grad_norm):
-        g = np.broadcast_to(np.asarray(grad_norm(steps_arr), dtype=np.float64), (n,))
+        g = np.broadcast_to(as_float_array("grad_norm", grad_norm(steps_arr)), (n,))
     else:
-        g = np.asarray(grad_norm, dtype=np.float64)
+        g = as_float_array("grad_norm", grad_norm)
         if g.ndim == 0:
             g = np.full(n, float(g))
         elif g.shape != (n,):
@@ -350,9 +365,13 @@ def norm_map(
             raise ValueError("rho0 is required unless grad_norm is a Trajectory with a rho column")
         rho0 = float(np.interp(start_step, src.step, src.rho))
     rho0_f = float(check_positive("rho0", rho0))
-    step_arr = np.arange(start_step, start_step + steps, dtype=np.int64)
     n_rows = (steps - 1) // every + 1
-    rows = step_arr[::every]
+    # a constant driver needs no per-step array: only the kept rows are allocated
+    per_step = mu != 0.0 or src is not None or callable(grad_norm) or np.ndim(grad_norm) != 0
+    _check_memory(steps, every, 8.0 * (6 * n_rows + (3 * steps if per_step else 0)))
+    start_step = int(start_step)
+    step_arr = np.arange(start_step, start_step + steps, dtype=np.int64) if per_step else None
+    rows = np.arange(start_step, start_step + steps, every, dtype=np.int64)
     meta: dict[str, Any] = {
         "lr": lr_f,
         "wd": wd_f,

@@ -388,3 +388,37 @@ def test_norm_map_constant_and_array_drivers_agree():
     assert a.meta["rho_final"] == b.meta["rho_final"]
     # tan(Delta) = elr g~ / (1 - lr wd), docs/theory.md §1
     np.testing.assert_allclose(np.tan(a.angular_update), a.elr * 1.3 / (1 - 0.3 * 0.02), rtol=1e-14)
+
+
+def test_a_constant_driver_allocates_only_the_kept_rows():
+    # 10^7 steps keeping every 10^4-th row: the rows (8 kB each column), not a step array
+    # of 80 MB per column as before
+    import tracemalloc
+
+    maps.norm_map(0.1, 0.01, 100, rho0=1.0, grad_norm=0.5, record_every=10)  # compiled
+    tracemalloc.start()
+    try:
+        t = maps.norm_map(0.1, 0.01, 10**7, rho0=1.0, grad_norm=0.5, record_every=10**4)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * 2**20
+    assert t.step.tolist() == list(range(0, 10**7, 10**4))
+    # the kept rows are those of the full run
+    full = maps.norm_map(0.1, 0.01, 10**5, rho0=1.0, grad_norm=0.5)
+    part = maps.norm_map(0.1, 0.01, 10**5, rho0=1.0, grad_norm=0.5, record_every=1000)
+    assert np.array_equal(full.rho[::1000], part.rho)
+
+
+def test_a_norm_map_beyond_the_memory_is_refused_naming_the_fix():
+    with pytest.raises(ValueError, match=r"needs about .* of memory .* record_every="):
+        maps.norm_map(0.1, 0.01, 10**15, rho0=1.0, grad_norm=0.5)
+    with pytest.raises(ValueError, match=r"needs about .* of memory"):
+        maps.norm_map(0.1, 0.01, 10**13, rho0=1.0, grad_norm=lambda s: 0.5 + 0 * s)
+
+
+def test_a_grad_norm_beyond_the_float_range_is_named():
+    with pytest.raises(ValueError, match=r"grad_norm = .* beyond the float64 range"):
+        maps.norm_map(0.1, 0.01, 10, rho0=1.0, grad_norm=10**400)
+    with pytest.raises(ValueError, match=r"grad_norm = .* beyond the float64 range"):
+        maps.norm_map(0.1, 0.01, 2, rho0=1.0, grad_norm=[1.0, 10**400])
