@@ -22,7 +22,13 @@ __all__ = [
     "check_momentum",
     "check_beta",
     "check_positive_int",
+    "check_steps",
+    "MAX_STEPS",
 ]
+
+#: The most steps a run may have: step numbers up to ``2**53`` are exact in float64 (and
+#: far inside the int64 step column), about 100 days at a nanosecond per step.
+MAX_STEPS = 2**53
 
 
 def _describe(value: NDArray[np.float64]) -> str:
@@ -142,3 +148,20 @@ def check_positive_int(name: str, value: object) -> int:
     if value <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value!r}; pass a value >= 1")
     return int(value)
+
+
+def _count(n: int) -> str:
+    """A whole number for a message: ``1.5e+30`` style, exact digits when short."""
+    text = str(n)
+    return text if len(text) <= 16 else f"{text[0]}.{text[1:4]}e+{len(text) - 1}"
+
+
+def check_steps(name: str, value: object, fix: str | None = None) -> int:
+    """Require a step count in ``[1, MAX_STEPS]`` (:func:`check_positive_int` and a bound)."""
+    steps = check_positive_int(name, value)
+    if steps > MAX_STEPS:
+        raise ValueError(
+            f"{name} must be at most 2**53 = {MAX_STEPS:.4g} (step numbers beyond it are not "
+            f"exact in float64), got {_count(steps)}; {fix or f'pass a smaller {name}'}"
+        )
+    return steps

@@ -86,6 +86,7 @@ from siflow._validate import (
     check_nonnegative,
     check_positive,
     check_positive_int,
+    check_steps,
 )
 from siflow.trajectory import Trajectory
 
@@ -348,7 +349,7 @@ def norm_map(
     """
     lr_f, wd_f = (float(x) for x in check_lr_wd(lr, wd))
     mu = float(check_momentum(momentum))
-    every = check_positive_int("record_every", record_every)
+    every = check_steps("record_every", record_every)
     src = grad_norm if isinstance(grad_norm, Trajectory) else None
     if steps is None:
         if src is not None:
@@ -357,9 +358,15 @@ def norm_map(
             steps = int(np.shape(grad_norm)[0])
         else:
             raise ValueError("steps is required unless grad_norm is a Trajectory or an array")
-    steps = check_positive_int("steps", steps)
+    steps = check_steps("steps", steps, "pass fewer steps")
     if start_step is None:
         start_step = int(src.step[0]) if src is not None else 0
+    if isinstance(start_step, float) and start_step.is_integer():
+        start_step = int(start_step)
+    if isinstance(start_step, bool) or not isinstance(start_step, (int, np.integer)):
+        raise ValueError(f"start_step must be a whole number, got {start_step!r}")
+    start_step = int(start_step)
+    check_steps("|start_step| + steps", abs(start_step) + steps, "pass a smaller start_step")
     if rho0 is None:
         if src is None or src.rho is None:
             raise ValueError("rho0 is required unless grad_norm is a Trajectory with a rho column")
@@ -369,7 +376,6 @@ def norm_map(
     # a constant driver needs no per-step array: only the kept rows are allocated
     per_step = mu != 0.0 or src is not None or callable(grad_norm) or np.ndim(grad_norm) != 0
     _check_memory(steps, every, 8.0 * (6 * n_rows + (3 * steps if per_step else 0)))
-    start_step = int(start_step)
     step_arr = np.arange(start_step, start_step + steps, dtype=np.int64) if per_step else None
     rows = np.arange(start_step, start_step + steps, every, dtype=np.int64)
     meta: dict[str, Any] = {
@@ -914,7 +920,7 @@ def reduced_map(
     """
     lr_f, wd_f = (float(x) for x in check_lr_wd(lr, wd))
     mu = float(check_momentum(momentum))
-    steps = check_positive_int("steps", steps)
+    steps = check_steps("steps", steps, "pass fewer steps")
     every = check_positive_int("record_every", record_every)
     S = None if sharpness is None else float(check_positive("sharpness", sharpness))
     sigma = float(check_nonnegative("noise", noise))

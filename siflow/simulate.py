@@ -76,7 +76,12 @@ from numpy.typing import ArrayLike, NDArray
 from siflow import losses as _losses
 from siflow import optim as _optim
 from siflow._memory import available_memory, format_bytes
-from siflow._validate import check_finite, check_nonnegative, check_positive, check_positive_int
+from siflow._validate import (
+    check_finite,
+    check_nonnegative,
+    check_positive,
+    check_steps,
+)
 from siflow.losses import (
     RAYLEIGH,
     SILoss,
@@ -667,7 +672,7 @@ def _split_schedule(name: str, value: Any) -> tuple[float | None, Schedule | Non
             f"{name} must be a number, a schedule spec string or a siflow.schedules.Schedule; "
             f"got {type(value).__name__}"
         )
-    return float(value), None
+    return float(check_finite(name, value)), None
 
 
 def _schedule_range(
@@ -865,7 +870,7 @@ def simulate(
     >>> round(float(traj.rho[-1]), 6)  # (lr G^2/(wd (2 - lr wd)))**0.25 with G = 1
     0.841951
     """
-    steps = _check_int("steps", steps, 1)
+    steps = check_steps("steps", _check_int("steps", steps, 1), "pass fewer steps")
     seed = _check_int("seed", seed, 0)
     dim = None if dim is None else _check_int("dim", dim, 1)
     record_every, max_rows = _strides(steps, record_every, max_points, max_rows)
@@ -1021,7 +1026,7 @@ def _strides(
     max_rows = DEFAULT_MAX_ROWS if max_rows is None else _check_int("max_rows", max_rows, 2)
     if record_every is None:  # every step while it fits in half the cap, else thinned
         record_every = max(1, -(-steps // (max_rows // 2)))
-    record_every = check_positive_int("record_every", record_every)
+    record_every = check_steps("record_every", record_every)
     if max_points is not None:
         max_points = _check_int("max_points", max_points, 2)
         record_every = max(record_every, math.ceil(steps / max_points))

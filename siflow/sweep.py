@@ -67,7 +67,13 @@ from numpy.typing import NDArray
 
 from siflow._fileio import atomic_write, ensure_dir, require
 from siflow._memory import available_memory, format_bytes
-from siflow._validate import check_lr_wd, check_momentum, check_positive, check_positive_int
+from siflow._validate import (
+    check_lr_wd,
+    check_momentum,
+    check_positive,
+    check_positive_int,
+    check_steps,
+)
 from siflow.theory import decay_end_step, effective_lr, equilibrium_instability_lr_wd
 
 __all__ = [
@@ -224,7 +230,7 @@ class SweepConfig:
         object.__setattr__(self, "wd", wd)
         object.__setattr__(self, "momentum", mom)
         object.__setattr__(self, "seeds", seeds)
-        object.__setattr__(self, "steps", check_positive_int("steps", self.steps))
+        object.__setattr__(self, "steps", check_steps("steps", self.steps, "pass fewer steps"))
         if self.max_rows is not None:
             rows = check_positive_int("max_rows", self.max_rows)
             if rows < 4:
@@ -232,7 +238,7 @@ class SweepConfig:
             object.__setattr__(self, "max_rows", rows)
         opts = {k: v for k, v in dict(self.options).items() if v is not None}
         if "record_every" in opts:
-            opts["record_every"] = check_positive_int("record_every", opts["record_every"])
+            opts["record_every"] = check_steps("record_every", opts["record_every"])
         object.__setattr__(self, "options", opts)
         if self.schedule is not None:
             _check_schedule(self.schedule, lr)

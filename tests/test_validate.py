@@ -8,14 +8,17 @@ import re
 import numpy as np
 import pytest
 
-from siflow import theory
+from siflow import maps, theory
 from siflow._validate import (
     check_finite,
     check_lr_wd,
     check_momentum,
     check_nonnegative,
     check_positive,
+    check_steps,
 )
+from siflow.simulate import simulate
+from siflow.sweep import sweep
 
 CHECKS = {
     "finite": lambda v: check_finite("x", v),
@@ -76,3 +79,44 @@ def test_an_integer_beyond_the_float_range_is_one_clear_error(call):
     # numpy raises OverflowError converting it; the checks name the parameter instead
     with pytest.raises(ValueError, match=r"beyond the float64 range; pass a finite number"):
         call()
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: check_steps("steps", 2**53), None),
+        (lambda: check_steps("steps", 2**53 + 1), r"steps must be at most 2\*\*53"),
+        (lambda: check_steps("record_every", 10**400), r"got 1\.000e\+400; pass a smaller record"),
+    ],
+)
+def test_step_counts_have_an_upper_bound(call, message):
+    if message is None:
+        assert call() == 2**53
+    else:
+        with pytest.raises(ValueError, match=message):
+            call()
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        # each of these raised OverflowError from numpy or int64 arithmetic
+        lambda: simulate(lr=0.1, wd=1e-3, steps=10**30),
+        lambda: simulate(lr=0.1, wd=1e-3, steps=10, record_every=10**400),
+        lambda: simulate(lr=10**400, wd=1e-3, steps=10),
+        lambda: sweep("logistic", lr=[0.1], wd=[1e-3], steps=10**30),
+        lambda: maps.norm_map(0.1, 0.01, 10**30, rho0=1.0, grad_norm=0.5, record_every=10**29),
+        lambda: maps.norm_map(0.1, 0.01, 10, rho0=1.0, grad_norm=0.5, start_step=10**400),
+        lambda: maps.norm_map(0.1, 0.01, 10, rho0=1.0, grad_norm=0.5, record_every=10**400),
+    ],
+)
+def test_counts_and_numbers_beyond_the_ranges_are_one_clear_error(call):
+    with pytest.raises(ValueError, match=r"at most 2\*\*53|beyond the float64 range"):
+        call()
+
+
+def test_a_norm_map_at_the_last_int64_steps_no_longer_misplaces_its_rows():
+    # 2**63 + 5 steps kept every 2**62: np.arange overflowed int64 and the columns came out
+    # longer than the step column
+    with pytest.raises(ValueError, match=r"must be at most 2\*\*53"):
+        maps.norm_map(0.1, 0.01, 2**63 + 5, rho0=1.0, grad_norm=0.5, record_every=2**62)
