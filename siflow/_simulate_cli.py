@@ -44,6 +44,7 @@ from siflow._cli import (
     translate_params,
 )
 from siflow._fileio import atomic_write, ensure_dir
+from siflow._validate import MAX_STEPS
 
 PROG = "python -m siflow.simulate"
 DEFAULT_STEPS = 50_000
@@ -434,6 +435,12 @@ def _check_numbers(args: Any) -> None:
         raise CLIError(
             f"--record-every must be >= 1, got {args.record_every}; pass a positive number"
         )
+    for flag, value in (("--steps", args.steps), ("--record-every", args.record_every)):
+        if value is not None and value > MAX_STEPS:
+            raise CLIError(
+                f"{flag} must be at most 2**53 = {MAX_STEPS:.4g} (step numbers beyond it are "
+                f"not exact in float64); pass a smaller {flag}"
+            )
     if args.batch is not None and args.batch < 1:
         raise CLIError(f"--batch must be >= 1, got {args.batch}; pass a positive batch size")
     if args.max_rows is not None and args.max_rows < 2:

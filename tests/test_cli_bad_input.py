@@ -240,6 +240,11 @@ CASES: list[Case] = [
     _sim("batch-zero", [*LR_WD, "--batch", "0"], r"batch"),
     _sim("seed-negative", [*LR_WD, "--seed", "-1"], r"seed"),
     _sim("max-rows-zero", [*LR_WD, "--max-rows", "0"], r"--max-rows"),  # ZeroDivisionError
+    # a time estimate line, then the error; and an OverflowError traceback
+    _sim("steps-beyond-2-53", [*LR_WD, "--steps", str(10**30)], r"--steps must be at most 2\*\*53"),
+    _sim(
+        "record-every-beyond", [*LR_WD, "--record-every", str(10**33)], r"--record-every .*2\*\*53"
+    ),
     # numpy's overflow warning printed two more lines before the error
     _sim("rho0-overflows", [*LR_WD, "--rho0", "1e308"], r"\|w0\| = 1e\+308 is outside"),
     _sim("out-is-a-file", [*LR_WD, "--out", "taken"], r"director|taken", {"taken": _plain_file}),
