@@ -56,7 +56,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from siflow._validate import check_positive_int
+from siflow._validate import check_lr_wd, check_momentum, check_positive_int
 from siflow.periods import Events, find_events
 from siflow.theory import check_optimizer, decay_rate, log_effective_lr
 from siflow.trajectory import Trajectory
@@ -313,8 +313,8 @@ def forecast_next_event(
             "the forecast needs the learning rate and weight decay: pass lr= and wd= "
             "(or a log whose metadata has them)"
         )
-    mu = float(traj.momentum if momentum is None else momentum)
-    rate = float(decay_rate(float(lr), float(wd), mu))
+    mu = float(check_momentum(traj.momentum if momentum is None else momentum))
+    rate = float(decay_rate(*check_lr_wd(lr, wd), mu))
     if traj.rho is None:
         if traj.elr is None:
             raise ValueError(
@@ -473,6 +473,8 @@ def _check_unit(name: str, value: float, *, closed_low: bool) -> float:
         v = float(value)
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a number in [0, 1], got {value!r}") from None
+    except OverflowError:  # an int beyond the float range
+        raise ValueError(f"{name} must be in [0, 1], got an integer beyond it") from None
     low_ok = v >= 0.0 if closed_low else v > 0.0
     if not (math.isfinite(v) and low_ok and v <= 1.0):
         interval = "[0, 1]" if closed_low else "(0, 1]"

@@ -45,7 +45,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from siflow._validate import check_nonnegative, check_positive, check_positive_int
+from siflow._validate import (
+    as_float_array,
+    check_nonnegative,
+    check_positive,
+    check_positive_int,
+)
 from siflow.theory import decay_rate, effective_lr, stability_threshold_elr
 from siflow.trajectory import Trajectory
 
@@ -361,7 +366,7 @@ def _row_array(traj: Trajectory, name: str, value: ArrayLike | None) -> NDArray[
             return col
         meta = traj.meta.get(name)
         return None if meta is None else np.full(n, float(meta))
-    arr = np.asarray(value, dtype=np.float64)
+    arr = as_float_array(name, value)
     if arr.ndim == 0:
         arr = np.full(n, float(arr))
     if arr.shape != (n,):

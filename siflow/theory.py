@@ -37,6 +37,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from siflow._validate import (
+    as_float_array,
     check_beta,
     check_finite,
     check_lr_wd,
@@ -1014,7 +1015,7 @@ def sgd_norm_trajectory(
 
 def _per_step(**arrays: ArrayLike) -> list[NDArray[np.float64]]:
     """The named arrays as float64, broadcast to one 1-d per-step length, or ValueError."""
-    out = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64) for a in arrays.values()))
+    out = np.broadcast_arrays(*(as_float_array(k, a) for k, a in arrays.items()))
     if out[0].ndim != 1:
         names = ", ".join(arrays)
         raise ValueError(f"{names} must be scalars or 1-d arrays of per-step values")
@@ -1722,7 +1723,8 @@ def decay_product(
     ndarray
         ``1, q_0^{n_0}, q_0^{n_0} q_1^{n_1}, ...`` (length ``T + 1``).
     """
-    lr, wd, mu = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64) for a in (lr, wd, momentum)))
+    named = {"lr": lr, "wd": wd, "momentum": momentum}
+    lr, wd, mu = np.broadcast_arrays(*(as_float_array(k, a) for k, a in named.items()))
     if lr.ndim != 1:
         raise ValueError("lr, wd and momentum must be scalars or 1-d arrays of per-step values")
     rate = np.asarray(decay_rate(lr, wd, mu), dtype=np.float64).reshape(lr.shape)
