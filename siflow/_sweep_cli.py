@@ -168,10 +168,20 @@ def _print_grid(result: SweepResult) -> None:
     print("\ncells: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
 
 
+#: The most values of one grid axis (a larger grid is refused before it is built; the
+#: sweep's time and memory estimate refuses far smaller ones on most machines).
+_MAX_AXIS = 1_000_000
+
+
 def _grid(name: str, bounds: list[float], num: int) -> np.ndarray:
     """``log_grid`` with errors naming the command-line options."""
     lo, hi = check_positive(f"--{name}", np.asarray(bounds, dtype=np.float64))
     n = check_positive_int(f"--n-{name}", num)
+    if n > _MAX_AXIS:
+        raise ValueError(
+            f"--n-{name} {n} is more values than a sweep axis takes (at most {_MAX_AXIS:,}); "
+            f"pass a smaller --n-{name}"
+        )
     if hi < lo:
         raise ValueError(f"--{name} LO HI needs LO <= HI, got {lo:g} {hi:g}; swap them")
     if n == 1 and lo != hi:

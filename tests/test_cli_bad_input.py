@@ -402,6 +402,8 @@ CASES: list[Case] = [
     _sweep("workers-zero", ["--workers", "0"], r"workers"),
     _sweep("record-every-zero", ["--record-every", "0"], r"record.every"),  # ZeroDivisionError
     _sweep("max-rows-zero", ["--max-rows", "0"], r"max.rows"),
+    # numpy's "Maximum allowed size exceeded" while building the axis
+    _sweep("n-lr-beyond", ["--n-lr", str(10**29)], r"--n-lr .*at most 1,000,000"),
     _sweep("out-is-a-file", ["--out", "taken"], r"director|taken", {"taken": _plain_file}),
     _sweep(
         "out-parent-is-a-file",
