@@ -44,7 +44,7 @@ from siflow._cli import (
     translate_params,
 )
 from siflow._fileio import atomic_write, ensure_dir
-from siflow._validate import MAX_STEPS
+from siflow._validate import check_steps
 
 PROG = "python -m siflow.simulate"
 DEFAULT_STEPS = 50_000
@@ -436,11 +436,8 @@ def _check_numbers(args: Any) -> None:
             f"--record-every must be >= 1, got {args.record_every}; pass a positive number"
         )
     for flag, value in (("--steps", args.steps), ("--record-every", args.record_every)):
-        if value is not None and value > MAX_STEPS:
-            raise CLIError(
-                f"{flag} must be at most 2**53 = {MAX_STEPS:.4g} (step numbers beyond it are "
-                f"not exact in float64); pass a smaller {flag}"
-            )
+        if value is not None:
+            check_steps(flag, value)  # before the run's time estimate is printed
     if args.batch is not None and args.batch < 1:
         raise CLIError(f"--batch must be >= 1, got {args.batch}; pass a positive batch size")
     if args.max_rows is not None and args.max_rows < 2:
