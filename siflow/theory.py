@@ -1723,10 +1723,7 @@ def decay_product(
     ndarray
         ``1, q_0^{n_0}, q_0^{n_0} q_1^{n_1}, ...`` (length ``T + 1``).
     """
-    named = {"lr": lr, "wd": wd, "momentum": momentum}
-    lr, wd, mu = np.broadcast_arrays(*(as_float_array(k, a) for k, a in named.items()))
-    if lr.ndim != 1:
-        raise ValueError("lr, wd and momentum must be scalars or 1-d arrays of per-step values")
+    lr, wd, mu = _per_step(lr=lr, wd=wd, momentum=momentum)
     rate = np.asarray(decay_rate(lr, wd, mu), dtype=np.float64).reshape(lr.shape)
     if repeats is not None:
         n = np.asarray(repeats, dtype=np.float64)
