@@ -38,10 +38,17 @@ def _describe(value: NDArray[np.float64]) -> str:
     return f"array containing {float(bad[0])!r}" if bad.size else "empty array"
 
 
+def _count(n: object) -> str:
+    """A whole number for a message: its digits when short, else ``1.000e+400`` style."""
+    text = str(n)
+    digits = text.lstrip("-")
+    if len(digits) <= 16 or not digits.isdigit():
+        return text
+    return f"{text[: len(text) - len(digits)]}{digits[0]}.{digits[1:4]}e+{len(digits) - 1}"
+
+
 def _too_large(name: str, value: object) -> ValueError:
-    text = str(value)
-    shown = text if len(text) <= 24 else f"{text[:12]}...{text[-6:]} ({len(text)} digits)"
-    return ValueError(f"{name} = {shown} is beyond the float64 range; pass a finite number")
+    return ValueError(f"{name} = {_count(value)} is beyond the float64 range; pass a finite number")
 
 
 def as_float_array(name: str, value: ArrayLike) -> NDArray[np.float64]:
@@ -148,12 +155,6 @@ def check_positive_int(name: str, value: object) -> int:
     if value <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value!r}; pass a value >= 1")
     return int(value)
-
-
-def _count(n: int) -> str:
-    """A whole number for a message: ``1.5e+30`` style, exact digits when short."""
-    text = str(n)
-    return text if len(text) <= 16 else f"{text[0]}.{text[1:4]}e+{len(text) - 1}"
 
 
 def check_steps(name: str, value: object, fix: str | None = None) -> int:
