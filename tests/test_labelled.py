@@ -100,6 +100,22 @@ def test_results_table_matches_a_fresh_evaluation(labelled, tmp_path):
     json.dumps(pred)
 
 
+@pytest.mark.parametrize("position", [0.25, 0.9])
+def test_forecast_cuts_at_a_position_of_the_cycle(labelled, position):
+    mod, trajs, labels = labelled
+    name = "digits_mlp_gd_lr1_wd0.01"
+    truth, steps = labels[name], trajs[name].step
+    cuts = mod.forecast_cuts(trajs[name], truth, position=position)
+    assert len(cuts) == len(truth) - 2
+    for k, c in enumerate(cuts, start=1):
+        a, b = truth[k], truth[k + 1]
+        # the log ends at its last row at or before the cut point of the cycle
+        assert c["cut"] == steps[steps <= a + int(position * (b - a))][-1]
+        assert (c["true"], c["cycle"]) == (b, b - a)
+    with pytest.raises(ValueError, match="position"):
+        mod.forecast_cuts(trajs[name], truth, position=1.0)
+
+
 # ----------------------------------------------------------------- targets
 # The acceptance bounds, measured on the labelled set. A bound the tools miss today is an
 # expected failure (strict: it fails loudly once the bound is met, so the mark goes).
