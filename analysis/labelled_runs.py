@@ -908,7 +908,14 @@ def cmd_evaluate(args: Any) -> int:
         fh.write(md)
     with atomic_write(out / "results.json", "w") as fh:
         json.dump(res, fh, indent=1, default=float)
-    fig_dir = ROOT / "figures" if args.update_figures else out
+    # the committed data folder holds logs, labels and tables only: with --update-data the
+    # figure goes to runs/labelled (or figures/ with --update-figures)
+    if args.update_figures:
+        fig_dir = ROOT / "figures"
+    elif args.update_data:
+        fig_dir = ensure_dir(Path(args.out or ROOT / "runs/labelled"))
+    else:
+        fig_dir = out
     draw_forecasts(res, trajs, fig_dir / "forecast_labelled.png")
     print(md)
     print(
