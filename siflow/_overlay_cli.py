@@ -113,6 +113,12 @@ def build_parser() -> ArgumentParser:
     )
     p.add_argument("--predict-lr", type=float, help="predict the period at this learning rate")
     p.add_argument("--predict-wd", type=float, help="predict the period at this weight decay")
+    p.add_argument(
+        "--predict-momentum",
+        type=float,
+        help="predict the period at this heavy-ball momentum (SGD family; e.g. a momentum-0.9 "
+        "run from a plain one)",
+    )
     return p
 
 
@@ -124,6 +130,7 @@ _PARAM_FLAGS = {
     "wd_schedule": "--wd-schedule",
     "predict_lr": "--predict-lr",
     "predict_wd": "--predict-wd",
+    "predict_momentum": "--predict-momentum",
     "steps_per_epoch": "--steps-per-epoch",
     "detector": "--detect KEY=VALUE",
 }
@@ -261,8 +268,9 @@ def format_table(d: dict[str, Any]) -> str:
         if v is not None:
             lines.append(f"{name:<36}{_fmt(v):>14}")
     if d["predict_lr"] is not None:
+        mom = "" if d["predict_momentum"] is None else f", momentum={_fmt(d['predict_momentum'])}"
         lines.append(
-            f"period at lr={_fmt(d['predict_lr'])}, wd={_fmt(d['predict_wd'])}: "
+            f"period at lr={_fmt(d['predict_lr'])}, wd={_fmt(d['predict_wd'])}{mom}: "
             f"{_fmt(d['predicted_period_at'], units)} ({d['predicted_period_method'] or 'n/a'})"
         )
     if d["elr_at_events_median"] is not None and d["elr_threshold"] is not None:
@@ -432,6 +440,7 @@ def _body(argv: Sequence[str] | None) -> int:
             sharpness=args.sharpness,
             predict_lr=args.predict_lr,
             predict_wd=args.predict_wd,
+            predict_momentum=args.predict_momentum,
             detector=detector,
         )
     except ValueError as exc:

@@ -119,6 +119,7 @@ class Predictions:
     n_params: float | None = None
     predict_lr: float | None = None
     predict_wd: float | None = None
+    predict_momentum: float | None = None
     predicted_period_at: float | None = None
     predicted_period_method: str | None = None
     formulas: dict[str, str] = field(default_factory=dict)
@@ -514,6 +515,7 @@ def analyze(
     sharpness: float | None = None,
     predict_lr: float | None = None,
     predict_wd: float | None = None,
+    predict_momentum: float | None = None,
     events: Events | None = None,
     detector: Mapping[str, Any] | None = None,
 ) -> OverlayResult:
@@ -560,6 +562,12 @@ def analyze(
         cycle model of :func:`siflow.predict.predict_period` is used (SGD family);
         otherwise the decay law of :func:`predict_period_at`.
         ``predicted_period_method`` says which.
+    predict_momentum : float, optional
+        The heavy-ball momentum at which to predict the period (SGD family; default:
+        this log's). A momentum other than the log's is predicted by
+        :func:`siflow.predict.transfer_period` (the decay law with the residual
+        gradient push measured on this log and the shift of the heavy-ball stability
+        threshold ``2 (1 + mu - lr wd)/S``), from three or more events logged in steps.
     events : Events, optional
         Reuse events found before (default: ``find_events(traj)``).
     detector : mapping, optional
@@ -591,7 +599,7 @@ def analyze(
         - ``predicted_period``: two or more events with rho, and lr, wd:
           ``ln(rho_peak_k / rho_before_{k+1}) / (-ln q) + rise`` with the medians of
           the measured norm ratio and rise time (a consistency check of the decay law).
-        - ``predicted_period_at``: a measured period, lr, wd, and predict_lr/wd.
+        - ``predicted_period_at``: a measured period, lr, wd, and predict_lr/wd/momentum.
         - ``norm_replay_error_max``, ``angle_law_error_median``,
           ``radial_law_error_max``: consecutive rows with rho, ``g~`` and/or
           ``angular_update``, lr, wd (:class:`Checks`).
@@ -638,8 +646,8 @@ def analyze(
     res.curves = _predict_equilibrium(res, work, hp, rows, total_c, notes)
     _measure_decay(res, work, events, notes)
     _period_predictions(res, work, events, hp, rows, sharpness, notes)
-    if predict_lr is not None or predict_wd is not None:
-        _period_at(res, work, hp, rows, predict_lr, predict_wd, notes)
+    if predict_lr is not None or predict_wd is not None or predict_momentum is not None:
+        _period_at(res, work, hp, rows, (predict_lr, predict_wd, predict_momentum), notes)
     res.checks = _exact_checks(
         work.step, work.rho, work.grad_norm_sphere, work.angular_update, hp, _window_of(work)
     )
@@ -1062,14 +1070,26 @@ def _period_at(
     work: Trajectory,
     hp: _Hyper,
     rows: np.ndarray,
-    predict_lr: float | None,
-    predict_wd: float | None,
+    target: tuple[float | None, float | None, float | None],
     notes: list[str],
 ) -> None:
+    """The period at ``target = (predict_lr, predict_wd, predict_momentum)`` (``None``:
+    this log's value), calibrated on this log."""
+    predict_lr, predict_wd, predict_momentum = target
     pred = res.predictions
     p_lr = float(check_positive("predict_lr", predict_lr if predict_lr is not None else hp.lr))
     p_wd = float(check_positive("predict_wd", predict_wd if predict_wd is not None else hp.wd))
     pred.predict_lr, pred.predict_wd = p_lr, p_wd
+    sgd_family = hp.optimizer in ("sgd", "sgdm")
+    mu = hp.momentum if sgd_family else 0.0
+    if predict_momentum is not None:
+        pred.predict_momentum = float(check_momentum(predict_momentum, "predict_momentum"))
+        if not sgd_family:
+            notes.append(
+                f"predict_momentum: n/a for {hp.optimizer} (the heavy-ball decay law and "
+                f"stability threshold are for SGD with momentum)"
+            )
+            return
     if not hp.known:
         notes.append("predict_lr/predict_wd need this log's lr and wd")
         return
@@ -1086,8 +1106,13 @@ def _period_at(
             f"period at predict_lr/predict_wd calibrated at the median lr={lr_r:.4g}, "
             f"wd={wd_r:.4g} of the stationary rows"
         )
-    mu = hp.momentum if hp.optimizer in ("sgd", "sgdm") else 0.0
-    s_val = pred.sharpness if hp.optimizer in ("sgd", "sgdm") else None
+    p_mu = mu if pred.predict_momentum is None else pred.predict_momentum
+    if p_mu != mu:
+        pred.predicted_period_at, pred.predicted_period_method = _transfer_at(
+            work, res.events, (lr_r, wd_r, mu), (p_lr, p_wd, p_mu), notes
+        )
+        return
+    s_val = pred.sharpness if sgd_family else None
     pred.predicted_period_at, pred.predicted_period_method = _predict_at(
         work, res.period_median, lr_r, wd_r, p_lr, p_wd, mu, s_val, notes
     )
@@ -1425,6 +1450,36 @@ def _predict_at(
     return (
         _f(predict_period_at(period, lr, wd, p_lr, p_wd, mu)),
         "scale symmetry + decay law: T2 = T1 ln q1 / ln q2",
+    )
+
+
+def _transfer_at(
+    work: Trajectory,
+    events: Events | None,
+    here: tuple[float, float, float],
+    there: tuple[float, float, float],
+    notes: list[str],
+) -> tuple[float | None, str | None]:
+    """Period at another momentum: :func:`siflow.predict.transfer_period` calibrated on
+    this log at ``here = (lr, wd, momentum)``, predicted at ``there``."""
+    from siflow.predict import transfer_period
+
+    if work.meta.get("time_unit") == "epoch":
+        notes.append(
+            "predict_momentum: n/a for a log timed in epochs (the transfer compares the "
+            "measured decay per step with the decay law); pass steps_per_epoch="
+        )
+        return None, None
+    calib = work[slice(None)]
+    calib.meta.update(lr=here[0], wd=here[1], momentum=here[2])
+    try:
+        pred = transfer_period(calib, *there, events=events)
+    except ValueError as exc:
+        notes.append(f"predict_momentum: n/a ({exc})")
+        return None, None
+    return _f(pred.period), (
+        "siflow.predict.transfer_period: decay law with the residual push and the "
+        "heavy-ball threshold shift, calibrated on this log"
     )
 
 

@@ -170,6 +170,69 @@ def test_predicted_period_at_other_lr_wd_matches_a_rerun():
     assert r.predicted_period_method.startswith(("scale symmetry", "siflow.predict"))
 
 
+def _heavy_ball_decay(lr, wd, mu):
+    """Zero-gradient norm factor per step: the larger root of a^2 - (1 + mu - lr wd) a + mu."""
+    c = 1.0 + mu - lr * wd
+    return (c + math.sqrt(c * c - 4.0 * mu)) / 2.0
+
+
+def threshold_map(n, lr, wd, mu, sharpness=2.0, peak=50.0):
+    """The norm decays at the free rate; when the effective LR lr/rho^2 reaches the
+    heavy-ball stability threshold 2 (1 + mu - lr wd)/S it jumps back to rho^2 = peak * lr
+    (the scale symmetry: rho^2 scales with lr)."""
+    a2 = _heavy_ball_decay(lr, wd, mu) ** 2
+    thr = 2.0 * (1.0 + mu - lr * wd) / sharpness
+    r2, x, ev = np.empty(n), peak * lr, []
+    for t in range(n):
+        if lr / x >= thr:
+            ev.append(t - 1)
+            x = peak * lr
+        r2[t] = x
+        x *= a2
+    meta = {"lr": lr, "wd": wd, "momentum": mu}
+    return Trajectory(step=np.arange(n), rho=np.sqrt(r2), loss=np.full(n, 0.1), meta=meta), ev
+
+
+def test_predict_momentum_matches_a_rerun_at_that_momentum():
+    # a plain run predicts a heavy-ball one: the norm falls at the heavy-ball rate to the
+    # heavy-ball threshold (higher effective LR, so a lower norm: a longer fall)
+    plain, _ = threshold_map(40000, 0.5, 0.01, 0.0)
+    heavy, ev = threshold_map(20000, 0.1, 0.01, 0.9)
+    r = analyze(plain, predict_lr=0.1, predict_wd=0.01, predict_momentum=0.9)
+    assert r.predict_momentum == 0.9
+    assert r.predicted_period_method.startswith("siflow.predict.transfer_period")
+    true_t = float(np.median(np.diff(ev)))
+    assert abs(r.predicted_period_at - true_t) <= 1.0  # steps are whole numbers
+    # hand value: (T0 delta0 + ln(thr(0.9)/thr(0))/2) / delta(0.9)
+    d0 = -math.log(1 - 0.005)
+    d9 = -math.log(_heavy_ball_decay(0.1, 0.01, 0.9))
+    want = (r.period_median * d0 + 0.5 * math.log((1.9 - 1e-3) / (1 - 5e-3))) / d9
+    assert r.predicted_period_at == pytest.approx(want, rel=1e-9)
+    # the decay law alone, without the threshold shift, would be 16% short
+    assert r.period_median * d0 / d9 < 0.9 * true_t
+
+
+def test_predict_momentum_of_the_log_itself_keeps_the_calibrated_path():
+    traj, _ = threshold_map(40000, 0.5, 0.01, 0.0)
+    a = analyze(traj, predict_lr=0.25)
+    b = analyze(traj, predict_lr=0.25, predict_momentum=0.0)
+    assert b.predicted_period_at == a.predicted_period_at
+    assert b.predicted_period_method == a.predicted_period_method
+
+
+def test_predict_momentum_needs_the_sgd_family_and_a_valid_value():
+    traj, _ = threshold_map(40000, 0.5, 0.01, 0.0)
+    with pytest.raises(ValueError, match=r"predict_momentum must be in \[0, 1\)"):
+        analyze(traj, predict_momentum=1.5)
+    r = analyze(traj, optimizer="adamw", predict_momentum=0.9)
+    assert r.predicted_period_at is None
+    assert any("predict_momentum: n/a for adamw" in n for n in r.notes)
+    few = traj[:900]  # two events: too few to measure the decay between them
+    r = analyze(few, predict_momentum=0.9)
+    assert r.predicted_period_at is None
+    assert any(n.startswith("predict_momentum: n/a (the calibration run has") for n in r.notes)
+
+
 def test_to_dict_has_required_fields_and_is_json():
     traj, _ = burst_map(10000, 0.1, 5e-3)
     d = analyze(traj).to_dict()

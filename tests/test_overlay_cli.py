@@ -121,6 +121,25 @@ def test_plain_csv_needs_lr_wd(logs, capsys, tmp_path):
     assert not (tmp_path / "plain_overlay.png").exists()
 
 
+def test_predict_momentum_line_and_summary(logs, capsys):
+    log, _, _ = logs
+    code, out, err = _run([log, "--no-figure", "--predict-momentum", 0.9], capsys)
+    assert code == 0, err
+    d = json.loads(Path("runs/overlay/run/summary.json").read_text())
+    assert (d["predict_lr"], d["predict_wd"], d["predict_momentum"]) == (LR, WD, 0.9)
+    # the stationary cycle falls by as much as it jumps, T r = D: at momentum 0.9 the same
+    # fall plus the threshold shift, at the heavy-ball decay rate (no residual push here:
+    # the gradient is zero between bursts)
+    c = 1.9 - LR * WD
+    delta = -math.log((c + math.sqrt(c * c - 3.6)) / 2)
+    want = (d["period_median"] * d["decay_rate_measured"] + 0.5 * math.log(c / (1 - LR * WD))) / (
+        delta * (1 - (1 - d["decay_rate_measured"] / d["decay_rate_predicted"]))
+    )
+    assert d["predicted_period_at"] == pytest.approx(want, rel=1e-9)
+    assert f"period at lr={LR:g}, wd={WD:g}, momentum=0.9: " in out
+    assert "transfer_period" in d["predicted_period_method"]
+
+
 def test_missing_columns_name_the_map(tmp_path, capsys):
     log = tmp_path / "acc.csv"
     log.write_text("step,acc\n" + "".join(f"{i},0.5\n" for i in range(50)))
@@ -137,6 +156,7 @@ def test_missing_columns_name_the_map(tmp_path, capsys):
         (["--out", "no/such/dir/f.png"], "does not exist"),
         (["--lr", "-1"], "lr"),
         (["--momentum", "1.5"], "momentum"),
+        (["--predict-momentum", "1"], "predict_momentum must be in [0, 1)"),
         (["--bogus"], "unrecognized"),
     ],
 )
