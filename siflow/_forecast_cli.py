@@ -75,44 +75,63 @@ def build_parser() -> ArgumentParser:
         "first-order autoregression fitted on them (median)",
     )
     g = p.add_argument_group("event detection (siflow.periods.find_events)")
-    g.add_argument("--signal", default="auto", help="auto, rho, elr or loss (default auto)")
-    g.add_argument("--min-rise", type=float, default=0.02, help="smallest ln-rho swing (0.02)")
-    g.add_argument("--min-spike", type=float, default=math.log(3.0), help="loss-signal floor")
-    g.add_argument("--noise-k", type=float, default=8.0, help="swings below k noise levels (8)")
-    g.add_argument("--smooth", type=int, default=None, help="running-median window (auto)")
-    g.add_argument("--min-jump-fraction", type=float, default=0.0, help="(0: off)")
-    g.add_argument("--min-peak-fraction", type=float, default=0.0, help="(0: off)")
-    g.add_argument("--merge-fraction", type=float, default=0.25, help="multi-stage merge (0.25)")
-    g.add_argument("--min-rise-speed", type=float, default=4.0, help="fast-onset factor (4)")
-    g.add_argument("--min-loss-spike", type=float, default=math.log(2.0), help="ln (ln 2)")
-    g.add_argument("--fitted-fraction", type=float, default=0.5, help="pre-fit test (0.5)")
-    g.add_argument(
-        "--quiet-rise-factor", type=float, default=5.0, help="rise without a spike, in h (5)"
-    )
-    g.add_argument("--spike-noise-k", type=float, default=4.0, help="spike in loss-noise units (4)")
-    g.add_argument(
-        "--include-start", action="store_true", help="count a rise that starts at the first row"
-    )
+    for name, default in _detector_defaults().items():
+        flag = "--" + name.replace("_", "-")
+        text = _DETECTOR_HELP[name]
+        if isinstance(default, bool):
+            g.add_argument(flag, action="store_true", default=None, help=text)
+        else:
+            kind = _DETECTOR_TYPES.get(name, type(default))
+            if default is None:
+                shown = "from the log" if name == "sharpness" else "auto"
+            else:
+                shown = default if isinstance(default, str) else f"{default:.4g}"
+            g.add_argument(flag, type=kind, default=None, help=f"{text}; default {shown}")
     return p
 
 
+#: One line per parameter of :func:`siflow.periods.find_events` (its docstring has the
+#: full text); the defaults are read from its signature, so they cannot drift.
+_DETECTOR_HELP = {
+    "signal": "column to detect on: auto, rho, elr or loss",
+    "min_rise": "smallest ln-rho swing",
+    "min_spike": "the same floor for a loss signal, in ln loss",
+    "noise_k": "swings below this many noise levels are noise",
+    "smooth": "running-median window on the signal",
+    "include_start": "count a rise that starts at the first row",
+    "min_jump_fraction": "drop rises below this fraction of the typical jump (0: off)",
+    "min_peak_fraction": "drop secondary bursts whose loss peak is below this fraction (0: off)",
+    "merge_fraction": "a dip below this fraction of the rises around it merges them",
+    "min_rise_speed": "a rise without a loss spike counts this many times faster than the decay",
+    "min_loss_spike": "smallest ln(loss peak / decay-phase band) that confirms a rise",
+    "fitted_fraction": "drop rises before the network has fitted the data (0: off)",
+    "quiet_rise_factor": "a fast rise without a spike counts at this many swing thresholds",
+    "spike_noise_k": "the loss peak stands this many loss-noise levels above its band",
+    "sharpness": "sphere sharpness S at the minimum, for the threshold tests below",
+    "min_threshold_fraction": "with S: drop rises below this fraction of the threshold ELR",
+    "threshold_confirms": "with S: a rise at this fraction of the threshold ELR counts",
+}
+
+#: Types of the parameters whose default is None.
+_DETECTOR_TYPES: dict[str, type] = {"smooth": int, "sharpness": float}
+
+#: Parameters of find_events set by the command's own flags, not the detection group.
+_NOT_DETECTOR = ("traj", "lr", "wd", "momentum")
+
+
+def _detector_defaults() -> dict[str, Any]:
+    """The keyword parameters of :func:`siflow.periods.find_events` and their defaults."""
+    import inspect
+
+    from siflow.periods import find_events
+
+    params = inspect.signature(find_events).parameters
+    return {k: p.default for k, p in params.items() if k not in _NOT_DETECTOR}
+
+
 def _detector_kwargs(args: Any) -> dict[str, Any]:
-    return {
-        "signal": args.signal,
-        "min_rise": args.min_rise,
-        "min_spike": args.min_spike,
-        "noise_k": args.noise_k,
-        "smooth": args.smooth,
-        "min_jump_fraction": args.min_jump_fraction,
-        "min_peak_fraction": args.min_peak_fraction,
-        "merge_fraction": args.merge_fraction,
-        "min_rise_speed": args.min_rise_speed,
-        "min_loss_spike": args.min_loss_spike,
-        "fitted_fraction": args.fitted_fraction,
-        "quiet_rise_factor": args.quiet_rise_factor,
-        "spike_noise_k": args.spike_noise_k,
-        "include_start": args.include_start,
-    }
+    """The detection flags given on the command line (the others keep their defaults)."""
+    return {k: getattr(args, k) for k in _detector_defaults() if getattr(args, k) is not None}
 
 
 def _fmt(v: float) -> str:

@@ -391,6 +391,34 @@ def test_cli_json_and_errors(tmp_path):
         assert bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
 
 
+def test_cli_has_a_flag_for_every_detector_parameter(tmp_path, monkeypatch):
+    import inspect
+
+    import siflow.forecast as fc_module
+    from siflow._forecast_cli import build_parser, main
+    from siflow.periods import find_events
+
+    names = set(inspect.signature(find_events).parameters) - {"traj", "lr", "wd", "momentum"}
+    flags = {a.dest for a in build_parser()._actions}
+    assert names <= flags
+    # a flag given reaches find_events; one left out keeps find_events' own default
+    seen = {}
+
+    def spy(traj, **kw):
+        seen.update(kw)
+        return find_events(traj, **kw)
+
+    monkeypatch.setattr(fc_module, "find_events", spy)
+    traj, _ = jump_map()
+    path = tmp_path / "log.npz"
+    traj.save(path)
+    argv = [str(path), "--json", "--threshold-confirms", "0.5", "--sharpness", "3"]
+    assert main([*argv, "--include-start", "--smooth", "1"]) == 0
+    assert seen["threshold_confirms"] == 0.5 and seen["sharpness"] == 3.0
+    assert seen["include_start"] is True and seen["smooth"] == 1
+    assert not {"min_rise", "min_threshold_fraction", "signal"} & set(seen)
+
+
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
 def test_cli_reads_a_log_whose_last_line_is_still_being_written(tmp_path, suffix):
     # a run appending rows: the file ends in a row cut mid-write (no line end). The
