@@ -447,6 +447,8 @@ def _body(argv: Sequence[str] | None) -> int:
         raise CLIError(to_flags(str(exc))) from None
     d = result.as_flat_dict()
     d["reader_notes"] = reader_notes(traj.meta)
+    # per event: start, peak, norm and effective LR before and after, the loss spike
+    d["events"] = result.events.to_dict() if result.events is not None else None
     wrote = []
     if summary is not None:
         ensure_dir(summary.parent)

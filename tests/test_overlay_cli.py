@@ -121,6 +121,24 @@ def test_plain_csv_needs_lr_wd(logs, capsys, tmp_path):
     assert not (tmp_path / "plain_overlay.png").exists()
 
 
+def test_summary_lists_every_event_with_the_logged_values(logs, capsys):
+    log, _, ev = logs
+    rho, loss, _ = _burst_map()
+    code, out, err = _run([log, "--no-figure"], capsys)
+    assert code == 0, err
+    e = json.loads(Path("runs/overlay/run/summary.json").read_text())["events"]
+    assert e["steps"] == ev.tolist()
+    # the values at the event rows and at the peaks, as logged
+    assert e["rho_before"] == rho[ev].tolist()
+    assert e["rho_after"] == rho[e["peak_steps"]].tolist()
+    assert all(
+        rho[p] == rho[a:b].max()
+        for a, b, p in zip(ev, [*ev[1:], rho.size], e["peak_steps"], strict=True)
+    )
+    assert e["elr_before"] == pytest.approx((LR / rho[ev] ** 2).tolist(), rel=1e-15)
+    assert e["loss_before"] == pytest.approx([0.01] * len(ev), rel=1e-12)
+
+
 def test_predict_momentum_line_and_summary(logs, capsys):
     log, _, _ = logs
     code, out, err = _run([log, "--no-figure", "--predict-momentum", 0.9], capsys)
