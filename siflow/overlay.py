@@ -1470,6 +1470,13 @@ def _transfer_at(
             "measured decay per step with the decay law); pass steps_per_epoch="
         )
         return None, None
+    n = 0 if events is None else len(events)
+    if n < 3:
+        notes.append(
+            f"predict_momentum: n/a (the transfer measures the decay between events and "
+            f"needs three or more; this log has {n})"
+        )
+        return None, None
     calib = work[slice(None)]
     calib.meta.update(lr=here[0], wd=here[1], momentum=here[2])
     try:

@@ -230,7 +230,9 @@ def test_predict_momentum_needs_the_sgd_family_and_a_valid_value():
     few = traj[:900]  # two events: too few to measure the decay between them
     r = analyze(few, predict_momentum=0.9)
     assert r.predicted_period_at is None
-    assert any(n.startswith("predict_momentum: n/a (the calibration run has") for n in r.notes)
+    assert any(
+        n.startswith("predict_momentum: n/a (the transfer") and "has 2)" in n for n in r.notes
+    )
 
 
 def test_to_dict_has_required_fields_and_is_json():
