@@ -24,6 +24,13 @@ __all__ = [
     "check_positive_int",
     "check_steps",
     "MAX_STEPS",
+    "as_number",
+    "finite_number",
+    "positive_number",
+    "nonnegative_number",
+    "momentum_number",
+    "beta_number",
+    "lr_wd_numbers",
 ]
 
 #: The most steps a run may have: step numbers up to ``2**53`` are exact in float64 (and
@@ -166,3 +173,49 @@ def check_steps(name: str, value: object, fix: str | None = None) -> int:
             f"exact in float64), got {_count(steps)}; {fix or f'pass a smaller {name}'}"
         )
     return steps
+
+
+# ----------------------------------------------------------------- one number
+def as_number(name: str, value: ArrayLike) -> float:
+    """The number a checked value holds, for parameters that take one number.
+
+    ``float(value)`` for a scalar or 0-d array; a list or an array (even of one
+    element) raises a :class:`ValueError` naming ``name``, instead of numpy's
+    ``TypeError`` about 0-dimensional arrays.
+    """
+    if np.ndim(value) == 0:
+        return float(value)  # type: ignore[arg-type]
+    raise ValueError(
+        f"{name} must be one number, got an array of shape {np.shape(value)}; pass a single value"
+    )
+
+
+def finite_number(name: str, value: ArrayLike) -> float:
+    """:func:`check_finite` of one number, as a float."""
+    return as_number(name, check_finite(name, value))
+
+
+def positive_number(name: str, value: ArrayLike) -> float:
+    """:func:`check_positive` of one number, as a float."""
+    return as_number(name, check_positive(name, value))
+
+
+def nonnegative_number(name: str, value: ArrayLike) -> float:
+    """:func:`check_nonnegative` of one number, as a float."""
+    return as_number(name, check_nonnegative(name, value))
+
+
+def momentum_number(momentum: ArrayLike, name: str = "momentum") -> float:
+    """:func:`check_momentum` of one number, as a float."""
+    return as_number(name, check_momentum(momentum, name))
+
+
+def beta_number(name: str, beta: ArrayLike) -> float:
+    """:func:`check_beta` of one number, as a float."""
+    return as_number(name, check_beta(name, beta))
+
+
+def lr_wd_numbers(lr: ArrayLike, wd: ArrayLike, *, wd_positive: bool = True) -> tuple[float, float]:
+    """:func:`check_lr_wd` of one learning rate and one weight decay, as floats."""
+    lr_arr, wd_arr = check_lr_wd(lr, wd, wd_positive=wd_positive)
+    return as_number("lr", lr_arr), as_number("wd", wd_arr)

@@ -56,7 +56,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from siflow._validate import check_lr_wd, check_momentum, check_positive_int
+from siflow._validate import check_lr_wd, check_positive_int, momentum_number
 from siflow.periods import Events, find_events
 from siflow.theory import check_optimizer, decay_rate, log_effective_lr
 from siflow.trajectory import Trajectory
@@ -313,7 +313,7 @@ def forecast_next_event(
             "the forecast needs the learning rate and weight decay: pass lr= and wd= "
             "(or a log whose metadata has them)"
         )
-    mu = float(check_momentum(traj.momentum if momentum is None else momentum))
+    mu = momentum_number(traj.momentum if momentum is None else momentum)
     rate = float(decay_rate(*check_lr_wd(lr, wd), mu))
     if traj.rho is None:
         if traj.elr is None:

@@ -74,7 +74,13 @@ from numba import njit, types
 from numba.extending import intrinsic
 from numpy.typing import ArrayLike, NDArray
 
-from siflow._validate import check_finite, check_nonnegative, check_positive, check_positive_int
+from siflow._validate import (
+    check_finite,
+    check_positive,
+    check_positive_int,
+    nonnegative_number,
+    positive_number,
+)
 
 __all__ = [
     "RAYLEIGH",
@@ -1070,7 +1076,7 @@ def rayleigh(
         if lam.size < 2:
             raise ValueError("spectrum needs at least 2 eigenvalues; pass two or more")
         dim = lam.size
-    c = float(check_nonnegative("quartic", quartic))
+    c = nonnegative_number("quartic", quartic)
     k = int(np.argmin(lam))
     minimizer = np.zeros(dim)
     minimizer[k] = 1.0
@@ -1114,8 +1120,8 @@ def logistic(
     if dim < 2:
         raise ValueError("dim must be >= 2 for a loss on the sphere; pass dim=2 or more")
     n_samples = check_positive_int("n_samples", n_samples)
-    s = float(check_positive("temperature", temperature))
-    margin = float(check_nonnegative("margin", margin))
+    s = positive_number("temperature", temperature)
+    margin = nonnegative_number("margin", margin)
     if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
         z, u_min, s_min = _logistic_problem(dim, n_samples, s, margin, int(seed))
     else:  # any other seed numpy accepts: not memoized
@@ -1203,7 +1209,7 @@ def spiral(dim: int = 2, *, grad_norm: float = 1.0) -> SILoss:
     """
     if dim != 2:
         raise ValueError(f"the spiral loss lives in dim=2, got dim={dim}; pass dim=2")
-    big_g = float(check_positive("grad_norm", grad_norm))
+    big_g = positive_number("grad_norm", grad_norm)
     return SILoss(
         name="spiral",
         kind=SPIRAL,

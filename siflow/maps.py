@@ -81,12 +81,14 @@ from siflow._memory import available_memory, format_bytes
 from siflow._validate import (
     as_float_array,
     check_finite,
-    check_lr_wd,
-    check_momentum,
     check_nonnegative,
-    check_positive,
     check_positive_int,
     check_steps,
+    finite_number,
+    lr_wd_numbers,
+    momentum_number,
+    nonnegative_number,
+    positive_number,
 )
 from siflow.trajectory import Trajectory
 
@@ -347,8 +349,8 @@ def norm_map(
         ``angular_update`` (state before each update); ``meta["rho_final"]`` is the norm
         after the last update. With momentum, ``extra`` holds ``w_dot_v`` and ``v_norm2``.
     """
-    lr_f, wd_f = (float(x) for x in check_lr_wd(lr, wd))
-    mu = float(check_momentum(momentum))
+    lr_f, wd_f = lr_wd_numbers(lr, wd)
+    mu = momentum_number(momentum)
     every = check_steps("record_every", record_every)
     src = grad_norm if isinstance(grad_norm, Trajectory) else None
     if steps is None:
@@ -371,7 +373,7 @@ def norm_map(
         if src is None or src.rho is None:
             raise ValueError("rho0 is required unless grad_norm is a Trajectory with a rho column")
         rho0 = float(np.interp(start_step, src.step, src.rho))
-    rho0_f = float(check_positive("rho0", rho0))
+    rho0_f = positive_number("rho0", rho0)
     n_rows = (steps - 1) // every + 1
     # a constant driver needs no per-step array: only the kept rows are allocated
     per_step = mu != 0.0 or src is not None or callable(grad_norm) or np.ndim(grad_norm) != 0
@@ -558,8 +560,8 @@ def logistic_temperature(sharpness: float, margin: float = DEFAULT_MARGIN) -> tu
     ``softplus(-s cos u)`` twice at ``u = alpha``), so
     ``s^2 = m^2 + (S - p m) / (p (1-p))``. Requires ``S > p m``.
     """
-    S = float(check_positive("sharpness", sharpness))
-    m = float(check_positive("margin", margin))
+    S = positive_number("sharpness", sharpness)
+    m = positive_number("margin", margin)
     p = _sigmoid_np(-m)
     if S <= p * m:
         raise ValueError(
@@ -580,7 +582,7 @@ def _table_params(shape: dict[str, Any]) -> tuple[float, float, NDArray[np.float
             f"family 'table' takes shape={{'phi_max', 'f', 'fp', 'fpp'}} (values on "
             f"linspace(-phi_max, phi_max, n)), got {sorted(shape)}; see circle_profile"
         )
-    phi_max = float(check_positive("shape['phi_max']", shape["phi_max"]))
+    phi_max = positive_number("shape['phi_max']", shape["phi_max"])
     cols = [check_finite(f"shape[{k!r}]", shape[k]).ravel() for k in ("f", "fp", "fpp")]
     n = cols[0].size
     if n < 3 or any(c.size != n for c in cols):
@@ -677,7 +679,7 @@ def profile(
     ``sharpness`` for the analytic families (pass ``sharpness=None`` for ``"table"``,
     whose curvature comes from the table). See the module docstring for the shapes.
     """
-    S = None if sharpness is None else float(check_positive("sharpness", sharpness))
+    S = None if sharpness is None else positive_number("sharpness", sharpness)
     fid, p0, p1, table = _family_params(family, S, shape)
     phi_arr = check_finite("phi", phi)
     flat = np.atleast_1d(phi_arr).ravel()
@@ -918,17 +920,17 @@ def reduced_map(
         ``extra["phi"]``; ``meta`` has the hyperparameters, ``sharpness_min``, ``status``
         (``"diverged"`` when the norm leaves floating-point range).
     """
-    lr_f, wd_f = (float(x) for x in check_lr_wd(lr, wd))
-    mu = float(check_momentum(momentum))
+    lr_f, wd_f = lr_wd_numbers(lr, wd)
+    mu = momentum_number(momentum)
     steps = check_steps("steps", steps, "pass fewer steps")
     every = check_positive_int("record_every", record_every)
-    S = None if sharpness is None else float(check_positive("sharpness", sharpness))
-    sigma = float(check_nonnegative("noise", noise))
+    S = None if sharpness is None else positive_number("sharpness", sharpness)
+    sigma = nonnegative_number("noise", noise)
     dim_i = check_positive_int("dim", dim)
     if dim_i < 2:
         raise ValueError(f"dim must be >= 2 (the reduced model is a plane), got {dim_i}")
-    floor_f = float(check_nonnegative("floor", floor))
-    phi0_f = float(check_finite("phi0", phi0))
+    floor_f = nonnegative_number("floor", floor)
+    phi0_f = finite_number("phi0", phi0)
     if engine not in ("numba", "numpy"):
         raise ValueError(f"engine must be 'numba' or 'numpy', got {engine!r}")
     fid, p0, p1, table = _family_params(family, S, shape)
@@ -936,7 +938,7 @@ def reduced_map(
         S = float(_profile_numpy(fid, p0, p1, table, 0.0)[2])
     if rho0 is None:
         rho0 = 2.0 * math.sqrt(lr_f * S / (2.0 * (1.0 - lr_f * wd_f)))
-    rho0_f = float(check_positive("rho0", rho0))
+    rho0_f = positive_number("rho0", rho0)
     xi, perp2 = _draw_noise(steps, sigma, dim_i, seed)
     n_rows = (steps - 1) // every + 1
     out = np.full((n_rows, 7), np.nan)

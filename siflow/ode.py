@@ -58,11 +58,13 @@ from scipy.integrate import solve_ivp
 
 from siflow._validate import (
     check_finite,
-    check_lr_wd,
-    check_momentum,
     check_nonnegative,
-    check_positive,
     check_positive_int,
+    finite_number,
+    lr_wd_numbers,
+    momentum_number,
+    nonnegative_number,
+    positive_number,
 )
 
 __all__ = [
@@ -84,12 +86,12 @@ _ATOL = 1e-13
 
 def time_from_steps(steps: ArrayLike, lr: float) -> NDArray[np.float64]:
     """Flow time ``t = lr * step``."""
-    return np.asarray(steps, dtype=np.float64) * float(check_positive("lr", lr))
+    return np.asarray(steps, dtype=np.float64) * positive_number("lr", lr)
 
 
 def steps_from_time(t: ArrayLike, lr: float) -> NDArray[np.float64]:
     """Optimizer steps ``t / lr`` for a flow time ``t``."""
-    return np.asarray(t, dtype=np.float64) / float(check_positive("lr", lr))
+    return np.asarray(t, dtype=np.float64) / positive_number("lr", lr)
 
 
 def _times(t: ArrayLike) -> NDArray[np.float64]:
@@ -125,7 +127,7 @@ def gradient_flow(
     scipy.integrate OdeResult
         ``.t``, ``.y`` (shape ``(dim, len(t))``), plus ``.rho`` (``|w|`` at ``.t``).
     """
-    wd_f = float(check_nonnegative("wd", wd))
+    wd_f = nonnegative_number("wd", wd)
     w_init = _w0(w0)
     times = _times(t)
 
@@ -174,7 +176,7 @@ def modified_flow(
     scipy.integrate OdeResult
         ``.t``, ``.y``, ``.rho`` and ``.grad_norm2`` (``|grad L|^2`` at ``.t``).
     """
-    lr_f, wd_f = (float(x) for x in check_lr_wd(lr, wd, wd_positive=False))
+    lr_f, wd_f = lr_wd_numbers(lr, wd, wd_positive=False)
     w_init = _w0(w0)
     times = _times(t)
 
@@ -217,8 +219,8 @@ def norm_flow(
     ``rho^4(t) = y* + (rho0^4 - y*) e^{-2 kappa t}``, ``y* = c lr G^2 / kappa``.
     A callable ``grad_norm(t)`` is integrated with ``solve_ivp`` (in ``y = rho^4``).
     """
-    lr_f, wd_f = (float(x) for x in check_lr_wd(lr, wd, wd_positive=False))
-    rho0_f = float(check_positive("rho0", rho0))
+    lr_f, wd_f = lr_wd_numbers(lr, wd, wd_positive=False)
+    rho0_f = positive_number("rho0", rho0)
     times = _times(t)
     if model == "gradient":
         kappa, c = 2.0 * wd_f, 0.0
@@ -230,7 +232,7 @@ def norm_flow(
         raise ValueError(f"model must be 'gradient', 'modified' or 'first_order', got {model!r}")
     y0 = rho0_f**4
     if not callable(grad_norm):
-        big_g = float(check_nonnegative("grad_norm", grad_norm))
+        big_g = nonnegative_number("grad_norm", grad_norm)
         src = c * lr_f * big_g * big_g
         decay = np.exp(-2.0 * kappa * times)
         if kappa == 0.0:
@@ -267,12 +269,12 @@ def sde_norm(
     First order in ``lr wd`` against the discrete map (docs/theory.md §4, §6), whose stationary
     ``E|w|^4`` has ``2 - lr wd`` in place of 2.
     """
-    lr_f, wd_f = (float(x) for x in check_lr_wd(lr, wd))
-    sigma = float(check_nonnegative("noise", noise))
+    lr_f, wd_f = lr_wd_numbers(lr, wd)
+    sigma = nonnegative_number("noise", noise)
     d = check_positive_int("dim", dim)
     if d < 2:
         raise ValueError(f"dim must be >= 2, got {d}")
-    big_g = float(check_nonnegative("grad_norm", grad_norm))
+    big_g = nonnegative_number("grad_norm", grad_norm)
     g_eff = math.sqrt(big_g * big_g + sigma * sigma * (d - 1))
     return norm_flow(t, rho0, lr=lr_f, wd=wd_f, grad_norm=g_eff, model="first_order")
 
@@ -284,8 +286,8 @@ def oscillator_coefficients(lr: float, wd: float, momentum: float) -> tuple[floa
     ``gamma = (1 - mu)/(lr (1 + mu))``, ``omega^2 = 4 wd/(lr (1 + mu))`` (docs/theory.md §4,
     re-derived in the module docstring; flow time ``t = lr * step``).
     """
-    lr_f, wd_f = (float(x) for x in check_lr_wd(lr, wd))
-    mu = float(check_momentum(momentum))
+    lr_f, wd_f = lr_wd_numbers(lr, wd)
+    mu = momentum_number(momentum)
     gamma = (1.0 - mu) / (lr_f * (1.0 + mu))
     omega = math.sqrt(4.0 * wd_f / (lr_f * (1.0 + mu)))
     return gamma, omega
@@ -329,11 +331,11 @@ def momentum_oscillator(
     ``x`` is ``|w|^2`` and ``F = 2|w'|^2`` in the momentum model (docs/theory.md §4).
     """
     g0, w0 = oscillator_coefficients(lr, wd, momentum)
-    gam = g0 if gamma is None else float(check_nonnegative("gamma", gamma))
-    om = w0 if omega is None else float(check_positive("omega", omega))
-    x0_f = float(check_finite("x0", x0))
-    v0 = float(check_finite("xdot0", xdot0))
-    big_f = float(check_finite("forcing", forcing))
+    gam = g0 if gamma is None else nonnegative_number("gamma", gamma)
+    om = w0 if omega is None else positive_number("omega", omega)
+    x0_f = finite_number("x0", x0)
+    v0 = finite_number("xdot0", xdot0)
+    big_f = finite_number("forcing", forcing)
     times = _times(t)
     xp = big_f / (om * om)
     a = x0_f - xp
@@ -371,8 +373,8 @@ def momentum_oscillator_ivp(
     a callable ``F(t)`` (e.g. ``2|w'(t)|^2`` from a recorded run). ``gamma``/``omega``
     override the coefficients as in :func:`momentum_oscillator`."""
     g0, w0 = oscillator_coefficients(lr, wd, momentum)
-    gamma = g0 if gamma is None else float(check_nonnegative("gamma", gamma))
-    omega = w0 if omega is None else float(check_positive("omega", omega))
+    gamma = g0 if gamma is None else nonnegative_number("gamma", gamma)
+    omega = w0 if omega is None else positive_number("omega", omega)
     times = _times(t)
     force = forcing if callable(forcing) else (lambda _t, f=float(forcing): f)
 

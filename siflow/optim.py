@@ -49,7 +49,12 @@ import numpy as np
 from numba import njit
 from numpy.typing import NDArray
 
-from siflow._validate import check_beta, check_lr_wd, check_momentum, check_nonnegative
+from siflow._validate import (
+    check_beta,
+    check_lr_wd,
+    check_nonnegative,
+    momentum_number,
+)
 from siflow.losses import _FAST
 
 __all__ = [
@@ -330,7 +335,7 @@ def make_optimizer(
         raise ValueError(f"unknown optimizer {name!r}; choose one of: {known}")
     kind, nest, project, lr_is_elr = OPTIMIZERS[name]
     check_lr_wd(lr, wd, wd_positive=False)
-    mu = float(check_momentum(momentum))
+    mu = momentum_number(momentum)
     nest = bool(nest or nesterov)
     if nest and kind != SGD:
         raise ValueError(f"nesterov applies to SGD variants, not {name!r}; drop nesterov")

@@ -46,7 +46,13 @@ from typing import Any
 import numpy as np
 
 from siflow import theory
-from siflow._validate import check_beta, check_lr_wd, check_momentum, check_positive
+from siflow._validate import (
+    beta_number,
+    check_lr_wd,
+    check_positive,
+    momentum_number,
+    positive_number,
+)
 from siflow.periods import (
     Events,
     classify,
@@ -319,7 +325,7 @@ def predict_period_at(
     check_positive("period", period)
     lr_a, wd_a = check_lr_wd(lr, wd)
     lr_b, wd_b = check_lr_wd(predict_lr, predict_wd)
-    mu = float(check_momentum(momentum))
+    mu = momentum_number(momentum)
     if float(lr_a * wd_a) == float(lr_b * wd_b):
         return float(period)
     return (
@@ -458,10 +464,10 @@ def _resolve_hyper(
 ) -> _Hyper:
     """Hyperparameters from the arguments first, then the log (columns, metadata)."""
     if lr is not None:
-        lr = float(check_positive("lr", lr))
+        lr = positive_number("lr", lr)
     if wd is not None:
-        wd = float(check_positive("wd", wd))
-    mu = float(check_momentum(traj.momentum if momentum is None else momentum))
+        wd = positive_number("wd", wd)
+    mu = momentum_number(traj.momentum if momentum is None else momentum)
     name = (
         theory.check_optimizer(optimizer) if optimizer is not None else _log_optimizer(traj, notes)
     )
@@ -475,7 +481,7 @@ def _resolve_hyper(
         raw = betas if betas is not None else traj.meta.get("betas") or _DEFAULT_BETAS[name]
         if len(raw) != 2:
             raise ValueError(f"betas must be two numbers (beta1, beta2), got {raw!r}")
-        b = (float(check_beta("beta1", raw[0])), float(check_beta("beta2", raw[1])))
+        b = (beta_number("beta1", raw[0]), beta_number("beta2", raw[1]))
     lr_rows, lr_spec = _per_row(traj, "lr", lr, schedule)
     wd_rows, wd_spec = _per_row(traj, "wd", wd, wd_schedule)
     if lr_rows is not None:
@@ -617,7 +623,7 @@ def analyze(
     notes: list[str] = []
     hp = _resolve_hyper(traj, lr, wd, momentum, optimizer, betas, schedule, wd_schedule, notes)
     if sharpness is not None:
-        sharpness = float(check_positive("sharpness", sharpness))
+        sharpness = positive_number("sharpness", sharpness)
     sizes = _group_sizes(traj, group_sizes)
     total_c = _total_size(traj, n_params, sizes)
 
@@ -1077,13 +1083,13 @@ def _period_at(
     this log's value), calibrated on this log."""
     predict_lr, predict_wd, predict_momentum = target
     pred = res.predictions
-    p_lr = float(check_positive("predict_lr", predict_lr if predict_lr is not None else hp.lr))
-    p_wd = float(check_positive("predict_wd", predict_wd if predict_wd is not None else hp.wd))
+    p_lr = positive_number("predict_lr", predict_lr if predict_lr is not None else hp.lr)
+    p_wd = positive_number("predict_wd", predict_wd if predict_wd is not None else hp.wd)
     pred.predict_lr, pred.predict_wd = p_lr, p_wd
     sgd_family = hp.optimizer in ("sgd", "sgdm")
     mu = hp.momentum if sgd_family else 0.0
     if predict_momentum is not None:
-        pred.predict_momentum = float(check_momentum(predict_momentum, "predict_momentum"))
+        pred.predict_momentum = momentum_number(predict_momentum, "predict_momentum")
         if not sgd_family:
             notes.append(
                 f"predict_momentum: n/a for {hp.optimizer} (the heavy-ball decay law and "
@@ -1359,10 +1365,10 @@ def _total_size(
 ) -> float | None:
     """Elements behind the total norm: ``n_params``, ``meta``, or the sum over groups."""
     if n_params is not None:
-        return float(check_positive("n_params", n_params))
+        return positive_number("n_params", n_params)
     for key in ("n_params", "numel"):
         if traj.meta.get(key) is not None:
-            return float(check_positive(key, traj.meta[key]))
+            return positive_number(key, traj.meta[key])
     if traj.meta.get("source") == "siflow.simulate" and traj.meta.get("dim") is not None:
         return float(traj.meta["dim"])  # the toy's parameter vector is one SI group
     names = _group_names(traj)

@@ -48,8 +48,9 @@ from numpy.typing import ArrayLike, NDArray
 from siflow._validate import (
     as_float_array,
     check_nonnegative,
-    check_positive,
     check_positive_int,
+    nonnegative_number,
+    positive_number,
 )
 from siflow.theory import decay_rate, effective_lr, stability_threshold_elr
 from siflow.trajectory import Trajectory
@@ -751,24 +752,24 @@ def find_events(
     [999, 1999]
     """
     traj = _check_traj(traj)
-    min_rise = float(check_positive("min_rise", min_rise))
-    min_spike = float(check_positive("min_spike", min_spike))
-    noise_k = float(check_positive("noise_k", noise_k)) if noise_k else 0.0
+    min_rise = positive_number("min_rise", min_rise)
+    min_spike = positive_number("min_spike", min_spike)
+    noise_k = positive_number("noise_k", noise_k) if noise_k else 0.0
     if smooth is not None:
         smooth = check_positive_int("smooth", smooth)
-    min_jump_fraction = float(check_nonnegative("min_jump_fraction", min_jump_fraction))
-    min_peak_fraction = float(check_nonnegative("min_peak_fraction", min_peak_fraction))
+    min_jump_fraction = nonnegative_number("min_jump_fraction", min_jump_fraction)
+    min_peak_fraction = nonnegative_number("min_peak_fraction", min_peak_fraction)
     top_ref = math.nan
-    merge_fraction = float(check_nonnegative("merge_fraction", merge_fraction))
-    min_rise_speed = float(check_nonnegative("min_rise_speed", min_rise_speed))
-    min_loss_spike = float(check_nonnegative("min_loss_spike", min_loss_spike))
-    fitted_fraction = float(check_nonnegative("fitted_fraction", fitted_fraction))
-    quiet_rise_factor = float(check_nonnegative("quiet_rise_factor", quiet_rise_factor))
-    spike_noise_k = float(check_nonnegative("spike_noise_k", spike_noise_k))
+    merge_fraction = nonnegative_number("merge_fraction", merge_fraction)
+    min_rise_speed = nonnegative_number("min_rise_speed", min_rise_speed)
+    min_loss_spike = nonnegative_number("min_loss_spike", min_loss_spike)
+    fitted_fraction = nonnegative_number("fitted_fraction", fitted_fraction)
+    quiet_rise_factor = nonnegative_number("quiet_rise_factor", quiet_rise_factor)
+    spike_noise_k = nonnegative_number("spike_noise_k", spike_noise_k)
     min_threshold_fraction = float(
         check_nonnegative("min_threshold_fraction", min_threshold_fraction)
     )
-    threshold_confirms = float(check_nonnegative("threshold_confirms", threshold_confirms))
+    threshold_confirms = nonnegative_number("threshold_confirms", threshold_confirms)
     if len(traj) < 3:
         return Events()
     lr_row, rate = _schedule(traj, lr, wd, momentum)

@@ -74,7 +74,12 @@ from scipy.integrate import quad
 from scipy.optimize import brentq
 
 from siflow import maps, theory
-from siflow._validate import check_lr_wd, check_momentum, check_nonnegative, check_positive
+from siflow._validate import (
+    lr_wd_numbers,
+    momentum_number,
+    nonnegative_number,
+    positive_number,
+)
 from siflow.trajectory import Trajectory
 
 __all__ = [
@@ -202,15 +207,15 @@ def cycle_constants(
     lr, wd = traj.lr, traj.wd
     if lr is None or wd is None:
         raise ValueError("the calibration trajectory needs meta['lr'] and meta['wd']")
-    lr_f, wd_f = (float(x) for x in check_lr_wd(lr, wd))
-    mu = float(check_momentum(traj.momentum))
+    lr_f, wd_f = lr_wd_numbers(lr, wd)
+    mu = momentum_number(traj.momentum)
     S = sharpness if sharpness is not None else traj.meta.get("sharpness_min")
     if S is None:
         raise ValueError(
             "the calibrated prediction needs the sphere sharpness at the minimum: pass "
             "sharpness= or use a trajectory with meta['sharpness_min']"
         )
-    S = float(check_positive("sharpness", S))
+    S = positive_number("sharpness", S)
     ev = events if events is not None else find_events(traj)
     if len(ev) < skip + 3:
         raise ValueError(
@@ -457,8 +462,8 @@ def predict_period(
     -------
     PeriodPrediction
     """
-    lr_f, wd_f = (float(x) for x in check_lr_wd(lr, wd))
-    sigma = float(check_nonnegative("noise", noise))
+    lr_f, wd_f = lr_wd_numbers(lr, wd)
+    sigma = nonnegative_number("noise", noise)
     if calibration_model not in ("auto", "reduced", "cycle"):
         raise ValueError(
             f"calibration_model must be 'auto', 'reduced' or 'cycle', got {calibration_model!r}"
@@ -468,8 +473,8 @@ def predict_period(
     if calibration is not None:
         if not isinstance(calibration, Trajectory):
             raise ValueError(f"calibration must be a Trajectory, got {type(calibration).__name__}")
-        mu_cal = float(check_momentum(calibration.momentum))
-        mu = mu_cal if momentum is None else float(check_momentum(momentum))
+        mu_cal = momentum_number(calibration.momentum)
+        mu = mu_cal if momentum is None else momentum_number(momentum)
         if mu != mu_cal:
             raise ValueError(
                 f"momentum={mu} differs from the calibration run's {mu_cal}; "
@@ -487,7 +492,7 @@ def predict_period(
                 "(and sharpness=)"
             )
     else:
-        mu = 0.0 if momentum is None else float(check_momentum(momentum))
+        mu = 0.0 if momentum is None else momentum_number(momentum)
     family = "quadratic" if family is None else family
     if loss is not None:
         land = landscape_from_loss(loss)
@@ -500,7 +505,7 @@ def predict_period(
             "loss= (a toy loss), or calibration= (a trajectory)"
         )
     if sharpness is not None:
-        sharpness = float(check_positive("sharpness", sharpness))
+        sharpness = positive_number("sharpness", sharpness)
     kw = dict(
         sharpness=sharpness,
         family=family,
@@ -633,10 +638,10 @@ def transfer_period(
     lr0, wd0 = calibration.lr, calibration.wd
     if lr0 is None or wd0 is None:
         raise ValueError("the calibration trajectory needs meta['lr'] and meta['wd']")
-    lr0_f, wd0_f = (float(x) for x in check_lr_wd(lr0, wd0))
-    lr_f, wd_f = (float(x) for x in check_lr_wd(lr, wd))
-    mu0 = float(check_momentum(calibration.momentum))
-    mu = mu0 if momentum is None else float(check_momentum(momentum))
+    lr0_f, wd0_f = lr_wd_numbers(lr0, wd0)
+    lr_f, wd_f = lr_wd_numbers(lr, wd)
+    mu0 = momentum_number(calibration.momentum)
+    mu = mu0 if momentum is None else momentum_number(momentum)
     if isinstance(skip, bool) or not isinstance(skip, int | np.integer) or skip < 0:
         raise ValueError(f"skip must be a whole number >= 0, got {skip!r}; pass e.g. skip=1")
     ev = events if events is not None else find_events(calibration)

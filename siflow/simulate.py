@@ -78,9 +78,10 @@ from siflow import optim as _optim
 from siflow._memory import available_memory, format_bytes
 from siflow._validate import (
     check_finite,
-    check_nonnegative,
-    check_positive,
     check_steps,
+    finite_number,
+    nonnegative_number,
+    positive_number,
 )
 from siflow.losses import (
     RAYLEIGH,
@@ -672,7 +673,7 @@ def _split_schedule(name: str, value: Any) -> tuple[float | None, Schedule | Non
             f"{name} must be a number, a schedule spec string or a siflow.schedules.Schedule; "
             f"got {type(value).__name__}"
         )
-    return float(check_finite(name, value)), None
+    return finite_number(name, value), None
 
 
 def _schedule_range(
@@ -875,7 +876,7 @@ def simulate(
     dim = None if dim is None else _check_int("dim", dim, 1)
     record_every, max_rows = _strides(steps, record_every, max_points, max_rows)
     event_window = _check_int("event_window", event_window, 0)
-    sigma = float(check_nonnegative("noise", noise))
+    sigma = nonnegative_number("noise", noise)
     lr_c, lr_s = _split_schedule("lr", lr)
     wd_c, wd_s = _split_schedule("wd", wd)
     if lr_s is not None or wd_s is not None:
@@ -886,7 +887,7 @@ def simulate(
     )
     if opt.lr_is_elr and wd_s is not None:
         raise ValueError(f"{optimizer!r} applies no weight decay; drop the wd schedule")
-    tol = float(check_positive("jump_tol", jump_tol))
+    tol = positive_number("jump_tol", jump_tol)
     if loss_options is not None and not isinstance(loss_options, Mapping):
         raise ValueError(
             f"loss_options must be a mapping, got {type(loss_options).__name__}; pass a dict"
@@ -1130,7 +1131,7 @@ def _starting_point(
 ) -> NDArray[np.float64]:
     """The validated starting weights (contiguous float64, norm inside the float range)."""
     if w0 is None:
-        w = toy.default_w0(rng) * (1.0 if rho0 is None else float(check_positive("rho0", rho0)))
+        w = toy.default_w0(rng) * (1.0 if rho0 is None else positive_number("rho0", rho0))
     else:
         w = check_finite("w0", w0).astype(np.float64, copy=True).ravel()
         if w.shape != (toy.dim,):
@@ -1144,7 +1145,7 @@ def _starting_point(
                 "w0 must be nonzero (an SI loss is undefined at the origin); pass another w0"
             )
         if rho0 is not None:
-            w *= float(check_positive("rho0", rho0)) / norm
+            w *= positive_number("rho0", rho0) / norm
     w = np.ascontiguousarray(w)
     radius = _scaled_norm(w)
     if not (RHO_MIN <= radius <= RHO_MAX):

@@ -70,9 +70,9 @@ from siflow._memory import available_memory, format_bytes
 from siflow._validate import (
     check_lr_wd,
     check_momentum,
-    check_positive,
     check_positive_int,
     check_steps,
+    positive_number,
 )
 from siflow.theory import decay_end_step, effective_lr, equilibrium_instability_lr_wd
 
@@ -151,8 +151,8 @@ def log_grid(low: float, high: float, num: int) -> NDArray[np.float64]:
     num : int
         Number of values.
     """
-    lo = float(check_positive("low", low))
-    hi = float(check_positive("high", high))
+    lo = positive_number("low", low)
+    hi = positive_number("high", high)
     num = check_positive_int("num", num)
     if hi < lo:
         raise ValueError(f"high must be >= low, got low={lo!r}, high={hi!r}; swap them")
@@ -1364,7 +1364,7 @@ def sweep(
     workers = _default_workers() if workers is None else check_positive_int("workers", workers)
     batch = check_positive_int("batch", batch)
     if max_hours is not None:
-        max_hours = float(check_positive("max_hours", max_hours))
+        max_hours = positive_number("max_hours", max_hours)
     out_path = Path(out) if out is not None else None
     _refuse_what_cannot_fit(estimate(config, workers, out=out_path), config)
     _check_loss(config)

@@ -38,12 +38,15 @@ from numpy.typing import ArrayLike, NDArray
 
 from siflow._validate import (
     as_float_array,
+    beta_number,
     check_beta,
     check_finite,
     check_lr_wd,
     check_momentum,
     check_nonnegative,
     check_positive,
+    momentum_number,
+    positive_number,
 )
 
 __all__ = [
@@ -1008,7 +1011,7 @@ def sgd_norm_trajectory(
     ndarray
         ``rho_0 .. rho_T`` (length ``T + 1``).
     """
-    r0 = float(check_positive("rho0", rho0))
+    r0 = positive_number("rho0", rho0)
     lr, wd, g = _per_step(lr=lr, wd=wd, grad_norm=grad_norm)
     return _iterate_norm_map(r0, np.square(1.0 - lr * wd), np.square(lr * g), coupled=True)
 
@@ -1958,7 +1961,7 @@ def equilibrium(
     g = None if grad_norm is None else check_positive("grad_norm", grad_norm)
     if name in ("adamw", "lion"):
         c = None if n_params is None else check_positive("n_params", n_params)
-        b = (float(check_beta("beta1", betas[0])), float(check_beta("beta2", betas[1])))
+        b = (beta_number("beta1", betas[0]), beta_number("beta2", betas[1]))
         lr, wd = np.broadcast_arrays(lr, wd)
         out = _adaptive_equilibrium(name, lr, wd, b, c)
     else:
@@ -2027,9 +2030,9 @@ def equilibrium_instability_lr_wd(
     the periodic behavior appears. Both sides depend on ``x`` only, so the boundary
     is a line of constant ``lr*wd``.
     """
-    g = float(check_positive("grad_norm", grad_norm))
-    s_ = float(check_positive("sharpness", sharpness))
-    mu = float(check_momentum(momentum))
+    g = positive_number("grad_norm", grad_norm)
+    s_ = positive_number("sharpness", sharpness)
+    mu = momentum_number(momentum)
 
     def gap(x: float) -> float:
         elr = sgdm_equilibrium_elr(x, 1.0, g, mu)
@@ -2098,7 +2101,7 @@ def quasi_static_norm_trajectory(
     ndarray
         ``rho_0 .. rho_T`` (length ``T + 1``).
     """
-    r0 = float(check_positive("rho0", rho0))
+    r0 = positive_number("rho0", rho0)
     lr, wd, rs = _per_step(lr=lr, wd=wd, rho_star=rho_star)
     q2 = np.square(1.0 - lr * wd)
     push = (1.0 - q2) * (np.square(np.square(rs)) if coupled else np.square(rs))

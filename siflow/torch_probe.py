@@ -68,7 +68,7 @@ from typing import Any
 import numpy as np
 
 from siflow._fileio import require
-from siflow._validate import check_positive, check_positive_int
+from siflow._validate import check_positive, check_positive_int, positive_number
 from siflow.trajectory import Trajectory
 
 torch = require("torch", "torch", '"torch==2.13.0"')
@@ -161,7 +161,7 @@ def freeze_classifier(layer: Any, norm: float = 10.0) -> None:
     norm : float
         Frobenius norm of the weight afterwards.
     """
-    norm = float(check_positive("norm", norm))
+    norm = positive_number("norm", norm)
     weight = getattr(layer, "weight", None)
     if weight is None:
         raise ValueError(f"layer must have a weight to rescale, got {type(layer).__name__}")
@@ -1096,7 +1096,7 @@ def _sharpness(
 ) -> tuple[float, float, Any]:
     """:func:`sphere_sharpness` that also returns the top eigenvector (a warm start)."""
     iters = check_positive_int("iters", iters)
-    tol = float(check_positive("tol", tol))
+    tol = positive_number("tol", tol)
     params = [p for ps in groups.values() for p in ps]
     if not params:
         raise ValueError("groups is empty; pass at least one SI group")
@@ -1508,7 +1508,7 @@ class SIRecorder:
         self.sharpness_every = sharpness_every
         self.sharpness_loss = sharpness_loss
         self.sharpness_iters = check_positive_int("sharpness_iters", sharpness_iters)
-        self.sharpness_tol = float(check_positive("sharpness_tol", sharpness_tol))
+        self.sharpness_tol = positive_number("sharpness_tol", sharpness_tol)
         self._sharp_vec: Any = None
         if path is not None and Path(path).suffix.lower() not in (".csv", ".npz"):
             raise ValueError(f"path must end in .csv or .npz, got {str(path)!r}")

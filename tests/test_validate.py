@@ -129,3 +129,52 @@ def test_a_norm_map_at_the_last_int64_steps_no_longer_misplaces_its_rows():
     # longer than the step column
     with pytest.raises(ValueError, match=r"must be at most 2\*\*53"):
         maps.norm_map(0.1, 0.01, 2**63 + 5, rho0=1.0, grad_norm=0.5, record_every=2**62)
+
+
+# ------------------------------------------------- parameters that take one number
+def _toy():
+    from siflow.losses import rayleigh
+
+    return rayleigh(3)
+
+
+ONE_NUMBER = {
+    # public function with a one-number parameter given as a list -> the parameter named
+    "simulate(momentum=)": (
+        lambda v: simulate(_toy(), lr=0.1, wd=1e-3, steps=5, momentum=v, progress=False),
+        "momentum",
+    ),
+    "norm_map(rho0=)": (lambda v: maps.norm_map(0.1, 1e-3, 5, rho0=v), "rho0"),
+    "reduced_map(sharpness=)": (lambda v: maps.reduced_map(1.0, 0.01, 5, sharpness=v), "sharpness"),
+    "predict_period(lr)": (
+        lambda v: __import__("siflow.predict").predict.predict_period(v, 0.01, sharpness=1.0),
+        "lr",
+    ),
+    "find_events(min_rise=)": (lambda v: find_events(_LOG, min_rise=v), "min_rise"),
+    "forecast_next_event(momentum=)": (lambda v: forecast_next_event(_LOG, momentum=v), "momentum"),
+    "overlay.analyze(momentum=)": (
+        lambda v: __import__("siflow.overlay").overlay.analyze(_LOG, momentum=v),
+        "momentum",
+    ),
+    "overlay.analyze(predict_momentum=)": (
+        lambda v: __import__("siflow.overlay").overlay.analyze(_LOG, predict_momentum=v),
+        "predict_momentum",
+    ),
+    "theory.equilibrium_instability_lr_wd(sharpness=)": (
+        lambda v: theory.equilibrium_instability_lr_wd(1.0, v),
+        "sharpness",
+    ),
+    "ode.norm_flow(rho0=)": (
+        lambda v: __import__("siflow.ode").ode.norm_flow([0.0, 1.0], v, lr=0.1, wd=1e-3),
+        "rho0",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ONE_NUMBER))
+@pytest.mark.parametrize("value", [[0.5], np.array([0.5, 0.6])])
+def test_a_list_for_one_number_names_the_parameter(case, value):
+    call, name = ONE_NUMBER[case]
+    with pytest.raises(ValueError, match=rf"^{re.escape(name)} must be one number, got an array"):
+        call(value)
+    call(0.5)  # the same parameter as one number runs

@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from siflow._validate import check_nonnegative, check_positive
+from siflow._validate import nonnegative_number, positive_number
 from siflow.io._build import build_trajectory, root_sum_square
 from siflow.io._columns import (
     Table,
@@ -359,9 +359,9 @@ def _run_meta(p: Path, lr: float | None, wd: float | None) -> dict[str, Any]:
     for key, value in parse_run_name(p.stem).items():
         meta.setdefault(key, value)
     if lr is not None:
-        meta["lr"] = float(check_positive("lr", lr))
+        meta["lr"] = positive_number("lr", lr)
     if wd is not None:
-        meta["wd"] = float(check_nonnegative("wd", wd))
+        meta["wd"] = nonnegative_number("wd", wd)
     return meta
 
 
