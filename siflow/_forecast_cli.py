@@ -15,7 +15,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from siflow._cli import ArgumentParser, CLIError, add_log_arguments, read_log, run_main
+from siflow._cli import (
+    ArgumentParser,
+    CLIError,
+    add_log_arguments,
+    read_log,
+    run_main,
+    translate_params,
+)
 
 PROG = "python -m siflow.forecast"
 
@@ -153,8 +160,25 @@ def _live_options(args: Any, log: Path) -> dict[str, Any]:
     return {"live": True} if args.fmt in ("csv", "jsonl") else {}
 
 
+def _flags(parser: ArgumentParser) -> dict[str, str]:
+    """Each parameter name of the library (``min_fit_rows``) and its flag (``--min-fit-rows``)."""
+    return {
+        a.dest: a.option_strings[-1]
+        for a in parser._actions
+        if a.option_strings and a.option_strings[-1].startswith("--")
+    }
+
+
 def _body(argv: Sequence[str] | None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return _forecast(args)
+    except ValueError as exc:  # a library message: its parameters named as this command's flags
+        raise CLIError(translate_params(str(exc), _flags(parser))) from None
+
+
+def _forecast(args: Any) -> int:
     from siflow.forecast import forecast_next_event
     from siflow.io._text import STILL_WRITTEN
 

@@ -419,6 +419,20 @@ def test_cli_has_a_flag_for_every_detector_parameter(tmp_path, monkeypatch):
     assert not {"min_rise", "min_threshold_fraction", "signal"} & set(seen)
 
 
+def test_cli_errors_name_its_flags_not_python_parameters(tmp_path, capsys):
+    from siflow._forecast_cli import main
+
+    traj, _ = jump_map()
+    path = tmp_path / "log.npz"
+    Trajectory(step=traj.step, rho=traj.rho).save(path)  # no lr or wd in the metadata
+    assert main([str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pass --lr and --wd" in err and "lr=" not in err
+    assert main([str(path), "--lr", "0.1", "--wd", "0.01", "--min-fit-rows", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "min_fit_rows must be a positive integer" in err
+
+
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
 def test_cli_reads_a_log_whose_last_line_is_still_being_written(tmp_path, suffix):
     # a run appending rows: the file ends in a row cut mid-write (no line end). The
