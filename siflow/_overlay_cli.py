@@ -161,7 +161,7 @@ def to_flags(text: str) -> str:
         sorted(
             [
                 "lr", "wd", "momentum", "optimizer", "betas", "schedule", "group", "sharpness",
-                *_PARAM_FLAGS, *_SWITCHES,
+                "fmt", "run", *_PARAM_FLAGS, *_SWITCHES,
             ],
             key=len,
             reverse=True,

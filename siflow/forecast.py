@@ -304,7 +304,8 @@ def forecast_next_event(
     if opt != "sgd":
         raise ValueError(
             f"optimizer={optimizer!r}: the forecast uses the SGD decay law "
-            f"(momentum allowed); AdamW and Lion are not supported"
+            f"(momentum allowed); AdamW and Lion are not supported: use it on SGD or "
+            f"heavy-ball runs (optimizer='sgd')"
         )
     lr = traj.lr if lr is None else lr
     wd = traj.wd if wd is None else wd
@@ -469,16 +470,17 @@ def _exp(x: float) -> float:
 
 def _check_unit(name: str, value: float, *, closed_low: bool) -> float:
     """``value`` as a float in [0, 1] (``closed_low``) or (0, 1]."""
+    interval = "[0, 1]" if closed_low else "(0, 1]"
+    fix = "pass e.g. 0.5"
     try:
         v = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}") from None
+        raise ValueError(f"{name} must be a number in {interval}, got {value!r}; {fix}") from None
     except OverflowError:  # an int beyond the float range
-        raise ValueError(f"{name} must be in [0, 1], got an integer beyond it") from None
+        raise ValueError(f"{name} must be in {interval}, got an integer beyond it; {fix}") from None
     low_ok = v >= 0.0 if closed_low else v > 0.0
     if not (math.isfinite(v) and low_ok and v <= 1.0):
-        interval = "[0, 1]" if closed_low else "(0, 1]"
-        raise ValueError(f"{name} must be in {interval}, got {value!r}")
+        raise ValueError(f"{name} must be in {interval}, got {value!r}; {fix}")
     return v
 
 

@@ -55,6 +55,9 @@ FIX = re.compile(
 )
 
 LR_WD = ["--lr", "0.1", "--wd", "1e-3"]
+
+#: ``name=`` as a Python call writes it (not a flag, not ``name=value`` of a mapping)
+PYTHON_PARAMETER = re.compile(r"(?<![\w-])[a-z][a-z0-9_]*=(?=[\s;,.)]|$)")
 SIM_FAST = ["--steps", "50", "--quiet"]
 SWEEP_FAST = ["--n-lr", "2", "--n-wd", "2", "--steps", "50", "--workers", "1", "--quiet"]
 
@@ -172,6 +175,14 @@ def _overlay(id_, args, problem, files=None):
 
 def _sweep(id_, args, problem, files=None):
     return Case(f"sweep-{id_}", "sweep", SWEEP_FAST + args, problem, files or {})
+
+
+def _forecast(id_, args, problem, files=None):
+    return Case(f"forecast-{id_}", "forecast", args, problem, files if files is not None else LOG)
+
+
+#: the forecast reads the norm from the log's si_norm column
+FC = ["log.csv", "--map", "rho=si_norm"]
 
 
 G1 = ["--grad-norm", "1"]
@@ -411,6 +422,29 @@ CASES: list[Case] = [
         r"director|afile|exist|writ",
         {"afile": _plain_file},
     ),
+    # ---- python -m siflow.forecast
+    _forecast("log-missing", ["nope.csv", *LR_WD], r"no such log", {}),
+    _forecast("log-binary", ["log.csv", *LR_WD], r"binary", {"log.csv": _writer(_binary())}),
+    _forecast("log-is-a-directory", ["log.csv", *LR_WD], r"directory", {"log.csv": _mkdir}),
+    _forecast(
+        "log-empty", ["log.csv", *LR_WD], r"empty|no (data|rows|header)", {"log.csv": _writer("")}
+    ),
+    _forecast("no-lr-wd", FC, r"--lr and --wd"),
+    _forecast("lr-negative", [*FC, "--lr", "-1", "--wd", "1e-3"], r"\blr\b"),
+    _forecast("lrwd-above-1", [*FC, "--lr", "20", "--wd", "0.1"], r"lr\s*\*\s*wd"),
+    _forecast("momentum-1", [*FC, *LR_WD, "--momentum", "1"], r"momentum"),
+    _forecast("optimizer-lion", [*FC, *LR_WD, "--optimizer", "lion"], r"lion"),
+    _forecast("blend-above-1", [*FC, *LR_WD, "--blend", "2"], r"blend"),
+    _forecast("fit-fraction-zero", [*FC, *LR_WD, "--fit-fraction", "0"], r"fit.fraction"),
+    _forecast("min-fit-rows-zero", [*FC, *LR_WD, "--min-fit-rows", "0"], r"min.fit.rows"),
+    _forecast("threshold-unknown", [*FC, *LR_WD, "--threshold", "curvature"], r"curvature"),
+    _forecast("threshold-no-sharpness", [*FC, *LR_WD, "--threshold", "sharpness"], r"sharpness"),
+    _forecast("history-unknown", [*FC, *LR_WD, "--history", "mean"], r"mean"),
+    _forecast("signal-unknown", [*FC, *LR_WD, "--signal", "bogus"], r"bogus"),
+    _forecast("smooth-zero", [*FC, *LR_WD, "--smooth", "0"], r"smooth"),
+    _forecast("sharpness-negative", [*FC, *LR_WD, "--sharpness", "-1"], r"sharpness"),
+    _forecast("min-rise-nan", [*FC, *LR_WD, "--min-rise", "nan"], r"min.rise"),
+    _forecast("map-missing-column", ["log.csv", *LR_WD, "--map", "rho=nope"], r"nope"),
 ]
 
 assert len({c.id for c in CASES}) == len(CASES)
@@ -502,13 +536,15 @@ def test_bad_input_gives_one_line_exit_2_and_no_output(case: Case, outcomes):
         f"the error line does not name the problem (/{case.problem}/)" + info
     )
     assert FIX.search(line), "the error line gives no fix" + info
+    # a library parameter is named by its flag (--lr), not as Python writes it (lr=)
+    assert not PYTHON_PARAMETER.search(line), "the error line names a Python parameter" + info
     assert not out.new_files, f"files left behind: {out.new_files}" + info
     assert not out.changed_files, f"existing files modified: {out.changed_files}" + info
 
 
 def test_the_matrix_covers_every_cli_with_at_least_40_cases():
     modules = {c.module for c in CASES}
-    assert modules == {"theory", "derive", "simulate", "overlay", "sweep"}
+    assert modules == {"theory", "derive", "simulate", "overlay", "sweep", "forecast"}
     assert len(CASES) >= 40
 
 
@@ -623,6 +659,22 @@ FUZZ_CLIS = {
              _opt("--predict-lr", FLOATS), _opt("--predict-wd", FLOATS)],
             positional=st.sampled_from(["log.csv", "bad.csv", "nope.csv", "."]),
             fixed=["--lr", "0.1", "--wd", "1e-3", "--no-figure", "--json"],
+        ),
+        60,
+    ),
+    "forecast": (
+        "siflow._forecast_cli",
+        _argv(
+            [_opt("--lr", FLOATS), _opt("--wd", FLOATS), _opt("--momentum", FLOATS + ["0.9"]),
+             _opt("--blend", FLOATS), _opt("--fit-fraction", FLOATS),
+             _opt("--min-fit-rows", INTS), _opt("--history", ["median", "ar1", "x"]),
+             _opt("--threshold", ["auto", "elr", "loss", "sharpness", "x"]),
+             _opt("--min-rise", FLOATS), _opt("--smooth", INTS), _opt("--sharpness", FLOATS),
+             _opt("--threshold-confirms", FLOATS), _opt("--signal", ["auto", "rho", "loss", "x"]),
+             _opt("--map", ["rho=si_norm", "rho", "loss=nope"]),
+             _opt("--fmt", ["csv", "jsonl", "nope"])],
+            positional=st.sampled_from(["log.csv", "bad.csv", "nope.csv", "."]),
+            fixed=["--map", "rho=si_norm", "--lr", "0.1", "--wd", "1e-3", "--json"],
         ),
         60,
     ),

@@ -77,6 +77,10 @@ def test_library_parameters_of_the_readers_become_flags():
     assert to_flags("evaluation= does not apply to fmt='req' logs") == (
         "--evaluation does not apply to fmt='req' logs"
     )
+    assert to_flags("pass the log file itself or fmt= one of siflow, csv") == (
+        "pass the log file itself or --fmt one of siflow, csv"
+    )
+    assert to_flags("name the run with run=") == "name the run with --run"
     assert to_flags("pass mapping={'grad_norm_raw': 'gnorm_m'} to use it") == (
         "pass --map grad_norm_raw=gnorm_m to use it"
     )
