@@ -50,6 +50,7 @@ from siflow._validate import (
     beta_number,
     check_lr_wd,
     check_positive,
+    lr_wd_numbers,
     momentum_number,
     positive_number,
 )
@@ -322,17 +323,15 @@ def predict_period_at(
     ``ln(rho_max/rho_crit)``, which the theory expects to vary only
     logarithmically with ``lr*wd``.
     """
-    check_positive("period", period)
-    lr_a, wd_a = check_lr_wd(lr, wd)
-    lr_b, wd_b = check_lr_wd(predict_lr, predict_wd)
+    t1 = positive_number("period", period)
+    lr_a, wd_a = lr_wd_numbers(lr, wd)
+    lr_b = positive_number("predict_lr", predict_lr)
+    wd_b = positive_number("predict_wd", predict_wd)
+    check_lr_wd(lr_b, wd_b)
     mu = momentum_number(momentum)
-    if float(lr_a * wd_a) == float(lr_b * wd_b):
-        return float(period)
-    return (
-        float(period)
-        * _log_decay(float(lr_a), float(wd_a), mu)
-        / _log_decay(float(lr_b), float(wd_b), mu)
-    )
+    if lr_a * wd_a == lr_b * wd_b:
+        return t1
+    return t1 * _log_decay(lr_a, wd_a, mu) / _log_decay(lr_b, wd_b, mu)
 
 
 def _sharpness_at_events(traj: Trajectory, events: Events) -> float | None:

@@ -47,7 +47,6 @@ from numpy.typing import ArrayLike, NDArray
 
 from siflow._validate import (
     as_float_array,
-    check_nonnegative,
     check_positive_int,
     nonnegative_number,
     positive_number,
@@ -766,9 +765,7 @@ def find_events(
     fitted_fraction = nonnegative_number("fitted_fraction", fitted_fraction)
     quiet_rise_factor = nonnegative_number("quiet_rise_factor", quiet_rise_factor)
     spike_noise_k = nonnegative_number("spike_noise_k", spike_noise_k)
-    min_threshold_fraction = float(
-        check_nonnegative("min_threshold_fraction", min_threshold_fraction)
-    )
+    min_threshold_fraction = nonnegative_number("min_threshold_fraction", min_threshold_fraction)
     threshold_confirms = nonnegative_number("threshold_confirms", threshold_confirms)
     if len(traj) < 3:
         return Events()

@@ -75,6 +75,7 @@ from scipy.optimize import brentq
 
 from siflow import maps, theory
 from siflow._validate import (
+    finite_number,
     lr_wd_numbers,
     momentum_number,
     nonnegative_number,
@@ -148,7 +149,9 @@ def _alpha(lr: float, wd: float, mu: float) -> float:
 def threshold_elr(lr: float, wd: float, sharpness: float, momentum: float = 0.0) -> float:
     """Stability threshold of the effective LR, ``2 (1 + mu - lr wd)/S``
     (:func:`siflow.theory.stability_threshold_elr`, as a float)."""
-    return float(theory.stability_threshold_elr(lr, wd, sharpness, momentum))
+    lr_f, wd_f = lr_wd_numbers(lr, wd)
+    s_f = positive_number("sharpness", sharpness)
+    return float(theory.stability_threshold_elr(lr_f, wd_f, s_f, momentum_number(momentum)))
 
 
 def _growth(s: float, lr: float, wd: float, mu: float) -> float:
@@ -170,6 +173,9 @@ def escape_integral(y: float, lr: float, wd: float, momentum: float = 0.0) -> fl
 
     SGD: ``ln|r| = ln(2 e^s - 1)``, ``Phi(y) = y^2 + O(y^3)``.
     """
+    y = finite_number("y", y)
+    lr, wd = lr_wd_numbers(lr, wd)
+    momentum = momentum_number(momentum)
     if y <= 0.0:
         return 0.0
     val, _ = quad(_growth, 0.0, y, args=(lr, wd, momentum), limit=200)

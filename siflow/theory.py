@@ -135,6 +135,12 @@ def _dominant_root(y: Array, mu: Array) -> tuple[Array, Array]:
     return mod, log_mod
 
 
+def _float_arrays(**values: ArrayLike) -> list[NDArray[np.float64]]:
+    """Each value as a float64 array (:func:`siflow._validate.as_float_array`: a value that
+    is not a number is named), in the order given; nothing else is checked."""
+    return [as_float_array(name, v) for name, v in values.items()]
+
+
 def _out(value: Array) -> Array:
     """Return 0-d arrays as numpy float64 scalars, arrays unchanged."""
     value = np.asarray(value, dtype=np.float64)
@@ -851,8 +857,8 @@ def effective_lr(lr: ArrayLike, rho: ArrayLike) -> Array:
     ndarray or float
         ``lr / rho**2``, broadcast over the inputs.
     """
-    lr = np.asarray(lr, dtype=np.float64)
-    rho = np.asarray(rho, dtype=np.float64)
+    lr = as_float_array("lr", lr)
+    rho = as_float_array("rho", rho)
     with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
         return _out(lr / np.square(rho))
 
@@ -877,8 +883,8 @@ def log_effective_lr(lr: ArrayLike, rho: ArrayLike) -> Array:
     ndarray or float
         ``ln lr - 2 ln rho``, broadcast over the inputs.
     """
-    lr = np.asarray(lr, dtype=np.float64)
-    rho = np.asarray(rho, dtype=np.float64)
+    lr = as_float_array("lr", lr)
+    rho = as_float_array("rho", rho)
     with np.errstate(divide="ignore", invalid="ignore"):
         return _out(np.log(lr) - 2.0 * np.log(rho))
 
@@ -901,8 +907,8 @@ def sphere_grad_norm(rho: ArrayLike, grad_norm_raw: ArrayLike) -> Array:
     ndarray or float
         ``rho * grad_norm_raw``, broadcast over the inputs.
     """
-    rho = np.asarray(rho, dtype=np.float64)
-    g = np.asarray(grad_norm_raw, dtype=np.float64)
+    rho = as_float_array("rho", rho)
+    g = as_float_array("grad_norm_raw", grad_norm_raw)
     with np.errstate(over="ignore", invalid="ignore"):
         return _out(rho * g)
 
@@ -926,8 +932,7 @@ def sphere_sharpness(rho: ArrayLike, sharpness_raw: ArrayLike) -> Array:
     ndarray or float
         ``rho**2 * sharpness_raw``, broadcast over the inputs.
     """
-    rho = np.asarray(rho, dtype=np.float64)
-    s = np.asarray(sharpness_raw, dtype=np.float64)
+    rho, s = _float_arrays(rho=rho, sharpness_raw=sharpness_raw)
     with np.errstate(over="ignore", invalid="ignore"):
         return _out(np.square(rho) * s)
 
@@ -954,7 +959,7 @@ def sgd_step_angle(lr: ArrayLike, wd: ArrayLike, elr: ArrayLike, grad_norm: Arra
     ndarray or float
         ``Delta`` in radians, broadcast over the inputs.
     """
-    lr, wd, elr, g = (np.asarray(a, dtype=np.float64) for a in (lr, wd, elr, grad_norm))
+    lr, wd, elr, g = _float_arrays(lr=lr, wd=wd, elr=elr, grad_norm=grad_norm)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         return _out(np.arctan(elr * g / (1.0 - lr * wd)))
 
@@ -981,7 +986,7 @@ def sgd_norm_step(rho: ArrayLike, lr: ArrayLike, wd: ArrayLike, grad_norm: Array
     ndarray or float
         The norm after the step, broadcast over the inputs.
     """
-    rho, lr, wd, g = (np.asarray(a, dtype=np.float64) for a in (rho, lr, wd, grad_norm))
+    rho, lr, wd, g = _float_arrays(rho=rho, lr=lr, wd=wd, grad_norm=grad_norm)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         r2 = np.square(rho)
         return _out(np.sqrt(np.square(1.0 - lr * wd) * r2 + np.square(lr * g) / r2))
@@ -1598,7 +1603,7 @@ def sgd_radial_norm(rho: ArrayLike, angle: ArrayLike, lr: ArrayLike, wd: ArrayLi
     ndarray or float
         The norm ``|w_{t+1}|`` the law predicts, broadcast over the inputs.
     """
-    rho, angle, lr, wd = (np.asarray(a, dtype=np.float64) for a in (rho, angle, lr, wd))
+    rho, angle, lr, wd = _float_arrays(rho=rho, angle=angle, lr=lr, wd=wd)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         return _out((1.0 - lr * wd) * rho / np.cos(angle))
 
@@ -1635,8 +1640,8 @@ def sgd_radial_norm_window(
     ndarray or float
         The norm ``k`` steps later, broadcast over the inputs.
     """
-    rho, lc, k, lr, wd = (
-        np.asarray(a, dtype=np.float64) for a in (rho, log_cos_mean, steps, lr, wd)
+    rho, lc, k, lr, wd = _float_arrays(
+        rho=rho, log_cos_mean=log_cos_mean, steps=steps, lr=lr, wd=wd
     )
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         return _out(rho * np.exp(k * (np.log1p(-lr * wd) - lc)))
@@ -1689,8 +1694,16 @@ def heavy_ball_radial_norm(
     ndarray or float
         The norm ``rho_{t+1}`` the law predicts, broadcast over the inputs.
     """
-    arrays = (rho_prev, angle_prev, rho, angle, lr_prev, lr, wd, momentum)
-    r0, a0, r1, a1, l0, l1, lam, mu = (np.asarray(a, dtype=np.float64) for a in arrays)
+    r0, a0, r1, a1, l0, l1, lam, mu = _float_arrays(
+        rho_prev=rho_prev,
+        angle_prev=angle_prev,
+        rho=rho,
+        angle=angle,
+        lr_prev=lr_prev,
+        lr=lr,
+        wd=wd,
+        momentum=momentum,
+    )
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         radial = (1.0 - l1 * lam) * r1 + mu * (l1 / l0) * (r1 - r0 * np.cos(a0))
         return _out(radial / np.cos(a1))
@@ -1729,7 +1742,7 @@ def decay_product(
     lr, wd, mu = _per_step(lr=lr, wd=wd, momentum=momentum)
     rate = np.asarray(decay_rate(lr, wd, mu), dtype=np.float64).reshape(lr.shape)
     if repeats is not None:
-        n = np.asarray(repeats, dtype=np.float64)
+        n = as_float_array("repeats", repeats)
         if n.shape != lr.shape or np.any(~np.isfinite(n)) or np.any(n < 0):
             raise ValueError(f"repeats must hold one step count >= 0 per entry ({lr.size} entries)")
         rate = rate * n
@@ -1778,8 +1791,7 @@ def total_angular_update(
     ndarray or float
         ``Delta`` of the concatenated groups, radians, shape ``(...)``.
     """
-    a = np.asarray(angles, dtype=np.float64)
-    r = np.asarray(norms, dtype=np.float64)
+    a, r = _float_arrays(angles=angles, norms=norms)
     if a.ndim == 0 or a.shape != r.shape:
         raise ValueError(
             f"angles and norms must have the same shape with the groups on axis 0, got "
@@ -1789,7 +1801,7 @@ def total_angular_update(
         if norms_after is None:
             s2 = np.sum(r**2 * np.sin(a / 2.0) ** 2, axis=0) / np.sum(r**2, axis=0)
             return _out(2.0 * np.arcsin(np.sqrt(np.clip(s2, 0.0, 1.0))))
-        r1 = np.asarray(norms_after, dtype=np.float64)
+        r1 = as_float_array("norms_after", norms_after)
         if r1.shape != r.shape:
             raise ValueError(f"norms_after must have the shape of norms {r.shape}, got {r1.shape}")
         # 1 - cos Delta without cancellation: sqrt(AB) - sum r r1 by Lagrange's identity,
@@ -2007,6 +2019,7 @@ def decay_end_step(
     ``lr*wd``, so this boundary is not a line of constant ``lr*wd``.
     """
     lr_a, wd_a = check_lr_wd(lr, wd)
+    rho0 = check_positive("rho0", rho0)
     rho_end = critical_norm(lr_a, wd_a, sharpness, momentum)
     if grad_norm:
         rho_end = np.maximum(rho_end, sgdm_equilibrium_norm(lr_a, wd_a, grad_norm, momentum))

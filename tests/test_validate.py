@@ -178,3 +178,41 @@ def test_a_list_for_one_number_names_the_parameter(case, value):
     with pytest.raises(ValueError, match=rf"^{re.escape(name)} must be one number, got an array"):
         call(value)
     call(0.5)  # the same parameter as one number runs
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: theory.effective_lr(1 + 1j, 2.0), r"^lr must be a number or an array of numbers"),
+        (lambda: theory.log_effective_lr(0.1, "abc"), r"^rho must be a number"),
+        (lambda: theory.sphere_grad_norm(10**400, 1.0), r"^rho = 1\.000e\+400 is beyond"),
+        (lambda: theory.sgd_step_angle(0.1, 1e-3, 0.1, 10**400), r"^grad_norm = 1\.000e\+400"),
+        (lambda: theory.sgd_norm_step(1.0, 0.1, "x", 1.0), r"^wd must be a number"),
+        (lambda: theory.total_angular_update([[0.1], [0.2]], "x"), r"^norms must be a number"),
+        (
+            lambda: __import__("siflow.predict").predict.threshold_elr([0.1], 1e-3, 1.0),
+            r"^lr must be one number",
+        ),
+        (
+            lambda: __import__("siflow.predict").predict.escape_integral("abc", 0.1, 1e-3),
+            r"^y must be a number",
+        ),
+        (
+            lambda: __import__("siflow.overlay").overlay.predict_period_at(
+                [300.0], 0.1, 1e-3, 0.2, 1e-3
+            ),
+            r"^period must be one number",
+        ),
+    ],
+)
+def test_exact_formulas_name_a_value_that_is_not_a_number(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_exact_formulas_still_take_log_values_unchecked():
+    # logs carry NaN rows and zeros: these formulas pass them through (not validated)
+    with np.errstate(divide="ignore"):
+        out = theory.effective_lr(0.1, np.array([0.0, np.nan, 2.0]))
+    assert out[0] == math.inf and math.isnan(out[1]) and out[2] == 0.025
+    assert math.isnan(theory.sphere_grad_norm(math.nan, 1.0))
