@@ -54,8 +54,36 @@ def _count(n: object) -> str:
     return f"{text[: len(text) - len(digits)]}{digits[0]}.{digits[1:4]}e+{len(digits) - 1}"
 
 
+def _short(value: object, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _too_large(name: str, value: object) -> ValueError:
-    return ValueError(f"{name} = {_count(value)} is beyond the float64 range; pass a finite number")
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value.item()
+    if isinstance(value, int):
+        return ValueError(
+            f"{name} = {_count(value)} is beyond the float64 range; pass a finite number"
+        )
+    big = _first_beyond_float(value)
+    shown = _count(big) if big is not None else "an integer"
+    return ValueError(f"{name} holds {shown}, beyond the float64 range; pass finite numbers")
+
+
+def _first_beyond_float(value: object) -> int | None:
+    """The first Python int in a (nested) list or tuple that no float64 can hold."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value if abs(value) >= 2**1024 - 2**970 else None
+    if isinstance(value, np.ndarray):
+        value = value.ravel().tolist()
+    if isinstance(value, list | tuple):
+        for v in value:
+            big = _first_beyond_float(v)
+            if big is not None:
+                return big
+    return None
 
 
 def as_float_array(name: str, value: ArrayLike) -> NDArray[np.float64]:
@@ -65,7 +93,9 @@ def as_float_array(name: str, value: ArrayLike) -> NDArray[np.float64]:
     except OverflowError:  # a Python int beyond the float range
         raise _too_large(name, value) from None
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number or an array of numbers, got {value!r}") from None
+        raise ValueError(
+            f"{name} must be a number or an array of numbers, got {_short(value)}"
+        ) from None
     return arr
 
 

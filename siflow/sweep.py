@@ -68,6 +68,7 @@ from numpy.typing import NDArray
 from siflow._fileio import atomic_write, ensure_dir, require
 from siflow._memory import available_memory, format_bytes
 from siflow._validate import (
+    as_float_array,
     check_lr_wd,
     check_momentum,
     check_positive_int,
@@ -164,12 +165,38 @@ def log_grid(low: float, high: float, num: int) -> NDArray[np.float64]:
 
 
 def _as_tuple(name: str, values: float | Iterable[float]) -> tuple[float, ...]:
-    arr = np.atleast_1d(np.asarray(values, dtype=np.float64))
+    arr = np.atleast_1d(as_float_array(name, values))
     if arr.ndim != 1 or arr.size == 0:
-        raise ValueError(f"{name} must be a number or a non-empty 1-D list of numbers")
+        raise ValueError(
+            f"{name} must be a number or a non-empty 1-D list of numbers; pass e.g. "
+            f"{name}=[0.01, 0.1]"
+        )
     if np.unique(arr).size != arr.size:
         raise ValueError(f"{name} has repeated values {arr.tolist()}; pass each value once")
     return tuple(float(x) for x in arr)
+
+
+def _as_seeds(values: int | Iterable[int]) -> tuple[int, ...]:
+    """Distinct whole numbers >= 0 (one, or a flat list)."""
+    arr = np.atleast_1d(np.asarray(values, dtype=object))
+    seeds = [] if arr.ndim != 1 else [_whole(v) for v in arr]
+    if not seeds or None in seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        shown = values if not isinstance(values, np.ndarray) else values.tolist()
+        raise ValueError(
+            f"seeds must be distinct whole numbers >= 0, got {shown!r}; pass e.g. seeds=(0, 1)"
+        )
+    return tuple(seeds)  # type: ignore[arg-type]
+
+
+def _whole(value: object) -> int | None:
+    """``value`` as an int when it is a whole number (not a bool), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | np.integer):
+        return int(value)
+    if isinstance(value, float | np.floating) and float(value).is_integer():
+        return int(value)
+    return None
 
 
 def _check_lr_wd_grid(lr: tuple[float, ...], wd: tuple[float, ...]) -> None:
@@ -216,11 +243,7 @@ class SweepConfig:
         _check_lr_wd_grid(lr, wd)
         mom = _as_tuple("momentum", self.momentum)
         check_momentum(np.array(mom))
-        seeds = tuple(int(s) for s in np.atleast_1d(self.seeds))
-        if len(set(seeds)) != len(seeds) or not seeds or min(seeds) < 0:
-            raise ValueError(
-                f"seeds must be distinct integers >= 0, got {list(seeds)}; pass e.g. seeds=(0, 1)"
-            )
+        seeds = _as_seeds(self.seeds)
         unknown = sorted(set(self.options) - set(SIM_OPTIONS))
         if unknown:
             raise ValueError(

@@ -96,6 +96,14 @@ def test_cells_enumerate_the_product_seed_fastest():
         (dict(lr=(0.1, 0.1), wd=(1e-3,)), "repeated"),
         (dict(lr=(0.1,), wd=(1e-3,), steps=0), "steps"),
         (dict(lr=(0.1,), wd=(1e-3,), options={"colour": 1}), "colour"),
+        # not numbers, or not whole seeds: named, not numpy's TypeError/OverflowError
+        (dict(lr=(1 + 1j,), wd=(1e-3,)), "^lr must be a number"),
+        (dict(lr=(0.1, 10**400), wd=(1e-3,)), "^lr holds 1.000e\\+400, beyond the float64"),
+        (dict(lr=(0.1,), wd=("x",)), "^wd must be a number"),
+        (dict(lr=((0.1,),), wd=(1e-3,)), "^lr must be a number or a non-empty 1-D list"),
+        (dict(lr=(0.1,), wd=(1e-3,), seeds=1.5), "^seeds must be distinct whole numbers"),
+        (dict(lr=(0.1,), wd=(1e-3,), seeds=[[0]]), "^seeds must be distinct whole numbers"),
+        (dict(lr=(0.1,), wd=(1e-3,), seeds=True), "^seeds must be distinct whole numbers"),
     ],
 )
 def test_config_rejects_bad_grids_naming_the_parameter(kwargs, word):
