@@ -22,6 +22,7 @@ __all__ = [
     "check_momentum",
     "check_beta",
     "check_positive_int",
+    "check_whole",
     "check_steps",
     "MAX_STEPS",
     "as_number",
@@ -182,13 +183,28 @@ def check_beta(name: str, beta: ArrayLike) -> NDArray[np.float64]:
     return check_momentum(beta, name=name)
 
 
+def check_whole(name: str, value: object, minimum: int = 0) -> int:
+    """Require a whole number ``>= minimum`` (an int, or a float with no fraction; ``bool``
+    is rejected); returns it as an int."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise ValueError(f"{name} must be an integer, got {_short(value)}; pass a whole number")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}; pass a value >= {minimum}")
+    return int(value)
+
+
 def check_positive_int(name: str, value: object) -> int:
     """Require a positive integer (``bool`` is rejected)."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         else:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            raise ValueError(
+                f"{name} must be a positive integer, got {_short(value)}; pass a whole number >= 1"
+            )
     if value <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value!r}; pass a value >= 1")
     return int(value)

@@ -79,6 +79,7 @@ from siflow._memory import available_memory, format_bytes
 from siflow._validate import (
     check_finite,
     check_steps,
+    check_whole,
     finite_number,
     nonnegative_number,
     positive_number,
@@ -601,7 +602,7 @@ def estimate(
         ``bytes``, ``seconds``, ``rows`` (kept rows before any doubling of the
         stride), ``dim``, ``available_bytes`` (``None`` when unknown).
     """
-    dim = None if dim is None else _check_int("dim", dim, 1)
+    dim = None if dim is None else check_whole("dim", dim, 1)
     d, n_data = _toy_size(loss, dim, dict(loss_options or {}))
     per_step_data = n_data if not batch or batch >= n_data else batch
     toy_bytes = 8 * (5 * n_data * d + 4 * d * d if n_data else 4 * d)
@@ -642,7 +643,7 @@ def check_budget(est: dict[str, Any], steps: int, record_every: int, max_rows: i
     (``ceil(steps/record_every)``) than ``max_rows``, or more memory than the system
     has available.
     """
-    max_rows = _check_int("max_rows", max_rows, 2)
+    max_rows = check_whole("max_rows", max_rows, 2)
     if est["rows"] > max_rows:
         need = -(-steps // max_rows)
         raise ValueError(
@@ -739,17 +740,6 @@ class _Progress:
 
 
 # --------------------------------------------------------------------------- front door
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        else:
-            raise ValueError(f"{name} must be an integer, got {value!r}; pass a whole number")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}; pass a value >= {minimum}")
-    return int(value)
-
-
 def simulate(
     loss: str | SILoss = DEFAULT_LOSS,
     optimizer: str = "sgd",
@@ -871,11 +861,11 @@ def simulate(
     >>> round(float(traj.rho[-1]), 6)  # (lr G^2/(wd (2 - lr wd)))**0.25 with G = 1
     0.841951
     """
-    steps = check_steps("steps", _check_int("steps", steps, 1), "pass fewer steps")
-    seed = _check_int("seed", seed, 0)
-    dim = None if dim is None else _check_int("dim", dim, 1)
+    steps = check_steps("steps", check_whole("steps", steps, 1), "pass fewer steps")
+    seed = check_whole("seed", seed, 0)
+    dim = None if dim is None else check_whole("dim", dim, 1)
     record_every, max_rows = _strides(steps, record_every, max_points, max_rows)
-    event_window = _check_int("event_window", event_window, 0)
+    event_window = check_whole("event_window", event_window, 0)
     sigma = nonnegative_number("noise", noise)
     lr_c, lr_s = _split_schedule("lr", lr)
     wd_c, wd_s = _split_schedule("wd", wd)
@@ -1024,12 +1014,12 @@ def _strides(
     steps: int, record_every: int | None, max_points: int | None, max_rows: int | None
 ) -> tuple[int, int]:
     """``(record_every, max_rows)`` from the recording arguments (module docstring)."""
-    max_rows = DEFAULT_MAX_ROWS if max_rows is None else _check_int("max_rows", max_rows, 2)
+    max_rows = DEFAULT_MAX_ROWS if max_rows is None else check_whole("max_rows", max_rows, 2)
     if record_every is None:  # every step while it fits in half the cap, else thinned
         record_every = max(1, -(-steps // (max_rows // 2)))
     record_every = check_steps("record_every", record_every)
     if max_points is not None:
-        max_points = _check_int("max_points", max_points, 2)
+        max_points = check_whole("max_points", max_points, 2)
         record_every = max(record_every, math.ceil(steps / max_points))
     return record_every, max_rows
 
@@ -1038,7 +1028,7 @@ def _batch_rows(toy: SILoss, batch: int | None) -> int:
     """Rows per minibatch for the kernel (0: full batch)."""
     if batch is None:
         return 0
-    nb = _check_int("batch", batch, 1)
+    nb = check_whole("batch", batch, 1)
     if toy.n_samples == 0:
         raise ValueError(
             f"batch applies to data toys (logistic), not {toy.name!r}; "

@@ -73,6 +73,7 @@ from siflow._validate import (
     check_momentum,
     check_positive_int,
     check_steps,
+    check_whole,
     positive_number,
 )
 from siflow.theory import decay_end_step, effective_lr, equilibrium_instability_lr_wd
@@ -179,24 +180,18 @@ def _as_tuple(name: str, values: float | Iterable[float]) -> tuple[float, ...]:
 def _as_seeds(values: int | Iterable[int]) -> tuple[int, ...]:
     """Distinct whole numbers >= 0 (one, or a flat list)."""
     arr = np.atleast_1d(np.asarray(values, dtype=object))
-    seeds = [] if arr.ndim != 1 else [_whole(v) for v in arr]
-    if not seeds or None in seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
-        shown = values if not isinstance(values, np.ndarray) else values.tolist()
+    try:
+        if arr.ndim != 1 or arr.size == 0:
+            raise ValueError
+        seeds = tuple(check_whole("seeds", v, 0) for v in arr)
+        if len(set(seeds)) != len(seeds):
+            raise ValueError
+    except ValueError:
+        shown = values.tolist() if isinstance(values, np.ndarray) else values
         raise ValueError(
             f"seeds must be distinct whole numbers >= 0, got {shown!r}; pass e.g. seeds=(0, 1)"
-        )
-    return tuple(seeds)  # type: ignore[arg-type]
-
-
-def _whole(value: object) -> int | None:
-    """``value`` as an int when it is a whole number (not a bool), else None."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | np.integer):
-        return int(value)
-    if isinstance(value, float | np.floating) and float(value).is_integer():
-        return int(value)
-    return None
+        ) from None
+    return seeds
 
 
 def _check_lr_wd_grid(lr: tuple[float, ...], wd: tuple[float, ...]) -> None:

@@ -68,7 +68,7 @@ from typing import Any
 import numpy as np
 
 from siflow._fileio import require
-from siflow._validate import check_positive, check_positive_int, positive_number
+from siflow._validate import check_positive, check_positive_int, check_whole, positive_number
 from siflow.trajectory import Trajectory
 
 torch = require("torch", "torch", '"torch==2.13.0"')
@@ -1096,6 +1096,7 @@ def _sharpness(
 ) -> tuple[float, float, Any]:
     """:func:`sphere_sharpness` that also returns the top eigenvector (a warm start)."""
     iters = check_positive_int("iters", iters)
+    seed = check_whole("seed", seed, 0)
     tol = positive_number("tol", tol)
     params = [p for ps in groups.values() for p in ps]
     if not params:
@@ -1244,20 +1245,51 @@ def _normalize_groups(model: Any, groups: GroupSpec, example_input: Any) -> dict
     if isinstance(groups, Mapping):
         out: dict[str, list[Any]] = {}
         for name, ps in groups.items():
-            ps = [params[p] if isinstance(p, str) else p for p in ps]
-            if not ps:
+            # one tensor or one name is a group of one (a tensor would iterate over its rows)
+            members = [ps] if isinstance(ps, str) or torch.is_tensor(ps) else ps
+            if not isinstance(members, Iterable):
+                raise ValueError(
+                    f"group {name!r} is {type(ps).__name__}; pass a list of parameters "
+                    f"(tensors) or parameter names"
+                )
+            found = [_group_member(params, name, p) for p in members]
+            if not found:
                 raise ValueError(f"group {name!r} is empty; pass at least one tensor")
-            out[str(name)] = ps
+            out[str(name)] = found
         return out
+    if isinstance(groups, str):
+        groups = [groups]
+    if not isinstance(groups, Iterable):
+        raise ValueError(
+            f"groups must map group names to parameters, or list parameter names, got "
+            f"{type(groups).__name__}; pass e.g. groups=['0.weight'] or "
+            f"groups={{'layer': [model[0].weight]}}"
+        )
     out = {}
     for name in groups:
-        if name not in params:
+        if not isinstance(name, str) or name not in params:
             raise ValueError(
                 f"groups names {name!r}, which is not a parameter of the model "
                 f"(see model.named_parameters())"
             )
         out[str(name)] = [params[name]]
     return out
+
+
+def _group_member(params: Mapping[str, Any], group: object, p: object) -> Any:
+    """A member of an explicit group: a tensor, or the model's parameter of that name."""
+    if isinstance(p, str):
+        if p not in params:
+            raise ValueError(
+                f"group {group!r} names {p!r}, which is not a parameter of the model "
+                f"(see model.named_parameters())"
+            )
+        return params[p]
+    if not torch.is_tensor(p):
+        raise ValueError(
+            f"group {group!r} holds a {type(p).__name__}; pass parameters (tensors) or their names"
+        )
+    return p
 
 
 def _local(t: Any) -> Any:
@@ -1510,8 +1542,11 @@ class SIRecorder:
         self.sharpness_iters = check_positive_int("sharpness_iters", sharpness_iters)
         self.sharpness_tol = positive_number("sharpness_tol", sharpness_tol)
         self._sharp_vec: Any = None
-        if path is not None and Path(path).suffix.lower() not in (".csv", ".npz"):
-            raise ValueError(f"path must end in .csv or .npz, got {str(path)!r}")
+        if path is not None and (
+            not isinstance(path, str | os.PathLike)
+            or Path(path).suffix.lower() not in (".csv", ".npz")
+        ):
+            raise ValueError(f"path must be a file name ending in .csv or .npz, got {path!r}")
         self.path = None if path is None else Path(path)
         if flush_every is not None:
             flush_every = check_positive_int("flush_every", flush_every)
@@ -1532,6 +1567,11 @@ class SIRecorder:
                     f"group {name!r} has parameters the optimizer does not update "
                     f"(frozen or not passed to it); drop the group or add them to the optimizer"
                 )
+        if meta is not None and not isinstance(meta, Mapping):
+            raise ValueError(
+                f"meta must be a mapping of names to values, got {type(meta).__name__}; "
+                f"pass e.g. meta={{'run': 'a'}}"
+            )
         self.meta: dict[str, Any] = dict(meta or {})
         self.meta.update(self._hyper_meta())
         note = self._mixed_groups_note()

@@ -256,6 +256,45 @@ def test_bad_arguments_name_the_parameter():
         SIRecorder(plain, torch.optim.SGD(plain.parameters(), lr=0.1))
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"groups": 3}, r"^groups must map group names to parameters"),
+        ({"groups": {"g": 3}}, r"^group 'g' is int"),
+        ({"groups": {"g": ["nope"]}}, r"^group 'g' names 'nope', which is not a parameter"),
+        ({"groups": {"g": [1.5]}}, r"^group 'g' holds a float"),
+        ({"groups": [0]}, r"^groups names 0, which is not a parameter"),
+        ({"meta": 1.5}, r"^meta must be a mapping"),
+        ({"meta": ["run"]}, r"^meta must be a mapping"),
+        ({"path": 3}, r"^path must be a file name ending in \.csv or \.npz, got 3"),
+        ({"every": "x"}, r"^every must be a positive integer, got 'x'; pass a whole number"),
+    ],
+)
+def test_bad_recorder_arguments_are_named_not_type_errors(kwargs, message):
+    model, _ = _bn_model()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    with pytest.raises(ValueError, match=message):
+        SIRecorder(model, opt, **kwargs)
+
+
+def test_a_group_of_one_tensor_or_one_name_needs_no_list():
+    model, _ = _bn_model()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    w = model[0].weight
+    # a bare tensor is one member, not its rows; a bare name is one parameter
+    assert SIRecorder(model, opt, groups={"a": w}).groups == {"a": [w]}
+    assert SIRecorder(model, opt, groups="0.weight").groups == {"0.weight": [w]}
+    assert SIRecorder(model, opt, groups={"a": "0.weight"}).groups == {"a": [w]}
+
+
+def test_sharpness_seed_must_be_a_whole_number():
+    model, loss = _bn_model()
+    groups = {"a": [model[0].weight]}
+    for bad in (-1, 1.5, "x"):
+        with pytest.raises(ValueError, match=r"^seed must be"):
+            sphere_sharpness(loss, groups, iters=3, seed=bad)
+
+
 # ----------------------------------------------------------------------- detection
 class Block(nn.Module):
     def __init__(self) -> None:
