@@ -253,6 +253,11 @@ def test_sharpness_on_request_and_bad_arguments(tmp_path):
         SIRecorderCallback(sharpness="yes")
     with pytest.raises(ValueError, match=r"\.csv or \.npz"):
         SIRecorderCallback(path="log.txt")
+    with pytest.raises(ValueError, match=r"\.csv or \.npz, got 3"):
+        SIRecorderCallback(path=3)
+    # a misspelt recorder option is named when the callback is made, not at train start
+    with pytest.raises(ValueError, match=r"unknown recorder option\(s\) flush_evry;.*flush_every="):
+        SIRecorderCallback(flush_evry=5)
     with pytest.raises(ValueError, match="total"):
         _fit(
             CSVLogger(tmp_path, name="bad"),

@@ -58,12 +58,33 @@ def logger_metrics(record: Mapping[str, float], groups: list[str]) -> dict[str, 
     return out
 
 
-def check_options(every: int, sharpness: bool | int, path: Any) -> tuple[int, int | None]:
+#: Arguments of :class:`~siflow.torch_probe.SIRecorder` that a callback sets itself.
+_SET_BY_CALLBACK = frozenset(
+    {"model", "optimizer", "every", "sharpness_every", "sharpness_loss", "path", "meta"}
+    | {"groups", "example_input"}
+)
+
+
+def check_options(
+    every: int, sharpness: bool | int, path: Any, options: Mapping[str, Any] | None = None
+) -> tuple[int, int | None]:
     """Validate the callbacks' arguments; return ``every`` and the sharpness period in steps.
 
     ``sharpness=True`` measures it at every recorded row; an int ``k`` at every
-    ``k``-th row.
+    ``k``-th row. ``options`` (passed on to the recorder) may hold only the
+    :class:`~siflow.torch_probe.SIRecorder` arguments the callback does not set itself.
     """
+    import inspect
+
+    from siflow.torch_probe import SIRecorder
+
+    allowed = sorted(set(inspect.signature(SIRecorder).parameters) - _SET_BY_CALLBACK)
+    unknown = sorted(set(options or {}) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"unknown recorder option(s) {', '.join(unknown)}; the callback takes every=, "
+            f"sharpness=, path=, groups=, example_input= and {', '.join(a + '=' for a in allowed)}"
+        )
     from siflow._validate import check_positive_int
 
     every = check_positive_int("every", every)
@@ -75,8 +96,10 @@ def check_options(every: int, sharpness: bool | int, path: Any) -> tuple[int, in
         raise ValueError(
             f"sharpness must be True, False or a positive int (every k-th row), got {sharpness!r}"
         )
-    if path is not None and Path(path).suffix.lower() not in (".csv", ".npz"):
-        raise ValueError(f"path must end in .csv or .npz, got {str(path)!r}")
+    if path is not None and (
+        not isinstance(path, str | os.PathLike) or Path(path).suffix.lower() not in (".csv", ".npz")
+    ):
+        raise ValueError(f"path must be a file name ending in .csv or .npz, got {path!r}")
     return every, sharp_every
 
 

@@ -77,7 +77,7 @@ class SIRecorderCallback(_pl.Callback):
         **options: Any,
     ) -> None:
         super().__init__()
-        self.every, self._sharp_every = check_options(every, sharpness, path)
+        self.every, self._sharp_every = check_options(every, sharpness, path, options)
         self.path = path
         self.groups = groups
         self.example_input = example_input

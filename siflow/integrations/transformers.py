@@ -168,7 +168,7 @@ class SIRecorderCallback(_tc.TrainerCallback):
         sharpness_batch: Mapping[str, Any] | None = None,
         **options: Any,
     ) -> None:
-        self.every, self._sharp_every = check_options(every, sharpness, path)
+        self.every, self._sharp_every = check_options(every, sharpness, path, options)
         if self._sharp_every and sharpness_batch is None:
             raise ValueError(
                 "sharpness needs sharpness_batch=<dict of model inputs with labels> (a fixed "
