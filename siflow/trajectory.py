@@ -108,7 +108,7 @@ class Trajectory:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        step = np.asarray(self.step)
+        step = self._step_array(self.step)
         if step.ndim != 1:
             raise ValueError(f"step must be one-dimensional, got shape {step.shape}")
         if step.dtype.kind not in "iu":  # integer steps are finite whole numbers already
@@ -120,28 +120,64 @@ class Trajectory:
                 raise ValueError(
                     "step must hold whole numbers; convert epochs with steps_per_epoch"
                 )
-        # the trajectory owns its step column (a copy); the order is checked by one
-        # comparison of neighbours, without an int64 difference
-        step = step.astype(np.int64)
+        # the order is checked by one comparison of neighbours (no int64 difference), in
+        # the given dtype; an increasing column then lies between its two ends
         if step.size > 1 and not np.all(step[1:] > step[:-1]):
             i = int(np.argmax(step[1:] <= step[:-1]))
             raise ValueError(
-                f"step must be strictly increasing, but step {step[i + 1]} follows {step[i]} "
-                f"(row {i + 1}); sort the log or drop duplicate rows"
+                f"step must be strictly increasing, but step {int(step[i + 1])} follows "
+                f"{int(step[i])} (row {i + 1}); sort the log or drop duplicate rows"
             )
-        self.step = step
+        if step.size and max(abs(float(step[0])), abs(float(step[-1]))) >= 2.0**63:
+            raise ValueError(
+                "step holds numbers beyond the int64 range of a step column; number the rows "
+                "from 0"
+            )
+        # the trajectory owns its step column (a copy)
+        self.step = step.astype(np.int64)
+        step = self.step
         n = step.size
         for name in FIELDS:
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, self._column(name, value, n))
+        for name in ("extra", "meta"):
+            if not isinstance(getattr(self, name), Mapping):
+                raise ValueError(
+                    f"{name} must be a mapping (a dict) of names to "
+                    f"{'columns' if name == 'extra' else 'values'}, got "
+                    f"{type(getattr(self, name)).__name__}; pass e.g. {name}={{'name': ...}}"
+                )
         self.extra = {str(k): self._column(str(k), v, n) for k, v in dict(self.extra).items()}
         self.meta = dict(self.meta)
 
     @staticmethod
+    def _step_array(value: ArrayLike) -> NDArray[Any]:
+        """The step column as given (integer or float array), or a ValueError naming it."""
+        if np.iscomplexobj(value):
+            raise ValueError("step holds complex numbers; pass whole numbers")
+        try:
+            step = np.asarray(value)
+            if step.dtype.kind not in "iuf":
+                step = step.astype(np.float64)
+        except OverflowError:
+            raise ValueError(
+                "step holds an integer beyond the float64 range; number the rows from 0"
+            ) from None
+        except (TypeError, ValueError):
+            raise ValueError("step must hold whole numbers (one per row)") from None
+        return step
+
+    @staticmethod
     def _column(name: str, value: ArrayLike, n: int) -> NDArray[np.float64]:
+        if np.iscomplexobj(value):
+            raise ValueError(f"column {name!r} holds complex numbers; pass real numbers")
         try:
             arr = np.asarray(value, dtype=np.float64)
+        except OverflowError:
+            raise ValueError(
+                f"column {name!r} holds an integer beyond the float64 range; pass finite numbers"
+            ) from None
         except (TypeError, ValueError):
             raise ValueError(f"column {name!r} must hold numbers") from None
         if arr.shape != (n,):
@@ -205,8 +241,13 @@ class Trajectory:
 
     def __getitem__(self, index: slice | NDArray[Any] | Sequence[int]) -> Trajectory:
         """Rows by slice, integer index array or boolean mask (a new Trajectory)."""
-        if isinstance(index, (int, np.integer)):
+        if isinstance(index, (int, float, np.integer, np.floating)):
             raise TypeError("index a Trajectory with a slice, a mask or an index array")
+        if isinstance(index, str):
+            raise TypeError(
+                f"index a Trajectory's rows with a slice, a mask or an index array; its "
+                f"columns are attributes (traj.rho) or traj.column({index!r})"
+            )
         if not isinstance(index, slice):
             index = np.asarray(index)
         return self._replace_rows(index)
@@ -344,6 +385,8 @@ class Trajectory:
 
         Returns the path written.
         """
+        if not isinstance(path, str | os.PathLike):
+            raise ValueError(f"path must be a file name ending in .npz or .csv, got {path!r}")
         path = Path(path)
         suffix = path.suffix.lower()
         if suffix not in (".npz", ".csv"):

@@ -121,3 +121,38 @@ def test_exact_means_from_running_sums_by_hand():
     assert traj.exact_means()["steps"] == 9
     assert traj.exact_means(9, 9) is None
     assert Trajectory(step=keep, rho=[1.0, 1.0, 1.0]).exact_means() is None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"rho": np.ones(3) * (1 + 1j)}, r"^column 'rho' holds complex numbers"),
+        ({"loss": [1.0, 10**400, 2.0]}, r"^column 'loss' holds an integer beyond the float64"),
+        ({"step": [0, 1 + 1j, 2]}, r"^step holds complex numbers"),
+        (
+            {"step": np.array([0, 1, 2**63], dtype=np.uint64)},
+            r"^step holds numbers beyond the int64",
+        ),
+        ({"step": [0, 1, 2**64]}, r"^step holds numbers beyond the int64"),
+        ({"step": [0.0, 1.0, 1e19]}, r"^step holds numbers beyond the int64"),
+        ({"meta": [("lr", 0.1)]}, r"^meta must be a mapping"),
+        ({"extra": 3}, r"^extra must be a mapping"),
+    ],
+)
+def test_values_of_the_wrong_kind_are_named(kwargs, message):
+    # before: numpy's ComplexWarning and a silently real column, OverflowError, TypeError,
+    # or a uint64 step wrapped to a negative int64
+    base = {"step": np.arange(3), "rho": np.ones(3)}
+    with pytest.raises(ValueError, match=message):
+        Trajectory(**{**base, **kwargs})
+
+
+def test_rows_by_number_or_columns_by_name_say_how(tmp_path):
+    t = Trajectory(step=np.arange(3), rho=np.ones(3))
+    with pytest.raises(TypeError, match=r"traj\.column\('rho'\)"):
+        t["rho"]
+    with pytest.raises(TypeError, match="slice, a mask or an index array"):
+        t[1.5]
+    with pytest.raises(ValueError, match="^path must be a file name ending in .npz or .csv"):
+        t.save(3)
+    assert t.column("rho").tolist() == [1.0, 1.0, 1.0] and len(t[1:]) == 2
