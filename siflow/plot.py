@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from siflow._fileio import atomic_path
+from siflow._validate import check_positive_int
 from siflow.trajectory import Trajectory
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -222,9 +223,15 @@ def plot_trajectory(
             raise ValueError(f"panels must be taken from {', '.join(PANELS)}, got {p!r}")
     if path is not None:
         _check_suffix(path)
+    max_points = check_positive_int("max_points", max_points)
     if zoom is not None:
         if len(zoom) != 2 or not all(math.isfinite(float(z)) for z in zoom) or zoom[0] >= zoom[1]:
             raise ValueError(f"zoom must be (start, stop) steps with start < stop, got {zoom!r}")
+    if lines is not None and not isinstance(lines, Iterable):
+        raise ValueError(
+            f"lines must be a list of HLine, Band, Segment, Marker or Curve objects, got "
+            f"{type(lines).__name__}; pass e.g. lines=[HLine('rho', 1.0)]"
+        )
     lines = list(lines or [])
     for ln in lines:
         if not isinstance(ln, (HLine, Band, Segment, Marker, Curve)):
@@ -418,6 +425,10 @@ def _draw_panel(
 
 
 def _check_suffix(path: str | os.PathLike[str]) -> Path:
+    if not isinstance(path, str | os.PathLike):
+        raise ValueError(
+            f"figure path must be a file name ending in {', '.join(_SUFFIXES)}, got {path!r}"
+        )
     p = Path(path)
     if p.suffix.lower() not in _SUFFIXES:
         raise ValueError(

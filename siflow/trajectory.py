@@ -130,8 +130,7 @@ class Trajectory:
             )
         if step.size and max(abs(float(step[0])), abs(float(step[-1]))) >= 2.0**63:
             raise ValueError(
-                "step holds numbers beyond the int64 range of a step column; number the rows "
-                "from 0"
+                "step holds numbers beyond the int64 range of a step column; number the rows from 0"
             )
         # the trajectory owns its step column (a copy)
         self.step = step.astype(np.int64)

@@ -135,6 +135,20 @@ def test_bad_suffix_writes_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"max_points": 0}, r"^max_points must be a positive integer"),  # was ZeroDivisionError
+        ({"max_points": "x"}, r"^max_points must be a positive integer"),
+        ({"path": 3}, r"^figure path must be a file name ending in \.png"),
+        ({"lines": 3}, r"^lines must be a list of HLine"),
+    ],
+)
+def test_bad_arguments_are_named(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        plot_trajectory(_traj(), **kwargs)
+
+
 def test_failed_save_leaves_no_file(tmp_path):
     class Boom:
         def savefig(self, *a, **k):
