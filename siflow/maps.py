@@ -923,7 +923,7 @@ def reduced_map(
     lr_f, wd_f = lr_wd_numbers(lr, wd)
     mu = momentum_number(momentum)
     steps = check_steps("steps", steps, "pass fewer steps")
-    every = check_positive_int("record_every", record_every)
+    every = check_steps("record_every", record_every)
     S = None if sharpness is None else positive_number("sharpness", sharpness)
     sigma = nonnegative_number("noise", noise)
     dim_i = check_positive_int("dim", dim)

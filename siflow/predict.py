@@ -75,6 +75,8 @@ from scipy.optimize import brentq
 
 from siflow import maps, theory
 from siflow._validate import (
+    check_steps,
+    check_whole,
     finite_number,
     lr_wd_numbers,
     momentum_number,
@@ -222,6 +224,7 @@ def cycle_constants(
             "sharpness= or use a trajectory with meta['sharpness_min']"
         )
     S = positive_number("sharpness", S)
+    skip = check_whole("skip", skip, 0)
     ev = events if events is not None else find_events(traj)
     if len(ev) < skip + 3:
         raise ValueError(
@@ -519,9 +522,9 @@ def predict_period(
         noise=sigma,
         dim=2 if dim is None else int(dim),
         floor=floor,
-        seed=seed,
-        min_events=int(min_events),
-        max_steps=int(max_steps),
+        seed=check_whole("seed", seed, 0),
+        min_events=check_steps("min_events", min_events),
+        max_steps=check_steps("max_steps", max_steps),
     )
     land = _landscape_cached(lr_f, wd_f, mu, **kw)
     if consts is None:

@@ -216,3 +216,39 @@ def test_exact_formulas_still_take_log_values_unchecked():
         out = theory.effective_lr(0.1, np.array([0.0, np.nan, 2.0]))
     assert out[0] == math.inf and math.isnan(out[1]) and out[2] == 0.025
     assert math.isnan(theory.sphere_grad_norm(math.nan, 1.0))
+
+
+def _predict():
+    return __import__("siflow.predict").predict
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (
+            lambda: maps.reduced_map(1.0, 0.01, 5, sharpness=1.0, record_every=10**400),
+            "^record_every",
+        ),
+        (
+            lambda: _predict().predict_period(0.1, 0.01, sharpness=1.0, seed=np.array([[1]])),
+            "^seed",
+        ),
+        (
+            lambda: _predict().predict_period(0.1, 0.01, sharpness=1.0, min_events=None),
+            "^min_events",
+        ),
+        (
+            lambda: _predict().predict_period(0.1, 0.01, sharpness=1.0, max_steps=1 + 1j),
+            "^max_steps",
+        ),
+        (lambda: _predict().cycle_constants(_LOG, sharpness=1.0, skip=-1), "^skip must be >= 0"),
+        (
+            lambda: _predict().cycle_constants(_LOG, sharpness=1.0, skip=None),
+            "^skip must be an integer",
+        ),
+    ],
+)
+def test_counts_and_seeds_of_the_wrong_kind_are_named(call, message):
+    # before: OverflowError, or TypeError from int(), a slice or a cache key
+    with pytest.raises(ValueError, match=message):
+        call()
