@@ -76,7 +76,6 @@ from numpy.typing import ArrayLike, NDArray
 
 from siflow._validate import (
     check_finite,
-    check_positive,
     check_positive_int,
     nonnegative_number,
     positive_number,
@@ -1069,8 +1068,7 @@ def rayleigh(
         dim = check_positive_int("dim", dim)
         if dim < 2:
             raise ValueError("dim must be >= 2 for a loss on the sphere; pass dim=2 or more")
-        check_positive("sharpness", sharpness)
-        lam = np.linspace(0.0, float(sharpness), dim)
+        lam = np.linspace(0.0, positive_number("sharpness", sharpness), dim)
     else:
         lam = np.ascontiguousarray(check_finite("spectrum", spectrum), dtype=np.float64).ravel()
         if lam.size < 2:
@@ -1125,7 +1123,13 @@ def logistic(
     if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
         z, u_min, s_min = _logistic_problem(dim, n_samples, s, margin, int(seed))
     else:  # any other seed numpy accepts: not memoized
-        z, u_min, s_min = _logistic_problem.__wrapped__(dim, n_samples, s, margin, seed)
+        try:
+            z, u_min, s_min = _logistic_problem.__wrapped__(dim, n_samples, s, margin, seed)
+        except TypeError:
+            raise ValueError(
+                f"seed must be a whole number >= 0 (or a seed numpy.random.default_rng "
+                f"accepts), got {seed!r}; pass e.g. seed=0"
+            ) from None
     return SILoss(
         name="logistic",
         kind=LOGISTIC,

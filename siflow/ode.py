@@ -295,6 +295,7 @@ def oscillator_coefficients(lr: float, wd: float, momentum: float) -> tuple[floa
 
 def damping_regime(lr: float, wd: float, momentum: float, rtol: float = 1e-12) -> str:
     """``"underdamped"``, ``"critical"`` or ``"overdamped"`` (``gamma`` vs ``omega``)."""
+    rtol = nonnegative_number("rtol", rtol)
     gamma, omega = oscillator_coefficients(lr, wd, momentum)
     diff = gamma * gamma - omega * omega
     if abs(diff) <= rtol * omega * omega:

@@ -252,3 +252,25 @@ def test_counts_and_seeds_of_the_wrong_kind_are_named(call, message):
     # before: OverflowError, or TypeError from int(), a slice or a cache key
     with pytest.raises(ValueError, match=message):
         call()
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: __import__("siflow.losses").losses.rayleigh(3, sharpness=[2.0]), "^sharpness"),
+        (lambda: __import__("siflow.losses").losses.logistic(seed=1.5), "^seed must be a whole"),
+        (lambda: __import__("siflow.losses").losses.logistic(seed="abc"), "^seed must be a whole"),
+        (lambda: __import__("siflow.ode").ode.damping_regime(0.1, 1e-3, 0.9, rtol="x"), "^rtol"),
+    ],
+)
+def test_toy_and_oscillator_arguments_of_the_wrong_kind_are_named(call, message):
+    # before: TypeError from float(), numpy's SeedSequence, or an arithmetic operator
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_a_seed_sequence_of_whole_numbers_still_seeds_the_logistic_toy():
+    from siflow.losses import logistic
+
+    a, b = logistic(dim=3, n_samples=8, seed=[1, 2]), logistic(dim=3, n_samples=8, seed=[1, 2])
+    np.testing.assert_array_equal(a.data, b.data)
