@@ -96,7 +96,14 @@ def steps_from_time(t: ArrayLike, lr: float) -> NDArray[np.float64]:
 
 def _times(t: ArrayLike) -> NDArray[np.float64]:
     arr = check_nonnegative("t", t)
+    if arr.ndim > 1:
+        raise ValueError(f"t must be a time or a 1-D list of times, got shape {arr.shape}")
     return np.atleast_1d(arr).astype(np.float64)
+
+
+def _tolerances(rtol: float, atol: float) -> tuple[float, float]:
+    """The solver's relative and absolute tolerances, each one positive number."""
+    return positive_number("rtol", rtol), positive_number("atol", atol)
 
 
 def _w0(w0: ArrayLike) -> NDArray[np.float64]:
@@ -134,8 +141,9 @@ def gradient_flow(
     def rhs(_t: float, w: NDArray[np.float64]) -> NDArray[np.float64]:
         return -np.asarray(grad(w), dtype=np.float64) - wd_f * w
 
+    tol = _tolerances(rtol, atol)
     sol = solve_ivp(
-        rhs, (times[0], times[-1]), w_init, t_eval=times, rtol=rtol, atol=atol, method=method
+        rhs, (times[0], times[-1]), w_init, t_eval=times, rtol=tol[0], atol=tol[1], method=method
     )
     if not sol.success:
         raise ValueError(f"gradient_flow failed: {sol.message}")
@@ -185,8 +193,9 @@ def modified_flow(
         hgf = np.asarray(hvp(w, gf), dtype=np.float64) + wd_f * gf
         return -gf - 0.5 * lr_f * hgf
 
+    tol = _tolerances(rtol, atol)
     sol = solve_ivp(
-        rhs, (times[0], times[-1]), w_init, t_eval=times, rtol=rtol, atol=atol, method=method
+        rhs, (times[0], times[-1]), w_init, t_eval=times, rtol=tol[0], atol=tol[1], method=method
     )
     if not sol.success:
         raise ValueError(f"modified_flow failed: {sol.message}")
@@ -230,6 +239,7 @@ def norm_flow(
         kappa, c = 2.0 * wd_f, 1.0
     else:
         raise ValueError(f"model must be 'gradient', 'modified' or 'first_order', got {model!r}")
+    tol = _tolerances(rtol, atol)
     y0 = rho0_f**4
     if not callable(grad_norm):
         big_g = nonnegative_number("grad_norm", grad_norm)
@@ -245,7 +255,7 @@ def norm_flow(
         g = float(grad_norm(tt))
         return np.array([-2.0 * kappa * y[0] + 2.0 * c * lr_f * g * g])
 
-    sol = solve_ivp(rhs, (times[0], times[-1]), [y0], t_eval=times, rtol=rtol, atol=atol)
+    sol = solve_ivp(rhs, (times[0], times[-1]), [y0], t_eval=times, rtol=tol[0], atol=tol[1])
     if not sol.success:
         raise ValueError(f"norm_flow failed: {sol.message}")
     return np.sqrt(np.sqrt(sol.y[0]))
@@ -272,6 +282,10 @@ def sde_norm(
     lr_f, wd_f = lr_wd_numbers(lr, wd)
     sigma = nonnegative_number("noise", noise)
     d = check_positive_int("dim", dim)
+    if d > 2**53:
+        raise ValueError(
+            f"dim must be at most 2**53, got a number of {len(str(d))} digits; pass a smaller dim"
+        )
     if d < 2:
         raise ValueError(f"dim must be >= 2, got {d}")
     big_g = nonnegative_number("grad_norm", grad_norm)

@@ -274,3 +274,27 @@ def test_a_seed_sequence_of_whole_numbers_still_seeds_the_logistic_toy():
 
     a, b = logistic(dim=3, n_samples=8, seed=[1, 2]), logistic(dim=3, n_samples=8, seed=[1, 2])
     np.testing.assert_array_equal(a.data, b.data)
+
+
+def _ode():
+    return __import__("siflow.ode").ode
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: _ode().norm_flow([0.0, 1.0], 1.0, lr=0.1, wd=1e-3, rtol="x"), "^rtol"),
+        (lambda: _ode().norm_flow([0.0, 1.0], 1.0, lr=0.1, wd=1e-3, atol=None), "^atol"),
+        (
+            lambda: _ode().norm_flow([[0.0, 1.0]], 1.0, lr=0.1, wd=1e-3),
+            "^t must be a time or a 1-D",
+        ),
+        (
+            lambda: _ode().sde_norm([0.0, 1.0], 1.0, lr=0.1, wd=1e-3, noise=0.1, dim=10**30),
+            "^dim must be at most 2",
+        ),
+    ],
+)
+def test_ode_tolerances_times_and_sizes_of_the_wrong_kind_are_named(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
