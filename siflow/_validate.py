@@ -183,31 +183,39 @@ def check_beta(name: str, beta: ArrayLike) -> NDArray[np.float64]:
     return check_momentum(beta, name=name)
 
 
+def _whole(value: object) -> int | None:
+    """``value`` as an int when it is a whole number (an int, or a float with no fraction;
+    not a ``bool``), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
 def check_whole(name: str, value: object, minimum: int = 0) -> int:
     """Require a whole number ``>= minimum`` (an int, or a float with no fraction; ``bool``
     is rejected); returns it as an int."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        else:
-            raise ValueError(f"{name} must be an integer, got {_short(value)}; pass a whole number")
-    if value < minimum:
+    n = _whole(value)
+    if n is None:
+        raise ValueError(f"{name} must be an integer, got {_short(value)}; pass a whole number")
+    if n < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}; pass a value >= {minimum}")
-    return int(value)
+    return n
 
 
 def check_positive_int(name: str, value: object) -> int:
     """Require a positive integer (``bool`` is rejected)."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        else:
-            raise ValueError(
-                f"{name} must be a positive integer, got {_short(value)}; pass a whole number >= 1"
-            )
-    if value <= 0:
+    n = _whole(value)
+    if n is None:
+        raise ValueError(
+            f"{name} must be a positive integer, got {_short(value)}; pass a whole number >= 1"
+        )
+    if n <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value!r}; pass a value >= 1")
-    return int(value)
+    return n
 
 
 def check_steps(name: str, value: object, fix: str | None = None) -> int:
