@@ -1292,6 +1292,19 @@ def _group_member(params: Mapping[str, Any], group: object, p: object) -> Any:
     return p
 
 
+def _recorder_path(path: str | os.PathLike[str] | None) -> Path | None:
+    """The file a recorder writes its log to: a name ending in ``.csv`` or ``.npz``, or
+    None for no file; anything else is a ValueError naming the fix."""
+    if path is None:
+        return None
+    if not isinstance(path, str | os.PathLike) or Path(path).suffix.lower() not in (
+        ".csv",
+        ".npz",
+    ):
+        raise ValueError(f"path must be a file name ending in .csv or .npz, got {path!r}")
+    return Path(path)
+
+
 def _local(t: Any) -> Any:
     """The local tensor of a parameter: its shard for a ``DTensor`` (FSDP2), else itself."""
     to_local = getattr(t, "to_local", None)
@@ -1542,12 +1555,7 @@ class SIRecorder:
         self.sharpness_iters = check_positive_int("sharpness_iters", sharpness_iters)
         self.sharpness_tol = positive_number("sharpness_tol", sharpness_tol)
         self._sharp_vec: Any = None
-        if path is not None and (
-            not isinstance(path, str | os.PathLike)
-            or Path(path).suffix.lower() not in (".csv", ".npz")
-        ):
-            raise ValueError(f"path must be a file name ending in .csv or .npz, got {path!r}")
-        self.path = None if path is None else Path(path)
+        self.path = _recorder_path(path)
         if flush_every is not None:
             flush_every = check_positive_int("flush_every", flush_every)
             if self.path is None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 __all__ = ["PREFIX", "TOTAL", "METRIC_NAMES", "logger_metrics", "check_options", "make_recorder"]
@@ -76,7 +75,7 @@ def check_options(
     """
     import inspect
 
-    from siflow.torch_probe import SIRecorder
+    from siflow.torch_probe import SIRecorder, _recorder_path
 
     allowed = sorted(set(inspect.signature(SIRecorder).parameters) - _SET_BY_CALLBACK)
     unknown = sorted(set(options or {}) - set(allowed))
@@ -96,10 +95,7 @@ def check_options(
         raise ValueError(
             f"sharpness must be True, False or a positive int (every k-th row), got {sharpness!r}"
         )
-    if path is not None and (
-        not isinstance(path, str | os.PathLike) or Path(path).suffix.lower() not in (".csv", ".npz")
-    ):
-        raise ValueError(f"path must be a file name ending in .csv or .npz, got {path!r}")
+    _recorder_path(path)
     return every, sharp_every
 
 
