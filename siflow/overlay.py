@@ -1433,14 +1433,12 @@ def _predict_at(
         except ImportError:  # pragma: no cover - siflow.predict ships with the package
             predict_period = None
         if predict_period is not None:
-            calib = work[slice(None)]
-            calib.meta.update(lr=lr, wd=wd, momentum=mu)
             try:
                 pred = predict_period(
                     p_lr,
                     p_wd,
                     mu,
-                    calibration=calib,
+                    calibration=_calibration(work, lr, wd, mu),
                     sharpness=sharpness,
                     calibration_model="cycle",
                 )
@@ -1456,6 +1454,13 @@ def _predict_at(
         _f(predict_period_at(period, lr, wd, p_lr, p_wd, mu)),
         "scale symmetry + decay law: T2 = T1 ln q1 / ln q2",
     )
+
+
+def _calibration(work: Trajectory, lr: float, wd: float, momentum: float) -> Trajectory:
+    """A copy of this log whose metadata carry the hyperparameters it is calibrated at."""
+    calib = work[slice(None)]
+    calib.meta.update(lr=lr, wd=wd, momentum=momentum)
+    return calib
 
 
 def _transfer_at(
@@ -1475,17 +1480,8 @@ def _transfer_at(
             "measured decay per step with the decay law); pass steps_per_epoch="
         )
         return None, None
-    n = 0 if events is None else len(events)
-    if n < 3:
-        notes.append(
-            f"predict_momentum: n/a (the transfer measures the decay between events and "
-            f"needs three or more; this log has {n})"
-        )
-        return None, None
-    calib = work[slice(None)]
-    calib.meta.update(lr=here[0], wd=here[1], momentum=here[2])
     try:
-        pred = transfer_period(calib, *there, events=events)
+        pred = transfer_period(_calibration(work, *here), *there, events=events)
     except ValueError as exc:
         notes.append(f"predict_momentum: n/a ({exc})")
         return None, None

@@ -656,8 +656,8 @@ def transfer_period(
     ev = events if events is not None else find_events(calibration)
     if len(ev) < skip + 3:
         raise ValueError(
-            f"the calibration run has {len(ev)} destabilizations; need at least {skip + 3} "
-            f"(run it longer, or lower skip=)"
+            f"the calibration run has {len(ev)} destabilizations; need at least {skip + 3}; "
+            f"run it longer{', or lower skip=' if skip else ''}"
         )
     sub = ev.periods[skip:]
     t0 = float(np.median(sub))

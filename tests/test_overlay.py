@@ -231,7 +231,9 @@ def test_predict_momentum_needs_the_sgd_family_and_a_valid_value():
     r = analyze(few, predict_momentum=0.9)
     assert r.predicted_period_at is None
     assert any(
-        n.startswith("predict_momentum: n/a (the transfer") and "has 2)" in n for n in r.notes
+        n.startswith("predict_momentum: n/a (the calibration run has 2 destabilizations")
+        and "need at least 3; run it longer)" in n
+        for n in r.notes
     )
 
 
