@@ -528,7 +528,7 @@ def forecast_cuts(
     out = []
     for k in range(1, len(truth) - 1):
         a, b = truth[k], truth[k + 1]
-        cut = (a + b) // 2 if position == 0.5 else a + int(position * (b - a))
+        cut = a + int(position * (b - a))  # position 0.5: (a + b) // 2
         rows = int(np.searchsorted(traj.step, cut, "right"))
         fc = forecast_next_event(traj[:rows], **kwargs)
         err = (fc.next_event_step - b) / (b - a) if math.isfinite(fc.next_event_step) else math.nan
@@ -546,11 +546,14 @@ def forecast_cuts(
     return out
 
 
+#: The variant of FORECAST_VARIANTS that is the median period alone.
+_PERIOD_ALONE = "median period alone"
+
 #: Forecast settings compared in the results (keyword arguments of forecast_next_event).
 FORECAST_VARIANTS: dict[str, dict[str, Any]] = {
     "effective LR alone": {"threshold": "elr", "blend": 1.0},
     "loss-scaled threshold alone": {"blend": 1.0},
-    "median period alone": {"blend": 0.0},
+    _PERIOD_ALONE: {"blend": 0.0},
     "autoregressive threshold and period (history='ar1')": {"history": "ar1"},
 }
 
@@ -599,19 +602,27 @@ CUT_POSITIONS = (0.25, 0.5, 0.75, 0.9)
 
 
 def forecast_by_position(
-    trajs: dict[str, Trajectory], labels: dict[str, list[int]]
+    trajs: dict[str, Trajectory],
+    labels: dict[str, list[int]],
+    half: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """The forecast score with the log cut at each of :data:`CUT_POSITIONS`.
 
     For the default forecast and the median period alone: does the forecast sharpen as
-    the event comes closer (it should, if it follows the run's state)?
+    the event comes closer (it should, if it follows the run's state)? ``half``: the
+    result of :func:`evaluate_forecast` at the half-way cut, reused for that row.
     """
+    keys = ("within_15pct", "n_cuts", "median_abs_error")
     rows = []
     for position in CUT_POSITIONS:
         row: dict[str, Any] = {"position": position}
-        for label, kw in (("default", {}), ("period", {"blend": 0.0})):
-            res = evaluate_forecast(trajs, labels, variants=False, position=position, **kw)
-            row[label] = {k: res[k] for k in ("within_15pct", "n_cuts", "median_abs_error")}
+        if position == 0.5 and half is not None:
+            row["default"] = {k: half[k] for k in keys}
+            row["period"] = {k: half["variants"][_PERIOD_ALONE][k] for k in keys}
+        else:
+            for label, kw in (("default", {}), ("period", FORECAST_VARIANTS[_PERIOD_ALONE])):
+                res = evaluate_forecast(trajs, labels, variants=False, position=position, **kw)
+                row[label] = {k: res[k] for k in keys}
         rows.append(row)
     return rows
 
@@ -728,6 +739,12 @@ def _pct(x: float) -> str:
     return f"{100 * x:+.0f}%" if math.isfinite(x) else "n/a"
 
 
+def _score_cells(score: dict[str, Any]) -> str:
+    """``within/cuts (pct%) | median%``: two cells of a forecast-score table."""
+    n, ok = score["n_cuts"], score["within_15pct"]
+    return f"{ok}/{n} ({100 * ok / n:.0f}%) | {100 * score['median_abs_error']:.0f}%"
+
+
 def write_markdown(res: dict[str, Any], command: str) -> str:
     det, pred, fc, thr = res["detector"], res["prediction"], res["forecast"], res["thresholds"]
     orc = res["oracle"]
@@ -798,12 +815,7 @@ def write_markdown(res: dict[str, Any], command: str) -> str:
         "median period alone: within 15% | median abs error |",
         "|---|---|---|---|---|",
         *(
-            f"| {r['position']:.2f} | {r['default']['within_15pct']}/{r['default']['n_cuts']} "
-            f"({100 * r['default']['within_15pct'] / r['default']['n_cuts']:.0f}%) | "
-            f"{100 * r['default']['median_abs_error']:.0f}% | "
-            f"{r['period']['within_15pct']}/{r['period']['n_cuts']} "
-            f"({100 * r['period']['within_15pct'] / r['period']['n_cuts']:.0f}%) | "
-            f"{100 * r['period']['median_abs_error']:.0f}% |"
+            f"| {r['position']:.2f} | {_score_cells(r['default'])} | {_score_cells(r['period'])} |"
             for r in res.get("by_position", [])
         ),
         "",
@@ -899,8 +911,8 @@ def cmd_evaluate(args: Any) -> int:
         "forecast": evaluate_forecast(trajs, labels),
         "thresholds": threshold_spread(trajs, labels),
         "oracle": oracle_threshold_forecast(trajs, labels),
-        "by_position": forecast_by_position(trajs, labels),
     }
+    res["by_position"] = forecast_by_position(trajs, labels, half=res["forecast"])
     out = ensure_dir(DATA if args.update_data else Path(args.out or ROOT / "runs/labelled"))
     command = "python analysis/labelled_runs.py evaluate"
     md = write_markdown(res, command)
