@@ -76,6 +76,7 @@ nn = torch.nn
 
 __all__ = [
     "JOINT_GROUP",
+    "PAIR_SUFFIX",
     "SIRecorder",
     "is_rank_zero",
     "rotational_equilibrium_of",
@@ -305,13 +306,33 @@ def _is_rectifier(node: Any, modules: Mapping[str, Any]) -> bool:
     return name in _RECTIFIER_FUNCTIONS
 
 
+def _holders(modules: Mapping[str, Any]) -> dict[int, list[str]]:
+    """The modules holding each parameter object (by ``id``): a tied weight has several."""
+    held: dict[int, list[str]] = {}
+    for name, mod in modules.items():
+        for p in mod._parameters.values():
+            if p is not None:
+                held.setdefault(id(p), []).append(name)
+    return held
+
+
+def _read_parameter(modules: Mapping[str, Any], target: str) -> Any:
+    """The parameter a ``get_attr`` node reads (``None`` for anything else)."""
+    owner, _, attr = str(target).rpartition(".")
+    mod = modules.get(owner)
+    return None if mod is None else mod._parameters.get(attr)
+
+
 def _called_weights(graph: Any, modules: Mapping[str, Any]) -> tuple[dict[str, int], set[str]]:
     """``(calls, unsafe)``: how many graph nodes call each weight layer, and the layers
-    whose weight the graph also reads directly (``get_attr``) or that sit inside a module
-    the trace did not enter (their uses are not visible)."""
+    whose weight the graph also reads directly (``get_attr``), that share a parameter with
+    another module (a tied embedding and output layer: their other use may not show as
+    theirs), or that sit inside a module the trace did not enter (their uses are not
+    visible)."""
     calls: dict[str, int] = {}
     opaque: list[str] = []
     read: set[str] = set()
+    held = _holders(modules)
     for node in graph.nodes:
         if node.op == "call_module":
             mod = modules.get(node.target)
@@ -321,12 +342,15 @@ def _called_weights(graph: Any, modules: Mapping[str, Any]) -> tuple[dict[str, i
                 opaque.append(f"{node.target}.")
         elif node.op == "get_attr":
             read.add(str(node.target).rsplit(".", 1)[0])
+            p = _read_parameter(modules, node.target)
+            read.update(held.get(id(p), ()) if p is not None else ())
+    tied = {name for names in held.values() if len(names) > 1 for name in names}
     inside = {
         name
         for name, mod in modules.items()
         if _is_weight_layer(mod) and any(name.startswith(o) for o in opaque)
     }
-    return calls, read | inside
+    return calls, read | inside | tied
 
 
 def _fx_groups(
@@ -470,13 +494,42 @@ def _power_degree(node: Any, first: _Degree, name: str) -> _Degree | None:
     return _Degree(first.k * factor, first.src)
 
 
+#: Positions of the affine ``weight`` and ``bias`` of the functional normalizations.
+_NORM_AFFINE = {
+    "layer_norm": (2, 3), "group_norm": (2, 3), "rms_norm": (2, None),
+    "batch_norm": (3, 4), "instance_norm": (3, 4),
+}  # fmt: skip
+
+
+def _affine_degree(node: Any, args: list[Any], ins: list[_Degree], name: str) -> _Degree | None:
+    """Degree of a normalization's output from its other tensor operands (``args``, of
+    degrees ``ins``): the input's scale is gone, but a functional call's affine terms
+    (``F.layer_norm(x, s, g, b)``) scale the output: ``N(x) c g + c b = c (N(x) g + b)``.
+    ``None`` when they are not scaled alike (``g`` scaled, ``b`` not), or when another
+    operand (running statistics) is scaled."""
+    weight_at, bias_at = _NORM_AFFINE.get(name, (None, None))
+    weight = _const_arg(node, weight_at, "weight", None) if weight_at is not None else None
+    bias = _const_arg(node, bias_at, "bias", None) if bias_at is not None else None
+    of = {id(a): d for a, d in zip(args, ins, strict=True)}
+    zero = _Degree()
+    kw = of.get(id(weight), zero)
+    kb = of.get(id(bias), kw) if bias is not None else kw
+    others = [d for a, d in zip(args, ins, strict=True) if a is not weight and a is not bias]
+    if kw.biased or kb.k != kw.k or kb.biased or any(d.k or d.biased for d in others):
+        return None
+    return _Degree(kw.k, kw.src | kb.src) if kw.k else zero
+
+
 def _joint_conflict(graph: Any, modules: Mapping[str, Any], cand: set[str], fx: Any) -> set[str]:
     """Candidate weights to drop at the first place where scaling ``cand`` changes the output.
 
     Propagates :class:`_Degree` through the traced graph: a weight layer in ``cand``
-    raises the degree by one, a parameter in ``cand`` read directly has degree one; a
-    normalization resets it to 0; positively homogeneous maps keep it; products
-    (``matmul``, ``einsum``, ``F.linear``, ``mul``...) add the degrees of their factors,
+    raises the degree by one (with its bias also in ``cand``, the layer's output is
+    scaled as a whole: degree one, no bias, and only for an unscaled input), a
+    parameter in ``cand`` read directly has degree one; a normalization resets it to 0
+    (its own affine terms, if scaled, set it: :func:`_affine_degree`); positively
+    homogeneous maps keep it; products (``matmul``, ``einsum``, ``F.linear``,
+    ``mul``...) add the degrees of their factors,
     a quotient subtracts them, norms keep them and powers multiply them (so
     ``W / W.norm()`` has degree 0); a sum or concatenation needs equal degrees; any other
     operation, and the model's output, need degree 0. Returns the candidates behind
@@ -503,7 +556,13 @@ def _joint_conflict(graph: Any, modules: Mapping[str, Any], cand: set[str], fx: 
         if _is_weight_layer(mod):
             if first.biased:
                 return set(first.src)
-            w = f"{node.target}.weight"
+            w, b = f"{node.target}.weight", f"{node.target}.bias"
+            if b in cand:
+                # W and b scaled together: c (W x + b) only for an unscaled input x
+                if w not in cand or first.k:
+                    return set(first.src) | {w, b} & cand
+                deg[node] = _Degree(1, first.src | {w, b})
+                continue
             k, src = (first.k + 1, first.src | {w}) if w in cand else (first.k, first.src)
             biased = k > 0 and getattr(mod, "bias", None) is not None
             # a bias off the channel axis is cancelled by no normalization
@@ -511,7 +570,10 @@ def _joint_conflict(graph: Any, modules: Mapping[str, Any], cand: set[str], fx: 
         elif (kind := _norm_kind(node, modules)) is not None:
             if first.biased and not _cancels_bias(kind, first.layer, mod):
                 return set(first.src)
-            deg[node] = zero
+            affine = _affine_degree(node, args[1:], ins[1:], name)
+            if affine is None:
+                return set().union(*(d.src for d in scaled))
+            deg[node] = affine
         elif name == "pad" and _pads_nonzero(node):
             if first.k or first.biased:
                 return set(first.src)  # a constant border is not scaled
@@ -603,6 +665,53 @@ def _fx_direct_groups(graph: Any, modules: Mapping[str, Any], direct: list[str])
     from torch import fx
 
     return [name for name in direct if not _joint_conflict(graph, modules, {name}, fx)]
+
+
+#: Suffix of the name of a group holding a layer's weight and bias (:func:`find_si_groups`).
+PAIR_SUFFIX = ".weight+bias"
+
+
+def _trainable(mod: Any, attr: str) -> bool:
+    p = mod._parameters.get(attr)
+    return isinstance(p, nn.Parameter) and p.requires_grad  # not reparametrized, not frozen
+
+
+def _fx_layer_groups(
+    graph: Any,
+    modules: Mapping[str, Any],
+    usage: tuple[dict[str, int], set[str]],
+    exclude: Iterable[str],
+) -> tuple[list[str], list[str]]:
+    """``(alone, pairs)``: weight layers (called once, weight not in ``exclude``) whose
+    weight is SI alone, proved on the whole graph (:func:`_joint_conflict`; this finds
+    those :func:`_fx_groups` does not follow, e.g. through a ``permute`` into a
+    LayerNorm), and the layers whose weight is SI only together with their bias
+    (a ConvNeXt convolution or a patch embedding before a LayerNorm, which does not
+    subtract each channel's mean): ``LN(c (W x + b)) = LN(W x + b)``.
+    """
+    from torch import fx
+
+    calls, unsafe = usage
+    skip = set(exclude)
+    alone: list[str] = []
+    pairs: list[str] = []
+    for name, mod in modules.items():
+        w = f"{name}.weight"
+        if (
+            not _is_weight_layer(mod)
+            or calls.get(name) != 1
+            or name in unsafe
+            or w in skip
+            or not _trainable(mod, "weight")
+        ):
+            continue
+        if not _joint_conflict(graph, modules, {w}, fx):
+            alone.append(w)
+        elif _trainable(mod, "bias") and not _joint_conflict(
+            graph, modules, {w, f"{name}.bias"}, fx
+        ):
+            pairs.append(name)
+    return alone, pairs
 
 
 def _fx_joint_weights(
@@ -722,16 +831,22 @@ def find_si_groups(
     ----------
     model : torch.nn.Module
     example_input : Tensor or mapping, optional
-        Needed for ``method="hooks"`` (and as the fallback of ``"auto"`` when the
-        model cannot be traced by ``torch.fx``); a mapping is passed as keyword
+        Needed for ``method="run"`` and ``"hooks"`` (and as the fallback of ``"auto"``
+        when the model cannot be traced by ``torch.fx``); a mapping is passed as keyword
         arguments (``model(**batch)``, a Hugging Face batch).
-    method : {"auto", "fx", "hooks"}
-        ``"fx"`` traces the module graph symbolically; ``"hooks"`` runs one forward
-        pass and matches a weight layer's output tensor with a norm layer's input
-        (buffers are restored afterwards). The hook heuristic sees direct
-        connections only and cannot see a second use of the same output (a
-        residual branch), so it can report a weight that is not SI: confirm its
-        groups with :func:`check_scale_invariance`.
+    method : {"auto", "fx", "run", "hooks"}
+        ``"fx"`` traces the module graph symbolically. ``"run"`` runs one forward pass
+        on ``example_input`` and records every operation it performs into a graph of
+        the same form (:mod:`siflow._recorded_graph`), analysed as ``"fx"``'s: it works
+        where the forward branches on values (most Hugging Face models), describes the
+        branches this batch took, and is refused (``ValueError``) when the pass computes
+        from the parameters by means the recording cannot see. ``"hooks"`` runs one
+        forward pass and matches a weight layer's output tensor with a norm layer's
+        input. Buffers and the random state are restored after a pass. The hook
+        heuristic sees direct connections only and cannot see a second use of the same
+        output (a residual branch), so it can report a weight that is not SI: confirm
+        its groups with :func:`check_scale_invariance`. ``"auto"``: ``"fx"``, else
+        ``"run"``, else ``"hooks"``.
 
     Weights that are SI only together (with ``"auto"`` or ``"fx"``): in a
     pre-activation ResNet a convolution whose output is added to the shortcut before
@@ -748,6 +863,13 @@ def find_si_groups(
     Wrappers are looked through (:func:`_unwrapped`: ``torch.compile``, ``DataParallel``,
     ``DistributedDataParallel``): the groups are those of the module inside (the same
     tensors, named without the ``_orig_mod.`` or ``module.`` prefix).
+
+    A weight whose layer has a bias the normalization does not cancel (a LayerNorm after
+    a convolution, as in ConvNeXt, or after a patch embedding) is SI together with that
+    bias, ``N(c (W x + b)) = N(W x + b)``: such a layer is one group
+    ``"<module>.weight+bias"`` (:data:`PAIR_SUFFIX`) holding both, when its weight is not
+    SI alone. A weight shared by two layers (tied) is never reported, and a functional
+    normalization's own affine terms (``F.layer_norm(x, s, g, b)``) scale its output.
 
     A parameter read only through ``F.normalize`` (the weight of a cosine classifier) is SI
     by construction and reported under its name (``"fx"``/``"auto"``); ``F.normalize`` of a
@@ -771,44 +893,88 @@ def find_si_groups(
     -------
     dict
         Group name (``"<module>.weight"``) to a one-element list of the parameter,
-        in graph order, then possibly :data:`JOINT_GROUP` to its parameters.
+        in graph order, then the ``"<module>.weight+bias"`` groups (the weight and the
+        bias), then possibly :data:`JOINT_GROUP` to its parameters.
     """
-    if method not in ("auto", "fx", "hooks"):
-        raise ValueError(f"method must be 'auto', 'fx' or 'hooks', got {method!r}")
+    if method not in ("auto", "fx", "run", "hooks"):
+        raise ValueError(f"method must be 'auto', 'fx', 'run' or 'hooks', got {method!r}")
     model = _unwrapped(model)
     if method != "hooks" and _forward_undefined(model):
         return _children_groups(model, method)
-    if method == "hooks" and example_input is None:
-        raise ValueError("method='hooks' needs example_input=<a batch the model accepts>")
-    names: list[str]
-    joint: list[str] = []
+    if method in ("hooks", "run") and example_input is None:
+        raise ValueError(f"method={method!r} needs example_input=<a batch the model accepts>")
     params = dict(model.named_parameters())
-    if method == "hooks":
-        names = _hook_groups(model, example_input)
+    modules = dict(model.named_modules())
+    graph = None if method in ("hooks", "run") else _fx_graph(model, example_input, method)
+    if graph is None and method != "hooks":
+        graph = _run_graph(model, example_input, method)
+    if graph is None:
+        names, pairs, joint = _hook_groups(model, example_input), [], []
     else:
-        modules = dict(model.named_modules())
-        try:
-            traced = _trace(model)
-            _propagate_shapes(traced, model, example_input)
-            graph = traced.graph
-            usage = _called_weights(graph, modules)
-            names = _fx_groups(graph, modules, usage) + _normalized_parameters(graph, params)
-            direct = _direct_parameters(graph, params, names)
-            names += _fx_direct_groups(graph, modules, direct)
-        except Exception as exc:  # torch.fx raises many types on untraceable code
-            if method == "fx" or example_input is None:
-                raise ValueError(
-                    f"torch.fx could not trace the model ({type(exc).__name__}: {exc}); pass "
-                    f"example_input= to use the forward-hook heuristic, or groups= explicitly"
-                ) from None
-            names = _hook_groups(model, example_input)
-        else:
-            joint = _fx_joint_weights(graph, modules, names, usage, direct)
+        names, pairs, joint = _graph_groups(graph, modules, params)
     names += [n for n in _reparametrized_si(model) if n not in names]
     groups = {n: [params[n]] for n in names if n in params and params[n].requires_grad}
+    for layer in pairs:
+        groups[f"{layer}{PAIR_SUFFIX}"] = [params[f"{layer}.weight"], params[f"{layer}.bias"]]
     if joint:
         groups[JOINT_GROUP] = [params[n] for n in joint]
     return groups
+
+
+def _fx_graph(model: Any, example_input: Any, method: str) -> Any:
+    """The ``torch.fx`` graph of ``model`` with output shapes where ``example_input`` is a
+    tensor; ``None`` when it cannot be traced and a recorded run can stand in
+    (``method="auto"`` with an example input), else a ``ValueError`` naming the fix."""
+    try:
+        traced = _trace(model)
+    except Exception as exc:  # torch.fx raises many types on untraceable code
+        if method == "fx" or example_input is None:
+            raise ValueError(
+                f"torch.fx could not trace the model ({type(exc).__name__}: {exc}); pass "
+                f"example_input= to record one forward pass instead, or groups= explicitly"
+            ) from None
+        return None
+    _propagate_shapes(traced, model, example_input)
+    return traced.graph
+
+
+def _run_graph(model: Any, example_input: Any, method: str) -> Any:
+    """The graph recorded from one forward pass on ``example_input``
+    (:func:`siflow._recorded_graph.record_graph`; buffers and random state restored);
+    ``None`` when it cannot be recorded completely and ``method="auto"`` (the hook
+    heuristic then stands in), else a ``ValueError``."""
+    from siflow._recorded_graph import record_graph
+
+    buffers = _save_buffers(model)
+    try:
+        with _rng_kept(model):
+            return record_graph(model, example_input)
+    except Exception as exc:  # noqa: BLE001 - any failure of the model's own forward
+        if method == "run":
+            raise ValueError(
+                f"one forward pass on example_input could not be recorded "
+                f"({type(exc).__name__}: {exc}); pass groups= explicitly, or "
+                f"method='hooks'"
+            ) from None
+        return None
+    finally:
+        _restore_buffers(model, buffers)
+
+
+def _graph_groups(
+    graph: Any, modules: Mapping[str, Any], params: Mapping[str, Any]
+) -> tuple[list[str], list[str], list[str]]:
+    """``(alone, pairs, joint)`` of a traced or recorded graph: the parameters SI alone,
+    the layers SI with their bias (:func:`_fx_layer_groups`) and the jointly SI set."""
+    usage = _called_weights(graph, modules)
+    names = _fx_groups(graph, modules, usage) + _normalized_parameters(graph, params)
+    direct = _direct_parameters(graph, params, names)
+    names += _fx_direct_groups(graph, modules, direct)
+    alone, pairs = _fx_layer_groups(graph, modules, usage, names)
+    names += alone
+    paired = [f"{layer}.{attr}" for layer in pairs for attr in ("weight", "bias")]
+    joint = _fx_joint_weights(graph, modules, names + paired, usage, direct)
+    return names, pairs, joint
 
 
 def _forward_undefined(model: Any) -> bool:
@@ -1292,6 +1458,11 @@ def _group_member(params: Mapping[str, Any], group: object, p: object) -> Any:
     return p
 
 
+def _lr_wd(param_group: Mapping[str, Any]) -> tuple[float, float]:
+    """``(lr, weight_decay)`` of an optimizer param group."""
+    return float(param_group["lr"]), float(param_group.get("weight_decay", 0.0))
+
+
 def _recorder_path(path: str | os.PathLike[str] | None) -> Path | None:
     """The file a recorder writes its log to: a name ending in ``.csv`` or ``.npz``, or
     None for no file; anything else is a ValueError naming the fix."""
@@ -1568,13 +1739,18 @@ class SIRecorder:
         for pg in optimizer.param_groups:
             for p in pg["params"]:
                 self._param_group[id(p)] = pg
-        for name, ps in self.groups.items():
-            missing = [p for p in ps if id(p) not in self._param_group]
-            if missing:
-                raise ValueError(
-                    f"group {name!r} has parameters the optimizer does not update "
-                    f"(frozen or not passed to it); drop the group or add them to the optimizer"
-                )
+        outside = [
+            name
+            for name, ps in self.groups.items()
+            if any(id(p) not in self._param_group for p in ps)
+        ]
+        if outside and (groups is not None or len(outside) == len(self.groups)):
+            raise ValueError(
+                f"group {outside[0]!r} has parameters the optimizer does not update "
+                f"(frozen or not passed to it); drop the group or add them to the optimizer"
+            )
+        for name in outside:  # found groups the optimizer does not fully update
+            del self.groups[name]
         if meta is not None and not isinstance(meta, Mapping):
             raise ValueError(
                 f"meta must be a mapping of names to values, got {type(meta).__name__}; "
@@ -1582,9 +1758,14 @@ class SIRecorder:
             )
         self.meta: dict[str, Any] = dict(meta or {})
         self.meta.update(self._hyper_meta())
-        note = self._mixed_groups_note()
-        if note is not None:
-            self.meta["notes"] = [*self.meta.get("notes", []), note]
+        notes = [self._mixed_groups_note(), self._mixed_members_note()]
+        if outside:
+            notes.append(
+                f"SI groups found but left out, as the optimizer does not update all their "
+                f"parameters: {', '.join(outside)}"
+            )
+        if any(notes):
+            self.meta["notes"] = [*self.meta.get("notes", []), *filter(None, notes)]
         self._flatbuf = _FlatBuffer(self.groups)
         self._no_grad = torch.no_grad()
         self._pgroup = process_group
@@ -1632,12 +1813,26 @@ class SIRecorder:
 
     def _mixed_groups_note(self) -> str | None:
         pgs = [self._param_group[id(ps[0])] for ps in self.groups.values()]
-        if len({(float(g["lr"]), float(g.get("weight_decay", 0.0))) for g in pgs}) < 2:
+        if len({_lr_wd(g) for g in pgs}) < 2:
             return None
         return (
             "the SI groups sit in optimizer param groups with different lr or weight decay: "
             "lr, wd and momentum here are the first group's, the total's effective LR is NaN, "
             "and the theory applies per group (elr/<group>; group=<name> when reading the log)"
+        )
+
+    def _mixed_members_note(self) -> str | None:
+        mixed = [
+            name
+            for name, ps in self.groups.items()
+            if len({_lr_wd(self._param_group[id(p)]) for p in ps}) > 1
+        ]
+        if not mixed:
+            return None
+        return (
+            f"the SI groups {', '.join(mixed)} hold parameters with different lr or weight "
+            f"decay (e.g. a bias without weight decay): their lr, wd and elr here are their "
+            f"first parameter's, and the norm map with one lr and wd does not hold for them"
         )
 
     def _on_backward(self, _p: Any) -> None:

@@ -197,12 +197,24 @@ class UntraceableNet(TinyNet):
         return out
 
 
-def test_untraceable_model_groups_from_the_first_batch_confirmed_by_rescaling(tmp_path):
-    from siflow.torch_probe import find_si_groups
+class UnrecordableNet(UntraceableNet):
+    """UntraceableNet computing part of its forward with torch functions hidden from modes:
+    one forward pass cannot be recorded completely, and the forward hooks stand in."""
 
-    model = UntraceableNet()
-    with pytest.raises(ValueError, match="torch.fx could not trace"):
-        find_si_groups(model)
+    def forward(self, x, labels=None):
+        if x.abs().sum() < 0:
+            x = -x
+        s = self.side(x)
+        logits = self.net(x) + self.mix(self.side_bn(s) + s)
+        with torch._C.DisableTorchFunction():
+            logits = logits * 1.0
+        out = {"logits": logits}
+        if labels is not None:
+            out["loss"] = nn.functional.cross_entropy(logits, labels)
+        return out
+
+
+def _train_untraceable(tmp_path, model):
     cb = SIRecorderCallback(every=5)
     args = transformers.TrainingArguments(
         output_dir=str(tmp_path / "out"), max_steps=10, per_device_train_batch_size=64,
@@ -217,10 +229,36 @@ def test_untraceable_model_groups_from_the_first_batch_confirmed_by_rescaling(tm
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.train()
+    return cb
+
+
+def test_untraceable_model_groups_from_the_first_batch_confirmed_by_rescaling(tmp_path):
+    from siflow.torch_probe import find_si_groups
+
+    model = UntraceableNet()
+    with pytest.raises(ValueError, match="torch.fx could not trace"):
+        find_si_groups(model)
+    cb = _train_untraceable(tmp_path, model)
     # the two pre-BatchNorm weights of the network; side.weight also reaches a BatchNorm,
-    # but its output is used a second time, and the rescaling check leaves it out
+    # but its output is used a second time: the graph of the first batch's forward pass
+    # proves it is not SI
     assert list(cb.recorder.groups) == ["net.0.weight", "net.3.weight"]
-    note = cb.recorder.trajectory().meta["notes"][0]
+    (note,) = cb.recorder.trajectory().meta["notes"]
+    assert "the graph of a forward pass on the first training batch" in note
+    assert "left out" not in note
+
+
+def test_unrecordable_model_falls_back_to_forward_hooks_confirmed_by_rescaling(tmp_path):
+    from siflow.torch_probe import find_si_groups
+
+    model = UnrecordableNet()
+    batch = {"x": Blobs().x[:64]}
+    with pytest.raises(ValueError, match="could not be recorded"):
+        find_si_groups(model, example_input=batch, method="run")
+    cb = _train_untraceable(tmp_path, model)
+    # the hooks see side.weight reach its BatchNorm; the rescaling check leaves it out
+    assert list(cb.recorder.groups) == ["net.0.weight", "net.3.weight"]
+    (note,) = cb.recorder.trajectory().meta["notes"]
     assert "forward hooks on the first training batch" in note and "side.weight" in note
 
 
@@ -244,3 +282,129 @@ def test_untraceable_model_without_si_weights_is_one_clear_error(tmp_path):
     )  # fmt: skip
     with pytest.raises(ValueError, match="no scale-invariant weights found in NoNorm.*groups="):
         trainer.train()
+
+
+def _tiny_bert():
+    config = transformers.BertConfig(
+        vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=16, num_labels=3,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, layer_norm_eps=1e-14,
+    )  # fmt: skip
+    gen = torch.Generator().manual_seed(0)
+    batch = {
+        "input_ids": torch.randint(0, 40, (6, 10), generator=gen),
+        "labels": torch.randint(0, 3, (6,), generator=gen),
+    }
+    embeddings = ["word_embeddings", "position_embeddings", "token_type_embeddings"]
+    # the three tables are summed into a LayerNorm: SI together, none alone
+    return transformers.BertForSequenceClassification(config), batch, {}, embeddings
+
+
+def _tiny_convnext():
+    config = transformers.ConvNextConfig(
+        num_channels=3, hidden_sizes=[8, 16], depths=[1, 1], num_stages=2, num_labels=3,
+        patch_size=2, layer_scale_init_value=0.5,
+    )  # fmt: skip
+    gen = torch.Generator().manual_seed(0)
+    batch = {
+        "pixel_values": torch.randn(6, 3, 8, 8, generator=gen),
+        "labels": torch.randint(0, 3, (6,), generator=gen),
+    }
+    # a patchify stem and the depthwise convolutions, each with its bias, into a LayerNorm
+    pairs = [
+        "convnext.embeddings.patch_embeddings",
+        "convnext.encoder.stages.0.layers.0.dwconv",
+        "convnext.encoder.stages.1.layers.0.dwconv",
+    ]
+    return transformers.ConvNextForImageClassification(config), batch, pairs, []
+
+
+def _tokens(vocab, labels=None, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (6, 10), generator=gen)
+    return {"input_ids": ids, "labels": ids if labels is None else labels(gen)}
+
+
+def _images(size, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return {
+        "pixel_values": torch.randn(6, 3, size, size, generator=gen),
+        "labels": torch.randint(0, 3, (6,), generator=gen),
+    }
+
+
+def _tiny_roberta():
+    config = transformers.RobertaConfig(
+        vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=20, num_labels=3,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )  # fmt: skip
+    batch = _tokens(40, lambda gen: torch.randint(0, 3, (6,), generator=gen))
+    embeddings = ["word_embeddings", "position_embeddings", "token_type_embeddings"]
+    return transformers.RobertaForSequenceClassification(config), batch, [], embeddings
+
+
+def _tiny_swin():
+    config = transformers.SwinConfig(
+        image_size=16, patch_size=2, embed_dim=8, depths=[1, 1], num_heads=[1, 2],
+        window_size=4, num_labels=3, hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0, drop_path_rate=0.0,
+    )  # fmt: skip
+    pairs = ["swin.embeddings.patch_embeddings.projection"]
+    return transformers.SwinForImageClassification(config), _images(16), pairs, []
+
+
+def _tiny_gpt2():
+    # pre-LayerNorm residual stream, embedding tied to the output layer: nothing is SI
+    config = transformers.GPT2Config(
+        vocab_size=40, n_embd=16, n_layer=2, n_head=2, n_positions=16, resid_pdrop=0.0,
+        embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0,
+    )  # fmt: skip
+    return transformers.GPT2LMHeadModel(config), _tokens(40), [], []
+
+
+def _tiny_vit():
+    config = transformers.ViTConfig(
+        image_size=16, patch_size=4, hidden_size=16, num_hidden_layers=2,
+        num_attention_heads=2, intermediate_size=32, num_labels=3,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )  # fmt: skip
+    return transformers.ViTForImageClassification(config), _images(16), [], []
+
+
+@pytest.mark.parametrize(
+    "make",
+    [_tiny_bert, _tiny_convnext, _tiny_roberta, _tiny_swin, _tiny_gpt2, _tiny_vit],
+    ids=["bert", "convnext", "roberta", "swin", "gpt2", "vit"],
+)
+def test_hugging_face_models_si_groups_proved_on_one_forward_pass(make):
+    # torch.fx cannot trace these models; the graph of one forward pass is analysed
+    # instead, and every claim, and every weight matrix left out, is checked by rescaling
+    from siflow.torch_probe import JOINT_GROUP, PAIR_SUFFIX, check_scale_invariance, find_si_groups
+
+    torch.manual_seed(0)
+    model, batch, pairs, joint = make()
+    model = model.double().train()
+    batch = {k: v.double() if v.is_floating_point() else v for k, v in batch.items()}
+    for mod in model.modules():
+        if isinstance(mod, nn.LayerNorm):
+            mod.eps = 1e-14  # the only source of non-invariance
+    with torch.no_grad():  # weights off their small initial scale: every one matters
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+
+    def loss_fn():
+        return model(**batch).loss
+
+    with pytest.raises(ValueError, match="torch.fx could not trace"):
+        find_si_groups(model, method="fx")
+    groups = find_si_groups(model, example_input=batch)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert [g for g in groups if g != JOINT_GROUP] == [f"{p}{PAIR_SUFFIX}" for p in pairs]
+    together = [names[id(p)].rsplit(".", 2)[-2] for p in groups.get(JOINT_GROUP, [])]
+    assert sorted(together) == sorted(joint)
+    for tensors in groups.values():
+        assert check_scale_invariance(loss_fn, tensors, model=model) < 1e-9
+    for name, p in model.named_parameters():
+        if p.ndim >= 2 and p.numel() > 1:
+            assert check_scale_invariance(loss_fn, [p], model=model) > 1e-6, name

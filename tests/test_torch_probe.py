@@ -23,6 +23,7 @@ nn = torch.nn
 F = torch.nn.functional
 
 from siflow.torch_probe import (  # noqa: E402
+    PAIR_SUFFIX,
     SIRecorder,
     check_scale_invariance,
     find_si_groups,
@@ -306,7 +307,8 @@ class Block(nn.Module):
         self.bn_b = nn.BatchNorm2d(4, affine=True)  # affine after the norm: still SI
         self.conv_res = nn.Conv2d(4, 4, 1, bias=False)  # output also used by residual: not SI
         self.bn_res = nn.BatchNorm2d(4, affine=False)
-        self.fc_ln = nn.Linear(64, 8, bias=True)  # LayerNorm does not cancel a bias: not SI
+        # LayerNorm does not cancel a bias: the weight is not SI, the weight with its bias is
+        self.fc_ln = nn.Linear(64, 8, bias=True)
         self.ln = nn.LayerNorm(8, elementwise_affine=False)
         self.fc_ln2 = nn.Linear(8, 8, bias=False)  # SI through ReLU
         self.ln2 = nn.LayerNorm(8, elementwise_affine=False)
@@ -325,10 +327,15 @@ class Block(nn.Module):
 def test_detection_finds_exactly_the_pre_norm_weights():
     torch.manual_seed(1)
     model = Block().double()
-    assert list(find_si_groups(model)) == ["conv_a.weight", "conv_b.weight", "fc_ln2.weight"]
+    expected = ["conv_a.weight", "conv_b.weight", "fc_ln2.weight", "fc_ln.weight+bias"]
+    assert list(find_si_groups(model)) == expected
+    pair = find_si_groups(model)["fc_ln.weight+bias"]
+    assert [id(p) for p in pair] == [id(model.fc_ln.weight), id(model.fc_ln.bias)]
+    # the graph recorded from one forward pass proves the same groups
+    x = torch.randn(6, 1, 8, 8, dtype=torch.float64)
+    assert list(find_si_groups(model, example_input=x, method="run")) == expected
     # the forward-hook heuristic sees direct connections only (not through pool/ReLU)
     # and cannot see a second use of the output (the residual): documented limits
-    x = torch.randn(6, 1, 8, 8, dtype=torch.float64)
     running = model.bn_a.running_mean.clone()
     found = list(find_si_groups(model, example_input=x, method="hooks"))
     assert found == ["conv_a.weight", "conv_res.weight"]
@@ -349,9 +356,9 @@ def test_detection_agrees_with_numerical_check():
         return nn.functional.cross_entropy(model(x), y)
 
     before = {k: v.clone() for k, v in params.items()}
-    for name in find_si_groups(model):
-        assert check_scale_invariance(loss_fn, [params[name]], model=model) < 1e-9
-    for name in ["conv_res.weight", "fc_ln.weight", "head.weight", "bn_b.weight"]:
+    for tensors in find_si_groups(model).values():
+        assert check_scale_invariance(loss_fn, tensors, model=model) < 1e-9
+    for name in ["conv_res.weight", "fc_ln.weight", "fc_ln.bias", "head.weight", "bn_b.weight"]:
         assert check_scale_invariance(loss_fn, [params[name]], model=model) > 1e-3
     assert all(torch.equal(before[k], v) for k, v in params.items())
 
@@ -860,8 +867,9 @@ def _float64_training(model, eps):
     return model
 
 
+@pytest.mark.parametrize("method", ["fx", "run"])
 @pytest.mark.parametrize("arch", list(ARCHITECTURES))
-def test_detection_on_other_architectures_agrees_with_the_numerical_check(arch):
+def test_detection_on_other_architectures_agrees_with_the_numerical_check(arch, method):
     from siflow.torch_probe import JOINT_GROUP
 
     make, alone, joint = ARCHITECTURES[arch]
@@ -877,10 +885,9 @@ def test_detection_on_other_architectures_agrees_with_the_numerical_check(arch):
     def loss_fn():
         return nn.functional.cross_entropy(model(x), y)
 
-    groups = find_si_groups(model)
-    names = {id(p): n for n, p in params.items()}
-    assert [g for g in groups if g != JOINT_GROUP] == alone
-    assert [names[id(p)] for p in groups.get(JOINT_GROUP, [])] == joint
+    groups = find_si_groups(model, example_input=x, method=method)
+    assert _group_names(groups, model) == (alone, joint)
+    _assert_pairs_as_rescaling_says(model, groups, loss_fn)
     # the second method: rescale each weight matrix alone, and the joint group together
     for name, p in params.items():
         if p.ndim < 2:
@@ -1037,7 +1044,7 @@ BIAS_PATHS = {
 }
 
 
-@pytest.mark.parametrize("method", ["fx", "hooks"])
+@pytest.mark.parametrize("method", ["fx", "run", "hooks"])
 @pytest.mark.parametrize("arch", list(BIAS_PATHS))
 def test_biases_reach_the_norm_only_as_channel_constants(arch, method):
     make, shape, alone, joint = BIAS_PATHS[arch]
@@ -1052,8 +1059,10 @@ def test_biases_reach_the_norm_only_as_channel_constants(arch, method):
 
     groups = find_si_groups(model, example_input=x, method=method)
     params = dict(model.named_parameters())
-    found = [g for g in groups if g != "jointly_si"]
-    if method == "fx" or arch == "linear_into_batchnorm":
+    found = _group_names(groups, model)[0]
+    if method != "hooks":
+        _assert_pairs_as_rescaling_says(model, groups, loss_fn)
+    if method != "hooks" or arch == "linear_into_batchnorm":
         assert found == alone
     else:  # the forward hooks see only an output entering a norm module directly
         assert set(found) <= set(alone)
@@ -1061,7 +1070,7 @@ def test_biases_reach_the_norm_only_as_channel_constants(arch, method):
         if p.ndim >= 2:
             change = check_scale_invariance(loss_fn, [p], model=model)
             assert (change < 1e-9) == (name in alone), (name, change)
-    if method == "fx":
+    if method != "hooks":
         names = {id(p): n for n, p in params.items()}
         assert [names[id(p)] for p in groups.get("jointly_si", [])] == joint
         if joint:
@@ -1070,10 +1079,31 @@ def test_biases_reach_the_norm_only_as_channel_constants(arch, method):
 
 
 def _group_names(groups, model):
-    """``(single groups in order, names of the joint group's tensors in order)``."""
+    """``(single groups in order, names of the joint group's tensors in order)``; the
+    groups of a weight with its bias are left out (:func:`_assert_pairs_as_rescaling_says`)."""
     names = {id(p): n for n, p in model.named_parameters()}
     joint = [names[id(p)] for p in groups.get("jointly_si", [])]
-    return [g for g in groups if g != "jointly_si"], joint
+    return [g for g in groups if g != "jointly_si" and not g.endswith(PAIR_SUFFIX)], joint
+
+
+def _assert_pairs_as_rescaling_says(model, groups, loss_fn, tol=1e-9):
+    """The second method for the ``<layer>.weight+bias`` groups: a Linear/Conv layer with a
+    bias whose weight is in no other group has its pair claimed exactly when rescaling the
+    weight and the bias together leaves the loss unchanged; returns the pairs claimed."""
+    taken = {id(p) for g, ps in groups.items() if not g.endswith(PAIR_SUFFIX) for p in ps}
+    pairs = []
+    for name, mod in model.named_modules():
+        if not isinstance(mod, nn.Linear | nn.modules.conv._ConvNd) or mod.bias is None:
+            continue
+        if id(mod.weight) in taken:
+            continue
+        change = check_scale_invariance(loss_fn, [mod.weight, mod.bias], model=model)
+        claimed = f"{name}{PAIR_SUFFIX}" in groups
+        assert (change < tol) == claimed, (name, change)
+        if claimed:
+            assert [id(p) for p in groups[f"{name}{PAIR_SUFFIX}"]] == [id(mod.weight), id(mod.bias)]
+            pairs.append(name)
+    return pairs
 
 
 def _param(*shape):
@@ -1181,18 +1211,30 @@ RAW_PARAMETERS = {
         [],
         [],
     ),
+    # F.layer_norm's own gain and shift scale its output: only W is SI
+    "functional_layernorm_with_affine_parameters": (
+        _raw(
+            lambda s, x: s.h(F.layer_norm(x @ s.W, (6,), s.g, s.b, 1e-14)),
+            W=_param(5, 6),
+            g=_param(6),
+            b=_param(6),
+        ),
+        ["W"],
+        [],
+    ),
     "a_number_added_before_layernorm": (
         _raw(
             lambda s, x: s.h(s.ln(s.a(x) + 1.0)), a=nn.Linear(5, 6, bias=False), ln=nn.LayerNorm(6)
         ),
+        ["a.weight"],  # LayerNorm subtracts the mean, and the 1 with it
         [],
-        ["a.weight"],
     ),
 }
 
 
 @pytest.mark.parametrize("arch", list(RAW_PARAMETERS))
-def test_parameters_read_directly_are_found_and_agree_with_the_numerical_check(arch):
+@pytest.mark.parametrize("method", ["fx", "run"])
+def test_parameters_read_directly_are_found_and_agree_with_the_numerical_check(arch, method):
     # x @ self.W, einsum, F.linear, W / W.norm(): the graph's degrees of homogeneity
     # (products add them, quotients subtract them, norms keep them) decide; each
     # parameter and each group is rescaled numerically
@@ -1205,9 +1247,10 @@ def test_parameters_read_directly_are_found_and_agree_with_the_numerical_check(a
     def loss_fn():
         return nn.functional.cross_entropy(model(x), y)
 
-    groups = find_si_groups(model, example_input=x)
+    groups = find_si_groups(model, example_input=x, method=method)
     params = dict(model.named_parameters())
     assert _group_names(groups, model) == (alone, joint)
+    _assert_pairs_as_rescaling_says(model, groups, loss_fn)
     for name in alone:
         assert check_scale_invariance(loss_fn, [params[name]], model=model) < 1e-9, name
     if joint:
@@ -1493,10 +1536,14 @@ def test_cosine_classifier_weights_and_normalized_features_are_si(bias):
 
     found = find_si_groups(model)
     expected = ["classes"] if bias else ["proj.weight", "classes"]
-    assert list(found) == expected
+    assert _group_names(found, model)[0] == expected
     for name, p in model.named_parameters():  # the second method
         change = check_scale_invariance(loss_fn, [p], model=model)
         assert (change < 1e-12) == (name in expected), (name, change)
+    # with a bias, the projection is SI together with it (normalize(c (W h + b))); without,
+    # the first layer is (relu(c (W x + b)) = c relu(W x + b), and the projection is linear)
+    pairs = _assert_pairs_as_rescaling_says(model, found, loss_fn, tol=1e-12)
+    assert pairs == (["proj"] if bias else ["body"])
 
 
 def test_a_module_without_forward_gets_its_childrens_groups():
@@ -1520,3 +1567,162 @@ def test_a_module_without_forward_gets_its_childrens_groups():
     assert groups["encoder.0.weight"] == [model.encoder[0].weight]
     assert groups["jointly_si"] == [model.preact.a.weight, model.preact.b.weight]
     assert find_si_groups(nn.Module()) == {}
+
+
+# ------------------------------------------------- the graph of one recorded forward pass
+class _Branchy(nn.Module):
+    """A model torch.fx cannot trace (it branches on a value), with a convolution SI only
+    with its bias (into a LayerNorm over channels, through a permute), a weight SI alone
+    and one whose output also feeds a residual sum (not SI; the hooks would claim it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 4, 3, padding=1)
+        self.ln = nn.LayerNorm(4)
+        self.a = nn.Linear(4, 4, bias=False)
+        self.bn = nn.BatchNorm1d(4)
+        self.r = nn.Linear(4, 4, bias=False)
+        self.bn2 = nn.BatchNorm1d(4)
+        self.h = nn.Linear(4, 3)
+
+    def forward(self, x):
+        z = self.ln(self.stem(x).permute(0, 2, 3, 1)).mean((1, 2))
+        if z.abs().sum() >= 0:  # a value decides: torch.fx cannot trace this
+            z = torch.relu(self.bn(self.a(z)))
+        r = self.r(z)
+        return self.h(self.bn2(r) + r)
+
+
+def _branchy_setup():
+    torch.manual_seed(0)
+    model = _float64_training(_Branchy(), 1e-14)
+    x = torch.randn(8, 1, 6, 6, dtype=torch.float64)
+    y = torch.randint(0, 3, (8,))
+
+    def loss_fn():
+        return nn.functional.cross_entropy(model(x), y)
+
+    return model, x, loss_fn
+
+
+def test_an_untraceable_model_is_analysed_on_the_graph_of_one_forward_pass():
+    model, x, loss_fn = _branchy_setup()
+    with pytest.raises(ValueError, match="torch.fx could not trace"):
+        find_si_groups(model, method="fx")
+    running = model.bn.running_mean.clone()
+    state = torch.random.get_rng_state()
+    groups = find_si_groups(model, example_input=x)  # "auto": the recorded pass
+    assert list(groups) == ["a.weight", "stem.weight+bias"]
+    assert list(find_si_groups(model, example_input=x, method="run")) == list(groups)
+    assert torch.equal(model.bn.running_mean, running)  # buffers restored
+    assert torch.equal(torch.random.get_rng_state(), state)
+    # the second method: each claim holds under rescaling, and what is left out does not
+    for tensors in groups.values():
+        assert check_scale_invariance(loss_fn, tensors, model=model) < 1e-9
+    for p in (model.r.weight, model.stem.weight, model.h.weight):
+        assert check_scale_invariance(loss_fn, [p], model=model) > 1e-3
+    _assert_pairs_as_rescaling_says(model, groups, loss_fn)
+    # the forward hooks see the residual layer's output enter a norm, and claim it
+    assert "r.weight" in find_si_groups(model, example_input=x, method="hooks")
+
+
+class _Hidden(_Branchy):
+    """_Branchy computing its output with torch functions hidden from modes."""
+
+    def forward(self, x):
+        out = super().forward(x)
+        with torch._C.DisableTorchFunction():
+            return out * 1.0
+
+
+class _WritesIntoView(_Branchy):
+    """_Branchy adding a constant to a slice of a scaled value in place."""
+
+    def forward(self, x):
+        z = self.ln(self.stem(x).permute(0, 2, 3, 1)).mean((1, 2))
+        a = self.a(z)
+        a[:, 0] += 1.0  # the view's base changes: the recording cannot follow it
+        return self.h(self.bn(a))
+
+
+@pytest.mark.parametrize("cls", [_Hidden, _WritesIntoView])
+def test_a_forward_pass_the_recording_cannot_follow_is_refused(cls):
+    torch.manual_seed(0)
+    model = cls().double()
+    x = torch.randn(8, 1, 6, 6, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"could not be recorded .*groups="):
+        find_si_groups(model, example_input=x, method="run")
+    # "auto" falls back to the forward hooks
+    hooks = find_si_groups(model, example_input=x, method="hooks")
+    assert list(find_si_groups(model, example_input=x)) == list(hooks)
+
+
+class _Tied(nn.Module):
+    """Two layers sharing one weight: one feeds a BatchNorm, the other the output."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(6, 6, bias=False)
+        self.bn = nn.BatchNorm1d(6)
+        self.b = nn.Linear(6, 6, bias=False)
+        self.b.weight = self.a.weight
+        self.h = nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.h(self.bn(self.a(x)) + self.b(x))
+
+
+@pytest.mark.parametrize("method", ["fx", "run"])
+def test_a_weight_shared_with_another_layer_is_not_claimed(method):
+    torch.manual_seed(0)
+    model = _float64_training(_Tied(), 1e-14)
+    x = torch.randn(8, 6, dtype=torch.float64)
+    y = torch.randint(0, 2, (8,))
+
+    def loss_fn():
+        return nn.functional.cross_entropy(model(x), y)
+
+    assert find_si_groups(model, example_input=x, method=method) == {}
+    assert check_scale_invariance(loss_fn, [model.a.weight], model=model) > 1e-3
+
+
+def _pair_model():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Linear(4, 8, bias=False), nn.BatchNorm1d(8), nn.ReLU(),
+        nn.Linear(8, 8), nn.LayerNorm(8), nn.Linear(8, 3),
+    )  # fmt: skip
+
+
+def test_recorder_notes_a_group_whose_bias_has_no_weight_decay():
+    # the usual split: no weight decay on biases; the weight+bias group mixes the two
+    model = _pair_model()
+    decay = [model[0].weight, model[3].weight, model[5].weight]
+    rest = [model[3].bias, model[4].weight, model[4].bias, model[5].bias]
+    opt = torch.optim.SGD(
+        [{"params": decay, "weight_decay": 0.01}, {"params": rest, "weight_decay": 0.0}], lr=0.1
+    )
+    rec = SIRecorder(model, opt)
+    assert list(rec.groups) == ["0.weight", "3.weight+bias"]
+    (note,) = rec.meta["notes"]
+    assert "3.weight+bias" in note and "different lr or weight decay" in note
+    assert "0.weight" not in note
+    x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+    nn.functional.cross_entropy(model(x), y).backward()
+    w, b = model[3].weight.detach(), model[3].bias.detach()
+    norm = math.sqrt(float((w.double() ** 2).sum() + (b.double() ** 2).sum()))
+    opt.step()
+    # the row holds the group's norm before the step: the weight and the bias together
+    (rho,) = rec.trajectory().extra["rho/3.weight+bias"]
+    assert rho == pytest.approx(norm, rel=1e-6)
+
+
+def test_recorder_leaves_out_a_found_group_the_optimizer_does_not_fully_update():
+    model = _pair_model()
+    opt = torch.optim.SGD([p for n, p in model.named_parameters() if n != "3.bias"], lr=0.1)
+    rec = SIRecorder(model, opt)
+    assert list(rec.groups) == ["0.weight"]
+    assert any("left out" in n and "3.weight+bias" in n for n in rec.meta["notes"])
+    # a group named explicitly is the user's choice: an error, as before
+    with pytest.raises(ValueError, match="does not update"):
+        SIRecorder(model, opt, groups={"pair": [model[3].weight, model[3].bias]})

@@ -75,8 +75,10 @@ _SI_CHECK_TOL = 1e-4
 
 def _groups_from_first_batch(model: Any, loader: Any) -> tuple[Any, dict[str, Any]]:
     """SI groups of a model ``torch.fx`` cannot trace (most Hugging Face models), from the
-    forward-hook heuristic on the trainer's first training batch, each kept only if
-    rescaling it leaves that batch's loss unchanged (:func:`check_scale_invariance`).
+    trainer's first training batch: the graph of one forward pass on it
+    (``find_si_groups(method="run")``), or the forward-hook heuristic where that pass
+    cannot be recorded or proves nothing; each group is kept only if rescaling it leaves
+    that batch's loss unchanged (:func:`check_scale_invariance`).
 
     The traced groups when the model traces (``None`` if it has none: the recorder's
     default detection then says so); ``(None, {})`` when no batch is at hand;
@@ -98,7 +100,14 @@ def _groups_from_first_batch(model: Any, loader: Any) -> tuple[Any, dict[str, An
         return None, {}
     device = next(model.parameters()).device
     batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
-    found = find_si_groups(model, example_input=batch, method="hooks")
+    how = "the graph of a forward pass on the first training batch"
+    try:
+        found = find_si_groups(model, example_input=batch, method="run")
+    except ValueError:
+        found = {}
+    if not found:
+        how = "forward hooks on the first training batch"
+        found = find_si_groups(model, example_input=batch, method="hooks")
 
     def loss_fn() -> Any:
         out = model(**batch)
@@ -112,14 +121,14 @@ def _groups_from_first_batch(model: Any, loader: Any) -> tuple[Any, dict[str, An
             dropped.append(name)
     if not kept:
         raise ValueError(
-            f"no scale-invariant weights found in {type(model).__name__} (forward hooks on "
-            f"the first training batch, as torch.fx cannot trace it"
+            f"no scale-invariant weights found in {type(model).__name__} ({how}, as "
+            f"torch.fx cannot trace it"
             + (f"; {', '.join(dropped)} failed the rescaling check" if dropped else "")
             + "); pass groups= (each weight matrix as its own group is the rotational monitor)"
         )
     note = (
-        "SI groups found by forward hooks on the first training batch (torch.fx cannot trace "
-        "the model), each confirmed by rescaling it on that batch"
+        f"SI groups found by {how} (torch.fx cannot trace the model), each confirmed by "
+        f"rescaling it on that batch"
     )
     if dropped:
         note += f"; not scale-invariant there, left out: {', '.join(dropped)}"
