@@ -636,12 +636,26 @@ def _pads_nonzero(node: Any) -> bool:
     return mode == "constant" and value is not None and value != 0
 
 
-def _direct_parameters(graph: Any, params: Mapping[str, Any], exclude: Iterable[str]) -> list[str]:
+def _in_called_modules(graph: Any, modules: Mapping[str, Any]) -> set[int]:
+    """``id`` of every parameter held by a module the graph calls (or by a module inside
+    one), whatever its name: a tied parameter's use there does not show as a read."""
+    called = [str(n.target) for n in graph.nodes if n.op == "call_module"]
+    return {
+        id(p)
+        for name, mod in modules.items()
+        if any(name == c or name.startswith(f"{c}.") for c in called)
+        for p in mod.parameters()
+    }
+
+
+def _direct_parameters(
+    graph: Any, modules: Mapping[str, Any], params: Mapping[str, Any], exclude: Iterable[str]
+) -> list[str]:
     """Trainable parameters the traced ``graph`` reads directly (``get_attr``: ``x @ self.W``,
     ``F.linear(x, self.W)``, ``torch.einsum(..., self.W)``), in graph order, other than
-    those of a module the graph calls (their other use is not visible), of a
+    those of a module the graph calls, under any name (their other use is not visible), of a
     reparametrized layer (:func:`_reparametrized_si`) and those in ``exclude``."""
-    called = [f"{n.target}." for n in graph.nodes if n.op == "call_module"]
+    inside = _in_called_modules(graph, modules)
     skip = set(exclude)
     out: list[str] = []
     for node in graph.nodes:
@@ -653,7 +667,7 @@ def _direct_parameters(graph: Any, params: Mapping[str, Any], exclude: Iterable[
             and name not in skip
             and params[name].requires_grad
             and ".parametrizations." not in f".{name}"
-            and not any(name.startswith(m) for m in called)
+            and id(params[name]) not in inside
         ):
             out.append(name)
     return out
@@ -967,8 +981,8 @@ def _graph_groups(
     """``(alone, pairs, joint)`` of a traced or recorded graph: the parameters SI alone,
     the layers SI with their bias (:func:`_fx_layer_groups`) and the jointly SI set."""
     usage = _called_weights(graph, modules)
-    names = _fx_groups(graph, modules, usage) + _normalized_parameters(graph, params)
-    direct = _direct_parameters(graph, params, names)
+    names = _fx_groups(graph, modules, usage) + _normalized_parameters(graph, modules, params)
+    direct = _direct_parameters(graph, modules, params, names)
     names += _fx_direct_groups(graph, modules, direct)
     alone, pairs = _fx_layer_groups(graph, modules, usage, names)
     names += alone
@@ -1035,13 +1049,15 @@ def _unwrapped(model: Any) -> Any:
             return model
 
 
-def _normalized_parameters(graph: Any, params: Mapping[str, Any]) -> list[str]:
+def _normalized_parameters(
+    graph: Any, modules: Mapping[str, Any], params: Mapping[str, Any]
+) -> list[str]:
     """Parameters the traced ``graph`` reads only through ``F.normalize`` (a cosine
     classifier's ``F.linear(h, F.normalize(W))``): ``normalize(c W) = normalize(W)`` for
     ``c > 0`` and any ``p``-norm, so such a parameter is SI by construction. A parameter of
-    a module the graph also calls is left out (its other use is not visible). ``params``:
-    the model's named parameters."""
-    called = {str(n.target) for n in graph.nodes if n.op == "call_module"}
+    a module the graph also calls is left out, under any name (its other use is not
+    visible). ``params``: the model's named parameters."""
+    inside = _in_called_modules(graph, modules)
     uses: dict[str, list[bool]] = {}
     for node in graph.nodes:
         if node.op != "get_attr" or node.target not in params:
@@ -1056,10 +1072,7 @@ def _normalized_parameters(graph: Any, params: Mapping[str, Any]) -> list[str]:
     return [
         name
         for name, ok in uses.items()
-        if ok
-        and all(ok)
-        and params[name].requires_grad
-        and not any(name.startswith(f"{m}.") for m in called)
+        if ok and all(ok) and params[name].requires_grad and id(params[name]) not in inside
     ]
 
 
