@@ -288,3 +288,32 @@ def test_a_module_without_forward_gets_the_groups_of_its_network(tmp_path):
     np.testing.assert_array_equal(traj.step, np.arange(40))
     lr, wd = np.full(40, LR), np.full(40, WD)
     _check_norm_recursion(traj.rho, traj.grad_norm_sphere, lr, wd)
+
+
+class BranchyNet(BNNet):
+    """BNNet whose forward branches on a value (torch.fx cannot trace it), with an example
+    batch set the Lightning way, and a layer whose output bypasses its BatchNorm too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.side = nn.Linear(16, 10, bias=False)
+        self.side_bn = nn.BatchNorm1d(10, affine=False)
+        self.example_input_array = torch.randn(8, 16)
+
+    def forward(self, x):
+        if x.abs().sum() < 0:  # data-dependent control flow
+            x = -x
+        s = self.side(x)
+        return self.net(x) + self.side_bn(s) + s
+
+
+def test_untraceable_module_groups_from_its_example_input_array(tmp_path):
+    from siflow.torch_probe import find_si_groups
+
+    with pytest.raises(ValueError, match="torch.fx could not trace"):
+        find_si_groups(BranchyNet())
+    cb = SIRecorderCallback(every=10)
+    _fit(CSVLogger(tmp_path, name="r"), cb, steps=20, model=BranchyNet())
+    # the graph of one forward pass on example_input_array: the two pre-BatchNorm weights,
+    # not side.weight, whose output also reaches the output directly
+    assert list(cb.recorder.groups) == ["net.0.weight", "net.3.weight"]

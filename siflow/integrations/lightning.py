@@ -55,8 +55,10 @@ class SIRecorderCallback(_pl.Callback):
     groups : mapping or sequence of parameter names, optional
         SI groups of the LightningModule (default: found by
         :func:`siflow.torch_probe.find_si_groups`).
-    example_input : Tensor, optional
-        For the forward-hook detection when ``torch.fx`` cannot trace the module.
+    example_input : Tensor or mapping, optional
+        A batch for the detection when ``torch.fx`` cannot trace the module (the graph of
+        one forward pass on it, or forward hooks where that pass cannot be recorded).
+        Default: the module's ``example_input_array``, if it sets one.
     **options
         Passed to :class:`~siflow.torch_probe.SIRecorder` (``window``,
         ``sharpness_iters``, ``sharpness_tol``, ``process_group``, ``flush_every``).
@@ -103,7 +105,13 @@ class SIRecorderCallback(_pl.Callback):
             self._sharp_every,
             self._sharpness_loss(pl_module) if self._sharp_every else None,
             self.path,
-            {"groups": self.groups, "example_input": self.example_input, **self.options},
+            {
+                "groups": self.groups,
+                "example_input": self.example_input
+                if self.example_input is not None
+                else getattr(pl_module, "example_input_array", None),
+                **self.options,
+            },
             meta,
         )
 
