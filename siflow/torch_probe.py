@@ -400,7 +400,8 @@ _ADD_FUNCTIONS = {"add", "iadd", "sub", "isub", "cat", "stack"}
 _HOMOGENEOUS = {
     "adaptive_avg_pool1d", "adaptive_avg_pool2d", "avg_pool1d", "avg_pool2d", "getitem",
     "leaky_relu", "mean", "neg", "pad", "permute", "squeeze", "sum", "transpose",
-    "unsqueeze", "dropout1d", "dropout2d",
+    "unsqueeze", "dropout1d", "dropout2d", "to", "float", "double", "half", "bfloat16",
+    "type_as", "clone",
 }  # fmt: skip
 #: Operations whose result does not depend on the tensor's scale (shapes).
 _SHAPE_QUERIES = {"size", "dim", "getattr", "numel"}
@@ -414,8 +415,12 @@ _PRODUCTS: dict[str, int | None] = {
 }  # fmt: skip
 #: Norms of a tensor: ``|c z| = c |z|`` for ``c > 0``, any norm.
 _NORMS = {"norm", "linalg_norm", "linalg_vector_norm", "linalg_matrix_norm", "abs"}
-#: Powers of a tensor with the factor they apply to its degree (``pow``: its exponent).
-_POWERS = {"sqrt": 0.5, "rsqrt": -0.5, "square": 2.0, "reciprocal": -1.0, "pow": None}
+#: Powers of a tensor, and statistics homogeneous like one (``var(c z) = c**2 var(z)``),
+#: with the factor they apply to its degree (``pow``: its exponent).
+_POWERS = {
+    "sqrt": 0.5, "rsqrt": -0.5, "square": 2.0, "reciprocal": -1.0, "pow": None,
+    "var": 2.0, "std": 1.0,
+}  # fmt: skip
 
 
 class _Degree:
@@ -425,10 +430,11 @@ class _Degree:
     multiplies them); ``src``: the candidate weights it depends
     on since the last normalization; ``biased``: a bias was added to a scaled value (only
     a normalization that subtracts the per-channel mean cancels it, :func:`_cancels_bias`);
-    ``layer``: the weight layer that added it.
+    ``layer``: the weight layer that added it; ``eps``: the bias is a normalization's
+    epsilon (:func:`_adds_epsilon`), ignored under a power as a norm layer's is.
     """
 
-    __slots__ = ("biased", "k", "layer", "src")
+    __slots__ = ("biased", "eps", "k", "layer", "src")
 
     def __init__(
         self,
@@ -436,8 +442,9 @@ class _Degree:
         src: frozenset[str] = frozenset(),
         biased: bool = False,
         layer: Any = None,
+        eps: bool = False,
     ):
-        self.k, self.src, self.biased, self.layer = k, src, biased, layer
+        self.k, self.src, self.biased, self.layer, self.eps = k, src, biased, layer, eps
 
 
 def _node_args(node: Any, fx: Any) -> list[Any]:
@@ -454,6 +461,24 @@ def _adds_number(node: Any) -> bool:
     """Whether a sum or difference has a plain number among its operands (``z + 1``)."""
     operands = list(node.args) + [v for k, v in node.kwargs.items() if k != "alpha"]
     return any(isinstance(a, int | float) and not isinstance(a, bool) for a in operands)
+
+
+#: Largest number added to a scaled value that counts as a normalization's epsilon.
+EPS_MAX = 1e-3
+
+
+def _adds_epsilon(node: Any, name: str) -> bool:
+    """Whether a sum adds one small positive number (``0 < eps <= EPS_MAX``) to a tensor:
+    the epsilon of a hand-written normalization, ``x * rsqrt(mean(x**2) + eps)`` (Llama's
+    and Qwen's RMSNorm) or ``(x - m) / sqrt(var + eps)``. Like a norm layer's ``eps``, it
+    is taken as 0 there (:func:`_power_degree`); the invariance is then exact for
+    ``eps = 0``."""
+    numbers = [
+        a
+        for a in list(node.args) + [v for k, v in node.kwargs.items() if k != "alpha"]
+        if isinstance(a, int | float) and not isinstance(a, bool)
+    ]
+    return name in ("add", "iadd") and len(numbers) == 1 and 0 < numbers[0] <= EPS_MAX
 
 
 def _product_degree(node: Any, ins: list[_Degree], args: list[Any], name: str) -> _Degree | None:
@@ -480,8 +505,9 @@ def _product_degree(node: Any, ins: list[_Degree], args: list[Any], name: str) -
 
 def _power_degree(node: Any, first: _Degree, name: str) -> _Degree | None:
     """Degree of a power (:data:`_POWERS`) or norm (:data:`_NORMS`) of one tensor, or
-    ``None`` (a biased input, or an exponent that is not a constant number)."""
-    if first.biased:
+    ``None`` (a biased input, or an exponent that is not a constant number). A power of
+    ``z + eps`` with a normalization's epsilon (:func:`_adds_epsilon`) is that of ``z``."""
+    if first.biased and not (first.eps and name in _POWERS):
         return None
     if name in _NORMS:
         return _Degree(first.k, first.src)
@@ -596,7 +622,7 @@ def _joint_conflict(graph: Any, modules: Mapping[str, Any], cand: set[str], fx: 
             if first.k and not first.biased and _adds_number(node):
                 # c z + 1: a constant every entry shares, removed by a norm that subtracts a
                 # mean (_cancels_bias)
-                deg[node] = _Degree(first.k, src, True, _SCALAR_BIAS)
+                deg[node] = _Degree(first.k, src, True, _SCALAR_BIAS, eps=_adds_epsilon(node, name))
             else:
                 deg[node] = _Degree(first.k, src, first.biased, first.layer)
         elif node.op != "call_module" and name in _PRODUCTS:
@@ -884,6 +910,10 @@ def find_si_groups(
     ``"<module>.weight+bias"`` (:data:`PAIR_SUFFIX`) holding both, when its weight is not
     SI alone. A weight shared by two layers (tied) is never reported, and a functional
     normalization's own affine terms (``F.layer_norm(x, s, g, b)``) scale its output.
+    Hand-written normalizations are followed through their operations
+    (``x * rsqrt(mean(x**2) + eps)``, Llama's and Qwen's RMSNorm; ``(x - m) / sqrt(var +
+    eps)``); an ``eps`` of at most :data:`EPS_MAX` is taken as 0 there, as a norm layer's
+    ``eps`` is.
 
     A parameter read only through ``F.normalize`` (the weight of a cosine classifier) is SI
     by construction and reported under its name (``"fx"``/``"auto"``); ``F.normalize`` of a

@@ -297,7 +297,7 @@ def _tiny_bert():
     }
     embeddings = ["word_embeddings", "position_embeddings", "token_type_embeddings"]
     # the three tables are summed into a LayerNorm: SI together, none alone
-    return transformers.BertForSequenceClassification(config), batch, {}, embeddings
+    return transformers.BertForSequenceClassification(config), batch, [], embeddings
 
 
 def _tiny_convnext():
@@ -312,9 +312,9 @@ def _tiny_convnext():
     }
     # a patchify stem and the depthwise convolutions, each with its bias, into a LayerNorm
     pairs = [
-        "convnext.embeddings.patch_embeddings",
-        "convnext.encoder.stages.0.layers.0.dwconv",
-        "convnext.encoder.stages.1.layers.0.dwconv",
+        "convnext.embeddings.patch_embeddings.weight+bias",
+        "convnext.encoder.stages.0.layers.0.dwconv.weight+bias",
+        "convnext.encoder.stages.1.layers.0.dwconv.weight+bias",
     ]
     return transformers.ConvNextForImageClassification(config), batch, pairs, []
 
@@ -350,7 +350,7 @@ def _tiny_swin():
         window_size=4, num_labels=3, hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0, drop_path_rate=0.0,
     )  # fmt: skip
-    pairs = ["swin.embeddings.patch_embeddings.projection"]
+    pairs = ["swin.embeddings.patch_embeddings.projection.weight+bias"]
     return transformers.SwinForImageClassification(config), _images(16), pairs, []
 
 
@@ -372,23 +372,35 @@ def _tiny_vit():
     return transformers.ViTForImageClassification(config), _images(16), [], []
 
 
+def _tiny_qwen3():
+    # RMSNorm (hand-written, with an epsilon) of each head's queries and keys: the query
+    # and key projections are SI
+    config = transformers.Qwen3Config(
+        vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=2, head_dim=8, max_position_embeddings=16,
+    )  # fmt: skip
+    alone = [f"model.layers.{i}.self_attn.{p}_proj.weight" for i in range(2) for p in ("q", "k")]
+    return transformers.Qwen3ForCausalLM(config), _tokens(40), alone, []
+
+
 @pytest.mark.parametrize(
     "make",
-    [_tiny_bert, _tiny_convnext, _tiny_roberta, _tiny_swin, _tiny_gpt2, _tiny_vit],
-    ids=["bert", "convnext", "roberta", "swin", "gpt2", "vit"],
+    [_tiny_bert, _tiny_convnext, _tiny_roberta, _tiny_swin, _tiny_gpt2, _tiny_vit, _tiny_qwen3],
+    ids=["bert", "convnext", "roberta", "swin", "gpt2", "vit", "qwen3"],
 )
 def test_hugging_face_models_si_groups_proved_on_one_forward_pass(make):
     # torch.fx cannot trace these models; the graph of one forward pass is analysed
     # instead, and every claim, and every weight matrix left out, is checked by rescaling
-    from siflow.torch_probe import JOINT_GROUP, PAIR_SUFFIX, check_scale_invariance, find_si_groups
+    from siflow.torch_probe import JOINT_GROUP, check_scale_invariance, find_si_groups
 
     torch.manual_seed(0)
-    model, batch, pairs, joint = make()
+    model, batch, alone, joint = make()
     model = model.double().train()
     batch = {k: v.double() if v.is_floating_point() else v for k, v in batch.items()}
     for mod in model.modules():
-        if isinstance(mod, nn.LayerNorm):
-            mod.eps = 1e-14  # the only source of non-invariance
+        for eps in ("eps", "variance_epsilon"):  # LayerNorm, hand-written RMSNorm
+            if isinstance(getattr(mod, eps, None), float):
+                setattr(mod, eps, 1e-14)  # the only source of non-invariance
     with torch.no_grad():  # weights off their small initial scale: every one matters
         for p in model.parameters():
             p.add_(0.3 * torch.randn_like(p))
@@ -400,11 +412,11 @@ def test_hugging_face_models_si_groups_proved_on_one_forward_pass(make):
         find_si_groups(model, method="fx")
     groups = find_si_groups(model, example_input=batch)
     names = {id(p): n for n, p in model.named_parameters()}
-    assert [g for g in groups if g != JOINT_GROUP] == [f"{p}{PAIR_SUFFIX}" for p in pairs]
+    assert [g for g in groups if g != JOINT_GROUP] == alone
     together = [names[id(p)].rsplit(".", 2)[-2] for p in groups.get(JOINT_GROUP, [])]
     assert sorted(together) == sorted(joint)
     for tensors in groups.values():
         assert check_scale_invariance(loss_fn, tensors, model=model) < 1e-9
     for name, p in model.named_parameters():
-        if p.ndim >= 2 and p.numel() > 1:
+        if p.ndim >= 2 and name not in alone:
             assert check_scale_invariance(loss_fn, [p], model=model) > 1e-6, name

@@ -1211,6 +1211,35 @@ RAW_PARAMETERS = {
         [],
         [],
     ),
+    # hand-written normalizations with a small epsilon (taken as 0, as a norm layer's is)
+    "handwritten_rmsnorm": (
+        _raw(
+            lambda s, x: s.h(
+                (z := (x @ s.W).to(torch.float64)) * torch.rsqrt(z.pow(2).mean(-1, True) + 1e-14)
+            ),
+            W=_param(5, 6),
+        ),
+        ["W"],
+        [],
+    ),
+    "handwritten_layernorm": (
+        _raw(
+            lambda s, x: s.h(
+                ((z := x @ s.W) - z.mean(-1, True)) / (z.var(-1, keepdim=True) + 1e-14).sqrt()
+            ),
+            W=_param(5, 6),
+        ),
+        ["W"],
+        [],
+    ),
+    "handwritten_rmsnorm_with_a_large_constant": (
+        _raw(
+            lambda s, x: s.h((z := x @ s.W) * torch.rsqrt(z.pow(2).mean(-1, True) + 0.5)),
+            W=_param(5, 6),
+        ),
+        [],
+        [],
+    ),
     # F.layer_norm's own gain and shift scale its output: only W is SI
     "functional_layernorm_with_affine_parameters": (
         _raw(
