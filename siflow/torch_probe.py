@@ -396,6 +396,8 @@ def _fx_groups(
 #: Name of the group of weights that are scale-invariant only together (:func:`find_si_groups`).
 JOINT_GROUP = "jointly_si"
 _ADD_FUNCTIONS = {"add", "iadd", "sub", "isub", "cat", "stack"}
+#: The concatenations among them (their number operands are dimensions, not addends).
+_JOINS = {"cat", "stack"}
 #: Operations that keep a tensor's degree of homogeneity (besides the pass-through ones).
 _HOMOGENEOUS = {
     "adaptive_avg_pool1d", "adaptive_avg_pool2d", "avg_pool1d", "avg_pool2d", "getitem",
@@ -501,6 +503,19 @@ def _product_degree(node: Any, ins: list[_Degree], args: list[Any], name: str) -
         if kb != k:
             return None
     return _Degree(k, src)
+
+
+def _attention_degree(node: Any, deg: Mapping[Any, _Degree], fx: Any) -> _Degree | None:
+    """Degree of ``F.scaled_dot_product_attention(q, k, v, ...)``: linear in the values,
+    ``softmax(q k' s) (c v) = c softmax(q k' s) v``; ``None`` when the queries, the keys or
+    the mask are scaled, or the values biased."""
+    zero = _Degree()
+    operands = [_const_arg(node, i, n, None) for i, n in enumerate(("query", "key", "value"))]
+    q, k, v = (deg.get(a, zero) for a in operands)
+    others = [deg.get(a, zero) for a in _node_args(node, fx) if all(a is not o for o in operands)]
+    if q.k or q.biased or k.k or k.biased or v.biased or any(d.k or d.biased for d in others):
+        return None
+    return _Degree(v.k, v.src)
 
 
 def _power_degree(node: Any, first: _Degree, name: str) -> _Degree | None:
@@ -616,15 +631,23 @@ def _joint_conflict(graph: Any, modules: Mapping[str, Any], cand: set[str], fx: 
         elif name in _SHAPE_QUERIES:
             deg[node] = zero
         elif name in _ADD_FUNCTIONS and ins:
+            if name in _JOINS:  # an empty part (a fresh key/value cache) adds nothing
+                kept = [d for a, d in zip(args, ins, strict=True) if not _is_empty(a)]
+                ins, first = kept or ins, (kept or ins)[0]
             if len({(d.k, d.biased) for d in ins}) > 1:
                 return set().union(*(d.src for d in ins))
             src = frozenset().union(*(d.src for d in ins))
-            if first.k and not first.biased and _adds_number(node):
+            if first.k and not first.biased and name not in _JOINS and _adds_number(node):
                 # c z + 1: a constant every entry shares, removed by a norm that subtracts a
                 # mean (_cancels_bias)
                 deg[node] = _Degree(first.k, src, True, _SCALAR_BIAS, eps=_adds_epsilon(node, name))
             else:
                 deg[node] = _Degree(first.k, src, first.biased, first.layer)
+        elif node.op != "call_module" and name == "scaled_dot_product_attention":
+            attention = _attention_degree(node, deg, fx)
+            if attention is None:
+                return set().union(*(d.src for d in scaled))
+            deg[node] = attention
         elif node.op != "call_module" and name in _PRODUCTS:
             product = _product_degree(node, ins, args, name)
             if product is None:
@@ -652,6 +675,12 @@ def _joint_conflict(graph: Any, modules: Mapping[str, Any], cand: set[str], fx: 
         else:
             deg[node] = zero
     return set()
+
+
+def _is_empty(node: Any) -> bool:
+    """Whether a graph value is known (from its recorded shape) to hold no entries."""
+    shape = getattr(node.meta.get("tensor_meta"), "shape", None)
+    return shape is not None and 0 in tuple(shape)
 
 
 def _pads_nonzero(node: Any) -> bool:

@@ -383,10 +383,32 @@ def _tiny_qwen3():
     return transformers.Qwen3ForCausalLM(config), _tokens(40), alone, []
 
 
+def _tiny_olmo2():
+    # each sublayer's output RMS-normalized before it joins the residual stream: every
+    # projection is SI but the gate's (SiLU is not homogeneous); values through attention
+    config = transformers.Olmo2Config(
+        vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=16,
+        pad_token_id=0, bos_token_id=0, eos_token_id=0,
+    )  # fmt: skip
+    attn = [f"model.layers.0.self_attn.{p}_proj.weight" for p in ("q", "k", "v", "o")]
+    mlp = ["model.layers.0.mlp.up_proj.weight", "model.layers.0.mlp.down_proj.weight"]
+    return transformers.Olmo2ForCausalLM(config), _tokens(40), attn + mlp, []
+
+
 @pytest.mark.parametrize(
     "make",
-    [_tiny_bert, _tiny_convnext, _tiny_roberta, _tiny_swin, _tiny_gpt2, _tiny_vit, _tiny_qwen3],
-    ids=["bert", "convnext", "roberta", "swin", "gpt2", "vit", "qwen3"],
+    [
+        _tiny_bert,
+        _tiny_convnext,
+        _tiny_roberta,
+        _tiny_swin,
+        _tiny_gpt2,
+        _tiny_vit,
+        _tiny_qwen3,
+        _tiny_olmo2,
+    ],
+    ids=["bert", "convnext", "roberta", "swin", "gpt2", "vit", "qwen3", "olmo2"],
 )
 def test_hugging_face_models_si_groups_proved_on_one_forward_pass(make):
     # torch.fx cannot trace these models; the graph of one forward pass is analysed
@@ -415,8 +437,10 @@ def test_hugging_face_models_si_groups_proved_on_one_forward_pass(make):
     assert [g for g in groups if g != JOINT_GROUP] == alone
     together = [names[id(p)].rsplit(".", 2)[-2] for p in groups.get(JOINT_GROUP, [])]
     assert sorted(together) == sorted(joint)
+    # OLMo2's norms compute in float32: rescaling leaves its rounding, about 1e-7
+    tol = 1e-6 if make is _tiny_olmo2 else 1e-9
     for tensors in groups.values():
-        assert check_scale_invariance(loss_fn, tensors, model=model) < 1e-9
+        assert check_scale_invariance(loss_fn, tensors, model=model) < tol
     for name, p in model.named_parameters():
         if p.ndim >= 2 and name not in alone:
-            assert check_scale_invariance(loss_fn, [p], model=model) > 1e-6, name
+            assert check_scale_invariance(loss_fn, [p], model=model) > 1e-4, name

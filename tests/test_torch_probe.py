@@ -1240,6 +1240,30 @@ RAW_PARAMETERS = {
         [],
         [],
     ),
+    # attention is linear in its values: softmax(q k') (c v) = c softmax(q k') v
+    "attention_values_into_layernorm": (
+        _raw(
+            lambda s, x: s.h(
+                s.ln(F.scaled_dot_product_attention(s.q(x)[None], s.k(x)[None], s.v(x)[None])[0])
+            ),
+            q=nn.Linear(5, 6, bias=False),
+            k=nn.Linear(5, 6, bias=False),
+            v=nn.Linear(5, 6, bias=False),
+            ln=nn.LayerNorm(6),
+        ),
+        ["v.weight"],
+        [],
+    ),
+    # a concatenation's dimension is not a number added to it
+    "two_linears_concatenated_into_normalize": (
+        _raw(
+            lambda s, x: s.h(F.normalize(torch.cat([s.a(x), s.b(x)], 1), dim=1)),
+            a=nn.Linear(5, 3, bias=False),
+            b=nn.Linear(5, 3, bias=False),
+        ),
+        [],
+        ["a.weight", "b.weight"],
+    ),
     # F.layer_norm's own gain and shift scale its output: only W is SI
     "functional_layernorm_with_affine_parameters": (
         _raw(
