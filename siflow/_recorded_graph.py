@@ -35,7 +35,12 @@ from siflow._fileio import require
 
 torch = require("torch", "torch", '"torch==2.13.0"')
 
-__all__ = ["record_graph"]
+__all__ = ["RecordingIncomplete", "record_graph"]
+
+
+class RecordingIncomplete(ValueError):
+    """The forward pass computes from the parameters by means the recording cannot follow."""
+
 
 #: Attribute reads and queries whose result does not depend on a tensor's values.
 _METADATA = {
@@ -133,7 +138,7 @@ class _Recording:
         name = self.names.get(id(t))
         if name is None:
             if t.grad_fn is not None:
-                raise ValueError(
+                raise RecordingIncomplete(
                     "the forward pass computes a tensor from the parameters by an operation "
                     "the recording did not see"
                 )
@@ -185,13 +190,26 @@ class _Recording:
         mutated = kwargs.get("out", mutated)
         if isinstance(mutated, torch.Tensor):
             if mutated._base is not None or id(mutated) in self.viewed:
-                raise ValueError(
+                raise RecordingIncomplete(
                     f"the forward pass writes in place ({name}) into a tensor that shares "
                     f"memory with another"
                 )
             self.bind(mutated, node)
         if out is not mutated:
             self.bind_output(out, node)
+
+
+def _bookkeeping(step: Any, *args: Any) -> None:
+    """Run one recording step; its own failures are :class:`RecordingIncomplete` (not the
+    model's errors, which pass through unchanged)."""
+    try:
+        step(*args)
+    except RecordingIncomplete:
+        raise
+    except Exception as exc:  # noqa: BLE001 - an operation the recording cannot describe
+        raise RecordingIncomplete(
+            f"the recording cannot describe an operation ({type(exc).__name__}: {exc})"
+        ) from None
 
 
 def _mode(rec: _Recording) -> Any:
@@ -202,7 +220,7 @@ def _mode(rec: _Recording) -> Any:
             kwargs = kwargs or {}
             out = func(*args, **kwargs)
             if rec.depth == 0:
-                rec.function(func, args, kwargs, out)
+                _bookkeeping(rec.function, func, args, kwargs, out)
             return out
 
     return Mode()
@@ -216,7 +234,7 @@ def _leaf_hooks(model: Any, rec: _Recording) -> list[Any]:
         def hook(mod: Any, args: tuple, kwargs: dict) -> None:
             if rec.depth == 0:
                 with torch._C.DisableTorchFunction():  # the bookkeeping is not recorded
-                    rec.pending.append((rec.arg(args), rec.arg(kwargs)))
+                    _bookkeeping(lambda: rec.pending.append((rec.arg(args), rec.arg(kwargs))))
             rec.depth += 1
 
         return hook
@@ -227,7 +245,9 @@ def _leaf_hooks(model: Any, rec: _Recording) -> list[Any]:
             if rec.depth == 0:
                 fargs, fkwargs = rec.pending.pop()
                 with torch._C.DisableTorchFunction():
-                    rec.bind_output(out, rec.graph.call_module(name, fargs, fkwargs))
+                    _bookkeeping(
+                        lambda: rec.bind_output(out, rec.graph.call_module(name, fargs, fkwargs))
+                    )
 
         return hook
 
@@ -245,8 +265,9 @@ def record_graph(model: Any, example_input: Any) -> Any:
 
     ``example_input`` is a tensor (``model(x)``), or a mapping passed as keyword
     arguments (``model(**batch)``). The pass runs with autograd on (the completeness check
-    needs it); the caller restores buffers and the random state. Raises ``ValueError``
-    when the recording cannot be complete.
+    needs it); the caller restores buffers and the random state. Raises
+    :class:`RecordingIncomplete` when the recording cannot be complete; the model's own
+    errors pass through.
     """
     rec = _Recording(model)
     if isinstance(example_input, Mapping):

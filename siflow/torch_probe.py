@@ -854,6 +854,8 @@ def _hook_groups(model: Any, example_input: Any) -> list[str]:
                 model(**example_input)  # keyword inputs (a Hugging Face batch)
             else:
                 model(example_input)
+    except Exception as exc:  # noqa: BLE001 - any failure of the model's own forward
+        raise _not_a_batch(exc) from None
     finally:
         for h in handles:
             h.remove()
@@ -1016,22 +1018,32 @@ def _run_graph(model: Any, example_input: Any, method: str) -> Any:
     (:func:`siflow._recorded_graph.record_graph`; buffers and random state restored);
     ``None`` when it cannot be recorded completely and ``method="auto"`` (the hook
     heuristic then stands in), else a ``ValueError``."""
-    from siflow._recorded_graph import record_graph
+    from siflow._recorded_graph import RecordingIncomplete, record_graph
 
     buffers = _save_buffers(model)
     try:
         with _rng_kept(model):
             return record_graph(model, example_input)
-    except Exception as exc:  # noqa: BLE001 - any failure of the model's own forward
+    except RecordingIncomplete as exc:
         if method == "run":
             raise ValueError(
-                f"one forward pass on example_input could not be recorded "
-                f"({type(exc).__name__}: {exc}); pass groups= explicitly, or "
-                f"method='hooks'"
+                f"one forward pass on example_input could not be recorded ({exc}); pass "
+                f"groups= explicitly, or method='hooks'"
             ) from None
         return None
+    except Exception as exc:  # noqa: BLE001 - any failure of the model's own forward
+        raise _not_a_batch(exc) from None
     finally:
         _restore_buffers(model, buffers)
+
+
+def _not_a_batch(exc: BaseException) -> ValueError:
+    """The error for an ``example_input`` the model's forward fails on (first line only)."""
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return ValueError(
+        f"example_input does not run through the model ({type(exc).__name__}: {first}); "
+        f"pass a batch the model accepts (a tensor, or a mapping of keyword arguments)"
+    )
 
 
 def _graph_groups(

@@ -1797,3 +1797,16 @@ def test_recorder_leaves_out_a_found_group_the_optimizer_does_not_fully_update()
     # a group named explicitly is the user's choice: an error, as before
     with pytest.raises(ValueError, match="does not update"):
         SIRecorder(model, opt, groups={"pair": [model[3].weight, model[3].bias]})
+
+
+@pytest.mark.parametrize("method", ["auto", "run", "hooks"])
+@pytest.mark.parametrize(
+    "bad", [torch.randn(3, 5), "text", {"y": torch.randn(2, 1, 6, 6)}], ids=["shape", "str", "kw"]
+)
+def test_an_example_input_the_model_rejects_is_one_clear_error(method, bad):
+    model, x, _ = _branchy_setup()
+    running = model.bn.running_mean.clone()
+    with pytest.raises(ValueError, match=r"^example_input does not run through the model \(") as e:
+        find_si_groups(model, example_input=bad, method=method)
+    assert "\n" not in str(e.value) and "pass a batch the model accepts" in str(e.value)
+    assert torch.equal(model.bn.running_mean, running)
