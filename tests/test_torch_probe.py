@@ -857,6 +857,20 @@ ARCHITECTURES = {
 }
 
 
+def _classification_problem(make, shape, classes, eps=1e-14):
+    """``(model, x, loss_fn)``: ``make()`` in float64 training mode (:func:`_float64_training`),
+    a random batch of ``shape`` and its cross-entropy on random labels (seed 0)."""
+    torch.manual_seed(0)
+    model = _float64_training(make(), eps)
+    x = torch.randn(*shape, dtype=torch.float64)
+    y = torch.randint(0, classes, (shape[0],))
+
+    def loss_fn():
+        return nn.functional.cross_entropy(model(x), y)
+
+    return model, x, loss_fn
+
+
 def _float64_training(model, eps):
     """``model`` in float64 and training mode, every normalization's ``eps`` set to ``eps``
     (invariance exact to rounding for small ``eps``)."""
@@ -1292,13 +1306,7 @@ def test_parameters_read_directly_are_found_and_agree_with_the_numerical_check(a
     # (products add them, quotients subtract them, norms keep them) decide; each
     # parameter and each group is rescaled numerically
     make, alone, joint = RAW_PARAMETERS[arch]
-    torch.manual_seed(0)
-    model = _float64_training(make(), 1e-14)
-    x = torch.randn(16, 5, dtype=torch.float64)
-    y = torch.randint(0, 2, (16,))
-
-    def loss_fn():
-        return nn.functional.cross_entropy(model(x), y)
+    model, x, loss_fn = _classification_problem(make, (16, 5), 2)
 
     groups = find_si_groups(model, example_input=x, method=method)
     params = dict(model.named_parameters())
@@ -1647,15 +1655,7 @@ class _Branchy(nn.Module):
 
 
 def _branchy_setup():
-    torch.manual_seed(0)
-    model = _float64_training(_Branchy(), 1e-14)
-    x = torch.randn(8, 1, 6, 6, dtype=torch.float64)
-    y = torch.randint(0, 3, (8,))
-
-    def loss_fn():
-        return nn.functional.cross_entropy(model(x), y)
-
-    return model, x, loss_fn
+    return _classification_problem(_Branchy, (8, 1, 6, 6), 3)
 
 
 def test_an_untraceable_model_is_analysed_on_the_graph_of_one_forward_pass():
@@ -1744,14 +1744,7 @@ class _TiedDirect(nn.Module):
 @pytest.mark.parametrize("cls", [_Tied, _TiedDirect])
 @pytest.mark.parametrize("method", ["fx", "run"])
 def test_a_weight_shared_with_another_layer_is_not_claimed(method, cls):
-    torch.manual_seed(0)
-    model = _float64_training(cls(), 1e-14)
-    x = torch.randn(8, 6, dtype=torch.float64)
-    y = torch.randint(0, 2, (8,))
-
-    def loss_fn():
-        return nn.functional.cross_entropy(model(x), y)
-
+    model, x, loss_fn = _classification_problem(cls, (8, 6), 2)
     assert find_si_groups(model, example_input=x, method=method) == {}
     shared = model.a.weight if cls is _Tied else model.W
     assert check_scale_invariance(loss_fn, [shared], model=model) > 1e-3
