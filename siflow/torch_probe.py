@@ -1884,6 +1884,11 @@ class SIRecorder:
             "momentum": float(pg.get("momentum", 0.0)),
             "optimizer": type(self.optimizer).__name__,
             "groups": list(self.groups),
+            # each group's own (initial) lr and wd: siflow.io.read(path, group=<name>)
+            "group_hyper": {
+                name: dict(zip(("lr", "wd"), _lr_wd(self._param_group[id(ps[0])]), strict=True))
+                for name, ps in self.groups.items()
+            },
             "source": "siflow.torch_probe",
             "every": self.every,
         }

@@ -1803,3 +1803,91 @@ def test_an_example_input_the_model_rejects_is_one_clear_error(method, bad):
         find_si_groups(model, example_input=bad, method=method)
     assert "\n" not in str(e.value) and "pass a batch the model accepts" in str(e.value)
     assert torch.equal(model.bn.running_mean, running)
+
+
+def _two_group_log(tmp_path, suffix, lrs=(0.2, 0.2), wds=(0.01, 0.01), steps=40):
+    """A recorder log of :func:`_pair_model` trained by SGD, its two groups in optimizer
+    param groups of the given lrs and wds."""
+    model = _pair_model().double()
+    first = [model[0].weight]
+    rest = [p for n, p in model.named_parameters() if n != "0.weight"]
+    opt = torch.optim.SGD(
+        [
+            {"params": first, "lr": lrs[0], "weight_decay": wds[0]},
+            {"params": rest, "lr": lrs[1], "weight_decay": wds[1]},
+        ]
+    )
+    rec = SIRecorder(model, opt)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 4, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 3, (32,), generator=gen)
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        rec.log_loss(loss)
+        opt.step()
+    return rec.save(tmp_path / f"log{suffix}")
+
+
+def _assert_sgd_norm_step(traj, lr, wd):
+    """``rho_{t+1}^2 = q^2 rho^2 - 2 q lr r g~ + lr^2 g~^2 / rho^2`` (``q = 1 - lr wd``,
+    ``r`` the logged radial cosine): ``|q w - lr g|^2`` expanded, exact."""
+    rho, gs = traj.rho[:-1], traj.grad_norm_sphere[:-1]
+    r = traj.extra[f"radial/{traj.meta['group']}"][:-1]
+    q = 1 - lr * wd
+    pred = q**2 * rho**2 - 2 * q * lr * r * gs + lr**2 * gs**2 / rho**2
+    np.testing.assert_allclose(traj.rho[1:] ** 2, pred, rtol=1e-9)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".npz"])
+def test_one_group_of_a_recorder_log_is_read_with_group(tmp_path, suffix):
+    import siflow.io
+
+    path = _two_group_log(tmp_path, suffix)
+    whole = siflow.io.read(path)
+    one = siflow.io.read(path, group="3.weight+bias")
+    other = siflow.io.read(path, group="0.WEIGHT")  # case aside, as for other formats
+    assert one.meta["group"] == "3.weight+bias" and other.meta["group"] == "0.weight"
+    np.testing.assert_array_equal(one.rho, whole.extra["rho/3.weight+bias"])
+    np.testing.assert_array_equal(one.elr, whole.extra["elr/3.weight+bias"])
+    np.testing.assert_array_equal(one.loss, whole.loss)
+    np.testing.assert_array_equal(one.extra["rho/total"], whole.rho)
+    # the second method: the total is the norm of the two groups concatenated
+    np.testing.assert_allclose(np.hypot(one.rho, other.rho), whole.rho, rtol=1e-6)
+    # the group's norm obeys the exact SGD + coupled weight decay step (its weight and
+    # bias share lr and wd): |q w - lr g|^2 with the radial part of g that LayerNorm's
+    # eps leaves
+    _assert_sgd_norm_step(one, 0.2, 0.01)
+    assert siflow.io.read(path, group="sum").rho.tolist() == whole.rho.tolist()
+    with pytest.raises(ValueError, match=r"no SI group 'conv9' \(groups: 0\.weight, 3\.weight"):
+        siflow.io.read(path, group="conv9")
+
+
+def test_a_group_in_its_own_optimizer_param_group_gets_its_lr_and_wd(tmp_path):
+    import siflow.io
+
+    path = _two_group_log(tmp_path, ".npz", lrs=(0.2, 0.05), wds=(0.01, 0.03))
+    whole = siflow.io.read(path)
+    assert (whole.meta["lr"], whole.meta["wd"]) == (0.2, 0.01)  # the first group's
+    one = siflow.io.read(path, group="3.weight+bias")
+    assert (one.meta["lr"], one.meta["wd"]) == (0.05, 0.03)
+    np.testing.assert_allclose(one.elr * one.rho**2, 0.05, rtol=1e-12)
+    _assert_sgd_norm_step(one, 0.05, 0.03)
+
+
+def test_overlay_command_reads_one_group_of_a_recorder_log(tmp_path):
+    import json
+    import subprocess
+
+    path = _two_group_log(tmp_path, ".csv")
+    run = [sys.executable, "-m", "siflow.overlay", str(path), "--json", "--out"]
+    done = subprocess.run([*run, str(tmp_path / "o"), "--group", "3.weight+bias"],
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["lr"] == 0.2
+    bad = subprocess.run([*run, str(tmp_path / "b"), "--group", "conv9"],
+                         capture_output=True, text=True)  # fmt: skip
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert len(bad.stderr.strip().splitlines()) == 1 and "no SI group 'conv9'" in bad.stderr
+    assert not (tmp_path / "b").exists()

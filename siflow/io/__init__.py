@@ -279,10 +279,10 @@ def read(
     mapping = normalize_mapping(mapping)  # its type checked before a falsy one is dropped
     name = _check_fmt(detect_format(path) if fmt is None else fmt)
     reader = FORMATS[name].read
-    if name == "siflow" and (mapping or group is not None):
+    if name == "siflow" and mapping:
         raise ValueError(
-            f"{str(path)!r} is a siflow trajectory file, read as it is: drop mapping= and "
-            f"group= (use Trajectory methods to select columns)"
+            f"{str(path)!r} is a siflow trajectory file, read as it is: drop mapping= "
+            f"(use Trajectory methods to select columns)"
         )
     given = {"mapping": mapping, "steps_per_epoch": steps_per_epoch, "group": group, **options}
     return reader(path, **_reader_kwargs(name, reader, given))
