@@ -1228,6 +1228,20 @@ def _restore_buffers(model: Any, saved: list[tuple[Any, Any]]) -> None:
             buf.copy_(value)
 
 
+def _rng_rewinder(devices: Sequence[int]) -> Callable[[], None]:
+    """A function that puts the CPU generator, and those of the CUDA ``devices``, back to
+    their present states (each evaluation of a loss then draws the same random numbers)."""
+    cpu = torch.random.get_rng_state()
+    cuda = [torch.cuda.get_rng_state(d) for d in devices]
+
+    def rewind() -> None:
+        torch.random.set_rng_state(cpu)
+        for d, state in zip(devices, cuda, strict=True):
+            torch.cuda.set_rng_state(state, d)
+
+    return rewind
+
+
 def check_scale_invariance(
     loss_fn: Callable[[], Any],
     params: Iterable[Any],
@@ -1241,7 +1255,9 @@ def check_scale_invariance(
     An SI group gives rounding-level values (~1e-7 in float32; BatchNorm's ``eps``
     adds about ``eps / var`` of the pre-norm activations); a non-SI group gives
     order-one values. The parameters are restored exactly afterwards, and so are
-    ``model``'s buffers (BatchNorm running statistics) when ``model`` is given.
+    ``model``'s buffers (BatchNorm running statistics) when ``model`` is given. Every
+    evaluation draws the same random numbers (the same dropout masks), and the random
+    state the caller sees is left as it was.
 
     Parameters
     ----------
@@ -1262,8 +1278,10 @@ def check_scale_invariance(
         raise ValueError("factors must be a non-empty sequence of positive numbers")
     saved_p = [p.detach().clone() for p in params]
     saved_b = _save_buffers(model) if model is not None else []
+    devices = sorted({p.device.index or 0 for p in params if p.device.type == "cuda"})
     try:
-        with torch.no_grad():
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            same_draws = _rng_rewinder(devices)
             base = float(loss_fn())
             if model is not None:
                 _restore_buffers(model, saved_b)
@@ -1271,6 +1289,7 @@ def check_scale_invariance(
             for c in fac:
                 for p, p0 in zip(params, saved_p, strict=True):
                     p.copy_(p0 * float(c))
+                same_draws()  # the same dropout masks as the first evaluation
                 val = float(loss_fn())
                 if model is not None:
                     _restore_buffers(model, saved_b)

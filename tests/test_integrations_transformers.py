@@ -455,3 +455,42 @@ def test_hugging_face_models_si_groups_proved_on_one_forward_pass(make):
     for name, p in model.named_parameters():
         if p.ndim >= 2 and name not in alone:
             assert check_scale_invariance(loss_fn, [p], model=model) > 1e-4, name
+
+
+class _TokenBatches(torch.utils.data.Dataset):
+    def __init__(self) -> None:
+        gen = torch.Generator().manual_seed(0)
+        self.x = torch.randint(0, 40, (64, 10), generator=gen)
+        self.y = torch.randint(0, 3, (64,), generator=gen)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"input_ids": self.x[i], "labels": self.y[i]}
+
+
+def test_trainer_on_bert_with_dropout_records_its_embeddings(tmp_path):
+    # BERT as configured by default (dropout 0.1, the trainer's AdamW): the embedding tables
+    # are SI together, and the rescaling check sees the same dropout masks at every scale
+    from siflow.torch_probe import JOINT_GROUP
+
+    model, _, _, _ = _tiny_bert()
+    model.config.hidden_dropout_prob = 0.1
+    for mod in model.modules():
+        if isinstance(mod, nn.Dropout):
+            mod.p = 0.1
+    cb = SIRecorderCallback(every=1)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "out"), max_steps=4, per_device_train_batch_size=16,
+        report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True, weight_decay=0.01,
+    )  # fmt: skip
+    trainer = transformers.Trainer(
+        model=model, args=args, train_dataset=_TokenBatches(), callbacks=[cb]
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.train()
+    assert list(cb.recorder.groups) == [JOINT_GROUP]
+    assert len(cb.recorder.groups[JOINT_GROUP]) == 3
+    assert len(cb.recorder.trajectory()) == 4

@@ -1891,3 +1891,23 @@ def test_overlay_command_reads_one_group_of_a_recorder_log(tmp_path):
     assert bad.returncode == 2 and bad.stdout == ""
     assert len(bad.stderr.strip().splitlines()) == 1 and "no SI group 'conv9'" in bad.stderr
     assert not (tmp_path / "b").exists()
+
+
+def test_rescaling_check_draws_the_same_dropout_masks_and_keeps_the_random_state():
+    torch.manual_seed(0)
+    model = _float64_training(
+        nn.Sequential(
+            nn.Linear(5, 6, bias=False), nn.Dropout(0.5), nn.LayerNorm(6), nn.Linear(6, 2)
+        ),
+        1e-14,
+    )
+    x = torch.randn(16, 5, dtype=torch.float64)
+    y = torch.randint(0, 2, (16,))
+
+    def loss_fn():
+        return nn.functional.cross_entropy(model(x), y)
+
+    state = torch.random.get_rng_state()
+    assert check_scale_invariance(loss_fn, [model[0].weight], model=model) < 1e-12
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert check_scale_invariance(loss_fn, [model[3].weight], model=model) > 1e-3
