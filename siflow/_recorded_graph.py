@@ -35,7 +35,7 @@ from siflow._fileio import require
 
 torch = require("torch", "torch", '"torch==2.13.0"')
 
-__all__ = ["RecordingIncomplete", "record_graph"]
+__all__ = ["RecordingIncomplete", "record_graph", "run_model"]
 
 
 class RecordingIncomplete(ValueError):
@@ -260,14 +260,23 @@ def _leaf_hooks(model: Any, rec: _Recording) -> list[Any]:
     return handles
 
 
+def run_model(model: Any, example_input: Any) -> Any:
+    """``model(**x)`` for a mapping (a Hugging Face batch), ``model(*x)`` for a tuple or
+    list (positional inputs, as Lightning runs ``example_input_array``), else ``model(x)``."""
+    if isinstance(example_input, Mapping):
+        return model(**example_input)
+    if isinstance(example_input, list | tuple):
+        return model(*example_input)
+    return model(example_input)
+
+
 def record_graph(model: Any, example_input: Any) -> Any:
     """The graph of one forward pass of ``model`` on ``example_input`` (see the module).
 
-    ``example_input`` is a tensor (``model(x)``), or a mapping passed as keyword
-    arguments (``model(**batch)``). The pass runs with autograd on (the completeness check
-    needs it); the caller restores buffers and the random state. Raises
-    :class:`RecordingIncomplete` when the recording cannot be complete; the model's own
-    errors pass through.
+    ``example_input`` is passed as :func:`run_model` passes it. The pass runs with
+    autograd on (the completeness check needs it); the caller restores buffers and the
+    random state. Raises :class:`RecordingIncomplete` when the recording cannot be
+    complete; the model's own errors pass through.
     """
     rec = _Recording(model)
     if isinstance(example_input, Mapping):
@@ -281,11 +290,7 @@ def record_graph(model: Any, example_input: Any) -> Any:
     handles = _leaf_hooks(model, rec)
     try:
         with torch.enable_grad(), _mode(rec):
-            out = (
-                model(**example_input)
-                if isinstance(example_input, Mapping)
-                else (model(example_input))
-            )
+            out = run_model(model, example_input)
         results = [rec.node_of(t) for t in _tensors(out)]
     finally:
         for h in handles:

@@ -823,6 +823,8 @@ def _fx_joint_weights(
 
 def _hook_groups(model: Any, example_input: Any) -> list[str]:
     """Forward-hook heuristic: a weight layer whose output tensor is a norm layer's input."""
+    from siflow._recorded_graph import run_model
+
     produced: dict[int, tuple[str, Any]] = {}
     found: list[str] = []
     handles = []
@@ -850,10 +852,7 @@ def _hook_groups(model: Any, example_input: Any) -> list[str]:
     buffers = _save_buffers(model)
     try:
         with torch.no_grad(), _rng_kept(model):
-            if isinstance(example_input, Mapping):
-                model(**example_input)  # keyword inputs (a Hugging Face batch)
-            else:
-                model(example_input)
+            run_model(model, example_input)
     except Exception as exc:  # noqa: BLE001 - any failure of the model's own forward
         raise _not_a_batch(exc) from None
     finally:
@@ -901,10 +900,11 @@ def find_si_groups(
     Parameters
     ----------
     model : torch.nn.Module
-    example_input : Tensor or mapping, optional
+    example_input : Tensor, tuple or mapping, optional
         Needed for ``method="run"`` and ``"hooks"`` (and as the fallback of ``"auto"``
         when the model cannot be traced by ``torch.fx``); a mapping is passed as keyword
-        arguments (``model(**batch)``, a Hugging Face batch).
+        arguments (``model(**batch)``, a Hugging Face batch), a tuple or list as
+        positional arguments (``model(*inputs)``, Lightning's convention).
     method : {"auto", "fx", "run", "hooks"}
         ``"fx"`` traces the module graph symbolically. ``"run"`` runs one forward pass
         on ``example_input`` and records every operation it performs into a graph of
@@ -1042,7 +1042,8 @@ def _not_a_batch(exc: BaseException) -> ValueError:
     first = (str(exc).strip().splitlines() or [""])[0]
     return ValueError(
         f"example_input does not run through the model ({type(exc).__name__}: {first}); "
-        f"pass a batch the model accepts (a tensor, or a mapping of keyword arguments)"
+        f"pass a batch the model accepts (a tensor, a tuple of positional inputs, or a "
+        f"mapping of keyword arguments)"
     )
 
 

@@ -1911,3 +1911,27 @@ def test_rescaling_check_draws_the_same_dropout_masks_and_keeps_the_random_state
     assert check_scale_invariance(loss_fn, [model[0].weight], model=model) < 1e-12
     assert torch.equal(torch.random.get_rng_state(), state)
     assert check_scale_invariance(loss_fn, [model[3].weight], model=model) > 1e-3
+
+
+class _TwoInputs(nn.Module):
+    """forward(x, scale): two positional inputs, and a branch on a value."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 6, bias=False)
+        self.bn = nn.BatchNorm1d(6)
+        self.h = nn.Linear(6, 2)
+
+    def forward(self, x, scale):
+        if scale.sum() > 0:
+            x = x * scale
+        return self.h(self.bn(self.a(x)))
+
+
+@pytest.mark.parametrize("method", ["auto", "run", "hooks"])
+@pytest.mark.parametrize("container", [tuple, list])
+def test_a_tuple_example_input_is_the_positional_inputs(method, container):
+    # as Lightning runs example_input_array: model(*inputs)
+    model = _TwoInputs()
+    inputs = container([torch.randn(8, 4), torch.ones(4)])
+    assert list(find_si_groups(model, example_input=inputs, method=method)) == ["a.weight"]
