@@ -26,6 +26,7 @@ scale-invariance proof on the graph is never a proof on part of the computation.
 
 from __future__ import annotations
 
+import builtins
 import operator
 from collections.abc import Mapping
 from types import SimpleNamespace
@@ -176,7 +177,9 @@ class _Recording:
             return
         fargs = self.arg(args)
         fkwargs = self.arg(dict(kwargs))
-        if name in _OPERATORS:
+        if getattr(func, "__name__", "") == "__get__":  # x.T, x.data: as torch.fx records it
+            node = self.graph.call_function(builtins.getattr, (fargs[0], name))
+        elif name in _OPERATORS:
             target, swap = _OPERATORS[name]
             if swap:
                 fargs = (fargs[1], fargs[0], *fargs[2:])

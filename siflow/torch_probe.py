@@ -406,7 +406,14 @@ _HOMOGENEOUS = {
     "type_as", "clone",
 }  # fmt: skip
 #: Operations whose result does not depend on the tensor's scale (shapes).
-_SHAPE_QUERIES = {"size", "dim", "getattr", "numel"}
+_SHAPE_QUERIES = {"size", "dim", "numel"}
+#: Tensor attributes (``getattr`` nodes) that do not depend on its values, and those that
+#: are its entries moved (``x.T``).
+_METADATA_ATTRS = {
+    "shape", "dtype", "device", "ndim", "layout", "is_cuda", "requires_grad", "names",
+    "is_sparse", "is_quantized", "is_meta", "itemsize", "nbytes",
+}  # fmt: skip
+_TRANSPOSED_ATTRS = {"T", "mT", "H", "mH"}
 #: Products of their tensor operands (degrees add); the value is the position of a
 #: bias operand added to the product (``F.linear(x, W, b)``), if the operation has one.
 _PRODUCTS: dict[str, int | None] = {
@@ -630,6 +637,14 @@ def _joint_conflict(graph: Any, modules: Mapping[str, Any], cand: set[str], fx: 
             deg[node] = first
         elif name in _SHAPE_QUERIES:
             deg[node] = zero
+        elif name == "getattr":  # x.shape, x.T, x.data, ...
+            attr = _const_arg(node, 1, "name", None)
+            if attr in _TRANSPOSED_ATTRS and not first.biased:
+                deg[node] = _Degree(first.k, first.src)
+            elif attr in _METADATA_ATTRS or not scaled:
+                deg[node] = zero
+            else:
+                return set().union(*(d.src for d in scaled))
         elif name in _ADD_FUNCTIONS and ins:
             if name in _JOINS:  # an empty part (a fresh key/value cache) adds nothing
                 kept = [d for a, d in zip(args, ins, strict=True) if not _is_empty(a)]

@@ -1254,6 +1254,17 @@ RAW_PARAMETERS = {
         [],
         [],
     ),
+    # x.T moves the entries: W.T scales with W
+    "transposed_parameter_into_layernorm": (
+        _raw(lambda s, x: s.h(s.ln(x @ s.W.T)), W=_param(6, 5), ln=nn.LayerNorm(6)),
+        ["W"],
+        [],
+    ),
+    "transposed_parameter_without_a_norm": (
+        _raw(lambda s, x: s.h(x @ s.W.T), W=_param(6, 5)),
+        [],
+        [],
+    ),
     # attention is linear in its values: softmax(q k') (c v) = c softmax(q k') v
     "attention_values_into_layernorm": (
         _raw(
