@@ -137,3 +137,92 @@ def test_no_claim_on_random_models_is_contradicted_by_rescaling(method):
             change = check_scale_invariance(loss_fn, params, model=model)
             assert change < 1e-8, (model, name, change)
     assert claims > 100  # the models hold many SI groups; many are found
+
+
+#: Operations on a (6, 4, H, W) feature map: per-channel biases meet each normalization.
+CONV_UNARY = {
+    "relu": lambda s, z: F.relu(z),
+    "batch_norm": lambda s, z: s.bn(z),
+    "group_norm_per_channel": lambda s, z: s.gn1(z),
+    "group_norm_two_groups": lambda s, z: s.gn2(z),
+    "instance_norm": lambda s, z: s.inorm(z),
+    "layer_norm_channels": lambda s, z: s.ln(z.permute(0, 2, 3, 1)).permute(0, 3, 1, 2),
+    "max_pool": lambda s, z: F.max_pool2d(z, 2, 1, 1),
+    "avg_pool_padded": lambda s, z: F.avg_pool2d(z, 3, 1, 1),
+    "avg_pool": lambda s, z: F.avg_pool2d(z, 2, 1),
+    "zero_pad": lambda s, z: F.pad(z, (1, 1, 1, 1)),
+    "one_pad": lambda s, z: F.pad(z, (1, 1, 1, 1), value=1.0),
+    "reflect_pad": lambda s, z: F.pad(z, (1, 1, 1, 1), mode="reflect"),
+    "conv": lambda s, z: s.c2(z),
+    "conv_1x1": lambda s, z: s.c3(z),
+    "upsample": lambda s, z: F.interpolate(z, scale_factor=2),
+    "dropout2d": lambda s, z: F.dropout2d(z, 0.3, True),
+    "plus_one": lambda s, z: z + 1,
+    "twice": lambda s, z: 2 * z,
+    "flatten_view": lambda s, z: z.flatten(2).view(z.shape),
+    "transpose_hw": lambda s, z: z.permute(0, 1, 3, 2),
+    "sigmoid": lambda s, z: torch.sigmoid(z),
+    "center": lambda s, z: z - z.mean((2, 3), keepdim=True),
+    "channel_shift": lambda s, z: z + s.cb,
+    "channel_gain": lambda s, z: z * s.cg,
+    "adaptive_pool": lambda s, z: F.adaptive_avg_pool2d(z, 4),
+    "crop": lambda s, z: z[:, :, 1:-1, 1:-1],
+}
+CONV_BINARY = {
+    "add": lambda a, b: a + b,
+    "cat": lambda a, b: torch.cat([a, b], 1)[:, :4],
+    "first": lambda a, b: a,
+    "mul": lambda a, b: a * b,
+}
+
+
+class ConvProgram(nn.Module):
+    def __init__(self, rng: random.Random) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 4, 3, padding=1, bias=rng.random() < 0.5)
+        self.c0 = nn.Conv2d(1, 4, 3, padding=1, bias=rng.random() < 0.5)
+        self.c2 = nn.Conv2d(4, 4, 3, padding=1, bias=rng.random() < 0.5)
+        self.c3 = nn.Conv2d(4, 4, 1, bias=False)
+        self.bn = nn.BatchNorm2d(4, eps=1e-14)
+        self.gn1 = nn.GroupNorm(4, 4, eps=1e-14)
+        self.gn2 = nn.GroupNorm(2, 4, eps=1e-14)
+        self.inorm = nn.InstanceNorm2d(4, eps=1e-14, affine=True)
+        self.ln = nn.LayerNorm(4, eps=1e-14)
+        self.cb = nn.Parameter(torch.randn(1, 4, 1, 1))
+        self.cg = nn.Parameter(torch.randn(1, 4, 1, 1))
+        self.h = nn.Linear(4, 2)
+        self.ops_a = rng.choices(list(CONV_UNARY), k=rng.randint(0, 4))
+        self.ops_b = rng.choices(list(CONV_UNARY), k=rng.randint(0, 3))
+        self.join = rng.choice(list(CONV_BINARY))
+
+    def forward(self, x):
+        a, b = self.c1(x), self.c0(x)
+        for op in self.ops_a:
+            a = CONV_UNARY[op](self, a)
+        for op in self.ops_b:
+            b = CONV_UNARY[op](self, b)
+        a, b = F.adaptive_avg_pool2d(a, 4), F.adaptive_avg_pool2d(b, 4)
+        return self.h(CONV_BINARY[self.join](a, b).mean((2, 3)))
+
+    def __repr__(self) -> str:
+        return f"ConvProgram({self.ops_a}, {self.ops_b}, {self.join})"
+
+
+@pytest.mark.parametrize("method", ["fx", "run"])
+def test_no_claim_on_random_conv_models_is_contradicted_by_rescaling(method):
+    rng = random.Random(2027)
+    claims = 0
+    for i in range(200):
+        torch.manual_seed(i)
+        model = ConvProgram(rng).double().train()
+        x = torch.randn(6, 1, 8, 8, dtype=torch.float64)
+        y = torch.randint(0, 2, (6,))
+
+        def loss_fn(model=model, x=x, y=y):
+            return F.cross_entropy(model(x), y)
+
+        for name, params in find_si_groups(model, example_input=x, method=method).items():
+            claims += 1
+            change = check_scale_invariance(loss_fn, params, model=model)
+            assert change < 1e-8, (model, name, change)
+    assert claims > 100
