@@ -114,15 +114,16 @@ class Program(nn.Module):
         return f"Program({self.sources}, {self.ops_a}, {self.ops_b}, {self.join})"
 
 
-@pytest.mark.parametrize("method", ["fx", "run"])
-def test_no_claim_on_random_models_is_contradicted_by_rescaling(method):
-    rng = random.Random(2026)
+def _checked_claims(make, shape: tuple[int, ...], count: int, seed: int, method: str) -> int:
+    """The claims of :func:`find_si_groups` on ``count`` random models ``make(rng)``, each
+    asserted to leave the loss unchanged under rescaling; returns how many there were."""
+    rng = random.Random(seed)
     claims = 0
-    for i in range(300):
+    for i in range(count):
         torch.manual_seed(i)
-        model = Program(rng).double().train()
-        x = torch.randn(16, 5, dtype=torch.float64)
-        y = torch.randint(0, 2, (16,))
+        model = make(rng).double().train()
+        x = torch.randn(*shape, dtype=torch.float64)
+        y = torch.randint(0, 2, (shape[0],))
 
         def loss_fn(model=model, x=x, y=y):
             return F.cross_entropy(model(x), y)
@@ -136,7 +137,13 @@ def test_no_claim_on_random_models_is_contradicted_by_rescaling(method):
             claims += 1
             change = check_scale_invariance(loss_fn, params, model=model)
             assert change < 1e-8, (model, name, change)
-    assert claims > 100  # the models hold many SI groups; many are found
+    return claims
+
+
+@pytest.mark.parametrize("method", ["fx", "run"])
+def test_no_claim_on_random_models_is_contradicted_by_rescaling(method):
+    # the models hold many SI groups; many are found
+    assert _checked_claims(Program, (16, 5), 300, 2026, method) > 100
 
 
 #: Operations on a (6, 4, H, W) feature map: per-channel biases meet each normalization.
@@ -210,19 +217,4 @@ class ConvProgram(nn.Module):
 
 @pytest.mark.parametrize("method", ["fx", "run"])
 def test_no_claim_on_random_conv_models_is_contradicted_by_rescaling(method):
-    rng = random.Random(2027)
-    claims = 0
-    for i in range(200):
-        torch.manual_seed(i)
-        model = ConvProgram(rng).double().train()
-        x = torch.randn(6, 1, 8, 8, dtype=torch.float64)
-        y = torch.randint(0, 2, (6,))
-
-        def loss_fn(model=model, x=x, y=y):
-            return F.cross_entropy(model(x), y)
-
-        for name, params in find_si_groups(model, example_input=x, method=method).items():
-            claims += 1
-            change = check_scale_invariance(loss_fn, params, model=model)
-            assert change < 1e-8, (model, name, change)
-    assert claims > 100
+    assert _checked_claims(ConvProgram, (6, 1, 8, 8), 200, 2027, method) > 100
