@@ -55,10 +55,11 @@ class SIRecorderCallback(_pl.Callback):
     groups : mapping or sequence of parameter names, optional
         SI groups of the LightningModule (default: found by
         :func:`siflow.torch_probe.find_si_groups`).
-    example_input : Tensor or mapping, optional
+    example_input : Tensor, tuple or mapping, optional
         A batch for the detection when ``torch.fx`` cannot trace the module (the graph of
-        one forward pass on it, or forward hooks where that pass cannot be recorded).
-        Default: the module's ``example_input_array``, if it sets one.
+        one forward pass on it, or forward hooks where that pass cannot be recorded); a
+        tuple holds positional inputs. Default: the module's ``example_input_array``, if
+        it sets one.
     **options
         Passed to :class:`~siflow.torch_probe.SIRecorder` (``window``,
         ``sharpness_iters``, ``sharpness_tol``, ``process_group``, ``flush_every``).
