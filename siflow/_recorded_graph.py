@@ -77,12 +77,6 @@ _OPERATORS = {
 _IN_PLACE = {"__setitem__", "__iadd__", "__isub__", "__imul__", "__itruediv__"}
 
 
-def _is_leaf(mod: Any, name: str) -> bool:
-    from torch import fx
-
-    return fx.Tracer().is_leaf_module(mod, name)
-
-
 def _tensors(value: Any) -> list[Any]:
     """The tensors in a (nested) tuple, list, mapping or Hugging Face ``ModelOutput``."""
     if isinstance(value, torch.Tensor):
@@ -95,7 +89,7 @@ def _tensors(value: Any) -> list[Any]:
 
 
 def _is_method(func: Any) -> bool:
-    """A tensor method or property (``x.permute``, ``x.data``), not a function."""
+    """A tensor method (``x.permute``), not a function."""
     return getattr(func, "__objclass__", None) is torch._C.TensorBase or getattr(
         func, "__qualname__", ""
     ).startswith(("Tensor.", "TensorBase."))
@@ -230,17 +224,18 @@ def _mode(rec: _Recording) -> Any:
 
 
 def _leaf_hooks(model: Any, rec: _Recording) -> list[Any]:
-    """Hooks that record each call of a leaf module as one ``call_module`` node."""
+    """Hooks that record each call of a leaf module (``torch.fx``'s rule) as one
+    ``call_module`` node."""
+    from torch import fx
+
     handles = []
+    leaf = fx.Tracer().is_leaf_module
 
-    def before(name: str) -> Any:
-        def hook(mod: Any, args: tuple, kwargs: dict) -> None:
-            if rec.depth == 0:
-                with torch._C.DisableTorchFunction():  # the bookkeeping is not recorded
-                    _bookkeeping(lambda: rec.pending.append((rec.arg(args), rec.arg(kwargs))))
-            rec.depth += 1
-
-        return hook
+    def before(mod: Any, args: tuple, kwargs: dict) -> None:
+        if rec.depth == 0:
+            with torch._C.DisableTorchFunction():  # the bookkeeping is not recorded
+                _bookkeeping(lambda: rec.pending.append((rec.arg(args), rec.arg(kwargs))))
+        rec.depth += 1
 
     def after(name: str) -> Any:
         def hook(mod: Any, args: tuple, kwargs: dict, out: Any) -> None:
@@ -255,8 +250,8 @@ def _leaf_hooks(model: Any, rec: _Recording) -> list[Any]:
         return hook
 
     for name, mod in model.named_modules():
-        if name and _is_leaf(mod, name):
-            handles.append(mod.register_forward_pre_hook(before(name), with_kwargs=True))
+        if name and leaf(mod, name):
+            handles.append(mod.register_forward_pre_hook(before, with_kwargs=True))
             handles.append(
                 mod.register_forward_hook(after(name), with_kwargs=True, always_call=True)
             )
@@ -282,14 +277,10 @@ def record_graph(model: Any, example_input: Any) -> Any:
     complete; the model's own errors pass through.
     """
     rec = _Recording(model)
-    if isinstance(example_input, Mapping):
-        inputs = dict(example_input)
-        for key, value in inputs.items():
-            for t in _tensors(value):
-                rec.bind(t, rec.graph.placeholder(str(key)))
-    else:
-        for t in _tensors(example_input):
-            rec.bind(t, rec.graph.placeholder("x"))
+    named = example_input.items() if isinstance(example_input, Mapping) else [("x", example_input)]
+    for key, value in named:
+        for t in _tensors(value):
+            rec.bind(t, rec.graph.placeholder(str(key)))
     handles = _leaf_hooks(model, rec)
     try:
         with torch.enable_grad(), _mode(rec):

@@ -719,13 +719,13 @@ def _in_called_modules(graph: Any, modules: Mapping[str, Any]) -> set[int]:
 
 
 def _direct_parameters(
-    graph: Any, modules: Mapping[str, Any], params: Mapping[str, Any], exclude: Iterable[str]
+    graph: Any, params: Mapping[str, Any], exclude: Iterable[str], inside: set[int]
 ) -> list[str]:
     """Trainable parameters the traced ``graph`` reads directly (``get_attr``: ``x @ self.W``,
     ``F.linear(x, self.W)``, ``torch.einsum(..., self.W)``), in graph order, other than
-    those of a module the graph calls, under any name (their other use is not visible), of a
-    reparametrized layer (:func:`_reparametrized_si`) and those in ``exclude``."""
-    inside = _in_called_modules(graph, modules)
+    those of a module the graph calls, under any name (``inside``:
+    :func:`_in_called_modules`; their other use is not visible), of a reparametrized layer
+    (:func:`_reparametrized_si`) and those in ``exclude``."""
     skip = set(exclude)
     out: list[str] = []
     for node in graph.nodes:
@@ -821,8 +821,7 @@ def _fx_joint_weights(
         f"{name}.weight"
         for name, mod in modules.items()
         if _is_weight_layer(mod)
-        and isinstance(mod._parameters.get("weight"), nn.Parameter)  # not reparametrized
-        and mod.weight.requires_grad
+        and _trainable(mod, "weight")
         and f"{name}.weight" not in skip
         and name not in unsafe
         and name in calls
@@ -1068,8 +1067,9 @@ def _graph_groups(
     """``(alone, pairs, joint)`` of a traced or recorded graph: the parameters SI alone,
     the layers SI with their bias (:func:`_fx_layer_groups`) and the jointly SI set."""
     usage = _called_weights(graph, modules)
-    names = _fx_groups(graph, modules, usage) + _normalized_parameters(graph, modules, params)
-    direct = _direct_parameters(graph, modules, params, names)
+    inside = _in_called_modules(graph, modules)
+    names = _fx_groups(graph, modules, usage) + _normalized_parameters(graph, params, inside)
+    direct = _direct_parameters(graph, params, names, inside)
     names += _fx_direct_groups(graph, modules, direct)
     alone, pairs = _fx_layer_groups(graph, modules, usage, names)
     names += alone
@@ -1136,15 +1136,13 @@ def _unwrapped(model: Any) -> Any:
             return model
 
 
-def _normalized_parameters(
-    graph: Any, modules: Mapping[str, Any], params: Mapping[str, Any]
-) -> list[str]:
+def _normalized_parameters(graph: Any, params: Mapping[str, Any], inside: set[int]) -> list[str]:
     """Parameters the traced ``graph`` reads only through ``F.normalize`` (a cosine
     classifier's ``F.linear(h, F.normalize(W))``): ``normalize(c W) = normalize(W)`` for
     ``c > 0`` and any ``p``-norm, so such a parameter is SI by construction. A parameter of
-    a module the graph also calls is left out, under any name (its other use is not
-    visible). ``params``: the model's named parameters."""
-    inside = _in_called_modules(graph, modules)
+    a module the graph also calls is left out, under any name (``inside``:
+    :func:`_in_called_modules`; its other use is not visible). ``params``: the model's
+    named parameters."""
     uses: dict[str, list[bool]] = {}
     for node in graph.nodes:
         if node.op != "get_attr" or node.target not in params:
@@ -1913,9 +1911,10 @@ class SIRecorder:
     def _hyper_meta(self) -> dict[str, Any]:
         pg = self._param_group[id(next(iter(self.groups.values()))[0])]
         betas = pg.get("betas")
+        lr, wd = _lr_wd(pg)
         meta: dict[str, Any] = {
-            "lr": float(pg["lr"]),
-            "wd": float(pg.get("weight_decay", 0.0)),
+            "lr": lr,
+            "wd": wd,
             "momentum": float(pg.get("momentum", 0.0)),
             "optimizer": type(self.optimizer).__name__,
             "groups": list(self.groups),
@@ -2034,9 +2033,8 @@ class SIRecorder:
             buf.store_update()
             grams = self._reduce(buf.group_grams()).tolist()
         names = list(self.groups)
-        lrs = [float(self._param_group[id(self.groups[n][0])]["lr"]) for n in names]
-        wds = [float(self._param_group[id(self.groups[n][0])].get("weight_decay", 0.0))
-               for n in names]  # fmt: skip
+        lrs, wds = zip(*(_lr_wd(self._param_group[id(self.groups[n][0])]) for n in names),
+                       strict=True)  # fmt: skip
         row: dict[str, float] = {"step": float(step)}
         for name, gram, lr in zip(names, grams, lrs, strict=True):
             _put(row, name, gram, lr)
