@@ -69,8 +69,8 @@ class TinyNet(nn.Module):
         return out
 
 
-def _train(tmp_path: Path, callback, steps: int = STEPS, report_to=("tensorboard",)):
-    model = TinyNet()
+def _train(tmp_path: Path, callback, steps: int = STEPS, report_to=("tensorboard",), model=None):
+    model = model or TinyNet()
     opt = torch.optim.SGD(
         [p for p in model.parameters() if p.requires_grad], lr=LR, weight_decay=WD
     )
@@ -214,31 +214,14 @@ class UnrecordableNet(UntraceableNet):
         return out
 
 
-def _train_untraceable(tmp_path, model):
-    cb = SIRecorderCallback(every=5)
-    args = transformers.TrainingArguments(
-        output_dir=str(tmp_path / "out"), max_steps=10, per_device_train_batch_size=64,
-        report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0,
-    )  # fmt: skip
-    opt = torch.optim.SGD(
-        [p for p in model.parameters() if p.requires_grad], lr=LR, weight_decay=WD
-    )
-    trainer = transformers.Trainer(
-        model=model, args=args, train_dataset=Blobs(), optimizers=(opt, None), callbacks=[cb]
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer.train()
-    return cb
-
-
 def test_untraceable_model_groups_from_the_first_batch_confirmed_by_rescaling(tmp_path):
     from siflow.torch_probe import find_si_groups
 
     model = UntraceableNet()
     with pytest.raises(ValueError, match="torch.fx could not trace"):
         find_si_groups(model)
-    cb = _train_untraceable(tmp_path, model)
+    cb = SIRecorderCallback(every=5)
+    _train(tmp_path, cb, steps=10, report_to=(), model=model)
     # the two pre-BatchNorm weights of the network; side.weight also reaches a BatchNorm,
     # but its output is used a second time: the graph of the first batch's forward pass
     # proves it is not SI
@@ -255,7 +238,8 @@ def test_unrecordable_model_falls_back_to_forward_hooks_confirmed_by_rescaling(t
     batch = {"x": Blobs().x[:64]}
     with pytest.raises(ValueError, match="could not be recorded"):
         find_si_groups(model, example_input=batch, method="run")
-    cb = _train_untraceable(tmp_path, model)
+    cb = SIRecorderCallback(every=5)
+    _train(tmp_path, cb, steps=10, report_to=(), model=model)
     # the hooks see side.weight reach its BatchNorm; the rescaling check leaves it out
     assert list(cb.recorder.groups) == ["net.0.weight", "net.3.weight"]
     (note,) = cb.recorder.trajectory().meta["notes"]
