@@ -371,7 +371,7 @@ def _log1p_unit(e):  # pragma: no cover - numba
     return (_LN2 if big else 0.0) + (two_r + two_r * (w * q))
 
 
-@njit(cache=True, error_model="numpy", fastmath=_FAST)
+@njit(cache=True, error_model="numpy", fastmath=_FAST, inline="always")
 def _softplus_weights(s, buf, m):  # pragma: no cover - numba
     """``buf[:m]`` margins ``z_i.u`` -> gradient weights ``-s sigma(-s z_i.u)``, in place.
 
@@ -380,6 +380,11 @@ def _softplus_weights(s, buf, m):  # pragma: no cover - numba
     and ``sigma(-m_i)`` is ``e/(1 + e)`` for ``m_i > 0``, else ``1/(1 + e)``. Two passes
     over the samples (the exponentials into ``buf[m:2m]``, then the rest), both
     vectorised; ``buf`` holds at least ``2m`` entries.
+
+    Inlined into its callers: called as a compiled function of its own, the loss sum
+    came out 1 ulp apart between a process that had just compiled the simulation loop
+    and one that loaded it from numba's cache
+    (``tests/test_simulate.py -k fresh_compile``).
     """
     for q in range(m):
         buf[m + q] = _exp_nonpos(-abs(s * buf[q]))
@@ -397,19 +402,18 @@ def _softplus_weights(s, buf, m):  # pragma: no cover - numba
 _BLOCK = 64
 
 
-@njit(cache=True, error_model="numpy", fastmath=_FAST)
-def _logistic_rows(s, u, data, idx, nb, g):  # pragma: no cover - numba
+@njit(cache=True, error_model="numpy", fastmath=_FAST, inline="always")
+def _logistic_rows(s, u, data, idx, nb, g, buf):  # pragma: no cover - numba
     """Logistic loss and formula gradient, rows of ``data`` in blocks (any batch).
 
     Per block of :data:`_BLOCK` samples: their margins (one dot product per row), their
     weights (vectorised), then their gradient terms four rows per pass over ``g``, while
-    the rows are still in cache.
+    the rows are still in cache. ``buf``: scratch of at least ``2 B`` entries.
     """
     d = u.size
     for j in range(d):
         g[j] = 0.0
     m = nb if nb > 0 else data.shape[0]
-    buf = np.empty(2 * _BLOCK)
     total = 0.0
     for k0 in range(0, m, _BLOCK):
         kb = min(_BLOCK, m - k0)
@@ -442,18 +446,18 @@ def _logistic_rows(s, u, data, idx, nb, g):  # pragma: no cover - numba
     return total * inv
 
 
-@njit(cache=True, error_model="numpy", fastmath=_FAST)
-def _logistic_columns(s, xt, u, g):  # pragma: no cover - numba
+@njit(cache=True, error_model="numpy", fastmath=_FAST, inline="always")
+def _logistic_columns(s, xt, u, g, buf):  # pragma: no cover - numba
     """Full-batch logistic loss and formula gradient from the column-major data ``xt``.
 
     ``xt[j, i] = z_i[j]`` (``d x n``): the margins ``X u`` add eight columns per pass
     over the samples (vectorised over samples), the weights are vectorised over samples,
     and the gradient entries ``g_j = c . xt[j] / n`` are contiguous dot products, four
     columns per pass over the weights ``c``. The data are read twice per step (from
-    cache: only small data are stored this way).
+    cache: only small data are stored this way). ``buf``: scratch of at least ``2 n``
+    entries.
     """
     d, n = xt.shape
-    buf = np.empty(2 * n)
     for i in range(n):
         buf[i] = 0.0
     j = 0
@@ -495,25 +499,51 @@ def _logistic_columns(s, xt, u, g):  # pragma: no cover - numba
     return total * inv
 
 
-@njit(cache=True, error_model="numpy", fastmath=_FAST)
-def _logistic_value_grad_fast(params, u, data, idx, nb, g):  # pragma: no cover - numba
+@njit(cache=True, error_model="numpy", fastmath=_FAST, inline="always")
+def _logistic_value_grad_fast(params, u, data, idx, nb, g, xt, buf):  # pragma: no cover - numba
     """The ``logistic`` branch of :func:`_formula_value_grad` for the simulation loop.
 
     One exponential per sample (``e = exp(-|m|)`` gives both the loss term and the
     gradient weight), evaluated by vectorisable arithmetic (:func:`_softplus_weights`);
     sums reordered. Full batch with the column-major copy of the data in
-    ``params[1:]`` (small data, see :class:`SILoss`): :func:`_logistic_columns`;
-    otherwise :func:`_logistic_rows`. No allocation other than one scratch vector.
+    ``params[1:]`` (small data, see :class:`SILoss`; ``xt`` from :func:`_step_scratch`):
+    :func:`_logistic_columns`; otherwise :func:`_logistic_rows`. No allocation: ``buf``
+    is the scratch vector of :func:`_step_scratch`.
+    """
+    if nb == 0 and xt.size > 0:
+        return _logistic_columns(params[0], xt, u, g, buf)
+    return _logistic_rows(params[0], u, data, idx, nb, g, buf)
+
+
+@njit(cache=True, error_model="numpy")
+def _step_scratch(kind, params, data):  # pragma: no cover - numba
+    """The arrays :func:`_si_value_grad_step` takes besides the toy's, made once per run.
+
+    ``xt``: the column-major copy of the data that a small logistic toy keeps in
+    ``params[1:]`` (see :class:`SILoss`), as a ``d x n`` view, or an empty array when
+    there is none; ``buf``: a scratch vector for the logistic kernels (``2 max(n, B)``
+    entries, ``B`` = :data:`_BLOCK`). Made once, not per step: a per-step view and
+    allocation cost more than the whole step's arithmetic at ``n = 32``.
     """
     n, d = data.shape
-    if nb == 0 and params.size == 1 + n * d:
-        return _logistic_columns(params[0], params[1:].reshape((d, n)), u, g)
-    return _logistic_rows(params[0], u, data, idx, nb, g)
+    buf = np.empty(2 * max(n, _BLOCK))
+    if kind == LOGISTIC and params.size == 1 + n * d:
+        return params[1:].reshape((d, n)), buf
+    return params[:0].reshape((0, 0)), buf
 
 
-@njit(cache=True, error_model="numpy", fastmath=_FAST)
-def _si_value_grad_step(kind, w, r2, rho, params, data, idx, nb, u, out):  # pragma: no cover
+@njit(cache=True, error_model="numpy", fastmath=_FAST, inline="always")
+def _si_value_grad_step(
+    kind, w, r2, rho, params, data, idx, nb, u, out, xt, buf
+):  # pragma: no cover
     """Loss and SI gradient for the simulation loop (``r2 = |w|^2``, ``rho = |w|`` known).
+
+    ``xt`` and ``buf`` come from :func:`_step_scratch`. Inlined into the loop (``inline=
+    "always"``, as are the logistic kernels it calls): a compiled call takes a
+    reference to each of its array arguments and releases it on return, two atomic
+    operations per array, which took a sixth of a step at ``n = 32`` (``perf``). Inlined
+    code is compiled with the caller's flags: call it from functions compiled with
+    ``fastmath=_FAST, error_model="numpy"``, as the loop is.
 
     The same formulas as :func:`_si_value_grad_at` with ``1/rho`` multiplied instead of
     divided (round-off only). The Rayleigh toy without quartic term takes two passes
@@ -534,7 +564,7 @@ def _si_value_grad_step(kind, w, r2, rho, params, data, idx, nb, u, out):  # pra
     for i in range(d):
         u[i] = w[i] * inv
     if kind == LOGISTIC:
-        f = _logistic_value_grad_fast(params, u, data, idx, nb, out)
+        f = _logistic_value_grad_fast(params, u, data, idx, nb, out, xt, buf)
     else:
         f = _formula_value_grad(kind, u, params, data, idx, nb, out)
     ug = 0.0

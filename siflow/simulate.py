@@ -75,6 +75,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from siflow import losses as _losses
 from siflow import optim as _optim
+from siflow._borrowed import borrowed
 from siflow._memory import available_memory, format_bytes
 from siflow._validate import (
     check_finite,
@@ -89,6 +90,7 @@ from siflow.losses import (
     SILoss,
     _add_tangent_noise_at,
     _si_value_grad_step,
+    _step_scratch,
     make_loss,
 )
 from siflow.optim import _FAST, HP_LR, HP_MU, HP_WD, SGD, Optimizer, make_optimizer, update
@@ -148,7 +150,7 @@ _KERNEL_ROWS = (
 
 
 @njit(cache=True, error_model="numpy", fastmath=_FAST)
-def _run_chunk(toy, draws, opt, sched, state, ctl, out, snap):  # pragma: no cover - numba
+def _run_chunk(toy, draws, opt, sched, state, scratch, ctl, out, snap):  # pragma: no cover
     """Run ``ctl[1]`` steps in place; returns ``(rows done, status code)``.
 
     Arguments are packed by role (tuples of arrays and scalars):
@@ -160,12 +162,17 @@ def _run_chunk(toy, draws, opt, sched, state, ctl, out, snap):  # pragma: no cov
       arrays for constant ones (then ``hp`` holds them);
     * ``state = (w, s1, s2, carry)``: weights, optimizer state and the carried
       scalars (``|w|^2`` and the running sums, see below);
+    * ``scratch = (u, g, wprev, xt, buf)``: work arrays (``u``, ``g``, ``wprev`` of the
+      toy's dimension; ``xt``, ``buf`` from :func:`siflow.losses._step_scratch`);
     * ``ctl = (step0, n, sharp_every, rho_min, rho_max, o0)``;
     * ``out``: ``(_N_OUT, m)`` rows, step ``t`` of the chunk written to column ``o0 + t``
       (a chunk buffer with ``o0 = 0``, or the whole run's columns with ``o0 = step0``);
     * ``snap``: a copy of ``w`` at each step that is a multiple of ``sharp_every > 0``
       (in order; the sharpness is computed from it outside, keeping this kernel free
       of eigenvalue code).
+
+    The caller owns every array for the whole call; the loop works on borrowed views of
+    them (:func:`siflow._borrowed.borrowed`), so that its calls count no references.
 
     Stops before recording a row whose loss is not finite or whose norm leaves
     ``[rho_min, rho_max]``, or whose update overflows (or lands on 0); that row and
@@ -192,17 +199,25 @@ def _run_chunk(toy, draws, opt, sched, state, ctl, out, snap):  # pragma: no cov
     okind, nesterov, project, hp = opt
     lr_t, wd_t = sched
     w, s1, s2, carry = state
+    u, g, wprev, xt, buf = scratch
     step0, n, sharp_every, rho_min, rho_max, o0 = ctl
+    params, data, batch_idx, xi = (
+        borrowed(params),
+        borrowed(data),
+        borrowed(batch_idx),
+        borrowed(xi),
+    )
+    hp, lr_t, wd_t = borrowed(hp), borrowed(lr_t), borrowed(wd_t)
+    w, s1, s2, carry = borrowed(w), borrowed(s1), borrowed(s2), borrowed(carry)
+    u, g, wprev, xt, buf = borrowed(u), borrowed(g), borrowed(wprev), borrowed(xt), borrowed(buf)
+    out, snap = borrowed(out), borrowed(snap)
     d = w.size
-    u = np.empty(d)
-    g = np.empty(d)
     scheduled = lr_t.size > 0
     lr = hp[HP_LR]
     q = 1.0 - lr * hp[HP_WD]
     fused = okind == SGD and hp[HP_MU] == 0.0 and not project
     one_pass = fused and not sigma > 0.0  # gradient -> update in one pass over w
     plain_rayleigh = kind == RAYLEIGH and params[d] == 0.0
-    wprev = np.empty(0 if fused else d)
     r2 = carry[_C_R2]
     if not r2 > 0.0:
         r2 = 0.0
@@ -259,7 +274,7 @@ def _run_chunk(toy, draws, opt, sched, state, ctl, out, snap):  # pragma: no cov
                 w[i] = wi
                 r2n += wi * wi
         else:
-            f = _si_value_grad_step(kind, w, r2, rho, params, data, batch_idx[t], nb, u, g)
+            f = _si_value_grad_step(kind, w, r2, rho, params, data, batch_idx[t], nb, u, g, xt, buf)
             if not math.isfinite(f):
                 stop, code = t, _DIVERGED
                 break
@@ -957,6 +972,8 @@ def simulate(
     toy_args = (toy.kind, _cache_aligned(toy.params, first=1), _cache_aligned(toy.data))
     opt_args = (opt.kind, opt.nesterov, opt.project, hp)
     state = (w, s1, s2, carry)
+    scratch = (np.empty(toy.dim), np.empty(toy.dim), np.empty(toy.dim))
+    scratch += _step_scratch(toy.kind, toy_args[1], toy_args[2])
 
     def _meta() -> dict[str, Any]:
         return dict(meta, status=status, steps_done=done)
@@ -979,7 +996,9 @@ def simulate(
             into, o0 = (full2d, done) if full2d is not None else (buf, 0)
             ctl = (done, n, sharp_every, RHO_MIN, RHO_MAX, o0)
             draws = (idx, nb, xi, sigma)
-            n_ok, code = _run_chunk(toy_args, draws, opt_args, sched, state, ctl, into, snap)
+            n_ok, code = _run_chunk(
+                toy_args, draws, opt_args, sched, state, scratch, ctl, into, snap
+            )
             cols = _chunk_columns(buf, t, n_ok, rec, done)
             sum_elr = _fill_derived(cols, n_ok, lr_step, lr_t, wd_t, sum_elr)
             if sharpness:

@@ -405,15 +405,51 @@ def test_loop_logistic_kernel_both_layouts_match_twin(dim, n):
             params[0] = toy_s[0]
             u, g = np.empty(dim), np.empty(dim)
             f = L._si_value_grad_step(
-                L.LOGISTIC, w, r2, math.sqrt(r2), params, z, L._NO_IDX, 0, u, g
+                L.LOGISTIC,
+                w,
+                r2,
+                math.sqrt(r2),
+                params,
+                z,
+                L._NO_IDX,
+                0,
+                u,
+                g,
+                *L._step_scratch(L.LOGISTIC, params, z),
             )
             assert f == pytest.approx(f_ref, rel=1e-12, abs=1e-300)
             np.testing.assert_allclose(g, g_ref, rtol=1e-12, atol=1e-14 * np.abs(g_ref).max())
         idx = rng.integers(0, n, size=11)
         f_ref, g_ref = L.value_and_grad_numpy(L.LOGISTIC, w, toy_s, z, idx)
-        f = L._si_value_grad_step(L.LOGISTIC, w, r2, math.sqrt(r2), params, z, idx, 11, u, g)
+        f = L._si_value_grad_step(
+            L.LOGISTIC,
+            w,
+            r2,
+            math.sqrt(r2),
+            params,
+            z,
+            idx,
+            11,
+            u,
+            g,
+            *L._step_scratch(L.LOGISTIC, params, z),
+        )
         assert f == pytest.approx(f_ref, rel=1e-12, abs=1e-300)
         np.testing.assert_allclose(g, g_ref, rtol=1e-12, atol=1e-14 * np.abs(g_ref).max())
+
+
+def test_step_scratch_views_the_column_copy_and_sizes_the_scratch():
+    small = L.logistic(5, n_samples=37, seed=2)
+    xt, buf = L._step_scratch(small.kind, small.params, small.data)
+    assert np.array_equal(xt, small.data.T) and buf.size == 2 * max(37, L._BLOCK)
+    xt[0, 0] = 7.5  # a view of params[1:], not a copy
+    assert small.params[1] == 7.5
+    big = L.logistic(4, n_samples=L.COLUMNS_MAX_BYTES // 32 + 1)
+    xt, buf = L._step_scratch(big.kind, big.params, big.data)
+    assert xt.size == 0 and buf.size == 2 * big.n_samples
+    ray = L.rayleigh(6)
+    xt, buf = L._step_scratch(ray.kind, ray.params, ray.data)
+    assert xt.size == 0 and buf.size == 2 * L._BLOCK
 
 
 def test_large_logistic_data_keep_only_the_temperature():
@@ -442,7 +478,19 @@ def test_replacing_logistic_data_rebuilds_the_column_copy():
     w = np.array([0.3, -1.0, 0.5, 2.0])
     r2 = float(w @ w)
     u, g = np.empty(4), np.empty(4)
-    f = L._si_value_grad_step(L.LOGISTIC, w, r2, math.sqrt(r2), b.params, z, L._NO_IDX, 0, u, g)
+    f = L._si_value_grad_step(
+        L.LOGISTIC,
+        w,
+        r2,
+        math.sqrt(r2),
+        b.params,
+        z,
+        L._NO_IDX,
+        0,
+        u,
+        g,
+        *L._step_scratch(L.LOGISTIC, b.params, z),
+    )
     f_ref, g_ref = L.value_and_grad_numpy(L.LOGISTIC, w, b.params, z)
     assert f == pytest.approx(f_ref, rel=1e-12)
     np.testing.assert_allclose(g, g_ref, rtol=1e-12, atol=1e-15 * np.abs(g_ref).max())

@@ -8,6 +8,10 @@ section 1, and the closed forms of siflow.theory.
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -457,7 +461,17 @@ def test_simulation_gradient_kernel_matches_twin():
             r2 = float(w @ w)
             u, g = np.empty(toy.dim), np.empty(toy.dim)
             f = L._si_value_grad_step(
-                toy.kind, w, r2, math.sqrt(r2), toy.params, toy.data, L._NO_IDX, 0, u, g
+                toy.kind,
+                w,
+                r2,
+                math.sqrt(r2),
+                toy.params,
+                toy.data,
+                L._NO_IDX,
+                0,
+                u,
+                g,
+                *L._step_scratch(toy.kind, toy.params, toy.data),
             )
             f_ref, g_ref = L.value_and_grad_numpy(toy.kind, w, toy.params, toy.data)
             assert f == pytest.approx(f_ref, rel=1e-12, abs=1e-15)
@@ -465,7 +479,17 @@ def test_simulation_gradient_kernel_matches_twin():
             if toy.n_samples:  # a minibatch of rows (with repeats)
                 idx = rng.integers(0, toy.n_samples, size=7)
                 f = L._si_value_grad_step(
-                    toy.kind, w, r2, math.sqrt(r2), toy.params, toy.data, idx, 7, u, g
+                    toy.kind,
+                    w,
+                    r2,
+                    math.sqrt(r2),
+                    toy.params,
+                    toy.data,
+                    idx,
+                    7,
+                    u,
+                    g,
+                    *L._step_scratch(toy.kind, toy.params, toy.data),
                 )
                 f_ref, g_ref = L.value_and_grad_numpy(toy.kind, w, toy.params, toy.data, idx)
                 assert f == pytest.approx(f_ref, rel=1e-12)
@@ -486,3 +510,37 @@ def test_full_record_and_thinned_record_hold_the_same_rows():
     c = simulate("rayleigh", lr=1e200, wd=0.0, steps=50_000, dim=4, rho0=1e-140)
     assert c.status == "diverged" and len(c) < 50_000
     assert c.rho.base is None or c.rho.base.size == len(c)
+
+
+_SAME_BITS_CHILD = """
+import hashlib
+import numpy as np
+from siflow import losses as L
+from siflow.simulate import simulate
+toy = L.logistic(64, n_samples=200, seed=3)
+h = hashlib.sha1()
+for kw in ({}, {"batch": 100}, {"momentum": 0.9}):
+    tr = simulate(toy, lr=0.1, wd=1e-2, steps=300, seed=0, progress=False, **kw)
+    h.update(np.ascontiguousarray(tr.loss).tobytes() + np.ascontiguousarray(tr.rho).tobytes())
+tr = simulate("logistic", lr=0.1, wd=1e-2, steps=300, seed=0, progress=False)
+h.update(np.ascontiguousarray(tr.loss).tobytes())
+print(h.hexdigest())
+"""
+
+
+@pytest.mark.slow
+def test_same_bits_from_a_fresh_compile_and_from_numbas_cache(tmp_path):
+    # the first process compiles the loop and writes numba's cache, the second loads it:
+    # the loss sums must not depend on which (they were 1 ulp apart before the logistic
+    # kernels were inlined into the loop)
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    env["PYTHONPATH"] = str(Path(L.__file__).resolve().parent.parent)
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", _SAME_BITS_CHILD],
+            env=env, cwd=tmp_path, capture_output=True, text=True, check=True,
+        ).stdout.strip()
+        for _ in range(2)
+    ]  # fmt: skip
+    assert any((tmp_path / "cache").rglob("*.nbc"))  # the second run loaded a cache
+    assert runs[0] == runs[1]

@@ -219,11 +219,12 @@ def _repeat_gemv_t(k, x, c):  # pragma: no cover - numba
     return s
 
 
-@njit
+@njit(fastmath=FAST, error_model="numpy")  # the kernels are inlined with these flags
 def _repeat_rows_kernel(k, params, u, x, g):  # pragma: no cover - numba
     t = 0.0
+    buf = np.empty(2 * L._BLOCK)
     for _ in range(k):
-        t += L._logistic_rows(params[0], u, x, L._NO_IDX, 0, g)
+        t += L._logistic_rows(params[0], u, x, L._NO_IDX, 0, g, buf)
     return t
 
 
@@ -239,7 +240,7 @@ def _repeat_cols_gradient(k, xt, c, g):  # pragma: no cover - numba
         _cols_gradient(xt, c, g)
 
 
-@njit
+@njit(fastmath=FAST, error_model="numpy")  # the kernels are inlined with these flags
 def _repeat_weights(k, s, margins, buf):  # pragma: no cover - numba
     n = margins.size
     t = 0.0
@@ -277,20 +278,22 @@ def _repeat_copy(k, margins, buf):  # pragma: no cover - numba
             buf[i] = margins[i]
 
 
-@njit
+@njit(fastmath=FAST, error_model="numpy")  # the kernels are inlined with these flags
 def _repeat_cols_kernel(k, s, xt, u, g):  # pragma: no cover - numba
     t = 0.0
+    buf = np.empty(2 * xt.shape[1])
     for _ in range(k):
-        t += L._logistic_columns(s, xt, u, g)
+        t += L._logistic_columns(s, xt, u, g, buf)
     return t
 
 
-@njit
+@njit(fastmath=FAST, error_model="numpy")  # the kernels are inlined with these flags
 def _repeat_step(k, kind, w, r2, params, data, u, g):  # pragma: no cover - numba
     t = 0.0
     rho = math.sqrt(r2)
+    xt, buf = L._step_scratch(kind, params, data)
     for _ in range(k):
-        t += L._si_value_grad_step(kind, w, r2, rho, params, data, L._NO_IDX, 0, u, g)
+        t += L._si_value_grad_step(kind, w, r2, rho, params, data, L._NO_IDX, 0, u, g, xt, buf)
     return t
 
 
@@ -382,7 +385,7 @@ def small_d(rng: np.random.Generator, n: int, k: int) -> list[tuple[str, float]]
     _agree("weights", alt[:n], ref[:n])
     g_alt = np.empty(d)
     f_alt = _fused16(s, xt, u, g_alt)
-    _agree("fused loop, loss", f_alt, L._logistic_columns(s, xt, u, g))
+    _agree("fused loop, loss", f_alt, L._logistic_columns(s, xt, u, g, np.empty(2 * n)))
     _agree("fused loop, gradient", g_alt, g)
     rows = [
         ("margins (columns)", _best(lambda m: _repeat_cols_margins(m, xt, u, buf), k)),

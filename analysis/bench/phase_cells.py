@@ -86,15 +86,16 @@ def time_gradient_share(steps: int = 100_000) -> dict[str, float]:
     from siflow import losses as L
     from siflow.simulate import simulate
 
-    @njit(cache=False, error_model="numpy")
+    @njit(cache=False, error_model="numpy", fastmath=L._FAST)  # inlined kernel: its flags
     def grad_loop(kind, w, params, data, idx, u, g, n):  # pragma: no cover - numba
         r2 = 0.0
         for i in range(w.size):
             r2 += w[i] * w[i]
         rho = math.sqrt(r2)
+        xt, buf = L._step_scratch(kind, params, data)
         total = 0.0
         for _ in range(n):
-            total += L._si_value_grad_step(kind, w, r2, rho, params, data, idx, 0, u, g)
+            total += L._si_value_grad_step(kind, w, r2, rho, params, data, idx, 0, u, g, xt, buf)
         return total
 
     toy = L.make_loss("logistic")
