@@ -450,17 +450,41 @@ def _logistic_rows(s, u, data, idx, nb, g, buf):  # pragma: no cover - numba
 def _logistic_columns(s, xt, u, g, buf):  # pragma: no cover - numba
     """Full-batch logistic loss and formula gradient from the column-major data ``xt``.
 
-    ``xt[j, i] = z_i[j]`` (``d x n``): the margins ``X u`` add eight columns per pass
-    over the samples (vectorised over samples), the weights are vectorised over samples,
-    and the gradient entries ``g_j = c . xt[j] / n`` are contiguous dot products, four
-    columns per pass over the weights ``c``. The data are read twice per step (from
-    cache: only small data are stored this way). ``buf``: scratch of at least ``2 n``
-    entries.
+    ``xt[j, i] = z_i[j]`` (``d x n``): the margins ``X u`` are set by the first 16 (or
+    8) columns and then add eight columns per pass over the samples (vectorised over
+    samples; the same sums, in the same order, as adding every block to zeros), the
+    weights are vectorised over samples, and the gradient entries ``g_j = c . xt[j] / n``
+    are contiguous dot products, four columns per pass over the weights ``c``. The data
+    are read twice per step (from cache: only small data are stored this way). ``buf``:
+    scratch of at least ``2 n`` entries.
     """
     d, n = xt.shape
-    for i in range(n):
-        buf[i] = 0.0
     j = 0
+    if d >= 16:  # the first 16 columns set the margins (no pass to zero them)
+        u0, u1, u2, u3 = u[0], u[1], u[2], u[3]
+        u4, u5, u6, u7 = u[4], u[5], u[6], u[7]
+        u8, u9, u10, u11 = u[8], u[9], u[10], u[11]
+        u12, u13, u14, u15 = u[12], u[13], u[14], u[15]
+        for i in range(n):
+            buf[i] = (
+                ((xt[0, i] * u0 + xt[1, i] * u1) + (xt[2, i] * u2 + xt[3, i] * u3))
+                + ((xt[4, i] * u4 + xt[5, i] * u5) + (xt[6, i] * u6 + xt[7, i] * u7))
+            ) + (
+                ((xt[8, i] * u8 + xt[9, i] * u9) + (xt[10, i] * u10 + xt[11, i] * u11))
+                + ((xt[12, i] * u12 + xt[13, i] * u13) + (xt[14, i] * u14 + xt[15, i] * u15))
+            )
+        j = 16
+    elif d >= 8:
+        u0, u1, u2, u3 = u[0], u[1], u[2], u[3]
+        u4, u5, u6, u7 = u[4], u[5], u[6], u[7]
+        for i in range(n):
+            buf[i] = ((xt[0, i] * u0 + xt[1, i] * u1) + (xt[2, i] * u2 + xt[3, i] * u3)) + (
+                (xt[4, i] * u4 + xt[5, i] * u5) + (xt[6, i] * u6 + xt[7, i] * u7)
+            )
+        j = 8
+    else:
+        for i in range(n):
+            buf[i] = 0.0
     while j + 8 <= d:
         u0, u1, u2, u3 = u[j], u[j + 1], u[j + 2], u[j + 3]
         u4, u5, u6, u7 = u[j + 4], u[j + 5], u[j + 6], u[j + 7]

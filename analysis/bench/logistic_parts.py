@@ -156,10 +156,20 @@ def _fused16(s, xt, u, g):  # pragma: no cover - numba
 
 @njit(fastmath=FAST)
 def _cols_margins(xt, u, buf):  # pragma: no cover - numba
-    d, n = xt.shape  # d a multiple of 8, as in the bench's toys
-    for i in range(n):
-        buf[i] = 0.0
-    for j in range(0, d, 8):
+    d, n = xt.shape  # d = 16 or a multiple of 8 above it, as in the bench's toys
+    u0, u1, u2, u3 = u[0], u[1], u[2], u[3]
+    u4, u5, u6, u7 = u[4], u[5], u[6], u[7]
+    u8, u9, u10, u11 = u[8], u[9], u[10], u[11]
+    u12, u13, u14, u15 = u[12], u[13], u[14], u[15]
+    for i in range(n):  # the first 16 columns set the margins
+        buf[i] = (
+            ((xt[0, i] * u0 + xt[1, i] * u1) + (xt[2, i] * u2 + xt[3, i] * u3))
+            + ((xt[4, i] * u4 + xt[5, i] * u5) + (xt[6, i] * u6 + xt[7, i] * u7))
+        ) + (
+            ((xt[8, i] * u8 + xt[9, i] * u9) + (xt[10, i] * u10 + xt[11, i] * u11))
+            + ((xt[12, i] * u12 + xt[13, i] * u13) + (xt[14, i] * u14 + xt[15, i] * u15))
+        )
+    for j in range(16, d, 8):
         u0, u1, u2, u3 = u[j], u[j + 1], u[j + 2], u[j + 3]
         u4, u5, u6, u7 = u[j + 4], u[j + 5], u[j + 6], u[j + 7]
         for i in range(n):
