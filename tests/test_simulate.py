@@ -519,7 +519,7 @@ from siflow import losses as L
 from siflow.simulate import simulate
 toy = L.logistic(64, n_samples=200, seed=3)
 h = hashlib.sha1()
-for kw in ({}, {"batch": 100}, {"momentum": 0.9}):
+for kw in ({}, {"batch": 100}, {"momentum": 0.9}, {"noise": 0.01}, {"optimizer": "fixed_norm"}):
     tr = simulate(toy, lr=0.1, wd=1e-2, steps=300, seed=0, progress=False, **kw)
     h.update(np.ascontiguousarray(tr.loss).tobytes() + np.ascontiguousarray(tr.rho).tobytes())
 tr = simulate("logistic", lr=0.1, wd=1e-2, steps=300, seed=0, progress=False)
