@@ -447,20 +447,16 @@ def _logistic_rows(s, u, data, idx, nb, g, buf):  # pragma: no cover - numba
 
 
 @njit(cache=True, error_model="numpy", fastmath=_FAST, inline="always")
-def _logistic_columns(s, xt, u, g, buf):  # pragma: no cover - numba
-    """Full-batch logistic loss and formula gradient from the column-major data ``xt``.
+def _column_margins(xt, u, buf):  # pragma: no cover - numba
+    """``buf[:n] = X u`` from the column-major data ``xt`` (``d x n``), vectorised over samples.
 
-    ``xt[j, i] = z_i[j]`` (``d x n``): the margins ``X u`` are set by the first 16 (or
-    8) columns and then add eight columns per pass over the samples (vectorised over
-    samples; the same sums, in the same order, as adding every block to zeros), the
-    weights are vectorised over samples, and the gradient entries ``g_j = c . xt[j] / n``
-    are contiguous dot products, four columns per pass over the weights ``c``. The data
-    are read twice per step (from cache: only small data are stored this way). ``buf``:
-    scratch of at least ``2 n`` entries.
+    The first 16 (or 8) columns set the margins, then eight columns are added per pass
+    over the samples: the same sums, in the same order, as adding every block to zeros,
+    without the pass that zeroes them.
     """
     d, n = xt.shape
     j = 0
-    if d >= 16:  # the first 16 columns set the margins (no pass to zero them)
+    if d >= 16:
         u0, u1, u2, u3 = u[0], u[1], u[2], u[3]
         u4, u5, u6, u7 = u[4], u[5], u[6], u[7]
         u8, u9, u10, u11 = u[8], u[9], u[10], u[11]
@@ -498,6 +494,20 @@ def _logistic_columns(s, xt, u, g, buf):  # pragma: no cover - numba
         for i in range(n):
             buf[i] += xt[j, i] * uj
         j += 1
+
+
+@njit(cache=True, error_model="numpy", fastmath=_FAST, inline="always")
+def _logistic_columns(s, xt, u, g, buf):  # pragma: no cover - numba
+    """Full-batch logistic loss and formula gradient from the column-major data ``xt``.
+
+    ``xt[j, i] = z_i[j]`` (``d x n``): the margins ``X u`` by :func:`_column_margins`,
+    the weights vectorised over samples, and the gradient entries ``g_j = c . xt[j] / n``
+    as contiguous dot products, four columns per pass over the weights ``c``. The data
+    are read twice per step (from cache: only small data are stored this way). ``buf``:
+    scratch of at least ``2 n`` entries.
+    """
+    d, n = xt.shape
+    _column_margins(xt, u, buf)
     total = _softplus_weights(s, buf, n)
     inv = 1.0 / n
     j = 0

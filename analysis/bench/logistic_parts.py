@@ -7,7 +7,8 @@ of the full-batch logistic step of :mod:`siflow.losses` on the bench's toys:
   ``X' c`` alone, with the data (2 MiB) streamed from L3, and with one 4-row block
   (32 KiB) or one 64-row block (512 KiB) reused from L1 or L2 for the same number of
   FMAs; single-threaded BLAS ``gemv`` (numba's ``np.dot``) for each pass; the kernel.
-- d=16, n=256 and n=32 (column kernel): the margins, the gradient, the weights
+- d=16, n=256 and n=32 (column kernel): the margins (``losses._column_margins``), the
+  gradient, the weights
   (``losses._softplus_weights``: one exponential, one log1p and one division per sample)
   and the kernel ``losses._logistic_columns``; then the loop's step
   (``losses._si_value_grad_step``) and a ``simulate`` step.
@@ -18,8 +19,9 @@ d=1024; the weights with one division per sample instead of two; and, at d=16, o
 loop over the samples doing margins, weights and gradient (every column held in
 registers, no pass over a scratch vector).
 
-The loops are copies of the kernels' loops (same unrolling, same fastmath flags), so
-that each part can be timed alone; the arrays lie at cache-line boundaries, as
+The other parts are copies of the kernels' loops (same unrolling, same fastmath flags),
+so that each can be timed alone; the package's kernels are inlined into the timing loops,
+which are compiled with the kernels' flags; the arrays lie at cache-line boundaries, as
 ``simulate`` hands them to the kernels. ``analysis/BENCHMARKS.md`` reads the numbers.
 """
 
@@ -155,30 +157,6 @@ def _fused16(s, xt, u, g):  # pragma: no cover - numba
 
 
 @njit(fastmath=FAST)
-def _cols_margins(xt, u, buf):  # pragma: no cover - numba
-    d, n = xt.shape  # d = 16 or a multiple of 8 above it, as in the bench's toys
-    u0, u1, u2, u3 = u[0], u[1], u[2], u[3]
-    u4, u5, u6, u7 = u[4], u[5], u[6], u[7]
-    u8, u9, u10, u11 = u[8], u[9], u[10], u[11]
-    u12, u13, u14, u15 = u[12], u[13], u[14], u[15]
-    for i in range(n):  # the first 16 columns set the margins
-        buf[i] = (
-            ((xt[0, i] * u0 + xt[1, i] * u1) + (xt[2, i] * u2 + xt[3, i] * u3))
-            + ((xt[4, i] * u4 + xt[5, i] * u5) + (xt[6, i] * u6 + xt[7, i] * u7))
-        ) + (
-            ((xt[8, i] * u8 + xt[9, i] * u9) + (xt[10, i] * u10 + xt[11, i] * u11))
-            + ((xt[12, i] * u12 + xt[13, i] * u13) + (xt[14, i] * u14 + xt[15, i] * u15))
-        )
-    for j in range(16, d, 8):
-        u0, u1, u2, u3 = u[j], u[j + 1], u[j + 2], u[j + 3]
-        u4, u5, u6, u7 = u[j + 4], u[j + 5], u[j + 6], u[j + 7]
-        for i in range(n):
-            buf[i] += (
-                (xt[j, i] * u0 + xt[j + 1, i] * u1) + (xt[j + 2, i] * u2 + xt[j + 3, i] * u3)
-            ) + ((xt[j + 4, i] * u4 + xt[j + 5, i] * u5) + (xt[j + 6, i] * u6 + xt[j + 7, i] * u7))
-
-
-@njit(fastmath=FAST)
 def _cols_gradient(xt, c, g):  # pragma: no cover - numba
     d, n = xt.shape  # d a multiple of 4
     for j in range(0, d, 4):
@@ -238,10 +216,10 @@ def _repeat_rows_kernel(k, params, u, x, g):  # pragma: no cover - numba
     return t
 
 
-@njit
+@njit(fastmath=FAST, error_model="numpy")  # the kernels are inlined with these flags
 def _repeat_cols_margins(k, xt, u, buf):  # pragma: no cover - numba
     for _ in range(k):
-        _cols_margins(xt, u, buf)
+        L._column_margins(xt, u, buf)
 
 
 @njit
