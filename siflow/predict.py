@@ -651,8 +651,7 @@ def transfer_period(
     lr_f, wd_f = lr_wd_numbers(lr, wd)
     mu0 = momentum_number(calibration.momentum)
     mu = mu0 if momentum is None else momentum_number(momentum)
-    if isinstance(skip, bool) or not isinstance(skip, int | np.integer) or skip < 0:
-        raise ValueError(f"skip must be a whole number >= 0, got {skip!r}; pass e.g. skip=1")
+    skip = check_whole("skip", skip, 0)
     ev = events if events is not None else find_events(calibration)
     if len(ev) < skip + 3:
         raise ValueError(

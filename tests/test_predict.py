@@ -248,5 +248,10 @@ def test_transfer_period_validation():
     with pytest.raises(ValueError, match="lr"):
         transfer_period(Trajectory(step=cal.step, rho=cal.rho), 1.0, 0.01)
     # skip=-1 calibrated on the last period alone
-    with pytest.raises(ValueError, match="skip must be a whole number >= 0"):
+    with pytest.raises(ValueError, match="skip must be >= 0"):
         transfer_period(cal, 1.0, 0.01, skip=-1)
+    for bad in (1.5, True, "1"):
+        with pytest.raises(ValueError, match="skip must be an integer"):
+            transfer_period(cal, 1.0, 0.01, skip=bad)
+    # a whole float is taken, as cycle_constants takes it
+    assert transfer_period(cal, 1.0, 0.01, skip=2.0) == transfer_period(cal, 1.0, 0.01, skip=2)
