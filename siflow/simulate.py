@@ -95,7 +95,6 @@ from siflow.losses import (
 )
 from siflow.optim import _FAST, HP_LR, HP_MU, HP_WD, SGD, Optimizer, make_optimizer, update
 from siflow.schedules import Schedule, parse_schedule
-from siflow.theory import effective_lr
 from siflow.trajectory import Trajectory
 
 __all__ = [
@@ -131,21 +130,23 @@ RHO_MIN = 1e-150
 
 # --------------------------------------------------------------------------- the kernel
 # rows of the chunk output ``out`` (one contiguous row per recorded quantity)
-_O_LOSS, _O_RHO, _O_GNS, _O_ANG, _O_SA2, _O_SG2, _O_SG, _O_SRHO = range(8)
-_N_OUT = 8
+_O_LOSS, _O_RHO, _O_GNS, _O_ANG, _O_ELR, _O_SA2, _O_SG2, _O_SG, _O_SRHO, _O_SELR = range(10)
+_N_OUT = 10
 # entries of the carried state ``carry`` (kept between chunks)
-_C_R2, _C_SA2, _C_SG2, _C_SG, _C_SRHO = range(5)
-_N_CARRY = 5
+_C_R2, _C_SA2, _C_SG2, _C_SG, _C_SRHO, _C_SELR = range(6)
+_N_CARRY = 6
 # columns of the trajectory written by the kernel, and their rows in ``out``
 _KERNEL_ROWS = (
     ("loss", _O_LOSS),
     ("rho", _O_RHO),
     ("grad_norm_sphere", _O_GNS),
     ("angular_update", _O_ANG),
+    ("elr", _O_ELR),
     ("sum_angular_update_sq", _O_SA2),
     ("sum_grad_norm_sphere_sq", _O_SG2),
     ("sum_grad_norm_sphere", _O_SG),
     ("sum_rho", _O_SRHO),
+    ("sum_elr", _O_SELR),
 )
 
 
@@ -181,9 +182,11 @@ def _run_chunk(toy, draws, opt, sched, state, scratch, ctl, out, snap):  # pragm
     ``carry[_C_R2]`` holds ``|w|^2`` between chunks (0 on the first call): each step's
     ``|w_{t+1}|^2`` is summed while ``w_{t+1}`` is written and reused by the next step,
     so the chunk size does not change a bit of the result. The other entries are
-    running sums over every step simulated (``Delta^2``, ``g~^2``, ``g~``, ``rho``);
+    running sums over every step simulated (``Delta^2``, ``g~^2``, ``g~``, ``rho``, ``elr``);
     their value after each step is written to ``out`` so that any step range's
-    exact mean follows from two kept rows, whatever the thinning.
+    exact mean follows from two kept rows, whatever the thinning. The effective LR
+    ``lr_t/rho_t^2`` (:func:`siflow.theory.effective_lr`, the same operations) and its
+    running sum ``carry[_C_SELR]`` are written too.
 
     Plain SGD (no momentum, no projection) runs fused: ``w <- (1 - lr wd) w - lr g`` and
     ``|w|^2`` in one pass, and the angle between ``w_t`` and ``w_{t+1}`` from scalars,
@@ -227,6 +230,7 @@ def _run_chunk(toy, draws, opt, sched, state, scratch, ctl, out, snap):  # pragm
     sg2 = carry[_C_SG2]
     sg = carry[_C_SG]
     srho = carry[_C_SRHO]
+    selr = carry[_C_SELR]
     n_snap = 0
     stop, code = n, _OK
     for t in range(n):
@@ -330,18 +334,22 @@ def _run_chunk(toy, draws, opt, sched, state, scratch, ctl, out, snap):  # pragm
                 dm += (a - b) * (a - b)
                 dp += (a + b) * (a + b)
             ang = 2.0 * math.atan2(math.sqrt(dm), math.sqrt(dp))
+        elr = lr / (rho * rho)
         sa2 += ang * ang
         sg2 += gns * gns
         sg += gns
         srho += rho
+        selr += elr
         out[_O_LOSS, o0 + t] = f
         out[_O_RHO, o0 + t] = rho
         out[_O_GNS, o0 + t] = gns
         out[_O_ANG, o0 + t] = ang
+        out[_O_ELR, o0 + t] = elr
         out[_O_SA2, o0 + t] = sa2
         out[_O_SG2, o0 + t] = sg2
         out[_O_SG, o0 + t] = sg
         out[_O_SRHO, o0 + t] = srho
+        out[_O_SELR, o0 + t] = selr
         r2 = r2n
     # the state after the last step done (a stop leaves the stopped step out)
     carry[_C_R2] = r2
@@ -349,6 +357,7 @@ def _run_chunk(toy, draws, opt, sched, state, scratch, ctl, out, snap):  # pragm
     carry[_C_SG2] = sg2
     carry[_C_SG] = sg
     carry[_C_SRHO] = srho
+    carry[_C_SELR] = selr
     return stop, code
 
 
@@ -947,7 +956,6 @@ def simulate(
     no_xi = np.zeros((chunk, 0))
     no_sched = np.zeros(0)
     carry = np.zeros(_N_CARRY)  # |w|^2 and the running sums, carried across chunks
-    sum_elr = 0.0
     buf = np.empty((_N_OUT, chunk))
     watch = record_every > 1 or steps > max_rows
     rec = _Recorder(record_every, event_window, tol, names, max_rows, watch)
@@ -1000,7 +1008,7 @@ def simulate(
                 toy_args, draws, opt_args, sched, state, scratch, ctl, into, snap
             )
             cols = _chunk_columns(buf, t, n_ok, rec, done)
-            sum_elr = _fill_derived(cols, n_ok, lr_step, lr_t, wd_t, sum_elr)
+            _fill_schedule(cols, n_ok, lr_t, wd_t)
             if sharpness:
                 cols["sharpness_sphere"] = _sharpness_rows(toy, cols["step"], snap, sharp_every)
             rho_next = float(np.sqrt(w @ w)) if code == _OK else math.inf
@@ -1087,25 +1095,17 @@ def _run_meta(
     return meta
 
 
-def _fill_derived(
+def _fill_schedule(
     cols: dict[str, NDArray],
     n_ok: int,
-    lr_step: float,
     lr_t: NDArray[np.float64] | None,
     wd_t: NDArray[np.float64] | None,
-    sum_elr: float,
-) -> float:
-    """Fill ``elr`` (:func:`siflow.theory.effective_lr`), its running sum and the
-    scheduled ``lr``/``wd`` columns of a chunk; returns the carried sum of ``elr``."""
-    lr_col = lr_step if lr_t is None else lr_t[:n_ok]
-    cols["elr"][:] = effective_lr(lr_col, cols["rho"])
-    np.cumsum(cols["elr"], out=cols["sum_elr"])
-    cols["sum_elr"] += sum_elr
+) -> None:
+    """Fill the scheduled ``lr``/``wd`` columns of a chunk (the kernel writes the rest)."""
     if lr_t is not None:
         cols["lr"][:] = lr_t[:n_ok]
     if wd_t is not None:
         cols["wd"][:] = wd_t[:n_ok]
-    return float(cols["sum_elr"][-1]) if n_ok else sum_elr
 
 
 def _chunk_columns(

@@ -196,3 +196,17 @@ def test_elr_column_uses_the_theory_function():
     traj = simulate("flat", lr=0.3, wd=0.1, steps=50, dim=3)
     assert np.array_equal(traj.elr, theory.effective_lr(0.3, traj.rho))
     assert math.isclose(traj.extra["sum_elr"][-1], float(np.sum(traj.elr)), rel_tol=1e-13)
+
+
+@pytest.mark.parametrize("lr", [0.1, "cosine:peak=0.2,warmup=100,min=0.01,steps=2500"])
+def test_elr_and_its_running_sum_over_chunks(monkeypatch, lr):
+    # the kernel's effective LR is theory.effective_lr of the row's lr and norm, and its
+    # running sum is the plain sequential sum over every step, whatever the chunk size
+    monkeypatch.setattr(S, "CHUNK", 333)
+    traj = simulate("logistic", lr=lr, wd=1e-3, steps=2500, batch=8)
+    lr_col = traj.extra["lr"] if "lr" in traj.extra else 0.1
+    assert np.array_equal(traj.elr, theory.effective_lr(lr_col, traj.rho))
+    assert np.array_equal(traj.extra["sum_elr"], np.cumsum(traj.elr))
+    monkeypatch.setattr(S, "CHUNK", 1024)
+    again = simulate("logistic", lr=lr, wd=1e-3, steps=2500, batch=8)
+    assert np.array_equal(again.extra["sum_elr"], traj.extra["sum_elr"])
