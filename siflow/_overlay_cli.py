@@ -390,6 +390,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_main(_body, argv, prog=PROG)
 
 
+def _records(traj: Any, name: str) -> bool:
+    """Whether the log gives ``lr`` or ``wd``: in its metadata, or as a column (under its
+    own name or the one :func:`siflow.io.read` recorded in ``meta["columns"]``)."""
+    if traj.meta.get(name) is not None or name in traj.extra:
+        return True
+    columns = traj.meta.get("columns")
+    return isinstance(columns, dict) and columns.get(name) in traj.extra
+
+
 def _read(args: Any, log: Path) -> Any:
     traj = read_log(args, log, evaluation=True if args.evaluation else None)
     if not any(traj.has(c) for c in ("rho", "elr", "loss")):
@@ -398,7 +407,7 @@ def _read(args: Any, log: Path) -> Any:
             f"{', '.join(traj.columns())}); name one with --map rho=<column> or "
             f"--map loss=<column>"
         )
-    has = {n: traj.meta.get(n) is not None or n in traj.extra for n in ("lr", "wd")}
+    has = {n: _records(traj, n) for n in ("lr", "wd")}
     given = {"lr": args.lr is not None or args.schedule, "wd": args.wd is not None}
     given["wd"] = given["wd"] or bool(args.wd_schedule)
     missing = [n for n in ("lr", "wd") if not has[n] and not given[n]]

@@ -436,9 +436,25 @@ def sphere_conversions(
             values["elr"] = np.asarray(theory.effective_lr(float(known["lr"]), rho))
             derived.append("elr = lr / rho**2")
         elif lr_values is not None:
-            values["elr"] = np.asarray(theory.effective_lr(lr_values, rho))
+            lr_rows = _forward_filled(lr_values, known.get("lr_init"))
+            values["elr"] = np.asarray(theory.effective_lr(lr_rows, rho))
             derived.append("elr = lr column / rho**2")
     return Fields(values, notes, derived)
+
+
+def _forward_filled(values: NDArray[np.float64], first: float | None) -> NDArray[np.float64]:
+    """``values`` with each blank (NaN) row holding the last value before it; blanks
+    before the first value hold ``first`` (or stay NaN when ``first`` is None).
+
+    A logger that writes the learning rate only when it is logged (Lightning's
+    ``LearningRateMonitor`` every k steps, rows merged with other metrics) leaves the
+    optimizer's value unchanged in between.
+    """
+    out = np.array(values, dtype=np.float64)
+    idx = np.where(np.isfinite(out), np.arange(out.size), -1)
+    np.maximum.accumulate(idx, out=idx)
+    filled = np.where(idx >= 0, out[np.maximum(idx, 0)], np.nan if first is None else first)
+    return filled
 
 
 def _constant(values: NDArray[Any]) -> float | None:
@@ -454,14 +470,24 @@ def _constant(values: NDArray[Any]) -> float | None:
 def _hyperparameters(
     cols: Columns, found: dict[str, str], known: dict[str, Any], notes: dict[str, Any]
 ) -> NDArray[np.float64] | None:
-    """A constant ``lr``/``wd`` column goes to ``known``; returns the lr column if any."""
+    """A constant ``lr``/``wd`` column goes to ``known``; returns the lr column if any.
+
+    A varying lr column is what the optimizer ran with: it wins over an ``lr`` of the
+    log's metadata (e.g. the initial lr in Lightning's ``hparams.yaml``), which is kept
+    as ``lr_init``, as the seed-paper readers keep the lr of the run's name.
+    """
     lr_values = cols[found["lr"]].astype(np.float64) if "lr" in found else None
-    if lr_values is not None and known.get("lr") is None:
+    if lr_values is not None:
         lr_const = _constant(lr_values)
-        if lr_const is not None:
-            known["lr"] = lr_const
-        elif np.any(np.isfinite(lr_values)):
+        if lr_const is None and np.any(np.isfinite(lr_values)):
             notes["lr_schedule"] = f"lr varies: column {found['lr']!r} kept in extra"
+            if known.get("lr") is not None:
+                known["lr_init"] = known.pop("lr")
+                notes["lr_schedule"] += (
+                    f" and used per row (the metadata's lr={known['lr_init']:g} is kept as lr_init)"
+                )
+        elif lr_const is not None and known.get("lr") is None:
+            known["lr"] = lr_const
     if "wd" in found and known.get("wd") is None:
         wd_const = _constant(cols[found["wd"]].astype(np.float64))
         if wd_const is not None:
