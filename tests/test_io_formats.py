@@ -4,6 +4,7 @@ seed paper's train-tm.npz."""
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 
@@ -101,6 +102,49 @@ def test_tensorboard_directory_of_several_runs_is_refused(tmp_path):
     np.testing.assert_allclose(t.rho, 2.0 - 0.1 * np.arange(5), rtol=1e-7)
 
 
+def _write_tb(logdir, rows):
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(log_dir=str(logdir)) as w:
+        for step, tags in rows:
+            for tag, value in tags.items():
+                w.add_scalar(tag, value, step)
+
+
+def test_tensorboard_default_layout_of_one_run_reads_its_tags(tmp_path):
+    # SummaryWriter() writes runs/<date>_<host>/; the user passes runs/
+    rows = [(s, {"train/loss": 1.0 / (s + 1), "train/weight_norm": 9.0 - s / 10, "lr-SGD": 0.1})
+            for s in range(0, 50, 5)]  # fmt: skip
+    _write_tb(tmp_path / "runs" / "Jan01_12-00-00_host", rows)
+    t = sio.read(tmp_path / "runs")
+    assert t.meta["columns"]["loss"] == "train/loss"
+    assert t.meta["columns"]["rho"] == "train/weight_norm"
+    assert t.meta["lr"] == pytest.approx(0.1)
+    np.testing.assert_allclose(t.rho, [9.0 - s / 10 for s in range(0, 50, 5)], rtol=1e-7)
+    np.testing.assert_allclose(t.loss, [1.0 / (s + 1) for s in range(0, 50, 5)], rtol=1e-7)
+
+
+def test_tensorboard_run_restarted_into_its_directory_is_refused(tmp_path):
+    # a second writer in the same log_dir starts again at step 0: two runs in one
+    # directory, refused as a CSV that goes back in step is
+    run = tmp_path / "run"
+    _write_tb(run, [(s, {"weight_norm": 5.0 - s / 100}) for s in range(0, 400, 10)])
+    _write_tb(tmp_path / "second", [(s, {"weight_norm": 6.0 - s / 100}) for s in range(0, 100, 10)])
+    (second,) = (tmp_path / "second").iterdir()
+    second.rename(run / "events.out.tfevents.9999999999.host.2.0")  # written later
+    with pytest.raises(ValueError, match=r"goes back from step 390 to step 0 .*one event file"):
+        sio.read(run)
+    first = next(f for f in run.iterdir() if "9999999999" not in f.name)
+    np.testing.assert_allclose(sio.read(first).rho, 5.0 - np.arange(0, 400, 10) / 100, rtol=1e-7)
+    # a run resumed at a later step (no step written twice going back) is one run
+    resumed = tmp_path / "resumed"
+    _write_tb(resumed, [(s, {"weight_norm": 3.0}) for s in range(0, 50, 10)])
+    _write_tb(tmp_path / "later", [(s, {"weight_norm": 2.0}) for s in range(50, 100, 10)])
+    (later,) = (tmp_path / "later").iterdir()
+    later.rename(resumed / "events.out.tfevents.9999999999.host.2.0")
+    np.testing.assert_allclose(sio.read(resumed).rho, [3.0] * 5 + [2.0] * 5)
+
+
 def test_tensorboard_bad_and_truncated_files(tmp_path, torch_tb_dir):
     logdir, n = torch_tb_dir
     bad = tmp_path / "bad"
@@ -185,6 +229,33 @@ def test_lightning_csvlogger_layout(tmp_path):
     assert t.meta["format"] == "lightning"
 
 
+def test_lightning_logged_lr_schedule_wins_over_hparams(tmp_path):
+    # save_hyperparameters() writes the initial lr; LearningRateMonitor logs what the
+    # optimizer ran with (StepLR here), on some of the logged rows only
+    calls, lr_at, rho_at = [], {}, {}
+    for s in range(48):
+        lr = 0.5 * 0.1 ** (s // 16)
+        rho_at[s] = 3.0 - s / 50
+        rec = {"weight_norm": rho_at[s], "train_loss_step": 1.0, "epoch": s // 8, "step": s}
+        if s % 4 == 0:
+            rec["lr-SGD"] = lr_at[s] = lr
+        calls.append(rec)
+    vdir = tmp_path / "version_0"
+    _write_csvlogger(vdir, calls, {"lr": 0.5, "weight_decay": 0.01})
+    t = sio.read(vdir)
+    assert "lr" not in t.meta and t.meta["lr_init"] == 0.5 and t.meta["wd"] == 0.01
+    ran = [0.5 * 0.1 ** (s // 16) if s % 4 == 0 else lr_at[s - s % 4] for s in range(48)]
+    np.testing.assert_allclose(t.elr, [ran[s] / rho_at[s] ** 2 for s in range(48)], rtol=1e-15)
+    np.testing.assert_array_equal(np.isfinite(t.extra["lr-SGD"]), [s % 4 == 0 for s in range(48)])
+    # the overlay runs with the logged lr per row
+    from siflow._overlay_cli import main
+
+    out = tmp_path / "out"
+    assert main([str(vdir), "--out", str(out), "--no-figure", "--json"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["lr_schedule"]
+
+
 def test_lightning_restarted_run_raises(tmp_path):
     calls = [{"loss": 1.0, "epoch": 0, "step": s} for s in (0, 5, 10)]
     calls += [{"loss": 1.0, "epoch": 0, "step": s} for s in (5, 10)]
@@ -267,6 +338,21 @@ def test_wandb_not_an_export(tmp_path):
     path.write_text("step,loss\n0,1\n")
     with pytest.raises(ValueError, match="not a W&B export"):
         sio.read(path, fmt="wandb")
+
+
+def test_plain_csv_with_a_dash_in_a_column_name_is_not_an_export(tmp_path):
+    # "loss - ema" looks like W&B's "<run> - <metric>"; the other columns do not
+    path = tmp_path / "log.csv"
+    lines = ["step,weight_norm,loss,loss - ema"]
+    for s in range(40):
+        ema = f"{1.0 / (s + 2):.6f}" if s % 10 == 0 else ""
+        lines.append(f"{s},{3.0 - s / 100},{1.0 / (s + 1)},{ema}")
+    path.write_text("\n".join(lines) + "\n")
+    assert sio.detect_format(path) == "csv"
+    t = sio.read(path)
+    np.testing.assert_array_equal(t.step, np.arange(40))
+    np.testing.assert_allclose(t.rho, 3.0 - np.arange(40) / 100)
+    assert np.isfinite(t.extra["loss - ema"]).sum() == 4
 
 
 # ------------------------------------------------------ seed paper's train-tm.npz

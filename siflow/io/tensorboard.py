@@ -134,9 +134,11 @@ def _run_root(run: Path, tags: Mapping[str, Any]) -> Path:
     return run
 
 
-def _check_one_run(p: Path, per_run: Mapping[Path, Mapping[str, Any]]) -> None:
+def _check_one_run(p: Path, per_run: Mapping[Path, Mapping[str, Any]]) -> Path:
     """Refuse a directory holding several runs that log the same tags (their columns
-    would be read as groups of one run)."""
+    would be read as groups of one run); return the directory the columns are named
+    from: the one run's own directory when ``p`` holds a single run below it
+    (``SummaryWriter()``'s ``runs/<date>_<host>``), else ``p``."""
     roots: dict[Path, set[str]] = {}
     for run, tags in per_run.items():
         roots.setdefault(_run_root(run, tags), set()).update(tags)
@@ -148,13 +150,41 @@ def _check_one_run(p: Path, per_run: Mapping[Path, Mapping[str, Any]]) -> None:
             f"{str(p)!r} holds {len(shared)} runs that log the same tags ({names}{more}); "
             f"pass one run's directory"
         )
+    return next(iter(roots)) if len(roots) == 1 else p
+
+
+def _check_no_restart(run: Path, series: Mapping[str, list[tuple[int, float]]]) -> None:
+    """Refuse a run directory whose series go back in step (in file order): a run
+    restarted, or resumed from an earlier checkpoint, into the same directory. Its
+    event files hold two runs; read as one, the later run's values would overwrite the
+    earlier one's at the steps they share and leave the rest mixed in (TensorBoard
+    purges nothing for files written by PyTorch's ``SummaryWriter``). A tabular log
+    that goes back in step is refused the same way."""
+    for tag, points in series.items():
+        steps = np.array([s for s, _ in points], dtype=np.int64)
+        if steps.size < 2:
+            continue
+        top = np.maximum.accumulate(steps)
+        back = np.flatnonzero(steps[1:] < top[:-1])
+        if back.size:
+            k = int(back[0]) + 1
+            files = sorted(f.name for f in run.iterdir() if "tfevents" in f.name)
+            shown = ", ".join(files[:4]) + (f" and {len(files) - 4} more" if len(files) > 4 else "")
+            raise ValueError(
+                f"{str(run)!r}: tag {tag!r} goes back from step {int(top[k - 1])} to step "
+                f"{int(steps[k])} (a run restarted or resumed into the same directory?); its "
+                f"event files ({shown}) hold more than one run: pass one event file, or move "
+                f"the other run's files to a directory of their own"
+            )
 
 
 def _collect(p: Path) -> tuple[dict[str, list[tuple[int, float]]], dict[str, int]]:
     label = repr(str(p))
     if p.is_file():
         tail = check_event_file(p)
-        return _scalar_series(str(p), label), ({p.name: tail} if tail else {})
+        series = _scalar_series(str(p), label)
+        _check_no_restart(p.parent, series)
+        return series, ({p.name: tail} if tail else {})
     runs = _run_dirs(p)
     if not runs:
         raise ValueError(
@@ -164,14 +194,15 @@ def _collect(p: Path) -> tuple[dict[str, list[tuple[int, float]]], dict[str, int
     truncated: dict[str, int] = {}
     series: dict[str, list[tuple[int, float]]] = {}
     per_run = {run: _scalar_series(str(run), label) for run in runs}
-    _check_one_run(p, per_run)
+    home = _check_one_run(p, per_run)
     for run in runs:
         for f in sorted(run.iterdir()):
             if "tfevents" in f.name and f.is_file():
                 tail = check_event_file(f)
                 if tail:
                     truncated[f.relative_to(p).as_posix()] = tail
-        rel = run.relative_to(p).as_posix()
+        _check_no_restart(run, per_run[run])
+        rel = run.relative_to(home).as_posix()
         for tag, points in per_run[run].items():
             if rel == ".":
                 name = tag
@@ -179,7 +210,7 @@ def _collect(p: Path) -> tuple[dict[str, list[tuple[int, float]]], dict[str, int
                 prefix = tag.replace("/", "_") + "_"
                 leaf = run.name
                 if leaf.startswith(prefix) and len(leaf) > len(prefix):
-                    parent = run.parent.relative_to(p).as_posix()
+                    parent = run.parent.relative_to(home).as_posix()
                     name = f"{tag}/{leaf[len(prefix) :]}"
                     if parent != ".":
                         name = f"{parent}/{name}"

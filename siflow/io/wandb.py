@@ -157,8 +157,12 @@ def read_wandb(
 
 
 def detect(path: Path, head: bytes) -> bool:
-    """A CSV whose header has ``"<run> - <metric>"`` columns (with ``__MIN``/``__MAX`` or a
-    first ``Step`` column)."""
+    """A CSV whose header has ``"<run> - <metric>"`` columns, with ``__MIN``/``__MAX``
+    columns or a first ``Step`` column and no other columns (a chart export).
+
+    A plain log with one column that happens to contain ``" - "`` (``loss - ema``) is
+    not an export: read as one, its rows without that column would be taken for
+    other runs' rows."""
     if path.is_dir() or b"\x00" in head:
         return False
     lines = [
@@ -169,6 +173,9 @@ def detect(path: Path, head: bytes) -> bool:
     if not lines:
         return False
     cells = [c.strip().strip('"').lower() for c in lines[0].split(",")]
-    return any(" - " in c for c in cells) and (
-        any(c.endswith(("__min", "__max")) for c in cells) or (cells and cells[0] == "step")
-    )
+    runs = [c for c in cells if _split(c) is not None]
+    if not runs:
+        return False
+    if any(c.endswith(("__min", "__max")) for c in runs):
+        return True
+    return cells[0] == "step" and len(runs) == len(cells) - 1
