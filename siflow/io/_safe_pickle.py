@@ -20,10 +20,16 @@ bounds, or a declared size that would inflate (decompression bomb) raises
 ``ValueError``. This is the same allowlist idea as ``torch.load(weights_only=True)``,
 narrower (no torch classes are instantiated) and with numpy scalars allowed
 (the ideal-gas trace stores them, which ``weights_only=True`` refuses).
+
+A pickle cut short or garbled (a run killed while it appended a dump) is a
+``ValueError`` naming the file, whether it is truncated or damaged, and the fix:
+for a file of appended dumps, the byte to cut it at to keep the complete dumps
+before the bad one.
 """
 
 from __future__ import annotations
 
+import _compat_pickle
 import collections
 import io
 import pickle
@@ -194,6 +200,10 @@ class RestrictedUnpickler(pickle.Unpickler):
         self._cache: dict[str, _Storage] = {}
 
     def find_class(self, module: str, name: str) -> Any:
+        # protocol 0-2 pickles name Python 2's modules (__builtin__.set): the same names,
+        # mapped as pickle's own find_class maps them, then checked against the allowlist
+        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         target = ALLOWED.get((module, name))
         if target is None:
             raise ValueError(
@@ -242,43 +252,92 @@ _PICKLE_ERRORS = (
 _MAX_MEMO = 1 << 24
 
 
-def _scan(fh: IO[bytes], label: str) -> None:
-    """Walk the next pickle's opcodes (no objects built): refuse absurd memo indices."""
+#: The fix named when a single pickle (a torch file's ``data.pkl``) is damaged.
+_RESAVE = "re-save it from the run (torch.save), or use an intact copy"
+
+
+def _damaged(label: str, exc: BaseException, fix: str, state: str) -> ValueError:
+    """One line: the file, its ``state`` (truncated, damaged ...) with the low-level reason,
+    and the fix."""
+    detail = " ".join(str(exc).split())[:200]
+    if not isinstance(exc, ValueError) or not detail:
+        detail = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+    return ValueError(f"{label} is {state} ({detail}); {fix}")
+
+
+def _scan(fh: IO[bytes], label: str, fix: str) -> None:
+    """Walk the next pickle's opcodes (no objects built): refuse absurd memo indices.
+
+    A stream that ends before its ``STOP`` (a cut file) or holds an unknown opcode (a
+    garbled one) is a ``ValueError`` naming ``label`` and ``fix``; so is a memo index out
+    of range.
+    """
     start = fh.tell()
-    try:
-        for op, arg, _pos in pickletools.genops(fh):
-            if op.name in ("LONG_BINPUT", "LONG_BINGET", "PUT", "GET") and (
-                not isinstance(arg, int) or not 0 <= arg < _MAX_MEMO
-            ):
-                raise ValueError(f"{label}: a pickle memo index {arg!r} is out of range: corrupt")
-    except ValueError:
-        raise
-    except Exception as exc:  # genops raises on a truncated or garbled stream
-        raise ValueError(
-            f"{label} is not a readable pickle ({type(exc).__name__}: {exc}); is it truncated?"
-        ) from None
+    ops = pickletools.genops(fh)
+    while True:
+        try:
+            op, arg, _pos = next(ops)
+        except StopIteration:
+            break
+        except Exception as exc:  # genops raises ValueError, EOFError ... on a bad stream
+            state = "truncated" if not fh.read(1) else "damaged"
+            raise _damaged(label, exc, fix, state) from None
+        if op.name in ("LONG_BINPUT", "LONG_BINGET", "PUT", "GET") and (
+            not isinstance(arg, int) or not 0 <= arg < _MAX_MEMO
+        ):
+            raise ValueError(
+                f"{label}: a pickle memo index {arg!r} is out of range: corrupt; {fix}"
+            )
     fh.seek(start)
 
 
-def _load_one(unpickler: RestrictedUnpickler, label: str) -> Any:
-    _scan(unpickler.stream, label)
+def _load_one(unpickler: RestrictedUnpickler, label: str, fix: str = _RESAVE) -> Any:
+    """The next pickle of ``unpickler``'s stream, scanned first (:func:`_scan`).
+
+    A ``ValueError`` of the allowlist (it names ``label``) passes as it is; any other
+    failure (a truncated stream, an unsupported protocol, a tensor view that does not fit
+    its storage) says the file is damaged, with ``fix``.
+    """
+    _scan(unpickler.stream, label, fix)
     try:
         return unpickler.load()
-    except ValueError:
-        raise
+    except ValueError as exc:
+        if str(exc).startswith(label):
+            raise
+        raise _damaged(label, exc, fix, "damaged or holds data siflow does not read") from None
     except _PICKLE_ERRORS as exc:
-        raise ValueError(
-            f"{label} is not a readable pickle ({type(exc).__name__}: {exc}); is it truncated?"
-        ) from None
+        raise _damaged(label, exc, fix, "damaged or truncated") from None
+
+
+def _cut_fix(path: Path, dumps: int, start: int) -> str:
+    """How to recover the ``dumps`` complete dumps before a damaged one at byte ``start``."""
+    if dumps == 0:
+        return "its first dump is damaged: use an intact copy of the file"
+    cut = path.with_name(f"{path.stem}_cut{path.suffix}")
+    return (
+        f"dump {dumps + 1} (from byte {start}) is the first bad one: keep the {dumps} complete "
+        f"dump{'s' if dumps > 1 else ''} before it (head -c {start} {str(path)!r} > "
+        f"{str(cut)!r}, then read that file), or use an intact copy"
+    )
 
 
 def load_pickles(path: Path) -> Iterator[Any]:
-    """Each object of a file of appended pickle dumps, read with :class:`RestrictedUnpickler`."""
+    """Each object of a file of appended pickle dumps, read with :class:`RestrictedUnpickler`.
+
+    Raises
+    ------
+    ValueError
+        A dump is cut short or garbled (the message names the byte to cut the file at
+        to keep the complete dumps before it), or asks for a name outside :data:`ALLOWED`.
+    """
     label = repr(str(path))
     size = path.stat().st_size
+    dumps = 0
     with open(path, "rb") as fh:
         while fh.tell() < size:
-            yield _load_one(RestrictedUnpickler(fh, label), label)
+            fix = _cut_fix(path, dumps, fh.tell())
+            yield _load_one(RestrictedUnpickler(fh, label), label, fix)
+            dumps += 1
 
 
 def _load_legacy(fh: IO[bytes], label: str) -> Any:
@@ -337,15 +396,35 @@ def is_torch_zip(path: Path) -> str | None:
     return None
 
 
+def _not_torch_zip(path: Path, label: str) -> ValueError:
+    """Why ``path`` is no zip-format ``torch.save`` file: cut short, or another layout."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError as exc:
+        return ValueError(f"{label} cannot be read ({exc.strerror or exc})")
+    if not head:
+        return ValueError(
+            f"{label} is empty (the run was stopped while saving it?); use an intact copy"
+        )
+    if head.startswith(b"PK") and not zipfile.is_zipfile(path):
+        return ValueError(
+            f"{label} begins as a zip-format torch.save file but has no readable zip directory "
+            f"(truncated, or still being written); pass it again once it is complete, or use "
+            f"an intact copy"
+        )
+    return ValueError(
+        f"{label} is not a zip-format torch.save file (torch >= 1.6); re-save it with "
+        f"torch.save or pass the right fmt="
+    )
+
+
 def load_torch_file(path: Path) -> Any:
     """The object of a zip-format ``torch.save`` file, tensors as numpy arrays (no torch)."""
     label = repr(str(path))
     prefix = is_torch_zip(path)
     if prefix is None:
-        raise ValueError(
-            f"{label} is not a zip-format torch.save file (torch >= 1.6); re-save it with "
-            f"torch.save or pass the right fmt="
-        )
+        raise _not_torch_zip(path, label)
     try:
         with zipfile.ZipFile(path) as zf:
             check_zip_members(zf, label, path.stat().st_size)
@@ -359,4 +438,6 @@ def load_torch_file(path: Path) -> Any:
             fh = io.BytesIO(zf.read(f"{prefix}/data.pkl"))
             return _load_one(RestrictedUnpickler(fh, label, storage), label)
     except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError) as exc:
-        raise ValueError(f"{label} is a corrupt torch file ({type(exc).__name__}: {exc})") from None
+        raise ValueError(
+            f"{label} is a damaged torch file ({type(exc).__name__}: {exc}); {_RESAVE}"
+        ) from None

@@ -23,7 +23,10 @@ rescaled back to ``si_pnorm_0`` after every step (``running_radius`` is taken
 after the step, before the rescaling).
 
 ``trace.pt`` is read with :mod:`siflow.io._safe_pickle` (no code runs, torch is
-not needed).
+not needed). The settings the reader computes with (``running_log_freq``,
+``num_iters``, ``log_iters``, ``lr``, ``wd``) must be JSON numbers (``null`` for an
+unknown ``num_iters``, ``lr`` or ``wd``): text such as ``"1e3"`` is refused in one line
+naming the key.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ import numpy as np
 
 from siflow.io._build import build_trajectory
 from siflow.io._columns import Table, normalize_mapping
-from siflow.io._safe_pickle import is_torch_zip, load_torch_file
+from siflow.io._safe_pickle import load_torch_file
 from siflow.io._text import check_path, read_text
 from siflow.trajectory import Trajectory
 
@@ -63,40 +66,119 @@ def _paths(p: Path) -> tuple[Path, Path]:
 
 
 def _config(path: Path) -> dict[str, Any]:
+    """``config.json`` as a dict, its settings that the reader uses checked for type."""
     label = repr(str(path))
     try:
         cfg = json.loads(read_text(path))
     except (json.JSONDecodeError, RecursionError) as exc:
         raise ValueError(f"{label} is not valid JSON ({exc}); is it truncated?") from None
     if not isinstance(cfg, dict):
-        raise ValueError(f"{label} must hold one JSON object of settings")
+        raise ValueError(
+            f"{label} must hold one JSON object of settings; use the run's own config.json"
+        )
     freq = cfg.get("running_log_freq")
-    if isinstance(freq, bool) or not isinstance(freq, int) or freq < 1:
-        raise ValueError(f"{label}: 'running_log_freq' must be a positive integer, got {freq!r}")
+    if _whole(freq) is None or freq < 1:
+        raise ValueError(
+            f"{label}: 'running_log_freq' must be a positive whole number of iterations, got "
+            f"{freq!r}; {_number_fix(freq, 'the run', whole=True)}"
+        )
+    for key in ("lr", "wd"):
+        _check_number(cfg, key, label)
+    num_iters = cfg.get("num_iters")
+    if num_iters is not None and (_whole(num_iters) is None or num_iters < 1):
+        raise ValueError(
+            f"{label}: 'num_iters' must be a positive whole number of iterations, got "
+            f"{num_iters!r}; {_number_fix(num_iters, 'the run', whole=True)}, or delete the "
+            f"key (the last running entry then ends the run)"
+        )
+    _check_log_iters(cfg.get("log_iters", []), label)
     return cfg
+
+
+def _whole(value: Any) -> int | None:
+    """``value`` as an int when it is a whole JSON number (``200`` or ``200.0``), else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float) and not value.is_integer():
+        return None
+    return int(value)
+
+
+def _number_fix(value: Any, whose: str, whole: bool = False) -> str:
+    """The fix for a setting that is not a (``whole``) number: unquote it, or write
+    ``whose`` own value."""
+    text = value.strip() if isinstance(value, str) else ""
+    try:
+        number = json.loads(text) if text else None
+    except (json.JSONDecodeError, RecursionError):
+        number = None
+    if isinstance(number, int | float) and not isinstance(number, bool):
+        if not whole or float(number).is_integer():
+            return f"write it as the number {text} (no quotes)"
+    return f"write {whose}'s own value as a JSON number"
+
+
+def _check_number(cfg: Mapping[str, Any], key: str, label: str) -> None:
+    """``cfg[key]``, when set, must be a finite JSON number (not text, a list, a bool)."""
+    value = cfg.get(key)
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value):
+        raise ValueError(
+            f"{label}: {key!r} must be a number, got {value!r}; {_number_fix(value, 'the run')}"
+        )
+
+
+def _check_log_iters(value: Any, label: str) -> None:
+    """``log_iters``: a list of whole iteration numbers >= 0 (their evaluation iterations)."""
+    fix = (
+        "write the run's evaluation iterations as a list of numbers, or delete the key to "
+        "read the running metrics without the evaluations"
+    )
+    if not isinstance(value, list):
+        raise ValueError(f"{label}: 'log_iters' must be a list of iterations, got {value!r}; {fix}")
+    for i, item in enumerate(value):
+        if _whole(item) is None or item < 0:
+            raise ValueError(
+                f"{label}: 'log_iters' entry {i} is {item!r}, not a whole iteration number; {fix}"
+            )
 
 
 def _series(trace: Mapping[str, Any], key: str, label: str) -> np.ndarray:
     values = trace.get(key)
     if not isinstance(values, list):
-        raise ValueError(f"{label}: trace[{key!r}] is missing or not a list")
+        raise ValueError(
+            f"{label}: trace[{key!r}] is missing or not a list; is it the run's own trace.pt?"
+        )
     try:
         return np.array([float(v) for v in values], dtype=np.float64)
     except (TypeError, ValueError):
-        raise ValueError(f"{label}: trace[{key!r}] holds non-numbers") from None
+        raise ValueError(
+            f"{label}: trace[{key!r}] holds non-numbers; is it the run's own trace.pt?"
+        ) from None
+
+
+def _lengths(series: Mapping[str, np.ndarray]) -> str:
+    return ", ".join(f"{k} {v.size}" for k, v in series.items())
 
 
 def _table(trace: Mapping[str, Any], cfg: dict[str, Any], label: str) -> tuple[np.ndarray, Table]:
     running = {k: _series(trace, k, label) for k in _RUNNING if k in trace}
     if "running_radius" not in running:
-        raise ValueError(f"{label}: the trace has no 'running_radius' (the SI norm)")
+        raise ValueError(
+            f"{label}: the trace has no 'running_radius' (the SI norm); is it the run's own "
+            f"trace.pt?"
+        )
     n = running["running_radius"].size
     if any(v.size != n for v in running.values()):
-        raise ValueError(f"{label}: running series of different lengths")
+        raise ValueError(
+            f"{label}: running series of different lengths ({_lengths(running)}); the trace "
+            f"is damaged: use an intact copy"
+        )
     freq = int(cfg["running_log_freq"])
     steps = (np.arange(n, dtype=np.int64) + 1) * freq
-    num_iters = int(cfg.get("num_iters") or steps[-1] if n else 0)
-    log_iters = sorted(int(i) for i in cfg.get("log_iters", []) if int(i) <= num_iters)
+    num_iters = (_whole(cfg.get("num_iters")) or int(steps[-1])) if n else 0
+    log_iters = sorted(int(i) for i in cfg.get("log_iters", []) if i <= num_iters)
     # an evaluation metric holds one entry per log iteration reached: all of them at the end
     # of the run, the first m of them in a trace saved at a checkpoint iteration before it
     evals: dict[str, np.ndarray] = {}
@@ -123,13 +205,21 @@ def _table(trace: Mapping[str, Any], cfg: dict[str, Any], label: str) -> tuple[n
 
 def _positive(cfg: Mapping[str, Any], key: str, label: str) -> float:
     value = cfg.get(key)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ValueError(f"{label}: {key!r} must be a positive number, got {value!r}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 0 < value < float("inf")
+    ):
+        raise ValueError(
+            f"{label}: {key!r} must be a positive number, got {value!r}; "
+            f"{_number_fix(value, 'the run')}"
+        )
     return float(value)
 
 
 def _learning_rates(cfg: Mapping[str, Any], table: Table, meta: dict[str, Any], label: str) -> None:
-    """``lr``/``elr`` columns and metadata for the run's ``opt_mode`` (module docstring)."""
+    """``lr``/``elr`` columns and metadata for the run's ``opt_mode`` (module docstring);
+    ``label`` names ``config.json``."""
     mode = cfg.get("opt_mode", "fixed_lr")
     if mode == "fixed_lr":
         return
@@ -159,8 +249,8 @@ def _learning_rates(cfg: Mapping[str, Any], table: Table, meta: dict[str, Any], 
         )
     else:
         raise ValueError(
-            f"{label}: unknown opt_mode {mode!r} (fixed_lr, fixed_elr or fixed_sphere); "
-            f"the meaning of its lr is not known"
+            f"{label}: unknown opt_mode {mode!r}, so the meaning of its lr is not known; set "
+            f"it to the mode the run used (fixed_lr, fixed_elr or fixed_sphere)"
         )
 
 
@@ -199,7 +289,7 @@ def read_idealgas(path: str | os.PathLike[str], *, mapping: MappingArg = None) -
         "running_radius, running_loss and stoch_grad_norm are logged every "
         f"{cfg['running_log_freq']} iterations; <metric> (eval) at the config's log_iters"
     ]
-    _learning_rates(cfg, table, meta, label)
+    _learning_rates(cfg, table, meta, repr(str(config_path)))
     defaults = {
         "rho": "running_radius",
         "loss": "running_loss",
@@ -216,9 +306,13 @@ def read_idealgas(path: str | os.PathLike[str], *, mapping: MappingArg = None) -
 
 
 def detect(path: Path, head: bytes) -> bool:
-    """A run directory (or its ``trace.pt``/``config.json``) with both files."""
+    """A run directory (or its ``trace.pt``/``config.json``) with both files.
+
+    The pair of names is the format's signature: ``trace.pt`` need not be a readable
+    zip, so that a trace cut short (a run stopped while saving it) reaches
+    :func:`read_idealgas` and gets its own message, not an unknown-directory one.
+    """
     run = path if path.is_dir() else path.parent
     if path.is_file() and path.name not in ("trace.pt", "config.json"):
         return False
-    trace = run / "trace.pt"
-    return trace.is_file() and (run / "config.json").is_file() and is_torch_zip(trace) is not None
+    return (run / "trace.pt").is_file() and (run / "config.json").is_file()

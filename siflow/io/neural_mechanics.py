@@ -8,7 +8,10 @@ of the step that led to ``N``: ``g + wd w_{N-1}``, or the momentum buffer; empty
 step 0) and ``metrics`` (``train_loss``, ``test_loss``,
 ``accuracy1``, ``accuracy5``, one value each). ``hyperparameters.json`` in the
 run directory holds ``lr``, ``wd``, ``momentum``, ``train_batch_size``, ``model``
-and ``optimizer``. ``cache/*.h5`` are derived per-metric caches and are not read.
+and ``optimizer`` (``lr``, ``wd`` and ``momentum`` must be JSON numbers or ``null``).
+``cache/*.h5`` are derived per-metric caches and are not read. A step file of another
+layout (a group where a dataset belongs, text for a tensor) is refused in one line
+naming the entry; a metric that is not one number is read as missing, with a note.
 
 SI tensors: a weight of two or more dimensions whose next parameter module (in
 the model's numbering: ``1.weight`` -> ``2.weight`` in an ``nn.Sequential``,
@@ -138,26 +141,88 @@ def nm_si_tensors(shapes: Mapping[str, tuple[int, ...]]) -> tuple[list[str], lis
     return si, [n for n in shapes if n not in si]
 
 
-def _read_step(h5py: Any, path: Path) -> tuple[dict[str, float], dict[str, np.ndarray], dict]:
-    """Squared norms of params and grad buffers, and the metrics, of one step file."""
+#: The layout of their ``extract.py`` output, named in the messages about another one.
+_H5_LAYOUT = (
+    "their extract.py writes one numeric dataset per name under params/, buffers/ and "
+    "metrics/: is it a feats/step<N>.h5 of neural-mechanics? re-run extract.py on the "
+    "checkpoint, or use an intact copy"
+)
+
+
+def _group(h5py: Any, h: Any, name: str, label: str, required: bool = False) -> Any:
+    """The HDF5 group ``name`` of the open file ``h`` (None when absent and not required)."""
+    item = h.get(name)
+    if item is None and not required:
+        return None
+    if item is None:
+        raise ValueError(f"{label} has no '{name}' group; {_H5_LAYOUT}")
+    if not isinstance(item, h5py.Group):
+        raise ValueError(
+            f"{label}: {name} is a {type(item).__name__.lower()}, not a group; {_H5_LAYOUT}"
+        )
+    return item
+
+
+def _datasets(h5py: Any, group: Any, label: str) -> dict[str, Any]:
+    """``{name: value}`` of the datasets in ``group``; a subgroup or a link to nothing is a
+    ``ValueError`` naming it."""
+    out = {}
+    for name in group:
+        item = group.get(name)
+        if not isinstance(item, h5py.Dataset):
+            what = "a dangling link" if item is None else f"a {type(item).__name__.lower()}"
+            raise ValueError(
+                f"{label}: {group.name.lstrip('/')}/{name} is {what}, not a dataset; {_H5_LAYOUT}"
+            )
+        out[name] = item[()]
+    return out
+
+
+def _tensor(value: Any, where: str) -> np.ndarray:
+    """A parameter or buffer dataset as float64, refused when it does not hold numbers."""
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(f"{where} holds {arr.dtype} values, not numbers; {_H5_LAYOUT}")
+    return arr.astype(np.float64)
+
+
+def _metrics(values: dict[str, Any]) -> tuple[dict[str, tuple[float, str]], list[str]]:
+    """One-number metrics as ``(value, dtype kind)``, and the names of the others."""
+    metrics, skipped = {}, []
+    for n, d in values.items():
+        value = np.asarray(d)
+        if value.size == 1 and np.issubdtype(value.dtype, np.number):
+            metrics[n] = (float(value.reshape(-1)[0]), value.dtype.kind)
+        else:
+            skipped.append(n)
+    return metrics, skipped
+
+
+def _read_step(
+    h5py: Any, path: Path
+) -> tuple[dict[str, tuple[float, str]], dict[str, np.ndarray], dict[str, np.ndarray], list[str]]:
+    """Params, grad buffers and one-number metrics of one step file (and the metrics that are
+    not one number)."""
     label = repr(str(path))
     try:
         with h5py.File(path, "r") as h:
-            if "params" not in h:
-                raise ValueError(f"{label} has no 'params' group; is it a feats/step<N>.h5?")
-            params = {n: np.asarray(d[()], dtype=np.float64) for n, d in h["params"].items()}
+            params_group = _group(h5py, h, "params", label, required=True)
+            params = {
+                n: _tensor(v, f"{label}: params/{n}")
+                for n, v in _datasets(h5py, params_group, label).items()
+            }
             grads = {}
-            for n, d in h.get("buffers", {}).items():
+            buffers = _group(h5py, h, "buffers", label)
+            for n, v in (_datasets(h5py, buffers, label) if buffers else {}).items():
                 if n.endswith(".grad_buffer"):
-                    grads[n[: -len(".grad_buffer")]] = np.asarray(d[()], dtype=np.float64)
-            metrics = {}
-            for n, d in h.get("metrics", {}).items():
-                value = np.asarray(d[()])
-                if value.size == 1 and np.issubdtype(value.dtype, np.number):
-                    metrics[n] = (float(value.reshape(-1)[0]), value.dtype.kind)
+                    grads[n[: -len(".grad_buffer")]] = _tensor(v, f"{label}: buffers/{n}")
+            metrics_group = _group(h5py, h, "metrics", label)
+            metrics, skipped = _metrics(
+                _datasets(h5py, metrics_group, label) if metrics_group else {}
+            )
     except OSError as exc:
         raise ValueError(f"{label} is not a readable HDF5 file ({exc}); is it truncated?") from None
-    return metrics, params, grads
+    return metrics, params, grads, skipped
 
 
 #: Column of a saved step direction kept as it is (its lr unknown). Not ``"<param> d_p
@@ -231,7 +296,8 @@ def _table(
     files: list[tuple[int, Path]], hp: Mapping[str, Any]
 ) -> tuple[np.ndarray, Table, dict[str, Any]]:
     h5py = _h5py()
-    rows = [_read_step(h5py, f) for _step, f in files]
+    read = [_read_step(h5py, f) for _step, f in files]
+    rows = [(metrics, params, grads) for metrics, params, grads, _ in read]
     shapes = {n: a.shape for n, a in rows[0][1].items()}
     si, other = nm_si_tensors(shapes)
     lr, wd, recover, how = _gradient_rule(hp)
@@ -274,12 +340,26 @@ def _table(
             if recover:
                 key = f"grad_norm_raw/{name}" if name in si else f"{name} grad_norm (not SI)"
                 prev[key] = norm(d_p - wd * w_prev)
+    notes.extend(_skipped_metrics_notes(files, [skipped for *_, skipped in read]))
     steps = np.array(sorted(entries), dtype=np.int64)
     names = list(dict.fromkeys(k for step in steps for k in entries[int(step)]))
     table: Table = {
         k: np.array([entries[int(step)].get(k, math.nan) for step in steps]) for k in names
     }
     return steps, table, {"si_tensors": si, "not_si": other, "notes": notes}
+
+
+def _skipped_metrics_notes(files: list[tuple[int, Path]], skipped: list[list[str]]) -> list[str]:
+    """A note per metric left out of some step file for not being one number."""
+    where: dict[str, list[str]] = {}
+    for (_step, f), names in zip(files, skipped, strict=True):
+        for name in names:
+            where.setdefault(name, []).append(f.name)
+    return [
+        f"metric {name!r} in {', '.join(found[:3])}{' ...' if len(found) > 3 else ''} is not "
+        f"one number (text or an array): read as missing there"
+        for name, found in where.items()
+    ]
 
 
 def read_neural_mechanics(
@@ -313,14 +393,7 @@ def read_neural_mechanics(
     p = check_path(path, allow_dir=True)
     run = _run_dir(p)
     files = _step_files(run)
-    hp_path = run / "hyperparameters.json"
-    hp: dict[str, Any] = {}
-    if hp_path.is_file():
-        try:
-            loaded = json.loads(read_text(hp_path))
-        except (json.JSONDecodeError, RecursionError) as exc:
-            raise ValueError(f"{str(hp_path)!r} is not valid JSON ({exc})") from None
-        hp = loaded if isinstance(loaded, dict) else {}
+    hp = _hyperparameters(run / "hyperparameters.json")
     steps, table, meta = _table(files, hp)
     if hp:
         meta.update({k: hp[k] for k in _META_KEYS if k in hp and hp[k] is not None})
@@ -340,6 +413,34 @@ def read_neural_mechanics(
         step=steps,
     )
     return traj
+
+
+def _hyperparameters(path: Path) -> dict[str, Any]:
+    """``hyperparameters.json`` (``{}`` without it), its numeric settings checked for type.
+
+    ``lr``, ``wd`` and ``momentum`` may be null (unknown) but not text or a list: the
+    reader computes with them.
+    """
+    if not path.is_file():
+        return {}
+    label = repr(str(path))
+    try:
+        hp = json.loads(read_text(path))
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise ValueError(f"{label} is not valid JSON ({exc}); is it truncated?") from None
+    if not isinstance(hp, dict):
+        raise ValueError(
+            f"{label} holds a JSON {type(hp).__name__}, not the object of settings their "
+            f"train.py writes; use the run's own file (or delete it: lr and wd then unknown)"
+        )
+    for key in ("lr", "wd", "momentum"):
+        value = hp.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise ValueError(
+                f"{label}: {key!r} must be a number, got {value!r}; write the run's own "
+                f"value as a JSON number (no quotes)"
+            )
+    return hp
 
 
 def _note_lr_drops(hp: Mapping[str, Any], meta: dict[str, Any]) -> None:

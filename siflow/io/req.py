@@ -58,22 +58,68 @@ _LAYER_STATS = {
 }
 
 
+#: The layout the reader takes, named in its messages about a dump of another shape.
+_LAYOUT = "siflow reads REQ's dumps {stat: {param: tensor of shape (rows,) or (rows, k)}}"
+
+
+def _layout_fix(stat: Any = None) -> str:
+    """The fix for a dump of another layout: drop the odd stat, or read REQ's own file."""
+    if stat is None:
+        return f"{_LAYOUT}: is it the dynamics.pkl of REQ's logger?"
+    return f"{_LAYOUT}: re-save the dumps without stat {str(stat)!r}"
+
+
+def _stat_rows(value: Any, where: str, stat: Any) -> np.ndarray:
+    """One ``{param: tensor}`` entry as a float array ``(rows, k)``, its type checked first.
+
+    ``where`` names the file, dump, stat and parameter in the message; ``stat`` is the
+    stat to drop in its fix.
+    """
+    fix = _layout_fix(stat)
+    if isinstance(value, np.ndarray):
+        arr = value
+    elif isinstance(value, list | tuple | int | float | np.number) and not isinstance(value, bool):
+        try:
+            arr = np.asarray(value)
+        except ValueError:  # a ragged list
+            raise ValueError(f"{where} is a ragged list, not a tensor; {fix}") from None
+    else:
+        raise ValueError(f"{where} is a {type(value).__name__}, not a tensor; {fix}")
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(f"{where} holds {arr.dtype} values, not numbers; {fix}")
+    arr = arr.astype(np.float64)
+    if arr.ndim == 1:
+        arr = arr[:, None]
+    if arr.ndim != 2 or arr.shape[1] == 0:
+        raise ValueError(f"{where} has shape {arr.shape}; {fix}")
+    return arr
+
+
 def req_rows(path: Path) -> dict[str, dict[str, np.ndarray]]:
-    """``{stat: {param: array (rows, k)}}``: the appended dumps concatenated along rows."""
+    """``{stat: {param: array (rows, k)}}``: the appended dumps concatenated along rows.
+
+    Raises
+    ------
+    ValueError
+        A dump that is not ``{stat: {param: tensor}}`` (the message names the dump, stat
+        and parameter), a damaged file, or a tensor that changes width between dumps.
+    """
     label = repr(str(path))
     parts: dict[str, dict[str, list[np.ndarray]]] = {}
     for i, dump in enumerate(load_pickles(path)):
         if not isinstance(dump, Mapping):
-            raise ValueError(f"{label}: dump {i + 1} is not a {{stat: {{param: tensor}}}} dict")
+            raise ValueError(
+                f"{label}: dump {i + 1} is a {type(dump).__name__}, not a {{stat: {{param: "
+                f"tensor}}}} dict; {_layout_fix()}"
+            )
         for stat, per in dump.items():
             if not isinstance(per, Mapping):
-                raise ValueError(f"{label}: dump {i + 1}, stat {stat!r} is not a dict of tensors")
+                raise ValueError(
+                    f"{label}: dump {i + 1}, stat {stat!r} is a {type(per).__name__}, not a "
+                    f"dict of tensors; {_layout_fix(stat)}"
+                )
             for param, value in per.items():
-                arr = np.asarray(value, dtype=np.float64)
-                if arr.ndim == 1:
-                    arr = arr[:, None]
-                if arr.ndim != 2:
-                    raise ValueError(f"{label}: {stat}/{param} has shape {arr.shape}")
+                arr = _stat_rows(value, f"{label}: dump {i + 1}, {stat}/{param}", stat)
                 parts.setdefault(str(stat), {}).setdefault(str(param), []).append(arr)
     if not parts:
         raise ValueError(f"{label} holds no dumps; did the logger run?")
@@ -81,8 +127,12 @@ def req_rows(path: Path) -> dict[str, dict[str, np.ndarray]]:
     for stat, per in parts.items():
         out[stat] = {}
         for param, arrays in per.items():
-            if len({a.shape[1] for a in arrays}) != 1:
-                raise ValueError(f"{label}: {stat}/{param} changes width between dumps")
+            widths = sorted({a.shape[1] for a in arrays})
+            if len(widths) != 1:
+                raise ValueError(
+                    f"{label}: {stat}/{param} changes width between dumps ({widths}); the "
+                    f"dumps are of different runs or models: keep one run's dumps in the file"
+                )
             out[stat][param] = np.concatenate(arrays)
     return out
 
@@ -272,13 +322,26 @@ def _first_reads(steps: np.ndarray) -> np.ndarray:
 
 
 def _summary(path: Path) -> tuple[np.ndarray, Table] | None:
+    """``summary.csv``'s iterations and columns; None without the file or its ``iter``."""
     if not path.is_file():
         return None
-    parsed = parse_csv_table(path, repr(str(path)))
+    label = repr(str(path))
+    parsed = parse_csv_table(path, label)
     table = dict(parsed.table)
     if "iter" not in table:
         return None
-    return table.pop("iter").astype(np.int64), table
+    iters = table.pop("iter")
+    bad = np.flatnonzero(
+        ~np.isfinite(iters) | (iters < 0) | (iters > 2.0**53) | (iters != np.round(iters))
+    )
+    if bad.size:
+        value = float(iters[bad[0]])
+        shown = "blank (or not a number)" if np.isnan(value) else f"{value:g}"
+        raise ValueError(
+            f"{label}: 'iter' of data row {bad[0] + 1} is {shown}, not a whole iteration "
+            f">= 0; fix or delete that row"
+        )
+    return iters.astype(np.int64), table
 
 
 def _merge(

@@ -182,6 +182,25 @@ def _seed_model_rule(model: str | None) -> Callable[[str], bool] | None:
     return None
 
 
+def _seed_rule_text(model: str | None) -> str:
+    """In words, which tensors :func:`_seed_model_rule` takes as SI for ``model``."""
+    if model == "ResNet18SI":
+        return f"the repository's rule for --model {model}: every tensor but 'linear'"
+    if model == "ResNet18SIAf":
+        return (
+            f"the repository's rule for --model {model}: every tensor but 'linear', 'bn' and "
+            f"'shortcut.0'"
+        )
+    if model == "ResNet18":
+        return (
+            f"the repository's rule for --model {model}: 'conv1', '1.bn1', '1.0.bn1', and "
+            f"'conv2' or 'short' outside layer4"
+        )
+    if model is not None and "ConvNet" in model:
+        return f"the repository's rule for --model {model}: conv_layers.{{0,3,7,11}}"
+    return "the generic rule: every trained weight but normalisation scales and the last"
+
+
 def seed_si_tensors(
     arrays: dict[str, np.ndarray], model: str | None = None
 ) -> tuple[list[str], list[str]]:
@@ -195,19 +214,10 @@ def seed_si_tensors(
     ``<name>_numel`` entries: a weight as large as the bias of the same module is
     an elementwise (normalisation) scale, not SI.
     """
-    tensors = [k[: -len("_norm")] for k in arrays if k.endswith("_norm") and k != "params_norm"]
-    norms = {
-        t: np.asarray(arrays[f"{t}_norm"], dtype=np.float64)
-        for t in tensors
-        if t not in ("gm", "gs") and arrays[f"{t}_norm"].ndim == 1
-    }
+    norms = {t: arrays[f"{t}_norm"].astype(np.float64) for t in _tensor_norm_names(arrays)}
     rule = _seed_model_rule(model)
     if rule is None:
-        sizes = {
-            t: int(np.asarray(arrays[f"{t}_numel"]).reshape(-1)[0])
-            for t in tensors
-            if f"{t}_numel" in arrays and np.asarray(arrays[f"{t}_numel"]).size
-        }
+        sizes = {t: size for t in norms if (size := _numel(arrays, t)) is not None}
         return si_weights(norms, sizes)
     si = [
         t
@@ -215,6 +225,31 @@ def seed_si_tensors(
         if rule(t) and not (v.size > 1 and np.all(v == v[0])) and not named_not_si(t)
     ]
     return si, [t for t in norms if t not in si]
+
+
+def _tensor_norm_names(arrays: Mapping[str, np.ndarray]) -> list[str]:
+    """Tensors with a per-checkpoint norm ``<name>_norm`` (1-d, numeric) in a metrics file.
+
+    ``params_norm`` (all parameters) and the gradient norms ``gm_norm``/``gs_norm`` are
+    not tensors; a key of text (or an object array, never unpickled) is not a norm.
+    """
+    return [
+        k[: -len("_norm")]
+        for k, v in arrays.items()
+        if k.endswith("_norm")
+        and k not in ("params_norm", "gm_norm", "gs_norm")
+        and v.ndim == 1
+        and v.dtype.kind in "iuf"
+    ]
+
+
+def _numel(arrays: Mapping[str, np.ndarray], tensor: str) -> int | None:
+    """``<tensor>_numel`` as an int; None when absent, empty, not a whole number or < 1."""
+    value = arrays.get(f"{tensor}_numel")
+    if value is None or value.size == 0 or value.dtype.kind not in "iuf":
+        return None
+    first = float(value.reshape(-1)[0])
+    return int(first) if np.isfinite(first) and first >= 1 and first.is_integer() else None
 
 
 def seed_model(path: Path) -> str | None:
@@ -495,6 +530,7 @@ def read_seed_npz(
     si, other = seed_si_tensors(arrays, model)
     if not si and evaluation:
         arrays, si, other = _si_norms_from_training(p, arrays, epochs, model)
+    _check_si_norms(arrays, si, epochs.size, label)
     table, skipped = _numeric_table(arrays, epochs.size)
     _check_seed_group(group, si, other, label)
     meta = _run_meta(p, lr, wd)
@@ -546,11 +582,7 @@ def read_seed_npz(
         defaults["rho"] = "si_norm"
     elif not si:
         defaults["rho"] = None
-        notes.append(
-            "no per-tensor norms (<name>_norm) in the file, so the SI norm is unknown; "
-            "params_norm includes the frozen last layer: map it with "
-            "mapping={'rho': 'params_norm'} only if that is what you want"
-        )
+        notes.append(_no_si_note(arrays, model))
     if "loss" in table:
         defaults["loss"] = "loss"
     traj = build_trajectory(
@@ -569,6 +601,43 @@ def read_seed_npz(
     return traj
 
 
+def _no_si_note(arrays: Mapping[str, np.ndarray], model: str | None) -> str:
+    """Why the file gives no SI norm: no per-tensor norms, or none that the rule takes."""
+    tail = (
+        "params_norm includes the frozen last layer: map it with "
+        "mapping={'rho': 'params_norm'} only if that is what you want"
+    )
+    names = _tensor_norm_names(arrays)
+    if not names:
+        return f"no per-tensor norms (<name>_norm) in the file, so the SI norm is unknown; {tail}"
+    shown = ", ".join(f"{n}_norm" for n in names[:4])
+    more = f" ... ({len(names)} in all)" if len(names) > 4 else ""
+    if _seed_model_rule(model) is None:
+        fix = "if a tensor is SI, map its column with mapping={'rho': '<name> norm (not SI)'}"
+    else:
+        fix = (
+            "if another model wrote the file, correct --model in its command.sh (or the "
+            "Experiments/<model>_... folder name)"
+        )
+    return (
+        f"the file has per-tensor norms ({shown}{more}), but none is of a scale-invariant "
+        f"tensor under {_seed_rule_text(model)} (frozen tensors excluded), so the SI norm is "
+        f"unknown; {fix}; {tail}"
+    )
+
+
+def _check_si_norms(arrays: Mapping[str, np.ndarray], si: list[str], n: int, label: str) -> None:
+    """Every SI tensor's norm must have one entry per checkpoint: rho sums them all."""
+    for t in si:
+        size = arrays[f"{t}_norm"].size
+        if size != n:
+            raise ValueError(
+                f"{label}: '{t}_norm' has {size} entries but 'report_epochs' {n}, so the SI "
+                f"norm is unknown; the file is damaged: run get_info.py again, or use an "
+                f"intact copy"
+            )
+
+
 def _si_norms_from_training(
     p: Path, arrays: dict[str, np.ndarray], epochs: np.ndarray, model: str | None
 ) -> tuple[dict[str, np.ndarray], list[str], list[str]]:
@@ -584,10 +653,17 @@ def _si_norms_from_training(
     other_arrays = _load(train)
     si, other = seed_si_tensors(other_arrays, model)
     t_epochs = other_arrays.get("report_epochs")
-    if not si or t_epochs is None or not np.all(np.isin(epochs, t_epochs)):
+    if (
+        not si
+        or t_epochs is None
+        or t_epochs.ndim != 1
+        or t_epochs.dtype.kind not in "iuf"
+        or not np.all(np.isin(epochs, t_epochs))
+        or any(other_arrays[f"{t}_norm"].size != t_epochs.size for t in si + other)
+    ):
         return arrays, [], []
-    index = {int(e): i for i, e in enumerate(t_epochs)}
-    rows = np.array([index[int(e)] for e in epochs])
+    index = {float(e): i for i, e in enumerate(t_epochs)}
+    rows = np.array([index[float(e)] for e in epochs])
     out = dict(arrays)
     for t in si + other:
         out[f"{t}_norm"] = np.asarray(other_arrays[f"{t}_norm"])[rows]

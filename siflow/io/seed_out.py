@@ -18,6 +18,8 @@ A full-batch run (``_fbgd``) takes its one step after the epoch's batch: its
 ``tr_*`` and ``lr`` of row ``ep`` are at step ``ep``, its ``te_*`` (evaluated after
 the step) at ``ep + 1``.
 The table has no weight norm: the trajectory holds the loss (and lr, accuracy).
+The script ends every line it prints, so a last row without a line end was cut
+mid-write (a cell ``0.6826`` may read ``0``): it is left out, with a note.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import numpy as np
 
 from siflow.io._build import build_trajectory
 from siflow.io._columns import Table, normalize_mapping
-from siflow.io._text import check_path, read_text, to_float
+from siflow.io._text import STILL_WRITTEN, check_path, read_text, to_float
 from siflow.io.seed_npz import _run_meta, is_full_batch, seed_time_axis
 from siflow.trajectory import Trajectory
 
@@ -81,6 +83,20 @@ def _rows(text: str, label: str) -> list[dict[str, str]]:
     return rows
 
 
+def _cut_last_line(text: str) -> tuple[str, str | None]:
+    """``text`` without a last line that has no line end, and that line (None when the text
+    ends with a line end).
+
+    The training script ends every line it prints, so a last line without one was cut
+    mid-write (the run was killed, or is still printing): a cell in it may be cut short
+    (``0.6826`` printed as ``0``), so it is not read.
+    """
+    if not text or text.endswith(("\n", "\r")):
+        return text, None
+    end = max(text.rfind("\n"), text.rfind("\r")) + 1
+    return text[:end], text[end:]
+
+
 def _parse(rows: list[dict[str, str]], label: str) -> Table:
     names = list(dict.fromkeys(h for row in rows for h in row))
     columns = {h: np.full(len(rows), np.nan) for h in names}
@@ -122,11 +138,13 @@ def read_seed_out(
         (a full-batch run: at step ``ep``, its ``te_*`` at ``ep + 1``);
         lr and wd from the experiment name (a learning rate that changes in the
         table's ``lr`` column is kept per row, the name's as ``lr_init``); other
-        columns in ``extra``.
+        columns in ``extra``. A last row without a line end is left out, with a note
+        in ``meta["notes"]``.
     """
     p = check_path(path)
     label = repr(str(p))
-    rows = _rows(read_text(p), label)
+    text, cut = _cut_last_line(read_text(p))
+    rows = _rows(text, label)
     if not rows or "ep" not in rows[0]:
         raise ValueError(f"{label}: the epoch table has no rows; did the run start?")
     table = _parse(rows, label)
@@ -134,8 +152,19 @@ def read_seed_out(
     if np.any(~np.isfinite(epochs)) or np.any(epochs != np.round(epochs)) or np.any(epochs < 0):
         raise ValueError(f"{label}: the 'ep' column must hold whole epochs >= 0")
     meta = _run_meta(p, None, None)
+    if cut is not None and cut.strip()[:1].isdigit():
+        meta.setdefault("notes", []).append(
+            f"the last line ({cut.strip()[:40]!r}) has no line end: a table row cut off when "
+            f"the run stopped, or {STILL_WRITTEN} (if that row is whole, end the file with a "
+            f"line break to read it)"
+        )
     lr_col = table.get("lr")
-    if lr_col is not None and "lr" in meta and np.nanmax(lr_col) > np.nanmin(lr_col):
+    if (
+        lr_col is not None
+        and "lr" in meta
+        and np.any(np.isfinite(lr_col))
+        and np.nanmax(lr_col) > np.nanmin(lr_col)
+    ):
         # a scheduled run: the table's per-epoch lr, not the name's initial one
         meta["lr_init"] = meta.pop("lr")
     step, unit = seed_time_axis(p, epochs, steps_per_epoch, meta)
