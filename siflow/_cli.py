@@ -111,6 +111,9 @@ def int_arg(text: str) -> int:
     )
 
 
+_NEGATIVE_NUMBER = re.compile(r"^-(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?$")
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """``argparse.ArgumentParser`` whose errors are one line and exit status 2.
 
@@ -123,6 +126,9 @@ class ArgumentParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.register("type", float, float_arg)
         self.register("type", int, int_arg)
+        # "--wd -1e-3" is a value to check, not an option: argparse's own pattern knows
+        # -1 and -.5 but not exponents, and said "expected one argument"
+        self._negative_number_matcher = _NEGATIVE_NUMBER
 
     def error(self, message: str) -> None:  # type: ignore[override]
         sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -168,9 +174,14 @@ def run_main(
     ``KeyboardInterrupt`` returns 130 after the body has had the chance to save
     what it has (bodies handle their own partial output). A reader that stops
     reading the output (``| head``) ends the command quietly with status 141.
+    numpy's floating-point warnings (overflow, invalid value) are not printed: the
+    commands check their inputs and results and say what is wrong in one line.
     """
+    import numpy as np
+
     try:
-        code = main(argv)
+        with np.errstate(all="ignore"):
+            code = main(argv)
     except BrokenPipeError:
         _silence_stdout()
         return EXIT_BROKEN_PIPE
@@ -308,6 +319,30 @@ def add_log_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", help="run name in a W&B export that holds several runs")
 
 
+#: The parameters of :func:`siflow.io.read` and the flags of :func:`add_log_arguments`.
+LOG_FLAGS = {
+    "steps_per_epoch": "--steps-per-epoch",
+    "fmt": "--fmt",
+    "group": "--group",
+    "run": "--run",
+}
+
+
+def log_flags(message: str) -> str:
+    """A reader's message with its parameters named as the log-reading flags:
+    ``mapping={'rho': '<column>'}`` becomes ``--map rho=<column>``, ``group='<name>'``
+    becomes ``--group <name>`` (:data:`LOG_FLAGS`)."""
+    import re
+
+    message = re.sub(r"mapping=\{'(\w+)': '([^']*)'\}", lambda m: f"--map {m[1]}={m[2]}", message)
+    message = re.sub(r"mapping=\{'(\w+)': <column>\}", lambda m: f"--map {m[1]}=<column>", message)
+    names = "|".join(LOG_FLAGS)
+    message = re.sub(
+        rf"(?<![\w-])({names})='([^']*)'", lambda m: f"{LOG_FLAGS[m[1]]} {m[2]}", message
+    )
+    return translate_params(message, LOG_FLAGS)
+
+
 def read_log(args: argparse.Namespace, path: object, min_rows: int = 3, **options: object) -> Any:
     """:func:`siflow.io.read` with the options of :func:`add_log_arguments` (plus ``options``).
 
@@ -315,15 +350,18 @@ def read_log(args: argparse.Namespace, path: object, min_rows: int = 3, **option
     """
     from siflow import io
 
-    traj = io.read(
-        path,
-        fmt=args.fmt,
-        mapping=io.parse_mapping(args.map) if args.map else None,
-        steps_per_epoch=args.steps_per_epoch,
-        group=args.group,
-        run=args.run,
-        **options,
-    )
+    try:
+        traj = io.read(
+            path,
+            fmt=args.fmt,
+            mapping=io.parse_mapping(args.map) if args.map else None,
+            steps_per_epoch=args.steps_per_epoch,
+            group=args.group,
+            run=args.run,
+            **options,
+        )
+    except ValueError as exc:
+        raise CLIError(log_flags(str(exc))) from None
     if len(traj) < min_rows:
         raise CLIError(f"{str(path)!r} has {len(traj)} usable rows; need at least {min_rows}")
     return traj

@@ -147,8 +147,8 @@ def _map_flag(m: re.Match[str]) -> str:
 
 def to_flags(text: str) -> str:
     """A library message with Python parameters (``lr=``, ``mapping={"rho": COLUMN}``,
-    ``evaluation=True``) rewritten with this command's flags (``--lr``,
-    ``--map rho=<column>``, ``--evaluation``)."""
+    ``evaluation=True``, ``predict_lr must be > 0``) rewritten with this command's flags
+    (``--lr``, ``--map rho=<column>``, ``--evaluation``, ``--predict-lr must be > 0``)."""
     text = re.sub(r"""mapping=\{['"](\w+)['"]: ['"]?([^'"{}]+?)['"]?\}""", _map_flag, text)
     switches = "|".join(sorted(_SWITCHES, key=len, reverse=True))
     text = re.sub(rf"\b({switches})=True\b", lambda m: _SWITCHES[m.group(1)], text)
@@ -167,7 +167,11 @@ def to_flags(text: str) -> str:
             reverse=True,
         )
     )  # fmt: skip
-    return re.sub(rf"\b({names})=(?=[\s,;:.)]|$)", flag, text)
+    text = re.sub(rf"\b({names})=(?=[\s,;:.)]|$)", flag, text)
+    # a parameter that only a flag sets, named by a check of its value ("predict_lr must
+    # be > 0"); lr and wd stay as they are: their value may come from the log
+    only_flags = "|".join(sorted((n for n in _PARAM_FLAGS if "_" in n), key=len, reverse=True))
+    return re.sub(rf"(?:^|(?<=[\s;(]))({only_flags})(?= (?:must|is|has)\b)", flag, text)
 
 
 # ----------------------------------------------------------------- table
@@ -322,6 +326,30 @@ def _group_table(groups: list[dict[str, Any]]) -> list[str]:
 
 
 # ----------------------------------------------------------------- outputs
+def _log_id(log: Path) -> str:
+    """The log an output directory belongs to, as ``summary.json`` records it."""
+    return str(log.resolve())
+
+
+def _default_out(log: Path) -> Path:
+    """``runs/overlay/<log name>``, or ``<log name>-2``, ``-3``, ... when that directory
+    holds the output of another log: peers' logs have fixed names (``train-tm.npz``,
+    ``metrics.csv``, ``dynamics.pkl``), and one run's output must not replace
+    another's."""
+    name = (log.stem if log.is_file() else log.name) or "log"
+    root = Path("runs") / "overlay"
+    k = 1
+    while True:
+        out = root / (name if k == 1 else f"{name}-{k}")
+        try:
+            owner = json.loads((out / "summary.json").read_text()).get("log")
+        except (OSError, ValueError, AttributeError):
+            owner = None
+        if not out.exists() or owner == _log_id(log):
+            return out
+        k += 1
+
+
 def _outputs(args: Any, log: Path) -> tuple[Path | None, Path | None]:
     """(figure path or None, summary path or None) from ``--out``; nothing next to the log."""
     if args.no_figure and args.out and Path(args.out).suffix.lower() in FIGURE_SUFFIXES:
@@ -335,8 +363,7 @@ def _outputs(args: Any, log: Path) -> tuple[Path | None, Path | None]:
         raise CLIError(
             f"--out {args.out!r} must be a directory or a figure ending in .png, .svg or .pdf"
         )
-    name = log.stem if log.is_file() else log.name
-    out_dir = Path(args.out) if args.out else Path("runs") / "overlay" / (name or "log")
+    out_dir = Path(args.out) if args.out else _default_out(log)
     if out_dir.exists() and not out_dir.is_dir():
         raise CLIError(f"--out {str(out_dir)!r} is a file; pass a directory")
     return (None if args.no_figure else out_dir / "overlay.png"), out_dir / "summary.json"
@@ -456,6 +483,7 @@ def _body(argv: Sequence[str] | None) -> int:
         raise CLIError(to_flags(str(exc))) from None
     d = result.as_flat_dict()
     d["reader_notes"] = reader_notes(traj.meta)
+    d["log"] = _log_id(log)
     # per event: start, peak, norm and effective LR before and after, the loss spike
     d["events"] = result.events.to_dict() if result.events is not None else None
     wrote = []

@@ -246,3 +246,20 @@ def test_a_mapping_of_the_wrong_type_is_named(tmp_path, mapping):
     path.write_text("step,rho\n0,1\n1,0.9\n2,0.8\n3,0.7\n")
     with pytest.raises(ValueError, match=r"mapping must be a dict"):
         sio.read(path, mapping=mapping)
+
+
+def test_last_row_cut_inside_its_last_cell_is_left_out_with_a_note(tmp_path):
+    # a killed run flushes at any byte: "12.0" of the last row written as "1"
+    rows = [f"{s},{3.0 - s / 1000!r},{10.0 + s / 100:.1f}" for s in range(201)]
+    whole = "step,weight_norm,loss\n" + "\n".join(rows) + "\n"
+    cut = tmp_path / "cut.csv"
+    cut.write_text(whole[: whole.rindex(",") + 2])  # the last line ends "...,1"
+    t = sio.read(cut)
+    np.testing.assert_array_equal(t.step, np.arange(200))
+    np.testing.assert_allclose(t.loss, [float(f"{10.0 + s / 100:.1f}") for s in range(200)])
+    assert any("has no line end" in n and "left out" in n for n in t.meta["notes"])
+    # a file that merely lacks its final line break keeps its last row
+    whole_cell = tmp_path / "no_final_newline.csv"
+    whole_cell.write_text(whole.rstrip("\n"))
+    t = sio.read(whole_cell)
+    assert len(t) == 201 and t.loss[-1] == 12.0 and not t.meta.get("notes")

@@ -174,7 +174,7 @@ def test_missing_columns_name_the_map(tmp_path, capsys):
         (["--out", "no/such/dir/f.png"], "does not exist"),
         (["--lr", "-1"], "lr"),
         (["--momentum", "1.5"], "momentum"),
-        (["--predict-momentum", "1"], "predict_momentum must be in [0, 1)"),
+        (["--predict-momentum", "1"], "--predict-momentum must be in [0, 1)"),
         (["--bogus"], "unrecognized"),
     ],
 )
@@ -345,7 +345,8 @@ def test_library_parameters_become_flags():
         "pass --n-params, or --group-size NAME=C for the groups"
     )
     assert to_flags("select the SI weights with group=") == "select the SI weights with --group"
-    assert to_flags("lr must be > 0") == "lr must be > 0"
+    assert to_flags("lr must be > 0") == "lr must be > 0"  # lr may come from the log
+    assert to_flags("predict_lr must be > 0") == "--predict-lr must be > 0"
 
 
 def test_detector_parameters_pass_through(logs, capsys):
@@ -381,3 +382,58 @@ def test_tiny_lr_wd_is_analysed_without_division_by_zero(tmp_path):
 
     out = json.loads(proc.stdout)
     assert out["decay_rate_predicted"] == pytest.approx(1e-17, rel=1e-9)
+
+
+def test_logs_of_the_same_name_get_their_own_default_outputs(logs, capsys, tmp_path):
+    # peers' logs have fixed names (metrics.csv, train-tm.npz): a second run's output
+    # must not replace the first's; the same log again reuses its directory
+    log, _, _ = logs
+    for k in (1, 2):
+        (tmp_path / f"exp{k}").mkdir()
+    first = (tmp_path / "exp1" / "run.csv").write_bytes(log.read_bytes())
+    assert first > 0
+    second = tmp_path / "exp2" / "run.csv"
+    rho, loss, _ = _burst_map(6000)
+    Trajectory(step=np.arange(rho.size), rho=rho, loss=loss, meta={"lr": LR, "wd": WD}).save(second)
+    for path, where in ((tmp_path / "exp1" / "run.csv", "run"), (second, "run-2")):
+        code, out, err = _run([path, "--no-figure"], capsys)
+        assert code == 0, err
+        assert f"summary: runs/overlay/{where}/summary.json" in out
+    one = json.loads(Path("runs/overlay/run/summary.json").read_text())
+    two = json.loads(Path("runs/overlay/run-2/summary.json").read_text())
+    assert one["log"] == str((tmp_path / "exp1" / "run.csv").resolve())
+    assert two["log"] == str(second.resolve()) and two["n_events"] < one["n_events"]
+    code, out, err = _run([second, "--no-figure"], capsys)
+    assert code == 0 and "summary: runs/overlay/run-2/summary.json" in out
+    assert not Path("runs/overlay/run-3").exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--wd", "-1e-3"], "wd must be > 0, got -0.001"),  # not "expected one argument"
+        (["--predict-lr", "-2.5e-1"], "--predict-lr must be > 0, got -0.25"),
+        (["--steps-per-epoch", "0"], "--steps-per-epoch must be a positive integer"),
+        (["--map", "rho=nope"], "fix it with --map rho=<column>"),
+        (["--fmt", "wandb"], "pass --fmt csv"),
+    ],
+)
+def test_messages_name_the_flags(tmp_path, capsys, extra, needle):
+    rho, loss, _ = _burst_map(300)
+    log = tmp_path / "log.csv"
+    rows = (f"{s},{float(a)!r},{float(b)!r}\n" for s, (a, b) in enumerate(np.c_[loss, rho]))
+    log.write_text("step,loss,weight_norm\n" + "".join(rows))
+    code, out, err = _run([log, "--lr", LR, *(["--wd", WD] if extra[0] != "--wd" else []),
+                           *extra], capsys)  # fmt: skip
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and needle in err, err
+
+
+def test_numpy_warnings_do_not_reach_stderr(logs, tmp_path):
+    # an exponential schedule overflowing: one line, not numpy's warnings first
+    log, _, _ = logs
+    argv = [str(log), "--lr", str(LR), "--wd", str(WD), "--schedule", "exp:peak=0.1,gamma=2"]
+    proc = subprocess.run([sys.executable, "-m", "siflow.overlay", *argv], cwd=tmp_path,
+                          env=ENV, capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and "must be finite" in proc.stderr, proc.stderr

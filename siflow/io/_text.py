@@ -376,6 +376,23 @@ def _is_partial_last_line(line: str, header: _Header) -> bool:
     return len(cells) < header.n_cols
 
 
+def _last_cell_cut(line: str, before: list[str], header: _Header) -> bool:
+    """A last line without a line end whose last cell is shorter than that column's cell
+    in every row before it (of its chunk): a number cut while the run was writing it
+    (``12.0`` written as ``1``). Only the file's last line can lack a line end."""
+    if line.endswith(("\n", "\r")) or not before:
+        return False
+    try:
+        rows = list(csv.reader([*before[-200:], line], delimiter=header.delim, strict=True))
+    except csv.Error:
+        return False
+    if len(rows[-1]) != header.n_cols:
+        return False  # too few cells: refused, or left out while the log is written (live)
+    last = rows[-1][-1].strip()
+    earlier = [r[-1].strip() for r in rows[:-1] if len(r) == header.n_cols and r[-1].strip()]
+    return bool(last) and bool(earlier) and len(last) < min(len(c) for c in earlier)
+
+
 def _parse_chunk(
     lines: list[str], first_row: int, header: _Header, state: dict[int, _Column], label: str
 ) -> int:
@@ -554,7 +571,9 @@ def parse_csv_table(
     where only the columns a convention can use and those named in ``keep`` are
     read (a note says how many). With ``live`` (a log still being written), a last
     line cut mid-write (no line end and too few cells) is left out with a note;
-    otherwise it is refused like any truncated file.
+    otherwise it is refused like any truncated file. A last line with no line end
+    whose last cell is shorter than that column's cell in every earlier row (of its
+    chunk) is a number cut mid-write (``12.0`` as ``1``): it is left out with a note.
     """
     with open_binary(path) as raw:
         stream = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="strict", newline="")
@@ -585,7 +604,7 @@ def _parse_stream(stream: IO[str], label: str, keep: set[str], live: bool) -> Cs
     header = _header(stream, label, keep)
     state = {i: _Column() for i in header.names}
     n_rows = 0
-    partial = None
+    partial = cut = None
     while True:
         lines = _next_chunk(stream)
         if not lines:
@@ -596,6 +615,8 @@ def _parse_stream(stream: IO[str], label: str, keep: set[str], live: bool) -> Cs
             partial = lines.pop()
             if not lines:
                 break
+        elif _last_cell_cut(lines[-1], lines[:-1], header):
+            cut = lines.pop()
         n_rows += _parse_chunk(lines, n_rows + 1, header, state, label)
     if n_rows == 0:
         raise ValueError(f"{label} has a header but no data rows")
@@ -604,6 +625,12 @@ def _parse_stream(stream: IO[str], label: str, keep: set[str], live: bool) -> Cs
         notes.append(
             f"the last line ({partial.strip()[:40]!r}) has no line end and too few cells: "
             f"a row {STILL_WRITTEN}"
+        )
+    if cut is not None:
+        notes.append(
+            f"the last line ({cut.strip()[:40]!r}) has no line end and its last cell is "
+            f"shorter than every other in its column: a row cut while it was written, left "
+            f"out (end the file with a line break to read it)"
         )
     names = list(header.names.values())
     return CsvTable(names, table, text_cols, bad, notes, header.n_cols - len(names))
