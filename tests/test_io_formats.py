@@ -164,6 +164,7 @@ def test_tensorboard_bad_and_truncated_files(tmp_path, torch_tb_dir):
     (cut / event).write_bytes(data[: len(data) - 7])
     t = sio.read(cut)
     assert t.meta["truncated_files"][event] > 0
+    assert any("cut short" in n and event in n for n in t.meta["notes"])
     assert len(t) == n - 1  # the last loss record is the one cut short
     plain = tmp_path / "plain"
     plain.mkdir()

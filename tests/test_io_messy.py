@@ -263,3 +263,46 @@ def test_last_row_cut_inside_its_last_cell_is_left_out_with_a_note(tmp_path):
     whole_cell.write_text(whole.rstrip("\n"))
     t = sio.read(whole_cell)
     assert len(t) == 201 and t.loss[-1] == 12.0 and not t.meta.get("notes")
+
+
+def test_jsonl_non_numeric_value_is_a_missing_cell_as_in_csv(tmp_path):
+    # one "n/a" among 300 numbers: the column stays, the cell is missing and reported
+    path = tmp_path / "log.jsonl"
+    recs = [{"step": s, "weight_norm": 3.0 - s / 1000, "loss": 1.0 / (s + 1)} for s in range(300)]
+    recs[6]["loss"] = "n/a"
+    recs[7]["phase"] = "warmup"
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    t = sio.read(path)
+    want = np.array([1.0 / (s + 1) for s in range(300)])
+    want[6] = np.nan
+    np.testing.assert_array_equal(t.loss, want)
+    assert t.meta["bad_cells"] == {"loss": [[7, "n/a"]]}  # data row 7 = record 7
+    assert any("'loss': 1 non-numeric cell(s) of 300" in n for n in t.meta["notes"])
+    assert t.meta["ignored_text_columns"] == ["phase"]
+
+
+def test_none_and_null_cells_are_missing_values(tmp_path):
+    # an f-string of Python's None writes "None" where a metric was not logged
+    path = tmp_path / "log.csv"
+    rows = [f"{s},{3.0 - s / 100!r},{1.0 / (s + 1) if s % 4 == 0 else None}" for s in range(40)]
+    path.write_text("step,weight_norm,loss\n" + "\n".join(rows) + "\n")
+    t = sio.read(path)
+    assert np.isfinite(t.loss).sum() == 10
+    np.testing.assert_array_equal(t.loss[::4], [1.0 / (s + 1) for s in range(0, 40, 4)])
+    assert any("'None'/'null' cells as missing" in n for n in t.meta["notes"])
+    jl = tmp_path / "log.jsonl"
+    jl.write_text(
+        "".join(f'{{"step": {s}, "weight_norm": 2.0, "loss": "null"}}\n' for s in range(3))
+    )
+    assert np.isnan(sio.read(jl).loss).all()
+
+
+def test_rows_with_values_but_no_step_are_noted(tmp_path):
+    path = tmp_path / "log.csv"
+    rows = [f"{'' if 10 <= s < 13 else s},{3.0 - s / 100!r}" for s in range(30)]
+    path.write_text("step,weight_norm\n" + "\n".join(rows) + "\n")
+    t = sio.read(path)
+    assert len(t) == 27 and t.meta["dropped_rows"] == 3
+    assert (
+        "3 row(s) with values but a blank step left out (data rows 11, 12, 13)" in t.meta["notes"]
+    )

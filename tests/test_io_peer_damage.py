@@ -536,3 +536,21 @@ def test_overlay_cli_prints_one_line_and_exits_2(tmp_path, capsys, case, part):
     assert len(lines) == 1 and "Traceback" not in err, err
     assert str(path) in lines[0] and part in lines[0]
     assert not (tmp_path / "o").exists()
+
+
+def test_seed_npz_key_of_another_length_is_noted(tmp_path):
+    # one entry short: not read, and the overlay's reader lines say so
+    info = _seed_tree(tmp_path) / "info" / EXP
+    info.mkdir(parents=True)
+    npz = info / "train-tm.npz"
+    with np.load(SEED / "info" / EXP / "train-tm.npz") as f:
+        arrays = {k: f[k] for k in f.files}
+    arrays["loss"] = arrays["loss"][:-1]
+    np.savez(npz, **arrays)
+    t = sio.read(npz)
+    assert t.loss is None and t.meta["skipped_keys"] == ["loss"]
+    n = arrays["report_epochs"].size
+    assert (
+        f"1 key(s) not read (loss): not one number per checkpoint ({n} checkpoints)"
+        in (t.meta["notes"])
+    )

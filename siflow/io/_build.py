@@ -76,6 +76,8 @@ class Axis:
     time_unit: str
     dropped: int
     merged: int | None = None
+    #: data rows (1 = first after the header) with a value but no step, left out
+    no_step: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
 def root_sum_square(columns: Sequence[NDArray[Any]]) -> NDArray[np.float64]:
@@ -267,7 +269,9 @@ def step_axis(
         unit = time_unit or "step"
     else:
         raw, unit = _raw_step(cols, found, mapping, steps_per_epoch, label)
-    keep = ~_blank(raw)
+    has_step = ~_blank(raw)
+    keep = has_step.copy()
+    any_value = np.ones(n_rows, dtype=bool)
     value_cols = [c for c in cols if c not in (found.get("step"), found.get("epoch"))]
     if value_cols:
         any_value = np.zeros(n_rows, dtype=bool)
@@ -282,7 +286,8 @@ def step_axis(
     rows = np.flatnonzero(keep) + 1  # data-row numbers (1 = first row after the header)
     kept = raw[keep]
     _check_steps(kept, rows, found, label)
-    return Axis(kept, keep, rows, unit, int(n_rows - keep.sum()))
+    no_step = np.flatnonzero(~has_step & any_value) + 1
+    return Axis(kept, keep, rows, unit, int(n_rows - keep.sum()), no_step=no_step)
 
 
 def _check_steps(
@@ -677,4 +682,12 @@ def build_trajectory(
         known=known,
         steps_per_epoch=steps_per_epoch,
     )
+    if axis.no_step.size:
+        shown = ", ".join(str(int(r)) for r in axis.no_step[:3])
+        more = ", ..." if axis.no_step.size > 3 else ""
+        _add_note(
+            out_meta,
+            f"{axis.no_step.size} row(s) with values but a blank step left out (data rows "
+            f"{shown}{more})",
+        )
     return Trajectory(step=axis.step.astype(np.int64), extra=extra, meta=out_meta, **fields.values)

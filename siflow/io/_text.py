@@ -245,10 +245,24 @@ _DECIMAL_COMMA = re.compile(r"^[+-]?\d{1,3}(\.\d{3})*,\d+([eE][+-]?\d+)?$|^[+-]?
 _HEX = re.compile(r"^[+-]?0[xX][0-9a-fA-F]+$")
 
 
+#: Cells that spell a missing value (Python's ``None`` written by an f-string, JSON's
+#: ``null``): read as blank, with a note.
+MISSING_WORDS = ("none", "null")
+
+
+def bad_cells_note(name: str, n_bad: int, n_rows: int, bad: list[tuple[int, str]]) -> str:
+    """The note on a numeric column's non-numeric cells (first three shown)."""
+    where = ", ".join(f"row {r}: {t!r}" for r, t in bad[:3])
+    return (
+        f"column {name!r}: {n_bad} non-numeric cell(s) of {n_rows} read as missing "
+        f"({where}{', ...' if n_bad > 3 else ''})"
+    )
+
+
 def to_float(cell: str, delimiter: str = ",") -> tuple[float, str | None]:
     """One cell as a number and the convention used (``None`` for plain numbers).
 
-    Blank -> NaN; ``true``/``false`` -> 1/0; ``"1,200"`` -> 1200 (thousands);
+    Blank, ``None`` and ``null`` -> NaN; ``true``/``false`` -> 1/0; ``"1,200"`` -> 1200 (thousands);
     ``"0,5"`` -> 0.5 (decimal comma, or ``"1.200,5"``); ``0x1f`` -> 31.
     Raises ``ValueError`` for anything else.
     """
@@ -262,6 +276,8 @@ def to_float(cell: str, delimiter: str = ",") -> tuple[float, str | None]:
     low = s.lower()
     if low in ("true", "false"):
         return (1.0 if low == "true" else 0.0), None
+    if low in MISSING_WORDS:
+        return math.nan, "'None'/'null' cells as missing"
     if _HEX.match(s):
         return float(int(s, 16)), "hexadecimal integers"
     if _THOUSANDS.match(s) and delimiter == ",":
@@ -546,11 +562,7 @@ def _finish(header: _Header, state: dict[int, _Column], n_rows: int):
         col.chunks = []  # free the chunks before the next column is joined
         if col.n_bad:
             bad[name] = col.bad
-            where = ", ".join(f"row {r}: {t!r}" for r, t in col.bad[:3])
-            notes.append(
-                f"column {name!r}: {col.n_bad} non-numeric cell(s) of {n_rows} read as missing "
-                f"({where}{', ...' if col.n_bad > 3 else ''})"
-            )
+            notes.append(bad_cells_note(name, col.n_bad, n_rows, col.bad))
         for convention in sorted(col.conventions):
             notes.append(f"column {name!r}: read with {convention}")
     return table, text_cols, bad, notes

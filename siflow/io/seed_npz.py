@@ -547,6 +547,11 @@ def read_seed_npz(
         step, epochs = step[later], epochs[later]
     if skipped:
         meta["skipped_keys"] = sorted(skipped)
+        shown = ", ".join(sorted(skipped)[:4]) + (", ..." if len(skipped) > 4 else "")
+        meta.setdefault("notes", []).append(
+            f"{len(skipped)} key(s) not read ({shown}): not one number per checkpoint "
+            f"({epochs.size} checkpoints)"
+        )
     if "gnorm_m" in table:
         notes.append(_GNORM_NOTE)
     if evaluation:

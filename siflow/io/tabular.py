@@ -7,6 +7,7 @@ import json
 import math
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -15,7 +16,10 @@ import numpy as np
 from siflow.io._build import build_trajectory
 from siflow.io._columns import Table, normalize_mapping
 from siflow.io._text import (
+    MAX_LISTED_BAD,
+    MISSING_WORDS,
     STILL_WRITTEN,
+    bad_cells_note,
     check_path,
     open_binary,
     parse_csv_table,
@@ -123,36 +127,55 @@ def _number(value: Any) -> float | None:
         try:
             return float(value)
         except ValueError:
-            return None
+            return math.nan if value.strip().lower() in MISSING_WORDS else None
     if isinstance(value, list) and len(value) == 1:
         return _number(value[0])
     return None
 
 
-def records_to_table(records: Sequence[Mapping[str, Any]]) -> tuple[Table, list[str]]:
+@dataclass
+class _Cells:
+    """One key's values so far: how many are numbers, how many are not (first few kept)."""
+
+    n_values: int = 0
+    n_bad: int = 0
+    bad: list[tuple[int, str]] = field(default_factory=list)
+
+
+def records_to_table(
+    records: Sequence[Mapping[str, Any]],
+    cells: dict[str, _Cells] | None = None,
+    first_row: int = 1,
+) -> Table:
     """Column table from a list of flat-or-nested dicts (missing keys -> NaN).
 
-    A column whose values are all integers and present in every record, with
-    one beyond 2**53 (where float64 loses integers), is kept exact as int64.
+    A value that is not a number (``"n/a"``) is a blank cell of its column, counted
+    in ``cells`` (the key's :class:`_Cells`, kept across batches; ``first_row`` is
+    the data row of ``records[0]``); :func:`text_columns` then decides which keys
+    hold text. A column whose values are all integers and present in every record,
+    with one beyond 2**53 (where float64 loses integers), is kept exact as int64.
     """
+    cells = {} if cells is None else cells
     n = len(records)
     columns: dict[str, np.ndarray] = {}
     ints: dict[str, list[int] | None] = {}
-    text: dict[str, None] = {}
     for i, rec in enumerate(records):
         row: dict[str, Any] = {}
         _flatten(rec, "", row)
         for name, value in row.items():
-            if name in text:
-                continue
             v = _number(value)
+            count = cells.setdefault(name, _Cells())
             if v is None:
-                text[name] = None
+                count.n_bad += 1
+                if len(count.bad) < MAX_LISTED_BAD:
+                    count.bad.append((first_row + i, _shown(value)))
+                ints[name] = None
                 continue
+            count.n_values += int(math.isfinite(v))
             col = columns.get(name)
             if col is None:
                 col = columns[name] = np.full(n, np.nan)
-                ints[name] = [] if i == 0 else None
+                ints[name] = [] if i == 0 and name not in ints else None
             col[i] = v
             exact = ints[name]
             if exact is not None:
@@ -162,14 +185,44 @@ def records_to_table(records: Sequence[Mapping[str, Any]]) -> tuple[Table, list[
                     ints[name] = None
     table: Table = {}
     for name, col in columns.items():
-        if name in text:
-            continue
         exact = ints[name]
         if exact is not None and len(exact) == n and _needs_int64(exact):
             table[name] = np.array(exact, dtype=np.int64)
         else:
             table[name] = col
-    return table, list(text)
+    return table
+
+
+def _shown(value: Any) -> str:
+    """A non-numeric JSON value as a cell of a message (text as it is, others as JSON)."""
+    if isinstance(value, str):
+        return value
+    try:
+        return json.dumps(value)[:40]
+    except (TypeError, ValueError):
+        return type(value).__name__
+
+
+def text_columns(
+    table: Table, cells: Mapping[str, _Cells], n_rows: int, meta: dict[str, Any]
+) -> Table:
+    """``table`` without its text keys, as the CSV reader decides them, with ``meta``
+    told: a key is text when it holds no number, or more non-numeric values than
+    numbers (beyond a few); its name goes to ``meta["ignored_text_columns"]``. A
+    numeric key's non-numeric values are blank cells, listed in ``meta["bad_cells"]``
+    and noted, as the CSV reader's are."""
+    text = [
+        name
+        for name, c in cells.items()
+        if (c.n_values == 0 and c.n_bad) or c.n_bad > max(MAX_LISTED_BAD, c.n_values)
+    ]
+    if text:
+        meta["ignored_text_columns"] = text
+    for name, c in cells.items():
+        if c.n_bad and name not in text and name in table:
+            meta.setdefault("bad_cells", {})[name] = [[r, t] for r, t in c.bad]
+            meta.setdefault("notes", []).append(bad_cells_note(name, c.n_bad, n_rows, c.bad))
+    return {k: v for k, v in table.items() if k not in text}
 
 
 def _needs_int64(values: list[int]) -> bool:
@@ -207,13 +260,14 @@ def read_jsonl(
     p = check_path(path)
     label = repr(str(p))
     meta: dict[str, Any] = {}
+    cells: dict[str, _Cells] = {}
     if _is_json_lines(read_head(p)):
-        table, text_cols = _stream_json_lines(p, label, meta, bool(live))
+        table = _stream_json_lines(p, label, meta, bool(live), cells)
     else:
         records = _document_records(read_text(p), label, meta)
-        table, text_cols = records_to_table(records)
-    if text_cols:
-        meta["ignored_text_columns"] = text_cols
+        table = records_to_table(records, cells)
+    n_rows = len(next(iter(table.values()))) if table else 0
+    table = text_columns(table, cells, n_rows, meta)
     return build_trajectory(
         table,
         path=p,
@@ -308,12 +362,13 @@ def _json_line(
 
 
 def _stream_json_lines(
-    p: Path, label: str, meta: dict[str, Any], live: bool
-) -> tuple[Table, list[str]]:
+    p: Path, label: str, meta: dict[str, Any], live: bool, cells: dict[str, _Cells]
+) -> Table:
     """JSON lines read in batches: memory holds one batch of records, then columns. With
-    ``live``, a last line still being written is left out with a note in ``meta``."""
+    ``live``, a last line still being written is left out with a note in ``meta``.
+    ``cells`` counts each key's values (:func:`records_to_table`)."""
     batches: list[tuple[Table, int]] = []
-    text_cols: dict[str, None] = {}
+    done = 0
     with open_binary(p) as raw:
         stream = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="strict")
         records: list[Mapping[str, Any]] = []
@@ -322,7 +377,8 @@ def _stream_json_lines(
                 if line.strip():
                     records.append(_json_line(line, number, stream, label, live))
                 if len(records) >= _BATCH:
-                    batches.append(_batch(records, text_cols))
+                    batches.append((records_to_table(records, cells, done + 1), len(records)))
+                    done += len(records)
                     records = []
         except UnicodeDecodeError as exc:
             raise ValueError(f"{label} is not UTF-8 text (byte {exc.start})") from None
@@ -332,21 +388,15 @@ def _stream_json_lines(
                 f"complete JSON: a record {STILL_WRITTEN}"
             )
         if records:
-            batches.append(_batch(records, text_cols))
+            batches.append((records_to_table(records, cells, done + 1), len(records)))
     if not batches:
         raise ValueError(f"{label} holds no records")
-    return _join_batches(batches, text_cols), list(text_cols)
+    return _join_batches(batches)
 
 
-def _batch(records: list[Mapping[str, Any]], text_cols: dict[str, None]) -> tuple[Table, int]:
-    table, text = records_to_table(records)
-    text_cols.update(dict.fromkeys(text))
-    return table, len(records)
-
-
-def _join_batches(batches: list[tuple[Table, int]], text_cols: dict[str, None]) -> Table:
+def _join_batches(batches: list[tuple[Table, int]]) -> Table:
     """One table from batch tables: a key missing from a batch is blank there."""
-    names = [n for n in dict.fromkeys(k for t, _ in batches for k in t) if n not in text_cols]
+    names = list(dict.fromkeys(k for t, _ in batches for k in t))
     out: Table = {}
     for name in names:
         parts = [t[name] if name in t else np.full(n, np.nan) for t, n in batches]

@@ -297,6 +297,11 @@ def read_tensorboard(
     meta: dict[str, Any] = {"tags": sorted(series)}
     if truncated:
         meta["truncated_files"] = truncated
+        meta["notes"] = [
+            f"event file {name!r} ends with a record cut short ({size} bytes; the writer was "
+            f"interrupted, or is still writing): left out"
+            for name, size in truncated.items()
+        ]
     return build_trajectory(
         table,
         path=p,
