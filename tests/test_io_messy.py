@@ -306,3 +306,15 @@ def test_rows_with_values_but_no_step_are_noted(tmp_path):
     assert (
         "3 row(s) with values but a blank step left out (data rows 11, 12, 13)" in t.meta["notes"]
     )
+
+
+def test_truncated_gzip_is_named_truncated_not_a_bomb(tmp_path):
+    # a cut copy's last four bytes are not its trailer: they declare a huge size
+    rows = "".join(f"{s},{3.0 - s / 1e4!r},{1.0 / (s + 1)!r}\n" for s in range(20000))
+    data = gzip.compress(("step,weight_norm,loss\n" + rows).encode())
+    for cut in (len(data) // 2, len(data) - 8):  # mid-stream; the trailer lost
+        path = tmp_path / f"cut{cut}.csv.gz"
+        path.write_bytes(data[:cut])
+        with pytest.raises(ValueError, match="truncated") as info:
+            sio.read(path)
+        assert "bomb" not in str(info.value)

@@ -120,6 +120,32 @@ def _gzip_declared_size(path: Path, size: int) -> int:
         return int.from_bytes(fh.read(4), "little")
 
 
+def _gzip_cut_short(path: Path, limit: int) -> bool:
+    """Whether a gzip file's deflate stream ends before its end marker, found by
+    inflating at most ``limit`` bytes into nothing (bounded time, no memory kept).
+
+    A cut file's last four bytes are not its trailer: they read as a huge declared
+    size, which alone would look like a decompression bomb.
+    """
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    total = 0
+    with open(path, "rb") as fh:
+        while not inflater.eof:
+            block = fh.read(1 << 16)
+            if not block:
+                return True  # the stream ran out before its end marker
+            try:
+                total += len(inflater.decompress(block, min(1 << 20, limit + 1 - total)))
+                while inflater.unconsumed_tail and total <= limit:
+                    tail = inflater.unconsumed_tail
+                    total += len(inflater.decompress(tail, min(1 << 20, limit + 1 - total)))
+            except zlib.error:
+                return False  # damaged, not cut: the reader says so
+            if total > limit:
+                return False  # inflates beyond the limit: a bomb
+    return False
+
+
 def compression_of(path: Path) -> str | None:
     """``"gzip"``, ``"bz2"``, ``"xz"``, ``"zip"`` (one text member) or ``None``, by magic bytes."""
     try:
@@ -188,7 +214,13 @@ def open_binary(path: Path) -> IO[bytes]:
             check_zip_members(zf, label, size)
             raw: IO[bytes] = zf.open(zf.namelist()[0])
         elif kind == "gzip":
-            check_declared_size(label, _gzip_declared_size(path, size), size)
+            declared = _gzip_declared_size(path, size)
+            if declared > _bomb_limit(size) and _gzip_cut_short(path, _bomb_limit(size)):
+                raise ValueError(
+                    f"{label} is a truncated gzip file (its compressed stream ends before its "
+                    f"end marker): the copy was cut short; copy or compress it again"
+                )
+            check_declared_size(label, declared, size)
             raw = gzip.open(path, "rb")
         elif kind == "bz2":
             raw = bz2.open(path, "rb")
