@@ -318,3 +318,25 @@ def test_truncated_gzip_is_named_truncated_not_a_bomb(tmp_path):
         with pytest.raises(ValueError, match="truncated") as info:
             sio.read(path)
         assert "bomb" not in str(info.value)
+
+
+def test_units_in_square_brackets_do_not_hide_a_column(tmp_path):
+    path = tmp_path / "log.csv"
+    rows = [f"{s},{1.0 / (s + 1)!r},{3.0 - s / 100!r},0.5" for s in range(20)]
+    path.write_text("step,loss [nats],weight_norm [-],grad_norm [1/rad]\n" + "\n".join(rows))
+    t = sio.read(path)
+    assert t.meta["columns"]["loss"] == "loss [nats]"
+    assert t.meta["columns"]["rho"] == "weight_norm [-]"
+    np.testing.assert_allclose(t.grad_norm_sphere, 0.5 * (3.0 - np.arange(20) / 100))
+    assert "groups" not in t.meta
+
+
+def test_underscores_and_full_width_digits_are_noted(tmp_path):
+    path = tmp_path / "log.csv"
+    path.write_text("step,weight_norm\n1_000,2.0\n1_001,\uff11.5\n1_002,1.25\n")
+    t = sio.read(path)
+    np.testing.assert_array_equal(t.step, [1000, 1001, 1002])
+    np.testing.assert_array_equal(t.rho, [2.0, 1.5, 1.25])
+    notes = t.meta["notes"]
+    assert any("'step'" in n and "digit separators or non-ASCII" in n for n in notes)
+    assert any("'weight_norm'" in n and "digit separators or non-ASCII" in n for n in notes)

@@ -215,6 +215,9 @@ _PER_GROUP_ONLY = (
 
 
 def _norm_name(name: str) -> str:
+    """A column name as the conventions match it: lower case, runs of spaces and dashes
+    as ``_``, a unit in square brackets after a space dropped (``loss [nats]``)."""
+    name = re.sub(r"\s+\[[^\[\]]*\]$", "", name.strip())
     return re.sub(r"[\s\-]+", "_", name.strip().lower())
 
 

@@ -302,9 +302,13 @@ def to_float(cell: str, delimiter: str = ",") -> tuple[float, str | None]:
     if not s:
         return math.nan, None
     try:
-        return float(s), None
+        value = float(s)
     except ValueError:
         pass
+    else:
+        if "_" in s or not s.isascii():  # Python reads "1_000" and full-width digits too
+            return value, "'_' digit separators or non-ASCII digits"
+        return value, None
     low = s.lower()
     if low in ("true", "false"):
         return (1.0 if low == "true" else 0.0), None
