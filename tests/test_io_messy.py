@@ -340,3 +340,14 @@ def test_underscores_and_full_width_digits_are_noted(tmp_path):
     notes = t.meta["notes"]
     assert any("'step'" in n and "digit separators or non-ASCII" in n for n in notes)
     assert any("'weight_norm'" in n and "digit separators or non-ASCII" in n for n in notes)
+
+
+@pytest.mark.parametrize(
+    ("encoding", "needle"), [("utf-16", "is UTF-16 text"), ("latin-1", "such as Latin-1")]
+)
+def test_other_text_encodings_say_save_as_utf8(tmp_path, encoding, needle):
+    path = tmp_path / "log.txt"
+    path.write_bytes("step\tweight_norm\tnote\n0\t2.0\tré\n1\t1.9\tçà\n".encode(encoding))
+    with pytest.raises(ValueError, match=needle) as info:
+        sio.read(path)
+    assert "save it as UTF-8" in str(info.value) and "fmt=" not in str(info.value)

@@ -198,12 +198,18 @@ def detect_format(path: str | os.PathLike[str]) -> str:
         )
     if p.name.lower().endswith(".npz"):
         raise ValueError(f"{str(p)!r} is not a valid .npz (no zip header); is it truncated?")
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ValueError(
+            f"{str(p)!r} is UTF-16 text (Excel's 'Unicode text'); save it as UTF-8 CSV and read "
+            f"that"
+        )
     if b"\x00" not in head:
         try:
             head.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
             raise ValueError(
-                f"{str(p)!r} is not UTF-8 text (byte {exc.start}); pass fmt= one of {choices}"
+                f"{str(p)!r} is not UTF-8 text (byte {exc.start}: another encoding, such as "
+                f"Latin-1?); save it as UTF-8 and read that"
             ) from None
     raise ValueError(f"{str(p)!r} is a binary file of unknown format; pass fmt= one of {choices}")
 

@@ -629,7 +629,8 @@ def parse_csv_table(
             return _parse_stream(stream, label, set(keep or ()), live)
         except UnicodeDecodeError as exc:
             raise ValueError(
-                f"{label} is not UTF-8 text (byte {exc.start} of a chunk); is it a binary file?"
+                f"{label} is not UTF-8 text (byte {exc.start} of a chunk); save it as UTF-8 (is "
+                f"it in another encoding, or a binary file?)"
             ) from None
         except csv.Error as exc:
             raise ValueError(f"{label} is not valid CSV ({exc}); is the file corrupt?") from None
