@@ -609,7 +609,8 @@ def _threshold_ratios(
 ) -> NDArray[np.float64] | None:
     """Effective LR at each candidate's onset over the threshold ``2 (1 + mu - lr wd) / S``.
 
-    None when ``S``, ``lr``, ``wd`` or the effective LR is unknown.
+    None when ``S``, ``lr``, ``wd`` or the effective LR is unknown; NaN at an onset
+    where the lr is 0 (a schedule annealed to 0: no threshold there).
     """
     wd_row = _row_array(traj, "wd", wd)
     if not sharpness or elr is None or lr_row is None or wd_row is None:
@@ -618,8 +619,13 @@ def _threshold_ratios(
         return None
     mu = float(traj.momentum if momentum is None else momentum)
     on = rows[[c.onset for c in cands]]
-    thr = stability_threshold_elr(lr_row[on], wd_row[on], float(sharpness), mu)
-    return elr[on] / np.asarray(thr)
+    lr_on, wd_on = lr_row[on], wd_row[on]
+    known = (lr_on > 0) & np.isfinite(lr_on) & (wd_on >= 0) & np.isfinite(wd_on)
+    out = np.full(on.size, np.nan)
+    if known.any():
+        thr = stability_threshold_elr(lr_on[known], wd_on[known], float(sharpness), mu)
+        out[known] = elr[on][known] / np.asarray(thr)
+    return out
 
 
 def find_events(

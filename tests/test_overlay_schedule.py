@@ -250,3 +250,16 @@ def test_lr_column_of_a_plain_csv_is_used_per_row(tmp_path):
     assert res.lr_schedule and res.lr == pytest.approx(0.2, rel=1e-12)
     np.testing.assert_array_equal(res.curves.lr, lr)
     assert res.norm_replay_error_max < 1e-12 and res.scale_invariance == "holds"
+
+
+def test_lr_annealed_to_zero_before_the_log_ends_is_analysed():
+    # cosine to 0 at step 8000 of a 12000-step log (a schedule annealed to 0 before the
+    # run ends): the rows at lr = 0 have no threshold and no prediction; the analysis runs
+    from siflow.simulate import simulate
+
+    traj = simulate("logistic", lr=0.1, wd=1e-3, steps=12000, seed=0, sharpness=True)
+    spec = "cosine:peak=0.1,steps=8000"
+    lr = parse_schedule(spec)(traj.step)
+    assert lr[-1] == 0.0 and np.sum(lr == 0.0) > 3000
+    res = analyze(traj, schedule=spec, wd=1e-3)
+    assert res.lr_schedule and res.events is not None and len(res.events) >= 1
