@@ -432,8 +432,24 @@ def test_messages_name_the_flags(tmp_path, capsys, extra, needle):
 def test_numpy_warnings_do_not_reach_stderr(logs, tmp_path):
     # an exponential schedule overflowing: one line, not numpy's warnings first
     log, _, _ = logs
-    argv = [str(log), "--lr", str(LR), "--wd", str(WD), "--schedule", "exp:peak=0.1,gamma=2"]
+    argv = [str(log), "--wd", str(WD), "--schedule", "exp:peak=0.1,gamma=2"]
     proc = subprocess.run([sys.executable, "-m", "siflow.overlay", *argv], cwd=tmp_path,
                           env=ENV, capture_output=True, text=True)  # fmt: skip
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and "must be finite" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--optimizer", "lion", "--momentum", "0.9"], "lion takes --betas"),
+        (["--optimizer", "adamw", "--momentum", "0.9"], "adamw takes --betas"),
+        (["--optimizer", "sgd", "--betas", "0.9,0.99"], "--betas applies to adamw and lion"),
+        (["--lr", "0.1", "--schedule", "cosine:peak=0.5,steps=1000"], "drop one of them"),
+    ],
+)
+def test_flags_the_theory_would_ignore_are_refused(logs, capsys, extra, needle):
+    log, _, _ = logs
+    code, out, err = _run([log, "--no-figure", *extra], capsys)
+    assert code == 2 and out == "" and err.count("\n") == 1 and needle in err, err
+    assert not Path("runs").exists()
