@@ -242,10 +242,12 @@ def read_jsonl(
 
     Nested objects are flattened with ``/`` (``{"norm": {"conv1": 2.0}}`` becomes
     the column ``norm/conv1``); a key missing from a line is a blank cell; keys
-    holding text are ignored. A ``.json`` file holding one list of such objects,
-    or an object holding one list of them (such as the ``log_history`` of a
-    Hugging Face ``trainer_state.json``, whose training and evaluation records
-    share steps and are merged), is read the same way. Columns, conversions and
+    holding text are ignored (named in ``meta["ignored_text_columns"]``), and a
+    non-numeric value of a numeric key is a missing cell reported as the CSV reader
+    reports it (``meta["bad_cells"]``, ``meta["notes"]``). A ``.json`` file holding
+    one list of such objects, or an object holding one list of them (such as the
+    ``log_history`` of a Hugging Face ``trainer_state.json``, whose training and
+    evaluation records share steps and are merged), is read the same way. Columns, conversions and
     the row policy are those of :func:`read_csv`; with ``live`` a last line cut
     mid-write (no line end, not complete JSON) is left out with a note.
 
