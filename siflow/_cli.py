@@ -34,6 +34,7 @@ __all__ = [
     "float_arg",
     "int_arg",
     "flag_names",
+    "refuse_zero_schedule",
     "EXIT_USAGE",
     "EXIT_INTERRUPTED",
     "EXIT_BROKEN_PIPE",
@@ -365,6 +366,27 @@ def read_log(args: argparse.Namespace, path: object, min_rows: int = 3, **option
     if len(traj) < min_rows:
         raise CLIError(f"{str(path)!r} has {len(traj)} usable rows; need at least {min_rows}")
     return traj
+
+
+def refuse_zero_schedule(flag: str, spec: str, sched: Any, quantity: str, steps: int) -> None:
+    """Refuse, in one line, a schedule that reaches 0 within a run of ``steps`` steps.
+
+    An easy off-by-one (``cosine:steps=199`` with ``--steps 200``) holds ``min=0`` at the
+    end, where the run's equilibrium is undefined; this says so before anything runs.
+    ``sched`` is the parsed :class:`siflow.schedules.Schedule` of ``flag``'s ``spec``,
+    ``quantity`` its name (``"lr"``, ``"wd"``).
+    """
+    from siflow.schedules import first_zero_step, why_zero
+
+    step = first_zero_step(sched, steps)
+    if step is None:
+        return
+    why, fix = why_zero(sched, step, steps)
+    fewer = f", or pass --steps {step}" if step > 0 else ""
+    raise CLIError(
+        f"{flag} {spec!r} reaches {quantity} = 0 at step {step}, within --steps {steps} "
+        f"({why}); {fix}{fewer}"
+    )
 
 
 def add_betas_argument(parser: argparse.ArgumentParser, *, default: str | None, help: str) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,6 +40,7 @@ from siflow._cli import (
     format_list_summary,
     format_rows,
     parse_betas,
+    refuse_zero_schedule,
     run_main,
     summarize_list,
     translate_params,
@@ -140,13 +142,13 @@ def build_parser() -> ArgumentParser:
         default=None,
         metavar="SPEC",
         help="learning-rate schedule, e.g. cosine:warmup=500,min=0.005,steps=20000 (peak "
-        "defaults to --lr; see siflow.schedules)",
+        "defaults to --lr; it must stay above 0 over --steps; see siflow.schedules)",
     )
     p.add_argument(
         "--wd-schedule",
         default=None,
         metavar="SPEC",
-        help="weight-decay schedule (peak defaults to --wd)",
+        help="weight-decay schedule (peak defaults to --wd; it must stay above 0 over --steps)",
     )
     add_betas_argument(p, default="0.9,0.999", help="AdamW betas (default: %(default)s)")
     p.add_argument(
@@ -198,11 +200,57 @@ def parse_loss_options(items: Sequence[str]) -> dict[str, Any]:
         key = key.strip()
         if not sep or not key.isidentifier():
             raise CLIError(f"--loss-option {item!r} is not KEY=VALUE; pass e.g. temperature=20")
+        if key == "dim":  # every toy's constructor takes it, so it is the key users try
+            raise CLIError(f"dim is not a --loss-option; use --dim {value.strip() or 'N'}")
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
             out[key] = value.strip()
     return out
+
+
+def loss_option_flags(message: str) -> str:
+    """A :mod:`siflow.losses` message with its options named as this command sets them.
+
+    ``temperature=`` becomes ``--loss-option temperature=`` and ``dim=5`` becomes
+    ``--dim 5`` (one pass, so that a loss option named like a flag of the run, such as
+    the data ``seed``, is not mistaken for it).
+    """
+    from siflow.losses import OPTIONS
+
+    names = {k for keys in OPTIONS.values() for k in keys} | {"dim"}
+    pattern = "|".join(sorted((re.escape(k) for k in names), key=len, reverse=True))
+
+    def repl(match: re.Match[str]) -> str:
+        name, value = match.group(1), match.group(2)
+        if name == "dim":
+            return f"--dim {value}" if value else "--dim"
+        return f"--loss-option {name}={value}"
+
+    return re.sub(rf"(?<![\w-])({pattern})=([^\s,;:)]*)", repl, message)
+
+
+def _check_loss_options(args: Any, loss_options: dict[str, Any]) -> None:
+    """The toy's options checked (and against ``--dim``) before any estimate or file."""
+    from siflow.losses import check_options
+
+    try:
+        check_options(args.loss, loss_options, dim=args.dim)
+    except ValueError as exc:
+        raise CLIError(loss_option_flags(str(exc))) from None
+
+
+def _check_schedules(args: Any, lr: Any, wd: Any) -> None:
+    """A schedule that reaches 0 within ``--steps`` is refused before the run (the
+    equilibrium at its last step would be undefined, after all the work)."""
+    from siflow.schedules import Schedule
+
+    for flag, quantity, sched, spec in (
+        ("--schedule", "lr", lr, args.schedule),
+        ("--wd-schedule", "wd", wd, args.wd_schedule),
+    ):
+        if isinstance(sched, Schedule) and not sched.is_constant:
+            refuse_zero_schedule(flag, spec, sched, quantity, args.steps)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -458,6 +506,8 @@ def _body(argv: Sequence[str] | None) -> int:
     betas = parse_betas(args.betas)
     lr, wd = _hyperparameters(args)
     loss_options = parse_loss_options(args.loss_option)
+    _check_loss_options(args, loss_options)
+    _check_schedules(args, lr, wd)
     record_every = args.record_every or 1
     max_points = DEFAULT_MAX_POINTS if args.record_every is None else None
     if max_points is not None:
@@ -485,7 +535,10 @@ def _body(argv: Sequence[str] | None) -> int:
         momentum=args.momentum,
         betas=betas,
     )
-    toy = _losses.make_loss(args.loss, dim=args.dim, **loss_options)
+    try:
+        toy = _losses.make_loss(args.loss, dim=args.dim, **loss_options)
+    except ValueError as exc:
+        raise CLIError(loss_option_flags(str(exc))) from None
     if args.batch is not None and toy.n_samples == 0:
         raise CLIError(f"--batch applies to data toys (logistic), not {toy.name!r}; use --noise")
     out = Path(args.out) if args.out else Path("runs") / run_name(args)
@@ -502,11 +555,7 @@ def _body(argv: Sequence[str] | None) -> int:
     traj_path = out / "trajectory.npz"
     fig_path = out / "figure.png"
     if est["seconds"] > ANNOUNCE_SECONDS:
-        sys.stderr.write(
-            f"{PROG}: {args.steps} steps of {toy.name} (dim {toy.dim}) should take about "
-            f"{_sim._human_seconds(est['seconds'])} on 2 cores; pass fewer --steps for a "
-            f"shorter run (Ctrl-C keeps what was simulated)\n"
-        )
+        sys.stderr.write(f"{PROG}: {_announcement(args, toy, est)}\n")
         sys.stderr.flush()
 
     try:
@@ -546,6 +595,8 @@ def _body(argv: Sequence[str] | None) -> int:
 
         draw(traj, result, fig_path)
         summary["figure"] = str(fig_path)
+    elif fig_path.is_file():
+        fig_path.unlink()  # an earlier run's figure: not of this trajectory
     summary = _clean(summary)
     with atomic_write(out / "summary.json") as fh:
         json.dump(summary, fh, sort_keys=True, indent=1)
@@ -557,6 +608,23 @@ def _body(argv: Sequence[str] | None) -> int:
         files += [str(fig_path)] if draw_figure else []
         sys.stdout.write("wrote: " + ", ".join(files) + "\n")
     return 0
+
+
+def _announcement(args: Any, toy: Any, est: dict[str, Any]) -> str:
+    """The line announcing a long run, naming what makes it long and how to shorten it."""
+    from siflow import simulate as _sim
+
+    took = (
+        f"{args.steps} steps of {toy.name} (dim {toy.dim}) should take about "
+        f"{_sim._human_seconds(est['seconds'])} on 2 cores"
+    )
+    if est.get("sharpness_seconds", 0.0) > 0.5 * est["seconds"]:
+        return (
+            f"{took}, mostly the sharpness (O(dim^3) at each kept row); drop --sharpness, "
+            f"pass a larger --record-every or a smaller --dim for a shorter run (Ctrl-C "
+            f"keeps what was simulated)"
+        )
+    return f"{took}; pass fewer --steps for a shorter run (Ctrl-C keeps what was simulated)"
 
 
 #: Overlay fields replaced by the exact statistics and the run's own theory.
@@ -603,6 +671,8 @@ def _analyse(
             result = analyze(work, sharpness=s_min if s_min and wd_end > 0 and sgd_family else None)
         d = result.to_dict()
         d["notes"] = [n for n in d["notes"] if "adaptive optimizers" not in n]
+        if wd_end == 0:  # said once above: no notes asking for the wd the run has not
+            d["notes"] = [n for n in d["notes"] if "lr and wd" not in n]
     stats: dict[str, Any] = {}
     if d.get("stationary_start") is not None:
         exact = traj.exact_means(d["stationary_start"], d["stationary_stop"])

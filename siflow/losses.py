@@ -64,7 +64,9 @@ Each numba kernel has a plain-numpy twin (suffix ``_numpy``) used by the tests.
 from __future__ import annotations
 
 import functools
+import inspect
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,6 +79,7 @@ from numpy.typing import ArrayLike, NDArray
 from siflow._validate import (
     check_finite,
     check_positive_int,
+    check_whole,
     nonnegative_number,
     positive_number,
 )
@@ -90,6 +93,9 @@ __all__ = [
     "SILoss",
     "LOSSES",
     "make_loss",
+    "check_options",
+    "OPTIONS",
+    "MAX_TEMPERATURE",
     "rayleigh",
     "logistic",
     "spiral",
@@ -1134,9 +1140,7 @@ def rayleigh(
             raise ValueError("dim must be >= 2 for a loss on the sphere; pass dim=2 or more")
         lam = np.linspace(0.0, positive_number("sharpness", sharpness), dim)
     else:
-        lam = np.ascontiguousarray(check_finite("spectrum", spectrum), dtype=np.float64).ravel()
-        if lam.size < 2:
-            raise ValueError("spectrum needs at least 2 eigenvalues; pass two or more")
+        lam = _check_spectrum(spectrum)
         dim = lam.size
     c = nonnegative_number("quartic", quartic)
     k = int(np.argmin(lam))
@@ -1182,10 +1186,10 @@ def logistic(
     if dim < 2:
         raise ValueError("dim must be >= 2 for a loss on the sphere; pass dim=2 or more")
     n_samples = check_positive_int("n_samples", n_samples)
-    s = positive_number("temperature", temperature)
+    s = _check_temperature(temperature)
     margin = nonnegative_number("margin", margin)
-    if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
-        z, u_min, s_min = _logistic_problem(dim, n_samples, s, margin, int(seed))
+    if _is_real(seed):
+        z, u_min, s_min = _logistic_problem(dim, n_samples, s, margin, _check_seed(seed))
     else:  # any other seed numpy accepts: not memoized
         try:
             z, u_min, s_min = _logistic_problem.__wrapped__(dim, n_samples, s, margin, seed)
@@ -1204,6 +1208,45 @@ def logistic(
         minimizer=u_min.copy(),
         options={"n_samples": n_samples, "temperature": s, "margin": margin, "seed": seed},
     )
+
+
+#: Largest ``temperature`` of :func:`logistic`. The Hessian has terms in its square:
+#: from about 1e105 on the sphere sharpness of a run's rows overflows to -inf, and from
+#: 1.3e154 on the toy cannot be built (its minimizer's Hessian is inf * 0); 1e50 leaves
+#: a wide margin for larger dimensions and data sets.
+MAX_TEMPERATURE = 1e50
+
+
+def _check_temperature(temperature: Any) -> float:
+    s = positive_number("temperature", temperature)
+    if s > MAX_TEMPERATURE:
+        raise ValueError(
+            f"temperature must be <= {MAX_TEMPERATURE:g}, got {s:g} (the loss's curvature "
+            f"grows as its square, and beyond that leaves the float range); pass e.g. "
+            f"temperature=100"
+        )
+    return s
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def _check_seed(seed: Any) -> int:
+    """An integer data seed: a whole number >= 0 (what numpy's generators take)."""
+    try:
+        return check_whole("seed", seed, 0)
+    except ValueError:
+        raise ValueError(
+            f"seed must be a whole number >= 0, got {seed!r}; pass e.g. seed=0"
+        ) from None
+
+
+def _check_spectrum(spectrum: Any) -> NDArray[np.float64]:
+    lam = np.ascontiguousarray(check_finite("spectrum", spectrum), dtype=np.float64).ravel()
+    if lam.size < 2:
+        raise ValueError("spectrum needs at least 2 eigenvalues; pass two or more")
+    return lam
 
 
 @functools.lru_cache(maxsize=16)
@@ -1326,3 +1369,97 @@ def make_loss(name: str | SILoss, dim: int | None = None, **options: Any) -> SIL
             f"bad option for loss {name!r}: {exc}; see help(siflow.losses.{ctor.__name__}) for "
             f"the valid options"
         ) from None
+
+
+#: The options of each toy's constructor (its keywords other than ``dim``).
+OPTIONS: dict[str, tuple[str, ...]] = {
+    name: tuple(p for p in inspect.signature(ctor).parameters if p != "dim")
+    for name, ctor in LOSSES.items()
+}
+
+#: How each option is checked (the constructors use the same checks).
+_OPTION_CHECKS: dict[str, Callable[[Any], Any]] = {
+    "spectrum": _check_spectrum,
+    "sharpness": lambda v: positive_number("sharpness", v),
+    "quartic": lambda v: nonnegative_number("quartic", v),
+    "n_samples": lambda v: check_positive_int("n_samples", v),
+    "temperature": _check_temperature,
+    "margin": lambda v: nonnegative_number("margin", v),
+    "seed": lambda v: _check_seed(v) if _is_real(v) else v,  # others: numpy's to judge
+    "grad_norm": lambda v: positive_number("grad_norm", v),
+}
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def check_options(
+    name: str | SILoss, options: Mapping[str, Any] | None = None, dim: int | None = None
+) -> dict[str, Any]:
+    """Check the constructor options of toy ``name`` before anything is built.
+
+    Cheap (nothing is allocated), so that a run or its memory estimate never meets a
+    bad option: each option is checked as its constructor checks it, and options that
+    contradict each other or ``dim`` are refused instead of one silently winning
+    (``rayleigh``: ``spectrum`` sets the dimension and the sharpness).
+
+    Parameters
+    ----------
+    name : str or SILoss
+        A name of :data:`LOSSES` (a built loss, or an unknown name, is left to
+        :func:`make_loss`).
+    options : mapping, optional
+        Keyword arguments for the constructor.
+    dim : int, optional
+        The dimension asked for alongside the options.
+
+    Returns
+    -------
+    dict
+        The options, unchanged.
+
+    Raises
+    ------
+    ValueError
+        Naming the option as ``key=value`` and the fix: ``dim`` among the options, an
+        option the toy does not take, a bad value, or a contradiction.
+    """
+    opts = dict(options or {})
+    if isinstance(name, SILoss) or name not in LOSSES:
+        return opts
+    if "dim" in opts:
+        raise ValueError(
+            f"dim={_shown(opts['dim'])} is among the loss options; pass it as the dim "
+            f"argument instead (the dimension is an argument of its own)"
+        )
+    allowed = OPTIONS[name]
+    for key, value in opts.items():
+        if key not in allowed:
+            takes = f"pass one of {', '.join(allowed)}" if allowed else "it takes none; drop it"
+            raise ValueError(f"bad option for loss {name!r}: it has no option {key!r}; {takes}")
+        try:
+            _OPTION_CHECKS[key](value)
+        except ValueError as exc:
+            raise ValueError(f"{key}={_shown(value)} (option of the {name} toy): {exc}") from None
+    if name == "rayleigh" and "spectrum" in opts:
+        _check_spectrum_fixes(opts, dim)
+    return opts
+
+
+def _check_spectrum_fixes(opts: Mapping[str, Any], dim: int | None) -> None:
+    """``rayleigh``'s spectrum sets the dimension and the sharpness: refuse other values."""
+    lam = _check_spectrum(opts["spectrum"])
+    if dim is not None and dim != lam.size:
+        raise ValueError(
+            f"dim={dim} does not match the spectrum's {lam.size} eigenvalues, which set the "
+            f"dimension; pass dim={lam.size}, or no dim"
+        )
+    if "sharpness" in opts:
+        shown = _shown(opts["sharpness"])
+        raise ValueError(
+            f"sharpness={shown} has no effect with a spectrum, whose max - min "
+            f"({float(lam.max() - lam.min()):g}) is the sharpness; drop sharpness={shown} or "
+            f"the spectrum"
+        )

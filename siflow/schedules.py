@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-__all__ = ["Schedule", "parse_schedule", "KINDS"]
+__all__ = ["Schedule", "parse_schedule", "KINDS", "explicit_level", "first_zero_step", "why_zero"]
 
 #: Schedule kinds and the keys each one takes.
 KINDS: dict[str, tuple[str, ...]] = {
@@ -226,3 +226,74 @@ def parse_schedule(spec: str | Schedule, base: float | None = None) -> Schedule:
         raise ValueError(f"schedule {kind!r} needs gamma=<factor>")
     _check_params(kind, p, milestones)
     return Schedule(kind, p, milestones)
+
+
+def explicit_level(spec: str | Schedule) -> tuple[str, str] | None:
+    """``(key, value)`` of a ``peak=`` (``value=`` for ``constant``) written in ``spec``.
+
+    None when the spec leaves it to the base value (a :class:`Schedule` always has
+    it: ``("peak", ...)``). Used where the base value must win: a sweep's cells each
+    peak at their own ``lr``.
+    """
+    if isinstance(spec, Schedule):
+        key = "value" if spec.kind == "constant" else "peak"
+        return key, _number_text(spec.params[key])
+    kind, raw = _split_spec(spec)
+    key = "value" if kind == "constant" else "peak"
+    return (key, raw[key]) if key in raw else None
+
+
+def first_zero_step(sched: Schedule, steps: int) -> int | None:
+    """The first step of ``0 .. steps-1`` where ``sched`` is 0 (or below), else None.
+
+    Every kind is monotone after its warmup, which rises from ``peak/warmup``, so the
+    smallest value over the steps is at the first or the last one, and once the value
+    reaches 0 it stays there: the first zero is found by bisection (``O(log steps)``
+    evaluations, whatever the run's length).
+    """
+    if steps < 1:
+        return None
+    first, last = (float(v) for v in sched(np.array([0, steps - 1])))
+    if not first > 0:
+        return 0
+    if last > 0:
+        return None
+    lo, hi = 0, steps - 1  # value > 0 at lo, <= 0 at hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if float(sched(np.array([mid]))[0]) > 0:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+def why_zero(sched: Schedule, step: int, steps: int) -> tuple[str, str]:
+    """Why ``sched`` is 0 at ``step`` (:func:`first_zero_step`) and how to change its spec.
+
+    Returns ``(reason, fix)``, both in the spec's own keys, e.g. ``("it holds min=0
+    from step 199 on", "write steps=200 or more, or a min above 0, into it")`` for
+    ``cosine:steps=199`` in a 200-step run.
+    """
+    p = sched.params
+    level = p.get("value", p.get("peak", 0.0))
+    if step == 0 and not level > 0:
+        key = "value" if sched.kind == "constant" else "peak"
+        return f"its {key} is {_number_text(level)}", f"write a positive {key}= into it"
+    if sched.kind in ("cosine", "linear") and p["min"] == 0:
+        if step >= p["steps"]:
+            return (
+                f"it holds min=0 from step {int(p['steps'])} on",
+                f"write steps={steps} or more, or a min above 0, into it",
+            )
+        return (
+            f"it decays to min=0, which its {sched.kind} form reaches in double precision "
+            f"by step {step}",
+            "write a min above 0 into it",
+        )
+    if sched.kind in ("exp", "step"):
+        return (
+            "peak * gamma**k falls below the smallest double",
+            "write a gamma closer to 1, or a larger peak, into it",
+        )
+    return "its value falls below the smallest double", "write a larger peak or min into it"

@@ -33,7 +33,8 @@ alone never does that, and equilibrium fluctuations rarely do for small
 ``lr*wd``; with strong gradient noise at large ``lr*wd`` raise ``jump_tol``.
 ``max_points`` chooses ``record_every`` from the number of steps; by default
 (``record_every=None``) every step is kept up to ``max_rows/2`` steps and longer
-runs are thinned to fit.
+runs are thinned to fit. The last step simulated is always kept (one row): the
+final state, with the running sums over the whole run.
 
 Bounded memory: at most ``max_rows`` rows are kept (default
 :data:`DEFAULT_MAX_ROWS`). A run whose regular rows (``steps/record_every``) exceed
@@ -91,6 +92,7 @@ from siflow.losses import (
     _add_tangent_noise_at,
     _si_value_grad_step,
     _step_scratch,
+    check_options,
     make_loss,
 )
 from siflow.optim import _FAST, HP_LR, HP_MU, HP_WD, SGD, Optimizer, make_optimizer, update
@@ -416,7 +418,9 @@ class _Recorder:
     norm jump reaches across chunk boundaries both ways. Rows are kept at steps
     that are multiples of ``every`` and, near norm jumps, of ``jump_every`` (1 at
     first). When more than ``max_rows`` rows are kept both strides double and the
-    kept rows are thinned to the new strides (module docstring).
+    kept rows are thinned to the new strides (module docstring). The last step
+    simulated is always kept (one row, whatever the strides): the final state, and
+    the running sums over every step of the run.
     """
 
     def __init__(
@@ -441,6 +445,9 @@ class _Recorder:
         self.pending: dict[str, NDArray] | None = None
         self.pending_jumps = np.zeros(0, dtype=np.int64)
         self.before_jumps = np.zeros(0, dtype=np.int64)
+        #: set by :meth:`flush`: the last row kept is the run's last step, kept whatever
+        #: the strides (also when thinning doubles them)
+        self.closed = False
         #: with ``record_every == 1`` and no more steps than ``max_rows``: full-length
         #: columns the chunks are written into (row = step), with no concatenation
         self.full: dict[str, NDArray] | None = None
@@ -463,7 +470,10 @@ class _Recorder:
     def _keep(self, step: NDArray[np.int64], near: NDArray[np.bool_]) -> NDArray[np.bool_]:
         return (step % self.every == 0) | (near & (step % self.jump_every == 0))
 
-    def _select(self, cols: dict[str, NDArray], jumps: NDArray[np.int64]) -> dict[str, NDArray]:
+    def _select(
+        self, cols: dict[str, NDArray], jumps: NDArray[np.int64], keep_last: bool = False
+    ) -> dict[str, NDArray]:
+        """The rows of a chunk to keep (``keep_last``: its last row whatever the strides)."""
         step = cols["step"]
         near = np.zeros(step.size, dtype=bool)
         if self.window and jumps.size:
@@ -475,6 +485,8 @@ class _Recorder:
             part = dict(cols)
         else:
             keep = self._keep(step, near)
+            if keep_last and keep.size:
+                keep[-1] = True
             part = dict(cols) if keep.all() else {k: v[keep] for k, v in cols.items()}
             near = near[keep]
         part["_near"] = near
@@ -499,7 +511,9 @@ class _Recorder:
             self.jump_every *= 2
             self.doublings += 1
             keep = self._keep(merged["step"], merged["_near"])
-            if int(keep.sum()) <= max(self.max_rows // 2, 1):
+            if self.closed and keep.size:
+                keep[-1] = True  # the run's last step (with step 0: 2 rows, <= max_rows)
+            if int(keep.sum()) <= max(self.max_rows // 2, 2 if self.closed else 1):
                 break
         self.full = None  # rows are no longer one per step
         merged = {k: v[keep] for k, v in merged.items()}
@@ -508,20 +522,29 @@ class _Recorder:
 
     def add(self, cols: dict[str, NDArray], rho_next: float) -> None:
         """Add a chunk's full-resolution columns (``rho_next`` = norm after the chunk)."""
+        if not cols["step"].size:
+            return  # a run stopped at a chunk's first step: the chunk before stays pending
         jumps = self._jumps(cols, rho_next)
         if self.pending is not None:
             near = np.concatenate([self.before_jumps, self.pending_jumps, jumps])
             self._append(self._select(self.pending, near))
         self.pending, self.before_jumps, self.pending_jumps = cols, self.pending_jumps, jumps
 
-    def _decided_pending(self) -> dict[str, NDArray] | None:
+    def _decided_pending(self, final: bool = False) -> dict[str, NDArray] | None:
+        """The rows kept of the last chunk so far (``final``: with the run's last step).
+
+        A checkpoint leaves the latest step out unless it is on the strides, so that
+        the rows of every checkpoint are the first rows of the next one.
+        """
         if self.pending is None:
             return None
-        return self._select(self.pending, np.concatenate([self.before_jumps, self.pending_jumps]))
+        jumps = np.concatenate([self.before_jumps, self.pending_jumps])
+        return self._select(self.pending, jumps, keep_last=final)
 
     def flush(self) -> None:
-        """Decide the last chunk (end of the run)."""
-        last = self._decided_pending()
+        """Decide the last chunk (end of the run), keeping the run's last step."""
+        self.closed = True
+        last = self._decided_pending(final=True)
         if last is not None:
             self._append(last)
         self.pending = None
@@ -623,8 +646,9 @@ def estimate(
     Returns
     -------
     dict
-        ``bytes``, ``seconds``, ``rows`` (kept rows before any doubling of the
-        stride), ``dim``, ``available_bytes`` (``None`` when unknown).
+        ``bytes``, ``seconds`` (``sharpness_seconds`` of them for the sharpness rows),
+        ``rows`` (kept rows before any doubling of the stride), ``dim``,
+        ``available_bytes`` (``None`` when unknown).
     """
     dim = None if dim is None else check_whole("dim", dim, 1)
     d, n_data = _toy_size(loss, dim, dict(loss_options or {}))
@@ -640,11 +664,12 @@ def estimate(
     chunk_bytes = chunk * per_step_buf + (chunk * 8 * d if sharpness else 0)
     total = toy_bytes + state_bytes + sharp_bytes + rows_bytes + chunk_bytes
     seconds = steps * (_SEC_PER_STEP + _SEC_PER_ELEMENT * d * max(per_step_data, 1))
-    if sharpness:
-        seconds += min(rows, max_rows) * _SEC_PER_EIGEN_FLOP * float(d) ** 3
+    sharp_seconds = min(rows, max_rows) * _SEC_PER_EIGEN_FLOP * float(d) ** 3 if sharpness else 0.0
+    seconds += sharp_seconds
     return {
         "bytes": int(total),
         "seconds": float(seconds),
+        "sharpness_seconds": float(sharp_seconds),
         "rows": int(rows),
         "dim": d,
         "available_bytes": available_memory(),
@@ -830,7 +855,8 @@ def simulate(
         ``seed`` option, default 0, passed through ``loss_options``).
     record_every, max_points, max_rows, event_window, jump_tol
         Thinning of the record (module docstring). ``record_every`` keeps every
-        k-th step (rows near norm jumps are kept too); by default every step while
+        k-th step (rows near norm jumps are kept too, and the last step simulated,
+        whatever the strides); by default every step while
         ``steps <= max_rows/2``, else the smallest stride that fits in half the cap
         (``ceil(steps / (max_rows // 2))``). ``max_points`` raises
         ``record_every`` to ``ceil(steps/max_points)``. ``max_rows`` (default
@@ -846,7 +872,8 @@ def simulate(
         ``|w0|``).
     sharpness : bool
         Also record ``sharpness_sphere`` (dense eigenvalue problem: ``O(dim^3)``
-        per recorded row; NaN on extra rows kept around norm jumps).
+        per recorded row; NaN on extra rows kept around norm jumps, and on the
+        last step's row when it is off the stride).
     loss_options : mapping, optional
         Keyword arguments of the toy's constructor (e.g. ``spectrum``,
         ``temperature``, ``n_samples``, ``grad_norm``).
@@ -906,6 +933,7 @@ def simulate(
         raise ValueError(
             f"loss_options must be a mapping, got {type(loss_options).__name__}; pass a dict"
         )
+    loss_options = check_options(loss, loss_options, dim)  # before any estimate of its size
     scheduled = int(lr_s is not None) + int(wd_s is not None)
     est = estimate(
         loss,
@@ -1059,7 +1087,7 @@ def _batch_rows(toy: SILoss, batch: int | None) -> int:
     if toy.n_samples == 0:
         raise ValueError(
             f"batch applies to data toys (logistic), not {toy.name!r}; "
-            f"drop batch or use noise for gradient noise"
+            f"drop batch= or use noise= for gradient noise"
         )
     return 0 if nb >= toy.n_samples else nb
 

@@ -158,6 +158,19 @@ def _plain_file(path: Path) -> None:
     path.write_text("not a directory\n")
 
 
+def _foreign_sweep(path: Path) -> None:
+    """A folder holding another sweep's configuration."""
+    path.mkdir()
+    (path / "sweep.json").write_text('{"loss": "another"}\n')
+
+
+def _not_a_sweep(path: Path) -> None:
+    """A folder holding a table.csv and a phase_diagram.png of something else."""
+    path.mkdir()
+    (path / "table.csv").write_text("mine\n")
+    (path / "phase_diagram.png").write_text("mine\n")
+
+
 # --------------------------------------------------------------------------------------------
 # the matrix
 # --------------------------------------------------------------------------------------------
@@ -278,6 +291,40 @@ CASES: list[Case] = [
         [*LR_WD, "--out", "afile/run"],
         r"director|afile|exist|writ",
         {"afile": _plain_file},
+    ),
+    # audit F1, F7, F9: loss options (a traceback, a silent override, numpy's words)
+    _sim("loss-option-dim", [*LR_WD, "--loss-option", "dim=5"], r"not a --loss-option.*--dim 5"),
+    _sim(
+        "loss-option-seed-negative",
+        [*LR_WD, "--loss-option", "seed=-1"],
+        r"--loss-option seed=-1 .*>= 0.*--loss-option seed=0",
+    ),
+    _sim(
+        "loss-option-temperature-huge",
+        [*LR_WD, "--loss-option", "temperature=1e300"],
+        r"--loss-option temperature=1e\+300 .*<= 1e\+50",
+    ),
+    _sim(
+        "dim-against-spectrum",
+        [*LR_WD, "--loss", "rayleigh", "--dim", "5", "--loss-option", "spectrum=[0,1,4]"],
+        r"--dim 5 does not match the spectrum's 3 eigenvalues.*--dim 3",
+    ),
+    _sim(
+        "sharpness-with-spectrum",
+        [*LR_WD, "--loss", "rayleigh", *("--loss-option", "spectrum=[0,1,4]")]
+        + ["--loss-option", "sharpness=3"],
+        r"--loss-option sharpness=3 has no effect with a spectrum",
+    ),
+    # audit F2: a schedule one step short holds lr = 0 at the run's last step
+    _sim(
+        "schedule-ends-before-the-run",
+        [*LR_WD, "--schedule", "cosine:steps=49"],
+        r"--schedule 'cosine:steps=49' reaches lr = 0 at step 49.*steps=50",
+    ),
+    _sim(
+        "wd-schedule-ends-before-the-run",
+        [*LR_WD, "--wd-schedule", "linear:steps=25"],
+        r"--wd-schedule 'linear:steps=25' reaches wd = 0 at step 25",
     ),
     # ---- python -m siflow.overlay
     _overlay("log-missing", ["nope.csv", *LR_WD], r"nope\.csv|no such|not found|exist"),
@@ -422,6 +469,21 @@ CASES: list[Case] = [
         r"director|afile|exist|writ",
         {"afile": _plain_file},
     ),
+    # audit F2, F4, F5, F10: refused before any cell runs, and nothing made in --out
+    _sweep(
+        "schedule-with-its-own-peak",
+        ["--schedule", "cosine:peak=0.5,steps=50"],
+        r"sets peak=0\.5.*drop peak=0\.5 from --schedule",
+    ),
+    _sweep(
+        "schedule-ends-before-the-cells",
+        ["--schedule", "linear:steps=40"],
+        r"--schedule 'linear:steps=40' reaches lr = 0 at step 40",
+    ),
+    _sweep("figure-folder-missing", ["--figure", "nodir/x.png"], r"--figure .*does not exist"),
+    _sweep("out-of-another-sweep", ["--out", "o"], r"different sweep", {"o": _foreign_sweep}),
+    _sweep("out-not-a-sweep", ["--out", "o"], r"no sweep\.json", {"o": _not_a_sweep}),
+    _sweep("max-hours-zero", ["--max-hours", "0"], r"--max-hours"),
     # ---- python -m siflow.forecast
     _forecast("log-missing", ["nope.csv", *LR_WD], r"no such log", {}),
     _forecast("log-binary", ["log.csv", *LR_WD], r"binary", {"log.csv": _writer(_binary())}),

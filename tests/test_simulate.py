@@ -231,7 +231,7 @@ def test_thinned_record_keeps_events_at_full_resolution():
         if full.rho[t + 1] > (1 + tol) * full.rho[max(t + 1 - window, 0) : t + 1].min()
     ]
     assert len(jumps) > 10
-    want = set(range(0, n, every))
+    want = set(range(0, n, every)) | {n - 1}  # and the run's last step, always kept
     for j in jumps:
         want.update(range(max(j - window, 0), min(j + window + 1, n)))
     assert set(thin.step.tolist()) == want
@@ -249,7 +249,7 @@ def test_thinning_ignores_equilibrium_noise():
 def test_max_points_sets_record_every():
     traj = simulate("flat", lr=0.1, wd=0.01, steps=10000, dim=3, max_points=100)
     assert traj.meta["record_every"] == 100
-    assert len(traj) == 100
+    assert len(traj) == 100 + 1 and traj.step[-1] == 9999  # and the run's last step
 
 
 def test_sharpness_column():
@@ -261,7 +261,9 @@ def test_sharpness_column():
     )
     assert np.all(np.isfinite(traj.sharpness_sphere))
     thin = simulate(toy, lr=0.1, wd=0.01, steps=50, w0=w0, sharpness=True, record_every=10)
-    assert np.array_equal(thin.sharpness_sphere, traj.sharpness_sphere[::10])
+    assert np.array_equal(thin.sharpness_sphere[:-1], traj.sharpness_sphere[::10])
+    # the run's last step is kept off the stride, without a sharpness (as rows near jumps)
+    assert thin.step[-1] == 49 and np.isnan(thin.sharpness_sphere[-1])
 
 
 def test_checkpoint_file(tmp_path):

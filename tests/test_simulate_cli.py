@@ -204,3 +204,67 @@ def test_sigint_leaves_readable_trajectory(tmp_path):
     k = traj.meta["record_every"]
     assert k == 400
     assert traj.meta["steps_done"] - k <= traj.step[-1] < traj.meta["steps_done"]
+
+
+# ------------------------------------------------------ audit F2, F7, F13: simulate's CLI
+def test_wd_zero_notes_do_not_ask_for_the_wd_the_run_lacks(tmp_path, capsys):
+    argv = ["--loss", "rayleigh", "--lr", "0.1", "--wd", "0", "--steps", "500", "--quiet"]
+    assert main([*argv, "--out", str(tmp_path), "--no-figure", "--json"]) == 0
+    notes = json.loads(capsys.readouterr().out)["notes"]
+    assert "wd = 0: no weight decay, so no theory predictions" in notes
+    # the overlay's notes asked for a wd (as Python writes it: "pass wd=")
+    assert not [n for n in notes if "wd=" in n or "lr and wd" in n], notes
+
+
+def test_a_rerun_without_figure_removes_the_earlier_runs_figure(tmp_path, capsys):
+    argv = ["--lr", "0.1", "--wd", "1e-3", "--steps", "3000", "--quiet", "--out", str(tmp_path)]
+    assert main(argv) == 0 and (tmp_path / "figure.png").is_file()
+    assert main([*argv, "--no-figure", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert not (tmp_path / "figure.png").exists() and "figure" not in summary
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json", "trajectory.npz"]
+
+
+def test_a_long_run_for_its_sharpness_says_so():
+    from types import SimpleNamespace
+
+    from siflow import simulate as S
+    from siflow._simulate_cli import _announcement
+    from siflow.losses import make_loss
+
+    est = S.estimate("rayleigh", steps=10, dim=3000, sharpness=True)
+    # 10 kept rows, each a dense eigenproblem costed at 5e-10 dim^3 seconds
+    assert est["sharpness_seconds"] == pytest.approx(10 * 5e-10 * 3000.0**3, rel=1e-12)
+    args = SimpleNamespace(steps=10)
+    line = _announcement(args, make_loss("rayleigh", dim=3000), est)
+    assert "mostly the sharpness" in line and "drop --sharpness" in line
+    assert "pass fewer --steps" not in line
+
+
+def test_a_spectrum_sets_the_dim_and_a_different_dim_is_refused(tmp_path, capsys):
+    argv = ["--lr", "0.1", "--wd", "1e-3", "--loss", "rayleigh", "--steps", "200"]
+    argv += ["--loss-option", "spectrum=[0,1,4]", "--quiet", "--no-figure", "--json"]
+    assert main([*argv, "--dim", "3", "--out", str(tmp_path / "a")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["config"]["dim"] == 3 and summary["sharpness_min"] == 4.0
+    # --dim 5 ran in dim 3 under a directory named d5, and sharpness=3 was ignored
+    assert main([*argv, "--dim", "5", "--out", str(tmp_path / "b")]) == 2
+    assert "--dim 5 does not match the spectrum's 3 eigenvalues" in capsys.readouterr().err
+    assert main([*argv, "--loss-option", "sharpness=3", "--out", str(tmp_path / "c")]) == 2
+    assert "--loss-option sharpness=3 has no effect" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+
+
+def test_a_schedule_that_ends_with_the_run_is_run_and_compared_at_its_last_lr(tmp_path, capsys):
+    # cosine:steps=200 over 200 steps: lr at step 199 is 0.05 (1 + cos(199 pi / 200)) > 0
+    argv = ["--lr", "0.1", "--wd", "1e-3", "--steps", "200", "--schedule", "cosine:steps=200"]
+    assert main([*argv, "--quiet", "--no-figure", "--json", "--out", str(tmp_path)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    lr_end = 0.05 * (1 + np.cos(199 * np.pi / 200))
+    traj = Trajectory.load(tmp_path / "trajectory.npz")
+    assert traj.extra["lr"][-1] == pytest.approx(lr_end, rel=1e-12)
+    assert summary["equilibrium"]["decay_factor"] == pytest.approx(1 - lr_end * 1e-3, rel=1e-12)
+    # one step shorter, the schedule holds lr = 0 at the last step: refused before the run
+    assert main([*argv[:-1], "cosine:steps=199", "--quiet", "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert "reaches lr = 0 at step 199" in err and not (tmp_path / "b").exists()

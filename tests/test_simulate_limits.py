@@ -50,6 +50,45 @@ def test_thinned_run_gives_the_same_means_as_every_step():
     assert abs(naive / ref["angular_update_rms"] - 1) > 0.05
 
 
+def _assert_same_row(a, b, i: int, j: int) -> None:
+    """Row ``i`` of ``a`` and row ``j`` of ``b`` hold the same bits in every column."""
+    for name in a.columns():
+        assert a.column(name)[i] == b.column(name)[j], name
+
+
+@pytest.mark.parametrize("max_rows", [1000, 5000])
+def test_a_thinned_run_keeps_its_last_step(max_rows):
+    # thinned to ~max_rows/2 regular rows, which never land on step N - 1 here
+    n = 60_000
+    kw = {"lr": 0.1, "wd": 1e-3, "steps": n, "seed": 3}
+    full = simulate(record_every=1, max_rows=n + 10, **kw)
+    thin = simulate(max_rows=max_rows, **kw)
+    assert len(thin) <= max_rows and thin.meta["record_every"] > 1
+    assert full.step[-1] == thin.step[-1] == n - 1
+    _assert_same_row(full, thin, -1, -1)  # the final state and the running sums, bit for bit
+    # the whole-run means cover every step: the same sums, so the same bits
+    assert thin.exact_means() == full.exact_means()
+    assert thin.exact_means()["steps"] == n - 1
+    # and they are the means over the run's own columns
+    for key, value in _numpy_means(full, 0, n - 1).items():
+        assert thin.exact_means()[key] == pytest.approx(value, rel=1e-9), key
+
+
+def test_a_run_stopped_at_a_chunk_boundary_keeps_its_last_step():
+    # pure decay rho_t = rho0 q^t: rho0 chosen so that the norm is last above RHO_MIN at
+    # the last step of the first chunk; the second chunk stops at its first step (it
+    # records nothing), and the last step simulated is in the chunk before
+    q, last = 0.98, S.CHUNK - 1
+    rho0 = S.RHO_MIN / q ** (last + 0.5)
+    kw = {"lr": 0.02, "wd": 1.0, "steps": 3 * S.CHUNK, "dim": 3, "rho0": rho0}
+    full = simulate("flat", record_every=1, **kw)
+    thin = simulate("flat", record_every=100, **kw)
+    assert full.status == thin.status == "underflow"
+    assert full.step[-1] == thin.step[-1] == last
+    _assert_same_row(full, thin, -1, -1)
+    assert thin.exact_means() == full.exact_means()
+
+
 def test_means_of_a_full_record_match_numpy():
     full = simulate("rayleigh", lr=0.2, wd=0.01, steps=3000, dim=5, noise=0.05, seed=4)
     got = full.exact_means(100, 2999)
@@ -86,7 +125,9 @@ def test_row_cap_doubles_the_strides_and_keeps_exact_sums():
     every, near = capped.meta["record_every"], capped.meta["record_every_near_jumps"]
     assert every == 40 * 2 ** capped.meta["thinning_doublings"]
     assert near == 2 ** capped.meta["thinning_doublings"]
-    assert np.all((capped.step % every == 0) | (capped.step % near == 0))
+    # every row on the strides, and the run's last step (kept whatever the strides)
+    assert np.all((capped.step[:-1] % every == 0) | (capped.step[:-1] % near == 0))
+    assert capped.step[-1] == kw["steps"] - 1
     assert np.array_equal(full.rho[capped.step], capped.rho)  # kept rows are the run's rows
     a, b = int(capped.step[0]), int(capped.step[-1])
     got = capped.exact_means(a, b)
@@ -101,7 +142,8 @@ def test_record_every_one_above_the_cap_is_refused_up_front():
         simulate(lr=0.1, wd=1e-3, steps=5000, max_rows=100, record_every=1)
     # without record_every the run is thinned to fit half the cap: ceil(5000 / 50)
     traj = simulate("flat", lr=0.1, wd=1e-3, steps=5000, dim=3, max_rows=100)
-    assert traj.meta["record_every"] == 100 and len(traj) == 50
+    assert traj.meta["record_every"] == 100 and len(traj) == 50 + 1  # and the last step
+    assert traj.step[-1] == 4999
 
 
 @pytest.mark.parametrize(
@@ -210,3 +252,23 @@ def test_elr_and_its_running_sum_over_chunks(monkeypatch, lr):
     monkeypatch.setattr(S, "CHUNK", 1024)
     again = simulate("logistic", lr=lr, wd=1e-3, steps=2500, batch=8)
     assert np.array_equal(again.extra["sum_elr"], traj.extra["sum_elr"])
+
+
+# ------------------------------------------------------------- loss options (F1, F7, F9)
+@pytest.mark.parametrize(
+    ("loss", "options", "dim", "match"),
+    [
+        # a TypeError from make_loss ("got multiple values for keyword argument 'dim'")
+        ("logistic", {"dim": 5}, None, r"dim=5 is among the loss options"),
+        # numpy's "expected non-negative integer"
+        ("logistic", {"seed": -1}, None, r"seed=-1 \(option of the logistic toy\).*>= 0"),
+        # "Eigenvalues did not converge", after two RuntimeWarnings
+        ("logistic", {"temperature": 1e300}, None, r"temperature must be <= 1e\+50"),
+        # ran in dim 3 (dim=5 ignored), and sharpness=3 ignored
+        ("rayleigh", {"spectrum": [0, 1, 4]}, 5, r"dim=5 does not match the spectrum's 3"),
+        ("rayleigh", {"spectrum": [0, 1, 4], "sharpness": 3}, None, r"sharpness=3 has no"),
+    ],
+)
+def test_bad_loss_options_are_refused_before_the_run(loss, options, dim, match):
+    with pytest.raises(ValueError, match=match):
+        simulate(loss, lr=0.1, wd=1e-3, steps=10, dim=dim, loss_options=options)
