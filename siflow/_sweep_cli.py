@@ -10,13 +10,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from siflow._cli import ArgumentParser, flag_names, run_main
+from siflow._cli import ArgumentParser, CLIError, refuse_zero_schedule, run_main
 from siflow._validate import check_positive, check_positive_int
 from siflow.sweep import (
     DEFAULT_MAX_ROWS,
@@ -46,7 +48,21 @@ _FLAGS = {
     "max_hours": "--max-hours",
     "simulator": "--simulator",
     "schedule": "--schedule",
+    "optimizer": "--optimizer",
+    "dim": "--dim",
+    "noise": "--noise",
+    "batch": "--batch",
+    "record_every": "--record-every",
 }
+#: Library parameters this command has no flag for: named as plain words.
+_WORDS = ("betas",)
+#: ``name=value`` where a message names a parameter: at the start, after a space or
+#: ``(``, so that the keys inside a schedule spec (``'cosine:warmup=9,steps=50'``) stay.
+_PARAM = re.compile(
+    r"(?:^|(?<=[\s(]))("
+    + "|".join(sorted(map(re.escape, [*_FLAGS, *_WORDS]), key=len, reverse=True))
+    + r")=(\([^)]*\)|[^\s,;)]*)"
+)
 
 DEFAULT_MAX_HOURS = 24.0
 
@@ -103,7 +119,8 @@ def build_parser() -> ArgumentParser:
         default=None,
         metavar="SPEC",
         help="learning-rate schedule of every cell, e.g. cosine:warmup=500,min=0.005,"
-        "steps=20000 (see siflow.schedules); its peak defaults to the cell's lr",
+        "steps=20000 (see siflow.schedules); it peaks at the cell's lr (no peak= of its "
+        "own) and must stay above 0 over --steps",
     )
     p.add_argument(
         "--max-rows",
@@ -196,8 +213,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_main(cli, argv, prog=PROG)
 
 
+def flags_in(message: str) -> str:
+    """A library message with its parameters named as this command's flags.
+
+    ``seeds=(0, 1)`` becomes ``--seeds 0 1``, ``momentum=0.9`` ``--momentum 0.9``,
+    ``restart=True`` ``--restart``, a bare ``max_hours=`` ``--max-hours``; a parameter
+    without a flag here (``betas=(b1, b2)``) is named as a word (``betas (b1, b2)``).
+    """
+
+    def repl(match: re.Match[str]) -> str:
+        name, value = match.group(1), match.group(2)
+        if name in _WORDS:
+            return f"{name} {value}" if value else name
+        flag = _FLAGS[name]
+        if not value or (value == "True" and name == "restart"):
+            return flag
+        if value.startswith("("):
+            value = " ".join(v.strip() for v in value[1:-1].split(",") if v.strip())
+        return f"{flag} {value}"
+
+    return _PARAM.sub(repl, message)
+
+
 def _note(message: str) -> None:
-    sys.stderr.write(f"{PROG}: {flag_names(message, _FLAGS)}\n")
+    sys.stderr.write(f"{PROG}: {flags_in(message)}\n")
     sys.stderr.flush()
 
 
@@ -205,23 +244,95 @@ def cli(argv: Sequence[str] | None) -> int:
     """Body of :func:`main` (library messages name parameters; here they name flags)."""
     try:
         return _cli(argv)
+    except CLIError:
+        raise  # worded for this command already
     except (ValueError, OSError) as exc:
-        msg = flag_names(str(exc), _FLAGS)
+        msg = flags_in(str(exc))
         if msg == str(exc):
             raise
         raise type(exc)(msg) from None
 
 
+def _check_numbers(args: argparse.Namespace) -> None:
+    """The flags the library would name as parameters, checked with their flags."""
+    check_positive_int("--task-size", args.task_size)
+    if args.workers is not None:
+        check_positive_int("--workers", args.workers)
+    if not (math.isfinite(args.max_hours) and args.max_hours > 0):
+        raise CLIError(
+            f"--max-hours must be a positive number of hours, got {args.max_hours:g}; pass "
+            f"e.g. --max-hours {DEFAULT_MAX_HOURS:g}"
+        )
+    if any(s < 0 for s in args.seeds) or len(set(args.seeds)) != len(args.seeds):
+        raise CLIError(
+            f"--seeds must be distinct whole numbers >= 0, got "
+            f"{' '.join(map(str, args.seeds))}; pass e.g. --seeds 0 1"
+        )
+
+
+def _check_schedule(spec: str, lr: np.ndarray, steps: int) -> None:
+    """``--schedule``: readable, no peak of its own (each cell's lr is its peak), and
+    above 0 over a cell's ``--steps``; refused in one line before any cell runs."""
+    from siflow.schedules import explicit_level, parse_schedule
+
+    try:
+        sched = parse_schedule(spec, base=float(np.min(lr)))
+        parse_schedule(spec, base=float(np.max(lr)))
+    except ValueError as exc:
+        raise CLIError(f"--schedule {spec!r}: {exc}") from None
+    level = explicit_level(spec)
+    if level is not None:
+        key, value = level
+        raise CLIError(
+            f"--schedule {spec!r} sets {key}={value}, but each cell's schedule peaks at the "
+            f"cell's lr, which labels it in the table and the figure; drop {key}={value} from "
+            f"--schedule (the --lr range gives the peaks)"
+        )
+    if not sched.is_constant:
+        refuse_zero_schedule("--schedule", spec, sched, "lr", steps)
+
+
+def _check_figure(figure: str | None, out: Path, restart: bool) -> None:
+    """Where the phase diagram goes, checked before any cell runs.
+
+    An explicit ``--figure`` needs its folder (unless it is ``--out``, which the sweep
+    makes); the default one in ``--out`` must not overwrite a figure of something
+    that is not a sweep (a folder without ``sweep.json``).
+    """
+    from siflow.plot import _check_suffix
+
+    if figure is None:
+        default = out / "phase_diagram.png"
+        if not restart and default.exists() and not (out / "sweep.json").is_file():
+            raise CLIError(
+                f"{str(out)!r} holds a phase_diagram.png but no sweep.json, so it is not a "
+                f"sweep folder and the figure would be overwritten; pass another --out, or "
+                f"--restart to overwrite it"
+            )
+        return
+    path = _check_suffix(figure)
+    parent = path.parent if str(path.parent) else Path(".")
+    if os.path.abspath(parent) == os.path.abspath(out):
+        return  # the sweep makes --out
+    if not parent.is_dir():
+        what = "is not a directory" if parent.exists() else "does not exist"
+        raise CLIError(
+            f"--figure {figure!r}: its folder {str(parent)!r} {what}; create it or pass "
+            f"another --figure"
+        )
+    if path.is_dir():
+        raise CLIError(f"--figure {figure!r} is a directory; pass a file name")
+
+
 def _cli(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    check_positive_int("--task-size", args.task_size)
-    if args.figure:
-        from siflow.plot import _check_suffix
-
-        _check_suffix(args.figure)  # before any cell runs
+    _check_numbers(args)
     lr = _grid("lr", args.lr, args.n_lr)
     wd = _grid("wd", args.wd, args.n_wd)
     out = Path(args.out) if args.out else Path("runs") / f"sweep_{args.loss}"
+    _check_figure(args.figure, out, args.restart)  # before any cell runs
+    if args.schedule is not None:
+        _check_schedule(args.schedule, lr, args.steps)
     options = {
         "optimizer": args.optimizer,
         "dim": args.dim,

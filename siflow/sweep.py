@@ -214,8 +214,9 @@ class SweepConfig:
     Cells are numbered in the order ``momentum, wd, lr, seed`` (seed fastest),
     see :meth:`cells`. ``max_rows`` bounds the rows each simulation keeps (None:
     the simulator's default). ``schedule`` is a learning-rate schedule spec of
-    :mod:`siflow.schedules` applied in every cell, its ``peak`` defaulting to the
-    cell's ``lr`` (so ``lr`` is the peak learning rate of the cell).
+    :mod:`siflow.schedules` applied in every cell, peaking at the cell's ``lr`` (so
+    ``lr`` is the peak learning rate of the cell, and a ``peak=`` in the spec is
+    refused); it must stay above 0 over the ``steps`` of a cell.
     :meth:`fingerprint` identifies the configuration.
     """
 
@@ -259,7 +260,7 @@ class SweepConfig:
             opts["record_every"] = check_steps("record_every", opts["record_every"])
         object.__setattr__(self, "options", opts)
         if self.schedule is not None:
-            _check_schedule(self.schedule, lr)
+            _check_schedule(self.schedule, lr, self.steps)
         if not isinstance(self.simulator, str) or ":" not in self.simulator:
             raise ValueError(
                 f"simulator must be 'module:function', got {self.simulator!r}; "
@@ -316,9 +317,10 @@ class SweepConfig:
         return cls(**{k: d[k] for k in keys}, **extra)
 
 
-def _check_schedule(spec: Any, lr: tuple[float, ...]) -> None:
-    """A schedule spec every cell can use (its peak defaulting to the cell's lr)."""
-    from siflow.schedules import parse_schedule
+def _check_schedule(spec: Any, lr: tuple[float, ...], steps: int) -> None:
+    """A schedule spec every cell can use: its peak is the cell's lr (none written in
+    it), and it stays above 0 over the ``steps`` of a cell."""
+    from siflow.schedules import explicit_level, first_zero_step, parse_schedule, why_zero
 
     if not isinstance(spec, str):
         raise ValueError(
@@ -326,6 +328,21 @@ def _check_schedule(spec: Any, lr: tuple[float, ...]) -> None:
         )
     for base in (min(lr), max(lr)):
         parse_schedule(spec, base=base)
+    level = explicit_level(spec)
+    if level is not None:
+        key, value = level
+        raise ValueError(
+            f"schedule {spec!r} sets {key}={value}, but each cell's schedule peaks at the "
+            f"cell's lr (the table labels the cells by it); drop {key}={value} from the spec"
+        )
+    sched = parse_schedule(spec, base=min(lr))  # the smallest peak underflows first
+    step = first_zero_step(sched, steps) if not sched.is_constant else None
+    if step is not None:
+        why, fix = why_zero(sched, step, steps)
+        raise ValueError(
+            f"schedule {spec!r} reaches lr = 0 at step {step} of a cell's {steps} steps "
+            f"({why}); {fix}"
+        )
 
 
 def _lr_argument(config: SweepConfig, lr: float) -> Any:
@@ -773,14 +790,10 @@ def _prepare_out(out: Path, config: SweepConfig, restart: bool) -> None:
             old = json.loads(cfg_path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ValueError(
-                f"{str(cfg_path)!r} is unreadable ({exc}); pass restart=True "
-                f"or another out directory"
+                f"{str(cfg_path)!r} is unreadable ({exc}); pass restart=True or another out="
             ) from None
         if old != json.loads(json.dumps(config.to_dict())):
-            raise ValueError(
-                f"{str(out)!r} holds a different sweep; pass another out directory, or "
-                f"restart=True to discard it"
-            )
+            raise ValueError(_different_sweep(out))
         return
     for p in (out / _CELL_DIR).glob("cell_*.json"):
         p.unlink()
@@ -790,6 +803,47 @@ def _prepare_out(out: Path, config: SweepConfig, restart: bool) -> None:
         json.dump(config.to_dict(), fh, indent=1, sort_keys=True)
 
 
+def _different_sweep(out: Path) -> str:
+    return f"{str(out)!r} holds a different sweep; pass another out=, or restart=True to discard it"
+
+
+def _held_elsewhere(out: Path) -> bool:
+    """Whether another process holds the lock on ``out`` (nothing is created to tell)."""
+    try:
+        fh = open(out / _LOCK_FILE, "r+", encoding="utf-8")  # noqa: SIM115 - closed below
+    except OSError:
+        return False  # no lock file: nobody holds it
+    try:
+        return not _try_lock(fh)
+    finally:
+        fh.close()  # releases the lock this look may have taken
+
+
+def _refuse_foreign_out(out: Path | None, config: SweepConfig, restart: bool) -> None:
+    """Refuse, before anything is created in it, an ``out`` this sweep must not write into.
+
+    That is a folder holding another sweep's ``sweep.json``, or a ``table.csv`` without
+    a ``sweep.json`` (not a sweep folder: the table would be overwritten). A look
+    without the lock; :func:`_prepare_out` checks again under it.
+    """
+    if out is None or restart or not out.is_dir() or _held_elsewhere(out):
+        return  # a busy folder is refused by the lock, with the holder's pid
+    cfg_path = out / _CONFIG_FILE
+    if cfg_path.is_file():
+        try:
+            old = json.loads(cfg_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return  # reported, with its reason, by _prepare_out
+        if old != json.loads(json.dumps(config.to_dict())):
+            raise ValueError(_different_sweep(out))
+    elif (out / _TABLE_FILE).exists():
+        raise ValueError(
+            f"{str(out)!r} holds a {_TABLE_FILE} but no {_CONFIG_FILE}, so it is not a sweep "
+            f"folder and its table would be overwritten; pass another out=, or "
+            f"restart=True to overwrite it"
+        )
+
+
 def _make_out(out: Path) -> None:
     try:
         ensure_dir(out)
@@ -797,7 +851,7 @@ def _make_out(out: Path) -> None:
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise OSError(
-            f"cannot use {str(out)!r} as the sweep directory ({reason}); pass another out directory"
+            f"cannot use {str(out)!r} as the sweep directory ({reason}); pass another out="
         ) from None
 
 
@@ -1342,9 +1396,10 @@ def sweep(
         Default: :func:`warnings.warn`.
     schedule : str, optional
         Learning-rate schedule of every cell, a spec of :mod:`siflow.schedules`
-        (e.g. ``"cosine:warmup=500,min=0.005,steps=20000"``) whose ``peak``
-        defaults to the cell's ``lr``. The simulator must accept a
-        :class:`~siflow.schedules.Schedule` as ``lr=``.
+        (e.g. ``"cosine:warmup=500,min=0.005,steps=20000"``) that peaks at the
+        cell's ``lr``: a spec that sets its own ``peak`` (``value`` for
+        ``constant``), or that reaches 0 within ``steps``, is refused. The
+        simulator must accept a :class:`~siflow.schedules.Schedule` as ``lr=``.
     **options
         Forwarded to ``simulate``: ``optimizer``, ``dim``, ``noise``, ``batch``
         (as ``sim_batch``, since ``batch`` here is the task size),
@@ -1384,6 +1439,7 @@ def sweep(
     if max_hours is not None:
         max_hours = positive_number("max_hours", max_hours)
     out_path = Path(out) if out is not None else None
+    _refuse_foreign_out(out_path, config, restart)  # before its lock file is made
     _refuse_what_cannot_fit(estimate(config, workers, out=out_path), config)
     _check_loss(config)
     client, own_client = _dask_client(dask) if dask is not None else (None, False)

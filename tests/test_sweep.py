@@ -594,3 +594,105 @@ def test_the_phase_diagram_script_runs_in_quick_mode(tmp_path):
     up = np.flatnonzero(np.diff(np.log(traj.rho)) > 0.01)
     starts = up[np.r_[True, np.diff(up) > 10]]
     assert row["period"] == pytest.approx(np.median(np.diff(starts)), rel=0.02)
+
+
+# ------------------------------------------- audit F2/F4/F5/F6/F10: the CLI's refusals
+_ONE_CELL = ["--lr", "0.1", "0.1", "--n-lr", "1", "--wd", "1e-3", "1e-3", "--n-wd", "1",
+             "--steps", "50", "--workers", "1", "--quiet"]  # fmt: skip
+#: A library parameter written as in Python (``momentum=0``): a flag should be named.
+_PYTHON_NAME = r"(?<![-\w])(momentum|seeds|dim|batch|noise|max_hours|out|restart|betas|steps)="
+
+
+def _sweep_cli(tmp_path, monkeypatch, capsys, *extra: str) -> tuple[int, str, list[str]]:
+    """Run the sweep CLI in ``tmp_path``; return its status, stderr and the files there."""
+    from siflow._sweep_cli import main
+
+    monkeypatch.chdir(tmp_path)
+    code = main([*_ONE_CELL, "--out", "o", *extra])
+    err = capsys.readouterr().err
+    files = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    return code, err, files
+
+
+@pytest.mark.parametrize(
+    "extra, fix",
+    [
+        (["--optimizer", "adamw", "--momentum", "0.9"], "pass --momentum 0"),
+        (["--optimizer", "nesterov"], "pass e.g. --momentum 0.9"),
+        (["--seeds", "0", "0"], "pass e.g. --seeds 0 1"),
+        (["--dim", "1"], "pass --dim 2 or more"),
+        (["--loss", "rayleigh", "--batch", "5"], "drop --batch or use --noise"),
+        (["--max-hours", "0"], "--max-hours must be a positive number of hours"),
+    ],
+)
+def test_cli_errors_name_flags_not_python_parameters(tmp_path, monkeypatch, capsys, extra, fix):
+    import re
+
+    code, err, files = _sweep_cli(tmp_path, monkeypatch, capsys, *extra)
+    assert code == 2 and files == []
+    assert len(err.strip().splitlines()) == 1 and fix in err, err
+    assert not re.search(_PYTHON_NAME, err), err
+
+
+def test_cli_refuses_a_foreign_out_before_making_its_lock(tmp_path, monkeypatch, capsys):
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "sweep.json").write_text('{"loss": "another"}')
+    code, err, files = _sweep_cli(tmp_path, monkeypatch, capsys)
+    assert code == 2 and "holds a different sweep; pass another --out, or --restart" in err
+    assert files == ["o/sweep.json"]  # no .lock left in someone else's folder
+
+
+@pytest.mark.parametrize("name", ["table.csv", "phase_diagram.png"])
+def test_cli_does_not_overwrite_a_table_or_figure_that_is_not_a_sweeps(
+    tmp_path, monkeypatch, capsys, name
+):
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / name).write_text("mine")
+    code, err, files = _sweep_cli(tmp_path, monkeypatch, capsys)
+    assert code == 2 and f"holds a {name} but no sweep.json" in err and "--restart" in err
+    assert files == [f"o/{name}"] and (tmp_path / "o" / name).read_text() == "mine"
+
+
+def test_cli_checks_the_figure_folder_before_any_cell_runs(tmp_path, monkeypatch, capsys):
+    code, err, files = _sweep_cli(tmp_path, monkeypatch, capsys, "--figure", "nodir/x.png")
+    assert code == 2 and files == []
+    assert "--figure 'nodir/x.png': its folder 'nodir' does not exist" in err
+    # a figure inside --out is fine: the sweep makes that folder
+    code, _, files = _sweep_cli(tmp_path, monkeypatch, capsys, "--figure", "o/x.png")
+    assert code == 0 and "o/x.png" in files
+
+
+def test_a_schedule_with_its_own_peak_is_refused(tmp_path, monkeypatch, capsys):
+    spec = "cosine:peak=0.5,steps=50"
+    code, err, files = _sweep_cli(tmp_path, monkeypatch, capsys, "--schedule", spec)
+    assert code == 2 and files == []
+    assert "sets peak=0.5" in err and "drop peak=0.5 from --schedule" in err
+    with pytest.raises(ValueError, match=r"sets peak=0\.5.*drop peak=0\.5"):
+        S.SweepConfig(LOSS, lr=(0.01, 1.0), wd=(1e-3,), steps=50, schedule=spec)
+
+
+def test_a_schedule_that_reaches_zero_within_the_steps_is_refused(tmp_path, monkeypatch, capsys):
+    # cosine:steps=49 holds min=0 from step 49: the last step of a 50-step cell has lr = 0
+    code, err, files = _sweep_cli(tmp_path, monkeypatch, capsys, "--schedule", "cosine:steps=49")
+    assert code == 2 and files == []
+    assert "reaches lr = 0 at step 49, within --steps 50" in err
+    assert "write steps=50 or more, or a min above 0, into it, or pass --steps 49" in err
+    with pytest.raises(ValueError, match="reaches lr = 0 at step 49"):
+        S.SweepConfig(LOSS, lr=(0.1,), wd=(1e-3,), steps=50, schedule="cosine:steps=49")
+    # one step longer it stays positive over the cell (lr at step 49: 0.05 (1 + cos(49 pi/50)))
+    cfg = S.SweepConfig(LOSS, lr=(0.1,), wd=(1e-3,), steps=50, schedule="cosine:steps=50")
+    assert cfg.schedule == "cosine:steps=50"
+
+
+def test_a_thinned_cell_reports_the_final_values_of_its_run():
+    from siflow.simulate import simulate
+
+    steps, max_rows = 60_000, 1000
+    cfg = S.SweepConfig("logistic", lr=(0.1,), wd=(1e-3,), seeds=(3,), steps=steps,
+                        max_rows=max_rows)  # fmt: skip
+    row = S.run_cell(cfg, cfg.cell(0))
+    full = simulate("logistic", lr=0.1, wd=1e-3, steps=steps, seed=3, record_every=1,
+                    max_rows=steps + 10)  # fmt: skip
+    assert row["steps_run"] == steps
+    assert row["rho_final"] == float(full.rho[-1])  # the run's last step, bit for bit
+    assert row["loss_final"] == float(full.loss[-1])
