@@ -316,10 +316,17 @@ def format_schedule(rep: dict[str, Any], spec: str) -> str:
             f"({fmt_value(tail['relaxation_time'], 4)} steps) exceeds the steps left "
             f"({tail['steps_left']}): the norm cannot reach its equilibrium before the end"
         )
-    if last.get("norm_lag") is not None:
+    lag = last.get("norm_lag")
+    if lag is not None and math.isfinite(lag):
         lines.append(
             f"at the last step the norm is {fmt_value(last['norm'], 4)} against an equilibrium of "
-            f"{fmt_value(last['norm_equilibrium'], 4)} ({100 * last['norm_lag']:+.1f}%)"
+            f"{fmt_value(last['norm_equilibrium'], 4)} ({100 * lag:+.1f}%)"
+        )
+    elif lag is not None:  # no equilibrium at the last step's lr and wd (lr = 0 there)
+        lines.append(
+            f"at the last step the norm is {fmt_value(last['norm'], 4)}; there is no "
+            f"equilibrium to compare it with at that step's lr = {fmt_value(last['lr'], 4)} "
+            f"and wd = {fmt_value(last['wd'], 4)}"
         )
     lines.append(
         "(norm* and angle*: equilibrium at that step's lr and wd; lag = norm/norm* - 1; "

@@ -951,19 +951,21 @@ def _free_decay_before(
 # ---------------------------------------------------------------- decay rate
 def _log_rho(traj: Trajectory) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
     """Rows and ``ln rho`` (up to a constant when only ``elr`` is logged)."""
+    usable = {}
     for name in ("rho", "elr"):
-        col = _finite_col(traj, name)
-        if col is None:
+        if not traj.has(name):
             continue
+        col = traj.column(name)
         rows = np.flatnonzero(np.isfinite(col) & (col > 0))
+        usable[name] = rows.size
         if rows.size >= 2:
             x = np.log(col[rows])
             return rows.astype(np.int64), (-0.5 * x if name == "elr" else x)
-    present = [n for n in ("rho", "elr") if getattr(traj, n) is not None]
-    if present:
+    if usable:
+        counts = ", ".join(f"{n} {k}" for n, k in usable.items())
         raise ValueError(
             f"measuring the norm decay needs at least 2 rows with a finite positive "
-            f"{' or '.join(present)}; this log has fewer: log more steps, or check the column"
+            f"{' or '.join(usable)}; this log has {counts}: log more steps, or check the column"
         )
     raise ValueError(
         "measuring the norm decay needs a weight-norm column (rho) or an effective-LR "

@@ -147,6 +147,45 @@ def _out(value: Array) -> Array:
     return value[()] if value.ndim == 0 else value
 
 
+#: Smallest positive normal double: below it a quotient has lost digits (subnormal).
+_NORMAL_MIN = np.finfo(np.float64).tiny
+
+
+def _power(value: Array, power: float) -> Array:
+    """``value ** power``, by ``np.sqrt`` for the square root (as the forms always took it)."""
+    return np.sqrt(value) if power == 0.5 else value**power
+
+
+def _ratio_power(
+    power: float,
+    num: Array,
+    den: Array,
+    num_parts: tuple[Array, ...],
+    den_parts: tuple[Array, ...],
+) -> Array:
+    """``(num / den) ** power``, finite and nonzero whenever the result is.
+
+    ``num`` and ``den`` are the products of ``num_parts`` and ``den_parts`` as the caller
+    computed them. Where ``num``, ``den`` and ``num / den`` are normal doubles the result
+    is the plain expression (the same bits as ever). Elsewhere the quotient (or a
+    product) overflows or underflows although its root is well inside the float range
+    (the equilibrium norm at ``lr = 1e300, wd = 1e-301``), and the power is taken of
+    each part first: ``prod(num_parts**power) / prod(den_parts**power)``.
+    """
+    with np.errstate(over="ignore", under="ignore", divide="ignore", invalid="ignore"):
+        ratio = num / den
+        plain = _power(ratio, power)
+        split = np.ones_like(plain)
+        for part in num_parts:
+            split = split * _power(part, power)
+        for part in den_parts:
+            split = split / _power(part, power)
+    normal = np.ones(np.shape(plain), dtype=bool)
+    for v in (num, den, ratio):
+        normal &= (np.abs(v) >= _NORMAL_MIN) & np.isfinite(v)
+    return np.where(normal, plain, split)
+
+
 # --------------------------------------------------------------------------- SGD
 
 
@@ -183,8 +222,9 @@ def sgd_equilibrium_norm(
     """
     lr, wd = check_lr_wd(lr, wd)
     g = check_nonnegative("grad_norm", grad_norm)
-    denom = wd * (2.0 - lr * wd) if exact else 2.0 * wd
-    return _out(np.sqrt(g) * (lr / denom) ** 0.25)
+    factor = 2.0 - lr * wd if exact else np.full_like(wd, 2.0)
+    denom = wd * factor if exact else 2.0 * wd
+    return _out(np.sqrt(g) * _ratio_power(0.25, lr, denom, (lr,), (wd, factor)))
 
 
 def sgd_equilibrium_elr(
@@ -663,12 +703,15 @@ def sgdm_equilibrium_norm(
     x = lr * wd
     if not exact:
         denom = 2.0 * wd * (1.0 - mu)
+        factor = 2.0 * (1.0 - mu)
     elif nesterov:
         num = 1.0 + mu + x * mu * (1.0 + 2.0 * mu)
         denom = wd * (1.0 - mu + x * mu) * (2.0 * (1.0 + mu) - x * (1.0 + 2.0 * mu)) / num
+        factor = (1.0 - mu + x * mu) * (2.0 * (1.0 + mu) - x * (1.0 + 2.0 * mu)) / num
     else:
         denom = wd * (1.0 - mu) * (2.0 - x / (1.0 + mu))
-    return _out(np.sqrt(g) * (lr / denom) ** 0.25)
+        factor = (1.0 - mu) * (2.0 - x / (1.0 + mu))
+    return _out(np.sqrt(g) * _ratio_power(0.25, lr, denom, (lr,), (wd, factor)))
 
 
 def sgdm_equilibrium_elr(
@@ -1176,10 +1219,16 @@ def adamw_equilibrium_norm(
     c = check_positive("n_params", n_params)
     x = lr * wd
     if not exact:
-        return _out(np.sqrt(lr * c / (2.0 * wd)))
+        with np.errstate(over="ignore", under="ignore"):
+            num, den = lr * c, 2.0 * wd
+        return _out(_ratio_power(0.5, num, den, (lr, c), (2.0 * wd,)))
     q = 1.0 - x
-    r2 = lr * c * (1.0 - b1) * (1.0 + b1 * q) / (wd * (2.0 - x) * (1.0 + b1) * (1.0 - b1 * q))
-    return _out(np.sqrt(r2))
+    top = (1.0 - b1) * (1.0 + b1 * q)
+    bottom = (2.0 - x) * (1.0 + b1) * (1.0 - b1 * q)
+    with np.errstate(over="ignore", under="ignore"):  # see _ratio_power
+        num = lr * c * (1.0 - b1) * (1.0 + b1 * q)
+        den = wd * (2.0 - x) * (1.0 + b1) * (1.0 - b1 * q)
+    return _out(_ratio_power(0.5, num, den, (lr, c, top), (wd, bottom)))
 
 
 _ARCSIN_TAYLOR = np.array(
@@ -1354,8 +1403,12 @@ def lion_equilibrium_norm(
     x = lr * wd
     s_q, s_1 = _lion_series(x, b1, b2)
     if exact:
-        return _out(np.sqrt(lr**2 * c * (1.0 + 2.0 * s_q) / (x * (2.0 - x))))
-    return _out(np.sqrt(lr * c * (1.0 + 2.0 * s_1) / (2.0 * wd)))
+        with np.errstate(over="ignore", under="ignore"):  # see _ratio_power
+            num, den = lr**2 * c * (1.0 + 2.0 * s_q), x * (2.0 - x)
+        return _out(_ratio_power(0.5, num, den, (lr, lr, c, 1.0 + 2.0 * s_q), (x, 2.0 - x)))
+    with np.errstate(over="ignore", under="ignore"):
+        num, den = lr * c * (1.0 + 2.0 * s_1), 2.0 * wd
+    return _out(_ratio_power(0.5, num, den, (lr, c, 1.0 + 2.0 * s_1), (2.0 * wd,)))
 
 
 # --------------------------------------------------------------------------- exponential LR

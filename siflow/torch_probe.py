@@ -1524,6 +1524,17 @@ def _normalize_groups(model: Any, groups: GroupSpec, example_input: Any) -> dict
                 "normalization layer); pass groups= explicitly"
             )
         return found
+    out = _explicit_groups(model, groups)
+    if not out:
+        raise ValueError(
+            f"groups={groups!r} names no SI group; pass at least one, e.g. "
+            f"groups=['0.weight'], or groups=None to find them"
+        )
+    return out
+
+
+def _explicit_groups(model: Any, groups: GroupSpec) -> dict[str, list[Any]]:
+    """The groups the caller named (``groups`` not None), possibly none."""
     params = dict(model.named_parameters())
     if isinstance(groups, Mapping):
         out: dict[str, list[Any]] = {}
@@ -1688,9 +1699,21 @@ class _FlatBuffer:
         """The SI tensors as stored on this process (their local shards under FSDP)."""
         return [_local(p) for p in self.tensors] if self._sharded else self.tensors
 
-    def grads(self) -> list[Any]:
-        """Their gradients (local shards under FSDP)."""
-        return [_local(p.grad) for p in self.tensors]
+    def store_grads(self) -> None:
+        """Row 1 becomes ``g_t``; zeros for a tensor without a gradient (its group's
+        gradient columns are then set to NaN by the recorder)."""
+        self._ensure()
+        views, grads, missing = [], [], []
+        for view, p in zip(self._views[1], self.tensors, strict=True):
+            if p.grad is None:
+                missing.append(view)
+            else:
+                views.append(view)
+                grads.append(_local(p.grad))
+        if views:
+            torch._foreach_copy_(views, grads)
+        if missing:
+            torch._foreach_zero_(missing)
 
     def _ensure(self) -> None:
         if self._buf is not None and not self._sharded:
@@ -1746,6 +1769,8 @@ class _FlatBuffer:
 
 
 _WINDOW_ONLY: dict[str, Any] = {"row": False}
+#: A group's columns that come from its gradient (NaN on a row where it has none).
+_GRADIENT_COLUMNS = ("grad_norm_sphere", "radial")
 
 
 class SIRecorder:
@@ -1806,6 +1831,14 @@ class SIRecorder:
     (``M M^T`` with ``M`` the rows ``w_t``, ``g_t``, ``w_t - w_{t+1}``) computed in
     the parameters' dtype or float32 if narrower (float16, bfloat16); the combination
     into the columns is in float64.
+
+    A group with no gradient on a recorded step (a layer skipped by stochastic depth
+    or a conditional branch, or frozen part-way through training), which the
+    optimizer skips, is recorded all the same: its norm, effective LR and angle
+    (0 when nothing moved it), with NaN for its ``grad_norm_sphere`` and ``radial``
+    (and the total's, which needs every group). Nothing is raised inside
+    ``optimizer.step()``; :meth:`trajectory`'s meta counts such rows
+    (``rows_without_gradient``, ``groups_without_gradient``) with a note.
 
     Under ``torch.distributed`` only rank 0 writes files (:meth:`save`,
     ``flush_every``); every rank records the rows.
@@ -1900,12 +1933,18 @@ class SIRecorder:
         self._backward_id = 0
         self._loss_backward_id = -1
         self._row_backward_id = -2
-        first = next(iter(self.groups.values()))[0]
+        self._new_backward = True
+        self._rows_missing_grad = 0
+        self._missing_grad: dict[str, int] = {}
+        self._steps_without_backward: list[int] = []
+        # the first tensor of every group tells that a backward ran (one skipped or
+        # frozen group must not hide it)
         self._handles = [
             optimizer.register_step_pre_hook(self._pre_hook),
             optimizer.register_step_post_hook(self._post_hook),
-            first.register_post_accumulate_grad_hook(self._on_backward),
-        ]
+            *(ps[0].register_post_accumulate_grad_hook(self._on_backward)
+              for ps in self.groups.values()),
+        ]  # fmt: skip
 
     # ---------------------------------------------------------------- helpers
     def _hyper_meta(self) -> dict[str, Any]:
@@ -1959,7 +1998,10 @@ class SIRecorder:
         )
 
     def _on_backward(self, _p: Any) -> None:
-        self._backward_id += 1
+        # once per step's backward passes, whichever groups' hooks fire (see _post_hook)
+        if self._new_backward:
+            self._new_backward = False
+            self._backward_id += 1
 
     def log_loss(self, loss: Any) -> None:
         """Attach the training loss of the current step (a tensor or a number).
@@ -2013,6 +2055,7 @@ class SIRecorder:
         pre, self._pre = self._pre, None
         step = self._steps
         self._steps += 1
+        self._new_backward = True
         if pre is None:
             return
         buf = self._flatbuf
@@ -2022,14 +2065,11 @@ class SIRecorder:
                 (r2, p), (_, d2) = self._reduce(buf.total_gram()).tolist()
             self._add_angle(_angle(r2, -p, d2))
             return
-        for name, ps in self.groups.items():
-            if any(q.grad is None for q in ps):
-                raise ValueError(
-                    f"group {name!r} has no gradient at step {step}; call "
-                    f"loss.backward() before optimizer.step()"
-                )
+        # a group whose layer was skipped (stochastic depth) or frozen has no gradient:
+        # the optimizer skipped it, and its row has NaN gradient columns (never raise here)
+        missing = [name for name, ps in self.groups.items() if any(q.grad is None for q in ps)]
         with self._no_grad:
-            buf.store(1, buf.grads())
+            buf.store_grads()
             buf.store_update()
             grams = self._reduce(buf.group_grams()).tolist()
         names = list(self.groups)
@@ -2040,6 +2080,8 @@ class SIRecorder:
             _put(row, name, gram, lr)
         total = [[sum(g[i][j] for g in grams) for j in range(3)] for i in range(3)]
         _put(row, "", total, lrs[0])
+        if missing:
+            self._no_gradient(row, missing, step)
         if len(set(lrs)) > 1:
             row["elr"] = math.nan  # per-group learning rates differ: see elr/<group>
         if lrs[0] != self.meta["lr"]:
@@ -2062,6 +2104,43 @@ class SIRecorder:
         self._trailing.append(math.sqrt(trail[0] / trail[1]) if measured else math.nan)
         if self.flush_every and len(self._rows) % self.flush_every == 0:
             self.save()
+
+    def _no_gradient(self, row: dict[str, float], missing: list[str], step: int) -> None:
+        """Blank the gradient columns of ``missing`` groups (and the total's); count them."""
+        for name in missing:
+            for col in _GRADIENT_COLUMNS:
+                row[f"{col}/{name}"] = math.nan
+            self._missing_grad[name] = self._missing_grad.get(name, 0) + 1
+        for col in (*_GRADIENT_COLUMNS, "grad_norm"):
+            row[col] = math.nan
+        self._rows_missing_grad += 1
+        params = (p for pg in self.optimizer.param_groups for p in pg["params"])
+        if all(p.grad is None for p in params):
+            self._steps_without_backward.append(step)
+
+    def _gradient_notes(self) -> dict[str, Any]:
+        """Meta entries (counts and notes) for the rows recorded without some gradient."""
+        if not self._rows_missing_grad:
+            return {}
+        per_group = ", ".join(f"{k} {v}" for k, v in self._missing_grad.items())
+        notes = [
+            f"{self._rows_missing_grad} recorded row(s) have SI groups without a gradient "
+            f"(a layer skipped, as by stochastic depth, or frozen), which the optimizer did "
+            f"not update: those groups' grad_norm_sphere and radial, and the total's, are "
+            f"NaN there (rows per group: {per_group})"
+        ]
+        if self._steps_without_backward:
+            empty = self._steps_without_backward
+            notes.append(
+                f"optimizer.step() ran with no gradient on any parameter at {len(empty)} "
+                f"recorded row(s) (first at step {empty[0]}); call loss.backward() before "
+                f"optimizer.step()"
+            )
+        return {
+            "rows_without_gradient": self._rows_missing_grad,
+            "groups_without_gradient": dict(self._missing_grad),
+            "notes": notes,
+        }
 
     def _add_angle(self, angle: float) -> None:
         """Add one step's total angle to the window statistics.
@@ -2102,6 +2181,10 @@ class SIRecorder:
             cols["step"] = cols["step"].astype(np.int64)
         meta = dict(self.meta)
         meta["status"] = "ok"
+        extra = self._gradient_notes()
+        if extra:
+            meta["notes"] = [*meta.get("notes", []), *extra.pop("notes")]
+            meta.update(extra)
         return Trajectory.from_columns(cols, meta)
 
     def take_rows(self) -> list[dict[str, float]]:

@@ -183,6 +183,18 @@ def test_decay_rate_of_a_norm_with_too_few_rows_says_so(rho):
         measure_decay_rate(traj)
 
 
+def test_decay_rate_from_two_rows_is_their_slope():
+    # the message said "needs at least 2 rows" while refusing a log with exactly 2
+    traj = Trajectory(step=np.array([0, 10]), rho=np.array([1.0, 0.9]))
+    assert measure_decay_rate(traj) == pytest.approx(-math.log(0.9) / 10, rel=1e-12)
+
+
+def test_decay_rate_with_too_few_rows_says_how_many_it_has():
+    traj = Trajectory(step=np.arange(4), rho=np.array([2.0, np.nan, 0.0, -1.0]))
+    with pytest.raises(ValueError, match=r"at least 2 rows .*; this log has rho 1:"):
+        measure_decay_rate(traj)
+
+
 def equilibrium_run(n=40000, lr=0.1, wd=1e-3, G=1.0, noise=0.3, seed=3, rho0=0.5):
     """Exact recursion with a noisy, steady g~: relaxes to rho*^4 = lr G^2/(wd(2-lr wd))."""
     rng = np.random.default_rng(seed)

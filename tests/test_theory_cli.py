@@ -169,6 +169,25 @@ def test_schedule_table_says_where_the_norm_lags() -> None:
     assert "at the last step the norm is" in out
 
 
+def test_a_schedule_ending_at_lr_zero_says_there_is_no_equilibrium(capsys) -> None:
+    # lr = 0 from step 100 on: the last line printed "against an equilibrium of n/a (+nan%)"
+    from siflow._cli import fmt_value
+    from siflow.schedules import parse_schedule
+
+    spec = "cosine:peak=0.5,steps=100"
+    assert main(["--schedule", spec, "--wd", "1e-3", "--steps", "200"]) == 0
+    out = capsys.readouterr().out
+    r2 = 1.0
+    for lr in parse_schedule(spec).values(200):  # the SGD norm map with G = 1
+        r2 = (1 - lr * 1e-3) ** 2 * r2 + lr**2 / r2
+    want = (
+        f"at the last step the norm is {fmt_value(r2**0.5, 4)}; there is no equilibrium to "
+        f"compare it with at that step's lr = 0 and wd = 0.001"
+    )
+    assert want in out.splitlines()
+    assert "nan" not in out
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [

@@ -1946,3 +1946,126 @@ def test_a_tuple_example_input_is_the_positional_inputs(method, container):
     model = _TwoInputs()
     inputs = container([torch.randn(8, 4), torch.ones(4)])
     assert list(find_si_groups(model, example_input=inputs, method=method)) == ["a.weight"]
+
+
+# ------------------------------------------------- groups without a gradient (F3)
+class _SkippableNet(nn.Module):
+    """Two SI blocks; the first (``c0``, residual) can be skipped, as stochastic depth does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.inp = nn.Linear(5, 8).double()
+        self.c0 = nn.Linear(8, 8, bias=False).double()
+        self.b0 = nn.BatchNorm1d(8, affine=False).double()
+        self.c1 = nn.Linear(8, 8, bias=False).double()
+        self.b1 = nn.BatchNorm1d(8, affine=False).double()
+        self.out = nn.Linear(8, 3).double()
+        self.skip = False
+
+    def forward(self, x):
+        h = self.inp(x)
+        if not self.skip:
+            h = h + F.relu(self.b0(self.c0(h)))
+        return self.out(F.relu(self.b1(self.c1(h))))
+
+
+def _train_by_hand(case: str, steps: int = 6):
+    """Train with the recorder; return it and, per step, ``(w_t, g_t or None, w_{t+1},
+    loss)`` of each group read from the parameters by hand."""
+    net = _SkippableNet()
+    x = torch.randn(16, 5, dtype=torch.float64)
+    y = torch.randint(0, 3, (16,))
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, weight_decay=1e-2)
+    groups = {"c0": [net.c0.weight], "c1": [net.c1.weight]}
+    rec = SIRecorder(net, opt, groups=groups)
+    seen = []
+    for t in range(steps):
+        if case == "skip":
+            net.skip = t in (2, 4)
+        elif case == "freeze" and t == 3:
+            net.c1.weight.requires_grad_(False)
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(net(x), y)
+        loss.backward()
+        rec.log_loss(loss)
+        before = {k: ps[0].detach().clone() for k, ps in groups.items()}
+        grads = {
+            k: None if ps[0].grad is None else ps[0].grad.detach().clone()
+            for k, ps in groups.items()
+        }
+        opt.step()  # must not raise
+        after = {k: ps[0].detach().clone() for k, ps in groups.items()}
+        seen.append((before, grads, after, float(loss.detach())))
+    return rec, seen
+
+
+def _angle_by_hand(w, w_next):
+    a, b = w / w.norm(), w_next / w_next.norm()
+    return float(2 * torch.atan2((a - b).norm(), (a + b).norm()))
+
+
+@pytest.mark.parametrize("case", ["skip", "freeze"])
+def test_a_group_without_gradient_records_nan_gradient_and_the_true_norm(case):
+    rec, seen = _train_by_hand(case)
+    traj = rec.trajectory()
+    assert len(traj) == len(seen)
+    dropped = {"skip": {2: "c0", 4: "c0"}, "freeze": {3: "c1", 4: "c1", 5: "c1"}}[case]
+    for t, (before, grads, after, loss) in enumerate(seen):
+        assert traj.loss[t] == loss  # the loss of this step, even when c0 had no gradient
+        for name in ("c0", "c1"):
+            w, g, w_next = before[name], grads[name], after[name]
+            col = traj.extra
+            assert col[f"rho/{name}"][t] == pytest.approx(float(w.norm()), rel=1e-12)
+            assert col[f"elr/{name}"][t] == pytest.approx(0.1 / float(w.norm()) ** 2, rel=1e-12)
+            assert col[f"angular_update/{name}"][t] == pytest.approx(
+                _angle_by_hand(w, w_next), abs=1e-12
+            )
+            if dropped.get(t) == name:
+                assert g is None and torch.equal(w, w_next)  # SGD skipped the tensor
+                assert math.isnan(col[f"grad_norm_sphere/{name}"][t])
+                assert math.isnan(col[f"radial/{name}"][t])
+                assert math.isnan(traj.grad_norm_sphere[t])  # the total needs every group
+            else:
+                want = float(w.norm() * g.norm())
+                assert col[f"grad_norm_sphere/{name}"][t] == pytest.approx(want, rel=1e-12)
+        if t not in dropped:  # the total: |w| |g| over the groups' concatenated tensors
+            w_all = torch.cat([before[k].ravel() for k in before])
+            g_all = torch.cat([grads[k].ravel() for k in before])
+            assert traj.grad_norm_sphere[t] == pytest.approx(
+                float(w_all.norm() * g_all.norm()), rel=1e-12
+            )
+    counts: dict[str, int] = {}
+    for name in dropped.values():
+        counts[name] = counts.get(name, 0) + 1
+    assert traj.meta["rows_without_gradient"] == len(dropped)
+    assert traj.meta["groups_without_gradient"] == counts
+    notes = " ".join(traj.meta["notes"])
+    assert f"{len(dropped)} recorded row(s) have SI groups without a gradient" in notes
+    assert "loss.backward()" not in notes  # a backward ran at every step
+
+
+def test_a_step_with_no_backward_at_all_is_recorded_with_a_note_not_an_exception():
+    net = _SkippableNet()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, weight_decay=1e-2)
+    rec = SIRecorder(net, opt, groups=["c0.weight", "c1.weight"])
+    F.cross_entropy(net(torch.randn(4, 5, dtype=torch.float64)), torch.arange(4) % 3).backward()
+    opt.step()
+    assert "notes" not in rec.trajectory().meta  # every group had its gradient
+    w0 = net.c0.weight.detach().clone()
+    opt.zero_grad(set_to_none=True)
+    opt.step()  # forgot loss.backward(): nothing to update, and no exception either
+    traj = rec.trajectory()
+    assert traj.extra["rho/c0.weight"][1] == pytest.approx(float(w0.norm()), rel=1e-12)
+    assert traj.extra["angular_update/c0.weight"][1] == 0.0
+    assert math.isnan(traj.grad_norm_sphere[1]) and math.isfinite(traj.grad_norm_sphere[0])
+    assert traj.meta["groups_without_gradient"] == {"c0.weight": 1, "c1.weight": 1}
+    assert any("call loss.backward() before optimizer.step()" in n for n in traj.meta["notes"])
+
+
+@pytest.mark.parametrize("groups", [{}, []], ids=["empty-dict", "empty-list"])
+def test_empty_groups_are_refused_in_one_line(groups):
+    net = _SkippableNet()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match=r"names no SI group; pass at least one"):
+        SIRecorder(net, opt, groups=groups)
