@@ -75,6 +75,10 @@ def test_table_is_readable(capsys: pytest.CaptureFixture[str]) -> None:
         (["--lr", "0.1", "--wd", "1e-3", "--grad-norm", "nan"], "grad_norm"),
         (["--lr", "abc", "--wd", "1e-3"], "--lr"),
         (["--wd", "1e-3"], "--lr"),
+        # flags the chosen theory would ignore
+        (["--lr", "0.1", "--wd", "1e-3", "--optimizer", "lion", "--momentum", "0.9"], "lion takes"),
+        (["--lr", "0.1", "--wd", "1e-3", "--betas", "0.5,0.6"], "--betas applies to adamw"),
+        (["--lr", "0.1", "--wd", "1e-3", "--schedule", "cosine:peak=0.5,steps=100"], "drop one"),
     ],
 )
 def test_errors_are_one_line_exit_2(args: list[str], needle: str) -> None:
