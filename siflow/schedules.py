@@ -126,12 +126,17 @@ def _warmup_then_decay(kind: str, t: NDArray[np.float64], p: dict[str, float]) -
     return out
 
 
+#: An example value of each schedule key, for messages.
+_EXAMPLE = {"milestones": "5000/8000", "steps": "20000", "warmup": "500", "gamma": "0.1"}
+
+
 def _number(kind: str, key: str, text: str) -> float:
     try:
         value = float(text)
     except ValueError:
+        example = _EXAMPLE.get(key, "0.1")
         raise ValueError(
-            f"schedule {kind!r}: {key}={text!r} is not a number; write it as {key}=0.1"
+            f"schedule {kind!r}: {key}={text!r} is not a number; write it as {key}={example}"
         ) from None
     if not math.isfinite(value):
         raise ValueError(f"schedule {kind!r}: {key} must be finite; got {text!r}")

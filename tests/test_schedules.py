@@ -60,6 +60,8 @@ def test_linear_and_constant_by_hand() -> None:
         ("sawtooth:peak=1", "unknown schedule kind"),
         ("cosine:peak=1", "needs steps"),
         ("cosine:peak=x,steps=10", "not a number"),
+        ("step:peak=1,gamma=0.1,milestones=a/b", "write it as milestones=5000/8000"),
+        ("cosine:peak=1,steps=1e", "write it as steps=20000"),
         ("cosine:peak=1,steps=10,warmup=20", "above warmup"),
         ("step:peak=1,gamma=0.1,milestones=20/10", "increasing"),
         ("cosine:steps=10", "needs peak"),
