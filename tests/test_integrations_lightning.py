@@ -317,3 +317,242 @@ def test_untraceable_module_groups_from_its_example_input_array(tmp_path):
     # the graph of one forward pass on example_input_array: the two pre-BatchNorm weights,
     # not side.weight, whose output also reaches the output directly
     assert list(cb.recorder.groups) == ["net.0.weight", "net.3.weight"]
+
+
+def _trainer(steps: int, callbacks=(), logger=False, **kwargs) -> pl.Trainer:
+    return pl.Trainer(
+        max_steps=steps,
+        logger=logger,
+        callbacks=list(callbacks),
+        accelerator="cpu",
+        devices=1,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+        **kwargs,
+    )
+
+
+def _loader(batch_size: int = 64):
+    x, y = _data()
+    return torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(x, y),
+        batch_size=batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(1),
+    )
+
+
+class DropNet(BNNet):
+    """BNNet with dropout after each SI layer: every forward draws from torch's RNG."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net.insert(3, nn.Dropout(0.3))
+        self.net.insert(7, nn.Dropout(0.3))
+        self.net[8].requires_grad_(False)
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        return torch.optim.SGD(params, lr=LR, weight_decay=WD)
+
+
+def test_sharpness_leaves_a_dropout_run_bit_identical():
+    runs = []
+    for cbs in ([], [SIRecorderCallback(every=1, sharpness=True, sharpness_iters=3)]):
+        torch.manual_seed(5)
+        model = DropNet()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _trainer(4, cbs).fit(model, _loader())
+        runs.append(([p.detach().clone() for p in model.parameters()], torch.get_rng_state()))
+    (plain, plain_rng), (watched, watched_rng) = runs
+    for a, b in zip(plain, watched, strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(plain_rng, watched_rng)
+    assert np.isfinite(cbs[0].recorder.trajectory().sharpness_sphere).all()
+
+
+class LossNet(BNNet):
+    """BNNet that keeps the loss of each micro-batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.losses: list[float] = []
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = nn.functional.cross_entropy(self(x), y)
+        self.losses.append(float(loss))
+        return loss
+
+
+def test_loss_under_gradient_accumulation_is_the_micro_batch_loss():
+    cb, model = SIRecorderCallback(every=1), LossNet()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _trainer(3, [cb], accumulate_grad_batches=2).fit(model, _loader(32))
+    # the row of step t carries the loss of the last micro-batch back-propagated into it,
+    # the cross-entropy itself, not that over accumulate_grad_batches
+    np.testing.assert_allclose(cb.recorder.trajectory().loss, model.losses[1::2], rtol=1e-6)
+
+
+class AdamWNet(BNNet):
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=0.01, weight_decay=0.1, betas=(0.8, 0.99))
+
+
+def test_logger_gets_the_optimizer_for_siflow_io(tmp_path):
+    import siflow.io
+
+    logger = CSVLogger(tmp_path, name="adamw")
+    _fit(logger, SIRecorderCallback(every=1), steps=3, model=AdamWNet())
+    meta = siflow.io.read(logger.log_dir).meta
+    assert (meta["lr"], meta["wd"]) == (0.01, 0.1)
+    hparams = (Path(logger.log_dir) / "hparams.yaml").read_text()
+    assert "siflow/optimizer: adamw" in hparams and "siflow/betas: 0.8,0.99" in hparams
+    assert "momentum" not in meta  # no SGD momentum for AdamW
+    logger = CSVLogger(tmp_path, name="sgdm")
+    _fit(logger, SIRecorderCallback(every=1), steps=3, model=BNNet(momentum=0.9))
+    meta = siflow.io.read(logger.log_dir).meta
+    assert (meta["lr"], meta["wd"], meta["momentum"]) == (LR, WD, 0.9)
+
+
+class FrozenNet(BNNet):
+    """Its SI layers frozen: no scale-invariant weight is trained."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net[0].requires_grad_(False)
+        self.net[3].requires_grad_(False)
+        self.net[6].requires_grad_(True)
+
+
+class NoLrOpt(torch.optim.Optimizer):
+    """Adafactor-style: ``lr=None`` (a relative step computed inside)."""
+
+    def __init__(self, params) -> None:
+        super().__init__(params, {"lr": None, "weight_decay": 0.0})
+
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        with torch.no_grad():
+            for group in self.param_groups:
+                for p in group["params"]:
+                    if p.grad is not None:
+                        p.add_(p.grad, alpha=-0.01)
+        return loss
+
+
+class NoLrNet(BNNet):
+    def configure_optimizers(self):
+        return NoLrOpt([p for p in self.parameters() if p.requires_grad])
+
+
+class TwoOptNet(BNNet):
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = nn.functional.cross_entropy(self(x), y)
+        for opt in self.optimizers():
+            opt.zero_grad()
+        self.manual_backward(loss)
+        for opt in self.optimizers():
+            opt.step()
+
+    def configure_optimizers(self):
+        return [torch.optim.SGD([self.net[i].weight], lr=LR) for i in (0, 3)]
+
+
+@pytest.mark.parametrize(
+    ("make", "why"),
+    [
+        (FrozenNet, "no scale-invariant weights"),
+        (NoLrNet, "lr=None, not a number"),
+        (TwoOptNet, "records one optimizer, the module has 2"),
+    ],
+)
+def test_a_module_the_callback_cannot_record_trains_with_one_warning(make, why):
+    cb, model = SIRecorderCallback(every=1), make()
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer = _trainer(3, [cb])
+    with pytest.warns(RuntimeWarning, match=f"records nothing in this run.*{why}"):
+        trainer.fit(model, _loader())
+    assert cb.recorder is None
+    assert trainer.global_step >= 3  # fit ran to max_steps
+    assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True))
+
+
+class FailingNet(BNNet):
+    def training_step(self, batch, batch_idx):
+        if batch_idx == 3:
+            raise RuntimeError("boom")
+        return super().training_step(batch, batch_idx)
+
+
+def test_a_failing_fit_writes_the_log_and_detaches(tmp_path):
+    cb, model = SIRecorderCallback(every=1, path=tmp_path / "run.csv"), FailingNet()
+    norm0 = _si_norm(model)
+    trainer = _trainer(10, [cb])
+    with pytest.raises(RuntimeError, match="boom"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(model, _loader())
+    back = Trajectory.load(tmp_path / "run.csv")
+    assert back.step.tolist() == [0, 1, 2]
+    assert back.rho[0] == pytest.approx(norm0, rel=1e-6)  # float32 weights
+    steps = cb.recorder.step_count  # the recorder's hooks are gone: a step goes unseen
+    trainer.optimizers[0].step()
+    assert cb.recorder.step_count == steps == 3
+
+
+def test_bf16_module_with_a_float32_example_input_prints_no_traceback(capfd):
+    model = BNNet()
+    model.example_input_array = torch.randn(8, 16)
+    cb = SIRecorderCallback(every=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _trainer(2, [cb], precision="bf16-true").fit(model, _loader())
+    assert "Traceback" not in capfd.readouterr().err
+    assert list(cb.recorder.groups) == ["net.0.weight", "net.3.weight"]
+
+
+class OverflowNet(BNNet):
+    """An fp16 overflow (infinite loss) at trainer steps 1 and 2: the grad scaler skips
+    them; the optimizer steps that ran are noted with their trainer step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.updated_at: list[int] = []
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        return loss * float("inf") if self.global_step in (1, 2) else loss
+
+    def configure_optimizers(self):
+        opt = super().configure_optimizers()
+        opt.register_step_post_hook(lambda *a: self.updated_at.append(self.trainer.global_step))
+        return opt
+
+
+def test_rows_after_a_skipped_amp_step_keep_the_trainer_step(tmp_path):
+    from lightning.pytorch.plugins import MixedPrecision
+
+    logger, cb, model = CSVLogger(tmp_path, name="amp"), SIRecorderCallback(every=1), OverflowNet()
+    amp = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _trainer(6, [cb], logger=logger, plugins=[amp]).fit(model, _loader(32))
+    assert model.updated_at == [0, 3, 4, 5]
+    cols = _read_metrics_csv(Path(logger.log_dir) / "metrics.csv")
+    has = np.isfinite(cols["siflow/total/norm"])
+    assert cols["step"][has].tolist() == [0, 3, 4, 5]
+    # each row's norm is that of the weights the optimizer step at that trainer step updated
+    np.testing.assert_allclose(cols["siflow/total/norm"][has], cb.recorder.trajectory().rho)

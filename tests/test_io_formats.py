@@ -257,6 +257,21 @@ def test_lightning_logged_lr_schedule_wins_over_hparams(tmp_path):
     assert summary["lr_schedule"]
 
 
+def test_lightning_hparams_of_the_siflow_callback_name_the_optimizer(tmp_path):
+    # siflow's Lightning callback logs the optimizer, so that the overlay uses its theory
+    calls = [{"weight_norm": 3.0 - s / 100, "epoch": 0, "step": s} for s in range(10)]
+    vdir = tmp_path / "version_0"
+    hp = {"siflow/optimizer": "adamw", "siflow/betas": "'0.9,0.99'", "lr": 0.001,
+          "weight_decay": 0.1}  # fmt: skip
+    _write_csvlogger(vdir, calls, hp)
+    t = sio.read(vdir)
+    assert t.meta["optimizer"] == "adamw" and t.meta["betas"] == (0.9, 0.99)
+    assert t.meta["lr"] == 0.001 and t.meta["wd"] == 0.1
+    vdir2 = tmp_path / "version_1"
+    _write_csvlogger(vdir2, calls, {"siflow/optimizer": "sgd", "siflow/momentum": 0.9})
+    assert sio.read(vdir2).meta["momentum"] == 0.9
+
+
 def test_lightning_restarted_run_raises(tmp_path):
     calls = [{"loss": 1.0, "epoch": 0, "step": s} for s in (0, 5, 10)]
     calls += [{"loss": 1.0, "epoch": 0, "step": s} for s in (5, 10)]

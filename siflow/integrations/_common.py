@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-from collections.abc import Callable, Mapping
+import random
+import warnings
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 __all__ = ["PREFIX", "TOTAL", "METRIC_NAMES", "logger_metrics", "check_options", "make_recorder"]
+
+
+class BadGroupName(ValueError):
+    """A group name given in ``groups=`` that the logging scheme cannot carry."""
+
 
 #: Prefix of every logged metric.
 PREFIX = "siflow"
@@ -125,7 +133,7 @@ def make_recorder(
     for g in rec.groups:
         if g == TOTAL or "/" in g:
             rec.close()
-            raise ValueError(
+            raise BadGroupName(
                 f"group name {g!r} cannot be logged as {PREFIX}/<group>/<metric>: it is "
                 f"{TOTAL!r} or contains '/'; rename it in groups="
             )
@@ -143,3 +151,125 @@ def unwrap_optimizer(optimizer: Any) -> Any:
             break
         optimizer, seen = inner, seen + 1
     return optimizer
+
+
+@contextlib.contextmanager
+def rng_kept(model: Any = None) -> Iterator[None]:
+    """A context whose random draws leave the training loop's random state unchanged.
+
+    The global generators of ``torch`` (CPU, and the CUDA devices holding
+    ``model``'s parameters, or all visible ones without a model), ``numpy`` and
+    ``random`` are restored on exit, so drawing a batch (a shuffling sampler's seed)
+    or running a forward pass with dropout inside does not change the run.
+
+    Parameters
+    ----------
+    model : torch.nn.Module, optional
+        Its parameters' CUDA devices are the ones whose generators are kept.
+    """
+    import numpy as np
+    import torch
+
+    if model is not None:
+        devices = sorted(
+            {p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"}
+        )
+    elif torch.cuda.is_available() and torch.cuda.is_initialized():
+        devices = list(range(torch.cuda.device_count()))
+    else:
+        devices = []
+    np_state, py_state = np.random.get_state(), random.getstate()  # noqa: NPY002 - the global one the user draws from
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        np.random.set_state(np_state)  # noqa: NPY002
+        random.setstate(py_state)
+
+
+def disabled(why: BaseException | str) -> None:
+    """Warn, in one line, that the callback records nothing in this run (training goes on)."""
+    msg = why if isinstance(why, str) else (str(why).splitlines() or [type(why).__name__])[0]
+    if isinstance(why, BaseException) and not isinstance(why, ValueError):
+        msg = f"{type(why).__name__}: {msg}"
+    warnings.warn(
+        f"siflow: SIRecorderCallback records nothing in this run ({msg})",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+def unusable_lr(optimizer: Any) -> str | None:
+    """Why ``optimizer``'s param groups give no numeric lr (Adafactor's default), or None."""
+    for i, group in enumerate(getattr(optimizer, "param_groups", ())):
+        lr = group.get("lr")
+        if isinstance(lr, bool) or not isinstance(lr, int | float):
+            try:
+                float(lr)
+            except (TypeError, ValueError):
+                return (
+                    f"{type(optimizer).__name__} param group {i} has lr={lr!r}, not a number "
+                    f"(Adafactor with relative_step? pass an explicit lr)"
+                )
+    return None
+
+
+def optimizer_hparams(optimizer: Any) -> dict[str, Any]:
+    """The optimizer as logger hyperparameters: its name, momentum/betas, each group's lr/wd.
+
+    ``siflow/optimizer`` (lower-case class name), ``siflow/momentum`` or
+    ``siflow/betas``, ``siflow/param_group<i>/lr`` and ``/wd``; and, when every param
+    group has the same value, the top-level ``lr``, ``weight_decay`` (and for
+    SGD-type optimizers ``momentum``) that :func:`siflow.io.read` takes into
+    ``meta`` from a Lightning ``hparams.yaml``.
+
+    Parameters
+    ----------
+    optimizer : torch.optim.Optimizer
+        The optimizer the recorder is attached to.
+    """
+    groups = list(getattr(optimizer, "param_groups", ()))
+    out: dict[str, Any] = {f"{PREFIX}/optimizer": type(optimizer).__name__.lower()}
+    if not groups:
+        return out
+    first = groups[0]
+    if "betas" in first:
+        out[f"{PREFIX}/betas"] = ",".join(str(float(b)) for b in first["betas"])
+    elif "momentum" in first:
+        out[f"{PREFIX}/momentum"] = float(first["momentum"])
+    lrs, wds = [], []
+    for i, g in enumerate(groups):
+        try:
+            lr, wd = float(g.get("lr")), float(g.get("weight_decay", 0.0))
+        except (TypeError, ValueError):
+            return out
+        out[f"{PREFIX}/param_group{i}/lr"], out[f"{PREFIX}/param_group{i}/wd"] = lr, wd
+        lrs.append(lr)
+        wds.append(wd)
+    if len(set(lrs)) == 1:
+        out["lr"] = lrs[0]
+    if len(set(wds)) == 1:
+        out["weight_decay"] = wds[0]
+    if "momentum" in first and "betas" not in first:
+        out["momentum"] = float(first["momentum"])
+    return out
+
+
+def cast_floats(value: Any, dtype: Any) -> Any:
+    """``value`` (a tensor, or a tuple/list/mapping of them) with floating tensors cast to
+    ``dtype`` (an example input in float32 for a bf16 model)."""
+    if hasattr(value, "is_floating_point") and hasattr(value, "to"):
+        return value.to(dtype) if value.is_floating_point() and value.dtype != dtype else value
+    if isinstance(value, Mapping):
+        return {k: cast_floats(v, dtype) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return type(value)(cast_floats(v, dtype) for v in value)
+    return value
+
+
+def param_dtype(model: Any) -> Any:
+    """The dtype of ``model``'s first floating parameter, or None."""
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return None

@@ -11,9 +11,17 @@
 The callback attaches a :class:`siflow.torch_probe.SIRecorder` to the optimizer
 when training starts and, after every batch, passes the rows recorded during it
 to every logger of the trainer (``trainer.loggers``) under the scheme of
-:mod:`siflow.integrations` at the step the row describes. Lightning's loggers
+:mod:`siflow.integrations` at the trainer step the row describes (steps the AMP
+grad scaler skipped, which the optimizer never took, are counted). Lightning's loggers
 write on rank 0 only, and so does ``path=``; under DDP every rank records the
-same values (replicated weights, all-reduced gradients).
+same values (replicated weights, all-reduced gradients). The optimizer (name,
+momentum or betas, each param group's lr and weight decay) goes to the loggers as
+hyperparameters (:func:`siflow.integrations._common.optimizer_hparams`).
+
+The callback never stops a ``fit``: when it cannot record (no SI weights found, two
+optimizers, an optimizer without a numeric lr) it says so in one warning and
+records nothing. Its own forward passes (the sharpness) leave the random state of
+the run unchanged.
 
 Needs ``pip install "siflow[lightning]"``.
 """
@@ -26,9 +34,16 @@ from typing import Any
 
 from siflow._fileio import require
 from siflow.integrations._common import (
+    BadGroupName,
+    cast_floats,
     check_options,
+    disabled,
     logger_metrics,
     make_recorder,
+    optimizer_hparams,
+    param_dtype,
+    rng_kept,
+    unusable_lr,
     unwrap_optimizer,
 )
 
@@ -51,7 +66,7 @@ class SIRecorderCallback(_pl.Callback):
         every recorded row, an int ``k`` at every ``k``-th row. Costly.
     path : str or PathLike, optional
         Also write a siflow log (``.csv`` or ``.npz``) there at the end of
-        training (rank 0).
+        training, or when ``fit`` is interrupted or raises (rank 0).
     groups : mapping or sequence of parameter names, optional
         SI groups of the LightningModule (default: found by
         :func:`siflow.torch_probe.find_si_groups`).
@@ -88,17 +103,44 @@ class SIRecorderCallback(_pl.Callback):
         self.recorder: Any = None
         self._offset = 0
         self._sharp_batch: Any = None
+        self._closed: Any = None
+        self._seen = 0  # recorder steps already given a trainer step
+        self._shift = 0  # trainer step - recorder step of the latest optimizer step
 
     # ------------------------------------------------------------------ set-up
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        self.recorder = None
+        try:
+            self._start(trainer, pl_module)
+        except BadGroupName:
+            raise  # a wrong groups= argument of the callback itself
+        except Exception as exc:  # noqa: BLE001 - the user's fit goes on without siflow
+            disabled(exc)
+
+    def _start(self, trainer: Any, pl_module: Any) -> None:
+        """Attach the recorder and send the optimizer to the loggers as hyperparameters."""
         if len(trainer.optimizers) != 1:
-            raise ValueError(
-                f"SIRecorderCallback records one optimizer, the module has "
-                f"{len(trainer.optimizers)}; return a single optimizer from configure_optimizers"
+            disabled(
+                f"it records one optimizer, the module has {len(trainer.optimizers)}; "
+                f"return a single optimizer from configure_optimizers"
             )
+            return
         optimizer = unwrap_optimizer(trainer.optimizers[0])
+        why = unusable_lr(optimizer)
+        if why is not None:
+            disabled(why)
+            return
         self._offset = int(trainer.global_step)
+        self._seen, self._shift = 0, self._offset
         meta = {"source": "siflow.integrations.lightning", "step_offset": self._offset}
+        example = (
+            self.example_input
+            if self.example_input is not None
+            else getattr(pl_module, "example_input_array", None)
+        )
+        dtype = param_dtype(pl_module)
+        if example is not None and dtype is not None:
+            example = cast_floats(example, dtype)  # a float32 example for a bf16 module
         self.recorder = make_recorder(
             pl_module,
             optimizer,
@@ -106,15 +148,12 @@ class SIRecorderCallback(_pl.Callback):
             self._sharp_every,
             self._sharpness_loss(pl_module) if self._sharp_every else None,
             self.path,
-            {
-                "groups": self.groups,
-                "example_input": self.example_input
-                if self.example_input is not None
-                else getattr(pl_module, "example_input_array", None),
-                **self.options,
-            },
+            {"groups": self.groups, "example_input": example, **self.options},
             meta,
         )
+        hparams = optimizer_hparams(optimizer)
+        for logger in trainer.loggers:
+            logger.log_hyperparams(hparams)
 
     def _sharpness_loss(self, pl_module: Any) -> Any:
         """Loss of the first training batch through ``training_step``, its logging muted."""
@@ -125,7 +164,8 @@ class SIRecorderCallback(_pl.Callback):
             log, log_dict = pl_module.log, pl_module.log_dict
             pl_module.log = pl_module.log_dict = lambda *a, **k: None
             try:
-                out = pl_module.training_step(self._sharp_batch, 0)
+                with rng_kept(pl_module):  # dropout masks of the run left unchanged
+                    out = pl_module.training_step(self._sharp_batch, 0)
             finally:
                 pl_module.log, pl_module.log_dict = log, log_dict
             return out["loss"] if isinstance(out, Mapping) else out
@@ -147,22 +187,52 @@ class SIRecorderCallback(_pl.Callback):
             return
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
         if loss is not None and hasattr(loss, "detach"):
+            accumulate = int(getattr(trainer, "accumulate_grad_batches", 1) or 1)
+            if accumulate > 1 and getattr(pl_module, "automatic_optimization", True):
+                # Lightning hands over the loss it back-propagates, divided by
+                # accumulate_grad_batches: the loss of the micro-batch is that times it
+                loss = loss.detach() * accumulate
             rec.log_loss(loss)
+        self._count_steps(trainer)
         self._flush(trainer)
+
+    def _count_steps(self, trainer: Any) -> None:
+        """Pair the optimizer steps the recorder saw during this batch with the trainer's
+        step: a step the AMP grad scaler skipped advances ``global_step`` but not the
+        recorder, and the rows after it belong to the later trainer steps."""
+        n = self.recorder.step_count
+        if n > self._seen:
+            # the last optimizer step of the batch is trainer step global_step - 1
+            self._shift = int(trainer.global_step) - n
+            self._seen = n
 
     def _flush(self, trainer: Any) -> None:
         groups = list(self.recorder.groups)
         for row in self.recorder.take_rows():
             metrics = logger_metrics(row, groups)
-            step = self._offset + int(row["step"])
+            step = self._shift + int(row["step"])
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=step)
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        self._finish(trainer)
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        """An interrupted or failed fit: log and write what was recorded, detach the hooks."""
+        try:
+            self._finish(trainer)
+        except Exception as exc:  # noqa: BLE001 - never mask the fit's own exception
+            disabled(exc)
+
+    def _finish(self, trainer: Any) -> None:
+        """Flush the last rows to the loggers, detach the recorder and write ``path=``."""
         rec = self.recorder
-        if rec is None:
+        if rec is None or self._closed is rec:
             return
-        self._flush(trainer)
-        rec.close()
-        if self.path is not None and len(rec.trajectory()):
-            rec.save()
+        self._closed = rec
+        try:
+            self._flush(trainer)
+        finally:
+            rec.close()
+            if self.path is not None and len(rec.trajectory()):
+                rec.save()

@@ -16,9 +16,17 @@ own, and appends them to ``trainer.state.log_history`` (saved in
 ``trainer_state.json``). The step is the trainer's ``global_step``, which counts
 steps from 1: the row of the recorder's step ``t`` (weights before the
 ``t+1``-th update) is logged at step ``t + 1``, the step at which the trainer
-logs that update's loss. The reporters add their own prefix (TensorBoard:
-``train/siflow/total/norm``). Reporters write on the main process only, and so
-does ``path=``.
+logs that update's loss (a step the AMP grad scaler skipped is counted). The
+reporters add their own prefix (TensorBoard: ``train/siflow/total/norm``).
+Reporters write on the main process only, and so does ``path=``.
+
+The callback never stops training: when it cannot record (no SI weights found, an
+optimizer without a numeric lr) it says so in one warning and records nothing. The
+batch it draws to find the groups of an untraceable model leaves the run's random
+state unchanged; from a one-pass stream (an ``IterableDataset``) it draws none and
+uses the first batch the trainer feeds the model instead. The trainer tells its
+callbacks nothing when training raises: pass ``flush_every=`` to keep the rows of an
+interrupted run in ``path=``.
 
 Needs ``pip install "siflow[transformers]"``.
 """
@@ -32,9 +40,15 @@ from typing import Any
 
 from siflow._fileio import require
 from siflow.integrations._common import (
+    BadGroupName,
+    cast_floats,
     check_options,
+    disabled,
     logger_metrics,
     make_recorder,
+    param_dtype,
+    rng_kept,
+    unusable_lr,
     unwrap_optimizer,
 )
 
@@ -84,22 +98,42 @@ def _groups_from_first_batch(model: Any, loader: Any) -> tuple[Any, dict[str, An
     default detection then says so); ``(None, {})`` when no batch is at hand;
     ``ValueError`` when no group passes.
     """
-    from siflow.torch_probe import check_scale_invariance, find_si_groups
+    from siflow.torch_probe import find_si_groups
 
     try:
         return find_si_groups(model, method="fx") or None, {}  # traced once, groups kept
     except ValueError:
         pass
-    if loader is None:
+    if loader is None or _one_pass(loader):
         return None, {}
     try:
-        batch = next(iter(loader))
+        with rng_kept(model):  # a shuffling sampler draws its seed from torch's generator
+            batch = next(iter(loader))
     except (StopIteration, TypeError):
         return None, {}
     if not isinstance(batch, Mapping):
         return None, {}
     device = next(model.parameters()).device
     batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
+    return _groups_from_batch(model, batch)
+
+
+def _one_pass(loader: Any) -> bool:
+    """Whether iterating ``loader`` would take batches out of a stream the trainer reads
+    (an ``IterableDataset``, a generator): such batches would be lost to training."""
+    import torch
+
+    dataset = getattr(loader, "dataset", None)
+    if dataset is None or isinstance(dataset, torch.utils.data.IterableDataset):
+        return True
+    return iter(loader) is loader if not hasattr(loader, "__len__") else False
+
+
+def _groups_from_batch(model: Any, batch: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """SI groups of an untraceable model from one batch of model inputs (see
+    :func:`_groups_from_first_batch`)."""
+    from siflow.torch_probe import check_scale_invariance, find_si_groups
+
     how = "the graph of a forward pass on the first training batch"
     try:
         found = find_si_groups(model, example_input=batch, method="run")
@@ -110,7 +144,8 @@ def _groups_from_first_batch(model: Any, loader: Any) -> tuple[Any, dict[str, An
         found = find_si_groups(model, example_input=batch, method="hooks")
 
     def loss_fn() -> Any:
-        out = model(**batch)
+        with rng_kept(model):
+            out = model(**batch)
         return out["loss"] if isinstance(out, Mapping) else out[0]
 
     kept, dropped = {}, []
@@ -151,7 +186,8 @@ class SIRecorderCallback(_tc.TrainerCallback):
         SI groups (default: :func:`siflow.torch_probe.find_si_groups` on the model;
         when ``torch.fx`` cannot trace it, as with most Hugging Face models, the
         forward-hook detection on the first training batch, keeping the groups whose
-        rescaling leaves that batch's loss unchanged, with a note in the log).
+        rescaling leaves that batch's loss unchanged, with a note in the log; with a
+        one-pass ``IterableDataset`` the batch of the trainer's first forward pass).
     example_input : Tensor or mapping, optional
         For the forward-hook detection when ``torch.fx`` cannot trace the model.
     sharpness_batch : dict, optional
@@ -191,33 +227,99 @@ class SIRecorderCallback(_tc.TrainerCallback):
         self.recorder: Any = None
         self._handler: Any = None
         self._offset = 0
+        self._pending: Any = None
+        self._shift = 0  # trainer step - recorder step count at the latest optimizer step
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.recorder = None
+        self._detach_pending()
+        try:
+            self._begin(state, kwargs)
+        except BadGroupName:
+            raise  # a wrong groups= argument of the callback itself
+        except Exception as exc:  # noqa: BLE001 - the user's training goes on without siflow
+            disabled(exc)
+
+    def _begin(self, state: Any, kwargs: Mapping[str, Any]) -> None:
+        """Attach the recorder now, or on the first training forward pass (a one-pass
+        stream of batches, which the callback must not read itself)."""
         model, optimizer = kwargs.get("model"), kwargs.get("optimizer")
         if model is None or optimizer is None:
-            raise ValueError("SIRecorderCallback needs the trainer's model and optimizer")
+            disabled("the trainer passed no model or optimizer to the callback")
+            return
+        optimizer = unwrap_optimizer(optimizer)
+        why = unusable_lr(optimizer)
+        if why is not None:
+            disabled(why)
+            return
         self._handler = _find_handler(self)
         self._offset = int(state.global_step)
+        self._shift = self._offset
+        groups, meta = self.groups, {}
+        if groups is None and self.example_input is None:
+            loader = kwargs.get("train_dataloader")
+            groups, meta = _groups_from_first_batch(model, loader)
+            if groups is None and loader is not None and _one_pass(loader):
+                from siflow.torch_probe import find_si_groups
+
+                try:
+                    find_si_groups(model, method="fx")
+                except ValueError:
+                    # untraceable, and the batches are a stream: detect on the first
+                    # batch the trainer itself feeds the model
+                    self._pending = model.register_forward_pre_hook(
+                        self._on_first_forward(model, optimizer), with_kwargs=True
+                    )
+                    return
+        self._attach(model, optimizer, groups, meta)
+
+    def _on_first_forward(self, model: Any, optimizer: Any) -> Any:
+        def hook(module: Any, args: Any, kwargs: Any) -> None:
+            if not module.training:
+                return
+            self._detach_pending()
+            try:
+                groups, meta = _groups_from_batch(model, dict(kwargs))
+                self._attach(model, optimizer, groups, meta)
+            except BadGroupName:
+                raise
+            except Exception as exc:  # noqa: BLE001 - training goes on without siflow
+                disabled(exc)
+
+        return hook
+
+    def _detach_pending(self) -> None:
+        pending, self._pending = getattr(self, "_pending", None), None
+        if pending is not None:
+            pending.remove()
+
+    def _attach(self, model: Any, optimizer: Any, groups: Any, meta: dict[str, Any]) -> None:
+        """Make the recorder on ``optimizer`` with ``groups``."""
         loss_fn = None
         if self._sharp_every:
             batch = dict(self.sharpness_batch or {})
 
             def loss_fn() -> Any:
-                out = model(**batch)
+                with rng_kept(model):  # dropout masks of the run left unchanged
+                    out = model(**batch)
                 return out["loss"] if isinstance(out, Mapping) else out[0]
 
-        groups, meta = self.groups, {}
-        if groups is None and self.example_input is None:
-            groups, meta = _groups_from_first_batch(model, kwargs.get("train_dataloader"))
+        example, dtype = self.example_input, param_dtype(model)
+        if example is not None and dtype is not None:
+            example = cast_floats(example, dtype)  # a float32 example for a bf16 model
         self.recorder = make_recorder(
             model,
-            unwrap_optimizer(optimizer),
+            optimizer,
             self.every,
             self._sharp_every,
             loss_fn,
             self.path,
-            {"groups": groups, "example_input": self.example_input, **self.options},
-            {"source": "siflow.integrations.transformers", "step_offset": self._offset, **meta},
+            {"groups": groups, "example_input": example, **self.options},
+            {
+                "source": "siflow.integrations.transformers",
+                "step_offset": self._offset,
+                **meta,
+            },
         )
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -225,6 +327,9 @@ class SIRecorderCallback(_tc.TrainerCallback):
         if rec is None:
             return
         groups = list(rec.groups)
+        if rec.step_count:
+            # a step the AMP grad scaler skipped advances global_step, not the recorder
+            self._shift = int(state.global_step) - rec.step_count
         reporters = [
             cb
             for cb in (self._handler.callbacks if self._handler is not None else ())
@@ -232,7 +337,7 @@ class SIRecorderCallback(_tc.TrainerCallback):
         ]
         for row in rec.take_rows():
             metrics = logger_metrics(row, groups)
-            step = self._offset + int(row["step"]) + 1
+            step = self._shift + int(row["step"]) + 1
             state.log_history.append({**metrics, "step": step})
             if step != state.global_step:
                 continue  # reporters log at the current step only
@@ -240,6 +345,7 @@ class SIRecorderCallback(_tc.TrainerCallback):
                 cb.on_log(args, state, control, logs=dict(metrics), **kwargs)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._detach_pending()
         rec = self.recorder
         if rec is None:
             return

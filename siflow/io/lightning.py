@@ -27,7 +27,11 @@ _HPARAM_KEYS = {
     "weight_decay": "wd",
     "momentum": "momentum",
     "batch_size": "batch_size",
+    # what siflow's Lightning callback logs (siflow.integrations._common.optimizer_hparams)
+    "siflow/momentum": "momentum",
 }
+#: Text hyperparameters the callback logs: the optimizer's class name and its betas.
+_HPARAM_TEXT = {"siflow/optimizer": "optimizer", "siflow/betas": "betas"}
 
 
 def merge_rows_by_step(table: Table, step_col: str, label: str) -> tuple[Table, int]:
@@ -76,17 +80,23 @@ def merge_rows_by_step(table: Table, step_col: str, label: str) -> tuple[Table, 
 
 
 def _read_hparams(path: Path) -> dict[str, Any]:
-    """Top-level numeric ``key: value`` pairs of a Lightning ``hparams.yaml``."""
+    """Top-level numeric ``key: value`` pairs of a Lightning ``hparams.yaml``, and the
+    optimizer and betas that siflow's callback logs (``siflow/optimizer``,
+    ``siflow/betas``, ``siflow/momentum``)."""
     out: dict[str, Any] = {}
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         return out
     for line in text.splitlines():
-        m = re.match(r"^([A-Za-z_][\w.]*)\s*:\s*([^#]+?)\s*$", line)
+        m = re.match(r"^([A-Za-z_][\w./]*)\s*:\s*([^#]+?)\s*$", line)
         if not m:
             continue
-        key = _HPARAM_KEYS.get(m.group(1).lower())
+        name = m.group(1).lower()
+        if name in _HPARAM_TEXT:
+            _text_hparam(out, _HPARAM_TEXT[name], m.group(2).strip("'\""))
+            continue
+        key = _HPARAM_KEYS.get(name)
         if key is None:
             continue
         try:
@@ -95,6 +105,19 @@ def _read_hparams(path: Path) -> dict[str, Any]:
             continue
         out[key] = int(value) if key == "batch_size" and value.is_integer() else value
     return out
+
+
+def _text_hparam(out: dict[str, Any], key: str, text: str) -> None:
+    """``optimizer`` (a lower-case class name) or ``betas`` (``"0.9,0.999"``) into ``out``."""
+    if key == "optimizer":
+        if re.fullmatch(r"[a-z_][\w]*", text):
+            out["optimizer"] = text
+        return
+    try:
+        b1, b2 = (float(x) for x in text.strip("[]()").split(","))
+    except ValueError:
+        return
+    out["betas"] = (b1, b2)
 
 
 def read_lightning(
