@@ -2,8 +2,11 @@
 
 Reads a training log so far (possibly still being written) with :func:`siflow.io.read`,
 runs :func:`siflow.forecast.forecast_next_event` and prints the forecast (or one JSON
-object with ``--json``: ``next_event_step``, ``next_event_interval``, ...). Nothing is
-written. Bad input gives one line on stderr and exit status 2.
+object with ``--json``: ``next_event_step``, ``next_event_interval``, ..., and
+``notes``, the reader's notes on lines it left out, also printed as ``note:`` lines).
+The optimizer, lr, wd and momentum default to the log's metadata (a per-row lr column
+is used where the log has one). Nothing is written. Bad input gives one line on stderr
+and exit status 2.
 """
 
 from __future__ import annotations
@@ -42,8 +45,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--momentum", type=float, help="heavy-ball momentum (default: metadata, else 0)")
     p.add_argument(
         "--optimizer",
-        default="sgd",
-        help="optimizer family: sgd (SGD and heavy ball; the only one supported)",
+        default=None,
+        help="optimizer family: sgd (SGD and heavy ball; the only one supported); default: "
+        "the log's metadata, else sgd (a log of another optimizer is refused)",
     )
     add_log_arguments(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -151,13 +155,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _live_options(args: Any, log: Path) -> dict[str, Any]:
-    """``live=True`` for the line-appended formats (CSV, JSON lines): a log still being
+    """``live=True`` for the line-appended formats (CSV, JSON lines, Lightning's
+    ``metrics.csv``): a log still being
     written may end in a line cut mid-write, which is then left out with a note. The
     format is detected here once and kept in ``args.fmt`` for :func:`read_log`."""
     from siflow import io
 
     args.fmt = args.fmt or io.detect_format(log)
-    return {"live": True} if args.fmt in ("csv", "jsonl") else {}
+    return {"live": True} if args.fmt in ("csv", "jsonl", "lightning") else {}
+
+
+def _left_out_notes(notes: Sequence[str]) -> list[str]:
+    """The reader's notes on what it left out of the log: a last line still being
+    written, a last line whose last cell was cut, a TensorBoard record cut short, rows
+    without a step (each says ``left out``). Printed as ``note:`` lines, and the
+    ``"notes"`` list of ``--json``."""
+    return [str(n) for n in notes if "left out" in str(n)]
 
 
 def _flags(parser: ArgumentParser) -> dict[str, str]:
@@ -175,12 +188,14 @@ def _body(argv: Sequence[str] | None) -> int:
     try:
         return _forecast(args)
     except ValueError as exc:  # a library message: its parameters named as this command's flags
-        raise CLIError(translate_params(str(exc), _flags(parser))) from None
+        message = translate_params(str(exc), _flags(parser))
+        if "the log" in message:  # say which log
+            message = f"{str(args.log)!r}: {message}"
+        raise CLIError(message) from None
 
 
 def _forecast(args: Any) -> int:
     from siflow.forecast import forecast_next_event
-    from siflow.io._text import STILL_WRITTEN
 
     log = Path(args.log)
     if not log.exists():
@@ -201,14 +216,15 @@ def _forecast(args: Any) -> int:
         **_detector_kwargs(args),
     )
     d = fc.to_dict()
+    notes = _left_out_notes(traj.meta.get("notes", []))
     if args.json:
+        d["notes"] = notes
         sys.stdout.write(json.dumps(d, sort_keys=True) + "\n")
         return 0
     lo, hi = fc.next_event_interval
     print(f"log: {log}  last step: {fc.last_step}  destabilizations so far: {fc.n_events}")
-    for note in traj.meta.get("notes", []):
-        if STILL_WRITTEN in note:
-            print(f"note: {note}")
+    for note in notes:
+        print(f"note: {note}")
     if fc.method == "none":
         print(f"no forecast: {fc.details.get('note', '')}")
     else:

@@ -56,7 +56,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from siflow._validate import check_lr_wd, check_positive_int, momentum_number
+from siflow._validate import check_lr_wd, check_positive, check_positive_int, momentum_number
 from siflow.periods import Events, find_events
 from siflow.theory import check_optimizer, decay_rate, log_effective_lr
 from siflow.trajectory import Trajectory
@@ -81,7 +81,11 @@ class Forecast:
         Predicted step of the next destabilization (NaN when no forecast is possible).
     next_event_interval : tuple of float
         ``(earliest, latest)``: the same extrapolation to the lowest and highest
-        thresholds of the earlier cycles.
+        thresholds of the earlier cycles (and the range of their periods). With a
+        single earlier threshold (one event so far) there is no spread to take:
+        the estimate plus and minus ``ln 2 / (2 r)`` steps, ``r`` the free-decay rate
+        ``-ln decay_factor(lr, wd, mu)`` per step, the steps in which the free decay
+        moves the effective LR by a factor 2 (``details["interval"]`` says so).
     last_step : int
         Last logged step (the forecast is made from there).
     method : str
@@ -129,11 +133,50 @@ def _none(traj: Trajectory, n: int, why: str) -> Forecast:
     return Forecast(math.nan, (math.nan, math.nan), last, "none", n, {"note": why})
 
 
-def _lr_rows(traj: Trajectory, lr: float) -> NDArray[np.float64]:
-    if "lr" in traj.extra:
-        col = traj.extra["lr"].astype(np.float64)
-        return np.where(np.isfinite(col), col, lr)
-    return np.full(len(traj), float(lr))
+def _hyper_rows(traj: Trajectory, name: str, value: float | None) -> NDArray[np.float64]:
+    """Per-row ``lr`` or ``wd``: the log's column of that name where finite, else
+    ``value`` (NaN when it is None)."""
+    fill = math.nan if value is None else float(value)
+    if name in traj.extra:
+        col = traj.extra[name].astype(np.float64)
+        return np.where(np.isfinite(col), col, fill)
+    return np.full(len(traj), fill)
+
+
+def _log_optimizer(traj: Trajectory) -> str:
+    """The optimizer named by the log's metadata (``"sgd"`` when it names none)."""
+    return str(traj.meta.get("optimizer") or "sgd").strip().lower()
+
+
+def _current_rate(
+    lr_rows: NDArray[np.float64], wd_rows: NDArray[np.float64], mu: float
+) -> tuple[float, float, float]:
+    """``(rate, lr, wd)``: the free-decay rate ``-ln decay_factor(lr, wd, mu)`` at the
+    last row with a positive lr and a known wd (``1 - lr wd`` per step without momentum).
+
+    A ValueError names the fix when no row has a positive lr or a known wd.
+    """
+    ok = np.isfinite(lr_rows) & (lr_rows > 0) & np.isfinite(wd_rows)
+    if not np.any(ok):
+        no_lr = not np.any(np.isfinite(lr_rows) & (lr_rows > 0))
+        no_wd = not np.any(np.isfinite(wd_rows))
+        if no_lr and no_wd:
+            raise ValueError(
+                "the forecast needs the learning rate and weight decay: the log has no "
+                "positive lr and no wd (neither a column nor metadata); pass lr= and wd="
+            )
+        if no_wd:
+            raise ValueError(
+                "the forecast needs the weight decay: the log has no wd column and no wd in "
+                "its metadata; pass wd="
+            )
+        raise ValueError(
+            "the forecast needs a positive learning rate: the log's lr column and metadata "
+            "lr are 0 or missing on every row; pass lr= (the run's configured lr)"
+        )
+    row = int(np.flatnonzero(ok)[-1])
+    lr, wd = float(lr_rows[row]), float(wd_rows[row])
+    return float(decay_rate(*check_lr_wd(lr, wd), mu)), lr, wd
 
 
 def _last_valid_at(col: NDArray[np.float64], rows: ArrayLike) -> NDArray[np.float64]:
@@ -238,7 +281,7 @@ def forecast_next_event(
     lr: float | None = None,
     wd: float | None = None,
     momentum: float | None = None,
-    optimizer: str = "sgd",
+    optimizer: str | None = None,
     events: Events | None = None,
     min_fit_rows: int = 10,
     use_sharpness: bool = True,
@@ -256,10 +299,15 @@ def forecast_next_event(
         The log up to now (it may still be being written); needs ``rho`` (or ``elr``
         with a known ``lr``).
     lr, wd, momentum : float, optional
-        Hyperparameters (default: the log's ``meta``; a per-row ``lr`` column is used
-        where present).
-    optimizer : {"sgd", "adamw", "lion"}
-        Only SGD-family runs (SGD, heavy ball) have the decay law used here.
+        Hyperparameters (default: the log's ``meta``). A per-row ``lr`` (``wd``) column
+        of the log is used where present, ``lr`` (``wd``) only on its missing cells: the
+        free-decay rate is ``-ln decay_factor(lr_t, wd_t, mu)`` at the last row with a
+        positive lr (``-ln(1 - lr_t wd_t)`` without momentum), so a metadata lr taken
+        at the start of a warmup does not set it.
+    optimizer : {"sgd", "adamw", "lion"}, optional
+        Default: the log's ``meta["optimizer"]`` (PyTorch class names, lower-cased),
+        else ``"sgd"``. Only SGD-family runs (SGD, heavy ball) have the decay law used
+        here; any other optimizer is a ValueError.
     events : Events, optional
         Events found before (default: ``find_events(traj, lr=..., wd=..., **detector)``).
     min_fit_rows : int
@@ -300,36 +348,43 @@ def forecast_next_event(
     fit_fraction = _check_unit("fit_fraction", fit_fraction, closed_low=False)
     if history not in ("median", "ar1"):
         raise ValueError(f"history must be 'median' or 'ar1', got {history!r}")
-    opt = check_optimizer(optimizer)
-    if opt != "sgd":
-        raise ValueError(
-            f"optimizer={optimizer!r}: the forecast uses the SGD decay law "
-            f"(momentum allowed); AdamW and Lion are not supported: use it on SGD or "
-            f"heavy-ball runs (optimizer='sgd')"
-        )
-    lr = traj.lr if lr is None else lr
-    wd = traj.wd if wd is None else wd
-    if lr is None or wd is None:
-        raise ValueError(
-            "the forecast needs the learning rate and weight decay: pass lr= and wd= "
-            "(or a log whose metadata has them)"
-        )
+    if optimizer is None:
+        named = _log_optimizer(traj)
+        if named not in ("sgd", "sgdm"):
+            raise ValueError(
+                f"the log's metadata names optimizer {named!r}: the forecast has only the "
+                f"SGD decay law (SGD, heavy ball); AdamW, Lion and other optimizers are "
+                f"not supported; pass optimizer=sgd only if the run really used SGD"
+            )
+    else:
+        opt = check_optimizer(optimizer)
+        if opt not in ("sgd", "sgdm"):
+            raise ValueError(
+                f"optimizer={optimizer!r}: the forecast uses the SGD decay law "
+                f"(momentum allowed); AdamW and Lion are not supported: use it on SGD or "
+                f"heavy-ball runs (optimizer='sgd')"
+            )
+    # values passed here are checked; the log's own (0 in a warmup) in _current_rate
+    lr = traj.lr if lr is None else float(check_positive("lr", lr))
+    wd = traj.wd if wd is None else float(check_positive("wd", wd))
     mu = momentum_number(traj.momentum if momentum is None else momentum)
-    rate = float(decay_rate(*check_lr_wd(lr, wd), mu))
+    lr_rows = _hyper_rows(traj, "lr", lr)
+    wd_rows = _hyper_rows(traj, "wd", wd)
+    rate, lr_now, wd_now = _current_rate(lr_rows, wd_rows, mu)
     if traj.rho is None:
         if traj.elr is None:
             raise ValueError(
                 "the forecast needs a weight-norm column (rho) or an effective-LR column "
                 f"(elr); present: {', '.join(traj.columns())}"
             )
-        traj = replace(traj, rho=np.sqrt(_lr_rows(traj, float(lr)) / traj.elr))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            traj = replace(traj, rho=np.sqrt(lr_rows / traj.elr))
     kind = _threshold_kind(traj, threshold, use_sharpness)
     if events is None:
-        events = find_events(traj, lr=lr, wd=wd, momentum=mu, **detector)
+        events = find_events(traj, lr=lr_rows, wd=wd_rows, momentum=mu, **detector)
     n = len(events)
     if n == 0:
         return _none(traj, 0, "no destabilization yet: no threshold to extrapolate to")
-    lr_rows = _lr_rows(traj, float(lr))
     last_row = len(traj) - 1
     last_step = int(traj.step[-1])
     # the norm now: its last logged value (rows may log the loss alone)
@@ -369,6 +424,8 @@ def forecast_next_event(
         "loss_exponent": beta,
         "period_estimate": period_guess,
         "free_decay_rate": rate,
+        "lr": lr_now,
+        "wd": wd_now,
     }
 
     def by_period(reason: str) -> Forecast:
@@ -419,6 +476,16 @@ def forecast_next_event(
                 "decay_speed": speed,
                 "decay_speed_source": how,
             }
+        )
+    if y_k.size < 2:
+        # one earlier threshold says nothing of their spread: the interval would be
+        # one point. It is the steps the free decay needs to move the effective LR by a
+        # factor 2 either side (ln elr grows by 2 rate per step): wide, and stated so
+        half = math.log(2.0) / (2.0 * rate)
+        lo, hi = step - half, step + half
+        details["interval"] = (
+            "one threshold so far: the free decay's steps to change the effective LR by "
+            "a factor 2 either side of the estimate (an assumed, wide spread)"
         )
     if step <= last_step and math.isfinite(period_guess) and period_guess > last_step:
         # already past the usual threshold without destabilizing: this cycle's threshold
@@ -494,6 +561,11 @@ class RecorderForecast:
     ``next_event_lo`` and ``next_event_hi`` (NaN on the other rows). Register it after
     the recorder so that the row of the current step exists.
 
+    The hook never raises into ``optimizer.step()``: a forecast that is not possible on
+    the log so far (fewer than three rows, no positive lr yet in a warmup, any error of
+    :func:`forecast_next_event`) leaves NaN in that row's forecast columns, and the first
+    such error is noted once in the log's ``meta["notes"]``; training goes on.
+
     Parameters
     ----------
     recorder : SIRecorder
@@ -510,17 +582,34 @@ class RecorderForecast:
         self.every = check_positive_int("every", every)
         self.kwargs = kwargs
         self.estimates: dict[int, tuple[float, float, float]] = {}
+        #: notes for the log's metadata: the first failed forecast of each kind
+        self.notes: list[str] = []
         self._handle = recorder.optimizer.register_step_post_hook(self._after_step)
 
     def _after_step(self, _opt: Any, _args: Any, _kwargs: Any) -> None:
         if self.recorder.step_count % self.every:
             return
-        traj = self.recorder.trajectory()
-        if len(traj) < 3:
+        try:
+            traj = self.recorder.trajectory()
+            if len(traj) < 3:
+                return
+            step = int(traj.step[-1])
+            fc = forecast_next_event(traj, **self.kwargs)
+        except Exception as exc:  # a forecast must never stop the training  # noqa: BLE001
+            self._note(exc)
             return
-        fc = forecast_next_event(traj, **self.kwargs)
         lo, hi = fc.next_event_interval
-        self.estimates[int(traj.step[-1])] = (float(fc.next_event_step), float(lo), float(hi))
+        self.estimates[step] = (float(fc.next_event_step), float(lo), float(hi))
+
+    def _note(self, exc: Exception) -> None:
+        """Keep one note per kind of failure (its first message)."""
+        kind = type(exc).__name__
+        if any(n.startswith(f"RecorderForecast: {kind}") for n in self.notes):
+            return
+        self.notes.append(
+            f"RecorderForecast: {kind} at step {self.recorder.step_count}, no forecast on "
+            f"such rows (NaN), training went on: {exc}"
+        )
 
     def trajectory(self) -> Trajectory:
         """The recorder's log with the forecast columns."""
@@ -535,7 +624,10 @@ class RecorderForecast:
             if i is not None:
                 for name, v in zip(cols, values, strict=True):
                     cols[name][i] = v
-        return replace(traj, extra={**traj.extra, **cols})
+        meta = traj.meta
+        if self.notes:
+            meta = {**meta, "notes": [*meta.get("notes", []), *self.notes]}
+        return replace(traj, extra={**traj.extra, **cols}, meta=meta)
 
     def close(self) -> None:
         """Remove the hook (the estimates stay available)."""

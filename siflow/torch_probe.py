@@ -1591,6 +1591,23 @@ def _lr_wd(param_group: Mapping[str, Any]) -> tuple[float, float]:
     return float(param_group["lr"]), float(param_group.get("weight_decay", 0.0))
 
 
+def _configured_lr_wd(param_group: Mapping[str, Any]) -> tuple[float, float]:
+    """``(lr, weight_decay)`` the run is configured with, for the log's metadata.
+
+    A PyTorch scheduler stores the configured lr in each param group as ``initial_lr``
+    (``max_lr`` for OneCycleLR and CyclicLR, whose ``initial_lr`` is the cycle's start)
+    and changes ``lr`` from the first step on: under a warmup the current ``lr`` is the
+    warmup's first value (0 for a linear warmup from 0), which is not the run's lr. The
+    current ``lr`` is taken when no scheduler has set these keys.
+    """
+    lr, wd = _lr_wd(param_group)
+    for key in ("max_lr", "initial_lr"):
+        value = param_group.get(key)
+        if isinstance(value, int | float) and math.isfinite(value) and value > 0:
+            return float(value), wd
+    return lr, wd
+
+
 def _recorder_path(path: str | os.PathLike[str] | None) -> Path | None:
     """The file a recorder writes its log to: a name ending in ``.csv`` or ``.npz``, or
     None for no file; anything else is a ValueError naming the fix."""
@@ -1950,7 +1967,7 @@ class SIRecorder:
     def _hyper_meta(self) -> dict[str, Any]:
         pg = self._param_group[id(next(iter(self.groups.values()))[0])]
         betas = pg.get("betas")
-        lr, wd = _lr_wd(pg)
+        lr, wd = _configured_lr_wd(pg)
         meta: dict[str, Any] = {
             "lr": lr,
             "wd": wd,
@@ -1959,7 +1976,9 @@ class SIRecorder:
             "groups": list(self.groups),
             # each group's own (initial) lr and wd: siflow.io.read(path, group=<name>)
             "group_hyper": {
-                name: dict(zip(("lr", "wd"), _lr_wd(self._param_group[id(ps[0])]), strict=True))
+                name: dict(
+                    zip(("lr", "wd"), _configured_lr_wd(self._param_group[id(ps[0])]), strict=True)
+                )
                 for name, ps in self.groups.items()
             },
             "source": "siflow.torch_probe",

@@ -461,8 +461,10 @@ def test_cli_reads_a_log_whose_last_line_is_still_being_written(tmp_path, suffix
     a = subprocess.run([*cmd, str(done), "--json"], capture_output=True, text=True, check=False)
     b = subprocess.run([*cmd, str(live), "--json"], capture_output=True, text=True, check=False)
     assert a.returncode == b.returncode == 0, b.stderr
-    assert json.loads(a.stdout) == json.loads(b.stdout)
-    assert abs(json.loads(b.stdout)["next_event_step"] - ev[4]) <= 1.5
+    da, db = json.loads(a.stdout), json.loads(b.stdout)
+    assert da.pop("notes") == [] and len(db.pop("notes")) == 1
+    assert da == db
+    assert abs(db["next_event_step"] - ev[4]) <= 1.5
     text = subprocess.run([*cmd, str(live)], capture_output=True, text=True, check=False)
     assert "note: the last line" in text.stdout and "still being written" in text.stdout
     over = subprocess.run(
@@ -524,3 +526,192 @@ def test_recorder_forecast_writes_the_estimate_every_k_steps():
         assert out.extra["next_event_lo"][i] == direct.next_event_interval[0]
     fc.close()
     assert len(rec.optimizer.hooks) == 1
+
+
+def _warmup_column(n, peak, start, rows=50):
+    """An lr column rising linearly from ``start`` to ``peak`` over ``rows`` rows."""
+    return np.where(np.arange(n) < rows, start + (peak - start) * np.arange(n) / rows, peak)
+
+
+@pytest.mark.parametrize("start", [0.0, 0.01])
+def test_forecast_takes_the_decay_rate_from_the_lr_column_not_a_warmup_metadata_lr(start):
+    # the recorder under a warmup wrote meta lr = the warmup's first value (0, or
+    # 0.01 x the peak) and a per-row lr column; the forecast must use the column: the
+    # same forecast as the log with the peak lr in its metadata (the old code refused
+    # lr 0, and with 0.01 used a free-decay rate 100x too small)
+    traj, ev = jump_map()  # lr 1.0, wd 2e-3 in the metadata, no lr column
+    cut = (ev[3] + ev[4]) // 2
+    peak = traj[: cut + 1]
+    warm = Trajectory(
+        step=peak.step,
+        rho=peak.rho,
+        loss=peak.loss,
+        meta={"lr": start, "wd": 2e-3},
+        extra={"lr": _warmup_column(cut + 1, 1.0, start)},
+    )
+    a = forecast_next_event(peak, threshold="elr")
+    b = forecast_next_event(warm, threshold="elr")
+    # by hand: the free decay at the current rows' lr 1.0: -ln(1 - lr wd) = -ln(0.998)
+    assert b.details["free_decay_rate"] == pytest.approx(-math.log(1 - 1.0 * 2e-3), rel=1e-12)
+    assert (b.details["lr"], b.details["wd"]) == (1.0, 2e-3)
+    assert b.n_events == a.n_events == 4
+    assert b.next_event_step == pytest.approx(a.next_event_step, rel=1e-12)
+    assert b.next_event_interval == pytest.approx(a.next_event_interval, rel=1e-12)
+    assert abs(b.next_event_step - ev[4]) <= 1.5
+
+
+def test_forecast_lr_column_sets_the_rate_at_the_current_rows():
+    # a step decay of the lr to 0.5 at row 100: the rate is the one of the last rows,
+    # -ln(1 - 0.5 * 2e-3), not the metadata's peak
+    traj, ev = jump_map(n=1000)
+    col = np.where(np.arange(1000) < 100, 1.0, 0.5)
+    t = Trajectory(step=traj.step, rho=traj.rho, loss=traj.loss, meta=traj.meta, extra={"lr": col})
+    fc = forecast_next_event(t, threshold="elr")
+    assert fc.details["free_decay_rate"] == pytest.approx(-math.log(1 - 0.5 * 2e-3), rel=1e-12)
+    assert fc.details["lr"] == 0.5
+
+
+def test_cli_zero_metadata_lr_names_the_log_and_the_lr_flag(tmp_path):
+    # a warmup-from-0 log without an lr column: one line naming the log and --lr
+    traj, _ = jump_map()
+    path = tmp_path / "warm.csv"
+    Trajectory(step=traj.step, rho=traj.rho, meta={"lr": 0.0, "wd": 2e-3}).save(path)
+    r = subprocess.run(
+        [sys.executable, "-m", "siflow.forecast", str(path)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert str(path) in r.stderr and "--lr" in r.stderr and "positive learning rate" in r.stderr
+    ok = subprocess.run(
+        [sys.executable, "-m", "siflow.forecast", str(path), "--lr", "1", "--json"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert ok.returncode == 0 and json.loads(ok.stdout)["details"]["lr"] == 1.0
+
+
+@pytest.mark.parametrize("name", ["AdamW", "adamw", "Lion", "Adam"])
+def test_forecast_refuses_the_optimizer_named_by_the_log(tmp_path, name):
+    # an AdamW log ran through the SGD law with exit 0 and no note: the optimizer comes
+    # from the metadata unless --optimizer is given, and one the forecast has no theory
+    # for is refused in one line naming the fix
+    traj, _ = jump_map()
+    meta = {**traj.meta, "optimizer": name}
+    t = Trajectory(step=traj.step, rho=traj.rho, loss=traj.loss, meta=meta)
+    with pytest.raises(ValueError, match=f"names optimizer '{name.lower()}'"):
+        forecast_next_event(t)
+    path = tmp_path / "log.csv"
+    t.save(path)
+    r = subprocess.run(
+        [sys.executable, "-m", "siflow.forecast", str(path), "--json"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stdout == ""
+    assert str(path) in r.stderr and "--optimizer sgd" in r.stderr
+    # the SGD class name of SIRecorder (heavy ball) is the SGD law
+    sgd = Trajectory(
+        step=traj.step, rho=traj.rho, loss=traj.loss, meta={**traj.meta, "optimizer": "SGD"}
+    )
+    assert forecast_next_event(sgd).next_event_step == forecast_next_event(traj).next_event_step
+
+
+def test_recorder_forecast_never_stops_training_under_a_warmup_from_zero():
+    # a real model, SGD and a LambdaLR warmup starting at lr 0, built before the
+    # recorder: the forecast hook ran inside optimizer.step() and its ValueError (lr 0)
+    # killed the training at step 4
+    torch = pytest.importorskip("torch")
+    from siflow.forecast import RecorderForecast
+    from siflow.torch_probe import SIRecorder
+
+    nn = torch.nn
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Linear(8, 16, bias=False), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 2)
+    )
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, weight_decay=1e-3)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(s / 5, 1.0))
+    rec = SIRecorder(net, opt, every=1)
+    fc = RecorderForecast(rec, every=5)
+    bad = RecorderForecast(rec, every=5, threshold="sharpness")  # raises on every row
+    x, y = torch.randn(32, 8), torch.randint(0, 2, (32,))
+    for _ in range(20):
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(net(x), y)
+        loss.backward()
+        opt.step()
+        sched.step()
+        rec.log_loss(loss)
+    out = fc.trajectory()
+    assert len(out) == 20 and out.meta["lr"] == 0.1  # the configured lr, not 0
+    assert out.extra["lr"][:6].tolist() == pytest.approx([0.0, 0.02, 0.04, 0.06, 0.08, 0.1])
+    assert np.all(np.isnan(out.extra["next_event_step"]))  # no event yet: no forecast
+    assert not any("RecorderForecast" in n for n in out.meta.get("notes", []))
+    # the failing forecast: NaN on its rows, one note (not one per forecast), training ran
+    failed = bad.trajectory()
+    assert np.all(np.isnan(failed.extra["next_event_step"])) and bad.estimates == {}
+    notes = [n for n in failed.meta["notes"] if n.startswith("RecorderForecast")]
+    assert len(notes) == 1
+    assert "ValueError at step 5" in notes[0] and "sharpness_sphere column" in notes[0]
+
+
+def test_one_event_interval_is_the_free_decay_factor_two_not_a_point():
+    # with one event the lowest and highest earlier thresholds are the same value: the
+    # interval was [x, x], so the true event was never inside it
+    traj, ev = jump_map()
+    cut = ev[0] + 100
+    fc = forecast_next_event(traj[: cut + 1], threshold="elr")
+    assert fc.n_events == 1 and fc.method == "threshold"
+    assert abs(fc.next_event_step - ev[1]) <= 1.5
+    # by hand: ln 2 / (2 r) steps either side, r = -ln(1 - lr wd) = -ln(1 - 1 * 2e-3);
+    # the low end is clipped to the step after the last logged one
+    half = math.log(2.0) / (-2.0 * math.log(1 - 2e-3))
+    assert half == pytest.approx(173.11, abs=0.01)  # one period of the map: jumps by 2
+    lo, hi = fc.next_event_interval
+    assert hi == pytest.approx(fc.next_event_step + half, rel=1e-12)
+    assert lo == max(fc.next_event_step - half, cut + 1.0) == cut + 1.0
+    assert lo <= ev[1] <= hi and "factor 2" in fc.details["interval"]
+
+
+def test_cli_prints_and_returns_the_note_of_a_last_cell_cut_mid_write(tmp_path):
+    # a last line with every cell but its last one cut short ('0.533' of
+    # '0.53312...'): the reader left it out with a note that neither the text output
+    # (it printed only "still being written" notes) nor --json showed
+    traj, ev = jump_map()
+    cut = (ev[3] + ev[4]) // 2
+    rows = [
+        f"{s},{float(r)!r},{float(lo)!r}"
+        for s, r, lo in zip(traj.step[:cut], traj.rho[:cut], traj.loss[:cut], strict=True)
+    ]
+    path = tmp_path / "live.csv"
+    path.write_text("step,rho,loss\n" + "\n".join(rows) + f"\n{cut},{float(traj.rho[cut])!r},0")
+    cmd = [sys.executable, "-m", "siflow.forecast", str(path), "--lr", "1", "--wd", "0.002"]
+    js = subprocess.run([*cmd, "--json"], capture_output=True, text=True, check=False)
+    assert js.returncode == 0, js.stderr
+    d = json.loads(js.stdout)
+    assert d["last_step"] == cut - 1  # the cut row left out
+    assert len(d["notes"]) == 1 and "cut while it was written, left out" in d["notes"][0]
+    text = subprocess.run(cmd, capture_output=True, text=True, check=False).stdout
+    assert f"note: {d['notes'][0]}" in text.splitlines()
+
+
+def test_cli_prints_and_returns_the_note_of_a_tensorboard_record_cut_short(tmp_path):
+    # an event file whose last record is cut (the writer still writing): the reader
+    # left the record out with a note the forecast did not show
+    tb = pytest.importorskip("torch.utils.tensorboard")
+    traj, ev = jump_map()
+    cut = (ev[3] + ev[4]) // 2
+    writer = tb.SummaryWriter(log_dir=str(tmp_path / "tb"))
+    for s in range(0, cut + 1, 2):
+        writer.add_scalar("loss", float(traj.loss[s]), s)
+        writer.add_scalar("siflow/total/norm", float(traj.rho[s]), s)
+    writer.close()
+    (event,) = (tmp_path / "tb").iterdir()
+    with open(event, "r+b") as fh:
+        fh.truncate(event.stat().st_size - 7)  # the last record (step cut//2*2) cut
+    cmd = [sys.executable, "-m", "siflow.forecast", str(tmp_path / "tb"), "--lr", "1"]
+    cmd += ["--wd", "0.002"]
+    js = subprocess.run([*cmd, "--json"], capture_output=True, text=True, check=False)
+    assert js.returncode == 0, js.stderr
+    (note,) = json.loads(js.stdout)["notes"]
+    assert "record cut short" in note and note.endswith("left out")
+    text = subprocess.run(cmd, capture_output=True, text=True, check=False).stdout
+    assert f"note: {note}" in text.splitlines()

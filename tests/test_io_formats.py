@@ -272,6 +272,19 @@ def test_lightning_hparams_of_the_siflow_callback_name_the_optimizer(tmp_path):
     assert sio.read(vdir2).meta["momentum"] == 0.9
 
 
+def test_lightning_metrics_caught_mid_write_read_live(tmp_path):
+    calls = [{"weight_norm": 3.0 - s / 100, "epoch": 0, "step": s} for s in range(10)]
+    vdir = tmp_path / "version_0"
+    _write_csvlogger(vdir, calls, {"lr": 0.1, "weight_decay": 0.01})
+    csv_path = vdir / "metrics.csv"
+    csv_path.write_text(csv_path.read_text() + "0,10")  # the next row, cut after two cells
+    with pytest.raises(ValueError, match="has 2 cells"):
+        sio.read_lightning(vdir)
+    t = sio.read(vdir, live=True)
+    np.testing.assert_array_equal(t.step, np.arange(10))
+    assert any("still being written" in n for n in t.meta["notes"])
+
+
 def test_lightning_restarted_run_raises(tmp_path):
     calls = [{"loss": 1.0, "epoch": 0, "step": s} for s in (0, 5, 10)]
     calls += [{"loss": 1.0, "epoch": 0, "step": s} for s in (5, 10)]

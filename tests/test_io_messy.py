@@ -258,6 +258,11 @@ def test_last_row_cut_inside_its_last_cell_is_left_out_with_a_note(tmp_path):
     np.testing.assert_array_equal(t.step, np.arange(200))
     np.testing.assert_allclose(t.loss, [float(f"{10.0 + s / 100:.1f}") for s in range(200)])
     assert any("has no line end" in n and "left out" in n for n in t.meta["notes"])
+    # cut right after the last comma: the last cell was never written
+    after_comma = tmp_path / "after_comma.csv"
+    after_comma.write_text(whole[: whole.rindex(",") + 1])
+    t = sio.read(after_comma)
+    assert len(t) == 200 and any("left out" in n for n in t.meta["notes"])
     # a file that merely lacks its final line break keeps its last row
     whole_cell = tmp_path / "no_final_newline.csv"
     whole_cell.write_text(whole.rstrip("\n"))

@@ -2069,3 +2069,59 @@ def test_empty_groups_are_refused_in_one_line(groups):
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     with pytest.raises(ValueError, match=r"names no SI group; pass at least one"):
         SIRecorder(net, opt, groups=groups)
+
+
+def _bn_net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    nn = torch.nn
+    return nn.Sequential(
+        nn.Linear(8, 16, bias=False), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 2)
+    )
+
+
+def _train(
+    net: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    rec: SIRecorder,
+    steps: int,
+) -> None:
+    x, y = torch.randn(32, 8), torch.randint(0, 2, (32,))
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = F.cross_entropy(net(x), y)
+        loss.backward()
+        opt.step()
+        sched.step()
+        rec.log_loss(loss)
+
+
+@pytest.mark.parametrize("start", [0.0, 0.01])
+def test_metadata_lr_is_the_configured_lr_under_a_warmup_built_first(start):
+    # Lightning's configure_optimizers and HF's Trainer build the scheduler before the
+    # recorder: the metadata lr was the warmup's first value (0, or 0.01 x 0.1 = 0.001)
+    net = _bn_net()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, weight_decay=1e-3)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: start + (1 - start) * min(s / 5, 1.0))
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * start)
+    rec = SIRecorder(net, opt, every=1)
+    _train(net, opt, sched, rec, 8)
+    t = rec.trajectory()
+    assert t.meta["lr"] == 0.1 and t.meta["wd"] == 1e-3
+    assert all(h["lr"] == 0.1 for h in t.meta["group_hyper"].values())
+    # the rows keep the lr each step ran with: the warmup, then the peak
+    want = [0.1 * (start + (1 - start) * min(s / 5, 1.0)) for s in range(8)]
+    assert t.extra["lr"].tolist() == pytest.approx(want, rel=1e-12)
+
+
+def test_metadata_lr_is_the_peak_of_a_one_cycle_schedule_and_the_lr_without_one():
+    # OneCycleLR's initial_lr is the cycle's start (max_lr / div_factor); its max_lr is
+    # the run's configured lr
+    net = _bn_net()
+    opt = torch.optim.SGD(net.parameters(), lr=0.3, weight_decay=1e-3)
+    torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.2, total_steps=100, div_factor=25.0)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.2 / 25)
+    assert SIRecorder(net, opt, every=1).meta["lr"] == 0.2
+    net = _bn_net()
+    opt = torch.optim.SGD(net.parameters(), lr=0.3, weight_decay=1e-3)
+    assert SIRecorder(net, opt, every=1).meta["lr"] == 0.3  # no scheduler

@@ -429,9 +429,10 @@ def _is_partial_last_line(line: str, header: _Header) -> bool:
 
 
 def _last_cell_cut(line: str, before: list[str], header: _Header) -> bool:
-    """A last line without a line end whose last cell is shorter than that column's cell
-    in every row before it (of its chunk): a number cut while the run was writing it
-    (``12.0`` written as ``1``). Only the file's last line can lack a line end."""
+    """A last line without a line end whose last cell is empty or shorter than that
+    column's cell in every row before it (of its chunk): a number cut while the run was
+    writing it (``12.0`` written as ``1``, or not written after the last comma). Only the
+    file's last line can lack a line end."""
     if line.endswith(("\n", "\r")) or not before:
         return False
     try:
@@ -442,7 +443,10 @@ def _last_cell_cut(line: str, before: list[str], header: _Header) -> bool:
         return False  # too few cells: refused, or left out while the log is written (live)
     last = rows[-1][-1].strip()
     earlier = [r[-1].strip() for r in rows[:-1] if len(r) == header.n_cols and r[-1].strip()]
-    return bool(last) and bool(earlier) and len(last) < min(len(c) for c in earlier)
+    if not earlier:
+        return False
+    # cut right after the last delimiter, or inside the last number
+    return not last or len(last) < min(len(c) for c in earlier)
 
 
 def _parse_chunk(

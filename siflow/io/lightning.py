@@ -126,6 +126,7 @@ def read_lightning(
     mapping: MappingArg = None,
     steps_per_epoch: int | None = None,
     group: str | None = None,
+    live: bool = False,
 ) -> Trajectory:
     """Read a PyTorch Lightning ``CSVLogger`` log.
 
@@ -134,8 +135,9 @@ def read_lightning(
     path : path-like
         ``metrics.csv``, or the version directory holding it
         (``lightning_logs/version_0``).
-    mapping, steps_per_epoch, group
-        As in :func:`siflow.io.read_csv`.
+    mapping, steps_per_epoch, group, live
+        As in :func:`siflow.io.read_csv` (``live``: the file is still being written;
+        a last line cut mid-write is left out with a note).
 
     Notes
     -----
@@ -160,7 +162,7 @@ def read_lightning(
             )
         p = p / "metrics.csv"
     label = repr(str(p))
-    parsed = parse_csv_table(p, label)
+    parsed = parse_csv_table(p, label, live=live)
     header, table = parsed.header, parsed.table
     step_col = next((h for h in header if h.strip().lower() == "step"), None)
     if mapping:
