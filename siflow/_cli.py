@@ -35,6 +35,7 @@ __all__ = [
     "int_arg",
     "flag_names",
     "refuse_zero_schedule",
+    "refuse_ignored_flags",
     "EXIT_USAGE",
     "EXIT_INTERRUPTED",
     "EXIT_BROKEN_PIPE",
@@ -387,6 +388,21 @@ def refuse_zero_schedule(flag: str, spec: str, sched: Any, quantity: str, steps:
         f"{flag} {spec!r} reaches {quantity} = 0 at step {step}, within --steps {steps} "
         f"({why}); {fix}{fewer}"
     )
+
+
+def refuse_ignored_flags(args: argparse.Namespace) -> None:
+    """Refuse, in one line, flags that the chosen optimizer's theory would ignore:
+    ``--momentum`` with AdamW/Lion, ``--betas`` with SGD-type optimizers, ``--lr`` next to
+    a schedule's ``peak=`` (``simulate`` refuses the same combinations). ``args`` holds
+    ``optimizer``, ``momentum``, ``betas``, ``lr`` and ``schedule``."""
+    if args.optimizer in ("adamw", "lion") and args.momentum:
+        raise CLIError(
+            f"{args.optimizer} takes --betas (beta1, beta2), not --momentum; drop --momentum"
+        )
+    if args.optimizer in ("sgd", "sgdm", "nesterov") and args.betas:
+        raise CLIError(f"--betas applies to adamw and lion, not {args.optimizer}; drop --betas")
+    if args.lr is not None and args.schedule and "peak=" in args.schedule.replace(" ", ""):
+        raise CLIError("--lr and the peak= of --schedule both set the peak lr; drop one of them")
 
 
 def add_betas_argument(parser: argparse.ArgumentParser, *, default: str | None, help: str) -> None:

@@ -33,6 +33,7 @@ from siflow._cli import (
     add_log_arguments,
     parse_betas,
     read_log,
+    refuse_ignored_flags,
     run_main,
 )
 
@@ -446,18 +447,6 @@ def _read(args: Any, log: Path) -> Any:
     return traj
 
 
-def _check_no_conflict(args: Any) -> None:
-    """Refuse flags that the chosen theory would ignore, as ``simulate`` does."""
-    if args.optimizer in ("adamw", "lion") and args.momentum:
-        raise CLIError(
-            f"{args.optimizer} takes --betas (beta1, beta2), not --momentum; drop --momentum"
-        )
-    if args.optimizer in ("sgd", "sgdm", "nesterov") and args.betas:
-        raise CLIError(f"--betas applies to adamw and lion, not {args.optimizer}; drop --betas")
-    if args.lr is not None and args.schedule and "peak=" in args.schedule.replace(" ", ""):
-        raise CLIError("--lr and the peak= of --schedule both set the peak lr; drop one of them")
-
-
 def _body(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     from siflow._fileio import atomic_write, ensure_dir
@@ -469,7 +458,7 @@ def _body(argv: Sequence[str] | None) -> int:
             f"no such log: {str(log)!r}; check the path "
             f"(a log file, or a TensorBoard/Lightning run directory)"
         )
-    _check_no_conflict(args)
+    refuse_ignored_flags(args)
     fig, summary = _outputs(args, log)
     sizes = _group_sizes(args.group_size)
     detector = _detector(args.detect)

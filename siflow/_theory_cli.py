@@ -31,6 +31,7 @@ from siflow._cli import (
     fmt_value,
     format_rows,
     parse_betas,
+    refuse_ignored_flags,
     run_main,
 )
 
@@ -406,24 +407,11 @@ def _finite(v: Any) -> Any:
     return v
 
 
-def _check_no_conflict(args: Any) -> None:
-    """Refuse flags the chosen theory would ignore (``simulate`` and ``overlay`` refuse
-    the same combinations)."""
-    if args.optimizer in ("adamw", "lion") and args.momentum:
-        raise CLIError(
-            f"{args.optimizer} takes --betas (beta1, beta2), not --momentum; drop --momentum"
-        )
-    if args.optimizer in ("sgd", "sgdm", "nesterov") and args.betas:
-        raise CLIError(f"--betas applies to adamw and lion, not {args.optimizer}; drop --betas")
-    if args.lr is not None and args.schedule and "peak=" in args.schedule.replace(" ", ""):
-        raise CLIError("--lr and the peak= of --schedule both set the peak lr; drop one of them")
-
-
 def _body(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     from siflow.theory import equilibrium
 
-    _check_no_conflict(args)
+    refuse_ignored_flags(args)
     if args.schedule:
         return _schedule_body(args)
     schedule_only = [
