@@ -292,7 +292,7 @@ CASES: list[Case] = [
         r"director|afile|exist|writ",
         {"afile": _plain_file},
     ),
-    # audit F1, F7, F9: loss options (a traceback, a silent override, numpy's words)
+    # loss options (a traceback, a silent override, numpy's words)
     _sim("loss-option-dim", [*LR_WD, "--loss-option", "dim=5"], r"not a --loss-option.*--dim 5"),
     _sim(
         "loss-option-seed-negative",
@@ -315,7 +315,7 @@ CASES: list[Case] = [
         + ["--loss-option", "sharpness=3"],
         r"--loss-option sharpness=3 has no effect with a spectrum",
     ),
-    # audit F2: a schedule one step short holds lr = 0 at the run's last step
+    # a schedule one step short holds lr = 0 at the run's last step
     _sim(
         "schedule-ends-before-the-run",
         [*LR_WD, "--schedule", "cosine:steps=49"],
@@ -469,7 +469,7 @@ CASES: list[Case] = [
         r"director|afile|exist|writ",
         {"afile": _plain_file},
     ),
-    # audit F2, F4, F5, F10: refused before any cell runs, and nothing made in --out
+    # sweep: refused before any cell runs, and nothing made in --out
     _sweep(
         "schedule-with-its-own-peak",
         ["--schedule", "cosine:peak=0.5,steps=50"],

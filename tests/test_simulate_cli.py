@@ -206,7 +206,7 @@ def test_sigint_leaves_readable_trajectory(tmp_path):
     assert traj.meta["steps_done"] - k <= traj.step[-1] < traj.meta["steps_done"]
 
 
-# ------------------------------------------------------ audit F2, F7, F13: simulate's CLI
+# ------------------------------------------------------------------ simulate's CLI refusals
 def test_wd_zero_notes_do_not_ask_for_the_wd_the_run_lacks(tmp_path, capsys):
     argv = ["--loss", "rayleigh", "--lr", "0.1", "--wd", "0", "--steps", "500", "--quiet"]
     assert main([*argv, "--out", str(tmp_path), "--no-figure", "--json"]) == 0

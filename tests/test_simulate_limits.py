@@ -254,7 +254,7 @@ def test_elr_and_its_running_sum_over_chunks(monkeypatch, lr):
     assert np.array_equal(again.extra["sum_elr"], traj.extra["sum_elr"])
 
 
-# ------------------------------------------------------------- loss options (F1, F7, F9)
+# ------------------------------------------------------------- loss options -----------
 @pytest.mark.parametrize(
     ("loss", "options", "dim", "match"),
     [

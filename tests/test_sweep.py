@@ -596,7 +596,7 @@ def test_the_phase_diagram_script_runs_in_quick_mode(tmp_path):
     assert row["period"] == pytest.approx(np.median(np.diff(starts)), rel=0.02)
 
 
-# ------------------------------------------- audit F2/F4/F5/F6/F10: the CLI's refusals
+# ------------------------------------------------------------------ the CLI's refusals
 _ONE_CELL = ["--lr", "0.1", "0.1", "--n-lr", "1", "--wd", "1e-3", "1e-3", "--n-wd", "1",
              "--steps", "50", "--workers", "1", "--quiet"]  # fmt: skip
 #: A library parameter written as in Python (``momentum=0``): a flag should be named.

@@ -1,4 +1,4 @@
-"""The equilibrium norms stay finite wherever the true value is (audit F11).
+"""The equilibrium norms stay finite wherever the true value is.
 
 ``(lr / denom) ** 0.25`` formed ``lr/wd`` before the root: at ``lr = 1e300, wd = 1e-301``
 (``lr*wd = 0.1``) the quotient overflows although ``rho* ~ 1.5e150``. References: 60-digit

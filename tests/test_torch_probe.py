@@ -1948,7 +1948,7 @@ def test_a_tuple_example_input_is_the_positional_inputs(method, container):
     assert list(find_si_groups(model, example_input=inputs, method=method)) == ["a.weight"]
 
 
-# ------------------------------------------------- groups without a gradient (F3)
+# ------------------------------------------------- groups without a gradient -----
 class _SkippableNet(nn.Module):
     """Two SI blocks; the first (``c0``, residual) can be skipped, as stochastic depth does."""
 
