@@ -1215,15 +1215,23 @@ def _reparametrized_si(model: Any) -> list[str]:
 
 def _propagate_shapes(traced: Any, model: Any, example_input: Any) -> None:
     """Record each node's output shape (``node.meta["tensor_meta"]``) by running the traced
-    graph once on ``example_input`` (a tensor); the model's buffers and the random state
-    are restored. Without a tensor input, or when the run fails, shapes stay unknown."""
+    graph once on ``example_input`` (a tensor; a floating one is cast to the dtype of the
+    model's parameters, e.g. a float32 input of a bf16 model); the model's buffers and the
+    random state are restored. Without a tensor input, or when the run fails, shapes stay
+    unknown (torch's own report of the failure, printed to stderr, is not shown)."""
     if not isinstance(example_input, torch.Tensor):
         return
+    import contextlib
+    import io
+
     from torch.fx.passes.shape_prop import ShapeProp
 
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    if dtype is not None and example_input.is_floating_point():
+        example_input = example_input.to(dtype)
     buffers = _save_buffers(model)
     try:
-        with torch.no_grad(), _rng_kept(model):
+        with torch.no_grad(), _rng_kept(model), contextlib.redirect_stderr(io.StringIO()):
             ShapeProp(traced).propagate(example_input)
     except Exception:  # noqa: BLE001 - shapes are an optional refinement
         for node in traced.graph.nodes:

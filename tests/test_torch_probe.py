@@ -2125,3 +2125,16 @@ def test_metadata_lr_is_the_peak_of_a_one_cycle_schedule_and_the_lr_without_one(
     net = _bn_net()
     opt = torch.optim.SGD(net.parameters(), lr=0.3, weight_decay=1e-3)
     assert SIRecorder(net, opt, every=1).meta["lr"] == 0.3  # no scheduler
+
+
+def test_bf16_model_with_a_float32_example_input_prints_nothing(capfd):
+    # the shape pass runs on the input cast to the parameters' dtype; were it to fail,
+    # torch's own traceback of it is not shown (shapes are an optional refinement)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 32, bias=True), nn.BatchNorm1d(32), nn.ReLU(),
+                        nn.Linear(32, 4)).bfloat16()  # fmt: skip
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, weight_decay=1e-3)
+    rec = SIRecorder(net, opt, example_input=torch.randn(8, 16))
+    out, err = capfd.readouterr()
+    assert "Traceback" not in err and err == "", err
+    assert list(rec.groups) == ["0.weight"]
