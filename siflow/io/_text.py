@@ -21,6 +21,7 @@ import bz2
 import csv
 import gzip
 import io
+import json
 import lzma
 import math
 import os
@@ -269,6 +270,19 @@ def read_text(path: Path) -> str:
         raise ValueError(
             f"{str(path)!r} is not UTF-8 text (byte {exc.start}); is it a binary file?"
         ) from None
+
+
+def parse_json(text: str, label: str) -> Any:
+    """``text`` as a JSON document; ``ValueError`` naming ``label`` when it is not one."""
+    try:
+        return json.loads(text)
+    except (RecursionError, ValueError) as exc:  # JSONDecodeError is a ValueError
+        raise ValueError(f"{label} is not valid JSON ({exc}); is it truncated?") from None
+
+
+def read_json(path: Path) -> Any:
+    """The JSON document in ``path`` (:func:`read_text`, then :func:`parse_json`)."""
+    return parse_json(read_text(path), repr(str(path)))
 
 
 # ------------------------------------------------------------------------------ cells

@@ -42,7 +42,7 @@ import numpy as np
 from siflow.io._build import build_trajectory
 from siflow.io._columns import Table, normalize_mapping
 from siflow.io._safe_pickle import load_torch_file
-from siflow.io._text import check_path, read_text
+from siflow.io._text import check_path, read_json
 from siflow.trajectory import Trajectory
 
 __all__ = ["read_idealgas", "detect"]
@@ -68,10 +68,7 @@ def _paths(p: Path) -> tuple[Path, Path]:
 def _config(path: Path) -> dict[str, Any]:
     """``config.json`` as a dict, its settings that the reader uses checked for type."""
     label = repr(str(path))
-    try:
-        cfg = json.loads(read_text(path))
-    except (json.JSONDecodeError, RecursionError) as exc:
-        raise ValueError(f"{label} is not valid JSON ({exc}); is it truncated?") from None
+    cfg = read_json(path)
     if not isinstance(cfg, dict):
         raise ValueError(
             f"{label} must hold one JSON object of settings; use the run's own config.json"

@@ -25,7 +25,6 @@ the raw gradient norm from ``grad_buffer`` as :func:`_gradient_rule` says. Needs
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -37,7 +36,7 @@ import numpy as np
 
 from siflow.io._build import build_trajectory
 from siflow.io._columns import Table, normalize_mapping
-from siflow.io._text import check_path, read_text
+from siflow.io._text import check_path, read_json
 from siflow.trajectory import Trajectory
 
 __all__ = ["read_neural_mechanics", "detect", "nm_si_tensors"]
@@ -424,10 +423,7 @@ def _hyperparameters(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     label = repr(str(path))
-    try:
-        hp = json.loads(read_text(path))
-    except (json.JSONDecodeError, RecursionError) as exc:
-        raise ValueError(f"{label} is not valid JSON ({exc}); is it truncated?") from None
+    hp = read_json(path)
     if not isinstance(hp, dict):
         raise ValueError(
             f"{label} holds a JSON {type(hp).__name__}, not the object of settings their "

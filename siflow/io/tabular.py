@@ -23,6 +23,7 @@ from siflow.io._text import (
     check_path,
     open_binary,
     parse_csv_table,
+    parse_json,
     read_head,
     read_text,
 )
@@ -299,10 +300,7 @@ def _is_json_lines(head: bytes) -> bool:
 
 def _document_records(text: str, label: str, meta: dict[str, Any]) -> list[Mapping[str, Any]]:
     """Records of one JSON document: a list of objects, or an object holding one list."""
-    try:
-        whole = json.loads(text)
-    except (json.JSONDecodeError, RecursionError, ValueError) as exc:
-        raise ValueError(f"{label} is not valid JSON ({exc}); is it truncated?") from None
+    whole = parse_json(text, label)
     if isinstance(whole, list):
         if not whole or not all(isinstance(r, Mapping) for r in whole):
             raise ValueError(f"{label} must hold a list of objects, one per logged step")
