@@ -419,12 +419,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _records(traj: Any, name: str) -> bool:
-    """Whether the log gives ``lr`` or ``wd``: in its metadata, or as a column (under its
-    own name or the one :func:`siflow.io.read` recorded in ``meta["columns"]``)."""
-    if traj.meta.get(name) is not None or name in traj.extra:
-        return True
-    columns = traj.meta.get("columns")
-    return isinstance(columns, dict) and columns.get(name) in traj.extra
+    """Whether the log gives ``lr`` or ``wd``: in its metadata, or as a column
+    (:meth:`siflow.trajectory.Trajectory.logged`)."""
+    return traj.meta.get(name) is not None or traj.logged(name) is not None
 
 
 def _read(args: Any, log: Path) -> Any:

@@ -134,11 +134,13 @@ def _none(traj: Trajectory, n: int, why: str) -> Forecast:
 
 
 def _hyper_rows(traj: Trajectory, name: str, value: float | None) -> NDArray[np.float64]:
-    """Per-row ``lr`` or ``wd``: the log's column of that name where finite, else
-    ``value`` (NaN when it is None)."""
+    """Per-row ``lr`` or ``wd``: the log's column for it
+    (:meth:`~siflow.trajectory.Trajectory.logged`) where finite, else ``value`` (NaN
+    when it is None)."""
     fill = math.nan if value is None else float(value)
-    if name in traj.extra:
-        col = traj.extra[name].astype(np.float64)
+    logged = traj.logged(name)
+    if logged is not None:
+        col = np.asarray(logged, dtype=np.float64)
         return np.where(np.isfinite(col), col, fill)
     return np.full(len(traj), fill)
 

@@ -420,11 +420,9 @@ def _per_row(
         return np.asarray(sched(traj.step), dtype=np.float64), sched.spec
     if value is not None:
         return np.full(len(traj), float(value)), None
-    columns = traj.meta.get("columns")
-    source = columns.get(name) if isinstance(columns, Mapping) else None
-    key = name if name in traj.extra else source if source in traj.extra else None
-    if key is not None:
-        col = np.array(traj.extra[key], dtype=np.float64)
+    logged = traj.logged(name)
+    if logged is not None:
+        col = np.array(logged, dtype=np.float64)
         if meta_value is not None:
             col[np.isnan(col)] = float(meta_value)
         idx = np.where(np.isfinite(col), np.arange(col.size), 0)

@@ -193,6 +193,16 @@ class Trajectory:
             return getattr(self, name) is not None
         return name == "step" or name in self.extra
 
+    def logged(self, name: str) -> NDArray[np.float64] | None:
+        """The extra column the log recorded for ``name`` (``"lr"``, ``"wd"``): the one of
+        that name, else the one :func:`siflow.io.read` mapped to it in
+        ``meta["columns"]`` (Lightning's ``lr-SGD``); None when there is none."""
+        if name in self.extra:
+            return self.extra[name]
+        columns = self.meta.get("columns")
+        source = columns.get(name) if isinstance(columns, Mapping) else None
+        return self.extra.get(source) if isinstance(source, str) else None
+
     def column(self, name: str) -> NDArray[np.float64]:
         """A field or extra column by name; ``ValueError`` naming it when absent."""
         if name == "step":

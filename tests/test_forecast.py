@@ -571,6 +571,19 @@ def test_forecast_lr_column_sets_the_rate_at_the_current_rows():
     assert fc.details["lr"] == 0.5
 
 
+def test_forecast_reads_an_lr_column_recorded_under_another_name():
+    # Lightning's LearningRateMonitor column lr-SGD, mapped to lr by siflow.io.read (the
+    # metadata then has no lr): the forecast uses it as it uses a column named lr
+    traj, ev = jump_map(n=1000)
+    col = np.where(np.arange(1000) < 100, 1.0, 0.5)
+    meta = {k: v for k, v in traj.meta.items() if k != "lr"}
+    meta["columns"] = {"lr": "lr-SGD"}
+    t = Trajectory(step=traj.step, rho=traj.rho, loss=traj.loss, meta=meta, extra={"lr-SGD": col})
+    fc = forecast_next_event(t, threshold="elr")
+    assert fc.details["free_decay_rate"] == pytest.approx(-math.log(1 - 0.5 * 2e-3), rel=1e-12)
+    assert fc.details["lr"] == 0.5
+
+
 def test_cli_zero_metadata_lr_names_the_log_and_the_lr_flag(tmp_path):
     # a warmup-from-0 log without an lr column: one line naming the log and --lr
     traj, _ = jump_map()
