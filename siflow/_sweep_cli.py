@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from siflow._cli import ArgumentParser, CLIError, refuse_zero_schedule, run_main
+from siflow._cli import ArgumentParser, CLIError, run_main
 from siflow._validate import check_positive, check_positive_int
 from siflow.sweep import (
     DEFAULT_MAX_ROWS,
@@ -271,25 +271,14 @@ def _check_numbers(args: argparse.Namespace) -> None:
 
 
 def _check_schedule(spec: str, lr: np.ndarray, steps: int) -> None:
-    """``--schedule``: readable, no peak of its own (each cell's lr is its peak), and
-    above 0 over a cell's ``--steps``; refused in one line before any cell runs."""
-    from siflow.schedules import explicit_level, parse_schedule
+    """``--schedule``, refused in one line before any cell runs
+    (:func:`siflow.sweep.check_schedule`)."""
+    from siflow.sweep import check_schedule
 
     try:
-        sched = parse_schedule(spec, base=float(np.min(lr)))
-        parse_schedule(spec, base=float(np.max(lr)))
+        check_schedule(spec, lr.tolist(), steps, flag="--schedule", steps_flag="--steps")
     except ValueError as exc:
-        raise CLIError(f"--schedule {spec!r}: {exc}") from None
-    level = explicit_level(spec)
-    if level is not None:
-        key, value = level
-        raise CLIError(
-            f"--schedule {spec!r} sets {key}={value}, but each cell's schedule peaks at the "
-            f"cell's lr, which labels it in the table and the figure; drop {key}={value} from "
-            f"--schedule (the --lr range gives the peaks)"
-        )
-    if not sched.is_constant:
-        refuse_zero_schedule("--schedule", spec, sched, "lr", steps)
+        raise CLIError(str(exc)) from None
 
 
 def _check_figure(figure: str | None, out: Path, restart: bool) -> None:

@@ -62,7 +62,7 @@ from siflow.periods import (
     stationary_part,
 )
 from siflow.schedules import parse_schedule
-from siflow.trajectory import Trajectory
+from siflow.trajectory import Trajectory, forward_filled
 
 __all__ = [
     "OverlayResult",
@@ -425,13 +425,9 @@ def _per_row(
         col = np.array(logged, dtype=np.float64)
         if meta_value is not None:
             col[np.isnan(col)] = float(meta_value)
-        idx = np.where(np.isfinite(col), np.arange(col.size), 0)
-        np.maximum.accumulate(idx, out=idx)
-        col = col[idx]
         first = np.flatnonzero(np.isfinite(col))
         if first.size:
-            col[: first[0]] = col[first[0]]
-            return col, None
+            return forward_filled(col, float(col[first[0]])), None
     if meta_value is not None:
         return np.full(len(traj), float(meta_value)), None
     return None, None

@@ -260,7 +260,7 @@ class SweepConfig:
             opts["record_every"] = check_steps("record_every", opts["record_every"])
         object.__setattr__(self, "options", opts)
         if self.schedule is not None:
-            _check_schedule(self.schedule, lr, self.steps)
+            check_schedule(self.schedule, lr, self.steps)
         if not isinstance(self.simulator, str) or ":" not in self.simulator:
             raise ValueError(
                 f"simulator must be 'module:function', got {self.simulator!r}; "
@@ -317,31 +317,43 @@ class SweepConfig:
         return cls(**{k: d[k] for k in keys}, **extra)
 
 
-def _check_schedule(spec: Any, lr: tuple[float, ...], steps: int) -> None:
-    """A schedule spec every cell can use: its peak is the cell's lr (none written in
-    it), and it stays above 0 over the ``steps`` of a cell."""
+def check_schedule(
+    spec: Any, lr: Sequence[float], steps: int, *, flag: str = "schedule", steps_flag: str = ""
+) -> None:
+    """Refuse, in one line, a schedule spec not every cell can use: unreadable at the
+    smallest or largest peak, writing a peak of its own (each cell's schedule peaks at
+    the cell's lr, which labels it in the table and the figure), or reaching lr = 0
+    within the ``steps`` of a cell.
+
+    ``flag`` and ``steps_flag`` name the spec and the step count in the messages:
+    ``"schedule"`` and ``""`` from Python, ``"--schedule"`` and ``"--steps"`` from the
+    command line (which then also names the ``--steps`` that would fit).
+    """
     from siflow.schedules import explicit_level, first_zero_step, parse_schedule, why_zero
 
     if not isinstance(spec, str):
-        raise ValueError(
-            f"schedule must be a spec string such as 'cosine:steps=20000', got {spec!r}"
-        )
-    for base in (min(lr), max(lr)):
-        parse_schedule(spec, base=base)
+        raise ValueError(f"{flag} must be a spec string such as 'cosine:steps=20000', got {spec!r}")
+    try:
+        for base in (min(lr), max(lr)):
+            parse_schedule(spec, base=float(base))
+    except ValueError as exc:
+        raise ValueError(f"{flag} {spec!r}: {exc}") from None
     level = explicit_level(spec)
     if level is not None:
         key, value = level
         raise ValueError(
-            f"schedule {spec!r} sets {key}={value}, but each cell's schedule peaks at the "
-            f"cell's lr (the table labels the cells by it); drop {key}={value} from the spec"
+            f"{flag} {spec!r} sets {key}={value}, but each cell's schedule peaks at the "
+            f"cell's lr, which labels it in the table and the figure; drop {key}={value} "
+            f"from {flag}" + (" (the --lr range gives the peaks)" if steps_flag else "")
         )
-    sched = parse_schedule(spec, base=min(lr))  # the smallest peak underflows first
+    sched = parse_schedule(spec, base=float(min(lr)))  # the smallest peak underflows first
     step = first_zero_step(sched, steps) if not sched.is_constant else None
     if step is not None:
         why, fix = why_zero(sched, step, steps)
+        where = f"within {steps_flag} {steps}" if steps_flag else f"within a cell's {steps} steps"
+        fewer = f", or pass {steps_flag} {step}" if steps_flag and step > 0 else ""
         raise ValueError(
-            f"schedule {spec!r} reaches lr = 0 at step {step} of a cell's {steps} steps "
-            f"({why}); {fix}"
+            f"{flag} {spec!r} reaches lr = 0 at step {step}, {where} ({why}); {fix}{fewer}"
         )
 
 

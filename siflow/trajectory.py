@@ -504,3 +504,19 @@ def _read_csv(path: Path) -> tuple[dict[str, Any], dict[str, NDArray[Any]]]:
         raise ValueError(f"{str(path)!r} has a non-numeric cell ({exc})") from None
     cols = {name: table[:, j] for j, name in enumerate(header)}
     return meta, cols
+
+
+def forward_filled(values: NDArray[np.float64], first: float | None) -> NDArray[np.float64]:
+    """``values`` with each blank (NaN) row holding the last value before it; blanks
+    before the first value hold ``first`` (or stay NaN when ``first`` is None).
+
+    A logger that writes the learning rate only when it is logged (Lightning's
+    ``LearningRateMonitor`` every k steps, rows merged with other metrics) leaves the
+    optimizer's value unchanged in between. Used by :func:`siflow.io.read` (the
+    effective LR from an lr column) and the overlay (per-row lr and wd).
+    """
+    out = np.array(values, dtype=np.float64)
+    idx = np.where(np.isfinite(out), np.arange(out.size), -1)
+    np.maximum.accumulate(idx, out=idx)
+    filled = np.where(idx >= 0, out[np.maximum(idx, 0)], np.nan if first is None else first)
+    return filled

@@ -42,7 +42,7 @@ from siflow.io._columns import (
     detect_groups,
     normalize_mapping,
 )
-from siflow.trajectory import FIELDS, Trajectory
+from siflow.trajectory import FIELDS, Trajectory, forward_filled
 
 __all__ = ["build_trajectory", "resolve_columns", "choose_group", "step_axis", "root_sum_square"]
 
@@ -441,25 +441,10 @@ def sphere_conversions(
             values["elr"] = np.asarray(theory.effective_lr(float(known["lr"]), rho))
             derived.append("elr = lr / rho**2")
         elif lr_values is not None:
-            lr_rows = _forward_filled(lr_values, known.get("lr_init"))
+            lr_rows = forward_filled(lr_values, known.get("lr_init"))
             values["elr"] = np.asarray(theory.effective_lr(lr_rows, rho))
             derived.append("elr = lr column / rho**2")
     return Fields(values, notes, derived)
-
-
-def _forward_filled(values: NDArray[np.float64], first: float | None) -> NDArray[np.float64]:
-    """``values`` with each blank (NaN) row holding the last value before it; blanks
-    before the first value hold ``first`` (or stay NaN when ``first`` is None).
-
-    A logger that writes the learning rate only when it is logged (Lightning's
-    ``LearningRateMonitor`` every k steps, rows merged with other metrics) leaves the
-    optimizer's value unchanged in between.
-    """
-    out = np.array(values, dtype=np.float64)
-    idx = np.where(np.isfinite(out), np.arange(out.size), -1)
-    np.maximum.accumulate(idx, out=idx)
-    filled = np.where(idx >= 0, out[np.maximum(idx, 0)], np.nan if first is None else first)
-    return filled
 
 
 def _constant(values: NDArray[Any]) -> float | None:
