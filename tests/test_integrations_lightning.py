@@ -326,11 +326,10 @@ def _trainer(steps: int, callbacks=(), logger=False, **kwargs) -> pl.Trainer:
         callbacks=list(callbacks),
         accelerator="cpu",
         devices=1,
-        enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         log_every_n_steps=1,
-        **kwargs,
+        **{"enable_checkpointing": False, **kwargs},
     )
 
 
@@ -556,3 +555,46 @@ def test_rows_after_a_skipped_amp_step_keep_the_trainer_step(tmp_path):
     assert cols["step"][has].tolist() == [0, 3, 4, 5]
     # each row's norm is that of the weights the optimizer step at that trainer step updated
     np.testing.assert_allclose(cols["siflow/total/norm"][has], cb.recorder.trajectory().rho)
+
+
+def _fit_with_checkpoint(tmp_path, steps, path, ckpt_path=None, quiet=True):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=20, save_top_k=-1)
+    cb = SIRecorderCallback(every=1, path=path)
+    trainer = _trainer(steps, [cb, ckpt], enable_checkpointing=True)
+    with warnings.catch_warnings():
+        if quiet:
+            warnings.simplefilter("ignore")
+        trainer.fit(BNNet(), _loader(), ckpt_path=ckpt_path)
+    return trainer
+
+
+def test_a_resumed_fit_continues_the_log_of_the_earlier_fit(tmp_path):
+    # the first fit runs to step 30 but its last checkpoint is at step 20: the resumed
+    # fit redoes steps 20-29, so the log keeps the first fit's rows 0-19 and then its own
+    path = tmp_path / "run.csv"
+    _fit_with_checkpoint(tmp_path, 30, path)
+    first = Trajectory.load(path)
+    assert first.step.tolist() == list(range(30))
+    ckpt = next((tmp_path / "ckpt").glob("*step=20.ckpt"))
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    norm20 = math.sqrt(sum(float((state[f"net.{i}.weight"].double() ** 2).sum()) for i in (0, 3)))
+    _fit_with_checkpoint(tmp_path, 45, path, ckpt_path=ckpt)
+    log = Trajectory.load(path)
+    assert log.step.tolist() == list(range(45))  # the trainer's steps, as uninterrupted
+    np.testing.assert_array_equal(log.rho[:20], first.rho[:20])
+    assert log.rho[20] == pytest.approx(norm20, rel=1e-6)  # the checkpoint's weights
+    assert log.meta["step_offset"] == 20
+    _check_norm_recursion(log.rho[20:], log.grad_norm_sphere[20:], np.full(25, LR), np.full(25, WD))
+
+
+def test_a_resumed_fit_never_replaces_a_file_that_is_not_its_log(tmp_path):
+    path = tmp_path / "run.csv"
+    _fit_with_checkpoint(tmp_path, 20, tmp_path / "first.csv")
+    path.write_text("epoch,accuracy\n1,0.5\n", encoding="utf-8")
+    ckpt = next((tmp_path / "ckpt").glob("*step=20.ckpt"))
+    with pytest.warns(UserWarning, match="not a log of the earlier fit.*run-from20.csv"):
+        _fit_with_checkpoint(tmp_path, 25, path, ckpt_path=ckpt, quiet=False)
+    assert path.read_text(encoding="utf-8") == "epoch,accuracy\n1,0.5\n"
+    assert Trajectory.load(tmp_path / "run-from20.csv").step.tolist() == list(range(20, 25))

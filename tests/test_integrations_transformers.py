@@ -563,3 +563,42 @@ def test_one_pass_stream_loses_no_batch_to_group_detection(tmp_path):
     # groups found on the first batch the trainer fed, the three steps recorded
     assert list(cb.recorder.groups) == ["net.0.weight", "net.3.weight"]
     assert cb.recorder.trajectory().step.tolist() == [0, 1, 2]
+
+
+def _train_saving(tmp_path: Path, path: Path, steps: int, resume: str | None = None):
+    model = TinyNet()
+    opt = torch.optim.SGD(
+        [p for p in model.parameters() if p.requires_grad], lr=LR, weight_decay=WD
+    )
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "out"), max_steps=steps, per_device_train_batch_size=64,
+        lr_scheduler_type="constant", report_to=[], save_strategy="steps", save_steps=20,
+        use_cpu=True, disable_tqdm=True, seed=0, dataloader_num_workers=0,
+    )  # fmt: skip
+    trainer = transformers.Trainer(
+        model=model, args=args, train_dataset=Blobs(), optimizers=(opt, None),
+        callbacks=[SIRecorderCallback(every=1, path=path)],
+    )  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.train(resume_from_checkpoint=resume)
+
+
+def test_a_resumed_training_continues_the_log_of_the_earlier_one(tmp_path):
+    # saved at step 20, trained on to 30; the resumed run redoes 20-29 and goes on to 45
+    path = tmp_path / "si.npz"
+    _train_saving(tmp_path, path, 30)
+    first = Trajectory.load(path)
+    assert first.step.tolist() == list(range(30))
+    ckpt = tmp_path / "out" / "checkpoint-20"
+    from safetensors.torch import load_file
+
+    state = load_file(str(ckpt / "model.safetensors"))
+    norm20 = math.sqrt(sum(float((state[f"net.{i}.weight"].double() ** 2).sum()) for i in (0, 3)))
+    _train_saving(tmp_path, path, 45, resume=str(ckpt))
+    log = Trajectory.load(path)
+    assert log.step.tolist() == list(range(45))
+    np.testing.assert_array_equal(log.rho[:20], first.rho[:20])
+    assert log.rho[20] == pytest.approx(norm20, rel=1e-6)
+    assert log.meta["step_offset"] == 20
+    _check_norm_recursion(log.rho[20:], log.grad_norm_sphere[20:], LR, WD)

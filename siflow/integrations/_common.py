@@ -273,3 +273,66 @@ def param_dtype(model: Any) -> Any:
         if p.is_floating_point():
             return p.dtype
     return None
+
+
+def save_fit_log(rec: Any, offset: int) -> None:
+    """Write the recorder's ``path=`` log of a fit that started at trainer step ``offset``.
+
+    The rows' steps are the trainer's (``offset`` plus the optimizer steps of this fit),
+    so a fit resumed from a checkpoint numbers its rows as an uninterrupted fit would.
+    When such a fit finds the log of the earlier fit at ``path`` (written by the same
+    callback), it keeps that log's rows before ``offset`` and appends its own: one log
+    of the whole training, the steps redone after the checkpoint taken from the resumed
+    fit. A file it cannot read as such a log is not replaced: the resumed fit's rows go
+    to ``<name>-from<offset><suffix>`` beside it, with a warning. Only rank 0 writes.
+    """
+    from pathlib import Path
+
+    from siflow.torch_probe import is_rank_zero
+    from siflow.trajectory import Trajectory
+
+    new = rec.trajectory()
+    if rec.path is None or not len(new) or not is_rank_zero():
+        return
+    target = Path(rec.path)
+    if offset:
+        cols = new.to_columns()
+        cols["step"] = cols["step"] + offset
+        new = Trajectory.from_columns(cols, new.meta)
+    if offset and target.exists():
+        try:
+            old = Trajectory.load(target)
+        except (ValueError, OSError):
+            old = None
+        if old is None or old.meta.get("source") != new.meta.get("source"):
+            target = target.with_name(f"{target.stem}-from{offset}{target.suffix}")
+            warnings.warn(
+                f"siflow: {str(rec.path)!r} is not a log of the earlier fit; the resumed "
+                f"fit's log goes to {str(target)!r}",
+                stacklevel=2,
+            )
+        else:
+            new = _joined(old[old.step < offset], new)
+    new.save(target)
+
+
+def _joined(head: Any, tail: Any) -> Any:
+    """``head``'s rows, then ``tail``'s: the columns of both (NaN where one lacks a
+    column), the metadata of ``tail``."""
+    import numpy as np
+
+    from siflow.trajectory import Trajectory
+
+    a, b = head.to_columns(), tail.to_columns()
+    names = list(a) + [k for k in b if k not in a]
+    cols = {
+        k: np.concatenate(
+            [
+                a[k] if k in a else np.full(len(head), np.nan),
+                b[k] if k in b else np.full(len(tail), np.nan),
+            ]
+        )
+        for k in names
+    }
+    cols["step"] = cols["step"].astype(np.int64)
+    return Trajectory.from_columns(cols, tail.meta)

@@ -43,6 +43,7 @@ from siflow.integrations._common import (
     optimizer_hparams,
     param_dtype,
     rng_kept,
+    save_fit_log,
     unusable_lr,
     unwrap_optimizer,
 )
@@ -234,5 +235,4 @@ class SIRecorderCallback(_pl.Callback):
             self._flush(trainer)
         finally:
             rec.close()
-            if self.path is not None and len(rec.trajectory()):
-                rec.save()
+            save_fit_log(rec, self._offset)

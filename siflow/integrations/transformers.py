@@ -48,6 +48,7 @@ from siflow.integrations._common import (
     make_recorder,
     param_dtype,
     rng_kept,
+    save_fit_log,
     unusable_lr,
     unwrap_optimizer,
 )
@@ -350,5 +351,4 @@ class SIRecorderCallback(_tc.TrainerCallback):
         if rec is None:
             return
         rec.close()
-        if self.path is not None and len(rec.trajectory()):
-            rec.save()
+        save_fit_log(rec, self._offset)
