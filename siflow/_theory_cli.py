@@ -236,6 +236,12 @@ def schedule_report(
     if optimizer == "sgd" and mu == 0.0:
         rho = theory.sgd_norm_trajectory(rho0, lr_t, wd_t, grad_norm)
         how = "exact SGD norm map with constant g~ (theory.sgd_norm_trajectory)"
+    elif optimizer in ("sgd", "sgdm", "nesterov"):
+        nesterov = optimizer == "nesterov"
+        rho = theory.momentum_norm_trajectory(rho0, lr_t, wd_t, mu, grad_norm, nesterov=nesterov)
+        how = "second-moment map of heavy ball with constant g~ (theory.momentum_norm_trajectory)"
+        if nesterov:
+            how = how.replace("heavy ball", "Nesterov")
     elif rho_star is not None:
         coupled = optimizer not in ("adamw", "lion")
         rs = np.where(np.isfinite(rho_star), rho_star, 0.0)
@@ -337,7 +343,10 @@ def format_schedule(rep: dict[str, Any], spec: str) -> str:
 
 
 def _lagging_tail(points: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The first point from which every later point has a relaxation time above the steps left."""
+    """The first point from which every later point has a relaxation time above the steps
+    left, when that says something: not when the norm ends within 1% of its equilibrium,
+    nor, where the lag is unknown, the last point alone (one step is left there whatever
+    the schedule)."""
     if any(p["relaxes_before_end"] is None for p in points):
         return None
     first = None
@@ -346,6 +355,9 @@ def _lagging_tail(points: list[dict[str, Any]]) -> dict[str, Any] | None:
             first = None
         elif first is None:
             first = p
+    lag = points[-1].get("norm_lag")
+    if (lag is None and first is points[-1]) or (lag is not None and abs(lag) < 0.01):
+        return None
     return first
 
 

@@ -176,6 +176,11 @@ def _check_params(kind: str, p: dict[str, float], milestones: tuple[int, ...]) -
     if kind in ("cosine", "linear"):
         if p["min"] < 0 or p["warmup"] < 0:
             raise ValueError(f"schedule {kind!r}: min and warmup must be >= 0")
+        if p["min"] > level:
+            raise ValueError(
+                f"schedule {kind!r}: min={_number_text(p['min'])} is above the peak "
+                f"{_number_text(level)}, so it would rise, not decay; write a min below the peak"
+            )
         if p["steps"] <= p["warmup"] or p["steps"] != int(p["steps"]):
             raise ValueError(
                 f"schedule {kind!r}: steps must be a whole number above warmup "

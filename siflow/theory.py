@@ -1064,6 +1064,102 @@ def sgd_norm_trajectory(
     return _iterate_norm_map(r0, np.square(1.0 - lr * wd), np.square(lr * g), coupled=True)
 
 
+def momentum_moments_step(
+    a: float, b: float, c: float, lr: float, wd: float, mu: float, g2: float, nesterov: bool = False
+) -> tuple[float, float, float]:
+    r"""One step of the second moments of PyTorch heavy ball (or Nesterov) with coupled WD.
+
+    ``a = |w|^2``, ``b = <w, v>``, ``c = |v|^2`` before the step; the gradient has
+    ``|g|^2 = g2 / a`` (``g2 = g~^2``, the sphere gradient norm squared), orthogonal to
+    ``w`` and ``v`` (uncorrelated with the past: the model of
+    :func:`sgdm_equilibrium_norm`). Heavy ball, ``v' = mu v + g + lam w``,
+    ``w' = w - eta v'``, with ``d = 1 - eta lam``::
+
+        a' = d^2 a + eta^2 mu^2 c + eta^2 |g|^2 - 2 d eta mu b
+        b' = mu (1 - 2 eta lam) b + lam d a - eta mu^2 c - eta |g|^2
+        c' = mu^2 c + |g|^2 + lam^2 a + 2 mu lam b
+
+    Nesterov (``w' = w - eta (g + lam w + mu v')``), with ``e = 1 - eta lam (1 + mu)``::
+
+        a' = e^2 a + eta^2 mu^4 c + eta^2 (1 + mu)^2 |g|^2 - 2 e eta mu^2 b
+        b' = e (mu b + lam a) - eta mu^2 (mu c + lam b) - eta (1 + mu) |g|^2
+        c' as for heavy ball
+
+    Exact for those recursions when the gradient is orthogonal to ``w`` and ``v`` with
+    that norm (``tests/test_theory_momentum_schedule.py`` iterates the vectors); the
+    fixed point at constant ``eta, lam`` is :func:`sgdm_equilibrium_norm` (docs/theory.md
+    section 3). The heavy-ball lines are those of :func:`siflow.maps.norm_map`.
+    """
+    gam = g2 / a
+    if nesterov:
+        e = 1.0 - lr * wd * (1.0 + mu)
+        a1 = (
+            e * e * a
+            + lr * lr * mu**4 * c
+            + lr * lr * (1.0 + mu) ** 2 * gam
+            - 2.0 * e * lr * mu * mu * b
+        )
+        b1 = e * (mu * b + wd * a) - lr * mu * mu * (mu * c + wd * b) - lr * (1.0 + mu) * gam
+    else:
+        d = 1.0 - lr * wd
+        a1 = d * d * a + lr * lr * mu * mu * c + lr * lr * gam - 2.0 * d * lr * mu * b
+        b1 = mu * (1.0 - 2.0 * lr * wd) * b + wd * d * a - lr * mu * mu * c - lr * gam
+    c1 = mu * mu * c + gam + wd * wd * a + 2.0 * mu * wd * b
+    return a1, b1, c1
+
+
+def momentum_norm_trajectory(
+    rho0: float,
+    lr: ArrayLike,
+    wd: ArrayLike,
+    momentum: float,
+    grad_norm: ArrayLike,
+    nesterov: bool = False,
+) -> NDArray[np.float64]:
+    r"""Norm of an SI group under heavy-ball (or Nesterov) SGD + WD, per-step ``lr_t``, ``wd_t``.
+
+    Iterates :func:`momentum_moments_step` from ``|w|^2 = rho0^2`` and an empty momentum
+    buffer (``v = 0``, PyTorch's first step) with the sphere gradient norm ``g~_t``: the
+    heavy-ball counterpart of :func:`sgd_norm_trajectory`, to which it reduces at
+    ``momentum = 0``. Under a schedule the norm relaxes at the heavy-ball rate
+    (:func:`sgdm_relaxation_time`, about ``(1 - mu)/(4 eta lam)`` steps), not at
+    SGD's.
+
+    Parameters
+    ----------
+    rho0 : float
+        Norm before the first step, ``> 0``.
+    lr, wd, grad_norm : array_like
+        Per-step values for steps ``0 .. T-1`` (scalars broadcast; at least one an array
+        of length ``T``).
+    momentum : float
+        ``mu`` in ``[0, 1)``.
+    nesterov : bool, default False
+        PyTorch ``nesterov=True``.
+
+    Returns
+    -------
+    ndarray
+        ``rho_0 .. rho_T`` (length ``T + 1``).
+    """
+    r0 = positive_number("rho0", rho0)
+    mu = float(check_momentum(momentum))
+    lr, wd, g = _per_step(lr=lr, wd=wd, grad_norm=grad_norm)
+    out = np.empty(lr.size + 1)
+    a, b, c = r0 * r0, 0.0, 0.0
+    out[0] = a
+    g2 = np.square(g)
+    for t in range(lr.size):
+        a, b, c = momentum_moments_step(
+            a, b, c, float(lr[t]), float(wd[t]), mu, float(g2[t]), nesterov
+        )
+        out[t + 1] = a
+    return np.sqrt(out)
+
+
+__all__ += ["momentum_moments_step", "momentum_norm_trajectory"]
+
+
 def _per_step(**arrays: ArrayLike) -> list[NDArray[np.float64]]:
     """The named arrays as float64, broadcast to one 1-d per-step length, or ValueError."""
     out = np.broadcast_arrays(*(as_float_array(k, a) for k, a in arrays.items()))
@@ -1967,6 +2063,9 @@ def _adaptive_equilibrium(
     # decoupled decay at zero update: w <- (1 - eta lam) w, exact
     out["decay_factor"] = decay_factor(lr, wd)
     out["decay_rate"] = decay_rate(lr, wd)
+    # rho^2 <- q^2 rho^2 + c: deviations contract by q^2 per step (quasi-static)
+    out["relaxation_time"] = decoupled_relaxation_time(lr, wd)
+    out["relaxation_time_first_order"] = 0.5 / (lr * wd)
     return out
 
 
@@ -1995,7 +2094,8 @@ def equilibrium(
     * ``"adamw"`` / ``"lion"``: decoupled WD; the angle needs only ``lr``, ``wd``
       and ``betas``; the norm needs the group size ``n_params`` (C) and is
       independent of the gradient scale; the zero-update ``decay_factor`` is
-      ``1 - eta lam``. ``grad_norm`` and ``momentum`` are not used.
+      ``1 - eta lam``; ``relaxation_time`` is :func:`decoupled_relaxation_time`
+      (first order ``1/(2 eta lam)``). ``grad_norm`` and ``momentum`` are not used.
 
     Every result also carries ``lr``, ``wd``, ``momentum`` and ``optimizer``. A
     quantity the optimizer's theory does not define is absent from the dict (print

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -103,7 +104,15 @@ def test_adamw_table_and_json_use_the_adamw_forms() -> None:
     assert values["optimizer"] == "adamw"
     assert values["norm"] == float(theory.adamw_equilibrium_norm(1e-3, 0.1, 500))
     assert values["angular_update"] == float(theory.adamw_equilibrium_angle(1e-3, 0.1))
-    assert "elr" not in values and "relaxation_time" not in values
+    assert "elr" not in values  # no ELR law for decoupled decay
+    # the relaxation of rho^2 <- q^2 rho^2 + c, as the schedule table reports it
+    tau = -1.0 / (2.0 * math.log1p(-1e-3 * 0.1))
+    assert values["relaxation_time"] == pytest.approx(tau, rel=1e-12)
+    sched = json.loads(
+        _run("--lr", "1e-3", "--wd", "0.1", "--optimizer", "adamw", "--n-params", "500",
+             "--schedule", "constant", "--steps", "100", "--json").stdout
+    )  # fmt: skip
+    assert sched["points"][0]["relaxation_time"] == values["relaxation_time"]
     text = _run("--lr", "1e-3", "--wd", "0.1", "--optimizer", "adamw").stdout
     norm_line = next(ln for ln in text.splitlines() if ln.startswith("equilibrium norm"))
     assert "n/a" in norm_line and "--n-params" in norm_line
@@ -276,3 +285,37 @@ def test_schedule_without_a_relaxation_law_makes_no_lag_claim() -> None:
     assert proc.returncode == 0, proc.stderr
     assert "cannot reach its equilibrium" not in proc.stdout
     assert "at the last step the norm is" in proc.stdout
+
+
+def test_heavy_ball_schedule_norm_relaxes_at_the_heavy_ball_rate() -> None:
+    from siflow import schedules, theory
+
+    spec = "step:peak=0.1,gamma=0.1,milestones=1000/2000"
+    proc = _run("--schedule", spec, "--steps", "3000", "--wd", "1e-2", "--optimizer", "sgdm",
+                "--momentum", "0.9", "--json")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rep = json.loads(proc.stdout)
+    lr = schedules.parse_schedule(spec)(np.arange(3000))
+    rho = theory.momentum_norm_trajectory(1.0, lr, 1e-2, 0.9, 1.0)  # vector-checked map
+    by_step = {p["step"]: p for p in rep["points"]}
+    assert by_step[1500]["norm"] == pytest.approx(rho[1500], rel=1e-12)
+    assert by_step[2999]["norm_lag"] == pytest.approx(rho[2999] / by_step[2999]["norm_equilibrium"]
+                                                      - 1, rel=1e-12)  # fmt: skip
+    assert 0.6 < by_step[2999]["norm_lag"] < 0.8  # +69%, not the +186% of SGD's contraction
+
+
+def test_a_schedule_at_equilibrium_is_not_said_to_lag() -> None:
+    rho = "1.4955357582528483"  # sgd_equilibrium_norm(0.1, 1e-2, 1)
+    proc = _run("--schedule", "constant", "--steps", "3000", "--lr", "0.1", "--wd", "1e-2",
+                "--rho0", rho)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "cannot reach its equilibrium" not in proc.stdout
+    late = _run("--schedule", "step:peak=0.1,gamma=0.1,milestones=2900", "--steps", "3000",
+                "--wd", "1e-2")  # fmt: skip
+    assert "cannot reach its equilibrium before the end" in late.stdout
+
+
+def test_a_cosine_whose_min_is_above_its_peak_is_refused() -> None:
+    proc = _run("--schedule", "cosine:peak=0.1,min=0.5,steps=100", "--wd", "1e-2")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "min=0.5 is above the peak 0.1" in proc.stderr.strip()
