@@ -87,8 +87,28 @@ def _first_beyond_float(value: object) -> int | None:
     return None
 
 
+def _text_or_bool(value: object) -> bool:
+    """True for text and booleans, alone or as the elements of an array or a list."""
+    if isinstance(value, (str, bytes, bool, np.bool_)):
+        return True
+    if isinstance(value, np.ndarray):
+        return value.dtype.kind in "USb"
+    if isinstance(value, (list, tuple)):
+        try:
+            return np.asarray(value).dtype.kind in "USb"
+        except (TypeError, ValueError):  # ragged: the conversion below names it
+            return False
+    return False
+
+
 def as_float_array(name: str, value: ArrayLike) -> NDArray[np.float64]:
-    """Convert ``value`` to a float64 array, with a clear error for non-numbers."""
+    """Convert ``value`` to a float64 array, with a clear error for non-numbers.
+
+    Text (``"0.1"``, which numpy would parse) and booleans are not numbers here: a
+    quoted value or a flag passed by mistake is refused with its name.
+    """
+    if _text_or_bool(value):
+        raise ValueError(f"{name} must be a number or an array of numbers, got {_short(value)}")
     try:
         arr = np.asarray(value, dtype=np.float64)
     except OverflowError:  # a Python int beyond the float range

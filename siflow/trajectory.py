@@ -322,6 +322,12 @@ class Trajectory:
         two kept rows is the exact sum over the steps between them, whatever the
         thinning, so the means do not depend on which rows were kept.
 
+        Precision: a difference of running sums carries the rounding of the larger sum,
+        about ``2**-52`` times the sum accumulated up to ``stop``. A window whose own
+        sum is a tiny fraction of that (the quiet phase between bursts, where the
+        sphere gradient is ``1e-8`` after sums of order 1) reads as 0 or a few units
+        of that rounding; take such means from rows recorded every step instead.
+
         Parameters
         ----------
         start, stop : int, optional
@@ -502,7 +508,11 @@ def _read_csv(path: Path) -> tuple[dict[str, Any], dict[str, NDArray[Any]]]:
         table = np.array(rows, dtype=np.float64).reshape(len(rows), len(header))
     except ValueError as exc:
         raise ValueError(f"{str(path)!r} has a non-numeric cell ({exc})") from None
-    cols = {name: table[:, j] for j, name in enumerate(header)}
+    cols: dict[str, NDArray[Any]] = {name: table[:, j] for j, name in enumerate(header)}
+    try:  # steps are written as whole numbers: exact as integers beyond 2**53
+        cols["step"] = np.array([int(r[0]) for r in rows], dtype=np.int64)
+    except (ValueError, OverflowError):
+        pass  # a step such as '3.0' or out of range: the float column, checked later
     return meta, cols
 
 

@@ -255,3 +255,50 @@ def test_transfer_period_validation():
             transfer_period(cal, 1.0, 0.01, skip=bad)
     # a whole float is taken, as cycle_constants takes it
     assert transfer_period(cal, 1.0, 0.01, skip=2.0) == transfer_period(cal, 1.0, 0.01, skip=2)
+
+
+def test_transfer_period_refuses_a_step_column_that_is_not_optimizer_steps():
+    from siflow.predict import transfer_period
+
+    cal, period = _jump_map_run(0.5, 0.01)
+    # every 10th row numbered 0, 1, 2, ... (a unit of 10 steps, as epochs are): its norm
+    # falls 10x faster per unit than the free decay per step
+    coarse = cal[::10]
+    coarse = Trajectory(step=coarse.step // 10, rho=coarse.rho, loss=coarse.loss, meta=cal.meta)
+    with pytest.raises(ValueError, match="does not count optimizer steps"):
+        transfer_period(coarse, 1.0, 0.01)
+    epochs = Trajectory(step=cal.step, rho=cal.rho, loss=cal.loss,
+                        meta={**cal.meta, "time_unit": "epoch"})  # fmt: skip
+    with pytest.raises(ValueError, match="does not count optimizer steps"):
+        transfer_period(epochs, 1.0, 0.01)
+    # steps counted 3x (rows 0, 3, 6, ...): the decay per unit looks 3x slower, a push of
+    # 2/3 that doubles at twice the lr*wd: refused, never a negative period
+    stretched = Trajectory(step=cal.step * 3, rho=cal.rho, loss=cal.loss, meta=cal.meta)
+    with pytest.raises(ValueError, match="gives no period"):
+        transfer_period(stretched, 1.0, 0.01)
+    assert transfer_period(stretched, 0.5, 0.01).period == pytest.approx(3 * period, rel=0.03)
+
+
+def test_theory_predict_period_is_the_predict_one_without_importing_it_early():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, siflow.theory as t; assert 'siflow.predict' not in sys.modules; "
+        "print(t.predict_period(0.1, 0.05, sharpness=3.0, family='logistic', noise=1e-6, "
+        "dim=10).period)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    ref = predict_period(0.1, 0.05, sharpness=3.0, family="logistic", noise=1e-6, dim=10)
+    assert float(out.stdout) == ref.period
+
+
+def test_a_noise_above_the_checked_range_is_flagged():
+    with pytest.warns(UserWarning, match="noise=1e-05 is above 1e-06"):
+        pred = predict_period(0.1, 0.05, sharpness=3.0, family="logistic", noise=1e-5, dim=10)
+    assert "largest level checked" in pred.details["note"]
+    quiet = predict_period(0.1, 0.05, sharpness=3.0, family="logistic", noise=1e-6, dim=10)
+    assert "note" not in quiet.details
+    with pytest.raises(ValueError, match="dim must be a positive integer"):
+        predict_period(0.1, 0.05, sharpness=3.0, family="logistic", noise=1e-6, dim=2.7)

@@ -156,3 +156,10 @@ def test_rows_by_number_or_columns_by_name_say_how(tmp_path):
     with pytest.raises(ValueError, match="^path must be a file name ending in .npz or .csv"):
         t.save(3)
     assert t.column("rho").tolist() == [1.0, 1.0, 1.0] and len(t[1:]) == 2
+
+
+def test_csv_round_trip_keeps_steps_beyond_2_to_the_53(tmp_path):
+    steps = np.array([2**62, 2**62 + 1, 2**62 + 7], dtype=np.int64)
+    traj = Trajectory(step=steps, rho=np.array([1.0, 2.0, 3.0]))
+    back = Trajectory.load(traj.save(tmp_path / "big.csv"))
+    assert back.step.tolist() == steps.tolist()

@@ -67,8 +67,12 @@ def test_the_answers_of_the_checks_themselves():
     assert float(lr) == 0.1
     with pytest.raises(ValueError, match="wd must be > 0"):
         check_lr_wd(0.1, 0)
-    # True is not a plain number here: numpy reads it as 1.0, as it always did
-    assert float(check_finite("x", True)) == 1.0
+    # text and booleans are not numbers (numpy would read "0.1" as 0.1 and True as 1.0)
+    for bad in (True, np.bool_(False), "0.1", b"1", ["0.1", 2], np.array([True])):
+        with pytest.raises(ValueError, match="x must be a number or an array of numbers"):
+            check_finite("x", bad)
+    assert float(check_finite("x", np.float32(0.5))) == 0.5
+    assert check_finite("x", [1, 2.5]).tolist() == [1.0, 2.5]
 
 
 @pytest.mark.parametrize(
