@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from siflow import theory
 from siflow._validate import (
     as_float_array,
     check_positive_int,
@@ -409,6 +410,46 @@ def _decay_clock(traj: Trajectory, rate: NDArray[np.float64] | None) -> NDArray[
     med = float(rate[0]) if np.all(rate == rate[0]) else float(np.median(rate))
     rel = rate / med
     return np.concatenate([[0.0], np.cumsum(rel[:-1] * np.diff(s))])
+
+
+def _log_equilibrium_norm(
+    traj: Trajectory, lr_row: NDArray[np.float64], wd_row: NDArray[np.float64], mu: float
+) -> NDArray[np.float64]:
+    """``ln rho*_t`` up to a constant: the quasi-static equilibrium norm at a fixed gradient.
+
+    SGD and heavy ball: :func:`siflow.theory.sgdm_equilibrium_norm` at a unit sphere
+    gradient (``rho*`` scales as ``sqrt(G)``, so a constant ``G`` only shifts the log);
+    AdamW and Lion (``meta["optimizer"]``): :func:`siflow.theory.adamw_equilibrium_norm`
+    / :func:`siflow.theory.lion_equilibrium_norm` of one element (``rho*`` scales as
+    ``sqrt(C)``), with ``meta["betas"]``. Needs ``0 < lr * wd < 1`` on every row.
+    """
+    optimizer = str(traj.meta.get("optimizer") or "sgd").lower()
+    betas = traj.meta.get("betas")
+    b1, b2 = (
+        (float(betas[0]), float(betas[1])) if isinstance(betas, (list, tuple)) else (0.9, 0.999)
+    )
+    if optimizer in ("adam", "adamw"):
+        rho = theory.adamw_equilibrium_norm(lr_row, wd_row, 1.0, b1)
+    elif optimizer == "lion":
+        rho = theory.lion_equilibrium_norm(lr_row, wd_row, 1.0, b1, b2)
+    else:
+        rho = theory.sgdm_equilibrium_norm(lr_row, wd_row, 1.0, mu)
+    return np.log(np.asarray(rho, dtype=np.float64))
+
+
+def _schedule_explained_rise(log_eq: NDArray[np.float64], onset_row: int, peak_row: int) -> float:
+    """Largest rise of ``ln rho`` that the lr schedule alone explains from an onset.
+
+    At the onset row (a trough of the norm) the norm is at the quasi-static equilibrium
+    of the gradient it has there (the push balances the decay). With that gradient held,
+    the schedule moves the equilibrium by ``ln rho*_t - ln rho*_onset`` and the norm
+    relaxes towards it without overshooting, so up to the peak it cannot rise by more than
+    the largest such change over the rows whose lr drives the rise (``[onset, peak)``).
+    0 when the schedule does not raise the equilibrium (a constant lr, a decay).
+    """
+    stop = max(peak_row, onset_row + 1)
+    top = float(np.max(log_eq[onset_row:stop]))
+    return max(top - float(log_eq[onset_row]), 0.0)
 
 
 def _elr_column(traj: Trajectory, lr_row: NDArray[np.float64] | None) -> NDArray[np.float64] | None:
@@ -802,6 +843,8 @@ def find_events(
         ref = float(np.percentile(amps, 75))
         cands = [c for c, a in zip(cands, amps, strict=True) if a >= min_jump_fraction * ref]
     cands = _merge_stages(xs, cands, merge_fraction)
+    if cands and name != "loss" and rate is not None and lr_row is not None:
+        cands = _beyond_schedule(traj, cands, xs, rows_l, lr_row, wd, momentum, h)
     s_min = traj.meta.get("sharpness_min") if sharpness is None else sharpness
     elr = _elr_column(traj, lr_row)
     ratios = _threshold_ratios(traj, rows, elr, lr_row, wd, s_min, momentum, cands)
@@ -892,6 +935,42 @@ def find_events(
         kept.append((c, base, top, spike))
 
     return _events_from(traj, rows, kept, lr_row, rate, loss, name, h)
+
+
+def _beyond_schedule(
+    traj: Trajectory,
+    cands: list[_Cand],
+    xs: list[float],
+    rows_l: range | list[int],
+    lr_row: NDArray[np.float64],
+    wd: ArrayLike | None,
+    momentum: float | None,
+    h: float,
+) -> list[_Cand]:
+    """The candidates whose rise exceeds what the lr schedule explains by a swing ``h``.
+
+    A rise of the norm driven by a rising lr (the quasi-static equilibrium ``rho*(t)``
+    moving up, and the norm relaxing towards it, with the gradient unchanged) is not a
+    destabilization: that needs the gradient to grow. The part of a rise that the
+    schedule explains (:func:`_schedule_explained_rise`) is taken off, and what is left
+    must still be a swing of the zigzag filter. Only ratios of lr values enter, so the
+    test does not depend on the time unit; under a constant or falling lr it keeps
+    every candidate.
+    """
+    wd_row = _row_array(traj, "wd", wd)
+    if wd_row is None or not np.all(lr_row * wd_row > 0):
+        return cands
+    mu = float(traj.momentum if momentum is None else momentum)
+    log_eq = _log_equilibrium_norm(traj, lr_row, wd_row, mu)
+    if np.all(log_eq == log_eq[0]):
+        return cands
+    out = []
+    for c in cands:
+        explained = _schedule_explained_rise(log_eq, rows_l[c.onset], rows_l[c.peak])
+        if explained > 0 and xs[c.peak] - xs[c.onset] - explained < h:
+            continue
+        out.append(c)
+    return out
 
 
 def _events_from(
@@ -1113,6 +1192,65 @@ def _blew_up(col: NDArray[np.float64]) -> bool:
     return not nan[:last_finite].any()
 
 
+def _converged_under_schedule(
+    traj: Trajectory, rows: NDArray[np.int64], x: NDArray[np.float64]
+) -> bool | None:
+    """Whether the norm decays freely under a varying lr (None: no varying per-row lr).
+
+    Over the second half of the rows the norm is fitted by the first-order relaxation
+    towards the schedule's quasi-static equilibrium at a constant gradient
+    (``docs/theory.md`` section 1): with ``v = rho^p`` (``p = 4`` for SGD and heavy ball,
+    2 for AdamW and Lion, :func:`_log_equilibrium_norm`),
+    ``v_{t+1} = f_t v_t + (1 - f_t) K phi_t``, ``f_t = exp(-p delta_t)`` per step
+    (``delta_t`` the free decay rate of ``ln rho``) and ``phi_t = rho*_t^p`` up to the
+    constant ``K`` (the squared gradient). Its solution from the first row is
+    ``v_t = a A_t + K B_t``; ``a`` and ``K >= 0`` are fitted by least squares on
+    ``v_t / v_fit - 1``. The end of the window is ``v = A v_0 + (1 - A) K phi_bar``, with
+    ``phi_bar = B / (1 - A)`` the equilibrium averaged with the weights the relaxation
+    gives each step; the run has converged when that equilibrium holds less than half of
+    the final ``v`` (``K phi_bar < v / 2``: the gradient push no longer balances the decay).
+    At a constant lr this is the rule of :func:`classify` (decay at least half the free
+    rate, ``d ln rho / dt = -delta (1 - v*/v)``); under a schedule a norm that follows a
+    falling (or rising) ``rho*(t)`` is an equilibrium, not a convergence.
+    """
+    if "lr" not in traj.extra:
+        return None
+    lr_row, rate = _schedule(traj, None, None, None)
+    wd_row = _row_array(traj, "wd", None)
+    if lr_row is None or rate is None or wd_row is None:
+        return None
+    log_eq = _log_equilibrium_norm(traj, lr_row, wd_row, traj.momentum)
+    if np.all(log_eq == log_eq[0]):
+        return None
+    if not (traj.has("rho") and _usable_rows(traj.column("rho"), True) >= 2):
+        x = x + 0.5 * np.log(lr_row[rows])  # x came from elr: ln rho - ln(lr)/2
+    win = rows[rows >= rows[rows.size // 2]]
+    if win.size < 3:
+        return None
+    first, last = int(win[0]), int(win[-1])
+    adaptive = str(traj.meta.get("optimizer") or "sgd").lower() in ("adam", "adamw", "lion")
+    power = 2.0 if adaptive else 4.0
+    steps = np.diff(traj.step[first : last + 1].astype(np.float64))
+    f = np.exp(-power * rate[first:last] * steps)
+    phi = np.exp(power * (log_eq[first:last] - log_eq[first]))
+    a_all = np.concatenate([[1.0], np.cumprod(f)])
+    b_all = np.zeros(a_all.size)
+    for k in range(f.size):
+        b_all[k + 1] = f[k] * b_all[k] + (1.0 - f[k]) * phi[k]
+    v = np.exp(power * (x[rows >= first] - x[rows == first][0]))
+    a_w, b_w = a_all[win - first], b_all[win - first]
+    if 1.0 - a_w[-1] <= 0.0:
+        return None
+    design = np.column_stack([a_w / v, b_w / v])
+    (amp, k_hat), *_ = np.linalg.lstsq(design, np.ones(v.size), rcond=None)
+    if not (math.isfinite(amp) and math.isfinite(k_hat)):
+        return None
+    if k_hat <= 0.0:
+        return True
+    held = k_hat * b_w[-1] / (1.0 - a_w[-1])
+    return bool(held < 0.5 * (amp * a_w[-1] + k_hat * b_w[-1]))
+
+
 def classify(traj: Trajectory, events: Events | None = None) -> str:
     """Regime of a run: ``"converged"``, ``"equilibrium"``, ``"periodic"`` or ``"diverged"``.
 
@@ -1169,6 +1307,9 @@ def classify(traj: Trajectory, events: Events | None = None) -> str:
     except ValueError:
         rows = None
     if rows is not None:
+        scheduled = _converged_under_schedule(traj, rows, x)
+        if scheduled is not None:
+            return "converged" if scheduled else "equilibrium"
         second = rows >= rows[rows.size // 2]
         s = traj.step[rows[second]].astype(np.float64)
         xs = x[second]
