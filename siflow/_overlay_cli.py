@@ -231,6 +231,8 @@ def _hyper_line(d: dict[str, Any]) -> str:
         hp += " (peak of a schedule)"
     if d.get("optimizer", "sgd") in ("sgd", "sgdm", "nesterov"):
         hp += f"  momentum={_fmt(d['momentum'])}"
+        if d.get("momentum_schedule"):
+            hp += " (varies per row: the log's momentum column)"
     if d.get("betas"):
         hp += f"  betas={d['betas'][0]:g},{d['betas'][1]:g}"
     return f"regime: {d['regime']}    {hp}"

@@ -393,6 +393,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     """The text report: run line, theory for the optimizer that ran, events, table."""
     cfg = summary["config"]
     eq = summary["equilibrium"]
+    at = summary.get("equilibrium_at")
     lines = [
         f"run: {cfg['loss']} x {cfg['optimizer']}, {summary['steps_done']} of {cfg['steps']} "
         f"steps, status {summary['status']}, regime {summary['regime'] or 'n/a'}",
@@ -400,6 +401,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         "",
         "equilibrium predicted by siflow.theory"
         + (" (for the measured RMS sphere gradient norm)" if "grad_norm" in eq else "")
+        + (f" at the last step's lr={fmt_value(at['lr'])}, wd={fmt_value(at['wd'])}" if at else "")
         + ":",
     ]
     rows = []
@@ -435,16 +437,18 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"{fmt_value(dr['predicted'])} per step"
     )
     st = summary["statistics"]
+    pred = summary.get("predicted") or eq
     if st:
         lines.append("")
+        per_row = " vs lr(t), wd(t) per row (the schedule note)" if at else ""
         lines.append(
             f"equilibrium statistics over steps {st['start']}..{st['stop']} ({st['steps']} steps, "
-            "exact sums over every step):"
+            f"exact sums over every step){per_row}:"
         )
         rows = [
-            ["angular update RMS (rad/step)", st["angular_update_rms"], eq.get("angular_update")],
-            ["norm mean", st["norm_mean"], eq.get("norm")],
-            ["effective LR mean", st["elr_mean"], eq.get("elr")],
+            ["angular update RMS (rad/step)", st["angular_update_rms"], pred.get("angular_update")],
+            ["norm mean", st["norm_mean"], pred.get("norm")],
+            ["effective LR mean", st["elr_mean"], pred.get("elr")],
             ["sphere grad norm g~ RMS", st["grad_norm_sphere_rms"], None],
         ]
         lines.append(
@@ -627,6 +631,9 @@ def _announcement(args: Any, toy: Any, est: dict[str, Any]) -> str:
     return f"{took}; pass fewer --steps for a shorter run (Ctrl-C keeps what was simulated)"
 
 
+#: Predictions compared with the measured statistics (``<key>_predicted`` in the overlay).
+_COMPARED = ("angular_update", "norm", "elr", "decay_rate")
+
 #: Overlay fields replaced by the exact statistics and the run's own theory.
 _OVERRIDDEN = (
     "angular_update_rms",
@@ -696,11 +703,16 @@ def _analyse(
         args.optimizer, lr_end, wd_end or 0.0, momentum, betas, g, toy.dim
     )
     thr = threshold_for_run(args.optimizer, lr_end, wd_end or 0.0, momentum, s_min)
+    # what the measured statistics are compared with: the run's theory at its constant lr
+    # and wd, or under a schedule the overlay's per-row lr(t), wd(t) predictions averaged
+    # over the stationary rows (the decay rate over the measured slope's own rows); never
+    # the last step's equilibrium, which the rows before it did not see
+    compared = {key: eq.get(key) for key in _COMPARED}
+    if scheduled:
+        compared = {key: d.get(f"{key}_predicted") for key in _COMPARED}
     if d:
-        d["angular_update_predicted"] = eq.get("angular_update")
-        d["norm_predicted"] = eq.get("norm")
-        d["elr_predicted"] = eq.get("elr")
-        d["decay_rate_predicted"] = eq.get("decay_rate")
+        for key in _COMPARED:
+            d[f"{key}_predicted"] = compared[key]
         d["elr_threshold"] = thr["value"]
         if thr["value"]:
             from siflow import theory
@@ -718,11 +730,6 @@ def _analyse(
         for key in _OVERRIDDEN:
             if key in d:
                 setattr(result, key, d[key])
-    if scheduled:
-        notes.append(
-            "scheduled run: the equilibrium values are those of the last step's lr and wd "
-            f"(lr={fmt_value(lr_end)}, wd={fmt_value(wd_end)})"
-        )
     periods = d.get("periods", [])
     summary: dict[str, Any] = {
         "config": {
@@ -752,6 +759,8 @@ def _analyse(
         "period_median": d.get("period_median"),
         "events": result.events.to_dict() if result is not None else None,
         "equilibrium": eq,
+        "equilibrium_at": {"lr": lr_end, "wd": wd_end} if scheduled else None,
+        "predicted": compared,
         "not_applicable": missing,
         "threshold": thr,
         "elr_at_events": d.get("elr_at_events", []),
@@ -760,7 +769,7 @@ def _analyse(
         "sharpness_min": s_min,
         "decay_rate": {
             "measured": d.get("decay_rate_measured"),
-            "predicted": eq.get("decay_rate"),
+            "predicted": compared["decay_rate"],
         },
         "statistics": stats,
         "angular_update_rms": stats.get("angular_update_rms"),

@@ -57,6 +57,7 @@ from siflow._validate import (
 from siflow.periods import (
     Events,
     classify,
+    decay_phases,
     find_events,
     measure_decay_rate,
     stationary_part,
@@ -173,7 +174,8 @@ class GroupResult:
 @dataclass
 class Curves:
     """Per-row predictions (NaN where undefined): ``lr(t)``, ``wd(t)``, ``Delta*(t)``,
-    ``rho*(t)``, ``elr*(t)`` at the trajectory's steps."""
+    ``rho*(t)``, ``elr*(t)`` at the trajectory's steps, and the per-row heavy-ball
+    momentum ``mu(t)`` the laws took (``None``: 0 or the result's constant one)."""
 
     step: np.ndarray
     lr: np.ndarray
@@ -181,6 +183,7 @@ class Curves:
     angular_update: np.ndarray | None = None
     norm: np.ndarray | None = None
     elr: np.ndarray | None = None
+    momentum: np.ndarray | None = None
 
 
 _SECTIONS: dict[str, type] = {
@@ -217,6 +220,7 @@ class OverlayResult:
     betas: list[float] | None = None
     lr_schedule: bool = False
     wd_schedule: bool = False
+    momentum_schedule: bool = False
     schedule: str | None = None
     regime: str = ""
     time_unit: str = "step"
@@ -363,7 +367,9 @@ CHECK_HOLDS, CHECK_FAILS = 1e-3, 1e-2
 
 @dataclass
 class _Hyper:
-    """Resolved hyperparameters: per-row ``lr``/``wd`` (None when unknown)."""
+    """Resolved hyperparameters: per-row ``lr``/``wd`` (None when unknown), the
+    per-row heavy-ball momentum ``mu_rows`` (SGD family; None: ``momentum`` at every
+    row) and where ``lr``/``wd`` came from (``lr_source``, for the notes)."""
 
     lr_rows: np.ndarray | None
     wd_rows: np.ndarray | None
@@ -375,6 +381,9 @@ class _Hyper:
     lr_varies: bool
     wd_varies: bool
     schedule: str | None
+    mu_rows: np.ndarray | None = None
+    lr_source: str = "the logged lr"
+    wd_source: str = "the logged wd"
 
     @property
     def known(self) -> bool:
@@ -383,6 +392,21 @@ class _Hyper:
     @property
     def sgd_family(self) -> bool:
         return self.optimizer in ("sgd", "sgdm", "nesterov")
+
+    @property
+    def mu_varies(self) -> bool:
+        return self.mu_rows is not None and bool(np.ptp(self.mu_rows) > 0)
+
+    @property
+    def varies(self) -> bool:
+        """Whether any hyperparameter the laws take changes from row to row."""
+        return self.lr_varies or self.wd_varies or self.mu_varies
+
+    def mu(self, n: int) -> np.ndarray:
+        """The heavy-ball momentum at each of the ``n`` rows (0 outside the SGD family)."""
+        if self.optimizer not in ("sgd", "sgdm", "nesterov"):
+            return np.zeros(n)
+        return self.mu_rows if self.mu_rows is not None else np.full(n, self.momentum)
 
 
 def _log_optimizer(traj: Trajectory, notes: list[str]) -> str:
@@ -420,17 +444,53 @@ def _per_row(
         return np.asarray(sched(traj.step), dtype=np.float64), sched.spec
     if value is not None:
         return np.full(len(traj), float(value)), None
-    logged = traj.logged(name)
-    if logged is not None:
-        col = np.array(logged, dtype=np.float64)
-        if meta_value is not None:
-            col[np.isnan(col)] = float(meta_value)
-        first = np.flatnonzero(np.isfinite(col))
-        if first.size:
-            return forward_filled(col, float(col[first[0]])), None
+    col = _column_rows(traj, name)
+    if col is not None:
+        return col, None
     if meta_value is not None:
         return np.full(len(traj), float(meta_value)), None
     return None, None
+
+
+def _column_rows(traj: Trajectory, name: str) -> np.ndarray | None:
+    """The log's per-row column ``name`` (``lr``, ``wd``, ``momentum``, ``beta1``) as
+    :func:`_per_row` reads it without an explicit value, or None when there is none."""
+    if traj.logged(name) is None:
+        return None
+    meta_value = traj.meta.get(name)
+    if name == "beta1" and meta_value is None:
+        raw = traj.meta.get("betas")
+        meta_value = raw[0] if isinstance(raw, (list, tuple)) and len(raw) == 2 else None
+    col = np.array(traj.logged(name), dtype=np.float64)
+    if meta_value is not None:
+        col[np.isnan(col)] = float(meta_value)
+    first = np.flatnonzero(np.isfinite(col))
+    return forward_filled(col, float(col[first[0]])) if first.size else None
+
+
+def _given_against_column(
+    traj: Trajectory, name: str, value: float | None, notes: list[str], replaced_by: str
+) -> None:
+    """Refuse a constant ``name=`` that contradicts a varying column of the log.
+
+    One number cannot stand for a column that changes from row to row: the laws would
+    be checked with hyperparameters the run did not use. A constant column equal to
+    the value is fine; a constant column that differs is ignored, with a note.
+    """
+    col = None if value is None else _column_rows(traj, name)
+    meta = traj.meta.get(name)
+    if col is None and value is not None and isinstance(meta, (int, float)) and meta != value:
+        notes.append(f"the log's {name} ({meta:.6g}) is ignored: {name}={value:.6g} was given")
+    if col is None or value is None or np.allclose(col, value, rtol=1e-12, atol=0.0):
+        return
+    lo, hi = float(np.nanmin(col)), float(np.nanmax(col))
+    if hi > lo:
+        raise ValueError(
+            f"{name}= was given ({value:.6g}) but the log's {name} column varies from "
+            f"{lo:.6g} to {hi:.6g}; drop {name}= to use the column row by row"
+            f"{replaced_by}"
+        )
+    notes.append(f"the log's {name} column ({lo:.6g}) is ignored: {name}={value:.6g} was given")
 
 
 def _check_rows(name: str, rows: np.ndarray) -> np.ndarray:
@@ -460,14 +520,14 @@ def _resolve_hyper(
         lr = positive_number("lr", lr)
     if wd is not None:
         wd = positive_number("wd", wd)
-    mu = momentum_number(traj.momentum if momentum is None else momentum)
     name = (
         theory.check_optimizer(optimizer) if optimizer is not None else _log_optimizer(traj, notes)
     )
+    mu, mu_rows = _resolve_momentum(traj, name, momentum, notes)
     if name in ("adamw", "lion") and mu:
         notes.append(f"momentum={mu:g} is not used by {name} (its betas are)")
         mu = 0.0
-    if name == "sgdm" and mu == 0.0:
+    if name == "sgdm" and mu == 0.0 and mu_rows is None:
         notes.append("optimizer='sgdm' with momentum 0 is plain SGD; pass momentum=")
     b: tuple[float, float] | None = None
     if name in _DEFAULT_BETAS:
@@ -475,6 +535,11 @@ def _resolve_hyper(
         if len(raw) != 2:
             raise ValueError(f"betas must be two numbers (beta1, beta2), got {raw!r}")
         b = (beta_number("beta1", raw[0]), beta_number("beta2", raw[1]))
+        b = _resolve_beta1(traj, name, b, betas is not None, notes)
+    if schedule is None:
+        _given_against_column(traj, "lr", lr, notes, ", or pass schedule= to replace it")
+    if wd_schedule is None:
+        _given_against_column(traj, "wd", wd, notes, ", or pass wd_schedule= to replace it")
     lr_rows, lr_spec = _per_row(traj, "lr", lr, schedule)
     wd_rows, wd_spec = _per_row(traj, "wd", wd, wd_schedule)
     if lr_rows is not None:
@@ -483,8 +548,6 @@ def _resolve_hyper(
         wd_rows = _check_rows("wd", wd_rows)
     if lr_rows is not None and wd_rows is not None and np.any(lr_rows * wd_rows >= 1):
         raise ValueError("lr*wd must be < 1 at every row; check lr, wd and the schedule")
-    if lr is not None and schedule is None and "lr" in traj.extra:
-        notes.append("the log's lr column is ignored: lr= was given")
     lr_varies = lr_rows is not None and bool(np.ptp(lr_rows) > 0)
     wd_varies = wd_rows is not None and bool(np.ptp(wd_rows) > 0)
     lr_value = None if lr_rows is None else float(lr if lr is not None else np.max(lr_rows))
@@ -496,7 +559,89 @@ def _resolve_hyper(
             f"(the log records neither a value nor a column for {missing})"
         )
     spec = "; ".join(f"{n}: {s}" for n, s in (("lr", lr_spec), ("wd", wd_spec)) if s) or None
-    return _Hyper(lr_rows, wd_rows, lr_value, wd_value, mu, name, b, lr_varies, wd_varies, spec)
+    return _Hyper(
+        lr_rows, wd_rows, lr_value, wd_value, mu, name, b, lr_varies, wd_varies, spec, mu_rows,
+        lr_source=_source("lr", lr, lr_spec, traj),
+        wd_source=_source("wd", wd, wd_spec, traj),
+    )  # fmt: skip
+
+
+def _source(name: str, value: float | None, spec: str | None, traj: Trajectory) -> str:
+    """Where the per-row ``lr`` (``wd``) came from, as the notes name it."""
+    if spec is not None:
+        return f"the {name} schedule {spec}"
+    if value is not None:
+        ignored = " (the log's column is ignored)" if traj.logged(name) is not None else ""
+        return f"{name}={value:.6g}{ignored}"
+    return f"the logged {name}"
+
+
+def _resolve_momentum(
+    traj: Trajectory, name: str, momentum: float | None, notes: list[str]
+) -> tuple[float, np.ndarray | None]:
+    """The heavy-ball momentum: one value and, when the log's ``momentum`` column
+    varies (SGD family; e.g. PyTorch's OneCycleLR cycles it), the per-row values.
+
+    Blank rows of the column hold ``meta["momentum"]``, as for ``lr``. An explicit
+    ``momentum=`` that contradicts a varying column is refused. The single value is the
+    metadata's (else the column's median) and is what the laws take when the column is
+    constant; the per-row values go to every heavy-ball law that takes them.
+    """
+    if name not in ("sgd", "sgdm", "nesterov"):
+        return momentum_number(traj.momentum if momentum is None else momentum), None
+    _given_against_column(traj, "momentum", momentum, notes, "")
+    if momentum is not None:
+        return momentum_number(momentum), None
+    col = _column_rows(traj, "momentum")
+    if col is None:
+        return momentum_number(traj.momentum), None
+    if not np.all(np.isfinite(col)) or np.any((col < 0) | (col >= 1)):
+        bad = col[~np.isfinite(col) | (col < 0) | (col >= 1)][0]
+        raise ValueError(
+            f"momentum must be in [0, 1) at every row, got {float(bad)!r}; check the log's "
+            f"momentum column"
+        )
+    if np.ptp(col) == 0:
+        return float(col[0]), None
+    meta = traj.meta.get("momentum")
+    mu = momentum_number(meta) if meta else float(np.median(col))
+    notes.append(
+        f"momentum varies per row (the log's momentum column: {np.min(col):.4g} to "
+        f"{np.max(col):.4g}, e.g. OneCycleLR's cycle_momentum): the radial law, the decay "
+        f"rate and the equilibria take it per row; the period and the stability threshold "
+        f"take its median over the stationary rows"
+    )
+    return mu, col
+
+
+def _resolve_beta1(
+    traj: Trajectory,
+    name: str,
+    betas: tuple[float, float],
+    given: bool,
+    notes: list[str],
+) -> tuple[float, float]:
+    """``(beta1, beta2)`` of AdamW/Lion with the log's ``beta1`` column taken into account.
+
+    A constant column gives beta1 (unless ``betas=`` was given); a varying one
+    (OneCycleLR cycles it) cannot be taken by the closed forms, which assume one
+    beta1: the given one, else the median of the column, is used and a note says so.
+    """
+    col = _column_rows(traj, "beta1")
+    if col is None:
+        return betas
+    if not np.all(np.isfinite(col)) or np.any((col < 0) | (col >= 1)):
+        raise ValueError("beta1 must be in [0, 1) at every row; check the log's beta1 column")
+    if np.ptp(col) == 0:
+        return betas if given else (float(col[0]), betas[1])
+    b1 = betas[0] if given else float(np.median(col))
+    used = "the given betas=" if given else "its median"
+    notes.append(
+        f"beta1 varies per row (the log's beta1 column: {np.min(col):.4g} to {np.max(col):.4g}, "
+        f"e.g. OneCycleLR's cycle_momentum): the {name} equilibrium forms assume a constant "
+        f"beta1 and use {used} {b1:.4g}"
+    )
+    return (b1, betas[1])
 
 
 def analyze(
@@ -526,15 +671,22 @@ def analyze(
         Any trajectory; which fields need which columns is listed below.
     lr, wd : float, optional
         Constant hyperparameters; default: the log's ``lr``/``wd`` column (per row)
-        or ``traj.meta``.
+        or ``traj.meta``. A value given while the log's column varies is refused
+        (``ValueError``: drop it, or pass ``schedule=``); one that differs from a
+        constant column replaces it, with a note.
     momentum : float, optional
-        Heavy-ball momentum (SGD family); default ``traj.meta`` (else 0).
+        Heavy-ball momentum (SGD family); default: the log's per-row ``momentum``
+        column (blank rows hold ``meta["momentum"]``; e.g. OneCycleLR cycles it),
+        else ``traj.meta`` (else 0). A value that contradicts a varying column is
+        refused (``ValueError``).
     optimizer : {"sgd", "sgdm", "nesterov", "adamw", "lion"}, optional
         Whose theory predicts (:func:`siflow.theory.equilibrium`); default from
         ``meta["optimizer"]`` (PyTorch class names are understood), else ``"sgd"``.
     betas : (float, float), optional
         AdamW/Lion ``(beta1, beta2)``; default ``meta["betas"]``, else (0.9, 0.999)
-        for AdamW and (0.9, 0.99) for Lion.
+        for AdamW and (0.9, 0.99) for Lion. A log's ``beta1`` column gives beta1;
+        when it varies the closed forms (which assume one beta1) take its median and
+        a note says so.
     schedule, wd_schedule : str, optional
         Spec of the lr (wd) schedule (:func:`siflow.schedules.parse_schedule`, e.g.
         ``"cosine:peak=0.5,warmup=500,min=0.005,steps=20000"``), evaluated at the
@@ -594,7 +746,10 @@ def analyze(
           balance of ``rho^2`` involves the mean of ``g~^2``) or ``n_params``
           (AdamW/Lion).
         - ``decay_rate_measured``: rho or elr and a decay phase.
-          ``decay_rate_predicted``: lr, wd (mean of the per-step rate under a schedule).
+          ``decay_rate_predicted``: lr, wd. Under a schedule (or a per-row momentum)
+          it is the same least-squares slope as the measured one, over the same rows
+          of each decay phase, of the zero-gradient law ``ln prod_s q(lr_s, wd_s, mu_s)``
+          (:func:`siflow.theory.decay_rate` per row): the two compare like for like.
         - ``predicted_period``: two or more events with rho, and lr, wd:
           ``ln(rho_peak_k / rho_before_{k+1}) / (-ln q) + rise`` with the medians of
           the measured norm ratio and rise time (a consistency check of the decay law).
@@ -629,12 +784,13 @@ def analyze(
         betas=None if hp.betas is None else list(hp.betas),
         lr_schedule=hp.lr_varies,
         wd_schedule=hp.wd_varies,
+        momentum_schedule=hp.mu_varies,
         schedule=hp.schedule,
     )
     if hp.lr_varies or hp.wd_varies:
         notes.append(_schedule_note(hp))
     if events is None:
-        scalar = not (hp.lr_varies or hp.wd_varies)
+        scalar = not hp.varies
         events = _find_events(work, hp, scalar, detector)
     res.events = events
     _event_stats(res, work, events, notes)
@@ -644,6 +800,9 @@ def analyze(
     res.predictions.n_params = total_c
     res.curves = _predict_equilibrium(res, work, hp, rows, total_c, notes)
     _measure_decay(res, work, events, notes)
+    if hp.varies and res.predictions.decay_rate_predicted is not None:
+        res.predictions.decay_rate_predicted = _decay_rate_same_window(work, events, hp)
+        res.predictions.formulas["decay_rate"] = _WINDOW_DECAY
     _period_predictions(res, work, events, hp, rows, sharpness, notes)
     if predict_lr is not None or predict_wd is not None or predict_momentum is not None:
         _period_at(res, work, hp, rows, (predict_lr, predict_wd, predict_momentum), notes)
@@ -655,7 +814,7 @@ def analyze(
     ]
     if traj.meta.get("time_unit") == "epoch":
         _epochs_not_steps(res, notes)
-    res.notes = _si_notes(res) + notes
+    res.notes = _si_notes(res, hp) + notes
     return res
 
 
@@ -814,7 +973,7 @@ def _measure_equilibrium(
             f"Delta_g^2 / sum_g rho_g^2, siflow.theory.total_angular_update){left_out}"
         )
         return
-    plain_sgd = hp.optimizer in ("sgd", "sgdm") and hp.momentum == 0.0
+    plain_sgd = hp.optimizer in ("sgd", "sgdm") and hp.momentum == 0.0 and not hp.mu_varies
     if plain_sgd and hp.known and st.elr is not None and st.grad_norm_sphere is not None:
         assert hp.lr_rows is not None and hp.wd_rows is not None
         derived = _finite(
@@ -919,7 +1078,7 @@ def _equilibrium_rows(
         hp.lr_rows[ok],
         hp.wd_rows[ok],
         g if hp.sgd_family and g is not None and g > 0 else None,
-        hp.momentum,
+        hp.mu(hp.lr_rows.size)[ok],
         optimizer=hp.optimizer,
         betas=hp.betas or (0.9, 0.999),
         n_params=n_params if not hp.sgd_family else None,
@@ -962,7 +1121,7 @@ def _predict_equilibrium(
             f"or group_sizes= for the groups): n/a"
         )
     curves = _equilibrium_rows(hp, g, n_params) or {}
-    if hp.lr_varies or hp.wd_varies:
+    if hp.varies:
         pred.angular_update_predicted = _average(
             "angular_update", curves.get("angular_update"), rows
         )
@@ -990,7 +1149,63 @@ def _predict_equilibrium(
         angular_update=curves.get("angular_update"),
         norm=curves.get("norm"),
         elr=curves.get("elr"),
+        momentum=hp.mu_rows if hp.mu_varies else None,
     )
+
+
+#: ``formulas["decay_rate"]`` when the hyperparameters change from row to row.
+_WINDOW_DECAY = (
+    "least-squares slope of -ln prod_s q(lr_s, wd_s, mu_s) over the measured slope's own rows "
+    "(q = decay_factor per row)"
+)
+
+
+def _decay_rate_same_window(work: Trajectory, events: Events, hp: _Hyper) -> float | None:
+    """The predicted decay rate over the rows the measured one is fitted on.
+
+    :func:`siflow.periods.measure_decay_rate` fits the slope of ``ln rho`` in each
+    decay phase (skipping its first 10% of steps) and takes the median over phases.
+    Under a schedule the zero-gradient law is ``ln rho_t = ln rho_0 - sum_{s<t}
+    decay_rate(lr_s, wd_s, mu_s)`` (:func:`siflow.theory.decay_rate`; a row ``k``
+    steps before the next stands for ``k`` steps, as in
+    :func:`siflow.theory.decay_product`); the same fit on the same rows of that curve
+    is the prediction. A log that follows the law exactly gives equal numbers.
+    """
+    if not hp.known or len(work) < 2:
+        return None
+    assert hp.lr_rows is not None and hp.wd_rows is not None
+    lr, wd, n = hp.lr_rows, hp.wd_rows, len(work)
+    mu = hp.mu(n) if hp.optimizer in ("sgd", "sgdm") else np.zeros(n)
+    ok = lr > 0
+    rate = np.zeros(n)
+    if np.any(ok):
+        rate[ok] = np.asarray(theory.decay_rate(lr[ok], wd[ok], mu[ok]), dtype=np.float64)
+    gaps = np.diff(work.step).astype(np.float64)
+    law = -np.concatenate(([0.0], np.cumsum(rate[:-1] * gaps)))  # ln rho_t - ln rho_0
+    col = work.rho if work.rho is not None and np.sum(_positive(work.rho)) >= 2 else work.elr
+    if col is None:
+        return None
+    if col is not work.rho:  # measured from -ln(elr)/2 = ln rho - ln(lr)/2, as periods does
+        with np.errstate(divide="ignore"):
+            law = law - 0.5 * np.log(np.where(ok, lr, np.nan))
+    usable = _positive(col)
+    slopes = []
+    for start, stop in decay_phases(work, events):
+        sel = np.flatnonzero(usable[start:stop]) + start
+        s = work.step[sel].astype(np.float64)
+        if s.size < 2:
+            continue
+        keep = s >= s[0] + 0.1 * (s[-1] - s[0])
+        if np.count_nonzero(keep) >= 2:
+            s, sel = s[keep], sel[keep]
+        slope = np.polyfit(s - s.mean(), law[sel], 1)[0] if np.ptp(s) > 0 else math.nan
+        if math.isfinite(slope):
+            slopes.append(-slope)
+    return _f(np.median(slopes)) if slopes else None
+
+
+def _positive(col: np.ndarray) -> np.ndarray:
+    return np.isfinite(col) & (col > 0)
 
 
 def _measure_decay(res: OverlayResult, work: Trajectory, events: Events, notes: list[str]) -> None:
@@ -1009,6 +1224,14 @@ def _representative(rows_values: np.ndarray, rows: np.ndarray) -> float:
     return float(np.median(vals))
 
 
+def _momentum_at(hp: _Hyper, rows: np.ndarray) -> float:
+    """The one heavy-ball momentum of the laws that take one (period, threshold): the
+    constant one, or the median of a per-row momentum over the stationary rows."""
+    if hp.optimizer not in ("sgd", "sgdm"):
+        return 0.0
+    return _representative(hp.mu_rows, rows) if hp.mu_varies else hp.momentum  # type: ignore[arg-type]
+
+
 def _has_decay_law(hp: _Hyper) -> bool:
     return hp.optimizer != "nesterov"
 
@@ -1023,7 +1246,7 @@ def _period_predictions(
     notes: list[str],
 ) -> None:
     pred = res.predictions
-    mu = hp.momentum if hp.optimizer in ("sgd", "sgdm") else 0.0
+    mu = _momentum_at(hp, rows)
     lr_r = wd_r = None
     if hp.known:
         assert hp.lr_rows is not None and hp.wd_rows is not None
@@ -1080,7 +1303,7 @@ def _period_at(
     p_wd = positive_number("predict_wd", predict_wd if predict_wd is not None else hp.wd)
     pred.predict_lr, pred.predict_wd = p_lr, p_wd
     sgd_family = hp.optimizer in ("sgd", "sgdm")
-    mu = hp.momentum if sgd_family else 0.0
+    mu = _momentum_at(hp, rows)
     if predict_momentum is not None:
         pred.predict_momentum = momentum_number(predict_momentum, "predict_momentum")
         if not sgd_family:
@@ -1162,10 +1385,11 @@ def _exact_checks(
     if rho is None or lr_rows is None or hp.wd_rows is None:
         out.check_notes.append("scale-invariance checks need rho, lr and wd")
         return out
-    lr, wd, mu = lr_rows, hp.wd_rows, hp.momentum
+    lr, wd, mu_rows = lr_rows, hp.wd_rows, hp.mu(rho.size)
+    heavy = bool(np.any(mu_rows > 0))
     pos = np.isfinite(rho) & (rho > 0)
     used = 0
-    if g is not None and mu == 0.0:
+    if g is not None and not heavy:
         run = _longest_run(step, pos & np.isfinite(g))
         if run.stop - run.start >= 3:
             r, gg, ll, ww = rho[run], g[run], lr[run], wd[run]
@@ -1176,19 +1400,19 @@ def _exact_checks(
         run = _longest_run(step, pos & np.isfinite(ang))
         n = run.stop - run.start
         if n >= 3:
-            r, a, ll, ww = rho[run], ang[run], lr[run], wd[run]
-            if mu == 0.0:
+            r, a, ll, ww, mm = rho[run], ang[run], lr[run], wd[run], mu_rows[run]
+            if not heavy:
                 pred = theory.sgd_radial_norm(r[:-1], a[:-1], ll[:-1], ww[:-1])
                 actual = r[1:]
-            else:
+            else:  # row t holds the momentum of step t, like its lr
                 pred = theory.heavy_ball_radial_norm(
-                    r[:-2], a[:-2], r[1:-1], a[1:-1], ll[:-2], ll[1:-1], ww[1:-1], mu
+                    r[:-2], a[:-2], r[1:-1], a[1:-1], ll[:-2], ll[1:-1], ww[1:-1], mm[1:-1]
                 )
                 actual = r[2:]
             err = _rel_error(np.asarray(pred), actual)
             out.radial_law_error_max = _f(np.max(err)) if err.size else None
             used = max(used, n)
-            if g is not None and mu == 0.0:
+            if g is not None and not heavy:
                 moving = np.isfinite(g[run]) & (a > 0)
                 law = theory.sgd_step_angle(
                     ll[moving],
@@ -1198,9 +1422,9 @@ def _exact_checks(
                 )
                 err = _rel_error(np.asarray(law), a[moving])
                 out.angle_law_error_median = _f(np.median(err)) if err.size else None
-    if used == 0 and window is not None and mu == 0.0 and not (hp.lr_varies or hp.wd_varies):
+    if used == 0 and window is not None and not heavy and not hp.varies:
         used = _window_check(out, step, rho, window, lr, wd, pos)
-    if mu > 0.0:
+    if heavy:
         out.check_notes.append(
             "heavy ball: the norm replay and the angle law need the momentum buffer (not "
             "logged); the radial law is checked"
@@ -1259,8 +1483,13 @@ def _window_of(traj: Trajectory) -> tuple[np.ndarray, int] | None:
     return col, int(every)
 
 
-def _si_notes(res: OverlayResult) -> list[str]:
-    """The verdict of the exact checks, first among the notes when they fail."""
+def _si_notes(res: OverlayResult, hp: _Hyper) -> list[str]:
+    """The verdict of the exact checks, first among the notes when they fail.
+
+    The note names where the law's lr and wd came from (the log's columns, the
+    arguments or a schedule). When the momentum varies from row to row the laws took
+    it per row; a failure then points at that column first, not at the weights.
+    """
     c = res.checks
     bad_groups = [g.name for g in res.groups if g.note and "check fails" in g.note]
     out = []
@@ -1271,14 +1500,28 @@ def _si_notes(res: OverlayResult) -> list[str]:
             if e is not None
         )
         verdict = "fails" if c.scale_invariance == "fails" else "is off"
+        heavy = bool(np.any(hp.mu(1) > 0))
+        law = "heavy-ball" if heavy else "SGD"
+        inputs = f"{hp.lr_source}, {hp.wd_source}"
+        if hp.mu_varies:
+            inputs += ", the logged per-row momentum"
+        g_part = " and the logged g~" if c.norm_replay_error_max is not None else ""
+        if hp.mu_varies:
+            causes = (
+                "The momentum changes from row to row in this log: check that its momentum "
+                "column holds the value each step used (row t: the momentum of step t, like "
+                "lr); the laws are exact for that"
+            )
+        else:
+            causes = (
+                "Usual causes: non-SI parameters folded into the norm (biases, a frozen or "
+                "output layer), BatchNorm's eps, a wrong lr, wd, momentum or optimizer"
+            )
         out.append(
             f"the exact scale-invariance check {verdict}"
             f" (relative error up to {worst:.3g}): the logged norm does not follow the "
-            f"{'SGD' if res.momentum == 0 else 'heavy-ball'} norm law with the logged lr, wd"
-            f"{' and g~' if c.norm_replay_error_max is not None else ''}. Usual causes: non-SI "
-            f"parameters folded into the norm (biases, a frozen or output layer), BatchNorm's "
-            f"eps, a wrong lr, wd, momentum or optimizer. The predictions may not apply to "
-            f"this log; select the SI weights with group="
+            f"{law} norm law with {inputs}{g_part}. {causes}. The predictions may not apply "
+            f"to this log; select the SI weights with group="
         )
     if bad_groups:
         out.append(f"the exact check fails for group(s) {', '.join(bad_groups)}")
@@ -1498,7 +1741,7 @@ def theory_lines(result: OverlayResult, traj: Trajectory) -> list[Any]:
 
     lines: list[Any] = []
     x0, x1 = result.stationary_start, result.stationary_stop
-    scheduled = result.lr_schedule or result.wd_schedule
+    scheduled = result.lr_schedule or result.wd_schedule or result.momentum_schedule
     cv = result.curves
     if scheduled and cv is not None:
         for panel, col, label in (
@@ -1562,7 +1805,7 @@ def _decay_lines(result: OverlayResult, traj: Trajectory) -> list[Any]:
         if result.momentum == 0
         else "predicted decay (heavy ball)"
     )
-    scheduled = result.lr_schedule or result.wd_schedule
+    scheduled = result.lr_schedule or result.wd_schedule or result.momentum_schedule
     cv = result.curves
     stops = list(ev.steps[1:]) + [traj.step[-1]]
     keep = np.unique(np.linspace(0, len(ev) - 1, min(len(ev), 200)).astype(int))
@@ -1583,9 +1826,8 @@ def _decay_lines(result: OverlayResult, traj: Trajectory) -> list[Any]:
         if j - i < 2:
             continue
         gaps = np.diff(cv.step[i:j]).astype(np.float64)
-        factor = theory.decay_product(
-            cv.lr[i : j - 1], cv.wd[i : j - 1], result.momentum, repeats=gaps
-        )
+        mu = result.momentum if cv.momentum is None else cv.momentum[i : j - 1]
+        factor = theory.decay_product(cv.lr[i : j - 1], cv.wd[i : j - 1], mu, repeats=gaps)
         out.append(
             Curve("rho", cv.step[i:j], ev.rho_after[k] * factor, label, color="C2", style="--")
         )

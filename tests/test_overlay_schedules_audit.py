@@ -1,0 +1,208 @@
+"""Overlay under schedules: audit findings 2, 3, 4 and 7 (scratch/audit_sched/FINDINGS.md).
+
+Every expected value is an exact map iterated here with numpy, or a hand formula.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from siflow import io
+from siflow.overlay import analyze
+from siflow.schedules import parse_schedule
+from siflow.trajectory import Trajectory
+
+
+def _run_cli(*argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *argv], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
+
+
+# ------------------------------------------------------------------ finding 2
+def test_scheduled_decay_rate_compares_the_same_rows() -> None:
+    """A log on the exact zero-gradient map under a cosine lr: measured == predicted."""
+    steps, wd = 3000, 1e-2
+    lr = parse_schedule("cosine:peak=0.1,min=0.001,steps=3000").values(steps)
+    rho = 5.0 * np.concatenate(([1.0], np.cumprod(1.0 - lr * wd)))[:steps]
+    step = np.arange(steps)
+    traj = Trajectory(step=step, rho=rho, loss=1e-3 * np.exp(-step / 500), extra={"lr": lr})
+    res = analyze(traj, wd=wd)
+    assert res.lr_schedule and res.regime == "converged" and res.n_events == 0
+    # the slope measure_decay_rate fits: ln rho over the last 90% of the steps
+    keep = step >= 0.1 * (steps - 1)
+    slope = -np.polyfit(step[keep], np.log(rho[keep]), 1)[0]
+    assert res.decay_rate_measured == pytest.approx(slope, rel=1e-9)
+    # the law's own slope over the same rows (before: the mean rate over the second half)
+    assert res.decay_rate_predicted == pytest.approx(slope, rel=1e-9)
+    assert res.decay_rate_measured / res.decay_rate_predicted == pytest.approx(1.0, abs=1e-9)
+    assert "own rows" in res.predictions.formulas["decay_rate"]
+
+
+# ------------------------------------------------------------------ finding 7
+def _sgd_log(path: Path, lr: np.ndarray, wd: float) -> np.ndarray:
+    """The exact SGD+WD norm map with g~ = 0.5 at every step, written as a CSV."""
+    g = 0.5
+    rho = np.empty(lr.size)
+    rho[0] = 3.0
+    for t in range(lr.size - 1):
+        rho[t + 1] = np.sqrt((1 - lr[t] * wd) ** 2 * rho[t] ** 2 + lr[t] ** 2 * g**2 / rho[t] ** 2)
+    lines = ["step,loss,lr,weight_norm,grad_norm_sphere"]
+    lines += [
+        f"{t},{1.0 / (1 + t)!r},{float(lr[t])!r},{float(rho[t])!r},{g!r}" for t in range(lr.size)
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return rho
+
+
+def test_lr_against_a_varying_lr_column_is_refused(tmp_path: Path) -> None:
+    wd = 1e-2
+    lr = parse_schedule("cosine:peak=0.1,warmup=100,min=0.001,steps=600").values(600)
+    log = tmp_path / "cos.csv"
+    _sgd_log(log, lr, wd)
+    traj = io.read(log)
+    with pytest.raises(ValueError, match=r"lr= was given \(0\.1\).*lr column varies"):
+        analyze(traj, lr=0.1, wd=wd)
+    out = _run_cli("-m", "siflow.overlay", str(log), "--lr", "0.1", "--wd", str(wd), cwd=tmp_path)
+    assert out.returncode == 2
+    err = out.stderr.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in out.stderr
+    assert "--lr was given (0.1)" in err[0] and "lr column varies from 0.001 to 0.1" in err[0]
+    assert "drop --lr" in err[0]
+    # without --lr the column is used and the exact replay holds
+    res = analyze(traj, wd=wd)
+    assert res.scale_invariance == "holds" and res.norm_replay_error_max < 1e-12
+
+    # a constant column equal to --lr still works; one that differs is named, not "logged"
+    const = tmp_path / "const.csv"
+    _sgd_log(const, np.full(400, 0.05), wd)
+    same = _run_cli(
+        "-m", "siflow.overlay", str(const), "--lr", "0.05", "--wd", str(wd), "--json",
+        "--no-figure", cwd=tmp_path,
+    )  # fmt: skip
+    assert same.returncode == 0, same.stderr
+    assert json.loads(same.stdout)["scale_invariance"] == "holds"
+    res = analyze(io.read(const), lr=0.1, wd=wd)
+    assert res.scale_invariance == "fails"
+    failure = next(n for n in res.notes if n.startswith("the exact scale-invariance check"))
+    assert "logged lr" not in failure and "with lr=0.1, wd=0.01" in failure
+    assert "the log's lr (0.05) is ignored: lr=0.1 was given" in res.notes
+
+
+# ------------------------------------------------------------------ finding 3
+def _heavy_ball_log(momentum: np.ndarray, lr: float = 0.05, wd: float = 1e-2) -> Trajectory:
+    """PyTorch's heavy ball (dampening 0, coupled WD) on an SI loss, mu cycled per step.
+
+    ``v_{t+1} = mu_t v_t + g_t + wd w_t`` (``v_1 = g_0 + wd w_0``), ``w_{t+1} = w_t - lr
+    v_{t+1}``, with ``g_t`` a random gradient orthogonal to ``w_t`` of norm ``1/|w_t|``.
+    """
+    rng = np.random.default_rng(3)
+    steps, dim = momentum.size, 40
+    w = rng.standard_normal(dim)
+    v = np.zeros(dim)
+    rho, ang = np.empty(steps), np.empty(steps)
+    for t in range(steps):
+        z = rng.standard_normal(dim)
+        g = z - (z @ w) / (w @ w) * w
+        g *= 1.0 / (np.linalg.norm(g) * np.linalg.norm(w))
+        v = g + wd * w if t == 0 else momentum[t] * v + g + wd * w
+        w_new = w - lr * v
+        rho[t] = np.linalg.norm(w)
+        cos = (w @ w_new) / (np.linalg.norm(w) * np.linalg.norm(w_new))
+        ang[t] = np.arccos(np.clip(cos, -1.0, 1.0))
+        w = w_new
+    return Trajectory(
+        step=np.arange(steps),
+        rho=rho,
+        angular_update=ang,
+        loss=np.full(steps, 1.0),
+        extra={"lr": np.full(steps, lr), "momentum": momentum},
+        meta={"optimizer": "SGD", "momentum": 0.95, "wd": wd},
+    )
+
+
+def _one_cycle_momentum(steps: int) -> np.ndarray:
+    """OneCycleLR's cycle: 0.95 down to 0.85 and back (cosine), the log's per-row column."""
+    x = np.arange(steps) / (steps - 1)
+    return 0.9 + 0.05 * np.cos(2 * np.pi * x)
+
+
+def test_per_row_momentum_is_used_by_the_heavy_ball_laws() -> None:
+    lr, wd = 0.05, 1e-2
+    mu = _one_cycle_momentum(400)
+    res = analyze(_heavy_ball_log(mu, lr, wd))
+    assert res.momentum_schedule and res.momentum == 0.95
+    # the exact radial law with mu_t per row (before: mu = 0.95 at every row)
+    assert res.scale_invariance == "holds"
+    assert res.radial_law_error_max < 1e-10
+    assert any("momentum varies per row" in n for n in res.notes)
+    # the equilibrium angle per row: cos Delta* = 1 - lr wd / (1 + mu_t)
+    assert res.curves is not None and res.curves.angular_update is not None
+    np.testing.assert_allclose(
+        res.curves.angular_update, np.arccos(1.0 - lr * wd / (1.0 + mu)), rtol=1e-12
+    )
+
+
+def test_failure_under_varying_momentum_does_not_blame_the_weights() -> None:
+    traj = _heavy_ball_log(_one_cycle_momentum(400))
+    assert traj.rho is not None
+    traj.rho = traj.rho * (1.0 + 0.05 * np.sin(np.arange(400.0)))
+    res = analyze(traj)
+    assert res.scale_invariance == "fails"
+    failure = next(n for n in res.notes if n.startswith("the exact scale-invariance check"))
+    assert "non-SI" not in failure and "momentum column" in failure
+    with pytest.raises(
+        ValueError, match=r"momentum= was given \(0\.9\) but the log's momentum column varies"
+    ):
+        analyze(traj, momentum=0.9)
+
+
+def test_varying_beta1_is_said_to_be_taken_as_one_value() -> None:
+    steps = 200
+    beta1 = _one_cycle_momentum(steps)
+    traj = Trajectory(
+        step=np.arange(steps),
+        rho=np.full(steps, 2.0),
+        loss=np.full(steps, 1.0),
+        extra={"lr": np.full(steps, 1e-3), "beta1": beta1},
+        meta={"optimizer": "AdamW", "betas": [0.95, 0.999], "wd": 0.1, "n_params": 100},
+    )
+    res = analyze(traj)
+    assert res.betas == [pytest.approx(float(np.median(beta1))), 0.999]
+    assert any("beta1 varies per row" in n and "constant beta1" in n for n in res.notes)
+
+
+# ------------------------------------------------------------------ finding 4
+def test_simulate_under_a_schedule_compares_with_the_per_row_predictions(
+    tmp_path: Path,
+) -> None:
+    out = _run_cli(
+        "-m", "siflow.simulate", "--loss", "spiral", "--lr", "0.1", "--wd", "1e-3",
+        "--steps", "4000", "--schedule", "cosine:warmup=200,min=0.005,steps=4000",
+        "--out", str(tmp_path / "sim"), "--no-figure",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    summary = json.loads((tmp_path / "sim" / "summary.json").read_text())
+    ov = summary["overlay"]
+    traj = io.read(tmp_path / "sim" / "trajectory.npz")
+    rows = (traj.step >= ov["stationary_start"]) & (traj.step <= ov["stationary_stop"])
+    lr = traj.extra["lr"][rows]
+    # SGD's exact equilibrium angle per row, RMS over the stationary rows (by hand)
+    angle = float(np.sqrt(np.mean(np.arccos(1.0 - lr * 1e-3) ** 2)))
+    assert ov["angular_update_predicted"] == pytest.approx(angle, rel=1e-12)
+    assert summary["predicted"]["angular_update"] == ov["angular_update_predicted"]
+    assert summary["decay_rate"]["predicted"] == ov["decay_rate_predicted"]
+    # the last step's equilibrium (lr 0.005) is the table's header, not the comparison
+    assert summary["equilibrium"]["angular_update"] != pytest.approx(angle, rel=1e-3)
+    measured = summary["statistics"]["angular_update_rms"]
+    line = next(x for x in out.stdout.splitlines() if x.startswith("angular update RMS"))
+    assert line.split()[-1] == f"{measured / angle:.4f}"
+    notes = "\n".join(summary["notes"])
+    assert "last step's lr" not in notes and notes.count("per row") == 1
