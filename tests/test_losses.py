@@ -385,8 +385,20 @@ def test_vectorised_log1p_within_two_ulp_of_numpy():
     ("dim", "n"),
     # blocks of 64 rows below dim 512 (L._L1_DIM), four rows at a time from it, with
     # one, two, three or no rows left over
-    [(2, 1), (3, 7), (10, 100), (16, 32), (9, 70), (40, 300), (130, 50), (511, 70), (512, 8),
-     (600, 42), (1024, 37), (700, 3)],  # fmt: skip
+    [
+        (2, 1),
+        (3, 7),
+        (10, 100),
+        (16, 32),
+        (9, 70),
+        (40, 300),
+        (130, 50),
+        (511, 70),
+        (512, 8),
+        (600, 42),
+        (1024, 37),
+        (700, 3),
+    ],  # fmt: skip
 )
 def test_loop_logistic_kernel_both_layouts_match_twin(dim, n):
     """Column kernel (small data, full batch) and row-blocked kernel (no column copy)."""
