@@ -46,9 +46,15 @@ values into ``extra`` as ``rho/<group>``, ``grad_norm_sphere/<group>``,
 ``elr/<group>``, ``angular_update/<group>``, ``relative_update/<group>``,
 ``radial/<group>``; the total
 ``radial``, the raw ``grad_norm`` and ``sharpness_tangent`` are in ``extra`` too.
-``meta`` holds ``lr``, ``wd``, ``momentum``, ``optimizer``, ``groups`` and
-``source``. Row ``t`` describes step ``t``: the weights before it, the gradient
-it used, and the rotation it made.
+``meta`` holds ``lr``, ``wd``, ``momentum`` (``betas`` for Adam-type optimizers and
+Lion), ``optimizer``, ``groups``, ``group_sizes`` (elements per SI group),
+``n_params`` (all SI elements) and ``source``; the hyperparameters are the configured
+ones (a scheduler's peak: ``max_lr``, ``max_momentum``). A scheduler that changes the
+first param group's lr, weight decay or momentum term makes the per-row column
+``lr``, ``wd``, ``momentum`` (SGD-type: heavy ball, Nesterov) or ``beta1``
+(``betas[0]``: Adam-type, Lion) of the value each step ran with (OneCycleLR cycles the
+momentum by default; ``meta["notes"]`` then says so). Row ``t`` describes step ``t``:
+the weights before it, the gradient it used, and the rotation it made.
 
 SI groups are found by tracing the module graph (:func:`find_si_groups`), can be
 checked numerically (:func:`check_scale_invariance`) or passed explicitly.
@@ -1616,6 +1622,44 @@ def _configured_lr_wd(param_group: Mapping[str, Any]) -> tuple[float, float]:
     return lr, wd
 
 
+def _momentum_column(param_group: Mapping[str, Any]) -> str | None:
+    """Name of the column of a param group's momentum term: ``"beta1"`` for Adam-type
+    optimizers and Lion (``betas``), ``"momentum"`` for SGD-type ones (heavy ball,
+    Nesterov), None for an optimizer with neither."""
+    if "betas" in param_group:
+        return "beta1"
+    if "momentum" in param_group:
+        return "momentum"
+    return None
+
+
+def _momentum_of(param_group: Mapping[str, Any], column: str | None) -> float:
+    """The current value of ``column`` (:func:`_momentum_column`) in ``param_group``:
+    ``betas[0]`` or ``momentum``; NaN when it is not a number (never raises)."""
+    if column is None:
+        return math.nan
+    try:
+        value = param_group["betas"][0] if column == "beta1" else param_group["momentum"]
+        return float(value)
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError):
+        return math.nan
+
+
+def _configured_momentum(param_group: Mapping[str, Any], column: str | None) -> float:
+    """The momentum (``beta1``) the run is configured with, for the log's metadata.
+
+    As for the lr (:func:`_configured_lr_wd`): a scheduler that cycles it (OneCycleLR,
+    CyclicLR with ``cycle_momentum=True``) stores its maximum in the param group as
+    ``max_momentum`` (the value it sets at construction) and changes the momentum (or
+    ``betas[0]``) from the first step on; the current value is taken when no scheduler
+    has set that key. NaN when it is not a number.
+    """
+    value = param_group.get("max_momentum")
+    if column is not None and isinstance(value, int | float) and math.isfinite(value):
+        return float(value)
+    return _momentum_of(param_group, column)
+
+
 def _recorder_path(path: str | os.PathLike[str] | None) -> Path | None:
     """The file a recorder writes its log to: a name ending in ``.csv`` or ``.npz``, or
     None for no file; anything else is a ValueError naming the fix."""
@@ -1946,6 +1990,20 @@ class SIRecorder:
         self._pgroup = process_group
         if self._pgroup is None:
             self._pgroup = _shard_group(self._flatbuf.tensors)
+        # local shards of plain tensors under process_group= (FSDP1): their sizes are
+        # summed over the group at the first recorded row (a collective every rank runs)
+        self._sizes_due = self._pgroup is not None and not all(
+            hasattr(p, "to_local") for p in self._flatbuf.tensors
+        )
+        if not self._sizes_due:
+            self._set_sizes([sum(int(p.numel()) for p in ps) for ps in self.groups.values()])
+        first = self._param_group[id(next(iter(self.groups.values()))[0])]
+        self._mom_column = _momentum_column(first)
+        self._mom_meta = (
+            self.meta["momentum"]
+            if self._mom_column == "momentum"
+            else (self.meta.get("betas") or [math.nan])[0]
+        )
         self._steps = 0
         self._rows: list[dict[str, float]] = []
         self._taken = 0
@@ -1953,7 +2011,7 @@ class SIRecorder:
         self._window: list[Any] = [0.0, 0.0, 0]
         self._trail: list[float] = [0.0, 0.0]
         self._trailing: list[float] = []
-        self._hyper: list[tuple[float, float]] = []
+        self._hyper: list[tuple[float, float, float]] = []
         self._pending_loss: float | None = None
         self._backward_id = 0
         self._loss_backward_id = -1
@@ -1976,10 +2034,11 @@ class SIRecorder:
         pg = self._param_group[id(next(iter(self.groups.values()))[0])]
         betas = pg.get("betas")
         lr, wd = _configured_lr_wd(pg)
+        column = _momentum_column(pg)
         meta: dict[str, Any] = {
             "lr": lr,
             "wd": wd,
-            "momentum": float(pg.get("momentum", 0.0)),
+            "momentum": _configured_momentum(pg, column) if column == "momentum" else 0.0,
             "optimizer": type(self.optimizer).__name__,
             "groups": list(self.groups),
             # each group's own (initial) lr and wd: siflow.io.read(path, group=<name>)
@@ -1998,7 +2057,57 @@ class SIRecorder:
             meta["dampening"] = float(pg["dampening"])
         if betas is not None:
             meta["betas"] = [float(b) for b in betas]
+            if meta["betas"]:  # beta1 as configured (the maximum of a cycling scheduler)
+                meta["betas"][0] = _configured_momentum(pg, column)
         return meta
+
+    def _set_sizes(self, sizes: Sequence[int]) -> None:
+        """``meta["group_sizes"]`` (elements per SI group) and ``meta["n_params"]`` (all
+        SI elements): the ``C`` of the AdamW and Lion equilibrium norms."""
+        self.meta["group_sizes"] = {
+            name: int(n) for name, n in zip(self.groups, sizes, strict=True)
+        }
+        self.meta["n_params"] = int(sum(sizes))
+
+    def _sizes_over_shards(self) -> None:
+        """Sum the local shards' sizes over the process group (first recorded row)."""
+        self._sizes_due = False
+        try:
+            local = [sum(int(_local(p).numel()) for p in ps) for ps in self.groups.values()]
+            device = _local(self._flatbuf.tensors[0]).device
+            summed = self._reduce(torch.tensor(local, dtype=torch.int64, device=device))
+            self._set_sizes([int(n) for n in summed.tolist()])
+        except Exception as exc:  # noqa: BLE001 - never raise inside optimizer.step()
+            self.meta["notes"] = [
+                *self.meta.get("notes", []),
+                f"the SI groups' sizes could not be summed over the process group "
+                f"({type(exc).__name__}); meta has no group_sizes",
+            ]
+
+    def _momentum_notes(self) -> list[str]:
+        """Notes on a per-step ``momentum``/``beta1`` that left the metadata's value."""
+        col = self._mom_column
+        if col is None or not self._hyper:
+            return []
+        values = np.array([h[2] for h in self._hyper], dtype=np.float64)
+        label = "meta['momentum']" if col == "momentum" else "meta['betas'][0]"
+        notes = []
+        bad = np.flatnonzero(np.isnan(values))
+        if bad.size:
+            notes.append(
+                f"{col} of the first param group was not a number at {bad.size} recorded "
+                f"row(s) (first at step {int(self._rows[bad[0]]['step'])}): NaN in the "
+                f"{col} column there"
+            )
+        ok = values[np.isfinite(values)]
+        if ok.size and np.any(ok != self._mom_meta):
+            notes.append(
+                f"{col} varied during the run ({ok.min():.6g} to {ok.max():.6g} over the "
+                f"recorded rows; PyTorch's OneCycleLR and CyclicLR cycle it unless "
+                f"cycle_momentum=False): the {col} column holds each row's value, "
+                f"{label} = {self._mom_meta:.6g} the configured one"
+            )
+        return notes
 
     def _mixed_groups_note(self) -> str | None:
         pgs = [self._param_group[id(ps[0])] for ps in self.groups.values()]
@@ -2086,6 +2195,8 @@ class SIRecorder:
         if pre is None:
             return
         buf = self._flatbuf
+        if pre["row"] and self._sizes_due:
+            self._sizes_over_shards()
         if not pre["row"]:
             with self._no_grad:
                 buf.store_update()
@@ -2115,6 +2226,11 @@ class SIRecorder:
             row["lr"] = lrs[0]
         if wds[0] != self.meta["wd"]:
             row["wd"] = wds[0]
+        mom = math.nan
+        if self._mom_column is not None:
+            mom = _momentum_of(self._param_group[id(self.groups[names[0]][0])], self._mom_column)
+            if mom != self._mom_meta:  # a NaN (not a number) is stored too
+                row[self._mom_column] = mom
         if "sharpness" in pre:
             row["sharpness_tangent"], row["sharpness_sphere"] = pre["sharpness"]
         if self._pending_loss is not None and self._loss_backward_id == self._backward_id:
@@ -2122,7 +2238,7 @@ class SIRecorder:
         self._pending_loss = None
         self._row_backward_id = self._backward_id
         self._rows.append(row)
-        self._hyper.append((lrs[0], wds[0]))
+        self._hyper.append((lrs[0], wds[0], mom))
         if self.window:
             self._window = [0.0, 0.0, 0]
         self._add_angle(row["angular_update"])
@@ -2197,9 +2313,9 @@ class SIRecorder:
                 if k not in keys:
                     keys.append(k)
         cols = {k: np.array([r.get(k, math.nan) for r in self._rows]) for k in keys}
-        # a row stores lr/wd only where they differ from the metadata; once a schedule
-        # has made the column, every row gets its value
-        for j, name in enumerate(("lr", "wd")):
+        # a row stores lr/wd (momentum or beta1) only where they differ from the metadata;
+        # once a schedule has made the column, every row gets its value
+        for j, name in enumerate(("lr", "wd", self._mom_column)):
             if name in cols:
                 cols[name] = np.array([h[j] for h in self._hyper], dtype=np.float64)
         if "step" not in cols:
@@ -2208,6 +2324,9 @@ class SIRecorder:
             cols["step"] = cols["step"].astype(np.int64)
         meta = dict(self.meta)
         meta["status"] = "ok"
+        momentum_notes = self._momentum_notes()
+        if momentum_notes:
+            meta["notes"] = [*meta.get("notes", []), *momentum_notes]
         extra = self._gradient_notes()
         if extra:
             meta["notes"] = [*meta.get("notes", []), *extra.pop("notes")]
@@ -2218,16 +2337,20 @@ class SIRecorder:
         """The rows recorded since the previous call, for live logging.
 
         Each is a copy of a row (the columns of :meth:`trajectory`, per-group
-        values under ``<column>/<group>``) with three more entries: ``lr`` and
-        ``wd``, the hyperparameters of the first group at that step, and
-        ``angular_update_rms``, the RMS of the total angular update over the steps
-        since the previous row up to and including this one (NaN with
-        ``window=False`` and ``every > 1``, where those steps are not measured).
+        values under ``<column>/<group>``) with more entries: ``lr`` and
+        ``wd``, the hyperparameters of the first group at that step, its ``momentum``
+        (SGD-type optimizers) or ``beta1`` (``betas[0]``: Adam-type, Lion) at that step
+        when the optimizer has one, and ``angular_update_rms``, the RMS of the total
+        angular update over the steps since the previous row up to and including this
+        one (NaN with ``window=False`` and ``every > 1``, where those steps are not
+        measured).
         """
         out = []
         for k in range(self._taken, len(self._rows)):
             rec = dict(self._rows[k])
-            rec["lr"], rec["wd"] = self._hyper[k]
+            rec["lr"], rec["wd"], mom = self._hyper[k]
+            if self._mom_column is not None:
+                rec[self._mom_column] = mom
             rec["angular_update_rms"] = self._trailing[k]
             out.append(rec)
         self._taken = len(self._rows)

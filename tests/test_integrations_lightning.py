@@ -598,3 +598,46 @@ def test_a_resumed_fit_never_replaces_a_file_that_is_not_its_log(tmp_path):
         _fit_with_checkpoint(tmp_path, 25, path, ckpt_path=ckpt, quiet=False)
     assert path.read_text(encoding="utf-8") == "epoch,accuracy\n1,0.5\n"
     assert Trajectory.load(tmp_path / "run-from20.csv").step.tolist() == list(range(20, 25))
+
+
+class OneCycleAdamW(BNNet):
+    """AdamW under OneCycleLR (cycle_momentum=True: betas[0] cycles); the beta1 each step
+    runs with is read in training_step, before the step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.beta1_used: list[float] = []
+
+    def training_step(self, batch, batch_idx):
+        self.beta1_used.append(float(self.optimizers().optimizer.param_groups[0]["betas"][0]))
+        return super().training_step(batch, batch_idx)
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=0.01, weight_decay=0.1)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.05, total_steps=40)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def test_one_cycle_beta1_and_group_sizes_reach_the_logger_and_the_overlay(tmp_path):
+    import siflow.io
+    from siflow.overlay import analyze
+
+    logger = CSVLogger(tmp_path, name="onecycle")
+    model = OneCycleAdamW()
+    _fit(logger, SIRecorderCallback(every=1), steps=40, model=model)
+    used = np.array(model.beta1_used)
+    assert len(used) == 40 and used.min() < 0.86 and used.max() == 0.95
+    cols = _read_metrics_csv(Path(logger.log_dir) / "metrics.csv")
+    np.testing.assert_allclose(cols["siflow/beta1"], used, rtol=1e-12)
+    sizes = {"net.0.weight": 16 * 32, "net.3.weight": 32 * 32}
+    assert sizes == {f"net.{i}.weight": model.net[i].weight.numel() for i in (0, 3)}
+    hparams = (Path(logger.log_dir) / "hparams.yaml").read_text()
+    assert "siflow/group_sizes/net.0.weight: 512" in hparams and "siflow/n_params: 1536" in hparams
+    assert "siflow/betas: 0.95,0.999" in hparams and "lr: 0.05" in hparams  # the peak
+    traj = siflow.io.read(logger.log_dir)
+    assert traj.meta["group_sizes"] == sizes and traj.meta["n_params"] == 1536
+    np.testing.assert_allclose(traj.extra["beta1"], used, rtol=1e-12)
+    res = analyze(traj, optimizer="adamw")
+    # the AdamW equilibrium norm needs the SI size C: no longer n/a on the callback's log
+    assert res.predictions.n_params == 1536 and res.predictions.norm_predicted is not None

@@ -602,3 +602,46 @@ def test_a_resumed_training_continues_the_log_of_the_earlier_one(tmp_path):
     assert log.rho[20] == pytest.approx(norm20, rel=1e-6)
     assert log.meta["step_offset"] == 20
     _check_norm_recursion(log.rho[20:], log.grad_norm_sphere[20:], LR, WD)
+
+
+def _one_cycle(opt, steps):
+    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.3, total_steps=steps)
+
+
+def test_one_cycle_momentum_reaches_the_log_history_per_step(tmp_path):
+    steps = 30
+    # the momentum torch's OneCycleLR sets for each step, on an optimizer of its own
+    probe = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=LR, momentum=0.9)
+    sched = _one_cycle(probe, steps)
+    want = []
+    for _ in range(steps):
+        want.append(probe.param_groups[0]["momentum"])
+        probe.step()
+        sched.step()
+    model = TinyNet()
+    opt = torch.optim.SGD(
+        [p for p in model.parameters() if p.requires_grad], lr=LR, weight_decay=WD, momentum=0.9
+    )
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "out"), max_steps=steps, per_device_train_batch_size=64,
+        report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0,
+        dataloader_num_workers=0,
+    )  # fmt: skip
+    cb = SIRecorderCallback(every=1)
+    trainer = transformers.Trainer(
+        model=model, args=args, train_dataset=Blobs(), optimizers=(opt, _one_cycle(opt, steps)),
+        callbacks=[cb],
+    )  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.train()
+    hist = [h for h in trainer.state.log_history if "siflow/total/norm" in h]
+    assert len(hist) == steps and min(want) < 0.86 and max(want) == 0.95
+    np.testing.assert_allclose([h["siflow/momentum"] for h in hist], want, rtol=1e-12)
+    assert all("siflow/beta1" not in h for h in hist)
+    t = cb.recorder.trajectory()
+    assert t.meta["momentum"] == 0.95 and t.meta["group_sizes"] == {
+        "net.0.weight": model.net[0].weight.numel(),
+        "net.3.weight": model.net[3].weight.numel(),
+    }
+    np.testing.assert_allclose(t.extra["momentum"], want, rtol=1e-12)

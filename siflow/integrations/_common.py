@@ -10,7 +10,16 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-__all__ = ["PREFIX", "TOTAL", "METRIC_NAMES", "logger_metrics", "check_options", "make_recorder"]
+__all__ = [
+    "PREFIX",
+    "TOTAL",
+    "METRIC_NAMES",
+    "logger_metrics",
+    "check_options",
+    "make_recorder",
+    "optimizer_hparams",
+    "size_hparams",
+]
 
 
 class BadGroupName(ValueError):
@@ -39,8 +48,11 @@ def logger_metrics(record: Mapping[str, float], groups: list[str]) -> dict[str, 
     ``siflow/total/<metric>`` from the row's total columns,
     ``siflow/<group>/<metric>`` from ``<column>/<group>``, for the metrics of
     :data:`METRIC_NAMES`; ``siflow/total/angular_update_rms`` (RMS of the total
-    angle over the steps since the previous row, up to this one); ``siflow/lr`` and
-    ``siflow/wd``. NaN values (a metric not measured at this row) are left out.
+    angle over the steps since the previous row, up to this one); ``siflow/lr``,
+    ``siflow/wd`` and the first param group's momentum term at the row's step,
+    ``siflow/momentum`` (SGD-type optimizers) or ``siflow/beta1`` (``betas[0]``:
+    Adam-type, Lion), which a scheduler such as OneCycleLR may cycle. NaN values (a
+    metric not measured at this row) are left out.
 
     Parameters
     ----------
@@ -62,6 +74,8 @@ def logger_metrics(record: Mapping[str, float], groups: list[str]) -> dict[str, 
     put(f"{PREFIX}/{TOTAL}/angular_update_rms", record.get("angular_update_rms"))
     put(f"{PREFIX}/lr", record.get("lr"))
     put(f"{PREFIX}/wd", record.get("wd"))
+    put(f"{PREFIX}/momentum", record.get("momentum"))
+    put(f"{PREFIX}/beta1", record.get("beta1"))
     return out
 
 
@@ -221,7 +235,10 @@ def optimizer_hparams(optimizer: Any) -> dict[str, Any]:
     ``siflow/betas``, ``siflow/param_group<i>/lr`` and ``/wd``; and, when every param
     group has the same value, the top-level ``lr``, ``weight_decay`` (and for
     SGD-type optimizers ``momentum``) that :func:`siflow.io.read` takes into
-    ``meta`` from a Lightning ``hparams.yaml``.
+    ``meta`` from a Lightning ``hparams.yaml``. The values are the configured ones, as
+    in the recorder's ``meta``: a scheduler's peak (``max_lr``, ``initial_lr``,
+    ``max_momentum``) where it stored one, else the current value; the per-step values
+    are the logged metrics ``siflow/lr``, ``siflow/momentum``, ``siflow/beta1``.
 
     Parameters
     ----------
@@ -232,16 +249,25 @@ def optimizer_hparams(optimizer: Any) -> dict[str, Any]:
     out: dict[str, Any] = {f"{PREFIX}/optimizer": type(optimizer).__name__.lower()}
     if not groups:
         return out
+    from siflow.torch_probe import _configured_lr_wd, _configured_momentum, _momentum_column
+
     first = groups[0]
-    if "betas" in first:
-        out[f"{PREFIX}/betas"] = ",".join(str(float(b)) for b in first["betas"])
-    elif "momentum" in first:
-        out[f"{PREFIX}/momentum"] = float(first["momentum"])
+    column = _momentum_column(first)
+    momentum = _configured_momentum(first, column)
+    if column == "beta1":
+        try:
+            betas = [momentum, *(float(b) for b in first["betas"][1:])]
+        except (TypeError, ValueError, RuntimeError):
+            betas = []
+        if all(math.isfinite(b) for b in betas) and betas:
+            out[f"{PREFIX}/betas"] = ",".join(str(b) for b in betas)
+    elif column == "momentum" and math.isfinite(momentum):
+        out[f"{PREFIX}/momentum"] = momentum
     lrs, wds = [], []
     for i, g in enumerate(groups):
         try:
-            lr, wd = float(g.get("lr")), float(g.get("weight_decay", 0.0))
-        except (TypeError, ValueError):
+            lr, wd = _configured_lr_wd(g)
+        except (TypeError, ValueError, KeyError):
             return out
         out[f"{PREFIX}/param_group{i}/lr"], out[f"{PREFIX}/param_group{i}/wd"] = lr, wd
         lrs.append(lr)
@@ -250,8 +276,30 @@ def optimizer_hparams(optimizer: Any) -> dict[str, Any]:
         out["lr"] = lrs[0]
     if len(set(wds)) == 1:
         out["weight_decay"] = wds[0]
-    if "momentum" in first and "betas" not in first:
-        out["momentum"] = float(first["momentum"])
+    if column == "momentum" and math.isfinite(momentum):
+        out["momentum"] = momentum
+    return out
+
+
+def size_hparams(meta: Mapping[str, Any]) -> dict[str, int]:
+    """The SI groups' sizes of a recorder's ``meta`` as logger hyperparameters.
+
+    ``siflow/group_sizes/<group>`` (elements of each SI group) and ``siflow/n_params``
+    (all SI elements), which :func:`siflow.io.read` takes from a Lightning
+    ``hparams.yaml`` into ``meta["group_sizes"]`` and ``meta["n_params"]``: the AdamW
+    and Lion equilibrium norms need them. Empty when ``meta`` has no sizes.
+
+    Parameters
+    ----------
+    meta : mapping
+        :attr:`siflow.torch_probe.SIRecorder.meta`.
+    """
+    sizes = meta.get("group_sizes")
+    if not isinstance(sizes, Mapping):
+        return {}
+    out = {f"{PREFIX}/group_sizes/{name}": int(n) for name, n in sizes.items()}
+    if meta.get("n_params") is not None:
+        out[f"{PREFIX}/n_params"] = int(meta["n_params"])
     return out
 
 

@@ -15,8 +15,14 @@ to every logger of the trainer (``trainer.loggers``) under the scheme of
 grad scaler skipped, which the optimizer never took, are counted). Lightning's loggers
 write on rank 0 only, and so does ``path=``; under DDP every rank records the
 same values (replicated weights, all-reduced gradients). The optimizer (name,
-momentum or betas, each param group's lr and weight decay) goes to the loggers as
-hyperparameters (:func:`siflow.integrations._common.optimizer_hparams`).
+momentum or betas, each param group's lr and weight decay, as configured: a
+scheduler's peak) goes to the loggers as hyperparameters
+(:func:`siflow.integrations._common.optimizer_hparams`), and so do the SI groups'
+sizes, ``siflow/group_sizes/<group>`` and ``siflow/n_params``
+(:func:`~siflow.integrations._common.size_hparams`), which the AdamW and Lion
+equilibrium norms of :mod:`siflow.overlay` need. The per-step lr, wd and momentum
+term (``siflow/momentum`` for SGD-type optimizers, ``siflow/beta1`` for Adam-type and
+Lion, which OneCycleLR cycles by default) are logged with the metrics.
 
 The callback never stops a ``fit``: when it cannot record (no SI weights found, two
 optimizers, an optimizer without a numeric lr) it says so in one warning and
@@ -44,6 +50,7 @@ from siflow.integrations._common import (
     param_dtype,
     rng_kept,
     save_fit_log,
+    size_hparams,
     unusable_lr,
     unwrap_optimizer,
 )
@@ -152,7 +159,7 @@ class SIRecorderCallback(_pl.Callback):
             {"groups": self.groups, "example_input": example, **self.options},
             meta,
         )
-        hparams = optimizer_hparams(optimizer)
+        hparams = {**optimizer_hparams(optimizer), **size_hparams(self.recorder.meta)}
         for logger in trainer.loggers:
             logger.log_hyperparams(hparams)
 

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from siflow.io._build import build_trajectory
-from siflow.io._columns import Table
+from siflow.io._columns import Table, _norm_name
 from siflow.io._text import check_path, parse_csv_table
 from siflow.trajectory import Trajectory
 
@@ -29,9 +29,18 @@ _HPARAM_KEYS = {
     "batch_size": "batch_size",
     # what siflow's Lightning callback logs (siflow.integrations._common.optimizer_hparams)
     "siflow/momentum": "momentum",
+    "siflow/n_params": "n_params",
 }
 #: Text hyperparameters the callback logs: the optimizer's class name and its betas.
 _HPARAM_TEXT = {"siflow/optimizer": "optimizer", "siflow/betas": "betas"}
+#: The SI groups' sizes the callback logs (``siflow.integrations._common.size_hparams``):
+#: ``siflow/group_sizes/<group>: <elements>``, the key quoted by YAML when the name needs it.
+_GROUP_SIZE = re.compile(
+    r"""^(['"]?)siflow/group_sizes/(?P<group>.+?)\1\s*:\s*(?P<n>[^#\s]+)\s*$"""
+)
+#: Per-step metrics of the callback read under the names siflow.overlay takes: the
+#: momentum term of the first param group (OneCycleLR cycles it).
+_METRIC_COLUMNS = {"siflow/momentum": "momentum", "siflow/beta1": "beta1"}
 
 
 def merge_rows_by_step(table: Table, step_col: str, label: str) -> tuple[Table, int]:
@@ -81,14 +90,17 @@ def merge_rows_by_step(table: Table, step_col: str, label: str) -> tuple[Table, 
 
 def _read_hparams(path: Path) -> dict[str, Any]:
     """Top-level numeric ``key: value`` pairs of a Lightning ``hparams.yaml``, and the
-    optimizer and betas that siflow's callback logs (``siflow/optimizer``,
-    ``siflow/betas``, ``siflow/momentum``)."""
+    optimizer, betas and SI group sizes that siflow's callback logs (``siflow/optimizer``,
+    ``siflow/betas``, ``siflow/momentum``, ``siflow/group_sizes/<group>`` into
+    ``group_sizes``, ``siflow/n_params``)."""
     out: dict[str, Any] = {}
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         return out
     for line in text.splitlines():
+        if _group_size(out, line):
+            continue
         m = re.match(r"^([A-Za-z_][\w./]*)\s*:\s*([^#]+?)\s*$", line)
         if not m:
             continue
@@ -103,8 +115,25 @@ def _read_hparams(path: Path) -> dict[str, Any]:
             value = float(m.group(2).strip("'\""))
         except ValueError:
             continue
-        out[key] = int(value) if key == "batch_size" and value.is_integer() else value
+        integer = key in ("batch_size", "n_params") and value.is_integer()
+        out[key] = int(value) if integer else value
     return out
+
+
+def _group_size(out: dict[str, Any], line: str) -> bool:
+    """Whether ``line`` is a ``siflow/group_sizes/<group>`` entry; a positive whole number
+    goes to ``out["group_sizes"]`` under the group's name as the reader spells it
+    (lower case, like the ``siflow/<group>/<metric>`` columns)."""
+    m = _GROUP_SIZE.match(line)
+    if not m:
+        return False
+    try:
+        n = float(m.group("n").strip("'\""))
+    except ValueError:
+        return True
+    if n > 0 and n.is_integer():
+        out.setdefault("group_sizes", {})[_norm_name(m.group("group"))] = int(n)
+    return True
 
 
 def _text_hparam(out: dict[str, Any], key: str, text: str) -> None:
@@ -149,9 +178,12 @@ def read_lightning(
     ``LearningRateMonitor`` column ``lr-<Optimizer>`` is read as ``lr``. Numeric
     ``lr``/``learning_rate``, ``weight_decay``/``wd``, ``momentum`` and
     ``batch_size`` at the top level of ``hparams.yaml`` next to the CSV go to
-    ``meta``. ``meta["merged_rows"]`` counts the rows merged away and
-    ``meta["merge_conflicts"]`` the cells where two rows of one step disagreed
-    (the later value is kept).
+    ``meta``, and so do the optimizer, its betas and the SI groups' sizes that
+    siflow's callback logs (``meta["group_sizes"]``, ``meta["n_params"]``). The
+    callback's per-step ``siflow/momentum`` and ``siflow/beta1`` columns are read as
+    ``momentum`` and ``beta1`` (in ``extra``). ``meta["merged_rows"]`` counts the rows
+    merged away and ``meta["merge_conflicts"]`` the cells where two rows of one step
+    disagreed (the later value is kept).
     """
     p = check_path(path, allow_dir=True)
     if p.is_dir():
@@ -177,6 +209,9 @@ def read_lightning(
         )
     n_before = len(table[step_col])
     merged, conflicts = merge_rows_by_step(table, step_col, label)
+    for column, name in _METRIC_COLUMNS.items():
+        if column in merged and name not in merged:
+            merged[name] = merged.pop(column)
     meta: dict[str, Any] = _read_hparams(p.parent / "hparams.yaml")
     meta["merged_rows"] = int(n_before - merged[step_col].size)
     meta["merge_conflicts"] = int(conflicts)
