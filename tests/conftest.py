@@ -70,3 +70,15 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             f"declared test dependencies missing: {', '.join(missing)}; "
             'install them with: pip install ".[test]"'
         )
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread for the test (tiny networks: more threads only spin on a
+    shared machine); modules of small torch runs use it for every test."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

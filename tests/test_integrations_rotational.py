@@ -53,14 +53,7 @@ torch = pytest.importorskip("torch", reason="torch is not installed (pip install
 
 from siflow.torch_probe import SIRecorder, rotational_equilibrium_of  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one thread avoids intra-op spinning on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _noise_run(make_opt, steps=2000, dim=256, seed=0):

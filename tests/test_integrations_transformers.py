@@ -20,12 +20,7 @@ nn = torch.nn
 LR, WD, STEPS = 0.2, 5e-3, 120
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class Blobs(torch.utils.data.Dataset):
