@@ -90,6 +90,7 @@ from siflow._validate import (
     nonnegative_number,
     positive_number,
 )
+from siflow.simulate import RHO_MAX, RHO_MIN
 from siflow.trajectory import Trajectory
 
 __all__ = [
@@ -108,6 +109,27 @@ _FAMILY_ID = {"quadratic": 0, "logistic": 1, "table": 2}
 
 #: Default margin (in logits) at the minimum for the ``"logistic"`` family.
 DEFAULT_MARGIN = 3.0
+
+
+#: Range of ``rho^2`` inside which the norm maps run: ``simulate``'s norm bounds
+#: ``[RHO_MIN, RHO_MAX] = [1e-150, 1e150]`` squared, so that ``rho^2``, ``lr/rho^2`` and
+#: ``lr^2 g~^2/rho^2`` are normal doubles (no underflow to subnormals or 0, no overflow).
+_X_MIN = RHO_MIN * RHO_MIN
+_X_MAX = RHO_MAX * RHO_MAX
+
+
+def _range_note(status: str, every: int, last_row: int, final_x: float) -> str:
+    """``meta["note"]`` of a norm map stopped because ``rho`` left ``[RHO_MIN, RHO_MAX]``."""
+    where = (
+        f"at the update of step {last_row}"
+        if every == 1
+        else f"at the update of one of steps {last_row}..{last_row + every - 1}"
+    )
+    return (
+        f"{status}: the norm left [{RHO_MIN:g}, {RHO_MAX:g}] {where} (rho^2 = {final_x:.3g}, "
+        f"outside the normal double range the map keeps); the run stops there and later "
+        f"rows are not returned"
+    )
 
 
 # ============================================================ gradient-norm models
@@ -148,7 +170,14 @@ def _driver(
     if isinstance(grad_norm, Trajectory):
         g = grad_norm_from_trajectory(grad_norm, steps_arr)
     elif callable(grad_norm):
-        g = np.broadcast_to(as_float_array("grad_norm", grad_norm(steps_arr)), (n,))
+        g = as_float_array("grad_norm(steps)", grad_norm(steps_arr))
+        if g.ndim == 0:
+            g = np.full(n, float(g))
+        elif g.shape != (n,):
+            raise ValueError(
+                f"grad_norm(steps) returned shape {g.shape} for {n} steps; return one value "
+                f"per step (shape ({n},)) or a single number"
+            )
     else:
         g = as_float_array("grad_norm", grad_norm)
         if g.ndim == 0:
@@ -198,24 +227,31 @@ def _norm_map_columns_kernel(
             left = every
         left -= 1
         x = c * x + lr * lr * (gt * gt) / x
+        if not (x >= _X_MIN and x <= _X_MAX):  # left the range (or NaN): stop here
+            break
+    rows = k
+    for j in range(rows, rho.size):
+        rho[j] = np.nan
+        elr[j] = np.nan
+        tan[j] = np.nan
     step_g = every * stride
     if step_g == 0:
         g0 = g[0]
-        for k in range(rho.size):
+        for k in range(rows):
             x2 = rho[k]
             e = lr / x2
             elr[k] = e
             tan[k] = e * g0 / q
             rho[k] = math.sqrt(x2)
     elif step_g == 1:
-        for k in range(rho.size):
+        for k in range(rows):
             x2 = rho[k]
             e = lr / x2
             elr[k] = e
             tan[k] = e * g[k] / q
             rho[k] = math.sqrt(x2)
     else:
-        for k in range(rho.size):
+        for k in range(rows):
             x2 = rho[k]
             e = lr / x2
             elr[k] = e
@@ -237,6 +273,12 @@ def _norm_map_columns_numpy(lr, wd, rho2_0, g, stride, steps, every, rho, elr, t
             elr[k] = e
             tan[k] = e * gt / q
         x = c * x + lr * lr * (gt * gt) / x
+        if not (x >= _X_MIN and x <= _X_MAX):
+            rows = t // every + 1
+            rho[rows:] = np.nan
+            elr[rows:] = np.nan
+            tan[rows:] = np.nan
+            break
     return x
 
 
@@ -267,7 +309,13 @@ def _norm_map_momentum_kernel(lr, wd, mu, a0, b0, c0, g2, every, out):  # pragma
             out[k, 0] = a
             out[k, 1] = b
             out[k, 2] = c
-            out[k, 3] = (d * a - lr * mu * b) / math.sqrt(a * a1)
+            out[k, 3] = (d * a - lr * mu * b) / (math.sqrt(a) * math.sqrt(a1))
+        if not (a1 >= _X_MIN and a1 <= _X_MAX):  # left the range (or NaN): stop here
+            rows = t // every + 1
+            if t % every == 0:
+                out[rows - 1, 3] = np.nan
+            out[rows:, :] = np.nan
+            return a1
         a = a1
         b = b1
         c = c1
@@ -287,7 +335,13 @@ def _norm_map_momentum_numpy(lr, wd, mu, a0, b0, c0, g2, every, out):
             out[k, 0] = a
             out[k, 1] = b
             out[k, 2] = c
-            out[k, 3] = (d * a - lr * mu * b) / math.sqrt(a * a1)
+            out[k, 3] = (d * a - lr * mu * b) / (math.sqrt(a) * math.sqrt(a1))
+        if not (a1 >= _X_MIN and a1 <= _X_MAX):
+            rows = t // every + 1
+            if t % every == 0:
+                out[rows - 1, 3] = np.nan
+            out[rows:, :] = np.nan
+            return a1
         a, b, c = a1, b1, c1
     return a
 
@@ -330,11 +384,14 @@ def norm_map(
         Number of updates. Defaults to the span of ``grad_norm`` when it is a Trajectory
         or an array.
     rho0 : float, optional
-        Initial norm; defaults to ``grad_norm.rho[0]`` for a Trajectory driver.
+        Initial norm in ``[1e-150, 1e150]`` (``simulate``'s range, so that ``rho0^2`` is a
+        normal double); defaults to ``grad_norm.rho[0]`` for a Trajectory driver.
     grad_norm : float, array, callable or Trajectory
-        ``g~_t`` (gradient norm on the unit sphere): a constant, one value per step, a
-        function of the integer step array, or a Trajectory whose ``grad_norm_sphere``
-        column is replayed (interpolated linearly between recorded steps).
+        ``g~_t`` (gradient norm on the unit sphere, numbers ``>= 0``; not text or bools):
+        a constant, one value per step, a function of the integer step array returning
+        one value per step or a single number, or a Trajectory whose
+        ``grad_norm_sphere`` column is replayed (interpolated linearly between recorded
+        steps).
     momentum : float
         Heavy-ball momentum in ``[0, 1)``.
     start_step : int, optional
@@ -348,6 +405,13 @@ def norm_map(
         Rows ``start_step + k*record_every`` with ``rho``, ``grad_norm_sphere``, ``elr``,
         ``angular_update`` (state before each update); ``meta["rho_final"]`` is the norm
         after the last update. With momentum, ``extra`` holds ``w_dot_v`` and ``v_norm2``.
+        ``meta["status"]`` is ``"ok"``, or, as in :func:`siflow.simulate.simulate`,
+        ``"underflow"`` / ``"diverged"`` when the norm leaves ``[1e-150, 1e150]`` (below /
+        above or NaN: ``rho^2`` would no longer be a normal double and the recursion would
+        silently stick at a subnormal, 0, inf or NaN). The run then stops: the rows up to
+        the last in-range state are returned (with momentum the last one's
+        ``angular_update`` is NaN when its update left the range), ``meta["rho_final"]``
+        is the out-of-range norm and ``meta["note"]`` says where it stopped.
     """
     lr_f, wd_f = lr_wd_numbers(lr, wd)
     mu = momentum_number(momentum)
@@ -356,10 +420,18 @@ def norm_map(
     if steps is None:
         if src is not None:
             steps = int(src.step[-1] - src.step[0]) + 1
+        elif callable(grad_norm) or np.ndim(grad_norm) == 0:
+            raise ValueError(
+                "steps is required for a constant or callable grad_norm; pass steps= (a "
+                "Trajectory or a 1-D array driver sets it)"
+            )
         elif np.ndim(grad_norm) == 1:
             steps = int(np.shape(grad_norm)[0])
         else:
-            raise ValueError("steps is required unless grad_norm is a Trajectory or an array")
+            raise ValueError(
+                f"grad_norm must be a 1-D array (one value per step), got shape "
+                f"{np.shape(grad_norm)}; pass a 1-D array"
+            )
     steps = check_steps("steps", steps, "pass fewer steps")
     if start_step is None:
         start_step = int(src.step[0]) if src is not None else 0
@@ -374,6 +446,11 @@ def norm_map(
             raise ValueError("rho0 is required unless grad_norm is a Trajectory with a rho column")
         rho0 = float(np.interp(start_step, src.step, src.rho))
     rho0_f = positive_number("rho0", rho0)
+    if not (RHO_MIN <= rho0_f <= RHO_MAX):
+        raise ValueError(
+            f"rho0 = {rho0_f:g} is outside [{RHO_MIN:g}, {RHO_MAX:g}] (rho0^2 must be a normal "
+            f"double, as in simulate); pass a rho0 inside that range"
+        )
     n_rows = (steps - 1) // every + 1
     # a constant driver needs no per-step array: only the kept rows are allocated
     per_step = mu != 0.0 or src is not None or callable(grad_norm) or np.ndim(grad_norm) != 0
@@ -399,29 +476,52 @@ def norm_map(
         np.arctan(ang, out=ang)  # tan(Delta) -> Delta, vectorised
         if not stride:
             cols[3] = g[0]
-        meta["rho_final"] = math.sqrt(final)
+        keep = _stopped(final, rho, rows, every, meta)
         return Trajectory(
-            step=rows,
-            rho=rho,
-            grad_norm_sphere=g[::every] if stride else cols[3],
-            elr=elr,
-            angular_update=ang,
+            step=rows[:keep],
+            rho=rho[:keep],
+            grad_norm_sphere=(g[::every] if stride else cols[3])[:keep],
+            elr=elr[:keep],
+            angular_update=ang[:keep],
             meta=meta,
         )
     g = _driver(grad_norm, step_arr)
     g2 = g * g
     out = np.empty((n_rows, 4))
     final = _norm_map_momentum_kernel(lr_f, wd_f, mu, rho0_f**2, 0.0, 0.0, g2, every, out)
-    meta["rho_final"] = math.sqrt(final)
+    keep = _stopped(final, out[:, 0], rows, every, meta)
+    out = out[:keep]
     return Trajectory(
-        step=rows,
+        step=rows[:keep],
         rho=np.sqrt(out[:, 0]),
-        grad_norm_sphere=g[::every],
+        grad_norm_sphere=g[::every][:keep],
         elr=lr_f / out[:, 0],
         angular_update=np.arccos(np.clip(out[:, 3], -1.0, 1.0)),
         extra={"w_dot_v": out[:, 1], "v_norm2": out[:, 2]},
         meta=meta,
     )
+
+
+def _stopped(
+    final: float, first_col: NDArray[np.float64], rows: NDArray[np.int64], every: int, meta: dict
+) -> int:
+    """Set ``meta["rho_final"]`` and ``meta["status"]``; the number of rows to keep.
+
+    A kernel that left ``[_X_MIN, _X_MAX]`` returns the out-of-range ``rho^2`` and fills the
+    rows after the stop with NaN (``first_col`` is a column that is never NaN before it):
+    then ``status`` is ``"underflow"`` (``rho < RHO_MIN``) or ``"diverged"`` (``rho >
+    RHO_MAX`` or NaN), as in :func:`siflow.simulate.simulate`, with a ``note``.
+    """
+    meta["rho_final"] = math.sqrt(final) if final >= 0.0 else math.nan
+    if _X_MIN <= final <= _X_MAX:
+        meta["status"] = "ok"
+        return int(rows.size)
+    nan = np.isnan(first_col)
+    keep = int(np.argmax(nan)) if nan.any() else int(first_col.size)
+    status = "underflow" if final < _X_MIN else "diverged"
+    meta["status"] = status
+    meta["note"] = _range_note(status, every, int(rows[keep - 1]), final)
+    return keep
 
 
 # =============================================================== loss profiles
@@ -835,6 +935,13 @@ def _reduced_momentum_numpy(
     return xi.shape[0], float(w[0] ** 2 + w[1] ** 2), math.atan2(w[1], w[0])
 
 
+def _seed_meta(seed: object) -> int | None:
+    """``meta["seed"]``: an integer seed (Python or numpy) as an int, else None."""
+    if isinstance(seed, (int, np.integer)) and not isinstance(seed, (bool, np.bool_)):
+        return int(seed)
+    return None
+
+
 def _draw_noise(
     steps: int, noise: float, dim: int, seed: int | np.random.Generator | None
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
@@ -906,7 +1013,8 @@ def reduced_map(
     floor : float
         Optional smallest ``|phi|`` (a deterministic stand-in for a noise floor; 0 = off).
     seed : int or Generator
-        Seed for ``numpy.random.default_rng`` (noise only).
+        Seed for ``numpy.random.default_rng`` (noise only); an integer seed (Python or
+        numpy) is kept in ``meta["seed"]``, a Generator is recorded as None.
     record_every : int
         Keep every k-th row.
     engine : {"numba", "numpy"}
@@ -976,7 +1084,7 @@ def reduced_map(
             "sharpness_min": S,
             "noise": sigma,
             "dim": dim_i,
-            "seed": seed if isinstance(seed, (int, type(None))) else None,
+            "seed": _seed_meta(seed),
             "steps": steps,
             "status": status,
         },

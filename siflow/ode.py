@@ -5,6 +5,16 @@ All models use the flow time ``t = lr * step`` (docs/theory.md §4, Kunin et al.
 :func:`scipy.integrate.solve_ivp`; closed forms are given where they exist and the tests
 check one against the other.
 
+**Time origin.** Every function puts the initial state (``w0``, ``rho0``, ``x0``,
+``xdot0``) at flow time ``t = 0`` and returns the state at the requested times ``t >= 0``:
+a scalar or any 1-D list of times, in any order, repeats allowed (one output per entry, in
+the given order; ``t = 0`` gives the initial state). The numerical solvers integrate from
+0 to ``max(t)`` and only *evaluate* at ``t``, so a closed form and its ``solve_ivp`` twin
+give the same numbers for the same arguments, and a callable driver (``grad``,
+``grad_norm(t)``, ``forcing(t)``) sees absolute flow times. A driver that returns NaN or
+inf raises a :class:`ValueError` naming it (``solve_ivp`` would otherwise shrink its step
+for ever).
+
 How they differ from the discrete map (docs/theory.md §1), for SGD with coupled weight decay
 ``w <- (1 - lr wd) w - lr grad L(w)`` whose norm obeys exactly
 ``rho^2_{k+1} = (1 - lr wd)^2 rho^2_k + lr^2 g~_k^2 / rho^2_k``:
@@ -113,6 +123,74 @@ def _w0(w0: ArrayLike) -> NDArray[np.float64]:
     return arr
 
 
+class _BadDriver(Exception):
+    """A user callable gave a non-finite (or malformed) value inside a right-hand side.
+
+    Raised from the ``rhs`` functions and caught around :func:`solve_ivp` (see
+    :func:`_integrate`), which turns it into a one-line :class:`ValueError`.
+    """
+
+
+def _driver_values(name: str, value: Any, tt: float, shape: tuple[int, ...] | None = None) -> Any:
+    """``value`` (what the callable ``name`` returned at time ``tt``) as finite float64.
+
+    ``shape`` is the required shape (``()`` for one number; None: any). Raises
+    :class:`_BadDriver` otherwise, so that ``solve_ivp`` stops instead of shrinking its step.
+    """
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise _BadDriver(
+            f"{name} returned {value!r:.60} at t = {tt:g}, not a number; return float values"
+        ) from None
+    if shape is not None and arr.shape != shape:
+        want = "one number" if shape == () else f"shape {shape}"
+        raise _BadDriver(f"{name} returned shape {arr.shape} at t = {tt:g}; return {want}")
+    if not np.all(np.isfinite(arr)):
+        bad = float(arr[~np.isfinite(arr)].ravel()[0]) if arr.ndim else float(arr)
+        raise _BadDriver(
+            f"{name} returned {bad!r} at t = {tt:g}; pass a {name} that is finite at every "
+            f"time in [0, max(t)]"
+        )
+    return arr
+
+
+def _integrate(
+    who: str,
+    rhs: Callable[[float, NDArray[np.float64]], NDArray[np.float64]],
+    y0: ArrayLike,
+    times: NDArray[np.float64],
+    tol: tuple[float, float],
+    method: str,
+) -> Any:
+    """Integrate ``y' = rhs(t, y)`` from ``y(0) = y0`` and evaluate at ``times``.
+
+    ``times`` (validated by :func:`_times`) may be in any order and hold repeats or only
+    ``0``: the solver runs over ``[0, max(times)]`` with the sorted distinct times as
+    ``t_eval``, and the result's ``.t``/``.y`` are put back in the order of ``times``
+    (``.y`` has shape ``(len(y0), len(times))``). A :class:`_BadDriver` raised by ``rhs``
+    becomes a :class:`ValueError` naming ``who``.
+    """
+    y_init = np.asarray(y0, dtype=np.float64)
+    grid, inverse = np.unique(times, return_inverse=True)
+    t_end = float(grid[-1]) if grid.size else 0.0
+    try:
+        sol = solve_ivp(
+            rhs, (0.0, t_end), y_init, t_eval=grid, rtol=tol[0], atol=tol[1], method=method
+        )
+    except _BadDriver as exc:
+        raise ValueError(f"{who}: {exc}") from None
+    if not sol.success:
+        raise ValueError(f"{who} failed: {sol.message}")
+    if t_end == 0.0:  # a zero span: solve_ivp evaluates nothing; the state is y0
+        ys = np.repeat(y_init[:, None], grid.size, axis=1)
+    else:
+        ys = np.asarray(sol.y, dtype=np.float64)
+    sol.t = times.copy()
+    sol.y = ys[:, inverse.ravel()]
+    return sol
+
+
 def gradient_flow(
     grad: Callable[[NDArray[np.float64]], NDArray[np.float64]],
     w0: ArrayLike,
@@ -126,27 +204,39 @@ def gradient_flow(
     """Gradient flow with weight decay ``dw/dt = -grad L(w) - wd w`` (``t = lr * step``).
 
     For an SI loss the norm obeys ``|w(t)| = e^{-wd t}|w(0)|`` exactly (no centrifugal
-    term; see the module docstring). ``t`` is the increasing array of output times
-    starting at the initial time.
+    term; see the module docstring).
+
+    Parameters
+    ----------
+    grad : callable
+        ``grad(w)``: Euclidean gradient of ``L`` (finite; NaN or inf raises ValueError).
+    w0 : array_like
+        Initial point, at flow time ``t = 0``.
+    t : float or array_like
+        Output times ``>= 0`` (flow time ``lr * step``), any order; the flow is integrated
+        from 0 to ``max(t)`` and evaluated at each entry (module docstring).
+    wd : float
+        Weight decay ``>= 0``.
+    rtol, atol : float
+        Positive solver tolerances.
+    method : str
+        A :func:`scipy.integrate.solve_ivp` method.
 
     Returns
     -------
     scipy.integrate OdeResult
-        ``.t``, ``.y`` (shape ``(dim, len(t))``), plus ``.rho`` (``|w|`` at ``.t``).
+        ``.t`` (the given times), ``.y`` (shape ``(dim, len(t))``), plus ``.rho``
+        (``|w|`` at ``.t``).
     """
     wd_f = nonnegative_number("wd", wd)
     w_init = _w0(w0)
     times = _times(t)
+    shape = w_init.shape
 
-    def rhs(_t: float, w: NDArray[np.float64]) -> NDArray[np.float64]:
-        return -np.asarray(grad(w), dtype=np.float64) - wd_f * w
+    def rhs(tt: float, w: NDArray[np.float64]) -> NDArray[np.float64]:
+        return -_driver_values("grad(w)", grad(w), tt, shape) - wd_f * w
 
-    tol = _tolerances(rtol, atol)
-    sol = solve_ivp(
-        rhs, (times[0], times[-1]), w_init, t_eval=times, rtol=tol[0], atol=tol[1], method=method
-    )
-    if not sol.success:
-        raise ValueError(f"gradient_flow failed: {sol.message}")
+    sol = _integrate("gradient_flow", rhs, w_init, times, _tolerances(rtol, atol), method)
     sol.rho = np.linalg.norm(sol.y, axis=0)
     return sol
 
@@ -176,29 +266,35 @@ def modified_flow(
         ``grad(w)``: Euclidean gradient of ``L``.
     hvp : callable
         ``hvp(w, v)``: Euclidean Hessian of ``L`` at ``w`` times ``v``.
-    w0, t, lr, wd
-        Initial point, output times (flow time ``lr * step``), hyperparameters.
+    w0 : array_like
+        Initial point, at flow time ``t = 0``.
+    t : float or array_like
+        Output times ``>= 0`` (flow time ``lr * step``), any order; integrated from 0 to
+        ``max(t)`` and evaluated at each entry (module docstring).
+    lr, wd : float
+        Hyperparameters.
+    rtol, atol : float
+        Positive solver tolerances.
+    method : str
+        A :func:`scipy.integrate.solve_ivp` method.
 
     Returns
     -------
     scipy.integrate OdeResult
-        ``.t``, ``.y``, ``.rho`` and ``.grad_norm2`` (``|grad L|^2`` at ``.t``).
+        ``.t`` (the given times), ``.y``, ``.rho`` and ``.grad_norm2`` (``|grad L|^2`` at
+        ``.t``).
     """
     lr_f, wd_f = lr_wd_numbers(lr, wd, wd_positive=False)
     w_init = _w0(w0)
     times = _times(t)
+    shape = w_init.shape
 
-    def rhs(_t: float, w: NDArray[np.float64]) -> NDArray[np.float64]:
-        gf = np.asarray(grad(w), dtype=np.float64) + wd_f * w
-        hgf = np.asarray(hvp(w, gf), dtype=np.float64) + wd_f * gf
+    def rhs(tt: float, w: NDArray[np.float64]) -> NDArray[np.float64]:
+        gf = _driver_values("grad(w)", grad(w), tt, shape) + wd_f * w
+        hgf = _driver_values("hvp(w, v)", hvp(w, gf), tt, shape) + wd_f * gf
         return -gf - 0.5 * lr_f * hgf
 
-    tol = _tolerances(rtol, atol)
-    sol = solve_ivp(
-        rhs, (times[0], times[-1]), w_init, t_eval=times, rtol=tol[0], atol=tol[1], method=method
-    )
-    if not sol.success:
-        raise ValueError(f"modified_flow failed: {sol.message}")
+    sol = _integrate("modified_flow", rhs, w_init, times, _tolerances(rtol, atol), method)
     sol.rho = np.linalg.norm(sol.y, axis=0)
     sol.grad_norm2 = np.array([float(np.sum(np.square(grad(w)))) for w in sol.y.T])
     return sol
@@ -226,7 +322,29 @@ def norm_flow(
 
     Closed form for constant ``g~ = G`` (``y = x^2`` is linear):
     ``rho^4(t) = y* + (rho0^4 - y*) e^{-2 kappa t}``, ``y* = c lr G^2 / kappa``.
-    A callable ``grad_norm(t)`` is integrated with ``solve_ivp`` (in ``y = rho^4``).
+    A callable ``grad_norm(t)`` is integrated with ``solve_ivp`` (in ``y = rho^4``) from
+    ``t = 0``; ``grad_norm(t)`` equal to a constant ``G`` gives the closed form's numbers.
+
+    Parameters
+    ----------
+    t : float or array_like
+        Output times ``>= 0`` (flow time ``lr * step``), any order; ``rho0`` is the norm
+        at ``t = 0`` (module docstring).
+    rho0 : float
+        Initial norm, at ``t = 0``.
+    lr, wd : float
+        Hyperparameters (``wd >= 0``).
+    grad_norm : float or callable
+        Constant ``g~ >= 0``, or ``grad_norm(t)`` returning one finite number.
+    model : {"modified", "gradient", "first_order"}
+        See above.
+    rtol, atol : float
+        Positive solver tolerances (callable ``grad_norm`` only).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``rho`` at each entry of ``t``.
     """
     lr_f, wd_f = lr_wd_numbers(lr, wd, wd_positive=False)
     rho0_f = positive_number("rho0", rho0)
@@ -252,12 +370,10 @@ def norm_flow(
         return np.sqrt(np.sqrt(y))
 
     def rhs(tt: float, y: NDArray[np.float64]) -> NDArray[np.float64]:
-        g = float(grad_norm(tt))
+        g = float(_driver_values("grad_norm(t)", grad_norm(tt), tt, ()))
         return np.array([-2.0 * kappa * y[0] + 2.0 * c * lr_f * g * g])
 
-    sol = solve_ivp(rhs, (times[0], times[-1]), [y0], t_eval=times, rtol=tol[0], atol=tol[1])
-    if not sol.success:
-        raise ValueError(f"norm_flow failed: {sol.message}")
+    sol = _integrate("norm_flow", rhs, [y0], times, tol, "RK45")
     return np.sqrt(np.sqrt(sol.y[0]))
 
 
@@ -344,6 +460,8 @@ def momentum_oscillator(
     ``gamma`` and ``omega`` default to :func:`oscillator_coefficients` of
     ``(lr, wd, momentum)``; pass them to use the formula for any damped oscillator.
     ``x`` is ``|w|^2`` and ``F = 2|w'|^2`` in the momentum model (docs/theory.md §4).
+    ``x0`` and ``xdot0`` are the state at ``t = 0``; ``t`` is a time ``>= 0`` or a 1-D list
+    of them in any order (module docstring), and the result has one value per entry.
     """
     g0, w0 = oscillator_coefficients(lr, wd, momentum)
     gam = g0 if gamma is None else nonnegative_number("gamma", gamma)
@@ -384,27 +502,55 @@ def momentum_oscillator_ivp(
     atol: float = _ATOL,
     method: str = "DOP853",
 ) -> NDArray[np.float64]:
-    """Numerical solution (``solve_ivp``) of the momentum oscillator; ``forcing`` may be
-    a callable ``F(t)`` (e.g. ``2|w'(t)|^2`` from a recorded run). ``gamma``/``omega``
-    override the coefficients as in :func:`momentum_oscillator`."""
+    """Numerical solution (``solve_ivp``) of ``x'' + 2 gamma x' + omega^2 x = F(t)``.
+
+    The same model, arguments and time origin as :func:`momentum_oscillator`: ``x0`` and
+    ``xdot0`` are the state at ``t = 0``; the equation is integrated from 0 to ``max(t)``
+    and evaluated at each entry of ``t`` (any order; module docstring), so a constant
+    ``forcing`` reproduces the closed form.
+
+    Parameters
+    ----------
+    t : float or array_like
+        Output times ``>= 0`` (flow time ``lr * step``).
+    x0, xdot0 : float
+        ``x`` and ``x'`` at ``t = 0``.
+    lr, wd, momentum : float
+        Hyperparameters giving ``gamma`` and ``omega`` (:func:`oscillator_coefficients`).
+    forcing : float or callable
+        Constant ``F``, or ``F(t)`` returning one finite number (e.g. ``2|w'(t)|^2`` from a
+        recorded run, at absolute flow time ``t``).
+    gamma, omega : float, optional
+        Override the coefficients as in :func:`momentum_oscillator`.
+    rtol, atol : float
+        Positive solver tolerances.
+    method : str
+        A :func:`scipy.integrate.solve_ivp` method.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``x`` at each entry of ``t``.
+    """
     g0, w0 = oscillator_coefficients(lr, wd, momentum)
-    gamma = g0 if gamma is None else nonnegative_number("gamma", gamma)
-    omega = w0 if omega is None else positive_number("omega", omega)
+    gam = g0 if gamma is None else nonnegative_number("gamma", gamma)
+    om = w0 if omega is None else positive_number("omega", omega)
+    state0 = [finite_number("x0", x0), finite_number("xdot0", xdot0)]
     times = _times(t)
-    force = forcing if callable(forcing) else (lambda _t, f=float(forcing): f)
+    tol = _tolerances(rtol, atol)
+    if callable(forcing):
+
+        def force(tt: float) -> float:
+            return float(_driver_values("forcing(t)", forcing(tt), tt, ()))
+
+    else:
+        big_f = finite_number("forcing", forcing)
+
+        def force(tt: float) -> float:
+            return big_f
 
     def rhs(tt: float, y: NDArray[np.float64]) -> NDArray[np.float64]:
-        return np.array([y[1], float(force(tt)) - 2.0 * gamma * y[1] - omega * omega * y[0]])
+        return np.array([y[1], force(tt) - 2.0 * gam * y[1] - om * om * y[0]])
 
-    sol = solve_ivp(
-        rhs,
-        (times[0], times[-1]),
-        [float(x0), float(xdot0)],
-        t_eval=times,
-        rtol=rtol,
-        atol=atol,
-        method=method,
-    )
-    if not sol.success:
-        raise ValueError(f"momentum_oscillator_ivp failed: {sol.message}")
+    sol = _integrate("momentum_oscillator_ivp", rhs, state0, times, tol, method)
     return sol.y[0]

@@ -587,11 +587,13 @@ def _resolve_momentum(
     metadata's (else the column's median) and is what the laws take when the column is
     constant; the per-row values go to every heavy-ball law that takes them.
     """
+    if momentum is not None:
+        momentum = momentum_number(momentum)
     if name not in ("sgd", "sgdm", "nesterov"):
-        return momentum_number(traj.momentum if momentum is None else momentum), None
+        return momentum_number(traj.momentum) if momentum is None else momentum, None
     _given_against_column(traj, "momentum", momentum, notes, "")
     if momentum is not None:
-        return momentum_number(momentum), None
+        return momentum, None
     col = _column_rows(traj, "momentum")
     if col is None:
         return momentum_number(traj.momentum), None

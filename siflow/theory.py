@@ -1725,21 +1725,6 @@ def period(
     return period_from_norm_ratio(lr, wd, rmax / rcrit, escape_steps, momentum)
 
 
-def predict_period(*args: Any, **kwargs: Any) -> Any:
-    """Predicted period of the periodic behavior: :func:`siflow.predict.predict_period`.
-
-    The prediction iterates the reduced map of :mod:`siflow.maps` (numba) from a
-    landscape, or rescales a calibration run; it is imported on the first call, so
-    that importing ``siflow.theory`` stays numpy-only.
-    """
-    from siflow.predict import predict_period as _predict_period
-
-    return _predict_period(*args, **kwargs)
-
-
-__all__ += ["predict_period"]
-
-
 # ------------------------------------------------------------ exact checks of scale invariance
 
 

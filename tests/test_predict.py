@@ -279,21 +279,6 @@ def test_transfer_period_refuses_a_step_column_that_is_not_optimizer_steps():
     assert transfer_period(stretched, 0.5, 0.01).period == pytest.approx(3 * period, rel=0.03)
 
 
-def test_theory_predict_period_is_the_predict_one_without_importing_it_early():
-    import subprocess
-    import sys
-
-    code = (
-        "import sys, siflow.theory as t; assert 'siflow.predict' not in sys.modules; "
-        "print(t.predict_period(0.1, 0.05, sharpness=3.0, family='logistic', noise=1e-6, "
-        "dim=10).period)"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    ref = predict_period(0.1, 0.05, sharpness=3.0, family="logistic", noise=1e-6, dim=10)
-    assert float(out.stdout) == ref.period
-
-
 def test_a_noise_above_the_checked_range_is_flagged():
     with pytest.warns(UserWarning, match="noise=1e-05 is above 1e-06"):
         pred = predict_period(0.1, 0.05, sharpness=3.0, family="logistic", noise=1e-5, dim=10)

@@ -4,6 +4,7 @@ optimizer that ran, summarised lists, schedules, numbers at the edges."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -84,7 +85,9 @@ def test_adamw_run_is_never_compared_with_sgd_forms(tmp_path, capsys):
     eq = summary["equilibrium"]
     assert eq["norm"] == pytest.approx(float(theory.adamw_equilibrium_norm(0.01, 0.1, 10)))
     assert eq["angular_update"] == pytest.approx(float(theory.adamw_equilibrium_angle(0.01, 0.1)))
-    assert "elr" not in eq and "relaxation_time" in summary["not_applicable"]
+    assert "elr" not in eq and "elr" in summary["not_applicable"]
+    # rho^2 relaxes by (1 - lr wd)^2 per step under decoupled decay: tau = -1/(2 ln 0.999)
+    assert eq["relaxation_time"] == pytest.approx(-1.0 / (2.0 * math.log(0.999)), rel=1e-12)
     assert summary["threshold"]["value"] is None and summary["elr_threshold"] is None
     ov = summary["overlay"]
     assert ov["norm_predicted"] == pytest.approx(eq["norm"])
