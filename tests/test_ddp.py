@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 
 import numpy as np
 import pytest
@@ -84,8 +85,16 @@ def _worker(rank, world, port, out):
         # rank's gloo threads still run aborted a rank once ("terminate called without an
         # active exception")
         dist.barrier()
-    finally:
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    dist.destroy_process_group()
+    # every file is written and closed; on a loaded machine gloo's threads could still abort
+    # the interpreter's exit the same way (a torch teardown race, not a recorder result), so
+    # a rank that finished leaves without running C++ static destructors
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _free_port() -> int:
