@@ -17,11 +17,15 @@ notation when the value is whole (``--steps 1e6``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import decimal
+import errno
 import os
 import re
+import signal
 import sys
-from collections.abc import Callable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 __all__ = [
@@ -36,13 +40,24 @@ __all__ = [
     "flag_names",
     "refuse_zero_schedule",
     "refuse_ignored_flags",
+    "describe_os_error",
+    "os_error_fix",
+    "flag_subjects",
+    "Terminated",
+    "terminate_as_interrupt",
+    "terminated",
+    "interrupted_status",
     "EXIT_USAGE",
     "EXIT_INTERRUPTED",
+    "EXIT_TERMINATED",
     "EXIT_BROKEN_PIPE",
 ]
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+#: Status of a CLI stopped by SIGTERM (``timeout``, Slurm, systemd, ``docker stop``)
+#: once it has kept what it had, as a shell reports a process ended by that signal.
+EXIT_TERMINATED = 128 + 15
 #: Status of a CLI whose reader closed its standard output (``... | head``), as a shell
 #: reports a process ended by SIGPIPE.
 EXIT_BROKEN_PIPE = 128 + 13
@@ -50,6 +65,55 @@ EXIT_BROKEN_PIPE = 128 + 13
 
 class CLIError(ValueError):
     """An error a CLI reports as one line with exit status 2."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM received: handled like Ctrl-C (partial work kept), exit status 143."""
+
+
+#: Whether SIGTERM arrived within the current :func:`terminate_as_interrupt` block.
+_TERMINATED = threading.Event()
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    _TERMINATED.set()
+    raise Terminated(f"signal {signum}")
+
+
+def terminated() -> bool:
+    """Whether SIGTERM arrived within the current :func:`terminate_as_interrupt` block
+    (also when the ``KeyboardInterrupt`` it raised was caught to keep partial work)."""
+    return _TERMINATED.is_set()
+
+
+def interrupted_status() -> int:
+    """The exit status of a command that stopped on a signal and kept its work: 143
+    after SIGTERM (:func:`terminated`), else 130 (Ctrl-C)."""
+    return EXIT_TERMINATED if terminated() else EXIT_INTERRUPTED
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`Terminated`, a ``KeyboardInterrupt``.
+
+    Commands that keep partial work on Ctrl-C (``simulate``, ``sweep``) then keep it on
+    SIGTERM too, which is what ``timeout``, Slurm, systemd and ``docker stop`` send. The
+    handler is installed only in the main thread, over the default one, and the one in
+    place before is restored after the block.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is not signal.SIG_DFL:
+        yield  # someone else handles SIGTERM (an embedding program): leave it to them
+        return
+    _TERMINATED.clear()
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 _DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\Z")
@@ -81,11 +145,12 @@ def float_arg(text: str) -> float:
     if value == 0.0 and any(c in "123456789" for c in text.lower().split("e")[0]):
         raise argparse.ArgumentTypeError(
             f"{text} is below the smallest positive double (5e-324) and would be read as 0; "
-            f"pass a value >= 5e-324 or 0"
+            f"pass a value of at least 5e-324"
         )
     if value in (float("inf"), float("-inf")):
         raise argparse.ArgumentTypeError(
-            f"{text} is beyond the largest double (1.8e308); pass a smaller value or inf"
+            f"{text} is beyond the largest double (1.8e308); pass a value between -1.8e308 "
+            f"and 1.8e308"
         )
     return value
 
@@ -113,7 +178,7 @@ def int_arg(text: str) -> int:
     )
 
 
-_NEGATIVE_NUMBER = re.compile(r"^-(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?$")
+_NEGATIVE_NUMBER = re.compile(r"^-(?:(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|(?i:inf|infinity|nan))$")
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -128,8 +193,8 @@ class ArgumentParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.register("type", float, float_arg)
         self.register("type", int, int_arg)
-        # "--wd -1e-3" is a value to check, not an option: argparse's own pattern knows
-        # -1 and -.5 but not exponents, and said "expected one argument"
+        # "--wd -1e-3" and "--lr -inf" are values to check, not options: argparse's own
+        # pattern knows -1 and -.5 but not exponents or -inf, and said "expected one argument"
         self._negative_number_matcher = _NEGATIVE_NUMBER
 
     def error(self, message: str) -> None:  # type: ignore[override]
@@ -164,6 +229,53 @@ def _silence_stdout() -> None:
         pass
 
 
+#: What to do about a file-system error, by its number (:func:`describe_os_error`).
+_OS_ERROR_FIXES = {
+    errno.ENOSPC: "free space on that disk, or pass {flag} on another",
+    errno.EDQUOT: "free space within your disk quota, or pass {flag} on another disk",
+    errno.EROFS: "the file system is read-only; pass {flag} on a writable one",
+    errno.ENOTDIR: "a part of that path is a file, not a folder; pass another {flag}",
+    errno.EISDIR: "a folder is in the way of that file; remove it or pass another {flag}",
+    errno.ENAMETOOLONG: "a name in that path is longer than the file system takes (255 bytes "
+    "on most); pass a shorter {flag}",
+    errno.EACCES: "this user may not write there; pass another {flag}",
+    errno.EPERM: "this user may not write there; pass another {flag}",
+    errno.EEXIST: "something else already has that name; pass another {flag}",
+}
+
+
+def describe_os_error(exc: OSError, flag: str = "--out") -> str | None:
+    """One line for a file-system error: the path, the reason and the fix.
+
+    Parameters
+    ----------
+    exc : OSError
+        The error; its ``filename`` is the path named.
+    flag : str
+        The option that chose the path (``"--out"``), named in the fix.
+
+    Returns
+    -------
+    str or None
+        ``"cannot write 'runs/x/trajectory.npz' (No space left on device); free space on
+        that disk, or pass --out on another"``, or None for an error this does not
+        describe (no error number, or one of another kind, such as a missing file).
+    """
+    fix = os_error_fix(exc, flag)
+    if fix is None:
+        return None
+    reason = exc.strerror or os.strerror(exc.errno or 0)
+    where = f" {str(exc.filename)!r}" if exc.filename is not None else ""
+    return f"cannot write{where} ({reason}); {fix}"
+
+
+def os_error_fix(exc: OSError, flag: str = "--out") -> str | None:
+    """What to do about a file-system error (:data:`_OS_ERROR_FIXES`), naming ``flag``;
+    None for an error of another kind."""
+    fix = _OS_ERROR_FIXES.get(exc.errno) if exc.errno is not None else None
+    return None if fix is None else fix.format(flag=flag)
+
+
 def run_main(
     main: Callable[[Sequence[str] | None], int | None],
     argv: Sequence[str] | None = None,
@@ -172,9 +284,11 @@ def run_main(
     """Run a CLI body, turning expected failures into one line and exit status 2.
 
     ``ValueError`` (bad arguments, bad data) and ``OSError`` (unreadable or
-    unwritable paths) become ``"<prog>: error: <message>"`` with status 2.
-    ``KeyboardInterrupt`` returns 130 after the body has had the chance to save
-    what it has (bodies handle their own partial output). A reader that stops
+    unwritable paths) become ``"<prog>: error: <message>"`` with status 2; a full,
+    read-only or otherwise unwritable file system is described by
+    :func:`describe_os_error`. ``KeyboardInterrupt`` returns 130 (143 for
+    :class:`Terminated`, SIGTERM) after the body has had the chance to save what it
+    has (bodies handle their own partial output). A reader that stops
     reading the output (``| head``) ends the command quietly with status 141.
     numpy's floating-point warnings (overflow, invalid value) are not printed: the
     commands check their inputs and results and say what is wrong in one line.
@@ -187,16 +301,29 @@ def run_main(
     except BrokenPipeError:
         _silence_stdout()
         return EXIT_BROKEN_PIPE
-    except (ValueError, OSError) as exc:
+    except OSError as exc:
+        sys.stderr.write(f"{prog}: error: {_one_line_os_error(exc)}\n")
+        return EXIT_USAGE
+    except (ValueError, ImportError) as exc:
         sys.stderr.write(f"{prog}: error: {_one_line(exc)}\n")
         return EXIT_USAGE
-    except ImportError as exc:
-        sys.stderr.write(f"{prog}: error: {_one_line(exc)}\n")
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        sys.stderr.write(f"{prog}: interrupted\n")
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, Terminated):
+            _TERMINATED.set()
+        what = "terminated (SIGTERM)" if terminated() else "interrupted"
+        sys.stderr.write(f"{prog}: {what}\n")
+        return interrupted_status()
     return int(code or 0)
+
+
+def _one_line_os_error(exc: OSError) -> str:
+    """An ``OSError`` in one line: described with its fix where it is a file-system
+    error the command's own message did not word (``[Errno 28] ...``)."""
+    if exc.errno is not None and exc.strerror is not None and str(exc).startswith("[Errno"):
+        described = describe_os_error(exc)
+        if described is not None:
+            return described
+    return _one_line(exc)
 
 
 # --------------------------------------------------------------------------- tables
@@ -294,6 +421,21 @@ def translate_params(message: str, flags: dict[str, str]) -> str:
         return message
     names = "|".join(sorted((re.escape(k) for k in flags), key=len, reverse=True))
     return re.sub(rf"\b({names})=([^\s,;)]*)", repl, message)
+
+
+def flag_subjects(message: str, flags: Mapping[str, str]) -> str:
+    """A library message whose subject is a parameter (``"seed must be >= 0"``) with the
+    subject named as the CLI flag (``"--seed must be >= 0"``).
+
+    Only a parameter at the start of the message, or of a clause after ``;`` or ``:``,
+    and followed by ``must``, ``is`` or ``has`` is renamed.
+    """
+    if not flags:
+        return message
+    names = "|".join(sorted((re.escape(k) for k in flags), key=len, reverse=True))
+    return re.sub(
+        rf"(?:^|(?<=[;:] ))({names})(?= (?:must|is|has)\b)", lambda m: flags[m[1]], message
+    )
 
 
 # ---------------------------------------------------------------- log-reading flags

@@ -3,18 +3,29 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import importlib
 import os
 import re
+import signal
 import stat
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import IO
+from typing import IO, Any
 
-__all__ = ["atomic_write", "atomic_path", "ensure_dir", "remove_stale_temporaries", "require"]
+__all__ = [
+    "atomic_write",
+    "atomic_path",
+    "ensure_dir",
+    "remove_stale_temporaries",
+    "require",
+    "signals_deferred",
+]
 
 
 def _umask() -> int:
@@ -27,6 +38,11 @@ def _umask() -> int:
 _STARTED = time.time()
 #: Marker in every temporary name written here: ``.NAME.<pid>-XXXXXXXX.siflow.tmp.EXT``.
 _TMP_MARK = ".siflow.tmp"
+#: Longest file name (bytes) most file systems take, where ``pathconf`` cannot tell.
+NAME_MAX = 255
+#: Bytes a temporary name adds to its stem and suffix: ``.``, ``.<pid>-``, 8 random
+#: characters and the marker (a pid of up to 10 digits).
+_TMP_OVERHEAD = 1 + 1 + 10 + 1 + 8 + len(_TMP_MARK)
 _TMP_RE = re.compile(r"^\..+\.(?P<pid>\d+)-[A-Za-z0-9_]{8}\.siflow\.tmp(\.[^.]+)?$")
 #: Names of the temporaries of earlier versions (``.NAME.XXXXXXXX.tmp.EXT``, no pid).
 _OLD_TMP_RE = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.[^.]+)?$")
@@ -83,6 +99,13 @@ def _writable(path: Path) -> bool:
     return os.access(path, os.W_OK)
 
 
+def _on_read_only_file_system(path: Path) -> bool:
+    """Whether ``path`` lies on a file system mounted read-only (False if unknown)."""
+    with contextlib.suppress(OSError, AttributeError):
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    return False
+
+
 def _check_replaceable(path: Path) -> os.stat_result | None:
     """The status of the file ``path`` replaces (None if new); refuse what open() would."""
     try:
@@ -92,6 +115,8 @@ def _check_replaceable(path: Path) -> os.stat_result | None:
     if stat.S_ISDIR(st.st_mode):
         raise IsADirectoryError(f"output path {str(path)!r} is a directory; pass a file name")
     if not _writable(path):
+        if _on_read_only_file_system(path):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
         raise PermissionError(
             f"output file {str(path)!r} is read-only (mode {stat.S_IMODE(st.st_mode):o}); "
             f"make it writable (chmod u+w) or pass another path"
@@ -117,6 +142,54 @@ def _copy_mode_and_owner(tmp: Path, old: os.stat_result | None) -> None:
     os.chmod(tmp, stat.S_IMODE(old.st_mode))
 
 
+def _name_max(directory: Path) -> int:
+    """The longest file name (bytes) ``directory`` takes (:data:`NAME_MAX` if unknown)."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        return int(os.pathconf(directory, "PC_NAME_MAX"))
+    return NAME_MAX
+
+
+def _temporary_stem_and_suffix(name: str, name_max: int = NAME_MAX) -> tuple[str, str]:
+    """The stem and suffix a temporary for the file ``name`` is named with.
+
+    The stem of ``name`` where the temporary's name fits in ``name_max`` bytes, else
+    the first 16 hex digits of its SHA-256; the suffix of ``name`` (writers such as
+    ``numpy.savez`` choose the format by it) unless it alone would not fit.
+
+    Parameters
+    ----------
+    name : str
+        The final file name (no folder).
+    name_max : int
+        The longest name, in bytes, the folder takes.
+
+    Returns
+    -------
+    tuple of str
+        ``(stem, suffix)``: the temporary is ``.STEM.<pid>-XXXXXXXX.siflow.tmp.SUFFIX``.
+    """
+    path = Path(name)
+    stem, suffix = path.stem, path.suffix
+    room = name_max - _TMP_OVERHEAD
+    if len(os.fsencode(suffix)) > room - 16:
+        suffix = ""
+    if len(os.fsencode(stem)) + len(os.fsencode(suffix)) > room:
+        stem = hashlib.sha256(os.fsencode(name)).hexdigest()[:16]
+    return stem, suffix
+
+
+def _naming(exc: OSError, path: Path, tmp: Path | None = None) -> OSError:
+    """``exc`` naming the output ``path`` instead of the temporary the user never chose.
+
+    An error naming another file (or without an error number) is returned as it is.
+    """
+    if exc.errno is None:
+        return exc
+    if tmp is not None and exc.filename is not None and str(exc.filename) != str(tmp):
+        return exc
+    return OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(path))
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` on success.
@@ -124,7 +197,11 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     On any exception (including ``KeyboardInterrupt``) the temporary file is
     removed and ``path`` is left as it was: readers never see half a file.
     The temporary name keeps the suffix of ``path`` so writers that choose a
-    format by suffix (``numpy.savez``, ``matplotlib.savefig``) still work.
+    format by suffix (``numpy.savez``, ``matplotlib.savefig``) still work; its stem
+    is a short hash where the name would pass the folder's limit (255 bytes on most
+    file systems), so any name the file system takes can be written
+    (:func:`_temporary_stem_and_suffix`). An ``OSError`` about the temporary names
+    ``path`` instead.
 
     Replacing an existing file keeps its permission bits (and, when running as
     root, its owner and group); a file this user could not ``open()`` for
@@ -144,15 +221,23 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     if key not in _CLEANED:
         remove_stale_temporaries(parent)
         _CLEANED.add(key)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{path.stem}.{os.getpid()}-", suffix=f"{_TMP_MARK}{path.suffix}", dir=parent
-    )
+    stem, suffix = _temporary_stem_and_suffix(path.name, _name_max(parent))
+    try:
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{stem}.{os.getpid()}-", suffix=f"{_TMP_MARK}{suffix}", dir=parent
+        )
+    except OSError as exc:
+        raise _naming(exc, path) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         _copy_mode_and_owner(tmp_path, old)
         yield tmp_path
         os.replace(tmp_path, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp_path.unlink()
+        raise _naming(exc, path, tmp_path) from None
     except BaseException:
         with contextlib.suppress(OSError):
             tmp_path.unlink()
@@ -170,6 +255,59 @@ def atomic_write(
         yield fh
         fh.flush()
         os.fsync(fh.fileno())
+
+
+#: Signals held by :func:`signals_deferred`: Ctrl-C and a polite termination request.
+_DEFERRED = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM") if hasattr(signal, n))
+
+
+def _deliver(signum: int, handler: Any) -> None:
+    """Act on ``signum`` as ``handler`` (the one restored) would have on arrival."""
+    if callable(handler):
+        handler(signum, None)
+    elif handler == signal.SIG_DFL:
+        signal.raise_signal(signum)
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[list[int]]:
+    """Hold SIGINT and SIGTERM during the block; act on them once it has ended.
+
+    A write that must not be cut short (the final save of a finished run) runs to its
+    end: a signal arriving meanwhile is recorded, and after the block the handlers in
+    place before it are restored and each signal received is handed to its handler,
+    as if it had arrived just then (Ctrl-C raises ``KeyboardInterrupt`` after the file
+    is complete). Signals reach Python code only in the main thread, so elsewhere
+    nothing is installed; an ignored signal, or one whose handler was not set from
+    Python, is left alone.
+
+    Yields
+    ------
+    list of int
+        The signals received so far during the block.
+    """
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous: dict[int, Any] = {}
+
+    def hold(signum: int, frame: object) -> None:
+        received.append(signum)
+
+    try:
+        for signum in _DEFERRED:
+            handler = signal.getsignal(signum)
+            if handler is None or handler == signal.SIG_IGN:
+                continue
+            previous[signum] = handler
+            signal.signal(signum, hold)
+        yield received
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(received):
+            _deliver(signum, previous[signum])
 
 
 def ensure_dir(path: str | os.PathLike[str]) -> Path:

@@ -4,14 +4,18 @@ Runs :func:`siflow.simulate.simulate`, analyses the trajectory with
 :func:`siflow.overlay.analyze` (the same measurements as ``python -m siflow.overlay``),
 prints a summary table (or one JSON object with ``--json``) and writes
 ``trajectory.npz``, ``figure.png`` and ``summary.json`` (the ``--json`` object) into
-``--out`` (default ``runs/<name>`` with a name built from the options). A run that
-diverges or underflows is a result, not an error: it is reported with its status
-and exit status 0.
+``--out`` (default ``runs/<name>`` with a name built from the options, or
+``<name>-2``, ``-3``, ... when that folder holds a run of other options: see
+:func:`claim_default_out`). A run that diverges or underflows is a result, not an
+error: it is reported with its status and exit status 0.
 
 The trajectory file is rewritten atomically every few seconds during the run, so
-an interrupted run (Ctrl-C) leaves a readable file with ``status`` ``"interrupted"``
-holding everything simulated so far; the command then exits with status 130.
-Bad options give one line on stderr and exit status 2.
+an interrupted run (Ctrl-C, or SIGTERM) leaves a readable file with ``status``
+``"interrupted"`` holding everything simulated so far; the command then says what
+it wrote and exits with status 130 (143 after SIGTERM). A signal during the final
+write is held until the file is complete. Bad options give one line on stderr and
+exit status 2; so does a file system that cannot take the output (full, read-only),
+naming the path, the fix and what became of the run.
 
 The default toy is SI logistic regression (``--loss logistic``: dimension 10, 100
 separable points drawn from seed 0, temperature 10), which at ``--lr 0.1 --wd 1e-3``
@@ -21,8 +25,11 @@ destabilizes about every 4000 steps (norm jumps by ~1.5x) after a transient of
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import math
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -32,17 +39,21 @@ from typing import Any
 import numpy as np
 
 from siflow._cli import (
-    EXIT_INTERRUPTED,
     ArgumentParser,
     CLIError,
     add_betas_argument,
+    describe_os_error,
+    flag_subjects,
     fmt_value,
     format_list_summary,
     format_rows,
+    interrupted_status,
     parse_betas,
     refuse_zero_schedule,
     run_main,
     summarize_list,
+    terminate_as_interrupt,
+    terminated,
     translate_params,
 )
 from siflow._fileio import atomic_write, ensure_dir
@@ -70,10 +81,14 @@ FLAGS = {
     "rho0": "--rho0",
     "record_every": "--record-every",
     "max_rows": "--max-rows",
-    "max_points": "--record-every",
     "sharpness": "--sharpness",
     "betas": "--betas",
 }
+#: File in a default output folder recording the options of the run it holds, so that
+#: a run whose options differ is not written over it (:func:`claim_default_out`).
+RUN_FILE = ".siflow-run.json"
+#: Options that change where or how the result is shown, not the run itself.
+_PRESENTATION = ("out", "quiet", "json", "no_figure")
 
 
 def build_parser() -> ArgumentParser:
@@ -163,30 +178,97 @@ def build_parser() -> ArgumentParser:
     return p
 
 
+def _short(x: float) -> str:
+    """``x`` as ``:g`` writes it where that is exact, else in full (``0.1000001``)."""
+    text = f"{x:g}"
+    return text if float(text) == x else repr(float(x))
+
+
 def run_name(args: Any) -> str:
-    """Directory name built from the options, e.g. ``logistic-sgd-lr0.1-wd0.001-s0``."""
-    parts = [str(args.loss), str(args.optimizer), f"lr{args.lr:g}", f"wd{args.wd:g}"]
+    """Directory name built from the options, e.g. ``logistic-sgd-lr0.1-wd0.001-s0``.
+
+    Numbers are written in full where six digits would round them, and
+    ``--record-every``, ``--max-rows`` and ``--sharpness`` are named when given.
+    """
+    parts = [str(args.loss), str(args.optimizer), f"lr{_short(args.lr)}", f"wd{_short(args.wd)}"]
     if args.momentum:
-        parts.append(f"mom{args.momentum:g}")
+        parts.append(f"mom{_short(args.momentum)}")
     if args.batch:
         parts.append(f"b{args.batch}")
     if args.noise:
-        parts.append(f"noise{args.noise:g}")
+        parts.append(f"noise{_short(args.noise)}")
     if args.dim is not None:
         parts.append(f"d{args.dim}")
     for item in getattr(args, "loss_option", []) or []:
         key, _, value = item.partition("=")
         parts.append(f"{key.strip()}{value.strip()}".replace("/", "_").replace(" ", ""))
     if args.rho0 is not None:
-        parts.append(f"rho{args.rho0:g}")
+        parts.append(f"rho{_short(args.rho0)}")
     for flag, attr in (("sched", "schedule"), ("wdsched", "wd_schedule")):
         spec = getattr(args, attr, None)
         if spec:
             parts.append(flag + "".join(c if c.isalnum() or c in ".=" else "_" for c in spec))
     if args.steps != DEFAULT_STEPS:
         parts.append(f"n{args.steps}")
+    for flag, attr in (("every", "record_every"), ("maxrows", "max_rows")):
+        value = getattr(args, attr, None)
+        if value is not None:
+            parts.append(f"{flag}{value}")
+    if getattr(args, "sharpness", False):
+        parts.append("sharpness")
     parts.append(f"s{args.seed}")
     return "-".join(parts)
+
+
+def run_options(args: Any) -> dict[str, Any]:
+    """The options that decide a run's output (all but ``--out``, ``--quiet``,
+    ``--json`` and ``--no-figure``), as JSON reads them back."""
+    options = {k: v for k, v in vars(args).items() if k not in _PRESENTATION}
+    if options.get("betas") is not None:
+        options["betas"] = list(parse_betas(options["betas"]))  # "0.9,0.999" or "0.9 0.999"
+    return json.loads(json.dumps(options, sort_keys=True))
+
+
+def _holds_run(folder: Path, options: dict[str, Any]) -> bool:
+    """Whether ``folder``'s :data:`RUN_FILE` records a run of exactly ``options``."""
+    try:
+        recorded = json.loads((folder / RUN_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return recorded == options
+
+
+def claim_default_out(args: Any) -> tuple[Path, bool]:
+    """The default output folder of a run: ``runs/<name>``, or ``<name>-2``, ``-3``, ...
+
+    A folder is claimed by creating it (``os.mkdir``, which fails when it exists, so
+    two runs started together never share one) and recording the run's options in it
+    (:data:`RUN_FILE`). An existing folder is used only when it records the same
+    options: a rerun of the same command replaces its own output; a run of other
+    options (another ``--lr``, even past six digits, ``--record-every``,
+    ``--max-rows``, ...), or a folder of unknown content, moves on to the next name.
+
+    Returns
+    -------
+    tuple
+        ``(folder, created)``: ``created`` is False for a folder of the same run.
+    """
+    root = Path("runs")
+    root.mkdir(parents=True, exist_ok=True)
+    name = run_name(args)
+    options = run_options(args)
+    for k in itertools.count(1):
+        out = root / (name if k == 1 else f"{name}-{k}")
+        try:
+            os.mkdir(out)
+        except FileExistsError:
+            if out.is_dir() and _holds_run(out, options):
+                return out, False
+            continue
+        with atomic_write(out / RUN_FILE) as fh:
+            json.dump(options, fh, sort_keys=True, indent=1)
+        return out, True
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def parse_loss_options(items: Sequence[str]) -> dict[str, Any]:
@@ -254,8 +336,12 @@ def _check_schedules(args: Any, lr: Any, wd: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit status (2 with one line on stderr on bad input)."""
-    return run_main(_translated_body, argv, prog=PROG)
+    """Run the CLI; returns the exit status (2 with one line on stderr on bad input).
+
+    SIGTERM is handled like Ctrl-C while it runs (:func:`siflow._cli.terminate_as_interrupt`).
+    """
+    with terminate_as_interrupt():
+        return run_main(_translated_body, argv, prog=PROG)
 
 
 def _translated_body(argv: Sequence[str] | None) -> int:
@@ -265,7 +351,7 @@ def _translated_body(argv: Sequence[str] | None) -> int:
     except CLIError:
         raise
     except ValueError as exc:
-        raise CLIError(translate_params(str(exc), FLAGS)) from None
+        raise CLIError(flag_subjects(translate_params(str(exc), FLAGS), FLAGS)) from None
 
 
 # --------------------------------------------------------------------------- theory
@@ -490,6 +576,10 @@ def _check_numbers(args: Any) -> None:
     for flag, value in (("--steps", args.steps), ("--record-every", args.record_every)):
         if value is not None:
             check_steps(flag, value)  # before the run's time estimate is printed
+    if args.dim is not None and args.dim < 2:
+        raise CLIError(
+            f"--dim must be >= 2 (the toys live on a sphere), got {args.dim}; pass --dim 2 or more"
+        )
     if args.batch is not None and args.batch < 1:
         raise CLIError(f"--batch must be >= 1, got {args.batch}; pass a positive batch size")
     if args.max_rows is not None and args.max_rows < 2:
@@ -519,6 +609,7 @@ def _body(argv: Sequence[str] | None) -> int:
     max_rows = args.max_rows
     if max_rows is None:
         max_rows = DEFAULT_MAX_ROWS if args.record_every is None else _sim.DEFAULT_MAX_ROWS
+    _check_rows(args, record_every, max_rows)
     est = _sim.estimate(
         args.loss,
         steps=args.steps,
@@ -545,19 +636,8 @@ def _body(argv: Sequence[str] | None) -> int:
         raise CLIError(loss_option_flags(str(exc))) from None
     if args.batch is not None and toy.n_samples == 0:
         raise CLIError(f"--batch applies to data toys (logistic), not {toy.name!r}; use --noise")
-    out = Path(args.out) if args.out else Path("runs") / run_name(args)
-    existed = out.exists()
-    try:
-        ensure_dir(out)
-    except OSError as exc:
-        if "--out" in str(exc):
-            raise
-        reason = exc.strerror or str(exc)
-        raise CLIError(
-            f"cannot create the output directory {str(out)!r} ({reason}); pass another --out"
-        ) from None
+    out, created = _output_folder(args)
     traj_path = out / "trajectory.npz"
-    fig_path = out / "figure.png"
     if est["seconds"] > ANNOUNCE_SECONDS:
         sys.stderr.write(f"{PROG}: {_announcement(args, toy, est)}\n")
         sys.stderr.flush()
@@ -584,14 +664,33 @@ def _body(argv: Sequence[str] | None) -> int:
             checkpoint_every=2.0,
         )
     except ValueError:
-        if not existed and not any(out.iterdir()):
-            out.rmdir()  # refused before anything was written: leave no empty --out
+        _remove_if_unused(out, created)  # refused before anything was written
         raise
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{PROG}: {_interrupted_line(traj_path, out, created)}\n")
+        return interrupted_status()
+    except OSError as exc:
+        raise CLIError(_unsaved_line(exc, traj_path, out, created)) from None
     if traj.status == "interrupted":
         sys.stderr.write(
-            f"{PROG}: interrupted after {traj.meta['steps_done']} steps; wrote {traj_path}\n"
+            f"{PROG}: {'terminated' if terminated() else 'interrupted'} after "
+            f"{traj.meta['steps_done']} steps; wrote {traj_path}\n"
         )
-        return EXIT_INTERRUPTED
+        return interrupted_status()
+    try:
+        return _report(traj, args, toy, betas, out)
+    except KeyboardInterrupt:
+        sys.stderr.write(
+            f"{PROG}: interrupted after the run finished; wrote {traj_path} (status "
+            f"{traj.status!r}, {traj.meta['steps_done']} steps), not its summary\n"
+        )
+        return interrupted_status()
+
+
+def _report(traj: Any, args: Any, toy: Any, betas: tuple[float, float], out: Path) -> int:
+    """Analyse a finished run, write ``summary.json`` (and the figure), print the summary."""
+    traj_path = out / "trajectory.npz"
+    fig_path = out / "figure.png"
     summary, result = _analyse(traj, args, toy, betas, traj_path)
     draw_figure = not args.no_figure and result is not None
     if draw_figure:
@@ -614,6 +713,110 @@ def _body(argv: Sequence[str] | None) -> int:
     return 0
 
 
+def _output_folder(args: Any) -> tuple[Path, bool]:
+    """``--out``, or the default folder claimed for this run; ``(folder, created)``.
+
+    File-system errors become one line naming the folder and the fix.
+    """
+    try:
+        if args.out:
+            out = Path(args.out)
+            existed = out.exists()
+            ensure_dir(out)
+            return out, not existed
+        out, created = claim_default_out(args)
+    except OSError as exc:
+        if "--out" in str(exc):
+            raise
+        where = args.out or str(Path("runs") / run_name(args))
+        reason = exc.strerror or str(exc)
+        raise CLIError(
+            f"cannot create the output directory {where!r} ({reason}); pass another --out"
+        ) from None
+    default = Path("runs") / run_name(args)
+    if out != default:
+        sys.stderr.write(
+            f"{PROG}: note: {str(default)!r} holds a run of other options; writing to "
+            f"{str(out)!r}\n"
+        )
+    return out, created
+
+
+def _remove_if_unused(out: Path, created: bool) -> None:
+    """Remove the output folder this run created when nothing but its record is in it."""
+    if not created:
+        return
+    with contextlib.suppress(OSError):
+        (out / RUN_FILE).unlink(missing_ok=True)
+        out.rmdir()
+
+
+def _saved_run(traj_path: Path) -> dict[str, Any] | None:
+    """The metadata of the trajectory file (``None`` when there is none to read)."""
+    try:
+        with np.load(traj_path, allow_pickle=False) as data:
+            meta = json.loads(str(data["meta"]))
+    except (OSError, KeyError, ValueError, EOFError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def _what_was_saved(traj_path: Path, out: Path, created: bool) -> str:
+    """What ``traj_path`` holds, for a message about a run that stopped early (an
+    output folder this run created and left empty is removed)."""
+    meta = _saved_run(traj_path)
+    if meta is None:
+        _remove_if_unused(out, created)
+        return f"nothing was written to {str(out)!r}"
+    return (
+        f"{str(traj_path)!r} holds {meta.get('steps_done')} of {meta.get('steps')} steps "
+        f"(status {meta.get('status')!r})"
+    )
+
+
+def _interrupted_line(traj_path: Path, out: Path, created: bool) -> str:
+    """The line for a signal that stopped the run while its file was being written."""
+    what = "terminated" if terminated() else "interrupted"
+    return f"{what} while writing the run; {_what_was_saved(traj_path, out, created)}"
+
+
+def _unsaved_line(exc: OSError, traj_path: Path, out: Path, created: bool) -> str:
+    """The line for a trajectory the file system would not take: path, fix, what is kept."""
+    problem = describe_os_error(exc, "--out") or " ".join(str(exc).split())
+    return (
+        f"{problem}; the run was simulated up to that write but not saved "
+        f"({_what_was_saved(traj_path, out, created)})"
+    )
+
+
+def _check_rows(args: Any, record_every: int, max_rows: int) -> None:
+    """Refuse, naming flags, a stride that keeps more regular rows than ``--max-rows``.
+
+    The fixes offered are ones the run then takes: a ``--record-every`` that fits, and a
+    larger ``--max-rows`` only where that many rows fit in the available memory.
+    """
+    from siflow._memory import available_memory
+    from siflow.simulate import _row_bytes
+
+    rows = -(-args.steps // record_every)
+    if rows <= max_rows:
+        return
+    need = -(-args.steps // max_rows)
+    stride = (
+        f"--record-every {args.record_every}"
+        if args.record_every is not None
+        else f"the default stride ({record_every})"
+    )
+    cap = f"--max-rows {max_rows}" + (" (the default)" if args.max_rows is None else "")
+    fixes = f"pass --record-every {need} or more"
+    avail = available_memory()
+    if avail is None or 2 * rows * _row_bytes(args.sharpness, 2) < avail / 2:
+        fixes += f", or --max-rows {rows} or more"
+    raise CLIError(
+        f"{stride} keeps {rows} rows over --steps {args.steps}, more than {cap}; {fixes}"
+    )
+
+
 def _announcement(args: Any, toy: Any, est: dict[str, Any]) -> str:
     """The line announcing a long run, naming what makes it long and how to shorten it."""
     from siflow import simulate as _sim
@@ -627,6 +830,11 @@ def _announcement(args: Any, toy: Any, est: dict[str, Any]) -> str:
             f"{took}, mostly the sharpness (O(dim^3) at each kept row); drop --sharpness, "
             f"pass a larger --record-every or a smaller --dim for a shorter run (Ctrl-C "
             f"keeps what was simulated)"
+        )
+    if est.get("setup_seconds", 0.0) > 0.5 * est["seconds"]:
+        return (
+            f"{took}, mostly building the toy (its minimizer, O(dim^3)); pass a smaller --dim "
+            f"for a shorter run"
         )
     return f"{took}; pass fewer --steps for a shorter run (Ctrl-C keeps what was simulated)"
 
@@ -650,6 +858,39 @@ _OVERRIDDEN = (
     "critical_norm",
     "predicted_period",
 )
+
+
+def _window_words(traj: Any, start: int, stop: int) -> str:
+    """The statistics' window in words: the steps its exact sums cover."""
+    return (
+        f"steps {start + 1}..{stop}: the difference of the running sums at the kept rows "
+        f"of steps {start} and {stop}, exact over every step between them"
+    )
+
+
+def _window_note(traj: Any, start: int, stop: int) -> str | None:
+    """A note when the thinning placed the statistics' window, else None.
+
+    The running sums are known at kept rows only, and the stationary part is found
+    from the kept rows, so each end of the window is a kept row chosen among them. At
+    a stride ``k > 1`` an end on a regular row (a multiple of ``k``, not the first or
+    last step) was placed by the stride: another ``--record-every`` can give another
+    window, and other statistics (each exact over its own window). Ends on rows kept
+    near norm jumps (periodic runs) do not depend on the stride.
+    """
+    every = int(traj.meta.get("record_every") or 1)
+    if every <= 1 or not len(traj):
+        return None
+    first, last = int(traj.step[0]), int(traj.step[-1])
+    placed = [e for e in (start, stop) if e % every == 0 and e not in (first, last)]
+    if not placed:
+        return None
+    return (
+        f"the equilibrium statistics are exact over steps {start + 1}..{stop}, a window "
+        f"whose ends are kept rows (every {every}th step here) chosen from the kept rows: "
+        f"another --record-every can place it elsewhere and change the statistics; "
+        f"--record-every 1 places it on every step"
+    )
 
 
 def _analyse(
@@ -685,6 +926,10 @@ def _analyse(
         exact = traj.exact_means(d["stationary_start"], d["stationary_stop"])
         if exact is not None:
             stats = dict(exact, start=d["stationary_start"], stop=d["stationary_stop"])
+            stats["window"] = _window_words(traj, stats["start"], stats["stop"])
+            moved = _window_note(traj, stats["start"], stats["stop"])
+            if moved:
+                notes.append(moved)
             for key in (
                 "angular_update_rms",
                 "grad_norm_sphere_rms",

@@ -8,6 +8,7 @@ Flags shared with ``python -m siflow.simulate`` have the same names and defaults
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import math
 import os
@@ -18,7 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
-from siflow._cli import ArgumentParser, CLIError, run_main
+from siflow._cli import (
+    ArgumentParser,
+    CLIError,
+    describe_os_error,
+    flag_subjects,
+    run_main,
+    terminate_as_interrupt,
+)
 from siflow._validate import check_positive, check_positive_int
 from siflow.sweep import (
     DEFAULT_MAX_ROWS,
@@ -209,8 +217,13 @@ def _grid(name: str, bounds: list[float], num: int) -> np.ndarray:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m siflow.sweep``: run or resume a sweep, print and draw it."""
-    return run_main(cli, argv, prog=PROG)
+    """``python -m siflow.sweep``: run or resume a sweep, print and draw it.
+
+    SIGTERM is handled like Ctrl-C while it runs (the finished cells are kept;
+    :func:`siflow._cli.terminate_as_interrupt`).
+    """
+    with terminate_as_interrupt():
+        return run_main(cli, argv, prog=PROG)
 
 
 def flags_in(message: str) -> str:
@@ -232,7 +245,7 @@ def flags_in(message: str) -> str:
             value = " ".join(v.strip() for v in value[1:-1].split(",") if v.strip())
         return f"{flag} {value}"
 
-    return _PARAM.sub(repl, message)
+    return flag_subjects(_PARAM.sub(repl, message), _FLAGS)
 
 
 def _note(message: str) -> None:
@@ -361,22 +374,21 @@ def _cli(argv: Sequence[str] | None) -> int:
     except KeyboardInterrupt:
         if show:
             sys.stderr.write("\n")
-        try:
-            partial = load(out)
-            sys.stderr.write(
-                f"{len(partial.rows)} of {len(partial.config)} cells saved in {out}; "
-                f"rerun the same command to resume\n"
-            )
-        except (OSError, ValueError):
-            pass
+        saved = _cells_saved(out)
+        if saved:
+            sys.stderr.write(f"{saved}; rerun the same command to resume\n")
         raise
+    except OSError as exc:
+        described = describe_os_error(exc, "--out")
+        if described is None:
+            raise
+        saved = _cells_saved(out)
+        kept = f"; {saved}, and a rerun resumes from them" if saved else ""
+        raise CLIError(f"{described}{kept}") from None
     if show:
         sys.stderr.write("\n")
     figure = Path(args.figure) if args.figure else out / "phase_diagram.png"
-    fig = phase_diagram(result, figure)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
+    drawn = _draw(result, figure, args.figure is not None)
     if args.json:
         for row in result.rows:
             clean = {
@@ -385,5 +397,37 @@ def _cli(argv: Sequence[str] | None) -> int:
             print(json.dumps(clean, sort_keys=True))
     else:
         _print_grid(result)
-        print(f"\ntable: {out / 'table.csv'}\nfigure: {figure}")
+        print(f"\ntable: {out / 'table.csv'}\nfigure: {drawn}")
     return 0
+
+
+def _cells_saved(out: Path) -> str | None:
+    """``"N of M cells saved in OUT"``, or None when ``out`` holds no sweep to read."""
+    try:
+        partial = load(out)
+    except (OSError, ValueError):
+        return None
+    return f"{len(partial.rows)} of {len(partial.config)} cells saved in {out}"
+
+
+def _draw(result: SweepResult, figure: Path, chosen: bool) -> str:
+    """Draw the phase diagram into ``figure``; what the ``figure:`` line says.
+
+    A finished sweep rerun from a read-only copy keeps the figure it has (said so on
+    that line); other file-system errors are one line naming the path and the fix.
+    """
+    import matplotlib.pyplot as plt
+
+    try:
+        fig = phase_diagram(result, figure)
+    except OSError as exc:
+        read_only = isinstance(exc, PermissionError) or exc.errno == errno.EROFS
+        if read_only and figure.is_file() and result.complete:
+            reason = exc.strerror or "not writable"
+            return f"{figure} (kept as it was: {reason})"
+        described = describe_os_error(exc, "--figure" if chosen else "--out")
+        if described is None:
+            raise
+        raise CLIError(described) from None
+    plt.close(fig)
+    return str(figure)

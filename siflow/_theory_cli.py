@@ -361,6 +361,25 @@ def _lagging_tail(points: list[dict[str, Any]]) -> dict[str, Any] | None:
     return first
 
 
+#: The most steps ``--schedule`` follows (one array entry per step).
+_MAX_FOLLOWED_STEPS = 50_000_000
+
+
+def _too_many_steps(args: Any, steps: int) -> str:
+    """The refusal of a schedule followed over too many steps, naming where they came from:
+    ``--steps``, or the ``steps=`` of ``--schedule`` when ``--steps`` was not passed."""
+    if args.steps is not None:
+        return (
+            f"--steps {steps} is above {_MAX_FOLLOWED_STEPS}; pass --steps "
+            f"{_MAX_FOLLOWED_STEPS} or fewer"
+        )
+    return (
+        f"--schedule {args.schedule!r} has steps={steps}, above the {_MAX_FOLLOWED_STEPS} "
+        f"steps this follows; pass --steps {_MAX_FOLLOWED_STEPS} or fewer to follow its "
+        f"start, or a schedule with fewer steps="
+    )
+
+
 def _schedule_body(args: Any) -> int:
     from siflow.schedules import parse_schedule
 
@@ -376,8 +395,8 @@ def _schedule_body(args: Any) -> int:
     steps = args.steps or int(lr_s.params.get("steps", 0))
     if steps < 1:
         raise CLIError("pass --steps (the schedule has no steps=); e.g. --steps 20000")
-    if steps > 50_000_000:
-        raise CLIError(f"--steps {steps} is above 50000000; follow fewer steps")
+    if steps > _MAX_FOLLOWED_STEPS:
+        raise CLIError(_too_many_steps(args, steps))
     if args.steps_per_epoch is not None and args.steps_per_epoch < 1:
         raise CLIError(f"--steps-per-epoch must be >= 1, got {args.steps_per_epoch}")
     lr_t, wd_t = lr_s.values(steps), wd_s.values(steps)

@@ -139,7 +139,17 @@ def _number(kind: str, key: str, text: str) -> float:
             f"schedule {kind!r}: {key}={text!r} is not a number; write it as {key}={example}"
         ) from None
     if not math.isfinite(value):
-        raise ValueError(f"schedule {kind!r}: {key} must be finite; got {text!r}")
+        if text.strip().lower().lstrip("+-") in ("inf", "infinity", "nan"):
+            raise ValueError(f"schedule {kind!r}: {key} must be finite; got {text!r}")
+        raise ValueError(
+            f"schedule {kind!r}: {key}={text.strip()} is beyond the largest double (1.8e308); "
+            f"pass a value between -1.8e308 and 1.8e308"
+        )
+    if value == 0.0 and any(c in "123456789" for c in text.lower().split("e")[0]):
+        raise ValueError(
+            f"schedule {kind!r}: {key}={text.strip()} is below the smallest positive double "
+            f"(5e-324) and would be read as 0; pass a value of at least 5e-324"
+        )
     return value
 
 

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import importlib
 import inspect
@@ -52,6 +53,7 @@ import json
 import math
 import os
 import shutil
+import stat
 import sys
 import threading
 import time
@@ -636,17 +638,22 @@ class SweepResult:
                 grid[i, j] = float(np.median(v))
         return grid
 
+    def csv_text(self) -> str:
+        """The table as :meth:`to_csv` writes it (one row per finished cell)."""
+        lines = [",".join(ROW_FIELDS)]
+        for r in self.rows:
+            cells = []
+            for k in ROW_FIELDS:
+                v = r[k]
+                cells.append(repr(float(v)) if isinstance(v, float) else str(v))
+            lines.append(",".join(cells))
+        return "\n".join(lines) + "\n"
+
     def to_csv(self, path: str | os.PathLike[str]) -> Path:
         """Write the table (one row per finished cell) atomically."""
         path = Path(path)
         with atomic_write(path) as fh:
-            fh.write(",".join(ROW_FIELDS) + "\n")
-            for r in self.rows:
-                cells = []
-                for k in ROW_FIELDS:
-                    v = r[k]
-                    cells.append(repr(float(v)) if isinstance(v, float) else str(v))
-                fh.write(",".join(cells) + "\n")
+            fh.write(self.csv_text())
         return path
 
 
@@ -682,15 +689,52 @@ def _try_lock(fh: Any) -> bool:
     return True
 
 
+#: Flags that open the lock file itself, never what a symbolic link there points to
+#: (``O_NOFOLLOW``), without blocking on a FIFO planted there (``O_NONBLOCK``).
+_LOCK_OPEN_FLAGS = (
+    os.O_CREAT
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_NONBLOCK", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+)
+
+
+def _open_lock_file(path: Path, create: bool = True) -> Any:
+    """Open the lock file ``path`` for reading and writing, as a regular file only.
+
+    A symbolic link (which could point at any file the user may write, and whose
+    target the pid written into the lock would replace) or anything else that is not
+    a regular file is refused with ``OSError`` naming it and the fix.
+    """
+    flags = _LOCK_OPEN_FLAGS if create else _LOCK_OPEN_FLAGS & ~os.O_CREAT
+    refusal = (
+        f"{str(path)!r} is not a regular file (a symbolic link or other special file), so "
+        f"it cannot serve as the sweep's lock; remove it, or pass another out="
+    )
+    try:
+        fd = os.open(path, flags | os.O_RDWR, 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP or os.path.islink(path):
+            raise OSError(refusal) from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(refusal)
+    if hasattr(os, "set_blocking"):
+        os.set_blocking(fd, True)
+    return os.fdopen(fd, "r+", encoding="utf-8")
+
+
 @contextlib.contextmanager
 def _locked(out: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``out`` (file ``out/.lock``) for the block.
 
     The operating system releases the lock when the holder exits, however it
-    exits (``kill -9`` included), so a stale lock never blocks a resume.
+    exits (``kill -9`` included), so a stale lock never blocks a resume. The lock
+    file is never followed through a symbolic link (:func:`_open_lock_file`).
     """
     path = out / _LOCK_FILE
-    fh = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the whole block
+    fh = _open_lock_file(path)
     try:
         if not _try_lock(fh):
             fh.seek(0)
@@ -822,9 +866,9 @@ def _different_sweep(out: Path) -> str:
 def _held_elsewhere(out: Path) -> bool:
     """Whether another process holds the lock on ``out`` (nothing is created to tell)."""
     try:
-        fh = open(out / _LOCK_FILE, "r+", encoding="utf-8")  # noqa: SIM115 - closed below
+        fh = _open_lock_file(out / _LOCK_FILE, create=False)
     except OSError:
-        return False  # no lock file: nobody holds it
+        return False  # no lock file (nobody holds it), or one _locked refuses with its reason
     try:
         return not _try_lock(fh)
     finally:
@@ -854,6 +898,54 @@ def _refuse_foreign_out(out: Path | None, config: SweepConfig, restart: bool) ->
             f"folder and its table would be overwritten; pass another out=, or "
             f"restart=True to overwrite it"
         )
+
+
+def _refuse_misplaced_files(out: Path | None) -> None:
+    """Refuse, before anything is made, an ``out`` whose table or cell folder the sweep
+    could not write: a folder named ``table.csv``, a file named ``cells``."""
+    if out is None or not out.is_dir():
+        return
+    table = out / _TABLE_FILE
+    if table.is_dir():
+        raise ValueError(
+            f"{str(table)!r} is a directory, where the sweep writes its table; remove it, or "
+            f"pass another out="
+        )
+    cells = out / _CELL_DIR
+    if cells.exists() and not cells.is_dir():
+        raise ValueError(
+            f"{str(cells)!r} is a file, where the sweep keeps its cells; remove it, or pass "
+            f"another out="
+        )
+
+
+def _finished_sweep(out: Path | None, config: SweepConfig, restart: bool) -> SweepResult | None:
+    """The result of ``config`` when ``out`` holds it finished, with its table written.
+
+    Then a rerun has nothing to compute or write, so it takes no lock and writes
+    nothing (the folder may be on a read-only medium). None when anything is left to
+    do: a missing, damaged or foreign cell, a table missing or not of these cells, a
+    folder another sweep is writing into, or ``restart``.
+    """
+    if out is None or restart or not (out / _CONFIG_FILE).is_file():
+        return None
+    try:
+        old = json.loads((out / _CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    if old != json.loads(json.dumps(config.to_dict())) or _held_elsewhere(out):
+        return None
+    done, discarded = _read_cells(out, config)
+    if discarded or len(done) != len(config):
+        return None
+    result = SweepResult(config, [done[i] for i in sorted(done)], out, [])
+    table = out / _TABLE_FILE
+    try:
+        if not table.is_file() or table.read_text(encoding="utf-8") != result.csv_text():
+            return None
+    except (OSError, UnicodeDecodeError):
+        return None
+    return result
 
 
 def _make_out(out: Path) -> None:
@@ -1156,10 +1248,16 @@ def _exit_with_sweep(sweep_pid: int) -> None:
 
 
 def _init_local_worker(sweep_pid: int) -> None:
-    """Local pool worker: dies with the sweep, one thread, Ctrl-C is the parent's business."""
+    """Local pool worker: dies with the sweep, one thread, Ctrl-C is the parent's business.
+
+    SIGTERM gets its default action back (a forked worker inherits the handler the
+    command line installs, which would turn the pool's own ``terminate()`` into an
+    exception the worker reports and survives).
+    """
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     for fh in _HELD_LOCKS:  # a forked copy of the sweep's lock must not outlive the sweep
         with contextlib.suppress(OSError):
             fh.close()
@@ -1376,7 +1474,8 @@ def sweep(
         Directory for ``sweep.json``, one file per finished cell and
         ``table.csv``, locked while the sweep runs. An existing directory of the
         same sweep is resumed; one of a different sweep is an error unless
-        ``restart``.
+        ``restart``. A finished sweep whose table is written is read back with no
+        lock and no write (a copy on a read-only medium reruns too).
     workers : int, optional
         Local worker processes (default: all cores available to this
         process). ``1`` runs in this process.
@@ -1452,6 +1551,10 @@ def sweep(
         max_hours = positive_number("max_hours", max_hours)
     out_path = Path(out) if out is not None else None
     _refuse_foreign_out(out_path, config, restart)  # before its lock file is made
+    _refuse_misplaced_files(out_path)
+    finished = _finished_sweep(out_path, config, restart)
+    if finished is not None:
+        return finished  # nothing to compute or write: no lock (a read-only copy is fine)
     _refuse_what_cannot_fit(estimate(config, workers, out=out_path), config)
     _check_loss(config)
     client, own_client = _dask_client(dask) if dask is not None else (None, False)

@@ -270,7 +270,7 @@ CASES: list[Case] = [
         "record-every-beyond", [*LR_WD, "--record-every", str(10**33)], r"--record-every .*2\*\*53"
     ),
     # numpy's overflow warning printed two more lines before the error
-    _sim("rho0-overflows", [*LR_WD, "--rho0", "1e308"], r"\|w0\| = 1e\+308 is outside"),
+    _sim("rho0-overflows", [*LR_WD, "--rho0", "1e308"], r"--rho0 1e\+308 is outside"),
     _sim("out-is-a-file", [*LR_WD, "--out", "taken"], r"director|taken", {"taken": _plain_file}),
     _sim(
         "steps-1e12-every-row",

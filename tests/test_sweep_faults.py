@@ -404,7 +404,7 @@ def test_a_cell_that_kills_its_worker_twice_stops_the_sweep_in_one_line(tmp_path
         (["--simulator", "siflow.sweep:SweepResult"], ["SweepResult"]),
         (["--lr", "1e-300", "1e-300", "--n-lr", "1", "--wd", "1e-300", "1e-300", "--n-wd", "1"],
          ["underflows", "--lr", "--wd"]),
-        (["--max-rows", "0"], ["max_rows"]),
+        (["--max-rows", "0"], ["--max-rows"]),
         (["--max-hours", "0"], ["--max-hours"]),
         (["--task-size", "0"], ["--task-size"]),
         (["--figure", "pd.txt"], ["pd.txt", ".png"]),
