@@ -16,8 +16,10 @@ half-written.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -31,6 +33,7 @@ from siflow._cli import (
     CLIError,
     add_betas_argument,
     add_log_arguments,
+    os_error_fix,
     parse_betas,
     read_log,
     refuse_ignored_flags,
@@ -334,27 +337,52 @@ def _log_id(log: Path) -> str:
     return str(log.resolve())
 
 
-def _default_out(log: Path) -> Path:
+def _default_name(log: Path) -> str:
+    """The default output folder's name: the log's stem (a file) or name (a folder)."""
+    return (log.stem if log.is_file() else log.name) or "log"
+
+
+def _owner(out: Path) -> str | None:
+    """The log whose output ``out`` holds (its ``summary.json``), None if unknown."""
+    try:
+        owner = json.loads((out / "summary.json").read_text(encoding="utf-8")).get("log")
+    except (OSError, ValueError, AttributeError, UnicodeDecodeError):
+        return None
+    return owner if isinstance(owner, str) else None
+
+
+def claim_default_out(log: Path) -> Path:
     """``runs/overlay/<log name>``, or ``<log name>-2``, ``-3``, ... when that directory
     holds the output of another log: peers' logs have fixed names (``train-tm.npz``,
     ``metrics.csv``, ``dynamics.pkl``), and one run's output must not replace
-    another's."""
-    name = (log.stem if log.is_file() else log.name) or "log"
+    another's.
+
+    A new folder is claimed by creating it (``os.mkdir``, which fails when it exists),
+    so two overlays started together on different logs never share one; an existing
+    folder is used again only when its ``summary.json`` is of the same log. The folder
+    is created here: call this just before writing into it.
+    """
+    name = _default_name(log)
     root = Path("runs") / "overlay"
-    k = 1
-    while True:
+    root.mkdir(parents=True, exist_ok=True)
+    for k in itertools.count(1):
         out = root / (name if k == 1 else f"{name}-{k}")
         try:
-            owner = json.loads((out / "summary.json").read_text()).get("log")
-        except (OSError, ValueError, AttributeError):
-            owner = None
-        if not out.exists() or owner == _log_id(log):
-            return out
-        k += 1
+            os.mkdir(out)
+        except FileExistsError:
+            if out.is_dir() and _owner(out) == _log_id(log):
+                return out
+            continue
+        return out
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _outputs(args: Any, log: Path) -> tuple[Path | None, Path | None]:
-    """(figure path or None, summary path or None) from ``--out``; nothing next to the log."""
+    """(figure path or None, summary path or None) from ``--out``; nothing next to the log.
+
+    Without ``--out`` both are None here: the default folder is claimed when the outputs
+    are written (:func:`claim_default_out`), so that a refused log claims nothing.
+    """
     if args.no_figure and args.out and Path(args.out).suffix.lower() in FIGURE_SUFFIXES:
         raise CLIError("--out names a figure but --no-figure is set; drop one")
     if args.out and Path(args.out).suffix.lower() in FIGURE_SUFFIXES:
@@ -366,10 +394,42 @@ def _outputs(args: Any, log: Path) -> tuple[Path | None, Path | None]:
         raise CLIError(
             f"--out {args.out!r} must be a directory or a figure ending in .png, .svg or .pdf"
         )
-    out_dir = Path(args.out) if args.out else _default_out(log)
+    if not args.out:
+        return None, None
+    out_dir = Path(args.out)
     if out_dir.exists() and not out_dir.is_dir():
         raise CLIError(f"--out {str(out_dir)!r} is a file; pass a directory")
     return (None if args.no_figure else out_dir / "overlay.png"), out_dir / "summary.json"
+
+
+def _output_paths(args: Any, log: Path) -> tuple[Path | None, Path | None]:
+    """The figure and summary paths, with their folder made (the default one claimed).
+
+    File-system errors become one line naming the folder and the fix.
+    """
+    from siflow._fileio import ensure_dir
+
+    fig, summary = _outputs(args, log)
+    try:
+        if fig is None and summary is None:
+            out_dir = claim_default_out(log)
+            fig = None if args.no_figure else out_dir / "overlay.png"
+            summary = out_dir / "summary.json"
+        elif summary is not None:
+            ensure_dir(summary.parent)
+    except OSError as exc:
+        if "--out" in str(exc) or "output directory" in str(exc):
+            raise
+        where = args.out or str(Path("runs") / "overlay" / _default_name(log))
+        raise CLIError(_cannot_write(exc, where, "cannot create the output directory")) from None
+    return fig, summary
+
+
+def _cannot_write(exc: OSError, where: str, what: str) -> str:
+    """One line for a file-system error: what could not be done where, why, and the fix."""
+    reason = exc.strerror or " ".join(str(exc).split())
+    fix = os_error_fix(exc, "--out") or "pass another --out"
+    return f"{what} {where!r} ({reason}); {fix}"
 
 
 def _group_sizes(items: Sequence[str]) -> dict[str, float] | None:
@@ -442,15 +502,30 @@ def _read(args: Any, log: Path) -> Any:
         raise CLIError(
             f"{str(log)!r} does not record {' and '.join(missing)}; pass "
             + " and ".join(f"--{n} VALUE" for n in missing)
+            + _per_group_lr_hint(traj, missing)
         )
     return traj
 
 
+def _per_group_lr_hint(traj: Any, missing: list[str]) -> str:
+    """The per-parameter-group lr columns a log has when no single lr was read from them
+    (``lr-SGD/pg1``, ``lr-SGD/pg2`` that differ; ``meta["lr_columns"]``), as a fix."""
+    cols = traj.meta.get("lr_columns") if "lr" in missing else None
+    if not cols:
+        return ""
+    return (
+        f" (the log has one lr per parameter group: {', '.join(map(str, cols))}; pass "
+        f"--map lr={cols[0]} for the scale-invariant group's)"
+    )
+
+
 def _body(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    from siflow._fileio import atomic_write, ensure_dir
+    from siflow._fileio import atomic_write
     from siflow.overlay import analyze, draw
 
+    if not args.log.strip():
+        raise CLIError("the log path is empty; pass a log file or a run directory")
     log = Path(args.log)
     if not log.exists():
         raise CLIError(
@@ -458,7 +533,7 @@ def _body(argv: Sequence[str] | None) -> int:
             f"(a log file, or a TensorBoard/Lightning run directory)"
         )
     refuse_ignored_flags(args)
-    fig, summary = _outputs(args, log)
+    _outputs(args, log)  # --out checked before the log is read
     sizes = _group_sizes(args.group_size)
     detector = _detector(args.detect)
     try:
@@ -487,18 +562,24 @@ def _body(argv: Sequence[str] | None) -> int:
     d["log"] = _log_id(log)
     # per event: start, peak, norm and effective LR before and after, the loss spike
     d["events"] = result.events.to_dict() if result.events is not None else None
+    fig, summary = _output_paths(args, log)
     wrote = []
     if summary is not None:
-        ensure_dir(summary.parent)
         d["summary"] = str(summary)
-    if fig is not None:
-        draw(traj, result, fig)
-        d["figure"] = str(fig)
-        wrote.append(f"figure: {fig}")
-    if summary is not None:
-        with atomic_write(summary) as fh:
-            fh.write(json.dumps(d, sort_keys=True, indent=1, allow_nan=False) + "\n")
-        wrote.append(f"summary: {summary}")
+    try:
+        if fig is not None:
+            draw(traj, result, fig)
+            d["figure"] = str(fig)
+            wrote.append(f"figure: {fig}")
+        if summary is not None:
+            with atomic_write(summary) as fh:
+                fh.write(json.dumps(d, sort_keys=True, indent=1, allow_nan=False) + "\n")
+            wrote.append(f"summary: {summary}")
+    except OSError as exc:
+        if exc.errno is None:
+            raise
+        path = exc.filename if exc.filename is not None else (summary or fig)
+        raise CLIError(_cannot_write(exc, str(path), "cannot write")) from None
     if args.json:
         sys.stdout.write(json.dumps(d, sort_keys=True, allow_nan=False) + "\n")
         sys.stderr.write("".join(line + "\n" for line in wrote))

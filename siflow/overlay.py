@@ -410,19 +410,39 @@ class _Hyper:
 
 
 def _log_optimizer(traj: Trajectory, notes: list[str]) -> str:
-    """The optimizer named by the log's metadata, as a :data:`siflow.theory.OPTIMIZERS` key."""
+    """The optimizer named by the log's metadata, as a :data:`siflow.theory.OPTIMIZERS` key.
+
+    When a reader inferred it (``meta["optimizer_source"]``: Lightning's ``lr-AdamW``
+    column, Hugging Face's default), a note says where it came from.
+    """
     raw = str(traj.meta.get("optimizer") or "").strip().lower()
     if not raw:
         return "sgd"
     if raw == "sgd" and traj.meta.get("nesterov"):
         return "nesterov"
     if raw in theory.OPTIMIZERS:  # PyTorch class names lower-cased: sgd, adamw, lion
+        source = traj.meta.get("optimizer_source")
+        if source:
+            notes.append(
+                f"optimizer={raw} as the log says ({source}); pass optimizer= if another ran"
+            )
         return raw
     notes.append(
         f"the log names optimizer {raw!r}, which siflow.theory has no closed forms for; "
         f"predictions use SGD (pass optimizer= one of {', '.join(theory.OPTIMIZERS)})"
     )
     return "sgd"
+
+
+def _given_optimizer(traj: Trajectory, optimizer: str, notes: list[str]) -> str:
+    """``optimizer=`` checked; a note when the log names another one."""
+    name = theory.check_optimizer(optimizer)
+    raw = str(traj.meta.get("optimizer") or "").strip().lower()
+    if raw and raw != name and not (raw == "sgd" and name in ("sgdm", "nesterov")):
+        source = traj.meta.get("optimizer_source")
+        where = f", {source}" if source else ""
+        notes.append(f"the log's optimizer ({raw}{where}) is ignored: optimizer={name} was given")
+    return name
 
 
 def _per_row(
@@ -521,7 +541,9 @@ def _resolve_hyper(
     if wd is not None:
         wd = positive_number("wd", wd)
     name = (
-        theory.check_optimizer(optimizer) if optimizer is not None else _log_optimizer(traj, notes)
+        _given_optimizer(traj, optimizer, notes)
+        if optimizer is not None
+        else _log_optimizer(traj, notes)
     )
     mu, mu_rows = _resolve_momentum(traj, name, momentum, notes)
     if name in ("adamw", "lion") and mu:

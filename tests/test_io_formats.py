@@ -79,11 +79,12 @@ def test_tensorboard_tensor_scalars_keras_layout(tmp_path):
     np.testing.assert_allclose(t.loss, 1.0 / np.arange(1, 6), rtol=1e-7)
     np.testing.assert_allclose(t.extra["validation/epoch_loss"], 2.0 / np.arange(1, 6), rtol=1e-7)
     np.testing.assert_allclose(t.rho, 10.0 - np.arange(5))
-    # the event steps count epochs here: say so and convert
+    # the event steps count epochs here: say so and convert (epoch e ends at step (e+1)*N)
+    assert t.meta["time_unit"] == "epoch"
     e = sio.read(
         tmp_path, mapping={"epoch": "step", "rho": "train/epoch_weight_norm"}, steps_per_epoch=100
     )
-    np.testing.assert_array_equal(e.step, np.arange(5) * 100)
+    np.testing.assert_array_equal(e.step, (np.arange(5) + 1) * 100)
 
 
 def test_tensorboard_directory_of_several_runs_is_refused(tmp_path):

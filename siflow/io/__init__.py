@@ -16,6 +16,8 @@ one module and one registry line.
                         et al. 2025)
 ``"neural-mechanics"``  :func:`read_neural_mechanics`: ``feats/step<N>.h5`` folders
                         (Kunin et al. 2021)
+``"mlflow"``            :func:`read_mlflow`: an MLflow file store run
+                        (``mlruns/<experiment>/<run>``)
 ``"tensorboard"``       :func:`read_tensorboard`: event files or a log directory
 ``"lightning"``         :func:`read_lightning`: PyTorch Lightning ``CSVLogger`` output
 ``"wandb"``             :func:`read_wandb`: Weights & Biases CSV export
@@ -49,6 +51,7 @@ from typing import Any
 from siflow.io import (
     idealgas,
     lightning,
+    mlflow,
     neural_mechanics,
     req,
     seed_npz,
@@ -69,6 +72,7 @@ from siflow.io._safe_pickle import is_torch_zip
 from siflow.io._text import check_path, read_head
 from siflow.io.idealgas import read_idealgas
 from siflow.io.lightning import read_lightning
+from siflow.io.mlflow import read_mlflow
 from siflow.io.neural_mechanics import read_neural_mechanics
 from siflow.io.req import read_req
 from siflow.io.seed_npz import read_seed_npz
@@ -99,6 +103,7 @@ __all__ = [
     "read_neural_mechanics",
     "read_lightning",
     "read_wandb",
+    "read_mlflow",
 ]
 
 
@@ -122,6 +127,7 @@ FORMATS: dict[str, Format] = {
     "req": Format(read_req, req.detect),
     "idealgas": Format(read_idealgas, idealgas.detect),
     "neural-mechanics": Format(read_neural_mechanics, neural_mechanics.detect),
+    "mlflow": Format(read_mlflow, mlflow.detect),
     "tensorboard": Format(read_tensorboard, tensorboard.detect),
     "lightning": Format(read_lightning, lightning.detect),
     "wandb": Format(read_wandb, wandb.detect),
@@ -187,8 +193,8 @@ def detect_format(path: str | os.PathLike[str]) -> str:
             )
         raise ValueError(
             f"{str(p)!r} is a directory without a log siflow knows (TensorBoard event files, "
-            f"metrics.csv, train-tm.npz, dynamics.pkl, trace.pt, feats/step<N>.h5); pass the "
-            f"log file itself or fmt= one of {choices}"
+            f"metrics.csv, train-tm.npz, dynamics.pkl, trace.pt, feats/step<N>.h5, an MLflow "
+            f"run's meta.yaml and metrics/); pass the log file itself or fmt= one of {choices}"
         )
     _refuse_non_logs(p, head)
     if head.startswith(b"PK"):

@@ -38,9 +38,12 @@ from siflow.io._columns import (
     _norm_name,
     _original_group_names,
     _pick_group,
+    alias_columns,
     check_steps_per_epoch,
     detect_groups,
+    lr_group_columns,
     normalize_mapping,
+    optimizer_from_columns,
 )
 from siflow.trajectory import FIELDS, Trajectory, forward_filled
 
@@ -78,6 +81,8 @@ class Axis:
     merged: int | None = None
     #: data rows (1 = first after the header) with a value but no step, left out
     no_step: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    #: how epochs became steps (``meta["time_note"]``), None when the log has steps
+    note: str | None = None
 
 
 def root_sum_square(columns: Sequence[NDArray[Any]]) -> NDArray[np.float64]:
@@ -154,6 +159,93 @@ def resolve_columns(
     return Resolved(found, groups)
 
 
+def _finite_span(values: NDArray[Any]) -> tuple[int, int, int]:
+    """``(first, last, count)`` of the rows holding a value (``count`` 0: none)."""
+    idx = np.flatnonzero(~_blank(values))
+    return (int(idx[0]), int(idx[-1]), int(idx.size)) if idx.size else (0, -1, 0)
+
+
+def join_renamed(cols: Columns, resolved: Resolved, mapping: dict[str, str | None]) -> list[str]:
+    """Join a field's column with another spelling of it that takes over part-way (a
+    key renamed mid-run: ``loss`` up to some row, ``train_loss`` after it).
+
+    The two columns must each hold two values or more and never share a row, one
+    ending before the other begins; anything else (a run's mean loss written once at
+    the end) stays apart. ``cols`` is changed in place; returns the notes.
+    """
+    names = {c: _norm_name(c) for c in cols}
+    grouped = {c for per in resolved.groups.values() for c in per.values()}
+    taken = set(resolved.found.values()) | grouped
+    notes = []
+    for fld, column in resolved.found.items():
+        if fld in ("step", "epoch") or fld in mapping or cols[column].dtype.kind != "f":
+            continue
+        for other in alias_columns(fld, names):
+            if other in taken or other not in cols or cols[other].dtype.kind != "f":
+                continue
+            a, b = _finite_span(cols[column]), _finite_span(cols[other])
+            if min(a[2], b[2]) < 2 or not (a[1] < b[0] or b[1] < a[0]):
+                continue
+            cols[column] = np.where(_blank(cols[column]), cols[other], cols[column])
+            del cols[other]
+            taken.add(other)
+            first, second = (column, other) if a[1] < b[0] else (other, column)
+            notes.append(
+                f"{fld}: column {first!r} stops where {second!r} starts (a key renamed "
+                f"mid-run?): read as one {fld}; pass mapping={{'{fld}': '<column>'}} to "
+                f"read one of them"
+            )
+    return notes
+
+
+def param_group_lr(
+    cols: Columns, resolved: Resolved, mapping: dict[str, str | None]
+) -> tuple[list[str], list[str]]:
+    """The lr from Lightning's per-param-group columns ``lr-<Optimizer>/pg<k>`` when the
+    log has no lr column: read when the groups share one lr; otherwise named in a note
+    (and returned) with the ``mapping`` that picks the SI group's. Returns ``(notes,
+    columns)``."""
+    if "lr" in resolved.found or "lr" in mapping:
+        return [], []
+    groups = [c for c in lr_group_columns(cols) if c not in resolved.found.values()]
+    if not groups:
+        return [], []
+    first = cols[groups[0]].astype(np.float64)
+    same = all(
+        np.array_equal(first, cols[c].astype(np.float64), equal_nan=True) for c in groups[1:]
+    )
+    listed = ", ".join(groups)
+    if same:
+        resolved.found["lr"] = groups[0]
+        if len(groups) == 1:
+            return [], groups
+        return [
+            f"lr read from {groups[0]!r}: the param groups' lr columns agree ({listed})"
+        ], groups
+    return [
+        f"lr not read: the log has one lr per param group ({listed}) and they differ; "
+        f"pass mapping={{'lr': '{groups[0]}'}} (the SI group's column)"
+    ], groups
+
+
+def infer_optimizer(cols: Columns, known: dict[str, Any]) -> list[str]:
+    """``known["optimizer"]`` from Lightning's ``lr-<Optimizer>`` columns when the log's
+    metadata names none (``optimizer_source`` says so); returns the note."""
+    if known.get("optimizer"):
+        return []
+    hit = optimizer_from_columns(cols)
+    if hit is None:
+        return []
+    name, columns = hit
+    known["optimizer"] = name
+    known["optimizer_source"] = f"column {columns[0]!r}"
+    return [
+        f"optimizer taken as {name} from column {columns[0]!r} (Lightning's "
+        f"LearningRateMonitor names its lr columns lr-<optimizer class>); pass optimizer= if "
+        f"another ran"
+    ]
+
+
 # --------------------------------------------------------------------- 2. choose group
 def choose_group(
     group: str | None,
@@ -218,6 +310,12 @@ def _one_group(
 
 
 # ------------------------------------------------------------------------ 3. step axis
+def _epoch_axis(found: dict[str, str], mapping: dict[str, str | None]) -> bool:
+    """Whether the time axis comes from the epoch column (no step column, or an epoch
+    column mapped without a step)."""
+    return "step" not in found or ("epoch" in mapping and "step" not in mapping)
+
+
 def _raw_step(
     cols: Columns,
     found: dict[str, str],
@@ -226,7 +324,7 @@ def _raw_step(
     label: str,
 ) -> tuple[NDArray[Any], str]:
     """The step column (or epochs times ``steps_per_epoch``) before any row is dropped."""
-    if "step" in found and not ("epoch" in mapping and "step" not in mapping):
+    if not _epoch_axis(found, mapping):
         return cols[found["step"]], "step"
     if "epoch" not in found:
         raise ValueError(
@@ -236,8 +334,7 @@ def _raw_step(
         )
     epoch = cols[found["epoch"]]
     if steps_per_epoch is not None:
-        with np.errstate(over="ignore", invalid="ignore"):
-            return np.rint(epoch.astype(np.float64) * steps_per_epoch), "step"
+        return epoch_steps(epoch, steps_per_epoch), "step"
     finite = epoch[~_blank(epoch)]
     if np.any(finite != np.round(finite)):
         raise ValueError(
@@ -245,6 +342,43 @@ def _raw_step(
             f"step column; pass steps_per_epoch=N or mapping={{'step': '<column>'}}"
         )
     return epoch, "epoch"
+
+
+def _epoch_offset(epoch: NDArray[Any]) -> float | None:
+    """Epochs to add before converting to steps: 1 for whole epochs counted from 0, 0 for
+    whole epochs counted from 1 (each row at its epoch's end), None for fractional
+    epochs (progress through training, converted as they are)."""
+    finite = epoch[~_blank(epoch)].astype(np.float64)
+    if finite.size == 0 or np.any(finite != np.round(finite)):
+        return None
+    return 1.0 if finite.min() == 0 else 0.0
+
+
+def epoch_steps(epoch: NDArray[Any], steps_per_epoch: int) -> NDArray[np.float64]:
+    """Optimizer steps of an epoch column (:func:`epoch_note` says which convention).
+
+    A row of whole epoch ``e`` holds the values at the end of that epoch (Keras'
+    ``CSVLogger``, a ``for epoch in range(E)`` loop, the seed paper's table): step
+    ``(e + 1) * N`` when the epochs count from 0, ``e * N`` when they count from 1.
+    Fractional epochs (progress, as Hugging Face logs it) are ``round(e * N)``.
+    """
+    offset = _epoch_offset(epoch) or 0.0
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.rint((epoch.astype(np.float64) + offset) * steps_per_epoch)
+
+
+def epoch_note(epoch: NDArray[Any], steps_per_epoch: int) -> str:
+    """The sentence saying how :func:`epoch_steps` placed the epochs."""
+    offset = _epoch_offset(epoch)
+    n = steps_per_epoch
+    if offset is None:
+        return f"fractional epochs converted to steps as round(epoch * {n})"
+    if offset:
+        return (
+            f"epochs count from 0 and each row holds its epoch's end: epoch e is step "
+            f"(e+1)*{n} (Keras' CSVLogger convention)"
+        )
+    return f"epochs count from 1 and each row holds its epoch's end: epoch e is step e*{n}"
 
 
 def step_axis(
@@ -262,6 +396,7 @@ def step_axis(
 
     Raises ``ValueError`` for fractional, out-of-range or decreasing steps.
     """
+    note = None
     if step is not None:
         raw = np.asarray(step).reshape(-1)
         if raw.size != n_rows:
@@ -269,6 +404,8 @@ def step_axis(
         unit = time_unit or "step"
     else:
         raw, unit = _raw_step(cols, found, mapping, steps_per_epoch, label)
+        if steps_per_epoch is not None and _epoch_axis(found, mapping):
+            note = epoch_note(cols[found["epoch"]], steps_per_epoch)
     has_step = ~_blank(raw)
     keep = has_step.copy()
     any_value = np.ones(n_rows, dtype=bool)
@@ -287,7 +424,7 @@ def step_axis(
     kept = raw[keep]
     _check_steps(kept, rows, found, label)
     no_step = np.flatnonzero(~has_step & any_value) + 1
-    return Axis(kept, keep, rows, unit, int(n_rows - keep.sum()), no_step=no_step)
+    return Axis(kept, keep, rows, unit, int(n_rows - keep.sum()), no_step=no_step, note=note)
 
 
 def _check_steps(
@@ -485,6 +622,32 @@ def _hyperparameters(
     return lr_values
 
 
+def lr_coverage(
+    fields: Fields, cols: Columns, found: dict[str, str], steps: NDArray[Any], meta_lr: bool
+) -> list[str]:
+    """Rows before an lr column's first value get no derived ``elr`` (a later lr is not
+    spread back over them); returns the note. ``meta_lr``: the log's metadata gave an
+    lr, which holds on every row."""
+    if "lr" not in found or meta_lr:
+        return []
+    first, _last, count = _finite_span(cols[found["lr"]])
+    if count == 0 or first == 0:
+        return []
+    what = "no lr"
+    if fields.derived and fields.values["elr"] is not None:
+        elr = np.array(fields.values["elr"], dtype=np.float64)
+        elr[:first] = np.nan
+        fields.values["elr"] = elr
+        what = "no lr and no elr"
+    note = (
+        f"lr is logged from step {int(steps[first])} on (column {found['lr']!r}, {count} of "
+        f"{steps.size} rows): the {first} row(s) before it have {what}"
+    )
+    if "lr_schedule" not in fields.notes:
+        note += "; the lr in meta is the value logged after"
+    return [note]
+
+
 # ------------------------------------------------------------------------ 5. provenance
 def _extra_columns(
     cols: Columns, found: dict[str, str], choice: GroupChoice, fields: Fields, known: dict
@@ -538,6 +701,8 @@ def provenance(
             "steps_per_epoch": steps_per_epoch,
         }
     )
+    if axis.note is not None and "time_note" not in known:
+        meta["time_note"] = axis.note
     if axis.time_unit == "epoch" and "time_note" not in known:
         meta["time_note"] = (
             "no step column and no steps_per_epoch: epochs are used as steps; pass "
@@ -632,6 +797,9 @@ def build_trajectory(
         raise ValueError(f"group must be a group name or 'sum', got {group!r}")
     cols, n_rows = _as_columns(table, step, label)
     resolved = resolve_columns(cols, mapping, label, has_step=step is not None)
+    notes = join_renamed(cols, resolved, mapping)
+    group_notes, lr_groups = param_group_lr(cols, resolved, mapping)
+    notes += group_notes
     choice = choose_group(group, resolved, cols, mapping, label)
     axis = step_axis(
         cols,
@@ -649,7 +817,12 @@ def build_trajectory(
     if axis.step.size > 1 and np.any(axis.step[1:] == axis.step[:-1]):
         cols, choice.columns = _merge_equal_steps(axis, cols, choice.columns, label)
     known = dict(meta or {})
+    notes += infer_optimizer(cols, known)
+    if lr_groups and "lr" not in resolved.found:
+        known["lr_columns"] = lr_groups
+    meta_lr = known.get("lr") is not None
     fields = sphere_conversions(cols, resolved.found, choice, known)
+    notes += lr_coverage(fields, cols, resolved.found, axis.step, meta_lr)
     rho_column = "sum over groups" if choice.name == "sum" else None
     if "rho" in choice.columns and choice.name != "sum":
         rho_column = resolved.groups["rho"][choice.name]
@@ -667,6 +840,8 @@ def build_trajectory(
         known=known,
         steps_per_epoch=steps_per_epoch,
     )
+    for note in notes:
+        _add_note(out_meta, note)
     if axis.no_step.size:
         shown = ", ".join(str(int(r)) for r in axis.no_step[:3])
         more = ", ..." if axis.no_step.size > 3 else ""

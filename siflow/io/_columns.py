@@ -40,6 +40,11 @@ __all__ = [
     "relevant_column_pattern",
     "relevant_anchors",
     "Table",
+    "HPARAM_KEYS",
+    "OPTIMIZER_KEYS",
+    "optimizer_name",
+    "optimizer_from_columns",
+    "config_meta",
 ]
 
 Table = dict[str, NDArray[Any]]
@@ -86,7 +91,17 @@ ALIASES: dict[str, tuple[str, ...]] = {
         "it",
     ),
     "epoch": ("epoch", "epochs"),
-    "lr": ("lr", "learning_rate", "lr_sgd", "lr_adamw", "lr_adam", "lr_lion", "siflow/lr"),
+    "lr": (
+        "lr",
+        "learning_rate",
+        "lr_sgd",
+        "lr_adamw",
+        "lr_adam",
+        "lr_lion",
+        "siflow/lr",
+        "epoch_learning_rate",
+        "epoch_lr",
+    ),
     "wd": ("wd", "weight_decay", "siflow/wd"),
     "loss": (
         "loss",
@@ -136,6 +151,27 @@ ALIASES: dict[str, tuple[str, ...]] = {
 }
 
 _PREFIXES = ("train/", "train_", "train.")
+
+#: Numeric hyperparameters of a run's configuration (Lightning's ``hparams.yaml``,
+#: ``SummaryWriter.add_hparams``, MLflow params) -> the ``meta`` key they fill.
+HPARAM_KEYS: dict[str, str] = {
+    "lr": "lr",
+    "learning_rate": "lr",
+    "lr_init": "lr",
+    "wd": "wd",
+    "weight_decay": "wd",
+    "momentum": "momentum",
+    "batch_size": "batch_size",
+}
+#: Text hyperparameters that name the optimizer (HF's ``optim``, MLflow autolog's
+#: ``optimizer_name``).
+OPTIMIZER_KEYS: tuple[str, ...] = ("optimizer", "optimizer_name", "optim")
+
+#: Lightning's ``LearningRateMonitor`` column ``lr-<Optimizer class>`` (with
+#: ``/pg<k>`` per param group, ``-momentum`` / ``-weight_decay`` for the other terms).
+_LR_MONITOR = re.compile(
+    r"(?:^|/)lr-(?P<opt>[A-Za-z][A-Za-z0-9_]*?)(?:-(?:momentum|weight_decay))?(?:/pg\d+)?$"
+)
 
 #: Fields that may come per group, with the column prefixes (``<prefix><sep><group>``)
 #: and suffixes (``<group><sep><suffix>``) that mark a group column.
@@ -303,6 +339,77 @@ def check_steps_per_epoch(steps_per_epoch: Any) -> int | None:
     return check_positive_int("steps_per_epoch", steps_per_epoch)
 
 
+_LR_GROUP = re.compile(r"(?:^|/)lr-[A-Za-z][A-Za-z0-9_]*/pg\d+$")
+
+
+def optimizer_name(text: Any) -> str | None:
+    """The optimizer a class or configuration name means, as ``meta["optimizer"]`` holds it
+    (lower case): ``"AdamW"`` and HF's ``"adamw_torch_fused"`` -> ``"adamw"``,
+    ``"torch.optim.SGD"`` -> ``"sgd"``, ``"lion_8bit"`` -> ``"lion"``, ``"RMSprop"`` ->
+    ``"rmsprop"``; None for anything that is not a name."""
+    if not isinstance(text, str):
+        return None
+    name = text.strip().strip("'\"").lower().rsplit(".", 1)[-1].removeprefix("paged_")
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+        return None
+    for known in ("adamw", "lion", "sgd"):
+        if name.startswith(known) and not name[len(known) :].isalpha():
+            return known
+    return name
+
+
+def config_meta(config: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """``meta`` entries from a run's configuration (``{name: value}``): numeric
+    :data:`HPARAM_KEYS` (``lr``, ``weight_decay`` ...) and the optimizer named by an
+    :data:`OPTIMIZER_KEYS` entry (with ``optimizer_source`` saying it came from
+    ``where``). Names are compared in lower case; other entries are ignored."""
+    out: dict[str, Any] = {}
+    for name, value in config.items():
+        key = str(name).strip().lower()
+        if key in OPTIMIZER_KEYS and "optimizer" not in out:
+            opt = optimizer_name(value)
+            if opt is not None:
+                out["optimizer"] = opt
+                out["optimizer_source"] = f"{where} {name}={str(value).strip()!r}"
+            continue
+        field = HPARAM_KEYS.get(key)
+        number = _config_number(value)
+        if field is None or number is None or field in out:
+            continue
+        if field != "batch_size":
+            out[field] = number
+        elif number.is_integer() and number > 0:
+            out[field] = int(number)
+    return out
+
+
+def _config_number(value: Any) -> float | None:
+    """A finite number from a configuration value (a number or numeric text), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        value = value.strip().strip("'\"")
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if np.isfinite(number) else None
+
+
+def optimizer_from_columns(columns: Iterable[str]) -> tuple[str, list[str]] | None:
+    """``(optimizer, columns)`` when the log's ``lr-<Optimizer>`` columns (Lightning's
+    ``LearningRateMonitor``) all name one optimizer class; None otherwise."""
+    hits: dict[str, list[str]] = {}
+    for column in columns:
+        m = _LR_MONITOR.search(column.strip())
+        name = optimizer_name(m.group("opt")) if m else None
+        if name is not None:
+            hits.setdefault(name, []).append(column)
+    if len(hits) != 1:
+        return None
+    return next(iter(hits.items()))
+
+
 # --------------------------------------------------------------------------- detection
 def _find_alias(field: str, names: dict[str, str], taken: set[str]) -> str | None:
     """First column whose normalised name is an alias of ``field``."""
@@ -320,6 +427,23 @@ def _find_alias(field: str, names: dict[str, str], taken: set[str]) -> str | Non
     return None
 
 
+def alias_columns(field: str, names: dict[str, str]) -> list[str]:
+    """Every column (``{original: normalised}``) whose name is a spelling of ``field``
+    (:data:`ALIASES`, with or without a ``train/``-type prefix), in column order."""
+    spellings = set(ALIASES[field])
+    out = []
+    for original, normed in names.items():
+        rest = [normed[len(p) :] for p in _PREFIXES if normed.startswith(p)]
+        if normed in spellings or any(r in spellings for r in rest):
+            out.append(original)
+    return out
+
+
+def lr_group_columns(columns: Iterable[str]) -> list[str]:
+    """Lightning's per-param-group lr columns ``lr-<Optimizer>/pg<k>``."""
+    return [c for c in columns if _LR_GROUP.search(c.strip())]
+
+
 def _split_group(field: str, normed: str) -> str | None:
     """Group name if the normalised column ``normed`` is a per-group column of ``field``."""
     prefixes, suffixes = _GROUP_FIELDS[field]
@@ -328,11 +452,13 @@ def _split_group(field: str, normed: str) -> str | None:
         return m.group("group") if SIFLOW_METRICS.get(m.group("metric")) == field else None
     if normed.startswith("siflow/"):
         return None
+    # add_scalars("train/norm", {...}) writes train/norm/<g>, as aliases take train/
+    body = normed.removeprefix("train/")
     for prefix in sorted(prefixes, key=len, reverse=True):
         for sep in ("/", ":", ".", "_"):
             head = prefix + sep
-            if normed.startswith(head) and len(normed) > len(head):
-                group = normed[len(head) :]
+            if body.startswith(head) and len(body) > len(head):
+                group = body[len(head) :]
                 if sep == "_" and (
                     group in _NOT_GROUPS or group in _STAT_SUFFIXES or _is_other_field(group)
                 ):
@@ -467,7 +593,8 @@ def relevant_column_pattern(delimiter: str | None = None) -> re.Pattern[str]:
         return "|".join(re.escape(w).replace("_", "[_ -]") for w in words)
 
     body = (
-        rf"[ \t]*(?:(?:train[/_.])?(?:{alt(aliases)})|(?:{alt(prefixes)})[/:._]{any_text}"
+        rf"[ \t]*(?:(?:train[/_.])?(?:{alt(aliases)})"
+        rf"|(?:train/)?(?:{alt(prefixes)})[/:._]{any_text}"
         rf"|{any_text}[/:._](?:{alt(suffixes)})|siflow/{any_text})[ \t]*"
     )
     if delimiter is not None:

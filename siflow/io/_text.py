@@ -21,6 +21,7 @@ import bz2
 import csv
 import gzip
 import io
+import itertools
 import json
 import lzma
 import math
@@ -510,13 +511,109 @@ class _Header:
     n_cols: int
     delim: str
     wide: bool = False
+    #: cells separated by runs of whitespace (each line normalised to single spaces)
+    whitespace: bool = False
+    notes: list[str] = field(default_factory=list)
 
 
-def _header_line(stream: Iterator[str], label: str) -> str:
+def _first_lines(stream: Iterator[str], label: str) -> tuple[list[str], str]:
+    """The ``#`` comment lines before the first other non-blank line, and that line."""
+    comments: list[str] = []
     for line in stream:
-        if line.strip() and not line.lstrip().startswith("#"):
-            return line
+        if not line.strip():
+            continue
+        if line.lstrip().startswith("#"):
+            comments.append(line)
+            continue
+        return comments, line
     raise ValueError(f"{label} has no header row (only comments or blank lines)")
+
+
+def _delimiter(line: str) -> str | None:
+    """A comma, else a tab, else a semicolon; None when the line has none of them."""
+    return next((d for d in (",", "\t", ";") if d in line), None)
+
+
+def _cells(line: str, delim: str | None) -> list[str]:
+    """A line's cells: split at ``delim``, or at runs of whitespace when it is None."""
+    return line.split(delim) if delim is not None else line.split()
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell.strip().strip('"'))
+    except ValueError:
+        return False
+    return True
+
+
+def _all_numbers(line: str, delim: str | None) -> bool:
+    """Whether every cell of ``line`` is a number (a data row, not a header)."""
+    first = line.split(delim, 1)[0] if delim is not None else (line.split(None, 1) or [""])[0]
+    if not _is_number(first):  # a header: its (maybe millions of) cells are not split
+        return False
+    cells = _cells(line, delim)
+    return bool(cells) and all(_is_number(c) for c in cells)
+
+
+def _commented_header(comments: list[str], data: str, delim: str | None) -> str | None:
+    """``numpy.savetxt``'s header: the last comment line before the first data row, once
+    its ``#`` is removed, when it names as many columns as the row has and none is a number."""
+    if not comments:
+        return None
+    text = comments[-1].lstrip().lstrip("#").strip()
+    names = _cells(text, delim)
+    if len(names) != len(_cells(data, delim)) or any(_is_number(n) for n in names):
+        return None
+    return text + "\n"
+
+
+def _next_data_line(stream: Iterator[str]) -> str | None:
+    return next((line for line in stream if line.strip()), None)
+
+
+def _header(stream: Iterator[str], label: str, keep: set[str]) -> tuple[_Header, Iterator[str]]:
+    """Header cells and delimiter (a very wide header keeps only the useful names), and the
+    stream of data lines (a line looked at to decide the header is put back in front)."""
+    comments, line = _first_lines(stream, label)
+    delim = _delimiter(line)
+    notes: list[str] = []
+    if _all_numbers(line, delim):
+        named = _commented_header(comments, line, delim)
+        if named is None:
+            raise ValueError(
+                f"{label} has no header row: its first line ({line.strip()[:40]!r}) is all "
+                f"numbers; add a first line naming the columns (e.g. step,loss,weight_norm)"
+            )
+        notes.append(
+            f"header read from the commented line {named.strip()[:60]!r} (numpy.savetxt "
+            f"writes its header after '# ')"
+        )
+        stream, line = itertools.chain([line], stream), named
+    whitespace = False
+    if delim is None:
+        peek = _next_data_line(stream)
+        if peek is not None:
+            stream = itertools.chain([peek], stream)
+            n = len(line.split())
+            whitespace = n > 1 and len(peek.split()) == n and _all_numbers(peek, None)
+        if whitespace:
+            notes.append("columns separated by whitespace (numpy.savetxt's default)")
+            line = " ".join(line.split()) + "\n"
+    delim = delim or (" " if whitespace else ",")
+    if line.count(delim) >= WIDE_COLUMNS and '"' not in line:
+        names, n_cols = _wide_names(line, delim, keep)
+        return _Header(names, n_cols, delim, wide=True, notes=notes), stream
+    header = [h.strip() for h in next(csv.reader([line], delimiter=delim))]
+    if not any(header):
+        raise ValueError(f"{label} has an empty header row")
+    header = [h if h else f"column{j}" for j, h in enumerate(header)]
+    if len(set(header)) != len(header):
+        dup = sorted({h for h in header if header.count(h) > 1})[:10]
+        raise ValueError(f"{label} has duplicate column names {dup}; rename them")
+    head = _Header(dict(enumerate(header)), len(header), delim, whitespace=whitespace)
+    head.notes = notes
+    return head, stream
 
 
 def _wide_names(line: str, delim: str, keep: set[str]) -> tuple[dict[int, str], int]:
@@ -575,30 +672,11 @@ def _wide_names_slow(line: str, delim: str, keep: set[str]) -> tuple[dict[int, s
         start = stop + 1
 
 
-def _header(stream: Iterator[str], label: str, keep: set[str]) -> _Header:
-    """Header cells and delimiter (a very wide header keeps only the useful names)."""
-    line = _header_line(stream, label)
-    delim = ","
-    if "," not in line:
-        delim = "\t" if "\t" in line else (";" if ";" in line else ",")
-    if line.count(delim) >= WIDE_COLUMNS and '"' not in line:
-        names, n_cols = _wide_names(line, delim, keep)
-        return _Header(names, n_cols, delim, wide=True)
-    header = [h.strip() for h in next(csv.reader([line], delimiter=delim))]
-    if not any(header):
-        raise ValueError(f"{label} has an empty header row")
-    header = [h if h else f"column{j}" for j, h in enumerate(header)]
-    if len(set(header)) != len(header):
-        dup = sorted({h for h in header if header.count(h) > 1})[:10]
-        raise ValueError(f"{label} has duplicate column names {dup}; rename them")
-    return _Header(dict(enumerate(header)), len(header), delim)
-
-
 def _finish(header: _Header, state: dict[int, _Column], n_rows: int):
     table: Table = {}
     text_cols: list[str] = []
     bad: dict[str, list[tuple[int, str]]] = {}
-    notes: list[str] = []
+    notes: list[str] = list(header.notes)
     if header.wide:
         notes.append(
             f"{header.n_cols} columns: only the {len(header.names)} whose names a convention "
@@ -654,7 +732,7 @@ def parse_csv_table(
             raise ValueError(f"{label} is not valid CSV ({exc}); is the file corrupt?") from None
 
 
-def _next_chunk(stream: IO[str]) -> list[str]:
+def _next_chunk(stream: Iterator[str]) -> list[str]:
     """Up to :data:`CHUNK_ROWS` non-blank lines, or fewer once :data:`CHUNK_CHARS` are read."""
     lines: list[str] = []
     chars = 0
@@ -667,15 +745,23 @@ def _next_chunk(stream: IO[str]) -> list[str]:
     return lines
 
 
-def _parse_stream(stream: IO[str], label: str, keep: set[str], live: bool) -> CsvTable:
-    header = _header(stream, label, keep)
+def _single_spaced(line: str) -> str:
+    """A whitespace-separated line with single spaces between cells, its line end kept."""
+    body = line.rstrip("\r\n")
+    return " ".join(body.split()) + line[len(body) :]
+
+
+def _parse_stream(stream: Iterator[str], label: str, keep: set[str], live: bool) -> CsvTable:
+    header, data = _header(stream, label, keep)
     state = {i: _Column() for i in header.names}
     n_rows = 0
     partial = cut = None
     while True:
-        lines = _next_chunk(stream)
+        lines = _next_chunk(data)
         if not lines:
             break
+        if header.whitespace:
+            lines = [_single_spaced(line) for line in lines]
         if "\x00" in lines[0]:
             raise ValueError(f"{label} is a binary file, not a text log")
         if live and _is_partial_last_line(lines[-1], header):

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from siflow.io._build import build_trajectory
-from siflow.io._columns import Table, _norm_name
+from siflow.io._columns import HPARAM_KEYS, Table, _norm_name
 from siflow.io._text import check_path, parse_csv_table
 from siflow.trajectory import Trajectory
 
@@ -20,13 +20,7 @@ __all__ = ["read_lightning", "merge_rows_by_step", "detect"]
 MappingArg = Mapping[str, str | None] | Sequence[str] | None
 
 _HPARAM_KEYS = {
-    "lr": "lr",
-    "learning_rate": "lr",
-    "lr_init": "lr",
-    "wd": "wd",
-    "weight_decay": "wd",
-    "momentum": "momentum",
-    "batch_size": "batch_size",
+    **HPARAM_KEYS,
     # what siflow's Lightning callback logs (siflow.integrations._common.optimizer_hparams)
     "siflow/momentum": "momentum",
     "siflow/n_params": "n_params",

@@ -327,7 +327,38 @@ def _document_records(text: str, label: str, meta: dict[str, Any]) -> list[Mappi
         value = whole.get(name)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             meta[name] = value
+    if key == "log_history" and "global_step" in whole:
+        _trainer_state_meta(meta)
     return lists[key]
+
+
+#: What a Hugging Face ``Trainer`` log's values are (transformers' ``Trainer``: the
+#: lr is read after ``optimizer.step()`` and before ``lr_scheduler.step()``, the
+#: gradient norm is that of ``clip_grad_norm_(model.parameters())``, the loss is the
+#: summed training loss over the updates since the last log divided by their number).
+HF_LOG_NOTE = (
+    "Hugging Face Trainer log: the row at step s (global_step, counted from 1) describes "
+    "update s: learning_rate is the lr that moved the weights of step s-1 to step s, "
+    "grad_norm the gradient of all parameters at those weights before clipping, loss the "
+    "mean over the updates since the previous log; evaluation values (eval_*, eval/*) are "
+    "of the weights after step s"
+)
+#: The optimizer a Trainer's log implies, and the caveat.
+HF_OPTIMIZER_NOTE = (
+    "optimizer taken as adamw, the Trainer's optim ({where}); a Trainer given its own "
+    "optimizer (optimizers=) ran that one instead: pass optimizer= then"
+)
+
+
+def _trainer_state_meta(meta: dict[str, Any]) -> None:
+    """What ``trainer_state.json`` does not say: its conventions, and the optimizer (not
+    recorded: the Trainer's default, AdamW, is assumed, and ``optimizer_source`` says so)."""
+    notes = meta.setdefault("notes", [])
+    notes.append(HF_LOG_NOTE)
+    meta["optimizer"] = "adamw"
+    where = "not in trainer_state.json: its default, adamw_torch(_fused)"
+    meta["optimizer_source"] = f"the Trainer's optim, {where}"
+    notes.append(HF_OPTIMIZER_NOTE.format(where=where))
 
 
 #: JSON lines parsed per batch before the batch becomes columns.

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
 import struct
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +15,10 @@ import numpy as np
 
 from siflow._fileio import require
 from siflow.io._build import build_trajectory
-from siflow.io._columns import Table
+from siflow.io._columns import Table, config_meta, normalize_mapping
+from siflow.io._series import Series, series_table
 from siflow.io._text import check_path
+from siflow.io.tabular import HF_LOG_NOTE, HF_OPTIMIZER_NOTE
 from siflow.trajectory import Trajectory
 
 __all__ = ["read_tensorboard", "tensorboard_scalars", "detect"]
@@ -78,11 +83,21 @@ def check_event_file(path: Path) -> int:
     return 0
 
 
-def _scalar_series(source: str, label: str) -> dict[str, list[tuple[int, float]]]:
-    """``{tag: [(step, value), ...]}`` for scalar and scalar-tensor tags of one run."""
+@dataclass
+class _Run:
+    """One directory's event files: scalar series, and the ``add_hparams`` session's
+    hyperparameters (None when the directory holds no hparams session)."""
+
+    series: Series
+    hparams: dict[str, Any] | None = None
+    #: the Hugging Face Trainer's arguments (its ``args`` text summary), None without one
+    trainer_args: dict[str, Any] | None = None
+
+
+def _load_run(source: str, label: str) -> _Run:
+    """Scalar and scalar-tensor series of one run, and its hparams session if any."""
     require("tensorboard", "tensorboard")
     from tensorboard.backend.event_processing import event_accumulator
-    from tensorboard.util import tensor_util
 
     try:
         acc = event_accumulator.EventAccumulator(source, size_guidance=SIZE_GUIDANCE)
@@ -93,30 +108,104 @@ def _scalar_series(source: str, label: str) -> dict[str, list[tuple[int, float]]
             f"{label}: TensorBoard could not read {source!r} ({type(exc).__name__}: "
             f"{' '.join(str(exc).split())}); is the event file corrupt or truncated?"
         ) from None
-    out: dict[str, list[tuple[int, float]]] = {}
+    out: Series = {}
     for tag in tags.get("scalars", []):
         out[tag] = [(int(e.step), float(e.value)) for e in acc.Scalars(tag)]
     for tag in tags.get("tensors", []):
-        try:
-            plugin = acc.SummaryMetadata(tag).plugin_data.plugin_name
-        except Exception:
-            plugin = ""
-        if plugin not in ("scalars", ""):
-            continue
-        points = []
-        for e in acc.Tensors(tag):
-            try:
-                arr = tensor_util.make_ndarray(e.tensor_proto)
-            except Exception:
-                points = []
-                break
-            if arr.size != 1 or not np.issubdtype(arr.dtype, np.number):
-                points = []
-                break
-            points.append((int(e.step), float(arr.reshape(-1)[0])))
+        points = _tensor_points(acc, tag)
         if points:
             out.setdefault(tag, points)
+    return _Run(out, _session_hparams(acc), _trainer_args(acc))
+
+
+#: Largest ``args`` text summary read (TrainingArguments as JSON are a few KiB).
+_MAX_ARGS_CHARS = 1 << 20
+
+
+def _trainer_args(acc: Any) -> dict[str, Any] | None:
+    """The ``TrainingArguments`` a Hugging Face ``Trainer`` writes as the text summary
+    ``args`` (JSON, read as data), or None."""
+    from tensorboard.util import tensor_util
+
+    try:
+        if acc.SummaryMetadata("args/text_summary").plugin_data.plugin_name != "text":
+            return None
+        arr = tensor_util.make_ndarray(acc.Tensors("args/text_summary")[-1].tensor_proto)
+        raw = arr.reshape(-1)[0]
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
+        if len(text) > _MAX_ARGS_CHARS:
+            return None
+        args = json.loads(text)
+    except Exception:  # no such tag, not text, not JSON: not a Trainer's arguments
+        return None
+    return args if isinstance(args, dict) and "optim" in args else None
+
+
+def _tensor_points(acc: Any, tag: str) -> list[tuple[int, float]]:
+    """Points of a tensor tag written as rank-0 scalars (Keras/TF2); [] for any other."""
+    from tensorboard.util import tensor_util
+
+    try:
+        plugin = acc.SummaryMetadata(tag).plugin_data.plugin_name
+    except Exception:
+        plugin = ""
+    if plugin not in ("scalars", ""):
+        return []
+    points = []
+    for e in acc.Tensors(tag):
+        try:
+            arr = tensor_util.make_ndarray(e.tensor_proto)
+        except Exception:
+            return []
+        if arr.size != 1 or not np.issubdtype(arr.dtype, np.number):
+            return []
+        points.append((int(e.step), float(arr.reshape(-1)[0])))
+    return points
+
+
+def _session_hparams(acc: Any) -> dict[str, Any] | None:
+    """The hyperparameters of the hparams session in a run (``SummaryWriter.add_hparams``,
+    Lightning's ``log_hyperparams``): ``{name: number, text or bool}``; None without one."""
+    try:
+        content = acc.PluginTagToContent("hparams")
+    except (KeyError, ValueError):
+        return None
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    out: dict[str, Any] = {}
+    raw = content.get("_hparams_/session_start_info")
+    if raw is None:
+        return out
+    try:
+        info = plugin_data_pb2.HParamsPluginData.FromString(raw).session_start_info
+    except Exception:  # protobuf DecodeError: a damaged summary holds no usable hparams
+        return out
+    for name, value in info.hparams.items():
+        kind = value.WhichOneof("kind")
+        if kind in ("number_value", "string_value", "bool_value"):
+            out[name] = getattr(value, kind)
     return out
+
+
+def _trainer_meta(args: Mapping[str, Any]) -> dict[str, Any]:
+    """``meta`` from a Hugging Face Trainer's arguments: lr, weight decay, the optimizer
+    (its ``optim``) and the notes on the Trainer log's conventions."""
+    meta = config_meta(args, "the Trainer's args:")
+    notes = [HF_LOG_NOTE]
+    if meta.get("optimizer") == "adamw":
+        notes.append(HF_OPTIMIZER_NOTE.format(where=f"args optim={args.get('optim')!r}"))
+    meta["notes"] = notes
+    return meta
+
+
+def _hparams_summaries(runs: Sequence[Path], loaded: Mapping[Path, _Run]) -> list[Path]:
+    """Directories that ``SummaryWriter.add_hparams`` wrote below a run (``<run>/<time>/``):
+    the hparams session and the final metrics again, not a run of their own."""
+    return [
+        run
+        for run in runs
+        if loaded[run].hparams is not None and any(o != run and o in run.parents for o in runs)
+    ]
 
 
 #: Subdirectories that split one run by data set (Keras writes ``train/`` and ``validation/``).
@@ -134,23 +223,70 @@ def _run_root(run: Path, tags: Mapping[str, Any]) -> Path:
     return run
 
 
-def _check_one_run(p: Path, per_run: Mapping[Path, Mapping[str, Any]]) -> Path:
+def _span(points: Mapping[str, list[tuple[int, float]]]) -> tuple[int, int] | None:
+    steps = [s for pts in points.values() for s, _ in pts]
+    return (min(steps), max(steps)) if steps else None
+
+
+@dataclass
+class _Homes:
+    """Where the columns are named from: one directory, or the directories of the
+    segments of one run resumed into new directories (in step order)."""
+
+    roots: list[Path]
+    root_of: dict[Path, Path]
+
+    @property
+    def segments(self) -> bool:
+        return len(self.roots) > 1
+
+
+def _homes(p: Path, per_run: Mapping[Path, Series]) -> _Homes:
     """Refuse a directory holding several runs that log the same tags (their columns
-    would be read as groups of one run); return the directory the columns are named
-    from: the one run's own directory when ``p`` holds a single run below it
-    (``SummaryWriter()``'s ``runs/<date>_<host>``), else ``p``."""
-    roots: dict[Path, set[str]] = {}
-    for run, tags in per_run.items():
-        roots.setdefault(_run_root(run, tags), set()).update(tags)
-    shared = [r for r in roots if any(roots[r] & roots[o] for o in roots if o != r)]
-    if len(shared) > 1:
-        names = ", ".join(r.relative_to(p).as_posix() for r in sorted(shared)[:6])
-        more = f" and {len(shared) - 6} more" if len(shared) > 6 else ""
-        raise ValueError(
-            f"{str(p)!r} holds {len(shared)} runs that log the same tags ({names}{more}); "
-            f"pass one run's directory"
-        )
-    return next(iter(roots)) if len(roots) == 1 else p
+    would be read as groups of one run), unless their steps follow on (one run resumed
+    into a new directory: Hugging Face's ``runs/<date>_<host>`` after
+    ``resume_from_checkpoint``). One run below ``p`` (``SummaryWriter()``'s
+    ``runs/<date>_<host>``) names the columns from its own directory."""
+    root_of = {run: _run_root(run, series) for run, series in per_run.items()}
+    tags: dict[Path, set[str]] = {}
+    spans: dict[Path, tuple[int, int]] = {}
+    for run, root in root_of.items():
+        tags.setdefault(root, set()).update(per_run[run])
+        span = _span(per_run[run])
+        if span is not None:
+            lo, hi = spans.get(root, span)
+            spans[root] = (min(lo, span[0]), max(hi, span[1]))
+    shared = [r for r in tags if any(tags[r] & tags[o] for o in tags if o != r)]
+    if len(shared) <= 1:
+        return _Homes([next(iter(tags))] if len(tags) == 1 else [p], root_of)
+    order = sorted(shared, key=lambda r: spans.get(r, (0, 0)))
+    follow_on = len(shared) == len(tags) and all(r in spans for r in shared)
+    follow_on = follow_on and all(spans[a][1] < spans[b][0] for a, b in itertools.pairwise(order))
+    if follow_on:
+        return _Homes(order, root_of)
+    names = ", ".join(r.relative_to(p).as_posix() for r in sorted(shared)[:6])
+    more = f" and {len(shared) - 6} more" if len(shared) > 6 else ""
+    raise ValueError(
+        f"{str(p)!r} holds {len(shared)} runs that log the same tags at overlapping steps "
+        f"({names}{more}); pass one run's directory{_whole_run_hint(p)}"
+    )
+
+
+def _checkpoint_number(state: Path) -> int:
+    """N of ``checkpoint-N/trainer_state.json`` (-1 when the folder has no number)."""
+    tail = state.parent.name.rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else -1
+
+
+def _whole_run_hint(p: Path) -> str:
+    """A pointer to the Hugging Face ``trainer_state.json`` of the output directory that
+    holds ``p`` (its log history covers every resumed segment), or ''."""
+    for base in (p, p.parent):
+        latest = sorted(base.glob("checkpoint-*/trainer_state.json"), key=_checkpoint_number)
+        for f in [base / "trainer_state.json", *latest[::-1]]:
+            if f.is_file():
+                return f", or read {str(f)!r}, which holds the whole run's log history"
+    return ""
 
 
 def _check_no_restart(run: Path, series: Mapping[str, list[tuple[int, float]]]) -> None:
@@ -178,65 +314,168 @@ def _check_no_restart(run: Path, series: Mapping[str, list[tuple[int, float]]]) 
             )
 
 
-def _collect(p: Path) -> tuple[dict[str, list[tuple[int, float]]], dict[str, int]]:
-    label = repr(str(p))
-    if p.is_file():
-        tail = check_event_file(p)
-        series = _scalar_series(str(p), label)
-        _check_no_restart(p.parent, series)
-        return series, ({p.name: tail} if tail else {})
-    runs = _run_dirs(p)
-    if not runs:
-        raise ValueError(
-            f"{label} holds no TensorBoard event files (*tfevents*); pass the log directory "
-            f"given to SummaryWriter(log_dir=...)"
-        )
+@dataclass
+class _Collected:
+    """Every scalar series of a path, named as columns, and what the reader noticed."""
+
+    series: Series
+    truncated: dict[str, int] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+    #: columns from a data-set split directory (Keras' ``train/``, ``validation/``)
+    split_columns: set[str] = field(default_factory=set)
+
+
+def _column_name(run: Path, home: Path, tag: str) -> str:
+    """A tag's column: the tag in ``home``, ``<main_tag>/<key>`` for an ``add_scalars``
+    child ``<main_tag>_<key>``, else ``<subdirectory>/<tag>``."""
+    rel = run.relative_to(home).as_posix()
+    if rel == ".":
+        return tag
+    prefix = tag.replace("/", "_") + "_"
+    leaf = run.name
+    if leaf.startswith(prefix) and len(leaf) > len(prefix):
+        parent = run.parent.relative_to(home).as_posix()
+        name = f"{tag}/{leaf[len(prefix) :]}"
+        return name if parent == "." else f"{parent}/{name}"
+    return f"{rel}/{tag}"
+
+
+def _truncated_files(p: Path, runs: Sequence[Path]) -> dict[str, int]:
     truncated: dict[str, int] = {}
-    series: dict[str, list[tuple[int, float]]] = {}
-    per_run = {run: _scalar_series(str(run), label) for run in runs}
-    home = _check_one_run(p, per_run)
     for run in runs:
         for f in sorted(run.iterdir()):
             if "tfevents" in f.name and f.is_file():
                 tail = check_event_file(f)
                 if tail:
                     truncated[f.relative_to(p).as_posix()] = tail
-        _check_no_restart(run, per_run[run])
-        rel = run.relative_to(home).as_posix()
-        for tag, points in per_run[run].items():
-            if rel == ".":
-                name = tag
-            else:
-                prefix = tag.replace("/", "_") + "_"
-                leaf = run.name
-                if leaf.startswith(prefix) and len(leaf) > len(prefix):
-                    parent = run.parent.relative_to(home).as_posix()
-                    name = f"{tag}/{leaf[len(prefix) :]}"
-                    if parent != ".":
-                        name = f"{parent}/{name}"
-                else:
-                    name = f"{rel}/{tag}"
-            base, k = name, 2
-            while name in series:
-                name = f"{base}#{k}"
-                k += 1
-            series[name] = points
-    return series, truncated
+    return truncated
+
+
+def _collect(p: Path) -> _Collected:
+    label = repr(str(p))
+    if p.is_file():
+        tail = check_event_file(p)
+        run = _load_run(str(p), label)
+        _check_no_restart(p.parent, run.series)
+        meta = config_meta(run.hparams or {}, "the run's hparams")
+        if run.trainer_args is not None:
+            meta = {**_trainer_meta(run.trainer_args), **meta}
+        return _Collected(run.series, {p.name: tail} if tail else {}, meta)
+    runs = _run_dirs(p)
+    if not runs:
+        raise ValueError(
+            f"{label} holds no TensorBoard event files (*tfevents*); pass the log directory "
+            f"given to SummaryWriter(log_dir=...)"
+        )
+    loaded = {run: _load_run(str(run), label) for run in runs}
+    out = _Collected({}, _truncated_files(p, runs))
+    summaries = _hparams_summaries(runs, loaded)
+    kept = [run for run in runs if run not in summaries]
+    for run in kept + summaries:  # a run's own hparams first
+        where = "add_hparams" if run in summaries else "the run's hparams"
+        out.meta = {**config_meta(loaded[run].hparams or {}, where), **out.meta}
+    trainer = next((loaded[r].trainer_args for r in kept if loaded[r].trainer_args), None)
+    if trainer is not None:
+        out.meta = {**_trainer_meta(trainer), **out.meta}
+    for run in summaries:
+        out.meta.setdefault("notes", []).append(
+            f"{run.relative_to(p).as_posix()!r} holds what SummaryWriter.add_hparams wrote "
+            f"(the hyperparameters and final metrics of the run above it): not read as a run"
+        )
+    homes = _homes(p, {run: loaded[run].series for run in kept})
+    for run in kept:
+        _check_no_restart(run, loaded[run].series)
+        home = homes.root_of[run] if homes.segments else homes.roots[0]
+        for tag, points in loaded[run].series.items():
+            name = _column_name(run, home, tag)
+            if run.name.lower() in _SPLIT_DIRS:
+                out.split_columns.add(name)
+            _add_series(out.series, name, points, join=homes.segments)
+    if homes.segments:
+        out.meta.setdefault("notes", []).append(_segments_note(p, homes, loaded))
+    return out
+
+
+def _add_series(series: Series, name: str, points: list[tuple[int, float]], join: bool) -> None:
+    """Add a column; a name already taken gets ``#2``, ``#3`` ... or, for the segments of
+    one resumed run (``join``), the points continue that column."""
+    if join and name in series:
+        series[name] = sorted(series[name] + points, key=lambda sv: sv[0])
+        return
+    base, k = name, 2
+    while name in series:
+        name = f"{base}#{k}"
+        k += 1
+    series[name] = points
+
+
+def _segments_note(p: Path, homes: _Homes, loaded: Mapping[Path, _Run]) -> str:
+    parts = []
+    for root in homes.roots:
+        span = _span({t: pts for run, r in homes.root_of.items() if r == root
+                      for t, pts in loaded[run].series.items()})  # fmt: skip
+        lo, hi = span if span is not None else (0, 0)
+        parts.append(f"{root.relative_to(p).as_posix()} (steps {lo}-{hi})")
+    return (
+        f"{len(homes.roots)} run directories log the same tags at steps that follow on "
+        f"({', '.join(parts)}): read as one run resumed into a new directory"
+    )
 
 
 def tensorboard_scalars(path: str | os.PathLike[str]) -> dict[str, list[tuple[int, float]]]:
     """Every scalar series under ``path`` as ``{column: [(step, value), ...]}``.
 
-    A directory of several runs that log the same tags (``runs/<date>_<host>``,
-    ``lightning_logs/version_<k>``) is refused: pass one run's directory. Within one
+    A directory of several runs that log the same tags at overlapping steps
+    (``runs/<date>_<host>``, ``lightning_logs/version_<k>``) is refused: pass one run's
+    directory. Runs whose steps follow on (one run resumed into a new directory, as a
+    Hugging Face ``Trainer`` does) are read as one, their columns joined. Within one
     run, a subdirectory ``sub`` (Keras' ``train/`` and ``validation/``) contributes
-    ``"<sub>/<tag>"``, except the
-    subdirectories that ``torch.utils.tensorboard.SummaryWriter.add_scalars``
-    creates (``<main_tag>_<key>`` holding the tag ``main_tag``), which become
-    ``"<main_tag>/<key>"``: ``add_scalars("norm", {"conv1": x})`` gives the
-    per-group column ``norm/conv1``. Points are in file order.
+    ``"<sub>/<tag>"``, except the subdirectories that
+    ``torch.utils.tensorboard.SummaryWriter.add_scalars`` creates (``<main_tag>_<key>``
+    holding the tag ``main_tag``), which become ``"<main_tag>/<key>"``:
+    ``add_scalars("norm", {"conv1": x})`` gives the per-group column ``norm/conv1``;
+    and the ``<time>/`` subdirectory of ``SummaryWriter.add_hparams`` (its final
+    metrics again), which is left out. Points are in file order.
     """
-    return _collect(check_path(path, allow_dir=True))[0]
+    return _collect(check_path(path, allow_dir=True)).series
+
+
+#: The logging call that takes the step, for messages.
+_HOW = "add_scalar(tag, value, global_step=step)"
+
+#: Keras' TensorBoard callback names its per-epoch summaries ``epoch_<metric>``.
+_EPOCH_TAG = "epoch_"
+
+
+def _keras_epochs(collected: _Collected, mapping: MappingArg) -> list[str]:
+    """The Keras per-epoch columns (``epoch_*`` tags in ``train/`` / ``validation/``),
+    whose steps are epoch indices; [] when there are none or ``mapping`` sets the axis."""
+    given = normalize_mapping(mapping)
+    if "step" in given or "epoch" in given:
+        return []
+    return sorted(n for n in collected.split_columns if n.rsplit("/", 1)[-1].startswith(_EPOCH_TAG))
+
+
+def _epoch_table(
+    collected: _Collected, epoch_cols: list[str], label: str, meta: dict[str, Any]
+) -> Table:
+    """The table of the Keras per-epoch columns on their epoch axis (column ``epoch``);
+    the other tags, at iteration steps, are left out with a note."""
+    others = [n for n in collected.series if n not in epoch_cols]
+    if others:
+        shown = ", ".join(others[:4]) + (" ..." if len(others) > 4 else "")
+        meta.setdefault("notes", []).append(
+            f"Keras per-epoch summaries (epoch_*) set the time axis; {len(others)} tag(s) "
+            f"logged at iteration steps ({shown}) are left out: pass mapping step=step to "
+            f"read every tag on the event steps"
+        )
+    table = series_table({n: collected.series[n] for n in epoch_cols}, label, _HOW)
+    table["epoch"] = table.pop("step")
+    meta["time_note"] = (
+        "Keras per-epoch summaries (epoch_* tags): their steps are epoch indices, used as "
+        "steps; pass steps_per_epoch= to convert (epoch e ends at step (e+1)*N)"
+    )
+    return table
 
 
 def read_tensorboard(
@@ -263,14 +502,24 @@ def read_tensorboard(
         As in :func:`siflow.io.read_csv`; the columns are the tags, plus ``step``
         (the event step).
     steps_per_epoch : int, optional
-        Only used when the event steps count epochs and you say so with
-        ``mapping={"epoch": "step"}``, or when a tag such as ``epoch`` is mapped
-        as the epoch.
+        Converts epochs to steps: Keras' per-epoch summaries, or event steps that
+        count epochs when you say so with ``mapping={"epoch": "step"}`` (or a tag
+        such as ``epoch`` mapped as the epoch). Epoch ``e`` (counted from 0) ends at
+        step ``(e + 1) * steps_per_epoch``.
 
     Notes
     -----
     Tags are merged on the union of their steps (blank where a tag was not
-    written); a step written twice keeps the last value, as TensorBoard shows.
+    written). A tag holding several different values at one step (per-batch values
+    logged at the epoch's step), or all its values at one step (logged without
+    ``global_step``), raises ``ValueError``; a run restarted with ``purge_step`` is
+    read as TensorBoard shows it (the purged points are gone). Keras' layout
+    (``epoch_*`` tags in ``train/`` and ``validation/``, at epoch indices) is read on
+    an epoch axis (``meta["time_unit"] == "epoch"``) unless ``steps_per_epoch`` is
+    given; ``epoch_learning_rate`` is the lr. The hyperparameters of an hparams
+    session (``SummaryWriter.add_hparams``, Lightning's ``log_hyperparams``):
+    ``lr``/``learning_rate``, ``wd``/``weight_decay``, ``momentum``, ``batch_size``
+    and the optimizer go to ``meta``.
     Every event file's record framing is checked first (:func:`check_event_file`):
     a file that is not an event file or has a damaged record raises
     ``ValueError``; a last record cut short (a run still writing, or killed) is
@@ -278,30 +527,27 @@ def read_tensorboard(
     Requires the ``tensorboard`` extra (``pip install "siflow[tensorboard]"``).
     """
     p = check_path(path, allow_dir=True)
-    series, truncated = _collect(p)
-    if not series:
+    label = repr(str(p))
+    collected = _collect(p)
+    if not collected.series:
         raise ValueError(
-            f"{str(p)!r} holds no scalar summaries; log scalars with add_scalar or "
-            f"tf.summary.scalar"
+            f"{label} holds no scalar summaries; log scalars with add_scalar or tf.summary.scalar"
         )
-    steps = np.unique(
-        np.concatenate([np.array([s for s, _ in pts], dtype=np.int64) for pts in series.values()])
-    )
-    table: Table = {"step": steps.astype(np.float64)}
-    for name, points in series.items():
-        values = np.full(steps.size, np.nan)
-        for s, v in points:  # in file order: a step written twice keeps the last value
-            values[np.searchsorted(steps, s)] = v
-        key = name if name != "step" else "tag:step"
-        table[key] = values
-    meta: dict[str, Any] = {"tags": sorted(series)}
-    if truncated:
-        meta["truncated_files"] = truncated
-        meta["notes"] = [
+    meta: dict[str, Any] = {"tags": sorted(collected.series), **collected.meta}
+    epoch_cols = _keras_epochs(collected, mapping)
+    if epoch_cols:
+        table = _epoch_table(collected, epoch_cols, label, meta)
+        if steps_per_epoch is not None:
+            meta.pop("time_note")
+    else:
+        table = series_table(collected.series, label, _HOW)
+    if collected.truncated:
+        meta["truncated_files"] = collected.truncated
+        meta.setdefault("notes", []).extend(
             f"event file {name!r} ends with a record cut short ({size} bytes; the writer was "
             f"interrupted, or is still writing): left out"
-            for name, size in truncated.items()
-        ]
+            for name, size in collected.truncated.items()
+        )
     return build_trajectory(
         table,
         path=p,
