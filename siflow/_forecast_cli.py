@@ -22,6 +22,7 @@ from siflow._cli import (
     ArgumentParser,
     CLIError,
     add_log_arguments,
+    flag_subjects,
     read_log,
     run_main,
     translate_params,
@@ -188,7 +189,8 @@ def _body(argv: Sequence[str] | None) -> int:
     try:
         return _forecast(args)
     except ValueError as exc:  # a library message: its parameters named as this command's flags
-        message = translate_params(str(exc), _flags(parser))
+        flags = _flags(parser)
+        message = flag_subjects(translate_params(str(exc), flags), flags)
         if "the log" in message:  # say which log
             message = f"{str(args.log)!r}: {message}"
         raise CLIError(message) from None

@@ -28,6 +28,7 @@ from siflow._cli import (
     ArgumentParser,
     CLIError,
     add_betas_argument,
+    flag_subjects,
     fmt_value,
     format_rows,
     parse_betas,
@@ -487,6 +488,27 @@ def _body(argv: Sequence[str] | None) -> int:
     return 0
 
 
+def _flags() -> dict[str, str]:
+    """Each library parameter this command sets (``n_params``) and its flag (``--n-params``)."""
+    return {
+        a.dest: a.option_strings[-1]
+        for a in build_parser()._actions
+        if a.option_strings and a.option_strings[-1].startswith("--")
+    }
+
+
+def _flagged_body(argv: Sequence[str] | None) -> int:
+    """:func:`_body` with a library message's subject named as its flag
+    (``"n_params must be > 0"`` -> ``"--n-params must be > 0"``): every value of this
+    command comes from a flag."""
+    try:
+        return _body(argv)
+    except CLIError:
+        raise
+    except ValueError as exc:
+        raise CLIError(flag_subjects(str(exc), _flags())) from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (2 with one line on stderr for bad input)."""
-    return run_main(_body, argv, prog=PROG)
+    return run_main(_flagged_body, argv, prog=PROG)

@@ -430,7 +430,8 @@ def test_cli_errors_name_its_flags_not_python_parameters(tmp_path, capsys):
     assert err.count("\n") == 1 and "pass --lr and --wd" in err and "lr=" not in err
     assert main([str(path), "--lr", "0.1", "--wd", "0.01", "--min-fit-rows", "0"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "min_fit_rows must be a positive integer" in err
+    assert err.count("\n") == 1 and "--min-fit-rows must be a positive integer" in err
+    assert "min_fit_rows" not in err
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl"])

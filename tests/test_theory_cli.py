@@ -73,7 +73,7 @@ def test_table_is_readable(capsys: pytest.CaptureFixture[str]) -> None:
         (["--lr", "0.1", "--wd", "0"], "wd"),
         (["--lr", "10", "--wd", "0.5"], "lr*wd"),
         (["--lr", "0.1", "--wd", "1e-3", "--momentum", "1.5"], "momentum"),
-        (["--lr", "0.1", "--wd", "1e-3", "--grad-norm", "nan"], "grad_norm"),
+        (["--lr", "0.1", "--wd", "1e-3", "--grad-norm", "nan"], "--grad-norm"),
         (["--lr", "abc", "--wd", "1e-3"], "--lr"),
         (["--wd", "1e-3"], "--lr"),
         # flags the chosen theory would ignore
@@ -319,3 +319,20 @@ def test_a_cosine_whose_min_is_above_its_peak_is_refused() -> None:
     proc = _run("--schedule", "cosine:peak=0.1,min=0.5,steps=100", "--wd", "1e-2")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "min=0.5 is above the peak 0.1" in proc.stderr.strip()
+
+
+@pytest.mark.parametrize(
+    ("args", "flag", "param"),
+    [
+        (["--lr", "0.1", "--wd", "0.01", "--momentum", "1"], "--momentum", "momentum"),
+        (["--lr", "0.1", "--wd", "0.01", "--optimizer", "adamw", "--n-params", "0"],
+         "--n-params", "n_params"),
+        (["--lr", "0.1", "--wd", "0.01", "--grad-norm", "-1"], "--grad-norm", "grad_norm"),
+        (["--lr", "-1", "--wd", "0.01"], "--lr", "lr"),
+    ],
+)  # fmt: skip
+def test_a_refused_value_is_named_by_its_flag(args, flag, param, capsys) -> None:
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"error: {flag} must be" in err
+    assert f"error: {param} must" not in err
