@@ -149,11 +149,18 @@ def test_log_history_read_back_by_siflow_io(tmp_path):
     # acceptance through siflow.io: the TensorBoard directory of the run
     import siflow.io
 
-    _train(tmp_path, SIRecorderCallback(every=1), steps=60)
+    trainer, _ = _train(tmp_path, SIRecorderCallback(every=1), steps=60)
     (event,) = (tmp_path / "out").rglob("*tfevents*")
     traj = siflow.io.read(event.parent)
     assert traj.step.tolist() == list(range(1, 61))
     _check_norm_recursion(traj.rho, traj.grad_norm_sphere, LR, WD)
+    # the Trainer was given torch.optim.SGD (optimizers=) while its args still say AdamW:
+    # the callback's siflow/momentum column names the optimizer that ran, in both files
+    trainer.state.save_to_json(str(tmp_path / "trainer_state.json"))
+    for t in (traj, siflow.io.read(tmp_path / "trainer_state.json")):
+        assert t.meta["optimizer"] == "sgd" and "optimizer_assumed" not in t.meta
+        assert "siflow/momentum" in t.meta["optimizer_source"]
+        assert not any(n.startswith("optimizer taken as adamw") for n in t.meta["notes"])
 
 
 def test_every_and_sharpness_batch(tmp_path):

@@ -435,3 +435,20 @@ def test_mlflow_values_are_not_rounded(tmp_path):
     value = math.pi / 7
     run = _mlflow_run(tmp_path, {"weight_norm": [(1, value, 0), (2, 2 * value, 5)]})
     np.testing.assert_array_equal(sio.read(run).rho, [value, 2 * value])
+
+
+def test_siflow_callback_momentum_column_names_an_sgd_type_optimizer(tmp_path):
+    # siflow's callbacks log siflow/momentum for SGD-type optimizers only (beta1 for
+    # Adam-type and Lion): the column names the optimizer; beta1 alone names none
+    for extra, optimizer in (("siflow/momentum", "sgd"), ("siflow/beta1", None)):
+        path = tmp_path / f"{extra.split('/')[-1]}.csv"
+        with path.open("w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["step", "siflow/total/norm", "siflow/lr", "siflow/wd", extra])
+            for s in range(10):
+                w.writerow([s, 2.0 * 0.99**s, 0.1, 1e-3, 0.9])
+        t = sio.read(path)
+        assert t.meta.get("optimizer") == optimizer
+        if optimizer:
+            assert t.meta["optimizer_source"] == f"column {extra!r}"
+            assert any("SGD-type" in n for n in t.meta["notes"])

@@ -228,15 +228,57 @@ def param_group_lr(
     ], groups
 
 
+#: The metric siflow's training-loop callbacks log for SGD-type optimizers only (the
+#: momentum term of the first param group; Adam-type optimizers and Lion log
+#: ``siflow/beta1`` instead): :func:`siflow.integrations._common.logger_metrics`.
+_SGD_TYPE_METRIC = "siflow/momentum"
+
+
+def _sgd_type_column(cols: Columns) -> str | None:
+    """The column of :data:`_SGD_TYPE_METRIC`, under any reporter prefix (``train/``)."""
+    for name in cols:
+        if name.strip() == _SGD_TYPE_METRIC or name.strip().endswith("/" + _SGD_TYPE_METRIC):
+            return name
+    return None
+
+
+def _drop_assumption(known: dict[str, Any]) -> None:
+    """Forget an optimizer the reader assumed (``optimizer_assumed``: a Hugging Face log's
+    default AdamW) and its note, once the log's own columns name the optimizer."""
+    if known.pop("optimizer_assumed", False):
+        notes = known.get("notes") or []
+        known["notes"] = [n for n in notes if not str(n).startswith(ASSUMED_OPTIMIZER_NOTE)]
+
+
+#: How the note of an assumed optimizer starts (:data:`siflow.io.tabular.HF_OPTIMIZER_NOTE`).
+ASSUMED_OPTIMIZER_NOTE = "optimizer taken as adamw, the Trainer's optim"
+
+
 def infer_optimizer(cols: Columns, known: dict[str, Any]) -> list[str]:
-    """``known["optimizer"]`` from Lightning's ``lr-<Optimizer>`` columns when the log's
-    metadata names none (``optimizer_source`` says so); returns the note."""
-    if known.get("optimizer"):
+    """``known["optimizer"]`` from the log's columns when its metadata names none, or
+    only assumed one (``optimizer_assumed``, a Hugging Face log's default AdamW).
+
+    The columns that name it: ``siflow/momentum``, which siflow's callbacks log for
+    SGD-type optimizers only, and Lightning's ``lr-<Optimizer>``. ``optimizer_source``
+    says which; returns the note.
+    """
+    if known.get("optimizer") and not known.get("optimizer_assumed"):
         return []
+    sgd_column = _sgd_type_column(cols)
+    if sgd_column is not None:
+        _drop_assumption(known)
+        known["optimizer"] = "sgd"
+        known["optimizer_source"] = f"column {sgd_column!r}"
+        return [
+            f"optimizer taken as sgd (SGD-type: plain or heavy ball, with the logged "
+            f"momentum) from column {sgd_column!r}, which siflow's training-loop callbacks "
+            f"log for SGD-type optimizers only; pass optimizer= if another ran"
+        ]
     hit = optimizer_from_columns(cols)
     if hit is None:
         return []
     name, columns = hit
+    _drop_assumption(known)
     known["optimizer"] = name
     known["optimizer_source"] = f"column {columns[0]!r}"
     return [

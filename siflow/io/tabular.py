@@ -356,6 +356,7 @@ def _trainer_state_meta(meta: dict[str, Any]) -> None:
     notes = meta.setdefault("notes", [])
     notes.append(HF_LOG_NOTE)
     meta["optimizer"] = "adamw"
+    meta["optimizer_assumed"] = True
     where = "not in trainer_state.json: its default, adamw_torch(_fused)"
     meta["optimizer_source"] = f"the Trainer's optim, {where}"
     notes.append(HF_OPTIMIZER_NOTE.format(where=where))

@@ -193,6 +193,8 @@ def _trainer_meta(args: Mapping[str, Any]) -> dict[str, Any]:
     meta = config_meta(args, "the Trainer's args:")
     notes = [HF_LOG_NOTE]
     if meta.get("optimizer") == "adamw":
+        # optim names what the Trainer would build; a Trainer given optimizers= ran another
+        meta["optimizer_assumed"] = True
         notes.append(HF_OPTIMIZER_NOTE.format(where=f"args optim={args.get('optim')!r}"))
     meta["notes"] = notes
     return meta
