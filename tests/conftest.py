@@ -14,7 +14,11 @@ from __future__ import annotations
 import hashlib
 import importlib
 import os
+import signal
+import subprocess
+import time
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,3 +86,28 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def _wait_for_process(
+    predicate: Callable[[], bool], proc: subprocess.Popen, what: str, timeout: float = 300.0
+) -> None:
+    """Poll ``predicate`` every 50 ms while ``proc`` runs; fail if it ends or time runs out
+    first (the process group is then killed)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if proc.poll() is not None:
+            _, err = proc.communicate()
+            raise AssertionError(f"process ended (exit {proc.returncode}) before {what}:\n{err}")
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def wait_for() -> Callable[..., None]:
+    """``wait_for(predicate, proc, what, timeout=300.0)``: wait, in a test that signals a
+    command line, until ``predicate()`` holds (a checkpoint written, a cell saved)."""
+    return _wait_for_process

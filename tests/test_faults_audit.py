@@ -26,7 +26,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -171,20 +170,6 @@ def _start(args: list[str], cwd: Path) -> subprocess.Popen:
     )  # fmt: skip
 
 
-def _wait_for(predicate, proc: subprocess.Popen, what: str, timeout: float = 300.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        if proc.poll() is not None:
-            _, err = proc.communicate()
-            raise AssertionError(f"process ended (exit {proc.returncode}) before {what}:\n{err}")
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.communicate()
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _terminate(proc: subprocess.Popen, timeout: float = 120.0) -> tuple[int, str]:
     proc.send_signal(signal.SIGTERM)  # the process only, as `timeout` and `docker stop` do
     try:
@@ -196,12 +181,12 @@ def _terminate(proc: subprocess.Popen, timeout: float = 120.0) -> tuple[int, str
     return proc.returncode, err
 
 
-def test_simulate_keeps_the_run_so_far_on_sigterm(tmp_path):
+def test_simulate_keeps_the_run_so_far_on_sigterm(tmp_path, wait_for):
     args = ["siflow.simulate", "--loss", "rayleigh", "--lr", "0.1", "--wd", "1e-3", "--noise",
             "0.05", "--steps", "2000000000", "--out", "run", "--quiet", "--no-figure"]  # fmt: skip
     proc = _start(args, tmp_path)
     path = tmp_path / "run" / "trajectory.npz"
-    _wait_for(path.exists, proc, "the first checkpoint")
+    wait_for(path.exists, proc, "the first checkpoint")
     code, err = _terminate(proc)
     assert code == 143, f"exit {code}:\n{err}"
     assert "Traceback" not in err and "terminated after" in err and str(Path("run")) in err
@@ -216,10 +201,10 @@ SWEEP = ["siflow.sweep", "--loss", "rayleigh", "--lr", "0.05", "1", "--n-lr", "4
          "--workers", "2"]  # fmt: skip
 
 
-def test_sweep_keeps_its_cells_on_sigterm_and_resumes(tmp_path):
+def test_sweep_keeps_its_cells_on_sigterm_and_resumes(tmp_path, wait_for):
     proc = _start(SWEEP, tmp_path)
     cells = tmp_path / "sw" / "cells"
-    _wait_for(lambda: cells.is_dir() and any(cells.glob("cell_*.json")), proc, "a finished cell")
+    wait_for(lambda: cells.is_dir() and any(cells.glob("cell_*.json")), proc, "a finished cell")
     code, err = _terminate(proc)
     assert code == 143, f"exit {code}:\n{err}"
     assert "Traceback" not in err

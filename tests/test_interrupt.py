@@ -52,20 +52,6 @@ def _start(args: list[str], cwd: Path) -> subprocess.Popen:
     )
 
 
-def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 180.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        if proc.poll() is not None:
-            out, err = proc.communicate()
-            raise AssertionError(f"process ended (exit {proc.returncode}) before {what}:\n{err}")
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.communicate()
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _signal_and_wait(proc: subprocess.Popen, sig: int, timeout: float = 120.0):
     os.killpg(proc.pid, sig)
     try:
@@ -97,10 +83,10 @@ def _check_partial_trajectory(traj: Trajectory) -> None:
         assert np.all(np.isfinite(traj.column(name))), name
 
 
-def test_simulate_sigint_leaves_an_interrupted_trajectory(tmp_path):
+def test_simulate_sigint_leaves_an_interrupted_trajectory(tmp_path, wait_for):
     proc = _start(LONG_SIM, tmp_path)
     traj_path = tmp_path / "run" / "trajectory.npz"
-    _wait_for(traj_path.exists, proc, what="the first checkpoint")
+    wait_for(traj_path.exists, proc, what="the first checkpoint")
     first = Trajectory.load(traj_path)
     time.sleep(0.5)
     code, out, err = _signal_and_wait(proc, signal.SIGINT)
@@ -118,12 +104,12 @@ def test_simulate_sigint_leaves_an_interrupted_trajectory(tmp_path):
     assert not _temp_files(tmp_path), _temp_files(tmp_path)
 
 
-def test_simulate_sigkill_leaves_a_readable_checkpoint_not_marked_ok(tmp_path):
+def test_simulate_sigkill_leaves_a_readable_checkpoint_not_marked_ok(tmp_path, wait_for):
     proc = _start(LONG_SIM, tmp_path)
     traj_path = tmp_path / "run" / "trajectory.npz"
-    _wait_for(traj_path.exists, proc, what="the first checkpoint")
+    wait_for(traj_path.exists, proc, what="the first checkpoint")
     mtime = traj_path.stat().st_mtime_ns
-    _wait_for(lambda: traj_path.stat().st_mtime_ns != mtime, proc, what="a second checkpoint")
+    wait_for(lambda: traj_path.stat().st_mtime_ns != mtime, proc, what="a second checkpoint")
     code, _, _ = _signal_and_wait(proc, signal.SIGKILL)
     assert code == -signal.SIGKILL
     traj = Trajectory.load(traj_path)  # atomic replacement: never half a file
@@ -167,11 +153,11 @@ def sweep_reference(tmp_path_factory) -> bytes:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
 @pytest.mark.parametrize("workers", [1, 2])
 def test_sweep_interrupted_then_rerun_resumes_to_the_same_table(
-    tmp_path, sweep_reference, sig, workers
+    tmp_path, sweep_reference, sig, workers, wait_for
 ):
     args = [*SWEEP, "--workers", str(workers)]
     proc = _start(args, tmp_path)
-    _wait_for(lambda: len(_cells(tmp_path)) >= 3, proc, what="three finished cells")
+    wait_for(lambda: len(_cells(tmp_path)) >= 3, proc, what="three finished cells")
     code, out, err = _signal_and_wait(proc, sig)
     assert "Traceback" not in err, err
     if sig == signal.SIGINT:
