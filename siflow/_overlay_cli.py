@@ -16,6 +16,7 @@ half-written.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
@@ -377,6 +378,13 @@ def claim_default_out(log: Path) -> Path:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def _release_if_empty(folder: Path) -> None:
+    """Remove ``folder`` when it holds nothing (a default folder claimed by a run whose
+    writes then failed), so that the next run of another log does not pass it over."""
+    with contextlib.suppress(OSError):  # not empty (an earlier run's output), or gone
+        folder.rmdir()
+
+
 def _outputs(args: Any, log: Path) -> tuple[Path | None, Path | None]:
     """(figure path or None, summary path or None) from ``--out``; nothing next to the log.
 
@@ -575,8 +583,10 @@ def _body(argv: Sequence[str] | None) -> int:
             with atomic_write(summary) as fh:
                 fh.write(json.dumps(d, sort_keys=True, indent=1, allow_nan=False) + "\n")
             wrote.append(f"summary: {summary}")
-    except OSError as exc:
-        if exc.errno is None:
+    except BaseException as exc:
+        if not args.out:  # a default folder this run claimed and left empty is given back
+            _release_if_empty((summary or fig).parent)  # type: ignore[union-attr]
+        if not isinstance(exc, OSError) or exc.errno is None:
             raise
         path = exc.filename if exc.filename is not None else (summary or fig)
         raise CLIError(_cannot_write(exc, str(path), "cannot write")) from None

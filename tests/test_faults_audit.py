@@ -658,3 +658,20 @@ def test_a_failed_rename_names_the_output_not_the_temporary(tmp_path, monkeypatc
         fh.write("{}")
     assert info.value.errno == errno.ENOSPC and info.value.filename == str(target)
     assert not list(tmp_path.iterdir())
+
+
+def test_a_default_overlay_folder_whose_writes_failed_is_given_back(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    log = _burst_log(tmp_path / "log.csv", 3000)
+
+    def full(path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(_fileio, "atomic_write", full)
+    code, _, err = _overlay_cli([log, "--no-figure"], capsys)
+    assert code == 2 and "No space left on device" in _one_error_line(err)
+    assert list((tmp_path / "runs" / "overlay").iterdir()) == []
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = _overlay_cli([log, "--no-figure"], capsys)
+    assert code == 0 and "runs/overlay/log/summary.json" in out
