@@ -413,10 +413,15 @@ def _log_optimizer(traj: Trajectory, notes: list[str]) -> str:
     """The optimizer named by the log's metadata, as a :data:`siflow.theory.OPTIMIZERS` key.
 
     When a reader inferred it (``meta["optimizer_source"]``: Lightning's ``lr-AdamW``
-    column, Hugging Face's default), a note says where it came from.
+    column, Hugging Face's default), a note says where it came from; a log that names
+    none is taken as SGD, with a note.
     """
     raw = str(traj.meta.get("optimizer") or "").strip().lower()
     if not raw:
+        notes.append(
+            "the log does not name its optimizer: the SGD (heavy-ball) laws are used; pass "
+            "optimizer= (adamw, lion, ...) if another ran"
+        )
         return "sgd"
     if raw == "sgd" and traj.meta.get("nesterov"):
         return "nesterov"

@@ -148,6 +148,18 @@ def test_unknown_log_optimizer_is_a_note():
     assert any("'rmsprop'" in n and "optimizer=" in n for n in res.notes)
 
 
+def test_a_log_that_names_no_optimizer_is_taken_as_sgd_with_a_note():
+    def notes(meta):
+        traj = Trajectory(step=np.arange(50), rho=np.linspace(2, 1, 50), meta=meta)
+        res = analyze(traj)
+        assert res.optimizer == "sgd"
+        return [n for n in res.notes if "does not name its optimizer" in n]
+
+    (note,) = notes({"lr": 0.1, "wd": 0.01})
+    assert "SGD" in note and "optimizer=" in note
+    assert notes({"lr": 0.1, "wd": 0.01, "optimizer": "sgd"}) == []
+
+
 def test_flat_json_keys_and_sections():
     traj = _adaptive_log("adamw", 1e-2, 0.1, 300)
     res = analyze(traj)
