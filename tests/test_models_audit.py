@@ -1,4 +1,5 @@
-"""Regression tests for the models audit (findings 2-5, 10, 11 and 13).
+"""The ODE and discrete-map models at their edges: output times, the time origin, drivers
+that return NaN, argument checks, the norm range of norm_map and seeds.
 
 Reference values come from sympy solutions derived here (not from siflow's closed forms)
 or from exact iterations of the documented maps.
@@ -36,7 +37,7 @@ def _time_limit(seconds: int):
         signal.signal(signal.SIGALRM, old)
 
 
-# ------------------------------------------------------------------ sympy references
+# ------------------------------------------------------------- sympy references
 _T = sp.symbols("t", nonnegative=True)
 
 
@@ -60,7 +61,7 @@ def _norm_flow_reference(lr, wd, rho0, g2):
     return lambda t: float(f(t)) ** 0.25
 
 
-# Oscillator of repro_3: lr = 1, wd = 1/2, mu = 0 -> gamma = 1, omega^2 = 2 (under-damped).
+# An under-damped oscillator: lr = 1, wd = 1/2, mu = 0 -> gamma = 1, omega^2 = 2.
 _OSC = {"lr": 1.0, "wd": 0.5, "momentum": 0.0}
 _X_OSC = _oscillator_reference(sp.Integer(1), sp.Integer(2), sp.Integer(2), sp.Rational(3, 10), 0)
 _X_OSC_F = _oscillator_reference(
@@ -76,7 +77,7 @@ def _g_nf(t: float) -> float:
     return math.sqrt(1.0 + t / 10.0)
 
 
-# ------------------------------------------------------------- finding 2: one time
+# --------------------------------------------------------- a single output time
 def test_gradient_and_modified_flow_return_the_state_at_a_single_time():
     w0 = np.array([3.0, 4.0])  # |w0| = 5
     zero = lambda w: np.zeros_like(w)  # noqa: E731
@@ -103,7 +104,7 @@ def test_ivp_solvers_accept_a_scalar_time():
     assert ode.norm_flow(0.0, 1.5, lr=0.1, wd=1e-3, grad_norm=_g_nf).tolist() == [1.5]
 
 
-# --------------------------------------------------------- finding 3: time origin
+# -------------------------------------------------------------- the time origin
 def test_ivp_twins_put_the_initial_state_at_t_zero_like_the_closed_forms():
     t = [1.0, 2.0, 3.0]
     want = [float(_X_OSC_F(s)) for s in t]
@@ -142,7 +143,7 @@ def test_ivp_solvers_accept_times_in_any_order():
     np.testing.assert_allclose(sol.rho, 5.0 * np.exp(-0.1 * np.array(t)), rtol=1e-9)
 
 
-# ------------------------------------------------- finding 4 (and 5's atol): hangs
+# ------------------------------- drivers that return NaN or inf, and tolerances
 _HANG_SCRIPT = textwrap.dedent(
     """
     import numpy as np
@@ -185,7 +186,7 @@ def test_non_finite_drivers_and_tolerances_raise_instead_of_hanging():
     assert lines["atol"].startswith("atol must be finite")
 
 
-# ------------------------------------------- finding 5: momentum_oscillator_ivp checks
+# --------------------------------------------- momentum_oscillator_ivp's checks
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
@@ -202,7 +203,7 @@ def test_momentum_oscillator_ivp_validates_like_its_siblings(kwargs, match):
         ode.momentum_oscillator_ivp(**args)
 
 
-# ------------------------------------------------------ finding 10: norm_map range
+# ------------------------------------------------------------- norm_map's range
 @pytest.mark.parametrize("rho0", [1e-200, 9e-151, 2e150, 1e300])
 def test_norm_map_refuses_rho0_outside_the_simulate_range(rho0):
     with pytest.raises(ValueError, match=r"^rho0 = .* is outside \[1e-150, 1e\+150\]"):
@@ -257,7 +258,7 @@ def test_norm_map_in_range_is_ok_and_exact():
     assert tr.meta["rho_final"] == math.sqrt(x[3])
 
 
-# ------------------------------------------------ finding 11: maps argument checks
+# ---------------------------------------------------- the maps' argument checks
 @pytest.mark.parametrize(
     ("call", "match"),
     [
@@ -297,7 +298,7 @@ def test_maps_refuse_text_and_bools_and_name_the_parameter(call, match):
     assert "\n" not in str(info.value)
 
 
-# ------------------------------------------------------------- finding 13: seed
+# ------------------------------------------------------------------------ seeds
 def test_reduced_map_keeps_a_numpy_integer_seed():
     kw = {"sharpness": 50.0, "noise": 1e-3, "dim": 5}
     a = maps.reduced_map(0.1, 1e-3, 50, seed=7, **kw)

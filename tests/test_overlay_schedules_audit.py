@@ -1,4 +1,5 @@
-"""Overlay under schedules: audit findings 2, 3, 4 and 7 (scratch/audit_sched/FINDINGS.md).
+"""The overlay under learning-rate and momentum schedules: decay rates over the same rows,
+--lr against a logged lr column, per-row momentum, and simulate's per-row predictions.
 
 Every expected value is an exact map iterated here with numpy, or a hand formula.
 """
@@ -25,7 +26,7 @@ def _run_cli(*argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-# ------------------------------------------------------------------ finding 2
+# -------------------------------------------- the decay rate over the same rows
 def test_scheduled_decay_rate_compares_the_same_rows() -> None:
     """A log on the exact zero-gradient map under a cosine lr: measured == predicted."""
     steps, wd = 3000, 1e-2
@@ -45,7 +46,7 @@ def test_scheduled_decay_rate_compares_the_same_rows() -> None:
     assert "own rows" in res.predictions.formulas["decay_rate"]
 
 
-# ------------------------------------------------------------------ finding 7
+# ---------------------------------------------- --lr against a logged lr column
 def _sgd_log(path: Path, lr: np.ndarray, wd: float) -> np.ndarray:
     """The exact SGD+WD norm map with g~ = 0.5 at every step, written as a CSV."""
     g = 0.5
@@ -95,7 +96,7 @@ def test_lr_against_a_varying_lr_column_is_refused(tmp_path: Path) -> None:
     assert "the log's lr (0.05) is ignored: lr=0.1 was given" in res.notes
 
 
-# ------------------------------------------------------------------ finding 3
+# ---------------------------------------------------- a per-row momentum column
 def _heavy_ball_log(momentum: np.ndarray, lr: float = 0.05, wd: float = 1e-2) -> Trajectory:
     """PyTorch's heavy ball (dampening 0, coupled WD) on an SI loss, mu cycled per step.
 
@@ -178,7 +179,7 @@ def test_varying_beta1_is_said_to_be_taken_as_one_value() -> None:
     assert any("beta1 varies per row" in n and "constant beta1" in n for n in res.notes)
 
 
-# ------------------------------------------------------------------ finding 4
+# ---------------------------------------------------- simulate under a schedule
 def test_simulate_under_a_schedule_compares_with_the_per_row_predictions(
     tmp_path: Path,
 ) -> None:
