@@ -242,16 +242,17 @@ def _sgd_type_column(cols: Columns) -> str | None:
     return None
 
 
+#: How the note of an assumed optimizer starts: :data:`siflow.io.tabular.HF_OPTIMIZER_NOTE`
+#: is built on it, and :func:`_drop_assumption` finds the note by it.
+ASSUMED_OPTIMIZER_NOTE = "optimizer taken as adamw, the Trainer's optim"
+
+
 def _drop_assumption(known: dict[str, Any]) -> None:
     """Forget an optimizer the reader assumed (``optimizer_assumed``: a Hugging Face log's
     default AdamW) and its note, once the log's own columns name the optimizer."""
     if known.pop("optimizer_assumed", False):
         notes = known.get("notes") or []
         known["notes"] = [n for n in notes if not str(n).startswith(ASSUMED_OPTIMIZER_NOTE)]
-
-
-#: How the note of an assumed optimizer starts (:data:`siflow.io.tabular.HF_OPTIMIZER_NOTE`).
-ASSUMED_OPTIMIZER_NOTE = "optimizer taken as adamw, the Trainer's optim"
 
 
 def infer_optimizer(cols: Columns, known: dict[str, Any]) -> list[str]:

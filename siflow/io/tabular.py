@@ -13,7 +13,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from siflow.io._build import build_trajectory
+from siflow.io._build import ASSUMED_OPTIMIZER_NOTE, build_trajectory
 from siflow.io._columns import Table, normalize_mapping
 from siflow.io._text import (
     MAX_LISTED_BAD,
@@ -345,8 +345,8 @@ HF_LOG_NOTE = (
 )
 #: The optimizer a Trainer's log implies, and the caveat.
 HF_OPTIMIZER_NOTE = (
-    "optimizer taken as adamw, the Trainer's optim ({where}); a Trainer given its own "
-    "optimizer (optimizers=) ran that one instead: pass optimizer= then"
+    ASSUMED_OPTIMIZER_NOTE + " ({where}); a Trainer given its own optimizer (optimizers=) "
+    "ran that one instead: pass optimizer= then"
 )
 
 
