@@ -43,6 +43,7 @@ __all__ = [
     "describe_os_error",
     "os_error_fix",
     "flag_subjects",
+    "parser_flags",
     "Terminated",
     "terminate_as_interrupt",
     "terminated",
@@ -421,6 +422,17 @@ def translate_params(message: str, flags: dict[str, str]) -> str:
         return message
     names = "|".join(sorted((re.escape(k) for k in flags), key=len, reverse=True))
     return re.sub(rf"\b({names})=([^\s,;)]*)", repl, message)
+
+
+def parser_flags(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Each library parameter a command's parser sets (``min_fit_rows``, its ``dest``)
+    and the flag that sets it (``--min-fit-rows``), for :func:`translate_params` and
+    :func:`flag_subjects`."""
+    return {
+        a.dest: a.option_strings[-1]
+        for a in parser._actions
+        if a.option_strings and a.option_strings[-1].startswith("--")
+    }
 
 
 def flag_subjects(message: str, flags: Mapping[str, str]) -> str:

@@ -23,6 +23,7 @@ from siflow._cli import (
     CLIError,
     add_log_arguments,
     flag_subjects,
+    parser_flags,
     read_log,
     run_main,
     translate_params,
@@ -174,22 +175,13 @@ def _left_out_notes(notes: Sequence[str]) -> list[str]:
     return [str(n) for n in notes if "left out" in str(n)]
 
 
-def _flags(parser: ArgumentParser) -> dict[str, str]:
-    """Each parameter name of the library (``min_fit_rows``) and its flag (``--min-fit-rows``)."""
-    return {
-        a.dest: a.option_strings[-1]
-        for a in parser._actions
-        if a.option_strings and a.option_strings[-1].startswith("--")
-    }
-
-
 def _body(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return _forecast(args)
     except ValueError as exc:  # a library message: its parameters named as this command's flags
-        flags = _flags(parser)
+        flags = parser_flags(parser)
         message = flag_subjects(translate_params(str(exc), flags), flags)
         if "the log" in message:  # say which log
             message = f"{str(args.log)!r}: {message}"

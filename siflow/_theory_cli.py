@@ -32,6 +32,7 @@ from siflow._cli import (
     fmt_value,
     format_rows,
     parse_betas,
+    parser_flags,
     refuse_ignored_flags,
     run_main,
 )
@@ -488,15 +489,6 @@ def _body(argv: Sequence[str] | None) -> int:
     return 0
 
 
-def _flags() -> dict[str, str]:
-    """Each library parameter this command sets (``n_params``) and its flag (``--n-params``)."""
-    return {
-        a.dest: a.option_strings[-1]
-        for a in build_parser()._actions
-        if a.option_strings and a.option_strings[-1].startswith("--")
-    }
-
-
 def _flagged_body(argv: Sequence[str] | None) -> int:
     """:func:`_body` with a library message's subject named as its flag
     (``"n_params must be > 0"`` -> ``"--n-params must be > 0"``): every value of this
@@ -506,7 +498,7 @@ def _flagged_body(argv: Sequence[str] | None) -> int:
     except CLIError:
         raise
     except ValueError as exc:
-        raise CLIError(flag_subjects(str(exc), _flags())) from None
+        raise CLIError(flag_subjects(str(exc), parser_flags(build_parser()))) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
