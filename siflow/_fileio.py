@@ -6,6 +6,7 @@ import contextlib
 import errno
 import hashlib
 import importlib
+import itertools
 import os
 import re
 import signal
@@ -13,7 +14,7 @@ import stat
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import IO, Any
@@ -21,6 +22,7 @@ from typing import IO, Any
 __all__ = [
     "atomic_write",
     "atomic_path",
+    "claim_folder",
     "ensure_dir",
     "remove_stale_temporaries",
     "require",
@@ -308,6 +310,32 @@ def signals_deferred() -> Iterator[list[int]]:
             signal.signal(signum, handler)
         for signum in dict.fromkeys(received):
             _deliver(signum, previous[signum])
+
+
+def claim_folder(root: Path, name: str, is_ours: Callable[[Path], bool]) -> tuple[Path, bool]:
+    """A command's default output folder: ``root/name``, or ``name-2``, ``name-3``, ...
+
+    A new folder is claimed by creating it (``os.mkdir``, which fails when it exists), so
+    two commands started together never share one; an existing folder is used again only
+    when ``is_ours(folder)`` says it holds this command's earlier output. ``root`` is
+    made if missing.
+
+    Returns
+    -------
+    tuple
+        ``(folder, created)``; ``created`` is False for a folder used again.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    for k in itertools.count(1):
+        out = root / (name if k == 1 else f"{name}-{k}")
+        try:
+            os.mkdir(out)
+        except FileExistsError:
+            if out.is_dir() and is_ours(out):
+                return out, False
+            continue
+        return out, True
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def ensure_dir(path: str | os.PathLike[str]) -> Path:

@@ -17,10 +17,8 @@ half-written.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import math
-import os
 import re
 import sys
 from collections.abc import Sequence
@@ -363,19 +361,13 @@ def claim_default_out(log: Path) -> Path:
     folder is used again only when its ``summary.json`` is of the same log. The folder
     is created here: call this just before writing into it.
     """
-    name = _default_name(log)
-    root = Path("runs") / "overlay"
-    root.mkdir(parents=True, exist_ok=True)
-    for k in itertools.count(1):
-        out = root / (name if k == 1 else f"{name}-{k}")
-        try:
-            os.mkdir(out)
-        except FileExistsError:
-            if out.is_dir() and _owner(out) == _log_id(log):
-                return out
-            continue
-        return out
-    raise AssertionError("unreachable")  # pragma: no cover
+    from siflow._fileio import claim_folder
+
+    owner = _log_id(log)
+    out, _ = claim_folder(
+        Path("runs") / "overlay", _default_name(log), lambda d: _owner(d) == owner
+    )
+    return out
 
 
 def _release_if_empty(folder: Path) -> None:

@@ -26,10 +26,8 @@ destabilizes about every 4000 steps (norm jumps by ~1.5x) after a transient of
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import math
-import os
 import re
 import sys
 from collections.abc import Sequence
@@ -56,7 +54,7 @@ from siflow._cli import (
     terminated,
     translate_params,
 )
-from siflow._fileio import atomic_write, ensure_dir
+from siflow._fileio import atomic_write, claim_folder, ensure_dir
 from siflow._validate import check_steps
 
 PROG = "python -m siflow.simulate"
@@ -253,22 +251,12 @@ def claim_default_out(args: Any) -> tuple[Path, bool]:
     tuple
         ``(folder, created)``: ``created`` is False for a folder of the same run.
     """
-    root = Path("runs")
-    root.mkdir(parents=True, exist_ok=True)
-    name = run_name(args)
     options = run_options(args)
-    for k in itertools.count(1):
-        out = root / (name if k == 1 else f"{name}-{k}")
-        try:
-            os.mkdir(out)
-        except FileExistsError:
-            if out.is_dir() and _holds_run(out, options):
-                return out, False
-            continue
+    out, created = claim_folder(Path("runs"), run_name(args), lambda d: _holds_run(d, options))
+    if created:
         with atomic_write(out / RUN_FILE) as fh:
             json.dump(options, fh, sort_keys=True, indent=1)
-        return out, True
-    raise AssertionError("unreachable")  # pragma: no cover
+    return out, created
 
 
 def parse_loss_options(items: Sequence[str]) -> dict[str, Any]:
