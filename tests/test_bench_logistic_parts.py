@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from numba import njit
 from scipy.special import expit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,16 +48,39 @@ def test_four_rows_per_pass_margins_equal_x_u(parts):
 
 
 @pytest.mark.parametrize("n", [5, 32, 77])
-def test_one_division_weights_match_numpy(parts, n):
+def test_per_sample_log1p_weights_match_numpy(parts, n):
     rng = np.random.default_rng(n)
     s = 3.0
     margins = rng.standard_normal(n) * np.array([0.01, 1.0, 30.0, 300.0])[np.arange(n) % 4]
     buf = np.empty(2 * n)
     buf[:n] = margins
-    total = parts._weights_one_division(s, buf, n)
+    total = parts._weights_per_sample_log1p(s, buf, n)
     ref_total, ref_w = _softplus_and_weights(s, margins)
     assert total == pytest.approx(ref_total, rel=1e-13)
     np.testing.assert_allclose(buf[:n], ref_w, rtol=1e-13, atol=0.0)
+
+
+@njit(fastmath={"reassoc", "contract", "nsz"})
+def _log1p_all(parts_log1p, x, out):  # pragma: no cover - numba
+    for i in range(x.size):
+        out[i] = parts_log1p(x[i])
+
+
+def test_per_sample_log1p_within_two_ulp_of_numpy(parts):
+    rng = np.random.default_rng(22)
+    e = np.concatenate(
+        [
+            rng.uniform(0.0, 1.0, 300_000),
+            np.exp(-rng.uniform(0.0, 800.0, 100_000)),
+            [0.0, 1.0, 5e-324, parts._SQRT2_M1, np.nextafter(parts._SQRT2_M1, 1.0)],
+        ]
+    )
+    got = np.empty_like(e)
+    _log1p_all(parts._log1p_unit, e, got)
+    ref = np.log1p(e)
+    assert np.array_equal(got == 0.0, ref == 0.0)
+    ulps = np.abs(got - ref) / np.where(ref != 0.0, np.spacing(np.abs(ref)), np.inf)
+    assert ulps[ref != 0.0].max() <= 2.0
 
 
 @pytest.mark.parametrize("n", [7, 256])

@@ -8,15 +8,17 @@ of the full-batch logistic step of :mod:`siflow.losses` on the bench's toys:
   (32 KiB) or one 64-row block (512 KiB) reused from L1 or L2 for the same number of
   FMAs; single-threaded BLAS ``gemv`` (numba's ``np.dot``) for each pass; the kernel.
 - d=16, n=256 and n=32 (column kernel): the margins (``losses._column_margins``), the
-  gradient, the weights
-  (``losses._softplus_weights``: one exponential, one log1p and one division per sample)
-  and the kernel ``losses._logistic_columns``; then the loop's step
-  (``losses._si_value_grad_step``) and a ``simulate`` step.
+  gradient, the weights (``losses._softplus_weights``: one exponential and one division
+  per sample, and the sum of the loss terms' ``log1p`` from a product,
+  ``losses._sum_log1p``) and the kernel ``losses._logistic_columns``, with LLVM's default
+  vector width and with 512-bit vectors where the CPU has them
+  (``siflow._vector_width``); then the loop's step (``losses._si_value_grad_step``) and a
+  ``simulate`` step (whose loop picks the width, ``simulate._wide_vectors_pay``).
 
-Alternatives that were measured and not adopted, timed beside the kernels they would
-replace: margins four rows per pass over ``u`` (``5/4`` loads per FMA instead of 2) at
-d=1024; the weights with one division per sample instead of two; and, at d=16, one
-loop over the samples doing margins, weights and gradient (every column held in
+Alternatives timed beside the kernels they would replace or replaced: margins four rows
+per pass over ``u`` (``5/4`` loads per FMA instead of 2) at d=1024; the weights with one
+vectorised ``log1p`` per sample (the kernel before ``losses._sum_log1p``); and, at d=16,
+one loop over the samples doing margins, weights and gradient (every column held in
 registers, no pass over a scratch vector).
 
 The other parts are copies of the kernels' loops (same unrolling, same fastmath flags),
@@ -37,6 +39,7 @@ import numpy as np
 from numba import njit
 
 from siflow import losses as L
+from siflow._vector_width import prefer_wide_vectors
 
 FAST = L._FAST
 
@@ -76,31 +79,54 @@ def _rows_margins4(x, u, buf):  # pragma: no cover - numba
         buf[i], buf[i + 1], buf[i + 2], buf[i + 3] = a0, a1, a2, a3
 
 
+# The per-sample log1p of the kernel before ``losses._sum_log1p`` (within 2 ulp of
+# numpy.log1p on [0, 1]: tests/test_bench_logistic_parts.py).
+_LN2 = 0.6931471805599453
+_SQRT2_M1 = 0.41421356237309503
+# (atanh(r)/r - 1)/r^2 as a polynomial in w = r^2, |r| <= 0.1716 (Chebyshev, degree 6;
+# its error enters log1p as < 5e-18 relative)
+_L0 = 0.3333333333333335
+_L1 = 0.19999999999949752
+_L2 = 0.14285714312987743
+_L3 = 0.1111110556739754
+_L4 = 0.09091444562630861
+_L5 = 0.07665860800278021
+_L6 = 0.07308224842521703
+
+
+@njit(error_model="numpy", fastmath={"contract"})
+def _log1p_unit(e):  # pragma: no cover - numba
+    """``log(1 + e)`` for ``0 <= e <= 1`` in branch-free arithmetic (vectorisable).
+
+    ``log(1 + e) = 2 atanh(r)`` with ``r = e/(2 + e)``, or, for ``e > sqrt2 - 1``,
+    ``ln2 + 2 atanh((e - 1)/(3 + e))`` (``|r| <= 0.1716`` either way; ``e - 1`` is
+    exact); ``2 atanh(r) = 2r (1 + r^2 P(r^2))``.
+    """
+    big = e > _SQRT2_M1
+    two_r = (2.0 * (e - 1.0) if big else 2.0 * e) / ((3.0 if big else 2.0) + e)
+    w = 0.25 * (two_r * two_r)
+    q = _L6
+    q = q * w + _L5
+    q = q * w + _L4
+    q = q * w + _L3
+    q = q * w + _L2
+    q = q * w + _L1
+    q = q * w + _L0
+    return (_LN2 if big else 0.0) + (two_r + two_r * (w * q))
+
+
 @njit(fastmath=FAST, error_model="numpy")
-def _weights_one_division(s, buf, m):  # pragma: no cover - numba
-    """``losses._softplus_weights`` with ``1/(1+e)`` and ``1/(2+e)`` (or ``1/(3+e)``)
-    from one division ``1/((1+e)(2+e))``."""
+def _weights_per_sample_log1p(s, buf, m):  # pragma: no cover - numba
+    """``losses._softplus_weights`` with one vectorised ``log1p`` per sample (the kernel
+    before the product of ``losses._sum_log1p``)."""
     for q in range(m):
         buf[m + q] = L._exp_nonpos(-abs(s * buf[q]))
     total = 0.0
     for q in range(m):
         z = s * buf[q]
         e = buf[m + q]
-        big = e > L._SQRT2_M1
-        a = 1.0 + e
-        b = (3.0 if big else 2.0) + e
-        inv = 1.0 / (a * b)
-        two_r = (2.0 * (e - 1.0) if big else 2.0 * e) * (a * inv)
-        w = 0.25 * (two_r * two_r)
-        p = L._L6
-        p = p * w + L._L5
-        p = p * w + L._L4
-        p = p * w + L._L3
-        p = p * w + L._L2
-        p = p * w + L._L1
-        p = p * w + L._L0
-        total += max(-z, 0.0) + ((L._LN2 if big else 0.0) + (two_r + two_r * (w * p)))
-        buf[q] = -s * ((e if z > 0.0 else 1.0) * (b * inv))
+        total += max(-z, 0.0) + _log1p_unit(e)
+        buf[q] = -s * ((e if z > 0.0 else 1.0) / (1.0 + e))
     return total
 
 
@@ -130,7 +156,7 @@ def _fused16(s, xt, u, g):  # pragma: no cover - numba
             )
         )
         e = L._exp_nonpos(-abs(z))
-        total += max(-z, 0.0) + L._log1p_unit(e)
+        total += max(-z, 0.0) + _log1p_unit(e)
         c = -s * ((e if z > 0.0 else 1.0) / (1.0 + e))
         a0 += c * x0
         a1 += c * x1
@@ -240,13 +266,13 @@ def _repeat_weights(k, s, margins, buf):  # pragma: no cover - numba
 
 
 @njit
-def _repeat_weights_one_division(k, s, margins, buf):  # pragma: no cover - numba
+def _repeat_weights_per_sample_log1p(k, s, margins, buf):  # pragma: no cover - numba
     n = margins.size
     t = 0.0
     for _ in range(k):
         for i in range(n):
             buf[i] = margins[i]
-        t += _weights_one_division(s, buf, n)
+        t += _weights_per_sample_log1p(s, buf, n)
     return t
 
 
@@ -268,6 +294,16 @@ def _repeat_copy(k, margins, buf):  # pragma: no cover - numba
 
 @njit(fastmath=FAST, error_model="numpy")  # the kernels are inlined with these flags
 def _repeat_cols_kernel(k, s, xt, u, g):  # pragma: no cover - numba
+    t = 0.0
+    buf = np.empty(2 * xt.shape[1])
+    for _ in range(k):
+        t += L._logistic_columns(s, xt, u, g, buf)
+    return t
+
+
+@njit(fastmath=FAST, error_model="numpy")  # the kernels are inlined with these flags
+def _repeat_cols_kernel_wide(k, s, xt, u, g):  # pragma: no cover - numba
+    prefer_wide_vectors()
     t = 0.0
     buf = np.empty(2 * xt.shape[1])
     for _ in range(k):
@@ -369,7 +405,7 @@ def small_d(rng: np.random.Generator, n: int, k: int) -> list[tuple[str, float]]
     copy = _best(lambda m: _repeat_copy(m, margins, buf), k)
     ref, alt = buf.copy(), buf.copy()
     ref[:n], alt[:n] = margins, margins
-    _agree("weights, loss", _weights_one_division(s, alt, n), L._softplus_weights(s, ref, n))
+    _agree("weights, loss", _weights_per_sample_log1p(s, alt, n), L._softplus_weights(s, ref, n))
     _agree("weights", alt[:n], ref[:n])
     g_alt = np.empty(d)
     f_alt = _fused16(s, xt, u, g_alt)
@@ -383,12 +419,16 @@ def small_d(rng: np.random.Generator, n: int, k: int) -> list[tuple[str, float]]
             _best(lambda m: _repeat_weights(m, s, margins, buf), k) - copy,
         ),
         (
-            "weights with one division per sample (not adopted)",
-            _best(lambda m: _repeat_weights_one_division(m, s, margins, buf), k) - copy,
+            "weights with one log1p per sample (the kernel before)",
+            _best(lambda m: _repeat_weights_per_sample_log1p(m, s, margins, buf), k) - copy,
         ),
         (
             "kernel losses._logistic_columns",
             _best(lambda m: _repeat_cols_kernel(m, s, xt, u, g), k),
+        ),
+        (
+            "kernel losses._logistic_columns, 512-bit vectors where the CPU has them",
+            _best(lambda m: _repeat_cols_kernel_wide(m, s, xt, u, g), k),
         ),
         (
             "one loop over samples, 16 columns in registers (not adopted)",
