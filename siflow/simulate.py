@@ -1062,9 +1062,11 @@ def simulate(
     save_cost = 0.0
     toy_args = (toy.kind, _cache_aligned(toy.params, first=1), _cache_aligned(toy.data))
     opt_args = (opt.kind, opt.nesterov, opt.project, hp)
+    w, s1, s2 = _cache_aligned(w), _cache_aligned(s1), _cache_aligned(s2)
     state = (w, s1, s2, carry)
-    scratch = (np.empty(toy.dim), np.empty(toy.dim), np.empty(toy.dim))
-    scratch += _step_scratch(toy.kind, toy_args[1], toy_args[2])
+    scratch = tuple(_cache_aligned(np.zeros(toy.dim)) for _ in range(3))
+    xt, step_buf = _step_scratch(toy.kind, toy_args[1], toy_args[2])
+    scratch += (xt, _cache_aligned(step_buf))
 
     kernel = _run_chunk_wide if _wide_vectors_pay(toy, nb) else _run_chunk
 
