@@ -156,26 +156,23 @@ _KERNEL_ROWS = (
 
 
 @njit(cache=True, error_model="numpy", fastmath=_FAST)
-def _run_chunk(toy, draws, opt, sched, state, scratch, ctl, out, snap):  # pragma: no cover
-    """:func:`_chunk_steps` vectorised with the CPU's default vector width."""
-    return _chunk_steps(toy, draws, opt, sched, state, scratch, ctl, out, snap)
-
-
-@njit(cache=True, error_model="numpy", fastmath=_FAST)
 def _run_chunk_wide(toy, draws, opt, sched, state, scratch, ctl, out, snap):  # pragma: no cover
-    """:func:`_chunk_steps` vectorised with the widest vectors of the CPU.
+    """:func:`_run_chunk` vectorised with the widest vectors of the CPU.
 
     :func:`siflow._vector_width.prefer_wide_vectors`: 512-bit vectors where the CPU has
     AVX-512, the same code as :func:`_run_chunk` elsewhere. Chosen by
     :func:`_wide_vectors_pay`.
     """
     prefer_wide_vectors()
-    return _chunk_steps(toy, draws, opt, sched, state, scratch, ctl, out, snap)
+    return _run_chunk(toy, draws, opt, sched, state, scratch, ctl, out, snap)
 
 
 @njit(cache=True, error_model="numpy", fastmath=_FAST, inline="always")
-def _chunk_steps(toy, draws, opt, sched, state, scratch, ctl, out, snap):  # pragma: no cover
+def _run_chunk(toy, draws, opt, sched, state, scratch, ctl, out, snap):  # pragma: no cover
     """Run ``ctl[1]`` steps in place; returns ``(rows done, status code)``.
+
+    Called from Python it is compiled on its own, with LLVM's default vector width;
+    :func:`_run_chunk_wide` inlines it.
 
     Arguments are packed by role (tuples of arrays and scalars):
 
