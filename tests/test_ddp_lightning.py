@@ -75,7 +75,15 @@ def _fit(root: Path, devices: int, path: Path) -> Path:
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer.fit(LNNet())
+        try:
+            trainer.fit(LNNet())
+        except torch.multiprocessing.ProcessExitedException as exc:
+            # gloo's teardown race: a spawned rank that has finished can abort while the
+            # interpreter exits ("terminate called without an active exception"), after
+            # its files are written. Any other failure is raised; the files are then
+            # checked in full by the caller, so an abort before they are complete fails.
+            if exc.signal_name != "SIGABRT":
+                raise
     # the spawned rank 0 chose the version directory: find the one file it wrote
     (found,) = (root / "run").rglob("metrics.csv")
     return found
