@@ -292,7 +292,7 @@ def _repeat_copy(k, margins, buf):  # pragma: no cover - numba
             buf[i] = margins[i]
 
 
-@njit(fastmath=FAST, error_model="numpy")  # the kernels are inlined with these flags
+@njit(fastmath=FAST, error_model="numpy", inline="always")  # the kernels' flags
 def _repeat_cols_kernel(k, s, xt, u, g):  # pragma: no cover - numba
     t = 0.0
     buf = np.empty(2 * xt.shape[1])
@@ -301,14 +301,12 @@ def _repeat_cols_kernel(k, s, xt, u, g):  # pragma: no cover - numba
     return t
 
 
-@njit(fastmath=FAST, error_model="numpy")  # the kernels are inlined with these flags
+@njit(fastmath=FAST, error_model="numpy")
 def _repeat_cols_kernel_wide(k, s, xt, u, g):  # pragma: no cover - numba
+    """:func:`_repeat_cols_kernel` inlined into a function marked for 512-bit vectors, as
+    ``simulate._run_chunk_wide`` inlines ``simulate._run_chunk``."""
     prefer_wide_vectors()
-    t = 0.0
-    buf = np.empty(2 * xt.shape[1])
-    for _ in range(k):
-        t += L._logistic_columns(s, xt, u, g, buf)
-    return t
+    return _repeat_cols_kernel(k, s, xt, u, g)
 
 
 @njit(fastmath=FAST, error_model="numpy")  # the kernels are inlined with these flags
