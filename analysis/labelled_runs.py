@@ -23,9 +23,14 @@ Usage::
     python analysis/labelled_runs.py plot             # one PNG per run, for the by-eye check
     python analysis/labelled_runs.py evaluate --update-figures --update-data  # committed
                                                      # figures/forecast*.png and tables
+    python analysis/labelled_runs.py seeds --seeds 1,2  # the GD runs at other seeds: how
+                                                     # far the period moves with the seed
 
 Training writes logs to ``runs/labelled/logs`` unless ``--update-data`` (then to
 ``analysis/data/labelled``); evaluation reads ``analysis/data/labelled`` unless ``--logs``.
+``seeds`` trains its runs into ``runs/labelled/seeds`` (about 20 minutes on one core) and
+writes its tables to ``runs/labelled``; with ``--update-data`` the tables and the
+rescaled-start logs go to ``analysis/data/seeds`` (committed).
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ from siflow.trajectory import Trajectory
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "analysis" / "data" / "labelled"
+SEEDS_DATA = ROOT / "analysis" / "data" / "seeds"
 N_TRAIN = 512
 LAST_LAYER_NORM = 10.0
 
@@ -67,6 +73,8 @@ class Run:
     every: int = 1
     seed: int = 0
     sharpness_every: int = 0  # steps between sphere-sharpness measurements (0: none)
+    init_scale: float = 1.0  # the trained weights' initial values times this
+    bn_eps: float = 1e-5  # BatchNorm's eps (PyTorch's default)
 
     @property
     def optimizer(self) -> str:
@@ -164,6 +172,72 @@ def make_runs() -> list[Run]:
     return runs
 
 
+def seed_runs(seeds: Sequence[int]) -> list[Run]:
+    """The plain GD runs of the grid whose networks cycle, retrained at other ``seeds``.
+
+    Same configurations as :func:`make_runs` (names end in ``_seed<s>``); the
+    networks whose GD runs hold three or more labelled events (the digits networks and
+    the mnist1d MLP). They measure how far a run's median period moves with the seed
+    alone, the reproducibility against which the period prediction is judged.
+    """
+    cycling = {"digits_mlp", "digits_convnet", "digits_resnet", "mnist1d_mlp"}
+    return [
+        Run(**{**asdict(run), "name": f"{run.name}_seed{s}", "seed": int(s)})
+        for s in seeds
+        for run in make_runs()
+        if run.family in cycling and run.optimizer == "gd" and not run.sharpness_every
+    ]
+
+
+def init_scaled_runs() -> list[Run]:
+    """The seed-0 GD runs at lr=1, wd=0.01 and lr=0.5, wd=0.02 of :func:`seed_runs`'
+    networks, each started from its initial weights rescaled to the other's equivalent.
+
+    Every trained weight of these networks is scale-invariant, so GD at ``(lr, wd)``
+    from ``w0`` is GD at ``(lr/c^2, wd c^2)`` from ``w0/c`` in the rescaled weights
+    ``w/c`` (``docs/theory.md`` §0): the run at lr=0.5, wd=0.02 from ``w0`` is the run
+    at lr=1, wd=0.01 from ``sqrt(2) w0``. The two configurations share ``lr wd`` and
+    differ only in where they start. Names end in ``_init<scale>``.
+    """
+    half = math.sqrt(0.5)
+    scales = {(1.0, 1e-2): 1.0 / half, (0.5, 2e-2): half}
+    out = []
+    for run in seed_runs([0]):
+        scale = scales.get((run.lr, run.wd))
+        if scale is not None:
+            name = f"{_base_name(run.name)}_init{scale:.4g}"
+            out.append(Run(**{**asdict(run), "name": name, "init_scale": scale}))
+    return out
+
+
+#: BatchNorm eps of the exactly scale-invariant runs (:func:`exact_si_runs`).
+EXACT_SI_EPS = 1e-30
+
+
+def exact_si_runs(seeds: Sequence[int]) -> list[Run]:
+    """The residual network's GD runs at lr=1, wd=0.01 and lr=0.5, wd=0.02 (one lr*wd) at
+    seed 0 and ``seeds``, with BatchNorm's eps at :data:`EXACT_SI_EPS` (PyTorch's
+    default 1e-5 breaks scale invariance where a variance is small against it).
+
+    With an exactly scale-invariant network the two configurations differ only in the
+    initial norm (``docs/theory.md`` §0); their periods measure how far the realizations
+    of one configuration scatter. Names end in ``_seed<s>_exactsi``.
+    """
+    grid = {r.name: r for r in make_runs()}
+    return [
+        Run(
+            **{
+                **asdict(grid[f"digits_resnet_gd_{cfg}"]),
+                "name": f"digits_resnet_gd_{cfg}_seed{s}_exactsi",
+                "seed": int(s),
+                "bn_eps": EXACT_SI_EPS,
+            }
+        )
+        for cfg in ("lr1_wd0.01", "lr0.5_wd0.02")
+        for s in (0, *seeds)
+    ]
+
+
 # ------------------------------------------------------------------------ training
 @functools.lru_cache(maxsize=2)
 def load_data(name: str) -> tuple[Any, Any]:
@@ -185,19 +259,27 @@ def load_data(name: str) -> tuple[Any, Any]:
     return x[:N_TRAIN], y[:N_TRAIN]
 
 
-def build(net: str, data: str, torch: Any) -> Any:
-    """A scale-invariant network: every trained weight is followed by an affine-free BN."""
+def build(net: str, data: str, torch: Any, bn_eps: float = 1e-5) -> Any:
+    """A scale-invariant network: every trained weight is followed by an affine-free BN.
+
+    BatchNorm divides by ``sqrt(var + bn_eps)``; PyTorch's default ``bn_eps = 1e-5`` makes
+    the network scale-invariant only where the variance is large against it.
+    """
     nn = torch.nn
     two_d = data == "digits"
     n_in = dim = 64 if two_d else 40
     conv = nn.Conv2d if two_d else nn.Conv1d
-    bn = nn.BatchNorm2d if two_d else nn.BatchNorm1d
+    bn = functools.partial(nn.BatchNorm2d if two_d else nn.BatchNorm1d, affine=False, eps=bn_eps)
     pool = nn.MaxPool2d if two_d else nn.MaxPool1d
     shape = (1, 8, 8) if two_d else (1, 40)
     if net == "mlp":
         layers: list[Any] = []
         for _ in range(3):
-            layers += [nn.Linear(n_in, 64, bias=False), nn.BatchNorm1d(64, affine=False), nn.ReLU()]
+            layers += [
+                nn.Linear(n_in, 64, bias=False),
+                nn.BatchNorm1d(64, affine=False, eps=bn_eps),
+                nn.ReLU(),
+            ]
             n_in = 64
         layers += [nn.Linear(64, 10)]
         model = nn.Sequential(*layers)
@@ -207,7 +289,7 @@ def build(net: str, data: str, torch: Any) -> Any:
         for c in (8, 16, 32):
             layers += [
                 conv(c_in, c, 3, padding=1, bias=False),
-                bn(c, affine=False),
+                bn(c),
                 nn.ReLU(),
                 pool(2),
             ]
@@ -219,8 +301,8 @@ def build(net: str, data: str, torch: Any) -> Any:
         class Block(nn.Module):
             def __init__(self, c: int) -> None:
                 super().__init__()
-                self.c1, self.b1 = conv(c, c, 3, padding=1, bias=False), bn(c, affine=False)
-                self.c2, self.b2 = conv(c, c, 3, padding=1, bias=False), bn(c, affine=False)
+                self.c1, self.b1 = conv(c, c, 3, padding=1, bias=False), bn(c)
+                self.c2, self.b2 = conv(c, c, 3, padding=1, bias=False), bn(c)
 
             def forward(self, x: Any) -> Any:
                 return torch.relu(x + self.b2(self.c2(torch.relu(self.b1(self.c1(x))))))
@@ -228,7 +310,7 @@ def build(net: str, data: str, torch: Any) -> Any:
         model = nn.Sequential(
             nn.Unflatten(1, shape),
             conv(1, 8, 3, padding=1, bias=False),
-            bn(8, affine=False),
+            bn(8),
             nn.ReLU(),
             Block(8),
             pool(2),
@@ -256,8 +338,12 @@ def train(run: Run, out: Path) -> dict[str, Any]:
     xtr, ytr = load_data(run.data)
     X, Y = torch.from_numpy(xtr), torch.from_numpy(ytr)
     torch.manual_seed(run.seed)
-    model = build(run.net, run.data, torch)
+    model = build(run.net, run.data, torch, run.bn_eps)
     params = [p for p in model.parameters() if p.requires_grad]
+    if run.init_scale != 1.0:
+        with torch.no_grad():
+            for p in params:
+                p.mul_(run.init_scale)
     opt = torch.optim.SGD(params, lr=run.lr, momentum=run.momentum, weight_decay=run.wd)
     path = out / f"{run.name}.npz"
 
@@ -322,8 +408,19 @@ def _cached(run: Run, out: Path) -> bool:
     except ValueError:
         return False
     stored = dict(meta.get("config") or {})
-    stored.setdefault("sharpness_every", 0)  # logs written before the field existed
+    stored.setdefault("sharpness_every", 0)  # logs written before the fields existed
+    stored.setdefault("init_scale", 1.0)
+    stored.setdefault("bn_eps", 1e-5)
     return stored == json.loads(json.dumps(asdict(run)))
+
+
+def _train_all(runs: Sequence[Run], out: Path, force: bool = False) -> None:
+    for run in runs:
+        if _cached(run, out) and not force:
+            print(f"cached {run.name}")
+            continue
+        info = train(run, out)
+        print(json.dumps(info), flush=True)
 
 
 def cmd_train(args: Any) -> int:
@@ -332,12 +429,7 @@ def cmd_train(args: Any) -> int:
     if args.only:
         wanted = set(args.only.split(","))
         runs = [r for r in runs if r.name in wanted]
-    for run in runs:
-        if _cached(run, out) and not args.force:
-            print(f"cached {run.name}")
-            continue
-        info = train(run, out)
-        print(json.dumps(info), flush=True)
+    _train_all(runs, out, args.force)
     print(f"logs in {out}")
     return 0
 
@@ -513,6 +605,223 @@ def evaluate_prediction(
     return {"runs": rows, "summary": summary}
 
 
+def _base_name(name: str) -> str:
+    """A run's name without its ``_seed<s>`` suffix."""
+    head, sep, tail = name.rpartition("_seed")
+    return head if sep and tail.isdigit() else name
+
+
+def evaluate_seeds(
+    logs: Path, seeds: Sequence[int], init_logs: Path | None = None
+) -> dict[str, Any]:
+    """How a run's median period and the transfer errors move with the seed alone.
+
+    Every GD configuration of :func:`seed_runs` at seed 0 (the labelled log) and at
+    ``seeds`` (``logs``): the median period from the detector's events
+    (:func:`siflow.periods.find_events`, default parameters, the same on every seed;
+    seed 0's labelled median beside it). Then
+
+    - ``spread``: per configuration, the largest median period over the smallest, minus 1;
+    - ``floor``: predicting a run by the same configuration at another seed (a perfect
+      model of the configuration that knows nothing of the seed), the relative error over
+      all ordered pairs;
+    - ``transfer``: :func:`siflow.predict.transfer_period` calibrated on the GD run at
+      lr=0.5, wd=0.01 of each network at each seed, predicting every other GD
+      configuration at every seed, the errors grouped by calibration seed;
+    - ``exact_si_resnet``: the median periods of :func:`exact_si_runs` found in ``logs``,
+      by configuration and seed;
+    - ``init_scaled``: the median period of each run of :func:`init_scaled_runs` found
+      in ``init_logs`` (default ``logs``), beside those of its own configuration and of
+      the configuration its start makes it equivalent to.
+    """
+    from siflow.periods import find_events
+    from siflow.predict import transfer_period
+
+    labels = load_labels()
+    all_seeds = [0, *[int(s) for s in seeds]]
+    runs = {r.name: r for r in seed_runs(seeds)}
+    base = {r.name: r for r in make_runs()}
+    trajs: dict[tuple[str, int], Trajectory] = {}
+    for name in sorted({_base_name(n) for n in runs}, key=list(base).index):
+        for s in all_seeds:
+            path = DATA / f"{name}.npz" if s == 0 else logs / f"{name}_seed{s}.npz"
+            if path.is_file():
+                trajs[(name, s)] = Trajectory.load(path)
+    events = {key: find_events(t) for key, t in trajs.items()}
+    configs: dict[str, Any] = {}
+    for (name, s), ev in events.items():
+        row = configs.setdefault(name, {"periods": {}, "n": {}})
+        row["periods"][s] = float(np.median(ev.periods)) if len(ev) >= 3 else math.nan
+        row["n"][s] = int(len(ev.periods))
+        if s == 0 and len(labels.get(name, [])) >= 3:
+            row["labelled"] = float(np.median(np.diff(labels[name])))
+    floor = []
+    for row in configs.values():
+        t = {s: v for s, v in row["periods"].items() if math.isfinite(v)}
+        row["spread"] = max(t.values()) / min(t.values()) - 1.0 if len(t) >= 2 else math.nan
+        floor += [t[a] / t[b] - 1.0 for a in t for b in t if a != b]
+    transfer: dict[int, list[dict[str, Any]]] = {}
+    for (name, s), cal in trajs.items():
+        if not name.endswith("_gd_lr0.5_wd0.01") or len(events[(name, s)]) < 3:
+            continue
+        family = base[name].family
+        for (target, ts), _ in trajs.items():
+            run = base[target]
+            if run.family != family or target == name:
+                continue
+            measured = configs[target]["periods"][ts]
+            if not math.isfinite(measured):
+                continue
+            pred = transfer_period(cal, run.lr, run.wd, run.momentum, events=events[(name, s)])
+            transfer.setdefault(s, []).append(
+                {
+                    "target": target,
+                    "target_seed": ts,
+                    "measured": measured,
+                    "predicted": pred.period,
+                    "error": pred.period / measured - 1.0,
+                }
+            )
+    summary = {
+        s: {
+            "n": len(rows),
+            "median_abs": float(np.median([abs(r["error"]) for r in rows])),
+            "worst_abs": float(max(abs(r["error"]) for r in rows)),
+        }
+        for s, rows in sorted(transfer.items())
+    }
+    init = []
+    for run in init_scaled_runs():
+        path = (init_logs or logs) / f"{run.name}.npz"
+        if not path.is_file():
+            continue
+        ev = find_events(Trajectory.load(path))
+        start = run.name.rpartition("_init")[0]
+        twin = next(  # the configuration this start makes it equivalent to
+            r.name
+            for r in make_runs()
+            if r.family == base[start].family
+            and math.isclose(r.lr * r.wd, run.lr * run.wd)
+            and r.lr != run.lr
+            and r.optimizer == "gd"
+            and not r.sharpness_every
+        )
+        init.append(
+            {
+                "run": run.name,
+                "period": float(np.median(ev.periods)) if len(ev) >= 3 else math.nan,
+                "own": configs[start]["periods"],
+                "twin": twin,
+                "twin_periods": configs[twin]["periods"],
+            }
+        )
+    exact = {}
+    for run in exact_si_runs(seeds):
+        path = logs / f"{run.name}.npz"
+        if path.is_file():
+            ev = find_events(Trajectory.load(path))
+            config = f"lr{run.lr:g}_wd{run.wd:g}"
+            period = float(np.median(ev.periods)) if len(ev) >= 3 else math.nan
+            exact.setdefault(config, {})[run.seed] = period
+    floor_abs = np.abs(np.asarray(floor))
+    return {
+        "exact_si_resnet": exact,
+        "init_scaled": init,
+        "seeds": all_seeds,
+        "configs": configs,
+        "floor": {
+            "n_pairs": int(floor_abs.size),
+            "median_abs": float(np.median(floor_abs)) if floor_abs.size else math.nan,
+            "worst_abs": float(np.max(floor_abs)) if floor_abs.size else math.nan,
+        },
+        "transfer": {str(s): rows for s, rows in transfer.items()},
+        "transfer_summary": {str(s): v for s, v in summary.items()},
+    }
+
+
+def seeds_markdown(res: dict[str, Any], command: str) -> str:
+    """The tables of :func:`evaluate_seeds`."""
+    seeds = res["seeds"]
+    lines = [
+        "# The labelled GD runs at other seeds: how much the period moves with the seed alone",
+        "",
+        f"Regenerate: `{command}` (trains the runs it lacks, then measures).",
+        "",
+        "Median period (steps) from the detector's events, default parameters, at each seed; "
+        "seed 0 is the labelled log (its labelled median in brackets); spread = largest over "
+        "smallest, minus 1.",
+        "",
+        "| configuration | " + " | ".join(f"seed {s}" for s in seeds) + " | spread |",
+        "|---|" + "---|" * (len(seeds) + 1),
+    ]
+    for name, row in res["configs"].items():
+        cells = []
+        for s in seeds:
+            v = row["periods"].get(s, row["periods"].get(str(s), math.nan))
+            text = "n/a" if not math.isfinite(v) else f"{v:.0f}"
+            if s == 0 and "labelled" in row:
+                text += f" ({row['labelled']:.0f})"
+            cells.append(text)
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {_pct(row['spread'])} |")
+    fl = res["floor"]
+    lines += [
+        "",
+        f"Reproducibility floor: a run's median period predicted by the same configuration at "
+        f"another seed misses by a median {100 * fl['median_abs']:.0f}% and at worst "
+        f"{100 * fl['worst_abs']:.0f}% ({fl['n_pairs']} ordered pairs).",
+        "",
+        "Period transfer (`siflow.predict.transfer_period`) calibrated on the GD run at lr=0.5, "
+        "wd=0.01 of each network at one seed, predicting every other GD configuration of the "
+        "network at every seed:",
+        "",
+        "| calibration seed | predictions | median abs error | worst abs error |",
+        "|---|---|---|---|",
+    ]
+    for s, v in res["transfer_summary"].items():
+        lines.append(
+            f"| {s} | {v['n']} | {100 * v['median_abs']:.0f}% | {100 * v['worst_abs']:.0f}% |"
+        )
+    if res.get("init_scaled"):
+
+        def periods(d: dict[Any, float]) -> str:
+            vals = [v for v in d.values() if math.isfinite(v)]
+            return ", ".join(f"{v:.0f}" for v in vals) or "n/a"
+
+        lines += [
+            "",
+            "The same network at lr=1, wd=0.01 and at lr=0.5, wd=0.02 (one lr*wd) started from "
+            "its seed-0 weights rescaled to the other configuration's equivalent start "
+            "(`init_scaled_runs`: lr=0.5, wd=0.02 from w0 is lr=1, wd=0.01 from sqrt(2) w0, "
+            "scale invariance): a period that follows the start, not (lr, wd), is a memory "
+            "of the initial norm.",
+            "",
+            "| run | median period | its configuration from w0 (seeds) | the twin "
+            "configuration from w0 (seeds) |",
+            "|---|---|---|---|",
+        ]
+        for r in res["init_scaled"]:
+            p = "n/a" if not math.isfinite(r["period"]) else f"{r['period']:.0f}"
+            lines.append(
+                f"| {r['run']} | {p} | {periods(r['own'])} | {r['twin']}: "
+                f"{periods(r['twin_periods'])} |"
+            )
+    if res.get("exact_si_resnet"):
+        lines += [
+            "",
+            f"The residual network made exactly scale-invariant (BatchNorm eps {EXACT_SI_EPS:g} "
+            "instead of 1e-5; `exact_si_runs`), where the two configurations differ only in "
+            "the initial norm: median periods by seed.",
+            "",
+            "| digits_resnet GD | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+            "|---|" + "---|" * len(seeds),
+        ]
+        for config, by_seed in res["exact_si_resnet"].items():
+            cells = [by_seed.get(s, by_seed.get(str(s), math.nan)) for s in seeds]
+            text = ["n/a" if not math.isfinite(v) else f"{v:.0f}" for v in cells]
+            lines.append(f"| {config} | " + " | ".join(text) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def forecast_cuts(
     traj: Trajectory, truth: list[int], *, position: float = 0.5, **kwargs: Any
 ) -> list[dict[str, Any]]:
@@ -580,8 +889,11 @@ def evaluate_forecast(
             errs += [c["error_cycles"] for c in cuts]
     arr = np.array(errs, dtype=float)
     ok = np.isfinite(arr) & (np.abs(arr) <= 0.15)
+    cover, width = _interval_scores([c for cuts in per_run.values() for c in cuts])
     return {
         "runs": per_run,
+        "interval_coverage": cover,
+        "interval_median_width": width,
         "n_cuts": int(arr.size),
         "within_15pct": int(np.count_nonzero(ok)),
         "fraction": float(np.mean(ok)) if arr.size else math.nan,
@@ -595,6 +907,22 @@ def evaluate_forecast(
             for label, kw in (FORECAST_VARIANTS.items() if variants else ())
         },
     }
+
+
+def _interval_scores(cuts: Sequence[dict[str, Any]]) -> tuple[float, float]:
+    """``(coverage, median width)`` of the forecast intervals of ``cuts``: the fraction
+    whose ``interval`` holds the true event (a missing interval holds nothing), and the
+    median of its width in cycles over the cuts that have one."""
+    if not cuts:
+        return math.nan, math.nan
+    lo = np.array([c["interval"][0] for c in cuts], dtype=float)
+    hi = np.array([c["interval"][1] for c in cuts], dtype=float)
+    true = np.array([c["true"] for c in cuts], dtype=float)
+    cycle = np.array([c["cycle"] for c in cuts], dtype=float)
+    has = np.isfinite(lo) & np.isfinite(hi)
+    cover = float(np.mean(has & (lo <= true) & (true <= hi)))
+    width = float(np.median((hi - lo)[has] / cycle[has])) if np.any(has) else math.nan
+    return cover, width
 
 
 #: Cut positions (fractions of the cycle) of the forecast-by-position table.
@@ -668,6 +996,33 @@ def oracle_threshold_forecast(
     }
 
 
+def hindsight_period_forecast(labels: dict[str, list[int]]) -> dict[str, Any]:
+    """Last event plus the run's median period over all its cycles (a diagnostic).
+
+    At each half-cycle cut of :func:`forecast_cuts`: ``a + median(all periods of the
+    run)``, the later cycles included (known only in hindsight), moved to the step after
+    the cut when it has passed. The periods of real runs scatter from cycle to cycle;
+    this score bounds what any forecast that places the event one typical period after
+    the last one can reach, whatever it learns from the history.
+    """
+    errs = []
+    for truth in labels.values():
+        if len(truth) < 3:
+            continue
+        median = float(np.median(np.diff(truth)))
+        for k in range(1, len(truth) - 1):
+            a, b = truth[k], truth[k + 1]
+            step = max(a + median, (a + b) // 2 + 1.0)
+            errs.append((step - b) / (b - a))
+    arr = np.abs(np.array(errs, dtype=float))
+    return {
+        "n_cuts": int(arr.size),
+        "within_15pct": int(np.count_nonzero(arr <= 0.15)),
+        "fraction": float(np.mean(arr <= 0.15)) if arr.size else math.nan,
+        "median_abs_error": float(np.median(arr)) if arr.size else math.nan,
+    }
+
+
 def _lag1(v: np.ndarray, min_values: int = 6) -> float:
     """:func:`siflow.forecast.lag1_autocorrelation`; NaN for fewer than ``min_values``
     values."""
@@ -684,8 +1039,15 @@ def threshold_spread(trajs: dict[str, Trajectory], labels: dict[str, list[int]])
     ``beta = 1`` of the loss proxy of :mod:`siflow.forecast`) and their lag-1
     autocorrelations (:func:`_lag1`: negative when a high threshold tends to follow a
     low one), and the slope of ``ln S`` on ``ln L`` within the decay phases of the runs
-    that log ``S``.
+    that log ``S``; for those runs also, over the middle half of each cycle (a quarter
+    to three quarters of the way between two labelled events), the median of ``elr S``
+    as a fraction of the stability threshold ``2(1 + mu - lr wd)``
+    (:func:`siflow.theory.stability_threshold_elr` at ``S = 1``) and the speed at which
+    ``ln S`` falls over the speed at which ``ln elr`` rises (least-squares slopes on the
+    step).
     """
+    from siflow.theory import stability_threshold_elr
+
     rows_out = []
     for name, truth in labels.items():
         tr = trajs.get(name)
@@ -703,7 +1065,7 @@ def threshold_spread(trajs: dict[str, Trajectory], labels: dict[str, list[int]])
                 "lag1_ln_elr_loss": _lag1(ln_elr + ln_l),
             }
         )
-    slopes = []
+    slopes, mid_cycle, speed_ratio = [], [], []
     for name, truth in labels.items():
         tr = trajs.get(name)
         if (
@@ -712,6 +1074,17 @@ def threshold_spread(trajs: dict[str, Trajectory], labels: dict[str, list[int]])
             or not np.any(np.isfinite(tr.sharpness_sphere))
         ):
             continue
+        thr = float(stability_threshold_elr(float(tr.lr), float(tr.wd), 1.0, tr.momentum or 0.0))
+        product = float(tr.lr) / tr.rho**2 * tr.sharpness_sphere / thr
+        for a, b in zip(truth[:-1], truth[1:], strict=True):
+            mid = (tr.step >= a + 0.25 * (b - a)) & (tr.step <= a + 0.75 * (b - a))
+            mid &= np.isfinite(product)
+            if np.count_nonzero(mid) >= 5:
+                mid_cycle.append(float(np.median(product[mid])))
+                t = tr.step[mid].astype(np.float64)
+                rise = np.polyfit(t, np.log(float(tr.lr) / tr.rho[mid] ** 2), 1)[0]
+                fall = -np.polyfit(t, np.log(tr.sharpness_sphere[mid]), 1)[0]
+                speed_ratio.append(float(fall / rise))
         rows = np.searchsorted(tr.step, truth)
         for a, b in zip(rows[:-1], rows[1:], strict=True):
             peak = a + int(np.argmax(tr.rho[a:b]))
@@ -732,11 +1105,31 @@ def threshold_spread(trajs: dict[str, Trajectory], labels: dict[str, list[int]])
         "median_sd_ln_elr": float(np.median([r["sd_ln_elr"] for r in rows_out])),
         "median_sd_ln_elr_loss": float(np.median([r["sd_ln_elr_loss"] for r in rows_out])),
         "sharpness_loss_slopes": slopes,
+        "mid_cycle_elr_s": mid_cycle,
+        "mid_cycle_s_fall_over_elr_rise": speed_ratio,
     }
 
 
 def _pct(x: float) -> str:
     return f"{100 * x:+.0f}%" if math.isfinite(x) else "n/a"
+
+
+def _mid_cycle_sentence(values: Sequence[float], ratios: Sequence[float]) -> str:
+    """The edge-of-stability sentence of the forecast section."""
+    if not values:
+        return "No run of these logs records the sphere sharpness."
+    q = np.quantile(values, [0.25, 0.5, 0.75])
+    r = np.quantile(ratios, [0.25, 0.5, 0.75])
+    above = sum(v > 1.0 for v in values)
+    return (
+        f"In the runs that log the sphere sharpness S, elr S over the middle half of a cycle "
+        f"(a quarter to three quarters of the way) is already {q[1]:.2f} of the stability "
+        f"threshold 2(1 + mu - lr wd) (median over {len(values)} cycles, quartiles "
+        f"{q[0]:.2f}-{q[2]:.2f}; above it in {above}), and there ln S falls "
+        f"{r[1]:.2f} times as fast as ln elr rises (quartiles {r[0]:.2f}-{r[2]:.2f}): the "
+        f"product hovers below the threshold instead of rising to it, so the sharpness gives "
+        f"no crossing to extrapolate half-way through a cycle."
+    )
 
 
 def _score_cells(score: dict[str, Any]) -> str:
@@ -792,7 +1185,9 @@ def write_markdown(res: dict[str, Any], command: str) -> str:
         f"Logs cut half-way through each cycle after the second labelled event: "
         f"{fc['within_15pct']}/{fc['n_cuts']} = {100 * fc['fraction']:.0f}% of the cuts within "
         f"15% of the cycle length of the true event (median error "
-        f"{100 * fc['median_abs_error']:.0f}% of a cycle).",
+        f"{100 * fc['median_abs_error']:.0f}% of a cycle). The forecast's interval holds "
+        f"the true event in {100 * fc['interval_coverage']:.0f}% of the cuts; its median "
+        f"width is {fc['interval_median_width']:.2f} of a cycle.",
         "",
         "| forecast | cuts within 15% | median abs error |",
         "|---|---|---|",
@@ -806,6 +1201,8 @@ def write_markdown(res: dict[str, Any], command: str) -> str:
         f"| (diagnostic) ln elr extrapolated to its true value at the coming event | "
         f"{orc['within_15pct']}/{orc['n_cuts']} ({100 * orc['fraction']:.0f}%) | "
         f"{100 * orc['median_abs_error']:.0f}% |",
+        f"| (diagnostic) last event + the run's median period over all its cycles, known "
+        f"in hindsight | {_score_cells(res['hindsight'])} |",
         "",
         "The same score with the log cut at other points of each cycle (the forecast should "
         "sharpen as the event comes closer; a forecast that has passed is moved to the step "
@@ -830,6 +1227,8 @@ def write_markdown(res: dict[str, Any], command: str) -> str:
         f"{thr['median_lag1_ln_elr']:+.2f} over the runs with 6 or more "
         f"({thr['negative_lag1_ln_elr'][0]} of {thr['negative_lag1_ln_elr'][1]} negative), "
         f"of ln elr + ln L {thr['median_lag1_ln_elr_loss']:+.2f}.",
+        "",
+        _mid_cycle_sentence(thr["mid_cycle_elr_s"], thr["mid_cycle_s_fall_over_elr_rise"]),
         "",
         "| run | cuts | errors (fraction of the cycle) |",
         "|---|---|---|",
@@ -911,6 +1310,7 @@ def cmd_evaluate(args: Any) -> int:
         "forecast": evaluate_forecast(trajs, labels),
         "thresholds": threshold_spread(trajs, labels),
         "oracle": oracle_threshold_forecast(trajs, labels),
+        "hindsight": hindsight_period_forecast({k: v for k, v in labels.items() if k in trajs}),
     }
     res["by_position"] = forecast_by_position(trajs, labels, half=res["forecast"])
     out = ensure_dir(DATA if args.update_data else Path(args.out or ROOT / "runs/labelled"))
@@ -933,6 +1333,36 @@ def cmd_evaluate(args: Any) -> int:
     print(
         f"wrote {out / 'results.md'}, {out / 'results.json'}, {fig_dir / 'forecast_labelled.png'}"
     )
+    return 0
+
+
+def _seed_list(text: str) -> list[int]:
+    try:
+        seeds = sorted({int(v) for v in text.split(",") if v.strip()})
+    except ValueError:
+        raise ValueError(f"--seeds must be comma-separated integers, got {text!r}") from None
+    if not seeds or min(seeds) < 1:
+        raise ValueError(f"--seeds must name seeds >= 1 (seed 0 is the labelled set), got {text!r}")
+    return seeds
+
+
+def cmd_seeds(args: Any) -> int:
+    seeds = _seed_list(args.seeds)
+    logs = ensure_dir(Path(args.logs or ROOT / "runs/labelled/seeds"))
+    # the rescaled-start logs are small and committed (--update-data): tests read them
+    init_logs = ensure_dir(SEEDS_DATA) if args.update_data else logs
+    _train_all(seed_runs(seeds), logs, args.force)
+    _train_all(init_scaled_runs(), init_logs, args.force)
+    _train_all(exact_si_runs(seeds), logs, args.force)
+    res = evaluate_seeds(logs, seeds, init_logs=init_logs)
+    out = SEEDS_DATA if args.update_data else ensure_dir(Path(args.out or ROOT / "runs/labelled"))
+    md = seeds_markdown(res, f"python analysis/labelled_runs.py seeds --seeds {args.seeds}")
+    with atomic_write(out / "seeds.md", "w") as fh:
+        fh.write(md)
+    with atomic_write(out / "seeds.json", "w") as fh:
+        json.dump(res, fh, indent=1, default=float)
+    print(md)
+    print(f"wrote {out / 'seeds.md'}, {out / 'seeds.json'}")
     return 0
 
 
@@ -959,7 +1389,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="write results.md/json to analysis/data/labelled (committed)",
     )
+    p = sub.add_parser(
+        "seeds",
+        help="retrain the cycling GD runs at other seeds (cached) and measure how their "
+        "periods and the transfer errors move with the seed",
+    )
+    p.add_argument("--seeds", default="1,2", help="comma-separated seeds (default 1,2)")
+    p.add_argument("--logs", default=None, help="log directory (default runs/labelled/seeds)")
+    p.add_argument("--out", default=None, help="table directory (default runs/labelled)")
+    p.add_argument("--force", action="store_true", help="retrain even if a log exists")
+    p.add_argument(
+        "--update-data",
+        action="store_true",
+        help="write the tables and the rescaled-start logs to analysis/data/seeds (committed)",
+    )
     args = parser.parse_args(argv)
+    if args.cmd == "seeds":
+        return cmd_seeds(args)
     if args.cmd == "evaluate":
         return cmd_evaluate(args)
     if args.cmd == "train":
