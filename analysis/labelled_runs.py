@@ -1299,6 +1299,73 @@ def draw_forecasts(res: dict[str, Any], trajs: dict[str, Trajectory], path: Path
     plt.close(fig)
 
 
+def draw_seeds(res: dict[str, Any], path: Path) -> None:
+    """Median period against lr*wd for each network at every seed, with the transfer from
+    each calibration seed (:func:`evaluate_seeds`)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    grid = {r.name: r for r in make_runs()}
+    families = list(dict.fromkeys(grid[n].family for n in res["configs"]))
+    fig, axs = plt.subplots(1, len(families), figsize=(3.4 * len(families), 3.6), squeeze=False)
+    seeds = [str(s) for s in res["seeds"]]
+    for ax, family in zip(axs[0], families, strict=True):
+        for name, row in res["configs"].items():
+            run = grid[name]
+            if run.family != family:
+                continue
+            for k, s in enumerate(seeds):
+                v = row["periods"].get(s, row["periods"].get(int(s), math.nan))
+                if math.isfinite(v):
+                    shift = 1.0 + 0.04 * (k - 1)  # seeds side by side
+                    ax.plot(run.lr * run.wd * shift, v, "o", color=f"C{k}", ms=4)
+        cal = f"{family}_gd_lr0.5_wd0.01"
+        for k, s in enumerate(seeds):
+            pred = {
+                (grid[r["target"]].lr * grid[r["target"]].wd, r["predicted"])
+                for r in res["transfer"].get(s, [])
+                if grid[r["target"]].family == family
+            }
+            t0 = res["configs"].get(cal, {}).get("periods", {})
+            t0 = t0.get(s, t0.get(int(s), math.nan)) if t0 else math.nan
+            if pred and math.isfinite(t0):  # from the calibration run to its predictions
+                x, y = zip(*sorted({*pred, (5e-3, t0)}), strict=True)
+                ax.plot(x, y, "-", color=f"C{k}", lw=1, alpha=0.7)
+                ax.plot(x, y, "_", color=f"C{k}", ms=14, mew=1.5)
+        if family == "digits_resnet":
+            for by_seed in res.get("exact_si_resnet", {}).values():
+                vals = [v for v in by_seed.values() if math.isfinite(v)]
+                ax.plot([1e-2] * len(vals), vals, "kx", ms=5)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlim(7e-4, 1.4e-2)
+        ax.set_xticks([1e-3, 2.5e-3, 5e-3, 1e-2], ["1e-3", "2.5e-3", "5e-3", "1e-2"])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_title(family, fontsize=9)
+        ax.set_xlabel("lr * wd")
+        ax.grid(alpha=0.3, which="both")
+    axs[0, 0].set_ylabel("median period (steps)")
+    handles = [
+        plt.Line2D([], [], marker="o", ls="-", color=f"C{k}", label=f"seed {s}")
+        for k, s in enumerate(seeds)
+    ]
+    if res.get("exact_si_resnet"):
+        handles.append(plt.Line2D([], [], marker="x", ls="", color="k", label="BN eps 1e-30"))
+    axs[0, -1].legend(handles=handles, fontsize=7)
+    fig.suptitle(
+        "GD median periods at three seeds (dots); bars and lines: the transfer calibrated "
+        "on lr=0.5, wd=0.01 (lr*wd 5e-3) of that seed",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    with atomic_write(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=90)
+    plt.close(fig)
+
+
 def cmd_evaluate(args: Any) -> int:
     trajs = load_logs(Path(args.logs))
     labels = load_labels()
@@ -1361,8 +1428,12 @@ def cmd_seeds(args: Any) -> int:
         fh.write(md)
     with atomic_write(out / "seeds.json", "w") as fh:
         json.dump(res, fh, indent=1, default=float)
+    fig_dir = ROOT / "figures" if args.update_figures else out
+    if fig_dir == SEEDS_DATA:  # the committed data folder holds logs and tables only
+        fig_dir = ensure_dir(Path(args.out or ROOT / "runs/labelled"))
+    draw_seeds(res, fig_dir / "period_seeds.png")
     print(md)
-    print(f"wrote {out / 'seeds.md'}, {out / 'seeds.json'}")
+    print(f"wrote {out / 'seeds.md'}, {out / 'seeds.json'}, {fig_dir / 'period_seeds.png'}")
     return 0
 
 
@@ -1402,6 +1473,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--update-data",
         action="store_true",
         help="write the tables and the rescaled-start logs to analysis/data/seeds (committed)",
+    )
+    p.add_argument(
+        "--update-figures",
+        action="store_true",
+        help="write the figure to figures/period_seeds.png (committed)",
     )
     args = parser.parse_args(argv)
     if args.cmd == "seeds":

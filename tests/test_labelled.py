@@ -407,3 +407,13 @@ def test_rescaled_start_follows_its_twin_exactly_only_without_bn_eps(tmp_path, b
         assert gap > 3e-4
     else:
         assert gap < 1e-5
+
+
+def test_seed_figure_from_the_committed_tables(tmp_path):
+    mod = _script()
+    res = json.loads((ROOT / "analysis" / "data" / "seeds" / "seeds.json").read_text())
+    assert res["floor"]["n_pairs"] == 92
+    path = tmp_path / "period_seeds.png"
+    mod.draw_seeds(res, path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["period_seeds.png"]
