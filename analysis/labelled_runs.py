@@ -591,9 +591,11 @@ def evaluate_prediction(
                 "predicted": pred.period,
                 "error": pred.period / measured - 1.0,
                 "push_calibration": pred.details["push_calibration"],
+                "jump": median_jump(trajs[name], truth),
+                "jump_calibration": median_jump(cal, labels.get(cal_name, [])),
             }
         )
-    summary = {}
+    summary: dict[str, Any] = {}
     for kind in ("GD", "SGD", "momentum"):
         errs = np.array([abs(r["error"]) for r in rows if r["kind"] == kind])
         if errs.size:
@@ -602,7 +604,36 @@ def evaluate_prediction(
                 "median_abs": float(np.median(errs)),
                 "worst_abs": float(np.max(errs)),
             }
-    return {"runs": rows, "summary": summary}
+    err = np.log([r["predicted"] / r["measured"] for r in rows])
+    ratio = np.log([r["jump_calibration"] / r["jump"] for r in rows])
+    ok = np.isfinite(err) & np.isfinite(ratio)
+    jumps = {
+        "n": int(np.count_nonzero(ok)),
+        "correlation": float(np.corrcoef(ratio[ok], err[ok])[0, 1]) if ok.sum() > 2 else math.nan,
+        "slope": float(np.polyfit(ratio[ok], err[ok], 1)[0]) if ok.sum() > 2 else math.nan,
+    }
+    return {"runs": rows, "summary": summary, "jumps": jumps}
+
+
+def median_jump(traj: Trajectory, events: Sequence[int]) -> float:
+    """Median rise of ``ln rho`` per labelled event: ``ln(max rho over the cycle / rho
+    one row before the event)``, over the cycles after the first (the first is the
+    transient; all of them with fewer than two); NaN with fewer than two events.
+
+    In the stationary cycle the norm falls between events by what it jumps, so with the
+    decay speed held a period scales with its jump (``docs/theory.md``, "Transfer of the
+    period").
+    """
+    if traj.rho is None or len(events) < 2:
+        return math.nan
+    rows = np.searchsorted(traj.step, events)
+    jumps = np.array(
+        [
+            np.log(np.max(traj.rho[a:b]) / traj.rho[max(a - 1, 0)])
+            for a, b in zip(rows[:-1], rows[1:], strict=True)
+        ]
+    )
+    return float(np.median(jumps[1:] if jumps.size > 1 else jumps))
 
 
 def _base_name(name: str) -> str:
@@ -1165,20 +1196,29 @@ def write_markdown(res: dict[str, Any], command: str) -> str:
         "T measured: median of the labelled periods (n of them, scatter = their coefficient "
         "of variation within the run).",
         "",
-        "| run | kind | lr*wd | T measured (labels) | n | scatter | T predicted | error |",
-        "|---|---|---|---|---|---|---|---|",
+        "| run | kind | lr*wd | T measured (labels) | n | scatter | T predicted | error "
+        "| ln rho jump (run / calibration) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in pred["runs"]:
         lines.append(
             f"| {r['run']} | {r['kind']} | {r['lrwd']:.3g} | {r['measured']:.0f} | "
-            f"{r['n_periods']} | {r['period_cv']:.2f} | {r['predicted']:.0f} | {_pct(r['error'])} |"
+            f"{r['n_periods']} | {r['period_cv']:.2f} | {r['predicted']:.0f} | {_pct(r['error'])} "
+            f"| {r['jump']:.2f} / {r['jump_calibration']:.2f} |"
         )
     lines += ["", "| kind | runs | median abs error | worst abs error |", "|---|---|---|---|"]
     for kind, s in pred["summary"].items():
         lines.append(
             f"| {kind} | {s['n']} | {100 * s['median_abs']:.0f}% | {100 * s['worst_abs']:.0f}% |"
         )
+    jp = pred["jumps"]
     lines += [
+        "",
+        f"The errors follow the norm jump per event, which the transfer takes from the "
+        f"calibration run: over the {jp['n']} runs, ln(T predicted / T measured) against "
+        f"ln(calibration jump / run jump) has correlation {jp['correlation']:.2f} and slope "
+        f"{jp['slope']:.2f} (ln rho jump: median over the labelled cycles after the first of "
+        f"ln(largest rho of the cycle / rho before its event)).",
         "",
         "## Forecast of the next destabilization (`siflow.forecast.forecast_next_event`)",
         "",

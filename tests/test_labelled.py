@@ -417,3 +417,31 @@ def test_seed_figure_from_the_committed_tables(tmp_path):
     mod.draw_seeds(res, path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in tmp_path.iterdir()] == ["period_seeds.png"]
+
+
+def test_median_jump_by_hand():
+    mod = _script()
+    rho = np.array([4.0, 2.0, 1.0, 3.0, 2.0, 1.0, 5.0, 2.0, 1.0, 1.0])
+    traj = Trajectory(step=np.arange(10) * 10, rho=rho)
+    # events at steps 30, 60, 90: cycles [30, 60) and [60, 90); the first is left out
+    assert mod.median_jump(traj, [30, 60, 90]) == pytest.approx(np.log(5.0 / 1.0), rel=1e-12)
+    # two events: the one cycle, max rho 3 over rho 1 before the event
+    assert mod.median_jump(traj, [30, 60]) == pytest.approx(np.log(3.0), rel=1e-12)
+    assert np.isnan(mod.median_jump(traj, [30]))
+
+
+def test_transfer_errors_follow_the_norm_jump(labelled):
+    # the transfer holds the calibration's fall of ln rho per cycle; runs whose norm jumps
+    # differently per event (SGD noise, momentum) are missed by as much
+    mod, trajs, labels = labelled
+    pred = mod.evaluate_prediction(trajs, labels)
+    assert pred["jumps"]["n"] >= 25
+    assert pred["jumps"]["correlation"] > 0.8
+    row = next(r for r in pred["runs"] if r["run"] == "digits_convnet_sgdmom_lr0.1_wd0.01")
+    tr, steps = trajs[row["run"]], labels[row["run"]]
+    rows = np.searchsorted(tr.step, steps)
+    by_hand = [
+        np.log(tr.rho[a:b].max() / tr.rho[a - 1]) for a, b in zip(rows[:-1], rows[1:], strict=True)
+    ]
+    assert row["jump"] == pytest.approx(np.median(by_hand[1:]), rel=1e-12)
+    assert row["jump"] > 2.0 * row["jump_calibration"]
