@@ -642,6 +642,11 @@ def _base_name(name: str) -> str:
     return head if sep and tail.isdigit() else name
 
 
+def _median_period(events: Any) -> float:
+    """Median period of detected events, NaN with fewer than three events."""
+    return float(np.median(events.periods)) if len(events) >= 3 else math.nan
+
+
 def evaluate_seeds(
     logs: Path, seeds: Sequence[int], init_logs: Path | None = None
 ) -> dict[str, Any]:
@@ -666,42 +671,93 @@ def evaluate_seeds(
       the configuration its start makes it equivalent to.
     """
     from siflow.periods import find_events
-    from siflow.predict import transfer_period
 
-    labels = load_labels()
     all_seeds = [0, *[int(s) for s in seeds]]
-    runs = {r.name: r for r in seed_runs(seeds)}
-    base = {r.name: r for r in make_runs()}
-    trajs: dict[tuple[str, int], Trajectory] = {}
-    for name in sorted({_base_name(n) for n in runs}, key=list(base).index):
-        for s in all_seeds:
-            path = DATA / f"{name}.npz" if s == 0 else logs / f"{name}_seed{s}.npz"
-            if path.is_file():
-                trajs[(name, s)] = Trajectory.load(path)
+    trajs = _seed_logs(logs, seeds)
     events = {key: find_events(t) for key, t in trajs.items()}
-    configs: dict[str, Any] = {}
-    for (name, s), ev in events.items():
-        row = configs.setdefault(name, {"periods": {}, "n": {}})
-        row["periods"][s] = float(np.median(ev.periods)) if len(ev) >= 3 else math.nan
-        row["n"][s] = int(len(ev.periods))
-        if s == 0 and len(labels.get(name, [])) >= 3:
-            row["labelled"] = float(np.median(np.diff(labels[name])))
+    configs = _seed_periods(events)
     floor = []
     for row in configs.values():
         t = {s: v for s, v in row["periods"].items() if math.isfinite(v)}
         row["spread"] = max(t.values()) / min(t.values()) - 1.0 if len(t) >= 2 else math.nan
         floor += [t[a] / t[b] - 1.0 for a in t for b in t if a != b]
+    transfer = _transfer_by_calibration_seed(trajs, events, configs)
+    summary = {
+        s: {
+            "n": len(rows),
+            "median_abs": float(np.median([abs(r["error"]) for r in rows])),
+            "worst_abs": float(max(abs(r["error"]) for r in rows)),
+        }
+        for s, rows in sorted(transfer.items())
+    }
+    exact: dict[str, dict[int, float]] = {}
+    for run in exact_si_runs(seeds):
+        path = logs / f"{run.name}.npz"
+        if path.is_file():
+            period = _median_period(find_events(Trajectory.load(path)))
+            exact.setdefault(f"lr{run.lr:g}_wd{run.wd:g}", {})[run.seed] = period
+    floor_abs = np.abs(np.asarray(floor))
+    return {
+        "exact_si_resnet": exact,
+        "init_scaled": _init_scaled_rows(init_logs or logs, configs),
+        "seeds": all_seeds,
+        "configs": configs,
+        "floor": {
+            "n_pairs": int(floor_abs.size),
+            "median_abs": float(np.median(floor_abs)) if floor_abs.size else math.nan,
+            "worst_abs": float(np.max(floor_abs)) if floor_abs.size else math.nan,
+        },
+        "transfer": {str(s): rows for s, rows in transfer.items()},
+        "transfer_summary": {str(s): v for s, v in summary.items()},
+    }
+
+
+def _seed_logs(logs: Path, seeds: Sequence[int]) -> dict[tuple[str, int], Trajectory]:
+    """``(configuration, seed) -> log``: seed 0 from the labelled set, the others from
+    ``logs`` (those present)."""
+    grid = list({r.name: r for r in make_runs()})
+    names = sorted({_base_name(r.name) for r in seed_runs(seeds)}, key=grid.index)
+    trajs = {}
+    for name in names:
+        for s in (0, *seeds):
+            path = DATA / f"{name}.npz" if s == 0 else logs / f"{name}_seed{s}.npz"
+            if path.is_file():
+                trajs[(name, int(s))] = Trajectory.load(path)
+    return trajs
+
+
+def _seed_periods(events: dict[tuple[str, int], Any]) -> dict[str, Any]:
+    """Per configuration: the median period and event count at each seed, and seed 0's
+    labelled median period."""
+    labels = load_labels()
+    configs: dict[str, Any] = {}
+    for (name, s), ev in events.items():
+        row = configs.setdefault(name, {"periods": {}, "n": {}})
+        row["periods"][s] = _median_period(ev)
+        row["n"][s] = int(len(ev.periods))
+        if s == 0 and len(labels.get(name, [])) >= 3:
+            row["labelled"] = float(np.median(np.diff(labels[name])))
+    return configs
+
+
+def _transfer_by_calibration_seed(
+    trajs: dict[tuple[str, int], Trajectory],
+    events: dict[tuple[str, int], Any],
+    configs: dict[str, Any],
+) -> dict[int, list[dict[str, Any]]]:
+    """:func:`siflow.predict.transfer_period` from each seed's lr=0.5, wd=0.01 run to
+    every other configuration of its network at every seed."""
+    from siflow.predict import transfer_period
+
+    grid = {r.name: r for r in make_runs()}
     transfer: dict[int, list[dict[str, Any]]] = {}
     for (name, s), cal in trajs.items():
         if not name.endswith("_gd_lr0.5_wd0.01") or len(events[(name, s)]) < 3:
             continue
-        family = base[name].family
-        for (target, ts), _ in trajs.items():
-            run = base[target]
-            if run.family != family or target == name:
-                continue
+        for target, ts in trajs:
+            run = grid[target]
             measured = configs[target]["periods"][ts]
-            if not math.isfinite(measured):
+            if run.family != grid[name].family or target == name or not math.isfinite(measured):
                 continue
             pred = transfer_period(cal, run.lr, run.wd, run.momentum, events=events[(name, s)])
             transfer.setdefault(s, []).append(
@@ -713,61 +769,40 @@ def evaluate_seeds(
                     "error": pred.period / measured - 1.0,
                 }
             )
-    summary = {
-        s: {
-            "n": len(rows),
-            "median_abs": float(np.median([abs(r["error"]) for r in rows])),
-            "worst_abs": float(max(abs(r["error"]) for r in rows)),
-        }
-        for s, rows in sorted(transfer.items())
-    }
-    init = []
+    return transfer
+
+
+def _init_scaled_rows(logs: Path, configs: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each run of :func:`init_scaled_runs` present in ``logs``: its median period, and
+    those of its own configuration and of the twin its start makes it equivalent to."""
+    from siflow.periods import find_events
+
+    grid = {r.name: r for r in make_runs()}
+    rows = []
     for run in init_scaled_runs():
-        path = (init_logs or logs) / f"{run.name}.npz"
+        path = logs / f"{run.name}.npz"
         if not path.is_file():
             continue
-        ev = find_events(Trajectory.load(path))
         start = run.name.rpartition("_init")[0]
-        twin = next(  # the configuration this start makes it equivalent to
+        twin = next(  # the other configuration of the same network at the same lr*wd
             r.name
-            for r in make_runs()
-            if r.family == base[start].family
+            for r in grid.values()
+            if r.family == grid[start].family
             and math.isclose(r.lr * r.wd, run.lr * run.wd)
             and r.lr != run.lr
             and r.optimizer == "gd"
             and not r.sharpness_every
         )
-        init.append(
+        rows.append(
             {
                 "run": run.name,
-                "period": float(np.median(ev.periods)) if len(ev) >= 3 else math.nan,
+                "period": _median_period(find_events(Trajectory.load(path))),
                 "own": configs[start]["periods"],
                 "twin": twin,
                 "twin_periods": configs[twin]["periods"],
             }
         )
-    exact = {}
-    for run in exact_si_runs(seeds):
-        path = logs / f"{run.name}.npz"
-        if path.is_file():
-            ev = find_events(Trajectory.load(path))
-            config = f"lr{run.lr:g}_wd{run.wd:g}"
-            period = float(np.median(ev.periods)) if len(ev) >= 3 else math.nan
-            exact.setdefault(config, {})[run.seed] = period
-    floor_abs = np.abs(np.asarray(floor))
-    return {
-        "exact_si_resnet": exact,
-        "init_scaled": init,
-        "seeds": all_seeds,
-        "configs": configs,
-        "floor": {
-            "n_pairs": int(floor_abs.size),
-            "median_abs": float(np.median(floor_abs)) if floor_abs.size else math.nan,
-            "worst_abs": float(np.max(floor_abs)) if floor_abs.size else math.nan,
-        },
-        "transfer": {str(s): rows for s, rows in transfer.items()},
-        "transfer_summary": {str(s): v for s, v in summary.items()},
-    }
+    return rows
 
 
 def seeds_markdown(res: dict[str, Any], command: str) -> str:
