@@ -805,6 +805,12 @@ def _init_scaled_rows(logs: Path, configs: dict[str, Any]) -> list[dict[str, Any
     return rows
 
 
+def _at_seed(by_seed: dict[Any, float], seed: Any) -> float:
+    """``by_seed[seed]`` whether its keys are ints (as evaluated) or strings (as read back
+    from JSON); NaN when absent."""
+    return by_seed.get(int(seed), by_seed.get(str(seed), math.nan))
+
+
 def seeds_markdown(res: dict[str, Any], command: str) -> str:
     """The tables of :func:`evaluate_seeds`."""
     seeds = res["seeds"]
@@ -823,7 +829,7 @@ def seeds_markdown(res: dict[str, Any], command: str) -> str:
     for name, row in res["configs"].items():
         cells = []
         for s in seeds:
-            v = row["periods"].get(s, row["periods"].get(str(s), math.nan))
+            v = _at_seed(row["periods"], s)
             text = "n/a" if not math.isfinite(v) else f"{v:.0f}"
             if s == 0 and "labelled" in row:
                 text += f" ({row['labelled']:.0f})"
@@ -882,7 +888,7 @@ def seeds_markdown(res: dict[str, Any], command: str) -> str:
             "|---|" + "---|" * len(seeds),
         ]
         for config, by_seed in res["exact_si_resnet"].items():
-            cells = [by_seed.get(s, by_seed.get(str(s), math.nan)) for s in seeds]
+            cells = [_at_seed(by_seed, s) for s in seeds]
             text = ["n/a" if not math.isfinite(v) else f"{v:.0f}" for v in cells]
             lines.append(f"| {config} | " + " | ".join(text) + " |")
     return "\n".join(lines) + "\n"
@@ -933,6 +939,19 @@ FORECAST_VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
+def _cut_score(errors: Sequence[float]) -> dict[str, Any]:
+    """Score of forecasts at cuts from their errors in cycles (NaN: no forecast): cuts,
+    cuts within 15% of the cycle, their fraction, the median absolute error."""
+    arr = np.array(errors, dtype=float)
+    ok = np.isfinite(arr) & (np.abs(arr) <= 0.15)
+    return {
+        "n_cuts": int(arr.size),
+        "within_15pct": int(np.count_nonzero(ok)),
+        "fraction": float(np.mean(ok)) if arr.size else math.nan,
+        "median_abs_error": float(np.nanmedian(np.abs(arr))) if arr.size else math.nan,
+    }
+
+
 def evaluate_forecast(
     trajs: dict[str, Trajectory],
     labels: dict[str, list[int]],
@@ -953,22 +972,18 @@ def evaluate_forecast(
             cuts = forecast_cuts(trajs[name], truth, position=position, **kwargs)
             per_run[name] = cuts
             errs += [c["error_cycles"] for c in cuts]
-    arr = np.array(errs, dtype=float)
-    ok = np.isfinite(arr) & (np.abs(arr) <= 0.15)
     cover, width = _interval_scores([c for cuts in per_run.values() for c in cuts])
+    score = _cut_score(errs)
     return {
         "runs": per_run,
         "interval_coverage": cover,
         "interval_median_width": width,
-        "n_cuts": int(arr.size),
-        "within_15pct": int(np.count_nonzero(ok)),
-        "fraction": float(np.mean(ok)) if arr.size else math.nan,
-        "median_abs_error": float(np.nanmedian(np.abs(arr))) if arr.size else math.nan,
+        **score,
         "variants": {
             label: {
                 k: v
                 for k, v in evaluate_forecast(trajs, labels, variants=False, **kw).items()
-                if k in ("within_15pct", "n_cuts", "fraction", "median_abs_error")
+                if k in score
             }
             for label, kw in (FORECAST_VARIANTS.items() if variants else ())
         },
@@ -1052,14 +1067,7 @@ def oracle_threshold_forecast(
                     step = tr.step[last] + max(target - icept, 0.0) / slope
                     err = (step - b) / (b - a)
             errs.append(err)
-    arr = np.array(errs, dtype=float)
-    ok = np.isfinite(arr) & (np.abs(arr) <= 0.15)
-    return {
-        "n_cuts": int(arr.size),
-        "within_15pct": int(np.count_nonzero(ok)),
-        "fraction": float(np.mean(ok)) if arr.size else math.nan,
-        "median_abs_error": float(np.nanmedian(np.abs(arr))) if arr.size else math.nan,
-    }
+    return _cut_score(errs)
 
 
 def hindsight_period_forecast(labels: dict[str, list[int]]) -> dict[str, Any]:
@@ -1080,13 +1088,7 @@ def hindsight_period_forecast(labels: dict[str, list[int]]) -> dict[str, Any]:
             a, b = truth[k], truth[k + 1]
             step = max(a + median, (a + b) // 2 + 1.0)
             errs.append((step - b) / (b - a))
-    arr = np.abs(np.array(errs, dtype=float))
-    return {
-        "n_cuts": int(arr.size),
-        "within_15pct": int(np.count_nonzero(arr <= 0.15)),
-        "fraction": float(np.mean(arr <= 0.15)) if arr.size else math.nan,
-        "median_abs_error": float(np.median(arr)) if arr.size else math.nan,
-    }
+    return _cut_score(errs)
 
 
 def _lag1(v: np.ndarray, min_values: int = 6) -> float:
@@ -1393,7 +1395,7 @@ def draw_seeds(res: dict[str, Any], path: Path) -> None:
             if run.family != family:
                 continue
             for k, s in enumerate(seeds):
-                v = row["periods"].get(s, row["periods"].get(int(s), math.nan))
+                v = _at_seed(row["periods"], s)
                 if math.isfinite(v):
                     shift = 1.0 + 0.04 * (k - 1)  # seeds side by side
                     ax.plot(run.lr * run.wd * shift, v, "o", color=f"C{k}", ms=4)
@@ -1404,8 +1406,7 @@ def draw_seeds(res: dict[str, Any], path: Path) -> None:
                 for r in res["transfer"].get(s, [])
                 if grid[r["target"]].family == family
             }
-            t0 = res["configs"].get(cal, {}).get("periods", {})
-            t0 = t0.get(s, t0.get(int(s), math.nan)) if t0 else math.nan
+            t0 = _at_seed(res["configs"][cal]["periods"], s) if cal in res["configs"] else math.nan
             if pred and math.isfinite(t0):  # from the calibration run to its predictions
                 x, y = zip(*sorted({*pred, (5e-3, t0)}), strict=True)
                 ax.plot(x, y, "-", color=f"C{k}", lw=1, alpha=0.7)
@@ -1503,9 +1504,12 @@ def cmd_seeds(args: Any) -> int:
         fh.write(md)
     with atomic_write(out / "seeds.json", "w") as fh:
         json.dump(res, fh, indent=1, default=float)
-    fig_dir = ROOT / "figures" if args.update_figures else out
-    if fig_dir == SEEDS_DATA:  # the committed data folder holds logs and tables only
-        fig_dir = ensure_dir(Path(args.out or ROOT / "runs/labelled"))
+    # the committed data folder holds logs and tables only: the figure goes to runs/
+    fig_dir = (
+        ROOT / "figures"
+        if args.update_figures
+        else ensure_dir(Path(args.out or ROOT / "runs/labelled"))
+    )
     draw_seeds(res, fig_dir / "period_seeds.png")
     print(md)
     print(f"wrote {out / 'seeds.md'}, {out / 'seeds.json'}, {fig_dir / 'period_seeds.png'}")

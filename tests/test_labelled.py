@@ -329,13 +329,10 @@ def test_rescaled_start_is_the_twin_run_until_the_cycles_diverge(labelled):
     mod, trajs, labels = labelled
     seeds_data = ROOT / "analysis" / "data" / "seeds"
     pairs = 0
+    other = {"lr1_wd0.01": "lr0.5_wd0.02", "lr0.5_wd0.02": "lr1_wd0.01"}
     for run in mod.init_scaled_runs():
-        twin_name = (
-            run.name.rpartition("_init")[0]
-            .replace("lr1_wd0.01", "TWIN")
-            .replace("lr0.5_wd0.02", "lr1_wd0.01")
-            .replace("TWIN", "lr0.5_wd0.02")
-        )
+        family, _, config = run.name.rpartition("_init")[0].partition("_gd_")
+        twin_name = f"{family}_gd_{other[config]}"
         rescaled, twin = Trajectory.load(seeds_data / f"{run.name}.npz"), trajs[twin_name]
         assert rescaled.rho[0] / twin.rho[0] == pytest.approx(run.init_scale, rel=1e-6)
         assert rescaled.loss[0] == pytest.approx(twin.loss[0], rel=1e-3)
