@@ -119,6 +119,9 @@ _DETECTOR_HELP = {
     "min_loss_spike": "smallest ln(loss peak / decay-phase band) that confirms a rise",
     "fitted_fraction": "drop rises before the network has fitted the data (0: off)",
     "quiet_rise_factor": "a fast rise without a spike counts at this many swing thresholds",
+    "loud_spike": "a large, very fast rise counts with a loss peak this far (ln) over its band "
+    "(0: off)",
+    "loud_rise_speed": "a rise this many times faster than the decay is very fast",
     "spike_noise_k": "the loss peak stands this many loss-noise levels above its band",
     "sharpness": "sphere sharpness S at the minimum, for the threshold tests below",
     "min_threshold_fraction": "with S: drop rises below this fraction of the threshold ELR",

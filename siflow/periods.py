@@ -688,6 +688,8 @@ def find_events(
     min_loss_spike: float = math.log(2.0),
     fitted_fraction: float = 0.5,
     quiet_rise_factor: float = 5.0,
+    loud_spike: float = math.log(1.5),
+    loud_rise_speed: float = 8.0,
     spike_noise_k: float = 4.0,
     sharpness: float | None = None,
     min_threshold_fraction: float = 0.1,
@@ -765,6 +767,16 @@ def find_events(
         show its spike: fewer than 3 loss rows up to half the rise (sparse logging), or
         no spike anywhere in the log (an uninformative loss). A destabilization comes
         with its spike.
+    loud_spike, loud_rise_speed : float
+        A rise of at least ``quiet_rise_factor * h`` whose first half is at least
+        ``loud_rise_speed`` times faster than the log's median decay speed also counts
+        when its loss peak stands at least ``loud_spike`` (``ln(peak / band)``) over the
+        band of the decay phase, even if less than ``min_loss_spike`` or within
+        ``spike_noise_k`` noise levels: a noisy minibatch loss hides the spike of a clear
+        norm jump in its fluctuations, and a full-batch loss near its floor may rise by
+        less than 2x. The norm then carries the evidence: larger and twice as fast as
+        a rise needs to be otherwise (the momentum-smoothed wanderings of a noise-held
+        norm rise at 2-5 times the decay speed). ``loud_spike = 0`` turns this off.
     spike_noise_k : float
         The loss peak must also stand this many noise levels of ``ln loss`` (robust
         standard deviation from its second differences over the band) above the median
@@ -811,6 +823,8 @@ def find_events(
     min_loss_spike = nonnegative_number("min_loss_spike", min_loss_spike)
     fitted_fraction = nonnegative_number("fitted_fraction", fitted_fraction)
     quiet_rise_factor = nonnegative_number("quiet_rise_factor", quiet_rise_factor)
+    loud_spike = nonnegative_number("loud_spike", loud_spike)
+    loud_rise_speed = nonnegative_number("loud_rise_speed", loud_rise_speed)
     spike_noise_k = nonnegative_number("spike_noise_k", spike_noise_k)
     min_threshold_fraction = nonnegative_number("min_threshold_fraction", min_threshold_fraction)
     threshold_confirms = nonnegative_number("threshold_confirms", threshold_confirms)
@@ -875,9 +889,9 @@ def find_events(
         fall_rows = max(c.onset - c.fall_start, 4)
         before_row = rows_l[max(c.onset - max(fall_rows // 4, 3), 0)]
         phase_row = rows_l[min(c.fall_start + fall_rows // 2, c.onset)]
-        base = top = spike = math.nan
+        base = top = band = spike = math.nan
         if loss is not None and loss.ok:
-            base, top, _band, spike = loss.spike(on_row, pk_row, before_row, phase_row)
+            base, top, band, spike = loss.spike(on_row, pk_row, before_row, phase_row)
         spiked = (math.isfinite(spike) and spike >= spike_h) or at_threshold.get(id(c), False)
         if name == "loss":
             fast = True
@@ -899,6 +913,14 @@ def find_events(
             seen = loss.rows_between(on_row, half)
             fast = xs[c.peak] - xs[c.onset] >= quiet_rise_factor * h
             quiet = seen >= 3
+            if (
+                fast
+                and quiet
+                and loud_spike > 0
+                and top - band >= loud_spike
+                and 0.5 * (xs[c.peak] - xs[c.onset]) / t_half >= loud_rise_speed * v_fall
+            ):
+                quiet = False  # a large, very fast rise whose loss does rise over its band
         if fast or spiked:
             measured.append((c, base, top, spike, spiked, quiet))
     # secondary bursts: a loss peak far below the log's typical spike
