@@ -360,6 +360,39 @@ def test_neural_mechanics_momentum_run_keeps_no_gradient(tmp_path):
     assert any("momentum run" in n for n in t.meta["notes"])
 
 
+def test_neural_mechanics_sgd_names_are_siflow_optimizers(tmp_path):
+    # their load.optimizer: "custom_sgd" and "sgd" are SGD with the decay in the gradient;
+    # momentum and nesterov come from the settings. Other names are kept as written.
+    import shutil
+
+    from siflow.forecast import forecast_next_event
+
+    hp0 = json.loads((NM / "hyperparameters.json").read_text())
+    assert hp0["optimizer"] == "custom_sgd" and hp0["momentum"] == 0.0
+    t = sio.read(NM)
+    assert t.meta["optimizer"] == "sgd"
+    assert t.meta["optimizer_source"] == "hyperparameters.json optimizer='custom_sgd'"
+    forecast_next_event(t)  # an SGD log: no refusal (no event yet to forecast from)
+    cases = [
+        ({"momentum": 0.9, "nesterov": True}, "nesterov"),
+        ({"momentum": 0.9}, "sgd"),
+        ({"optimizer": "sgd"}, "sgd"),
+        ({"optimizer": "adam"}, "adam"),
+        ({"optimizer": "momentum"}, "momentum"),
+        ({"decouple_wd": True}, "custom_sgd"),
+        ({"dampening": 0.5}, "custom_sgd"),
+    ]
+    for i, (change, expected) in enumerate(cases):
+        run = tmp_path / f"run{i}"
+        shutil.copytree(NM, run)
+        (run / "hyperparameters.json").write_text(json.dumps({**hp0, **change}))
+        meta = sio.read(run).meta
+        assert meta["optimizer"] == expected, change
+        assert ("optimizer_source" in meta) == (expected in ("sgd", "nesterov")), change
+    with pytest.raises(ValueError, match="names optimizer 'adam'"):
+        forecast_next_event(sio.read(tmp_path / "run3"))
+
+
 def test_neural_mechanics_lr_drops_are_noted(tmp_path):
     import shutil
 

@@ -396,6 +396,7 @@ def read_neural_mechanics(
     steps, table, meta = _table(files, hp)
     if hp:
         meta.update({k: hp[k] for k in _META_KEYS if k in hp and hp[k] is not None})
+        meta.update(_optimizer_meta(hp))
         _note_lr_drops(hp, meta)
     si = meta["si_tensors"]
     use_sum = group is None or group.strip().lower() == "sum"
@@ -437,6 +438,29 @@ def _hyperparameters(path: Path) -> dict[str, Any]:
                 f"value as a JSON number (no quotes)"
             )
     return hp
+
+
+def _optimizer_meta(hp: Mapping[str, Any]) -> dict[str, Any]:
+    """``meta["optimizer"]`` for their optimizer names that are SGD with coupled weight decay.
+
+    Their ``load.optimizer`` maps ``custom_sgd`` (their SGD that saves its buffers) and
+    ``sgd`` (``torch.optim.SGD``) to SGD with L2 weight decay in the gradient, momentum and
+    Nesterov from the settings: siflow's ``sgd`` (heavy ball when ``momentum`` is set) or
+    ``nesterov``. Other names (``momentum``, whose momentum depends on their version;
+    ``adam``, ``rms``), decoupled decay (``decouple_wd``) or dampening stay as written.
+    """
+    name = hp.get("optimizer")
+    if not isinstance(name, str) or name.strip().lower() not in ("custom_sgd", "sgd"):
+        return {}
+    if hp.get("decouple_wd") or (_number(hp, "dampening", 0.0) or 0.0) != 0.0:
+        return {}
+    mom = _number(hp, "momentum", 0.0)
+    if mom is None:
+        return {}
+    return {
+        "optimizer": "nesterov" if hp.get("nesterov") is True and mom > 0 else "sgd",
+        "optimizer_source": f"hyperparameters.json optimizer={name.strip()!r}",
+    }
 
 
 def _note_lr_drops(hp: Mapping[str, Any], meta: dict[str, Any]) -> None:
