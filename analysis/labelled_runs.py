@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from siflow._cli import ArgumentParser, run_main
-from siflow._fileio import atomic_write, ensure_dir, require
+from siflow._fileio import atomic_write, ensure_dir, json_ready, require
 from siflow.trajectory import Trajectory
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -992,15 +992,17 @@ def evaluate_forecast(
 
 def _interval_scores(cuts: Sequence[dict[str, Any]]) -> tuple[float, float]:
     """``(coverage, median width)`` of the forecast intervals of ``cuts``: the fraction
-    whose ``interval`` holds the true event (a missing interval holds nothing), and the
-    median of its width in cycles over the cuts that have one."""
+    whose ``interval`` holds the true event (a missing interval holds nothing; an open one,
+    ``(lo, inf)`` for a cycle already longer than its latest bound, holds every later
+    step), and the median of its width in cycles over the cuts that have one (an open
+    interval's is infinite)."""
     if not cuts:
         return math.nan, math.nan
     lo = np.array([c["interval"][0] for c in cuts], dtype=float)
     hi = np.array([c["interval"][1] for c in cuts], dtype=float)
     true = np.array([c["true"] for c in cuts], dtype=float)
     cycle = np.array([c["cycle"] for c in cuts], dtype=float)
-    has = np.isfinite(lo) & np.isfinite(hi)
+    has = np.isfinite(lo) & ~np.isnan(hi)
     cover = float(np.mean(has & (lo <= true) & (true <= hi)))
     width = float(np.median((hi - lo)[has] / cycle[has])) if np.any(has) else math.nan
     return cover, width
@@ -1355,6 +1357,7 @@ def draw_forecasts(res: dict[str, Any], trajs: dict[str, Trajectory], path: Path
         a2.axvline(c["true"], color="k", lw=0.8, ls="--")
         y = float(np.log(traj.rho[np.searchsorted(traj.step, c["cut"])]))
         lo, hi = c["interval"]
+        hi = min(hi, float(traj.step[-1]))  # an open interval is drawn to the log's end
         a2.plot([c["cut"], c["forecast"]], [y, y], "-", color="C3", lw=0.8)
         a2.errorbar(
             c["forecast"],
@@ -1462,7 +1465,7 @@ def cmd_evaluate(args: Any) -> int:
     with atomic_write(out / "results.md", "w") as fh:
         fh.write(md)
     with atomic_write(out / "results.json", "w") as fh:
-        json.dump(res, fh, indent=1, default=float)
+        json.dump(json_ready(res), fh, indent=1, allow_nan=False)
     # the committed data folder holds logs, labels and tables only: with --update-data the
     # figure goes to runs/labelled (or figures/ with --update-figures)
     if args.update_figures:

@@ -7,6 +7,7 @@ import errno
 import hashlib
 import importlib
 import itertools
+import math
 import os
 import re
 import signal
@@ -24,6 +25,7 @@ __all__ = [
     "atomic_path",
     "claim_folder",
     "ensure_dir",
+    "json_ready",
     "remove_stale_temporaries",
     "require",
     "signals_deferred",
@@ -372,3 +374,18 @@ def require(module: str, extra: str, pip_name: str | None = None) -> ModuleType:
         raise ImportError(
             f"{module} is needed for this feature but is not installed; run: pip install {hint}"
         ) from None
+
+
+def json_ready(value: Any) -> Any:
+    """``value`` as strict JSON takes it: dicts and sequences walked, numpy arrays and
+    scalars as Python lists and numbers, NaN and infinities as ``None`` (``null``), so
+    ``json.dumps(..., allow_nan=False)`` succeeds and any JSON parser reads the file."""
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        return json_ready(value.tolist())  # numpy arrays and scalars
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

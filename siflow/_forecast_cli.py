@@ -225,8 +225,11 @@ def _forecast(args: Any) -> int:
     if fc.method == "none":
         print(f"no forecast: {fc.details.get('note', '')}")
     else:
+        upper = "no upper bound" if hi == math.inf else _fmt(hi)
         print(
             f"next destabilization at step {_fmt(fc.next_event_step)} "
-            f"(interval {_fmt(lo)}..{_fmt(hi)}; method: {fc.method})"
+            f"(interval {_fmt(lo)}..{upper}; method: {fc.method})"
         )
+        if "overdue" in fc.details:
+            print(f"note: {fc.details['overdue']}")
     return 0

@@ -54,7 +54,7 @@ from siflow._cli import (
     terminated,
     translate_params,
 )
-from siflow._fileio import atomic_write, claim_folder, ensure_dir
+from siflow._fileio import atomic_write, claim_folder, ensure_dir, json_ready
 from siflow._validate import check_steps
 
 PROG = "python -m siflow.simulate"
@@ -443,20 +443,6 @@ def threshold_for_run(
 
 
 # --------------------------------------------------------------------------- summary
-def _clean(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {k: _clean(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_clean(x) for x in v]
-    if isinstance(v, np.ndarray):
-        return _clean(v.tolist())
-    if isinstance(v, (np.floating, np.integer)):
-        return _clean(v.item())
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
-
-
 def _ratio(m: Any, p: Any) -> str:
     if m is None or p is None or not p:
         return ""
@@ -688,7 +674,7 @@ def _report(traj: Any, args: Any, toy: Any, betas: tuple[float, float], out: Pat
         summary["figure"] = str(fig_path)
     elif fig_path.is_file():
         fig_path.unlink()  # an earlier run's figure: not of this trajectory
-    summary = _clean(summary)
+    summary = json_ready(summary)
     with atomic_write(out / "summary.json") as fh:
         json.dump(summary, fh, sort_keys=True, indent=1)
     if args.json:

@@ -85,7 +85,10 @@ class Forecast:
         single earlier threshold (one event so far) there is no spread to take:
         the estimate plus and minus ``ln 2 / (2 r)`` steps, ``r`` the free-decay rate
         ``-ln decay_factor(lr, wd, mu)`` per step, the steps in which the free decay
-        moves the effective LR by a factor 2 (``details["interval"]`` says so).
+        moves the effective LR by a factor 2 (``details["interval"]`` says so). Both
+        are moved to after the last logged step; when the latest bound has passed too
+        (the cycle is already longer than every estimate), there is no upper bound:
+        ``inf`` (``None`` in :meth:`to_dict`), and ``details["overdue"]`` says so.
     last_step : int
         Last logged step (the forecast is made from there).
     method : str
@@ -94,7 +97,8 @@ class Forecast:
     n_events : int
         Destabilizations seen so far.
     details : dict
-        Threshold, decay speed, norm at the last row.
+        Threshold, decay speed, norm at the last row; ``period_estimate``, the period the
+        history gives for the coming cycle (steps from the last event).
     """
 
     next_event_step: float
@@ -424,7 +428,7 @@ def forecast_next_event(
     details: dict[str, Any] = {
         "threshold_kind": {"sharpness": "elr*S", "loss": "elr*L^beta", "elr": "elr"}[kind],
         "loss_exponent": beta,
-        "period_estimate": period_guess,
+        "period_estimate": period_guess - float(events.steps[-1]) if n >= 2 else math.nan,
         "free_decay_rate": rate,
         "lr": lr_now,
         "wd": wd_now,
@@ -433,9 +437,10 @@ def forecast_next_event(
     def by_period(reason: str) -> Forecast:
         if not math.isfinite(period_guess):
             return _none(traj, n, f"{reason}, and no period is known yet")
-        step = max(period_guess, last_step + 1.0)
-        lo, hi = max(period_lo, last_step + 1.0), max(period_hi, last_step + 1.0)
-        return Forecast(step, (lo, hi), last_step, "period", n, {**details, "note": reason})
+        return _after_cut(
+            Forecast(period_guess, (period_lo, period_hi), last_step, "period", n, details),
+            reason,
+        )
 
     if y_k.size == 0:
         return by_period("no finite threshold at the earlier events")
@@ -499,9 +504,31 @@ def forecast_next_event(
         step = blend * step + (1.0 - blend) * period_guess
         lo, hi = min(lo, period_lo), max(hi, period_hi)
         method = "blend"
-    step = max(step, last_step + 1.0)
-    lo, hi = max(lo, last_step + 1.0), max(hi, last_step + 1.0)
-    return Forecast(step, (lo, hi), last_step, method, n, details)
+    return _after_cut(Forecast(step, (lo, hi), last_step, method, n, details))
+
+
+def _after_cut(fc: Forecast, note: str | None = None) -> Forecast:
+    """The forecast moved to after the last logged step: an estimate that has passed
+    becomes the next step, and so does an earliest bound. A latest bound that has passed
+    too (the cycle is already longer than the extrapolation to the highest earlier
+    threshold and than every earlier cycle) leaves no upper bound: ``inf``, with a note.
+    """
+    after = fc.last_step + 1.0
+    lo, hi = fc.next_event_interval
+    details = dict(fc.details)
+    if note is not None:
+        details["note"] = note
+    if hi < after:
+        hi = math.inf
+        details["overdue"] = (
+            "the cycle is already longer than the forecast's latest bound: no upper bound"
+        )
+    return replace(
+        fc,
+        next_event_step=max(fc.next_event_step, after),
+        next_event_interval=(max(lo, after), hi),
+        details=details,
+    )
 
 
 def next_in_sequence(values: ArrayLike, how: str = "median", min_values: int = 5) -> float:
@@ -560,7 +587,8 @@ class RecorderForecast:
     ``step_count`` and ``trajectory()``): after every ``every``-th optimizer step it runs
     :func:`forecast_next_event` on the log so far and keeps the estimate;
     :meth:`trajectory` returns the recorder's log with the columns ``next_event_step``,
-    ``next_event_lo`` and ``next_event_hi`` (NaN on the other rows). Register it after
+    ``next_event_lo`` and ``next_event_hi`` (NaN on the other rows; ``inf`` in
+    ``next_event_hi`` for an overdue cycle, see :class:`Forecast`). Register it after
     the recorder so that the row of the current step exists.
 
     The hook never raises into ``optimizer.step()``: a forecast that is not possible on

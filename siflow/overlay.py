@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from siflow import theory
+from siflow._fileio import json_ready
 from siflow._validate import (
     beta_number,
     check_lr_wd,
@@ -260,7 +261,7 @@ class OverlayResult:
                 out["groups"] = [asdict(g) for g in self.groups]
             elif f.name not in ("events", "curves"):
                 out[f.name] = getattr(self, f.name)
-        return {k: _clean(v) for k, v in out.items()}
+        return {k: json_ready(v) for k, v in out.items()}
 
     def to_dict(self) -> dict[str, Any]:
         """Same as :meth:`as_flat_dict`."""
@@ -269,18 +270,6 @@ class OverlayResult:
     def to_json(self) -> str:
         """:meth:`as_flat_dict` as strict JSON (sorted keys)."""
         return json.dumps(self.as_flat_dict(), sort_keys=True, allow_nan=False)
-
-
-def _clean(v: Any) -> Any:
-    if isinstance(v, (np.floating, np.integer)):
-        v = v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, list):
-        return [_clean(x) for x in v]
-    if isinstance(v, dict):
-        return {k: _clean(x) for k, x in v.items()}
-    return v
 
 
 def _f(x: Any) -> float | None:

@@ -244,3 +244,28 @@ def test_a_failed_write_leaves_no_temporary_and_the_old_file(tmp_path):
 def test_a_directory_target_is_refused(tmp_path):
     with pytest.raises(IsADirectoryError, match="directory"), atomic_path(tmp_path):
         pass
+
+
+def test_json_ready_gives_strict_json():
+    import json
+    import math
+
+    import numpy as np
+
+    from siflow._fileio import json_ready
+
+    value = {
+        "a": np.float32(1.5),
+        "b": [np.int64(3), math.nan, (math.inf, -math.inf)],
+        "c": np.array([[1.0, np.nan], [2.0, 3.0]]),
+        "d": {"e": "text", "f": None, "g": True},
+    }
+    out = json_ready(value)
+    assert out == {
+        "a": 1.5,
+        "b": [3, None, [None, None]],
+        "c": [[1.0, None], [2.0, 3.0]],
+        "d": {"e": "text", "f": None, "g": True},
+    }
+    assert type(out["a"]) is float and type(out["b"][0]) is int
+    assert json.loads(json.dumps(out, allow_nan=False)) == out

@@ -729,3 +729,35 @@ def test_cli_prints_and_returns_the_note_of_a_tensorboard_record_cut_short(tmp_p
     assert "record cut short" in note and note.endswith("left out")
     text = subprocess.run(cmd, capture_output=True, text=True, check=False).stdout
     assert f"note: {note}" in text.splitlines()
+
+
+def test_overdue_cycle_has_no_upper_bound(tmp_path):
+    # the sixth jump of the exact cycle does not come: the norm keeps decaying past the
+    # earlier thresholds and past the longest period. The forecast is the next step, and
+    # the interval has no upper bound (it was [last + 1, last + 1]: a certainty)
+    traj, ev = jump_map(n=1200)
+    periods = np.diff(ev[:5])
+    x = traj.meta["wd"]
+    rho = traj.rho.copy()
+    t = np.arange(ev[5], len(rho))
+    rho[t] = rho[ev[5]] * (1 - x) ** (t - ev[5])  # free decay, no jump
+    late = Trajectory(step=traj.step, rho=rho, loss=np.full(len(rho), 1e-3), meta=traj.meta)
+    last = int(ev[5] + 100)  # the event was due at ev[5]; the longest cycle ended there
+    fc = forecast_next_event(late[: last + 1])
+    assert fc.n_events == 5
+    assert fc.next_event_step == last + 1
+    assert fc.next_event_interval == (last + 1, math.inf)
+    assert "no upper bound" in fc.details["overdue"]
+    assert fc.details["period_estimate"] == pytest.approx(np.median(periods))
+    assert fc.to_dict()["next_event_interval"] == [last + 1, None]
+    # before the bounds have passed, the interval closes
+    early = int(ev[5] - 20)
+    fc = forecast_next_event(late[: early + 1])
+    assert early < fc.next_event_interval[1] < math.inf and "overdue" not in fc.details
+    path = tmp_path / "log.npz"
+    late[: last + 1].save(path)
+    out = subprocess.run(
+        [sys.executable, "-m", "siflow.forecast", str(path)], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert f"interval {last + 1}..no upper bound" in out.stdout

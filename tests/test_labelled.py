@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -237,6 +238,16 @@ def test_periods_of_real_runs_scatter_too_much_for_a_period_forecast(labelled):
     assert res["fraction"] < 0.5
 
 
+def test_committed_results_are_strict_json():
+    # no NaN or Infinity tokens: any JSON parser reads the file (undefined values are null)
+    def refuse(token):
+        raise ValueError(f"non-standard JSON constant {token}")
+
+    text = (ROOT / "analysis" / "data" / "labelled" / "results.json").read_text()
+    res = json.loads(text, parse_constant=refuse)
+    assert res["forecast"]["n_cuts"] >= 500
+
+
 def test_interval_scores_by_hand():
     mod = _script()
     cuts = [
@@ -248,6 +259,15 @@ def test_interval_scores_by_hand():
     cover, width = mod._interval_scores(cuts)
     assert cover == 0.5
     assert width == pytest.approx(0.4)
+    # an open interval (a cycle already longer than its latest bound) holds what is later
+    # than its earliest bound; its width is infinite
+    cuts += [
+        {"interval": [95.0, math.inf], "true": 100, "cycle": 100},  # holds
+        {"interval": [105.0, math.inf], "true": 100, "cycle": 100},  # misses
+    ]
+    cover, width = mod._interval_scores(cuts)
+    assert cover == pytest.approx(3 / 6)
+    assert width == pytest.approx(2.0)  # median of 0.4, 0.4, 2, inf, inf
 
 
 def test_sharpness_hovers_below_the_threshold_mid_cycle(labelled):
