@@ -559,12 +559,45 @@ def _kind(run: Run) -> str:
     return "GD" if run.batch == 0 else "SGD"
 
 
+def labelled_events(traj: Trajectory, steps: Sequence[int]) -> Any:
+    """The labelled events of ``traj`` as :class:`siflow.periods.Events`: each at the row
+    of its step, its peak the largest ``rho`` of its cycle (up to the next event), so
+    that :func:`siflow.predict.transfer_period` can calibrate on the labels instead of
+    the detector's events."""
+    from siflow.periods import Events
+
+    assert traj.rho is not None
+    idx = np.searchsorted(traj.step, np.asarray(steps, dtype=np.int64))
+    ends = [*idx[1:], len(traj)]
+    peak = np.array([a + int(np.argmax(traj.rho[a:b])) for a, b in zip(idx, ends, strict=True)])
+    return Events(
+        steps=traj.step[idx].astype(np.int64),
+        index=idx.astype(np.int64),
+        periods=np.diff(traj.step[idx]).astype(np.float64),
+        rho_before=traj.rho[idx],
+        rho_after=traj.rho[peak],
+        peak_index=peak.astype(np.int64),
+        peak_steps=traj.step[peak].astype(np.int64),
+        signal="rho",
+    )
+
+
 def evaluate_prediction(
-    trajs: dict[str, Trajectory], labels: dict[str, list[int]]
+    trajs: dict[str, Trajectory],
+    labels: dict[str, list[int]],
+    calibrate_on: str = "detector",
 ) -> dict[str, Any]:
-    """Calibrate on one GD run per (data, network), predict the median period of the others."""
+    """Calibrate on one GD run per (data, network), predict the median period of the others.
+
+    ``calibrate_on``: the calibration run's events from the detector
+    (:func:`siflow.periods.find_events`, as a user would have them) or its ``"labels"``
+    (:func:`labelled_events`: what the transfer gives with a perfect detector).
+    """
     from siflow.periods import find_events
     from siflow.predict import transfer_period
+
+    if calibrate_on not in ("detector", "labels"):
+        raise ValueError(f"calibrate_on must be 'detector' or 'labels', got {calibrate_on!r}")
 
     runs = {r.name: r for r in make_runs()}
     rows = []
@@ -576,7 +609,12 @@ def evaluate_prediction(
         if len(truth) < 3:
             continue
         cal = trajs[cal_name]
-        pred = transfer_period(cal, run.lr, run.wd, run.momentum, events=find_events(cal))
+        events = (
+            find_events(cal)
+            if calibrate_on == "detector"
+            else labelled_events(cal, labels[cal_name])
+        )
+        pred = transfer_period(cal, run.lr, run.wd, run.momentum, events=events)
         measured = float(np.median(np.diff(truth)))
         periods = np.diff(truth).astype(float)
         rows.append(
@@ -1259,6 +1297,14 @@ def write_markdown(res: dict[str, Any], command: str) -> str:
         f"{jp['slope']:.2f} (ln rho jump: median over the labelled cycles after the first of "
         f"ln(largest rho of the cycle / rho before its event)).",
         "",
+        "Calibrated on the labelled events of the calibration runs instead of the detector's "
+        "(a perfect detector): "
+        + ", ".join(
+            f"{kind} {100 * s['median_abs']:.0f}% median, {100 * s['worst_abs']:.0f}% worst"
+            for kind, s in res["prediction_on_labels"].items()
+        )
+        + ".",
+        "",
         "## Forecast of the next destabilization (`siflow.forecast.forecast_next_event`)",
         "",
         f"Logs cut half-way through each cycle after the second labelled event: "
@@ -1453,6 +1499,7 @@ def cmd_evaluate(args: Any) -> int:
     res = {
         "detector": evaluate_detector(trajs, labels),
         "prediction": evaluate_prediction(trajs, labels),
+        "prediction_on_labels": evaluate_prediction(trajs, labels, "labels")["summary"],
         "forecast": evaluate_forecast(trajs, labels),
         "thresholds": threshold_spread(trajs, labels),
         "oracle": oracle_threshold_forecast(trajs, labels),

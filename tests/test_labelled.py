@@ -157,6 +157,39 @@ def test_period_prediction_bounds(prediction, kind, median_bound, worst_bound):
         assert s["worst_abs"] <= worst_bound
 
 
+def test_labelled_events_by_hand():
+    mod = _script()
+    rho = np.array([4.0, 2.0, 1.0, 3.0, 2.0, 1.0, 5.0, 2.0, 1.0, 1.0])
+    traj = Trajectory(step=np.arange(10) * 10, rho=rho)
+    ev = mod.labelled_events(traj, [20, 50])
+    np.testing.assert_array_equal(ev.index, [2, 5])
+    np.testing.assert_array_equal(ev.periods, [30.0])
+    np.testing.assert_array_equal(ev.peak_index, [3, 6])  # largest rho up to the next event
+    np.testing.assert_array_equal(ev.rho_after / ev.rho_before, [3.0, 5.0])
+
+
+def test_calibration_on_the_labels_uses_the_labelled_periods(labelled):
+    # the residual network's calibration run: the detector counts three high-loss bursts
+    # as events (median period 244 steps); its labels give 329. Calibrated on the labels,
+    # every prediction from that run scales by the ratio of the calibrated periods, up to
+    # the decay speed measured between the events
+    from siflow.periods import find_events
+    from siflow.predict import transfer_period
+
+    mod, trajs, labels = labelled
+    cal_name = "digits_resnet_gd_lr0.5_wd0.01"
+    cal, truth = trajs[cal_name], labels[cal_name]
+    on_labels = transfer_period(cal, 1.0, 0.01, events=mod.labelled_events(cal, truth))
+    detected = transfer_period(cal, 1.0, 0.01, events=find_events(cal))
+    assert on_labels.details["calibration_period"] == np.median(np.diff(truth))
+    assert detected.details["calibration_period"] < 0.8 * np.median(np.diff(truth))
+    rows = mod.evaluate_prediction(trajs, labels, "labels")["runs"]
+    row = next(r for r in rows if r["run"] == "digits_resnet_gd_lr1_wd0.01")
+    assert row["predicted"] == pytest.approx(on_labels.period, rel=1e-12)
+    with pytest.raises(ValueError, match="calibrate_on"):
+        mod.evaluate_prediction(trajs, labels, "oracle")
+
+
 @pytest.mark.xfail(FORECAST_MISSES, strict=True, reason="forecast misses the 80% bound")
 def test_forecast_within_15pct_of_the_cycle_in_80pct_of_cuts(labelled):
     mod, trajs, labels = labelled
