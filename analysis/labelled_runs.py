@@ -497,35 +497,9 @@ def cmd_plot(args: Any) -> int:
 
 
 # ---------------------------------------------------------------------- evaluation
-def _tolerance(labels: list[int], traj: Trajectory) -> float:
-    """Steps within which a detected event matches a labelled one."""
-    gap = float(np.median(np.diff(traj.step))) if len(traj) > 1 else 1.0
-    per = float(np.median(np.diff(labels))) if len(labels) > 1 else math.inf
-    return max(3.0 * gap, min(0.05 * per, 20.0 * gap))
-
-
-def match_events(found: Sequence[int], truth: Sequence[int], tol: float) -> tuple[int, int, int]:
-    """Greedy one-to-one matching in step order: ``(true positives, false pos., misses)``."""
-    used: set[int] = set()
-    tp = 0
-    for f in found:
-        best = None
-        for j, t in enumerate(truth):
-            if (
-                j not in used
-                and abs(f - t) <= tol
-                and (best is None or abs(f - t) < abs(f - truth[best]))
-            ):
-                best = j
-        if best is not None:
-            used.add(best)
-            tp += 1
-    return tp, len(found) - tp, len(truth) - tp
-
-
 def evaluate_detector(trajs: dict[str, Trajectory], labels: dict[str, list[int]]) -> dict[str, Any]:
     """Recall and precision of :func:`siflow.periods.find_events` against the labels."""
-    from siflow.periods import find_events
+    from siflow.periods import find_events, match_events, match_tolerance
 
     rows = []
     tp = fp = fn = 0
@@ -534,7 +508,7 @@ def evaluate_detector(trajs: dict[str, Trajectory], labels: dict[str, list[int]]
         if name not in trajs:
             continue
         traj = trajs[name]
-        tol = _tolerance(truth, traj)
+        tol = match_tolerance(truth, traj.step)
         found = [
             f
             for f in find_events(traj).steps.tolist()

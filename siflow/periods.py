@@ -58,6 +58,8 @@ from siflow.trajectory import Trajectory
 __all__ = [
     "Events",
     "find_events",
+    "match_events",
+    "match_tolerance",
     "measure_decay_rate",
     "stationary_part",
     "classify",
@@ -957,6 +959,52 @@ def find_events(
         kept.append((c, base, top, spike))
 
     return _events_from(traj, rows, kept, lr_row, rate, loss, name, h)
+
+
+def match_tolerance(truth: ArrayLike, step: ArrayLike) -> float:
+    """Steps within which a found event matches a labelled one: 5 % of the median labelled
+    period, at least 3 and at most 20 logging intervals (the median step gap of the log).
+
+    Parameters
+    ----------
+    truth : array_like
+        Labelled event steps.
+    step : array_like
+        The log's step column.
+    """
+    steps = as_float_array("step", step)
+    labels = as_float_array("truth", truth)
+    gap = float(np.median(np.diff(steps))) if steps.size > 1 else 1.0
+    per = float(np.median(np.diff(labels))) if labels.size > 1 else math.inf
+    return max(3.0 * gap, min(0.05 * per, 20.0 * gap))
+
+
+def match_events(found: ArrayLike, truth: ArrayLike, tol: float) -> tuple[int, int, int]:
+    """Score found events against labelled ones: ``(true positives, false positives,
+    misses)``.
+
+    Greedy one-to-one matching in the order of ``found``: each found step takes the
+    nearest unused labelled step within ``tol`` steps (:func:`match_tolerance`).
+    Recall is ``tp / (tp + misses)``, precision ``tp / (tp + false positives)``.
+    """
+    tol = nonnegative_number("tol", tol)
+    labels = as_float_array("truth", truth).tolist()
+    used: set[int] = set()
+    tp = 0
+    found_l = as_float_array("found", found).tolist()
+    for f in found_l:
+        best = None
+        for j, t in enumerate(labels):
+            if (
+                j not in used
+                and abs(f - t) <= tol
+                and (best is None or abs(f - t) < abs(f - labels[best]))
+            ):
+                best = j
+        if best is not None:
+            used.add(best)
+            tp += 1
+    return tp, len(found_l) - tp, len(labels) - tp
 
 
 def _beyond_schedule(

@@ -96,6 +96,42 @@ def test_heldout_runs_train_and_detect(tmp_path):
     _run([script, "train", "--only", "iris_wide_gd", "--out", logs], cwd=tmp_path)
     out = _run([script, "detect", "--logs", logs, "--out", figs], cwd=tmp_path)
     line = next(s for s in out.splitlines() if s.startswith("iris_wide_gd:"))
-    # the run's three large norm jumps (x2 to x3, with loss spikes) are found at least
-    assert int(line.split(":")[1].split()[0]) >= 3
+    # the run's five labelled jumps (25-110 %) are found on a retrained log too (its events
+    # are scored against the labels, which another CPU's rounding may shift)
+    assert int(line.split(":")[1].split()[0]) >= 5
+    assert "iris_wide_gd: " in out and "labelled runs: recall" in out
     assert (figs / "heldout.png").stat().st_size > 10_000
+
+
+def _heldout_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("heldout_runs", ROOT / "analysis/heldout_runs.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_heldout_detector_scores_on_the_committed_logs():
+    # seven runs of kinds the labelled set does not contain (LayerNorm, affine BatchNorm,
+    # AdamW, heavy ball; wine, iris, digits), labelled by eye: the bounds hold
+    import numpy as np
+
+    from siflow.trajectory import Trajectory
+
+    mod = _heldout_script()
+    labels, ambiguous = mod.load_labels()
+    assert len(labels) == 7 and sum(len(v) for v in labels.values()) == 123
+    trajs = {name: Trajectory.load(mod.DATA / f"{name}.npz") for name in labels}
+    res = mod.score(trajs, labels, ambiguous)
+    assert res["recall"] >= 0.95 and res["precision"] >= 0.95
+    # the misses are heavy ball's: the loss spikes (raw, 2.4-4.9x the row before the
+    # onset), the norm then turns up by 11-30 % within 30 rows
+    row = next(r for r in res["runs"] if r["run"] == "iris_lnmlp_gdmom")
+    assert row["fn"] == 4 and row["fp"] == 0
+    t = trajs["iris_lnmlp_gdmom"]
+    for step in (973, 1177, 1447, 2473):
+        i = int(np.searchsorted(t.step, step))
+        assert t.loss[i - 5 : i + 5].max() > 2.0 * t.loss[i - 6]
+        assert 1.10 < t.rho[i : i + 30].max() / t.rho[i] < 1.30

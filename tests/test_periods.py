@@ -651,7 +651,7 @@ def test_noise_held_norm_with_momentum_is_an_equilibrium():
 
 
 # ------------------------------------------------------ large, very fast rises (loud rule)
-HELDOUT = Path(__file__).parent / "data" / "periods" / "heldout"
+HELDOUT = Path(__file__).resolve().parent.parent / "analysis" / "data" / "heldout"
 
 
 def _noisy_loss_log(spike: float, rise_rows: int) -> tuple[Trajectory, list[int]]:
@@ -707,9 +707,10 @@ def _jump(rho: np.ndarray, i: int, rows: int = 15) -> float:
 
 def test_genuine_full_batch_run_whose_loss_rises_under_2x():
     # analysis/heldout_runs.py's iris_wide_gd (one BatchNorm layer of 128 units, full-batch
-    # GD, lr 1, wd 0.01; step, rho and loss kept): the loss oscillates at 0.2-0.3, and five
-    # norm jumps of 25-110 % were labelled by eye. Two of them (steps 559 and 1219) raise
-    # the loss by less than 2x over the decay phase, and only the loud rule finds them.
+    # GD, lr 1, wd 0.01; its committed log keeps step, rho and loss): the loss oscillates
+    # at 0.2-0.3, and five norm jumps of 25-110 % were labelled by eye. Two of them
+    # (steps 559 and 1219) raise the loss by less than 2x over the decay phase, and only
+    # the loud rule finds them.
     traj = Trajectory.load(HELDOUT / "iris_wide_gd.npz")
     labelled = [377, 559, 917, 1219, 1515]
     steps = find_events(traj).steps
@@ -732,3 +733,20 @@ def test_genuine_minibatch_run_whose_largest_jump_has_a_hidden_spike():
     assert _jump(traj.rho, 1986) > 1.35
     assert any(abs(s - 1987) <= 3 for s in find_events(traj).steps)
     assert not any(abs(s - 1987) <= 3 for s in find_events(traj, loud_spike=0).steps)
+
+
+def test_match_tolerance_and_match_events_by_hand():
+    from siflow.periods import match_events, match_tolerance
+
+    step = np.arange(0, 1000, 2)  # logged every 2 steps
+    # median labelled period 200: 5 % is 10 steps, within [3 * 2, 20 * 2]
+    assert match_tolerance([100, 300, 500, 700], step) == 10.0
+    assert match_tolerance([100, 1100], step) == 40.0  # 5 % of 1000 capped at 20 rows
+    assert match_tolerance([100, 110, 120], step) == 6.0  # at least 3 rows
+    assert match_tolerance([100], step) == 40.0  # one label: no period, the cap
+    # 105 takes 100 (nearest), 98 finds 100 used and nothing else within 10: false;
+    # 300 misses, 512 is 12 from 500: false; 700 matches
+    tp, fp, fn = match_events([105, 98, 512, 700], [100, 300, 500, 700], 10.0)
+    assert (tp, fp, fn) == (2, 2, 2)
+    assert match_events([], [1, 2], 5.0) == (0, 0, 2)
+    assert match_events([1, 2], [], 5.0) == (0, 2, 0)
