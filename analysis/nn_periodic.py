@@ -1012,7 +1012,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = ensure_dir(args.out or ("runs/nn_quick" if args.quick else "runs/nn_periodic"))
     # logs: the committed ones for --analyze-only (and --update-data), else the output directory
     logs = committed if (args.analyze_only or args.update_data) and not args.quick else out
-    figures = ensure_dir(args.figures or (ROOT / "figures" if args.update_figures else out))
+    # figures: figures/ with --update-figures; never into the committed data folder (logs
+    # and tables only), so --update-data alone draws them in runs/nn_periodic
+    default_figures = ROOT / "runs" / "nn_periodic" if args.update_data else out
+    figures = ensure_dir(
+        args.figures or (ROOT / "figures" if args.update_figures else default_figures)
+    )
     runs = make_runs(args.quick)
     if args.only:
         wanted = set(args.only.split(","))
