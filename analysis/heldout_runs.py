@@ -217,39 +217,6 @@ def load_labels(
     return raw["events"], raw.get("ambiguous", {})
 
 
-def score(
-    trajs: dict[str, Trajectory],
-    labels: dict[str, list[int]],
-    ambiguous: dict[str, list[int]],
-) -> dict[str, Any]:
-    """Recall and precision of :func:`siflow.periods.find_events` on the labelled runs; a
-    found event near an ambiguous label is neither a hit nor a false event."""
-    from siflow.periods import find_events, match_events, match_tolerance
-
-    rows, tp, fp, fn = [], 0, 0, 0
-    for name, truth in labels.items():
-        if name not in trajs:
-            continue
-        traj = trajs[name]
-        tol = match_tolerance(truth, traj.step)
-        found = [
-            s
-            for s in find_events(traj).steps.tolist()
-            if not any(abs(s - u) <= tol for u in ambiguous.get(name, []))
-        ]
-        a, b, c = match_events(found, truth, tol)
-        tp, fp, fn = tp + a, fp + b, fn + c
-        rows.append({"run": name, "tp": a, "fp": b, "fn": c})
-    return {
-        "runs": rows,
-        "tp": tp,
-        "fp": fp,
-        "fn": fn,
-        "recall": tp / (tp + fn) if tp + fn else math.nan,
-        "precision": tp / (tp + fp) if tp + fp else math.nan,
-    }
-
-
 def cmd_detect(args: Any) -> int:
     from siflow import periods
 
@@ -265,7 +232,7 @@ def cmd_detect(args: Any) -> int:
     if not found:
         raise ValueError(f"no held-out logs in {logs}; run 'train' first")
     labels, ambiguous = load_labels()
-    res = score({k: t for k, (t, _) in found.items()}, labels, ambiguous)
+    res = periods.score_detector({k: t for k, (t, _) in found.items()}, labels, ambiguous)
     if res["runs"]:
         for r in res["runs"]:
             print(f"  {r['run']}: {r['tp']} found, {r['fn']} missed, {r['fp']} false")

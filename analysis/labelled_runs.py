@@ -498,33 +498,11 @@ def cmd_plot(args: Any) -> int:
 
 # ---------------------------------------------------------------------- evaluation
 def evaluate_detector(trajs: dict[str, Trajectory], labels: dict[str, list[int]]) -> dict[str, Any]:
-    """Recall and precision of :func:`siflow.periods.find_events` against the labels."""
-    from siflow.periods import find_events, match_events, match_tolerance
+    """Recall and precision of :func:`siflow.periods.find_events` against the labels
+    (:func:`siflow.periods.score_detector`; the ambiguous labels are not scored)."""
+    from siflow.periods import score_detector
 
-    rows = []
-    tp = fp = fn = 0
-    unsure = load_labels(key="ambiguous")
-    for name, truth in labels.items():
-        if name not in trajs:
-            continue
-        traj = trajs[name]
-        tol = match_tolerance(truth, traj.step)
-        found = [
-            f
-            for f in find_events(traj).steps.tolist()
-            if not any(abs(f - u) <= tol for u in unsure.get(name, []))
-        ]
-        a, b, c = match_events(found, truth, tol)
-        tp, fp, fn = tp + a, fp + b, fn + c
-        rows.append({"run": name, "labelled": truth, "found": found, "tp": a, "fp": b, "fn": c})
-    return {
-        "runs": rows,
-        "tp": tp,
-        "fp": fp,
-        "fn": fn,
-        "recall": tp / (tp + fn) if tp + fn else math.nan,
-        "precision": tp / (tp + fp) if tp + fp else math.nan,
-    }
+    return score_detector(trajs, labels, load_labels(key="ambiguous"))
 
 
 def _kind(run: Run) -> str:

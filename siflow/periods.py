@@ -60,6 +60,7 @@ __all__ = [
     "find_events",
     "match_events",
     "match_tolerance",
+    "score_detector",
     "measure_decay_rate",
     "stationary_part",
     "classify",
@@ -1005,6 +1006,63 @@ def match_events(found: ArrayLike, truth: ArrayLike, tol: float) -> tuple[int, i
             used.add(best)
             tp += 1
     return tp, len(found_l) - tp, len(labels) - tp
+
+
+def score_detector(
+    trajs: dict[str, Trajectory],
+    labels: dict[str, ArrayLike],
+    ambiguous: dict[str, ArrayLike] | None = None,
+    **detector: Any,
+) -> dict[str, Any]:
+    """Recall and precision of :func:`find_events` on labelled runs.
+
+    Each run's found events are matched to its labels (:func:`match_events` within
+    :func:`match_tolerance`); a found event within the tolerance of an ``ambiguous``
+    label is neither a hit nor a false event. Runs without a trajectory are skipped.
+
+    Parameters
+    ----------
+    trajs : dict of str to Trajectory
+        The runs' logs.
+    labels : dict of str to array_like
+        Labelled event steps per run.
+    ambiguous : dict of str to array_like, optional
+        Doubtful event steps per run, not scored.
+    **detector
+        Keyword arguments of :func:`find_events`.
+
+    Returns
+    -------
+    dict
+        ``runs`` (per run: ``run``, ``labelled``, ``found``, ``tp``, ``fp``, ``fn``),
+        the totals ``tp``, ``fp``, ``fn``, and ``recall`` and ``precision`` (NaN when
+        undefined).
+    """
+    ambiguous = ambiguous or {}
+    rows = []
+    tp = fp = fn = 0
+    for name, truth in labels.items():
+        if name not in trajs:
+            continue
+        traj = trajs[name]
+        tol = match_tolerance(truth, traj.step)
+        unsure = as_float_array("ambiguous", ambiguous.get(name, [])).tolist()
+        found = [
+            f
+            for f in find_events(traj, **detector).steps.tolist()
+            if not any(abs(f - u) <= tol for u in unsure)
+        ]
+        a, b, c = match_events(found, truth, tol)
+        tp, fp, fn = tp + a, fp + b, fn + c
+        rows.append({"run": name, "labelled": truth, "found": found, "tp": a, "fp": b, "fn": c})
+    return {
+        "runs": rows,
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "recall": tp / (tp + fn) if tp + fn else math.nan,
+        "precision": tp / (tp + fp) if tp + fp else math.nan,
+    }
 
 
 def _beyond_schedule(

@@ -118,13 +118,14 @@ def test_heldout_detector_scores_on_the_committed_logs():
     # AdamW, heavy ball; wine, iris, digits), labelled by eye: the bounds hold
     import numpy as np
 
+    from siflow.periods import score_detector
     from siflow.trajectory import Trajectory
 
     mod = _heldout_script()
     labels, ambiguous = mod.load_labels()
     assert len(labels) == 7 and sum(len(v) for v in labels.values()) == 123
     trajs = {name: Trajectory.load(mod.DATA / f"{name}.npz") for name in labels}
-    res = mod.score(trajs, labels, ambiguous)
+    res = score_detector(trajs, labels, ambiguous)
     assert res["recall"] >= 0.95 and res["precision"] >= 0.95
     # the misses are heavy ball's: the loss spikes (raw, 2.4-4.9x the row before the
     # onset), the norm then turns up by 11-30 % within 30 rows

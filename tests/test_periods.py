@@ -750,3 +750,23 @@ def test_match_tolerance_and_match_events_by_hand():
     assert (tp, fp, fn) == (2, 2, 2)
     assert match_events([], [1, 2], 5.0) == (0, 0, 2)
     assert match_events([1, 2], [], 5.0) == (0, 2, 0)
+
+
+def test_score_detector_by_hand():
+    from siflow.periods import score_detector
+
+    # find_events on the docstring's sawtooth: events at 999 and 1999
+    t = np.arange(3000)
+    traj = Trajectory(step=t, rho=np.exp(-1e-3 * (t % 1000)))
+    assert find_events(traj).steps.tolist() == [999, 1999]
+    # labels 1000 (hit: tolerance 20 rows here) and 2500 (missed); 1999 near the
+    # ambiguous 2005 is not scored; a run without a log is skipped
+    res = score_detector({"a": traj}, {"a": [1000, 2500], "b": [5]}, {"a": [2005]})
+    assert [(r["run"], r["found"], r["tp"], r["fp"], r["fn"]) for r in res["runs"]] == [
+        ("a", [999], 1, 0, 1)
+    ]
+    assert (res["recall"], res["precision"]) == (0.5, 1.0)
+    # without the ambiguous label 1999 is a false event
+    res = score_detector({"a": traj}, {"a": [1000, 2500]})
+    assert (res["tp"], res["fp"], res["fn"]) == (1, 1, 1)
+    assert math.isnan(score_detector({}, {"a": [1]})["recall"])
