@@ -56,6 +56,10 @@ def test_seed_train_npz_uses_the_si_norm_and_epochs_plus_one():
     np.testing.assert_array_equal(t.step, epochs + 1)
     assert t.meta["time_unit"] == "step" and t.meta["steps_per_epoch"] == 1
     assert t.meta["lr"] == 1.0 and t.meta["wd"] == 0.01
+    # the files name no optimizer; the repository's train.py builds torch.optim.SGD only,
+    # with the momentum of the run name (mom0.0 here)
+    assert t.meta["optimizer"] == "sgd" and "torch.optim.SGD" in t.meta["optimizer_source"]
+    assert t.meta["momentum"] == 0.0
     assert t.meta["groups"] == SI
     assert t.meta["not_si"] == ["linear_layers.2.weight", "linear_layers.2.bias"]
     np.testing.assert_array_equal(t.loss, loss)
@@ -135,6 +139,7 @@ def test_seed_out_table_read_with_blank_test_cells():
     assert te[1] == float(rows[0][4]) and te[300] == float(rows[299][4])
     assert np.all(np.isnan(np.delete(te, [1, 300])))
     assert t.meta["lr"] == 1.0 and t.meta["wd"] == 0.01
+    assert t.meta["optimizer"] == "sgd" and "torch.optim.SGD" in t.meta["optimizer_source"]
 
 
 def test_seed_out_full_batch_loss_sits_where_the_checkpoint_loss_agrees():

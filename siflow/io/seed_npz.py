@@ -386,6 +386,14 @@ def seed_steps_per_epoch(path: Path) -> tuple[int | None, str]:
     return None, f"steps per epoch unknown ({missing} not found); pass steps_per_epoch="
 
 
+#: Where a seed log's optimizer comes from: the files do not name it, the code that
+#: writes them builds one optimizer only.
+SEED_OPTIMIZER_SOURCE = (
+    "the seed repository's train.py, which always builds torch.optim.SGD (heavy ball, "
+    "momentum from the run name's mom<x>)"
+)
+
+
 def _run_meta(p: Path, lr: float | None, wd: float | None) -> dict[str, Any]:
     meta: dict[str, Any] = {}
     for part in reversed(p.resolve().parts[:-1]):
@@ -397,6 +405,8 @@ def _run_meta(p: Path, lr: float | None, wd: float | None) -> dict[str, Any]:
         meta["lr"] = positive_number("lr", lr)
     if wd is not None:
         meta["wd"] = nonnegative_number("wd", wd)
+    meta["optimizer"] = "sgd"
+    meta["optimizer_source"] = SEED_OPTIMIZER_SOURCE
     return meta
 
 
