@@ -44,12 +44,17 @@ def build_parser() -> ArgumentParser:
     p.add_argument("log", help="log file or directory (any format siflow.io.read accepts)")
     p.add_argument("--lr", type=float, help="learning rate (default: the log's metadata)")
     p.add_argument("--wd", type=float, help="weight decay (default: the log's metadata)")
-    p.add_argument("--momentum", type=float, help="heavy-ball momentum (default: metadata, else 0)")
+    p.add_argument(
+        "--momentum",
+        type=float,
+        help="momentum (heavy ball or Nesterov; default: metadata, else 0)",
+    )
     p.add_argument(
         "--optimizer",
         default=None,
-        help="optimizer family: sgd (SGD and heavy ball; the only one supported); default: "
-        "the log's metadata, else sgd (a log of another optimizer is refused)",
+        help="sgd (SGD and heavy ball) or nesterov (PyTorch's nesterov=True), the optimizers "
+        "with a zero-gradient decay law; default: the log's metadata, else sgd, with a note "
+        "(a log of another optimizer is refused)",
     )
     add_log_arguments(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -130,6 +135,9 @@ _DETECTOR_HELP = {
 
 #: Types of the parameters whose default is None.
 _DETECTOR_TYPES: dict[str, type] = {"smooth": int, "sharpness": float}
+
+#: The flag of the forecast's optimizer= parameter, for its notes.
+_OPTIMIZER_FLAG = {"optimizer": "--optimizer"}
 
 #: Parameters of find_events set by the command's own flags, not the detection group.
 _NOT_DETECTOR = ("traj", "lr", "wd", "momentum")
@@ -222,6 +230,8 @@ def _forecast(args: Any) -> int:
     print(f"log: {log}  last step: {fc.last_step}  destabilizations so far: {fc.n_events}")
     for note in notes:
         print(f"note: {note}")
+    if "optimizer_note" in fc.details:
+        print(f"note: {translate_params(fc.details['optimizer_note'], _OPTIMIZER_FLAG)}")
     if fc.method == "none":
         print(f"no forecast: {fc.details.get('note', '')}")
     else:

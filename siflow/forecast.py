@@ -57,7 +57,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from siflow._validate import check_lr_wd, check_positive, check_positive_int, momentum_number
-from siflow.periods import Events, find_events
+from siflow.periods import Events, _nesterov, find_events
 from siflow.theory import check_optimizer, decay_rate, log_effective_lr
 from siflow.trajectory import Trajectory
 
@@ -149,16 +149,48 @@ def _hyper_rows(traj: Trajectory, name: str, value: float | None) -> NDArray[np.
     return np.full(len(traj), fill)
 
 
-def _log_optimizer(traj: Trajectory) -> str:
-    """The optimizer named by the log's metadata (``"sgd"`` when it names none)."""
-    return str(traj.meta.get("optimizer") or "sgd").strip().lower()
+#: The SGD family: the optimizers with a zero-gradient decay law (siflow.theory.decay_rate).
+_SGD_FAMILY = ("sgd", "sgdm", "nesterov")
+
+#: ``details["optimizer_note"]`` of a forecast whose log names no optimizer.
+ASSUMED_SGD_NOTE = (
+    "the log does not name its optimizer: SGD (heavy ball with the log's momentum) is "
+    "assumed; pass optimizer= (nesterov, ...) if another ran"
+)
+
+
+def _resolve_optimizer(traj: Trajectory, optimizer: str | None) -> tuple[str, bool]:
+    """``(name, assumed)``: ``optimizer`` checked, else the log's ``meta["optimizer"]``,
+    else ``"sgd"`` (``assumed`` True); a ValueError for an optimizer without the SGD
+    decay law (AdamW, Lion, ...)."""
+    if optimizer is None:
+        named = str(traj.meta.get("optimizer") or "").strip().lower()
+        if _nesterov(traj):
+            return "nesterov", False
+        if named and named not in _SGD_FAMILY:
+            raise ValueError(
+                f"the log's metadata names optimizer {named!r}: the forecast has only the "
+                f"SGD decay laws (SGD, heavy ball, Nesterov); AdamW, Lion and other "
+                f"optimizers are not supported; pass optimizer=sgd only if the run really "
+                f"used SGD"
+            )
+        return named or "sgd", not named
+    opt = check_optimizer(optimizer)
+    if opt not in _SGD_FAMILY:
+        raise ValueError(
+            f"optimizer={optimizer!r}: the forecast uses the SGD decay laws (heavy-ball or "
+            f"Nesterov momentum allowed); AdamW and Lion are not supported: use it on SGD, "
+            f"heavy-ball or Nesterov runs (optimizer='sgd' or 'nesterov')"
+        )
+    return opt, False
 
 
 def _current_rate(
-    lr_rows: NDArray[np.float64], wd_rows: NDArray[np.float64], mu: float
+    lr_rows: NDArray[np.float64], wd_rows: NDArray[np.float64], mu: float, nesterov: bool
 ) -> tuple[float, float, float]:
     """``(rate, lr, wd)``: the free-decay rate ``-ln decay_factor(lr, wd, mu)`` at the
-    last row with a positive lr and a known wd (``1 - lr wd`` per step without momentum).
+    last row with a positive lr and a known wd (``1 - lr wd`` per step without momentum;
+    Nesterov's factor for ``nesterov``).
 
     A ValueError names the fix when no row has a positive lr or a known wd.
     """
@@ -182,7 +214,7 @@ def _current_rate(
         )
     row = int(np.flatnonzero(ok)[-1])
     lr, wd = float(lr_rows[row]), float(wd_rows[row])
-    return float(decay_rate(*check_lr_wd(lr, wd), mu)), lr, wd
+    return float(decay_rate(*check_lr_wd(lr, wd), mu, nesterov=nesterov)), lr, wd
 
 
 def _last_valid_at(col: NDArray[np.float64], rows: ArrayLike) -> NDArray[np.float64]:
@@ -310,10 +342,11 @@ def forecast_next_event(
         free-decay rate is ``-ln decay_factor(lr_t, wd_t, mu)`` at the last row with a
         positive lr (``-ln(1 - lr_t wd_t)`` without momentum), so a metadata lr taken
         at the start of a warmup does not set it.
-    optimizer : {"sgd", "adamw", "lion"}, optional
+    optimizer : {"sgd", "nesterov"}, optional
         Default: the log's ``meta["optimizer"]`` (PyTorch class names, lower-cased),
-        else ``"sgd"``. Only SGD-family runs (SGD, heavy ball) have the decay law used
-        here; any other optimizer is a ValueError.
+        else ``"sgd"`` (``details["optimizer_note"]`` says it was assumed). Only
+        SGD-family runs (SGD, heavy ball, PyTorch's Nesterov) have the decay law used
+        here; any other optimizer (``"adamw"``, ``"lion"``) is a ValueError.
     events : Events, optional
         Events found before (default: ``find_events(traj, lr=..., wd=..., **detector)``).
     min_fit_rows : int
@@ -354,29 +387,18 @@ def forecast_next_event(
     fit_fraction = _check_unit("fit_fraction", fit_fraction, closed_low=False)
     if history not in ("median", "ar1"):
         raise ValueError(f"history must be 'median' or 'ar1', got {history!r}")
-    if optimizer is None:
-        named = _log_optimizer(traj)
-        if named not in ("sgd", "sgdm"):
-            raise ValueError(
-                f"the log's metadata names optimizer {named!r}: the forecast has only the "
-                f"SGD decay law (SGD, heavy ball); AdamW, Lion and other optimizers are "
-                f"not supported; pass optimizer=sgd only if the run really used SGD"
-            )
-    else:
-        opt = check_optimizer(optimizer)
-        if opt not in ("sgd", "sgdm"):
-            raise ValueError(
-                f"optimizer={optimizer!r}: the forecast uses the SGD decay law "
-                f"(momentum allowed); AdamW and Lion are not supported: use it on SGD or "
-                f"heavy-ball runs (optimizer='sgd')"
-            )
+    opt, assumed = _resolve_optimizer(traj, optimizer)
+    if _nesterov(traj) != (opt == "nesterov"):
+        # the detector reads the optimizer from the log (Nesterov's decay law)
+        traj = replace(traj, meta={**traj.meta, "optimizer": opt, "nesterov": opt == "nesterov"})
+    nesterov = opt == "nesterov"
     # values passed here are checked; the log's own (0 in a warmup) in _current_rate
     lr = traj.lr if lr is None else float(check_positive("lr", lr))
     wd = traj.wd if wd is None else float(check_positive("wd", wd))
     mu = momentum_number(traj.momentum if momentum is None else momentum)
     lr_rows = _hyper_rows(traj, "lr", lr)
     wd_rows = _hyper_rows(traj, "wd", wd)
-    rate, lr_now, wd_now = _current_rate(lr_rows, wd_rows, mu)
+    rate, lr_now, wd_now = _current_rate(lr_rows, wd_rows, mu, nesterov)
     if traj.rho is None:
         if traj.elr is None:
             raise ValueError(
@@ -388,6 +410,41 @@ def forecast_next_event(
     kind = _threshold_kind(traj, threshold, use_sharpness)
     if events is None:
         events = find_events(traj, lr=lr_rows, wd=wd_rows, momentum=mu, **detector)
+    fc = _forecast_from_events(
+        traj,
+        events,
+        kind=kind,
+        lr_rows=lr_rows,
+        rate=rate,
+        lr_now=lr_now,
+        wd_now=wd_now,
+        history=history,
+        blend=blend,
+        fit_fraction=fit_fraction,
+        min_fit_rows=min_fit_rows,
+    )
+    fc.details["optimizer"] = opt
+    if assumed:
+        fc.details["optimizer_note"] = ASSUMED_SGD_NOTE
+    return fc
+
+
+def _forecast_from_events(
+    traj: Trajectory,
+    events: Events,
+    *,
+    kind: str,
+    lr_rows: NDArray[np.float64],
+    rate: float,
+    lr_now: float,
+    wd_now: float,
+    history: str,
+    blend: float,
+    fit_fraction: float,
+    min_fit_rows: int,
+) -> Forecast:
+    """The forecast from the events found so far (:func:`forecast_next_event`, whose
+    checked arguments these are)."""
     n = len(events)
     if n == 0:
         return _none(traj, 0, "no destabilization yet: no threshold to extrapolate to")

@@ -287,9 +287,9 @@ def _finite(a: np.ndarray | None) -> np.ndarray | None:
     return a if a.size else None
 
 
-def _log_decay(lr: float, wd: float, momentum: float) -> float:
+def _log_decay(lr: float, wd: float, momentum: float, nesterov: bool = False) -> float:
     """``ln decay_factor`` (negative): per-step log change of the norm at zero gradient."""
-    return -float(theory.decay_rate(lr, wd, momentum))
+    return -float(theory.decay_rate(lr, wd, momentum, nesterov=nesterov))
 
 
 def predict_period_at(
@@ -299,6 +299,8 @@ def predict_period_at(
     predict_lr: float,
     predict_wd: float,
     momentum: float = 0.0,
+    *,
+    nesterov: bool = False,
 ) -> float:
     """Period at ``(predict_lr, predict_wd)`` calibrated on a period measured at ``(lr, wd)``.
 
@@ -306,7 +308,8 @@ def predict_period_at(
     ``(c lr, wd/c)`` follows the same directions step by step, so the period depends
     on ``lr*wd`` only, and equal products give equal periods. Between products the
     decay law of docs/theory.md section 2, ``T = ln(rho_max/rho_crit) / (-ln q)`` with
-    ``q`` the per-step norm factor (:func:`siflow.theory.decay_factor`), is used
+    ``q`` the per-step norm factor (:func:`siflow.theory.decay_factor`; heavy ball's
+    with ``momentum``, Nesterov's with ``nesterov=True``), is used
     with the norm ratio (and the escape time, in units of ``1/(-ln q)``) taken as
     unchanged::
 
@@ -324,7 +327,7 @@ def predict_period_at(
     mu = momentum_number(momentum)
     if lr_a * wd_a == lr_b * wd_b:
         return t1
-    return t1 * _log_decay(lr_a, wd_a, mu) / _log_decay(lr_b, wd_b, mu)
+    return t1 * _log_decay(lr_a, wd_a, mu, nesterov) / _log_decay(lr_b, wd_b, mu, nesterov)
 
 
 def _sharpness_at_events(traj: Trajectory, events: Events) -> float | None:
@@ -879,7 +882,7 @@ def _find_events(
             work,
             lr=hp.lr if scalar else None,
             wd=hp.wd if scalar else None,
-            momentum=hp.momentum if hp.optimizer in ("sgd", "sgdm") else 0.0,
+            momentum=hp.momentum if hp.sgd_family else 0.0,
             **options,
         )
     except TypeError as exc:
@@ -896,6 +899,8 @@ def _working_copy(traj: Trajectory, hp: _Hyper) -> Trajectory:
     downstream mistakes one value for the whole run.
     """
     work = traj[slice(None)]
+    # the detector takes Nesterov's decay law from these
+    work.meta.update(optimizer=hp.optimizer, nesterov=hp.optimizer == "nesterov")
     if hp.lr_rows is not None:
         work.extra["lr"] = hp.lr_rows
     if hp.wd_rows is not None:
@@ -1061,8 +1066,9 @@ def _formulas(hp: _Hyper) -> dict[str, str]:
             "angular_update": "sgdm_equilibrium_angle(nesterov=True) (second-moment model)",
             "norm": "sgdm_equilibrium_norm(nesterov=True) (second-moment model)",
             "elr": "elr* = lr / rho*^2",
-            "decay_rate": "n/a: no decay law is derived for Nesterov",
-            "threshold": "n/a: no threshold is derived for Nesterov",
+            "decay_rate": "-ln|dominant root of z^2 - (1+mu)(1-lr wd) z + mu(1-lr wd)| (Nesterov)",
+            "threshold": "(1 - lr wd + a^2/((1+mu) a + mu))/S, a = Nesterov decay factor "
+            "(quasi-static)",
         }
     if name == "adamw":
         return {
@@ -1193,11 +1199,14 @@ def _decay_rate_same_window(work: Trajectory, events: Events, hp: _Hyper) -> flo
         return None
     assert hp.lr_rows is not None and hp.wd_rows is not None
     lr, wd, n = hp.lr_rows, hp.wd_rows, len(work)
-    mu = hp.mu(n) if hp.optimizer in ("sgd", "sgdm") else np.zeros(n)
+    mu = hp.mu(n) if hp.sgd_family else np.zeros(n)
     ok = lr > 0
     rate = np.zeros(n)
     if np.any(ok):
-        rate[ok] = np.asarray(theory.decay_rate(lr[ok], wd[ok], mu[ok]), dtype=np.float64)
+        nesterov = hp.optimizer == "nesterov"
+        rate[ok] = np.asarray(
+            theory.decay_rate(lr[ok], wd[ok], mu[ok], nesterov=nesterov), dtype=np.float64
+        )
     gaps = np.diff(work.step).astype(np.float64)
     law = -np.concatenate(([0.0], np.cumsum(rate[:-1] * gaps)))  # ln rho_t - ln rho_0
     col = work.rho if work.rho is not None and np.sum(_positive(work.rho)) >= 2 else work.elr
@@ -1243,15 +1252,12 @@ def _representative(rows_values: np.ndarray, rows: np.ndarray) -> float:
 
 
 def _momentum_at(hp: _Hyper, rows: np.ndarray) -> float:
-    """The one heavy-ball momentum of the laws that take one (period, threshold): the
-    constant one, or the median of a per-row momentum over the stationary rows."""
-    if hp.optimizer not in ("sgd", "sgdm"):
+    """The one momentum (heavy ball or Nesterov) of the laws that take one (period,
+    threshold): the constant one, or the median of a per-row momentum over the
+    stationary rows."""
+    if not hp.sgd_family:
         return 0.0
     return _representative(hp.mu_rows, rows) if hp.mu_varies else hp.momentum  # type: ignore[arg-type]
-
-
-def _has_decay_law(hp: _Hyper) -> bool:
-    return hp.optimizer != "nesterov"
 
 
 def _period_predictions(
@@ -1277,12 +1283,15 @@ def _period_predictions(
         if ratio is not None:
             res.event_stats.norm_ratio_median = _f(np.median(ratio))
             res.event_stats.rise_steps_median = _f(np.median(rise))
-            if not _has_decay_law(hp):
-                notes.append("predicted period: n/a (no decay law is derived for Nesterov)")
-            elif res.norm_ratio_median is not None and res.norm_ratio_median >= 1.0:
+            if res.norm_ratio_median is not None and res.norm_ratio_median >= 1.0:
                 pred.predicted_period = _f(
                     theory.period_from_norm_ratio(
-                        lr_r, wd_r, res.norm_ratio_median, float(np.median(rise)), mu
+                        lr_r,
+                        wd_r,
+                        res.norm_ratio_median,
+                        float(np.median(rise)),
+                        mu,
+                        nesterov=hp.optimizer == "nesterov",
                     )
                 )
             else:
@@ -1298,11 +1307,14 @@ def _period_predictions(
     if s_val is None or s_val <= 0 or lr_r is None or wd_r is None:
         return
     pred.sharpness = s_val
-    if hp.optimizer not in ("sgd", "sgdm"):
+    if not hp.sgd_family:
         notes.append(f"stability threshold: {pred.formulas.get('threshold', 'n/a')}")
         return
-    pred.elr_threshold = _f(theory.stability_threshold_elr(lr_r, wd_r, s_val, mu))
-    pred.critical_norm = _f(theory.critical_norm(lr_r, wd_r, s_val, mu))
+    nesterov = hp.optimizer == "nesterov"
+    pred.elr_threshold = _f(
+        theory.stability_threshold_elr(lr_r, wd_r, s_val, mu, nesterov=nesterov)
+    )
+    pred.critical_norm = _f(theory.critical_norm(lr_r, wd_r, s_val, mu, nesterov=nesterov))
 
 
 def _period_at(
@@ -1320,14 +1332,13 @@ def _period_at(
     p_lr = positive_number("predict_lr", predict_lr if predict_lr is not None else hp.lr)
     p_wd = positive_number("predict_wd", predict_wd if predict_wd is not None else hp.wd)
     pred.predict_lr, pred.predict_wd = p_lr, p_wd
-    sgd_family = hp.optimizer in ("sgd", "sgdm")
     mu = _momentum_at(hp, rows)
     if predict_momentum is not None:
         pred.predict_momentum = momentum_number(predict_momentum, "predict_momentum")
-        if not sgd_family:
+        if not hp.sgd_family:
             notes.append(
-                f"predict_momentum: n/a for {hp.optimizer} (the heavy-ball decay law and "
-                f"stability threshold are for SGD with momentum)"
+                f"predict_momentum: n/a for {hp.optimizer} (the transfer across momentum "
+                f"uses the decay law and stability threshold of SGD with momentum)"
             )
             return
     if not hp.known:
@@ -1335,9 +1346,6 @@ def _period_at(
         return
     if res.period_median is None:
         notes.append("predict_lr/predict_wd need a measured period (two or more events)")
-        return
-    if not _has_decay_law(hp):
-        notes.append("predict_lr/predict_wd: n/a (no decay law is derived for Nesterov)")
         return
     assert hp.lr_rows is not None and hp.wd_rows is not None
     lr_r, wd_r = _representative(hp.lr_rows, rows), _representative(hp.wd_rows, rows)
@@ -1352,7 +1360,17 @@ def _period_at(
             work, res.events, (lr_r, wd_r, mu), (p_lr, p_wd, p_mu), notes
         )
         return
-    s_val = pred.sharpness if sgd_family else None
+    if hp.optimizer == "nesterov":
+        if pred.sharpness is not None:
+            notes.append(
+                "period at predict_lr/predict_wd from the decay law: the cycle model of "
+                "siflow.predict is heavy ball's"
+            )
+        period = predict_period_at(res.period_median, lr_r, wd_r, p_lr, p_wd, mu, nesterov=True)
+        pred.predicted_period_at = _f(period)
+        pred.predicted_period_method = "scale symmetry + Nesterov decay law: T2 = T1 ln q1 / ln q2"
+        return
+    s_val = pred.sharpness if hp.sgd_family else None  # Nesterov returned above
     pred.predicted_period_at, pred.predicted_period_method = _predict_at(
         work, res.period_median, lr_r, wd_r, p_lr, p_wd, mu, s_val, notes
     )
@@ -1742,7 +1760,7 @@ def _transfer_at(
         return None, None
     return _f(pred.period), (
         "siflow.predict.transfer_period: decay law with the residual push and the "
-        "heavy-ball threshold shift, calibrated on this log"
+        "threshold shift, calibrated on this log"
     )
 
 
@@ -1785,6 +1803,8 @@ def theory_lines(result: OverlayResult, traj: Trajectory) -> list[Any]:
         label = (
             r"threshold $2(1-\eta\lambda)/S$"
             if result.momentum == 0
+            else r"Nesterov threshold (quasi-static)"
+            if result.optimizer == "nesterov"
             else r"threshold $2(1+\mu-\eta\lambda)/S$"
         )
         lines.append(HLine("elr", result.elr_threshold, label, color="C4"))

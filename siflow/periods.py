@@ -383,6 +383,14 @@ def _row_array(traj: Trajectory, name: str, value: ArrayLike | None) -> NDArray[
     return arr
 
 
+def _nesterov(traj: Trajectory) -> bool:
+    """Whether the log is of PyTorch's Nesterov SGD, whose decay factor and stability
+    threshold differ from heavy ball's: ``meta["optimizer"]`` is ``"nesterov"``, or SGD
+    (or unnamed) with ``meta["nesterov"]`` true, as ``SIRecorder`` writes it."""
+    name = str(traj.meta.get("optimizer") or "").strip().lower()
+    return name == "nesterov" or (name in ("", "sgd", "sgdm") and bool(traj.meta.get("nesterov")))
+
+
 def _schedule(
     traj: Trajectory, lr: ArrayLike | None, wd: ArrayLike | None, momentum: float | None
 ) -> tuple[NDArray[np.float64] | None, NDArray[np.float64] | None]:
@@ -396,7 +404,8 @@ def _schedule(
         raise ValueError("lr*wd must be < 1 on every row; check lr= and wd=")
     if not np.all(lr_row * wd_row > 0):
         return lr_row, None
-    return lr_row, np.asarray(decay_rate(lr_row, wd_row, mu), dtype=np.float64)
+    rate = decay_rate(lr_row, wd_row, mu, nesterov=_nesterov(traj))
+    return lr_row, np.asarray(rate, dtype=np.float64)
 
 
 def _decay_clock(traj: Trajectory, rate: NDArray[np.float64] | None) -> NDArray[np.float64]:
@@ -436,7 +445,7 @@ def _log_equilibrium_norm(
     elif optimizer == "lion":
         rho = theory.lion_equilibrium_norm(lr_row, wd_row, 1.0, b1, b2)
     else:
-        rho = theory.sgdm_equilibrium_norm(lr_row, wd_row, 1.0, mu)
+        rho = theory.sgdm_equilibrium_norm(lr_row, wd_row, 1.0, mu, nesterov=_nesterov(traj))
     return np.log(np.asarray(rho, dtype=np.float64))
 
 
@@ -651,7 +660,8 @@ def _threshold_ratios(
     momentum: float | None,
     cands: list[_Cand],
 ) -> NDArray[np.float64] | None:
-    """Effective LR at each candidate's onset over the threshold ``2 (1 + mu - lr wd) / S``.
+    """Effective LR at each candidate's onset over the threshold ``2 (1 + mu - lr wd) / S``
+    (:func:`siflow.theory.stability_threshold_elr`; Nesterov's for a Nesterov log).
 
     None when ``S``, ``lr``, ``wd`` or the effective LR is unknown; NaN at an onset
     where the lr is 0 (a schedule annealed to 0: no threshold there).
@@ -667,7 +677,9 @@ def _threshold_ratios(
     known = (lr_on > 0) & np.isfinite(lr_on) & (wd_on >= 0) & np.isfinite(wd_on)
     out = np.full(on.size, np.nan)
     if known.any():
-        thr = stability_threshold_elr(lr_on[known], wd_on[known], float(sharpness), mu)
+        thr = stability_threshold_elr(
+            lr_on[known], wd_on[known], float(sharpness), mu, nesterov=_nesterov(traj)
+        )
         out[known] = elr[on][known] / np.asarray(thr)
     return out
 
@@ -1379,6 +1391,14 @@ def _converged_under_schedule(
     return bool(held < 0.5 * (amp * a_w[-1] + k_hat * b_w[-1]))
 
 
+def _free_rate(traj: Trajectory, lr: float, wd: float) -> float:
+    """Zero-gradient decay rate of the log's optimizer (momentum only for the SGD family:
+    AdamW's and Lion's decoupled decay is ``1 - lr wd`` per step whatever their betas)."""
+    optimizer = str(traj.meta.get("optimizer") or "sgd").strip().lower()
+    mu = 0.0 if optimizer in ("adam", "adamw", "lion") else traj.momentum
+    return float(decay_rate(lr, wd, mu, nesterov=_nesterov(traj)))
+
+
 def classify(traj: Trajectory, events: Events | None = None) -> str:
     """Regime of a run: ``"converged"``, ``"equilibrium"``, ``"periodic"`` or ``"diverged"``.
 
@@ -1394,10 +1414,11 @@ def classify(traj: Trajectory, events: Events | None = None) -> str:
       last one is shorter than 2.5 times the longest period (otherwise the spikes
       were a transient).
     - ``"converged"``: the norm still decays over the second half of the run at
-      least at half the zero-gradient rate ``-ln(1 - lr*wd)`` (when lr and wd are
-      known), or by more than 10% over that half (when they are not); with only a
-      loss column, the median loss of the last tenth is 10x below that of the
-      middle of the run.
+      least at half the zero-gradient rate :func:`siflow.theory.decay_rate` (when lr
+      and wd are known: ``-ln(1 - lr*wd)`` without momentum, heavy ball's or
+      Nesterov's with the log's momentum, the decoupled decay for AdamW and Lion), or
+      by more than 10% over that half (when they are not); with only a loss column,
+      the median loss of the last tenth is 10x below that of the middle of the run.
     - ``"equilibrium"``: otherwise (the norm is stationary).
     """
     traj = _check_traj(traj)
@@ -1445,7 +1466,7 @@ def classify(traj: Trajectory, events: Events | None = None) -> str:
             rate = -_slope(s, xs)
             lr, wd = traj.lr, traj.wd
             if lr is not None and wd is not None and float(lr) * float(wd) < 1:
-                free = float(decay_rate(float(lr), float(wd)))
+                free = _free_rate(traj, float(lr), float(wd))
                 return "converged" if rate >= 0.5 * free else "equilibrium"
             drop = rate * float(s[-1] - s[0])
             return "converged" if drop > 0.1 else "equilibrium"

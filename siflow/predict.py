@@ -650,6 +650,10 @@ def transfer_period(
     ``2(1 + mu - lr wd)/S`` instead of ``2(1 + mu0 - lr0 wd0)/S``
     (:func:`siflow.theory.stability_threshold_elr`; ``S`` cancels).
 
+    A calibration run whose ``meta["optimizer"]`` is ``"nesterov"`` uses Nesterov's
+    decay law and threshold (:func:`siflow.theory.decay_rate`,
+    :func:`siflow.theory.stability_threshold_elr` with ``nesterov=True``) on both sides.
+
     The step column of ``calibration`` must count optimizer steps (a run timed in
     epochs, or whose measured decay is faster than the free decay, is refused), and a
     push that reaches the free decay (``p >= 1``) is refused: no period follows from the
@@ -680,7 +684,7 @@ def transfer_period(
     push : {"linear", "constant"}
         How the residual push scales with ``lr*wd``.
     """
-    from siflow.periods import find_events, measure_decay_rate
+    from siflow.periods import _nesterov, find_events, measure_decay_rate
 
     if not isinstance(calibration, Trajectory):
         raise ValueError(f"calibration must be a Trajectory, got {type(calibration).__name__}")
@@ -703,8 +707,9 @@ def transfer_period(
     sub = ev.periods[skip:]
     t0 = float(np.median(sub))
     r0 = float(measure_decay_rate(calibration, ev))
-    delta0 = float(theory.decay_rate(lr0_f, wd0_f, mu0))
-    delta = float(theory.decay_rate(lr_f, wd_f, mu))
+    nesterov = _nesterov(calibration)
+    delta0 = float(theory.decay_rate(lr0_f, wd0_f, mu0, nesterov=nesterov))
+    delta = float(theory.decay_rate(lr_f, wd_f, mu, nesterov=nesterov))
     p0 = 1.0 - r0 / delta0
     if calibration.meta.get("time_unit") == "epoch" or not p0 > -0.25:
         raise ValueError(
@@ -724,8 +729,8 @@ def transfer_period(
         )
     shift = 0.0
     if mu != mu0:
-        thr = float(theory.stability_threshold_elr(lr_f, wd_f, 1.0, mu))
-        thr0 = float(theory.stability_threshold_elr(lr0_f, wd0_f, 1.0, mu0))
+        thr = float(theory.stability_threshold_elr(lr_f, wd_f, 1.0, mu, nesterov=nesterov))
+        thr0 = float(theory.stability_threshold_elr(lr0_f, wd0_f, 1.0, mu0, nesterov=nesterov))
         shift = 0.5 * math.log(thr / thr0)
     drop = t0 * r0
     period = (drop + shift) / (delta * (1.0 - p))

@@ -290,6 +290,10 @@ def zero_grad_decay() -> dict[str, sp.Expr]:
     ``w_{t+1} = (1 + mu - eta lam) w_t - mu w_{t-1}``; its characteristic roots are
     solved and the larger one kept. Keys: ``sgd``, ``characteristic`` (polynomial in
     ``z``), ``momentum`` (larger root), ``momentum_first_order``.
+
+    Nesterov (PyTorch ``nesterov=True``), from its update over ``(w, v)`` with g = 0
+    (:func:`_heavy_ball_updates`): ``nesterov_characteristic``, ``nesterov`` (larger
+    root), ``nesterov_first_order``.
     """
     z = sp.Symbol("z")
     # state (w_t, w_{t-1}); v_t = (w_{t-1} - w_t)/eta; w_{t+1} = w_t - eta (mu v_t + lam w_t)
@@ -301,11 +305,18 @@ def zero_grad_decay() -> dict[str, sp.Expr]:
     char = sp.expand(m.charpoly(z).as_expr())
     roots = sp.solve(char, z)
     alpha = sp.simplify(_pick_positive(roots))  # the larger (both are positive here)
+    upd = _heavy_ball_updates(True)
+    nest = sp.Matrix([upd["w"][:2], upd["v"][:2]])  # over (w, v); g = 0
+    nest_char = sp.expand(nest.charpoly(z).as_expr())
+    nest_alpha = sp.simplify(_pick_positive(sp.solve(nest_char, z)))
     return {
         "sgd": 1 - eta * lam,
         "characteristic": char,
         "momentum": alpha,
         "momentum_first_order": _root_first_order(char, z),
+        "nesterov_characteristic": nest_char,
+        "nesterov": nest_alpha,
+        "nesterov_first_order": _root_first_order(nest_char, z),
     }
 
 
@@ -400,7 +411,16 @@ def direction_threshold() -> dict[str, sp.Expr]:
     ``th_{t+1} = th_t + (mu/alpha^2)(th_t - th_{t-1}) - (elr S/alpha) th_t``, stable
     iff ``elr S < 2 (alpha + mu/alpha) = 2 (1 + mu - eta lam)`` (quasi-static).
 
-    Keys: ``multiplier``, ``elr_threshold``, ``critical_rho2``, ``sgdm_elr_threshold``.
+    Nesterov, the same way: along the curvature ``H = S/rho^2`` of the tangent
+    direction its update (:func:`_heavy_ball_updates`) gives the recursion
+    ``u_{t+1} = (1 + mu)(1 - k) u_t - mu (1 - k) u_{t-1}``, ``k = eta (H + lam)``;
+    ``u_t = alpha^t th_t`` with its decay factor ``alpha`` and ``eta H = elr S`` give
+    the angle's recursion, whose root ``-1`` is the boundary
+    ``elr S = 1 - eta lam + alpha^2/((1 + mu) alpha + mu)`` (``nesterov_elr_threshold``,
+    in ``alpha``).
+
+    Keys: ``multiplier``, ``elr_threshold``, ``critical_rho2``, ``sgdm_elr_threshold``,
+    ``sgdm_elr_threshold_alpha``, ``nesterov_elr_threshold``.
     """
     th, rho = sp.symbols("theta rho", positive=True)
     q = 1 - eta * lam
@@ -427,7 +447,35 @@ def direction_threshold() -> dict[str, sp.Expr]:
         "critical_rho2": sp.simplify(rho2),
         "sgdm_elr_threshold_alpha": thr_alpha,
         "sgdm_elr_threshold": candidate,
+        "nesterov_elr_threshold": _nesterov_threshold(alpha),
     }
+
+
+def _nesterov_threshold(alpha: sp.Symbol) -> sp.Expr:
+    """``elr`` at which the Nesterov angle recursion has the root ``-1`` (in ``alpha``)."""
+    h, u0, u1, v1 = sp.symbols("H u0 u1 v1")
+    upd = _heavy_ball_updates(True)
+
+    # one tangent step from (u1, v1) with g = H u1, then eliminate the buffer with the
+    # previous step: v1 = mu v0 + (H + lam) u0 and u1 = u0 - eta(...) give the recursion
+    def step(u: sp.Expr, v: sp.Expr) -> tuple[sp.Expr, sp.Expr]:
+        g = h * u
+        return (
+            upd["w"][0] * u + upd["w"][1] * v + upd["w"][2] * g,
+            upd["v"][0] * u + upd["v"][1] * v + upd["v"][2] * g,
+        )
+
+    u2, v2 = step(u1, v1)
+    u3, _ = step(u2, v2)
+    # u3 = B u2 - C u1 for all (u1, v1): solve for B, C
+    b_, c_ = sp.symbols("B C")
+    eqs = sp.Poly(sp.expand(u3 - (b_ * u2 - c_ * u1)), u1, v1).coeffs()
+    sol = sp.solve(eqs, [b_, c_], dict=True)[0]
+    # u_t = alpha^t th_t: th'' = (B/alpha) th' - (C/alpha^2) th, with eta H = elr S
+    b_th = (sol[b_] / alpha).subs(h, elr * S / eta)
+    c_th = (sol[c_] / alpha**2).subs(h, elr * S / eta)
+    thr = sp.solve(sp.Eq(1 + b_th + c_th, 0), elr)[0]  # root -1: 1 + B + C = 0
+    return sp.simplify(thr)
 
 
 # --------------------------------------------------------------------------- momentum

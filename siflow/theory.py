@@ -109,29 +109,42 @@ def _arccos_one_minus(y: Array) -> Array:
     return 2.0 * np.arcsin(np.sqrt(y / 2.0))
 
 
-def _dominant_root(y: Array, mu: Array) -> tuple[Array, Array]:
-    """Largest-modulus root ``z`` of ``z^2 - (1 + mu - y) z + mu = 0``.
+def _dominant_root(y: Array, mu: Array, nesterov: bool = False) -> tuple[Array, Array]:
+    """Largest-modulus root ``z`` of the zero-gradient decay polynomial.
 
-    Returns ``(modulus, log_modulus)``. For real roots with ``1 + mu - y > 0`` the
-    root is ``z = 1 - delta`` with ``delta = 2y / ((1 - mu + y) + sqrt(disc))`` and
-    ``disc = (1 - mu - y)^2 - 4 mu y`` (no cancellation as ``y -> 0``); for
-    complex roots the modulus is ``sqrt(mu)``.
+    Heavy ball: ``z^2 - (1 + mu - y) z + mu = 0``. Nesterov:
+    ``z^2 - (1 + mu)(1 - y) z + mu (1 - y) = 0`` (docs/theory.md section 3). Both
+    polynomials equal ``y`` at ``z = 1``, so the root is ``z = 1 - delta`` with
+    ``delta = 2y / (c + sqrt(c^2 - 4y))`` (no cancellation as ``y -> 0``), ``c`` the
+    slope ``1 - mu + y`` (heavy ball) or ``1 - mu + y (1 + mu)`` (Nesterov) of
+    ``-p(1 - delta)`` at ``delta = 0``. Complex roots have modulus ``sqrt(mu)``
+    (heavy ball) or ``sqrt(mu (1 - y))`` (Nesterov).
+
+    Returns ``(modulus, log_modulus)``.
     """
     y, mu = np.broadcast_arrays(np.asarray(y, float), np.asarray(mu, float))
-    # (1 + mu - y)^2 - 4 mu, written so that mu = 0 gives (1 - y)^2 without cancellation
-    disc = (1.0 - mu - y) ** 2 - 4.0 * mu * y
-    b = 1.0 + mu - y
+    if nesterov:
+        c = 1.0 - mu + y * (1.0 + mu)
+        disc = c**2 - 4.0 * y
+        b = (1.0 + mu) * (1.0 - y)
+        cplx = mu * (1.0 - y)
+    else:
+        c = 1.0 - mu + y
+        # (1 + mu - y)^2 - 4 mu, written so that mu = 0 gives (1 - y)^2 without cancellation
+        disc = (1.0 - mu - y) ** 2 - 4.0 * mu * y
+        b = 1.0 + mu - y
+        cplx = mu
     sq = np.sqrt(np.maximum(disc, 0.0))
     real = disc >= 0.0
     pos = real & (b > 0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        delta = 2.0 * y / ((1.0 - mu + y) + sq)
+        delta = 2.0 * y / (c + sq)
         log_pos = np.log1p(-delta)
         neg_root = np.abs(b - sq) / 2.0  # b <= 0: the root of larger modulus is (b - sq)/2
         log_neg = np.log(neg_root)
-        log_cplx = 0.5 * np.log(mu)
+        log_cplx = 0.5 * np.log(cplx)
     log_mod = np.where(pos, log_pos, np.where(real, log_neg, log_cplx))
-    mod = np.where(pos, 1.0 - delta, np.where(real, neg_root, np.sqrt(mu)))
+    mod = np.where(pos, 1.0 - delta, np.where(real, neg_root, np.sqrt(cplx)))
     return mod, log_mod
 
 
@@ -392,7 +405,9 @@ def sgd_relaxation_norm(
     return _out((r4 + (rho0**4 - r4) * np.exp(4.0 * t * np.log1p(-x))) ** 0.25)
 
 
-def decay_factor(lr: ArrayLike, wd: ArrayLike, momentum: ArrayLike = 0.0) -> Array:
+def decay_factor(
+    lr: ArrayLike, wd: ArrayLike, momentum: ArrayLike = 0.0, *, nesterov: bool = False
+) -> Array:
     r"""Per-step factor of the weight norm when the gradient vanishes.
 
     SGD (``momentum = 0``): ``1 - eta lam``, exact (``w_{t+1} = (1 - eta lam) w_t``).
@@ -405,6 +420,13 @@ def decay_factor(lr: ArrayLike, wd: ArrayLike, momentum: ArrayLike = 0.0) -> Arr
     (``eta lam > (1 - sqrt(mu))^2``) the norm oscillates and its envelope shrinks by
     ``|alpha| = sqrt(mu)``, which is returned. Source: docs/theory.md section 3.
 
+    PyTorch Nesterov (``nesterov=True``: ``w <- w - eta (g + lam w + mu v)`` with the
+    new ``v``) with g = 0: ``w_{t+1} = (1 + mu)(1 - eta lam) w_t - mu (1 - eta lam)
+    w_{t-1}``, the larger root of ``a^2 - (1 + mu)(1 - eta lam) a + mu (1 - eta lam)
+    = 0`` (same first order; complex roots, for ``eta lam > ((1 - mu)/(1 + mu))^2``,
+    give the envelope ``sqrt(mu (1 - eta lam))``). Derived in
+    :func:`siflow.symbolic.zero_grad_decay`.
+
     Parameters
     ----------
     lr : array_like
@@ -413,6 +435,8 @@ def decay_factor(lr: ArrayLike, wd: ArrayLike, momentum: ArrayLike = 0.0) -> Arr
         Weight decay, ``>= 0`` (``> 0`` where the formula divides by it), ``lr*wd < 1``.
     momentum : array_like
         Heavy-ball momentum mu in ``[0, 1)``.
+    nesterov : bool, default False
+        PyTorch ``nesterov=True`` update instead of heavy ball.
 
     Returns
     -------
@@ -421,23 +445,25 @@ def decay_factor(lr: ArrayLike, wd: ArrayLike, momentum: ArrayLike = 0.0) -> Arr
     """
     lr, wd = check_lr_wd(lr, wd, wd_positive=False)
     mu = check_momentum(momentum)
-    mod, _ = _dominant_root(lr * wd, mu)
+    mod, _ = _dominant_root(lr * wd, mu, bool(nesterov))
     return _out(mod)
 
 
-def _log_decay(lr: Array, wd: Array, mu: Array) -> Array:
+def _log_decay(lr: Array, wd: Array, mu: Array, nesterov: bool = False) -> Array:
     if np.all(mu == 0):
         return np.log1p(-(lr * wd)) + 0.0 * mu
-    return _dominant_root(lr * wd, mu)[1]
+    return _dominant_root(lr * wd, mu, nesterov)[1]
 
 
-def decay_rate(lr: ArrayLike, wd: ArrayLike, momentum: ArrayLike = 0.0) -> Array:
+def decay_rate(
+    lr: ArrayLike, wd: ArrayLike, momentum: ArrayLike = 0.0, *, nesterov: bool = False
+) -> Array:
     r"""Per-step log decay rate of the weight norm at zero gradient: ``-ln decay_factor``.
 
     SGD: ``-ln(1 - eta lam)``, exact for the discrete map, computed as
     ``-log1p(-eta lam)`` so that it keeps full relative precision down to
     ``eta lam = 1e-300`` (``-math.log(1 - x)`` loses ``1e-16/x`` relative: 2e-5 at
-    ``x = 1e-12``). Heavy ball: ``-ln |alpha|`` of :func:`decay_factor`
+    ``x = 1e-12``). Heavy ball and Nesterov: ``-ln |alpha|`` of :func:`decay_factor`
     (asymptotically exact). Source: docs/theory.md sections 1 and 3.
 
     Parameters
@@ -448,6 +474,8 @@ def decay_rate(lr: ArrayLike, wd: ArrayLike, momentum: ArrayLike = 0.0) -> Array
         Weight decay, ``>= 0``, ``lr*wd < 1``.
     momentum : array_like, default 0
         Heavy-ball momentum in ``[0, 1)``.
+    nesterov : bool, default False
+        PyTorch ``nesterov=True`` update instead of heavy ball.
 
     Returns
     -------
@@ -456,7 +484,7 @@ def decay_rate(lr: ArrayLike, wd: ArrayLike, momentum: ArrayLike = 0.0) -> Array
     """
     lr, wd = check_lr_wd(lr, wd, wd_positive=False)
     mu = check_momentum(momentum)
-    return _out(-_log_decay(lr, wd, mu))
+    return _out(-_log_decay(lr, wd, mu, bool(nesterov)))
 
 
 def zero_grad_norm(t: ArrayLike, rho0: ArrayLike, lr: ArrayLike, wd: ArrayLike) -> Array:
@@ -514,7 +542,9 @@ def zero_grad_elr(t: ArrayLike, elr0: ArrayLike, lr: ArrayLike, wd: ArrayLike) -
     return _out(elr0 * np.exp(-2.0 * t * np.log1p(-(lr * wd))))
 
 
-def elr_doubling_time(lr: ArrayLike, wd: ArrayLike, momentum: ArrayLike = 0.0) -> Array:
+def elr_doubling_time(
+    lr: ArrayLike, wd: ArrayLike, momentum: ArrayLike = 0.0, *, nesterov: bool = False
+) -> Array:
     r"""Steps for the effective LR to double at zero gradient.
 
     SGD: ``ln 2 / (-2 ln(1 - eta lam))``, exact for the discrete map (docs/theory.md
@@ -529,6 +559,8 @@ def elr_doubling_time(lr: ArrayLike, wd: ArrayLike, momentum: ArrayLike = 0.0) -
         Weight decay, ``>= 0`` (``> 0`` where the formula divides by it), ``lr*wd < 1``.
     momentum : array_like
         Heavy-ball momentum mu in ``[0, 1)``.
+    nesterov : bool, default False
+        PyTorch ``nesterov=True`` update instead of heavy ball (its :func:`decay_factor`).
 
     Returns
     -------
@@ -537,13 +569,28 @@ def elr_doubling_time(lr: ArrayLike, wd: ArrayLike, momentum: ArrayLike = 0.0) -
     """
     lr, wd = check_lr_wd(lr, wd)
     mu = check_momentum(momentum)
-    rate = -_log_decay(lr, wd, mu) + 0.0  # + 0.0: an underflowing lr*wd gives +inf, not -inf
+    # + 0.0: an underflowing lr*wd gives +inf, not -inf
+    rate = -_log_decay(lr, wd, mu, bool(nesterov)) + 0.0
     with np.errstate(divide="ignore"):
         return _out(math.log(2.0) / (2.0 * rate))
 
 
+def _threshold_times_sharpness(x: Array, mu: Array, nesterov: bool) -> Array:
+    """``elr S`` at the stability boundary: ``2 (1 + mu - x)`` (SGD, heavy ball) or
+    ``1 - x + alpha^2 / ((1 + mu) alpha + mu)`` (Nesterov, ``alpha`` its decay factor)."""
+    if not nesterov:
+        return 2.0 * (1.0 + mu - x)
+    alpha = _dominant_root(x, mu, True)[0]
+    return 1.0 - x + alpha**2 / ((1.0 + mu) * alpha + mu)
+
+
 def stability_threshold_elr(
-    lr: ArrayLike, wd: ArrayLike, sharpness: ArrayLike, momentum: ArrayLike = 0.0
+    lr: ArrayLike,
+    wd: ArrayLike,
+    sharpness: ArrayLike,
+    momentum: ArrayLike = 0.0,
+    *,
+    nesterov: bool = False,
 ) -> Array:
     r"""Largest stable effective LR at a minimum on the sphere: ``2 (1 + mu - eta lam) / S``.
 
@@ -561,6 +608,15 @@ def stability_threshold_elr(
     growth time (it drifts by ``eta lam/(1 - mu)`` per step); checked by simulating
     heavy ball on an SI quadratic just below and above the threshold.
 
+    Nesterov (PyTorch ``nesterov=True``), same picture: ``th_{t+1} =
+    ((1 + mu)(1 - eta lam - elr S)/alpha) th_t - (mu (1 - eta lam - elr S)/alpha^2)
+    th_{t-1}``, stable iff ``elr S < 1 - eta lam + alpha^2/((1 + mu) alpha + mu)``
+    with ``alpha`` the Nesterov :func:`decay_factor`; ``2 (1 + mu)/(1 + 2 mu)`` at
+    ``eta lam -> 0``, far below heavy ball's ``2 (1 + mu)`` (1.36 against 3.8 at
+    ``mu = 0.9``). Derived in :func:`siflow.symbolic.direction_threshold`. Where the
+    decay roots are complex (``eta lam > ((1 - mu)/(1 + mu))^2``) ``alpha`` is their
+    modulus, an approximation.
+
     Parameters
     ----------
     lr : array_like
@@ -571,6 +627,8 @@ def stability_threshold_elr(
         Top eigenvalue S of the Riemannian Hessian on the unit sphere, ``> 0``.
     momentum : array_like, default 0
         Heavy-ball momentum in ``[0, 1)``.
+    nesterov : bool, default False
+        PyTorch ``nesterov=True`` update instead of heavy ball.
 
     Returns
     -------
@@ -580,18 +638,23 @@ def stability_threshold_elr(
     lr, wd = check_lr_wd(lr, wd, wd_positive=False)
     s = check_positive("sharpness", sharpness)
     mu = check_momentum(momentum)
-    return _out(2.0 * (1.0 + mu - lr * wd) / s)
+    return _out(_threshold_times_sharpness(lr * wd, mu, bool(nesterov)) / s)
 
 
 def critical_norm(
-    lr: ArrayLike, wd: ArrayLike, sharpness: ArrayLike, momentum: ArrayLike = 0.0
+    lr: ArrayLike,
+    wd: ArrayLike,
+    sharpness: ArrayLike,
+    momentum: ArrayLike = 0.0,
+    *,
+    nesterov: bool = False,
 ) -> Array:
     r"""Weight norm below which a minimum of sharpness S is unstable.
 
     ``rho_crit = sqrt(eta S / (2 (1 + mu - eta lam)))`` (a norm, not its square): the
     threshold of :func:`stability_threshold_elr` written with ``elr = eta / rho^2``.
     Exact for the linearised map for SGD (docs/theory.md section 2), quasi-static with
-    momentum.
+    momentum (Nesterov: ``sqrt(eta / stability_threshold_elr(..., nesterov=True))``).
 
     Parameters
     ----------
@@ -603,6 +666,8 @@ def critical_norm(
         Top eigenvalue S of the Riemannian Hessian on the unit sphere, ``> 0``.
     momentum : array_like, default 0
         Heavy-ball momentum in ``[0, 1)``.
+    nesterov : bool, default False
+        PyTorch ``nesterov=True`` update instead of heavy ball.
 
     Returns
     -------
@@ -612,7 +677,7 @@ def critical_norm(
     lr, wd = check_lr_wd(lr, wd, wd_positive=False)
     s = check_positive("sharpness", sharpness)
     mu = check_momentum(momentum)
-    return _out(np.sqrt(lr * s / (2.0 * (1.0 + mu - lr * wd))))
+    return _out(np.sqrt(lr * s / _threshold_times_sharpness(lr * wd, mu, bool(nesterov))))
 
 
 def nullcline_grad_norm(lr: ArrayLike, wd: ArrayLike, elr: ArrayLike) -> Array:
@@ -1641,6 +1706,8 @@ def period_from_norm_ratio(
     norm_ratio: ArrayLike,
     escape_steps: ArrayLike = 0.0,
     momentum: ArrayLike = 0.0,
+    *,
+    nesterov: bool = False,
 ) -> Array:
     r"""Period of the destabilization cycle from the norm ratio (docs/theory.md section 2).
 
@@ -1667,6 +1734,8 @@ def period_from_norm_ratio(
         Steps spent escaping after the norm reaches the threshold, ``>= 0``.
     momentum : array_like, default 0
         Heavy-ball momentum mu in ``[0, 1)``.
+    nesterov : bool, default False
+        PyTorch ``nesterov=True`` update instead of heavy ball (its :func:`decay_factor`).
 
     Returns
     -------
@@ -1682,7 +1751,7 @@ def period_from_norm_ratio(
         )
     esc = check_nonnegative("escape_steps", escape_steps)
     mu = check_momentum(momentum)
-    return _out(np.log(ratio) / (-_log_decay(lr, wd, mu)) + esc)
+    return _out(np.log(ratio) / (-_log_decay(lr, wd, mu, bool(nesterov))) + esc)
 
 
 def period(
@@ -2034,9 +2103,9 @@ def _sgd_family_equilibrium(
     if not nesterov:
         out["relaxation_time"] = sgdm_relaxation_time(lr, wd, mu)
         out["relaxation_time_first_order"] = sgdm_relaxation_time(lr, wd, mu, exact=False)
-        out["elr_doubling_time"] = elr_doubling_time(lr, wd, mu)
-        out["decay_factor"] = decay_factor(lr, wd, mu)
-        out["decay_rate"] = decay_rate(lr, wd, mu)
+    out["elr_doubling_time"] = elr_doubling_time(lr, wd, mu, nesterov=nesterov)
+    out["decay_factor"] = decay_factor(lr, wd, mu, nesterov=nesterov)
+    out["decay_rate"] = decay_rate(lr, wd, mu, nesterov=nesterov)
     return out
 
 
@@ -2090,7 +2159,8 @@ def equilibrium(
       ``relaxation_time``, ``elr_doubling_time``, ``decay_factor``, ``decay_rate``
       (each with ``_first_order`` where one exists) and, given ``grad_norm``, the
       equilibrium ``norm`` and ``elr``.
-    * ``"nesterov"``: the ``nesterov=True`` forms; no relaxation or decay law.
+    * ``"nesterov"``: the ``nesterov=True`` forms, with Nesterov's zero-gradient
+      ``decay_factor``, ``decay_rate`` and ``elr_doubling_time``; no relaxation time.
     * ``"adamw"`` / ``"lion"``: decoupled WD; the angle needs only ``lr``, ``wd``
       and ``betas``; the norm needs the group size ``n_params`` (C) and is
       independent of the gradient scale; the zero-update ``decay_factor`` is

@@ -304,7 +304,7 @@ def test_req_column_names_are_understood():
     )
 
 
-def test_nesterov_has_no_decay_law_or_threshold():
+def test_nesterov_has_its_own_decay_law_and_threshold():
     n = 400
     traj = Trajectory(
         step=np.arange(n),
@@ -321,8 +321,16 @@ def test_nesterov_has_no_decay_law_or_threshold():
     assert res.norm_predicted == pytest.approx(
         theory.sgdm_equilibrium_norm(0.1, 1e-3, 0.5, 0.9, nesterov=True), rel=1e-12
     )
-    assert res.decay_rate_predicted is None and res.formulas["decay_rate"].startswith("n/a")
-    assert res.elr_threshold is None and res.formulas["threshold"].startswith("n/a")
+    # Nesterov's zero-gradient polynomial z^2 - (1 + mu)(1 - x) z + mu (1 - x), x = lr wd
+    x, mu = 0.1 * 1e-3, 0.9
+    alpha = float(np.max(np.abs(np.roots([1.0, -(1 + mu) * (1 - x), mu * (1 - x)]))))
+    assert res.decay_rate_predicted == pytest.approx(-math.log(alpha), rel=1e-10)
+    assert res.decay_rate_predicted != pytest.approx(theory.decay_rate(0.1, 1e-3, 0.9), rel=1e-4)
+    # its angle recursion's boundary, (1 - x + a^2/((1 + mu) a + mu))/S
+    thr = (1 - x + alpha**2 / ((1 + mu) * alpha + mu)) / 10.0
+    assert res.elr_threshold == pytest.approx(thr, rel=1e-10)
+    assert res.critical_norm == pytest.approx(math.sqrt(0.1 / thr), rel=1e-10)
+    assert "Nesterov" in res.formulas["threshold"] and "Nesterov" in res.formulas["decay_rate"]
     assert res.scale_invariance == "n/a"
     # heavy ball on the same numbers has both, from siflow.theory
     hb = analyze(traj, optimizer="sgdm", sharpness=10.0)

@@ -254,6 +254,29 @@ def test_classify_periodic_and_converged(clean):
     assert classify(Trajectory(step=t, rho=decaying.rho)) == "converged"
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "nesterov"])
+def test_classify_takes_the_momentum_decay_rate(optimizer):
+    """A heavy-ball (Nesterov) norm drifting down at 0.3 of its own zero-gradient rate is
+    an equilibrium moving, not a convergence, although it falls 2.9 times faster than
+    the plain rate -ln(1 - lr wd); at 0.7 of its rate it has converged."""
+    lr, wd, mu = 0.1, 1e-2, 0.9
+    free = -math.log(1 - lr * wd)
+    nest = optimizer == "nesterov"
+    poly = (
+        [1, -(1 + mu) * (1 - lr * wd), mu * (1 - lr * wd)] if nest else [1, -(1 + mu - lr * wd), mu]
+    )
+    roots = np.roots(poly)
+    rate = -math.log(float(np.max(np.abs(roots))))  # the optimizer's zero-gradient rate
+    t = np.arange(4000)
+    meta = {"lr": lr, "wd": wd, "momentum": mu, "optimizer": optimizer}
+    slow = Trajectory(step=t, rho=np.exp(-0.3 * rate * t), meta=meta)
+    assert 0.3 * rate > 2.9 * free
+    assert classify(slow) == "equilibrium"
+    plain = Trajectory(step=t, rho=slow.rho, meta={"lr": lr, "wd": wd})
+    assert classify(plain) == "converged"
+    assert classify(Trajectory(step=t, rho=np.exp(-0.7 * rate * t), meta=meta)) == "converged"
+
+
 def test_classify_periodic_then_settled_is_not_periodic(clean):
     traj, ev, _ = clean
     # three events then a long flat norm: the spikes were a transient

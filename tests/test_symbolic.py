@@ -359,3 +359,32 @@ def test_relaxation_law_rsolve_agrees_with_theory_to_first_order() -> None:
     errs = np.array(errs)
     np.testing.assert_allclose(errs[:-1] / errs[1:], 2.0, rtol=0.05)
     assert _same(d["fixed_point_first_order"], eta * G**2 / (2 * lam))
+
+
+def test_nesterov_decay_and_threshold_derivations_equal_theory() -> None:
+    """Nesterov: the decay polynomial and the angle recursion's boundary, derived from
+    PyTorch's update, against hand-typed forms and siflow.theory over the grid."""
+    z = Y.zero_grad_decay()
+    zs = sp.Symbol("z")
+    x = eta * lam
+    assert _same(z["nesterov_characteristic"], zs**2 - (1 + mu) * (1 - x) * zs + mu * (1 - x))
+    assert _same(z["nesterov_first_order"], 1 - x / (1 - mu))
+    real = X <= ((1 - MU) / (1 + MU)) ** 2
+    assert real.sum() >= 4
+    alpha = _f(z["nesterov"], "lr", "wd", "momentum")(LR[real], WD[real], MU[real])
+    np.testing.assert_allclose(
+        alpha, T.decay_factor(LR[real], WD[real], MU[real], nesterov=True), rtol=1e-9
+    )
+    t = Y.direction_threshold()
+    a = sp.Symbol("alpha", positive=True)
+    by_hand = (1 - x + a**2 / ((1 + mu) * a + mu)) / S
+    assert _same(t["nesterov_elr_threshold"], by_hand)
+    # mu = 0: SGD's 2 (1 - eta lam)/S with alpha = 1 - eta lam
+    assert _same(t["nesterov_elr_threshold"].subs(mu, 0).subs(a, 1 - x), 2 * (1 - x) / S)
+    s = np.linspace(1.0, 300.0, X.size)[real]
+    thr = sp.lambdify((a, eta, lam, mu, S), t["nesterov_elr_threshold"], "numpy")
+    np.testing.assert_allclose(
+        thr(alpha, LR[real], WD[real], MU[real], s),
+        T.stability_threshold_elr(LR[real], WD[real], s, MU[real], nesterov=True),
+        rtol=1e-12,
+    )

@@ -270,6 +270,39 @@ def test_momentum_decay_factor_from_iteration(x: float, mu: float) -> None:
     assert T.decay_factor(lr, wd, mu) == pytest.approx(ratios[-1], rel=1e-12)
 
 
+@pytest.mark.parametrize(("x", "mu"), [(1e-3, 0.9), (1e-2, 0.5), (1e-5, 0.99), (0.05, 0.3)])
+def test_nesterov_decay_factor_from_torch(x: float, mu: float) -> None:
+    """torch.optim.SGD(nesterov=True) on a loss of zero gradient: the norm's per-step
+    ratio tends to decay_factor(..., nesterov=True), not to heavy ball's."""
+    import torch
+
+    lr = 0.5
+    w = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
+    opt = torch.optim.SGD([w], lr=lr, momentum=mu, weight_decay=x / lr, nesterov=True)
+    ratios = []
+    for _ in range(20000):
+        before = float(w.detach().norm())
+        opt.zero_grad()
+        (0.0 * w.sum()).backward()
+        opt.step()
+        ratios.append(float(w.detach().norm()) / before)
+        if float(w.detach().norm()) < 1e-100:  # before its square underflows
+            break
+    got = T.decay_factor(lr, x / lr, mu, nesterov=True)
+    assert got == pytest.approx(ratios[-1], rel=1e-11)
+    assert T.decay_rate(lr, x / lr, mu, nesterov=True) == pytest.approx(-math.log(got), rel=1e-12)
+    hb = T.decay_factor(lr, x / lr, mu)
+    assert abs(hb - ratios[-1]) > 1e-9  # a different law from heavy ball's
+
+
+def test_nesterov_decay_factor_complex_roots() -> None:
+    lr, wd, mu = 1.0, 0.1, 0.9  # lr*wd > ((1 - mu)/(1 + mu))^2: oscillating decay
+    roots = np.roots([1.0, -(1 + mu) * (1 - lr * wd), mu * (1 - lr * wd)])
+    assert np.iscomplexobj(roots)
+    got = T.decay_factor(lr, wd, mu, nesterov=True)
+    assert got == pytest.approx(np.max(np.abs(roots)), rel=1e-12)
+
+
 def test_momentum_decay_factor_complex_roots() -> None:
     lr, wd, mu = 1.0, 0.1, 0.9  # lr*wd > (1 - sqrt(mu))^2: oscillating decay
     roots = np.roots([1.0, -(1 + mu - lr * wd), mu])
@@ -329,6 +362,39 @@ def test_heavy_ball_threshold_by_simulation(mu: float) -> None:
     peak_hi, _, ratio_hi = run(1.03)
     assert final_lo < 1e-6 and ratio_lo == pytest.approx(1.0, abs=1e-3)
     assert peak_hi > 1e-3 and ratio_hi > 1.01
+
+
+@pytest.mark.parametrize("mu", [0.5, 0.9])
+def test_nesterov_threshold_by_simulation(mu: float) -> None:
+    """PyTorch's Nesterov update on L = S theta^2/2 from theta = 1e-6, 3 % below / above
+    stability_threshold_elr(..., nesterov=True): theta decays below and grows above
+    (heavy ball's threshold, 2 to 2.8 times higher, would call both stable)."""
+    lr, wd, s = 0.1, 1e-7, 50.0
+    thr = T.stability_threshold_elr(lr, wd, s, mu, nesterov=True)
+    assert T.stability_threshold_elr(lr, wd, s, mu) > 1.9 * thr
+
+    def run(factor: float) -> tuple[float, float]:
+        rho0 = T.critical_norm(lr, wd, s, mu, nesterov=True) / math.sqrt(factor)
+        assert lr / rho0**2 == pytest.approx(factor * thr, rel=1e-12)
+        w = rho0 * np.array([math.cos(1e-6), math.sin(1e-6)])
+        v = np.zeros(2)
+        peak, final = 0.0, 0.0
+        for step in range(600):
+            r = np.linalg.norm(w)
+            th = math.atan2(w[1], w[0])
+            g = s * th / r * np.array([-math.sin(th), math.cos(th)]) + wd * w
+            v = mu * v + g
+            w = w - lr * (g + mu * v)
+            amp = abs(math.atan2(w[1], w[0]))
+            peak = max(peak, amp)
+            if step >= 500:
+                final = max(final, amp)
+        return peak, final
+
+    _, final_lo = run(0.97)
+    peak_hi, _ = run(1.03)
+    assert final_lo < 1e-6
+    assert peak_hi > 1e-3
 
 
 def test_nullcline_keeps_elr_fixed() -> None:

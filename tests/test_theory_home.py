@@ -93,7 +93,15 @@ def test_equilibrium_front_door_dispatches_to_each_family() -> None:
     assert nes["angular_update"] == pytest.approx(
         theory.sgdm_equilibrium_angle(lr, wd, 0.9, nesterov=True), rel=1e-12
     )
-    assert "decay_rate" not in nes  # no decay law for Nesterov
+    # Nesterov's own decay law: the larger root of z^2 - (1 + mu)(1 - x) z + mu (1 - x)
+    x = lr * wd
+    alpha = float(np.max(np.abs(np.roots([1.0, -1.9 * (1 - x), 0.9 * (1 - x)]))))
+    assert nes["decay_factor"] == pytest.approx(alpha, rel=1e-12)
+    assert nes["decay_rate"] == pytest.approx(-math.log(alpha), rel=1e-10)
+    assert nes["elr_doubling_time"] == pytest.approx(
+        math.log(2) / (-2 * math.log(alpha)), rel=1e-10
+    )
+    assert "relaxation_time" not in nes  # no relaxation law for Nesterov
     adam = theory.equilibrium(1e-2, 0.1, optimizer="adamw", n_params=1000)
     assert adam["angular_update"] == pytest.approx(theory.adamw_equilibrium_angle(1e-2, 0.1))
     assert adam["norm"] == pytest.approx(theory.adamw_equilibrium_norm(1e-2, 0.1, 1000))
