@@ -330,6 +330,31 @@ def test_stability_threshold_from_vector_map(x: float) -> None:
     assert multiplier == pytest.approx(-1.0, abs=1e-9)  # the boundary of stability
 
 
+def _si_quadratic_run(
+    mu: float, nesterov: bool, factor: float, lr: float = 0.1, wd: float = 1e-7, s: float = 50.0
+) -> tuple[float, float, float]:
+    """PyTorch's heavy ball (Nesterov) on L = S theta^2/2 from theta = 1e-6, started at
+    ``factor`` times the threshold ``stability_threshold_elr``: the largest angle, the
+    largest over steps 500-600, and the final norm over the initial one."""
+    thr = T.stability_threshold_elr(lr, wd, s, mu, nesterov=nesterov)
+    rho0 = T.critical_norm(lr, wd, s, mu, nesterov=nesterov) / math.sqrt(factor)
+    assert lr / rho0**2 == pytest.approx(factor * thr, rel=1e-12)
+    w = rho0 * np.array([math.cos(1e-6), math.sin(1e-6)])
+    v = np.zeros(2)
+    peak, final = 0.0, 0.0
+    for step in range(600):
+        r = np.linalg.norm(w)
+        th = math.atan2(w[1], w[0])
+        g = s * th / r * np.array([-math.sin(th), math.cos(th)]) + wd * w
+        v = mu * v + g
+        w = w - lr * (g + mu * v if nesterov else v)
+        amp = abs(math.atan2(w[1], w[0]))
+        peak = max(peak, amp)
+        if step >= 500:
+            final = max(final, amp)
+    return peak, final, float(np.linalg.norm(w) / rho0)
+
+
 @pytest.mark.parametrize("mu", [0.0, 0.5, 0.9])
 def test_heavy_ball_threshold_by_simulation(mu: float) -> None:
     """Heavy ball on L = S theta^2/2 from theta = 1e-6, 3 % below / above the threshold.
@@ -338,61 +363,21 @@ def test_heavy_ball_threshold_by_simulation(mu: float) -> None:
     amplitude until the centrifugal push has raised the norm (the effective LR drops
     back under the threshold), so the norm ends clearly larger.
     """
-    lr, wd, s = 0.1, 1e-7, 50.0
-
-    def run(factor: float) -> tuple[float, float, float]:
-        rho0 = T.critical_norm(lr, wd, s, mu) / math.sqrt(factor)  # elr = factor * threshold
-        assert lr / rho0**2 == pytest.approx(factor * T.stability_threshold_elr(lr, wd, s, mu))
-        w = rho0 * np.array([math.cos(1e-6), math.sin(1e-6)])
-        v = np.zeros(2)
-        peak, final = 0.0, 0.0
-        for step in range(600):
-            r = np.linalg.norm(w)
-            th = math.atan2(w[1], w[0])
-            grad = s * th / r * np.array([-math.sin(th), math.cos(th)])
-            v = mu * v + grad + wd * w
-            w = w - lr * v
-            amp = abs(math.atan2(w[1], w[0]))
-            peak = max(peak, amp)
-            if step >= 500:
-                final = max(final, amp)
-        return peak, final, float(np.linalg.norm(w) / rho0)
-
-    _, final_lo, ratio_lo = run(0.97)
-    peak_hi, _, ratio_hi = run(1.03)
+    _, final_lo, ratio_lo = _si_quadratic_run(mu, False, 0.97)
+    peak_hi, _, ratio_hi = _si_quadratic_run(mu, False, 1.03)
     assert final_lo < 1e-6 and ratio_lo == pytest.approx(1.0, abs=1e-3)
     assert peak_hi > 1e-3 and ratio_hi > 1.01
 
 
 @pytest.mark.parametrize("mu", [0.5, 0.9])
 def test_nesterov_threshold_by_simulation(mu: float) -> None:
-    """PyTorch's Nesterov update on L = S theta^2/2 from theta = 1e-6, 3 % below / above
-    stability_threshold_elr(..., nesterov=True): theta decays below and grows above
-    (heavy ball's threshold, 2 to 2.8 times higher, would call both stable)."""
-    lr, wd, s = 0.1, 1e-7, 50.0
-    thr = T.stability_threshold_elr(lr, wd, s, mu, nesterov=True)
-    assert T.stability_threshold_elr(lr, wd, s, mu) > 1.9 * thr
-
-    def run(factor: float) -> tuple[float, float]:
-        rho0 = T.critical_norm(lr, wd, s, mu, nesterov=True) / math.sqrt(factor)
-        assert lr / rho0**2 == pytest.approx(factor * thr, rel=1e-12)
-        w = rho0 * np.array([math.cos(1e-6), math.sin(1e-6)])
-        v = np.zeros(2)
-        peak, final = 0.0, 0.0
-        for step in range(600):
-            r = np.linalg.norm(w)
-            th = math.atan2(w[1], w[0])
-            g = s * th / r * np.array([-math.sin(th), math.cos(th)]) + wd * w
-            v = mu * v + g
-            w = w - lr * (g + mu * v)
-            amp = abs(math.atan2(w[1], w[0]))
-            peak = max(peak, amp)
-            if step >= 500:
-                final = max(final, amp)
-        return peak, final
-
-    _, final_lo = run(0.97)
-    peak_hi, _ = run(1.03)
+    """PyTorch's Nesterov update, 3 % below / above stability_threshold_elr(...,
+    nesterov=True): theta decays below and grows above (heavy ball's threshold, 2 to 2.8
+    times higher, would call both stable)."""
+    thr = T.stability_threshold_elr(0.1, 1e-7, 50.0, mu, nesterov=True)
+    assert T.stability_threshold_elr(0.1, 1e-7, 50.0, mu) > 1.9 * thr
+    _, final_lo, _ = _si_quadratic_run(mu, True, 0.97)
+    peak_hi, _, _ = _si_quadratic_run(mu, True, 1.03)
     assert final_lo < 1e-6
     assert peak_hi > 1e-3
 
