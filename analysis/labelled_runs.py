@@ -75,11 +75,12 @@ class Run:
     sharpness_every: int = 0  # steps between sphere-sharpness measurements (0: none)
     init_scale: float = 1.0  # the trained weights' initial values times this
     bn_eps: float = 1e-5  # BatchNorm's eps (PyTorch's default)
+    nesterov: bool = False  # PyTorch's SGD(nesterov=True) (analysis/nesterov_runs.py)
 
     @property
     def optimizer(self) -> str:
         kind = "gd" if self.batch == 0 else "sgd"
-        return kind + ("_mom" if self.momentum else "")
+        return kind + ("_nes" if self.nesterov else "_mom" if self.momentum else "")
 
     @property
     def family(self) -> str:
@@ -344,7 +345,9 @@ def train(run: Run, out: Path) -> dict[str, Any]:
         with torch.no_grad():
             for p in params:
                 p.mul_(run.init_scale)
-    opt = torch.optim.SGD(params, lr=run.lr, momentum=run.momentum, weight_decay=run.wd)
+    opt = torch.optim.SGD(
+        params, lr=run.lr, momentum=run.momentum, weight_decay=run.wd, nesterov=run.nesterov
+    )
     path = out / f"{run.name}.npz"
 
     def full_loss() -> Any:
@@ -411,6 +414,7 @@ def _cached(run: Run, out: Path) -> bool:
     stored.setdefault("sharpness_every", 0)  # logs written before the fields existed
     stored.setdefault("init_scale", 1.0)
     stored.setdefault("bn_eps", 1e-5)
+    stored.setdefault("nesterov", False)
     return stored == json.loads(json.dumps(asdict(run)))
 
 
