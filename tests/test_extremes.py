@@ -250,6 +250,30 @@ def test_heavy_ball_decay_factor_matches_mpmath(lr, wd, mu):
     _assert_close(th.exponential_lr_alpha(lr, wd, mu), ref, 1e3, f"exponential_lr_alpha mu={mu}")
 
 
+NESTEROV_POINTS = [
+    (0.1, 1e-11, 0.9),
+    (0.1, 1e-5, 0.9),
+    (0.1, 2e-2, 0.9),  # lr*wd = 2e-3 < ((1 - mu)/(1 + mu))^2 = 2.8e-3: real roots
+    (1.0, 0.05, 0.5),
+    (1e-3, 1e-9, 0.99),
+]
+
+
+@pytest.mark.parametrize("lr,wd,mu", NESTEROV_POINTS)
+def test_nesterov_decay_factor_and_rate_match_mpmath(lr, wd, mu):
+    """Larger root of a^2 - (1 + mu)(1 - lr wd) a + mu (1 - lr wd) = 0, and -ln of it to
+    full relative precision down to lr*wd = 1e-12 (where 1 - a ~ 1e-11)."""
+    th = _theory()
+    x = _x(lr, wd)
+    m = mp.mpf(mu)
+    b = (1 + m) * (1 - x)
+    disc = b**2 - 4 * m * (1 - x)
+    assert disc > 0  # the points are chosen in the real-root region
+    ref = (b + mp.sqrt(disc)) / 2
+    _assert_close(th.decay_factor(lr, wd, mu, nesterov=True), ref, 1e3, f"nesterov mu={mu}")
+    _assert_close(th.decay_rate(lr, wd, mu, nesterov=True), -mp.log(ref), 1e3, f"rate mu={mu}")
+
+
 @pytest.mark.parametrize("lr,wd", EDGE_POINTS, ids=_ids(EDGE_POINTS))
 def test_every_closed_form_is_finite_on_valid_edges(lr, wd):
     """Every public closed form returns finite values on valid inputs at the edges."""
