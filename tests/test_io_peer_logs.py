@@ -256,6 +256,10 @@ def test_idealgas_trace_and_config():
     t = sio.read(IDEAL)
     cfg = json.loads((IDEAL / "config.json").read_text())
     assert t.meta["lr"] == cfg["lr"] == 1.0 and t.meta["wd"] == cfg["wd"] == 0.01
+    # config.json names no optimizer; the repository's pretrain builds plain torch.optim.SGD
+    assert "optimizer" not in cfg and "momentum" not in cfg
+    assert t.meta["optimizer"] == "sgd" and t.meta["momentum"] == 0.0
+    assert "torch.optim.SGD" in t.meta["optimizer_source"]
     np.testing.assert_array_equal(t.step, np.arange(1, 21) * 50)
     # the last running radius is the SI norm of the saved model: check it by hand, from the
     # raw float32 storages of the conv weights in the zip (keys from torch's own reader)

@@ -50,6 +50,11 @@ __all__ = ["read_idealgas", "detect"]
 MappingArg = Mapping[str, str | None] | Sequence[str] | None
 
 _RUNNING = ("running_radius", "running_loss", "stoch_grad_norm")
+#: Where an ideal-gas run's optimizer comes from: its files do not name it, the code that
+#: trains it builds one optimizer only.
+IDEALGAS_OPTIMIZER_SOURCE = (
+    "the repository's pretrain, which builds torch.optim.SGD(lr, weight_decay) without momentum"
+)
 _META_KEYS = ("lr", "wd", "batch_size", "num_iters", "running_log_freq", "opt_mode", "loss_fn")
 
 
@@ -287,6 +292,7 @@ def read_idealgas(path: str | os.PathLike[str], *, mapping: MappingArg = None) -
         f"{cfg['running_log_freq']} iterations; <metric> (eval) at the config's log_iters"
     ]
     _learning_rates(cfg, table, meta, repr(str(config_path)))
+    meta.update(optimizer="sgd", momentum=0.0, optimizer_source=IDEALGAS_OPTIMIZER_SOURCE)
     defaults = {
         "rho": "running_radius",
         "loss": "running_loss",
