@@ -41,7 +41,7 @@ import numpy as np
 from siflow import theory
 from siflow._cli import ArgumentParser, run_main
 from siflow._fileio import atomic_write, ensure_dir, require
-from siflow.periods import find_events, measure_decay_rate
+from siflow.periods import find_events, measure_decay_rate, sharpness_before_events
 from siflow.trajectory import Trajectory
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -138,6 +138,8 @@ def measure(traj: Trajectory) -> dict[str, Any]:
     own = float(theory.stability_threshold_elr(lr, wd, 1.0, mu, nesterov=nes))
     hb = float(theory.stability_threshold_elr(lr, wd, 1.0, mu))
     peaks, ev = cycle_maxima(traj)
+    # elr at each event times the sharpness late in its decay phase, before the burst
+    at_event = (ev.elr_before * sharpness_before_events(traj, ev))[1:]
     return {
         "optimizer": "Nesterov" if nes else "heavy ball",
         "events": len(ev),
@@ -146,6 +148,8 @@ def measure(traj: Trajectory) -> dict[str, Any]:
         "threshold_heavy_ball": hb,
         "peak_over_own": peaks / own,
         "peak_over_heavy_ball": peaks / hb,
+        "event_over_own": at_event / own,
+        "event_over_heavy_ball": at_event / hb,
         "decay_measured": float(measure_decay_rate(traj, ev)),
         "decay_law_own": float(theory.decay_rate(lr, wd, mu, nesterov=nes)),
         "decay_law_heavy_ball": float(theory.decay_rate(lr, wd, mu)),
@@ -169,17 +173,24 @@ def table(rows: dict[str, dict[str, Any]]) -> str:
         "1 - lr wd + a^2/((1 + mu) a + mu) = "
         f"{next(r for r in rows.values() if r['optimizer'] == 'Nesterov')['threshold_own']:.3f}.",
         "",
-        "Largest elr S of each decay phase after the first (median, range over the cycles), "
-        "over the run's own threshold and over heavy ball's; decay rate of ln rho between "
-        "events (`siflow.periods.measure_decay_rate`) against the two zero-gradient laws.",
+        "For the events after the first (median, range over them), over the run's own "
+        "threshold and over heavy ball's: elr S at the event, the effective LR at the event "
+        "times the sharpness over the last tenth of its decay phase "
+        "(`siflow.periods.sharpness_before_events`; at the event row the burst has begun and "
+        "S is the burst's); and the largest elr S of the decay phase before it (rows from the "
+        "previous jump's peak to two rows before the event: single high measurements count). "
+        "Decay rate of ln rho between events (`siflow.periods.measure_decay_rate`) against "
+        "the two zero-gradient laws.",
         "",
-        "| run | optimizer | events | median period | max elr S / own threshold "
-        "| / heavy ball's | decay measured | own law | heavy ball's law |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| run | optimizer | events | median period | elr S at events / own threshold "
+        "| / heavy ball's | max elr S before / own threshold | / heavy ball's "
+        "| decay measured | own law | heavy ball's law |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in rows.items():
         lines.append(
             f"| {name} | {r['optimizer']} | {r['events']} | {r['period_median']:.0f} "
+            f"| {_spread(r['event_over_own'])} | {_spread(r['event_over_heavy_ball'])} "
             f"| {_spread(r['peak_over_own'])} | {_spread(r['peak_over_heavy_ball'])} "
             f"| {r['decay_measured']:.5f} | {r['decay_law_own']:.5f} "
             f"| {r['decay_law_heavy_ball']:.5f} |"

@@ -61,6 +61,7 @@ from siflow.periods import (
     decay_phases,
     find_events,
     measure_decay_rate,
+    sharpness_before_events,
     stationary_part,
 )
 from siflow.schedules import parse_schedule
@@ -331,24 +332,19 @@ def predict_period_at(
 
 
 def _sharpness_at_events(traj: Trajectory, events: Events) -> float | None:
-    """Median over events of the last finite sharpness at or before each event row.
-
-    Sharpness is often measured only every k steps, so the event row itself may be
-    NaN; the last measurement before it is the one that describes the landscape the
-    run destabilized in. Without events (or measurements before them), the median
-    over the run.
-    """
+    """Median over events of the sharpness each destabilized in
+    (:func:`siflow.periods.sharpness_before_events`: late in its decay phase, before the
+    burst). Without events (or measurements before them), the median over the run."""
     if not traj.has("sharpness_sphere"):
         return None
     col = traj.sharpness_sphere
     assert col is not None
-    finite_rows = np.flatnonzero(np.isfinite(col))
-    if finite_rows.size == 0:
+    if not np.any(np.isfinite(col)):
         return None
-    before = np.searchsorted(finite_rows, events.index, side="right") - 1 if len(events) else []
-    vals = [col[finite_rows[i]] for i in before if i >= 0]
-    if not vals:
-        vals = col[finite_rows]
+    vals = sharpness_before_events(traj, events) if len(events) else np.zeros(0)
+    vals = vals[np.isfinite(vals)]
+    if not vals.size:
+        vals = col[np.isfinite(col)]
     return float(np.median(vals))
 
 

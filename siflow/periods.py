@@ -62,6 +62,7 @@ __all__ = [
     "match_tolerance",
     "score_detector",
     "measure_decay_rate",
+    "sharpness_before_events",
     "stationary_part",
     "classify",
     "REGIMES",
@@ -1216,6 +1217,59 @@ def decay_phases(traj: Trajectory, events: Events | None = None) -> list[tuple[i
     for k, pk in enumerate(events.peak_index):
         stop = int(events.index[k + 1]) + 1 if k + 1 < len(events) else n
         out.append((int(pk), stop))
+    return out
+
+
+def sharpness_before_events(
+    traj: Trajectory, events: Events, fraction: float = 0.1
+) -> NDArray[np.float64]:
+    """The sphere sharpness each event destabilized in, from a logged ``sharpness_sphere``.
+
+    For each event, the median of the finite sharpness values over the last ``fraction``
+    of the decay phase before it: the rows from ``fraction`` of the way back from the
+    event row to the previous event's peak (the first row for the first event), the
+    event row left out. Without a measurement there, the last finite value before the
+    event row. NaN where there is none.
+
+    The event row is left out because the burst has begun there: the loss has jumped and
+    the sharpness measured at that row is the burst's. On the digits ConvNet of
+    ``analysis/nesterov_runs.py`` (heavy ball) it is 150-8000 times the value this
+    returns at the four event rows that fall on a measurement. Times ``elr_before`` this
+    gives the ``elr S`` at which each event left the stable region, to compare with
+    :func:`siflow.theory.stability_threshold_elr`.
+
+    Parameters
+    ----------
+    traj : Trajectory
+        The log, with a ``sharpness_sphere`` column (often measured every k rows).
+    events : Events
+        Its events (:func:`find_events`).
+    fraction : float
+        Part of each decay phase, in (0, 1], whose measurements are taken.
+
+    Returns
+    -------
+    ndarray
+        One sharpness per event.
+    """
+    if not 0.0 < float(fraction) <= 1.0:
+        raise ValueError(f"fraction must lie in (0, 1], got {fraction!r}")
+    col = traj.sharpness_sphere
+    out = np.full(len(events), np.nan)
+    if col is None:
+        return out
+    finite = np.flatnonzero(np.isfinite(col))
+    for k, row in enumerate(np.asarray(events.index, dtype=np.int64)):
+        start = int(events.peak_index[k - 1]) if k else 0
+        lo = max(start, int(math.ceil(row - fraction * (row - start))))
+        window = col[lo:row]
+        window = window[np.isfinite(window)]
+        if window.size:
+            out[k] = float(np.median(window))
+        else:
+            before = int(np.searchsorted(finite, row, side="left")) - 1
+            if before >= 0:
+                out[k] = float(col[finite[before]])
     return out
 
 

@@ -23,6 +23,7 @@ from siflow.periods import (
     decay_phases,
     find_events,
     measure_decay_rate,
+    sharpness_before_events,
     stationary_part,
 )
 from siflow.trajectory import Trajectory
@@ -793,3 +794,37 @@ def test_score_detector_by_hand():
     res = score_detector({"a": traj}, {"a": [1000, 2500]})
     assert (res["tp"], res["fp"], res["fn"]) == (1, 1, 1)
     assert math.isnan(score_detector({}, {"a": [1]})["recall"])
+
+
+def test_sharpness_before_events_by_hand():
+    """Median of the measurements over the last tenth of each decay phase, the event row
+    left out; the last measurement before the row when the window holds none."""
+    n = 200
+    s = np.full(n, np.nan)
+    s[[80, 90, 94, 96, 98, 100]] = [50.0, 1.0, 3.0, 2.0, 9.0, 500.0]  # 500: the burst row
+    s[[150, 170]] = [7.0, 800.0]
+    index = np.array([100, 190])
+    empty = np.zeros(2)
+    events = Events(
+        steps=index,
+        index=index,
+        periods=np.array([90.0]),
+        rho_before=empty,
+        rho_after=empty,
+        elr_before=empty,
+        elr_after=empty,
+        peak_index=np.array([110, 195]),
+        peak_steps=np.array([110, 195]),
+        signal="rho",
+        threshold=0.1,
+    )
+    traj = Trajectory(step=np.arange(n), sharpness_sphere=s)
+    got = sharpness_before_events(traj, events)
+    # event 1: rows 90..99 (a tenth of 0..100): 1, 3, 2, 9 -> median 2.5 (50 and 500 out)
+    # event 2: rows 182..189 (a tenth of 110..190): none -> last before row 190: 800
+    np.testing.assert_array_equal(got, [2.5, 800.0])
+    # a fifth: rows 80..99 -> 50, 1, 3, 2, 9 -> 3; rows 174..189 -> none -> 800
+    np.testing.assert_array_equal(sharpness_before_events(traj, events, 0.2), [3.0, 800.0])
+    assert np.all(np.isnan(sharpness_before_events(Trajectory(step=np.arange(n)), events)))
+    with pytest.raises(ValueError, match="fraction must lie in"):
+        sharpness_before_events(traj, events, 0.0)
