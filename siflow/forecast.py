@@ -2,7 +2,8 @@
 
 Between destabilizations the weight norm of a scale-invariant network decays by the
 free-decay factor per step, ``ln rho_{t+1} - ln rho_t = ln decay_factor(lr_t, wd_t, mu)``
-(``docs/theory.md`` sections 1 and "Destabilization events"), so the effective LR
+(``docs/theory.md`` sections 1, 3 and "Destabilization events"; heavy ball's factor with
+momentum, PyTorch Nesterov's for a Nesterov run), so the effective LR
 ``lr/rho^2`` grows until the network destabilizes. The forecast extrapolates this decay
 from the last logged norm to the level at which the earlier cycles of the same log
 destabilized:
@@ -10,10 +11,15 @@ destabilized:
 1. the events so far (:func:`siflow.periods.find_events`), at least one;
 2. the threshold variable ``y = ln elr`` and its values ``y_k`` at the earlier events
    (``elr = lr/rho^2``). Destabilization happens at ``elr * S ~ 2(1 + mu - lr wd)``
-   (:func:`siflow.theory.stability_threshold_elr`), and the sphere sharpness ``S`` moves
+   (:func:`siflow.theory.stability_threshold_elr`; Nesterov's is lower), and the sphere
+   sharpness ``S`` moves
    within a cycle, so ``y`` includes it where the log allows (``threshold=``):
 
-   - ``"sharpness"``: a logged ``sharpness_sphere`` column, ``y = ln(elr S)``;
+   - ``"sharpness"``: a logged ``sharpness_sphere`` column, ``y = ln(elr S)``, with the
+     last ``S`` measured at or before each event row (inside the burst; with ``S`` from
+     before the burst, :func:`siflow.periods.sharpness_before_events`, and ``S`` held at
+     its current value, the forecasts of the labelled runs that log ``S`` come early,
+     because ``S`` keeps falling after the cut, and score no better);
    - ``"loss"``: the loss as a proxy of the sharpness. For cross-entropy near a fitted
      minimum the Hessian is weighted by ``sigma'(margin) ~ loss``, so ``S ~ L^beta``
      (``beta = 1`` in the separable limit; 0.28-0.85 measured within the decay phases
