@@ -1252,8 +1252,18 @@ def sharpness_before_events(
     ndarray
         One sharpness per event.
     """
+    traj = _check_traj(traj)
+    if not isinstance(events, Events):
+        raise ValueError(
+            f"events must be the Events of find_events(traj), got {type(events).__name__}"
+        )
     if not 0.0 < float(fraction) <= 1.0:
         raise ValueError(f"fraction must lie in (0, 1], got {fraction!r}")
+    if len(events) and int(np.max(events.index)) >= len(traj):
+        raise ValueError(
+            f"events reach row {int(np.max(events.index))} of a log of {len(traj)} rows: "
+            f"pass the events found in this log"
+        )
     col = traj.sharpness_sphere
     out = np.full(len(events), np.nan)
     if col is None:

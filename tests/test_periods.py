@@ -828,3 +828,7 @@ def test_sharpness_before_events_by_hand():
     assert np.all(np.isnan(sharpness_before_events(Trajectory(step=np.arange(n)), events)))
     with pytest.raises(ValueError, match="fraction must lie in"):
         sharpness_before_events(traj, events, 0.0)
+    with pytest.raises(ValueError, match="pass the events found in this log"):
+        sharpness_before_events(traj[:150], events)
+    with pytest.raises(ValueError, match="must be the Events"):
+        sharpness_before_events(traj, [100, 190])
