@@ -41,7 +41,7 @@ import numpy as np
 from siflow import theory
 from siflow._cli import ArgumentParser, run_main
 from siflow._fileio import atomic_write, ensure_dir, require
-from siflow.periods import find_events, measure_decay_rate, sharpness_before_events
+from siflow.periods import _nesterov, find_events, measure_decay_rate, sharpness_before_events
 from siflow.trajectory import Trajectory
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,11 +109,6 @@ def cmd_train(args: Any) -> int:
     return 0
 
 
-def is_nesterov(traj: Trajectory) -> bool:
-    """The log's optimizer, as ``SIRecorder`` writes it (``SGD`` and ``nesterov``)."""
-    return bool(traj.meta.get("nesterov"))
-
-
 def cycle_maxima(traj: Trajectory) -> tuple[np.ndarray, Any]:
     """The largest ``elr S = lr S / rho^2`` over each decay phase after the first (rows from
     the previous event's peak to two rows before the event), and the events."""
@@ -134,7 +129,7 @@ def cycle_maxima(traj: Trajectory) -> tuple[np.ndarray, Any]:
 def measure(traj: Trajectory) -> dict[str, Any]:
     """One run's row of the table."""
     lr, wd, mu = float(traj.lr), float(traj.wd), traj.momentum  # type: ignore[arg-type]
-    nes = is_nesterov(traj)
+    nes = _nesterov(traj)
     own = float(theory.stability_threshold_elr(lr, wd, 1.0, mu, nesterov=nes))
     hb = float(theory.stability_threshold_elr(lr, wd, 1.0, mu))
     peaks, ev = cycle_maxima(traj)

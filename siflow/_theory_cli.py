@@ -36,6 +36,7 @@ from siflow._cli import (
     refuse_ignored_flags,
     run_main,
 )
+from siflow._fileio import json_ready
 
 __all__ = ["main", "build_parser", "format_table", "schedule_report"]
 
@@ -424,20 +425,10 @@ def _schedule_body(args: Any) -> int:
     rep["schedule"] = lr_s.spec
     rep["wd_schedule"] = wd_s.spec
     if args.json:
-        print(json.dumps(_finite(rep), allow_nan=False))
+        print(json.dumps(json_ready(rep), allow_nan=False))
     else:
         print(format_schedule(rep, lr_s.spec))
     return 0
-
-
-def _finite(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {k: _finite(x) for k, x in v.items()}
-    if isinstance(v, list):
-        return [_finite(x) for x in v]
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
 
 
 def _body(argv: Sequence[str] | None) -> int:
@@ -481,7 +472,7 @@ def _body(argv: Sequence[str] | None) -> int:
     notes = _infinite_times(values)
     if args.json:
         # strict JSON: a value that overflowed float range (e.g. lr=1e-320) becomes null
-        print(json.dumps(_finite(values), allow_nan=False))
+        print(json.dumps(json_ready(values), allow_nan=False))
     else:
         print(format_table(values, _missing(args.optimizer, args.n_params is not None)))
         for note in notes:

@@ -62,8 +62,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from siflow._fileio import json_ready
 from siflow._validate import check_lr_wd, check_positive, check_positive_int, momentum_number
-from siflow.periods import Events, _nesterov, find_events
+from siflow.periods import Events, _nesterov, _optimizer_name, find_events
 from siflow.theory import check_optimizer, decay_rate, log_effective_lr
 from siflow.trajectory import Trajectory
 
@@ -115,27 +116,17 @@ class Forecast:
     details: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (NaN becomes ``None``)."""
-
-        def clean(v: Any) -> Any:
-            if isinstance(v, float):
-                return v if math.isfinite(v) else None
-            if isinstance(v, (tuple, list)):
-                return [clean(u) for u in v]
-            if isinstance(v, dict):
-                return {k: clean(u) for k, u in v.items()}
-            if isinstance(v, np.generic):
-                return clean(v.item())
-            return v
-
-        return {
-            "next_event_step": clean(float(self.next_event_step)),
-            "next_event_interval": clean(list(self.next_event_interval)),
-            "last_step": int(self.last_step),
-            "method": self.method,
-            "n_events": int(self.n_events),
-            "details": clean(self.details),
-        }
+        """JSON-ready dict (NaN and infinities become ``None``: :func:`json_ready`)."""
+        return json_ready(
+            {
+                "next_event_step": float(self.next_event_step),
+                "next_event_interval": list(self.next_event_interval),
+                "last_step": int(self.last_step),
+                "method": self.method,
+                "n_events": int(self.n_events),
+                "details": self.details,
+            }
+        )
 
 
 def _none(traj: Trajectory, n: int, why: str) -> Forecast:
@@ -170,7 +161,7 @@ def _resolve_optimizer(traj: Trajectory, optimizer: str | None) -> tuple[str, bo
     else ``"sgd"`` (``assumed`` True); a ValueError for an optimizer without the SGD
     decay law (AdamW, Lion, ...)."""
     if optimizer is None:
-        named = str(traj.meta.get("optimizer") or "").strip().lower()
+        named = _optimizer_name(traj)
         if _nesterov(traj):
             return "nesterov", False
         if named and named not in _SGD_FAMILY:
@@ -394,10 +385,10 @@ def forecast_next_event(
     if history not in ("median", "ar1"):
         raise ValueError(f"history must be 'median' or 'ar1', got {history!r}")
     opt, assumed = _resolve_optimizer(traj, optimizer)
-    if _nesterov(traj) != (opt == "nesterov"):
-        # the detector reads the optimizer from the log (Nesterov's decay law)
-        traj = replace(traj, meta={**traj.meta, "optimizer": opt, "nesterov": opt == "nesterov"})
     nesterov = opt == "nesterov"
+    if _nesterov(traj) != nesterov:
+        # the detector reads the optimizer from the log (Nesterov's decay law)
+        traj = replace(traj, meta={**traj.meta, "optimizer": opt, "nesterov": nesterov})
     # values passed here are checked; the log's own (0 in a warmup) in _current_rate
     lr = traj.lr if lr is None else float(check_positive("lr", lr))
     wd = traj.wd if wd is None else float(check_positive("wd", wd))

@@ -382,6 +382,11 @@ class _Hyper:
         return self.optimizer in ("sgd", "sgdm", "nesterov")
 
     @property
+    def nesterov(self) -> bool:
+        """PyTorch's Nesterov SGD: its own decay law and threshold (siflow.theory)."""
+        return self.optimizer == "nesterov"
+
+    @property
     def mu_varies(self) -> bool:
         return self.mu_rows is not None and bool(np.ptp(self.mu_rows) > 0)
 
@@ -896,7 +901,7 @@ def _working_copy(traj: Trajectory, hp: _Hyper) -> Trajectory:
     """
     work = traj[slice(None)]
     # the detector takes Nesterov's decay law from these
-    work.meta.update(optimizer=hp.optimizer, nesterov=hp.optimizer == "nesterov")
+    work.meta.update(optimizer=hp.optimizer, nesterov=hp.nesterov)
     if hp.lr_rows is not None:
         work.extra["lr"] = hp.lr_rows
     if hp.wd_rows is not None:
@@ -1199,9 +1204,8 @@ def _decay_rate_same_window(work: Trajectory, events: Events, hp: _Hyper) -> flo
     ok = lr > 0
     rate = np.zeros(n)
     if np.any(ok):
-        nesterov = hp.optimizer == "nesterov"
         rate[ok] = np.asarray(
-            theory.decay_rate(lr[ok], wd[ok], mu[ok], nesterov=nesterov), dtype=np.float64
+            theory.decay_rate(lr[ok], wd[ok], mu[ok], nesterov=hp.nesterov), dtype=np.float64
         )
     gaps = np.diff(work.step).astype(np.float64)
     law = -np.concatenate(([0.0], np.cumsum(rate[:-1] * gaps)))  # ln rho_t - ln rho_0
@@ -1287,7 +1291,7 @@ def _period_predictions(
                         res.norm_ratio_median,
                         float(np.median(rise)),
                         mu,
-                        nesterov=hp.optimizer == "nesterov",
+                        nesterov=hp.nesterov,
                     )
                 )
             else:
@@ -1306,11 +1310,10 @@ def _period_predictions(
     if not hp.sgd_family:
         notes.append(f"stability threshold: {pred.formulas.get('threshold', 'n/a')}")
         return
-    nesterov = hp.optimizer == "nesterov"
     pred.elr_threshold = _f(
-        theory.stability_threshold_elr(lr_r, wd_r, s_val, mu, nesterov=nesterov)
+        theory.stability_threshold_elr(lr_r, wd_r, s_val, mu, nesterov=hp.nesterov)
     )
-    pred.critical_norm = _f(theory.critical_norm(lr_r, wd_r, s_val, mu, nesterov=nesterov))
+    pred.critical_norm = _f(theory.critical_norm(lr_r, wd_r, s_val, mu, nesterov=hp.nesterov))
 
 
 def _period_at(
@@ -1356,7 +1359,7 @@ def _period_at(
             work, res.events, (lr_r, wd_r, mu), (p_lr, p_wd, p_mu), notes
         )
         return
-    if hp.optimizer == "nesterov":
+    if hp.nesterov:
         if pred.sharpness is not None:
             notes.append(
                 "period at predict_lr/predict_wd from the decay law: the cycle model of "

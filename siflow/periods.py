@@ -46,6 +46,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from siflow import theory
+from siflow._fileio import json_ready
 from siflow._validate import (
     as_float_array,
     check_positive_int,
@@ -153,32 +154,28 @@ class Events:
             return (self.rho_after / self.rho_before) ** 2
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict: lists of Python numbers, NaN replaced by ``None``."""
-
-        def clean(a: NDArray[Any]) -> list[Any]:
-            if a.dtype.kind in "iu":
-                return [int(v) for v in a]
-            return [float(v) if math.isfinite(v) else None for v in a]
-
-        med = self.period_median
-        return {
-            "n_events": len(self),
-            "steps": clean(self.steps),
-            "index": clean(self.index),
-            "periods": clean(self.periods),
-            "period_median": med if math.isfinite(med) else None,
-            "rho_before": clean(self.rho_before),
-            "rho_after": clean(self.rho_after),
-            "elr_before": clean(self.elr_before),
-            "elr_after": clean(self.elr_after),
-            "peak_steps": clean(self.peak_steps),
-            "loss_before": clean(self.loss_before),
-            "loss_peak": clean(self.loss_peak),
-            "loss_spike": clean(self.loss_spike),
-            "decay_before": clean(self.decay_before),
-            "signal": self.signal,
-            "threshold": self.threshold if math.isfinite(self.threshold) else None,
-        }
+        """JSON-ready dict: lists of Python numbers, NaN replaced by ``None``
+        (:func:`siflow._fileio.json_ready`)."""
+        return json_ready(
+            {
+                "n_events": len(self),
+                "steps": self.steps,
+                "index": self.index,
+                "periods": self.periods,
+                "period_median": self.period_median,
+                "rho_before": self.rho_before,
+                "rho_after": self.rho_after,
+                "elr_before": self.elr_before,
+                "elr_after": self.elr_after,
+                "peak_steps": self.peak_steps,
+                "loss_before": self.loss_before,
+                "loss_peak": self.loss_peak,
+                "loss_spike": self.loss_spike,
+                "decay_before": self.decay_before,
+                "signal": self.signal,
+                "threshold": self.threshold,
+            }
+        )
 
 
 # ---------------------------------------------------------------------- helpers
@@ -384,11 +381,20 @@ def _row_array(traj: Trajectory, name: str, value: ArrayLike | None) -> NDArray[
     return arr
 
 
+#: Optimizers whose weight decay is decoupled (``1 - lr wd`` per step, whatever the betas).
+_DECOUPLED = ("adam", "adamw", "lion")
+
+
+def _optimizer_name(traj: Trajectory) -> str:
+    """``meta["optimizer"]`` lower-cased (``""`` when the log names none)."""
+    return str(traj.meta.get("optimizer") or "").strip().lower()
+
+
 def _nesterov(traj: Trajectory) -> bool:
     """Whether the log is of PyTorch's Nesterov SGD, whose decay factor and stability
     threshold differ from heavy ball's: ``meta["optimizer"]`` is ``"nesterov"``, or SGD
     (or unnamed) with ``meta["nesterov"]`` true, as ``SIRecorder`` writes it."""
-    name = str(traj.meta.get("optimizer") or "").strip().lower()
+    name = _optimizer_name(traj)
     return name == "nesterov" or (name in ("", "sgd", "sgdm") and bool(traj.meta.get("nesterov")))
 
 
@@ -436,7 +442,7 @@ def _log_equilibrium_norm(
     / :func:`siflow.theory.lion_equilibrium_norm` of one element (``rho*`` scales as
     ``sqrt(C)``), with ``meta["betas"]``. Needs ``0 < lr * wd < 1`` on every row.
     """
-    optimizer = str(traj.meta.get("optimizer") or "sgd").lower()
+    optimizer = _optimizer_name(traj)
     betas = traj.meta.get("betas")
     b1, b2 = (
         (float(betas[0]), float(betas[1])) if isinstance(betas, (list, tuple)) else (0.9, 0.999)
@@ -1432,7 +1438,7 @@ def _converged_under_schedule(
     if win.size < 3:
         return None
     first, last = int(win[0]), int(win[-1])
-    adaptive = str(traj.meta.get("optimizer") or "sgd").lower() in ("adam", "adamw", "lion")
+    adaptive = _optimizer_name(traj) in _DECOUPLED
     power = 2.0 if adaptive else 4.0
     steps = np.diff(traj.step[first : last + 1].astype(np.float64))
     f = np.exp(-power * rate[first:last] * steps)
@@ -1458,8 +1464,7 @@ def _converged_under_schedule(
 def _free_rate(traj: Trajectory, lr: float, wd: float) -> float:
     """Zero-gradient decay rate of the log's optimizer (momentum only for the SGD family:
     AdamW's and Lion's decoupled decay is ``1 - lr wd`` per step whatever their betas)."""
-    optimizer = str(traj.meta.get("optimizer") or "sgd").strip().lower()
-    mu = 0.0 if optimizer in ("adam", "adamw", "lion") else traj.momentum
+    mu = 0.0 if _optimizer_name(traj) in _DECOUPLED else traj.momentum
     return float(decay_rate(lr, wd, mu, nesterov=_nesterov(traj)))
 
 
