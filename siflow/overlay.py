@@ -57,6 +57,7 @@ from siflow._validate import (
 )
 from siflow.periods import (
     Events,
+    _optimizer_name,
     classify,
     decay_phases,
     find_events,
@@ -409,7 +410,7 @@ def _log_optimizer(traj: Trajectory, notes: list[str]) -> str:
     column, Hugging Face's default), a note says where it came from; a log that names
     none is taken as SGD, with a note.
     """
-    raw = str(traj.meta.get("optimizer") or "").strip().lower()
+    raw = _optimizer_name(traj)
     if not raw:
         notes.append(
             "the log does not name its optimizer: the SGD (heavy-ball) laws are used; pass "
@@ -435,7 +436,7 @@ def _log_optimizer(traj: Trajectory, notes: list[str]) -> str:
 def _given_optimizer(traj: Trajectory, optimizer: str, notes: list[str]) -> str:
     """``optimizer=`` checked; a note when the log names another one."""
     name = theory.check_optimizer(optimizer)
-    raw = str(traj.meta.get("optimizer") or "").strip().lower()
+    raw = _optimizer_name(traj)
     if raw and raw != name and not (raw == "sgd" and name in ("sgdm", "nesterov")):
         source = traj.meta.get("optimizer_source")
         where = f", {source}" if source else ""
