@@ -508,19 +508,23 @@ class _Loss:
         self.informative = span >= math.log(1.5) if self.log else span > 0
 
     def spike(
-        self, onset: int, peak: int, before: int, phase: int
+        self, onset: int, peak: int, before: int, phase: int, stop: int | None = None
     ) -> tuple[float, float, float, float]:
         """``(baseline, maximum, band, ln ratio over the band)`` of the loss around a rise.
 
         Baseline: median of the loss rows in ``[before, onset]``; band: 90th percentile
         of the loss over ``[phase, onset]``, the second half of the decay phase (its
         fluctuations, and the tail of an earlier burst); maximum: largest smoothed loss in
-        ``[onset, peak + (peak - onset) // 2 + 2]`` (trajectory rows).
+        ``[onset, peak + (peak - onset) // 2 + 2]`` (trajectory rows), ending at ``stop``
+        when given (the row before the next rise).
         """
         a = self.position(before, "left")
         p = self.position(phase, "left")
         b = self.position(onset, "right")
-        c = self.position(peak + (peak - onset) // 2 + 2, "right")
+        last = peak + (peak - onset) // 2 + 2
+        if stop is not None:
+            last = max(min(last, stop), peak)
+        c = self.position(last, "right")
         base, band_rows = self.raw[a:b], self.raw[min(p, a) : b]
         during = self.x[max(b - 1, 0) : c]
         if base.size == 0 or during.size == 0:
@@ -656,6 +660,35 @@ def _half_rise_time(xs: list[float], clock: NDArray[np.float64], c: _Cand) -> fl
     return float(dt)
 
 
+def _fastest_half_time(xs: list[float], clock: NDArray[np.float64], c: _Cand) -> float:
+    """Shortest clock time in which the rise gains half its amplitude.
+
+    The smallest ``clock[j] - clock[i]`` over ``onset <= i < j <= peak`` with
+    ``xs[j] - xs[i] >= (xs[peak] - xs[onset]) / 2`` (one row's time when that is
+    within one row). A destabilization often starts slowly (the norm stalls, or creeps
+    up while the oscillation grows) and then jumps; its speed is that of the jump.
+    """
+    need = 0.5 * (xs[c.peak] - xs[c.onset])
+    # stack of positions i whose values increase with i: a later, lower value hides
+    # an earlier one, so the last stacked value <= xs[j] - need is the latest such i
+    pos: list[int] = []
+    vals: list[float] = []
+    best = math.inf
+    for j in range(c.onset, c.peak + 1):
+        v = xs[j]
+        k = bisect.bisect_right(vals, v - need) - 1
+        if k >= 0:
+            best = min(best, float(clock[j] - clock[pos[k]]))
+        while vals and vals[-1] >= v:
+            vals.pop()
+            pos.pop()
+        pos.append(j)
+        vals.append(v)
+    if not best > 0:  # reached within one row
+        best = float(clock[min(c.onset + 1, len(clock) - 1)] - clock[c.onset])
+    return best
+
+
 # ------------------------------------------------------------------ find_events
 def _threshold_ratios(
     traj: Trajectory,
@@ -774,9 +807,10 @@ def find_events(
         times faster (in ``ln rho`` per clock unit) than the log's median decay speed.
     min_loss_spike : float
         Smallest loss spike, ``ln(max loss during the rise / band)``, that confirms a
-        rise; the band is the 90th percentile of the loss over the second half of the
-        decay phase before the rise, so minibatch noise and the tail of an earlier
-        burst do not count as a spike.
+        rise (during the rise: up to half its length past its peak, and not past the
+        start of the next rise); the band is the 90th percentile of the loss over the
+        second half of the decay phase before the rise, so minibatch noise and the tail
+        of an earlier burst do not count as a spike.
     fitted_fraction : float
         A rise whose loss before the onset sits above this fraction of the log's loss
         range (on a log scale, from its 5th percentile, or 4 decades below the top if
@@ -790,8 +824,10 @@ def find_events(
         no spike anywhere in the log (an uninformative loss). A destabilization comes
         with its spike.
     loud_spike, loud_rise_speed : float
-        A rise of at least ``quiet_rise_factor * h`` whose first half is at least
-        ``loud_rise_speed`` times faster than the log's median decay speed also counts
+        A rise of at least ``quiet_rise_factor * h`` whose steepest half (the shortest
+        time in which it gains half its amplitude; a destabilization may creep up before
+        it jumps) is at least ``loud_rise_speed`` times faster than the log's median
+        decay speed also counts
         when its loss peak stands at least ``loud_spike`` (``ln(peak / band)``) over the
         band of the decay phase, even if less than ``min_loss_spike`` or within
         ``spike_noise_k`` noise levels: a noisy minibatch loss hides the spike of a clear
@@ -906,26 +942,40 @@ def find_events(
         # (hi - mid)/spread >= spike_noise_k  <=>  (hi - mid)/spread * unit >= spike_h
         loss.unit = spike_h / spike_noise_k if spike_noise_k > 0 else math.inf
     measured: list[tuple[_Cand, float, float, float, bool, bool]] = []
-    for c in cands:
+    for n, c in enumerate(cands):
         on_row, pk_row = rows_l[c.onset], rows_l[c.peak]
+        # the loss window of a rise ends before the next rise starts
+        stop_row = rows_l[cands[n + 1].onset] - 1 if n + 1 < len(cands) else None
         fall_rows = max(c.onset - c.fall_start, 4)
         before_row = rows_l[max(c.onset - max(fall_rows // 4, 3), 0)]
         phase_row = rows_l[min(c.fall_start + fall_rows // 2, c.onset)]
         base = top = band = spike = math.nan
         if loss is not None and loss.ok:
-            base, top, band, spike = loss.spike(on_row, pk_row, before_row, phase_row)
+            base, top, band, spike = loss.spike(on_row, pk_row, before_row, phase_row, stop_row)
         spiked = (math.isfinite(spike) and spike >= spike_h) or at_threshold.get(id(c), False)
         if name == "loss":
             fast = True
         else:
             amp = xs[c.peak] - xs[c.onset]
-            t_half = _half_rise_time(xs, clock, c)
             fast = (
                 not math.isfinite(v_fall)
                 or min_rise_speed == 0
                 or c.peak - c.onset <= 2  # not resolved by the logging
-                or 0.5 * amp / t_half >= min_rise_speed * v_fall
+                or 0.5 * amp / _half_rise_time(xs, clock, c) >= min_rise_speed * v_fall
             )
+        # a large rise whose loss does rise over its band, very fast where it is steepest
+        # (a destabilization may creep up, or stall, before it jumps)
+        loud = (
+            name != "loss"
+            and not spiked
+            and loss is not None
+            and loss.ok
+            and loud_spike > 0
+            and top - band >= loud_spike
+            and xs[c.peak] - xs[c.onset] >= quiet_rise_factor * h
+            and 0.5 * (xs[c.peak] - xs[c.onset]) / _fastest_half_time(xs, clock, c)
+            >= loud_rise_speed * v_fall
+        )
         quiet = fast and not spiked and loss is not None and loss.ok and name != "loss"
         if quiet:
             # a loss is logged but did not spike: only a large jump counts, and only when
@@ -934,15 +984,9 @@ def find_events(
             half = rows_l[_half_rise_row(xs, c)]
             seen = loss.rows_between(on_row, half)
             fast = xs[c.peak] - xs[c.onset] >= quiet_rise_factor * h
-            quiet = seen >= 3
-            if (
-                fast
-                and quiet
-                and loud_spike > 0
-                and top - band >= loud_spike
-                and 0.5 * (xs[c.peak] - xs[c.onset]) / t_half >= loud_rise_speed * v_fall
-            ):
-                quiet = False  # a large, very fast rise whose loss does rise over its band
+            quiet = seen >= 3 and not loud
+        elif loud:
+            fast = True  # slow at first, then a loud jump
         if fast or spiked:
             measured.append((c, base, top, spike, spiked, quiet))
     # secondary bursts: a loss peak far below the log's typical spike

@@ -678,12 +678,13 @@ def test_noise_held_norm_with_momentum_is_an_equilibrium():
 HELDOUT = Path(__file__).resolve().parent.parent / "analysis" / "data" / "heldout"
 
 
-def _noisy_loss_log(spike: float, rise_rows: int) -> tuple[Trajectory, list[int]]:
+def _noisy_loss_log(spike: float, rise_rows: int, creep: int = 0) -> tuple[Trajectory, list[int]]:
     """ln rho decays by 1e-3 a row and jumps by 0.3 over ``rise_rows`` rows every 500
     rows; ln loss is white noise (sd 0.3) around ln 0.1, and for 5 rows from each jump it
     sits ``spike`` (in ln) over the 90th percentile of the decay phase's second half. The
-    last jump's loss spikes by 3x (a log whose loss does show spikes). Returns the log
-    and the onsets of the other jumps."""
+    last jump's loss spikes by 3x (a log whose loss does show spikes). With ``creep``, the
+    norm creeps up by 0.03 over the ``creep`` rows before each jump instead of decaying.
+    Returns the log and the onsets of the other jumps."""
     rng = np.random.default_rng(7)
     n, period = 2500, 500
     x = np.empty(n)
@@ -695,6 +696,8 @@ def _noisy_loss_log(spike: float, rise_rows: int) -> tuple[Trajectory, list[int]
             x[i] = x[i - 1] + 0.3 / rise_rows
             if k == 0:
                 onsets.append(i - 1)
+        elif creep and k >= period - creep:
+            x[i] = x[i - 1] + 0.03 / creep
         else:
             x[i] = x[i - 1] - 1e-3
     lnl = math.log(0.1) + 0.3 * rng.standard_normal(n)
@@ -725,6 +728,42 @@ def test_loud_rule_needs_a_very_fast_rise():
     np.testing.assert_array_equal(find_events(traj, loud_rise_speed=20.0).steps, [1999])
 
 
+@pytest.mark.parametrize("creep", [20, 40, 80])
+def test_loud_rule_reads_the_steepest_half_of_a_rise_that_creeps_first(creep):
+    # the norm creeps up by 0.03 over `creep` rows, then jumps by 0.3 in 3 rows: the
+    # first half of the whole rise (0.165) takes creep + 2 rows, 0.165 / 42 = 3.9x the
+    # decay speed at creep 40, but its steepest half takes 2 rows (50x); the loss rises
+    # 1.7x over its band, under min_loss_spike. The event starts where the creep does.
+    traj, onsets = _noisy_loss_log(math.log(1.7), rise_rows=3, creep=creep)
+    starts = [s - creep for s in onsets + [1999]]
+    np.testing.assert_array_equal(find_events(traj).steps, starts)
+    np.testing.assert_array_equal(find_events(traj, loud_spike=0).steps, starts[-1:])
+    # the same creep before a jump spread over 40 rows is not loud (steepest half 20 rows:
+    # 7.5x the decay speed, under loud_rise_speed = 8)
+    slow, _ = _noisy_loss_log(math.log(1.7), rise_rows=40, creep=creep)
+    np.testing.assert_array_equal(find_events(slow).steps, [1999 - creep])
+
+
+def test_loss_window_of_a_rise_ends_where_the_next_rise_starts():
+    # ln rho decays by 1e-3 a row and jumps by 0.5 in 3 rows every 600-700 rows, the loss
+    # 20x over its floor for 5 rows from each jump. Before the third jump the norm creeps
+    # up by 0.03 over 100 rows (0.3x the decay speed) and falls for 25 rows: a zigzag swing
+    # of its own, whose loss window (up to half its length past its peak) would reach the
+    # third jump's spike. It is not an event.
+    n, jumps = 2400, [600, 1200, 1900]
+    d = np.full(n, -1e-3)
+    for j in jumps:
+        d[j : j + 3] = 0.5 / 3
+    d[1775:1875] = 0.03 / 100
+    x = np.concatenate([[0.0], np.cumsum(d[:-1])])
+    lnl = np.full(n, math.log(1e-2))
+    for j in jumps:
+        lnl[j + 1 : j + 6] = math.log(0.2)
+    traj = Trajectory(step=np.arange(n), rho=np.exp(x), loss=np.exp(lnl))
+    # (with the window running past the next onset the creep was an event at 1775)
+    np.testing.assert_array_equal(find_events(traj).steps, jumps)
+
+
 def _jump(rho: np.ndarray, i: int, rows: int = 15) -> float:
     return float(rho[i + 1 : i + 1 + rows].max() / rho[i])
 
@@ -744,6 +783,45 @@ def test_genuine_full_batch_run_whose_loss_rises_under_2x():
         assert _jump(traj.rho, s) > 1.25  # from the raw column
     quiet = find_events(traj, loud_spike=0).steps
     np.testing.assert_array_equal(quiet, steps[[0, 2, 4]])
+
+
+def _steepest_half_rows(x: np.ndarray) -> int:
+    """Fewest rows in which ``x`` gains half of ``x.max() - x[0]`` (brute force)."""
+    need = 0.5 * (x.max() - x[0])
+    return min(j - i for i in range(x.size) for j in range(i + 1, x.size) if x[j] - x[i] >= need)
+
+
+def test_genuine_minibatch_jumps_that_creep_before_they_jump():
+    # cancer_deepmlp_sgd32 (analysis/heldout_runs.py: four BatchNorm layers, batch 32,
+    # lr 0.3, wd 0.01): its two largest norm jumps, labelled by eye, first creep up for
+    # 35-60 rows and then jump by 20-40 % within a few rows; ln loss moves by about 1 from
+    # batch to batch. Both are found from the steepest half of the rise, not without it.
+    traj = Trajectory.load(HELDOUT / "cancer_deepmlp_sgd32.npz")
+    x = np.log(traj.rho)
+    steps = find_events(traj).steps
+    for onset, peak in ((744, 796), (1714, 1784)):
+        i, j = int(np.searchsorted(traj.step, onset)), int(np.searchsorted(traj.step, peak))
+        rise = x[i : j + 1]
+        assert rise.max() - rise[0] > 0.25  # from the raw column: a 28-55 % jump
+        first_half = int(np.argmax(rise >= rise[0] + 0.5 * (rise.max() - rise[0])))
+        assert first_half > 30 and _steepest_half_rows(rise) <= 5
+        assert any(abs(s - onset) <= 3 for s in steps)
+        assert not any(abs(s - onset) <= 3 for s in find_events(traj, loud_spike=0).steps)
+
+
+def test_genuine_noise_held_norm_before_a_jump_is_not_an_event():
+    # iris_wide_nesterov (one wide BatchNorm layer, Nesterov, lr 0.1, wd 0.01): between
+    # steps 1000 and 1150 the norm wanders within 3 % at its equilibrium; the burst at
+    # 1198 raises the loss 5x. The wander is no event; the burst is.
+    traj = Trajectory.load(HELDOUT / "iris_wide_nesterov.npz")
+    assert traj.meta["nesterov"] is True
+    calm = (traj.step >= 1000) & (traj.step <= 1150)
+    assert traj.rho[calm].max() / traj.rho[calm].min() < 1.03
+    i = int(np.searchsorted(traj.step, 1198))
+    assert traj.loss[i : i + 10].max() > 4.0 * np.median(traj.loss[calm])
+    steps = find_events(traj).steps
+    assert not np.any((steps >= 1000) & (steps <= 1150))
+    assert np.any(np.abs(steps - 1198) <= 3)
 
 
 def test_genuine_minibatch_run_whose_largest_jump_has_a_hidden_spike():

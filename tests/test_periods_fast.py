@@ -109,6 +109,39 @@ def _half_rise_time_reference(xs, clock, c):
     return float(dt)
 
 
+def _fastest_half_time_reference(xs, clock, c):
+    need = 0.5 * (xs[c.peak] - xs[c.onset])
+    best = min(
+        (
+            clock[j] - clock[i]
+            for i in range(c.onset, c.peak + 1)
+            for j in range(i, c.peak + 1)
+            if xs[j] - xs[i] >= need
+        ),
+        default=math.inf,
+    )
+    if not best > 0:
+        best = clock[min(c.onset + 1, len(clock) - 1)] - clock[c.onset]
+    return float(best)
+
+
+def test_fastest_half_time_equals_brute_force():
+    rng = np.random.default_rng(3)
+    for trial in range(400):
+        n = int(rng.integers(2, 60))
+        xs = np.cumsum(rng.normal(0.1 * (trial % 3), 1.0, n))
+        if trial % 4 == 0:
+            xs = np.round(xs)  # ties
+        clock = np.cumsum(rng.uniform(0.1, 2.0, n))
+        lo = int(rng.integers(0, n - 1))
+        hi = lo + int(np.argmax(xs[lo:]))
+        if hi == lo:
+            continue
+        c = periods._Cand(lo, hi, 0)
+        got = periods._fastest_half_time(xs.tolist(), clock, c)
+        assert got == pytest.approx(_fastest_half_time_reference(xs.tolist(), clock, c), rel=1e-12)
+
+
 def _noise_level_numpy(x: np.ndarray) -> float:
     if x.size < 5:
         return 0.0
@@ -198,6 +231,7 @@ def test_find_events_unchanged_by_the_fast_paths(monkeypatch):
         m.setattr(periods, "_merge_stages", _merge_stages_reference)
         m.setattr(periods, "_half_rise_row", _half_rise_row_reference)
         m.setattr(periods, "_half_rise_time", _half_rise_time_reference)
+        m.setattr(periods, "_fastest_half_time", _fastest_half_time_reference)
         m.setattr(periods._Loss, "position", _position_reference)
         m.setattr(periods._Loss, "rows_between", _rows_between_reference)
         plain = [periods.find_events(t) for t in runs]
