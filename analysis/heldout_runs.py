@@ -67,8 +67,9 @@ class Run:
     batch: int = 0  # 0 = full batch
     momentum: float = 0.0
     optimizer: str = "sgd"  # "sgd" or "adamw"
-    schedule: str = ""  # "" or "cosine"
+    schedule: str = ""  # "", "cosine", "step", "warmup" or "restarts"
     seed: int = 0
+    nesterov: bool = False
 
 
 RUNS = (
@@ -83,6 +84,48 @@ RUNS = (
     Run("wine_lnmlp_adamw_gd", "wine", "lnmlp", 1e-2, 0.3, 3000, optimizer="adamw"),
     Run("cancer_bnaffine_gd_cosine", "cancer", "bnaffine", 1.0, 1e-2, 3000, schedule="cosine"),
     Run("iris_lnmlp_gdmom", "iris", "lnmlp", 0.1, 1e-2, 3000, momentum=0.9),
+    # second batch: looked at while the loud rule's steepest half and the loss window's end
+    # at the next rise were written (docs/theory.md, "Destabilization events")
+    Run("digits_gnconv_gd", "digits", "gnconv", 0.5, 1e-2, 2500, seed=7),
+    Run("cancer_deepmlp_sgd32", "cancer", "deepmlp", 0.3, 1e-2, 3000, batch=32, seed=7),
+    Run("wine_resmlp_gdmom", "wine", "resmlp", 0.05, 1e-2, 3000, momentum=0.9, seed=7),
+    Run("iris_wide_nesterov", "iris", "wide", 0.1, 1e-2, 3000, momentum=0.9, seed=7, nesterov=True),
+    Run("digits_mlp_gd_step", "digits", "mlp", 1.0, 1e-2, 3000, schedule="step", seed=7),
+    Run(
+        "digits_lnmlp_adamw",
+        "digits",
+        "lnmlp",
+        3e-3,
+        0.3,
+        3000,
+        batch=128,
+        optimizer="adamw",
+        seed=7,
+    ),
+    Run("cancer_bnaffine_gd_lowwd", "cancer", "bnaffine", 1.0, 1e-3, 5000, seed=7),
+    Run("digits_wide_gd_lr2", "digits", "wide", 2.0, 5e-3, 3000, seed=7),
+    # third batch: labelled blind (plots without the detector's events), after those changes
+    Run("digits_resconv_sgd64", "digits", "resconv", 0.5, 5e-3, 2500, batch=64, seed=11),
+    Run("cancer_lnmlp_gdmom", "cancer", "lnmlp", 0.05, 2e-2, 3000, momentum=0.9, seed=11),
+    Run("wine_wide_sgd16", "wine", "wide", 0.3, 1e-2, 3000, batch=16, seed=11),
+    Run(
+        "digits_deepmlp_gd_warmup", "digits", "deepmlp", 1.0, 5e-3, 3000, schedule="warmup", seed=11
+    ),
+    Run("iris_bnaffine_adamw", "iris", "bnaffine", 1e-2, 0.5, 3000, optimizer="adamw", seed=11),
+    Run(
+        "digits_wide_nesterov_sgd128",
+        "digits",
+        "wide",
+        0.1,
+        1e-2,
+        3000,
+        batch=128,
+        momentum=0.9,
+        seed=11,
+        nesterov=True,
+    ),
+    Run("cancer_mlp_gd_restarts", "cancer", "mlp", 1.0, 1e-2, 3000, schedule="restarts", seed=11),
+    Run("wine_deepmlp_gd", "wine", "deepmlp", 0.5, 2e-2, 2500, seed=11),
 )
 
 
@@ -98,6 +141,27 @@ def load_data(name: str, torch: Any) -> tuple[Any, Any]:
     d = loaders[name]()
     x = (d.data - d.data.mean(0)) / (d.data.std(0) + 1e-8)
     return torch.tensor(x, dtype=torch.float32), torch.tensor(d.target, dtype=torch.int64)
+
+
+def _residual_block(torch: Any, kind: str, width: int) -> Any:
+    """``relu(x + BN(W x))``, ``W`` a bias-free linear map (``"mlp"``) or 3x3 convolution
+    (``"conv"``), BatchNorm with learnable scale and shift."""
+    nn = torch.nn
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            if kind == "conv":
+                self.w = nn.Conv2d(width, width, 3, padding=1, bias=False)
+                self.bn = nn.BatchNorm2d(width)
+            else:
+                self.w = nn.Linear(width, width, bias=False)
+                self.bn = nn.BatchNorm1d(width)
+
+        def forward(self, x: Any) -> Any:
+            return torch.relu(x + self.bn(self.w(x)))
+
+    return Block()
 
 
 def build(net: str, n_in: int, n_out: int, torch: Any) -> Any:
@@ -123,6 +187,28 @@ def build(net: str, n_in: int, n_out: int, torch: Any) -> Any:
             layers += [nn.ReLU(), nn.MaxPool2d(2)]
         layers += [nn.Flatten()]
         n_in = 128
+    elif net == "gnconv":  # GroupNorm (4 groups) without affine terms
+        layers += [nn.Unflatten(1, (1, 8, 8))]
+        for c_in, c in ((1, 16), (16, 32)):
+            layers += [nn.Conv2d(c_in, c, 3, padding=1, bias=False)]
+            layers += [nn.GroupNorm(4, c, affine=False), nn.ReLU(), nn.MaxPool2d(2)]
+        layers += [nn.Flatten()]
+        n_in = 128
+    elif net in ("deepmlp", "mlp"):  # BatchNorm without affine terms, 4 x 32 or 2 x 64
+        depth, width = (4, 32) if net == "deepmlp" else (2, 64)
+        for _ in range(depth):
+            layers += [nn.Linear(n_in, width, bias=False)]
+            layers += [nn.BatchNorm1d(width, affine=False), nn.ReLU()]
+            n_in = width
+    elif net == "resmlp":  # two residual blocks with affine BatchNorm
+        layers += [nn.Linear(n_in, 32, bias=False), nn.BatchNorm1d(32), nn.ReLU()]
+        layers += [_residual_block(torch, "mlp", 32), _residual_block(torch, "mlp", 32)]
+        n_in = 32
+    elif net == "resconv":  # residual ConvNet with affine BatchNorm on the 8x8 digits
+        layers += [nn.Unflatten(1, (1, 8, 8)), nn.Conv2d(1, 16, 3, padding=1, bias=False)]
+        layers += [nn.BatchNorm2d(16), nn.ReLU(), _residual_block(torch, "conv", 16)]
+        layers += [nn.MaxPool2d(2), _residual_block(torch, "conv", 16), nn.Flatten()]
+        n_in = 256
     else:
         raise ValueError(f"unknown network {net!r}")
     model = nn.Sequential(*layers, nn.Linear(n_in, n_out))
@@ -130,6 +216,22 @@ def build(net: str, n_in: int, n_out: int, torch: Any) -> Any:
 
     freeze_classifier(model[-1], LAST_LAYER_NORM)  # seed paper: norm 10, frozen
     return model
+
+
+def make_schedule(run: Run, opt: Any, torch: Any) -> Any:
+    """The run's PyTorch LR scheduler (None for a constant lr): cosine to zero over the run,
+    x0.3 at step 1500, a linear warmup from 1 % over 300 steps, or cosine restarts every
+    1000 steps."""
+    sched = torch.optim.lr_scheduler
+    if run.schedule == "cosine":
+        return sched.CosineAnnealingLR(opt, run.steps)
+    if run.schedule == "step":
+        return sched.StepLR(opt, 1500, 0.3)
+    if run.schedule == "warmup":
+        return sched.LinearLR(opt, 0.01, 1.0, 300)
+    if run.schedule == "restarts":
+        return sched.CosineAnnealingWarmRestarts(opt, 1000)
+    return None
 
 
 def train(run: Run, out: Path) -> dict[str, Any]:
@@ -145,12 +247,10 @@ def train(run: Run, out: Path) -> dict[str, Any]:
     if run.optimizer == "adamw":
         opt = torch.optim.AdamW(params, lr=run.lr, weight_decay=run.wd)
     else:
-        opt = torch.optim.SGD(params, lr=run.lr, momentum=run.momentum, weight_decay=run.wd)
-    sched = (
-        torch.optim.lr_scheduler.CosineAnnealingLR(opt, run.steps)
-        if run.schedule == "cosine"
-        else None
-    )
+        opt = torch.optim.SGD(
+            params, lr=run.lr, momentum=run.momentum, weight_decay=run.wd, nesterov=run.nesterov
+        )
+    sched = make_schedule(run, opt, torch)
     rec = SIRecorder(model, opt, every=1, meta={"config": asdict(run), "dataset": run.data})
     gen = torch.Generator().manual_seed(run.seed + 1)
     t0 = time.perf_counter()
@@ -183,7 +283,7 @@ def slim(traj: Trajectory) -> Trajectory:
     def f32(a: Any) -> Any:
         return None if a is None else np.asarray(a, dtype=np.float32).astype(np.float64)
 
-    keys = ("lr", "wd", "momentum", "optimizer", "dataset", "source", "config")
+    keys = ("lr", "wd", "momentum", "nesterov", "optimizer", "dataset", "source", "config")
     return Trajectory(
         step=traj.step,
         rho=f32(traj.rho),
@@ -217,6 +317,24 @@ def load_labels(
     return raw["events"], raw.get("ambiguous", {})
 
 
+def load_batches(path: Path = DATA / "labels.json") -> dict[str, list[str]]:
+    """The labelled runs by batch (``labels.json``'s note says how each was labelled)."""
+    import json
+
+    if not path.is_file():
+        return {}
+    return json.loads(path.read_text()).get("batches", {})
+
+
+def _scores(res: dict[str, Any]) -> str:
+    """``recall r (tp/labelled), precision p (tp/found)`` of a detector score."""
+    tp, fn, fp = res["tp"], res["fn"], res["fp"]
+    return (
+        f"recall {res['recall']:.3f} ({tp}/{tp + fn}), "
+        f"precision {res['precision']:.3f} ({tp}/{tp + fp})"
+    )
+
+
 def cmd_detect(args: Any) -> int:
     from siflow import periods
 
@@ -232,14 +350,15 @@ def cmd_detect(args: Any) -> int:
     if not found:
         raise ValueError(f"no held-out logs in {logs}; run 'train' first")
     labels, ambiguous = load_labels()
-    res = periods.score_detector({k: t for k, (t, _) in found.items()}, labels, ambiguous)
+    trajs = {k: t for k, (t, _) in found.items()}
+    res = periods.score_detector(trajs, labels, ambiguous)
     if res["runs"]:
         for r in res["runs"]:
             print(f"  {r['run']}: {r['tp']} found, {r['fn']} missed, {r['fp']} false")
-        print(
-            f"labelled runs: recall {res['recall']:.3f} ({res['tp']}/{res['tp'] + res['fn']}), "
-            f"precision {res['precision']:.3f} ({res['tp']}/{res['tp'] + res['fp']})"
-        )
+        for batch, names in load_batches().items():
+            part = periods.score_detector(trajs, {k: labels[k] for k in names}, ambiguous)
+            print(f"batch {batch} ({len(names)} runs): {_scores(part)}")
+        print(f"labelled runs: {_scores(res)}")
     plt = require("matplotlib.pyplot", "analysis", "matplotlib")
     fig, axes = plt.subplots(len(found), 1, figsize=(12, 2.4 * len(found)), squeeze=False)
     for ax, (name, (traj, ev)) in zip(axes[:, 0], found.items(), strict=True):
