@@ -373,6 +373,20 @@ CASES: list[Case] = [
         r"no readable zip directory",
         {"log.npz": _writer(b"PK\x03\x04not the rest of a zip file\n")},
     ),
+    # text under an .npz name (no zip signature): named as a damaged archive, not read as a
+    # table ("has a header but no data rows")
+    _overlay(
+        "log-npz-name-text-bytes",
+        ["log.npz", *LR_WD],
+        r"not a valid \.npz \(no zip header\)",
+        {"log.npz": _writer("garbage\n")},
+    ),
+    _forecast(
+        "log-npz-name-text-bytes",
+        ["log.npz", *LR_WD],
+        r"not a valid \.npz \(no zip header\)",
+        {"log.npz": _writer("step,rho\n0,1\n1,0.9\n2,0.8\n")},
+    ),
     _overlay(
         "log-is-a-directory", ["log.csv", *LR_WD], r"director|event|no .*file", {"log.csv": _mkdir}
     ),

@@ -173,6 +173,9 @@ def detect_format(path: str | os.PathLike[str]) -> str:
             f"{str(p)!r} begins as a zip/.npz but has no readable zip directory (truncated, "
             f"or still being written); pass it again once it is complete"
         )
+    if not p.is_dir() and p.name.lower().endswith(".npz") and not head.startswith(b"PK"):
+        # a text reader would take a damaged archive's bytes for a table
+        raise ValueError(f"{str(p)!r} is not a valid .npz (no zip header); is it truncated?")
     for name, entry in FORMATS.items():
         if entry.detect(p, head):
             return name
@@ -202,8 +205,6 @@ def detect_format(path: str | os.PathLike[str]) -> str:
             f"{str(p)!r} is a zip/.npz of no known layout (no col_step for siflow, no "
             f"report_epochs for the seed paper); pass fmt= one of {choices}"
         )
-    if p.name.lower().endswith(".npz"):
-        raise ValueError(f"{str(p)!r} is not a valid .npz (no zip header); is it truncated?")
     if head.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise ValueError(
             f"{str(p)!r} is UTF-16 text (Excel's 'Unicode text'); save it as UTF-8 CSV and read "
