@@ -326,13 +326,13 @@ def load_batches(path: Path = DATA / "labels.json") -> dict[str, list[str]]:
     return json.loads(path.read_text()).get("batches", {})
 
 
-def _scores(res: dict[str, Any]) -> str:
-    """``recall r (tp/labelled), precision p (tp/found)`` of a detector score."""
-    tp, fn, fp = res["tp"], res["fn"], res["fp"]
-    return (
-        f"recall {res['recall']:.3f} ({tp}/{tp + fn}), "
-        f"precision {res['precision']:.3f} ({tp}/{tp + fp})"
-    )
+def _scores(rows: list[dict[str, Any]]) -> str:
+    """``recall r (tp/labelled), precision p (tp/found)`` summed over the per-run rows of
+    :func:`siflow.periods.score_detector`."""
+    tp, fn, fp = (sum(r[k] for r in rows) for k in ("tp", "fn", "fp"))
+    recall = tp / (tp + fn) if tp + fn else math.nan
+    precision = tp / (tp + fp) if tp + fp else math.nan
+    return f"recall {recall:.3f} ({tp}/{tp + fn}), precision {precision:.3f} ({tp}/{tp + fp})"
 
 
 def cmd_detect(args: Any) -> int:
@@ -350,15 +350,14 @@ def cmd_detect(args: Any) -> int:
     if not found:
         raise ValueError(f"no held-out logs in {logs}; run 'train' first")
     labels, ambiguous = load_labels()
-    trajs = {k: t for k, (t, _) in found.items()}
-    res = periods.score_detector(trajs, labels, ambiguous)
+    res = periods.score_detector({k: t for k, (t, _) in found.items()}, labels, ambiguous)
     if res["runs"]:
         for r in res["runs"]:
             print(f"  {r['run']}: {r['tp']} found, {r['fn']} missed, {r['fp']} false")
         for batch, names in load_batches().items():
-            part = periods.score_detector(trajs, {k: labels[k] for k in names}, ambiguous)
+            part = [r for r in res["runs"] if r["run"] in names]
             print(f"batch {batch} ({len(names)} runs): {_scores(part)}")
-        print(f"labelled runs: {_scores(res)}")
+        print(f"labelled runs: {_scores(res['runs'])}")
     plt = require("matplotlib.pyplot", "analysis", "matplotlib")
     fig, axes = plt.subplots(len(found), 1, figsize=(12, 2.4 * len(found)), squeeze=False)
     for ax, (name, (traj, ev)) in zip(axes[:, 0], found.items(), strict=True):
