@@ -43,14 +43,15 @@ destabilized:
 4. ``threshold estimate = step_now + (y* - y_now)/(dy/dt)`` and its interval from the
    lowest and highest earlier ``y_k``.
 
-The periods seen so far give a second estimate, ``last event + median period``. The
-forecast is ``blend * threshold estimate + (1 - blend) * period estimate`` (both
-estimates scatter alike on real runs, by the irregularity of their cycles; their mean
-scatters less), the interval spans both. The period estimate alone is used when the
-current phase is still rising (a jump in progress), when the threshold gives no
-estimate, and when the norm is already below the usual threshold without having
-destabilized (this cycle's threshold is higher); when that estimate has passed too,
-the event is due at the next step.
+The periods seen so far give a second estimate, ``last event + median period``, and a
+second interval, ``last event +`` their shortest to longest (half to twice the one period
+when there is one). The forecast is
+``blend * threshold estimate + (1 - blend) * period estimate`` (both estimates scatter
+alike on real runs, by the irregularity of their cycles; their mean scatters less), the
+interval spans both. The period estimate alone is used when the current phase is still
+rising (a jump in progress), when the threshold gives no estimate, and when the norm is
+already below the usual threshold without having destabilized (this cycle's threshold is
+higher); when that estimate has passed too, the event is due at the next step.
 """
 
 from __future__ import annotations
@@ -92,8 +93,10 @@ class Forecast:
         single earlier threshold (one event so far) there is no spread to take:
         the estimate plus and minus ``ln 2 / (2 r)`` steps, ``r`` the free-decay rate
         ``-ln decay_factor(lr, wd, mu)`` per step, the steps in which the free decay
-        moves the effective LR by a factor 2 (``details["interval"]`` says so). Both
-        are moved to after the last logged step; when the latest bound has passed too
+        moves the effective LR by a factor 2 (``details["interval"]`` says so). With
+        a single earlier period (two events so far) the periods' range is half to
+        twice that period after the last event (``details["period_interval"]``).
+        Both are moved to after the last logged step; when the latest bound has passed too
         (the cycle is already longer than every estimate), there is no upper bound:
         ``inf`` (``None`` in :meth:`to_dict`), and ``details["overdue"]`` says so.
     last_step : int
@@ -478,6 +481,12 @@ def _forecast_from_events(
     )
     period_lo = float(events.steps[-1] + np.min(periods)) if n >= 2 else math.nan
     period_hi = float(events.steps[-1] + np.max(periods)) if n >= 2 else math.nan
+    if n == 2:
+        # one period says nothing of their spread: the interval would be one point. It
+        # is a factor 2 of that period either side (consecutive periods of the committed
+        # real-network logs differ by less than a factor 2 in 82 % of 1052 pairs)
+        last, one = float(events.steps[-1]), float(periods[0])
+        period_lo, period_hi = last + 0.5 * one, last + 2.0 * one
     peak_row = int(events.peak_index[-1])
     details: dict[str, Any] = {
         "threshold_kind": {"sharpness": "elr*S", "loss": "elr*L^beta", "elr": "elr"}[kind],
@@ -487,6 +496,11 @@ def _forecast_from_events(
         "lr": lr_now,
         "wd": wd_now,
     }
+    if n == 2:
+        details["period_interval"] = (
+            "one period so far: half to twice that period after the last event (an "
+            "assumed, wide spread)"
+        )
 
     def by_period(reason: str) -> Forecast:
         if not math.isfinite(period_guess):

@@ -761,3 +761,33 @@ def test_overdue_cycle_has_no_upper_bound(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert f"interval {last + 1}..no upper bound" in out.stdout
+
+
+def test_one_period_interval_is_half_to_twice_that_period_not_a_point():
+    # with two events the shortest and longest earlier periods are the same value: the
+    # period's interval was [x, x] (22 of the labelled set's 566 half-way cuts)
+    traj, ev = jump_map()
+    period = float(ev[1] - ev[0])
+    cut = int(ev[1] + 0.4 * period)  # before the interval's low end
+    fc = forecast_next_event(traj[: cut + 1])
+    assert fc.n_events == 2 and fc.method == "blend"
+    assert abs(fc.next_event_step - ev[2]) <= 1.5
+    # the thresholds agree (an exact cycle), so the interval is the period's by hand
+    assert fc.next_event_interval == (ev[1] + 0.5 * period, ev[1] + 2.0 * period)
+    assert "half to twice" in fc.details["period_interval"]
+    # the norm decays on past the earlier threshold and period without a jump: both
+    # estimates have passed, and the interval still reaches twice the period
+    x = traj.meta["wd"]
+    rho = traj.rho.copy()
+    t = np.arange(ev[2], len(rho))
+    rho[t] = rho[ev[2]] * (1 - x) ** (t - ev[2])
+    late = Trajectory(step=traj.step, rho=rho, loss=traj.loss, meta=traj.meta)
+    cut = int(ev[2] + 20)
+    fc = forecast_next_event(late[: cut + 1])
+    assert fc.n_events == 2
+    assert fc.next_event_step == cut + 1  # the estimates have passed
+    assert fc.next_event_interval == (cut + 1, ev[1] + 2.0 * period)
+    # with three events the periods' own spread is the interval, as before
+    cut = int(ev[2] + 0.75 * period)
+    fc = forecast_next_event(traj[: cut + 1])
+    assert fc.n_events == 3 and "period_interval" not in fc.details
