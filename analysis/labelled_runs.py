@@ -25,6 +25,7 @@ Usage::
                                                      # figures/forecast*.png and tables
     python analysis/labelled_runs.py seeds --seeds 1,2  # the GD runs at other seeds: how
                                                      # far the period moves with the seed
+    python analysis/labelled_runs.py sparse          # the detector on every k-th row
 
 Training writes logs to ``runs/labelled/logs`` unless ``--update-data`` (then to
 ``analysis/data/labelled``); evaluation reads ``analysis/data/labelled`` unless ``--logs``.
@@ -507,6 +508,126 @@ def evaluate_detector(trajs: dict[str, Trajectory], labels: dict[str, list[int]]
     from siflow.periods import score_detector
 
     return score_detector(trajs, labels, load_labels(key="ambiguous"))
+
+
+#: Logging intervals of :func:`detector_on_sparse_logs`: every k-th row kept.
+SPARSE_EVERY = (1, 2, 5, 10)
+#: Rows per cycle (median labelled period / k) that split its table.
+ROWS_PER_CYCLE_EDGES = (10, 20, 40)
+
+
+def every_kth_row(traj: Trajectory, k: int) -> Trajectory:
+    """The log as if written every ``k`` steps: rows 0, k, 2k, ... (steps unchanged)."""
+    return traj[np.arange(0, len(traj), k)]
+
+
+def _rows_per_cycle_bin(rows: float) -> str:
+    lo = 0
+    for edge in ROWS_PER_CYCLE_EDGES:
+        if rows < edge:
+            return f"{lo}-{edge}" if lo else f"< {edge}"
+        lo = edge
+    return f">= {lo}"
+
+
+def detector_on_sparse_logs(
+    trajs: dict[str, Trajectory],
+    labels: dict[str, list[int]],
+    ambiguous: dict[str, list[int]] | None = None,
+    every: Sequence[int] = SPARSE_EVERY,
+) -> list[dict[str, Any]]:
+    """Recall and precision of the detector on the logs thinned to every ``k``-th row.
+
+    A log written every ``k`` steps resolves a cycle of ``T`` steps in ``T/k`` rows; a
+    jump and its loss spike may then fall into a single row. Matching as in
+    :func:`evaluate_detector` (its tolerance grows with the logging interval). Runs with
+    fewer than two labelled events have no period and are left out of the per-bin counts.
+
+    Returns
+    -------
+    list of dict
+        Per ``k``: ``every``, ``tp``, ``fp``, ``fn``, and ``bins``: the same counts per
+        range of rows per cycle (median labelled period / k, :data:`ROWS_PER_CYCLE_EDGES`).
+    """
+    from siflow.periods import score_detector
+
+    out = []
+    for k in every:
+        thinned = {name: every_kth_row(t, k) for name, t in trajs.items()}
+        res = score_detector(thinned, labels, ambiguous)
+        bins: dict[str, dict[str, int]] = {}
+        for row in res["runs"]:
+            truth = labels[row["run"]]
+            if len(truth) < 2:
+                continue
+            key = _rows_per_cycle_bin(float(np.median(np.diff(truth))) / k)
+            counts = bins.setdefault(key, {"tp": 0, "fp": 0, "fn": 0})
+            for c in counts:
+                counts[c] += row[c]
+        out.append({"every": k, **{c: res[c] for c in ("tp", "fp", "fn")}, "bins": bins})
+    return out
+
+
+def _ratio(a: int, b: int) -> str:
+    return f"{a / b:.1%} ({a}/{b})" if b else "n/a"
+
+
+def sparse_markdown(rows: list[dict[str, Any]], command: str) -> str:
+    """The table of :func:`detector_on_sparse_logs`."""
+    lines = [
+        "# The detector on sparsely written logs",
+        "",
+        f"Written by `{command}`: the labelled logs thinned to every k-th row.",
+        "",
+        "| every k-th row | recall | precision |",
+        "|---|---|---|",
+    ]
+    for r in rows:
+        tp, fp, fn = r["tp"], r["fp"], r["fn"]
+        lines.append(f"| {r['every']} | {_ratio(tp, tp + fn)} | {_ratio(tp, tp + fp)} |")
+    order = [_rows_per_cycle_bin(v) for v in (0, *ROWS_PER_CYCLE_EDGES)]
+    totals = {key: {"tp": 0, "fp": 0, "fn": 0} for key in order}
+    for r in rows:
+        for key, counts in r["bins"].items():
+            for c in counts:
+                totals[key][c] += counts[c]
+    lines += [
+        "",
+        "By rows per cycle (median labelled period / k), over all k:",
+        "",
+        "| rows per cycle | recall | precision |",
+        "|---|---|---|",
+    ]
+    for key in order:
+        tp, fp, fn = (totals[key][c] for c in ("tp", "fp", "fn"))
+        lines.append(f"| {key} | {_ratio(tp, tp + fn)} | {_ratio(tp, tp + fp)} |")
+    return "\n".join(lines) + "\n"
+
+
+def cmd_sparse(args: Any) -> int:
+    trajs = load_logs(Path(args.logs))
+    labels = load_labels()
+    if not labels:
+        raise ValueError("no labels: analysis/data/labelled/labels.json is missing")
+    every = _every_list(args.every)
+    rows = detector_on_sparse_logs(trajs, labels, load_labels(key="ambiguous"), every)
+    out = ensure_dir(Path(args.out or ROOT / "runs/labelled"))
+    md = sparse_markdown(rows, f"python analysis/labelled_runs.py sparse --every {args.every}")
+    with atomic_write(out / "sparse.md", "w") as fh:
+        fh.write(md)
+    print(md)
+    print(f"wrote {out / 'sparse.md'}")
+    return 0
+
+
+def _every_list(text: str) -> list[int]:
+    try:
+        every = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        every = []
+    if not every or min(every) < 1:
+        raise ValueError(f"--every must be comma-separated integers >= 1, got {text!r}")
+    return every
 
 
 def _kind(run: Run) -> str:
@@ -1545,6 +1666,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="write results.md/json to analysis/data/labelled (committed)",
     )
+    p = sub.add_parser("sparse", help="the detector on the labelled logs thinned to every k-th row")
+    p.add_argument("--every", default="1,2,5,10", help="comma-separated k (default 1,2,5,10)")
+    p.add_argument("--logs", default=str(DATA), help="log directory")
+    p.add_argument("--out", default=None, help="table directory (default runs/labelled)")
     p = sub.add_parser(
         "seeds",
         help="retrain the cycling GD runs at other seeds (cached) and measure how their "
@@ -1573,6 +1698,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_train(args)
     if args.cmd == "plot":
         return cmd_plot(args)
+    if args.cmd == "sparse":
+        return cmd_sparse(args)
     return 0
 
 

@@ -71,6 +71,32 @@ def test_labels_are_norm_jumps_with_loss_spikes_in_the_raw_logs(labelled):
     assert n > 100
 
 
+def test_detector_on_every_kth_row_of_the_labelled_logs(labelled):
+    mod, trajs, labels = labelled
+    name = "digits_mlp_gd_lr1_wd0.01"
+    raw = np.load(DATA / f"{name}.npz", allow_pickle=False)
+    thin = mod.every_kth_row(trajs[name], 5)
+    np.testing.assert_array_equal(thin.step, raw["col_step"][::5])
+    np.testing.assert_array_equal(thin.rho, raw["col_rho"][::5])
+    # rows per cycle: < 10, 10-20, 20-40, >= 40
+    assert [mod._rows_per_cycle_bin(v) for v in (9.9, 10, 19.9, 20, 39.9, 40, 1e9)] == [
+        "< 10", "10-20", "10-20", "20-40", "20-40", ">= 40", ">= 40"
+    ]  # fmt: skip
+    rows = mod.detector_on_sparse_logs(trajs, labels, mod.load_labels(key="ambiguous"), [1, 2])
+    full = mod.evaluate_detector(trajs, labels)
+    assert {k: rows[0][k] for k in ("tp", "fp", "fn")} == {k: full[k] for k in ("tp", "fp", "fn")}
+    one_label = [n for n, v in labels.items() if len(v) < 2]
+    for row in rows:  # the bins hold every run with a period
+        binned = {c: sum(b[c] for b in row["bins"].values()) for c in ("tp", "fp", "fn")}
+        left = mod.detector_on_sparse_logs(
+            {n: trajs[n] for n in one_label}, labels, mod.load_labels(key="ambiguous"),
+            [row["every"]],
+        )[0]  # fmt: skip
+        assert {c: binned[c] + left[c] for c in binned} == {c: row[c] for c in binned}
+    # at every other row the cycles keep 10 or more rows and nearly every event is found
+    assert rows[1]["tp"] >= 0.95 * (rows[1]["tp"] + rows[1]["fn"])
+
+
 def test_detector_recall_and_precision_on_the_labelled_set(labelled):
     mod, trajs, labels = labelled
     res = mod.evaluate_detector(trajs, labels)
