@@ -507,6 +507,21 @@ class _Loss:
         span = self.top - self.low
         self.informative = span >= math.log(1.5) if self.log else span > 0
 
+    def low_at_lr(self, lr_row: NDArray[np.float64] | None, row: int) -> float:
+        """The low end of the loss range over the rows whose learning rate is at least
+        half the one at ``row``: what the network fits at about this lr. Under a schedule
+        that anneals the lr (cosine to zero), the loss keeps falling long after the
+        cycles; against that final floor a mid-run event looked unfitted. With a constant
+        lr, or none known, it is :attr:`low`."""
+        if lr_row is None:
+            return self.low
+        lr_on = float(lr_row[row])
+        comparable = lr_row[self.rows] >= 0.5 * lr_on
+        if not lr_on > 0 or bool(np.all(comparable)) or not bool(np.any(comparable)):
+            return self.low
+        low = float(np.percentile(self.x[comparable], 5))
+        return max(low, self.top - math.log(1e4)) if self.log else low
+
     def spike(
         self, onset: int, peak: int, before: int, phase: int, stop: int | None = None
     ) -> tuple[float, float, float, float]:
@@ -815,8 +830,11 @@ def find_events(
         A rise whose loss before the onset sits above this fraction of the log's loss
         range (on a log scale, from its 5th percentile, or 4 decades below the top if
         that is higher, to its largest 3-row running median) happens before the network
-        has fitted, or re-fitted after a burst, the data: not an event. 0 turns the test
-        off; a loss whose range is under 1.5x says nothing about fitting and is not used.
+        has fitted, or re-fitted after a burst, the data: not an event. Under a learning
+        rate schedule the low end is taken over the rows whose lr is at least half the
+        onset's (an annealed lr lets the loss fall far below what the cycles reach). 0
+        turns the test off; a loss whose range is under 1.5x says nothing about fitting and
+        is not used.
     quiet_rise_factor : float
         When the log has a loss column, a fast rise without a loss spike counts only if
         it is at least this many times the swing threshold ``h`` and the loss cannot
@@ -1017,9 +1035,10 @@ def find_events(
             and loss.ok
             and loss.informative  # a flat loss (range under 1.5x) says nothing about fitting
             and math.isfinite(base)
-            and base > loss.low + fitted_fraction * (loss.top - loss.low)
         ):
-            continue
+            low = loss.low_at_lr(lr_row, rows_l[c.onset])
+            if base > low + fitted_fraction * (loss.top - low):
+                continue
         kept.append((c, base, top, spike))
 
     return _events_from(traj, rows, kept, lr_row, rate, loss, name, h)

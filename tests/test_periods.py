@@ -910,3 +910,40 @@ def test_sharpness_before_events_by_hand():
         sharpness_before_events(traj[:150], events)
     with pytest.raises(ValueError, match="must be the Events"):
         sharpness_before_events(traj, [100, 190])
+
+
+def _cycles_then_annealed(n_cycle=2000, n_tail=2000, x=2e-3):
+    """A jump map at lr 1 (rho^2 decays by (1-x)^2 per step, doubles once below 1; the
+    loss 3e-2 between jumps, 1 for 3 rows after each), then the lr annealed to 0.01: no
+    jumps, the loss falls to 1e-6 (a cosine schedule's end)."""
+    n = n_cycle + n_tail
+    r2, loss, lr = np.empty(n), np.full(n, 3e-2), np.ones(n)
+    v, events = 2 * 0.999, []
+    for t in range(n_cycle):
+        if v < 1.0:
+            events.append(t - 1)
+            v *= 2.0
+            loss[t : t + 3] = 1.0
+        r2[t] = v
+        v *= (1 - x) ** 2
+    tail = np.arange(n_tail)
+    lr[n_cycle:] = 0.01
+    r2[n_cycle:] = v * (1 - 0.01 * x) ** (2 * tail)
+    loss[n_cycle:] = np.maximum(3e-2 * np.exp(-tail / 100.0), 1e-6)
+    traj = Trajectory(
+        step=np.arange(n), rho=np.sqrt(r2), loss=loss, extra={"lr": lr}, meta={"wd": x}
+    )
+    return traj, events
+
+
+def test_fitted_test_compares_the_loss_at_comparable_learning_rates():
+    # the loss range's low end from the whole log is the annealed tail's: 4 decades below
+    # the top (1e-4), so a cycle's loss of 3e-2 sat above the range's middle (1e-2) and
+    # every event looked as if the network had not fitted the data yet
+    traj, events = _cycles_then_annealed()
+    assert len(events) == 11
+    assert find_events(traj).steps.tolist() == events
+    # the same log without its lr column (one lr for every row): the old reading
+    flat = Trajectory(step=traj.step, rho=traj.rho, loss=traj.loss, meta={"lr": 1.0, "wd": 2e-3})
+    assert len(find_events(flat)) == 0
+    assert find_events(flat, fitted_fraction=0).steps.tolist() == events
