@@ -70,6 +70,7 @@ class Run:
     schedule: str = ""  # "", "cosine", "step", "warmup" or "restarts"
     seed: int = 0
     nesterov: bool = False
+    loss: str = "ce"  # "ce", "smooth" (label smoothing 0.1) or "mse" (on one-hot targets)
 
 
 RUNS = (
@@ -126,6 +127,36 @@ RUNS = (
     ),
     Run("cancer_mlp_gd_restarts", "cancer", "mlp", 1.0, 1e-2, 3000, schedule="restarts", seed=11),
     Run("wine_deepmlp_gd", "wine", "deepmlp", 0.5, 2e-2, 2500, seed=11),
+    # fourth batch: labelled blind, other losses (label smoothing, squared error) and a
+    # LayerNorm ConvNet (GroupNorm with one group)
+    Run("digits_mlp_gd_smooth", "digits", "mlp", 1.0, 1e-2, 3000, seed=13, loss="smooth"),
+    Run("digits_lnconv_gd", "digits", "lnconv", 0.5, 1e-2, 2500, seed=13),
+    Run("cancer_wide_gd_mse", "cancer", "wide", 0.5, 1e-2, 3000, seed=13, loss="mse"),
+    Run(
+        "digits_lnconv_sgd32mom",
+        "digits",
+        "lnconv",
+        0.05,
+        1e-2,
+        3000,
+        batch=32,
+        momentum=0.9,
+        seed=13,
+    ),
+    Run("iris_deepmlp_gd_cosine", "iris", "deepmlp", 1.0, 1e-2, 3000, schedule="cosine", seed=13),
+    Run(
+        "wine_bnaffine_sgd64_smooth",
+        "wine",
+        "bnaffine",
+        0.5,
+        2e-2,
+        3000,
+        batch=64,
+        seed=13,
+        loss="smooth",
+    ),
+    Run("digits_resconv_gd", "digits", "resconv", 0.3, 1e-2, 2500, seed=13),
+    Run("cancer_deepmlp_gd_mse", "cancer", "deepmlp", 1.0, 5e-3, 3000, seed=13, loss="mse"),
 )
 
 
@@ -187,11 +218,12 @@ def build(net: str, n_in: int, n_out: int, torch: Any) -> Any:
             layers += [nn.ReLU(), nn.MaxPool2d(2)]
         layers += [nn.Flatten()]
         n_in = 128
-    elif net == "gnconv":  # GroupNorm (4 groups) without affine terms
+    elif net in ("gnconv", "lnconv"):  # GroupNorm (4 groups, or one: LayerNorm), no affine
+        groups = 4 if net == "gnconv" else 1
         layers += [nn.Unflatten(1, (1, 8, 8))]
         for c_in, c in ((1, 16), (16, 32)):
             layers += [nn.Conv2d(c_in, c, 3, padding=1, bias=False)]
-            layers += [nn.GroupNorm(4, c, affine=False), nn.ReLU(), nn.MaxPool2d(2)]
+            layers += [nn.GroupNorm(groups, c, affine=False), nn.ReLU(), nn.MaxPool2d(2)]
         layers += [nn.Flatten()]
         n_in = 128
     elif net in ("deepmlp", "mlp"):  # BatchNorm without affine terms, 4 x 32 or 2 x 64
@@ -234,6 +266,17 @@ def make_schedule(run: Run, opt: Any, torch: Any) -> Any:
     return None
 
 
+def loss_of(run: Run, logits: Any, y: Any, torch: Any) -> Any:
+    """The run's loss: cross-entropy, with label smoothing 0.1 (``"smooth"``), or the
+    squared error of the logits against one-hot targets (``"mse"``, summed over classes,
+    averaged over samples)."""
+    f = torch.nn.functional
+    if run.loss == "mse":
+        target = f.one_hot(y, logits.shape[1]).to(logits.dtype)
+        return ((logits - target) ** 2).sum(1).mean()
+    return f.cross_entropy(logits, y, label_smoothing=0.1 if run.loss == "smooth" else 0.0)
+
+
 def train(run: Run, out: Path) -> dict[str, Any]:
     """Train one run, record it, save ``out/<name>.npz``."""
     torch = require("torch", "torch", '"torch==2.13.0"')
@@ -261,7 +304,7 @@ def train(run: Run, out: Path) -> dict[str, Any]:
         else:
             xb, yb = x, y
         opt.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(model(xb), yb)
+        loss = loss_of(run, model(xb), yb, torch)
         loss.backward()
         opt.step()
         rec.log_loss(loss)
