@@ -131,10 +131,12 @@ _DETECTOR_HELP = {
     "sharpness": "sphere sharpness S at the minimum, for the threshold tests below",
     "min_threshold_fraction": "with S: drop rises below this fraction of the threshold ELR",
     "threshold_confirms": "with S: a rise at this fraction of the threshold ELR counts",
+    "loss_floor": "the floor the loss settles above (label smoothing: the smoothed targets' "
+    "entropy); 0: none",
 }
 
 #: Types of the parameters whose default is None.
-_DETECTOR_TYPES: dict[str, type] = {"smooth": int, "sharpness": float}
+_DETECTOR_TYPES: dict[str, type] = {"smooth": int, "sharpness": float, "loss_floor": float}
 
 #: The flag of the forecast's optimizer= parameter, for its notes.
 _OPTIMIZER_FLAG = {"optimizer": "--optimizer"}

@@ -479,12 +479,64 @@ def _elr_column(traj: Trajectory, lr_row: NDArray[np.float64] | None) -> NDArray
     return None
 
 
+def estimate_loss_floor(loss: ArrayLike) -> float:
+    """The floor a loss settles just above, when the log shows one (else 0).
+
+    A loss with a floor ``L0 > 0`` (label smoothing: the entropy of the smoothed targets,
+    :func:`siflow.theory.label_smoothing_loss_floor`, 0.50 for ``eps = 0.1`` and
+    ``K = 10``; a model that cannot fit the data) spends most of a run
+    just above it, and a destabilization multiplies its excess ``L - L0``, not ``L``. The
+    floor is taken as ``max(0, q01 - 2 (q50 - q01))`` from the 1st and 50th percentiles of
+    the positive finite values: positive only when half the log lies within 1.5 times its
+    1st percentile (and above it: a loss that sits at one value has no spread to place a
+    floor by). A cross-entropy that fits the data spans decades: no floor.
+
+    Parameters
+    ----------
+    loss : array_like
+        The loss column (NaN and non-positive values are left out).
+    """
+    v = as_float_array("loss", loss)
+    v = v[np.isfinite(v) & (v > 0)]
+    if v.size < 20:
+        return 0.0
+    q01, q50 = np.percentile(v, [1, 50])
+    if not q50 > q01 * (1.0 + 1e-9):
+        return 0.0  # half the log at one value (a toy's plateau): no spread to place a floor
+    return max(0.0, float(q01 - 2.0 * (q50 - q01)))
+
+
+def _loss_above_floor(
+    vals: NDArray[np.float64], floor: float | None
+) -> tuple[float, NDArray[np.float64]]:
+    """``(floor, vals - floor)``: the floor given, or estimated (:func:`estimate_loss_floor`);
+    the few values at or below an estimated floor are held at half the 1st percentile's
+    excess so that their logarithm stays finite."""
+    if floor is None:
+        floor = estimate_loss_floor(vals)
+        if floor <= 0:
+            return 0.0, vals
+        q01 = float(np.percentile(vals, 1))
+        return floor, np.maximum(vals - floor, 0.5 * (q01 - floor))
+    if floor <= 0:
+        return 0.0, vals
+    smallest = float(np.min(vals))
+    if floor >= smallest:
+        raise ValueError(
+            f"loss_floor={floor:g} is not below the log's smallest loss {smallest:g}; pass "
+            "the floor the loss settles above (label smoothing: the smoothed targets' "
+            "entropy), or 0 for none"
+        )
+    return floor, vals - floor
+
+
 class _Loss:
     """The log's loss on a log scale, smoothed, with its noise level (spike measurements)."""
 
-    def __init__(self, traj: Trajectory, noise_k: float) -> None:
+    def __init__(self, traj: Trajectory, noise_k: float, floor: float | None = None) -> None:
         col = _finite_col(traj, "loss")
         self.ok = col is not None
+        self.floor = 0.0
         if col is None:
             return
         rows = np.flatnonzero(np.isfinite(col))
@@ -493,6 +545,8 @@ class _Loss:
         # every row has a loss (simulations): a row's position is the row itself
         self.dense = rows.size == col.size
         self.log = bool(np.all(vals > 0))
+        if self.log:
+            self.floor, vals = _loss_above_floor(vals, floor)
         x = np.log(vals) if self.log else vals.astype(np.float64)
         self.raw = x
         self.x = _rolling_median(x, 3) if x.size >= 12 else x
@@ -582,7 +636,8 @@ class _Loss:
         return lo, hi, band, min(hi - band, (hi - mid) / max(spread, 1e-12) * self.unit)
 
     def value(self, x: float) -> float:
-        return math.exp(x) if self.log else x
+        """The loss at ``x`` (its floor added back)."""
+        return math.exp(x) + self.floor if self.log else x
 
 
 @dataclass
@@ -764,6 +819,7 @@ def find_events(
     sharpness: float | None = None,
     min_threshold_fraction: float = 0.1,
     threshold_confirms: float = 0.9,
+    loss_floor: float | None = None,
 ) -> Events:
     """Find destabilizations (norm jumps with their loss spikes) in a trajectory.
 
@@ -871,6 +927,14 @@ def find_events(
         of the threshold is a destabilization even when the loss barely moves (the slow,
         mild escapes at small ``lr*wd``, where the loss rises by 10-20 %). 0 turns it off.
 
+    loss_floor : float, optional
+        The floor the loss settles above: spikes, bands and the fitted test read the
+        excess ``loss - loss_floor``, which a destabilization multiplies. Default: estimated
+        from the log (:func:`estimate_loss_floor`; 0 for a loss that spans decades, as a
+        cross-entropy that fits the data does). Label smoothing has the smoothed targets'
+        entropy as its floor (:func:`siflow.theory.label_smoothing_loss_floor`); 0 turns
+        the floor off.
+
     Returns
     -------
     Events
@@ -904,6 +968,8 @@ def find_events(
     spike_noise_k = nonnegative_number("spike_noise_k", spike_noise_k)
     min_threshold_fraction = nonnegative_number("min_threshold_fraction", min_threshold_fraction)
     threshold_confirms = nonnegative_number("threshold_confirms", threshold_confirms)
+    if loss_floor is not None:
+        loss_floor = nonnegative_number("loss_floor", loss_floor)
     if len(traj) < 3:
         return Events()
     lr_row, rate = _schedule(traj, lr, wd, momentum)
@@ -947,7 +1013,7 @@ def find_events(
         if ratios is not None and threshold_confirms > 0
         else {}
     )
-    loss = _Loss(traj, noise_k) if name != "loss" else None
+    loss = _Loss(traj, noise_k, loss_floor) if name != "loss" else None
     # the log's decay speed: median over the decay phases before the candidates
     speeds = []
     for c in cands:
@@ -1183,6 +1249,15 @@ def _beyond_schedule(
     return out
 
 
+def _spike_factor(loss: _Loss | None, base: float, top: float) -> float:
+    """``loss peak / loss before`` from their measured values (NaN when unknown)."""
+    if not math.isfinite(top - base):
+        return math.nan
+    if loss is None or not loss.ok or loss.floor == 0:
+        return math.exp(top - base)
+    return loss.value(top) / loss.value(base)
+
+
 def _events_from(
     traj: Trajectory,
     rows: NDArray[np.int64],
@@ -1213,9 +1288,7 @@ def _events_from(
         peak_steps=traj.step[pidx].astype(np.int64),
         loss_before=np.array([lossval(k[1]) if math.isfinite(k[1]) else math.nan for k in kept]),
         loss_peak=np.array([lossval(k[2]) if math.isfinite(k[2]) else math.nan for k in kept]),
-        loss_spike=np.array(
-            [math.exp(k[2] - k[1]) if math.isfinite(k[2] - k[1]) else math.nan for k in kept]
-        ),
+        loss_spike=np.array([_spike_factor(loss, k[1], k[2]) for k in kept]),
         decay_before=_free_decay_before(traj, idx, rate),
         signal=name,
         threshold=float(h),

@@ -2064,6 +2064,41 @@ OPTIMIZERS: dict[str, str] = {
 }
 
 
+def label_smoothing_loss_floor(smoothing: ArrayLike, n_classes: int) -> Array:
+    """The smallest cross-entropy against label-smoothed targets: their entropy.
+
+    With smoothing ``eps`` over ``K`` classes (PyTorch's ``label_smoothing``: ``eps``
+    spread uniformly over all classes), the target is ``q = 1 - eps + eps/K`` on the
+    true class and ``eps/K`` on each other one, and ``CE(q, p) = H(q) + KL(q || p) >= H(q)``:
+
+    ``L0 = -(1 - eps + eps/K) ln(1 - eps + eps/K) - (K - 1) (eps/K) ln(eps/K)``
+
+    (0.50 at ``eps = 0.1``, ``K = 10``), reached only at ``p = q``. A destabilization
+    multiplies the excess ``L - L0``; ``siflow.periods.find_events(loss_floor=...)``.
+    Source: Szegedy et al., "Rethinking the Inception architecture" (CVPR 2016), section 7.
+
+    Parameters
+    ----------
+    smoothing : array_like
+        ``eps`` in [0, 1].
+    n_classes : int
+        ``K >= 2``.
+    """
+    eps = as_float_array("smoothing", smoothing)
+    if np.any(~np.isfinite(eps)) or np.any(eps < 0) or np.any(eps > 1):
+        raise ValueError(f"smoothing must be in [0, 1], got {smoothing!r}")
+    if isinstance(n_classes, bool) or not isinstance(n_classes, (int, np.integer)) or n_classes < 2:
+        raise ValueError(f"n_classes must be an integer >= 2, got {n_classes!r}")
+    k = float(n_classes)
+    true, other = 1.0 - eps + eps / k, eps / k
+    with np.errstate(divide="ignore", invalid="ignore"):
+        h_other = np.where(other > 0, other * np.log(np.where(other > 0, other, 1.0)), 0.0)
+    return _out(-true * np.log(true) - (k - 1.0) * h_other)
+
+
+__all__ += ["label_smoothing_loss_floor"]
+
+
 def check_optimizer(optimizer: str) -> str:
     """The optimizer name, lower-cased, or ``ValueError`` naming the known ones."""
     name = str(optimizer).strip().lower()

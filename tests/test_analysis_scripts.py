@@ -155,15 +155,23 @@ def test_heldout_detector_scores_on_the_committed_logs():
         ["digits_lnconv_gd", "digits_resconv_gd", "iris_deepmlp_gd_cosine", "cancer_deepmlp_gd_mse"]
     )
     assert clear["fn"] == 0 and clear["tp"] == 17 + 13 + 12 + 7 and clear["fp"] <= 4
-    # ... but with label smoothing the loss never falls below the smoothed targets' entropy
-    # (0.50 for 10 classes at 0.1), the spikes are 1.2-3.5x that floor, and half the jumps
-    # are missed; squared error that never fits holds the norm oscillating by 3-7 % at its
-    # equilibrium, and each oscillation is taken for an event (no labelled event there)
+    # ... and with label smoothing, whose loss never falls below the smoothed targets'
+    # entropy (0.50 for 10 classes at 0.1), once spikes are read on the excess over that
+    # floor (32 of 69 were found while they were read on the loss itself); squared error
+    # that never fits holds the norm oscillating by 3-7 % at its equilibrium, and each
+    # oscillation is taken for an event (no labelled event there)
     t = trajs["digits_mlp_gd_smooth"]
     floor = -(0.91 * np.log(0.91) + 9 * 0.01 * np.log(0.01))
     assert floor == pytest.approx(0.50, abs=0.01) and t.loss.min() > floor
     smooth = score(["digits_mlp_gd_smooth", "wine_bnaffine_sgd64_smooth"])
-    assert smooth["recall"] < 0.5 and smooth["fp"] == 0
+    assert smooth["tp"] >= 0.95 * (smooth["tp"] + smooth["fn"]) and smooth["fp"] <= 2
+    off = score_detector(
+        {k: trajs[k] for k in ("digits_mlp_gd_smooth", "wine_bnaffine_sgd64_smooth")},
+        {k: labels[k] for k in ("digits_mlp_gd_smooth", "wine_bnaffine_sgd64_smooth")},
+        ambiguous,
+        loss_floor=0,
+    )
+    assert off["recall"] < 0.5
     mse = score(["cancer_wide_gd_mse"])
     assert mse["tp"] == 0 and mse["fp"] >= 30
     # the misses are heavy ball's: the loss spikes (raw, 2.4-4.9x the row before the

@@ -947,3 +947,78 @@ def test_fitted_test_compares_the_loss_at_comparable_learning_rates():
     flat = Trajectory(step=traj.step, rho=traj.rho, loss=traj.loss, meta={"lr": 1.0, "wd": 2e-3})
     assert len(find_events(flat)) == 0
     assert find_events(flat, fitted_fraction=0).steps.tolist() == events
+
+
+def _jump_map_over_a_floor(floor, n=3000, x=2e-3, excess=0.05, spike=0.8):
+    """A jump map (rho^2 decays by (1-x)^2 per step, doubles once below 1) whose loss is
+    ``floor + excess`` between jumps and ``floor + spike`` for 3 rows after each."""
+    r2, loss = np.empty(n), np.full(n, floor + excess)
+    v, events = 2 * 0.999, []
+    for t in range(n):
+        if v < 1.0:
+            events.append(t - 1)
+            v *= 2.0
+            loss[t : t + 3] = floor + spike
+        r2[t] = v
+        v *= (1 - x) ** 2
+    loss *= 1 + 0.01 * np.sin(np.arange(n))  # a little wiggle
+    meta = {"lr": 1.0, "wd": x}
+    return Trajectory(step=np.arange(n), rho=np.sqrt(r2), loss=loss, meta=meta), events
+
+
+def test_estimate_loss_floor_by_hand():
+    from siflow.periods import estimate_loss_floor
+
+    v = np.concatenate([np.full(20, 0.52), np.full(520, 0.53), np.full(460, 2.0)])
+    q01, q50 = np.percentile(v, [1, 50])
+    assert (q01, q50) == (pytest.approx(0.52), pytest.approx(0.53))
+    assert estimate_loss_floor(v) == pytest.approx(0.52 - 2 * 0.01)
+    # a loss that spans decades (a cross-entropy that fits): none
+    assert estimate_loss_floor(np.logspace(-4, 0, 1000)) == 0.0
+    assert estimate_loss_floor(np.full(10, 0.5)) == 0.0  # too few values to tell
+    assert estimate_loss_floor(np.r_[np.full(900, 0.01), np.ones(100)]) == 0.0  # a plateau
+
+
+def test_loss_floor_reads_spikes_as_multiples_of_the_excess():
+    # label smoothing 0.1 on 10 classes: the loss sits at 0.55 between jumps and rises to
+    # 1.3 (2.4x) at each; the excess over the floor (0.50) rises 16x, and the events report
+    # the loss itself
+    floor = 0.50029
+    traj, events = _jump_map_over_a_floor(floor)
+    assert len(events) == 17
+    found = find_events(traj)
+    assert found.steps.tolist() == events
+    # the reported loss is the loss, the floor added back
+    np.testing.assert_allclose(found.loss_before, floor + 0.05, rtol=0.02)
+    np.testing.assert_allclose(found.loss_spike, (floor + 0.8) / (floor + 0.05), rtol=0.03)
+    assert find_events(traj, loss_floor=floor).steps.tolist() == events
+    with pytest.raises(ValueError, match="not below the log's smallest loss"):
+        find_events(traj, loss_floor=0.6)
+    with pytest.raises(ValueError, match="loss_floor"):
+        find_events(traj, loss_floor=-1)
+
+
+def test_label_smoothed_genuine_log_is_read_above_its_floor():
+    # held-out run: a BatchNorm MLP on digits, full-batch GD with label smoothing 0.1;
+    # every labelled jump found (24 of 50 when the loss is read without its floor)
+    import json
+
+    from siflow.periods import match_events, match_tolerance
+    from siflow.theory import label_smoothing_loss_floor
+
+    data = Path(__file__).resolve().parent.parent / "analysis" / "data" / "heldout"
+    traj = Trajectory.load(data / "digits_mlp_gd_smooth.npz")
+    raw = json.loads((data / "labels.json").read_text())
+    labels = raw["events"]["digits_mlp_gd_smooth"]
+    unsure = raw["ambiguous"]["digits_mlp_gd_smooth"]  # 3-10 % rises: not scored
+    floor = float(label_smoothing_loss_floor(0.1, 10))
+    assert floor < traj.loss.min() < 1.1 * floor  # the raw column sits just above it
+    tol = match_tolerance(labels, traj.step)
+    for kw in ({}, {"loss_floor": floor}):
+        found = find_events(traj, **kw).steps
+        tp, _, fn = match_events(found, labels, tol)
+        assert (tp, fn) == (len(labels), 0)
+        false = [f for f in found if min(abs(f - np.array(labels + unsure))) > tol]
+        assert len(false) <= 1
+    tp, _, _ = match_events(find_events(traj, loss_floor=0).steps, labels, tol)
+    assert tp < 0.6 * len(labels)

@@ -799,3 +799,28 @@ def test_log_effective_lr_by_hand_and_where_rho_squared_leaves_the_float_range()
         assert T.log_effective_lr(0.1, r) == pytest.approx(float(ref), rel=1e-15)
     with np.errstate(all="raise"):
         assert T.log_effective_lr(0.1, 0.0) == math.inf
+
+
+def test_label_smoothing_loss_floor_is_the_smallest_cross_entropy():
+    # by hand: eps 0.1 over 10 classes, targets 0.91 and 0.01
+    hand = -(0.91 * math.log(0.91) + 9 * 0.01 * math.log(0.01))
+    assert T.label_smoothing_loss_floor(0.1, 10) == pytest.approx(hand, rel=1e-15)
+    assert hand == pytest.approx(0.50029, abs=1e-5)
+    assert T.label_smoothing_loss_floor(0.0, 10) == 0.0  # one-hot targets: no floor
+    assert T.label_smoothing_loss_floor(1.0, 4) == pytest.approx(math.log(4))  # uniform
+    # the cross-entropy against the smoothed targets of any prediction is above it (Gibbs)
+    rng = np.random.default_rng(0)
+    q = np.full(10, 0.01)
+    q[3] = 0.91
+    for _ in range(200):
+        p = rng.dirichlet(np.full(10, 0.3))
+        assert -(q * np.log(p)).sum() >= T.label_smoothing_loss_floor(0.1, 10)
+    pairs = ((0.9 + 0.1 / 3, 0.1 / 3), (0.8 + 0.2 / 3, 0.2 / 3))  # three classes
+    np.testing.assert_allclose(
+        T.label_smoothing_loss_floor([0.1, 0.2], 3),
+        [-(a * math.log(a) + 2 * b * math.log(b)) for a, b in pairs],
+        rtol=1e-14,
+    )
+    for bad in ((-0.1, 10), (1.5, 10), (0.1, 1), (0.1, 2.5), (0.1, True)):
+        with pytest.raises(ValueError):
+            T.label_smoothing_loss_floor(*bad)
