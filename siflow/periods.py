@@ -933,7 +933,7 @@ def find_events(
         from the log (:func:`estimate_loss_floor`; 0 for a loss that spans decades, as a
         cross-entropy that fits the data does). Label smoothing has the smoothed targets'
         entropy as its floor (:func:`siflow.theory.label_smoothing_loss_floor`); 0 turns
-        the floor off.
+        the floor off. A loss signal (``signal="loss"``) is read above it too.
 
     Returns
     -------
@@ -975,6 +975,10 @@ def find_events(
     lr_row, rate = _schedule(traj, lr, wd, momentum)
     clock_all = _decay_clock(traj, rate)
     name, rows, x = _signal(traj, signal)
+    if name == "loss" and np.all(np.isfinite(x)) and traj.loss is not None:
+        vals = traj.loss[rows]
+        if np.all(vals > 0):  # x is ln loss: read it above the loss's floor
+            x = np.log(_loss_above_floor(vals.astype(np.float64), loss_floor)[1])
     if name == "elr" and lr_row is not None:
         x = x + 0.5 * np.log(lr_row[rows])  # ln rho = (ln lr - ln elr)/2
     floor = min_spike if name == "loss" else min_rise

@@ -1022,3 +1022,9 @@ def test_label_smoothed_genuine_log_is_read_above_its_floor():
         assert len(false) <= 1
     tp, _, _ = match_events(find_events(traj, loss_floor=0).steps, labels, tol)
     assert tp < 0.6 * len(labels)
+    # detected on the loss alone (no norm column), above the floor and not
+    loss_only = Trajectory(step=traj.step, loss=traj.loss, meta=traj.meta)
+    tp, _, _ = match_events(find_events(loss_only).steps, labels, tol)
+    assert tp >= 0.9 * len(labels)
+    tp, _, _ = match_events(find_events(loss_only, loss_floor=0).steps, labels, tol)
+    assert tp < 0.1 * len(labels)
