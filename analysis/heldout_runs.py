@@ -10,15 +10,21 @@ detector finds on them, for a check by eye:
   weight matrices before the BatchNorms are scale-invariant);
 - ``bnconv``: a two-layer ConvNet with affine BatchNorm on the 8x8 digits;
 - ``wide``: one BatchNorm layer of 128 units;
+- in later batches: ``gnconv`` and ``lnconv`` (GroupNorm with 4 groups or one, no affine
+  terms), ``deepmlp`` and ``mlp`` (BatchNorm MLPs, 4 x 32 and 2 x 64), ``resmlp`` and
+  ``resconv`` (residual blocks with affine BatchNorm);
 
 on the wine, breast-cancer, iris and digits data (standardised), with full-batch GD, SGD
-(batch 64-256), heavy-ball momentum, AdamW and a cosine schedule. The last layer is
-rescaled to Frobenius norm 10 and frozen, as in the seed paper. Every run is recorded with
-:class:`siflow.torch_probe.SIRecorder` (one torch thread; about a minute for all).
+(batch 16-256), heavy ball, Nesterov, AdamW, cosine, step, warmup and restart schedules,
+and cross-entropy, cross-entropy with label smoothing 0.1 or squared error (``Run.loss``).
+The last layer is rescaled to Frobenius norm 10 and frozen, as in the seed paper. Every run
+is recorded with :class:`siflow.torch_probe.SIRecorder` (one torch thread; about ten
+minutes for all).
 
-Seven of the runs were labelled by eye against their plotted norm and loss
-(``analysis/data/heldout/labels.json``; doubtful events are listed as ``ambiguous`` and
-neither counted nor missed); ``detect`` scores the detector's recall and precision on them.
+The runs of four batches were labelled against their plotted norm and loss
+(``analysis/data/heldout/labels.json``, whose note says how each batch was labelled;
+doubtful events are listed as ``ambiguous`` and neither counted nor missed); ``detect``
+scores the detector's recall and precision on them, batch by batch.
 Their logs are committed in ``analysis/data/heldout`` with the columns the detector reads
 (step, rho, loss, lr), so ``detect`` runs from a fresh clone.
 
@@ -60,7 +66,7 @@ class Run:
 
     name: str
     data: str  # "wine", "cancer", "iris" or "digits"
-    net: str  # "lnmlp", "bnaffine", "bnconv" or "wide"
+    net: str  # "lnmlp", "bnaffine", "bnconv", "wide", "gnconv", "lnconv", ... (build)
     lr: float
     wd: float
     steps: int
