@@ -489,7 +489,9 @@ def estimate_loss_floor(loss: ArrayLike) -> float:
     floor is taken as ``max(0, q01 - 2 (q50 - q01))`` from the 1st and 50th percentiles of
     the positive finite values: positive only when half the log lies within 1.5 times its
     1st percentile (and above it: a loss that sits at one value has no spread to place a
-    floor by). A cross-entropy that fits the data spans decades: no floor.
+    floor by), and only for a loss whose largest value is at least 1.5 times its 5th
+    percentile (a loss that only fluctuates has no spikes to read above a floor). A
+    cross-entropy that fits the data spans decades: no floor.
 
     Parameters
     ----------
@@ -500,9 +502,11 @@ def estimate_loss_floor(loss: ArrayLike) -> float:
     v = v[np.isfinite(v) & (v > 0)]
     if v.size < 20:
         return 0.0
-    q01, q50 = np.percentile(v, [1, 50])
+    q01, q05, q50 = np.percentile(v, [1, 5, 50])
     if not q50 > q01 * (1.0 + 1e-9):
         return 0.0  # half the log at one value (a toy's plateau): no spread to place a floor
+    if float(np.max(v)) < 1.5 * q05:
+        return 0.0  # a loss within 1.5x of itself (noise, no spike): nothing rises above it
     return max(0.0, float(q01 - 2.0 * (q50 - q01)))
 
 

@@ -977,6 +977,11 @@ def test_estimate_loss_floor_by_hand():
     assert estimate_loss_floor(np.logspace(-4, 0, 1000)) == 0.0
     assert estimate_loss_floor(np.full(10, 0.5)) == 0.0  # too few values to tell
     assert estimate_loss_floor(np.r_[np.full(900, 0.01), np.ones(100)]) == 0.0  # a plateau
+    # a loss that only fluctuates (uniform in [0.5, 0.6], largest < 1.5x its 5th
+    # percentile): no floor, although half of it lies within 1.5x of its 1st percentile
+    noise = 0.5 + 0.1 * np.random.default_rng(0).random(1000)
+    assert np.percentile(noise, 50) < 1.5 * np.percentile(noise, 1)
+    assert estimate_loss_floor(noise) == 0.0
 
 
 def test_loss_floor_reads_spikes_as_multiples_of_the_excess():
