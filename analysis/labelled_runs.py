@@ -620,11 +620,17 @@ def cmd_sparse(args: Any) -> int:
     return 0
 
 
-def _every_list(text: str) -> list[int]:
+def _int_list(text: str, flag: str) -> list[int]:
+    """The comma-separated integers of a flag's value, in order (a ValueError naming the
+    flag when one is not an integer)."""
     try:
-        every = [int(v) for v in text.split(",") if v.strip()]
+        return [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        every = []
+        raise ValueError(f"{flag} must be comma-separated integers, got {text!r}") from None
+
+
+def _every_list(text: str) -> list[int]:
+    every = _int_list(text, "--every")
     if not every or min(every) < 1:
         raise ValueError(f"--every must be comma-separated integers >= 1, got {text!r}")
     return every
@@ -1607,10 +1613,7 @@ def cmd_evaluate(args: Any) -> int:
 
 
 def _seed_list(text: str) -> list[int]:
-    try:
-        seeds = sorted({int(v) for v in text.split(",") if v.strip()})
-    except ValueError:
-        raise ValueError(f"--seeds must be comma-separated integers, got {text!r}") from None
+    seeds = sorted(set(_int_list(text, "--seeds")))
     if not seeds or min(seeds) < 1:
         raise ValueError(f"--seeds must name seeds >= 1 (seed 0 is the labelled set), got {text!r}")
     return seeds

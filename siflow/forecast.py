@@ -481,12 +481,6 @@ def _forecast_from_events(
     )
     period_lo = float(events.steps[-1] + np.min(periods)) if n >= 2 else math.nan
     period_hi = float(events.steps[-1] + np.max(periods)) if n >= 2 else math.nan
-    if n == 2:
-        # one period says nothing of their spread: the interval would be one point. It
-        # is a factor 2 of that period either side (consecutive periods of the committed
-        # real-network logs differ by less than a factor 2 in 82 % of 1052 pairs)
-        last, one = float(events.steps[-1]), float(periods[0])
-        period_lo, period_hi = last + 0.5 * one, last + 2.0 * one
     peak_row = int(events.peak_index[-1])
     details: dict[str, Any] = {
         "threshold_kind": {"sharpness": "elr*S", "loss": "elr*L^beta", "elr": "elr"}[kind],
@@ -497,6 +491,11 @@ def _forecast_from_events(
         "wd": wd_now,
     }
     if n == 2:
+        # one period says nothing of their spread: the interval would be one point. It
+        # is a factor 2 of that period either side (consecutive periods of the committed
+        # real-network logs differ by less than a factor 2 in 82 % of 1052 pairs)
+        last, one = float(events.steps[-1]), float(periods[0])
+        period_lo, period_hi = last + 0.5 * one, last + 2.0 * one
         details["period_interval"] = (
             "one period so far: half to twice that period after the last event (an "
             "assumed, wide spread)"

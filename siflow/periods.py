@@ -196,8 +196,11 @@ def _finite_col(traj: Trajectory, name: str) -> NDArray[np.float64] | None:
     return col if np.count_nonzero(np.isfinite(col)) >= 3 else None
 
 
-def _signal(traj: Trajectory, signal: str) -> tuple[str, NDArray[np.int64], NDArray[np.float64]]:
-    """Choose the detection signal; return (name, rows, x) over its usable rows."""
+def _signal(
+    traj: Trajectory, signal: str, loss_floor: float | None = None
+) -> tuple[str, NDArray[np.int64], NDArray[np.float64]]:
+    """Choose the detection signal; return (name, rows, x) over its usable rows (for the
+    loss, ``ln(loss - loss_floor)``: :func:`_log_loss`)."""
     if signal not in _SIGNALS:
         raise ValueError(f"signal must be one of {', '.join(_SIGNALS)}, got {signal!r}")
     order = ("rho", "elr", "loss") if signal == "auto" else (signal,)
@@ -220,8 +223,7 @@ def _signal(traj: Trajectory, signal: str) -> tuple[str, NDArray[np.int64], NDAr
                 x = -0.5 * x
         else:
             rows = np.flatnonzero(np.isfinite(col))
-            vals = col[rows]
-            x = np.log(vals) if np.all(vals > 0) else vals.copy()
+            x = _log_loss(col[rows], loss_floor)[1]
         return name, rows.astype(np.int64), x
     short = [
         f"{name} {_usable_rows(traj.column(name), name != 'loss')}"
@@ -534,6 +536,17 @@ def _loss_above_floor(
     return floor, vals - floor
 
 
+def _log_loss(
+    vals: NDArray[np.float64], floor: float | None
+) -> tuple[float, NDArray[np.float64], bool]:
+    """``(floor, x, log)``: ``x = ln(vals - floor)`` (:func:`_loss_above_floor`) when every
+    value is positive (``log`` True), else the values themselves and no floor."""
+    if not np.all(vals > 0):
+        return 0.0, vals.astype(np.float64), False
+    floor, vals = _loss_above_floor(vals, floor)
+    return floor, np.log(vals), True
+
+
 class _Loss:
     """The log's loss on a log scale, smoothed, with its noise level (spike measurements)."""
 
@@ -548,10 +561,7 @@ class _Loss:
         self.rows = rows
         # every row has a loss (simulations): a row's position is the row itself
         self.dense = rows.size == col.size
-        self.log = bool(np.all(vals > 0))
-        if self.log:
-            self.floor, vals = _loss_above_floor(vals, floor)
-        x = np.log(vals) if self.log else vals.astype(np.float64)
+        self.floor, x, self.log = _log_loss(vals, floor)
         self.raw = x
         self.x = _rolling_median(x, 3) if x.size >= 12 else x
         self.noise = _noise_level(self.x)
@@ -570,7 +580,7 @@ class _Loss:
         half the one at ``row``: what the network fits at about this lr. Under a schedule
         that anneals the lr (cosine to zero), the loss keeps falling long after the
         cycles; against that final floor a mid-run event looked unfitted. With a constant
-        lr, or none known, it is :attr:`low`."""
+        lr (``lr_row`` None), it is :attr:`low`."""
         if lr_row is None:
             return self.low
         lr_on = float(lr_row[row])
@@ -978,11 +988,7 @@ def find_events(
         return Events()
     lr_row, rate = _schedule(traj, lr, wd, momentum)
     clock_all = _decay_clock(traj, rate)
-    name, rows, x = _signal(traj, signal)
-    if name == "loss" and np.all(np.isfinite(x)) and traj.loss is not None:
-        vals = traj.loss[rows]
-        if np.all(vals > 0):  # x is ln loss: read it above the loss's floor
-            x = np.log(_loss_above_floor(vals.astype(np.float64), loss_floor)[1])
+    name, rows, x = _signal(traj, signal, loss_floor)
     if name == "elr" and lr_row is not None:
         x = x + 0.5 * np.log(lr_row[rows])  # ln rho = (ln lr - ln elr)/2
     floor = min_spike if name == "loss" else min_rise
@@ -1022,6 +1028,8 @@ def find_events(
         else {}
     )
     loss = _Loss(traj, noise_k, loss_floor) if name != "loss" else None
+    # the fitted test compares rows at a comparable lr only when the lr varies
+    lr_varies = lr_row if lr_row is not None and np.ptp(lr_row) > 0 else None
     # the log's decay speed: median over the decay phases before the candidates
     speeds = []
     for c in cands:
@@ -1110,7 +1118,7 @@ def find_events(
             and loss.informative  # a flat loss (range under 1.5x) says nothing about fitting
             and math.isfinite(base)
         ):
-            low = loss.low_at_lr(lr_row, rows_l[c.onset])
+            low = loss.low_at_lr(lr_varies, rows_l[c.onset])
             if base > low + fitted_fraction * (loss.top - low):
                 continue
         kept.append((c, base, top, spike))

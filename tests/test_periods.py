@@ -912,26 +912,32 @@ def test_sharpness_before_events_by_hand():
         sharpness_before_events(traj, [100, 190])
 
 
-def _cycles_then_annealed(n_cycle=2000, n_tail=2000, x=2e-3):
-    """A jump map at lr 1 (rho^2 decays by (1-x)^2 per step, doubles once below 1; the
-    loss 3e-2 between jumps, 1 for 3 rows after each), then the lr annealed to 0.01: no
-    jumps, the loss falls to 1e-6 (a cosine schedule's end)."""
-    n = n_cycle + n_tail
-    r2, loss, lr = np.empty(n), np.full(n, 3e-2), np.ones(n)
+def _doubling_map(n, x, low, high):
+    """``(rho^2, loss, events)`` of the exact jump map: ``rho^2`` decays by ``(1-x)^2``
+    per step and doubles once below 1 (the event is the row before); the loss is ``low``
+    between jumps and ``high`` for the 3 rows after each."""
+    r2, loss = np.empty(n), np.full(n, low)
     v, events = 2 * 0.999, []
-    for t in range(n_cycle):
+    for t in range(n):
         if v < 1.0:
             events.append(t - 1)
             v *= 2.0
-            loss[t : t + 3] = 1.0
+            loss[t : t + 3] = high
         r2[t] = v
         v *= (1 - x) ** 2
+    return r2, loss, events
+
+
+def _cycles_then_annealed(n_cycle=2000, n_tail=2000, x=2e-3):
+    """The jump map at lr 1 (loss 3e-2 between jumps, 1 after each), then the lr annealed
+    to 0.01: no jumps, the loss falls to 1e-6 (a cosine schedule's end)."""
+    r2, loss, events = _doubling_map(n_cycle, x, 3e-2, 1.0)
     tail = np.arange(n_tail)
-    lr[n_cycle:] = 0.01
-    r2[n_cycle:] = v * (1 - 0.01 * x) ** (2 * tail)
-    loss[n_cycle:] = np.maximum(3e-2 * np.exp(-tail / 100.0), 1e-6)
+    lr = np.r_[np.ones(n_cycle), np.full(n_tail, 0.01)]
+    r2 = np.r_[r2, r2[-1] * (1 - x) ** 2 * (1 - 0.01 * x) ** (2 * tail)]
+    loss = np.r_[loss, np.maximum(3e-2 * np.exp(-tail / 100.0), 1e-6)]
     traj = Trajectory(
-        step=np.arange(n), rho=np.sqrt(r2), loss=loss, extra={"lr": lr}, meta={"wd": x}
+        step=np.arange(r2.size), rho=np.sqrt(r2), loss=loss, extra={"lr": lr}, meta={"wd": x}
     )
     return traj, events
 
@@ -950,17 +956,9 @@ def test_fitted_test_compares_the_loss_at_comparable_learning_rates():
 
 
 def _jump_map_over_a_floor(floor, n=3000, x=2e-3, excess=0.05, spike=0.8):
-    """A jump map (rho^2 decays by (1-x)^2 per step, doubles once below 1) whose loss is
-    ``floor + excess`` between jumps and ``floor + spike`` for 3 rows after each."""
-    r2, loss = np.empty(n), np.full(n, floor + excess)
-    v, events = 2 * 0.999, []
-    for t in range(n):
-        if v < 1.0:
-            events.append(t - 1)
-            v *= 2.0
-            loss[t : t + 3] = floor + spike
-        r2[t] = v
-        v *= (1 - x) ** 2
+    """The jump map whose loss is ``floor + excess`` between jumps and ``floor + spike``
+    for 3 rows after each, with a 1 % wiggle."""
+    r2, loss, events = _doubling_map(n, x, floor + excess, floor + spike)
     loss *= 1 + 0.01 * np.sin(np.arange(n))  # a little wiggle
     meta = {"lr": 1.0, "wd": x}
     return Trajectory(step=np.arange(n), rho=np.sqrt(r2), loss=loss, meta=meta), events
