@@ -599,7 +599,9 @@ class _Loss:
         of the loss over ``[phase, onset]``, the second half of the decay phase (its
         fluctuations, and the tail of an earlier burst); maximum: largest smoothed loss in
         ``[onset, peak + (peak - onset) // 2 + 2]`` (trajectory rows), ending at ``stop``
-        when given (the row before the next rise).
+        when given (the row before the next rise). A band of fewer than 5 rows (a short
+        decay phase, or a log written a few times per cycle) is too short to measure its
+        noise: the spike is then its ratio over the band alone.
         """
         a = self.position(before, "left")
         p = self.position(phase, "left")
@@ -619,7 +621,9 @@ class _Loss:
         mid = float(np.median(band_rows))
         # noise of the band (second differences: a trend, like a loss decaying over the
         # phase, does not count as noise)
-        spread = _noise_level(band_rows) if band_rows.size >= 5 else math.inf
+        if band_rows.size < 5:  # too short to measure its noise: the band alone
+            return lo, hi, band, hi - band
+        spread = _noise_level(band_rows)
         # the spike over the band, and in units of the band's own fluctuations
         return lo, hi, band, min(hi - band, (hi - mid) / max(spread, 1e-12) * self.unit)
 
@@ -646,7 +650,9 @@ class _Loss:
         band = _percentile90_sorted(s)
         n, k = len(s), len(s) // 2
         mid = s[k] if n % 2 else (s[k - 1] + s[k]) / 2.0
-        spread = _noise_level_list(band_rows) if n >= 5 else math.inf
+        if n < 5:  # too short to measure its noise: the band alone
+            return lo, hi, band, hi - band
+        spread = _noise_level_list(band_rows)
         return lo, hi, band, min(hi - band, (hi - mid) / max(spread, 1e-12) * self.unit)
 
     def value(self, x: float) -> float:
@@ -926,7 +932,8 @@ def find_events(
     spike_noise_k : float
         The loss peak must also stand this many noise levels of ``ln loss`` (robust
         standard deviation from its second differences over the band) above the median
-        of that band (minibatch noise); 0 turns this off.
+        of that band (minibatch noise); 0 turns this off. A band of fewer than 5 rows has
+        no noise level to measure, and the spike over the band decides alone.
     sharpness : float, optional
         Sphere sharpness ``S`` at the landscape's minimum (default
         ``meta["sharpness_min"]``, which simulations record; real logs rarely know it).

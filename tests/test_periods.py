@@ -1031,3 +1031,39 @@ def test_label_smoothed_genuine_log_is_read_above_its_floor():
     assert tp >= 0.9 * len(labels)
     tp, _, _ = match_events(find_events(loss_only, loss_floor=0).steps, labels, tol)
     assert tp < 0.1 * len(labels)
+
+
+def _short_cycles(n=400, factor=1.1, rows_per_cycle=6, seed=0):
+    """``(traj, events)``: the jump map with cycles of ``rows_per_cycle`` rows: ``rho^2``
+    decays by ``(1-x)^2`` per row, with ``x`` set so that a jump by ``factor`` brings it
+    back after that many rows, and is multiplied by ``factor`` once below 1 (the event is
+    the row before). The loss falls from 0.05 to 0.02 over a cycle (1 % noise) and is 0.3
+    and 0.15 on the two rows after each jump: a log written a few times per cycle."""
+    x = 1.0 - math.exp(-math.log(factor) / (2 * rows_per_cycle))
+    noise = np.exp(0.01 * np.random.default_rng(seed).standard_normal(n))
+    r2, loss = np.empty(n), np.empty(n)
+    v, events, since = factor * 0.999, [], rows_per_cycle
+    for t in range(n):
+        if v < 1.0:
+            events.append(t - 1)
+            v *= factor
+            since = 0
+        r2[t] = v
+        v *= (1 - x) ** 2
+        loss[t] = (0.3, 0.15)[since] if since < 2 else 0.05 * 0.4 ** (since / rows_per_cycle)
+        since += 1
+    return Trajectory(step=np.arange(n), rho=np.sqrt(r2), loss=loss * noise), events
+
+
+def test_a_band_too_short_for_its_noise_is_read_by_its_spike_alone():
+    # 6 rows per cycle, a 4.8 % jump of ln rho with a 10x loss spike: the second half of
+    # a decay phase has 4 rows, too few to measure the band's own noise, and the spike
+    # over the band decides (every event was missed when such a band counted as
+    # infinitely noisy)
+    traj, events = _short_cycles()
+    assert len(events) == 66
+    found = find_events(traj)
+    assert found.steps.tolist() == events
+    # a flat loss (no spike) leaves the same small jumps unconfirmed
+    flat = Trajectory(step=traj.step, rho=traj.rho, loss=np.full(traj.step.size, 0.03))
+    assert find_events(flat).steps.size == 0
