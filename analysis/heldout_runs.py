@@ -12,16 +12,18 @@ detector finds on them, for a check by eye:
 - ``wide``: one BatchNorm layer of 128 units;
 - in later batches: ``gnconv`` and ``lnconv`` (GroupNorm with 4 groups or one, no affine
   terms), ``deepmlp`` and ``mlp`` (BatchNorm MLPs, 4 x 32 and 2 x 64), ``resmlp`` and
-  ``resconv`` (residual blocks with affine BatchNorm);
+  ``resconv`` (residual blocks with affine BatchNorm), ``dropmlp`` (``mlp`` with dropout
+  0.1) and ``wsconv`` (weight-standardised convolutions, no normalization layer);
 
 on the wine, breast-cancer, iris and digits data (standardised), with full-batch GD, SGD
 (batch 16-256), heavy ball, Nesterov, AdamW, cosine, step, warmup and restart schedules,
 and cross-entropy, cross-entropy with label smoothing 0.1 or squared error (``Run.loss``).
-The last layer is rescaled to Frobenius norm 10 and frozen, as in the seed paper. Every run
-is recorded with :class:`siflow.torch_probe.SIRecorder` (one torch thread; about ten
-minutes for all).
+The last layer is rescaled to Frobenius norm 10 and frozen, as in the seed paper (one run
+trains it, with weight decay); one run shifts the digits by up to a pixel at every step,
+and one is recorded every 5th step. Every run is recorded with
+:class:`siflow.torch_probe.SIRecorder` (one torch thread; about twenty minutes for all).
 
-The runs of four batches were labelled against their plotted norm and loss
+The runs of five batches were labelled against their plotted norm and loss
 (``analysis/data/heldout/labels.json``, whose note says how each batch was labelled;
 doubtful events are listed as ``ambiguous`` and neither counted nor missed); ``detect``
 scores the detector's recall and precision on them, batch by batch.
@@ -77,6 +79,9 @@ class Run:
     seed: int = 0
     nesterov: bool = False
     loss: str = "ce"  # "ce", "smooth" (label smoothing 0.1) or "mse" (on one-hot targets)
+    every: int = 1  # the recorder writes every k-th step
+    frozen: bool = True  # the last layer at norm 10 and frozen; False: trained, with wd
+    augment: bool = False  # digits images shifted by up to one pixel, new shifts every step
 
 
 RUNS = (
@@ -163,6 +168,37 @@ RUNS = (
     ),
     Run("digits_resconv_gd", "digits", "resconv", 0.3, 1e-2, 2500, seed=13),
     Run("cancer_deepmlp_gd_mse", "cancer", "deepmlp", 1.0, 5e-3, 3000, seed=13, loss="mse"),
+    # fifth batch: labelled blind; a trained last layer, weight standardisation instead of
+    # a normalization layer, dropout, data augmentation, a linear decay schedule, lr*wd of
+    # 1e-3 and 5e-2, and a log written every 5th step
+    Run(
+        "digits_mlp_sgd64_trained",
+        "digits",
+        "mlp",
+        0.5,
+        1e-2,
+        3000,
+        batch=64,
+        seed=17,
+        frozen=False,
+    ),
+    Run("digits_wsconv_gd", "digits", "wsconv", 0.5, 1e-2, 2500, seed=17),
+    Run("wine_dropmlp_gd", "wine", "dropmlp", 1.0, 1e-2, 3000, seed=17),
+    Run("digits_bnconv_gd_augment", "digits", "bnconv", 0.5, 1e-2, 2500, seed=17, augment=True),
+    Run("cancer_mlp_gd_wd5e-2", "cancer", "mlp", 1.0, 5e-2, 1500, seed=17),
+    Run("digits_bnconv_sgd128_lowwd", "digits", "bnconv", 1.0, 1e-3, 6000, batch=128, seed=17),
+    Run("iris_lnmlp_gd_every5", "iris", "lnmlp", 0.5, 1e-2, 4000, seed=17, every=5),
+    Run(
+        "digits_resmlp_sgd128_linear",
+        "digits",
+        "resmlp",
+        0.5,
+        1e-2,
+        3000,
+        batch=128,
+        schedule="linear",
+        seed=17,
+    ),
 )
 
 
@@ -201,8 +237,25 @@ def _residual_block(torch: Any, kind: str, width: int) -> Any:
     return Block()
 
 
-def build(net: str, n_in: int, n_out: int, torch: Any) -> Any:
-    """The network, its last layer at Frobenius norm 10 and frozen."""
+def _ws_conv(torch: Any, c_in: int, c_out: int) -> Any:
+    """A bias-free 3x3 convolution whose weight is standardised per output channel
+    (zero mean, unit standard deviation over its inputs) before use: scale-invariant in
+    its weight without a normalization layer."""
+    nn = torch.nn
+
+    class WSConv(nn.Conv2d):
+        def forward(self, x: Any) -> Any:
+            w = self.weight
+            mean = w.mean(dim=(1, 2, 3), keepdim=True)
+            std = w.std(dim=(1, 2, 3), keepdim=True)
+            return self._conv_forward(x, (w - mean) / std, None)
+
+    return WSConv(c_in, c_out, 3, padding=1, bias=False)
+
+
+def build(net: str, n_in: int, n_out: int, torch: Any, frozen: bool = True) -> Any:
+    """The network, its last layer at Frobenius norm 10 and frozen (or, ``frozen=False``,
+    a trained last layer with its bias, as PyTorch initialises it)."""
     nn = torch.nn
     layers: list[Any] = []
     if net == "lnmlp":
@@ -238,6 +291,17 @@ def build(net: str, n_in: int, n_out: int, torch: Any) -> Any:
             layers += [nn.Linear(n_in, width, bias=False)]
             layers += [nn.BatchNorm1d(width, affine=False), nn.ReLU()]
             n_in = width
+    elif net == "dropmlp":  # BatchNorm without affine terms, 2 x 64, dropout 0.1
+        for _ in range(2):
+            layers += [nn.Linear(n_in, 64, bias=False), nn.BatchNorm1d(64, affine=False)]
+            layers += [nn.ReLU(), nn.Dropout(0.1)]
+            n_in = 64
+    elif net == "wsconv":  # weight-standardised convolutions, no normalization layer
+        layers += [nn.Unflatten(1, (1, 8, 8))]
+        for c_in, c in ((1, 16), (16, 32)):
+            layers += [_ws_conv(torch, c_in, c), nn.ReLU(), nn.MaxPool2d(2)]
+        layers += [nn.Flatten()]
+        n_in = 128
     elif net == "resmlp":  # two residual blocks with affine BatchNorm
         layers += [nn.Linear(n_in, 32, bias=False), nn.BatchNorm1d(32), nn.ReLU()]
         layers += [_residual_block(torch, "mlp", 32), _residual_block(torch, "mlp", 32)]
@@ -250,16 +314,17 @@ def build(net: str, n_in: int, n_out: int, torch: Any) -> Any:
     else:
         raise ValueError(f"unknown network {net!r}")
     model = nn.Sequential(*layers, nn.Linear(n_in, n_out))
-    from siflow.torch_probe import freeze_classifier
+    if frozen:
+        from siflow.torch_probe import freeze_classifier
 
-    freeze_classifier(model[-1], LAST_LAYER_NORM)  # seed paper: norm 10, frozen
+        freeze_classifier(model[-1], LAST_LAYER_NORM)  # seed paper: norm 10, frozen
     return model
 
 
 def make_schedule(run: Run, opt: Any, torch: Any) -> Any:
     """The run's PyTorch LR scheduler (None for a constant lr): cosine to zero over the run,
-    x0.3 at step 1500, a linear warmup from 1 % over 300 steps, or cosine restarts every
-    1000 steps."""
+    x0.3 at step 1500, a linear warmup from 1 % over 300 steps, cosine restarts every
+    1000 steps, or a linear decay to 10 % over the run."""
     sched = torch.optim.lr_scheduler
     if run.schedule == "cosine":
         return sched.CosineAnnealingLR(opt, run.steps)
@@ -269,6 +334,8 @@ def make_schedule(run: Run, opt: Any, torch: Any) -> Any:
         return sched.LinearLR(opt, 0.01, 1.0, 300)
     if run.schedule == "restarts":
         return sched.CosineAnnealingWarmRestarts(opt, 1000)
+    if run.schedule == "linear":
+        return sched.LinearLR(opt, 1.0, 0.1, run.steps)
     return None
 
 
@@ -283,6 +350,16 @@ def loss_of(run: Run, logits: Any, y: Any, torch: Any) -> Any:
     return f.cross_entropy(logits, y, label_smoothing=0.1 if run.loss == "smooth" else 0.0)
 
 
+def shift_digits(x: Any, gen: Any, torch: Any) -> Any:
+    """The 8x8 digits images of ``x`` (rows of 64), each shifted by up to one pixel in
+    both directions (zero fill), drawn from ``gen``."""
+    img = torch.nn.functional.pad(x.reshape(-1, 8, 8), (1, 1, 1, 1))
+    di, dj = torch.randint(0, 3, (2, x.shape[0]), generator=gen)
+    rows = (torch.arange(8)[None, :] + di[:, None])[:, :, None]
+    cols = (torch.arange(8)[None, :] + dj[:, None])[:, None, :]
+    return img[torch.arange(x.shape[0])[:, None, None], rows, cols].reshape(-1, 64)
+
+
 def train(run: Run, out: Path) -> dict[str, Any]:
     """Train one run, record it, save ``out/<name>.npz``."""
     torch = require("torch", "torch", '"torch==2.13.0"')
@@ -291,7 +368,7 @@ def train(run: Run, out: Path) -> dict[str, Any]:
     torch.set_num_threads(1)
     x, y = load_data(run.data, torch)
     torch.manual_seed(run.seed)
-    model = build(run.net, x.shape[1], int(y.max()) + 1, torch)
+    model = build(run.net, x.shape[1], int(y.max()) + 1, torch, run.frozen)
     params = [p for p in model.parameters() if p.requires_grad]
     if run.optimizer == "adamw":
         opt = torch.optim.AdamW(params, lr=run.lr, weight_decay=run.wd)
@@ -300,7 +377,7 @@ def train(run: Run, out: Path) -> dict[str, Any]:
             params, lr=run.lr, momentum=run.momentum, weight_decay=run.wd, nesterov=run.nesterov
         )
     sched = make_schedule(run, opt, torch)
-    rec = SIRecorder(model, opt, every=1, meta={"config": asdict(run), "dataset": run.data})
+    rec = SIRecorder(model, opt, every=run.every, meta={"config": asdict(run), "dataset": run.data})
     gen = torch.Generator().manual_seed(run.seed + 1)
     t0 = time.perf_counter()
     for _ in range(run.steps):
@@ -309,6 +386,8 @@ def train(run: Run, out: Path) -> dict[str, Any]:
             xb, yb = x[idx], y[idx]
         else:
             xb, yb = x, y
+        if run.augment:
+            xb = shift_digits(xb, gen, torch)
         opt.zero_grad(set_to_none=True)
         loss = loss_of(run, model(xb), yb, torch)
         loss.backward()

@@ -124,7 +124,7 @@ def test_heldout_detector_scores_on_the_committed_logs():
     mod = _heldout_script()
     labels, ambiguous = mod.load_labels()
     batches = mod.load_batches()
-    assert [len(batches[b]) for b in "1234"] == [7, 8, 8, 8]
+    assert [len(batches[b]) for b in "12345"] == [7, 8, 8, 8, 8]
     assert sorted(labels) == sorted(sum(batches.values(), []))
     trajs = {name: Trajectory.load(mod.DATA / f"{name}.npz") for name in labels}
 
@@ -174,6 +174,32 @@ def test_heldout_detector_scores_on_the_committed_logs():
     assert off["recall"] < 0.5
     mse = score(["cancer_wide_gd_mse"])
     assert mse["tp"] == 0 and mse["fp"] >= 30
+    # batch 5, labelled blind: weight-standardised convolutions (no normalization layer),
+    # dropout, shifted digits, lr*wd = 1e-3 at batch 128 and a linear lr decay cycle clearly
+    # and every event is found ...
+    clear = score(
+        [
+            "digits_wsconv_gd",
+            "wine_dropmlp_gd",
+            "digits_bnconv_gd_augment",
+            "digits_bnconv_sgd128_lowwd",
+            "digits_resmlp_sgd128_linear",
+        ]
+    )
+    assert clear["fn"] == 0 and clear["tp"] == 1 + 14 + 48 + 8 + 10 and clear["fp"] <= 5
+    # ... and at lr*wd = 5e-2, where events come 5-60 steps apart, those after a decay
+    # phase of under ten rows too (a band of fewer than 5 rows is read by its spike alone)
+    t = trajs["cancer_mlp_gd_wd5e-2"]
+    i = int(np.searchsorted(t.step, 1337))
+    assert t.rho[i + 4] / t.rho[i] > 3.5 and t.loss[i + 3] / t.loss[i - 3] > 30
+    fast = score(["cancer_mlp_gd_wd5e-2"])
+    assert fast["recall"] >= 0.95 and fast["fp"] == 0
+    # a log written every 5th step whose bursts last a row misses most events; so does a
+    # noise-held norm with a trained last layer (both reported, not fixed)
+    t = trajs["iris_lnmlp_gd_every5"]
+    assert set(np.diff(t.step)) == {5}
+    assert score(["iris_lnmlp_gd_every5"])["recall"] < 0.5
+    assert score(["digits_mlp_sgd64_trained"])["recall"] < 0.5
     # the misses are heavy ball's: the loss spikes (raw, 2.4-4.9x the row before the
     # onset), the norm then turns up by 11-30 % within 30 rows
     row = next(r for r in res["runs"] if r["run"] == "iris_lnmlp_gdmom")
@@ -183,3 +209,27 @@ def test_heldout_detector_scores_on_the_committed_logs():
         i = int(np.searchsorted(t.step, step))
         assert t.loss[i - 5 : i + 5].max() > 2.0 * t.loss[i - 6]
         assert 1.10 < t.rho[i : i + 30].max() / t.rho[i] < 1.30
+
+
+def test_heldout_weight_standardised_convolutions_and_shifted_digits():
+    # batch 5's network without a normalization layer is scale-invariant in its conv
+    # weights; the augmentation moves each image by at most one pixel, zero-filled
+    import torch
+
+    mod = _heldout_script()
+    torch.manual_seed(0)
+    net = mod.build("wsconv", 64, 10, torch).eval()
+    x = torch.randn(5, 64)
+    before = net(x)
+    with torch.no_grad():
+        net[1].weight.mul_(3.0)
+        net[4].weight.mul_(0.2)
+    torch.testing.assert_close(net(x), before, rtol=1e-5, atol=1e-5)
+    img = torch.zeros(40, 64)
+    img[:, 3 * 8 + 4] = 1.0  # one lit pixel at row 3, column 4
+    out = mod.shift_digits(img, torch.Generator().manual_seed(0), torch).reshape(40, 8, 8)
+    lit = out.nonzero()[:, 1:]
+    assert out.sum().item() == 40 and (lit - torch.tensor([3, 4])).abs().max() == 1
+    moves = {tuple(v) for v in (lit - torch.tensor([3, 4])).tolist()}
+    assert len(moves) == 9  # every shift of -1, 0, +1 in both directions is drawn
+    assert mod.build("mlp", 64, 10, torch, frozen=False)[-1].weight.requires_grad
