@@ -19,11 +19,13 @@ on the wine, breast-cancer, iris and digits data (standardised), with full-batch
 (batch 16-256), heavy ball, Nesterov, AdamW, cosine, step, warmup and restart schedules,
 and cross-entropy, cross-entropy with label smoothing 0.1 or squared error (``Run.loss``).
 The last layer is rescaled to Frobenius norm 10 and frozen, as in the seed paper (one run
-trains it, with weight decay); one run shifts the digits by up to a pixel at every step,
-and one is recorded every 5th step. Every run is recorded with
-:class:`siflow.torch_probe.SIRecorder` (one torch thread; about twenty minutes for all).
+trains it, with weight decay); one run shifts the digits by up to a pixel at every step;
+some clip the gradient norm, replace part of the labels by random ones, or are recorded
+every few steps (every 5th; once per 14-step epoch with the epoch's mean loss). Every run
+is recorded with :class:`siflow.torch_probe.SIRecorder` (one torch thread; about twenty
+minutes for all).
 
-The runs of five batches were labelled against their plotted norm and loss
+The runs of six batches were labelled against their plotted norm and loss
 (``analysis/data/heldout/labels.json``, whose note says how each batch was labelled;
 doubtful events are listed as ``ambiguous`` and neither counted nor missed); ``detect``
 scores the detector's recall and precision on them, batch by batch.
@@ -43,6 +45,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -82,6 +85,9 @@ class Run:
     every: int = 1  # the recorder writes every k-th step
     frozen: bool = True  # the last layer at norm 10 and frozen; False: trained, with wd
     augment: bool = False  # digits images shifted by up to one pixel, new shifts every step
+    clip: float = 0.0  # clip the gradient norm of the trained weights at this value (0: off)
+    label_noise: float = 0.0  # this fraction of the labels replaced by random ones, once
+    mean_loss: bool = False  # the loss written is the mean over the ``every`` steps up to it
 
 
 RUNS = (
@@ -198,6 +204,57 @@ RUNS = (
         batch=128,
         schedule="linear",
         seed=17,
+    ),
+    # sixth batch: labelled blind; gradient clipping, labels partly replaced by random ones,
+    # a log written once per 14-step epoch with the epoch's mean loss (and every 3rd step of
+    # a full-batch run with the mean of the 3 steps), a large lr at small wd
+    Run(
+        "digits_bnconv_sgd128_clip",
+        "digits",
+        "bnconv",
+        0.5,
+        1e-2,
+        2500,
+        batch=128,
+        seed=19,
+        clip=1.0,
+    ),
+    Run(
+        "digits_mlp_sgd128_epochs",
+        "digits",
+        "mlp",
+        0.3,
+        1e-2,
+        7000,
+        batch=128,
+        seed=19,
+        every=14,
+        mean_loss=True,
+    ),
+    Run("wine_lnmlp_gd_noisy", "wine", "lnmlp", 0.5, 1e-2, 3000, seed=19, label_noise=0.15),
+    Run("digits_deepmlp_gd_noisy", "digits", "deepmlp", 0.5, 1e-2, 3000, seed=19, label_noise=0.1),
+    Run("iris_wide_gd_lr3", "iris", "wide", 3.0, 3e-3, 3000, seed=19),
+    Run(
+        "cancer_resmlp_gdmom_clip",
+        "cancer",
+        "resmlp",
+        0.05,
+        1e-2,
+        3000,
+        momentum=0.9,
+        seed=19,
+        clip=1.0,
+    ),
+    Run(
+        "wine_bnaffine_gd_every3",
+        "wine",
+        "bnaffine",
+        1.0,
+        1e-2,
+        3000,
+        seed=19,
+        every=3,
+        mean_loss=True,
     ),
 )
 
@@ -360,6 +417,16 @@ def shift_digits(x: Any, gen: Any, torch: Any) -> Any:
     return img[torch.arange(x.shape[0])[:, None, None], rows, cols].reshape(-1, 64)
 
 
+def noisy_labels(y: Any, fraction: float, gen: Any, torch: Any) -> Any:
+    """``y`` with the labels of ``round(fraction * len(y))`` samples, drawn from ``gen``,
+    replaced by classes drawn uniformly (a replaced label may come out unchanged)."""
+    n = round(fraction * len(y))
+    idx = torch.randperm(len(y), generator=gen)[:n]
+    y = y.clone()
+    y[idx] = torch.randint(0, int(y.max()) + 1, (n,), generator=gen)
+    return y
+
+
 def train(run: Run, out: Path) -> dict[str, Any]:
     """Train one run, record it, save ``out/<name>.npz``."""
     torch = require("torch", "torch", '"torch==2.13.0"')
@@ -367,6 +434,8 @@ def train(run: Run, out: Path) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     x, y = load_data(run.data, torch)
+    if run.label_noise:
+        y = noisy_labels(y, run.label_noise, torch.Generator().manual_seed(run.seed + 2), torch)
     torch.manual_seed(run.seed)
     model = build(run.net, x.shape[1], int(y.max()) + 1, torch, run.frozen)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -380,6 +449,7 @@ def train(run: Run, out: Path) -> dict[str, Any]:
     rec = SIRecorder(model, opt, every=run.every, meta={"config": asdict(run), "dataset": run.data})
     gen = torch.Generator().manual_seed(run.seed + 1)
     t0 = time.perf_counter()
+    recent: deque[float] = deque(maxlen=run.every)  # the losses a row stands for
     for _ in range(run.steps):
         if run.batch:
             idx = torch.randint(0, len(y), (run.batch,), generator=gen)
@@ -391,8 +461,11 @@ def train(run: Run, out: Path) -> dict[str, Any]:
         opt.zero_grad(set_to_none=True)
         loss = loss_of(run, model(xb), yb, torch)
         loss.backward()
+        if run.clip:
+            torch.nn.utils.clip_grad_norm_(params, run.clip)
         opt.step()
-        rec.log_loss(loss)
+        recent.append(float(loss.detach()))
+        rec.log_loss(sum(recent) / len(recent) if run.mean_loss else loss)
         if sched is not None:
             sched.step()
         if not math.isfinite(float(loss.detach())):

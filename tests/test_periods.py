@@ -1056,7 +1056,7 @@ def _short_cycles(n=400, factor=1.1, rows_per_cycle=6, seed=0):
 
 
 def test_a_band_too_short_for_its_noise_is_read_by_its_spike_alone():
-    # 6 rows per cycle, a 4.8 % jump of ln rho with a 10x loss spike: the second half of
+    # 6 rows per cycle, a 4.9 % jump of rho with a 10-15x loss spike: the second half of
     # a decay phase has 4 rows, too few to measure the band's own noise, and the spike
     # over the band decides (every event was missed when such a band counted as
     # infinitely noisy)
