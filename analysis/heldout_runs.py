@@ -464,11 +464,12 @@ def train(run: Run, out: Path) -> dict[str, Any]:
         if run.clip:
             torch.nn.utils.clip_grad_norm_(params, run.clip)
         opt.step()
-        recent.append(float(loss.detach()))
-        rec.log_loss(sum(recent) / len(recent) if run.mean_loss else loss)
+        value = float(loss.detach())
+        recent.append(value)
+        rec.log_loss(sum(recent) / len(recent) if run.mean_loss else value)
         if sched is not None:
             sched.step()
-        if not math.isfinite(float(loss.detach())):
+        if not math.isfinite(value):
             break
     rec.close()
     traj = rec.trajectory()
