@@ -258,7 +258,7 @@ RUNS = (
         mean_loss=True,
     ),
     # seventh batch: labelled blind; the usual recipe of momentum 0.9 at a small lr*wd
-    # (5e-5 and 5e-4: 5e-4 and 5e-3 in lr / (1 - momentum)), with Nesterov and heavy ball
+    # (5e-5 to 2.5e-4; 5e-4 to 2.5e-3 in lr * wd / (1 - momentum)), Nesterov and heavy ball
     Run(
         "digits_resconv_sgd128mom_recipe",
         "digits",
