@@ -1670,7 +1670,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="write results.md/json to analysis/data/labelled (committed)",
     )
     p = sub.add_parser("sparse", help="the detector on the labelled logs thinned to every k-th row")
-    p.add_argument("--every", default="1,2,5,10", help="comma-separated k (default 1,2,5,10)")
+    every = ",".join(map(str, SPARSE_EVERY))
+    p.add_argument("--every", default=every, help=f"comma-separated k (default {every})")
     p.add_argument("--logs", default=str(DATA), help="log directory")
     p.add_argument("--out", default=None, help="table directory (default runs/labelled)")
     p = sub.add_parser(

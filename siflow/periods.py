@@ -568,10 +568,7 @@ class _Loss:
         self.noise_k = noise_k
         self.top = float(np.max(self.x))
         self.unit = 1.0  # set by find_events: min_loss_spike / spike_noise_k
-        # the low end of the range: its 5th percentile, at most 4 decades below the top
-        # (a toy converging to 1e-70 is fitted long before its loss reaches the floor)
-        low = float(np.percentile(self.x, 5))
-        self.low = max(low, self.top - math.log(1e4)) if self.log else low
+        self.low = self._low_end(self.x)
         span = self.top - self.low
         self.informative = span >= math.log(1.5) if self.log else span > 0
 
@@ -587,7 +584,13 @@ class _Loss:
         comparable = lr_row[self.rows] >= 0.5 * lr_on
         if not lr_on > 0 or bool(np.all(comparable)) or not bool(np.any(comparable)):
             return self.low
-        low = float(np.percentile(self.x[comparable], 5))
+        return self._low_end(self.x[comparable])
+
+    def _low_end(self, x: NDArray[np.float64]) -> float:
+        """The low end of a loss range: the 5th percentile of ``x``, at most 4 decades
+        below the top (a toy converging to 1e-70 is fitted long before its loss reaches
+        the floor)."""
+        low = float(np.percentile(x, 5))
         return max(low, self.top - math.log(1e4)) if self.log else low
 
     def spike(

@@ -912,16 +912,16 @@ def test_sharpness_before_events_by_hand():
         sharpness_before_events(traj, [100, 190])
 
 
-def _doubling_map(n, x, low, high):
+def _doubling_map(n, x, low, high, factor=2.0):
     """``(rho^2, loss, events)`` of the exact jump map: ``rho^2`` decays by ``(1-x)^2``
-    per step and doubles once below 1 (the event is the row before); the loss is ``low``
-    between jumps and ``high`` for the 3 rows after each."""
+    per step and is multiplied by ``factor`` (doubles) once below 1 (the event is the row
+    before); the loss is ``low`` between jumps and ``high`` for the 3 rows after each."""
     r2, loss = np.empty(n), np.full(n, low)
-    v, events = 2 * 0.999, []
+    v, events = factor * 0.999, []
     for t in range(n):
         if v < 1.0:
             events.append(t - 1)
-            v *= 2.0
+            v *= factor
             loss[t : t + 3] = high
         r2[t] = v
         v *= (1 - x) ** 2
@@ -1034,24 +1034,21 @@ def test_label_smoothed_genuine_log_is_read_above_its_floor():
 
 
 def _short_cycles(n=400, factor=1.1, rows_per_cycle=6, seed=0):
-    """``(traj, events)``: the jump map with cycles of ``rows_per_cycle`` rows: ``rho^2``
-    decays by ``(1-x)^2`` per row, with ``x`` set so that a jump by ``factor`` brings it
-    back after that many rows, and is multiplied by ``factor`` once below 1 (the event is
-    the row before). The loss falls from 0.05 to 0.02 over a cycle (1 % noise) and is 0.3
+    """``(traj, events)``: the jump map (:func:`_doubling_map`) with cycles of
+    ``rows_per_cycle`` rows: ``x`` is set so that a jump by ``factor`` is decayed away in
+    that many rows. The loss falls from 0.05 to 0.02 over a cycle (1 % noise) and is 0.3
     and 0.15 on the two rows after each jump: a log written a few times per cycle."""
     x = 1.0 - math.exp(-math.log(factor) / (2 * rows_per_cycle))
+    r2, _, events = _doubling_map(n, x, 0.0, 0.0, factor)
+    # rows since the last jump (before the first: as if one had come a cycle earlier)
+    last = np.full(n, -rows_per_cycle)
+    for e in events:
+        last[e + 1 :] = e + 1
+    since = np.arange(n) - last
+    loss = np.where(
+        since == 0, 0.3, np.where(since == 1, 0.15, 0.05 * 0.4 ** (since / rows_per_cycle))
+    )
     noise = np.exp(0.01 * np.random.default_rng(seed).standard_normal(n))
-    r2, loss = np.empty(n), np.empty(n)
-    v, events, since = factor * 0.999, [], rows_per_cycle
-    for t in range(n):
-        if v < 1.0:
-            events.append(t - 1)
-            v *= factor
-            since = 0
-        r2[t] = v
-        v *= (1 - x) ** 2
-        loss[t] = (0.3, 0.15)[since] if since < 2 else 0.05 * 0.4 ** (since / rows_per_cycle)
-        since += 1
     return Trajectory(step=np.arange(n), rho=np.sqrt(r2), loss=loss * noise), events
 
 
