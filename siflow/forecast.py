@@ -186,11 +186,14 @@ def _resolve_optimizer(traj: Trajectory, optimizer: str | None) -> tuple[str, bo
 
 
 def _current_rate(
-    lr_rows: NDArray[np.float64], wd_rows: NDArray[np.float64], mu: float, nesterov: bool
+    lr_rows: NDArray[np.float64],
+    wd_rows: NDArray[np.float64],
+    mu_rows: NDArray[np.float64],
+    nesterov: bool,
 ) -> tuple[float, float, float]:
     """``(rate, lr, wd)``: the free-decay rate ``-ln decay_factor(lr, wd, mu)`` at the
     last row with a positive lr and a known wd (``1 - lr wd`` per step without momentum;
-    Nesterov's factor for ``nesterov``).
+    Nesterov's factor for ``nesterov``), with that row's momentum.
 
     A ValueError names the fix when no row has a positive lr or a known wd.
     """
@@ -213,7 +216,7 @@ def _current_rate(
             "lr are 0 or missing on every row; pass lr= (the run's configured lr)"
         )
     row = int(np.flatnonzero(ok)[-1])
-    lr, wd = float(lr_rows[row]), float(wd_rows[row])
+    lr, wd, mu = float(lr_rows[row]), float(wd_rows[row]), momentum_number(mu_rows[row])
     return float(decay_rate(*check_lr_wd(lr, wd), mu, nesterov=nesterov)), lr, wd
 
 
@@ -337,8 +340,9 @@ def forecast_next_event(
         The log up to now (it may still be being written); needs ``rho`` (or ``elr``
         with a known ``lr``).
     lr, wd, momentum : float, optional
-        Hyperparameters (default: the log's ``meta``). A per-row ``lr`` (``wd``) column
-        of the log is used where present, ``lr`` (``wd``) only on its missing cells: the
+        Hyperparameters (default: the log's ``meta``). A per-row ``lr`` (``wd``,
+        ``momentum``) column of the log is used where present, ``lr`` (``wd``,
+        ``momentum``) only on its missing cells: the
         free-decay rate is ``-ln decay_factor(lr_t, wd_t, mu)`` at the last row with a
         positive lr (``-ln(1 - lr_t wd_t)`` without momentum), so a metadata lr taken
         at the start of a warmup does not set it.
@@ -398,7 +402,8 @@ def forecast_next_event(
     mu = momentum_number(traj.momentum if momentum is None else momentum)
     lr_rows = _hyper_rows(traj, "lr", lr)
     wd_rows = _hyper_rows(traj, "wd", wd)
-    rate, lr_now, wd_now = _current_rate(lr_rows, wd_rows, mu, nesterov)
+    mu_rows = _hyper_rows(traj, "momentum", mu)
+    rate, lr_now, wd_now = _current_rate(lr_rows, wd_rows, mu_rows, nesterov)
     if traj.rho is None:
         if traj.elr is None:
             raise ValueError(
@@ -409,7 +414,7 @@ def forecast_next_event(
             traj = replace(traj, rho=np.sqrt(lr_rows / traj.elr))
     kind = _threshold_kind(traj, threshold, use_sharpness)
     if events is None:
-        events = find_events(traj, lr=lr_rows, wd=wd_rows, momentum=mu, **detector)
+        events = find_events(traj, lr=lr_rows, wd=wd_rows, momentum=mu_rows, **detector)
     fc = _forecast_from_events(
         traj,
         events,

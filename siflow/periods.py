@@ -400,15 +400,28 @@ def _nesterov(traj: Trajectory) -> bool:
     return name == "nesterov" or (name in ("", "sgd", "sgdm") and bool(traj.meta.get("nesterov")))
 
 
+def _momentum_rows(traj: Trajectory, momentum: ArrayLike | None) -> float | NDArray[np.float64]:
+    """Heavy-ball momentum, one value or one per row: ``momentum``, else the log's
+    ``momentum`` column (a schedule that cycles it, as PyTorch's ``OneCycleLR`` does by
+    default; gaps filled as :func:`_row_array` fills them), else ``meta["momentum"]``
+    (0 when absent)."""
+    if momentum is not None:
+        given = as_float_array("momentum", momentum)
+        return float(given) if given.ndim == 0 else _row_array(traj, "momentum", given)
+    col = _row_array(traj, "momentum", None) if "momentum" in traj.extra else None
+    return traj.momentum if col is None else col
+
+
 def _schedule(
-    traj: Trajectory, lr: ArrayLike | None, wd: ArrayLike | None, momentum: float | None
+    traj: Trajectory, lr: ArrayLike | None, wd: ArrayLike | None, momentum: ArrayLike | None
 ) -> tuple[NDArray[np.float64] | None, NDArray[np.float64] | None]:
-    """Per-row ``lr`` and free decay rate ``-ln decay_factor(lr_t, wd_t, mu)`` (None if unknown)."""
+    """Per-row ``lr`` and free decay rate ``-ln decay_factor(lr_t, wd_t, mu_t)`` (None if
+    unknown); ``mu_t`` from :func:`_momentum_rows`."""
     lr_row = _row_array(traj, "lr", lr)
     wd_row = _row_array(traj, "wd", wd)
     if lr_row is None or wd_row is None:
         return lr_row, None
-    mu = float(traj.momentum if momentum is None else momentum)
+    mu = _momentum_rows(traj, momentum)
     if np.any(lr_row * wd_row >= 1.0):
         raise ValueError("lr*wd must be < 1 on every row; check lr= and wd=")
     if not np.all(lr_row * wd_row > 0):
@@ -434,7 +447,10 @@ def _decay_clock(traj: Trajectory, rate: NDArray[np.float64] | None) -> NDArray[
 
 
 def _log_equilibrium_norm(
-    traj: Trajectory, lr_row: NDArray[np.float64], wd_row: NDArray[np.float64], mu: float
+    traj: Trajectory,
+    lr_row: NDArray[np.float64],
+    wd_row: NDArray[np.float64],
+    mu: float | NDArray[np.float64],
 ) -> NDArray[np.float64]:
     """``ln rho*_t`` up to a constant: the quasi-static equilibrium norm at a fixed gradient.
 
@@ -790,7 +806,7 @@ def _threshold_ratios(
     lr_row: NDArray[np.float64] | None,
     wd: ArrayLike | None,
     sharpness: float | None,
-    momentum: float | None,
+    momentum: ArrayLike | None,
     cands: list[_Cand],
 ) -> NDArray[np.float64] | None:
     """Effective LR at each candidate's onset over the threshold ``2 (1 + mu - lr wd) / S``
@@ -804,14 +820,14 @@ def _threshold_ratios(
         return None
     if np.any(lr_row * wd_row >= 1.0) or not cands:
         return None
-    mu = float(traj.momentum if momentum is None else momentum)
     on = rows[[c.onset for c in cands]]
     lr_on, wd_on = lr_row[on], wd_row[on]
+    mu_on = np.broadcast_to(_momentum_rows(traj, momentum), lr_row.shape)[on]
     known = (lr_on > 0) & np.isfinite(lr_on) & (wd_on >= 0) & np.isfinite(wd_on)
     out = np.full(on.size, np.nan)
     if known.any():
         thr = stability_threshold_elr(
-            lr_on[known], wd_on[known], float(sharpness), mu, nesterov=_nesterov(traj)
+            lr_on[known], wd_on[known], float(sharpness), mu_on[known], nesterov=_nesterov(traj)
         )
         out[known] = elr[on][known] / np.asarray(thr)
     return out
@@ -828,7 +844,7 @@ def find_events(
     include_start: bool = False,
     lr: ArrayLike | None = None,
     wd: ArrayLike | None = None,
-    momentum: float | None = None,
+    momentum: ArrayLike | None = None,
     min_jump_fraction: float = 0.0,
     min_peak_fraction: float = 0.0,
     merge_fraction: float = 0.25,
@@ -883,8 +899,10 @@ def find_events(
         ``tau_t = sum_s -ln decay_factor(lr_s, wd_s, mu)`` (relative to its median
         rate) instead of steps, so a schedule change is not taken for an event;
         with an ``elr`` signal the per-row ``lr`` converts it to ``ln rho``.
-    momentum : float, optional
-        Heavy-ball momentum for the decay factor (default ``meta``).
+    momentum : float or array, optional
+        Heavy-ball momentum for the decay factor, one value or one per row (default:
+        the log's ``momentum`` column, written when a scheduler cycles it, else
+        ``meta``).
     min_jump_fraction : float
         A rise smaller than this fraction of the log's typical jump (75th percentile of
         the candidate rises) is not an event (0: off; without a loss column this is
@@ -1246,7 +1264,7 @@ def _beyond_schedule(
     rows_l: range | list[int],
     lr_row: NDArray[np.float64],
     wd: ArrayLike | None,
-    momentum: float | None,
+    momentum: ArrayLike | None,
     h: float,
 ) -> list[_Cand]:
     """The candidates whose rise exceeds what the lr schedule explains by a swing ``h``.
@@ -1262,8 +1280,7 @@ def _beyond_schedule(
     wd_row = _row_array(traj, "wd", wd)
     if wd_row is None or not np.all(lr_row * wd_row > 0):
         return cands
-    mu = float(traj.momentum if momentum is None else momentum)
-    log_eq = _log_equilibrium_norm(traj, lr_row, wd_row, mu)
+    log_eq = _log_equilibrium_norm(traj, lr_row, wd_row, _momentum_rows(traj, momentum))
     if np.all(log_eq == log_eq[0]):
         return cands
     out = []
@@ -1591,7 +1608,7 @@ def _converged_under_schedule(
     wd_row = _row_array(traj, "wd", None)
     if lr_row is None or rate is None or wd_row is None:
         return None
-    log_eq = _log_equilibrium_norm(traj, lr_row, wd_row, traj.momentum)
+    log_eq = _log_equilibrium_norm(traj, lr_row, wd_row, _momentum_rows(traj, None))
     if np.all(log_eq == log_eq[0]):
         return None
     if not (traj.has("rho") and _usable_rows(traj.column("rho"), True) >= 2):

@@ -572,6 +572,28 @@ def test_forecast_lr_column_sets_the_rate_at_the_current_rows():
     assert fc.details["lr"] == 0.5
 
 
+def _heavy_ball_log_factor(lr, wd, mu):
+    """ln of the largest root modulus of a^2 - (1 + mu - lr wd) a + mu (numpy.roots: the
+    companion matrix's eigenvalues, not the quadratic formula)."""
+    return math.log(max(abs(np.roots([1.0, -(1.0 + mu - lr * wd), mu]))))
+
+
+def test_forecast_momentum_column_sets_the_rate_at_the_current_rows():
+    # one-cycle style: the momentum falls from 0.95 to 0.85 and is 0.88 on the last rows;
+    # the rate is heavy ball's at 0.88, not at the metadata's configured 0.95
+    traj, ev = jump_map(n=1000)
+    col = np.where(np.arange(1000) < 500, 0.95, 0.88)
+    meta = {**traj.meta, "momentum": 0.95}
+    t = Trajectory(step=traj.step, rho=traj.rho, loss=traj.loss, meta=meta, extra={"momentum": col})
+    fc = forecast_next_event(t, threshold="elr")
+    hand = -_heavy_ball_log_factor(1.0, 2e-3, 0.88)
+    assert fc.details["free_decay_rate"] == pytest.approx(hand, rel=1e-9)
+    const = forecast_next_event(Trajectory(step=traj.step, rho=traj.rho, loss=traj.loss, meta=meta))
+    assert const.details["free_decay_rate"] == pytest.approx(
+        -_heavy_ball_log_factor(1.0, 2e-3, 0.95), rel=1e-9
+    )
+
+
 def test_forecast_reads_an_lr_column_recorded_under_another_name():
     # Lightning's LearningRateMonitor column lr-SGD, mapped to lr by siflow.io.read (the
     # metadata then has no lr): the forecast uses it as it uses a column named lr

@@ -591,6 +591,34 @@ def test_lr_step_decay_is_not_an_event_and_decay_uses_the_schedule():
     np.testing.assert_array_equal(find_events(rho).steps, ev)
 
 
+def test_momentum_column_sets_the_free_decay_between_events():
+    # PyTorch's OneCycleLR cycles the momentum 0.95 -> 0.85 -> 0.95 and SIRecorder writes
+    # it as a column: the free decay between events is heavy ball's at each row's momentum
+    n, wd, lr = 8000, 5e-3, 0.1
+    rho2, loss, ev = _scheduled_sawtooth(np.full(n, lr), wd)
+    mu = 0.9 + 0.05 * np.cos(2 * np.pi * np.arange(n) / n)
+    meta = {"lr": lr, "wd": wd, "momentum": 0.95}
+    traj = Trajectory(
+        step=np.arange(n), rho=np.sqrt(rho2), loss=loss, extra={"momentum": mu}, meta=meta
+    )
+    e = find_events(traj)
+    np.testing.assert_array_equal(e.steps, ev)
+
+    def log_factor(m):  # the largest root of a^2 - (1 + m - lr wd) a + m, by numpy.roots
+        return math.log(max(abs(np.roots([1.0, -(1.0 + m - lr * wd), m]))))
+
+    hand = [
+        sum(log_factor(mu[t]) for t in range(a, b)) for a, b in zip(ev[:-1], ev[1:], strict=True)
+    ]
+    np.testing.assert_allclose(e.decay_before, hand, rtol=1e-9)
+    # an explicit per-row array does the same; the metadata's one value alone does not
+    bare = Trajectory(step=np.arange(n), rho=np.sqrt(rho2), loss=loss, meta=meta)
+    np.testing.assert_allclose(find_events(bare, momentum=mu).decay_before, hand, rtol=1e-9)
+    at_meta = find_events(bare).decay_before
+    np.testing.assert_allclose(at_meta, np.diff(ev) * log_factor(0.95), rtol=1e-9)
+    assert np.all(np.abs(at_meta / np.asarray(hand) - 1) > 0.1)
+
+
 def test_warmup_rise_is_not_an_event():
     # linear warmup 0 -> 0.1 over 5000 steps under a steady noisy gradient: the
     # norm first barely moves, then relaxes to its equilibrium (a slow rise)
