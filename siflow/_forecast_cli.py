@@ -4,9 +4,9 @@ Reads a training log so far (possibly still being written) with :func:`siflow.io
 runs :func:`siflow.forecast.forecast_next_event` and prints the forecast (or one JSON
 object with ``--json``: ``next_event_step``, ``next_event_interval``, ..., and
 ``notes``, the reader's notes on lines it left out, also printed as ``note:`` lines).
-The optimizer, lr, wd and momentum default to the log's metadata (a per-row lr column
-is used where the log has one). Nothing is written. Bad input gives one line on stderr
-and exit status 2.
+The optimizer, lr, wd and momentum default to the log's metadata (a per-row lr, wd or
+momentum column is used where the log has one). Nothing is written. Bad input gives one
+line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument(
         "--momentum",
         type=float,
-        help="momentum (heavy ball or Nesterov; default: metadata, else 0)",
+        help="momentum (heavy ball or Nesterov) on rows without a logged momentum column "
+        "(default: metadata, else 0)",
     )
     p.add_argument(
         "--optimizer",

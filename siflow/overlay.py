@@ -870,7 +870,8 @@ def _find_events(
     """:func:`siflow.periods.find_events` with this run's hyperparameters.
 
     Under a schedule the per-row ``lr``/``wd`` travel in ``work.extra`` and no single
-    value is passed (one value would misjudge the decay before each rise).
+    value is passed (one value would misjudge the decay before each rise); a momentum
+    that varies (one-cycle) is passed row by row.
     """
     options = dict(detector or {})
     taken = {"lr", "wd", "momentum"} & set(options)
@@ -884,7 +885,7 @@ def _find_events(
             work,
             lr=hp.lr if scalar else None,
             wd=hp.wd if scalar else None,
-            momentum=hp.momentum if hp.sgd_family else 0.0,
+            momentum=(hp.mu_rows if hp.mu_varies else hp.momentum) if hp.sgd_family else 0.0,
             **options,
         )
     except TypeError as exc:

@@ -7,6 +7,7 @@ Every expected value is an exact map iterated here with numpy, or a hand formula
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -162,6 +163,42 @@ def test_failure_under_varying_momentum_does_not_blame_the_weights() -> None:
         ValueError, match=r"momentum= was given \(0\.9\) but the log's momentum column varies"
     ):
         analyze(traj, momentum=0.9)
+
+
+def test_overlay_events_take_the_free_decay_at_each_rows_momentum() -> None:
+    # a sawtooth norm (rho^2 x4 with a 100x loss spike once it decays below 1) under a
+    # one-cycle momentum column: the free decay between events is heavy ball's at each
+    # row's momentum, not at the configured 0.95 of the metadata
+    n, lr, wd = 6000, 0.1, 5e-3
+    r2, loss, events = np.empty(n), np.full(n, 1e-2), []
+    x = 4.0
+    for t in range(n):
+        if x < 1.0:
+            events.append(t - 1)
+            x *= 4.0
+            loss[t : t + 20] = 1.0
+        r2[t] = x
+        x *= (1 - lr * wd) ** 2
+    mu = _one_cycle_momentum(n)
+    traj = Trajectory(
+        step=np.arange(n),
+        rho=np.sqrt(r2),
+        loss=loss,
+        extra={"lr": np.full(n, lr), "momentum": mu},
+        meta={"optimizer": "SGD", "momentum": 0.95, "wd": wd},
+    )
+    res = analyze(traj)
+    assert res.events is not None
+    np.testing.assert_array_equal(res.events.steps, events)
+
+    def log_factor(m: float) -> float:  # largest root of a^2 - (1 + m - lr wd) a + m
+        return math.log(max(abs(np.roots([1.0, -(1.0 + m - lr * wd), m]))))
+
+    hand = [
+        sum(log_factor(mu[t]) for t in range(a, b))
+        for a, b in zip(events[:-1], events[1:], strict=True)
+    ]
+    np.testing.assert_allclose(res.events.decay_before, hand, rtol=1e-9)
 
 
 def test_varying_beta1_is_said_to_be_taken_as_one_value() -> None:
