@@ -404,10 +404,13 @@ def _momentum_rows(traj: Trajectory, momentum: ArrayLike | None) -> float | NDAr
     """Heavy-ball momentum, one value or one per row: ``momentum``, else the log's
     ``momentum`` column (a schedule that cycles it, as PyTorch's ``OneCycleLR`` does by
     default; gaps filled as :func:`_row_array` fills them), else ``meta["momentum"]``
-    (0 when absent)."""
+    (0 when absent); 0 for AdamW and Lion, whose decoupled decay ``1 - lr wd`` per step
+    does not depend on their betas."""
     if momentum is not None:
         given = as_float_array("momentum", momentum)
         return float(given) if given.ndim == 0 else _row_array(traj, "momentum", given)
+    if _optimizer_name(traj) in _DECOUPLED:
+        return 0.0
     col = _row_array(traj, "momentum", None) if "momentum" in traj.extra else None
     return traj.momentum if col is None else col
 

@@ -617,6 +617,17 @@ def test_momentum_column_sets_the_free_decay_between_events():
     at_meta = find_events(bare).decay_before
     np.testing.assert_allclose(at_meta, np.diff(ev) * log_factor(0.95), rtol=1e-9)
     assert np.all(np.abs(at_meta / np.asarray(hand) - 1) > 0.1)
+    # AdamW's decoupled decay is 1 - lr wd per step whatever a momentum-like column says
+    adamw = Trajectory(
+        step=np.arange(n),
+        rho=np.sqrt(rho2),
+        loss=loss,
+        extra={"momentum": mu},
+        meta={**meta, "optimizer": "AdamW"},
+    )
+    np.testing.assert_allclose(
+        find_events(adamw).decay_before, np.diff(ev) * math.log(1 - lr * wd), rtol=1e-9
+    )
 
 
 def test_warmup_rise_is_not_an_event():
