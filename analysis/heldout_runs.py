@@ -14,24 +14,27 @@ detector finds on them, for a check by eye:
   terms), ``deepmlp`` and ``mlp`` (BatchNorm MLPs, 4 x 32 and 2 x 64), ``resmlp`` and
   ``resconv`` (residual blocks with affine BatchNorm), ``dropmlp`` (``mlp`` with dropout
   0.1), ``wsconv`` (weight-standardised convolutions, no normalization layer), ``rmsmlp``
-  (RMSNorm, no affine terms) and ``qkformer`` (a transformer block with QK-norm on the
-  digits' rows as tokens);
+  (RMSNorm, no affine terms), ``qkformer`` and ``prelnformer`` (post- and pre-LayerNorm
+  transformer blocks with QK-norm on the digits' rows as tokens) and ``deepconv`` (four
+  convolutions with affine BatchNorm, 32-64 channels);
 
-on the wine, breast-cancer, iris and digits data (standardised), with full-batch GD, SGD
-(batch 16-256), heavy ball, Nesterov, AdamW, cosine, step, warmup, restart, linear and
-one-cycle schedules,
-and cross-entropy, cross-entropy with label smoothing 0.1 or squared error (``Run.loss``).
+on the wine, breast-cancer, iris and digits data and two generated sets (standardised),
+with full-batch GD, SGD (batch 16-256), heavy ball, Nesterov, AdamW, cosine, step, warmup,
+restart, linear and one-cycle schedules, and cross-entropy, cross-entropy with label
+smoothing 0.1 or squared error (``Run.loss``).
 The last layer is rescaled to Frobenius norm 10 and frozen, as in the seed paper (one run
 trains it, with weight decay); one run shifts the digits by up to a pixel at every step;
 some clip the gradient norm, replace part of the labels by random ones, or are recorded
 every few steps (every 5th; once per 14-step epoch with the epoch's mean loss); the seventh
 batch trains with momentum 0.9 at a small lr*wd, as the usual recipes do; the eighth runs
 the one-cycle schedule (lr and momentum cycled), bfloat16 autocast, and weight decay on the
-weight matrices only. Every run
+weight matrices only; the ninth adds data scikit-learn generates (``moons``, ``synth``), a
+four-layer BatchNorm ConvNet (``deepconv``) and a pre-LayerNorm transformer block
+(``prelnformer``). Every run
 is recorded with :class:`siflow.torch_probe.SIRecorder` (one torch thread; about twenty
 minutes for all).
 
-The runs of eight batches were labelled against their plotted norm and loss
+The runs of nine batches were labelled against their plotted norm and loss
 (``analysis/data/heldout/labels.json``, whose note says how each batch was labelled;
 doubtful events are listed as ``ambiguous`` and neither counted nor missed); ``detect``
 scores the detector's recall and precision on them, batch by batch.
@@ -76,7 +79,7 @@ class Run:
     """One held-out training run."""
 
     name: str
-    data: str  # "wine", "cancer", "iris" or "digits"
+    data: str  # "wine", "cancer", "iris", "digits", or generated: "moons", "synth" (load_data)
     net: str  # "lnmlp", "bnaffine", "bnconv", "wide", "gnconv", "lnconv", ... (build)
     lr: float
     wd: float
@@ -331,11 +334,33 @@ RUNS = (
         seed=29,
         decay_weights_only=True,
     ),
+    # ninth batch: labelled blind; data scikit-learn generates (two moons; 4000 points of
+    # 30 features in 4 classes), a four-layer BatchNorm ConvNet, a pre-LayerNorm
+    # transformer block whose only scale-invariant weights are the query and key (QK-norm)
+    Run("moons_mlp_gd", "moons", "mlp", 1.0, 1e-2, 3000, seed=31),
+    Run("synth_bnaffine_sgd256", "synth", "bnaffine", 0.5, 1e-2, 4000, batch=256, seed=31),
+    Run("synth_deepmlp_gd", "synth", "deepmlp", 0.5, 1e-2, 3000, seed=31),
+    Run("digits_deepconv_sgd128", "digits", "deepconv", 0.2, 1e-2, 4000, batch=128, seed=31),
+    Run("digits_prelnformer_gd", "digits", "prelnformer", 0.5, 1e-2, 3000, seed=31),
+    Run(
+        "moons_wide_sgd32mom",
+        "moons",
+        "wide",
+        0.05,
+        1e-2,
+        4000,
+        batch=32,
+        momentum=0.9,
+        seed=31,
+    ),
 )
 
 
 def load_data(name: str, torch: Any) -> tuple[Any, Any]:
-    """Standardised inputs (float32) and labels (int64) of a scikit-learn data set."""
+    """Standardised inputs (float32) and labels (int64) of a scikit-learn data set, or of
+    data scikit-learn generates with a fixed seed: ``"moons"`` (two interleaved half
+    circles, 1000 points, noise 0.2) and ``"synth"`` (4000 points of 30 features, 10 of
+    them informative, in 4 classes of two clusters each)."""
     datasets = require("sklearn.datasets", "analysis", "scikit-learn")
     loaders = {
         "wine": datasets.load_wine,
@@ -343,9 +368,22 @@ def load_data(name: str, torch: Any) -> tuple[Any, Any]:
         "iris": datasets.load_iris,
         "digits": datasets.load_digits,
     }
-    d = loaders[name]()
-    x = (d.data - d.data.mean(0)) / (d.data.std(0) + 1e-8)
-    return torch.tensor(x, dtype=torch.float32), torch.tensor(d.target, dtype=torch.int64)
+    if name == "moons":
+        data, target = datasets.make_moons(n_samples=1000, noise=0.2, random_state=0)
+    elif name == "synth":
+        data, target = datasets.make_classification(
+            n_samples=4000,
+            n_features=30,
+            n_informative=10,
+            n_redundant=5,
+            n_classes=4,
+            random_state=0,
+        )
+    else:
+        d = loaders[name]()
+        data, target = d.data, d.target
+    x = (data - data.mean(0)) / (data.std(0) + 1e-8)
+    return torch.tensor(x, dtype=torch.float32), torch.tensor(target, dtype=torch.int64)
 
 
 def _residual_block(torch: Any, kind: str, width: int) -> Any:
@@ -421,6 +459,42 @@ def _qk_former(torch: Any, width: int = 32) -> Any:
     return QKFormer()
 
 
+def _preln_former(torch: Any, width: int = 32) -> Any:
+    """One pre-LayerNorm transformer block over the 8 rows of an 8x8 digits image as
+    tokens, mean-pooled after a final LayerNorm: the query and key projections are
+    followed by a LayerNorm without affine terms (QK-norm) and are the only
+    scale-invariant weights; the residual stream, the embedding, the value projection
+    and the MLP are not normalized after them."""
+    nn = torch.nn
+
+    class PreLNFormer(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Linear(8, width, bias=False)
+            self.pos = nn.Parameter(torch.zeros(8, width))
+            self.attn_in = nn.LayerNorm(width)
+            self.q = nn.Linear(width, width, bias=False)
+            self.k = nn.Linear(width, width, bias=False)
+            self.v = nn.Linear(width, width, bias=False)
+            self.q_norm = nn.LayerNorm(width, elementwise_affine=False)
+            self.k_norm = nn.LayerNorm(width, elementwise_affine=False)
+            self.mlp_in = nn.LayerNorm(width)
+            self.fc1 = nn.Linear(width, 2 * width, bias=False)
+            self.fc2 = nn.Linear(2 * width, width, bias=False)
+            self.out_norm = nn.LayerNorm(width)
+
+        def forward(self, x: Any) -> Any:
+            h = self.embed(x.reshape(-1, 8, 8)) + self.pos
+            z = self.attn_in(h)
+            q, k = self.q_norm(self.q(z)), self.k_norm(self.k(z))
+            att = torch.softmax(q @ k.transpose(1, 2) / width**0.5, dim=-1)
+            h = h + att @ self.v(z)
+            h = h + self.fc2(torch.relu(self.fc1(self.mlp_in(h))))
+            return self.out_norm(h).mean(dim=1)
+
+    return PreLNFormer()
+
+
 def build(net: str, n_in: int, n_out: int, torch: Any, frozen: bool = True) -> Any:
     """The network, its last layer at Frobenius norm 10 and frozen (or, ``frozen=False``,
     a trained last layer with its bias, as PyTorch initialises it)."""
@@ -487,6 +561,16 @@ def build(net: str, n_in: int, n_out: int, torch: Any, frozen: bool = True) -> A
     elif net == "qkformer":  # a transformer block on the digits' rows (_qk_former)
         layers += [_qk_former(torch)]
         n_in = 32
+    elif net == "prelnformer":  # a pre-LayerNorm block, QK-norm only (_preln_former)
+        layers += [_preln_former(torch)]
+        n_in = 32
+    elif net == "deepconv":  # four 3x3 convolutions with affine BatchNorm, 32-64 channels
+        layers += [nn.Unflatten(1, (1, 8, 8))]
+        for c_in, c, pool in ((1, 32, False), (32, 32, True), (32, 64, False), (64, 64, True)):
+            layers += [nn.Conv2d(c_in, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)]
+            layers += [nn.ReLU()] + ([nn.MaxPool2d(2)] if pool else [])
+        layers += [nn.Flatten()]
+        n_in = 256
     else:
         raise ValueError(f"unknown network {net!r}")
     model = nn.Sequential(*layers, nn.Linear(n_in, n_out))
