@@ -31,7 +31,7 @@ the one-cycle schedule (lr and momentum cycled), bfloat16 autocast, and weight d
 weight matrices only; the ninth adds data scikit-learn generates (``moons``, ``synth``), a
 four-layer BatchNorm ConvNet (``deepconv``) and a pre-LayerNorm transformer block
 (``prelnformer``). Every run
-is recorded with :class:`siflow.torch_probe.SIRecorder` (one torch thread; about twenty
+is recorded with :class:`siflow.torch_probe.SIRecorder` (one torch thread; about 25
 minutes for all).
 
 The runs of nine batches were labelled against their plotted norm and loss
