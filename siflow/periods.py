@@ -351,11 +351,15 @@ def _zigzag(x: NDArray[np.float64], h: float) -> tuple[list[int], list[int], int
 
 
 def _row_array(traj: Trajectory, name: str, value: ArrayLike | None) -> NDArray[np.float64] | None:
-    """Per-row ``lr`` or ``wd``: the argument (scalar or array), else the column, else meta."""
+    """Per-row ``lr``, ``wd`` or ``momentum``: the argument (scalar or array), else the
+    log's column (:meth:`~siflow.trajectory.Trajectory.logged`: the one of that name, or
+    the one :func:`siflow.io.read` mapped to it, such as Lightning's ``siflow/lr`` or
+    ``lr-SGD``), else meta."""
     n = len(traj)
     if value is None:
-        if traj.has(name) and name in traj.extra:
-            col = traj.extra[name].astype(np.float64)
+        logged = traj.logged(name)
+        if logged is not None:
+            col = np.asarray(logged, dtype=np.float64)
             known = np.isfinite(col)
             if not known.any():
                 return None
@@ -411,7 +415,7 @@ def _momentum_rows(traj: Trajectory, momentum: ArrayLike | None) -> float | NDAr
         return float(given) if given.ndim == 0 else _row_array(traj, "momentum", given)
     if _optimizer_name(traj) in _DECOUPLED:
         return 0.0
-    col = _row_array(traj, "momentum", None) if "momentum" in traj.extra else None
+    col = _row_array(traj, "momentum", None) if traj.logged("momentum") is not None else None
     return traj.momentum if col is None else col
 
 
@@ -897,7 +901,8 @@ def find_events(
         Count a rise that starts at the first row.
     lr, wd : float or array, optional
         Learning rate and weight decay, one value or one per row. Default: an ``lr`` /
-        ``wd`` column of ``traj.extra`` (a schedule), else ``meta``. With both known,
+        ``wd`` column of the log (a schedule; a column :func:`siflow.io.read` mapped to
+        ``lr``, such as Lightning's ``siflow/lr``, counts), else ``meta``. With both known,
         durations are measured on the free-decay clock
         ``tau_t = sum_s -ln decay_factor(lr_s, wd_s, mu)`` (relative to its median
         rate) instead of steps, so a schedule change is not taken for an event;
@@ -1605,7 +1610,7 @@ def _converged_under_schedule(
     rate, ``d ln rho / dt = -delta (1 - v*/v)``); under a schedule a norm that follows a
     falling (or rising) ``rho*(t)`` is an equilibrium, not a convergence.
     """
-    if "lr" not in traj.extra:
+    if traj.logged("lr") is None:
         return None
     lr_row, rate = _schedule(traj, None, None, None)
     wd_row = _row_array(traj, "wd", None)

@@ -591,6 +591,30 @@ def test_lr_step_decay_is_not_an_event_and_decay_uses_the_schedule():
     np.testing.assert_array_equal(find_events(rho).steps, ev)
 
 
+def test_lr_column_under_a_mapped_name_is_the_schedule():
+    # Lightning logs keep their columns' own names (siflow/lr from SIRecorderCallback,
+    # lr-SGD from LearningRateMonitor) and siflow.io.read maps them in meta["columns"],
+    # moving the configured lr to lr_init: the detector reads the schedule from there
+    n, wd = 40000, 5e-3
+    lrs = np.where(np.arange(n) < 20000, 0.1, 0.04)
+    rho2, loss, ev = _scheduled_sawtooth(lrs, wd)
+    step, rho = np.arange(n), np.sqrt(rho2)
+    named = find_events(
+        Trajectory(step=step, rho=rho, loss=loss, extra={"lr": lrs}, meta={"wd": wd})
+    )
+    meta = {"wd": wd, "lr_init": 0.1, "columns": {"lr": "siflow/lr"}}
+    mapped = find_events(
+        Trajectory(step=step, rho=rho, loss=loss, extra={"siflow/lr": lrs}, meta=meta)
+    )
+    np.testing.assert_array_equal(mapped.steps, ev)
+    hand = [
+        sum(math.log(1 - lrs[t] * wd) for t in range(a, b))
+        for a, b in zip(ev[:-1], ev[1:], strict=True)
+    ]
+    np.testing.assert_allclose(mapped.decay_before, hand, rtol=1e-10)
+    np.testing.assert_array_equal(mapped.decay_before, named.decay_before)
+
+
 def test_momentum_column_sets_the_free_decay_between_events():
     # PyTorch's OneCycleLR cycles the momentum 0.95 -> 0.85 -> 0.95 and SIRecorder writes
     # it as a column: the free decay between events is heavy ball's at each row's momentum
