@@ -416,7 +416,21 @@ def _momentum_rows(traj: Trajectory, momentum: ArrayLike | None) -> float | NDAr
     if _optimizer_name(traj) in _DECOUPLED:
         return 0.0
     col = _row_array(traj, "momentum", None) if traj.logged("momentum") is not None else None
-    return traj.momentum if col is None else col
+    if col is None:
+        return traj.momentum
+    _check_momentum_column(traj, col)
+    return col
+
+
+def _check_momentum_column(traj: Trajectory, col: NDArray[np.float64]) -> None:
+    """A ValueError naming the first row of the log's momentum column outside ``[0, 1)``."""
+    bad = ~((col >= 0) & (col < 1))
+    if np.any(bad):
+        i = int(np.argmax(bad))
+        raise ValueError(
+            f"the log's momentum column holds {col[i]:g} at step {int(traj.step[i])}: a "
+            f"heavy-ball momentum is in [0, 1); fix that column or pass momentum="
+        )
 
 
 def _schedule(

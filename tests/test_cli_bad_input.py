@@ -509,6 +509,12 @@ CASES: list[Case] = [
     _forecast("lr-negative", [*FC, "--lr", "-1", "--wd", "1e-3"], r"\blr\b"),
     _forecast("lrwd-above-1", [*FC, "--lr", "20", "--wd", "0.1"], r"lr\s*\*\s*wd"),
     _forecast("momentum-1", [*FC, *LR_WD, "--momentum", "1"], r"momentum"),
+    _forecast(
+        "momentum-column-above-1",
+        [*FC, *LR_WD],
+        r"the log's momentum column holds 1\.5 at step 0: .*fix that column",
+        {"log.csv": _writer(_csv([(*r, 1.5) for r in _good_rows()], "step,loss,si_norm,momentum"))},
+    ),
     _forecast("optimizer-lion", [*FC, *LR_WD, "--optimizer", "lion"], r"lion"),
     _forecast("blend-above-1", [*FC, *LR_WD, "--blend", "2"], r"blend"),
     _forecast("fit-fraction-zero", [*FC, *LR_WD, "--fit-fraction", "0"], r"fit.fraction"),

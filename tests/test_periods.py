@@ -652,6 +652,12 @@ def test_momentum_column_sets_the_free_decay_between_events():
     np.testing.assert_allclose(
         find_events(adamw).decay_before, np.diff(ev) * math.log(1 - lr * wd), rtol=1e-9
     )
+    # a column value outside [0, 1) is named with its step
+    bad = mu.copy()
+    bad[7] = 1.2
+    broken = Trajectory(step=np.arange(n), rho=np.sqrt(rho2), extra={"momentum": bad}, meta=meta)
+    with pytest.raises(ValueError, match=r"momentum column holds 1\.2 at step 7"):
+        find_events(broken)
 
 
 def test_warmup_rise_is_not_an_event():
