@@ -65,7 +65,13 @@ from numpy.typing import ArrayLike, NDArray
 
 from siflow._fileio import json_ready
 from siflow._validate import check_lr_wd, check_positive, check_positive_int, momentum_number
-from siflow.periods import Events, _nesterov, _optimizer_name, find_events
+from siflow.periods import (
+    Events,
+    _check_momentum_column,
+    _nesterov,
+    _optimizer_name,
+    find_events,
+)
 from siflow.theory import check_optimizer, decay_rate, log_effective_lr
 from siflow.trajectory import Trajectory
 
@@ -403,13 +409,8 @@ def forecast_next_event(
     lr_rows = _hyper_rows(traj, "lr", lr)
     wd_rows = _hyper_rows(traj, "wd", wd)
     mu_rows = _hyper_rows(traj, "momentum", mu)
-    outside = ~((mu_rows >= 0) & (mu_rows < 1))
-    if np.any(outside):  # the given momentum is checked: a value of the log's column
-        i = int(np.argmax(outside))
-        raise ValueError(
-            f"the log's momentum column holds {mu_rows[i]:g} at step {int(traj.step[i])}: "
-            f"a heavy-ball momentum is in [0, 1); fix that column of the log"
-        )
+    # the given momentum is checked: a value outside [0, 1) is one of the log's column
+    _check_momentum_column(traj, mu_rows, "fix that column of the log")
     rate, lr_now, wd_now = _current_rate(lr_rows, wd_rows, mu_rows, nesterov)
     if traj.rho is None:
         if traj.elr is None:

@@ -40,7 +40,7 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -422,33 +422,47 @@ def _momentum_rows(traj: Trajectory, momentum: ArrayLike | None) -> float | NDAr
     return col
 
 
-def _check_momentum_column(traj: Trajectory, col: NDArray[np.float64]) -> None:
-    """A ValueError naming the first row of the log's momentum column outside ``[0, 1)``."""
+def _check_momentum_column(
+    traj: Trajectory, col: NDArray[np.float64], fix: str = "fix that column or pass momentum="
+) -> None:
+    """A ValueError naming the first row of the log's momentum column outside ``[0, 1)``,
+    and ``fix``."""
     bad = ~((col >= 0) & (col < 1))
     if np.any(bad):
         i = int(np.argmax(bad))
         raise ValueError(
             f"the log's momentum column holds {col[i]:g} at step {int(traj.step[i])}: a "
-            f"heavy-ball momentum is in [0, 1); fix that column or pass momentum="
+            f"heavy-ball momentum is in [0, 1); {fix}"
         )
+
+
+class _HyperRows(NamedTuple):
+    """The log's hyperparameters row by row (:func:`_schedule`)."""
+
+    lr: NDArray[np.float64] | None
+    wd: NDArray[np.float64] | None
+    #: :func:`_momentum_rows`; resolved only when ``lr`` and ``wd`` are both known
+    mu: float | NDArray[np.float64] | None
+    #: free decay rate ``-ln decay_factor(lr_t, wd_t, mu_t)``; None unless ``lr wd > 0``
+    rate: NDArray[np.float64] | None
 
 
 def _schedule(
     traj: Trajectory, lr: ArrayLike | None, wd: ArrayLike | None, momentum: ArrayLike | None
-) -> tuple[NDArray[np.float64] | None, NDArray[np.float64] | None]:
-    """Per-row ``lr`` and free decay rate ``-ln decay_factor(lr_t, wd_t, mu_t)`` (None if
-    unknown); ``mu_t`` from :func:`_momentum_rows`."""
+) -> _HyperRows:
+    """Per-row ``lr``, ``wd`` (:func:`_row_array`), momentum (:func:`_momentum_rows`) and
+    free decay rate ``-ln decay_factor(lr_t, wd_t, mu_t)``, each None when unknown."""
     lr_row = _row_array(traj, "lr", lr)
     wd_row = _row_array(traj, "wd", wd)
     if lr_row is None or wd_row is None:
-        return lr_row, None
+        return _HyperRows(lr_row, wd_row, None, None)
     mu = _momentum_rows(traj, momentum)
     if np.any(lr_row * wd_row >= 1.0):
         raise ValueError("lr*wd must be < 1 on every row; check lr= and wd=")
     if not np.all(lr_row * wd_row > 0):
-        return lr_row, None
+        return _HyperRows(lr_row, wd_row, mu, None)
     rate = decay_rate(lr_row, wd_row, mu, nesterov=_nesterov(traj))
-    return lr_row, np.asarray(rate, dtype=np.float64)
+    return _HyperRows(lr_row, wd_row, mu, np.asarray(rate, dtype=np.float64))
 
 
 def _decay_clock(traj: Trajectory, rate: NDArray[np.float64] | None) -> NDArray[np.float64]:
@@ -824,10 +838,8 @@ def _threshold_ratios(
     traj: Trajectory,
     rows: NDArray[np.int64],
     elr: NDArray[np.float64] | None,
-    lr_row: NDArray[np.float64] | None,
-    wd: ArrayLike | None,
+    hyper: _HyperRows,
     sharpness: float | None,
-    momentum: ArrayLike | None,
     cands: list[_Cand],
 ) -> NDArray[np.float64] | None:
     """Effective LR at each candidate's onset over the threshold ``2 (1 + mu - lr wd) / S``
@@ -836,14 +848,12 @@ def _threshold_ratios(
     None when ``S``, ``lr``, ``wd`` or the effective LR is unknown; NaN at an onset
     where the lr is 0 (a schedule annealed to 0: no threshold there).
     """
-    wd_row = _row_array(traj, "wd", wd)
-    if not sharpness or elr is None or lr_row is None or wd_row is None:
-        return None
-    if np.any(lr_row * wd_row >= 1.0) or not cands:
+    lr_row, wd_row, mu = hyper.lr, hyper.wd, hyper.mu
+    if not cands or not sharpness or elr is None or lr_row is None or wd_row is None or mu is None:
         return None
     on = rows[[c.onset for c in cands]]
     lr_on, wd_on = lr_row[on], wd_row[on]
-    mu_on = np.broadcast_to(_momentum_rows(traj, momentum), lr_row.shape)[on]
+    mu_on = np.broadcast_to(mu, lr_row.shape)[on]
     known = (lr_on > 0) & np.isfinite(lr_on) & (wd_on >= 0) & np.isfinite(wd_on)
     out = np.full(on.size, np.nan)
     if known.any():
@@ -1036,7 +1046,8 @@ def find_events(
         loss_floor = nonnegative_number("loss_floor", loss_floor)
     if len(traj) < 3:
         return Events()
-    lr_row, rate = _schedule(traj, lr, wd, momentum)
+    hyper = _schedule(traj, lr, wd, momentum)
+    lr_row, rate = hyper.lr, hyper.rate
     clock_all = _decay_clock(traj, rate)
     name, rows, x = _signal(traj, signal, loss_floor)
     if name == "elr" and lr_row is not None:
@@ -1063,11 +1074,11 @@ def find_events(
         ref = float(np.percentile(amps, 75))
         cands = [c for c, a in zip(cands, amps, strict=True) if a >= min_jump_fraction * ref]
     cands = _merge_stages(xs, cands, merge_fraction)
-    if cands and name != "loss" and rate is not None and lr_row is not None:
-        cands = _beyond_schedule(traj, cands, xs, rows_l, lr_row, wd, momentum, h)
+    if cands and name != "loss" and rate is not None:
+        cands = _beyond_schedule(traj, cands, xs, rows_l, hyper, h)
     s_min = traj.meta.get("sharpness_min") if sharpness is None else sharpness
     elr = _elr_column(traj, lr_row)
-    ratios = _threshold_ratios(traj, rows, elr, lr_row, wd, s_min, momentum, cands)
+    ratios = _threshold_ratios(traj, rows, elr, hyper, s_min, cands)
     if ratios is not None and min_threshold_fraction > 0:
         keep = ~(ratios < min_threshold_fraction)
         cands = [c for c, k in zip(cands, keep, strict=True) if k]
@@ -1284,9 +1295,7 @@ def _beyond_schedule(
     cands: list[_Cand],
     xs: list[float],
     rows_l: range | list[int],
-    lr_row: NDArray[np.float64],
-    wd: ArrayLike | None,
-    momentum: ArrayLike | None,
+    hyper: _HyperRows,
     h: float,
 ) -> list[_Cand]:
     """The candidates whose rise exceeds what the lr schedule explains by a swing ``h``.
@@ -1297,12 +1306,11 @@ def _beyond_schedule(
     schedule explains (:func:`_schedule_explained_rise`) is taken off, and what is left
     must still be a swing of the zigzag filter. Only ratios of lr values enter, so the
     test does not depend on the time unit; under a constant or falling lr it keeps
-    every candidate.
+    every candidate. Needs the free decay rate (``lr wd > 0`` on every row).
     """
-    wd_row = _row_array(traj, "wd", wd)
-    if wd_row is None or not np.all(lr_row * wd_row > 0):
+    if hyper.rate is None or hyper.lr is None or hyper.wd is None or hyper.mu is None:
         return cands
-    log_eq = _log_equilibrium_norm(traj, lr_row, wd_row, _momentum_rows(traj, momentum))
+    log_eq = _log_equilibrium_norm(traj, hyper.lr, hyper.wd, hyper.mu)
     if np.all(log_eq == log_eq[0]):
         return cands
     out = []
@@ -1626,11 +1634,10 @@ def _converged_under_schedule(
     """
     if traj.logged("lr") is None:
         return None
-    lr_row, rate = _schedule(traj, None, None, None)
-    wd_row = _row_array(traj, "wd", None)
-    if lr_row is None or rate is None or wd_row is None:
+    lr_row, wd_row, mu, rate = _schedule(traj, None, None, None)
+    if lr_row is None or wd_row is None or mu is None or rate is None:
         return None
-    log_eq = _log_equilibrium_norm(traj, lr_row, wd_row, _momentum_rows(traj, None))
+    log_eq = _log_equilibrium_norm(traj, lr_row, wd_row, mu)
     if np.all(log_eq == log_eq[0]):
         return None
     if not (traj.has("rho") and _usable_rows(traj.column("rho"), True) >= 2):
