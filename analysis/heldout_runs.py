@@ -86,8 +86,8 @@ class Run:
     steps: int
     batch: int = 0  # 0 = full batch
     momentum: float = 0.0
-    optimizer: str = "sgd"  # "sgd" or "adamw"
-    schedule: str = ""  # "", "cosine", "step", "warmup" or "restarts"
+    optimizer: str = "sgd"  # "sgd", "adamw" or "adam" (PyTorch's Adam: coupled L2 decay)
+    schedule: str = ""  # "", "cosine", "step", "warmup", "restarts", ... (make_schedule)
     seed: int = 0
     nesterov: bool = False
     loss: str = "ce"  # "ce", "smooth" (label smoothing 0.1) or "mse" (on one-hot targets)
@@ -99,6 +99,7 @@ class Run:
     mean_loss: bool = False  # the loss written is the mean over the ``every`` steps up to it
     bf16: bool = False  # forward pass under bfloat16 autocast (mixed precision)
     decay_weights_only: bool = False  # wd on weight matrices only (not norms' scales, biases)
+    accumulate: int = 1  # micro-batches of ``batch`` per step, the loss logged after each
 
 
 RUNS = (
@@ -353,6 +354,27 @@ RUNS = (
         momentum=0.9,
         seed=31,
     ),
+    # tenth batch: labelled blind; weight normalization without a normalization layer, a
+    # cosine classifier (a trained, scale-invariant last layer), PyTorch's Adam with its
+    # coupled L2 decay, gradient accumulation, ReduceLROnPlateau on the training loss
+    Run("digits_wnmlp_gd", "digits", "wnmlp", 0.5, 1e-2, 2500, seed=37),
+    Run("digits_cosmlp_gd", "digits", "cosmlp", 0.5, 1e-2, 2500, seed=37, frozen=False),
+    Run(
+        "digits_bnaffine_gd_adam", "digits", "bnaffine", 1e-2, 1e-2, 2500, optimizer="adam", seed=37
+    ),
+    Run(
+        "wine_lnmlp_sgd32_adam",
+        "wine",
+        "lnmlp",
+        3e-3,
+        1e-1,
+        3000,
+        batch=32,
+        optimizer="adam",
+        seed=37,
+    ),
+    Run("digits_mlp_sgd64x4", "digits", "mlp", 1.0, 1e-2, 3000, batch=64, accumulate=4, seed=37),
+    Run("digits_mlp_gd_plateau", "digits", "mlp", 1.0, 1e-2, 4000, schedule="plateau", seed=37),
 )
 
 
@@ -495,6 +517,23 @@ def _preln_former(torch: Any, width: int = 32) -> Any:
     return PreLNFormer()
 
 
+def _cosine_head(torch: Any, n_in: int, n_out: int, scale: float = LAST_LAYER_NORM) -> Any:
+    """A trained cosine classifier: ``scale * normalize(h) @ normalize(W).T``, each class's
+    weight row normalized to unit length, so ``W`` is scale-invariant (row by row)."""
+    nn = torch.nn
+    f = torch.nn.functional
+
+    class CosineHead(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(n_out, n_in) / n_in**0.5)
+
+        def forward(self, h: Any) -> Any:
+            return scale * f.normalize(h, dim=1) @ f.normalize(self.weight, dim=1).T
+
+    return CosineHead()
+
+
 def build(net: str, n_in: int, n_out: int, torch: Any, frozen: bool = True) -> Any:
     """The network, its last layer at Frobenius norm 10 and frozen (or, ``frozen=False``,
     a trained last layer with its bias, as PyTorch initialises it)."""
@@ -564,6 +603,17 @@ def build(net: str, n_in: int, n_out: int, torch: Any, frozen: bool = True) -> A
     elif net == "prelnformer":  # a pre-LayerNorm block, QK-norm only (_preln_former)
         layers += [_preln_former(torch)]
         n_in = 32
+    elif net == "wnmlp":  # weight normalization (PyTorch's parametrization), no norm layer
+        weight_norm = torch.nn.utils.parametrizations.weight_norm
+        for _ in range(2):
+            layers += [weight_norm(nn.Linear(n_in, 64, bias=False)), nn.ReLU()]
+            n_in = 64
+    elif net == "cosmlp":  # BatchNorm MLP (2 x 64, no affine) with a cosine classifier
+        for _ in range(2):
+            layers += [nn.Linear(n_in, 64, bias=False)]
+            layers += [nn.BatchNorm1d(64, affine=False), nn.ReLU()]
+            n_in = 64
+        return nn.Sequential(*layers, _cosine_head(torch, n_in, n_out))
     elif net == "deepconv":  # four 3x3 convolutions with affine BatchNorm, 32-64 channels
         layers += [nn.Unflatten(1, (1, 8, 8))]
         for c_in, c, pool in ((1, 32, False), (32, 32, True), (32, 64, False), (64, 64, True)):
@@ -600,6 +650,8 @@ def make_schedule(run: Run, opt: Any, torch: Any) -> Any:
         return sched.LinearLR(opt, 1.0, 0.1, run.steps)
     if run.schedule == "onecycle":  # and the momentum from 0.95 to 0.85 and back
         return sched.OneCycleLR(opt, max_lr=run.lr, total_steps=run.steps)
+    if run.schedule == "plateau":  # stepped on the training loss (train)
+        return sched.ReduceLROnPlateau(opt, factor=0.5, patience=300, min_lr=run.lr / 8)
     return None
 
 
@@ -652,8 +704,16 @@ def train(run: Run, out: Path) -> dict[str, Any]:
             {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
             {"params": [p for p in params if p.ndim >= 2]},
         ]
+    if run.net == "wnmlp":  # the weight norm's magnitudes g without decay, as biases
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for n, p in named if n.endswith("original0")], "weight_decay": 0.0},
+            {"params": [p for n, p in named if not n.endswith("original0")]},
+        ]
     if run.optimizer == "adamw":
         opt = torch.optim.AdamW(groups, lr=run.lr, weight_decay=run.wd)
+    elif run.optimizer == "adam":
+        opt = torch.optim.Adam(groups, lr=run.lr, weight_decay=run.wd)
     else:
         opt = torch.optim.SGD(
             groups, lr=run.lr, momentum=run.momentum, weight_decay=run.wd, nesterov=run.nesterov
@@ -664,25 +724,31 @@ def train(run: Run, out: Path) -> dict[str, Any]:
     t0 = time.perf_counter()
     recent: deque[float] = deque(maxlen=run.every)  # the losses a row stands for
     for _ in range(run.steps):
-        if run.batch:
-            idx = torch.randint(0, len(y), (run.batch,), generator=gen)
-            xb, yb = x[idx], y[idx]
-        else:
-            xb, yb = x, y
-        if run.augment:
-            xb = shift_digits(xb, gen, torch)
         opt.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=run.bf16):
-            logits = model(xb)
-        loss = loss_of(run, logits.float(), yb, torch)
-        loss.backward()
+        for _ in range(run.accumulate):
+            if run.batch:
+                idx = torch.randint(0, len(y), (run.batch,), generator=gen)
+                xb, yb = x[idx], y[idx]
+            else:
+                xb, yb = x, y
+            if run.augment:
+                xb = shift_digits(xb, gen, torch)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=run.bf16):
+                logits = model(xb)
+            loss = loss_of(run, logits.float(), yb, torch)
+            (loss / run.accumulate if run.accumulate > 1 else loss).backward()
+            value = float(loss.detach())
+            if run.accumulate > 1:  # logged after every backward; the recorder keeps the last
+                rec.log_loss(value)
         if run.clip:
             torch.nn.utils.clip_grad_norm_(params, run.clip)
         opt.step()
-        value = float(loss.detach())
         recent.append(value)
-        rec.log_loss(sum(recent) / len(recent) if run.mean_loss else value)
-        if sched is not None:
+        if run.accumulate == 1:
+            rec.log_loss(sum(recent) / len(recent) if run.mean_loss else value)
+        if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            sched.step(value)
+        elif sched is not None:
             sched.step()
         if not math.isfinite(value):
             break
