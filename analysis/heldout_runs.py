@@ -15,13 +15,15 @@ detector finds on them, for a check by eye:
   ``resconv`` (residual blocks with affine BatchNorm), ``dropmlp`` (``mlp`` with dropout
   0.1), ``wsconv`` (weight-standardised convolutions, no normalization layer), ``rmsmlp``
   (RMSNorm, no affine terms), ``qkformer`` and ``prelnformer`` (post- and pre-LayerNorm
-  transformer blocks with QK-norm on the digits' rows as tokens) and ``deepconv`` (four
-  convolutions with affine BatchNorm, 32-64 channels);
+  transformer blocks with QK-norm on the digits' rows as tokens), ``deepconv`` (four
+  convolutions with affine BatchNorm, 32-64 channels), ``wnmlp`` (PyTorch's weight
+  normalization, no normalization layer) and ``cosmlp`` (a BatchNorm MLP with a trained
+  cosine classifier);
 
 on the wine, breast-cancer, iris and digits data and two generated sets (standardised),
-with full-batch GD, SGD (batch 16-256), heavy ball, Nesterov, AdamW, cosine, step, warmup,
-restart, linear and one-cycle schedules, and cross-entropy, cross-entropy with label
-smoothing 0.1 or squared error (``Run.loss``).
+with full-batch GD, SGD (batch 16-256), heavy ball, Nesterov, AdamW, Adam with its coupled
+L2 decay, cosine, step, warmup, restart, linear, one-cycle and reduce-on-plateau schedules,
+and cross-entropy, cross-entropy with label smoothing 0.1 or squared error (``Run.loss``).
 The last layer is rescaled to Frobenius norm 10 and frozen, as in the seed paper (one run
 trains it, with weight decay); one run shifts the digits by up to a pixel at every step;
 some clip the gradient norm, replace part of the labels by random ones, or are recorded
@@ -30,11 +32,13 @@ batch trains with momentum 0.9 at a small lr*wd, as the usual recipes do; the ei
 the one-cycle schedule (lr and momentum cycled), bfloat16 autocast, and weight decay on the
 weight matrices only; the ninth adds data scikit-learn generates (``moons``, ``synth``), a
 four-layer BatchNorm ConvNet (``deepconv``) and a pre-LayerNorm transformer block
-(``prelnformer``). Every run
+(``prelnformer``); the tenth weight normalization, a cosine classifier, Adam's coupled
+decay, gradient accumulation (four micro-batches per step, the loss logged after each, as
+a training loop does) and ``ReduceLROnPlateau``. Every run
 is recorded with :class:`siflow.torch_probe.SIRecorder` (one torch thread; about 25
 minutes for all).
 
-The runs of nine batches were labelled against their plotted norm and loss
+The runs of ten batches were labelled against their plotted norm and loss
 (``analysis/data/heldout/labels.json``, whose note says how each batch was labelled;
 doubtful events are listed as ``ambiguous`` and neither counted nor missed); ``detect``
 scores the detector's recall and precision on them, batch by batch.
