@@ -776,7 +776,14 @@ def analyze(
         - ``predicted_period``: two or more events with rho, and lr, wd:
           ``ln(rho_peak_k / rho_before_{k+1}) / (-ln q) + rise`` with the medians of
           the measured norm ratio and rise time (a consistency check of the decay law).
+          Under a schedule (or a per-row momentum) cycle by cycle, like for like with
+          the measured periods: each cycle's rise plus the steps the free decay at each
+          row's ``q`` takes from its peak to fall by the median ``ln`` ratio
+          (:func:`siflow.theory.free_decay_steps`), the median over the cycles.
         - ``predicted_period_at``: a measured period, lr, wd, and predict_lr/wd/momentum.
+          Under a schedule the decay law is calibrated on the free decay per cycle
+          (:attr:`siflow.periods.Events.decay_before`) rather than on the period in
+          steps, which mixes cycles run at different lrs.
         - ``norm_replay_error_max``, ``angle_law_error_median``,
           ``radial_law_error_max``: consecutive rows with rho, ``g~`` and/or
           ``angular_update``, lr, wd (:class:`Checks`).
@@ -1286,16 +1293,21 @@ def _period_predictions(
             res.event_stats.norm_ratio_median = _f(np.median(ratio))
             res.event_stats.rise_steps_median = _f(np.median(rise))
             if res.norm_ratio_median is not None and res.norm_ratio_median >= 1.0:
-                pred.predicted_period = _f(
-                    theory.period_from_norm_ratio(
-                        lr_r,
-                        wd_r,
-                        res.norm_ratio_median,
-                        float(np.median(rise)),
-                        mu,
-                        nesterov=hp.nesterov,
+                if hp.varies:
+                    pred.predicted_period = _scheduled_period(
+                        work, events, hp, res.norm_ratio_median
                     )
-                )
+                else:
+                    pred.predicted_period = _f(
+                        theory.period_from_norm_ratio(
+                            lr_r,
+                            wd_r,
+                            res.norm_ratio_median,
+                            float(np.median(rise)),
+                            mu,
+                            nesterov=hp.nesterov,
+                        )
+                    )
             else:
                 notes.append("norm ratio below 1: the decay law does not apply")
     elif len(events) >= 2:
@@ -1350,11 +1362,9 @@ def _period_at(
         return
     assert hp.lr_rows is not None and hp.wd_rows is not None
     lr_r, wd_r = _representative(hp.lr_rows, rows), _representative(hp.wd_rows, rows)
-    if hp.lr_varies or hp.wd_varies:
-        notes.append(
-            f"period at predict_lr/predict_wd calibrated at the median lr={lr_r:.4g}, "
-            f"wd={wd_r:.4g} of the stationary rows"
-        )
+    period = res.period_median
+    if hp.varies:
+        period = _schedule_calibrated_period(res.events, lr_r, wd_r, mu, hp.nesterov, notes)
     p_mu = mu if pred.predict_momentum is None else pred.predict_momentum
     if p_mu != mu:
         pred.predicted_period_at, pred.predicted_period_method = _transfer_at(
@@ -1367,14 +1377,65 @@ def _period_at(
                 "period at predict_lr/predict_wd from the decay law: the cycle model of "
                 "siflow.predict is heavy ball's"
             )
-        period = predict_period_at(res.period_median, lr_r, wd_r, p_lr, p_wd, mu, nesterov=True)
+        period = predict_period_at(period, lr_r, wd_r, p_lr, p_wd, mu, nesterov=True)
         pred.predicted_period_at = _f(period)
         pred.predicted_period_method = "scale symmetry + Nesterov decay law: T2 = T1 ln q1 / ln q2"
         return
     s_val = pred.sharpness if hp.sgd_family else None  # Nesterov returned above
     pred.predicted_period_at, pred.predicted_period_method = _predict_at(
-        work, res.period_median, lr_r, wd_r, p_lr, p_wd, mu, s_val, notes
+        work, period, lr_r, wd_r, p_lr, p_wd, mu, s_val, notes
     )
+
+
+def _scheduled_period(
+    work: Trajectory, events: Events, hp: _Hyper, norm_ratio: float
+) -> float | None:
+    """The decay law's period under the log's schedule, cycle by cycle: for each measured
+    cycle, its rise to the peak plus the steps the free decay from that peak, at each
+    row's ``lr``, ``wd`` and momentum, takes to lower ``ln rho`` by ``ln(norm_ratio)``
+    (:func:`siflow.theory.free_decay_steps`); the median over the cycles, to compare with
+    the median measured period (at a constant schedule :func:`siflow.theory.period_from_norm_ratio`
+    with the median rise)."""
+    assert hp.lr_rows is not None and hp.wd_rows is not None
+    mu = hp.mu_rows if hp.mu_rows is not None else hp.momentum
+    rate = np.asarray(
+        theory.decay_rate(hp.lr_rows, hp.wd_rows, mu, nesterov=hp.nesterov), dtype=np.float64
+    )
+    if len(events) < 2 or not np.all(np.isfinite(rate)):
+        return None
+    peaks = events.peak_steps[:-1].astype(np.float64)
+    try:
+        fall = theory.free_decay_steps(work.step, rate, peaks, math.log(norm_ratio))
+    except ValueError:  # the schedule reaches lr 0 before the fall: no period
+        return None
+    return _f(np.median(peaks - events.steps[:-1] + fall))
+
+
+def _schedule_calibrated_period(
+    events: Events, lr: float, wd: float, momentum: float, nesterov: bool, notes: list[str]
+) -> float:
+    """The period a schedule's cycles give at one ``(lr, wd, momentum)``.
+
+    Under a schedule a cycle's length in steps depends on the lr it ran at; what the
+    decay law keeps from cycle to cycle is the free decay of ``ln rho`` between events,
+    ``D_k = -sum_t ln q_t`` (:attr:`siflow.periods.Events.decay_before`, ``q_t`` the
+    per-step decay factor at that row's hyperparameters, :func:`siflow.theory.decay_rate`).
+    The period at constant ``(lr, wd, momentum)`` is ``median_k(D_k) / (-ln q)``: at a
+    constant schedule exactly the median period, and the decay law's
+    ``T2 = T1 ln q1 / ln q2`` then gives ``median_k(D_k) / (-ln q2)`` whatever ``(lr, wd)``
+    it is calibrated at (docs/theory.md, "Decay between events").
+    """
+    free = -np.asarray(events.decay_before, dtype=np.float64)
+    free = free[np.isfinite(free) & (free > 0)]
+    rate = float(theory.decay_rate(lr, wd, momentum, nesterov=nesterov))
+    period = float(np.median(free)) / rate
+    notes.append(
+        f"period at predict_lr/predict_wd calibrated on the free decay per cycle under the "
+        f"log's schedule (median {float(np.median(free)):.4g} in ln rho over {free.size} "
+        f"cycles): {period:.4g} steps at the median lr={lr:.4g}, wd={wd:.4g} of the "
+        f"stationary rows"
+    )
+    return period
 
 
 def _longest_run(step: np.ndarray, ok: np.ndarray, gap: int = 1) -> slice:

@@ -76,6 +76,7 @@ __all__ = [
     "exponential_lr_schedule",
     "exponential_lr_initial_buffer",
     "period_from_norm_ratio",
+    "free_decay_steps",
     "period",
     "equilibrium",
     "decay_rate",
@@ -1752,6 +1753,71 @@ def period_from_norm_ratio(
     esc = check_nonnegative("escape_steps", escape_steps)
     mu = check_momentum(momentum)
     return _out(np.log(ratio) / (-_log_decay(lr, wd, mu, bool(nesterov))) + esc)
+
+
+def free_decay_steps(step: ArrayLike, rate: ArrayLike, start: ArrayLike, fall: ArrayLike) -> Array:
+    r"""Steps from ``start`` until the zero-gradient decay under a schedule lowers ``ln rho``
+    by ``fall``: the schedule form of the decay time in :func:`period_from_norm_ratio`.
+
+    At zero gradient the exact map of docs/theory.md section 1 multiplies the norm by
+    ``q_t`` at step ``t``, so from step ``s`` the norm has fallen by
+    ``F(s, t) = sum_{u=s}^{t-1} r_u`` in ``ln rho``, ``r_u = -ln q_u``
+    (:func:`decay_rate` at that step's ``lr``, ``wd`` and momentum). The result is ``t - s``
+    with ``F(s, t) = fall``: ``fall / r`` at a constant rate, i.e.
+    ``ln(norm_ratio) / (-ln decay_factor)`` with ``fall = ln(norm_ratio)``.
+
+    Parameters
+    ----------
+    step : array_like
+        Increasing steps of a log, one row each.
+    rate : array_like
+        ``r`` per row, ``>= 0``: it holds from that row's step to the next row's; after the
+        last row the last rate holds (and must then be ``> 0`` if it is needed).
+    start : array_like
+        Steps to count from (broadcast with ``fall``), within or after the logged steps.
+    fall : array_like
+        Fall of ``ln rho``, ``>= 0``.
+
+    Returns
+    -------
+    ndarray or float
+        Steps (real-valued: the cumulative decay is linear between logged steps).
+    """
+    st = np.asarray(step, dtype=np.float64)
+    r = check_nonnegative("rate", rate)
+    if st.ndim != 1 or st.size < 1 or np.shape(r) != st.shape:
+        raise ValueError("step and rate must be one value per row of the same 1-D log")
+    if np.any(np.diff(st) <= 0):
+        raise ValueError("step must increase from row to row")
+    s0 = np.asarray(start, dtype=np.float64)
+    if not np.all(np.isfinite(s0) & (s0 >= st[0])):
+        raise ValueError(f"start must be finite steps from the first logged step {st[0]:g} on")
+    f = check_nonnegative("fall", fall)
+    # cumulative decay at each logged step, and beyond the last at the last rate
+    cum = np.concatenate([[0.0], np.cumsum(r[:-1] * np.diff(st))])
+    last = float(r[-1])
+
+    def cum_at(t: NDArray[np.float64]) -> NDArray[np.float64]:
+        return np.where(t <= st[-1], np.interp(t, st, cum), cum[-1] + last * (t - st[-1]))
+
+    target = cum_at(s0) + f
+    inside = target <= cum[-1]
+    # the first step where the cumulative decay reaches the target (it may stay flat
+    # where the rate is 0: the earliest such step)
+    idx = np.clip(np.searchsorted(cum, target, side="left"), 1, st.size - 1)
+    lo, hi = cum[idx - 1], cum[idx]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        frac = np.where(hi > lo, (target - lo) / (hi - lo), 0.0)
+    t_in = st[idx - 1] + frac * (st[idx] - st[idx - 1])
+    if np.any(~inside) and not last > 0:
+        raise ValueError(
+            "the fall is not reached within the log and its last rate is 0; log further or "
+            "pass a positive last rate"
+        )
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t_out = st[-1] + (target - cum[-1]) / last
+    # a zero fall over rows of zero rate: the step itself, not an earlier flat one
+    return _out(np.maximum(np.where(inside, t_in, t_out) - s0, 0.0))
 
 
 def period(

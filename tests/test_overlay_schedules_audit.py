@@ -244,3 +244,72 @@ def test_simulate_under_a_schedule_compares_with_the_per_row_predictions(
     assert line.split()[-1] == f"{measured / angle:.4f}"
     notes = "\n".join(summary["notes"])
     assert "last step's lr" not in notes and notes.count("per row") == 1
+
+
+# ------------------------------------------------ the period under an lr schedule
+def _step_schedule_sawtooth(n: int, drop: int, wd: float) -> tuple[Trajectory, list[int]]:
+    """rho^2 x4 with a 100x loss spike once the free decay (lr 0.1, then 0.04 from step
+    ``drop``) takes it below 1: every cycle falls by ln 2 in ln rho at zero gradient."""
+    lr = np.where(np.arange(n) < drop, 0.1, 0.04)
+    r2, loss, events = np.empty(n), np.full(n, 1e-2), []
+    x = 4.0
+    for t in range(n):
+        if x < 1.0:
+            events.append(t - 1)
+            x *= 4.0
+            loss[t : t + 20] = 1.0
+        r2[t] = x
+        x *= (1 - lr[t] * wd) ** 2
+    traj = Trajectory(
+        step=np.arange(n), rho=np.sqrt(r2), loss=loss, extra={"lr": lr}, meta={"wd": wd}
+    )
+    return traj, events
+
+
+def test_period_under_a_step_schedule_is_the_decay_law_cycle_by_cycle() -> None:
+    # cycles of 138 steps at lr*wd = 5e-3 and 346 after the lr drops to 0.04: the decay
+    # law's period is taken at each cycle's own lr (the fall of ln rho from each peak to
+    # the next onset, at each step's lr), not at the median lr of the rows, which gave
+    # 346 steps against a measured median of 138
+    n, drop, wd = 3000, 1200, 5e-2
+    traj, events = _step_schedule_sawtooth(n, drop, wd)
+    res = analyze(traj)
+    assert res.events is not None
+    np.testing.assert_array_equal(res.events.steps, events)
+    periods = np.diff(events)
+    assert res.period_median == float(np.median(periods))
+    assert np.median(periods) < 150 and periods.max() > 300
+    # each cycle by hand: its rise to the peak plus the steps the free decay needs from
+    # the peak to lower ln rho by ln(median norm ratio), summed step by step
+    ev = res.events
+    fall = math.log(res.norm_ratio_median)
+    lr = traj.extra["lr"]
+    hand = []
+    for k in range(len(events) - 1):
+        t, total = int(ev.peak_steps[k]), 0.0
+        while total - math.log(1 - lr[t] * wd) < fall:
+            total -= math.log(1 - lr[t] * wd)
+            t += 1
+        rest = (fall - total) / -math.log(1 - lr[t] * wd)  # the last step's part
+        hand.append(t + rest - ev.steps[k])
+    assert res.predictions.predicted_period == pytest.approx(np.median(hand), rel=1e-9)
+    assert res.period_median / res.predictions.predicted_period == pytest.approx(1.0, abs=0.02)
+
+
+def test_predict_lr_under_a_step_schedule_keeps_the_free_decay_per_cycle() -> None:
+    # --predict-lr on a scheduled log: the period at lr 0.2 is the median free decay per
+    # cycle, sum_t -ln(1 - lr_t wd) between events, over -ln(1 - 0.2 wd), whatever lr the
+    # log is calibrated at (before: the median period in steps, 138, taken as the period
+    # at the median lr of the rows, 0.04, gave 28 steps where lr 0.2 cycles in 69)
+    n, drop, wd = 3000, 1200, 5e-2
+    traj, events = _step_schedule_sawtooth(n, drop, wd)
+    res = analyze(traj, predict_lr=0.2, predict_wd=wd)
+    lr = traj.extra["lr"]
+    free = [
+        -sum(math.log(1 - lr[t] * wd) for t in range(a, b))
+        for a, b in zip(events[:-1], events[1:], strict=True)
+    ]
+    expected = np.median(free) / -math.log(1 - 0.2 * wd)
+    assert res.predictions.predicted_period_at == pytest.approx(expected, rel=1e-9)
+    # the sawtooth at a constant lr of 0.2 cycles in about that many steps
+    assert expected == pytest.approx(math.log(2) / -math.log(1 - 0.2 * wd), rel=0.02)

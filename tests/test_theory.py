@@ -824,3 +824,35 @@ def test_label_smoothing_loss_floor_is_the_smallest_cross_entropy():
     for bad in ((-0.1, 10), (1.5, 10), (0.1, 1), (0.1, 2.5), (0.1, True)):
         with pytest.raises(ValueError):
             T.label_smoothing_loss_floor(*bad)
+
+
+def test_free_decay_steps_against_the_zero_gradient_map() -> None:
+    # the norm multiplied by 1 - lr_t wd at every step (the exact map at zero gradient,
+    # under a random step schedule): the first whole step at which ln rho has fallen by
+    # `fall` is the ceiling of free_decay_steps, and at a constant rate it is
+    # period_from_norm_ratio's decay time
+    rng = np.random.default_rng(3)
+    n, wd = 400, 1e-2
+    lr = np.repeat(rng.uniform(0.05, 1.0, n // 40), 40)
+    rate = -np.log1p(-lr * wd)
+    ln_rho = np.concatenate([[0.0], np.cumsum(np.log1p(-lr * wd))])
+    for start, fall in [(0, 0.3), (17, 0.05), (123, 1.1), (250, 0.0), (399, 0.4)]:
+        got = float(T.free_decay_steps(np.arange(n), rate, start, fall))
+        t = start
+        while ln_rho[start] - ln_rho[min(t, n)] < fall - 1e-12 and t < n:
+            t += 1
+        if t < n or ln_rho[start] - ln_rho[n] >= fall - 1e-12:
+            assert math.ceil(got - 1e-9) == t - start, (start, fall)
+        else:  # past the log: the last rate holds
+            left = fall - (ln_rho[start] - ln_rho[n])
+            assert got == pytest.approx(n - start + left / rate[-1], rel=1e-12)
+    const = T.free_decay_steps(np.arange(10.0), np.full(10, 0.02), 3, math.log(1.5))
+    assert const == pytest.approx(
+        T.period_from_norm_ratio(2.0, -math.expm1(-0.02) / 2.0, 1.5), rel=1e-12
+    )
+    # rows logged every 5th step: the rate holds from a row to the next
+    assert T.free_decay_steps([0, 5, 10], [0.1, 0.02, 0.02], 0, 0.6) == pytest.approx(10)
+    with pytest.raises(ValueError, match="last rate is 0"):
+        T.free_decay_steps([0, 1, 2], [0.1, 0.0, 0.0], 0, 1.0)
+    with pytest.raises(ValueError, match="increase"):
+        T.free_decay_steps([0, 2, 1], [0.1, 0.1, 0.1], 0, 0.1)
