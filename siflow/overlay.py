@@ -1362,15 +1362,15 @@ def _period_at(
         return
     assert hp.lr_rows is not None and hp.wd_rows is not None
     lr_r, wd_r = _representative(hp.lr_rows, rows), _representative(hp.wd_rows, rows)
-    period = res.period_median
-    if hp.varies:
-        period = _schedule_calibrated_period(res.events, lr_r, wd_r, mu, hp.nesterov, notes)
     p_mu = mu if pred.predict_momentum is None else pred.predict_momentum
     if p_mu != mu:
         pred.predicted_period_at, pred.predicted_period_method = _transfer_at(
             work, res.events, (lr_r, wd_r, mu), (p_lr, p_wd, p_mu), notes
         )
         return
+    period = res.period_median
+    if hp.varies:
+        period = _schedule_calibrated_period(res.events, lr_r, wd_r, mu, hp.nesterov, notes)
     if hp.nesterov:
         if pred.sharpness is not None:
             notes.append(

@@ -619,6 +619,25 @@ def _cycle_drop(events: Any, skip: int) -> float:
     return float(np.median(jumps)) if jumps.size else math.nan
 
 
+def _check_constant_hyperparameters(calibration: Trajectory) -> None:
+    """A ValueError when the calibration log's lr, wd or momentum column varies: its period
+    in steps and decay speed per step then mix cycles run at different rates, and the
+    transfer's ``T0``, ``r0`` and ``lr0 wd0`` have no one value."""
+    for name in ("lr", "wd", "momentum"):
+        col = calibration.logged(name)
+        if col is None:
+            continue
+        vals = np.asarray(col, dtype=np.float64)
+        vals = vals[np.isfinite(vals)]
+        if vals.size and np.ptp(vals) > 0:
+            raise ValueError(
+                f"the calibration run's {name} column varies ({vals.min():.4g} to "
+                f"{vals.max():.4g}): the transfer needs a run at constant lr, wd and momentum; "
+                f"calibrate on one (siflow.overlay's predict_lr/predict_wd carry a scheduled "
+                f"run's free decay per cycle to another lr and wd)"
+            )
+
+
 def transfer_period(
     calibration: Trajectory,
     lr: float,
@@ -655,7 +674,8 @@ def transfer_period(
     :func:`siflow.theory.stability_threshold_elr` with ``nesterov=True``) on both sides.
 
     The step column of ``calibration`` must count optimizer steps (a run timed in
-    epochs, or whose measured decay is faster than the free decay, is refused), and a
+    epochs, or whose measured decay is faster than the free decay, is refused), its lr,
+    wd and momentum must be constant (a logged column that varies is refused), and a
     push that reaches the free decay (``p >= 1``) is refused: no period follows from the
     decay law there.
 
@@ -693,6 +713,7 @@ def transfer_period(
     lr0, wd0 = calibration.lr, calibration.wd
     if lr0 is None or wd0 is None:
         raise ValueError("the calibration trajectory needs meta['lr'] and meta['wd']")
+    _check_constant_hyperparameters(calibration)
     lr0_f, wd0_f = lr_wd_numbers(lr0, wd0)
     lr_f, wd_f = lr_wd_numbers(lr, wd)
     mu0 = momentum_number(calibration.momentum)

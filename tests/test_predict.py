@@ -257,6 +257,43 @@ def test_transfer_period_validation():
     assert transfer_period(cal, 1.0, 0.01, skip=2.0) == transfer_period(cal, 1.0, 0.01, skip=2)
 
 
+def test_transfer_period_refuses_a_calibration_under_a_schedule():
+    # a logged lr (or wd, momentum) column that varies: the calibration's period in steps
+    # and decay per step mix cycles run at different rates; a constant column is accepted
+    from siflow.predict import transfer_period
+
+    cal, _ = _jump_map_run(0.5, 0.01)
+    n = len(cal)
+    flat = Trajectory(
+        step=cal.step,
+        rho=cal.rho,
+        loss=cal.loss,
+        meta=cal.meta,
+        extra={"lr": np.full(n, 0.5), "momentum": np.zeros(n)},
+    )
+    assert transfer_period(flat, 1.0, 0.01).period == transfer_period(cal, 1.0, 0.01).period
+    for name, col in (
+        ("lr", np.where(np.arange(n) < n // 2, 0.5, 0.25)),
+        ("wd", np.linspace(0.01, 0.02, n)),
+        ("momentum", np.linspace(0.85, 0.95, n)),
+    ):
+        varied = Trajectory(
+            step=cal.step, rho=cal.rho, loss=cal.loss, meta=cal.meta, extra={name: col}
+        )
+        with pytest.raises(ValueError, match=f"calibration run's {name} column varies"):
+            transfer_period(varied, 1.0, 0.01)
+    # a column siflow.io.read maps to lr (Lightning's lr-SGD) counts as well
+    mapped = Trajectory(
+        step=cal.step,
+        rho=cal.rho,
+        loss=cal.loss,
+        meta={**cal.meta, "columns": {"lr": "lr-SGD"}},
+        extra={"lr-SGD": np.linspace(0.5, 0.1, n)},
+    )
+    with pytest.raises(ValueError, match="lr column varies"):
+        transfer_period(mapped, 1.0, 0.01)
+
+
 def test_transfer_period_refuses_a_step_column_that_is_not_optimizer_steps():
     from siflow.predict import transfer_period
 
