@@ -208,7 +208,8 @@ def cycle_constants(
 
     Returns a dict with ``lr, wd, momentum, period, overshoot (o0), burst_constant (C),
     escape_log (Lambda), norm_jump, elr_destabilization, threshold_elr, n_events``.
-    ``skip`` events at the start (the transient) are dropped.
+    ``skip`` events at the start (the transient) are dropped. The run's lr, wd and
+    momentum must be constant (a logged column that varies is a ValueError).
     """
     from siflow.periods import find_events
 
@@ -217,6 +218,7 @@ def cycle_constants(
     lr, wd = traj.lr, traj.wd
     if lr is None or wd is None:
         raise ValueError("the calibration trajectory needs meta['lr'] and meta['wd']")
+    _check_constant_hyperparameters(traj)
     lr_f, wd_f = lr_wd_numbers(lr, wd)
     mu = momentum_number(traj.momentum)
     S = sharpness if sharpness is not None else traj.meta.get("sharpness_min")

@@ -259,8 +259,9 @@ def test_transfer_period_validation():
 
 def test_transfer_period_refuses_a_calibration_under_a_schedule():
     # a logged lr (or wd, momentum) column that varies: the calibration's period in steps
-    # and decay per step mix cycles run at different rates; a constant column is accepted
-    from siflow.predict import transfer_period
+    # and decay per step mix cycles run at different rates (so do the cycle model's
+    # constants); a constant column is accepted
+    from siflow.predict import cycle_constants, transfer_period
 
     cal, _ = _jump_map_run(0.5, 0.01)
     n = len(cal)
@@ -282,6 +283,8 @@ def test_transfer_period_refuses_a_calibration_under_a_schedule():
         )
         with pytest.raises(ValueError, match=f"calibration run's {name} column varies"):
             transfer_period(varied, 1.0, 0.01)
+        with pytest.raises(ValueError, match=f"calibration run's {name} column varies"):
+            cycle_constants(varied, sharpness=1.0)
     # a column siflow.io.read maps to lr (Lightning's lr-SGD) counts as well
     mapped = Trajectory(
         step=cal.step,
