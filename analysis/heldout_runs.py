@@ -94,7 +94,7 @@ class Run:
     schedule: str = ""  # "", "cosine", "step", "warmup", "restarts", ... (make_schedule)
     seed: int = 0
     nesterov: bool = False
-    loss: str = "ce"  # "ce", "smooth" (label smoothing 0.1) or "mse" (on one-hot targets)
+    loss: str = "ce"  # "ce", "smooth" (label smoothing 0.1), "mse" or "bce" (one-hot targets)
     every: int = 1  # the recorder writes every k-th step
     frozen: bool = True  # the last layer at norm 10 and frozen; False: trained, with wd
     augment: bool = False  # digits images shifted by up to one pixel, new shifts every step
@@ -379,14 +379,31 @@ RUNS = (
     ),
     Run("digits_mlp_sgd64x4", "digits", "mlp", 1.0, 1e-2, 3000, batch=64, accumulate=4, seed=37),
     Run("digits_mlp_gd_plateau", "digits", "mlp", 1.0, 1e-2, 4000, schedule="plateau", seed=37),
+    # eleventh batch: labelled blind; regression (squared error on a real target, with an
+    # irreducible noise floor), one-vs-rest binary cross-entropy, GELU, a six-layer MLP of
+    # width 128, depthwise-separable convolutions
+    Run("digits_gelumlp_gd", "digits", "gelumlp", 0.5, 1e-2, 2500, seed=41),
+    Run("digits_widemlp_gd", "digits", "widemlp", 0.5, 1e-2, 2500, seed=41),
+    Run("digits_mlp_gd_bce", "digits", "mlp", 0.3, 1e-2, 3000, loss="bce", seed=41),
+    Run("friedman_mlp_gd", "friedman", "mlp", 0.1, 5e-2, 3000, seed=41),
+    Run("diabetes_mlp_sgd64", "diabetes", "mlp", 0.5, 1e-2, 3000, batch=64, seed=41),
+    Run("digits_dwconv_sgd128", "digits", "dwconv", 0.2, 1e-2, 4000, batch=128, seed=41),
 )
+
+
+#: Regression data (``load_data``): a standardised real target, one network output.
+REGRESSION = ("friedman", "diabetes")
 
 
 def load_data(name: str, torch: Any) -> tuple[Any, Any]:
     """Standardised inputs (float32) and labels (int64) of a scikit-learn data set, or of
     data scikit-learn generates with a fixed seed: ``"moons"`` (two interleaved half
     circles, 1000 points, noise 0.2) and ``"synth"`` (4000 points of 30 features, 10 of
-    them informative, in 4 classes of two clusters each)."""
+    them informative, in 4 classes of two clusters each). Regression (:data:`REGRESSION`;
+    the target standardised, float32): ``"diabetes"`` (442 patients, 10 features) and
+    ``"friedman"`` (Friedman's first problem, 4000 points of 10 features, 5 of them used,
+    with noise of standard deviation 1: a squared error that cannot fall below about
+    ``1/var(y)`` of the standardised target)."""
     datasets = require("sklearn.datasets", "analysis", "scikit-learn")
     loaders = {
         "wine": datasets.load_wine,
@@ -394,6 +411,15 @@ def load_data(name: str, torch: Any) -> tuple[Any, Any]:
         "iris": datasets.load_iris,
         "digits": datasets.load_digits,
     }
+    if name in REGRESSION:
+        if name == "friedman":
+            data, target = datasets.make_friedman1(n_samples=4000, noise=1.0, random_state=0)
+        else:
+            d = datasets.load_diabetes()
+            data, target = d.data, d.target
+        x = (data - data.mean(0)) / (data.std(0) + 1e-8)
+        y = (target - target.mean()) / target.std()
+        return torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.float32)
     if name == "moons":
         data, target = datasets.make_moons(n_samples=1000, noise=0.2, random_state=0)
     elif name == "synth":
@@ -570,8 +596,8 @@ def build(net: str, n_in: int, n_out: int, torch: Any, frozen: bool = True) -> A
             layers += [nn.GroupNorm(groups, c, affine=False), nn.ReLU(), nn.MaxPool2d(2)]
         layers += [nn.Flatten()]
         n_in = 128
-    elif net in ("deepmlp", "mlp"):  # BatchNorm without affine terms, 4 x 32 or 2 x 64
-        depth, width = (4, 32) if net == "deepmlp" else (2, 64)
+    elif net in ("deepmlp", "mlp", "widemlp"):  # BatchNorm, no affine: 4x32, 2x64, 6x128
+        depth, width = {"deepmlp": (4, 32), "mlp": (2, 64), "widemlp": (6, 128)}[net]
         for _ in range(depth):
             layers += [nn.Linear(n_in, width, bias=False)]
             layers += [nn.BatchNorm1d(width, affine=False), nn.ReLU()]
@@ -618,6 +644,18 @@ def build(net: str, n_in: int, n_out: int, torch: Any, frozen: bool = True) -> A
             layers += [nn.BatchNorm1d(64, affine=False), nn.ReLU()]
             n_in = 64
         return nn.Sequential(*layers, _cosine_head(torch, n_in, n_out))
+    elif net == "dwconv":  # depthwise-separable convolutions with affine BatchNorm
+        layers += [nn.Unflatten(1, (1, 8, 8)), nn.Conv2d(1, 16, 3, padding=1, bias=False)]
+        layers += [nn.BatchNorm2d(16), nn.ReLU()]
+        layers += [nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False), nn.BatchNorm2d(16)]
+        layers += [nn.ReLU(), nn.Conv2d(16, 32, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU()]
+        layers += [nn.MaxPool2d(2), nn.Flatten()]
+        n_in = 512
+    elif net == "gelumlp":  # BatchNorm without affine terms, 2 x 64, GELU
+        for _ in range(2):
+            layers += [nn.Linear(n_in, 64, bias=False)]
+            layers += [nn.BatchNorm1d(64, affine=False), nn.GELU()]
+            n_in = 64
     elif net == "deepconv":  # four 3x3 convolutions with affine BatchNorm, 32-64 channels
         layers += [nn.Unflatten(1, (1, 8, 8))]
         for c_in, c, pool in ((1, 32, False), (32, 32, True), (32, 64, False), (64, 64, True)):
@@ -660,10 +698,17 @@ def make_schedule(run: Run, opt: Any, torch: Any) -> Any:
 
 
 def loss_of(run: Run, logits: Any, y: Any, torch: Any) -> Any:
-    """The run's loss: cross-entropy, with label smoothing 0.1 (``"smooth"``), or the
+    """The run's loss: cross-entropy, with label smoothing 0.1 (``"smooth"``), the
     squared error of the logits against one-hot targets (``"mse"``, summed over classes,
-    averaged over samples)."""
+    averaged over samples), one-vs-rest binary cross-entropy (``"bce"``, a sigmoid per
+    class, averaged over classes and samples), or, on regression data, the squared error
+    of the one output against the standardised target."""
     f = torch.nn.functional
+    if run.data in REGRESSION:  # squared error of the one output against the target
+        return ((logits[:, 0] - y) ** 2).mean()
+    if run.loss == "bce":  # one-vs-rest: a sigmoid per class against one-hot targets
+        target = f.one_hot(y, logits.shape[1]).to(logits.dtype)
+        return f.binary_cross_entropy_with_logits(logits, target)
     if run.loss == "mse":
         target = f.one_hot(y, logits.shape[1]).to(logits.dtype)
         return ((logits - target) ** 2).sum(1).mean()
@@ -700,7 +745,8 @@ def train(run: Run, out: Path) -> dict[str, Any]:
     if run.label_noise:
         y = noisy_labels(y, run.label_noise, torch.Generator().manual_seed(run.seed + 2), torch)
     torch.manual_seed(run.seed)
-    model = build(run.net, x.shape[1], int(y.max()) + 1, torch, run.frozen)
+    n_out = 1 if run.data in REGRESSION else int(y.max()) + 1
+    model = build(run.net, x.shape[1], n_out, torch, run.frozen)
     params = [p for p in model.parameters() if p.requires_grad]
     groups: list[dict[str, Any]] = [{"params": params}]
     if run.decay_weights_only:  # the usual "no decay" group first, then the weights
