@@ -17,13 +17,15 @@ detector finds on them, for a check by eye:
   (RMSNorm, no affine terms), ``qkformer`` and ``prelnformer`` (post- and pre-LayerNorm
   transformer blocks with QK-norm on the digits' rows as tokens), ``deepconv`` (four
   convolutions with affine BatchNorm, 32-64 channels), ``wnmlp`` (PyTorch's weight
-  normalization, no normalization layer) and ``cosmlp`` (a BatchNorm MLP with a trained
-  cosine classifier);
+  normalization, no normalization layer), ``cosmlp`` (a BatchNorm MLP with a trained
+  cosine classifier), ``gelumlp`` (``mlp`` with GELU), ``widemlp`` (six BatchNorm layers
+  of width 128) and ``dwconv`` (depthwise-separable convolutions with affine BatchNorm);
 
 on the wine, breast-cancer, iris and digits data and two generated sets (standardised),
 with full-batch GD, SGD (batch 16-256), heavy ball, Nesterov, AdamW, Adam with its coupled
 L2 decay, cosine, step, warmup, restart, linear, one-cycle and reduce-on-plateau schedules,
-and cross-entropy, cross-entropy with label smoothing 0.1 or squared error (``Run.loss``).
+and cross-entropy, cross-entropy with label smoothing 0.1, squared error or one-vs-rest
+binary cross-entropy (``Run.loss``), or squared error on two regression sets.
 The last layer is rescaled to Frobenius norm 10 and frozen, as in the seed paper (one run
 trains it, with weight decay); one run shifts the digits by up to a pixel at every step;
 some clip the gradient norm, replace part of the labels by random ones, or are recorded
@@ -34,11 +36,12 @@ weight matrices only; the ninth adds data scikit-learn generates (``moons``, ``s
 four-layer BatchNorm ConvNet (``deepconv``) and a pre-LayerNorm transformer block
 (``prelnformer``); the tenth weight normalization, a cosine classifier, Adam's coupled
 decay, gradient accumulation (four micro-batches per step, the loss logged after each, as
-a training loop does) and ``ReduceLROnPlateau``. Every run
+a training loop does) and ``ReduceLROnPlateau``; the eleventh regression, one-vs-rest
+cross-entropy, GELU, a wide six-layer MLP and depthwise-separable convolutions. Every run
 is recorded with :class:`siflow.torch_probe.SIRecorder` (one torch thread; about 25
 minutes for all).
 
-The runs of ten batches were labelled against their plotted norm and loss
+The runs of eleven batches were labelled against their plotted norm and loss
 (``analysis/data/heldout/labels.json``, whose note says how each batch was labelled;
 doubtful events are listed as ``ambiguous`` and neither counted nor missed); ``detect``
 scores the detector's recall and precision on them, batch by batch.
