@@ -165,11 +165,11 @@ def test_failure_under_varying_momentum_does_not_blame_the_weights() -> None:
         analyze(traj, momentum=0.9)
 
 
-def test_overlay_events_take_the_free_decay_at_each_rows_momentum() -> None:
-    # a sawtooth norm (rho^2 x4 with a 100x loss spike once it decays below 1) under a
-    # one-cycle momentum column: the free decay between events is heavy ball's at each
-    # row's momentum, not at the configured 0.95 of the metadata
-    n, lr, wd = 6000, 0.1, 5e-3
+def _sawtooth(lr: np.ndarray, wd: float) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """``(rho^2, loss, events)``: rho^2 falls by ``(1 - lr_t wd)^2`` per step (the exact
+    map at zero gradient) and is multiplied by 4 with a 100x loss spike of 20 rows once it
+    is below 1; the events are the rows before each jump."""
+    n = lr.size
     r2, loss, events = np.empty(n), np.full(n, 1e-2), []
     x = 4.0
     for t in range(n):
@@ -178,7 +178,16 @@ def test_overlay_events_take_the_free_decay_at_each_rows_momentum() -> None:
             x *= 4.0
             loss[t : t + 20] = 1.0
         r2[t] = x
-        x *= (1 - lr * wd) ** 2
+        x *= (1 - lr[t] * wd) ** 2
+    return r2, loss, events
+
+
+def test_overlay_events_take_the_free_decay_at_each_rows_momentum() -> None:
+    # a sawtooth norm (rho^2 x4 with a 100x loss spike once it decays below 1) under a
+    # one-cycle momentum column: the free decay between events is heavy ball's at each
+    # row's momentum, not at the configured 0.95 of the metadata
+    n, lr, wd = 6000, 0.1, 5e-3
+    r2, loss, events = _sawtooth(np.full(n, lr), wd)
     mu = _one_cycle_momentum(n)
     traj = Trajectory(
         step=np.arange(n),
@@ -251,15 +260,7 @@ def _step_schedule_sawtooth(n: int, drop: int, wd: float) -> tuple[Trajectory, l
     """rho^2 x4 with a 100x loss spike once the free decay (lr 0.1, then 0.04 from step
     ``drop``) takes it below 1: every cycle falls by ln 2 in ln rho at zero gradient."""
     lr = np.where(np.arange(n) < drop, 0.1, 0.04)
-    r2, loss, events = np.empty(n), np.full(n, 1e-2), []
-    x = 4.0
-    for t in range(n):
-        if x < 1.0:
-            events.append(t - 1)
-            x *= 4.0
-            loss[t : t + 20] = 1.0
-        r2[t] = x
-        x *= (1 - lr[t] * wd) ** 2
+    r2, loss, events = _sawtooth(lr, wd)
     traj = Trajectory(
         step=np.arange(n), rho=np.sqrt(r2), loss=loss, extra={"lr": lr}, meta={"wd": wd}
     )
