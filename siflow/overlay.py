@@ -1369,8 +1369,10 @@ def _period_at(
         )
         return
     period = res.period_median
-    if hp.varies:
-        period = _schedule_calibrated_period(res.events, lr_r, wd_r, mu, hp.nesterov, notes)
+    if hp.varies and res.events is not None:
+        period = _schedule_calibrated_period(
+            res.events, lr_r, wd_r, mu, hp.nesterov, notes, fallback=period
+        )
     if hp.nesterov:
         if pred.sharpness is not None:
             notes.append(
@@ -1412,7 +1414,14 @@ def _scheduled_period(
 
 
 def _schedule_calibrated_period(
-    events: Events, lr: float, wd: float, momentum: float, nesterov: bool, notes: list[str]
+    events: Events,
+    lr: float,
+    wd: float,
+    momentum: float,
+    nesterov: bool,
+    notes: list[str],
+    *,
+    fallback: float,
 ) -> float:
     """The period a schedule's cycles give at one ``(lr, wd, momentum)``.
 
@@ -1423,10 +1432,17 @@ def _schedule_calibrated_period(
     The period at constant ``(lr, wd, momentum)`` is ``median_k(D_k) / (-ln q)``: at a
     constant schedule exactly the median period, and the decay law's
     ``T2 = T1 ln q1 / ln q2`` then gives ``median_k(D_k) / (-ln q2)`` whatever ``(lr, wd)``
-    it is calibrated at (docs/theory.md, "Decay between events").
+    it is calibrated at (docs/theory.md, "Decay between events"). Without a measured
+    free decay (no rates between the events) the median period ``fallback``, with a note.
     """
     free = -np.asarray(events.decay_before, dtype=np.float64)
     free = free[np.isfinite(free) & (free > 0)]
+    if not free.size:
+        notes.append(
+            f"period at predict_lr/predict_wd calibrated at the median lr={lr:.4g}, "
+            f"wd={wd:.4g} of the stationary rows (no free decay between the events)"
+        )
+        return fallback
     rate = float(theory.decay_rate(lr, wd, momentum, nesterov=nesterov))
     period = float(np.median(free)) / rate
     notes.append(

@@ -1808,7 +1808,7 @@ def free_decay_steps(step: ArrayLike, rate: ArrayLike, start: ArrayLike, fall: A
     lo, hi = cum[idx - 1], cum[idx]
     with np.errstate(divide="ignore", invalid="ignore"):
         frac = np.where(hi > lo, (target - lo) / (hi - lo), 0.0)
-    t_in = st[idx - 1] + frac * (st[idx] - st[idx - 1])
+    t_in = st[idx - 1] + frac * (st[idx] - st[idx - 1]) if st.size > 1 else np.full_like(f, st[0])
     if np.any(~inside) and not last > 0:
         raise ValueError(
             "the fall is not reached within the log and its last rate is 0; log further or "
