@@ -433,3 +433,26 @@ def test_heldout_regression_and_one_vs_rest_losses_by_hand():
 
     hand = (softplus(-2.0) + softplus(-1.0) + softplus(-0.0) + softplus(3.0)) / 4
     assert float(mod.loss_of(bce, logits, labels, torch)) == pytest.approx(hand, rel=1e-6)
+
+
+def test_heldout_step_schedule_run_predicts_its_own_cycles_after_the_drop():
+    # the held-out run under StepLR (lr 1, then 0.3 from step 1500): calibrated on the
+    # whole log, the overlay's period at lr 0.3 falls between the labelled cycles that ran
+    # wholly at lr 0.3 (390 and 657 steps); the median period in steps taken as the period
+    # at the median lr said 136
+    import numpy as np
+
+    from siflow.overlay import analyze
+    from siflow.trajectory import Trajectory
+
+    mod = _heldout_script()
+    labels, _ = mod.load_labels()
+    traj = Trajectory.load(mod.DATA / "digits_mlp_gd_step.npz")
+    lr = traj.extra["lr"]
+    drop = int(traj.step[np.argmax(lr < 1.0)])
+    assert drop == 1500 and lr[-1] == pytest.approx(0.3)
+    after = [s for s in labels["digits_mlp_gd_step"] if s >= drop]
+    cycles = np.diff(after)
+    assert list(cycles) == [390, 657]
+    res = analyze(traj, predict_lr=0.3, predict_wd=traj.meta["wd"])
+    assert cycles.min() < res.predictions.predicted_period_at < cycles.max()
