@@ -54,6 +54,8 @@ Usage::
     python analysis/heldout_runs.py train      # retrain: full logs to runs/heldout/logs
     python analysis/heldout_runs.py train --update-data   # the committed logs
     python analysis/heldout_runs.py detect --logs runs/heldout/logs
+    python analysis/heldout_runs.py transfer   # the period transfer on held-out networks
+    python analysis/heldout_runs.py train --transfer --update-data   # its committed logs
 """
 
 from __future__ import annotations
@@ -396,6 +398,33 @@ RUNS = (
 
 #: Regression data (``load_data``): a standardised real target, one network output.
 REGRESSION = ("friedman", "diabetes")
+
+
+#: The period transfer on held-out networks (``transfer``): digits, full-batch GD, on the
+#: labelled set's grid: calibrated at lr 0.5, wd 0.01 and predicted at lr 1, wd 0.01, at
+#: lr 0.5, wd 0.02 and at lr 0.5, wd 5e-3; each run 15 free-decay times ``2/(lr wd)`` long.
+TRANSFER_NETS = ("gelumlp", "wnmlp", "cosmlp")
+TRANSFER_GRID = ((0.5, 1e-2), (1.0, 1e-2), (0.5, 2e-2), (0.5, 5e-3))
+TRANSFER_DATA = DATA / "transfer"
+
+
+def transfer_runs() -> list[Run]:
+    """The runs of the held-out period transfer (:data:`TRANSFER_NETS`, :data:`TRANSFER_GRID`);
+    the first of each network calibrates."""
+    return [
+        Run(
+            f"digits_{net}_gd_lr{lr:g}_wd{wd:g}",
+            "digits",
+            net,
+            lr,
+            wd,
+            int(round(15 * 2 / (lr * wd) / 100) * 100),
+            seed=43,
+            frozen=net != "cosmlp",  # the cosine classifier is trained
+        )
+        for net in TRANSFER_NETS
+        for lr, wd in TRANSFER_GRID
+    ]
 
 
 def load_data(name: str, torch: Any) -> tuple[Any, Any]:
@@ -830,9 +859,10 @@ def slim(traj: Trajectory) -> Trajectory:
 
 
 def cmd_train(args: Any) -> int:
-    out = ensure_dir(DATA if args.update_data else Path(args.out) if args.out else OUT / "logs")
+    out = DATA if args.update_data else Path(args.out) if args.out else OUT / "logs"
+    out = ensure_dir(out / "transfer" if args.transfer else out)
     wanted = set(args.only.split(",")) if args.only else None
-    for run in RUNS:
+    for run in transfer_runs() if args.transfer else RUNS:
         if wanted is None or run.name in wanted:
             print(train(run, out))
             if args.update_data:
@@ -911,6 +941,54 @@ def cmd_detect(args: Any) -> int:
     return 0
 
 
+def transfer_table(logs: Path = TRANSFER_DATA) -> list[dict[str, Any]]:
+    """:func:`siflow.predict.transfer_period` from each network's calibration run to its
+    other runs: per run ``net``, ``lr``, ``wd``, the measured median period (the detector's
+    events), the predicted one and the relative error."""
+    from siflow.periods import find_events
+    from siflow.predict import transfer_period
+
+    rows = []
+    for net in TRANSFER_NETS:
+        runs = [r for r in transfer_runs() if r.net == net]
+        paths = [logs / f"{r.name}.npz" for r in runs]
+        if not all(p.is_file() for p in paths):
+            raise ValueError(
+                f"the transfer logs of {net} are not all in {logs}; run 'train --transfer'"
+            )
+        cal = Trajectory.load(paths[0])
+        events = find_events(cal)
+        for run, path in zip(runs[1:], paths[1:], strict=True):
+            measured = float(np.median(find_events(Trajectory.load(path)).periods))
+            pred = transfer_period(cal, run.lr, run.wd, events=events).period
+            rows.append(
+                {
+                    "net": net,
+                    "lr": run.lr,
+                    "wd": run.wd,
+                    "measured": measured,
+                    "predicted": pred,
+                    "error": pred / measured - 1.0,
+                }
+            )
+    return rows
+
+
+def cmd_transfer(args: Any) -> int:
+    rows = transfer_table(Path(args.logs) if args.logs else TRANSFER_DATA)
+    print(f"{'network':<10}{'lr':>6}{'wd':>8}{'measured':>10}{'predicted':>11}{'error':>8}")
+    for r in rows:
+        print(
+            f"{r['net']:<10}{r['lr']:>6g}{r['wd']:>8g}{r['measured']:>10.1f}"
+            f"{r['predicted']:>11.1f}{r['error']:>+8.1%}"
+        )
+    errors = np.abs([r["error"] for r in rows])
+    print(
+        f"median abs error {np.median(errors):.1%}, worst {np.max(errors):.1%} ({len(rows)} runs)"
+    )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = ArgumentParser(prog="heldout_runs", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -922,11 +1000,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="write the committed logs (analysis/data/heldout)",
     )
+    p.add_argument(
+        "--transfer",
+        action="store_true",
+        help="train the period-transfer runs instead (into a transfer/ folder)",
+    )
     p = sub.add_parser("detect", help="events, scores on the labelled runs, one figure")
     p.add_argument("--logs", default=None, help="log directory (default analysis/data/heldout)")
     p.add_argument("--out", default=None, help="figure directory (default runs/heldout)")
+    p = sub.add_parser("transfer", help="the period transfer on three held-out networks")
+    p.add_argument(
+        "--logs", default=None, help="log directory (default analysis/data/heldout/transfer)"
+    )
     args = parser.parse_args(argv)
-    return cmd_train(args) if args.cmd == "train" else cmd_detect(args)
+    commands = {"train": cmd_train, "detect": cmd_detect, "transfer": cmd_transfer}
+    return commands[args.cmd](args)
 
 
 if __name__ == "__main__":
