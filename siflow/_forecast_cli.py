@@ -245,4 +245,6 @@ def _forecast(args: Any) -> int:
         )
         if "overdue" in fc.details:
             print(f"note: {fc.details['overdue']}")
+        if "schedule_note" in fc.details:
+            print(f"note: {fc.details['schedule_note']}")
     return 0

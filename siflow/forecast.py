@@ -503,6 +503,10 @@ def _forecast_from_events(
         "lr": lr_now,
         "wd": wd_now,
     }
+    if n >= 2:
+        note = _schedule_note(events, rate)
+        if note is not None:
+            details["schedule_note"] = note
     if n == 2:
         # one period says nothing of their spread: the interval would be one point. It
         # is a factor 2 of that period either side (consecutive periods of the committed
@@ -585,6 +589,25 @@ def _forecast_from_events(
         lo, hi = min(lo, period_lo), max(hi, period_hi)
         method = "blend"
     return _after_cut(Forecast(step, (lo, hi), last_step, method, n, details))
+
+
+def _schedule_note(events: Events, rate: float) -> str | None:
+    """A note when the free decay per step now differs by more than a quarter from its mean
+    over the earlier cycles, ``-sum(decay_before) / (steps[-1] - steps[0])`` (an lr schedule
+    that changed since): the period estimate counts those cycles' steps. None otherwise."""
+    free = -np.asarray(events.decay_before, dtype=np.float64)
+    span = float(events.steps[-1] - events.steps[0])
+    if not (free.size and np.all(np.isfinite(free)) and span > 0 and free.sum() > 0):
+        return None
+    past = float(free.sum()) / span
+    ratio = rate / past
+    if 0.8 <= ratio <= 1.25:
+        return None
+    return (
+        f"the free decay per step now ({rate:.3g}) is {ratio:.3g} times its mean over the earlier "
+        f"cycles ({past:.3g}): the period estimate counts their steps, and the forecast "
+        f"leans on it"
+    )
 
 
 def _after_cut(fc: Forecast, note: str | None = None) -> Forecast:

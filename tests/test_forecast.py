@@ -813,3 +813,38 @@ def test_one_period_interval_is_half_to_twice_that_period_not_a_point():
     cut = int(ev[2] + 0.75 * period)
     fc = forecast_next_event(traj[: cut + 1])
     assert fc.n_events == 3 and "period_interval" not in fc.details
+
+
+def test_forecast_says_when_the_lr_changed_since_the_earlier_cycles(capsys, tmp_path):
+    # a sawtooth on the exact zero-gradient map (rho^2 x4 with a loss spike once below 1)
+    # under lr 0.1 and then 0.04 from step 1200: cut after the drop, the free decay per
+    # step is 0.4 times its mean over the earlier cycles (summed by hand) and the forecast
+    # says that its period estimate counts their steps; at a constant lr it says nothing
+    n, drop, wd = 2000, 1200, 5e-2
+    lr = np.where(np.arange(n) < drop, 0.1, 0.04)
+    r2, loss, x = np.empty(n), np.full(n, 1e-2), 4.0
+    for t in range(n):
+        if x < 1.0:
+            x *= 4.0
+            loss[t : t + 20] = 1.0
+        r2[t] = x
+        x *= (1 - lr[t] * wd) ** 2
+    traj = Trajectory(
+        step=np.arange(n), rho=np.sqrt(r2), loss=loss, extra={"lr": lr}, meta={"wd": wd}
+    )
+    fc = forecast_next_event(traj)
+    ev = find_events(traj)
+    past = -sum(math.log(1 - lr[t] * wd) for t in range(ev.steps[0], ev.steps[-1]))
+    past /= ev.steps[-1] - ev.steps[0]
+    ratio = -math.log(1 - 0.04 * wd) / past
+    assert 0.3 < ratio < 0.8
+    assert f"is {ratio:.3g} times its mean over the earlier cycles" in fc.details["schedule_note"]
+    const = Trajectory(step=np.arange(n), rho=np.sqrt(r2), loss=loss, meta={"lr": 0.1, "wd": wd})
+    assert "schedule_note" not in forecast_next_event(const[:drop]).details
+    # the command line prints it
+    path = tmp_path / "log.npz"
+    traj.save(path)
+    from siflow.forecast import main
+
+    assert main([str(path)]) == 0
+    assert "times its mean over the earlier cycles" in capsys.readouterr().out
