@@ -114,7 +114,9 @@ class Forecast:
         Destabilizations seen so far.
     details : dict
         Threshold, decay speed, norm at the last row; ``period_estimate``, the period the
-        history gives for the coming cycle (steps from the last event).
+        history gives for the coming cycle (steps from the last event);
+        ``schedule_note`` when the free decay per step now differs by more than a
+        quarter from its mean over the earlier cycles (their periods are in their steps).
     """
 
     next_event_step: float
