@@ -1194,6 +1194,22 @@ _WINDOW_DECAY = (
 )
 
 
+def _free_decay_rows(hp: _Hyper, n: int) -> np.ndarray:
+    """The zero-gradient decay rate ``decay_rate(lr_t, wd_t, mu_t)`` of each of the ``n``
+    rows (:func:`siflow.theory.decay_rate`; 0 where the lr is 0, as in a warmup from 0 or a
+    schedule annealed to 0). Needs ``hp.known``."""
+    assert hp.lr_rows is not None and hp.wd_rows is not None
+    lr, wd = hp.lr_rows, hp.wd_rows
+    mu = hp.mu(n) if hp.sgd_family else np.zeros(n)
+    ok = lr > 0
+    rate = np.zeros(n)
+    if np.any(ok):
+        rate[ok] = np.asarray(
+            theory.decay_rate(lr[ok], wd[ok], mu[ok], nesterov=hp.nesterov), dtype=np.float64
+        )
+    return rate
+
+
 def _decay_rate_same_window(work: Trajectory, events: Events, hp: _Hyper) -> float | None:
     """The predicted decay rate over the rows the measured one is fitted on.
 
@@ -1207,15 +1223,10 @@ def _decay_rate_same_window(work: Trajectory, events: Events, hp: _Hyper) -> flo
     """
     if not hp.known or len(work) < 2:
         return None
-    assert hp.lr_rows is not None and hp.wd_rows is not None
-    lr, wd, n = hp.lr_rows, hp.wd_rows, len(work)
-    mu = hp.mu(n) if hp.sgd_family else np.zeros(n)
+    assert hp.lr_rows is not None
+    lr = hp.lr_rows
     ok = lr > 0
-    rate = np.zeros(n)
-    if np.any(ok):
-        rate[ok] = np.asarray(
-            theory.decay_rate(lr[ok], wd[ok], mu[ok], nesterov=hp.nesterov), dtype=np.float64
-        )
+    rate = _free_decay_rows(hp, len(work))
     gaps = np.diff(work.step).astype(np.float64)
     law = -np.concatenate(([0.0], np.cumsum(rate[:-1] * gaps)))  # ln rho_t - ln rho_0
     col = work.rho if work.rho is not None and np.sum(_positive(work.rho)) >= 2 else work.elr
@@ -1398,11 +1409,7 @@ def _scheduled_period(
     (:func:`siflow.theory.free_decay_steps`); the median over the cycles, to compare with
     the median measured period (at a constant schedule :func:`siflow.theory.period_from_norm_ratio`
     with the median rise)."""
-    assert hp.lr_rows is not None and hp.wd_rows is not None
-    mu = hp.mu_rows if hp.mu_rows is not None else hp.momentum
-    rate = np.asarray(
-        theory.decay_rate(hp.lr_rows, hp.wd_rows, mu, nesterov=hp.nesterov), dtype=np.float64
-    )
+    rate = _free_decay_rows(hp, len(work))
     if len(events) < 2 or not np.all(np.isfinite(rate)):
         return None
     peaks = events.peak_steps[:-1].astype(np.float64)

@@ -314,3 +314,27 @@ def test_predict_lr_under_a_step_schedule_keeps_the_free_decay_per_cycle() -> No
     assert res.predictions.predicted_period_at == pytest.approx(expected, rel=1e-9)
     # the sawtooth at a constant lr of 0.2 cycles in about that many steps
     assert expected == pytest.approx(math.log(2) / -math.log(1 - 0.2 * wd), rel=0.02)
+
+
+def test_period_under_a_schedule_with_lr_zero_rows() -> None:
+    # a warmup from lr 0 (the first rows do not decay): the cycle-by-cycle period takes a
+    # zero rate there instead of refusing the lr, and equals the hand sum of the cycles
+    n, wd = 3000, 5e-2
+    lr = np.where(np.arange(n) < 1200, 0.1, 0.04)
+    lr[:10] = 0.0
+    r2, loss, events = _sawtooth(lr, wd)
+    traj = Trajectory(
+        step=np.arange(n), rho=np.sqrt(r2), loss=loss, extra={"lr": lr}, meta={"wd": wd}
+    )
+    res = analyze(traj)
+    assert res.events is not None
+    np.testing.assert_array_equal(res.events.steps, events)
+    fall = math.log(res.norm_ratio_median)
+    hand = []
+    for k in range(len(events) - 1):
+        t, total = int(res.events.peak_steps[k]), 0.0
+        while total - math.log(1 - lr[t] * wd) < fall:
+            total -= math.log(1 - lr[t] * wd)
+            t += 1
+        hand.append(t + (fall - total) / -math.log(1 - lr[t] * wd) - events[k])
+    assert res.predictions.predicted_period == pytest.approx(np.median(hand), rel=1e-9)
