@@ -442,17 +442,11 @@ def load_data(name: str, torch: Any) -> tuple[Any, Any]:
         "cancer": datasets.load_breast_cancer,
         "iris": datasets.load_iris,
         "digits": datasets.load_digits,
+        "diabetes": datasets.load_diabetes,
     }
-    if name in REGRESSION:
-        if name == "friedman":
-            data, target = datasets.make_friedman1(n_samples=4000, noise=1.0, random_state=0)
-        else:
-            d = datasets.load_diabetes()
-            data, target = d.data, d.target
-        x = (data - data.mean(0)) / (data.std(0) + 1e-8)
-        y = (target - target.mean()) / target.std()
-        return torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.float32)
-    if name == "moons":
+    if name == "friedman":
+        data, target = datasets.make_friedman1(n_samples=4000, noise=1.0, random_state=0)
+    elif name == "moons":
         data, target = datasets.make_moons(n_samples=1000, noise=0.2, random_state=0)
     elif name == "synth":
         data, target = datasets.make_classification(
@@ -466,8 +460,10 @@ def load_data(name: str, torch: Any) -> tuple[Any, Any]:
     else:
         d = loaders[name]()
         data, target = d.data, d.target
-    x = (data - data.mean(0)) / (data.std(0) + 1e-8)
-    return torch.tensor(x, dtype=torch.float32), torch.tensor(target, dtype=torch.int64)
+    x = torch.tensor((data - data.mean(0)) / (data.std(0) + 1e-8), dtype=torch.float32)
+    if name in REGRESSION:
+        return x, torch.tensor((target - target.mean()) / target.std(), dtype=torch.float32)
+    return x, torch.tensor(target, dtype=torch.int64)
 
 
 def _residual_block(torch: Any, kind: str, width: int) -> Any:
