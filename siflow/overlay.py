@@ -1199,8 +1199,7 @@ def _free_decay_rows(hp: _Hyper, n: int) -> np.ndarray:
     rows (:func:`siflow.theory.decay_rate`; 0 where the lr is 0, as in a warmup from 0 or a
     schedule annealed to 0). Needs ``hp.known``."""
     assert hp.lr_rows is not None and hp.wd_rows is not None
-    lr, wd = hp.lr_rows, hp.wd_rows
-    mu = hp.mu(n) if hp.sgd_family else np.zeros(n)
+    lr, wd, mu = hp.lr_rows, hp.wd_rows, hp.mu(n)  # hp.mu: 0 outside the SGD family
     ok = lr > 0
     rate = np.zeros(n)
     if np.any(ok):
