@@ -624,11 +624,13 @@ def build(net: str, n_in: int, n_out: int, torch: Any, frozen: bool = True) -> A
             layers += [nn.GroupNorm(groups, c, affine=False), nn.ReLU(), nn.MaxPool2d(2)]
         layers += [nn.Flatten()]
         n_in = 128
-    elif net in ("deepmlp", "mlp", "widemlp"):  # BatchNorm, no affine: 4x32, 2x64, 6x128
-        depth, width = {"deepmlp": (4, 32), "mlp": (2, 64), "widemlp": (6, 128)}[net]
+    elif net in ("deepmlp", "mlp", "widemlp", "gelumlp"):  # BatchNorm, no affine terms:
+        # 4 x 32, 2 x 64, 6 x 128 with ReLU; 2 x 64 with GELU
+        depth, width = {"deepmlp": (4, 32), "widemlp": (6, 128)}.get(net, (2, 64))
+        act = nn.GELU if net == "gelumlp" else nn.ReLU
         for _ in range(depth):
             layers += [nn.Linear(n_in, width, bias=False)]
-            layers += [nn.BatchNorm1d(width, affine=False), nn.ReLU()]
+            layers += [nn.BatchNorm1d(width, affine=False), act()]
             n_in = width
     elif net == "dropmlp":  # BatchNorm without affine terms, 2 x 64, dropout 0.1
         for _ in range(2):
@@ -679,11 +681,6 @@ def build(net: str, n_in: int, n_out: int, torch: Any, frozen: bool = True) -> A
         layers += [nn.ReLU(), nn.Conv2d(16, 32, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU()]
         layers += [nn.MaxPool2d(2), nn.Flatten()]
         n_in = 512
-    elif net == "gelumlp":  # BatchNorm without affine terms, 2 x 64, GELU
-        for _ in range(2):
-            layers += [nn.Linear(n_in, 64, bias=False)]
-            layers += [nn.BatchNorm1d(64, affine=False), nn.GELU()]
-            n_in = 64
     elif net == "deepconv":  # four 3x3 convolutions with affine BatchNorm, 32-64 channels
         layers += [nn.Unflatten(1, (1, 8, 8))]
         for c_in, c, pool in ((1, 32, False), (32, 32, True), (32, 64, False), (64, 64, True)):
