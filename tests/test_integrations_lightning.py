@@ -65,7 +65,7 @@ class BNNet(pl.LightningModule):
         return torch.optim.SGD(params, lr=LR, weight_decay=WD, momentum=self.momentum)
 
 
-def _fit(logger, callback, steps=STEPS, model=None):
+def _fit(logger, callback, steps=STEPS, model=None, log_every_n_steps=1):
     x, y = _data()
     loader = torch.utils.data.DataLoader(
         torch.utils.data.TensorDataset(x, y),
@@ -83,7 +83,7 @@ def _fit(logger, callback, steps=STEPS, model=None):
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        log_every_n_steps=1,
+        log_every_n_steps=log_every_n_steps,
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tiny loader's worker/num_batches advice
@@ -169,6 +169,29 @@ def test_csv_logger_log_read_back_by_siflow_io(tmp_path):
     assert traj.step.tolist() == list(range(120))
     lr, wd = np.full(len(traj), LR), np.full(len(traj), WD)
     _check_norm_recursion(traj.rho, traj.grad_norm_sphere, lr, wd)
+
+
+def test_every_recorded_row_carries_the_loss_lightning_logged_for_that_step(tmp_path):
+    # Lightning writes the module's own train_loss every log_every_n_steps (50 by
+    # default); the callback logs siflow/loss at each of its rows, the same number
+    logger = CSVLogger(tmp_path, name="run")
+    _fit(logger, SIRecorderCallback(every=1), steps=60)
+    cols = _read_metrics_csv(Path(logger.log_dir) / "metrics.csv")
+    assert np.isfinite(cols["siflow/loss"]).sum() == 60
+    np.testing.assert_array_equal(cols["siflow/loss"], cols["train_loss"])  # float32 both
+    # at every 10th step with Lightning's loss every 30th: siflow.io reads siflow/loss
+    import siflow.io
+
+    logger = CSVLogger(tmp_path, name="sparse")
+    _fit(logger, SIRecorderCallback(every=10), steps=60, log_every_n_steps=30)
+    cols = _read_metrics_csv(Path(logger.log_dir) / "metrics.csv")
+    mine = np.isfinite(cols["siflow/loss"])
+    assert cols["step"][mine].tolist() == [0, 10, 20, 30, 40, 50]
+    assert cols["step"][np.isfinite(cols["train_loss"])].tolist() == [29, 59]
+    traj = siflow.io.read(logger.log_dir)
+    ok = np.isfinite(traj.loss)
+    assert traj.step[ok].tolist() == [0, 10, 20, 30, 40, 50]
+    np.testing.assert_array_equal(traj.loss[ok], cols["siflow/loss"][mine])
 
 
 def _tb_scalars(log_dir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:

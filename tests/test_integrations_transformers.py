@@ -64,7 +64,14 @@ class TinyNet(nn.Module):
         return out
 
 
-def _train(tmp_path: Path, callback, steps: int = STEPS, report_to=("tensorboard",), model=None):
+def _train(
+    tmp_path: Path,
+    callback,
+    steps: int = STEPS,
+    report_to=("tensorboard",),
+    model=None,
+    logging_steps: int = 10,
+):
     model = model or TinyNet()
     opt = torch.optim.SGD(
         [p for p in model.parameters() if p.requires_grad], lr=LR, weight_decay=WD
@@ -74,7 +81,7 @@ def _train(tmp_path: Path, callback, steps: int = STEPS, report_to=("tensorboard
         max_steps=steps,
         per_device_train_batch_size=64,
         lr_scheduler_type="constant",
-        logging_steps=10,
+        logging_steps=logging_steps,
         report_to=list(report_to),
         save_strategy="no",
         use_cpu=True,
@@ -174,6 +181,37 @@ def test_every_and_sharpness_batch(tmp_path):
     assert json.dumps(hist)  # plain floats
     with pytest.raises(ValueError, match="sharpness_batch"):
         SIRecorderCallback(sharpness=True)
+
+
+def test_the_loss_of_each_recorded_step_is_the_one_the_trainer_logs_for_it(tmp_path):
+    # the trainer's own loss is a mean over logging_steps; at logging_steps=1 it is the
+    # step's loss, which siflow/loss must equal at every recorded step, with a sharpness
+    # batch of other samples measured at those steps (its forward passes are not the loss)
+    data = Blobs(seed=5)
+    batch = {"x": data.x[:64], "labels": data.y[:64]}
+    cb = SIRecorderCallback(every=4, sharpness=True, sharpness_batch=batch, sharpness_iters=3)
+    trainer, _ = _train(tmp_path, cb, steps=21, report_to=(), logging_steps=1)
+    own = {h["step"]: h["loss"] for h in trainer.state.log_history if "loss" in h}
+    mine = {h["step"]: h["siflow/loss"] for h in trainer.state.log_history if "siflow/loss" in h}
+    assert sorted(mine) == [1, 5, 9, 13, 17, 21]
+    assert len(set(own.values())) == 21  # a loss that changes from step to step
+    for step, loss in mine.items():
+        assert loss == pytest.approx(own[step], rel=1e-6, abs=1e-4), step  # HF may round
+
+
+def test_siflow_loss_is_read_before_the_trainers_windowed_loss(tmp_path):
+    import siflow.io
+
+    trainer, _ = _train(tmp_path, SIRecorderCallback(every=1), steps=40)
+    (event,) = (tmp_path / "out").rglob("*tfevents*")
+    trainer.state.save_to_json(str(tmp_path / "trainer_state.json"))
+    sc = _tb_scalars(tmp_path / "out")
+    steps, loss = sc["train/siflow/loss"]
+    assert steps.tolist() == list(range(1, 41))
+    assert sc["train/loss"][0].tolist() == [10, 20, 30, 40]  # a mean over 10 steps
+    for traj in (siflow.io.read(event.parent), siflow.io.read(tmp_path / "trainer_state.json")):
+        assert np.isfinite(traj.loss).all() and traj.step.tolist() == list(range(1, 41))
+        np.testing.assert_allclose(traj.loss, loss, rtol=1e-6)  # event files hold float32
 
 
 class UntraceableNet(TinyNet):

@@ -51,8 +51,11 @@ def logger_metrics(record: Mapping[str, float], groups: list[str]) -> dict[str, 
     angle over the steps since the previous row, up to this one); ``siflow/lr``,
     ``siflow/wd`` and the first param group's momentum term at the row's step,
     ``siflow/momentum`` (SGD-type optimizers) or ``siflow/beta1`` (``betas[0]``:
-    Adam-type, Lion), which a scheduler such as OneCycleLR may cycle. NaN values (a
-    metric not measured at this row) are left out.
+    Adam-type, Lion), which a scheduler such as OneCycleLR may cycle; ``siflow/loss``,
+    the training loss of the row's step (the batch the update used), so that a log
+    has the loss at every row with a norm, whatever the trainer's own loss logging
+    (Hugging Face's ``logging_steps`` averages it over 500 steps by default, Lightning
+    writes it every 50). NaN values (a metric not measured at this row) are left out.
 
     Parameters
     ----------
@@ -76,6 +79,7 @@ def logger_metrics(record: Mapping[str, float], groups: list[str]) -> dict[str, 
     put(f"{PREFIX}/wd", record.get("wd"))
     put(f"{PREFIX}/momentum", record.get("momentum"))
     put(f"{PREFIX}/beta1", record.get("beta1"))
+    put(f"{PREFIX}/loss", record.get("loss"))
     return out
 
 

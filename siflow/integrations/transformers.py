@@ -18,6 +18,11 @@ steps from 1: the row of the recorder's step ``t`` (weights before the
 ``t+1``-th update) is logged at step ``t + 1``, the step at which the trainer
 logs that update's loss (a step the AMP grad scaler skipped is counted). The
 reporters add their own prefix (TensorBoard: ``train/siflow/total/norm``).
+The trainer averages its own ``loss`` over ``logging_steps`` (500 by default), too
+coarse to show a destabilization's spike; the callback takes the loss of each
+recorded step from the model's output (a forward hook reading ``loss``) and logs it
+as ``siflow/loss`` (under gradient accumulation the last micro-batch's; a model that
+takes ``num_items_in_batch`` scales it by its share of the accumulated batch).
 Reporters write on the main process only, and so does ``path=``.
 
 The callback never stops training: when it cannot record (no SI weights found, an
@@ -229,11 +234,15 @@ class SIRecorderCallback(_tc.TrainerCallback):
         self._handler: Any = None
         self._offset = 0
         self._pending: Any = None
+        self._loss_hook: Any = None
+        self._step_loss: Any = None  # the loss of the latest training forward pass
+        self._probing = False  # the callback's own forward passes (sharpness) run
         self._shift = 0  # trainer step - recorder step count at the latest optimizer step
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.recorder = None
         self._detach_pending()
+        self._detach_loss_hook()
         try:
             self._begin(state, kwargs)
         except BadGroupName:
@@ -294,6 +303,22 @@ class SIRecorderCallback(_tc.TrainerCallback):
         if pending is not None:
             pending.remove()
 
+    def _detach_loss_hook(self) -> None:
+        hook, self._loss_hook = getattr(self, "_loss_hook", None), None
+        if hook is not None:
+            hook.remove()
+
+    def _take_loss(self, module: Any, args: Any, output: Any) -> None:
+        """Forward hook: keep the loss of a training forward pass (the trainer shows its
+        callbacks no per-step loss) for :meth:`on_step_end`, which hands the last one
+        before the optimizer step to the recorder. Evaluation passes and the callback's
+        own (sharpness) are left out; so is an output without a scalar ``loss``."""
+        if self._probing or not module.training:
+            return
+        loss = output.get("loss") if isinstance(output, Mapping) else None
+        if loss is not None and hasattr(loss, "detach") and loss.numel() == 1:
+            self._step_loss = loss.detach()  # read (a device sync) on recorded steps only
+
     def _attach(self, model: Any, optimizer: Any, groups: Any, meta: dict[str, Any]) -> None:
         """Make the recorder on ``optimizer`` with ``groups``."""
         loss_fn = None
@@ -301,8 +326,12 @@ class SIRecorderCallback(_tc.TrainerCallback):
             batch = dict(self.sharpness_batch or {})
 
             def loss_fn() -> Any:
-                with rng_kept(model):  # dropout masks of the run left unchanged
-                    out = model(**batch)
+                self._probing = True  # not the training loss of the step
+                try:
+                    with rng_kept(model):  # dropout masks of the run left unchanged
+                        out = model(**batch)
+                finally:
+                    self._probing = False
                 return out["loss"] if isinstance(out, Mapping) else out[0]
 
         example, dtype = self.example_input, param_dtype(model)
@@ -322,11 +351,15 @@ class SIRecorderCallback(_tc.TrainerCallback):
                 **meta,
             },
         )
+        self._loss_hook = model.register_forward_hook(self._take_loss)
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         rec = self.recorder
         if rec is None:
             return
+        loss, self._step_loss = self._step_loss, None
+        if loss is not None:
+            rec.log_loss(loss)  # the step has run: fills its row if it recorded one
         groups = list(rec.groups)
         if rec.step_count:
             # a step the AMP grad scaler skipped advances global_step, not the recorder
@@ -347,6 +380,7 @@ class SIRecorderCallback(_tc.TrainerCallback):
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._detach_pending()
+        self._detach_loss_hook()
         rec = self.recorder
         if rec is None:
             return

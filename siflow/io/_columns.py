@@ -13,7 +13,8 @@ column), all of one length. This module finds, in such a table,
   ``grad_norm/conv2``, ``grad_norm_conv2`` ..., and siflow's own training-loop
   convention ``siflow/<group>/<metric>`` (:data:`SIFLOW_METRICS`; group
   ``total`` is the whole SI set, ``siflow/lr`` and ``siflow/wd`` the
-  hyperparameters).
+  hyperparameters, ``siflow/loss`` the training loss of each recorded step, read
+  before any other loss column).
 
 :func:`siflow.io._build.build_trajectory` turns the table into a trajectory.
 """
@@ -104,6 +105,7 @@ ALIASES: dict[str, tuple[str, ...]] = {
     ),
     "wd": ("wd", "weight_decay", "siflow/wd"),
     "loss": (
+        "siflow/loss",  # siflow's callbacks: the loss at every row with a norm
         "loss",
         "train_loss",
         "training_loss",
