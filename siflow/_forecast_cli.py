@@ -245,6 +245,7 @@ def _forecast(args: Any) -> int:
         )
         if "overdue" in fc.details:
             print(f"note: {fc.details['overdue']}")
-        if "schedule_note" in fc.details:
-            print(f"note: {fc.details['schedule_note']}")
+        for key in ("schedule_note", "resolution_note"):
+            if key in fc.details:
+                print(f"note: {fc.details[key]}")
     return 0

@@ -71,6 +71,7 @@ from siflow.periods import (
     _nesterov,
     _optimizer_name,
     find_events,
+    resolution_note,
 )
 from siflow.theory import check_optimizer, decay_rate, log_effective_lr
 from siflow.trajectory import Trajectory
@@ -116,7 +117,9 @@ class Forecast:
         Threshold, decay speed, norm at the last row; ``period_estimate``, the period the
         history gives for the coming cycle (steps from the last event);
         ``schedule_note`` when the free decay per step now differs by more than a
-        quarter from its mean over the earlier cycles (their periods are in their steps).
+        quarter from its mean over the earlier cycles (their periods are in their steps);
+        ``resolution_note`` when the log resolves the median period in fewer rows than
+        the detector needs (:func:`siflow.periods.resolution_note`).
     """
 
     next_event_step: float
@@ -509,6 +512,9 @@ def _forecast_from_events(
         note = _schedule_note(events, rate)
         if note is not None:
             details["schedule_note"] = note
+        note = resolution_note(traj, float(np.median(periods)))
+        if note is not None:
+            details["resolution_note"] = note
     if n == 2:
         # one period says nothing of their spread: the interval would be one point. It
         # is a factor 2 of that period either side (consecutive periods of the committed

@@ -62,6 +62,7 @@ from siflow.periods import (
     decay_phases,
     find_events,
     measure_decay_rate,
+    resolution_note,
     sharpness_before_events,
     stationary_part,
 )
@@ -834,6 +835,7 @@ def analyze(
         res.predictions.decay_rate_predicted = _decay_rate_same_window(work, events, hp)
         res.predictions.formulas["decay_rate"] = _WINDOW_DECAY
     _period_predictions(res, work, events, hp, rows, sharpness, notes)
+    _resolution(res, work, events, notes)
     if predict_lr is not None or predict_wd is not None or predict_momentum is not None:
         _period_at(res, work, hp, rows, (predict_lr, predict_wd, predict_momentum), notes)
     res.checks = _exact_checks(
@@ -846,6 +848,19 @@ def analyze(
         _epochs_not_steps(res, notes)
     res.notes = _si_notes(res, hp) + notes
     return res
+
+
+def _resolution(res: OverlayResult, work: Trajectory, events: Events, notes: list[str]) -> None:
+    """A note when the log resolves a cycle in too few rows for the detector
+    (:func:`siflow.periods.resolution_note`), from the shorter of the measured period and
+    the decay law's (a detector that misses events measures too long a period)."""
+    estimates = [events.period_median]
+    if work.meta.get("time_unit") != "epoch":  # the decay law's period is in steps
+        estimates.append(res.predictions.predicted_period)
+    finite = [float(p) for p in estimates if p is not None and math.isfinite(p)]
+    note = resolution_note(work, min(finite)) if finite else None
+    if note is not None:
+        notes.append(note)
 
 
 def _epochs_not_steps(res: OverlayResult, notes: list[str]) -> None:

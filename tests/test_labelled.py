@@ -521,3 +521,35 @@ def test_transfer_errors_follow_the_norm_jump(labelled):
     ]
     assert row["jump"] == pytest.approx(np.median(by_hand[1:]), rel=1e-12)
     assert row["jump"] > 2.0 * row["jump_calibration"]
+
+
+def test_a_log_with_too_few_rows_per_cycle_is_told_how_often_to_record(labelled):
+    # the mnist1d MLP's labelled periods: median 170 steps, in a log with a row per step
+    from siflow.forecast import forecast_next_event
+    from siflow.overlay import analyze
+    from siflow.periods import ROWS_PER_CYCLE, resolution_note
+
+    mod, trajs, labels = labelled
+    name = "mnist1d_mlp_gd_lr1_wd0.01"
+    assert np.median(np.diff(labels[name])) == 170
+    full = trajs[name]
+    assert np.all(np.diff(full.step) == 1)
+    assert resolution_note(full, 170.0) is None
+    thin = mod.every_kth_row(full, 10)  # a row every 10 steps: 17 rows per cycle
+    note = resolution_note(thin, 170.0)
+    assert ROWS_PER_CYCLE == 20
+    assert "a row every 10 steps" in note and "17 rows per cycle" in note
+    assert "record every 8 steps or more often" in note  # floor(170 / 20)
+    assert resolution_note(mod.every_kth_row(full, 8), 170.0) is None  # 21.25 rows
+    assert resolution_note(full, 15.0) is None  # a row at every step: no finer recording
+    by_epoch = Trajectory(step=full.step[:40], rho=full.rho[:40], meta={"time_unit": "epoch"})
+    assert "several times per epoch" in resolution_note(by_epoch, 12.0)
+    assert "record every 2 epochs" in resolution_note(by_epoch[::4], 40.0)  # 10 rows
+    # the overlay and the forecast say it on the thinned log, not on the full one
+    lr, wd = 1.0, 0.01
+    assert not any("rows per cycle" in n for n in analyze(full, lr=lr, wd=wd).notes)
+    assert any("rows per cycle" in n for n in analyze(thin, lr=lr, wd=wd).notes)
+    cut = thin[: len(thin) * 3 // 4]
+    assert "rows per cycle" in forecast_next_event(cut, lr=lr, wd=wd).details["resolution_note"]
+    whole = forecast_next_event(full[: len(full) * 3 // 4], lr=lr, wd=wd)
+    assert "resolution_note" not in whole.details
