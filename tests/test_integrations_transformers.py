@@ -214,6 +214,40 @@ def test_siflow_loss_is_read_before_the_trainers_windowed_loss(tmp_path):
         np.testing.assert_allclose(traj.loss, loss, rtol=1e-6)  # event files hold float32
 
 
+class SmoothingTrainer(transformers.Trainer):
+    """A Trainer that computes a label-smoothed loss itself (the labels never reach the
+    model, whose output then has no loss), as custom-loss trainers do."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, **kwargs):
+        labels = inputs.pop("labels")
+        out = model(**inputs)
+        loss = nn.functional.cross_entropy(out["logits"], labels, label_smoothing=0.1)
+        return (loss, out) if return_outputs else loss
+
+
+def test_a_loss_the_trainer_computes_itself_is_said_to_be_missing_once(tmp_path):
+    cb = SIRecorderCallback(every=1, path=tmp_path / "si.npz")
+    model = TinyNet()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=LR)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "out"), max_steps=6, per_device_train_batch_size=64,
+        report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True,
+    )  # fmt: skip
+    trainer = SmoothingTrainer(
+        model=model, args=args, train_dataset=Blobs(), optimizers=(opt, None), callbacks=[cb]
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.train()
+    said = [w for w in caught if "holds no 'loss'" in str(w.message)]
+    assert len(said) == 1
+    log = Trajectory.load(tmp_path / "si.npz")
+    assert len(log) == 6 and (log.loss is None or not np.isfinite(log.loss).any())
+    assert any("holds no 'loss'" in n for n in log.meta["notes"])
+    assert not any("siflow/loss" in h for h in trainer.state.log_history)
+    assert any("train_loss" in h for h in trainer.state.log_history)  # the trainer's own
+
+
 class UntraceableNet(TinyNet):
     """TinyNet whose forward branches on a tensor value (torch.fx cannot trace it, as with
     most Hugging Face models), plus a layer that feeds a BatchNorm and, through a residual

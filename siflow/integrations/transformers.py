@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -176,6 +177,19 @@ def _groups_from_batch(model: Any, batch: Mapping[str, Any]) -> tuple[Any, dict[
     return kept, {"notes": [note]}
 
 
+def _no_loss_in_output(rec: Any) -> None:
+    """Say once, in a warning and in the log's notes, that the model's output holds no
+    loss, so that no ``siflow/loss`` is logged."""
+    note = (
+        "the model's output holds no 'loss' (the trainer computes it: label smoothing, a "
+        "compute_loss_func, or a tuple output), so siflow/loss is not logged; the "
+        "trainer's own loss is a mean over logging_steps: set logging_steps to the "
+        "callback's every to have a loss at each row"
+    )
+    rec.meta["notes"] = [*rec.meta.get("notes", []), note]
+    warnings.warn(f"siflow: {note}", RuntimeWarning, stacklevel=3)
+
+
 class SIRecorderCallback(_tc.TrainerCallback):
     """Record SI metrics every ``every`` optimizer steps and report them.
 
@@ -236,6 +250,7 @@ class SIRecorderCallback(_tc.TrainerCallback):
         self._pending: Any = None
         self._loss_hook: Any = None
         self._step_loss: Any = None  # the loss of the latest training forward pass
+        self._steps_without_loss = 0  # optimizer steps whose forward passes gave no loss
         self._probing = False  # the callback's own forward passes (sharpness) run
         self._shift = 0  # trainer step - recorder step count at the latest optimizer step
 
@@ -360,6 +375,11 @@ class SIRecorderCallback(_tc.TrainerCallback):
         loss, self._step_loss = self._step_loss, None
         if loss is not None:
             rec.log_loss(loss)  # the step has run: fills its row if it recorded one
+            self._steps_without_loss = -1  # a loss was seen: never note its absence
+        elif self._steps_without_loss >= 0:
+            self._steps_without_loss += 1
+            if self._steps_without_loss == 2:
+                _no_loss_in_output(rec)
         groups = list(rec.groups)
         if rec.step_count:
             # a step the AMP grad scaler skipped advances global_step, not the recorder
