@@ -713,34 +713,50 @@ class RecorderForecast:
         The recorder of the run.
     every : int
         Steps between forecasts (each costs one pass over the log so far).
+    attach : bool
+        Register the optimizer hook (default). ``False``: no hook; the caller runs
+        :meth:`forecast_now` where it wants a forecast (the trainer callbacks do, on the
+        rows they hand to their loggers, once the row's loss is in).
     **kwargs
         Keyword arguments of :func:`forecast_next_event` (``lr``, ``wd``, detector
         parameters...).
     """
 
-    def __init__(self, recorder: Any, every: int, **kwargs: Any) -> None:
+    def __init__(self, recorder: Any, every: int, *, attach: bool = True, **kwargs: Any) -> None:
         self.recorder = recorder
         self.every = check_positive_int("every", every)
         self.kwargs = kwargs
         self.estimates: dict[int, tuple[float, float, float]] = {}
         #: notes for the log's metadata: the first failed forecast of each kind
         self.notes: list[str] = []
-        self._handle = recorder.optimizer.register_step_post_hook(self._after_step)
+        self._handle = (
+            recorder.optimizer.register_step_post_hook(self._after_step) if attach else None
+        )
 
     def _after_step(self, _opt: Any, _args: Any, _kwargs: Any) -> None:
         if self.recorder.step_count % self.every:
             return
+        self.forecast_now()
+
+    def forecast_now(self, upto: int | None = None) -> tuple[float, float, float] | None:
+        """Forecast from the recorder's log so far (its rows up to step ``upto``, default
+        all), keep the estimate under the last row's step and return it: ``(step, earliest,
+        latest)``. None when the log has fewer than three rows or the forecast failed (the
+        first failure of each kind is noted; never raises)."""
         try:
             traj = self.recorder.trajectory()
+            if upto is not None:
+                traj = traj[traj.step <= upto]
             if len(traj) < 3:
-                return
+                return None
             step = int(traj.step[-1])
             fc = forecast_next_event(traj, **self.kwargs)
         except Exception as exc:  # a forecast must never stop the training  # noqa: BLE001
             self._note(exc)
-            return
+            return None
         lo, hi = fc.next_event_interval
         self.estimates[step] = (float(fc.next_event_step), float(lo), float(hi))
+        return self.estimates[step]
 
     def _note(self, exc: Exception) -> None:
         """Keep one note per kind of failure (its first message)."""
@@ -772,7 +788,9 @@ class RecorderForecast:
 
     def close(self) -> None:
         """Remove the hook (the estimates stay available)."""
-        self._handle.remove()
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
 
 
 def main(argv: list[str] | None = None) -> int:

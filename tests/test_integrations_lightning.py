@@ -194,6 +194,78 @@ def test_every_recorded_row_carries_the_loss_lightning_logged_for_that_step(tmp_
     np.testing.assert_array_equal(traj.loss[ok], cols["siflow/loss"][mine])
 
 
+class DigitsNet(BNNet):
+    """The digits (standardised) through two SI layers of 32 and the seed paper's frozen
+    last layer at norm 10: under full-batch GD at lr 1, wd 0.02 it destabilizes every
+    40-70 steps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from siflow.torch_probe import freeze_classifier
+
+        torch.manual_seed(0)
+        self.net = nn.Sequential(
+            nn.Linear(64, 32, bias=False),
+            nn.BatchNorm1d(32, affine=False),
+            nn.ReLU(),
+            nn.Linear(32, 32, bias=False),
+            nn.BatchNorm1d(32, affine=False),
+            nn.ReLU(),
+            nn.Linear(32, 10),
+        )
+        freeze_classifier(self.net[6])
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        return torch.optim.SGD(params, lr=1.0, weight_decay=0.02)
+
+
+def _digits_loader(n: int = 512):
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    x = (x - x.mean(0)) / (x.std(0) + 1e-8)
+    data = torch.utils.data.TensorDataset(
+        torch.tensor(x[:n], dtype=torch.float32), torch.tensor(y[:n])
+    )
+    return torch.utils.data.DataLoader(data, batch_size=n)  # full batch
+
+
+def test_the_forecast_reaches_the_logger_and_equals_a_forecast_of_the_log_so_far(tmp_path):
+    from siflow.forecast import forecast_next_event
+    from siflow.periods import find_events
+
+    logger = CSVLogger(tmp_path, name="run")
+    cb = SIRecorderCallback(every=1, path=tmp_path / "si.npz", forecast=5)
+    trainer = _trainer(800, [cb], logger=logger)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(DigitsNet(), _digits_loader())
+    log = Trajectory.load(tmp_path / "si.npz")
+    assert len(find_events(log)) >= 8  # a periodic run
+    cols = _read_metrics_csv(Path(logger.log_dir) / "metrics.csv")
+    have = np.isfinite(cols["siflow/next_event_step"])
+    steps = cols["step"][have].astype(int)
+    assert steps.size >= 100 and np.all(steps % 5 == 0)
+    np.testing.assert_array_equal(
+        log.extra["next_event_step"][steps], cols["siflow/next_event_step"][have]
+    )
+    for step in steps[::10]:
+        direct = forecast_next_event(log[: step + 1])
+        assert cols["siflow/next_event_step"][have][steps == step][0] == direct.next_event_step
+        lo, hi = direct.next_event_interval
+        row = np.flatnonzero(cols["step"] == step)[0]
+        assert cols["siflow/next_event_lo"][row] == lo
+        # an overdue cycle has no latest step: nothing is logged for it
+        np.testing.assert_equal(cols["siflow/next_event_hi"][row], hi if hi < np.inf else np.nan)
+    # no forecast between the 5th rows, nor before the first destabilization
+    assert np.all(np.isnan(log.extra["next_event_step"][np.arange(len(log)) % 5 != 0]))
+    with pytest.raises(ValueError, match="forecast must be True, False or a positive int"):
+        SIRecorderCallback(forecast=0.5)
+    with pytest.raises(ValueError, match="unknown forecast option.*forecast_next_event"):
+        SIRecorderCallback(forecast=True, forecast_options={"lrr": 1.0})
+
+
 def _tb_scalars(log_dir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -214,6 +214,88 @@ def test_siflow_loss_is_read_before_the_trainers_windowed_loss(tmp_path):
         np.testing.assert_allclose(traj.loss, loss, rtol=1e-6)  # event files hold float32
 
 
+class DigitsDicts(torch.utils.data.Dataset):
+    """The first 512 digits (standardised) as model-input dicts."""
+
+    def __init__(self) -> None:
+        from sklearn.datasets import load_digits
+
+        x, y = load_digits(return_X_y=True)
+        x = (x - x.mean(0)) / (x.std(0) + 1e-8)
+        self.x = torch.tensor(x[:512], dtype=torch.float32)
+        self.y = torch.tensor(y[:512])
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"x": self.x[i], "labels": self.y[i]}
+
+
+class DigitsNet(TinyNet):
+    """Two SI layers of 32 on the digits, the seed paper's frozen last layer at norm 10."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from siflow.torch_probe import freeze_classifier
+
+        torch.manual_seed(0)
+        self.net = nn.Sequential(
+            nn.Linear(64, 32, bias=False),
+            nn.BatchNorm1d(32, affine=False),
+            nn.ReLU(),
+            nn.Linear(32, 32, bias=False),
+            nn.BatchNorm1d(32, affine=False),
+            nn.ReLU(),
+            nn.Linear(32, 10),
+        )
+        freeze_classifier(self.net[6])
+
+
+def _train_digits(tmp_path: Path, callback, steps: int, optimizer=None):
+    model = DigitsNet()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = optimizer(params) if optimizer else None
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "out"), max_steps=steps, per_device_train_batch_size=512,
+        lr_scheduler_type="constant", learning_rate=1e-3, weight_decay=0.1, report_to=[],
+        save_strategy="no", use_cpu=True, disable_tqdm=True, seed=0,
+    )  # fmt: skip
+    trainer = transformers.Trainer(
+        model=model, args=args, train_dataset=DigitsDicts(), callbacks=[callback],
+        optimizers=(opt, None),
+    )  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.train()
+    return trainer
+
+
+def test_the_forecast_is_reported_at_the_trainers_steps(tmp_path):
+    from siflow.forecast import forecast_next_event
+
+    cb = SIRecorderCallback(every=1, path=tmp_path / "si.npz", forecast=5)
+    sgd = lambda params: torch.optim.SGD(params, lr=1.0, weight_decay=0.02)  # noqa: E731
+    trainer = _train_digits(tmp_path, cb, 500, sgd)
+    log = Trajectory.load(tmp_path / "si.npz")  # recorder steps 0, 1, ...
+    fc = [h for h in trainer.state.log_history if "siflow/next_event_step" in h]
+    assert len(fc) >= 50
+    for h in fc[::7]:
+        row = h["step"] - 1  # the trainer counts its steps from 1
+        assert row % 5 == 0
+        direct = forecast_next_event(log[: row + 1])
+        assert h["siflow/next_event_step"] == direct.next_event_step + 1
+        assert h["siflow/next_event_lo"] == direct.next_event_interval[0] + 1
+        assert log.extra["next_event_step"][row] == direct.next_event_step
+    # under the trainer's own AdamW no forecast is made, and the log says why, once
+    cb = SIRecorderCallback(every=1, path=tmp_path / "adamw.npz", forecast=True)
+    trainer = _train_digits(tmp_path, cb, 40)
+    assert not any("siflow/next_event_step" in h for h in trainer.state.log_history)
+    notes = [n for n in Trajectory.load(tmp_path / "adamw.npz").meta["notes"]
+             if n.startswith("RecorderForecast")]  # fmt: skip
+    assert len(notes) == 1 and "adamw" in notes[0].lower()
+
+
 class SmoothingTrainer(transformers.Trainer):
     """A Trainer that computes a label-smoothed loss itself (the labels never reach the
     model, whose output then has no loss), as custom-loss trainers do."""

@@ -17,6 +17,10 @@ __all__ = [
     "logger_metrics",
     "check_options",
     "make_recorder",
+    "FORECAST_COLUMNS",
+    "check_forecast",
+    "make_forecaster",
+    "forecast_metrics",
     "optimizer_hparams",
     "size_hparams",
 ]
@@ -123,6 +127,72 @@ def check_options(
         )
     _recorder_path(path)
     return every, sharp_every
+
+
+#: The forecast's columns in a log (:class:`siflow.forecast.RecorderForecast`), logged as
+#: ``siflow/<column>``.
+FORECAST_COLUMNS = ("next_event_step", "next_event_lo", "next_event_hi")
+
+
+def check_forecast(
+    forecast: bool | int, every: int, options: Mapping[str, Any] | None
+) -> int | None:
+    """Steps between the callbacks' forecasts (``forecast=True``: at every recorded row;
+    an int ``k``: at every ``k``-th), None for none; ``options`` must be keyword
+    arguments of :func:`siflow.forecast.forecast_next_event`."""
+    import inspect
+
+    from siflow._validate import check_positive_int
+    from siflow.forecast import forecast_next_event
+
+    if forecast is None or forecast is False:
+        if options:
+            raise ValueError("forecast_options= needs forecast=True or an int (every k-th row)")
+        return None
+    if forecast is True:
+        steps = every
+    elif isinstance(forecast, int):
+        steps = every * check_positive_int("forecast", forecast)
+    else:
+        raise ValueError(
+            f"forecast must be True, False or a positive int (every k-th row), got {forecast!r}"
+        )
+    allowed = sorted(set(inspect.signature(forecast_next_event).parameters) - {"traj"})
+    unknown = sorted(set(options or {}) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"unknown forecast option(s) {', '.join(unknown)}; forecast_options= takes the "
+            f"keyword arguments of siflow.forecast.forecast_next_event: {', '.join(allowed)}"
+        )
+    return steps
+
+
+def make_forecaster(rec: Any, steps: int | None, options: Mapping[str, Any] | None) -> Any:
+    """A :class:`siflow.forecast.RecorderForecast` on ``rec`` without an optimizer hook
+    (the callback forecasts at the rows it logs), or None when ``steps`` is None."""
+    if steps is None:
+        return None
+    from siflow.forecast import RecorderForecast
+
+    return RecorderForecast(rec, steps, attach=False, **dict(options or {}))
+
+
+def forecast_metrics(forecaster: Any, row: Mapping[str, float], shift: int) -> dict[str, float]:
+    """The forecast made at ``row`` when its step is a forecast step (a multiple of the
+    forecaster's ``every``): ``siflow/next_event_step``, ``siflow/next_event_lo`` and
+    ``siflow/next_event_hi`` in the trainer's step numbering (the recorder's steps plus
+    ``shift``, as the row itself is logged). An unbounded latest step (an overdue
+    cycle) and a forecast that is not possible (noted once in the log) are left out."""
+    if forecaster is None or int(row["step"]) % forecaster.every:
+        return {}
+    est = forecaster.forecast_now(upto=int(row["step"]))
+    if est is None:
+        return {}
+    return {
+        f"{PREFIX}/{name}": value + shift
+        for name, value in zip(FORECAST_COLUMNS, est, strict=True)
+        if math.isfinite(value)
+    }
 
 
 def make_recorder(
@@ -327,7 +397,7 @@ def param_dtype(model: Any) -> Any:
     return None
 
 
-def save_fit_log(rec: Any, offset: int) -> None:
+def save_fit_log(rec: Any, offset: int, forecaster: Any = None) -> None:
     """Write the recorder's ``path=`` log of a fit that started at trainer step ``offset``.
 
     The rows' steps are the trainer's (``offset`` plus the optimizer steps of this fit),
@@ -337,19 +407,23 @@ def save_fit_log(rec: Any, offset: int) -> None:
     of the whole training, the steps redone after the checkpoint taken from the resumed
     fit. A file it cannot read as such a log is not replaced: the resumed fit's rows go
     to ``<name>-from<offset><suffix>`` beside it, with a warning. Only rank 0 writes.
+    With a ``forecaster`` (:func:`make_forecaster`) the log has its forecast columns,
+    in the same step numbering as the rows.
     """
     from pathlib import Path
 
     from siflow.torch_probe import is_rank_zero
     from siflow.trajectory import Trajectory
 
-    new = rec.trajectory()
+    new = rec.trajectory() if forecaster is None else forecaster.trajectory()
     if rec.path is None or not len(new) or not is_rank_zero():
         return
     target = Path(rec.path)
     if offset:
         cols = new.to_columns()
-        cols["step"] = cols["step"] + offset
+        for name in ("step", *FORECAST_COLUMNS):
+            if name in cols:
+                cols[name] = cols[name] + offset
         new = Trajectory.from_columns(cols, new.meta)
     if offset and target.exists():
         try:

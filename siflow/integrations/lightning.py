@@ -42,9 +42,12 @@ from siflow._fileio import require
 from siflow.integrations._common import (
     BadGroupName,
     cast_floats,
+    check_forecast,
     check_options,
     disabled,
+    forecast_metrics,
     logger_metrics,
+    make_forecaster,
     make_recorder,
     optimizer_hparams,
     param_dtype,
@@ -83,6 +86,15 @@ class SIRecorderCallback(_pl.Callback):
         one forward pass on it, or forward hooks where that pass cannot be recorded); a
         tuple holds positional inputs. Default: the module's ``example_input_array``, if
         it sets one.
+    forecast : bool or int
+        Also forecast the next destabilization (:func:`siflow.forecast.forecast_next_event`
+        on the log so far) and log it as ``siflow/next_event_step``,
+        ``siflow/next_event_lo`` and ``siflow/next_event_hi``, in trainer steps:
+        ``True`` at every recorded row, an int ``k`` at every ``k``-th row (each costs one
+        pass over the log so far). ``path=`` gets the same columns.
+    forecast_options : mapping, optional
+        Keyword arguments of :func:`~siflow.forecast.forecast_next_event` (``lr``,
+        ``wd``, ``optimizer``, detector parameters...).
     **options
         Passed to :class:`~siflow.torch_probe.SIRecorder` (``window``,
         ``sharpness_iters``, ``sharpness_tol``, ``process_group``, ``flush_every``).
@@ -100,10 +112,15 @@ class SIRecorderCallback(_pl.Callback):
         path: str | os.PathLike[str] | None = None,
         groups: Mapping[str, Sequence[Any]] | Sequence[str] | None = None,
         example_input: Any = None,
+        forecast: bool | int = False,
+        forecast_options: Mapping[str, Any] | None = None,
         **options: Any,
     ) -> None:
         super().__init__()
         self.every, self._sharp_every = check_options(every, sharpness, path, options)
+        self._forecast_every = check_forecast(forecast, self.every, forecast_options)
+        self.forecast_options = dict(forecast_options or {})
+        self.forecaster: Any = None
         self.path = path
         self.groups = groups
         self.example_input = example_input
@@ -117,7 +134,7 @@ class SIRecorderCallback(_pl.Callback):
 
     # ------------------------------------------------------------------ set-up
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
-        self.recorder = None
+        self.recorder = self.forecaster = None
         try:
             self._start(trainer, pl_module)
         except BadGroupName:
@@ -158,6 +175,9 @@ class SIRecorderCallback(_pl.Callback):
             self.path,
             {"groups": self.groups, "example_input": example, **self.options},
             meta,
+        )
+        self.forecaster = make_forecaster(
+            self.recorder, self._forecast_every, self.forecast_options
         )
         hparams = {**optimizer_hparams(optimizer), **size_hparams(self.recorder.meta)}
         for logger in trainer.loggers:
@@ -218,6 +238,7 @@ class SIRecorderCallback(_pl.Callback):
         groups = list(self.recorder.groups)
         for row in self.recorder.take_rows():
             metrics = logger_metrics(row, groups)
+            metrics.update(forecast_metrics(self.forecaster, row, self._shift))
             step = self._shift + int(row["step"])
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=step)
@@ -242,4 +263,4 @@ class SIRecorderCallback(_pl.Callback):
             self._flush(trainer)
         finally:
             rec.close()
-            save_fit_log(rec, self._offset)
+            save_fit_log(rec, self._offset, self.forecaster)

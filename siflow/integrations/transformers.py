@@ -48,9 +48,12 @@ from siflow._fileio import require
 from siflow.integrations._common import (
     BadGroupName,
     cast_floats,
+    check_forecast,
     check_options,
     disabled,
+    forecast_metrics,
     logger_metrics,
+    make_forecaster,
     make_recorder,
     param_dtype,
     rng_kept,
@@ -213,6 +216,16 @@ class SIRecorderCallback(_tc.TrainerCallback):
     sharpness_batch : dict, optional
         Model inputs (with labels) of the fixed batch for the sharpness: the loss
         is ``model(**sharpness_batch)["loss"]``. Required with ``sharpness``.
+    forecast : bool or int
+        Also forecast the next destabilization (:func:`siflow.forecast.forecast_next_event`
+        on the log so far) and report it as ``siflow/next_event_step``,
+        ``siflow/next_event_lo`` and ``siflow/next_event_hi``, in trainer steps:
+        ``True`` at every recorded row, an int ``k`` at every ``k``-th row (each costs one
+        pass over the log so far). ``path=`` gets the same columns. The trainer's
+        default optimizer, AdamW, is not forecast (a note in the log says so).
+    forecast_options : mapping, optional
+        Keyword arguments of :func:`~siflow.forecast.forecast_next_event` (``lr``,
+        ``wd``, ``optimizer``, detector parameters...).
     **options
         Passed to :class:`~siflow.torch_probe.SIRecorder` (``window``,
         ``sharpness_iters``, ``sharpness_tol``, ``process_group``).
@@ -231,9 +244,14 @@ class SIRecorderCallback(_tc.TrainerCallback):
         groups: Mapping[str, Sequence[Any]] | Sequence[str] | None = None,
         example_input: Any = None,
         sharpness_batch: Mapping[str, Any] | None = None,
+        forecast: bool | int = False,
+        forecast_options: Mapping[str, Any] | None = None,
         **options: Any,
     ) -> None:
         self.every, self._sharp_every = check_options(every, sharpness, path, options)
+        self._forecast_every = check_forecast(forecast, self.every, forecast_options)
+        self.forecast_options = dict(forecast_options or {})
+        self.forecaster: Any = None
         if self._sharp_every and sharpness_batch is None:
             raise ValueError(
                 "sharpness needs sharpness_batch=<dict of model inputs with labels> (a fixed "
@@ -255,7 +273,7 @@ class SIRecorderCallback(_tc.TrainerCallback):
         self._shift = 0  # trainer step - recorder step count at the latest optimizer step
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.recorder = None
+        self.recorder = self.forecaster = None
         self._detach_pending()
         self._detach_loss_hook()
         try:
@@ -367,6 +385,9 @@ class SIRecorderCallback(_tc.TrainerCallback):
             },
         )
         self._loss_hook = model.register_forward_hook(self._take_loss)
+        self.forecaster = make_forecaster(
+            self.recorder, self._forecast_every, self.forecast_options
+        )
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         rec = self.recorder
@@ -391,6 +412,7 @@ class SIRecorderCallback(_tc.TrainerCallback):
         ]
         for row in rec.take_rows():
             metrics = logger_metrics(row, groups)
+            metrics.update(forecast_metrics(self.forecaster, row, self._shift + 1))
             step = self._shift + int(row["step"]) + 1
             state.log_history.append({**metrics, "step": step})
             if step != state.global_step:
@@ -405,4 +427,4 @@ class SIRecorderCallback(_tc.TrainerCallback):
         if rec is None:
             return
         rec.close()
-        save_fit_log(rec, self._offset)
+        save_fit_log(rec, self._offset, self.forecaster)
