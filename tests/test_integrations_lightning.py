@@ -36,11 +36,11 @@ def _data(seed: int = 0, n: int = 256):
 class BNNet(pl.LightningModule):
     """Two SI layers (Linear without bias -> BatchNorm without affine), frozen head."""
 
-    def __init__(self, momentum: float = 0.0) -> None:
+    def __init__(self, momentum: float = 0.0, n_in: int = 16, seed_head: bool = False) -> None:
         super().__init__()
         torch.manual_seed(0)
         self.net = nn.Sequential(
-            nn.Linear(16, 32, bias=False),
+            nn.Linear(n_in, 32, bias=False),
             nn.BatchNorm1d(32, affine=False),
             nn.ReLU(),
             nn.Linear(32, 32, bias=False),
@@ -48,7 +48,12 @@ class BNNet(pl.LightningModule):
             nn.ReLU(),
             nn.Linear(32, 10),
         )
-        self.net[6].requires_grad_(False)
+        if seed_head:  # the seed paper's last layer: norm 10, bias 0, frozen
+            from siflow.torch_probe import freeze_classifier
+
+            freeze_classifier(self.net[6])
+        else:
+            self.net[6].requires_grad_(False)
         self.momentum = momentum
 
     def forward(self, x):
@@ -200,20 +205,7 @@ class DigitsNet(BNNet):
     40-70 steps."""
 
     def __init__(self) -> None:
-        super().__init__()
-        from siflow.torch_probe import freeze_classifier
-
-        torch.manual_seed(0)
-        self.net = nn.Sequential(
-            nn.Linear(64, 32, bias=False),
-            nn.BatchNorm1d(32, affine=False),
-            nn.ReLU(),
-            nn.Linear(32, 32, bias=False),
-            nn.BatchNorm1d(32, affine=False),
-            nn.ReLU(),
-            nn.Linear(32, 10),
-        )
-        freeze_classifier(self.net[6])
+        super().__init__(n_in=64, seed_head=True)
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]

@@ -42,11 +42,11 @@ class Blobs(torch.utils.data.Dataset):
 class TinyNet(nn.Module):
     """Linear without bias -> BatchNorm without affine (SI), twice; frozen head."""
 
-    def __init__(self) -> None:
+    def __init__(self, n_in: int = 16, seed_head: bool = False) -> None:
         super().__init__()
         torch.manual_seed(0)
         self.net = nn.Sequential(
-            nn.Linear(16, 32, bias=False),
+            nn.Linear(n_in, 32, bias=False),
             nn.BatchNorm1d(32, affine=False),
             nn.ReLU(),
             nn.Linear(32, 32, bias=False),
@@ -54,7 +54,12 @@ class TinyNet(nn.Module):
             nn.ReLU(),
             nn.Linear(32, 10),
         )
-        self.net[6].requires_grad_(False)
+        if seed_head:  # the seed paper's last layer: norm 10, bias 0, frozen
+            from siflow.torch_probe import freeze_classifier
+
+            freeze_classifier(self.net[6])
+        else:
+            self.net[6].requires_grad_(False)
 
     def forward(self, x, labels=None):
         logits = self.net(x)
@@ -232,28 +237,13 @@ class DigitsDicts(torch.utils.data.Dataset):
         return {"x": self.x[i], "labels": self.y[i]}
 
 
-class DigitsNet(TinyNet):
+def _digits_net() -> TinyNet:
     """Two SI layers of 32 on the digits, the seed paper's frozen last layer at norm 10."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        from siflow.torch_probe import freeze_classifier
-
-        torch.manual_seed(0)
-        self.net = nn.Sequential(
-            nn.Linear(64, 32, bias=False),
-            nn.BatchNorm1d(32, affine=False),
-            nn.ReLU(),
-            nn.Linear(32, 32, bias=False),
-            nn.BatchNorm1d(32, affine=False),
-            nn.ReLU(),
-            nn.Linear(32, 10),
-        )
-        freeze_classifier(self.net[6])
+    return TinyNet(n_in=64, seed_head=True)
 
 
 def _train_digits(tmp_path: Path, callback, steps: int, optimizer=None):
-    model = DigitsNet()
+    model = _digits_net()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = optimizer(params) if optimizer else None
     args = transformers.TrainingArguments(
