@@ -276,6 +276,7 @@ class SIRecorderCallback(_tc.TrainerCallback):
         self.recorder = self.forecaster = None
         self._detach_pending()
         self._detach_loss_hook()
+        self._step_loss, self._steps_without_loss = None, 0
         try:
             self._begin(state, kwargs)
         except BadGroupName:
