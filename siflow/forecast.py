@@ -542,6 +542,7 @@ def _forecast_from_events(
     if kind == "loss":
         assert traj.loss is not None
         rows = np.arange(peak_row, last_row + 1)
+        rows = rows[np.isfinite(ln_loss[rows])]  # an overflowed (inf) loss has no level
         y = log_effective_lr(lr_rows[rows], traj.rho[rows]) + beta * ln_loss[rows]
         t = traj.step[rows].astype(np.float64)
         step, slope = _trend_reach(t, y, y_star, fit_fraction, min_fit_rows)

@@ -10,6 +10,8 @@ import math
 import subprocess
 import sys
 import warnings
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -279,6 +281,23 @@ def test_loss_proxy_with_a_sparsely_logged_loss():
     y_last = math.log(0.1) - 2 * math.log(traj.rho[t_last]) + beta * math.log(traj.loss[t_last])
     slope = 2e-3 - beta * 1e-3
     assert fc.next_event_step == pytest.approx(t_last + (np.median(y_k) - y_last) / slope, rel=1e-9)
+
+
+def test_loss_proxy_leaves_an_overflowed_loss_row_out():
+    # a held-out log whose loss exponent comes out 0 (beta * ln L = 0 * inf was NaN
+    # with a RuntimeWarning): an inf loss in the current phase (a step that overflowed)
+    # has no level, and the forecast is the one with that row blank
+    path = Path(__file__).parent.parent / "analysis/data/heldout/cancer_bnaffine_gd_cosine.npz"
+    part = Trajectory.load(path)[:2700]
+    blank, overflow = part.loss.copy(), part.loss.copy()
+    blank[-3], overflow[-3] = np.nan, np.inf
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fc = forecast_next_event(replace(part, loss=overflow))
+        same = forecast_next_event(replace(part, loss=blank))
+    assert fc.details["loss_exponent"] == 0.0
+    assert fc.next_event_step == same.next_event_step
+    assert fc.next_event_interval == same.next_event_interval
 
 
 def test_loss_proxy_waits_while_the_loss_falls_fastest():
