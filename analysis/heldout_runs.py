@@ -56,6 +56,8 @@ Usage::
     python analysis/heldout_runs.py detect --logs runs/heldout/logs
     python analysis/heldout_runs.py transfer   # the period transfer on held-out networks
     python analysis/heldout_runs.py train --transfer --update-data   # its committed logs
+    python analysis/heldout_runs.py lastbatch  # a smaller last batch in each epoch
+    python analysis/heldout_runs.py train --lastbatch --update-data  # its committed logs
 """
 
 from __future__ import annotations
@@ -109,6 +111,9 @@ class Run:
     bf16: bool = False  # forward pass under bfloat16 autocast (mixed precision)
     decay_weights_only: bool = False  # wd on weight matrices only (not norms' scales, biases)
     accumulate: int = 1  # micro-batches of ``batch`` per step, the loss logged after each
+    # "random": each batch drawn with replacement; "epochs": shuffled epochs whose last
+    # batch holds the remainder (a DataLoader's default); "drop_last": the remainder dropped
+    loader: str = "random"
 
 
 RUNS = (
@@ -406,6 +411,23 @@ REGRESSION = ("friedman", "diabetes")
 TRANSFER_NETS = ("gelumlp", "wnmlp", "cosmlp")
 TRANSFER_GRID = ((0.5, 1e-2), (1.0, 1e-2), (0.5, 2e-2), (0.5, 5e-3))
 TRANSFER_DATA = DATA / "transfer"
+
+
+#: A smaller last batch (``lastbatch``): the digits MLP at batch 64 in shuffled epochs, as
+#: a DataLoader yields them; 1797 = 28 x 64 + 5, so each epoch ends with 5 samples through
+#: BatchNorm, or, with ``drop_last``, after 28 full batches.
+LASTBATCH_DATA = DATA / "lastbatch"
+#: Samples in scikit-learn's digits.
+N_DIGITS = 1797
+
+
+def lastbatch_runs() -> list[Run]:
+    """The two runs of the smaller-last-batch experiment, alike but for the loader."""
+    return [
+        Run(f"digits_mlp_sgd64_{loader}", "digits", "mlp", 0.5, 1e-2, 3000, batch=64,
+            seed=43, loader=loader)
+        for loader in ("epochs", "drop_last")
+    ]  # fmt: skip
 
 
 def transfer_runs() -> list[Run]:
@@ -798,11 +820,16 @@ def train(run: Run, out: Path) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(run.seed + 1)
     t0 = time.perf_counter()
     recent: deque[float] = deque(maxlen=run.every)  # the losses a row stands for
+    batches = epoch_batches(len(y), run, gen, torch) if run.loader != "random" else None
     for _ in range(run.steps):
         opt.zero_grad(set_to_none=True)
         for _ in range(run.accumulate):
             if run.batch:
-                idx = torch.randint(0, len(y), (run.batch,), generator=gen)
+                idx = (
+                    next(batches)
+                    if batches is not None
+                    else torch.randint(0, len(y), (run.batch,), generator=gen)
+                )
                 xb, yb = x[idx], y[idx]
             else:
                 xb, yb = x, y
@@ -833,6 +860,18 @@ def train(run: Run, out: Path) -> dict[str, Any]:
     return {"name": run.name, "rows": len(traj), "seconds": round(time.perf_counter() - t0, 1)}
 
 
+def epoch_batches(n: int, run: Run, gen: Any, torch: Any) -> Any:
+    """Index batches in shuffled epochs, as a shuffling DataLoader yields them: a new
+    permutation of the ``n`` samples each epoch, cut into batches of ``run.batch``; the
+    last holds the remainder (``run.loader == "epochs"``) or is dropped (``"drop_last"``)."""
+    if run.loader not in ("epochs", "drop_last"):
+        raise ValueError(f"loader must be 'random', 'epochs' or 'drop_last', got {run.loader!r}")
+    while True:
+        for idx in torch.randperm(n, generator=gen).split(run.batch):
+            if len(idx) == run.batch or run.loader == "epochs":
+                yield idx
+
+
 def slim(traj: Trajectory) -> Trajectory:
     """The columns the event detector reads (step, rho, loss and an lr column), in float32
     precision, with the run's settings: the committed form of a log (about 25 kB)."""
@@ -853,9 +892,16 @@ def slim(traj: Trajectory) -> Trajectory:
 
 def cmd_train(args: Any) -> int:
     out = DATA if args.update_data else Path(args.out) if args.out else OUT / "logs"
-    out = ensure_dir(out / "transfer" if args.transfer else out)
+    if args.transfer and args.lastbatch:
+        raise ValueError("train --transfer or --lastbatch, not both")
+    runs: Sequence[Run] = RUNS
+    if args.transfer:
+        out, runs = out / "transfer", transfer_runs()
+    elif args.lastbatch:
+        out, runs = out / "lastbatch", lastbatch_runs()
+    out = ensure_dir(out)
     wanted = set(args.only.split(",")) if args.only else None
-    for run in transfer_runs() if args.transfer else RUNS:
+    for run in runs:
         if wanted is None or run.name in wanted:
             print(train(run, out))
             if args.update_data:
@@ -982,6 +1028,54 @@ def cmd_transfer(args: Any) -> int:
     return 0
 
 
+def lastbatch_table(logs: Path = LASTBATCH_DATA) -> list[dict[str, Any]]:
+    """Per run of :func:`lastbatch_runs`: its events, how many start at the step before an
+    epoch's last batch, the phase lock found (:func:`siflow.periods.phase_lock`), the
+    change of ``ln rho`` over the epochs' last steps and over a median step, and the
+    median norm."""
+    from siflow.periods import find_events, phase_lock
+
+    rows = []
+    for run in lastbatch_runs():
+        path = logs / f"{run.name}.npz"
+        if not path.is_file():
+            raise ValueError(f"no log {path}; run 'train --lastbatch' first")
+        traj = Trajectory.load(path)
+        per_epoch = (
+            math.ceil(N_DIGITS / run.batch) if run.loader == "epochs" else N_DIGITS // run.batch
+        )
+        ev = find_events(traj)
+        d = np.diff(np.log(traj.rho))
+        last = d[per_epoch - 1 :: per_epoch]  # rows before each epoch's last update, to after
+        lock = phase_lock(traj, ev)
+        rows.append(
+            {
+                "run": run.name,
+                "steps_per_epoch": per_epoch,
+                "events": len(ev),
+                "at_epoch_end": int(np.sum(ev.steps % per_epoch == per_epoch - 1)),
+                "lock": None if lock is None else (lock.period, lock.phase, lock.count),
+                "epoch_end_change": float(np.mean(last)),
+                "median_change": float(np.median(d)),
+                "median_rho": float(np.median(traj.rho)),
+            }
+        )
+    return rows
+
+
+def cmd_lastbatch(args: Any) -> int:
+    rows = lastbatch_table(Path(args.logs) if args.logs else LASTBATCH_DATA)
+    for r in rows:
+        lock = "none" if r["lock"] is None else "period {}, step {}, {} events".format(*r["lock"])
+        print(
+            f"{r['run']}: {r['events']} events, {r['at_epoch_end']} before an epoch's last "
+            f"update ({r['steps_per_epoch']} steps per epoch); phase lock: {lock}; ln rho "
+            f"over the epochs' last updates {r['epoch_end_change']:+.4f}, over a median "
+            f"step {r['median_change']:+.4f}; median rho {r['median_rho']:.3g}"
+        )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = ArgumentParser(prog="heldout_runs", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -998,6 +1092,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="train the period-transfer runs instead (into a transfer/ folder)",
     )
+    p.add_argument(
+        "--lastbatch",
+        action="store_true",
+        help="train the smaller-last-batch runs instead (into a lastbatch/ folder)",
+    )
     p = sub.add_parser("detect", help="events, scores on the labelled runs, one figure")
     p.add_argument("--logs", default=None, help="log directory (default analysis/data/heldout)")
     p.add_argument("--out", default=None, help="figure directory (default runs/heldout)")
@@ -1005,8 +1104,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--logs", default=None, help="log directory (default analysis/data/heldout/transfer)"
     )
+    p = sub.add_parser("lastbatch", help="a smaller last batch in each epoch, and without it")
+    p.add_argument(
+        "--logs", default=None, help="log directory (default analysis/data/heldout/lastbatch)"
+    )
     args = parser.parse_args(argv)
-    commands = {"train": cmd_train, "detect": cmd_detect, "transfer": cmd_transfer}
+    commands = {
+        "train": cmd_train,
+        "detect": cmd_detect,
+        "transfer": cmd_transfer,
+        "lastbatch": cmd_lastbatch,
+    }
     return commands[args.cmd](args)
 
 

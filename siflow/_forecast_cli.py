@@ -245,7 +245,7 @@ def _forecast(args: Any) -> int:
         )
         if "overdue" in fc.details:
             print(f"note: {fc.details['overdue']}")
-        for key in ("schedule_note", "resolution_note"):
+        for key in ("schedule_note", "resolution_note", "phase_lock_note"):
             if key in fc.details:
                 print(f"note: {fc.details[key]}")
     return 0

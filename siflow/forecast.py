@@ -71,6 +71,7 @@ from siflow.periods import (
     _nesterov,
     _optimizer_name,
     find_events,
+    phase_lock_note,
     resolution_note,
 )
 from siflow.theory import check_optimizer, decay_rate, log_effective_lr
@@ -119,7 +120,10 @@ class Forecast:
         ``schedule_note`` when the free decay per step now differs by more than a
         quarter from its mean over the earlier cycles (their periods are in their steps);
         ``resolution_note`` when the log resolves the median period in fewer rows than
-        the detector needs (:func:`siflow.periods.resolution_note`).
+        the detector needs (:func:`siflow.periods.resolution_note`); ``phase_lock_note``
+        when the events so far start at one phase of a fixed cycle of steps, set off by
+        something periodic such as an epoch's smaller last batch
+        (:func:`siflow.periods.phase_lock_note`).
     """
 
     next_event_step: float
@@ -515,6 +519,9 @@ def _forecast_from_events(
         note = resolution_note(traj, float(np.median(periods)))
         if note is not None:
             details["resolution_note"] = note
+        note = phase_lock_note(traj, events)
+        if note is not None:
+            details["phase_lock_note"] = note
     if n == 2:
         # one period says nothing of their spread: the interval would be one point. It
         # is a factor 2 of that period either side (consecutive periods of the committed

@@ -62,6 +62,7 @@ from siflow.periods import (
     decay_phases,
     find_events,
     measure_decay_rate,
+    phase_lock_note,
     resolution_note,
     sharpness_before_events,
     stationary_part,
@@ -836,6 +837,9 @@ def analyze(
         res.predictions.formulas["decay_rate"] = _WINDOW_DECAY
     _period_predictions(res, work, events, hp, rows, sharpness, notes)
     _resolution(res, work, events, notes)
+    lock = phase_lock_note(work, events)
+    if lock is not None:
+        notes.append(lock)
     if predict_lr is not None or predict_wd is not None or predict_momentum is not None:
         _period_at(res, work, hp, rows, (predict_lr, predict_wd, predict_momentum), notes)
     res.checks = _exact_checks(

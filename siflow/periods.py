@@ -63,6 +63,9 @@ __all__ = [
     "match_tolerance",
     "resolution_note",
     "ROWS_PER_CYCLE",
+    "PhaseLock",
+    "phase_lock",
+    "phase_lock_note",
     "score_detector",
     "measure_decay_rate",
     "sharpness_before_events",
@@ -1239,6 +1242,126 @@ def resolution_note(traj: Trajectory, period: float) -> str | None:
         f"{period / gap:.3g} rows per cycle, where the detector needs about "
         f"{ROWS_PER_CYCLE} to find the destabilizations (it misses those it cannot "
         f"resolve; docs/theory.md, 'How often a log must be written'); {advice}"
+    )
+
+
+@dataclass(frozen=True)
+class PhaseLock:
+    """Destabilizations that start at one phase of a fixed cycle of steps (:func:`phase_lock`).
+
+    Attributes
+    ----------
+    period : int
+        The cycle in steps (a multiple of the log's row spacing).
+    phase : int
+        ``step mod period`` of the onsets that share it.
+    count, n : int
+        Events at that phase, and events in all.
+    p_value : float
+        Chance of so many events at one phase of any cycle tried, were the onsets at
+        random rows (binomial tail, times the phases and cycles tried).
+    kick, typical : float
+        Mean change of ``ln rho`` over the step after the phase (the row at ``phase`` to
+        the next), and the median change of ``ln rho`` from row to row; NaN when the log
+        has no norm.
+    """
+
+    period: int
+    phase: int
+    count: int
+    n: int
+    p_value: float
+    kick: float
+    typical: float
+
+
+#: Fewest events, and the largest chance probability, for :func:`phase_lock` to speak.
+PHASE_LOCK_MIN_EVENTS = 6
+PHASE_LOCK_ALPHA = 1e-3
+
+
+def phase_lock(traj: Trajectory, events: Events) -> PhaseLock | None:
+    """The cycle of steps whose one phase holds most destabilization onsets, if any.
+
+    Something that happens every ``P`` steps (the smaller last batch of each epoch that
+    a data loader without ``drop_last`` yields, and BatchNorm over its few samples)
+    kicks the norm and sets off destabilizations at that step of the cycle; genuine
+    escapes fall at any phase. For each cycle ``P = m g`` (``g`` the log's row spacing,
+    ``m`` from 2 to the median period over ``g``) the onsets' most common phase holds
+    ``c`` of the ``n`` events; under onsets at random rows ``c`` is binomial with
+    probability ``1/m`` per phase. The most significant cycle is returned when at least
+    half of the events, and :data:`PHASE_LOCK_MIN_EVENTS`, share its phase and the
+    chance of so many, times the phases and cycles tried, is under
+    :data:`PHASE_LOCK_ALPHA`. None otherwise, and for a log whose rows are not evenly
+    spaced in steps (a phase needs a regular clock).
+
+    Parameters
+    ----------
+    traj : Trajectory
+        The log the events were found in.
+    events : Events
+        Its events (:func:`find_events`).
+    """
+    from scipy.stats import binom
+
+    n = len(events)
+    if n < PHASE_LOCK_MIN_EVENTS:
+        return None
+    step = np.asarray(traj.step, dtype=np.int64)
+    col = _finite_col(traj, "rho")
+    if col is not None:  # the rows the events lie on (a loss may be logged at other steps)
+        step = step[np.isfinite(col)]
+    gaps = np.diff(step)
+    if gaps.size == 0 or not np.all(gaps == gaps[0]) or gaps[0] <= 0:
+        return None
+    g = int(gaps[0])
+    rel = (np.asarray(events.steps, dtype=np.int64) - int(step[0])) // g  # row numbers
+    m_max = int(np.median(np.diff(rel)))
+    tried = max(m_max - 1, 1)
+    best: tuple[float, int, int, int] | None = None
+    for m in range(2, m_max + 1):
+        counts = np.bincount(rel % m, minlength=m)
+        r = int(np.argmax(counts))
+        c = int(counts[r])
+        if c < max(PHASE_LOCK_MIN_EVENTS, math.ceil(n / 2)):
+            continue
+        p = float(binom.sf(c - 1, n, 1.0 / m)) * m * tried
+        if best is None or p < best[0]:
+            best = (p, m, r, c)
+    if best is None or not best[0] < PHASE_LOCK_ALPHA:
+        return None
+    p, m, r, c = best
+    kick = typical = math.nan
+    if col is not None:
+        rho = col[np.isfinite(col)]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            d = np.diff(np.log(np.where(rho > 0, rho, np.nan)))
+        at = np.arange(d.size)
+        sel = d[(at % m == r) & np.isfinite(d)]
+        kick = float(np.mean(sel)) if sel.size else math.nan
+        typical = float(np.nanmedian(d)) if np.any(np.isfinite(d)) else math.nan
+    phase = (int(step[0]) + r * g) % (m * g)
+    return PhaseLock(m * g, phase, c, n, min(p, 1.0), kick, typical)
+
+
+def phase_lock_note(traj: Trajectory, events: Events) -> str | None:
+    """A note when the destabilizations are locked to one phase of a cycle of steps
+    (:func:`phase_lock`); None otherwise."""
+    lock = phase_lock(traj, events)
+    if lock is None:
+        return None
+    kick = ""
+    if math.isfinite(lock.kick) and math.isfinite(lock.typical):
+        kick = (
+            f"; ln rho changes by {lock.kick:+.3g} from the rows at that phase to the next, "
+            f"against {lock.typical:+.3g} from a median row to the next"
+        )
+    return (
+        f"{lock.count} of {lock.n} destabilizations start at step {lock.phase} of a "
+        f"{lock.period}-step cycle (chance {lock.p_value:.1g}){kick}: something every "
+        f"{lock.period} steps sets them off, such as the smaller last batch of each epoch "
+        f"(a data loader without drop_last; BatchNorm over its few samples kicks the "
+        f"norm), and the periods are multiples of it, not the decay law's"
     )
 
 

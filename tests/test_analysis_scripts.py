@@ -487,3 +487,55 @@ def test_heldout_period_transfer_on_three_networks():
     fast = [r for r in wn if r["lr"] * r["wd"] == pytest.approx(1e-2)]
     assert len(fast) == 2 and all(r["measured"] < 0.4 * t0 for r in fast)
     assert all(r["error"] > 0.3 for r in fast)
+
+
+def test_a_smaller_last_batch_locks_the_destabilizations_to_the_epoch():
+    # the digits MLP at batch 64 in shuffled epochs: 1797 = 28 x 64 + 5, each epoch's
+    # 29th update takes 5 samples through BatchNorm; with drop_last it never comes
+    import numpy as np
+    import torch
+
+    from siflow.forecast import forecast_next_event
+    from siflow.overlay import analyze
+    from siflow.periods import find_events, phase_lock
+    from siflow.trajectory import Trajectory
+
+    mod = _heldout_script()
+    gen = torch.Generator().manual_seed(0)
+    epochs = mod.epoch_batches(1797, mod.Run("x", "digits", "mlp", 1, 0, 1, batch=64,
+                                             loader="epochs"), gen, torch)  # fmt: skip
+    sizes = [len(next(epochs)) for _ in range(58)]
+    assert sizes == ([64] * 28 + [5]) * 2
+    first = torch.cat([next(epochs) for _ in range(29)])
+    assert sorted(first.tolist()) == list(range(1797))  # an epoch is a permutation
+    drop = mod.epoch_batches(1797, mod.Run("x", "digits", "mlp", 1, 0, 1, batch=64,
+                                           loader="drop_last"), gen, torch)  # fmt: skip
+    assert {len(next(drop)) for _ in range(60)} == {64}
+
+    log = Trajectory.load(mod.LASTBATCH_DATA / "digits_mlp_sgd64_epochs.npz")
+    ev = find_events(log)
+    lock = phase_lock(log, ev)
+    at_end = int(np.sum(ev.steps % 29 == 28))
+    assert (lock.period, lock.phase, lock.count, lock.n) == (29, 28, at_end, len(ev))
+    assert at_end >= 0.9 * len(ev)
+    # chance of so many at one phase: the binomial tail by hand, times the 29 phases and
+    # the cycles tried, of 2 rows up to the median period (58 rows: 57 cycles)
+    n, c, m = len(ev), at_end, 29
+    tail = sum(math.comb(n, k) * (1 / m) ** k * (1 - 1 / m) ** (n - k) for k in range(c, n + 1))
+    tried = int(np.median(np.diff(ev.steps))) - 1
+    assert lock.p_value == pytest.approx(min(tail * m * tried, 1.0), rel=1e-9)
+    d = np.diff(np.log(log.rho))  # the kick of the 5-sample update, from the raw norm
+    assert lock.kick == pytest.approx(d[28::29].mean(), rel=1e-12) and lock.kick > 0.1
+    assert lock.typical == pytest.approx(np.median(d), rel=1e-12) and lock.typical < 0
+    note = "start at step 28 of a 29-step cycle"
+    assert any(note in x for x in analyze(log).notes)
+    assert note in forecast_next_event(log[:2000]).details["phase_lock_note"]
+    # without the small batch: no lock, no kick, and the norm sits at half the level
+    other = Trajectory.load(mod.LASTBATCH_DATA / "digits_mlp_sgd64_drop_last.npz")
+    assert phase_lock(other, find_events(other)) is None
+    assert np.diff(np.log(other.rho))[27::28].mean() < 0.01
+    assert np.median(other.rho) < 0.6 * np.median(log.rho)
+    # nor is any labelled run at batch 128 (whole batches) locked
+    for path in sorted((ROOT / "analysis/data/labelled").glob("*_sgd_*.npz")):
+        t = Trajectory.load(path)
+        assert phase_lock(t, find_events(t)) is None, path.name
