@@ -872,9 +872,10 @@ def epoch_batches(n: int, run: Run, gen: Any, torch: Any) -> Any:
                 yield idx
 
 
-def slim(traj: Trajectory) -> Trajectory:
+def slim(traj: Trajectory, gradient: bool = False) -> Trajectory:
     """The columns the event detector reads (step, rho, loss and an lr column), in float32
-    precision, with the run's settings: the committed form of a log (about 25 kB)."""
+    precision, with the run's settings: the committed form of a log (about 25 kB); with
+    ``gradient``, the sphere gradient norm too (the equilibrium norm needs it)."""
     import numpy as np
 
     def f32(a: Any) -> Any:
@@ -885,6 +886,7 @@ def slim(traj: Trajectory) -> Trajectory:
         step=traj.step,
         rho=f32(traj.rho),
         loss=f32(traj.loss),
+        grad_norm_sphere=f32(traj.grad_norm_sphere) if gradient else None,
         extra={k: f32(traj.extra[k]) for k in KEPT if k in traj.extra},
         meta={k: traj.meta[k] for k in keys if k in traj.meta},
     )
@@ -906,7 +908,7 @@ def cmd_train(args: Any) -> int:
             print(train(run, out))
             if args.update_data:
                 path = out / f"{run.name}.npz"
-                slim(Trajectory.load(path)).save(path)
+                slim(Trajectory.load(path), gradient=args.lastbatch).save(path)
     return 0
 
 
@@ -1031,8 +1033,10 @@ def cmd_transfer(args: Any) -> int:
 def lastbatch_table(logs: Path = LASTBATCH_DATA) -> list[dict[str, Any]]:
     """Per run of :func:`lastbatch_runs`: its events, how many start at the step before an
     epoch's last batch, the phase lock found (:func:`siflow.periods.phase_lock`), the
-    change of ``ln rho`` over the epochs' last steps and over a median step, and the
-    median norm."""
+    change of ``ln rho`` over the epochs' last steps and over a median step, the median
+    norm, and the overlay's mean norm against the equilibrium norm from the measured
+    sphere gradient (:func:`siflow.overlay.analyze`)."""
+    from siflow.overlay import analyze
     from siflow.periods import find_events, phase_lock
 
     rows = []
@@ -1048,6 +1052,7 @@ def lastbatch_table(logs: Path = LASTBATCH_DATA) -> list[dict[str, Any]]:
         d = np.diff(np.log(traj.rho))
         last = d[per_epoch - 1 :: per_epoch]  # rows before each epoch's last update, to after
         lock = phase_lock(traj, ev)
+        res = analyze(traj)
         rows.append(
             {
                 "run": run.name,
@@ -1058,6 +1063,8 @@ def lastbatch_table(logs: Path = LASTBATCH_DATA) -> list[dict[str, Any]]:
                 "epoch_end_change": float(np.mean(last)),
                 "median_change": float(np.median(d)),
                 "median_rho": float(np.median(traj.rho)),
+                "norm_mean": res.equilibrium.norm_mean,
+                "norm_predicted": res.predictions.norm_predicted,
             }
         )
     return rows
@@ -1071,7 +1078,9 @@ def cmd_lastbatch(args: Any) -> int:
             f"{r['run']}: {r['events']} events, {r['at_epoch_end']} before an epoch's last "
             f"update ({r['steps_per_epoch']} steps per epoch); phase lock: {lock}; ln rho "
             f"over the epochs' last updates {r['epoch_end_change']:+.4f}, over a median "
-            f"step {r['median_change']:+.4f}; median rho {r['median_rho']:.3g}"
+            f"step {r['median_change']:+.4f}; median rho {r['median_rho']:.3g}; mean rho "
+            f"{r['norm_mean']:.4g} against the equilibrium {r['norm_predicted']:.4g} from "
+            f"the measured sphere gradient"
         )
     return 0
 

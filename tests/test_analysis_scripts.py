@@ -535,6 +535,13 @@ def test_a_smaller_last_batch_locks_the_destabilizations_to_the_epoch():
     assert phase_lock(other, find_events(other)) is None
     assert np.diff(np.log(other.rho))[27::28].mean() < 0.01
     assert np.median(other.rho) < 0.6 * np.median(log.rho)
+    # the map of docs/theory.md s. 1 holds either way: rho*^4 = lr g~^2 / (wd (2 - lr wd))
+    # with the RMS sphere gradient (the small batches' in it) is the mean norm within 2 %
+    for t in (log, other):
+        part = t[int(find_events(t).steps[0]) :]
+        g2 = np.mean(part.grad_norm_sphere**2)
+        star = (0.5 * g2 / (1e-2 * (2 - 0.5e-2))) ** 0.25
+        assert np.mean(part.rho) == pytest.approx(star, rel=0.02)
     # nor is any labelled run at batch 128 (whole batches) locked
     for path in sorted((ROOT / "analysis/data/labelled").glob("*_sgd_*.npz")):
         t = Trajectory.load(path)
