@@ -1290,9 +1290,11 @@ def phase_lock(traj: Trajectory, events: Events) -> PhaseLock | None:
     ``m`` from 2 to the median period over ``g``) the onsets' most common phase holds
     ``c`` of the ``n`` events; under onsets at random rows ``c`` is binomial with
     probability ``1/m`` per phase. The most significant cycle is returned when at least
-    half of the events, and :data:`PHASE_LOCK_MIN_EVENTS`, share its phase and the
-    chance of so many, times the phases and cycles tried, is under
-    :data:`PHASE_LOCK_ALPHA`. None otherwise, and for a log whose rows are not evenly
+    half of the events, and :data:`PHASE_LOCK_MIN_EVENTS`, share its phase, the chance of
+    so many, times the phases and cycles tried, is under :data:`PHASE_LOCK_ALPHA`, and
+    the events at that phase lie different numbers of cycles apart: events all exactly
+    one cycle apart (an exactly periodic simulation) lock to their own period, which says
+    nothing of an outside clock. None otherwise, and for a log whose rows are not evenly
     spaced in steps (a phase needs a regular clock).
 
     Parameters
@@ -1325,6 +1327,8 @@ def phase_lock(traj: Trajectory, events: Events) -> PhaseLock | None:
         c = int(counts[r])
         if c < max(PHASE_LOCK_MIN_EVENTS, math.ceil(n / 2)):
             continue
+        if np.unique(np.diff(rel[rel % m == r]) // m).size < 2:
+            continue  # all one cycle apart: the events' own period, not a clock's
         p = float(binom.sf(c - 1, n, 1.0 / m)) * m * tried
         if best is None or p < best[0]:
             best = (p, m, r, c)

@@ -1133,3 +1133,20 @@ def test_a_band_too_short_for_its_noise_is_read_by_its_spike_alone():
     # a flat loss (no spike) leaves the same small jumps unconfirmed
     flat = Trajectory(step=traj.step, rho=traj.rho, loss=np.full(traj.step.size, 0.03))
     assert find_events(flat).steps.size == 0
+
+
+def _events_at(steps):
+    steps = np.asarray(steps, dtype=np.int64)
+    return Events(steps=steps, index=steps, periods=np.diff(steps).astype(np.float64))
+
+
+def test_phase_lock_needs_a_clock_not_the_events_own_period():
+    from siflow.periods import phase_lock
+
+    log = Trajectory(step=np.arange(6000), rho=np.ones(6000))
+    # an exactly periodic run (a deterministic simulation): every event one period apart
+    assert phase_lock(log, _events_at(np.arange(100, 5000, 137))) is None
+    # events set off by a 29-step clock, 1 to 4 of its cycles apart: locked to it
+    gaps = np.random.default_rng(0).integers(1, 5, 40) * 29
+    lock = phase_lock(log, _events_at(28 + np.cumsum(gaps)))
+    assert (lock.period, lock.phase, lock.count, lock.n) == (29, 28, 40, 40)
