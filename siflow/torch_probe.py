@@ -108,12 +108,16 @@ WEIGHT_TYPES: tuple[type, ...] = (nn.Linear, nn.modules.conv._ConvNd)
 
 
 def _is_weight_layer(mod: Any) -> bool:
-    """A layer whose output is linear in its weight: :data:`WEIGHT_TYPES`, or an
-    ``nn.Embedding`` without ``max_norm`` (which would renormalize the rows it reads) and
-    with dense gradients."""
+    """A layer whose output is positively homogeneous of degree 1 in its weight:
+    :data:`WEIGHT_TYPES`, or an ``nn.Embedding`` or ``nn.EmbeddingBag`` (its rows summed,
+    averaged, weighted by ``per_sample_weights`` or maxed: ``max(c a) = c max(a)`` for
+    ``c > 0``) without ``max_norm`` (which would renormalize the rows it reads) and with
+    dense gradients."""
     if isinstance(mod, WEIGHT_TYPES):
         return True
-    return isinstance(mod, nn.Embedding) and mod.max_norm is None and not mod.sparse
+    return (
+        isinstance(mod, (nn.Embedding, nn.EmbeddingBag)) and mod.max_norm is None and not mod.sparse
+    )
 
 
 #: Positively homogeneous (degree 1) maps allowed between the weight and the norm layer.
@@ -895,7 +899,8 @@ def find_si_groups(
 ) -> dict[str, list[Any]]:
     """Find the scale-invariant weights of a model.
 
-    A ``Linear``/``Conv`` weight (or an ``nn.Embedding`` table without ``max_norm``) is
+    A ``Linear``/``Conv`` weight (or an ``nn.Embedding`` or ``nn.EmbeddingBag`` table
+    without ``max_norm``) is
     SI when its output reaches a normalization layer
     (BatchNorm, LayerNorm, GroupNorm, InstanceNorm, RMSNorm, or their functional forms
     when they use the input's own statistics) only through positively

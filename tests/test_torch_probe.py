@@ -1384,6 +1384,47 @@ def test_embeddings_into_a_layernorm(kwargs, alone, joint):
         assert check_scale_invariance(loss_fn, [params["emb.weight"]], model=model) > 1e-6
 
 
+class _Bags(nn.Module):
+    """Bags of tokens (an ``nn.EmbeddingBag``) into a LayerNorm, a head on top."""
+
+    def __init__(self, mode="mean", max_norm=None):
+        super().__init__()
+        self.bag = nn.EmbeddingBag(20, 6, mode=mode, max_norm=max_norm)
+        self.ln = nn.LayerNorm(6)
+        self.head = nn.Linear(6, 2)
+
+    def forward(self, idx, weights=None):
+        return self.head(self.ln(self.bag(idx, per_sample_weights=weights)))
+
+
+@pytest.mark.parametrize(
+    ("mode", "max_norm", "weighted", "alone"),
+    [
+        ("mean", None, False, ["bag.weight"]),
+        ("sum", None, True, ["bag.weight"]),
+        ("max", None, False, ["bag.weight"]),  # max(c a) = c max(a) for c > 0
+        ("mean", 1.0, False, []),  # rows renormalized as they are read
+    ],
+    ids=["mean", "weighted-sum", "max", "max-norm"],
+)
+def test_embedding_bags_into_a_layernorm(mode, max_norm, weighted, alone):
+    torch.manual_seed(0)
+    model = _float64_training(_Bags(mode, max_norm), 1e-14)
+    idx = torch.randint(0, 20, (8, 5))
+    weights = torch.rand(8, 5, dtype=torch.float64) if weighted else None
+    y = torch.randint(0, 2, (8,))
+
+    def loss_fn():
+        return nn.functional.cross_entropy(model(idx, weights), y)
+
+    groups = find_si_groups(model, example_input=(idx, weights))
+    assert _group_names(groups, model) == (alone, [])
+    table = dict(model.named_parameters())["bag.weight"]
+    # the loss under a rescaled table, against the claim
+    error = check_scale_invariance(loss_fn, [table], model=model)
+    assert (error < 1e-9) if alone else (error > 1e-6)
+
+
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_half_precision_model_is_recorded_in_float32(dtype):
     # a float16 Gram matrix overflows once |w|^2 > 65504 (here |w| is about 350), and a
