@@ -19,13 +19,17 @@ detector finds on them, for a check by eye:
   convolutions with affine BatchNorm, 32-64 channels), ``wnmlp`` (PyTorch's weight
   normalization, no normalization layer), ``cosmlp`` (a BatchNorm MLP with a trained
   cosine classifier), ``gelumlp`` (``mlp`` with GELU), ``widemlp`` (six BatchNorm layers
-  of width 128) and ``dwconv`` (depthwise-separable convolutions with affine BatchNorm);
+  of width 128), ``dwconv`` (depthwise-separable convolutions with affine BatchNorm),
+  ``silumlp`` (``mlp`` with SiLU), ``rnnln`` (a recurrent cell with LayerNorm over the
+  digits' rows), ``postbn`` (affine BatchNorm after the ReLU) and ``embln`` (an embedding
+  bag with LayerNorm on generated bags of tokens, ``tokens``);
 
 on the wine, breast-cancer, iris and digits data and two generated sets (standardised),
 with full-batch GD, SGD (batch 16-256), heavy ball, Nesterov, AdamW, Adam with its coupled
 L2 decay, cosine, step, warmup, restart, linear, one-cycle and reduce-on-plateau schedules,
 and cross-entropy, cross-entropy with label smoothing 0.1, squared error or one-vs-rest
-binary cross-entropy (``Run.loss``), or squared error on two regression sets.
+binary cross-entropy or the multi-class hinge loss (``Run.loss``), or squared error on two
+regression sets.
 The last layer is rescaled to Frobenius norm 10 and frozen, as in the seed paper (one run
 trains it, with weight decay); one run shifts the digits by up to a pixel at every step;
 some clip the gradient norm, replace part of the labels by random ones, or are recorded
@@ -37,11 +41,12 @@ four-layer BatchNorm ConvNet (``deepconv``) and a pre-LayerNorm transformer bloc
 (``prelnformer``); the tenth weight normalization, a cosine classifier, Adam's coupled
 decay, gradient accumulation (four micro-batches per step, the loss logged after each, as
 a training loop does) and ``ReduceLROnPlateau``; the eleventh regression, one-vs-rest
-cross-entropy, GELU, a wide six-layer MLP and depthwise-separable convolutions. Every run
-is recorded with :class:`siflow.torch_probe.SIRecorder` (one torch thread; about 25
-minutes for all).
+cross-entropy, GELU, a wide six-layer MLP and depthwise-separable convolutions; the
+twelfth the hinge loss, a recurrent cell, BatchNorm after the ReLU, an embedding bag, batch
+8 and SiLU with heavy ball. Every run is recorded with :class:`siflow.torch_probe.SIRecorder`
+(one torch thread; about 26 minutes for all).
 
-The runs of eleven batches were labelled against their plotted norm and loss
+The runs of twelve batches were labelled against their plotted norm and loss
 (``analysis/data/heldout/labels.json``, whose note says how each batch was labelled;
 doubtful events are listed as ``ambiguous`` and neither counted nor missed); ``detect``
 scores the detector's recall and precision on them, batch by batch.
@@ -90,7 +95,7 @@ class Run:
     """One held-out training run."""
 
     name: str
-    data: str  # "wine", "cancer", "iris", "digits", or generated: "moons", "synth" (load_data)
+    data: str  # "wine", "cancer", "iris", "digits"; generated: "moons", "synth", "tokens"
     net: str  # "lnmlp", "bnaffine", "bnconv", "wide", "gnconv", "lnconv", ... (build)
     lr: float
     wd: float
@@ -101,7 +106,7 @@ class Run:
     schedule: str = ""  # "", "cosine", "step", "warmup", "restarts", ... (make_schedule)
     seed: int = 0
     nesterov: bool = False
-    loss: str = "ce"  # "ce", "smooth" (label smoothing 0.1), "mse" or "bce" (one-hot targets)
+    loss: str = "ce"  # "ce", "smooth" (label smoothing 0.1), "mse", "bce" (one-hot), "hinge"
     every: int = 1  # the recorder writes every k-th step
     frozen: bool = True  # the last layer at norm 10 and frozen; False: trained, with wd
     augment: bool = False  # digits images shifted by up to one pixel, new shifts every step
@@ -398,6 +403,16 @@ RUNS = (
     Run("friedman_mlp_gd", "friedman", "mlp", 0.1, 5e-2, 3000, seed=41),
     Run("diabetes_mlp_sgd64", "diabetes", "mlp", 0.5, 1e-2, 3000, batch=64, seed=41),
     Run("digits_dwconv_sgd128", "digits", "dwconv", 0.2, 1e-2, 4000, batch=128, seed=41),
+    # twelfth batch: labelled blind; a multi-class hinge loss (exactly zero once every
+    # margin is met), a recurrent cell with LayerNorm over the digits' rows, BatchNorm after
+    # the ReLU, an embedding bag with LayerNorm on generated token counts, batch 8, SiLU with
+    # heavy ball
+    Run("digits_mlp_gd_hinge", "digits", "mlp", 0.5, 1e-2, 3000, loss="hinge", seed=47),
+    Run("digits_rnnln_gd", "digits", "rnnln", 0.5, 1e-2, 3000, seed=47),
+    Run("digits_postbn_sgd128", "digits", "postbn", 0.5, 1e-2, 3000, batch=128, seed=47),
+    Run("tokens_embln_sgd64", "tokens", "embln", 0.5, 1e-2, 3000, batch=64, seed=47),
+    Run("digits_mlp_sgd8", "digits", "mlp", 0.1, 1e-2, 4000, batch=8, seed=47),
+    Run("digits_silumlp_gdmom", "digits", "silumlp", 0.05, 1e-2, 4000, momentum=0.9, seed=47),
 )
 
 
@@ -453,7 +468,8 @@ def load_data(name: str, torch: Any) -> tuple[Any, Any]:
     """Standardised inputs (float32) and labels (int64) of a scikit-learn data set, or of
     data scikit-learn generates with a fixed seed: ``"moons"`` (two interleaved half
     circles, 1000 points, noise 0.2) and ``"synth"`` (4000 points of 30 features, 10 of
-    them informative, in 4 classes of two clusters each). Regression (:data:`REGRESSION`;
+    them informative, in 4 classes of two clusters each); ``"tokens"``: generated bags of
+    tokens, their ids (:func:`_token_counts`). Regression (:data:`REGRESSION`;
     the target standardised, float32): ``"diabetes"`` (442 patients, 10 features) and
     ``"friedman"`` (Friedman's first problem, 4000 points of 10 features, 5 of them used,
     with noise of standard deviation 1: a squared error that cannot fall below about
@@ -466,6 +482,8 @@ def load_data(name: str, torch: Any) -> tuple[Any, Any]:
         "digits": datasets.load_digits,
         "diabetes": datasets.load_diabetes,
     }
+    if name == "tokens":
+        return _token_counts(torch)
     if name == "friedman":
         data, target = datasets.make_friedman1(n_samples=4000, noise=1.0, random_state=0)
     elif name == "moons":
@@ -486,6 +504,44 @@ def load_data(name: str, torch: Any) -> tuple[Any, Any]:
     if name in REGRESSION:
         return x, torch.tensor((target - target.mean()) / target.std(), dtype=torch.float32)
     return x, torch.tensor(target, dtype=torch.int64)
+
+
+#: The generated token data (``"tokens"``): sequences, their length, the vocabulary, classes.
+TOKENS = (3000, 16, 64, 4)
+
+
+def _token_counts(torch: Any) -> tuple[Any, Any]:
+    """Generated bags of tokens (:data:`TOKENS`): each class draws its tokens from its own
+    distribution over the vocabulary (a softmax of Gaussian scores, fixed seed), so the
+    class is in the token counts, with overlap between classes; token ids (int64)."""
+    n, length, vocab, classes = TOKENS
+    gen = torch.Generator().manual_seed(0)
+    probs = torch.softmax(1.5 * torch.randn(classes, vocab, generator=gen), dim=1)
+    y = torch.randint(0, classes, (n,), generator=gen)
+    x = torch.multinomial(probs[y], length, replacement=True, generator=gen)
+    return x, y
+
+
+def _rnn_ln(torch: Any, width: int = 32) -> Any:
+    """A recurrent cell over the 8 rows of an 8x8 digits image: ``h <- tanh(LN(W [x_t, h]))``
+    from ``h = 0``, ``W`` bias-free and LayerNorm without affine terms (``W`` is
+    scale-invariant); the last ``h`` is the output."""
+    nn = torch.nn
+
+    class RNNLN(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Linear(8 + width, width, bias=False)
+            self.norm = nn.LayerNorm(width, elementwise_affine=False)
+
+        def forward(self, x: Any) -> Any:
+            rows = x.reshape(-1, 8, 8)
+            h = rows.new_zeros(rows.shape[0], width)
+            for t in range(8):
+                h = torch.tanh(self.norm(self.w(torch.cat([rows[:, t], h], dim=1))))
+            return h
+
+    return RNNLN()
 
 
 def _residual_block(torch: Any, kind: str, width: int) -> Any:
@@ -646,10 +702,10 @@ def build(net: str, n_in: int, n_out: int, torch: Any, frozen: bool = True) -> A
             layers += [nn.GroupNorm(groups, c, affine=False), nn.ReLU(), nn.MaxPool2d(2)]
         layers += [nn.Flatten()]
         n_in = 128
-    elif net in ("deepmlp", "mlp", "widemlp", "gelumlp"):  # BatchNorm, no affine terms:
-        # 4 x 32, 2 x 64, 6 x 128 with ReLU; 2 x 64 with GELU
+    elif net in ("deepmlp", "mlp", "widemlp", "gelumlp", "silumlp"):  # BatchNorm, no affine
+        # terms: 4 x 32, 2 x 64, 6 x 128 with ReLU; 2 x 64 with GELU or SiLU
         depth, width = {"deepmlp": (4, 32), "widemlp": (6, 128)}.get(net, (2, 64))
-        act = nn.GELU if net == "gelumlp" else nn.ReLU
+        act = {"gelumlp": nn.GELU, "silumlp": nn.SiLU}.get(net, nn.ReLU)
         for _ in range(depth):
             layers += [nn.Linear(n_in, width, bias=False)]
             layers += [nn.BatchNorm1d(width, affine=False), act()]
@@ -703,6 +759,19 @@ def build(net: str, n_in: int, n_out: int, torch: Any, frozen: bool = True) -> A
         layers += [nn.ReLU(), nn.Conv2d(16, 32, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU()]
         layers += [nn.MaxPool2d(2), nn.Flatten()]
         n_in = 512
+    elif net == "rnnln":  # a recurrent cell with LayerNorm over the digits' rows (_rnn_ln)
+        layers += [_rnn_ln(torch)]
+        n_in = 32
+    elif net == "postbn":  # BatchNorm (affine) after the ReLU: relu is homogeneous, 2 x 64
+        for _ in range(2):
+            layers += [nn.Linear(n_in, 64, bias=False), nn.ReLU(), nn.BatchNorm1d(64)]
+            n_in = 64
+    elif net == "embln":  # an embedding bag (mean) with LayerNorm, then a BatchNorm layer
+        vocab = TOKENS[2]
+        layers += [nn.EmbeddingBag(vocab, 32, mode="mean")]
+        layers += [nn.LayerNorm(32, elementwise_affine=False), nn.ReLU()]
+        layers += [nn.Linear(32, 32, bias=False), nn.BatchNorm1d(32, affine=False), nn.ReLU()]
+        n_in = 32
     elif net == "deepconv":  # four 3x3 convolutions with affine BatchNorm, 32-64 channels
         layers += [nn.Unflatten(1, (1, 8, 8))]
         for c_in, c, pool in ((1, 32, False), (32, 32, True), (32, 64, False), (64, 64, True)):
@@ -753,6 +822,8 @@ def loss_of(run: Run, logits: Any, y: Any, torch: Any) -> Any:
     f = torch.nn.functional
     if run.data in REGRESSION:  # squared error of the one output against the target
         return ((logits[:, 0] - y) ** 2).mean()
+    if run.loss == "hinge":  # multi-class hinge: exactly zero once every margin is 1
+        return f.multi_margin_loss(logits, y)
     if run.loss == "bce":  # one-vs-rest: a sigmoid per class against one-hot targets
         target = f.one_hot(y, logits.shape[1]).to(logits.dtype)
         return f.binary_cross_entropy_with_logits(logits, target)
