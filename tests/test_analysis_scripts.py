@@ -124,7 +124,7 @@ def test_heldout_detector_scores_on_the_committed_logs():
     mod = _heldout_script()
     labels, ambiguous = mod.load_labels()
     batches = mod.load_batches()
-    assert [len(batches[str(b)]) for b in range(1, 12)] == [7, 8, 8, 8, 8, 7, 4, 6, 6, 6, 6]
+    assert [len(batches[str(b)]) for b in range(1, 13)] == [7, 8, 8, 8, 8, 7, 4, 6, 6, 6, 6, 6]
     assert sorted(labels) == sorted(sum(batches.values(), []))
     trajs = {name: Trajectory.load(mod.DATA / f"{name}.npz") for name in labels}
 
@@ -264,6 +264,20 @@ def test_heldout_detector_scores_on_the_committed_logs():
         loss = trajs[name].loss
         assert np.median(loss[loss.size // 2 :]) > 1.0
     assert score(["friedman_mlp_gd", "diabetes_mlp_sgd64"])["fp"] >= 30
+    # batch 12, labelled blind: the hinge loss (exactly zero between bursts), SiLU with heavy
+    # ball and a recurrent cell with LayerNorm have every labelled event found; batch 8 holds
+    # its norm by the noise (no event, none found); the false events of the recurrent cell
+    # are 2.6-2.9 % rises its rules left out (under 3 %)
+    hinge = trajs["digits_mlp_gd_hinge"]
+    assert np.count_nonzero(hinge.loss == 0.0) > 1000  # the loss sits at exactly zero
+    clear = score(["digits_mlp_gd_hinge", "digits_silumlp_gdmom", "digits_mlp_sgd8"])
+    assert clear["tp"] == 6 + 5 and clear["fn"] == 0 and clear["fp"] == 0
+    rnn = score(["digits_rnnln_gd"])
+    assert rnn["tp"] == 56 and rnn["fn"] == 0 and rnn["fp"] <= 4
+    # the two runs whose loss moves one and two decades from batch to batch miss more
+    # (multi-stage rises the labels join at their first stage): reported, not fixed
+    twelfth = score(batches["12"])
+    assert twelfth["recall"] >= 0.9 and twelfth["precision"] >= 0.85
     # the one-cycle log carries the momentum each step ran with; the no-decay run records
     # the weight decay of its scale-invariant weights, not the first group's 0
     cycled = trajs["digits_rmsmlp_sgd128_onecycle"].extra["momentum"]
@@ -409,6 +423,84 @@ def test_heldout_batch10_11_networks_are_scale_invariant_where_the_recorder_says
         torch.testing.assert_close(rescaled(name), before, rtol=1e-9, atol=1e-9)
     for name in not_invariant:
         assert (rescaled(name) - before).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize(
+    ("net", "data", "invariant", "not_invariant"),
+    [
+        ("postbn", "digits", ("0.weight", "3.weight"), ("5.weight",)),
+        ("silumlp", "digits", ("0.weight", "3.weight"), ()),
+        ("embln", "tokens", ("0.weight", "3.weight"), ()),
+        ("rnnln", "digits", ("0.w.weight",), ()),
+    ],
+)
+def test_heldout_batch12_networks_are_scale_invariant_where_the_recorder_says(
+    net, data, invariant, not_invariant
+):
+    # BatchNorm after a ReLU (relu(c z) = c relu(z) for c > 0), an embedding bag whose rows
+    # are averaged into a LayerNorm, and a recurrent cell whose one weight feeds a LayerNorm
+    # at every step: rescaling those weights by 3 leaves the output unchanged (float64,
+    # norms' eps 1e-30), and the recorder's tracing finds them (the recurrent weight, read
+    # eight times, as its joint group); the last BatchNorm's scale, which sets the logits'
+    # scale, is not invariant
+    import torch
+
+    from siflow.torch_probe import find_si_groups
+
+    mod = _heldout_script()
+    torch.manual_seed(0)
+    x = mod.load_data(data, torch)[0][:9]
+    if data == "digits":
+        x = x.double()
+    model = mod.build(net, x.shape[1], 10, torch, frozen=False).train().double()
+    params = dict(model.named_parameters())
+    groups = find_si_groups(model, example_input=x)
+    if net == "rnnln":
+        assert list(groups) == ["jointly_si"] and groups["jointly_si"] == [params[invariant[0]]]
+    else:
+        assert sorted(groups) == sorted(invariant)
+    for m in model.modules():
+        if hasattr(m, "eps"):
+            m.eps = 1e-30
+    with torch.no_grad():
+        before = model(x)
+
+    def rescaled(name):
+        with torch.no_grad():
+            params[name].mul_(3.0)
+            out = model(x)
+            params[name].div_(3.0)
+        return out
+
+    for name in invariant:
+        torch.testing.assert_close(rescaled(name), before, rtol=1e-9, atol=1e-9)
+    for name in not_invariant:
+        assert (rescaled(name) - before).abs().max() > 1e-3
+
+
+def test_heldout_token_bags_and_hinge_loss_by_hand():
+    # batch 12's generated data: 3000 bags of 16 token ids from a vocabulary of 64 in 4
+    # classes, the same on every call, each class drawing from its own distribution (the
+    # counts tell the class: the nearest class mean of the count vectors is right far
+    # above chance); the multi-class hinge loss is sum_j max(0, 1 - x_y + x_j) / C over
+    # j != y, averaged over samples
+    import torch
+
+    mod = _heldout_script()
+    x, y = mod.load_data("tokens", torch)
+    assert x.shape == (3000, 16) and x.dtype == torch.int64 and y.dtype == torch.int64
+    assert int(x.min()) >= 0 and int(x.max()) < 64 and sorted(set(y.tolist())) == [0, 1, 2, 3]
+    again = mod.load_data("tokens", torch)
+    assert torch.equal(again[0], x) and torch.equal(again[1], y)
+    counts = torch.zeros(3000, 64).scatter_add_(1, x, torch.ones(3000, 16))
+    means = torch.stack([counts[y == c].mean(0) for c in range(4)])
+    nearest = torch.cdist(counts, means).argmin(1)
+    assert float((nearest == y).float().mean()) > 0.8
+    logits = torch.tensor([[2.0, 0.5, 1.5], [0.0, 3.0, -1.0]])
+    labels = torch.tensor([0, 2])
+    hinge = mod.Run("h", "digits", "mlp", 0.1, 0.01, 10, loss="hinge")
+    hand = ((0 + max(0, 1 - 2.0 + 1.5)) / 3 + (max(0, 1 + 1 + 0) + max(0, 1 + 1 + 3)) / 3) / 2
+    assert float(mod.loss_of(hinge, logits, labels, torch)) == pytest.approx(hand)
 
 
 def test_heldout_regression_and_one_vs_rest_losses_by_hand():
