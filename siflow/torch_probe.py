@@ -138,20 +138,43 @@ PASS_MODULES: tuple[type, ...] = (
     nn.Dropout2d,
     nn.Dropout3d,
 )
+#: Padding that copies the border from the input (homogeneous, and a per-channel constant
+#: stays one), and shuffles that move entries to other positions (homogeneous).
+_COPYING_PADS: tuple[type, ...] = (
+    nn.modules.padding._ReflectionPadNd,
+    nn.modules.padding._ReplicationPadNd,
+    nn.modules.padding._CircularPadNd,
+)
+_SHUFFLES: tuple[type, ...] = (nn.PixelShuffle, nn.PixelUnshuffle, nn.ChannelShuffle)
+
+
+def _homogeneous_module(mod: Any) -> bool:
+    """A module that is positively homogeneous of degree 1 in its input and holds no weight
+    of its own: :data:`PASS_MODULES`, padding by 0 (``ZeroPad2d``, ``ConstantPad2d(p, 0)``)
+    or by the input's own border (reflection, replication, circular), and the pixel and
+    channel shuffles."""
+    if isinstance(mod, PASS_MODULES + _COPYING_PADS + _SHUFFLES):
+        return True
+    return isinstance(mod, nn.modules.padding._ConstantPadNd) and mod.value == 0
+
+
 #: Rectifiers: positively homogeneous, but a bias before them does not pass through.
 RECTIFIER_TYPES: tuple[type, ...] = (nn.ReLU, nn.LeakyReLU, nn.PReLU)
+#: Clamps that are rectifiers when their lower bound is 0 and they have no upper one.
+_CLAMPS = {"clamp", "clamp_", "clip", "clip_", "clamp_min", "clamp_min_"}
 _RECTIFIER_FUNCTIONS = {"relu", "relu_", "leaky_relu", "leaky_relu_", "prelu"}
 _PASS_FUNCTIONS = {
     "relu", "relu_", "leaky_relu", "leaky_relu_", "prelu", "flatten", "dropout", "dropout1d",
     "dropout2d", "dropout3d", "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d",
     "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d",
     "adaptive_avg_pool3d", "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d",
+    "pixel_shuffle", "pixel_unshuffle", "channel_shuffle", "native_channel_shuffle",
 }  # fmt: skip
 _PASS_METHODS = {"relu", "view", "reshape", "flatten", "contiguous"}
 #: Operations that may move a channel's entries to other positions or axes.
 _RESHAPES = {
     "view", "reshape", "unflatten", "permute", "transpose", "squeeze", "unsqueeze",
-    "getitem", "mean", "sum",
+    "getitem", "mean", "sum", "pixel_shuffle", "pixel_unshuffle",
 }  # fmt: skip
 
 GroupSpec = Mapping[str, Sequence[Any]] | Sequence[str] | None
@@ -277,9 +300,10 @@ def _breaks_bias(node: Any, modules: Mapping[str, Any]) -> bool:
     Rectifiers (``relu(c z + b) != c relu(z) + b``); dropout (the mask multiplies the
     bias entry by entry); average pooling with zero padding counted in the divisor
     (border outputs hold a fraction of the bias); constant padding (the border is not
-    biased); reshapes, permutations, indexing and reductions (the bias may no longer lie
-    along the channel axis). Pooling without padding, max pooling, upsampling,
-    ``flatten`` from dimension 1 on, and reflecting or replicating padding keep it.
+    biased); reshapes, permutations, indexing, reductions and pixel shuffles (the bias may
+    no longer lie along the channel axis). Pooling without padding, max pooling,
+    upsampling, ``flatten`` from dimension 1 on, reflecting, replicating or circular
+    padding and a channel shuffle keep it.
     """
     if _is_rectifier(node, modules):
         return True
@@ -292,7 +316,10 @@ def _breaks_bias(node: Any, modules: Mapping[str, Any]) -> bool:
             return padded and (mod.count_include_pad or mod.divisor_override is not None)
         if isinstance(mod, nn.Flatten):
             return mod.start_dim == 0
-        return False
+        # a zero border is not biased; a pixel shuffle spreads a channel over positions
+        return isinstance(
+            mod, nn.modules.padding._ConstantPadNd | nn.PixelShuffle | nn.PixelUnshuffle
+        )
     name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
     if name.startswith("dropout") or name in _RESHAPES:
         return True
@@ -308,12 +335,26 @@ def _breaks_bias(node: Any, modules: Mapping[str, Any]) -> bool:
 
 
 def _is_rectifier(node: Any, modules: Mapping[str, Any]) -> bool:
-    """A ReLU, LeakyReLU or PReLU (module, function or method): positively homogeneous,
-    but not shift-free."""
+    """A ReLU, LeakyReLU or PReLU (module, function or method), or a clamp at 0 from below
+    (:func:`_zero_clamp`): positively homogeneous, but not shift-free."""
     if node.op == "call_module":
         return isinstance(modules.get(node.target), RECTIFIER_TYPES)
     name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
-    return name in _RECTIFIER_FUNCTIONS
+    return name in _RECTIFIER_FUNCTIONS or _zero_clamp(node)
+
+
+def _zero_clamp(node: Any) -> bool:
+    """A clamp (function or method) with lower bound 0 and no upper bound: a ReLU,
+    ``clamp(c z, min=0) = c clamp(z, min=0)`` for ``c > 0`` (any other bound is not
+    homogeneous)."""
+    if node.op not in ("call_function", "call_method"):
+        return False
+    name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+    if name not in _CLAMPS:
+        return False
+    low = _const_arg(node, 1, "min", None)
+    high = None if name.startswith("clamp_min") else _const_arg(node, 2, "max", None)
+    return isinstance(low, int | float) and low == 0 and high is None
 
 
 def _holders(modules: Mapping[str, Any]) -> dict[int, list[str]]:
@@ -348,7 +389,7 @@ def _called_weights(graph: Any, modules: Mapping[str, Any]) -> tuple[dict[str, i
             mod = modules.get(node.target)
             if _is_weight_layer(mod):
                 calls[node.target] = calls.get(node.target, 0) + 1
-            elif not isinstance(mod, NORM_TYPES + PASS_MODULES):
+            elif not isinstance(mod, NORM_TYPES) and not _homogeneous_module(mod):
                 opaque.append(f"{node.target}.")
         elif node.op == "get_attr":
             read.add(str(node.target).rsplit(".", 1)[0])
@@ -388,13 +429,15 @@ def _fx_groups(
                     if ok and _bias_ok(mod, kind, broken, norm) and mod.weight is not None:
                         found.append(f"{src.target}.weight")
                     break
-                if not isinstance(mod, PASS_MODULES):
+                if not _homogeneous_module(mod):
                     break
             elif src.op == "call_function":
-                if getattr(src.target, "__name__", "") not in _PASS_FUNCTIONS:
+                if getattr(src.target, "__name__", "") not in _PASS_FUNCTIONS and not _zero_clamp(
+                    src
+                ):
                     break
             elif src.op == "call_method":
-                if src.target not in _PASS_METHODS:
+                if src.target not in _PASS_METHODS and not _zero_clamp(src):
                     break
             else:
                 break
@@ -637,10 +680,11 @@ def _joint_conflict(graph: Any, modules: Mapping[str, Any], cand: set[str], fx: 
                 return set(first.src)  # a constant border is not scaled
             deg[node] = zero
         elif (
-            isinstance(mod, PASS_MODULES)
+            _homogeneous_module(mod)
             or name in _PASS_FUNCTIONS
             or name in _PASS_METHODS
             or name in _HOMOGENEOUS
+            or _zero_clamp(node)
         ):
             if first.biased and _breaks_bias(node, modules):
                 return set(first.src)
@@ -904,8 +948,9 @@ def find_si_groups(
     SI when its output reaches a normalization layer
     (BatchNorm, LayerNorm, GroupNorm, InstanceNorm, RMSNorm, or their functional forms
     when they use the input's own statistics) only through positively
-    homogeneous maps (ReLU, LeakyReLU, PReLU, pooling, dropout, upsampling, flatten,
-    view) and is used nowhere else: ``Norm(h(c W x)) = Norm(c h(W x)) = Norm(h(W x))``
+    homogeneous maps (ReLU, LeakyReLU, PReLU, a clamp at 0 from below, pooling, dropout,
+    upsampling, flatten, view, padding by 0 or by the input's own border, pixel and
+    channel shuffles) and is used nowhere else: ``Norm(h(c W x)) = Norm(c h(W x)) = Norm(h(W x))``
     for ``c > 0`` (exact when the norm's ``eps`` is 0). The norm layer's own affine
     terms, if any, come after the normalization and do not change this; they are not
     SI themselves and are not returned. A bias before the norm is allowed only where

@@ -946,10 +946,107 @@ def _linear_on_sequence(features):
     )
 
 
+def _free_conv_then(*between, channels=4, side=6):
+    """A bias-free 3x3 convolution on (N, 3, 8, 8) to 4 channels, ``between``, BatchNorm over
+    ``channels``, a linear head on ``channels`` maps of ``side`` x ``side``."""
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, bias=False),
+        *between,
+        nn.BatchNorm2d(channels),
+        nn.Flatten(),
+        nn.Linear(channels * side**2, 2),
+    )
+
+
+def _clamped(clamp, bias=False):
+    """A Linear on (N, 5), ``clamp`` of its output, BatchNorm, a linear head."""
+    return _Fn(
+        lambda s, x: s.h(s.bn(clamp(s.lin(x)))),
+        lin=nn.Linear(5, 6, bias=bias),
+        bn=nn.BatchNorm1d(6),
+        h=nn.Linear(6, 2),
+    )
+
+
 F_ = nn.functional
 #: name: (model, input shape, weights SI alone, weights of the joint group). A bias
 #: before a BatchNorm is cancelled only while it is a per-channel constant.
 BIAS_PATHS = {
+    # padding modules: a zero border is homogeneous but not biased; reflecting or
+    # replicating the border keeps a per-channel constant; a border of 0.5 is neither
+    "zero_pad_module": (
+        lambda: _free_conv_then(nn.ZeroPad2d(1), side=8),
+        (8, 3, 8, 8),
+        ["0.weight"],
+        [],
+    ),
+    "zero_pad_module_biased": (
+        lambda: _conv_then(nn.ZeroPad2d(1), pool_out=8),
+        (8, 3, 8, 8),
+        [],
+        [],
+    ),
+    "constant_pad_module": (
+        lambda: _free_conv_then(nn.ConstantPad2d(1, 0.5), side=8),
+        (8, 3, 8, 8),
+        [],
+        [],
+    ),
+    "reflection_pad_module_biased": (
+        lambda: _conv_then(nn.ReflectionPad2d(1), pool_out=8),
+        (8, 3, 8, 8),
+        ["0.weight"],
+        [],
+    ),
+    "replication_pad_module_biased": (
+        lambda: _conv_then(nn.ReplicationPad2d(1), pool_out=8),
+        (8, 3, 8, 8),
+        ["0.weight"],
+        [],
+    ),
+    # shuffles move entries: homogeneous; a pixel shuffle spreads a channel's bias over
+    # another channel's positions (not a constant there), a channel shuffle only permutes
+    "pixel_shuffle": (
+        lambda: _free_conv_then(nn.PixelShuffle(2), channels=1, side=12),
+        (8, 3, 8, 8),
+        ["0.weight"],
+        [],
+    ),
+    "pixel_shuffle_biased": (
+        lambda: nn.Sequential(
+            nn.Conv2d(3, 4, 3),
+            nn.PixelShuffle(2),
+            nn.BatchNorm2d(1),
+            nn.Flatten(),
+            nn.Linear(144, 2),
+        ),
+        (8, 3, 8, 8),
+        [],
+        [],
+    ),
+    "pixel_unshuffle": (
+        lambda: _free_conv_then(nn.PixelUnshuffle(2), channels=16, side=3),
+        (8, 3, 8, 8),
+        ["0.weight"],
+        [],
+    ),
+    "channel_shuffle_biased": (
+        lambda: _conv_then(nn.ChannelShuffle(2)),
+        (8, 3, 8, 8),
+        ["0.weight"],
+        [],
+    ),
+    # clamp(min=0) is a ReLU; with an upper bound it is not homogeneous
+    "clamp_min_zero": (lambda: _clamped(lambda z: z.clamp(min=0)), (16, 5), ["lin.weight"], []),
+    "torch_clamp_min_zero": (
+        lambda: _clamped(lambda z: torch.clamp_min(z, 0.0)),
+        (16, 5),
+        ["lin.weight"],
+        [],
+    ),
+    "clamp_min_zero_biased": (lambda: _clamped(lambda z: z.clamp(0), bias=True), (16, 5), [], []),
+    "clamp_both_sides": (lambda: _clamped(lambda z: torch.clamp(z, 0.0, 1.0)), (16, 5), [], []),
+    "clamp_min_positive": (lambda: _clamped(lambda z: z.clamp(min=0.1)), (16, 5), [], []),
     "dropout": (lambda: _conv_then(nn.Dropout(0.5)), (8, 3, 8, 8), [], []),
     "dropout2d": (lambda: _conv_then(nn.Dropout2d(0.5)), (8, 3, 8, 8), [], []),
     "linear_dropout": (
