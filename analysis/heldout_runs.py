@@ -24,7 +24,7 @@ detector finds on them, for a check by eye:
   digits' rows), ``postbn`` (affine BatchNorm after the ReLU) and ``embln`` (an embedding
   bag with LayerNorm on generated bags of tokens, ``tokens``);
 
-on the wine, breast-cancer, iris and digits data and two generated sets (standardised),
+on the wine, breast-cancer, iris and digits data and three generated sets (standardised),
 with full-batch GD, SGD (batch 16-256), heavy ball, Nesterov, AdamW, Adam with its coupled
 L2 decay, cosine, step, warmup, restart, linear, one-cycle and reduce-on-plateau schedules,
 and cross-entropy, cross-entropy with label smoothing 0.1, squared error or one-vs-rest

@@ -944,14 +944,13 @@ def find_si_groups(
     """Find the scale-invariant weights of a model.
 
     A ``Linear``/``Conv`` weight (or an ``nn.Embedding`` or ``nn.EmbeddingBag`` table
-    without ``max_norm``) is
-    SI when its output reaches a normalization layer
-    (BatchNorm, LayerNorm, GroupNorm, InstanceNorm, RMSNorm, or their functional forms
-    when they use the input's own statistics) only through positively
-    homogeneous maps (ReLU, LeakyReLU, PReLU, a clamp at 0 from below, pooling, dropout,
-    upsampling, flatten, view, padding by 0 or by the input's own border, pixel and
-    channel shuffles) and is used nowhere else: ``Norm(h(c W x)) = Norm(c h(W x)) = Norm(h(W x))``
-    for ``c > 0`` (exact when the norm's ``eps`` is 0). The norm layer's own affine
+    without ``max_norm``) is SI when its output reaches a normalization layer (BatchNorm,
+    LayerNorm, GroupNorm, InstanceNorm, RMSNorm, or their functional forms when they use
+    the input's own statistics) only through positively homogeneous maps (ReLU,
+    LeakyReLU, PReLU, a clamp at 0 from below, pooling, dropout, upsampling, flatten,
+    view, padding by 0 or by the input's own border, pixel and channel shuffles) and is
+    used nowhere else: ``Norm(h(c W x)) = Norm(c h(W x)) = Norm(h(W x))`` for ``c > 0``
+    (exact when the norm's ``eps`` is 0). The norm layer's own affine
     terms, if any, come after the normalization and do not change this; they are not
     SI themselves and are not returned. A bias before the norm is allowed only where
     the norm subtracts each channel's mean (BatchNorm; InstanceNorm or one-channel
