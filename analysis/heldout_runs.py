@@ -25,7 +25,7 @@ detector finds on them, for a check by eye:
   bag with LayerNorm on generated bags of tokens, ``tokens``);
 
 on the wine, breast-cancer, iris and digits data and three generated sets (standardised),
-with full-batch GD, SGD (batch 16-256), heavy ball, Nesterov, AdamW, Adam with its coupled
+with full-batch GD, SGD (batch 8-256), heavy ball, Nesterov, AdamW, Adam with its coupled
 L2 decay, cosine, step, warmup, restart, linear, one-cycle and reduce-on-plateau schedules,
 and cross-entropy, cross-entropy with label smoothing 0.1, squared error or one-vs-rest
 binary cross-entropy or the multi-class hinge loss (``Run.loss``), or squared error on two
