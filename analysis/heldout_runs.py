@@ -24,7 +24,7 @@ detector finds on them, for a check by eye:
   digits' rows), ``postbn`` (affine BatchNorm after the ReLU) and ``embln`` (an embedding
   bag with LayerNorm on generated bags of tokens, ``tokens``);
 
-on the wine, breast-cancer, iris and digits data and three generated sets (standardised),
+on the wine, breast-cancer, iris and digits data and four generated sets (standardised),
 with full-batch GD, SGD (batch 8-256), heavy ball, Nesterov, AdamW, Adam with its coupled
 L2 decay, cosine, step, warmup, restart, linear, one-cycle and reduce-on-plateau schedules,
 and cross-entropy, cross-entropy with label smoothing 0.1, squared error or one-vs-rest
@@ -43,10 +43,12 @@ decay, gradient accumulation (four micro-batches per step, the loss logged after
 a training loop does) and ``ReduceLROnPlateau``; the eleventh regression, one-vs-rest
 cross-entropy, GELU, a wide six-layer MLP and depthwise-separable convolutions; the
 twelfth the hinge loss, a recurrent cell, BatchNorm after the ReLU, an embedding bag, batch
-8 and SiLU with heavy ball. Every run is recorded with :class:`siflow.torch_probe.SIRecorder`
-(one torch thread; about 26 minutes for all).
+8 and SiLU with heavy ball; the thirteenth held-out networks (``gnconv1d``: 1-D convolutions
+with GroupNorm) on mnist1d's generated signals (``mnist1d``, the ``analysis`` extra). Every
+run is recorded with :class:`siflow.torch_probe.SIRecorder` (one torch thread; about 27
+minutes for all).
 
-The runs of twelve batches were labelled against their plotted norm and loss
+The runs of thirteen batches were labelled against their plotted norm and loss
 (``analysis/data/heldout/labels.json``, whose note says how each batch was labelled;
 doubtful events are listed as ``ambiguous`` and neither counted nor missed); ``detect``
 scores the detector's recall and precision on them, batch by batch.
@@ -95,7 +97,7 @@ class Run:
     """One held-out training run."""
 
     name: str
-    data: str  # "wine", "cancer", "iris", "digits"; generated: "moons", "synth", "tokens"
+    data: str  # "wine", "cancer", "iris", "digits"; generated: "moons", "synth", "tokens", ...
     net: str  # "lnmlp", "bnaffine", "bnconv", "wide", "gnconv", "lnconv", ... (build)
     lr: float
     wd: float
@@ -413,6 +415,26 @@ RUNS = (
     Run("tokens_embln_sgd64", "tokens", "embln", 0.5, 1e-2, 3000, batch=64, seed=47),
     Run("digits_mlp_sgd8", "digits", "mlp", 0.1, 1e-2, 4000, batch=8, seed=47),
     Run("digits_silumlp_gdmom", "digits", "silumlp", 0.05, 1e-2, 4000, momentum=0.9, seed=47),
+    # thirteenth batch: labelled blind; held-out networks on mnist1d's generated 1-D signals
+    # (the labelled set's second data set): a LayerNorm MLP, 1-D convolutions with GroupNorm,
+    # affine BatchNorm, a residual MLP with heavy ball, BatchNorm after the ReLU, a four-layer
+    # MLP at batch 32 under a cosine schedule
+    Run("mnist1d_lnmlp_gd", "mnist1d", "lnmlp", 0.5, 1e-2, 3000, seed=53),
+    Run("mnist1d_gnconv1d_sgd64", "mnist1d", "gnconv1d", 0.5, 1e-2, 3000, batch=64, seed=53),
+    Run("mnist1d_bnaffine_sgd128", "mnist1d", "bnaffine", 1.0, 5e-3, 3000, batch=128, seed=53),
+    Run("mnist1d_resmlp_gdmom", "mnist1d", "resmlp", 0.1, 1e-2, 4000, momentum=0.9, seed=53),
+    Run("mnist1d_postbn_gd", "mnist1d", "postbn", 0.5, 1e-2, 3000, seed=53),
+    Run(
+        "mnist1d_deepmlp_sgd32_cosine",
+        "mnist1d",
+        "deepmlp",
+        0.5,
+        1e-2,
+        3000,
+        batch=32,
+        schedule="cosine",
+        seed=53,
+    ),
 )
 
 
@@ -469,7 +491,8 @@ def load_data(name: str, torch: Any) -> tuple[Any, Any]:
     data scikit-learn generates with a fixed seed: ``"moons"`` (two interleaved half
     circles, 1000 points, noise 0.2) and ``"synth"`` (4000 points of 30 features, 10 of
     them informative, in 4 classes of two clusters each); ``"tokens"``: generated bags of
-    tokens, their ids (:func:`_token_counts`). Regression (:data:`REGRESSION`;
+    tokens, their ids (:func:`_token_counts`); ``"mnist1d"``: mnist1d's 4000 signals of 40
+    points in 10 classes (``make_dataset``, generated offline). Regression (:data:`REGRESSION`;
     the target standardised, float32): ``"diabetes"`` (442 patients, 10 features) and
     ``"friedman"`` (Friedman's first problem, 4000 points of 10 features, 5 of them used,
     with noise of standard deviation 1: a squared error that cannot fall below about
@@ -484,6 +507,11 @@ def load_data(name: str, torch: Any) -> tuple[Any, Any]:
     }
     if name == "tokens":
         return _token_counts(torch)
+    if name == "mnist1d":  # generated from its templates (make_dataset), no download
+        d = require("mnist1d.data", "analysis", "mnist1d").make_dataset()
+        data, target = np.asarray(d["x"], dtype=np.float64), np.asarray(d["y"])
+        x = torch.tensor((data - data.mean(0)) / (data.std(0) + 1e-8), dtype=torch.float32)
+        return x, torch.tensor(target, dtype=torch.int64)
     if name == "friedman":
         data, target = datasets.make_friedman1(n_samples=4000, noise=1.0, random_state=0)
     elif name == "moons":
@@ -759,6 +787,13 @@ def build(net: str, n_in: int, n_out: int, torch: Any, frozen: bool = True) -> A
         layers += [nn.ReLU(), nn.Conv2d(16, 32, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU()]
         layers += [nn.MaxPool2d(2), nn.Flatten()]
         n_in = 512
+    elif net == "gnconv1d":  # 1-D convolutions with GroupNorm (4 groups, no affine terms)
+        layers += [nn.Unflatten(1, (1, n_in))]
+        for c_in, c in ((1, 16), (16, 32)):
+            layers += [nn.Conv1d(c_in, c, 5, padding=2, bias=False)]
+            layers += [nn.GroupNorm(4, c, affine=False), nn.ReLU(), nn.MaxPool1d(2)]
+        layers += [nn.Flatten()]
+        n_in = 32 * (n_in // 4)
     elif net == "rnnln":  # a recurrent cell with LayerNorm over the digits' rows (_rnn_ln)
         layers += [_rnn_ln(torch)]
         n_in = 32
