@@ -124,7 +124,7 @@ def test_heldout_detector_scores_on_the_committed_logs():
     mod = _heldout_script()
     labels, ambiguous = mod.load_labels()
     batches = mod.load_batches()
-    assert [len(batches[str(b)]) for b in range(1, 13)] == [7, 8, 8, 8, 8, 7, 4, 6, 6, 6, 6, 6]
+    assert [len(batches[str(b)]) for b in range(1, 14)] == [7, 8, 8, 8, 8, 7, 4, 6, 6, 6, 6, 6, 6]
     assert sorted(labels) == sorted(sum(batches.values(), []))
     trajs = {name: Trajectory.load(mod.DATA / f"{name}.npz") for name in labels}
 
@@ -278,6 +278,14 @@ def test_heldout_detector_scores_on_the_committed_logs():
     # (multi-stage rises the labels join at their first stage): reported, not fixed
     twelfth = score(batches["12"])
     assert twelfth["recall"] >= 0.9 and twelfth["precision"] >= 0.85
+    # batch 13, labelled blind, on mnist1d: five runs at an equilibrium or a noise-held norm
+    # (one at the edge of stability) have no event and none is found; the residual MLP under
+    # heavy ball misses 11 of its 25 (its loss turns up before its norm): reported, not fixed
+    settled = [k for k in batches["13"] if k != "mnist1d_resmlp_gdmom"]
+    assert len(settled) == 5 and all(labels[k] == [] for k in settled)
+    assert score(settled)["fp"] == 0
+    heavy = score(["mnist1d_resmlp_gdmom"])
+    assert heavy["tp"] == 14 and heavy["fn"] == 11 and heavy["fp"] == 0
     # the one-cycle log carries the momentum each step ran with; the no-decay run records
     # the weight decay of its scale-invariant weights, not the first group's 0
     cycled = trajs["digits_rmsmlp_sgd128_onecycle"].extra["momentum"]
@@ -441,9 +449,10 @@ def _assert_rescaling_by_3(model, x, invariant, not_invariant):
         ("silumlp", "digits", ("0.weight", "3.weight"), ()),
         ("embln", "tokens", ("0.weight", "3.weight"), ()),
         ("rnnln", "digits", ("0.w.weight",), ()),
+        ("gnconv1d", None, ("1.weight", "5.weight"), ()),  # mnist1d's 40-point signals
     ],
 )
-def test_heldout_batch12_networks_are_scale_invariant_where_the_recorder_says(
+def test_heldout_batch12_13_networks_are_scale_invariant_where_the_recorder_says(
     net, data, invariant, not_invariant
 ):
     # BatchNorm after a ReLU (relu(c z) = c relu(z) for c > 0), an embedding bag whose rows
@@ -458,8 +467,9 @@ def test_heldout_batch12_networks_are_scale_invariant_where_the_recorder_says(
 
     mod = _heldout_script()
     torch.manual_seed(0)
-    x = mod.load_data(data, torch)[0][:9]
-    if data == "digits":
+    # mnist1d (the analysis extra, not the test extra): inputs of its shape
+    x = mod.load_data(data, torch)[0][:9] if data else torch.randn(9, 40)
+    if x.is_floating_point():
         x = x.double()
     model = mod.build(net, x.shape[1], 10, torch, frozen=False).train().double()
     params = dict(model.named_parameters())
