@@ -168,13 +168,14 @@ _PASS_FUNCTIONS = {
     "dropout2d", "dropout3d", "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d",
     "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d",
     "adaptive_avg_pool3d", "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d",
-    "pixel_shuffle", "pixel_unshuffle", "channel_shuffle", "native_channel_shuffle",
+    "pixel_shuffle", "pixel_unshuffle", "channel_shuffle", "native_channel_shuffle", "amax",
+    "amin",
 }  # fmt: skip
-_PASS_METHODS = {"relu", "view", "reshape", "flatten", "contiguous"}
+_PASS_METHODS = {"relu", "view", "reshape", "flatten", "contiguous", "amax", "amin"}
 #: Operations that may move a channel's entries to other positions or axes.
 _RESHAPES = {
     "view", "reshape", "unflatten", "permute", "transpose", "squeeze", "unsqueeze",
-    "getitem", "mean", "sum", "pixel_shuffle", "pixel_unshuffle",
+    "getitem", "mean", "sum", "pixel_shuffle", "pixel_unshuffle", "amax", "amin",
 }  # fmt: skip
 
 GroupSpec = Mapping[str, Sequence[Any]] | Sequence[str] | None
@@ -948,9 +949,10 @@ def find_si_groups(
     LayerNorm, GroupNorm, InstanceNorm, RMSNorm, or their functional forms when they use
     the input's own statistics) only through positively homogeneous maps (ReLU,
     LeakyReLU, PReLU, a clamp at 0 from below, pooling, dropout, upsampling, flatten,
-    view, padding by 0 or by the input's own border, pixel and channel shuffles) and is
-    used nowhere else: ``Norm(h(c W x)) = Norm(c h(W x)) = Norm(h(W x))`` for ``c > 0``
-    (exact when the norm's ``eps`` is 0). The norm layer's own affine
+    view, padding by 0 or by the input's own border, pixel and channel shuffles, the
+    largest or smallest entry along a dimension, ``amax``/``amin``) and is used nowhere
+    else: ``Norm(h(c W x)) = Norm(c h(W x)) = Norm(h(W x))`` for ``c > 0`` (exact when the
+    norm's ``eps`` is 0). The norm layer's own affine
     terms, if any, come after the normalization and do not change this; they are not
     SI themselves and are not returned. A bias before the norm is allowed only where
     the norm subtracts each channel's mean (BatchNorm; InstanceNorm or one-channel

@@ -1036,6 +1036,29 @@ BIAS_PATHS = {
         ["0.weight"],
         [],
     ),
+    # the largest of a group of units (maxout): max(c a) = c max(a) for c > 0
+    "maxout_amax": (
+        lambda: _Fn(
+            lambda s, x: s.h(s.bn(s.lin(x).view(-1, 6, 2).amax(-1))),
+            lin=nn.Linear(5, 12, bias=False),
+            bn=nn.BatchNorm1d(6),
+            h=nn.Linear(6, 2),
+        ),
+        (16, 5),
+        ["lin.weight"],
+        [],
+    ),
+    "maxout_amax_biased": (
+        lambda: _Fn(
+            lambda s, x: s.h(s.bn(torch.amax(s.lin(x).view(-1, 6, 2), dim=-1))),
+            lin=nn.Linear(5, 12),
+            bn=nn.BatchNorm1d(6),
+            h=nn.Linear(6, 2),
+        ),
+        (16, 5),
+        [],
+        [],
+    ),
     # clamp(min=0) is a ReLU; with an upper bound it is not homogeneous
     "clamp_min_zero": (lambda: _clamped(lambda z: z.clamp(min=0)), (16, 5), ["lin.weight"], []),
     "torch_clamp_min_zero": (
