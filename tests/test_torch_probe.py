@@ -925,14 +925,16 @@ class _Fn(nn.Module):
         return self.body(self, x)
 
 
-def _conv_then(*between, pool_out=6):
-    """A biased 3x3 convolution on (N, 3, 8, 8), ``between``, BatchNorm, a linear head."""
+def _conv_then(*between, pool_out=6, channels=4, bias=True):
+    """A 3x3 convolution (biased unless ``bias=False``) on (N, 3, 8, 8) to 4 channels,
+    ``between``, BatchNorm over ``channels``, a linear head on ``channels`` maps of
+    ``pool_out`` x ``pool_out``."""
     return nn.Sequential(
-        nn.Conv2d(3, 4, 3),
+        nn.Conv2d(3, 4, 3, bias=bias),
         *between,
-        nn.BatchNorm2d(4),
+        nn.BatchNorm2d(channels),
         nn.Flatten(),
-        nn.Linear(4 * pool_out**2, 2),
+        nn.Linear(channels * pool_out**2, 2),
     )
 
 
@@ -943,18 +945,6 @@ def _linear_on_sequence(features):
         lin=nn.Linear(4, features),
         bn=nn.BatchNorm1d(5),
         h=nn.Linear(5 * features, 2),
-    )
-
-
-def _free_conv_then(*between, channels=4, side=6):
-    """A bias-free 3x3 convolution on (N, 3, 8, 8) to 4 channels, ``between``, BatchNorm over
-    ``channels``, a linear head on ``channels`` maps of ``side`` x ``side``."""
-    return nn.Sequential(
-        nn.Conv2d(3, 4, 3, bias=False),
-        *between,
-        nn.BatchNorm2d(channels),
-        nn.Flatten(),
-        nn.Linear(channels * side**2, 2),
     )
 
 
@@ -975,7 +965,7 @@ BIAS_PATHS = {
     # padding modules: a zero border is homogeneous but not biased; reflecting or
     # replicating the border keeps a per-channel constant; a border of 0.5 is neither
     "zero_pad_module": (
-        lambda: _free_conv_then(nn.ZeroPad2d(1), side=8),
+        lambda: _conv_then(nn.ZeroPad2d(1), pool_out=8, bias=False),
         (8, 3, 8, 8),
         ["0.weight"],
         [],
@@ -987,7 +977,7 @@ BIAS_PATHS = {
         [],
     ),
     "constant_pad_module": (
-        lambda: _free_conv_then(nn.ConstantPad2d(1, 0.5), side=8),
+        lambda: _conv_then(nn.ConstantPad2d(1, 0.5), pool_out=8, bias=False),
         (8, 3, 8, 8),
         [],
         [],
@@ -1007,25 +997,19 @@ BIAS_PATHS = {
     # shuffles move entries: homogeneous; a pixel shuffle spreads a channel's bias over
     # another channel's positions (not a constant there), a channel shuffle only permutes
     "pixel_shuffle": (
-        lambda: _free_conv_then(nn.PixelShuffle(2), channels=1, side=12),
+        lambda: _conv_then(nn.PixelShuffle(2), pool_out=12, channels=1, bias=False),
         (8, 3, 8, 8),
         ["0.weight"],
         [],
     ),
     "pixel_shuffle_biased": (
-        lambda: nn.Sequential(
-            nn.Conv2d(3, 4, 3),
-            nn.PixelShuffle(2),
-            nn.BatchNorm2d(1),
-            nn.Flatten(),
-            nn.Linear(144, 2),
-        ),
+        lambda: _conv_then(nn.PixelShuffle(2), pool_out=12, channels=1),
         (8, 3, 8, 8),
         [],
         [],
     ),
     "pixel_unshuffle": (
-        lambda: _free_conv_then(nn.PixelUnshuffle(2), channels=16, side=3),
+        lambda: _conv_then(nn.PixelUnshuffle(2), pool_out=3, channels=16, bias=False),
         (8, 3, 8, 8),
         ["0.weight"],
         [],
