@@ -321,7 +321,7 @@ def _breaks_bias(node: Any, modules: Mapping[str, Any]) -> bool:
         return isinstance(
             mod, nn.modules.padding._ConstantPadNd | nn.PixelShuffle | nn.PixelUnshuffle
         )
-    name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+    name = _op_name(node)
     if name.startswith("dropout") or name in _RESHAPES:
         return True
     if name in ("avg_pool1d", "avg_pool2d", "avg_pool3d"):
@@ -335,12 +335,31 @@ def _breaks_bias(node: Any, modules: Mapping[str, Any]) -> bool:
     return False
 
 
+def _op_name(node: Any) -> str:
+    """The operation a graph node calls: a method's name, a function's ``__name__``, or the
+    module path of a ``call_module`` node."""
+    return node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+
+
+def _passes_through(node: Any, modules: Mapping[str, Any]) -> bool:
+    """Whether a node between a weight layer and its norm is a positively homogeneous map
+    (:func:`_homogeneous_module`, :data:`_PASS_FUNCTIONS`, :data:`_PASS_METHODS`, a clamp
+    at 0 from below) that the single-weight search walks through."""
+    if node.op == "call_module":
+        return _homogeneous_module(modules.get(node.target))
+    if node.op == "call_function":
+        return _op_name(node) in _PASS_FUNCTIONS or _zero_clamp(node)
+    if node.op == "call_method":
+        return node.target in _PASS_METHODS or _zero_clamp(node)
+    return False
+
+
 def _is_rectifier(node: Any, modules: Mapping[str, Any]) -> bool:
     """A ReLU, LeakyReLU or PReLU (module, function or method), or a clamp at 0 from below
     (:func:`_zero_clamp`): positively homogeneous, but not shift-free."""
     if node.op == "call_module":
         return isinstance(modules.get(node.target), RECTIFIER_TYPES)
-    name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+    name = _op_name(node)
     return name in _RECTIFIER_FUNCTIONS or _zero_clamp(node)
 
 
@@ -350,7 +369,7 @@ def _zero_clamp(node: Any) -> bool:
     homogeneous)."""
     if node.op not in ("call_function", "call_method"):
         return False
-    name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+    name = _op_name(node)
     if name not in _CLAMPS:
         return False
     low = _const_arg(node, 1, "min", None)
@@ -422,25 +441,14 @@ def _fx_groups(
         norm = modules.get(node.target) if node.op == "call_module" else None
         broken = False
         while src is not None and isinstance(src, fx.Node) and len(src.users) == 1:
-            if src.op == "call_module":
-                mod = modules.get(src.target)
-                if _is_weight_layer(mod):
-                    ok = calls.get(src.target) == 1 and src.target not in unsafe
-                    broken = broken or not _flat_output(src, mod)
-                    if ok and _bias_ok(mod, kind, broken, norm) and mod.weight is not None:
-                        found.append(f"{src.target}.weight")
-                    break
-                if not _homogeneous_module(mod):
-                    break
-            elif src.op == "call_function":
-                if getattr(src.target, "__name__", "") not in _PASS_FUNCTIONS and not _zero_clamp(
-                    src
-                ):
-                    break
-            elif src.op == "call_method":
-                if src.target not in _PASS_METHODS and not _zero_clamp(src):
-                    break
-            else:
+            mod = modules.get(src.target) if src.op == "call_module" else None
+            if _is_weight_layer(mod):
+                ok = calls.get(src.target) == 1 and src.target not in unsafe
+                broken = broken or not _flat_output(src, mod)
+                if ok and _bias_ok(mod, kind, broken, norm) and mod.weight is not None:
+                    found.append(f"{src.target}.weight")
+                break
+            if not _passes_through(src, modules):
                 break
             broken = broken or _breaks_bias(src, modules)
             src = src.args[0] if src.args else None
@@ -653,7 +661,7 @@ def _joint_conflict(graph: Any, modules: Mapping[str, Any], cand: set[str], fx: 
             continue
         if node.op == "output":
             return set().union(*(d.src for d in scaled)) if scaled else set()
-        name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+        name = _op_name(node)
         mod = modules.get(node.target) if node.op == "call_module" else None
         if _is_weight_layer(mod):
             if first.biased:
